@@ -1,0 +1,1 @@
+"""`ipjms demo`: a whole regional network on loopback, and the story told over it."""

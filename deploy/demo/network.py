@@ -1,0 +1,90 @@
+"""The running demo network: its services, its nodes, and how a story step reports itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from deploy.launcher import Service, start_service
+
+__all__ = ["DemoNetwork", "NodeInfo", "StepFailed"]
+
+
+class StepFailed(Exception):
+    """A story step did not do what it should; the demo exits non-zero."""
+
+
+@dataclass
+class NodeInfo:
+    org_id: str
+    name: str
+    level: str  # tertiary | county | community
+    profile: str  # seed profile: tertiary | community
+    data_dir: Path
+    port: int
+    url: str = ""
+    admin_password: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoNetwork:
+    workdir: Path
+    console: Console
+    services: dict[str, Service] = field(default_factory=dict)
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    # Facts one step hands to later ones (tokens, ids, URLs); never printed wholesale.
+    facts: dict[str, Any] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    results: list[tuple[str, bool, float, str]] = field(default_factory=list)
+
+    def service_dir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start(
+        self,
+        name: str,
+        args: Sequence[str],
+        *,
+        base_url: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 90.0,
+    ) -> Service:
+        service = start_service(
+            name, args, base_url=base_url, log_dir=self.workdir / "logs", env=env, timeout=timeout
+        )
+        self.services[name] = service
+        return service
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[list[str]]:
+        """Run one story step: prints its title, what it found, its latency and ✔/✘."""
+        self.console.print(f"[bold]▶ {title}[/bold]")
+        notes: list[str] = []
+        started = time.perf_counter()
+        try:
+            yield notes
+        except Exception as exc:
+            elapsed = time.perf_counter() - started
+            for note in notes:
+                self.console.print(f"    {note}")
+            self.console.print(f"  [red]✘ {title} failed after {elapsed:.2f}s: {exc}[/red]")
+            self.results.append((title, False, elapsed, str(exc)))
+            raise StepFailed(title) from exc
+        elapsed = time.perf_counter() - started
+        for note in notes:
+            self.console.print(f"    {note}")
+        self.console.print(f"  [green]✔[/green] {title} ({elapsed:.2f}s)")
+        self.results.append((title, True, elapsed, ""))

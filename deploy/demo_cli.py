@@ -1,0 +1,78 @@
+"""`ipjms demo`: start a whole regional network on loopback, run the story, stop."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deploy.demo.network import DemoNetwork, StepFailed
+from deploy.demo.story import chapters
+
+
+def demo(
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep all state (databases, keys, logs) under this folder."),
+    ] = None,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Leave the network up until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Start a regional network on loopback, seed it, run the story, print what happened."""
+    console = Console()
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ipjms-demo-")
+        workdir = Path(tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    net = DemoNetwork(workdir=workdir.resolve(), console=console)
+    console.print(f"[bold]IPJMS demo[/bold] — state under {net.workdir}")
+    ok = True
+    try:
+        for chapter in chapters():
+            chapter(net)
+    except StepFailed:
+        ok = False
+    except KeyboardInterrupt:
+        ok = False
+    finally:
+        _summary(net, console)
+        if ok and keep_running:
+            console.print("Network is up. Press Ctrl-C to stop.")
+            try:
+                signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+                while all(s.alive() for s in net.services.values()):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        net.stop_all()
+        if tmp is not None:
+            tmp.cleanup()
+    if not ok or not net.results:
+        raise typer.Exit(1)
+
+
+def _summary(net: DemoNetwork, console: Console) -> None:
+    table = Table(title="Demo steps")
+    table.add_column("step")
+    table.add_column("result")
+    table.add_column("seconds", justify="right")
+    for title, passed, seconds, _err in net.results:
+        table.add_row(
+            title, "[green]ok[/green]" if passed else "[red]failed[/red]", f"{seconds:.2f}"
+        )
+    console.print(table)
+    if net.urls:
+        urls = Table(title="URLs")
+        urls.add_column("what")
+        urls.add_column("url")
+        for what, url in net.urls.items():
+            urls.add_row(what, url)
+        console.print(urls)

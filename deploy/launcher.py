@@ -1,0 +1,126 @@
+"""Start services as child processes on loopback and wait until they answer ``/healthz``.
+
+Used by ``ipjms demo``, ``ipjms up`` and the integration tests, so every real-process test starts
+services exactly the way an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+__all__ = ["free_port", "Service", "start_service", "wait_until", "wait_healthy", "ipjms_command"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ipjms_command(*args: str) -> list[str]:
+    """The ``ipjms`` command run with this interpreter (works without the venv on PATH)."""
+    return [sys.executable, "-m", "deploy.cli", *args]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it is truthy or the deadline passes (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_healthy(service: Service, timeout: float = 60.0, verify: bool | str = True) -> None:
+    def healthy() -> bool:
+        if not service.alive():
+            raise RuntimeError(
+                f"{service.name} exited with {service.process.returncode}:\n{service.log_tail()}"
+            )
+        try:
+            r = httpx.get(f"{service.base_url}/healthz", timeout=2.0, verify=verify)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, timeout, interval=0.1, what=f"{service.name} to become healthy")
+
+
+def start_service(
+    name: str,
+    args: Sequence[str],
+    *,
+    base_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    timeout: float = 60.0,
+) -> Service:
+    """Start ``ipjms <args>`` as a child process, logging to ``log_dir/<name>.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    log_fh = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    proc = subprocess.Popen(
+        ipjms_command(*args),
+        stdout=log_fh,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        start_new_session=True,
+    )
+    log_fh.close()
+    service = Service(name, proc, base_url, log_path)
+    if wait:
+        try:
+            wait_healthy(service, timeout)
+        except Exception:
+            service.stop()
+            raise
+    return service

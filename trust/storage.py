@@ -1,0 +1,88 @@
+"""Database engines and schema migrations shared by every service.
+
+Each service owns its own database (SQLite file in its data dir by default, PostgreSQL in
+production) and its own Alembic migration folder; this module is the one place that knows how to
+open an engine safely and bring a schema to the latest revision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import NullPool
+
+__all__ = ["make_engine", "sqlite_url", "upgrade_schema", "is_postgres"]
+
+
+def sqlite_url(data_dir: Path | str, name: str) -> str:
+    """The default embedded database of a service: ``<data_dir>/<name>.db``."""
+    path = Path(data_dir).resolve() / f"{name}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def is_postgres(url_or_engine: str | Engine) -> bool:
+    url = str(url_or_engine.url) if isinstance(url_or_engine, Engine) else url_or_engine
+    return url.startswith("postgresql")
+
+
+def _normalise(url: str) -> str:
+    # psycopg 3 is the driver we ship; accept the plain scheme operators write.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Open an engine with the settings every service needs.
+
+    SQLite: WAL journal (readers never block the writer), foreign keys on, a busy timeout so
+    concurrent writers wait instead of failing, and ``synchronous=FULL`` so an acknowledged
+    commit survives a crash. PostgreSQL: a pre-pinged pool.
+    """
+    url = _normalise(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=kwargs.pop("poolclass", NullPool),
+            **kwargs,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy manage transactions explicitly (BEGIN on first statement).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # IMMEDIATE takes the write lock up front, so two writers cannot both read and then
+            # deadlock on upgrade; SQLite serialises writers anyway.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    return create_engine(url, **kwargs)
+
+
+def upgrade_schema(engine: Engine, migrations_dir: Path | str) -> None:
+    """Run the Alembic migrations in ``migrations_dir`` (which holds env.py and versions/)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
