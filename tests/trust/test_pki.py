@@ -1,0 +1,185 @@
+"""Regional PKI: issuing, loading, and every way a certificate must be refused (must-show 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from deploy.launcher import ipjms_command
+from trust.certificates import CertificateError, verify_peer_certificate
+from trust.pki import (
+    PkiError,
+    init_ca,
+    issue_org,
+    load_org,
+    revocation_list,
+    revoke,
+    revoked_orgs,
+)
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Path:
+    init_ca(tmp_path / "ca", now=NOW - dt.timedelta(days=60))
+    return tmp_path / "ca"
+
+
+def test_issued_org_has_the_promised_shape(ca: Path) -> None:
+    creds = issue_org(ca, "clinic-b", host="127.0.0.1,localhost")
+    org_dir = ca / "orgs" / "clinic-b"
+    tls = x509.load_pem_x509_certificate(creds.tls_cert_pem)
+    assert tls.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "clinic-b"
+    san = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "urn:ipjms:org:clinic-b" in san.get_values_for_type(x509.UniformResourceIdentifier)
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    eku = tls.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku and ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    ca_cert = x509.load_pem_x509_certificate((ca / "ca.cert.pem").read_bytes())
+    assert ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for name in ("tls.key.pem", "signing.key.pem", "encryption.key.pem"):
+        assert stat.S_IMODE(os.stat(org_dir / name).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(ca / "ca.key.pem").st_mode) == 0o600
+    loaded = load_org(org_dir)
+    assert loaded.org_id == "clinic-b"
+    assert loaded.encryption_public_key.public_bytes_raw() == (
+        creds.encryption_public_key.public_bytes_raw()
+    )
+    # each certificate verifies for its own usage and only that one
+    for usage, pem in (
+        ("tls", creds.tls_cert_pem),
+        ("signing", creds.signing_cert_pem),
+        ("encryption", creds.encryption_cert_pem),
+    ):
+        assert verify_peer_certificate(pem, creds.ca_cert_pem, usage=usage) == "clinic-b"
+    with pytest.raises(CertificateError, match="wrong key usage"):
+        verify_peer_certificate(creds.encryption_cert_pem, creds.ca_cert_pem, usage="tls")
+    with pytest.raises(CertificateError, match="wrong key usage"):
+        verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, usage="signing")
+    with pytest.raises(CertificateError, match="wrong key usage"):
+        verify_peer_certificate(creds.signing_cert_pem, creds.ca_cert_pem, usage="encryption")
+
+
+def test_certificate_from_another_ca_refused(ca: Path, tmp_path: Path) -> None:
+    creds = issue_org(ca, "clinic-b")
+    init_ca(tmp_path / "evil", name="IPJMS Regional CA")  # same name, different key
+    forged = issue_org(tmp_path / "evil", "clinic-b")
+    with pytest.raises(CertificateError, match="regional CA"):
+        verify_peer_certificate(forged.tls_cert_pem, creds.ca_cert_pem)
+    init_ca(tmp_path / "other", name="Some Other CA")
+    foreign = issue_org(tmp_path / "other", "clinic-b")
+    with pytest.raises(CertificateError, match="foreign issuer"):
+        verify_peer_certificate(foreign.tls_cert_pem, creds.ca_cert_pem)
+
+
+def test_expired_and_not_yet_valid_refused(ca: Path, tmp_path: Path) -> None:
+    old = issue_org(ca, "clinic-old", days=10, now=NOW - dt.timedelta(days=30))
+    with pytest.raises(CertificateError, match="expired"):
+        verify_peer_certificate(old.tls_cert_pem, old.ca_cert_pem)
+    fresh = issue_org(ca, "clinic-new", out_dir=tmp_path / "new")
+    with pytest.raises(CertificateError, match="not yet valid"):
+        verify_peer_certificate(
+            fresh.tls_cert_pem, fresh.ca_cert_pem, now=NOW - dt.timedelta(days=1)
+        )
+
+
+def test_revoked_org_refused_everywhere(ca: Path) -> None:
+    creds = issue_org(ca, "clinic-b")
+    other = issue_org(ca, "clinic-c")
+    assert verify_peer_certificate(
+        creds.tls_cert_pem, creds.ca_cert_pem, revoked=revocation_list(ca)
+    )
+    revoke(ca, "clinic-b")
+    revoked = revocation_list(ca)
+    assert revoked_orgs(ca) == {"clinic-b"}
+    for usage, pem in (("tls", creds.tls_cert_pem), ("signing", creds.signing_cert_pem)):
+        with pytest.raises(CertificateError, match="revoked"):
+            verify_peer_certificate(pem, creds.ca_cert_pem, revoked=revoked, usage=usage)  # type: ignore[arg-type]
+    # by the org id alone (e.g. a verifier that has the directory but not the CRL)
+    with pytest.raises(CertificateError, match="organisation clinic-b has been revoked"):
+        verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, revoked={"clinic-b"})
+    assert verify_peer_certificate(other.tls_cert_pem, other.ca_cert_pem, revoked=revoked) == (
+        "clinic-c"
+    )
+    with pytest.raises(PkiError, match="revoked"):
+        issue_org(ca, "clinic-b")
+
+
+def test_rotation_old_and_new_verify_until_old_revoked_by_serial(ca: Path) -> None:
+    old = issue_org(ca, "hosp-a")
+    new = issue_org(ca, "hosp-a")  # rotation: same org dir, old material archived
+    assert old.tls_cert_pem != new.tls_cert_pem
+    for c in (old, new):
+        assert verify_peer_certificate(c.tls_cert_pem, c.ca_cert_pem, revoked=revocation_list(ca))
+    loaded = load_org(ca / "orgs" / "hosp-a")
+    assert loaded.tls_cert_pem == new.tls_cert_pem
+    assert [k.public_key().public_bytes_raw() for k in loaded.previous_encryption_keys] == [
+        old.encryption_public_key.public_bytes_raw()
+    ]
+    old_serial = x509.load_pem_x509_certificate(old.tls_cert_pem).serial_number
+    revoke(ca, serial=old_serial)
+    revoked = revocation_list(ca)
+    with pytest.raises(CertificateError, match="serial"):
+        verify_peer_certificate(old.tls_cert_pem, old.ca_cert_pem, revoked=revoked)
+    assert verify_peer_certificate(new.tls_cert_pem, new.ca_cert_pem, revoked=revoked) == "hosp-a"
+    assert revoked_orgs(ca) == frozenset()
+
+
+def test_tampered_crl_is_not_trusted(ca: Path, tmp_path: Path) -> None:
+    issue_org(ca, "clinic-b")
+    revoke(ca, "clinic-b")
+    init_ca(tmp_path / "evil")
+    (ca / "ca.crl.pem").write_bytes((tmp_path / "evil" / "ca.crl.pem").read_bytes())
+    with pytest.raises(CertificateError, match="CRL"):
+        revocation_list(ca)
+
+
+def test_passphrase_protected_keys(tmp_path: Path) -> None:
+    init_ca(tmp_path / "ca", passphrase=b"ca secret")
+    with pytest.raises(PkiError, match="passphrase"):
+        issue_org(tmp_path / "ca", "clinic-b")
+    issue_org(tmp_path / "ca", "clinic-b", passphrase=b"org secret", ca_passphrase=b"ca secret")
+    org_dir = tmp_path / "ca" / "orgs" / "clinic-b"
+    assert b"ENCRYPTED" in (org_dir / "signing.key.pem").read_bytes()
+    with pytest.raises(PkiError, match="passphrase"):
+        load_org(org_dir)
+    assert load_org(org_dir, passphrase=b"org secret").org_id == "clinic-b"
+
+
+def test_bad_org_id_refused(ca: Path) -> None:
+    with pytest.raises(CertificateError, match="invalid organisation id"):
+        issue_org(ca, "../etc")
+
+
+def test_cli_init_issue_revoke(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    env = {**os.environ, "CA_PW": "s3cret", "ORG_PW": "0rg"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ipjms_command("pki", *args), capture_output=True, text=True, env=env, timeout=60
+        )
+
+    assert run("init-ca", str(ca), "--passphrase-env", "CA_PW").returncode == 0
+    res = run(
+        "issue", str(ca), "--org", "clinic-b", "--host", "localhost", "--out", str(tmp_path / "b"),
+        "--passphrase-env", "ORG_PW", "--ca-passphrase-env", "CA_PW",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    creds = load_org(tmp_path / "b", passphrase=b"0rg")
+    assert verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem) == "clinic-b"
+    bad = run("issue", str(ca), "--org", "x", "--ca-passphrase-env", "NOPE_UNSET")
+    assert bad.returncode == 2 and "NOPE_UNSET" in bad.stderr
+    res = run("revoke", str(ca), "--org", "clinic-b", "--ca-passphrase-env", "CA_PW")
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(CertificateError, match="revoked"):
+        verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, revoked=revocation_list(ca))
