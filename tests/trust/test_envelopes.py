@@ -1,0 +1,234 @@
+"""Sealed envelopes (must-show 3): tamper, wrong recipient, expiry; framing properties."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trust.envelopes import (
+    EnvelopeError,
+    EnvelopeHeader,
+    SealedEnvelope,
+    open_from,
+    open_sealed,
+    seal,
+    seal_to,
+)
+from trust.pki import OrgCredentials, init_ca, issue_org, revocation_list, revoke
+
+SENDER_SIGN = ec.generate_private_key(ec.SECP384R1())
+RECIPIENT_ENC = x25519.X25519PrivateKey.generate()
+OTHER_ENC = x25519.X25519PrivateKey.generate()
+
+
+def _header(**kw: object) -> EnvelopeHeader:
+    base: dict[str, object] = dict(
+        kind="referral",
+        sender="hosp-a",
+        recipient="clinic-b",
+        purpose="TREAT",
+        classes=("Condition", "Observation"),
+        patient_pseudonym="ab" * 32,
+        consent_ref="Consent/123",
+    )
+    base.update(kw)
+    return EnvelopeHeader.new(**base)  # type: ignore[arg-type]
+
+
+def _sealed(payload: bytes = b'{"resourceType":"Bundle"}', **kw: object) -> SealedEnvelope:
+    return seal(
+        _header(**kw),
+        payload,
+        sender_signing_key=SENDER_SIGN,
+        recipient_encryption_public_key=RECIPIENT_ENC.public_key(),
+    )
+
+
+def _open(data: bytes | SealedEnvelope, **kw: object) -> bytes:
+    args: dict[str, object] = dict(
+        recipient_encryption_key=RECIPIENT_ENC,
+        sender_verify_key=SENDER_SIGN.public_key(),
+        recipient="clinic-b",
+    )
+    args.update(kw)
+    return open_sealed(data, **args)  # type: ignore[arg-type]
+
+
+FIXED = _sealed(b"payload bytes of a small bundle").to_bytes()
+
+
+def test_round_trip_and_header_without_keys() -> None:
+    env = _sealed(b"x" * 5000)
+    data = env.to_bytes()
+    parsed = SealedEnvelope.from_bytes(data)
+    assert parsed.header == env.header and parsed.header.classes == ("Condition", "Observation")
+    assert _open(data) == b"x" * 5000
+    assert _open(parsed) == b"x" * 5000
+    assert b"x" * 16 not in data  # the payload is not in clear
+
+
+def test_ed25519_sender_works_too() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    env = seal(
+        _header(),
+        b"p",
+        sender_signing_key=key,
+        recipient_encryption_public_key=RECIPIENT_ENC.public_key(),
+    )
+    assert _open(env.to_bytes(), sender_verify_key=key.public_key()) == b"p"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_any_single_byte_change_makes_opening_fail(data: st.DataObject) -> None:
+    pos = data.draw(st.integers(0, len(FIXED) - 1), label="position")
+    flip = data.draw(st.integers(1, 255), label="xor")
+    tampered = bytearray(FIXED)
+    tampered[pos] ^= flip
+    with pytest.raises(EnvelopeError):
+        _open(bytes(tampered))
+
+
+def test_every_region_is_covered_by_byte_changes() -> None:
+    # deterministic sweep over header, ephemeral key, nonce, ciphertext and signature
+    for pos in range(len(FIXED)):
+        tampered = bytearray(FIXED)
+        tampered[pos] ^= 0x01
+        with pytest.raises(EnvelopeError):
+            _open(bytes(tampered))
+
+
+@pytest.mark.parametrize("cut", [0, 3, 5, 9, 40, 200, -70, -2, -1])
+def test_truncated_or_extended_input_is_an_envelope_error(cut: int) -> None:
+    with pytest.raises(EnvelopeError):
+        SealedEnvelope.from_bytes(FIXED[:cut])
+    with pytest.raises(EnvelopeError):
+        SealedEnvelope.from_bytes(FIXED + b"\x00")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_never_raises_anything_but_envelope_error(blob: bytes) -> None:
+    for candidate in (blob, b"IPJE\x01" + blob, FIXED[:60] + blob):
+        with pytest.raises(EnvelopeError):
+            SealedEnvelope.from_bytes(candidate)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    payload=st.binary(max_size=4096),
+    kind=st.sampled_from(["referral", "consultation", "task-update", "record-query"]),
+    classes=st.lists(st.sampled_from(["Condition", "Observation", "AllergyIntolerance"])),
+    pseudonym=st.one_of(st.none(), st.text("0123456789abcdef", min_size=1, max_size=64)),
+)
+def test_framing_round_trips(
+    payload: bytes, kind: str, classes: list[str], pseudonym: str | None
+) -> None:
+    env = _sealed(payload, kind=kind, classes=tuple(classes), patient_pseudonym=pseudonym)
+    again = SealedEnvelope.from_bytes(env.to_bytes())
+    assert again == env
+    assert _open(again) == payload
+
+
+def test_sealed_for_one_org_cannot_be_opened_by_another() -> None:
+    data = _sealed(b"secret").to_bytes()
+    with pytest.raises(EnvelopeError, match="addressed to clinic-b"):
+        _open(data, recipient="clinic-c", recipient_encryption_key=OTHER_ENC)
+    # even ignoring the header's recipient, the other org's key does not decrypt it
+    with pytest.raises(EnvelopeError, match="cannot be decrypted"):
+        _open(data, recipient=None, recipient_encryption_key=OTHER_ENC)
+
+
+def test_wrong_sender_key_refused() -> None:
+    other = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(EnvelopeError, match="signature"):
+        _open(_sealed().to_bytes(), sender_verify_key=other.public_key())
+
+
+def test_expired_envelope_refused() -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    env = _sealed(now=past, ttl=dt.timedelta(days=1))
+    with pytest.raises(EnvelopeError, match="expired"):
+        _open(env.to_bytes())
+    assert _open(env.to_bytes(), now=past + dt.timedelta(hours=1))
+
+
+def test_header_validation() -> None:
+    with pytest.raises(EnvelopeError, match="kind"):
+        _header(kind="Bad Kind")
+    with pytest.raises(EnvelopeError, match="sender"):
+        _header(sender="../x")
+    with pytest.raises(EnvelopeError, match="expires_at"):
+        _header(ttl=dt.timedelta(0))
+    with pytest.raises(EnvelopeError, match="classes"):
+        _header(classes="Condition")
+    h = _header()
+    assert uuid.UUID(h.envelope_id).version == 4
+    assert EnvelopeHeader.from_dict(h.to_dict()) == h
+
+
+# --- with real PKI credentials -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, OrgCredentials, OrgCredentials]:
+    ca = tmp_path_factory.mktemp("pki") / "ca"
+    init_ca(ca)
+    return ca, issue_org(ca, "hosp-a"), issue_org(ca, "clinic-b")
+
+
+def test_seal_to_and_open_from_use_ca_issued_certificates(
+    pki: tuple[Path, OrgCredentials, OrgCredentials], tmp_path: Path
+) -> None:
+    ca, a, b = pki
+    env = seal_to(
+        _header(), b"bundle", sender=a, recipient_encryption_cert_pem=b.encryption_cert_pem
+    )
+    assert open_from(env.to_bytes(), recipient=b, sender_signing_cert_pem=a.signing_cert_pem) == (
+        b"bundle"
+    )
+    # a recipient certificate for another org, or a signing cert that is not the sender's
+    with pytest.raises(EnvelopeError, match="belongs to hosp-a"):
+        seal_to(_header(), b"x", sender=a, recipient_encryption_cert_pem=a.encryption_cert_pem)
+    with pytest.raises(EnvelopeError, match="belongs to clinic-b"):
+        open_from(env, recipient=b, sender_signing_cert_pem=b.signing_cert_pem)
+    # a sender impersonating hosp-a with a key from another CA
+    init_ca(tmp_path / "evil")
+    evil = issue_org(tmp_path / "evil", "hosp-a")
+    forged = seal(
+        _header(),
+        b"x",
+        sender_signing_key=evil.signing_key,
+        recipient_encryption_public_key=b.encryption_public_key,
+    )
+    with pytest.raises(Exception, match="regional CA"):
+        open_from(forged, recipient=b, sender_signing_cert_pem=evil.signing_cert_pem)
+    with pytest.raises(EnvelopeError, match="signature"):
+        open_from(forged, recipient=b, sender_signing_cert_pem=a.signing_cert_pem)
+
+
+def test_rotation_keeps_in_flight_envelopes_openable_and_revocation_stops_sender(
+    tmp_path: Path,
+) -> None:
+    ca = tmp_path / "ca"
+    init_ca(ca)
+    a, b = issue_org(ca, "hosp-a"), issue_org(ca, "clinic-b")
+    in_flight = seal_to(
+        _header(), b"old", sender=a, recipient_encryption_cert_pem=b.encryption_cert_pem
+    )
+    b2 = issue_org(ca, "clinic-b")  # rotation while the envelope waits in the queue
+    assert open_from(in_flight, recipient=b2, sender_signing_cert_pem=a.signing_cert_pem) == b"old"
+    revoke(ca, "hosp-a")
+    with pytest.raises(Exception, match="revoked"):
+        open_from(
+            in_flight,
+            recipient=b2,
+            sender_signing_cert_pem=a.signing_cert_pem,
+            revoked=revocation_list(ca),
+        )

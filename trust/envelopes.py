@@ -1,0 +1,429 @@
+"""Sealed envelopes: encrypted to the recipient organisation, signed by the sender.
+
+``seal``: an ephemeral X25519 key agrees a secret with the recipient's X25519 key; HKDF-SHA256
+(salt = ephemeral ‖ recipient public key, info binds sender, recipient and envelope id) derives
+an AES-256-GCM key; the payload is encrypted with the canonical-JSON routing header as associated
+data; the sender then signs SHA-256 over everything that precedes the signature (ECDSA P-384 or
+Ed25519). ``open_sealed``: verify the signature, check the recipient and expiry, decrypt.
+
+The coordinator reads :attr:`SealedEnvelope.header` (via :meth:`SealedEnvelope.from_bytes`)
+without any key. Envelope ids are random UUIDs; *de-duplication is the job of whoever stores
+envelopes* (the coordinator queue and the receiving node keep the ids they have seen), this
+module only guarantees that an id cannot be changed without breaking the signature.
+
+Wire format, version 1 (all integers big-endian)::
+
+    b"IPJE" | 0x01 | u32 header_len | header (canonical JSON) | 32 ephemeral X25519 public key
+    | 12 nonce | u64 ciphertext_len | ciphertext (incl. 16-byte GCM tag) | u16 sig_len | signature
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import struct
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from trust.canonical_json import canonical_json
+from trust.certificates import ORG_ID_PATTERN, load_certificate, verify_peer_certificate
+
+__all__ = [
+    "EnvelopeError",
+    "EnvelopeHeader",
+    "SealedEnvelope",
+    "seal",
+    "open_sealed",
+    "seal_to",
+    "open_from",
+    "KNOWN_KINDS",
+]
+
+MAGIC, VERSION = b"IPJE", 1
+MAX_HEADER = 64 * 1024
+MAX_CIPHERTEXT = 1 << 31
+KNOWN_KINDS = frozenset(
+    {"referral", "consultation", "advice", "task-update", "record-query", "record-answer", "ack"}
+)
+_KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_PURPOSE = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
+_CLASS = re.compile(r"^[A-Za-z*][A-Za-z0-9*._-]{0,63}$")
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces
+_FIELDS = (
+    "envelope_id",
+    "kind",
+    "sender",
+    "recipient",
+    "patient_pseudonym",
+    "purpose",
+    "classes",
+    "consent_ref",
+    "created_at",
+    "expires_at",
+)
+_PREFIX = struct.Struct(">4sBI")
+_DOMAIN = b"IPJMS-envelope-v1\x00"
+Verifier = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+Signer = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+class EnvelopeError(Exception):
+    """An envelope is malformed, forged, tampered with, expired or not for us."""
+
+
+def _time(value: dt.datetime | str, name: str) -> dt.datetime:
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise EnvelopeError(f"header {name} is not an ISO 8601 time") from None
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise EnvelopeError(f"header {name} must be a timezone-aware time")
+    return value.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class EnvelopeHeader:
+    """The routing header: readable by the coordinator, bound to the ciphertext."""
+
+    envelope_id: str
+    kind: str
+    sender: str
+    recipient: str
+    patient_pseudonym: str | None
+    purpose: str
+    classes: tuple[str, ...]
+    consent_ref: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+    def __post_init__(self) -> None:
+        try:
+            if str(uuid.UUID(self.envelope_id)) != self.envelope_id:
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            raise EnvelopeError("header envelope_id must be a lowercase UUID") from None
+        if not isinstance(self.kind, str) or not _KIND.match(self.kind):
+            raise EnvelopeError(f"header kind {self.kind!r} is invalid")
+        for name in ("sender", "recipient"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not ORG_ID_PATTERN.match(value):
+                raise EnvelopeError(f"header {name} {value!r} is not an organisation id")
+        if not isinstance(self.purpose, str) or not _PURPOSE.match(self.purpose):
+            raise EnvelopeError(f"header purpose {self.purpose!r} is invalid")
+        for name in ("patient_pseudonym", "consent_ref"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not _TOKEN.match(value)):
+                raise EnvelopeError(f"header {name} is invalid")
+        if isinstance(self.classes, str) or not isinstance(self.classes, Iterable):
+            raise EnvelopeError("header classes must be a list of resource types")
+        classes = tuple(self.classes)
+        if not all(isinstance(c, str) and _CLASS.match(c) for c in classes):
+            raise EnvelopeError("header classes must be resource type names")
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "created_at", _time(self.created_at, "created_at"))
+        object.__setattr__(self, "expires_at", _time(self.expires_at, "expires_at"))
+        if self.expires_at <= self.created_at:
+            raise EnvelopeError("header expires_at must be after created_at")
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        kind: str,
+        sender: str,
+        recipient: str,
+        purpose: str,
+        classes: Sequence[str] = (),
+        patient_pseudonym: str | None = None,
+        consent_ref: str | None = None,
+        ttl: dt.timedelta = dt.timedelta(days=7),
+        now: dt.datetime | None = None,
+    ) -> EnvelopeHeader:
+        """A header with a fresh random envelope id, created now, expiring after ``ttl``."""
+        if isinstance(classes, str):
+            raise EnvelopeError("header classes must be a list of resource types")
+        now = now or dt.datetime.now(dt.UTC)
+        return cls(
+            str(uuid.uuid4()),
+            kind,
+            sender,
+            recipient,
+            patient_pseudonym,
+            purpose,
+            tuple(classes),
+            consent_ref,
+            now,
+            now + ttl,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in _FIELDS}
+        d["classes"] = list(self.classes)
+        d["created_at"], d["expires_at"] = _iso(self.created_at), _iso(self.expires_at)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EnvelopeHeader:
+        if not isinstance(data, dict) or set(data) != set(_FIELDS):
+            raise EnvelopeError("header must hold exactly the envelope header fields")
+        if not isinstance(data["classes"], list):
+            raise EnvelopeError("header classes must be a list")
+        return cls(**{name: data[name] for name in _FIELDS})
+
+    def canonical(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
+        return (now or dt.datetime.now(dt.UTC)) >= self.expires_at
+
+
+@dataclass(frozen=True)
+class SealedEnvelope:
+    header: EnvelopeHeader
+    header_bytes: bytes
+    ephemeral_public: bytes
+    nonce: bytes
+    ciphertext: bytes
+    signature: bytes = field(repr=False)
+
+    @property
+    def envelope_id(self) -> str:
+        return self.header.envelope_id
+
+    def _signed_parts(self) -> list[bytes]:
+        return _signed_parts(self.header_bytes, self.ephemeral_public, self.nonce, self.ciphertext)
+
+    def to_bytes(self) -> bytes:
+        parts = self._signed_parts()
+        parts.append(struct.pack(">H", len(self.signature)))
+        parts.append(self.signature)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> SealedEnvelope:
+        """Parse (never decrypt) an envelope; anything malformed raises EnvelopeError."""
+        view = memoryview(data)
+        try:
+            magic, version, hlen = _PREFIX.unpack_from(view, 0)
+        except struct.error:
+            raise EnvelopeError("envelope too short") from None
+        if magic != MAGIC:
+            raise EnvelopeError("not an IPJMS envelope")
+        if version != VERSION:
+            raise EnvelopeError(f"unsupported envelope version {version}")
+        if hlen > MAX_HEADER:
+            raise EnvelopeError("envelope header too large")
+        pos = _PREFIX.size
+        fixed_after_header = 32 + 12 + 8
+        if len(view) < pos + hlen + fixed_after_header:
+            raise EnvelopeError("envelope truncated")
+        header_bytes = bytes(view[pos : pos + hlen])
+        pos += hlen
+        eph = bytes(view[pos : pos + 32])
+        nonce = bytes(view[pos + 32 : pos + 44])
+        (clen,) = struct.unpack_from(">Q", view, pos + 44)
+        pos += fixed_after_header
+        if clen < 16 or clen > MAX_CIPHERTEXT or len(view) < pos + clen + 2:
+            raise EnvelopeError("envelope ciphertext length is wrong")
+        ciphertext = bytes(view[pos : pos + clen])
+        pos += clen
+        (slen,) = struct.unpack_from(">H", view, pos)
+        pos += 2
+        if slen == 0 or len(view) != pos + slen:
+            raise EnvelopeError("envelope signature length is wrong")
+        signature = bytes(view[pos:])
+        header = _parse_header(header_bytes)
+        return cls(header, header_bytes, eph, nonce, ciphertext, signature)
+
+
+def _parse_header(raw: bytes) -> EnvelopeHeader:
+    import json
+
+    try:
+        data = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise EnvelopeError("envelope header is not JSON") from None
+    header = EnvelopeHeader.from_dict(data)
+    if header.canonical() != raw:
+        raise EnvelopeError("envelope header is not in canonical form")
+    return header
+
+
+def _signed_parts(header: bytes, eph: bytes, nonce: bytes, ciphertext: bytes) -> list[bytes]:
+    return [
+        _PREFIX.pack(MAGIC, VERSION, len(header)),
+        header,
+        eph,
+        nonce,
+        struct.pack(">Q", len(ciphertext)),
+        ciphertext,
+    ]
+
+
+def _digest(parts: list[bytes]) -> bytes:
+    h = hashlib.sha256(_DOMAIN)
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def _sign(key: Signer, digest: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(digest)
+    raise TypeError("sender signing key must be an EC or Ed25519 private key")
+
+
+def _verify(key: Verifier, signature: bytes, digest: bytes) -> None:
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, digest)
+        else:
+            raise TypeError("sender verify key must be an EC or Ed25519 public key")
+    except InvalidSignature:
+        raise EnvelopeError("envelope signature is invalid") from None
+
+
+def _content_key(shared: bytes, eph: bytes, recipient_pub: bytes, header: EnvelopeHeader) -> AESGCM:
+    info = _DOMAIN + canonical_json([header.sender, header.recipient, header.envelope_id])
+    key = HKDF(hashes.SHA256(), 32, salt=eph + recipient_pub, info=info).derive(shared)
+    return AESGCM(key)
+
+
+def seal(
+    header: EnvelopeHeader,
+    payload: bytes,
+    *,
+    sender_signing_key: Signer,
+    recipient_encryption_public_key: x25519.X25519PublicKey,
+) -> SealedEnvelope:
+    header_bytes = header.canonical()
+    eph_key = x25519.X25519PrivateKey.generate()
+    eph = eph_key.public_key().public_bytes_raw()
+    try:
+        shared = eph_key.exchange(recipient_encryption_public_key)
+    except ValueError:
+        raise EnvelopeError("recipient encryption key is invalid") from None
+    aead = _content_key(shared, eph, recipient_encryption_public_key.public_bytes_raw(), header)
+    nonce = os.urandom(12)
+    ciphertext = aead.encrypt(nonce, payload, header_bytes)
+    digest = _digest(_signed_parts(header_bytes, eph, nonce, ciphertext))
+    signature = _sign(sender_signing_key, digest)
+    return SealedEnvelope(header, header_bytes, eph, nonce, ciphertext, signature)
+
+
+def open_sealed(
+    envelope: SealedEnvelope | bytes,
+    *,
+    recipient_encryption_key: x25519.X25519PrivateKey | Sequence[x25519.X25519PrivateKey],
+    sender_verify_key: Verifier,
+    recipient: str | None = None,
+    now: dt.datetime | None = None,
+) -> bytes:
+    """Verify, check recipient and expiry, decrypt. ``sender_verify_key`` must be the key of
+    ``envelope.header.sender`` (look it up by that id; :func:`open_from` does it from a cert).
+    Several recipient keys may be given (current first, then keys replaced by rotation)."""
+    env = envelope if isinstance(envelope, SealedEnvelope) else SealedEnvelope.from_bytes(envelope)
+    _verify(sender_verify_key, env.signature, _digest(env._signed_parts()))
+    header = env.header
+    if recipient is not None and header.recipient != recipient:
+        raise EnvelopeError(f"envelope is addressed to {header.recipient}, not {recipient}")
+    if header.is_expired(now):
+        raise EnvelopeError("envelope expired")
+    keys = (
+        [recipient_encryption_key]
+        if isinstance(recipient_encryption_key, x25519.X25519PrivateKey)
+        else list(recipient_encryption_key)
+    )
+    try:
+        eph_pub = x25519.X25519PublicKey.from_public_bytes(env.ephemeral_public)
+    except ValueError:
+        raise EnvelopeError("envelope ephemeral key is invalid") from None
+    for key in keys:
+        try:
+            shared = key.exchange(eph_pub)
+            aead = _content_key(
+                shared, env.ephemeral_public, key.public_key().public_bytes_raw(), header
+            )
+            return aead.decrypt(env.nonce, env.ciphertext, env.header_bytes)
+        except (InvalidTag, ValueError):
+            continue
+    raise EnvelopeError("envelope cannot be decrypted with this organisation's key")
+
+
+def seal_to(
+    header: EnvelopeHeader,
+    payload: bytes,
+    *,
+    sender: Any,
+    recipient_encryption_cert_pem: bytes,
+    revoked: Collection[str | int] = (),
+    now: dt.datetime | None = None,
+) -> SealedEnvelope:
+    """Seal with ``sender`` (:class:`trust.pki.OrgCredentials`) to the recipient named by a
+    CA-issued encryption certificate, checking that it belongs to ``header.recipient``."""
+    if header.sender != sender.org_id:
+        raise EnvelopeError(f"header sender {header.sender} is not {sender.org_id}")
+    org = verify_peer_certificate(
+        recipient_encryption_cert_pem,
+        sender.ca_cert_pem,
+        revoked=revoked,
+        now=now,
+        usage="encryption",
+    )
+    if org != header.recipient:
+        raise EnvelopeError(f"encryption certificate belongs to {org}, not {header.recipient}")
+    public = load_certificate(recipient_encryption_cert_pem).public_key()
+    assert isinstance(public, x25519.X25519PublicKey)
+    return seal(
+        header,
+        payload,
+        sender_signing_key=sender.signing_key,
+        recipient_encryption_public_key=public,
+    )
+
+
+def open_from(
+    envelope: SealedEnvelope | bytes,
+    *,
+    recipient: Any,
+    sender_signing_cert_pem: bytes,
+    revoked: Collection[str | int] = (),
+    now: dt.datetime | None = None,
+) -> bytes:
+    """Open with ``recipient`` (:class:`trust.pki.OrgCredentials`), trusting the sender's key
+    only through its CA-issued signing certificate, which must name ``header.sender``."""
+    env = envelope if isinstance(envelope, SealedEnvelope) else SealedEnvelope.from_bytes(envelope)
+    org = verify_peer_certificate(
+        sender_signing_cert_pem, recipient.ca_cert_pem, revoked=revoked, now=now, usage="signing"
+    )
+    if org != env.header.sender:
+        raise EnvelopeError(f"signing certificate belongs to {org}, not {env.header.sender}")
+    public = load_certificate(sender_signing_cert_pem).public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+    return open_sealed(
+        env,
+        recipient_encryption_key=[recipient.encryption_key, *recipient.previous_encryption_keys],
+        sender_verify_key=public,
+        recipient=recipient.org_id,
+        now=now,
+    )
