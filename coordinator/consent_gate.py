@@ -1,0 +1,77 @@
+"""The coordinator's consent check, asked before routing and again at delivery.
+
+The rule (one place): a data-carrying envelope passes only if the patient's consent permits
+*every* declared class to the party that will receive the data, for the declared purpose.
+Envelopes that carry no clinical classes (a Task status update) pass only along an exchange that
+already exists: an earlier referral or consultation for the same patient in the other direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coordinator.envelope_rules import Header, data_recipient
+
+__all__ = ["GateDecision", "ConsentOracle", "ConsentGate"]
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    permit: bool
+    reason: str
+    consent_ids: tuple[str, ...] = ()
+
+
+class ConsentOracle(Protocol):
+    """What the gate needs of the consent registry (consent.client.ConsentClient fits)."""
+
+    def decide(
+        self,
+        patient_pseudonym: str,
+        recipient: str,
+        purpose: str,
+        classes: Any,
+        *,
+        requester: str | None = None,
+    ) -> Any: ...
+
+
+class ConsentGate:
+    def __init__(self, oracle: ConsentOracle | None) -> None:
+        self.oracle = oracle
+
+    def check(self, header: Header, *, has_prior_exchange: bool) -> GateDecision:
+        if not header.classes:
+            if header.kind == "task-update" and has_prior_exchange:
+                return GateDecision(True, "status update of an existing exchange")
+            return GateDecision(
+                False, f"a {header.kind} without data classes needs an existing exchange"
+            )
+        if self.oracle is None:
+            return GateDecision(False, "no consent registry is configured (default deny)")
+        receiver = data_recipient(header)
+        try:
+            decision = self.oracle.decide(
+                header.patient_pseudonym,
+                receiver,
+                header.purpose,
+                list(header.classes),
+                requester=header.sender,
+            )
+        except Exception as exc:  # registry down or refusing us: default deny
+            return GateDecision(False, f"consent registry unavailable ({type(exc).__name__})")
+        permitted = set(getattr(decision, "classes", ()) or ())
+        consent_ids = tuple(getattr(decision, "consent_ids", ()) or ())
+        if not getattr(decision, "permit", False):
+            reason = getattr(decision, "reason", "") or "no consent"
+            return GateDecision(False, f"consent refused: {reason}", consent_ids)
+        if header.kind == "record-query":
+            # The holder filters to what is permitted; the query itself may ask for more.
+            return GateDecision(True, "consent permits disclosure to the requester", consent_ids)
+        refused = sorted(set(header.classes) - permitted)
+        if refused:
+            return GateDecision(
+                False, f"consent does not cover declared classes {refused}", consent_ids
+            )
+        return GateDecision(True, "consent permits all declared classes", consent_ids)

@@ -1,0 +1,323 @@
+"""The gRPC servicers (Directory, RecordLocator, Exchange): the thin shell around the queue,
+directory, locator, consent gate and audit. ExchangeError → gRPC status happens here, once.
+
+Nothing in this module reads or logs payloads: it handles the clear header and opaque bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator.consent_gate import ConsentGate
+from coordinator.directory import Directory, OrgRecord
+from coordinator.envelope_rules import Header, check_header, check_sealed_matches, check_size
+from coordinator.errors import ExchangeError
+from coordinator.locator import RecordLocator
+from coordinator.notifier import InboxNotifier
+from coordinator.peers import PeerAuthenticator
+from coordinator.queue import EnvelopeQueue, QueuedEnvelope
+from coordinator.routing_audit import RoutingAuditor
+from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from protos.ipjms.exchange.v1 import exchange_pb2_grpc as pb_grpc
+
+__all__ = ["ExchangeLimits", "Services", "add_servicers"]
+
+log = logging.getLogger("ipjms.coordinator")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ExchangeLimits:
+    max_envelope_bytes: int = 8 * 1024 * 1024
+    max_ttl_seconds: int = 30 * 24 * 3600
+    rate_per_minute: int = 600
+    poll_interval: float = 1.0
+    default_batch: int = 16
+
+
+@dataclass
+class Services:
+    directory: Directory
+    locator: RecordLocator
+    queue: EnvelopeQueue
+    peers: PeerAuthenticator
+    gate: ConsentGate
+    auditor: RoutingAuditor
+    notifier: InboxNotifier
+    limits: ExchangeLimits
+
+
+def _abort(context: grpc.ServicerContext, exc: ExchangeError) -> None:
+    code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+    context.abort(code, exc.message)
+
+
+def _unary(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except ExchangeError as exc:
+            log.info("%s refused: %s %s", method.__name__, exc.code, exc.message)
+            _abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _streaming(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            yield from method(self, request, context)
+        except ExchangeError as exc:
+            log.info("%s refused: %s %s", method.__name__, exc.code, exc.message)
+            _abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def header_from_pb(h: pb.EnvelopeHeader) -> Header:
+    return Header(
+        envelope_id=h.envelope_id,
+        kind=h.kind,
+        sender=h.sender,
+        recipient=h.recipient,
+        patient_pseudonym=h.patient_pseudonym,
+        purpose=h.purpose,
+        classes=tuple(h.classes),
+        consent_ref=h.consent_ref,
+        created_at=int(h.created_at),
+        expires_at=int(h.expires_at),
+    )
+
+
+def header_to_pb(h: Header) -> pb.EnvelopeHeader:
+    return pb.EnvelopeHeader(
+        envelope_id=h.envelope_id,
+        kind=h.kind,
+        sender=h.sender,
+        recipient=h.recipient,
+        patient_pseudonym=h.patient_pseudonym,
+        purpose=h.purpose,
+        classes=list(h.classes),
+        consent_ref=h.consent_ref,
+        created_at=h.created_at,
+        expires_at=h.expires_at,
+    )
+
+
+def org_to_pb(org: OrgRecord) -> pb.Organisation:
+    return pb.Organisation(
+        org_id=org.org_id,
+        name=org.name,
+        level=org.level,
+        endpoints=[
+            pb.Endpoint(kind=e.get("kind", ""), url=e.get("url", "")) for e in org.endpoints
+        ],
+        encryption_certificate=org.encryption_certificate,
+        signing_certificate=org.signing_certificate,
+        cert_fingerprints=org.cert_fingerprints,
+        revoked=org.revoked,
+        online=org.online(),
+    )
+
+
+class _Base:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def caller(self, context: grpc.ServicerContext) -> OrgRecord:
+        certs = context.auth_context().get("x509_pem_cert") or [None]
+        return self.s.peers.identify(certs[0])
+
+
+class DirectoryServicer(_Base, pb_grpc.DirectoryServicer):
+    @_unary
+    def ListOrganisations(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        self.caller(context)
+        orgs = self.s.directory.list(request.level)
+        return pb.ListOrganisationsResponse(organisations=[org_to_pb(o) for o in orgs])
+
+    @_unary
+    def GetOrganisation(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        self.caller(context)
+        org = self.s.directory.get(request.org_id)
+        if org is None:
+            raise ExchangeError("NOT_FOUND", f"no organisation {request.org_id!r} in the directory")
+        return org_to_pb(org)
+
+
+class LocatorServicer(_Base, pb_grpc.RecordLocatorServicer):
+    @_unary
+    def Publish(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        org = self.caller(context)
+        added = self.s.locator.publish(
+            org.org_id, request.patient_pseudonyms, replace=request.replace
+        )
+        return pb.PublishResponse(published=added, total_held=self.s.locator.held_count(org.org_id))
+
+    @_unary
+    def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        org = self.caller(context)
+        holders = self.s.locator.lookup(request.patient_pseudonym, exclude=org.org_id)
+        return pb.LookupResponse(holders=holders)
+
+
+class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
+    replica_id = uuid.uuid4().hex[:12]
+
+    @_unary
+    def Send(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        org = self.caller(context)
+        if not request.HasField("header"):
+            raise ExchangeError("INVALID_ARGUMENT", "the envelope has no header")
+        header = header_from_pb(request.header)
+        limits = self.s.limits
+        now = time.time()
+        check_header(header, caller=org.org_id, now=now, max_ttl=limits.max_ttl_seconds)
+        check_size(request.sealed, max_bytes=limits.max_envelope_bytes)
+        check_sealed_matches(header, request.sealed)
+        recipient = self.s.directory.get(header.recipient)
+        if recipient is None:
+            raise ExchangeError("NOT_FOUND", f"unknown recipient {header.recipient!r}")
+        if recipient.revoked:
+            raise ExchangeError(
+                "FAILED_PRECONDITION", f"recipient {header.recipient} has been revoked"
+            )
+        # A retry (same id and content) finds its single queue entry and changes nothing.
+        if self.s.queue.state(header.envelope_id) is not None and not self.s.queue.accept(
+            header, request.sealed, now=now
+        ):
+            log.info("send duplicate envelope=%s sender=%s", header.envelope_id, org.org_id)
+            return pb.SendResponse(envelope_id=header.envelope_id, duplicate=True)
+        if self.s.queue.sent_since(org.org_id, now - 60) >= limits.rate_per_minute:
+            raise ExchangeError(
+                "RESOURCE_EXHAUSTED",
+                f"rate limit: {org.org_id} may send {limits.rate_per_minute} envelopes per minute",
+            )
+        decision = self.s.gate.check(header, has_prior_exchange=self.s.queue.has_exchange(header))
+        if not decision.permit:
+            self.s.queue.log_refusal(header, decision.reason)
+            self.s.auditor.record(header, "refused", decision.reason, decision.consent_ids)
+            log.info(
+                "send refused envelope=%s sender=%s recipient=%s: %s",
+                header.envelope_id,
+                header.sender,
+                header.recipient,
+                decision.reason,
+            )
+            raise ExchangeError(
+                "PERMISSION_DENIED", f"refused by the coordinator: {decision.reason}"
+            )
+        duplicate = not self.s.queue.accept(header, request.sealed, now=now)
+        if not duplicate:
+            self.s.auditor.record(header, "accepted", decision.reason, decision.consent_ids)
+            self.s.notifier.notify(header.recipient)
+        log.info(
+            "send accepted envelope=%s kind=%s sender=%s recipient=%s bytes=%d",
+            header.envelope_id,
+            header.kind,
+            header.sender,
+            header.recipient,
+            len(request.sealed),
+        )
+        return pb.SendResponse(envelope_id=header.envelope_id, duplicate=duplicate)
+
+    def _deliverable(self, item: QueuedEnvelope, now: float) -> bool:
+        """Checks at delivery time: still unexpired, consent still permits."""
+        header = item.header
+        if header.expires_at <= now:
+            self.s.queue.kill(header.envelope_id, "expired before delivery")
+            self.s.auditor.record(header, "dead", "expired before delivery", ())
+            return False
+        decision = self.s.gate.check(header, has_prior_exchange=self.s.queue.has_exchange(header))
+        if not decision.permit:
+            reason = f"not delivered: {decision.reason}"
+            self.s.queue.kill(header.envelope_id, reason)
+            self.s.auditor.record(header, "dead", reason, decision.consent_ids)
+            log.info("delivery stopped envelope=%s: %s", header.envelope_id, decision.reason)
+            return False
+        self.s.auditor.record(header, "delivered", decision.reason, decision.consent_ids)
+        return True
+
+    @_streaming
+    def Inbox(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
+        org = self.caller(context)
+        owner = f"{self.replica_id}:{uuid.uuid4().hex[:8]}"
+        batch = min(request.max_batch or self.s.limits.default_batch, 256)
+        leased: list[str] = []
+        context.add_callback(lambda: self.s.notifier.notify(org.org_id))
+        log.info("inbox open org=%s follow=%s", org.org_id, request.follow)
+        last_touch = 0.0
+        try:
+            while context.is_active():
+                now = time.time()
+                if now - last_touch > 5:
+                    self.s.directory.touch(org.org_id, now)
+                    last_touch = now
+                seen = self.s.notifier.generation(org.org_id)
+                items = self.s.queue.claim(org.org_id, limit=batch, lease_owner=owner, now=now)
+                for item in items:
+                    if not self._deliverable(item, now):
+                        continue
+                    leased.append(item.header.envelope_id)
+                    yield pb.Envelope(
+                        header=header_to_pb(item.header),
+                        sealed=item.sealed,
+                        delivery_attempt=item.attempts,
+                    )
+                if not items:
+                    if not request.follow:
+                        return
+                    self.s.notifier.wait(org.org_id, seen, self.s.limits.poll_interval)
+        finally:
+            # Unacknowledged envelopes go straight back to the queue for the next stream.
+            self.s.queue.release(leased, owner)
+            log.info("inbox closed org=%s delivered=%d", org.org_id, len(leased))
+
+    @_unary
+    def Acknowledge(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        org = self.caller(context)
+        if request.outcome not in (pb.OUTCOME_IMPORTED, pb.OUTCOME_REJECTED):
+            raise ExchangeError("INVALID_ARGUMENT", "outcome must be IMPORTED or REJECTED")
+        imported = request.outcome == pb.OUTCOME_IMPORTED
+        state, changed = self.s.queue.acknowledge(
+            request.envelope_id, org.org_id, imported=imported, detail=request.detail
+        )
+        if changed is not None:
+            reason = request.detail or ("imported by the recipient" if imported else "rejected")
+            self.s.auditor.record(changed, "imported" if imported else "rejected", reason, ())
+        log.info("ack envelope=%s org=%s state=%s", request.envelope_id, org.org_id, state)
+        return pb.AcknowledgeResponse(envelope_id=request.envelope_id, state=state)
+
+    @_unary
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        org = self.caller(context)
+        st = self.s.queue.state(request.envelope_id)
+        if st is None or org.org_id not in (st.sender, st.recipient):
+            raise ExchangeError("NOT_FOUND", f"no envelope {request.envelope_id} of yours")
+        return pb.StatusResponse(
+            envelope_id=st.envelope_id,
+            state=st.state,
+            reason=st.reason,
+            attempts=st.attempts,
+            accepted_at=int(st.accepted_at),
+            updated_at=int(st.updated_at),
+            sender=st.sender,
+            recipient=st.recipient,
+            kind=st.kind,
+        )
+
+
+def add_servicers(server: grpc.Server, services: Services) -> None:
+    pb_grpc.add_DirectoryServicer_to_server(DirectoryServicer(services), server)
+    pb_grpc.add_RecordLocatorServicer_to_server(LocatorServicer(services), server)
+    pb_grpc.add_ExchangeServicer_to_server(ExchangeServicer(services), server)

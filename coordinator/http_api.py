@@ -1,0 +1,101 @@
+"""The coordinator's small HTTP API: ``/healthz`` (open) and ``/status`` (the authority only).
+
+The authority authenticates with an organisation assertion (``trust.backend_auth``: a short JWT
+signed with its PKI signing key, certificate in ``x5c``, audience = this API's ``/status`` URL,
+``jti`` single-use); the organisation must be registered with level ``authority``.
+The model registry router (coordinator/model_registry, issue 5) is mounted when present.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+
+from coordinator.grpc_service import Services
+from coordinator.settings import CoordinatorSettings
+from trust.outcome import Forbidden, Unauthorized, install_error_handlers
+from trust.pki import OrgCredentials
+from trust.tokens import ReplayCache
+
+__all__ = ["create_status_app"]
+
+log = logging.getLogger("ipjms.coordinator.http")
+
+
+def create_status_app(
+    services: Services, *, settings: CoordinatorSettings, creds: OrgCredentials
+) -> FastAPI:
+    app = FastAPI(title="IPJMS coordinator", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    replay = ReplayCache()
+    started = time.time()
+
+    def authority(request: Request) -> str:
+        from trust.backend_auth import verify_org_assertion
+
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            raise Unauthorized("an authority organisation assertion is required")
+        audience = str(request.url.replace(query=""))
+        try:
+            org_id = verify_org_assertion(
+                auth[7:].strip(),
+                ca_cert_pem=creds.ca_cert_pem,
+                audience=audience,
+                replay_cache=replay,
+                revoked=services.peers._revocations(),
+            )
+        except Exception as exc:
+            raise Unauthorized(f"organisation assertion refused: {exc}") from None
+        org = services.directory.get(org_id)
+        if org is None or org.revoked or org.level != "authority":
+            raise Forbidden(f"{org_id} is not the regional authority")
+        return org_id
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        services.directory.list("authority")  # the database answers
+        return {"status": "ok", "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/status")
+    def status(_org: str = Depends(authority)) -> dict[str, Any]:
+        orgs = services.directory.list()
+        refusals = services.queue.recent("refused", 20)
+        dead = services.queue.recent("dead", 20)
+        return {
+            "organisations": [
+                {
+                    "org_id": o.org_id,
+                    "name": o.name,
+                    "level": o.level,
+                    "online": o.online(),
+                    "revoked": o.revoked,
+                    "last_seen": o.last_seen,
+                }
+                for o in orgs
+            ],
+            "queue_depths": services.queue.depths(),
+            "recent_refusals": refusals,
+            "recent_dead_letters": dead,
+        }
+
+    _include_model_registry(app)
+    return app
+
+
+def _include_model_registry(app: FastAPI) -> None:
+    """Mount coordinator/model_registry's router (owned by the federated engineer) if present."""
+    try:
+        module = importlib.import_module("coordinator.model_registry")
+    except ModuleNotFoundError:
+        return
+    router = getattr(module, "router", None)
+    if router is None:
+        factory = getattr(module, "create_router", None)
+        router = factory() if callable(factory) else None
+    if router is not None:
+        app.include_router(router)

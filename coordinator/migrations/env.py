@@ -1,0 +1,19 @@
+"""Alembic environment for the coordinator database (run through trust.storage.upgrade_schema)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from coordinator.schema import metadata
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # pragma: no cover - always called with a connection
+    raise RuntimeError("run migrations through trust.storage.upgrade_schema(engine, dir)")
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    version_table="alembic_version_coordinator",
+    render_as_batch=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

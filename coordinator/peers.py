@@ -1,0 +1,71 @@
+"""Who is calling: the organisation named by the peer's mutual-TLS certificate.
+
+gRPC's TLS handshake already refuses certificates from any other CA (the client sees
+``UNAVAILABLE``); here we add what the handshake cannot know: the certificate must pass the
+regional PKI's peer check (validity, usage, CRL), its organisation must be in the directory and
+not revoked there, and — when the authority registered fingerprints — be one of those
+certificates.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from coordinator.directory import Directory, OrgRecord
+from coordinator.errors import ExchangeError
+from trust.certificates import CertificateError, fingerprint, load_certificate
+from trust.pki import revocation_list, verify_peer_certificate
+
+__all__ = ["PeerAuthenticator"]
+
+
+class PeerAuthenticator:
+    def __init__(self, directory: Directory, *, ca_cert_pem: bytes, ca_dir: Path | None) -> None:
+        self.directory = directory
+        self.ca_cert_pem = ca_cert_pem
+        self.ca_dir = ca_dir
+        self._lock = threading.Lock()
+        self._crl_mtime: float = -1.0
+        self._revoked: frozenset[str | int] = frozenset()
+
+    def _revocations(self) -> frozenset[str | int]:
+        """The CA's revocation list, re-read whenever the CRL file changes."""
+        if self.ca_dir is None:
+            return frozenset()
+        crl = self.ca_dir / "ca.crl.pem"
+        try:
+            mtime = crl.stat().st_mtime
+        except FileNotFoundError:
+            return frozenset()
+        with self._lock:
+            if mtime != self._crl_mtime:
+                self._revoked = revocation_list(self.ca_dir)
+                self._crl_mtime = mtime
+            return self._revoked
+
+    def identify(self, peer_cert_pem: bytes | None) -> OrgRecord:
+        if not peer_cert_pem:
+            raise ExchangeError("UNAUTHENTICATED", "a client certificate is required")
+        try:
+            org_id = verify_peer_certificate(
+                peer_cert_pem, self.ca_cert_pem, revoked=self._revocations()
+            )
+        except CertificateError as exc:
+            code = "PERMISSION_DENIED" if "revoked" in str(exc) else "UNAUTHENTICATED"
+            raise ExchangeError(code, f"certificate refused: {exc}") from None
+        org = self.directory.get(org_id)
+        if org is None:
+            raise ExchangeError(
+                "UNAUTHENTICATED", f"organisation {org_id} is not registered in the directory"
+            )
+        if org.revoked:
+            raise ExchangeError("PERMISSION_DENIED", f"organisation {org_id} has been revoked")
+        if org.cert_fingerprints:
+            fp = fingerprint(load_certificate(peer_cert_pem))
+            if fp not in org.cert_fingerprints:
+                raise ExchangeError(
+                    "UNAUTHENTICATED",
+                    f"this certificate of {org_id} is not the one registered in the directory",
+                )
+        return org

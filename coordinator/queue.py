@@ -1,0 +1,363 @@
+"""The durable store-and-forward queue of sealed envelopes (SQLAlchemy; SQLite or PostgreSQL).
+
+Life of an envelope: ``queued`` (committed before Send returns) → ``delivering`` (claimed under a
+lease by one Inbox stream) → ``delivered`` / ``rejected`` (the recipient acknowledged; the sealed
+bytes are dropped) — or ``dead`` (expired, consent withdrawn before delivery): the dead-letter
+list. A lease that runs out (the stream died, the coordinator was killed) makes the envelope
+claimable again, so an accepted envelope is redelivered until acknowledged.
+
+Replica-safe by design: every state change is a single conditional UPDATE or a claim made with
+``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL) / ``BEGIN IMMEDIATE`` (SQLite), and leases carry
+the claiming replica's id, so several coordinators can share one PostgreSQL queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from coordinator.envelope_rules import Header
+from coordinator.errors import ExchangeError
+from coordinator.schema import envelopes, routing_log
+from trust.storage import is_postgres
+
+__all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES"]
+
+FINAL_STATES = frozenset({"delivered", "rejected", "dead"})
+
+
+@dataclass(frozen=True)
+class QueuedEnvelope:
+    header: Header
+    sealed: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class EnvelopeState:
+    envelope_id: str
+    kind: str
+    sender: str
+    recipient: str
+    state: str
+    reason: str
+    attempts: int
+    accepted_at: float
+    updated_at: float
+
+
+def _header(m: object) -> Header:
+    r = m._mapping  # type: ignore[attr-defined]
+    return Header(
+        envelope_id=r["envelope_id"],
+        kind=r["kind"],
+        sender=r["sender"],
+        recipient=r["recipient"],
+        patient_pseudonym=r["patient_pseudonym"],
+        purpose=r["purpose"],
+        classes=tuple(json.loads(r["classes"])),
+        consent_ref=r["consent_ref"],
+        created_at=int(r["created_at"]),
+        expires_at=int(r["expires_at"]),
+    )
+
+
+class EnvelopeQueue:
+    def __init__(self, engine: Engine, *, replica_id: str, lease_seconds: float = 30.0) -> None:
+        self.engine = engine
+        self.replica_id = replica_id
+        self.lease_seconds = lease_seconds
+        self._postgres = is_postgres(engine)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def accept(self, header: Header, sealed: bytes, *, now: float | None = None) -> bool:
+        """Commit the envelope durably. Returns False when this exact envelope was already
+        accepted (idempotent retry); the same id with different content is refused."""
+        now = time.time() if now is None else now
+        digest = hashlib.sha256(sealed).hexdigest()
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(envelopes.c.digest, envelopes.c.sender).where(
+                    envelopes.c.envelope_id == header.envelope_id
+                )
+            ).first()
+            if existing is not None:
+                if existing.digest != digest or existing.sender != header.sender:
+                    raise ExchangeError(
+                        "ALREADY_EXISTS",
+                        f"envelope id {header.envelope_id} was already used for different content",
+                    )
+                return False
+            conn.execute(
+                insert(envelopes).values(
+                    envelope_id=header.envelope_id,
+                    kind=header.kind,
+                    sender=header.sender,
+                    recipient=header.recipient,
+                    patient_pseudonym=header.patient_pseudonym,
+                    purpose=header.purpose,
+                    classes=json.dumps(list(header.classes)),
+                    consent_ref=header.consent_ref,
+                    created_at=header.created_at,
+                    expires_at=header.expires_at,
+                    sealed=sealed,
+                    size=len(sealed),
+                    digest=digest,
+                    state="queued",
+                    reason="",
+                    attempts=0,
+                    lease_owner=None,
+                    lease_until=None,
+                    accepted_at=now,
+                    updated_at=now,
+                )
+            )
+            self._log(conn, header, "accepted", "", now)
+        return True
+
+    def sent_since(self, sender: str, since: float) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(envelopes)
+                    .where(envelopes.c.sender == sender, envelopes.c.accepted_at >= since)
+                ).scalar_one()
+            )
+
+    def has_exchange(self, header: Header) -> bool:
+        """Did the recipient earlier send the sender a referral or consultation for this patient?
+        (A Task status update may only travel back along such an exchange.)"""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(envelopes.c.envelope_id)
+                .where(
+                    envelopes.c.sender == header.recipient,
+                    envelopes.c.recipient == header.sender,
+                    envelopes.c.patient_pseudonym == header.patient_pseudonym,
+                    envelopes.c.kind.in_(["referral", "consultation"]),
+                    envelopes.c.state.in_(["queued", "delivering", "delivered"]),
+                )
+                .limit(1)
+            ).first()
+        return row is not None
+
+    # -- delivering ---------------------------------------------------------------------------
+
+    def claim(
+        self, recipient: str, *, limit: int, lease_owner: str, now: float | None = None
+    ) -> list[QueuedEnvelope]:
+        """Lease up to ``limit`` deliverable envelopes of ``recipient``, oldest first."""
+        now = time.time() if now is None else now
+        claimable = and_(
+            envelopes.c.recipient == recipient,
+            or_(
+                envelopes.c.state == "queued",
+                and_(envelopes.c.state == "delivering", envelopes.c.lease_until < now),
+            ),
+        )
+        query = (
+            select(envelopes.c.envelope_id)
+            .where(claimable)
+            .order_by(envelopes.c.accepted_at, envelopes.c.envelope_id)
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            ids: list[str] = list(conn.execute(query).scalars())
+            if not ids:
+                return []
+            conn.execute(
+                update(envelopes)
+                .where(envelopes.c.envelope_id.in_(ids), claimable)
+                .values(
+                    state="delivering",
+                    lease_owner=lease_owner,
+                    lease_until=now + self.lease_seconds,
+                    attempts=envelopes.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            rows = conn.execute(
+                select(envelopes)
+                .where(envelopes.c.envelope_id.in_(ids), envelopes.c.lease_owner == lease_owner)
+                .order_by(envelopes.c.accepted_at, envelopes.c.envelope_id)
+            ).all()
+        return [QueuedEnvelope(_header(r), bytes(r.sealed), int(r.attempts)) for r in rows]
+
+    def release(self, envelope_ids: Sequence[str], lease_owner: str) -> None:
+        """Give back leases a stream holds but did not get acknowledged (stream closed)."""
+        if not envelope_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(envelopes)
+                .where(
+                    envelopes.c.envelope_id.in_(list(envelope_ids)),
+                    envelopes.c.state == "delivering",
+                    envelopes.c.lease_owner == lease_owner,
+                )
+                .values(state="queued", lease_owner=None, lease_until=None)
+            )
+
+    def acknowledge(
+        self, envelope_id: str, recipient: str, *, imported: bool, detail: str = ""
+    ) -> tuple[str, Header | None]:
+        """Final state after the recipient's acknowledgement; idempotent for repeated acks.
+        Returns the state and, when this call changed it, the envelope's header."""
+        now = time.time()
+        state = "delivered" if imported else "rejected"
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(envelopes).where(envelopes.c.envelope_id == envelope_id)
+            ).first()
+            if row is None or row.recipient != recipient:
+                # Same answer for "not yours" and "does not exist": no probing of ids.
+                raise ExchangeError("NOT_FOUND", f"no envelope {envelope_id} addressed to you")
+            if row.state in FINAL_STATES:
+                return str(row.state), None
+            conn.execute(
+                update(envelopes)
+                .where(envelopes.c.envelope_id == envelope_id)
+                .values(
+                    state=state,
+                    reason=detail[:500],
+                    sealed=b"",
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+            header = _header(row)
+            self._log(conn, header, state, detail[:500], now)
+        return state, header
+
+    def kill(self, envelope_id: str, reason: str, *, now: float | None = None) -> None:
+        """Move an envelope to the dead-letter list (sender sees the reason through Status)."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(envelopes).where(envelopes.c.envelope_id == envelope_id)
+            ).first()
+            if row is None or row.state in FINAL_STATES:
+                return
+            conn.execute(
+                update(envelopes)
+                .where(envelopes.c.envelope_id == envelope_id)
+                .values(
+                    state="dead",
+                    reason=reason,
+                    sealed=b"",
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+            self._log(conn, _header(row), "dead", reason, now)
+
+    def expire(self, *, now: float | None = None) -> list[str]:
+        """Dead-letter every undelivered envelope past its expiry; returns their ids."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            ids: list[str] = list(
+                conn.execute(
+                    select(envelopes.c.envelope_id).where(
+                        envelopes.c.state.in_(["queued", "delivering"]),
+                        envelopes.c.expires_at <= now,
+                    )
+                ).scalars()
+            )
+        for envelope_id in ids:
+            self.kill(envelope_id, "expired before delivery", now=now)
+        return ids
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def state(self, envelope_id: str) -> EnvelopeState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(envelopes).where(envelopes.c.envelope_id == envelope_id)
+            ).first()
+        if row is None:
+            return None
+        return EnvelopeState(
+            envelope_id=row.envelope_id,
+            kind=row.kind,
+            sender=row.sender,
+            recipient=row.recipient,
+            state=row.state,
+            reason=row.reason,
+            attempts=int(row.attempts),
+            accepted_at=float(row.accepted_at),
+            updated_at=float(row.updated_at),
+        )
+
+    def header(self, envelope_id: str) -> Header | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(envelopes).where(envelopes.c.envelope_id == envelope_id)
+            ).first()
+        return _header(row) if row is not None else None
+
+    def depths(self) -> dict[str, dict[str, int]]:
+        """Envelope counts per recipient and state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(envelopes.c.recipient, envelopes.c.state, func.count()).group_by(
+                    envelopes.c.recipient, envelopes.c.state
+                )
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for recipient, state, count in rows:
+            out.setdefault(str(recipient), {})[str(state)] = int(count)  # type: ignore[call-overload]
+        return out
+
+    def dead_letters(self, limit: int = 100) -> list[EnvelopeState]:
+        with self.engine.connect() as conn:
+            ids: list[str] = list(
+                conn.execute(
+                    select(envelopes.c.envelope_id)
+                    .where(envelopes.c.state == "dead")
+                    .order_by(envelopes.c.updated_at.desc())
+                    .limit(limit)
+                ).scalars()
+            )
+        return [s for s in (self.state(i) for i in ids) if s is not None]
+
+    # -- routing log --------------------------------------------------------------------------
+
+    def log_refusal(self, header: Header, reason: str) -> None:
+        with self.engine.begin() as conn:
+            self._log(conn, header, "refused", reason, time.time())
+
+    def recent(self, decision: str, limit: int = 20) -> list[dict[str, object]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(routing_log)
+                .where(routing_log.c.decision == decision)
+                .order_by(routing_log.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    @staticmethod
+    def _log(conn: object, header: Header, decision: str, reason: str, now: float) -> None:
+        conn.execute(  # type: ignore[attr-defined]
+            insert(routing_log).values(
+                at=now,
+                envelope_id=header.envelope_id[:64],
+                sender=header.sender[:64],
+                recipient=header.recipient[:64],
+                kind=header.kind[:32],
+                purpose=header.purpose[:16],
+                decision=decision,
+                reason=reason[:500],
+            )
+        )

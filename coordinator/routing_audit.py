@@ -1,0 +1,124 @@
+"""Every routing decision of the coordinator as an AuditEvent in the hash-chained ledger.
+
+Decisions: ``accepted`` / ``refused`` at Send, ``delivered`` / ``dead`` at delivery,
+``imported`` / ``rejected`` when the recipient acknowledges. The event names organisations,
+the envelope id, kind, purpose, declared classes and the patient's pseudonym — never content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from coordinator.envelope_rules import Header
+
+__all__ = ["RoutingAuditor", "routing_event", "ORG_SYSTEM", "PSEUDONYM_SYSTEM"]
+
+log = logging.getLogger("ipjms.coordinator.audit")
+
+ORG_SYSTEM = "https://ipjms.example.org/fhir/sid/org"
+PSEUDONYM_SYSTEM = "https://ipjms.example.org/fhir/sid/patient-pseudonym"
+ROUTING_SYSTEM = "https://ipjms.example.org/fhir/CodeSystem/routing-decision"
+_OK = {"accepted", "delivered", "imported"}
+
+
+class Ledger(Protocol):
+    def append(self, event: dict[str, Any], *, patient_pseudonym: str | None = None) -> Any: ...
+
+
+def routing_event(
+    header: Header,
+    decision: str,
+    reason: str,
+    consent_ids: Sequence[str] = (),
+    *,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """A BALP-shaped AuditEvent (transmit/export) for one routing decision. Pure."""
+    now = now or dt.datetime.now(dt.UTC)
+    entity: list[dict[str, Any]] = [
+        {
+            "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": header.patient_pseudonym}},
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "1",
+                "display": "Person",
+            },
+            "role": {
+                "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                "code": "1",
+                "display": "Patient",
+            },
+        },
+        {
+            "what": {"identifier": {"value": header.envelope_id}},
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "2",
+                "display": "System Object",
+            },
+            "detail": [
+                {"type": "kind", "valueString": header.kind},
+                {"type": "classes", "valueString": ",".join(header.classes)},
+            ],
+        },
+    ]
+    for consent_id in consent_ids:
+        entity.append({"what": {"reference": f"Consent/{consent_id}"}})
+    return {
+        "resourceType": "AuditEvent",
+        "type": {
+            "system": "http://dicom.nema.org/resources/ontology/DCM",
+            "code": "110106",
+            "display": "Export",
+        },
+        "subtype": [{"system": ROUTING_SYSTEM, "code": decision}],
+        "action": "E",
+        "recorded": now.isoformat(),
+        "outcome": "0" if decision in _OK else "4",
+        "outcomeDesc": reason[:500],
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": header.purpose,
+                    }
+                ]
+            }
+        ],
+        "agent": [
+            {
+                "who": {"identifier": {"system": ORG_SYSTEM, "value": header.sender}},
+                "requestor": True,
+            },
+            {
+                "who": {"identifier": {"system": ORG_SYSTEM, "value": header.recipient}},
+                "requestor": False,
+            },
+        ],
+        "source": {
+            "observer": {"display": "ipjms-coordinator"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "6",
+                    "display": "Security Server",
+                }
+            ],
+        },
+        "entity": entity,
+    }
+
+
+class RoutingAuditor:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def record(
+        self, header: Header, decision: str, reason: str, consent_ids: Sequence[str]
+    ) -> None:
+        event = routing_event(header, decision, reason, consent_ids)
+        self.ledger.append(event, patient_pseudonym=header.patient_pseudonym)

@@ -1,0 +1,150 @@
+"""Wire the coordinator together and run it: the gRPC server (mutual TLS) and the HTTP status
+API in one process. ``ipjms coordinator serve`` calls :func:`run`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from sqlalchemy import Engine
+
+from coordinator.consent_gate import ConsentGate
+from coordinator.directory import Directory
+from coordinator.grpc_service import ExchangeLimits, Services, add_servicers
+from coordinator.locator import RecordLocator
+from coordinator.notifier import InboxNotifier
+from coordinator.peers import PeerAuthenticator
+from coordinator.queue import EnvelopeQueue
+from coordinator.routing_audit import RoutingAuditor
+from coordinator.settings import CoordinatorSettings
+from trust.pki import OrgCredentials, load_org
+from trust.storage import make_engine, upgrade_schema
+
+__all__ = ["MIGRATIONS", "open_database", "build_services", "start_grpc", "run"]
+
+log = logging.getLogger("ipjms.coordinator")
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def open_database(url: str) -> Engine:
+    engine = make_engine(url)
+    upgrade_schema(engine, MIGRATIONS)
+    return engine
+
+
+def _consent_oracle(settings: CoordinatorSettings, creds: OrgCredentials) -> Any:
+    if not settings.consent_url:
+        log.warning("no consent registry configured: data-carrying envelopes will be refused")
+        return None
+    from consent.client import ConsentClient
+
+    return ConsentClient(settings.consent_url, creds)
+
+
+def build_services(
+    settings: CoordinatorSettings, engine: Engine, creds: OrgCredentials
+) -> Services:
+    from trust.audit_ledger import AuditLedger
+
+    directory = Directory(engine)
+    queue = EnvelopeQueue(
+        engine,
+        replica_id=f"{settings.host}:{settings.port}",
+        lease_seconds=settings.lease_seconds,
+    )
+    return Services(
+        directory=directory,
+        locator=RecordLocator(engine),
+        queue=queue,
+        peers=PeerAuthenticator(directory, ca_cert_pem=creds.ca_cert_pem, ca_dir=settings.ca_dir),
+        gate=ConsentGate(_consent_oracle(settings, creds)),
+        auditor=RoutingAuditor(AuditLedger(engine)),
+        notifier=InboxNotifier(),
+        limits=ExchangeLimits(
+            max_envelope_bytes=settings.max_envelope_bytes,
+            max_ttl_seconds=settings.max_ttl_seconds,
+            rate_per_minute=settings.rate_per_minute,
+            poll_interval=settings.poll_interval,
+        ),
+    )
+
+
+def start_grpc(
+    settings: CoordinatorSettings, services: Services, creds: OrgCredentials
+) -> grpc.Server:
+    # Let oversized envelopes reach Send so the caller gets our clear RESOURCE_EXHAUSTED message;
+    # far larger messages are cut off by gRPC itself (also RESOURCE_EXHAUSTED).
+    limit = settings.max_envelope_bytes * 2 + 1024 * 1024
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.grpc_workers),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    add_servicers(server, services)
+    credentials = grpc.ssl_server_credentials(
+        [(creds.tls_key_pem, creds.tls_cert_pem)],
+        root_certificates=creds.ca_cert_pem,
+        require_client_auth=True,
+    )
+    bound = server.add_secure_port(f"{settings.host}:{settings.port}", credentials)
+    if not bound:
+        raise RuntimeError(f"cannot bind gRPC port {settings.port}")
+    server.start()
+    return server
+
+
+def _sweeper(services: Services, stop: threading.Event) -> None:
+    """Dead-letter expired envelopes even when their recipient never connects."""
+    while not stop.wait(5.0):
+        try:
+            for envelope_id in services.queue.expire():
+                header = services.queue.header(envelope_id)
+                if header is not None:
+                    services.auditor.record(header, "dead", "expired before delivery", ())
+        except Exception as exc:  # keep sweeping; the database may be briefly busy
+            log.warning("expiry sweep failed: %s", type(exc).__name__)
+
+
+def run(settings: CoordinatorSettings) -> None:
+    import uvicorn
+
+    from coordinator.http_api import create_status_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    creds = load_org(settings.org_dir)
+    engine = open_database(settings.database_url())
+    services = build_services(settings, engine, creds)
+    server = start_grpc(settings, services, creds)
+    stop = threading.Event()
+    threading.Thread(target=_sweeper, args=(services, stop), daemon=True).start()
+    log.info(
+        "coordinator %s: gRPC (mTLS) on %s:%d, status API on http://%s:%d",
+        creds.org_id,
+        settings.host,
+        settings.port,
+        settings.host,
+        settings.status_port(),
+    )
+    app = create_status_app(services, settings=settings, creds=creds)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.status_port(), log_level="warning", access_log=False
+    )
+    http = uvicorn.Server(config)
+    try:
+        http.run()
+    finally:
+        stop.set()
+        server.stop(grace=2).wait(5)
+        engine.dispose()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,0 +1,45 @@
+"""The coordinator's configuration (pydantic-settings, environment prefix ``IPJMS_COORDINATOR_``;
+CLI options override). Every default is safe for the local demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trust.storage import sqlite_url
+
+__all__ = ["CoordinatorSettings"]
+
+
+class CoordinatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IPJMS_COORDINATOR_", extra="ignore")
+
+    # State folder (SQLite database coordinator.db by default).
+    data_dir: Path = Path("ipjms-data/coordinator")
+    host: str = "127.0.0.1"
+    # gRPC (mutual TLS) port, and the HTTP status API port (0: gRPC port + 1).
+    port: int = 7443
+    http_port: int = 0
+    # SQLAlchemy URL; default SQLite in data_dir. postgresql://… lets replicas share one queue.
+    db_url: str | None = None
+    # The regional CA folder (trust anchor and CRL) and the coordinator's own credentials.
+    ca_dir: Path | None = None
+    org_dir: Path = Path("ipjms-data/coordinator/credentials")
+    # The consent registry; unset → every data-carrying envelope is refused (default deny).
+    consent_url: str | None = None
+    max_envelope_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_ttl_seconds: int = Field(default=30 * 24 * 3600, gt=0)
+    rate_per_minute: int = Field(default=600, gt=0)
+    # How long a delivered-but-unacknowledged envelope stays leased before redelivery.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    # How often an idle inbox stream re-checks the database (envelopes from other replicas).
+    poll_interval: float = Field(default=1.0, gt=0)
+    grpc_workers: int = Field(default=64, gt=1)
+
+    def database_url(self) -> str:
+        return self.db_url or sqlite_url(self.data_dir, "coordinator")
+
+    def status_port(self) -> int:
+        return self.http_port or self.port + 1
