@@ -1,0 +1,198 @@
+"""Node accounts (password users) and registered backend clients, kept in the node database.
+
+Passwords are hashed with argon2id (argon2-cffi); a login for an unknown user still spends one
+hash verification so response time does not reveal which usernames exist.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from node.auth.roles import ROLES, SYSTEM_SCOPE_PREFIX
+from node.auth.tables import accounts, backend_clients
+from trust.scopes import parse_scopes
+from trust.storage import upgrade_schema
+
+__all__ = [
+    "Account",
+    "BackendClient",
+    "AccountStore",
+    "AccountError",
+    "migrate_accounts",
+    "MIN_PASSWORD_LENGTH",
+]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIN_PASSWORD_LENGTH = 8
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+class AccountError(ValueError):
+    """Bad account or client data (message is safe to show)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    role: str
+    patient_id: str | None
+    active: bool
+
+
+@dataclass(frozen=True)
+class BackendClient:
+    client_id: str
+    public_key: ec.EllipticCurvePublicKey
+    scopes: tuple[str, ...]
+    active: bool
+
+
+def migrate_accounts(engine: Engine) -> None:
+    """Create or upgrade the account tables (own Alembic version table)."""
+    upgrade_schema(engine, MIGRATIONS_DIR)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AccountStore:
+    def __init__(self, engine: Engine, hasher: PasswordHasher | None = None) -> None:
+        self.engine = engine
+        self.hasher = hasher or PasswordHasher()
+        self._dummy_hash = self.hasher.hash("not-a-real-password")
+
+    # --- password accounts ---
+
+    def add_user(
+        self, username: str, password: str, role: str, *, patient_id: str | None = None
+    ) -> Account:
+        if not _USERNAME.match(username):
+            raise AccountError(
+                "username must be 1-128 letters, digits or . _ @ - and start with a letter/digit"
+            )
+        if role not in ROLES:
+            raise AccountError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
+        if role == "patient":
+            if not patient_id:
+                raise AccountError("a patient account must be linked to a Patient id (--patient)")
+            if not _PATIENT_ID.match(patient_id):
+                raise AccountError(f"{patient_id!r} is not a valid FHIR id")
+        elif patient_id:
+            raise AccountError("only patient accounts are linked to a Patient")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+        row = {
+            "username": username,
+            "password_hash": self.hasher.hash(password),
+            "role": role,
+            "patient_id": patient_id,
+            "active": True,
+            "created_at": _now(),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(accounts).values(**row))
+        except IntegrityError:
+            raise AccountError(f"user {username!r} already exists") from None
+        return Account(username, role, patient_id, True)
+
+    def get_user(self, username: str) -> Account | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.username == username)).first()
+        if row is None:
+            return None
+        return Account(row.username, row.role, row.patient_id, bool(row.active))
+
+    def authenticate(self, username: str, password: str) -> Account | None:
+        """The account if the password is right and the account active, else None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.username == username)).first()
+        stored = row.password_hash if row is not None else self._dummy_hash
+        try:
+            self.hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if row is None or not row.active:
+            return None
+        if self.hasher.check_needs_rehash(stored):
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(accounts)
+                    .where(accounts.c.username == username)
+                    .values(password_hash=self.hasher.hash(password))
+                )
+        return Account(row.username, row.role, row.patient_id, True)
+
+    def set_active(self, username: str, active: bool) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(accounts).where(accounts.c.username == username).values(active=active)
+            )
+        if result.rowcount == 0:
+            raise AccountError(f"no user {username!r}")
+
+    # --- backend clients ---
+
+    def add_client(self, client_id: str, public_key_pem: str, scopes: str) -> BackendClient:
+        if not _CLIENT_ID.match(client_id):
+            raise AccountError("client id must be 1-128 letters, digits or . _ : -")
+        key = _load_ec_public_key(public_key_pem)
+        items = scopes.split()
+        parsed = parse_scopes(items)
+        if not items or len(parsed) != len(items):
+            raise AccountError(f"scopes must be SMART resource scopes, got {scopes!r}")
+        if any(s.context != "system" for s in parsed):
+            raise AccountError(f"backend clients get {SYSTEM_SCOPE_PREFIX}… scopes only")
+        row = {
+            "client_id": client_id,
+            "public_key_pem": public_key_pem.strip() + "\n",
+            "scopes": " ".join(items),
+            "active": True,
+            "created_at": _now(),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(backend_clients).values(**row))
+        except IntegrityError:
+            raise AccountError(f"client {client_id!r} already exists") from None
+        return BackendClient(client_id, key, tuple(items), True)
+
+    def get_client(self, client_id: str) -> BackendClient | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(backend_clients).where(backend_clients.c.client_id == client_id)
+            ).first()
+        if row is None:
+            return None
+        return BackendClient(
+            row.client_id,
+            _load_ec_public_key(row.public_key_pem),
+            tuple(row.scopes.split()),
+            bool(row.active),
+        )
+
+
+def _load_ec_public_key(pem: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except ValueError:
+        raise AccountError("public key is not a PEM-encoded public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
+        "secp256r1",
+        "secp384r1",
+    ):
+        raise AccountError("backend client keys must be EC P-256 (ES256) or P-384 (ES384)")
+    return key
