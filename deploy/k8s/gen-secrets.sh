@@ -1,0 +1,88 @@
+#!/bin/sh
+# Generate the secret material the Kustomize base (and the add-node overlay) turn into Secrets.
+# Nothing this script writes is committed (deploy/k8s/.gitignore ignores every secrets/ folder).
+#
+#   deploy/k8s/gen-secrets.sh [--ca-dir DIR] [--k8s-dir DIR] [--add-node INSTANCE ORG]
+#
+# --ca-dir   the regional CA (default $IPJMS_CA_DIR or ~/.ipjms/regional-ca). Created if absent.
+#            The CA private key stays here, on the operator's machine — it never enters the cluster.
+# --k8s-dir  the deploy/k8s folder to write into (default: this script's folder).
+# --add-node also generate the Secrets of the overlay's extra node (e.g. clinic-c org-clinic-c).
+# $IPJMS     the ipjms command (default: ipjms on PATH).
+#
+# Idempotent: existing passwords, keys and certificates are kept. To rotate an organisation's
+# credentials, run `ipjms pki issue CA_DIR --org ORG --host ...` (see trust/README.md), copy them
+# with this script (delete secrets/orgs/ORG first) and re-apply: the Secret's name hash changes, so
+# the pods that mount it are rolled.
+set -eu
+
+here="$(cd "$(dirname "$0")" && pwd)"
+k8s_dir="$here"
+ca_dir="${IPJMS_CA_DIR:-$HOME/.ipjms/regional-ca}"
+ipjms="${IPJMS:-ipjms}"
+extra_instance=""
+extra_org=""
+
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    --ca-dir) ca_dir="$2"; shift 2 ;;
+    --k8s-dir) k8s_dir="$2"; shift 2 ;;
+    --add-node) extra_instance="$2"; extra_org="$3"; shift 3 ;;
+    *) echo "gen-secrets: unknown argument $1" >&2; exit 64 ;;
+    esac
+done
+
+umask 077
+random_secret() {
+    python3 -c "import secrets, sys; sys.stdout.write(secrets.token_urlsafe(32))"
+}
+
+# write_password FILE: a random database password, kept if present.
+write_password() {
+    mkdir -p "$(dirname "$1")"
+    [ -s "$1" ] || random_secret >"$1"
+}
+
+# issue_org OUT_DIR ORG HOSTS: the organisation's certificates and keys, copied from the CA's
+# output folder (trust/pki.py layout) into the kustomization's secrets folder.
+issue_org() {
+    out="$1/orgs/$2"
+    if [ ! -s "$out/tls.key.pem" ]; then
+        if [ ! -s "$ca_dir/orgs/$2/tls.key.pem" ]; then
+            $ipjms pki issue "$ca_dir" --org "$2" --host "$3" >/dev/null
+        fi
+        mkdir -p "$out"
+        for f in org.json ca.cert.pem tls.cert.pem tls.key.pem signing.cert.pem signing.key.pem \
+            encryption.cert.pem encryption.key.pem; do
+            cp "$ca_dir/orgs/$2/$f" "$out/$f"
+        done
+    fi
+}
+
+if [ ! -s "$ca_dir/ca.cert.pem" ]; then
+    $ipjms pki init-ca "$ca_dir" >/dev/null
+fi
+
+base="$k8s_dir/base/secrets"
+mkdir -p "$base/ca-public" "$base/db"
+# The public part of the CA is refreshed on every run (a revocation re-issues the CRL).
+cp "$ca_dir/ca.cert.pem" "$base/ca-public/ca.cert.pem"
+cp "$ca_dir/ca.crl.pem" "$base/ca-public/ca.crl.pem"
+[ -s "$base/linkage.key" ] || python3 -c "import secrets, sys; sys.stdout.write(secrets.token_hex(32))" >"$base/linkage.key"
+
+for db in coordinator consent tertiary clinic-a clinic-b; do
+    write_password "$base/db/$db.password"
+done
+issue_org "$base" org-authority "coordinator,coordinator.ipjms.svc,superlink,superlink.ipjms.svc"
+issue_org "$base" org-consent "consent,consent.ipjms.svc"
+for node in tertiary clinic-a clinic-b; do
+    issue_org "$base" "org-$node" "node-$node,node-$node.ipjms.svc,supernode-$node"
+done
+
+if [ -n "$extra_instance" ]; then
+    overlay="$k8s_dir/overlays/add-node/secrets"
+    write_password "$overlay/db/$extra_instance.password"
+    issue_org "$overlay" "$extra_org" \
+        "node-$extra_instance,node-$extra_instance.ipjms.svc,supernode-$extra_instance"
+fi
+echo "gen-secrets: wrote secret material under $k8s_dir (CA: $ca_dir)"
