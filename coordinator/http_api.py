@@ -35,11 +35,11 @@ def create_status_app(
     started = time.time()
 
     def authority(request: Request) -> str:
-        from trust.backend_auth import verify_org_assertion
-
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             raise Unauthorized("an authority organisation assertion is required")
+        from trust.backend_auth import verify_org_assertion
+
         audience = str(request.url.replace(query=""))
         try:
             org_id = verify_org_assertion(

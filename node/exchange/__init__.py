@@ -1,0 +1,1 @@
+"""The node side of the regional exchange (see node/exchange/README.md)."""

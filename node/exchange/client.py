@@ -1,0 +1,161 @@
+"""The node's gRPC client of the coordinator (mutual TLS with the organisation's PKI credentials).
+
+Thin and synchronous: each method is one RPC. Sealing, consent and import live elsewhere
+(node.exchange.egress / node.exchange.inbound); this module only moves envelopes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from protos.ipjms.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from trust.envelopes import SealedEnvelope
+from trust.pki import OrgCredentials
+
+__all__ = ["ExchangeClient", "DirectoryEntry", "header_to_pb"]
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    org_id: str
+    name: str
+    level: str
+    endpoints: dict[str, str]
+    encryption_certificate: bytes
+    signing_certificate: bytes
+    online: bool
+    revoked: bool
+
+
+def header_to_pb(sealed: SealedEnvelope) -> pb.EnvelopeHeader:
+    h = sealed.header
+    return pb.EnvelopeHeader(
+        envelope_id=h.envelope_id,
+        kind=h.kind,
+        sender=h.sender,
+        recipient=h.recipient,
+        patient_pseudonym=h.patient_pseudonym or "",
+        purpose=h.purpose,
+        classes=list(h.classes),
+        consent_ref=h.consent_ref or "",
+        created_at=int(h.created_at.timestamp()),
+        expires_at=int(h.expires_at.timestamp()),
+    )
+
+
+def _entry(org: pb.Organisation) -> DirectoryEntry:
+    return DirectoryEntry(
+        org_id=org.org_id,
+        name=org.name,
+        level=org.level,
+        endpoints={e.kind: e.url for e in org.endpoints},
+        encryption_certificate=org.encryption_certificate,
+        signing_certificate=org.signing_certificate,
+        online=org.online,
+        revoked=org.revoked,
+    )
+
+
+class ExchangeClient:
+    def __init__(
+        self,
+        address: str,
+        creds: OrgCredentials,
+        *,
+        timeout: float = 15.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.address = address
+        self.creds = creds
+        self.timeout = timeout
+        channel_creds = grpc.ssl_channel_credentials(
+            root_certificates=creds.ca_cert_pem,
+            private_key=creds.tls_key_pem,
+            certificate_chain=creds.tls_cert_pem,
+        )
+        self.channel = grpc.secure_channel(
+            address,
+            channel_creds,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self.directory = pb_grpc.DirectoryStub(self.channel)
+        self.locator = pb_grpc.RecordLocatorStub(self.channel)
+        self.exchange = pb_grpc.ExchangeStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ExchangeClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # directory and locator
+    def organisation(self, org_id: str) -> DirectoryEntry:
+        return _entry(
+            self.directory.GetOrganisation(
+                pb.GetOrganisationRequest(org_id=org_id), timeout=self.timeout
+            )
+        )
+
+    def organisations(self, level: str = "") -> list[DirectoryEntry]:
+        reply = self.directory.ListOrganisations(
+            pb.ListOrganisationsRequest(level=level), timeout=self.timeout
+        )
+        return [_entry(o) for o in reply.organisations]
+
+    def publish(self, pseudonyms: list[str], *, replace: bool = False) -> int:
+        reply = self.locator.Publish(
+            pb.PublishRequest(patient_pseudonyms=pseudonyms, replace=replace),
+            timeout=self.timeout,
+        )
+        return int(reply.published)
+
+    def lookup(self, pseudonym: str) -> list[str]:
+        reply = self.locator.Lookup(
+            pb.LookupRequest(patient_pseudonym=pseudonym), timeout=self.timeout
+        )
+        return list(reply.holders)
+
+    # exchange
+    def send(self, sealed: SealedEnvelope) -> bool:
+        """Queue a sealed envelope; returns True when the coordinator saw it before (retry)."""
+        reply = self.exchange.Send(
+            pb.Envelope(header=header_to_pb(sealed), sealed=sealed.to_bytes()),
+            timeout=self.timeout,
+        )
+        return bool(reply.duplicate)
+
+    def inbox(self, *, follow: bool, max_batch: int = 16) -> Iterator[pb.Envelope]:
+        """Envelopes addressed to us. ``follow=False`` drains and ends (polling); ``True`` keeps
+        the stream open. Cancel a following stream with ``.cancel()`` on the returned iterator."""
+        return self.exchange.Inbox(  # type: ignore[no-any-return]
+            pb.InboxRequest(follow=follow, max_batch=max_batch),
+            timeout=None if follow else self.timeout,
+        )
+
+    def acknowledge(self, envelope_id: str, *, imported: bool, detail: str = "") -> str:
+        reply = self.exchange.Acknowledge(
+            pb.AcknowledgeRequest(
+                envelope_id=envelope_id,
+                outcome=pb.OUTCOME_IMPORTED if imported else pb.OUTCOME_REJECTED,
+                detail=detail,
+            ),
+            timeout=self.timeout,
+        )
+        return str(reply.state)
+
+    def status(self, envelope_id: str) -> pb.StatusResponse:
+        return self.exchange.Status(  # type: ignore[no-any-return]
+            pb.StatusRequest(envelope_id=envelope_id), timeout=self.timeout
+        )

@@ -1,0 +1,112 @@
+"""Fixtures for the exchange tests: a regional PKI, organisation credentials, and a coordinator
+started as a real process (``ipjms coordinator serve``) with mutual TLS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.launcher import Service, free_port, ipjms_command, start_service
+from trust.pki import OrgCredentials, init_ca, issue_org
+
+ORGS = {
+    "coordinator": ("Regional coordinator", "authority"),
+    "authority": ("Regional health authority", "authority"),
+    "hosp-a": ("Tertiary Hospital A", "tertiary"),
+    "clinic-b": ("Community Clinic B", "community"),
+    "clinic-c": ("Community Clinic C", "community"),
+}
+
+
+@dataclass
+class Pki:
+    ca_dir: Path
+    org_dirs: dict[str, Path]
+    creds: dict[str, OrgCredentials]
+    foreign: OrgCredentials  # an organisation issued by another CA
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca_dir = root / "ca"
+    init_ca(ca_dir)
+    org_dirs, creds = {}, {}
+    for org_id in [*ORGS, "unregistered"]:
+        org_dirs[org_id] = root / "orgs" / org_id
+        creds[org_id] = issue_org(ca_dir, org_id, out_dir=org_dirs[org_id])
+    foreign_ca = root / "foreign-ca"
+    init_ca(foreign_ca, name="Some Other CA")
+    foreign = issue_org(foreign_ca, "hosp-a", out_dir=root / "foreign" / "hosp-a")
+    return Pki(ca_dir, org_dirs, creds, foreign)
+
+
+@dataclass
+class Coordinator:
+    service: Service
+    address: str
+    data_dir: Path
+    http_url: str
+    args: list[str]
+
+    def restart(self) -> None:
+        log_dir = self.service.log_path.parent
+        self.service = start_service(
+            self.service.name, self.args, base_url=self.http_url, log_dir=log_dir
+        )
+
+
+def register(data_dir: Path, pki: Pki, db: str | None = None) -> None:
+    config = data_dir.parent / "orgs.toml"
+    lines = []
+    for org_id, (name, level) in ORGS.items():
+        lines += [
+            "[[organisation]]",
+            f'credentials = "{pki.org_dirs[org_id]}"',
+            f'name = "{name}"',
+            f'level = "{level}"',
+            "",
+        ]
+    config.write_text("\n".join(lines))
+    args = ["coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config)]
+    if db:
+        args += ["--db", db]
+    subprocess.run(ipjms_command(*args), check=True, capture_output=True)
+
+
+@pytest.fixture
+def start_coordinator(pki: Pki, tmp_path: Path) -> Iterator[Callable[..., Coordinator]]:
+    started: list[Coordinator] = []
+
+    def start(*extra: str, consent_url: str | None = None, db: str | None = None) -> Coordinator:
+        data_dir = tmp_path / f"coordinator{len(started)}"
+        data_dir.mkdir()
+        register(data_dir, pki, db)
+        port, http_port = free_port(), free_port()
+        args = [
+            "coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
+            "--http-port", str(http_port), "--ca-dir", str(pki.ca_dir),
+            "--org-dir", str(pki.org_dirs["coordinator"]), *extra,
+        ]  # fmt: skip
+        if consent_url:
+            args += ["--consent-url", consent_url]
+        if db:
+            args += ["--db", db]
+        url = f"http://127.0.0.1:{http_port}"
+        service = start_service("coordinator", args, base_url=url, log_dir=tmp_path / "logs")
+        coordinator = Coordinator(service, f"127.0.0.1:{port}", data_dir, url, args)
+        started.append(coordinator)
+        return coordinator
+
+    yield start
+    for c in started:
+        c.service.stop()
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,161 @@
+"""The coordinator as a real process over real mutual TLS: who may call, what it refuses, and
+that a refused envelope leaves nothing in the queue (issue 4, must-show 2 and 5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import uuid
+
+import grpc
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from node.exchange.client import ExchangeClient
+from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from trust.audit_ledger import AuditLedger
+from trust.envelopes import EnvelopeHeader, seal, seal_to
+from trust.pki import revoke
+from trust.storage import make_engine, sqlite_url
+
+PSEUDO = "c0ffee" + "0" * 58
+
+
+def _sealed(pki, sender="hosp-a", recipient="clinic-b", *, kind="referral", payload=b"{}",
+            classes=("Condition",), now=None, ttl=dt.timedelta(hours=1)):  # fmt: skip
+    header = EnvelopeHeader.new(
+        kind=kind, sender=sender, recipient=recipient, purpose="TREAT", classes=classes,
+        patient_pseudonym=PSEUDO, ttl=ttl, now=now,
+    )  # fmt: skip
+    if recipient in pki.creds:
+        return seal_to(
+            header, payload, sender=pki.creds[sender],
+            recipient_encryption_cert_pem=pki.creds[recipient].encryption_cert_pem,
+        )  # fmt: skip
+    return seal(
+        header, payload, sender_signing_key=pki.creds[sender].signing_key,
+        recipient_encryption_public_key=x25519.X25519PrivateKey.generate().public_key(),
+    )  # fmt: skip
+
+
+def _queued(data_dir) -> int:
+    db = sqlite_url(data_dir, "coordinator").removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("select count(*) from envelopes").fetchone()[0])
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def test_directory_and_locator_over_mtls(pki, start_coordinator) -> None:
+    coord = start_coordinator()
+    with (
+        ExchangeClient(coord.address, pki.creds["hosp-a"]) as a,
+        ExchangeClient(coord.address, pki.creds["clinic-b"]) as b,
+    ):
+        orgs = {o.org_id: o for o in a.organisations()}
+        assert set(orgs) >= {"hosp-a", "clinic-b", "clinic-c", "authority"}
+        assert orgs["clinic-b"].level == "community"
+        assert orgs["clinic-b"].encryption_certificate == pki.creds["clinic-b"].encryption_cert_pem
+        assert a.publish([PSEUDO, "1" * 64]) == 2
+        assert b.publish([PSEUDO]) == 1
+        assert b.lookup(PSEUDO) == ["hosp-a"]
+        assert a.lookup(PSEUDO) == ["clinic-b"]
+        code, _ = _code(lambda: a.organisation("nobody"))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_peers_refused(pki, start_coordinator) -> None:
+    coord = start_coordinator()
+    # another CA: the TLS handshake itself fails — no RPC reaches the service
+    with ExchangeClient(coord.address, pki.foreign, timeout=5) as foreign:
+        code, _ = _code(lambda: foreign.send(_sealed(pki)))
+        assert code == grpc.StatusCode.UNAVAILABLE
+    # our CA, but not registered in the directory
+    with ExchangeClient(coord.address, pki.creds["unregistered"]) as stranger:
+        code, details = _code(lambda: stranger.organisations())
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert "not registered" in details
+    assert _queued(coord.data_dir) == 0
+
+
+def test_revoked_peer_refused(pki, start_coordinator, tmp_path) -> None:
+    coord = start_coordinator()
+    with ExchangeClient(coord.address, pki.creds["clinic-c"]) as c:
+        assert c.organisations()
+        revoke(pki.ca_dir, "clinic-c")
+        code, details = _code(lambda: c.organisations())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "revoked" in details
+
+
+def test_bad_input_gets_clear_status_and_queues_nothing(pki, start_coordinator) -> None:
+    coord = start_coordinator("--max-envelope-bytes", "4096")
+    with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
+        good = _sealed(pki)
+        # malformed: the clear header is fine, the sealed bytes are not an envelope
+        from node.exchange.client import header_to_pb
+
+        bad = pb.Envelope(header=header_to_pb(good), sealed=b"not an envelope at all")
+        code, details = _code(lambda: a.exchange.Send(bad, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in details
+        # clear header edited to disagree with the sealed one
+        forged = header_to_pb(good)
+        forged.classes.append("Observation")
+        code, details = _code(
+            lambda: a.exchange.Send(pb.Envelope(header=forged, sealed=good.to_bytes()), timeout=10)
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "disagrees" in details
+        # no header at all
+        code, _ = _code(lambda: a.exchange.Send(pb.Envelope(sealed=b"x"), timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        # unknown recipient
+        code, details = _code(lambda: a.send(_sealed(pki, recipient="nobody")))
+        assert code == grpc.StatusCode.NOT_FOUND and "nobody" in details
+        # oversize
+        code, details = _code(lambda: a.send(_sealed(pki, payload=b"x" * 10_000)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "4096" in details
+        # expired
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+        code, details = _code(lambda: a.send(_sealed(pki, now=past)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "expired" in details
+        # a sender may not speak for another organisation
+        code, _ = _code(lambda: a.send(_sealed(pki, sender="clinic-c")))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        # a status update with no exchange behind it
+        code, _ = _code(lambda: a.send(_sealed(pki, kind="task-update", classes=())))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        # Status of an envelope that is not ours
+        code, _ = _code(lambda: a.status(str(uuid.uuid4())))
+        assert code == grpc.StatusCode.NOT_FOUND
+    assert _queued(coord.data_dir) == 0
+
+
+def test_no_consent_registry_means_refused_and_audited(pki, start_coordinator) -> None:
+    coord = start_coordinator()  # no --consent-url: default deny
+    with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
+        envelope = _sealed(pki)
+        code, details = _code(lambda: a.send(envelope))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "consent" in details
+    assert _queued(coord.data_dir) == 0
+    ledger = AuditLedger(make_engine(sqlite_url(coord.data_dir, "coordinator")))
+    events = [e.event for e in ledger.entries(patient_pseudonym=PSEUDO)]
+    refused = [e for e in events if e["subtype"][0]["code"] == "refused"]
+    assert refused and refused[-1]["entity"][1]["what"]["identifier"]["value"] == (
+        envelope.header.envelope_id
+    )
+    assert ledger.verify().ok
+
+
+def test_status_api_is_authority_only(pki, start_coordinator) -> None:
+    coord = start_coordinator()
+    assert httpx.get(f"{coord.http_url}/healthz").status_code == 200
+    r = httpx.get(f"{coord.http_url}/status")
+    assert r.status_code == 401
+    assert json.loads(r.text)["resourceType"] == "OperationOutcome"

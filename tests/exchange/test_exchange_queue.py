@@ -1,0 +1,121 @@
+"""The coordinator's durable queue on SQLite and PostgreSQL: idempotent accept, leases,
+redelivery after a lost lease, acknowledgement, expiry and dead letters."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from coordinator.envelope_rules import Header
+from coordinator.errors import ExchangeError
+from coordinator.locator import RecordLocator
+from coordinator.queue import EnvelopeQueue
+from coordinator.server import open_database
+
+PSEUDO = "ab" * 32
+
+
+def _header(recipient: str = "clinic-b", kind: str = "referral", ttl: int = 3600) -> Header:
+    now = int(time.time())
+    return Header(
+        envelope_id=str(uuid.uuid4()),
+        kind=kind,
+        sender="hosp-a",
+        recipient=recipient,
+        patient_pseudonym=PSEUDO,
+        purpose="TREAT",
+        classes=("Condition",),
+        consent_ref="",
+        created_at=now,
+        expires_at=now + ttl,
+    )
+
+
+@pytest.fixture
+def queue(db_url: str) -> EnvelopeQueue:
+    return EnvelopeQueue(open_database(db_url), replica_id="r1", lease_seconds=30)
+
+
+def test_accept_is_idempotent_and_conflicting_reuse_refused(queue: EnvelopeQueue) -> None:
+    h = _header()
+    assert queue.accept(h, b"sealed-1") is True
+    assert queue.accept(h, b"sealed-1") is False
+    with pytest.raises(ExchangeError) as err:
+        queue.accept(h, b"different")
+    assert err.value.code == "ALREADY_EXISTS"
+    assert queue.depths() == {"clinic-b": {"queued": 1}}
+
+
+def test_claim_lease_ack_and_redelivery(queue: EnvelopeQueue) -> None:
+    first, second = _header(), _header()
+    queue.accept(first, b"one", now=time.time() - 1)
+    queue.accept(second, b"two")
+    claimed = queue.claim("clinic-b", limit=10, lease_owner="s1")
+    assert [c.header.envelope_id for c in claimed] == [first.envelope_id, second.envelope_id]
+    assert [c.sealed for c in claimed] == [b"one", b"two"]
+    # leased: another stream gets nothing until the lease runs out
+    assert queue.claim("clinic-b", limit=10, lease_owner="s2") == []
+    assert queue.acknowledge(first.envelope_id, "clinic-b", imported=True)[0] == "delivered"
+    # an acknowledged envelope is final; repeated acks are harmless
+    state, changed = queue.acknowledge(first.envelope_id, "clinic-b", imported=True)
+    assert (state, changed) == ("delivered", None)
+    # lease expiry → the unacknowledged one is delivered again, attempt 2
+    later = time.time() + 31
+    again = queue.claim("clinic-b", limit=10, lease_owner="s3", now=later)
+    assert [(c.header.envelope_id, c.attempts) for c in again] == [(second.envelope_id, 2)]
+    # released leases come back at once
+    queue.release([second.envelope_id], "s3")
+    assert [c.header.envelope_id for c in queue.claim("clinic-b", limit=1, lease_owner="s4")] == [
+        second.envelope_id
+    ]
+
+
+def test_only_the_recipient_may_acknowledge(queue: EnvelopeQueue) -> None:
+    h = _header()
+    queue.accept(h, b"x")
+    with pytest.raises(ExchangeError) as err:
+        queue.acknowledge(h.envelope_id, "someone-else", imported=True)
+    assert err.value.code == "NOT_FOUND"
+
+
+def test_expiry_moves_to_dead_letters_and_drops_ciphertext(queue: EnvelopeQueue) -> None:
+    h = _header(ttl=2)
+    queue.accept(h, b"x")
+    assert queue.expire(now=time.time() + 5) == [h.envelope_id]
+    state = queue.state(h.envelope_id)
+    assert state is not None and state.state == "dead" and "expired" in state.reason
+    assert queue.claim("clinic-b", limit=5, lease_owner="s", now=time.time() + 6) == []
+    assert [d.envelope_id for d in queue.dead_letters()] == [h.envelope_id]
+
+
+def test_task_update_needs_a_prior_exchange(queue: EnvelopeQueue) -> None:
+    referral = _header()
+    queue.accept(referral, b"x")
+    back = Header(
+        **{
+            **referral.__dict__,
+            "envelope_id": str(uuid.uuid4()),
+            "kind": "task-update",
+            "sender": "clinic-b",
+            "recipient": "hosp-a",
+            "classes": (),
+        }
+    )
+    assert queue.has_exchange(back)
+    stranger = Header(**{**back.__dict__, "sender": "clinic-c"})
+    assert not queue.has_exchange(stranger)
+
+
+def test_locator_publish_replace_and_lookup(db_url: str) -> None:
+    locator = RecordLocator(open_database(db_url))
+    p1, p2 = "1" * 64, "2" * 64
+    assert locator.publish("hosp-a", [p1, p2]) == 2
+    assert locator.publish("hosp-a", [p1, p2]) == 0
+    locator.publish("clinic-b", [p1])
+    assert locator.lookup(p1, exclude="clinic-b") == ["hosp-a"]
+    locator.publish("hosp-a", [p2], replace=True)
+    assert locator.lookup(p1) == ["clinic-b"]
+    with pytest.raises(ExchangeError):
+        locator.publish("hosp-a", ["not-a-pseudonym"])
