@@ -99,3 +99,43 @@ def revoke_cmd(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"revoked {len(added)} certificate(s); CRL updated in {ca_dir}")
+
+
+@audit_app.command("verify")
+def audit_verify_cmd(
+    db: str | None = typer.Option(None, "--db", help="Database URL holding the ledger."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="A service's data folder."),
+    service: str | None = typer.Option(
+        None, "--service", help="With --data-dir: the service's database name (<dir>/<name>.db)."
+    ),
+) -> None:
+    """Check a service's audit ledger; exit 1 naming the first edited/deleted/reordered entry."""
+    from trust.audit_ledger import AuditLedger
+    from trust.storage import make_engine
+
+    if db is None:
+        if data_dir is None or service is None:
+            typer.echo("error: give --db URL, or --data-dir DIR and --service NAME", err=True)
+            raise typer.Exit(2)
+        path = data_dir / f"{service}.db"
+        if not path.exists():
+            typer.echo(f"error: no database at {path}", err=True)
+            raise typer.Exit(2)
+        db = f"sqlite:///{path.resolve()}"
+    elif db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
+        typer.echo(f"error: no database at {db}", err=True)
+        raise typer.Exit(2)
+    engine = make_engine(db)
+    try:
+        ledger = AuditLedger(engine, create=False)
+        if not ledger.exists():
+            typer.echo("error: this database holds no audit ledger", err=True)
+            raise typer.Exit(2)
+        report = ledger.verify()
+    finally:
+        engine.dispose()
+    if report.ok:
+        typer.echo(str(report))
+        return
+    typer.echo(f"ledger broken: {report}")
+    raise typer.Exit(1)
