@@ -1,0 +1,132 @@
+"""``Patient/{id}/$everything``: the patient, their compartment and what it references.
+
+The compartment is every resource with a reference to the patient (the ``_compartment`` index
+rows); referenced Organization/Practitioner/PractitionerRole/Location/Medication resources are
+added. ``_since`` (lastUpdated ≥), ``_type`` and ``_count``/offset paging are honoured; the
+ordering is stable: the Patient, then the compartment by type and id, then referenced resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, select
+
+from node.store.dates import MIN_DT, parse_date_range
+from node.store.search_exec import SearchResult
+from node.store.search_index import COMPARTMENT_PARAM
+from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
+from node.store.search_query import MAX_COUNT
+from node.store.tables import idx_reference
+from node.store.tables import resource as res
+from node.store.writes import current_bodies, current_rows, fetch, read_current
+from trust.outcome import BadRequest, Forbidden
+
+__all__ = ["patient_everything"]
+
+Key = tuple[str, str]
+
+
+def _compartment_keys(conn: Connection, patient_id: str) -> list[tuple[str, str, Any]]:
+    stmt = (
+        select(res.c.resource_type, res.c.resource_id, res.c.last_updated)
+        .select_from(
+            idx_reference.join(
+                res,
+                and_(
+                    res.c.resource_type == idx_reference.c.resource_type,
+                    res.c.resource_id == idx_reference.c.resource_id,
+                ),
+            )
+        )
+        .where(
+            idx_reference.c.target_id == patient_id,
+            idx_reference.c.target_type == "Patient",
+            idx_reference.c.param == COMPARTMENT_PARAM,
+            res.c.deleted.is_(False),
+        )
+    )
+    return [(t, i, u) for t, i, u in fetch(conn, stmt)]
+
+
+def _referenced_shared(conn: Connection, owners: list[Key]) -> list[tuple[str, str, Any]]:
+    targets: set[Key] = set()
+    by_type: dict[str, list[str]] = {}
+    for t, i in owners:
+        by_type.setdefault(t, []).append(i)
+    for rtype, ids in by_type.items():
+        for start in range(0, len(ids), 500):
+            stmt = select(idx_reference.c.target_type, idx_reference.c.target_id).where(
+                idx_reference.c.resource_type == rtype,
+                idx_reference.c.resource_id.in_(ids[start : start + 500]),
+                idx_reference.c.target_type.in_(sorted(SHARED_TYPES)),
+            )
+            targets.update((t, i) for t, i in fetch(conn, stmt))
+    out = []
+    for rtype in sorted({t for t, _ in targets}):
+        ids = sorted(i for t, i in targets if t == rtype)
+        for start in range(0, len(ids), 500):
+            stmt = select(res.c.resource_id, res.c.last_updated).where(
+                res.c.resource_type == rtype,
+                res.c.resource_id.in_(ids[start : start + 500]),
+                res.c.deleted.is_(False),
+            )
+            out += [(rtype, i, u) for i, u in fetch(conn, stmt)]
+    return out
+
+
+def patient_everything(
+    conn: Connection,
+    patient_id: str,
+    *,
+    since: str | None = None,
+    types: list[str] | None = None,
+    count: int | None = None,
+    offset: int = 0,
+    compartment_patient: str | None = None,
+) -> SearchResult:
+    if compartment_patient is not None and compartment_patient != patient_id:
+        raise Forbidden("this caller may only read its own patient's record")
+    if count is not None and count < 0 or offset < 0:
+        raise BadRequest("_count and _offset must not be negative")
+    wanted = set(types) if types else None
+    for t in wanted or ():
+        if t not in SUPPORTED_SEARCH_PARAMS:
+            raise BadRequest(f"_type: unknown resource type {t!r}", expression=["_type"])
+    since_dt = None
+    if since:
+        try:
+            since_dt = parse_date_range(since)[0]
+        except ValueError:
+            raise BadRequest(
+                f"_since: malformed instant {since!r}", expression=["_since"]
+            ) from None
+    patient = read_current(conn, "Patient", patient_id)  # NotFound / Gone
+    members = _compartment_keys(conn, patient_id)
+    member_keys = [(t, i) for t, i, _ in members]
+    shared = _referenced_shared(conn, [("Patient", patient_id), *member_keys])
+    seen: set[Key] = {("Patient", patient_id)}
+    ordered: list[tuple[str, str, Any]] = []
+    patient_row = current_rows(conn, [("Patient", patient_id)])[("Patient", patient_id)]
+    ordered.append(("Patient", patient_id, patient_row.last_updated))
+    for group in (sorted(members), sorted(shared)):
+        for t, i, u in group:
+            if (t, i) not in seen:
+                seen.add((t, i))
+                ordered.append((t, i, u))
+    selected = [
+        (t, i)
+        for t, i, u in ordered
+        if (wanted is None or t in wanted) and (since_dt is None or (u or MIN_DT) >= since_dt)
+    ]
+    limit = MAX_COUNT if count is None else min(count, MAX_COUNT)
+    page = selected[offset : offset + limit]
+    bodies = current_bodies(conn, [k for k in page if k != ("Patient", patient_id)])
+    bodies[("Patient", patient_id)] = patient
+    return SearchResult(
+        total=len(selected),
+        resources=[bodies[k] for k in page if k in bodies],
+        included=[],
+        offset=offset,
+        count=limit,
+    )

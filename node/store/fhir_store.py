@@ -1,0 +1,313 @@
+"""``FhirStore``: the node's FHIR R4 persistence API (pure Python; the HTTP layer sits on top).
+
+Every write goes through :func:`node.store.transactions.apply_entries` inside one database
+transaction, so create/update/delete, transaction Bundles and ingestion share one code path:
+the same validation, reference checks, versioning and index maintenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from node.store.search_exec import SearchResult, run_search
+from node.store.search_query import compile_search
+from node.store.tables import resource, resource_version
+from node.store.transactions import Entry, EntryResult, apply_entries, entries_from_bundle
+from node.store.validation import check_id, check_type
+from node.store.writes import fetch, read_current
+from trust.outcome import BadRequest, FhirError, Gone, NotFound
+from trust.storage import upgrade_schema
+
+__all__ = ["FhirStore", "WriteOutcome", "HistoryEntry", "SearchResult", "migrate", "MIGRATIONS_DIR"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+T = TypeVar("T")
+_RETRIES = 5
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the store's tables to the latest Alembic revision."""
+    upgrade_schema(engine, MIGRATIONS_DIR)
+
+
+@dataclass
+class WriteOutcome:
+    resource: dict[str, Any]
+    status: int  # 201 created, 200 updated / matched existing
+    location: str  # Type/id/_history/v
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.resource["meta"]["versionId"]}"'
+
+
+@dataclass
+class HistoryEntry:
+    resource: dict[str, Any]  # for a deleted version: only resourceType, id and meta
+    version_id: int
+    deleted: bool
+
+
+class FhirStore:
+    def __init__(self, engine: Engine, *, base_url: str = "") -> None:
+        self.engine = engine
+        self.base_url = base_url.rstrip("/")
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction; retry when a concurrent writer won a race."""
+        for attempt in range(_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == _RETRIES - 1 or not _is_race(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _apply(self, entries: list[Entry]) -> list[EntryResult]:
+        return self._write(lambda conn: apply_entries(conn, entries, self.base_url))
+
+    def _outcome(self, rtype: str, result: EntryResult) -> WriteOutcome:
+        body = result.resource
+        if body is None:  # a conditional create matched an existing resource
+            assert result.location
+            body = self.read(rtype, result.location.split("/")[1])
+        location = f"{rtype}/{body['id']}/_history/{body['meta']['versionId']}"
+        return WriteOutcome(body, result.status, location)
+
+    # -- instance operations ----------------------------------------------------------------
+    def create(self, res: dict[str, Any], *, if_none_exist: str | None = None) -> WriteOutcome:
+        rtype = res.get("resourceType") if isinstance(res, dict) else None
+        if not isinstance(rtype, str):
+            raise BadRequest("resource has no resourceType")
+        entry = Entry(0, "POST", rtype, res, if_none_exist=if_none_exist)
+        return self._outcome(rtype, self._apply([entry])[0])
+
+    def update(
+        self, rtype: str, rid: str, res: dict[str, Any], *, if_match: str | None = None
+    ) -> WriteOutcome:
+        check_type(rtype)
+        check_id(rid)
+        entry = Entry(0, "PUT", f"{rtype}/{rid}", res, if_match=if_match)
+        return self._outcome(rtype, self._apply([entry])[0])
+
+    def delete(self, rtype: str, rid: str) -> None:
+        check_type(rtype)
+        check_id(rid)
+        with self.engine.connect() as conn:
+            exists = conn.scalar(
+                select(func.count())
+                .select_from(resource)
+                .where(resource.c.resource_type == rtype, resource.c.resource_id == rid)
+            )
+        if not exists:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        self._apply([Entry(0, "DELETE", f"{rtype}/{rid}")])
+
+    def read(self, rtype: str, rid: str) -> dict[str, Any]:
+        check_type(rtype)
+        with self.engine.connect() as conn:
+            return read_current(conn, rtype, rid)
+
+    def vread(self, rtype: str, rid: str, version_id: str | int) -> dict[str, Any]:
+        check_type(rtype)
+        try:
+            version = int(version_id)
+        except (TypeError, ValueError):
+            raise NotFound(f"{rtype}/{rid} has no version {version_id!r}") from None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(resource_version.c.deleted, resource_version.c.body).where(
+                    resource_version.c.resource_type == rtype,
+                    resource_version.c.resource_id == rid,
+                    resource_version.c.version_id == version,
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"{rtype}/{rid} has no version {version_id}")
+        if row.deleted:
+            raise Gone(f"{rtype}/{rid} version {version} is a deletion")
+        return dict(row.body)
+
+    def history_entries(self, rtype: str, rid: str) -> list[HistoryEntry]:
+        """Every version, newest first (deleted versions carry only id and meta)."""
+        check_type(rtype)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    resource_version.c.version_id,
+                    resource_version.c.deleted,
+                    resource_version.c.body,
+                )
+                .where(
+                    resource_version.c.resource_type == rtype,
+                    resource_version.c.resource_id == rid,
+                )
+                .order_by(resource_version.c.version_id.desc())
+            ).all()
+        if not rows:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return [HistoryEntry(dict(r.body), r.version_id, bool(r.deleted)) for r in rows]
+
+    def history(self, rtype: str, rid: str) -> list[dict[str, Any]]:
+        return [h.resource for h in self.history_entries(rtype, rid)]
+
+    # -- search -----------------------------------------------------------------------------
+    def search(
+        self,
+        rtype: str,
+        params: list[tuple[str, str]],
+        *,
+        compartment_patient: str | None = None,
+    ) -> SearchResult:
+        plan = compile_search(
+            rtype, params, compartment_patient=compartment_patient, base_url=self.base_url
+        )
+        with self.engine.connect() as conn:
+            return run_search(conn, plan, compartment_patient=compartment_patient)
+
+    def everything(
+        self,
+        patient_id: str,
+        *,
+        since: str | None = None,
+        types: list[str] | None = None,
+        count: int | None = None,
+        offset: int = 0,
+        compartment_patient: str | None = None,
+    ) -> SearchResult:
+        from node.store.everything import patient_everything
+
+        with self.engine.connect() as conn:
+            return patient_everything(
+                conn,
+                patient_id,
+                since=since,
+                types=types,
+                count=count,
+                offset=offset,
+                compartment_patient=compartment_patient,
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = fetch(
+                conn,
+                select(resource.c.resource_type, func.count())
+                .where(resource.c.deleted.is_(False))
+                .group_by(resource.c.resource_type),
+            )
+        return {t: n for t, n in sorted(rows)}
+
+    # -- bundles ----------------------------------------------------------------------------
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Apply a transaction Bundle atomically; returns the transaction-response Bundle."""
+        entries = entries_from_bundle(bundle, "transaction")
+
+        def work(conn: Connection) -> list[EntryResult]:
+            results = apply_entries(conn, entries, self.base_url)
+            for entry in entries:
+                if entry.method == "GET":
+                    try:
+                        results[entry.index] = self._get_entry(conn, entry)
+                    except FhirError as exc:
+                        raise type(exc)(
+                            f"{entry.label}: {exc.diagnostics}", status=exc.status
+                        ) from None
+            return results
+
+        results = self._write(work)
+        return _response_bundle("transaction-response", results)
+
+    def batch(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Apply each entry of a batch Bundle on its own; each gets its own status/outcome."""
+        entries = entries_from_bundle(bundle, "batch")
+        results: list[EntryResult] = []
+        for entry in entries:
+            single = Entry(**{**entry.__dict__, "index": 0})
+            try:
+                if entry.method == "GET":
+                    with self.engine.connect() as conn:
+                        results.append(self._get_entry(conn, single))
+                else:
+                    results.append(self._apply([single])[0])
+            except FhirError as exc:
+                results.append(EntryResult(exc.status, outcome=exc.outcome()))
+        return _response_bundle("batch-response", results)
+
+    def ingest_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Idempotent ingest of a transaction/collection Bundle (see node/store/README.md)."""
+        from node.store.ingest import idempotent_transaction
+
+        return self.transaction(idempotent_transaction(bundle))
+
+    def _get_entry(self, conn: Connection, entry: Entry) -> EntryResult:
+        path, _, query = entry.url.partition("?")
+        parts = path.split("/")
+        if len(parts) == 2 and not query:
+            check_type(parts[0])
+            return EntryResult(
+                200, resource=read_current(conn, parts[0], parts[1]), extra={"return": 1}
+            )
+        if len(parts) == 1:
+            from node.store.search_exec import parse_query
+
+            plan = compile_search(parts[0], parse_query(query), base_url=self.base_url)
+            found = run_search(conn, plan)
+            bundle = {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": found.total,
+                "entry": [{"resource": r, "search": {"mode": "match"}} for r in found.resources],
+            }
+            return EntryResult(200, resource=bundle, extra={"return": 1})
+        raise BadRequest(f"unsupported GET url {entry.url!r}")
+
+
+_CURRENT = and_(
+    resource_version.c.resource_type == resource.c.resource_type,
+    resource_version.c.resource_id == resource.c.resource_id,
+    resource_version.c.version_id == resource.c.version_id,
+)
+
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+def _response_bundle(kind: str, results: list[EntryResult]) -> dict[str, Any]:
+    entries = []
+    for r in results:
+        response: dict[str, Any] = {"status": _STATUS_TEXT.get(r.status, str(r.status))}
+        if r.location:
+            response["location"] = r.location
+        if "etag" in r.extra:
+            response["etag"] = r.extra["etag"]
+        if "lastModified" in r.extra:
+            response["lastModified"] = r.extra["lastModified"]
+        if r.outcome:
+            response["outcome"] = r.outcome
+        entry: dict[str, Any] = {"response": response}
+        if r.resource is not None and r.extra.get("return"):
+            entry["resource"] = r.resource
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def _is_race(exc: Exception) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(
+        s in text
+        for s in (
+            "unique",
+            "duplicate key",
+            "database is locked",
+            "deadlock",
+            "could not serialize",
+        )
+    )

@@ -1,0 +1,117 @@
+"""Run compiled searches on an open connection: page, total and ``_include``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import Connection, and_, func, select
+
+from node.store.search_params import SHARED_TYPES
+from node.store.search_query import SearchPlan, compartment_condition, compile_search
+from node.store.tables import idx_reference, resource_version
+from node.store.tables import resource as res
+from node.store.writes import current_bodies, fetch
+from trust.outcome import BadRequest
+
+__all__ = ["SearchResult", "run_search", "match_ids", "parse_query"]
+
+
+@dataclass
+class SearchResult:
+    total: int
+    resources: list[dict[str, Any]]
+    included: list[dict[str, Any]] = field(default_factory=list)
+    offset: int = 0
+    count: int = 0
+
+
+_BODY_JOIN = and_(
+    resource_version.c.resource_type == res.c.resource_type,
+    resource_version.c.resource_id == res.c.resource_id,
+    resource_version.c.version_id == res.c.version_id,
+)
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    """``a=1&b=x|y`` → pairs (values URL-decoded)."""
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def run_search(
+    conn: Connection, plan: SearchPlan, *, compartment_patient: str | None = None
+) -> SearchResult:
+    total = conn.scalar(select(func.count()).select_from(res).where(*plan.conditions)) or 0
+    resources: list[dict[str, Any]] = []
+    if plan.count > 0 and plan.offset < total:
+        stmt = (
+            select(res.c.resource_id, resource_version.c.body)
+            .select_from(res.join(resource_version, _BODY_JOIN))
+            .where(*plan.conditions)
+            .order_by(*plan.order_by)
+            .limit(plan.count)
+            .offset(plan.offset)
+        )
+        resources = [body for _rid, body in fetch(conn, stmt)]
+    included = _includes(conn, plan, resources, compartment_patient) if plan.includes else []
+    return SearchResult(total, resources, included, plan.offset, plan.count)
+
+
+def _includes(
+    conn: Connection,
+    plan: SearchPlan,
+    resources: list[dict[str, Any]],
+    compartment_patient: str | None,
+) -> list[dict[str, Any]]:
+    ids = [r["id"] for r in resources]
+    if not ids:
+        return []
+    targets: set[tuple[str, str]] = set()
+    for spec in plan.includes:
+        stmt = select(idx_reference.c.target_type, idx_reference.c.target_id).where(
+            idx_reference.c.resource_type == spec.source_type,
+            idx_reference.c.param == spec.param,
+            idx_reference.c.resource_id.in_(ids),
+        )
+        if spec.target_type:
+            stmt = stmt.where(idx_reference.c.target_type == spec.target_type)
+        targets.update((t, i) for t, i in fetch(conn, stmt))
+    already = {(plan.rtype, rid) for rid in ids}
+    targets -= already
+    if compartment_patient is not None:
+        targets = {k for k in targets if _visible(conn, k, compartment_patient)}
+    bodies = current_bodies(conn, targets)
+    return [bodies[k] for k in sorted(bodies)]
+
+
+def _visible(conn: Connection, key: tuple[str, str], patient_id: str) -> bool:
+    """May a caller restricted to ``Patient/patient_id``'s compartment see ``key``?"""
+    rtype, rid = key
+    if rtype in SHARED_TYPES:
+        return True
+    stmt = (
+        select(func.count())
+        .select_from(res)
+        .where(
+            res.c.resource_type == rtype,
+            res.c.resource_id == rid,
+            compartment_condition(rtype, patient_id),
+        )
+    )
+    return bool(conn.scalar(stmt))
+
+
+def match_ids(
+    conn: Connection, rtype: str, query: str, base_url: str = "", limit: int = 2
+) -> list[str]:
+    """Ids of live ``rtype`` resources matching ``query`` (for conditional operations)."""
+    pairs = parse_query(query)
+    if not pairs:
+        raise BadRequest(f"conditional {rtype} operation has no search criteria")
+    for key, _ in pairs:
+        if key.startswith("_") and key not in ("_id", "_lastUpdated", "_tag"):
+            raise BadRequest(f"conditional {rtype} operation: {key!r} is not a search criterion")
+    plan = compile_search(rtype, pairs, base_url=base_url)
+    stmt = select(res.c.resource_id).where(*plan.conditions).limit(limit)
+    return list(conn.scalars(stmt))

@@ -1,0 +1,184 @@
+"""Search-index rows of a resource (pure functions: resource dict → rows).
+
+Driven by :data:`node.store.search_params.SUPPORTED_SEARCH_PARAMS`. Rows are plain tuples so the
+store can bulk-insert them:
+
+* token:     ``(param, system, code)`` — CodeableConcept/Coding/Identifier/code/boolean
+* string:    ``(param, normalised, raw)`` — lower-case, accents removed; HumanName/Address parts
+* date:      ``(param, low, high)`` — half-open UTC range
+* reference: ``(param, target_type, target_id)`` — relative ``Type/id`` references only
+* quantity:  ``(param, system, code, value)``
+
+Every reference to a Patient also yields a ``_compartment`` reference row: that is the patient
+compartment used by ``$everything`` and by patient-scoped access.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from node.store.dates import parse_date_range, period_range
+from node.store.search_params import SUPPORTED_SEARCH_PARAMS, SearchParamDef
+
+__all__ = [
+    "IndexRows",
+    "extract_index_rows",
+    "normalise_string",
+    "split_reference",
+    "walk_path",
+    "COMPARTMENT_PARAM",
+]
+
+COMPARTMENT_PARAM = "_compartment"
+
+
+@dataclass
+class IndexRows:
+    token: list[tuple[str, str, str]] = field(default_factory=list)
+    string: list[tuple[str, str, str]] = field(default_factory=list)
+    date: list[tuple[str, datetime, datetime]] = field(default_factory=list)
+    reference: list[tuple[str, str, str]] = field(default_factory=list)
+    quantity: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+
+def normalise_string(value: str) -> str:
+    """Case- and accent-insensitive form used for string search."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.casefold().split())
+
+
+def walk_path(node: Any, path: str) -> Iterator[Any]:
+    """All values at dotted ``path`` below ``node`` (lists are flattened at every step)."""
+    items = [node]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for item in items:
+            if isinstance(item, dict) and part in item:
+                value = item[part]
+                if isinstance(value, list):
+                    nxt.extend(value)
+                else:
+                    nxt.append(value)
+        items = nxt
+        if not items:
+            return
+    yield from items
+
+
+def split_reference(ref: str, base_url: str = "") -> tuple[str, str] | None:
+    """``Type/id`` (optionally ``Type/id/_history/v`` or ``<base_url>/Type/id``) → (type, id)."""
+    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
+        ref = ref[len(base_url.rstrip("/")) + 1 :]
+    if ref.startswith(("#", "urn:", "http://", "https://")) or "?" in ref:
+        return None
+    parts = ref.split("/")
+    if len(parts) == 4 and parts[2] == "_history":
+        parts = parts[:2]
+    if len(parts) != 2 or not parts[0][:1].isupper() or not parts[1]:
+        return None
+    return parts[0], parts[1]
+
+
+def _tokens(value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, bool):
+        yield "", "true" if value else "false"
+    elif isinstance(value, str):
+        yield "", value
+    elif isinstance(value, dict):
+        if "coding" in value or "text" in value and "system" not in value:
+            for coding in value.get("coding") or []:
+                if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                    yield coding.get("system") or "", coding["code"]
+        elif isinstance(value.get("code"), str):  # Coding
+            yield value.get("system") or "", value["code"]
+        elif isinstance(value.get("value"), str):  # Identifier / ContactPoint
+            yield value.get("system") or "", value["value"]
+
+
+_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+_ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        parts = _NAME_PARTS if ("family" in value or "given" in value) else _ADDRESS_PARTS
+        for part in parts:
+            v = value.get(part)
+            for s in v if isinstance(v, list) else [v]:
+                if isinstance(s, str):
+                    yield s
+
+
+def _dates(value: Any) -> Iterator[tuple[datetime, datetime]]:
+    try:
+        if isinstance(value, str):
+            yield parse_date_range(value)
+        elif isinstance(value, dict):
+            rng = period_range(value)
+            if rng:
+                yield rng
+    except ValueError:
+        return  # validation already rejected malformed dates; nothing to index
+
+
+def _param_rows(resource: dict[str, Any], pdef: SearchParamDef, rows: IndexRows, base: str) -> None:
+    for path in pdef.paths:
+        for value in walk_path(resource, path):
+            if pdef.kind == "token":
+                rows.token.extend((pdef.name, s, c) for s, c in _tokens(value))
+            elif pdef.kind == "string":
+                rows.string.extend((pdef.name, normalise_string(s), s) for s in _strings(value))
+            elif pdef.kind == "date":
+                rows.date.extend((pdef.name, lo, hi) for lo, hi in _dates(value))
+            elif pdef.kind == "reference":
+                ref = value.get("reference") if isinstance(value, dict) else None
+                target = split_reference(ref, base) if isinstance(ref, str) else None
+                if target and (not pdef.targets or target[0] in pdef.targets):
+                    rows.reference.append((pdef.name, target[0], target[1]))
+            elif pdef.kind == "quantity" and isinstance(value, dict):
+                number = value.get("value")
+                if isinstance(number, int | float) and not isinstance(number, bool):
+                    system = value.get("system") or ""
+                    code = value.get("code") or value.get("unit") or ""
+                    rows.quantity.append((pdef.name, system, code, float(number)))
+
+
+def _patient_references(node: Any, base: str, out: set[str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                target = split_reference(value, base)
+                if target and target[0] == "Patient":
+                    out.add(target[1])
+            elif key != "contained":
+                _patient_references(value, base, out)
+    elif isinstance(node, list):
+        for item in node:
+            _patient_references(item, base, out)
+
+
+def extract_index_rows(resource: dict[str, Any], base_url: str = "") -> IndexRows:
+    """The index rows of ``resource`` for every supported parameter of its type."""
+    rtype = resource["resourceType"]
+    rows = IndexRows()
+    for pdef in SUPPORTED_SEARCH_PARAMS.get(rtype, {}).values():
+        if pdef.kind != "special":
+            _param_rows(resource, pdef, rows, base_url)
+    if rtype != "Bundle":  # a document's contents are not the Bundle's own references
+        patients: set[str] = set()
+        _patient_references(resource, base_url, patients)
+        rows.reference.extend((COMPARTMENT_PARAM, "Patient", pid) for pid in sorted(patients))
+    # de-duplicate (the same code can appear twice, e.g. code and component.code)
+    rows.token = list(dict.fromkeys(rows.token))
+    rows.string = list(dict.fromkeys(rows.string))
+    rows.date = list(dict.fromkeys(rows.date))
+    rows.reference = list(dict.fromkeys(rows.reference))
+    rows.quantity = list(dict.fromkeys(rows.quantity))
+    return rows

@@ -1,0 +1,362 @@
+"""Compile FHIR search parameters into SQL over the index tables (no I/O here).
+
+:func:`compile_search` turns raw query pairs into a :class:`SearchPlan`: WHERE conditions on the
+current-resource table, sort keys, paging and ``_include`` specs. Anything it does not support —
+an unknown parameter, modifier or prefix, a malformed value — is a BadRequest naming it, never
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select
+
+from node.store.dates import parse_date_range
+from node.store.search_index import COMPARTMENT_PARAM, normalise_string, split_reference
+from node.store.search_params import RESULT_PARAMS, SUPPORTED_SEARCH_PARAMS, SearchParamDef
+from node.store.tables import idx_date, idx_quantity, idx_reference, idx_string, idx_token
+from node.store.tables import resource as res
+from trust.outcome import BadRequest
+
+__all__ = [
+    "SearchPlan",
+    "IncludeSpec",
+    "compile_search",
+    "DEFAULT_COUNT",
+    "MAX_COUNT",
+    "compartment_condition",
+]
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 1000
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"not", "missing"},
+    "date": {"missing"},
+    "reference": {"missing"},
+    "quantity": {"missing"},
+    "special": set(),
+}
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    source_type: str
+    param: str
+    target_type: str | None
+
+
+@dataclass
+class SearchPlan:
+    rtype: str
+    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    order_by: list[Any] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    includes: list[IncludeSpec] = field(default_factory=list)
+
+
+def _int_param(name: str, value: str, *, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadRequest(f"{name}: {value!r} is not an integer", expression=[name]) from None
+    if n < minimum:
+        raise BadRequest(f"{name}: must be >= {minimum}, got {n}", expression=[name])
+    return n
+
+
+def _split_prefix(name: str, value: str) -> tuple[str, str]:
+    if len(value) >= 2 and value[:2].isalpha():
+        prefix = value[:2]
+        if prefix not in PREFIXES:
+            raise BadRequest(f"{name}: unknown prefix {prefix!r} in {value!r}", expression=[name])
+        if prefix == "ap":
+            raise BadRequest(f"{name}: prefix 'ap' is not supported", expression=[name])
+        return prefix, value[2:]
+    return "eq", value
+
+
+def _owned(table: Any, rtype: str, param: str, *conds: Any) -> Any:
+    return (
+        select(table.c.resource_id)
+        .where(table.c.resource_type == rtype, table.c.param == param, *conds)
+        .scalar_subquery()
+    )
+
+
+def _date_value(name: str, raw: str) -> tuple[str, Any, Any]:
+    prefix, text = _split_prefix(name, raw)
+    try:
+        low, high = parse_date_range(text)
+    except ValueError:
+        raise BadRequest(f"{name}: malformed date {raw!r}", expression=[name]) from None
+    return prefix, low, high
+
+
+def _range_match(prefix: str, lo: Any, hi: Any, sl: Any, sh: Any) -> Any:
+    """Resource range [lo, hi) against search range [sl, sh) for one prefix (not 'ne')."""
+    return {
+        "eq": and_(lo >= sl, hi <= sh),
+        "gt": hi > sh,
+        "lt": lo < sl,
+        "ge": hi > sl,
+        "le": lo < sh,
+        "sa": lo >= sh,
+        "eb": hi <= sl,
+    }[prefix]
+
+
+def _date_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
+    prefix, sl, sh = _date_value(pdef.name, raw)
+    match = _range_match(
+        "eq" if prefix == "ne" else prefix, idx_date.c.low, idx_date.c.high, sl, sh
+    )
+    sub = _owned(idx_date, rtype, pdef.name, match)
+    return res.c.resource_id.notin_(sub) if prefix == "ne" else res.c.resource_id.in_(sub)
+
+
+def _last_updated_condition(raw: str) -> Any:
+    prefix, sl, sh = _date_value("_lastUpdated", raw)
+    t = res.c.last_updated
+    eq = and_(t >= sl, t < sh)
+    return {
+        "eq": eq,
+        "ne": not_(eq),
+        "gt": t >= sh,
+        "sa": t >= sh,
+        "lt": t < sl,
+        "eb": t < sl,
+        "ge": t >= sl,
+        "le": t < sh,
+    }[prefix]
+
+
+def _token_match(raw: str) -> Any:
+    if "|" in raw:
+        system, code = raw.split("|", 1)
+        if not code:
+            return idx_token.c.system == system
+        return and_(idx_token.c.system == system, idx_token.c.code == code)
+    return idx_token.c.code == raw
+
+
+def _reference_match(pdef: SearchParamDef, raw: str, type_modifier: str | None, base: str) -> Any:
+    target = split_reference(raw, base) if "/" in raw else None
+    if "/" in raw and target is None:
+        raise BadRequest(f"{pdef.name}: unsupported reference {raw!r}", expression=[pdef.name])
+    rtype, rid = target if target else (type_modifier, raw)
+    if rtype is None and len(pdef.targets) == 1:
+        rtype = pdef.targets[0]
+    if rtype and pdef.targets and rtype not in pdef.targets:
+        raise BadRequest(
+            f"{pdef.name}: {rtype} is not a valid target (expected {', '.join(pdef.targets)})",
+            expression=[pdef.name],
+        )
+    conds = [idx_reference.c.target_id == rid]
+    if rtype:
+        conds.append(idx_reference.c.target_type == rtype)
+    return and_(*conds)
+
+
+def _quantity_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
+    prefix, text = _split_prefix(pdef.name, raw)
+    number, _, unit = text.partition("|")
+    system, _, code = unit.partition("|") if unit else ("", "", "")
+    try:
+        n = Decimal(number)
+    except InvalidOperation:
+        raise BadRequest(f"{pdef.name}: malformed number {raw!r}", expression=[pdef.name]) from None
+    exponent = n.as_tuple().exponent
+    half = Decimal(5).scaleb((exponent if isinstance(exponent, int) else 0) - 1)
+    lo, hi, v = float(n - half), float(n + half), idx_quantity.c.value
+    match = {
+        "eq": and_(v >= lo, v < hi),
+        "ne": and_(v >= lo, v < hi),
+        "gt": v > float(n),
+        "lt": v < float(n),
+        "ge": v >= float(n),
+        "le": v <= float(n),
+        "sa": v > float(n),
+        "eb": v < float(n),
+    }[prefix]
+    conds = [match]
+    if code:
+        conds.append(idx_quantity.c.code == code)
+    if system:
+        conds.append(idx_quantity.c.system == system)
+    sub = _owned(idx_quantity, rtype, pdef.name, *conds)
+    return res.c.resource_id.notin_(sub) if prefix == "ne" else res.c.resource_id.in_(sub)
+
+
+def _value_condition(
+    rtype: str, pdef: SearchParamDef, modifier: str | None, raw: str, base: str
+) -> Any:
+    name = pdef.name
+    if modifier == "missing":
+        if raw not in ("true", "false"):
+            raise BadRequest(f"{name}:missing must be true or false", expression=[name])
+        table = {
+            "token": idx_token,
+            "string": idx_string,
+            "date": idx_date,
+            "reference": idx_reference,
+            "quantity": idx_quantity,
+        }[pdef.kind]
+        sub = _owned(table, rtype, name)
+        return res.c.resource_id.notin_(sub) if raw == "true" else res.c.resource_id.in_(sub)
+    if name == "_id":
+        return res.c.resource_id == raw
+    if name == "_lastUpdated":
+        return _last_updated_condition(raw)
+    if pdef.kind == "date":
+        return _date_condition(rtype, pdef, raw)
+    if pdef.kind == "quantity":
+        return _quantity_condition(rtype, pdef, raw)
+    if pdef.kind == "token":
+        sub = _owned(idx_token, rtype, name, _token_match(raw))
+        return res.c.resource_id.notin_(sub) if modifier == "not" else res.c.resource_id.in_(sub)
+    if pdef.kind == "string":
+        norm = normalise_string(raw)
+        escaped = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        if modifier == "exact":
+            match = idx_string.c.raw == raw
+        elif modifier == "contains":
+            match = idx_string.c.value.like(f"%{escaped}%", escape="\\")
+        else:
+            match = idx_string.c.value.like(f"{escaped}%", escape="\\")
+        return res.c.resource_id.in_(_owned(idx_string, rtype, name, match))
+    # reference
+    match = _reference_match(pdef, raw, modifier, base)
+    return res.c.resource_id.in_(_owned(idx_reference, rtype, name, match))
+
+
+def compartment_condition(rtype: str, patient_id: str) -> Any:
+    """Restrict ``rtype`` rows to the compartment of ``Patient/patient_id``."""
+    if rtype == "Patient":
+        return res.c.resource_id == patient_id
+    sub = _owned(
+        idx_reference,
+        rtype,
+        COMPARTMENT_PARAM,
+        idx_reference.c.target_type == "Patient",
+        idx_reference.c.target_id == patient_id,
+    )
+    return res.c.resource_id.in_(sub)
+
+
+def _sort_keys(rtype: str, spec: str) -> list[Any]:
+    keys: list[Any] = []
+    for item in spec.split(","):
+        item = item.strip()
+        desc = item.startswith("-")
+        name = item.lstrip("-")
+        pdef = SUPPORTED_SEARCH_PARAMS[rtype].get(name)
+        if name == "_lastUpdated":
+            col: Any = res.c.last_updated
+        elif name == "_id":
+            col = res.c.resource_id
+        elif pdef is not None and pdef.kind == "date":
+            agg = func.max(idx_date.c.high) if desc else func.min(idx_date.c.low)
+            col = (
+                select(agg)
+                .where(
+                    idx_date.c.resource_type == res.c.resource_type,
+                    idx_date.c.resource_id == res.c.resource_id,
+                    idx_date.c.param == name,
+                )
+                .scalar_subquery()
+            )
+        else:
+            raise BadRequest(
+                f"_sort: cannot sort {rtype} by {name!r} (supported: _id, _lastUpdated and date "
+                "parameters)",
+                expression=["_sort"],
+            )
+        keys.append(col.desc().nulls_last() if desc else col.asc().nulls_last())
+    return keys
+
+
+def _include_spec(rtype: str, value: str) -> IncludeSpec:
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise BadRequest(f"_include: malformed value {value!r}", expression=["_include"])
+    source, param = parts[0], parts[1]
+    if source not in (rtype, "*"):
+        raise BadRequest(
+            f"_include: {value!r} does not start with the searched type {rtype}",
+            expression=["_include"],
+        )
+    pdef = SUPPORTED_SEARCH_PARAMS[rtype].get(param)
+    if pdef is None or pdef.kind != "reference":
+        raise BadRequest(
+            f"_include: {param!r} is not a reference parameter of {rtype}", expression=["_include"]
+        )
+    return IncludeSpec(rtype, param, parts[2] if len(parts) == 3 else None)
+
+
+def compile_search(
+    rtype: str,
+    params: list[tuple[str, str]],
+    *,
+    compartment_patient: str | None = None,
+    base_url: str = "",
+) -> SearchPlan:
+    """Raw query pairs → SearchPlan. BadRequest names any unsupported or malformed parameter."""
+    defs = SUPPORTED_SEARCH_PARAMS.get(rtype)
+    if defs is None:
+        raise BadRequest(f"resource type {rtype!r} is not supported by this server")
+    plan = SearchPlan(rtype)
+    plan.conditions += [res.c.resource_type == rtype, res.c.deleted.is_(False)]
+    if compartment_patient is not None:
+        plan.conditions.append(compartment_condition(rtype, compartment_patient))
+    for key, value in params:
+        if key in RESULT_PARAMS or key == "_summary":
+            _result_param(plan, key, value)
+            continue
+        name, _, modifier = key.partition(":")
+        pdef = defs.get(name)
+        if pdef is None:
+            raise BadRequest(f"unknown search parameter {key!r} for {rtype}", expression=[key])
+        if modifier and modifier not in MODIFIERS[pdef.kind]:
+            is_type_modifier = pdef.kind == "reference" and modifier in SUPPORTED_SEARCH_PARAMS
+            if not is_type_modifier:
+                raise BadRequest(
+                    f"unsupported modifier {key!r} for {rtype} search", expression=[key]
+                )
+        values = [v for v in value.split(",") if v != ""]
+        if not values:
+            continue  # FHIR: an empty parameter value is ignored
+        conds = [_value_condition(rtype, pdef, modifier or None, v, base_url) for v in values]
+        plan.conditions.append(conds[0] if len(conds) == 1 else or_(*conds))
+    if not plan.order_by:
+        plan.order_by = [res.c.last_updated.asc(), res.c.resource_id.asc()]
+    else:
+        plan.order_by.append(res.c.resource_id.asc())
+    return plan
+
+
+def _result_param(plan: SearchPlan, key: str, value: str) -> None:
+    if key == "_count":
+        plan.count = min(_int_param("_count", value, minimum=0), MAX_COUNT)
+    elif key == "_offset":
+        plan.offset = _int_param("_offset", value, minimum=0)
+    elif key == "_sort":
+        plan.order_by = _sort_keys(plan.rtype, value)
+    elif key == "_include":
+        plan.includes.append(_include_spec(plan.rtype, value))
+    elif key == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise BadRequest(f"_total: unsupported value {value!r}", expression=["_total"])
+    elif key == "_summary":
+        if value != "count":
+            raise BadRequest(
+                f"_summary={value!r} is not supported (only _summary=count)",
+                expression=["_summary"],
+            )
+        plan.count = 0
+    # _format is content negotiation, handled by the HTTP layer

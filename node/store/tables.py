@@ -1,0 +1,138 @@
+"""The store's tables (SQLAlchemy Core). The schema itself is created by the Alembic migrations in
+``node/store/migrations``; keep the two in step (a test compares them).
+
+* ``fhir_resource_version`` — every version (type, id, version, lastUpdated, deleted, body).
+  Its primary key (type, id, version) is what stops two writers creating the same version.
+* ``fhir_resource`` — one row per logical resource: the current version and deleted flag.
+* ``fhir_idx_*`` — search-index rows of the current version, rewritten in the same transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = [
+    "metadata",
+    "resource_version",
+    "resource",
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_reference",
+    "idx_quantity",
+    "INDEX_TABLES",
+    "BODY_TYPE",
+]
+
+BODY_TYPE = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData()
+
+resource_version = Table(
+    "fhir_resource_version",
+    metadata,
+    Column("resource_type", String(64), primary_key=True),
+    Column("resource_id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True, autoincrement=False),
+    Column("last_updated", DateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("body", BODY_TYPE, nullable=False),
+)
+
+resource = Table(
+    "fhir_resource",
+    metadata,
+    Column("resource_type", String(64), primary_key=True),
+    Column("resource_id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", DateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),
+)
+
+
+def _owner_columns() -> list[Column]:
+    return [
+        Column("resource_type", String(64), nullable=False),
+        Column("resource_id", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+    ]
+
+
+idx_token = Table(
+    "fhir_idx_token",
+    metadata,
+    *_owner_columns(),
+    Column("system", String(), nullable=False),
+    Column("code", String(), nullable=False),
+    Index("ix_fhir_idx_token_lookup", "resource_type", "param", "code", "system", "resource_id"),
+    Index("ix_fhir_idx_token_owner", "resource_type", "resource_id"),
+)
+
+idx_string = Table(
+    "fhir_idx_string",
+    metadata,
+    *_owner_columns(),
+    Column("value", String(), nullable=False),
+    Column("raw", String(), nullable=False),
+    Index("ix_fhir_idx_string_lookup", "resource_type", "param", "value", "resource_id"),
+    Index("ix_fhir_idx_string_owner", "resource_type", "resource_id"),
+)
+
+idx_date = Table(
+    "fhir_idx_date",
+    metadata,
+    *_owner_columns(),
+    Column("low", DateTime, nullable=False),
+    Column("high", DateTime, nullable=False),
+    Index("ix_fhir_idx_date_lookup", "resource_type", "param", "low", "high"),
+    Index("ix_fhir_idx_date_owner", "resource_type", "resource_id", "param", "low", "high"),
+)
+
+idx_reference = Table(
+    "fhir_idx_reference",
+    metadata,
+    *_owner_columns(),
+    Column("target_type", String(64), nullable=False),
+    Column("target_id", String(64), nullable=False),
+    Index(
+        "ix_fhir_idx_reference_target",
+        "target_id",
+        "target_type",
+        "param",
+        "resource_type",
+        "resource_id",
+    ),
+    Index("ix_fhir_idx_reference_owner", "resource_type", "resource_id", "param"),
+)
+
+idx_quantity = Table(
+    "fhir_idx_quantity",
+    metadata,
+    *_owner_columns(),
+    Column("system", String(), nullable=False),
+    Column("code", String(), nullable=False),
+    Column("value", Float, nullable=False),
+    Index("ix_fhir_idx_quantity_lookup", "resource_type", "param", "code", "value"),
+    Index("ix_fhir_idx_quantity_owner", "resource_type", "resource_id"),
+)
+
+INDEX_TABLES = {
+    "token": idx_token,
+    "string": idx_string,
+    "date": idx_date,
+    "reference": idx_reference,
+    "quantity": idx_quantity,
+}

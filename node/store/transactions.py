@@ -1,0 +1,357 @@
+"""The write engine: a list of entries (a transaction Bundle, or one create/update/delete) applied
+atomically inside one open DB transaction.
+
+Order follows the FHIR transaction rules: DELETE, then POST, then PUT, then GET. ``fullUrl``
+(``urn:uuid:``) references are rewritten everywhere, conditional references
+(``Organization?identifier=sys|val``) resolved, references to resources of this store checked,
+and everything is written with one bulk insert per table. Any failure raises a FhirError naming
+the entry; the caller's transaction then rolls back, so nothing is stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from node.store.search_exec import match_ids
+from node.store.validation import check_id, check_type, local_references, validate_resource
+from node.store.writes import (
+    NewVersion,
+    current_bodies,
+    current_rows,
+    keys_in,
+    now_utc,
+    stamp,
+    write_versions,
+)
+from trust.outcome import BadRequest, FhirError, PreconditionFailed, Unprocessable
+
+__all__ = ["Entry", "EntryResult", "apply_entries", "entries_from_bundle", "etag"]
+
+Key = tuple[str, str]
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    resource: dict[str, Any] | None = None
+    full_url: str | None = None
+    if_none_exist: str | None = None
+    if_match: str | None = None
+    # filled while applying
+    key: Key | None = None
+    label: str = ""
+
+
+@dataclass
+class EntryResult:
+    status: int
+    location: str | None = None
+    resource: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def etag(version: int | str) -> str:
+    return f'W/"{version}"'
+
+
+def _version_of(if_match: str) -> str:
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def _fail(entry: Entry, exc: FhirError) -> FhirError:
+    """Re-raise ``exc`` with the entry named in front of its diagnostics."""
+    prefix = f"{entry.label}: " if entry.label else ""
+    return type(exc)(prefix + exc.diagnostics, expression=exc.expression, status=exc.status)
+
+
+def entries_from_bundle(bundle: Any, kind: str) -> list[Entry]:
+    """The entries of a transaction/batch Bundle (BadRequest for a malformed Bundle)."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise BadRequest("expected a Bundle resource")
+    if bundle.get("type") != kind:
+        raise BadRequest(f"Bundle.type must be {kind!r}, got {bundle.get('type')!r}")
+    raw = bundle.get("entry") or []
+    if not isinstance(raw, list):
+        raise BadRequest("Bundle.entry must be an array")
+    entries = []
+    for i, e in enumerate(raw):
+        label = f"Bundle.entry[{i}]"
+        if not isinstance(e, dict) or not isinstance(e.get("request"), dict):
+            raise BadRequest(f"{label}: missing request")
+        req = e["request"]
+        method, url = req.get("method"), req.get("url")
+        if method not in _ORDER:
+            raise BadRequest(f"{label}: unsupported request.method {method!r}")
+        if not isinstance(url, str) or not url:
+            raise BadRequest(f"{label}: missing request.url")
+        entry = Entry(
+            index=i,
+            method=method,
+            url=url.lstrip("/"),
+            resource=e.get("resource"),
+            full_url=e.get("fullUrl"),
+            if_none_exist=req.get("ifNoneExist"),
+            if_match=req.get("ifMatch"),
+            label=f"{label} ({method} {url.split('?')[0]})",
+        )
+        entries.append(entry)
+    return entries
+
+
+class _Apply:
+    def __init__(self, conn: Connection, base_url: str) -> None:
+        self.conn = conn
+        self.base = base_url
+        self.ts = now_utc()
+        self.url_map: dict[str, str] = {}  # fullUrl -> Type/id
+        self.cond_cache: dict[str, str] = {}
+        self.deleted: set[Key] = set()
+        self.creating: set[Key] = set()
+        self.results: dict[int, EntryResult] = {}
+
+    # -- resolution -------------------------------------------------------------------------
+    def _split_url(self, entry: Entry) -> tuple[str, str | None, str | None]:
+        path, _, query = entry.url.partition("?")
+        parts = path.split("/")
+        rtype = parts[0]
+        check_type(rtype)
+        if len(parts) == 1:
+            return rtype, None, query or None
+        if len(parts) == 2 and not query:
+            check_id(parts[1])
+            return rtype, parts[1], None
+        raise BadRequest(f"unsupported request.url {entry.url!r}")
+
+    def _map_full_url(self, entry: Entry, rtype: str, rid: str) -> None:
+        if entry.full_url:
+            self.url_map[entry.full_url] = f"{rtype}/{rid}"
+
+    def _delete(self, entry: Entry) -> NewVersion | None:
+        rtype, rid, query = self._split_url(entry)
+        if query:
+            ids = match_ids(self.conn, rtype, query, self.base)
+            if len(ids) > 1:
+                raise PreconditionFailed(f"conditional delete matched {len(ids)} {rtype} resources")
+            rid = ids[0] if ids else None
+        if rid is None:
+            self.results[entry.index] = EntryResult(204)
+            return None
+        key = (rtype, rid)
+        row = current_rows(self.conn, [key], lock=True).get(key)
+        self.deleted.add(key)
+        if row is None or row.deleted:
+            self.results[entry.index] = EntryResult(204)
+            return None
+        version = row.version + 1
+        body = stamp({"resourceType": rtype}, rid, version, self.ts)
+        self.results[entry.index] = EntryResult(204, extra={"etag": etag(version)})
+        return NewVersion(rtype, rid, version, self.ts, True, body, existed=True)
+
+    def _post(self, entry: Entry) -> Key | None:
+        rtype, rid, query = self._split_url(entry)
+        if rid is not None or query:
+            raise BadRequest("POST url must be a resource type")
+        validate_resource(entry.resource, expected_type=rtype)
+        if entry.if_none_exist:
+            ids = match_ids(self.conn, rtype, entry.if_none_exist, self.base)
+            if len(ids) > 1:
+                raise PreconditionFailed(
+                    f"ifNoneExist {entry.if_none_exist!r} matched {len(ids)} {rtype} resources"
+                )
+            if ids:
+                self._map_full_url(entry, rtype, ids[0])
+                self.results[entry.index] = EntryResult(200, location=f"{rtype}/{ids[0]}")
+                entry.key = (rtype, ids[0])
+                return None
+        key = (rtype, str(uuid.uuid4()))
+        self._map_full_url(entry, rtype, key[1])
+        return key
+
+    def _put(self, entry: Entry) -> Key:
+        rtype, rid, query = self._split_url(entry)
+        validate_resource(entry.resource, expected_type=rtype)
+        assert entry.resource is not None
+        body_id = entry.resource.get("id")
+        if query:
+            ids = match_ids(self.conn, rtype, query, self.base)
+            if len(ids) > 1:
+                raise PreconditionFailed(f"conditional update matched {len(ids)} {rtype} resources")
+            rid = ids[0] if ids else (body_id or str(uuid.uuid4()))
+            if ids and body_id and body_id != rid:
+                raise BadRequest(f"resource id {body_id!r} does not match the matched {rid!r}")
+        elif rid is None:
+            raise BadRequest("PUT url must be Type/id or Type?criteria")
+        elif body_id is not None and body_id != rid:
+            raise BadRequest(f"resource id {body_id!r} does not match the URL id {rid!r}")
+        assert rid is not None
+        self._map_full_url(entry, rtype, rid)
+        return (rtype, rid)
+
+    def _resolve_conditional(self, ref: str) -> str:
+        if ref not in self.cond_cache:
+            rtype, _, query = ref.partition("?")
+            check_type(rtype)
+            ids = match_ids(self.conn, rtype, query, self.base)
+            if not ids:
+                raise Unprocessable(f"conditional reference {ref!r} matched no resource")
+            if len(ids) > 1:
+                raise PreconditionFailed(f"conditional reference {ref!r} matched several resources")
+            self.cond_cache[ref] = f"{rtype}/{ids[0]}"
+        return self.cond_cache[ref]
+
+    def _rewrite(self, node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k == "reference" and isinstance(v, str):
+                    if v in self.url_map:
+                        v = self.url_map[v]
+                    elif "?" in v and v[:1].isupper():
+                        v = self._resolve_conditional(v)
+                    out[k] = v
+                elif k == "contained" or isinstance(v, str | int | float | bool):
+                    out[k] = v
+                else:
+                    out[k] = self._rewrite(v)
+            return out
+        if isinstance(node, list):
+            return [self._rewrite(x) for x in node]
+        return node
+
+    # -- the whole run ----------------------------------------------------------------------
+    def run(self, entries: list[Entry]) -> list[EntryResult]:
+        ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
+        writes: list[NewVersion] = []
+        pending: list[tuple[Entry, Key, bool]] = []  # (entry, key, is_post)
+        for entry in ordered:
+            try:
+                if entry.method == "DELETE":
+                    nv = self._delete(entry)
+                    if nv:
+                        writes.append(nv)
+                elif entry.method == "POST":
+                    key = self._post(entry)
+                    if key:
+                        pending.append((entry, key, True))
+                elif entry.method == "PUT":
+                    pending.append((entry, self._put(entry), False))
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
+        seen: set[Key] = set()
+        for entry, key, _ in pending:
+            if key in seen or key in self.deleted:
+                raise _fail(entry, BadRequest(f"{key[0]}/{key[1]} appears twice in the Bundle"))
+            seen.add(key)
+        self.creating = seen
+        bodies: dict[int, dict[str, Any]] = {}
+        for entry, _key, _ in pending:
+            try:
+                assert entry.resource is not None
+                if entry.resource.get("resourceType") == "Bundle":
+                    bodies[entry.index] = dict(entry.resource)
+                else:
+                    bodies[entry.index] = self._rewrite(entry.resource)
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
+        self._check_references(pending, bodies)
+        writes += self._versions(pending, bodies)
+        write_versions(self.conn, writes, self.base)
+        return [self.results[e.index] for e in sorted(entries, key=lambda e: e.index)]
+
+    def _check_references(
+        self, pending: list[tuple[Entry, Key, bool]], bodies: dict[int, dict[str, Any]]
+    ) -> None:
+        wanted: dict[Key, tuple[Entry, str]] = {}
+        for entry, _key, _ in pending:
+            for rtype, rid, original in local_references(bodies[entry.index], self.base):
+                key = (rtype, rid)
+                if key not in self.creating and key not in wanted:
+                    wanted[key] = (entry, original)
+        if not wanted:
+            return
+        live = keys_in(self.conn, wanted) - self.deleted
+        for key, (entry, original) in wanted.items():
+            if key not in live:
+                raise _fail(entry, Unprocessable(f"reference to a missing resource: {original!r}"))
+
+    def _versions(
+        self, pending: list[tuple[Entry, Key, bool]], bodies: dict[int, dict[str, Any]]
+    ) -> list[NewVersion]:
+        put_keys = [key for _e, key, is_post in pending if not is_post]
+        rows = current_rows(self.conn, put_keys, lock=True) if put_keys else {}
+        olds = current_bodies(self.conn, put_keys) if put_keys else {}
+        out: list[NewVersion] = []
+        for entry, key, is_post in pending:
+            rtype, rid = key
+            row = rows.get(key)
+            if entry.if_match is not None:
+                current = str(row.version) if row and not row.deleted else None
+                if current != _version_of(entry.if_match):
+                    raise _fail(
+                        entry,
+                        PreconditionFailed(
+                            f"If-Match {entry.if_match} does not match the current version "
+                            f"{etag(current) if current else '(none)'} of {rtype}/{rid}"
+                        ),
+                    )
+            body = bodies[entry.index]
+            old = olds.get(key)
+            if old is not None and _same_content(old, body):
+                assert row is not None
+                self.results[entry.index] = EntryResult(
+                    200,
+                    location=f"{rtype}/{rid}/_history/{row.version}",
+                    resource=old,
+                    extra={"etag": etag(row.version), "lastModified": old["meta"]["lastUpdated"]},
+                )
+                continue
+            version = row.version + 1 if row else 1
+            stored = stamp(body, rid, version, self.ts)
+            status = 201 if is_post or row is None or row.deleted else 200
+            self.results[entry.index] = EntryResult(
+                status,
+                location=f"{rtype}/{rid}/_history/{version}",
+                resource=stored,
+                extra={"etag": etag(version), "lastModified": stored["meta"]["lastUpdated"]},
+            )
+            out.append(NewVersion(rtype, rid, version, self.ts, False, stored, row is not None))
+        return out
+
+
+def _strip_meta(body: dict[str, Any]) -> dict[str, Any]:
+    out = dict(body)
+    meta = dict(out.get("meta") or {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    if meta:
+        out["meta"] = meta
+    else:
+        out.pop("meta", None)
+    return out
+
+
+def _same_content(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return _strip_meta(old) == _strip_meta({**new, "id": old.get("id")})
+
+
+def apply_entries(conn: Connection, entries: list[Entry], base_url: str = "") -> list[EntryResult]:
+    """Apply ``entries`` in one transaction (the caller owns it); results in entry order.
+
+    GET entries are not handled here (the store runs them after the writes).
+    """
+    runner = _Apply(conn, base_url)
+    for e in entries:
+        if e.method == "GET":
+            runner.results[e.index] = EntryResult(0)  # placeholder filled by the store
+    return runner.run(entries)
