@@ -1,7 +1,352 @@
-"""`ipjms node …` sub-commands."""
+"""`ipjms node …` sub-commands: init, serve, ingest, seed, user add, client add, token."""
 
 from __future__ import annotations
 
-import typer
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
-app = typer.Typer(no_args_is_help=True)
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+user_app = typer.Typer(no_args_is_help=True, help="Node accounts (doctor, nurse, admin, patient).")
+client_app = typer.Typer(no_args_is_help=True, help="Registered backend clients (SMART Backend).")
+app.add_typer(user_app, name="user")
+app.add_typer(client_app, name="client")
+
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's state folder.")]
+DbUrl = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: SQLite in the data dir; postgresql://…)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _settings(data_dir: Path, **overrides: Any):  # type: ignore[no-untyped-def]
+    from node.settings import NotInitialised, load_settings
+
+    if not data_dir.is_dir():
+        _fail(f"data dir {data_dir} does not exist; run `ipjms node init --data-dir {data_dir}`")
+    try:
+        return load_settings(data_dir, require_init=True, **overrides)
+    except NotInitialised as exc:
+        _fail(str(exc))
+    except Exception as exc:  # pydantic validation of node.toml / env
+        _fail(f"bad node settings: {exc}")
+
+
+def _open_store(settings):  # type: ignore[no-untyped-def]
+    from node.app import open_store
+
+    try:
+        return open_store(settings)
+    except Exception as exc:
+        _fail(f"cannot open the node database ({type(exc).__name__}: {exc})")
+
+
+@app.command()
+def init(
+    org: Annotated[str, typer.Option("--org", help="Organisation id, e.g. org-tertiary.")],
+    name: Annotated[str, typer.Option("--name", help="Human-readable node name.")],
+    data_dir: DataDir,
+    level: Annotated[
+        str, typer.Option("--level", help="tertiary | county | community")
+    ] = "community",
+    db: DbUrl = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default HTTP port.")] = None,
+) -> None:
+    """Create a node: node.toml, database schema, token-signing and linkage keys, admin account.
+
+    The admin password comes from IPJMS_ADMIN_PASSWORD, else one is generated and printed once.
+    """
+    from node.auth.accounts import AccountError, AccountStore
+    from node.settings import NODE_TOML, load_settings, write_node_toml
+    from trust.pseudonym import load_or_create_linkage_key
+    from trust.tokens import load_or_create_signing_key
+
+    if level not in ("tertiary", "county", "community"):
+        _fail(f"--level must be tertiary, county or community, not {level!r}")
+    if (data_dir / NODE_TOML).exists():
+        _fail(f"{data_dir} already holds a node ({NODE_TOML}); choose another --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings = load_settings(data_dir, org_id=org, name=name, level=level, db_url=db, port=port)
+    except Exception as exc:
+        _fail(f"bad settings: {exc}")
+    engine, _store = _open_store(settings)
+    load_or_create_signing_key(settings.signing_key_path)
+    load_or_create_linkage_key(settings.linkage_key_file)
+    password = os.environ.get("IPJMS_ADMIN_PASSWORD")
+    generated = not password
+    if not password:
+        password = secrets.token_urlsafe(18)
+    try:
+        AccountStore(engine).add_user("admin", password, "admin")
+    except AccountError as exc:
+        _fail(f"cannot create the admin account: {exc}")
+    write_node_toml(settings)
+    engine.dispose()
+    console.print(f"Initialised node [bold]{org}[/bold] ({level}) in {settings.data_dir}")
+    if generated:
+        console.print(f"Admin account: admin / [bold]{password}[/bold]  (shown once; keep it)")
+    else:
+        console.print("Admin account: admin (password from IPJMS_ADMIN_PASSWORD)")
+
+
+@app.command()
+def serve(
+    data_dir: DataDir,
+    port: Annotated[int | None, typer.Option("--port", help="HTTP port.")] = None,
+    db: DbUrl = None,
+    host: Annotated[str | None, typer.Option("--host", help="Listen address.")] = None,
+) -> None:
+    """Run the node's HTTP API (SIGTERM or Ctrl-C stops it gracefully)."""
+    import uvicorn
+
+    from node.app import create_app
+
+    settings = _settings(data_dir, port=port, db_url=db, host=host)
+    try:
+        application = create_app(settings)
+    except Exception as exc:
+        _fail(f"cannot start the node ({type(exc).__name__}: {exc})")
+    console.print(f"node {settings.org_id} serving on http://{settings.host}:{settings.port}")
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,  # request paths carry ids; metrics count routes instead
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="FHIR JSON / NDJSON files or folders.")],
+    data_dir: DataDir,
+    db: DbUrl = None,
+) -> None:
+    """Load FHIR bundles, resources and NDJSON files (idempotent: twice adds nothing)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from node.ingest.driver import ingest_files
+    from node.ingest.sources import IngestFileError, discover
+
+    settings = _settings(data_dir, db_url=db)
+    try:
+        files = discover(paths)
+    except IngestFileError as exc:
+        _fail(str(exc))
+    if not files:
+        _fail("no .json or .ndjson files found in the given paths")
+    engine, store = _open_store(settings)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("ingesting", total=len(files))
+
+        def on_file(path: Path, n: int) -> None:
+            progress.update(task, description=f"{path.name} ({n} resources)")
+
+        report = ingest_files(
+            store, files, on_file=on_file, on_done=lambda _result: progress.advance(task)
+        )
+    engine.dispose()
+    _print_summary(report)
+    if report.failed:
+        err.print(f"[red]{len(report.failed)} of {len(report.files)} file(s) failed:[/red]")
+        for failed in report.failed:
+            for message in failed.errors[:5]:
+                err.print(f"  {failed.path.name}: {message}")
+            if len(failed.errors) > 5:
+                err.print(f"  {failed.path.name}: … {len(failed.errors) - 5} more")
+        raise typer.Exit(1)
+
+
+def _print_summary(report) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    created, existing = report.totals()
+    table = Table(title=f"Ingested {len(report.files)} file(s)")
+    table.add_column("resource type")
+    table.add_column("created", justify="right")
+    table.add_column("already present", justify="right")
+    for rtype in sorted(set(created) | set(existing)):
+        table.add_row(rtype, str(created[rtype]), str(existing[rtype]))
+    table.add_row(
+        "[bold]total[/bold]",
+        f"[bold]{sum(created.values())}[/bold]",
+        f"[bold]{sum(existing.values())}[/bold]",
+    )
+    console.print(table)
+
+
+@app.command()
+def seed(
+    data_dir: DataDir,
+    profile: Annotated[str, typer.Option("--profile", help="tertiary | community")],
+    patients: Annotated[int, typer.Option("--patients", min=0, help="How many patients.")],
+    seed: Annotated[int, typer.Option("--seed", help="Site seed (same seed, same data).")] = 0,
+    shared: Annotated[
+        int, typer.Option("--shared", min=0, help="How many are regional people (cross-site).")
+    ] = 0,
+    population_seed: Annotated[
+        int, typer.Option("--population-seed", help="Seed of the regional population.")
+    ] = 0,
+    db: DbUrl = None,
+) -> None:
+    """Write a deterministic synthetic cohort (one transaction per patient; idempotent)."""
+    from collections import Counter
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from node.feeds.synthetic import PROFILES, generate_site
+    from trust.outcome import FhirError
+
+    if profile not in PROFILES:
+        _fail(f"--profile must be one of {', '.join(sorted(PROFILES))}, not {profile!r}")
+    if shared > patients:
+        _fail("--shared cannot exceed --patients")
+    settings = _settings(data_dir, db_url=db)
+    engine, store = _open_store(settings)
+    created: Counter[str] = Counter()
+    with Progress(console=console, transient=not console.is_terminal) as progress:
+        task = progress.add_task(f"seeding {profile}", total=patients)
+        for bundle in generate_site(
+            profile, patients, seed, shared=shared, population_seed=population_seed
+        ):
+            try:
+                response = store.transaction(bundle)
+            except FhirError as exc:
+                engine.dispose()
+                _fail(f"seeding failed: {exc.diagnostics}", code=1)
+            for entry in response.get("entry") or []:
+                resp = entry.get("response") or {}
+                if str(resp.get("status", "")).startswith("201"):
+                    created[str(resp.get("location", "?")).split("/")[0]] += 1
+            progress.advance(task)
+    counts = store.counts()
+    engine.dispose()
+    table = Table(title=f"Seeded {patients} {profile} patient(s) (seed {seed})")
+    table.add_column("resource type")
+    table.add_column("created now", justify="right")
+    table.add_column("in store", justify="right")
+    for rtype in sorted(set(created) | set(counts)):
+        table.add_row(rtype, str(created[rtype]), str(counts.get(rtype, 0)))
+    console.print(table)
+
+
+def _password(env_var: str, prompt: str) -> str:
+    value = os.environ.get(env_var)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        _fail(f"set {env_var} or run interactively to type the password")
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
+
+
+@user_app.command("add")
+def user_add(
+    data_dir: DataDir,
+    username: Annotated[str, typer.Option("--username")],
+    role: Annotated[str, typer.Option("--role", help="doctor | nurse | admin | patient")],
+    patient: Annotated[
+        str | None, typer.Option("--patient", help="Patient id (patient accounts only).")
+    ] = None,
+    db: DbUrl = None,
+) -> None:
+    """Add an account. Password from IPJMS_USER_PASSWORD, else prompted."""
+    from node.auth.accounts import AccountError, AccountStore, migrate_accounts
+    from trust.storage import make_engine
+
+    settings = _settings(data_dir, db_url=db)
+    password = _password("IPJMS_USER_PASSWORD", f"Password for {username}")
+    engine = make_engine(settings.database_url)
+    try:
+        migrate_accounts(engine)
+        account = AccountStore(engine).add_user(username, password, role, patient_id=patient)
+    except AccountError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    linked = f" linked to Patient/{account.patient_id}" if account.patient_id else ""
+    console.print(f"Added {account.role} account {account.username}{linked}")
+
+
+@client_app.command("add")
+def client_add(
+    data_dir: DataDir,
+    client_id: Annotated[str, typer.Option("--client-id")],
+    public_key: Annotated[
+        str, typer.Option("--public-key", help="PEM file (or PEM text) of the client's EC key.")
+    ],
+    scope: Annotated[str, typer.Option("--scope", help='e.g. "system/*.rs"')] = "system/*.rs",
+    db: DbUrl = None,
+) -> None:
+    """Register a SMART Backend Services client (its public key and allowed system scopes)."""
+    from node.auth.accounts import AccountError, AccountStore, migrate_accounts
+    from trust.storage import make_engine
+
+    settings = _settings(data_dir, db_url=db)
+    if public_key.lstrip().startswith("-----BEGIN"):
+        pem = public_key
+    else:
+        key_path = Path(public_key)
+        if not key_path.is_file():
+            _fail(f"--public-key {public_key}: no such file")
+        pem = key_path.read_text()
+    engine = make_engine(settings.database_url)
+    try:
+        migrate_accounts(engine)
+        client = AccountStore(engine).add_client(client_id, pem, scope)
+    except AccountError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    console.print(f"Registered backend client {client.client_id} with {' '.join(client.scopes)}")
+    console.print(f"Token URL (client assertion audience): {settings.base_url}/auth/token")
+
+
+@app.command()
+def token(
+    data_dir: DataDir,
+    role: Annotated[str, typer.Option("--role", help="doctor | nurse | admin")] = "admin",
+    subject: Annotated[str, typer.Option("--subject", help="Token subject.")] = "local-operator",
+    ttl: Annotated[int | None, typer.Option("--ttl", help="Seconds (≤ 3600).")] = None,
+    db: DbUrl = None,
+) -> None:
+    """Print an access token signed with the node's key (for local tools; needs the data dir)."""
+    from node.auth.accounts import AccountStore
+    from node.auth.roles import ROLE_SCOPES
+    from node.auth.service import AuthService
+    from trust.storage import make_engine
+    from trust.tokens import load_or_create_signing_key
+
+    if role not in ROLE_SCOPES or role == "patient":
+        _fail("--role must be doctor, nurse or admin")
+    if ttl is not None and not 0 < ttl <= 3600:
+        _fail("--ttl must be 1..3600 seconds")
+    settings = _settings(data_dir, db_url=db)
+    engine = make_engine(settings.database_url)
+    auth = AuthService(
+        settings, AccountStore(engine), load_or_create_signing_key(settings.signing_key_path)
+    )
+    grant = auth.issue_local(subject, role, ttl=ttl)
+    engine.dispose()
+    typer.echo(grant.access_token)

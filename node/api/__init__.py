@@ -1,0 +1,1 @@
+"""The node's HTTP API: FHIR REST routes, metrics, health, and the hooks other areas plug into."""

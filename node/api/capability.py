@@ -1,0 +1,115 @@
+"""The node's CapabilityStatement, generated from the store's supported-parameter table (pure).
+
+Nothing here is hand-listed per type: a type or search parameter appears exactly when the store
+supports it (``node.store.search_params.SUPPORTED_SEARCH_PARAMS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from node.store.search_params import SUPPORTED_SEARCH_PARAMS, SearchParamDef
+
+__all__ = ["capability_statement", "TYPE_INTERACTIONS", "SYSTEM_INTERACTIONS"]
+
+TYPE_INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "create",
+    "search-type",
+)
+SYSTEM_INTERACTIONS = ("transaction", "batch")
+_SPECIAL_TYPES = {"_id": "token", "_lastUpdated": "date"}
+_SERVER_VERSION = "0.1.0"
+
+
+def _param_type(param: SearchParamDef) -> str:
+    if param.kind == "special":
+        return _SPECIAL_TYPES.get(param.name, "special")
+    return param.kind
+
+
+def _search_param(param: SearchParamDef) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": param.name, "type": _param_type(param)}
+    doc = param.description or (", ".join(param.paths) if param.paths else "")
+    if param.targets:
+        doc = f"{doc} (→ {', '.join(param.targets)})" if doc else f"→ {', '.join(param.targets)}"
+    if doc:
+        entry["documentation"] = doc
+    return entry
+
+
+def _resource(rtype: str, params: Mapping[str, SearchParamDef]) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "type": rtype,
+        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchParam": [_search_param(p) for p in params.values()],
+    }
+    includes = [f"{rtype}:{p.name}" for p in params.values() if p.name in ("patient", "subject")]
+    if includes:
+        resource["searchInclude"] = includes
+    if rtype == "Patient":
+        resource["operation"] = [
+            {
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                "documentation": "honours _since, _type, _count (paged with next links)",
+            }
+        ]
+    return resource
+
+
+def capability_statement(
+    *,
+    base_url: str,
+    name: str,
+    date: str,
+    table: Mapping[str, Mapping[str, SearchParamDef]] = SUPPORTED_SEARCH_PARAMS,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "kind": "instance",
+        "software": {"name": "IPJMS node", "version": _SERVER_VERSION},
+        "implementation": {"description": name, "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "OAuth2 bearer tokens from POST /auth/token with SMART scopes",
+                },
+                "resource": [_resource(rtype, params) for rtype, params in sorted(table.items())],
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "searchParam": [
+                    {"name": "_count", "type": "number"},
+                    {"name": "_offset", "type": "number"},
+                    {"name": "_sort", "type": "string"},
+                    {"name": "_include", "type": "special"},
+                ],
+            }
+        ],
+    }

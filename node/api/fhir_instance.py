@@ -1,0 +1,142 @@
+"""FHIR instance and type interactions: create, read, vread, update, delete, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from node.api.access import check_type_name, ensure_in_compartment, refuse_patient_context_write
+from node.api.body import fhir_response, read_resource, version_headers
+from node.api.bundles import history_bundle
+from node.auth.deps import require_scope
+from node.auth.principal import Principal
+from trust.outcome import BadRequest, operation_outcome
+
+__all__ = ["router", "fhir_base"]
+
+router = APIRouter(tags=["fhir"])
+
+
+def fhir_base(request: Request) -> str:
+    """The FHIR base URL as this client reached it (links and Location headers)."""
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _write_headers(request: Request, outcome: Any) -> dict[str, str]:
+    headers = version_headers(outcome.resource)
+    headers["Location"] = f"{fhir_base(request)}/{outcome.location}"
+    return headers
+
+
+def _not_modified(request: Request, headers: dict[str, str]) -> bool:
+    wanted = request.headers.get("if-none-match")
+    return bool(wanted) and wanted == headers.get("ETag")
+
+
+@router.post("/fhir/{rtype}")
+async def create(
+    rtype: str,
+    request: Request,
+    principal: Principal = Depends(require_scope(None, "create")),
+) -> Response:
+    check_type_name(rtype)
+    refuse_patient_context_write(principal, rtype, "create")
+    resource = await read_resource(request)
+    if resource.get("resourceType") != rtype:
+        raise BadRequest(
+            f"resourceType {resource.get('resourceType')!r} does not match the URL type {rtype!r}"
+        )
+    store = request.app.state.store
+    outcome = await run_in_threadpool(
+        store.create, resource, if_none_exist=request.headers.get("if-none-exist")
+    )
+    return fhir_response(outcome.resource, outcome.status, _write_headers(request, outcome))
+
+
+@router.get("/fhir/{rtype}/{rid}")
+def read(
+    rtype: str,
+    rid: str,
+    request: Request,
+    principal: Principal = Depends(require_scope(None, "read")),
+) -> Response:
+    check_type_name(rtype, rid)
+    store = request.app.state.store
+    ensure_in_compartment(store, rtype, rid, principal.compartment_for(rtype, "read"))
+    resource = store.read(rtype, rid)
+    headers = version_headers(resource)
+    if _not_modified(request, headers):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(resource, 200, headers)
+
+
+@router.put("/fhir/{rtype}/{rid}")
+async def update(
+    rtype: str,
+    rid: str,
+    request: Request,
+    principal: Principal = Depends(require_scope(None, "update")),
+) -> Response:
+    check_type_name(rtype, rid)
+    refuse_patient_context_write(principal, rtype, "update")
+    resource = await read_resource(request)
+    if resource.get("resourceType") != rtype:
+        raise BadRequest(
+            f"resourceType {resource.get('resourceType')!r} does not match the URL type {rtype!r}"
+        )
+    if resource.get("id") != rid:
+        raise BadRequest(
+            f"resource id {resource.get('id')!r} does not match the id in the URL {rid!r}",
+            expression=[f"{rtype}.id"],
+        )
+    store = request.app.state.store
+    outcome = await run_in_threadpool(
+        store.update, rtype, rid, resource, if_match=request.headers.get("if-match")
+    )
+    return fhir_response(outcome.resource, outcome.status, _write_headers(request, outcome))
+
+
+@router.delete("/fhir/{rtype}/{rid}")
+def delete(
+    rtype: str,
+    rid: str,
+    request: Request,
+    principal: Principal = Depends(require_scope(None, "delete")),
+) -> Response:
+    check_type_name(rtype, rid)
+    refuse_patient_context_write(principal, rtype, "delete")
+    request.app.state.store.delete(rtype, rid)
+    return fhir_response(
+        operation_outcome(f"{rtype}/{rid} deleted", code="informational", severity="information")
+    )
+
+
+@router.get("/fhir/{rtype}/{rid}/_history")
+def history(
+    rtype: str,
+    rid: str,
+    request: Request,
+    principal: Principal = Depends(require_scope(None, "read")),
+) -> Response:
+    check_type_name(rtype, rid)
+    store = request.app.state.store
+    ensure_in_compartment(store, rtype, rid, principal.compartment_for(rtype, "read"))
+    versions = [(h.resource, h.deleted) for h in store.history_entries(rtype, rid)]
+    return fhir_response(history_bundle(fhir_base(request), versions))
+
+
+@router.get("/fhir/{rtype}/{rid}/_history/{vid}")
+def vread(
+    rtype: str,
+    rid: str,
+    vid: str,
+    request: Request,
+    principal: Principal = Depends(require_scope(None, "read")),
+) -> Response:
+    check_type_name(rtype, rid)
+    store = request.app.state.store
+    ensure_in_compartment(store, rtype, rid, principal.compartment_for(rtype, "read"))
+    resource = store.vread(rtype, rid, vid)
+    return fhir_response(resource, 200, version_headers(resource))

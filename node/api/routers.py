@@ -1,0 +1,17 @@
+"""Routers other areas add to the node app (exchange, care management, portals, …).
+
+Add yours with one import and one append, e.g.::
+
+    from node.exchange.routes import router as exchange_router
+    EXTRA_ROUTERS.append(exchange_router)
+
+Every route must authorise through ``node.auth.deps.require_scope``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["EXTRA_ROUTERS"]
+
+EXTRA_ROUTERS: list[APIRouter] = []

@@ -1,0 +1,123 @@
+"""The node's HTTP application: ``create_app(settings) -> FastAPI``.
+
+Opens the database (migrating the store and account tables to head), wires the FHIR routes, the
+token endpoint, health and metrics, other areas' routers (``node/api/routers.py``) and background
+services (``node/api/lifecycle.py``), and maps every error to an OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from node.api import fhir_instance, fhir_search, fhir_system
+from node.api.body import fhir_response
+from node.api.capability import capability_statement
+from node.api.lifecycle import BACKGROUND, run_background
+from node.api.limits import BodySizeLimit
+from node.api.metrics import MetricsMiddleware, NodeMetrics
+from node.api.routers import EXTRA_ROUTERS
+from node.auth import routes as auth_routes
+from node.auth.accounts import migrate_accounts
+from node.auth.service import AuthService, LoginFailure
+from node.settings import NodeSettings
+from trust.outcome import install_error_handlers
+from trust.storage import make_engine
+
+__all__ = ["create_app", "open_store"]
+
+log = logging.getLogger("ipjms.node")
+
+
+def open_store(settings: NodeSettings):  # type: ignore[no-untyped-def]
+    """Engine and FhirStore of the node, schemas migrated to head (store + accounts)."""
+    from node.store import FhirStore, migrate
+
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    migrate_accounts(engine)
+    return engine, FhirStore(engine, base_url=f"{settings.base_url}/fhir")
+
+
+def create_app(settings: NodeSettings) -> FastAPI:
+    engine, store = open_store(settings)
+    metrics = NodeMetrics()
+    auth = AuthService.for_node(settings, engine)
+
+    def count_failure(failure: LoginFailure) -> None:
+        metrics.login_failures.labels(failure.grant_type, failure.reason).inc()
+        # No PHI: a fixed reason code, and the subject only when it is a known account/client.
+        log.warning(
+            "token request refused: grant=%s reason=%s known_subject=%s",
+            failure.grant_type,
+            failure.reason,
+            failure.known_subject or "-",
+        )
+
+    # Audit hook: the trust area appends a sink writing a login_failure AuditEvent to the ledger.
+    auth.failure_sinks.append(count_failure)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with run_background(app, list(BACKGROUND)):
+            log.info("node %s ready (%s)", settings.org_id, settings.level)
+            yield
+        engine.dispose()
+
+    app = FastAPI(
+        title=f"IPJMS node {settings.org_id}",
+        description="FHIR R4 REST API of a hospital or clinic node",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.store = store
+    app.state.auth = auth
+    app.state.metrics = metrics
+    app.state.capability = capability_statement(
+        base_url=f"{settings.base_url}/fhir",
+        name=settings.name,
+        date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+    )
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz(request: Request) -> Response:
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return fhir_response(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": f"ok: node {settings.org_id}",
+                    }
+                ],
+            }
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(auth_routes.router)
+    app.include_router(fhir_system.router)
+    app.include_router(fhir_search.router)
+    app.include_router(fhir_instance.router)
+    for router in EXTRA_ROUTERS:
+        app.include_router(router)
+    # Outermost first: metrics see every request, including refused oversize ones.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
