@@ -172,7 +172,7 @@ def ingest(
         err.print(f"[red]{len(report.failed)} of {len(report.files)} file(s) failed:[/red]")
         for failed in report.failed:
             for message in failed.errors[:5]:
-                err.print(f"  {failed.path.name}: {message}")
+                err.print(f"  {message}")
             if len(failed.errors) > 5:
                 err.print(f"  {failed.path.name}: … {len(failed.errors) - 5} more")
         raise typer.Exit(1)

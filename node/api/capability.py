@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from node.store.search_params import SUPPORTED_SEARCH_PARAMS, SearchParamDef
+from node.store.search_params import RESULT_PARAMS, SUPPORTED_SEARCH_PARAMS, SearchParamDef
 
 __all__ = ["capability_statement", "TYPE_INTERACTIONS", "SYSTEM_INTERACTIONS"]
 
@@ -25,6 +25,14 @@ TYPE_INTERACTIONS = (
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 _SPECIAL_TYPES = {"_id": "token", "_lastUpdated": "date"}
 _SERVER_VERSION = "0.1.0"
+# FHIR types of the result-control parameters the store accepts (RESULT_PARAMS).
+_RESULT_PARAM_TYPES = {
+    "_count": "number",
+    "_offset": "number",
+    "_sort": "string",
+    "_include": "special",
+    "_total": "token",
+}
 
 
 def _param_type(param: SearchParamDef) -> str:
@@ -55,7 +63,7 @@ def _resource(rtype: str, params: Mapping[str, SearchParamDef]) -> dict[str, Any
         "conditionalDelete": "not-supported",
         "searchParam": [_search_param(p) for p in params.values()],
     }
-    includes = [f"{rtype}:{p.name}" for p in params.values() if p.name in ("patient", "subject")]
+    includes = [f"{rtype}:{p.name}" for p in params.values() if p.kind == "reference"]
     if includes:
         resource["searchInclude"] = includes
     if rtype == "Patient":
@@ -105,10 +113,9 @@ def capability_statement(
                 "resource": [_resource(rtype, params) for rtype, params in sorted(table.items())],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": [
-                    {"name": "_count", "type": "number"},
-                    {"name": "_offset", "type": "number"},
-                    {"name": "_sort", "type": "string"},
-                    {"name": "_include", "type": "special"},
+                    {"name": name, "type": kind}
+                    for name, kind in _RESULT_PARAM_TYPES.items()
+                    if name in RESULT_PARAMS
                 ],
             }
         ],
