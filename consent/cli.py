@@ -2,6 +2,48 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def _consent() -> None:
+    """The consent registry: patients' FHIR Consents, signed decisions, disclosures."""
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path, typer.Option(help="State folder (SQLite, keys).")] = Path(
+        "consent-data"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8300,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default SQLite in data dir).")
+    ] = None,
+    ca_dir: Annotated[
+        Path | None, typer.Option(help="Regional CA folder: organisations authenticate against it.")
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="Public base URL (token audience).")
+    ] = None,
+) -> None:
+    """Run the consent registry (HTTP)."""
+    import uvicorn
+
+    from consent.app import create_app
+    from consent.settings import RegistrySettings
+
+    overrides: dict[str, object] = {"data_dir": data_dir, "port": port, "host": host}
+    if db:
+        overrides["db_url"] = db
+    if ca_dir:
+        overrides["ca_dir"] = ca_dir
+    if public_url:
+        overrides["public_url"] = public_url
+    settings = RegistrySettings(**overrides)  # type: ignore[arg-type]
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)

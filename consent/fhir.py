@@ -274,9 +274,18 @@ def _patient(raw: object) -> str:
     return str(ident.get("value", ""))
 
 
-def from_fhir(resource: object, *, record_id: str | None = None) -> ConsentRecord:
-    """Parse and validate a FHIR ``Consent`` into a record. BadRequest names the bad field."""
-    body = validate_fhir(resource)
+def from_fhir(
+    resource: object, *, record_id: str | None = None, validated: bool = False
+) -> ConsentRecord:
+    """Parse and validate a FHIR ``Consent`` into a record. BadRequest names the bad field.
+
+    ``validated=True`` skips the (slow) FHIR model validation for bodies this registry stored
+    itself; our own rules are still checked.
+    """
+    if validated and isinstance(resource, dict):
+        body: dict[str, Any] = resource
+    else:
+        body = validate_fhir(resource)
     scope_codes = [c.get("code") for c in (body.get("scope") or {}).get("coding", [])]
     if "patient-privacy" not in scope_codes:
         raise BadRequest("Consent.scope must be patient-privacy", expression=["Consent.scope"])

@@ -1,0 +1,103 @@
+"""Logging in, enrolment and the patient's own disclosure list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from consent.accounts import PatientAccounts
+from consent.auth import Authenticator, Principal, require
+from consent.decisions import REGISTRY_ORG
+from consent.disclosures import list_disclosures
+from consent.http_io import json_response, read_form, read_json
+from trust import audit_events
+from trust.outcome import BadRequest, Unauthorized
+
+__all__ = ["router"]
+
+router = APIRouter()
+ISSUE_CODES = require("system/Enrolment.c", kind="org")
+OWN_DISCLOSURES = require("patient/Disclosure.rs", kind="patient")
+
+
+def _auth(request: Request) -> Authenticator:
+    return request.app.state.authenticator  # type: ignore[no-any-return]
+
+
+def _accounts(request: Request) -> PatientAccounts:
+    return request.app.state.accounts  # type: ignore[no-any-return]
+
+
+@router.post("/auth/token")
+async def org_token(request: Request) -> JSONResponse:
+    """OAuth2 client-credentials grant with a cert-backed organisation assertion."""
+    return json_response(_auth(request).org_token(await read_form(request)))
+
+
+@router.post("/auth/patient-token")
+async def patient_token(request: Request) -> JSONResponse:
+    form = await read_form(request)
+    if form.get("grant_type", "password") != "password":
+        raise BadRequest("grant_type must be password")
+    username, password = form.get("username", ""), form.get("password", "")
+    if not username or not password:
+        raise BadRequest("username and password are required")
+    try:
+        pseudonym = _accounts(request).authenticate(username[:128], password[:256])
+    except Unauthorized:
+        event = audit_events.login_failure(
+            username=username[:128],
+            observer=REGISTRY_ORG,
+            source_address=request.client.host if request.client else None,
+        )
+        request.app.state.ledger.append(event)
+        raise
+    return json_response(_auth(request).patient_token(pseudonym))
+
+
+@router.post("/enrolment-codes")
+async def enrolment_code(
+    request: Request, principal: Principal = Depends(ISSUE_CODES)
+) -> JSONResponse:
+    """A node issues a one-time enrolment code for a patient it knows (by pseudonym)."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"patient"}:
+        raise BadRequest('body must be {"patient": "<pseudonym>"}')
+    issued = _accounts(request).issue_code(body.get("patient"), issued_by=principal.subject)  # type: ignore[arg-type]
+    return json_response(
+        {
+            "code": issued.code,
+            "patient": issued.patient,
+            "expires_at": issued.expires_at.isoformat().replace("+00:00", "Z"),
+        },
+        201,
+    )
+
+
+@router.post("/enrol")
+async def enrol(request: Request) -> JSONResponse:
+    """The patient redeems the code once and sets a password; returns the login handle."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"code", "password"}:
+        raise BadRequest('body must be {"code": "...", "password": "..."}')
+    done = _accounts(request).enrol(body.get("code"), body.get("password"))  # type: ignore[arg-type]
+    return json_response({"patient": done.patient, "username": done.handle}, 201)
+
+
+@router.get("/patients/me/disclosures")
+def my_disclosures(
+    request: Request,
+    include_refused: bool = False,
+    principal: Principal = Depends(OWN_DISCLOSURES),
+) -> JSONResponse:
+    assert principal.patient is not None
+    items = list_disclosures(
+        request.app.state.ledger, principal.patient, include_refused=include_refused
+    )
+    return json_response(
+        {
+            "patient": principal.patient,
+            "total": len(items),
+            "disclosures": [i.as_json() for i in items],
+        }
+    )

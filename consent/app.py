@@ -1,0 +1,81 @@
+"""The consent registry's FastAPI app: wiring of store, accounts, keys, ledger and routes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from consent.accounts import PatientAccounts
+from consent.api_consents import router as consents_router
+from consent.api_decide import router as decide_router
+from consent.api_patients import router as patients_router
+from consent.auth import Authenticator
+from consent.decision_token import jwks_of
+from consent.decisions import DecisionService
+from consent.settings import RegistrySettings
+from consent.store import ConsentStore, migrate
+from trust.audit_ledger import AuditLedger
+from trust.outcome import install_error_handlers
+from trust.storage import make_engine, sqlite_url
+from trust.tokens import load_or_create_signing_key
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("ipjms.consent")
+
+
+def _token_urls(settings: RegistrySettings) -> list[str]:
+    urls = [settings.base_url() + "/auth/token"]
+    for host in ("127.0.0.1", "localhost"):
+        url = f"http://{host}:{settings.port}/auth/token"
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+def create_app(settings: RegistrySettings) -> FastAPI:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url or sqlite_url(data_dir, "consent"))
+    migrate(engine)
+    ledger = AuditLedger(engine)
+    token_key = load_or_create_signing_key(data_dir / "keys" / "access-token.pem")
+    decision_key = load_or_create_signing_key(data_dir / "keys" / "decision.pem")
+    issuer = settings.base_url()
+
+    app = FastAPI(title="IPJMS consent registry", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.ledger = ledger
+    app.state.issuer = issuer
+    app.state.consent_store = ConsentStore(engine)
+    app.state.accounts = PatientAccounts(engine, code_ttl=settings.enrolment_code_ttl)
+    app.state.authenticator = Authenticator(
+        token_key,
+        issuer=issuer,
+        token_urls=_token_urls(settings),
+        ca_dir=settings.ca_dir.resolve() if settings.ca_dir else None,
+        token_ttl=settings.token_ttl,
+    )
+    app.state.jwks = jwks_of(decision_key)
+    app.state.decisions = DecisionService(
+        app.state.consent_store, ledger, decision_key, issuer=issuer, ttl=settings.decision_ttl
+    )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": "consent-registry"}
+
+    @app.get("/.well-known/jwks.json")
+    def jwks(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.state.jwks, headers={"Cache-Control": "max-age=300"})
+
+    app.include_router(patients_router)
+    app.include_router(decide_router)
+    app.include_router(consents_router)
+    log.info("consent registry ready (issuer %s)", issuer)
+    return app

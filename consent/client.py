@@ -1,0 +1,235 @@
+"""``ConsentClient``: how nodes, the coordinator and the authority talk to the consent registry.
+
+Authenticates with a cert-backed organisation assertion (:mod:`trust.backend_auth`), caches the
+access token until shortly before it expires (one per acting role), and verifies signed
+decisions offline with the registry's JWKS (fetched once, refreshed on an unknown ``kid``)::
+
+    client = ConsentClient("http://127.0.0.1:8300", load_org(org_dir))
+    d = client.decide(pseudonym, "clinic-b", "TREAT", ["Condition", "Observation"])
+    if d.permit: ...            # d.classes, d.consent_ids, d.reason, d.token
+    client.verify_decision(d.token)          # at the receiving node, offline
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from consent.decision_token import (
+    DecisionTokenError,
+    SignedDecision,
+    request_hash,
+    verify_decision_token,
+)
+from trust.backend_auth import make_org_assertion
+
+__all__ = ["ConsentClient", "ConsentRegistryError", "SignedDecision", "DecisionTokenError"]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+class ConsentRegistryError(Exception):
+    """The registry refused a request; ``status`` and the OperationOutcome text say why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"consent registry answered {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _outcome_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return "; ".join(i.get("diagnostics", "") for i in body.get("issue", [])) or response.text
+    except ValueError:
+        return response.text[:200]
+
+
+class ConsentClient:
+    def __init__(
+        self,
+        base_url: str,
+        creds: Any,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.creds = creds
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+        )
+        self._tokens: dict[tuple[str | None, str | None], tuple[str, float]] = {}
+        self._jwks: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ConsentClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def access_token(
+        self, *, acting_role: str | None = None, acting_user: str | None = None
+    ) -> str:
+        key = (acting_role, acting_user)
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached and cached[1] > time.monotonic():
+                return cached[0]
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": make_org_assertion(self.creds, f"{self.base_url}/auth/token"),
+        }
+        if acting_role:
+            form["acting_role"] = acting_role
+        if acting_user:
+            form["acting_user"] = acting_user
+        r = self._http.post("/auth/token", data=form)
+        if r.status_code != 200:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        body = r.json()
+        # Renew 30 s (or a third of the lifetime) before expiry.
+        ttl = float(body.get("expires_in", 60))
+        expires = time.monotonic() + max(1.0, ttl - min(30.0, ttl / 3))
+        with self._lock:
+            self._tokens[key] = (body["access_token"], expires)
+        return str(body["access_token"])
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        acting_role: str | None = None,
+        acting_user: str | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        for attempt in (1, 2):
+            token = self.access_token(acting_role=acting_role, acting_user=acting_user)
+            r = self._http.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kw)
+            if r.status_code == 401 and attempt == 1:  # registry restarted / key rotated
+                with self._lock:
+                    self._tokens.pop((acting_role, acting_user), None)
+                continue
+            return r
+        raise AssertionError("unreachable")
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        patient_pseudonym: str,
+        recipient: str,
+        purpose: str,
+        classes: Iterable[str],
+        *,
+        requester: str | None = None,
+        reason: str | None = None,
+        acting_role: str | None = None,
+        acting_user: str | None = None,
+    ) -> SignedDecision:
+        """Ask for a signed decision; the returned decision has been verified against the JWKS
+        and against the request it answers."""
+        class_list = sorted(set(classes))
+        params: list[dict[str, Any]] = [
+            {"name": "patient", "valueString": patient_pseudonym},
+            {"name": "recipient", "valueString": recipient},
+            {"name": "purpose", "valueCode": purpose},
+        ]
+        if requester:
+            params.append({"name": "requester", "valueString": requester})
+        params += [{"name": "class", "valueCode": c} for c in class_list]
+        if reason:
+            params.append({"name": "reason", "valueString": reason})
+        r = self._request(
+            "POST",
+            "/fhir/Consent/$decide",
+            json={"resourceType": "Parameters", "parameter": params},
+            acting_role=acting_role,
+            acting_user=acting_user,
+        )
+        if r.status_code != 200:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        token = next(
+            p["valueString"] for p in r.json()["parameter"] if p["name"] == "decision-token"
+        )
+        expected = request_hash(
+            patient_pseudonym, requester or self.creds.org_id, recipient, purpose, class_list
+        )
+        return self.verify_decision(token, expected_request_hash=expected)
+
+    def jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        if self._jwks is None or refresh:
+            r = self._http.get("/.well-known/jwks.json")
+            if r.status_code != 200:
+                raise ConsentRegistryError(r.status_code, _outcome_text(r))
+            self._jwks = r.json()
+        return self._jwks
+
+    def verify_decision(
+        self, token: str, *, expected_request_hash: str | None = None
+    ) -> SignedDecision:
+        """Verify a decision offline (the JWKS is fetched once and cached)."""
+        try:
+            return verify_decision_token(
+                token, self.jwks(), issuer=None, expected_request_hash=expected_request_hash
+            )
+        except DecisionTokenError as exc:
+            if "unknown key" not in str(exc):
+                raise
+        return verify_decision_token(
+            token,
+            self.jwks(refresh=True),
+            issuer=None,
+            expected_request_hash=expected_request_hash,
+        )
+
+    def create_enrolment_code(self, patient_pseudonym: str) -> dict[str, Any]:
+        """A one-time code the patient uses to enrol (``code``, ``expires_at``)."""
+        r = self._request("POST", "/enrolment-codes", json={"patient": patient_pseudonym})
+        if r.status_code != 201:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        return dict(r.json())
+
+    def report_disclosure(
+        self,
+        patient_pseudonym: str,
+        recipient: str,
+        purpose: str,
+        classes: Iterable[str],
+        *,
+        decision_token: str | None = None,
+        envelope_id: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "patient": patient_pseudonym,
+            "recipient": recipient,
+            "purpose": purpose,
+            "classes": sorted(set(classes)),
+        }
+        for name, value in (
+            ("decision_token", decision_token),
+            ("envelope_id", envelope_id),
+            ("user", user),
+        ):
+            if value is not None:
+                body[name] = value
+        r = self._request("POST", "/disclosures", json=body)
+        if r.status_code != 201:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        return dict(r.json())
+
+    record_disclosure = report_disclosure

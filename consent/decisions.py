@@ -1,0 +1,164 @@
+"""Deciding a request at the registry: consents from the store → the pure engine → break-glass
+rule → signed decision → audit ledger. Nothing is cached, so a revocation applies to the very
+next decision.
+
+Break-glass: purpose ``ETREAT`` must carry a stated reason (else 400) and may only be asked for
+by an organisation token acting for a clinician (``act.role`` doctor or nurse, else 403). If the
+patient's consents already permit the request it is granted as such; otherwise the requested
+classes are granted because of the emergency. Either way the entry is a ``break_glass``
+AuditEvent, and it appears in the patient's disclosure list with the break-glass flag.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from consent.auth import CLINICIAN_ROLES, Principal
+from consent.decision_token import request_hash, sign_decision
+from consent.parameters import DecideInput
+from consent.policy import Decision, DecisionRequest, decide
+from consent.store import ConsentStore
+from trust import audit_events
+from trust.audit_ledger import AuditLedger
+from trust.outcome import BadRequest, Forbidden
+from trust.tokens import SigningKey
+
+__all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM", "REGISTRY_ORG"]
+
+DECISION_SYSTEM = "urn:ipjms:consent-decision"
+REGISTRY_ORG = "consent-registry"
+
+
+@dataclass(frozen=True)
+class IssuedDecision:
+    decision: Decision
+    decision_id: str
+    token: str
+    expires_at: int
+
+
+def _period_json(decision: Decision) -> dict[str, str] | None:
+    p = decision.data_period
+    if p is None:
+        return None
+    out = {}
+    if p.start is not None:
+        out["start"] = p.start.isoformat().replace("+00:00", "Z")
+    if p.end is not None:
+        out["end"] = p.end.isoformat().replace("+00:00", "Z")
+    return out
+
+
+class DecisionService:
+    def __init__(
+        self,
+        store: ConsentStore,
+        ledger: AuditLedger,
+        key: SigningKey,
+        *,
+        issuer: str,
+        ttl: int = 300,
+    ) -> None:
+        self.store, self.ledger, self.key = store, ledger, key
+        self.issuer, self.ttl = issuer, ttl
+
+    def decide(self, inp: DecideInput, caller: Principal) -> IssuedDecision:
+        assert caller.org_id is not None
+        requester = inp.requester or caller.org_id
+        if inp.purpose == "ETREAT":
+            if not inp.reason:
+                raise BadRequest(
+                    "break-glass (ETREAT) needs a stated reason", expression=["Parameters.reason"]
+                )
+            if caller.acting_role not in CLINICIAN_ROLES:
+                raise Forbidden(
+                    "break-glass (ETREAT) may only be requested for a clinician "
+                    "(token act.role doctor or nurse)"
+                )
+        request = DecisionRequest(
+            patient=inp.patient,
+            requester=requester,
+            recipient=inp.recipient,
+            purpose=inp.purpose,
+            classes=inp.classes,
+            at=datetime.now(UTC),
+        )
+        records = [s.record for s in self.store.for_patient(inp.patient)]
+        decision = decide(records, request)
+        if inp.purpose == "ETREAT":
+            decision = Decision(
+                permit=True,
+                classes=inp.classes,
+                consent_ids=decision.consent_ids if decision.permit else (),
+                reason=f"break-glass by {caller.acting_role}: {inp.reason}"
+                + ("" if decision.permit else " (no consent permitted this request)"),
+                refused_classes=frozenset(),
+                data_period=None,
+                break_glass=True,
+            )
+        decision_id = uuid.uuid4().hex
+        claims: dict[str, Any] = {
+            "jti": decision_id,
+            "sub": inp.patient,
+            "requester": requester,
+            "recipient": inp.recipient,
+            "purpose": inp.purpose,
+            "permit": decision.permit,
+            "classes": sorted(decision.classes),
+            "refused": sorted(decision.refused_classes),
+            "consents": list(decision.consent_ids),
+            "reason": decision.reason,
+            "break_glass": decision.break_glass,
+            "req": request_hash(inp.patient, requester, inp.recipient, inp.purpose, inp.classes),
+            "caller": caller.org_id,
+        }
+        period = _period_json(decision)
+        if period is not None:
+            claims["data_period"] = period
+        token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl)
+        self._audit(inp, caller, requester, decision, decision_id)
+        return IssuedDecision(decision, decision_id, token, expires_at)
+
+    def _audit(
+        self,
+        inp: DecideInput,
+        caller: Principal,
+        requester: str,
+        decision: Decision,
+        decision_id: str,
+    ) -> None:
+        if decision.break_glass:
+            event = audit_events.break_glass(
+                user=caller.acting_user or caller.acting_role or "unknown",
+                org=requester,
+                recipient=inp.recipient,
+                patient_pseudonym=inp.patient,
+                reason=inp.reason or "",
+                classes=sorted(decision.classes),
+                observer=REGISTRY_ORG,
+            )
+        else:
+            event = audit_events.routing_decision(
+                permit=decision.permit,
+                sender=requester,
+                recipient=inp.recipient,
+                purpose=inp.purpose,
+                classes=sorted(decision.classes if decision.permit else inp.classes),
+                patient_pseudonym=inp.patient,
+                observer=REGISTRY_ORG,
+                reason=decision.reason,
+                consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
+            )
+        event["entity"].append(
+            {
+                "what": {"identifier": {"system": DECISION_SYSTEM, "value": decision_id}},
+                "detail": [
+                    {"type": "caller", "valueString": caller.org_id or ""},
+                    {"type": "acting-role", "valueString": caller.acting_role or "-"},
+                ],
+            }
+        )
+        self.ledger.append(event, patient_pseudonym=inp.patient)

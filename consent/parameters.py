@@ -1,0 +1,135 @@
+"""FHIR ``Parameters`` in and out of ``POST /fhir/Consent/$decide``.
+
+In::
+
+    patient    valueString | valueIdentifier   the patient's pseudonym (required)
+    recipient  valueString | valueReference    organisation that would receive the data (required)
+    requester  valueString | valueReference    organisation asking (default: the caller)
+    purpose    valueCode | valueCoding          v3 ActReason TREAT | ETREAT | HRESCH (required)
+    class      valueCode | valueCoding (×n)     FHIR resource types (at least one)
+    reason     valueString                      required for ETREAT (break-glass)
+
+Out: ``decision`` (permit|deny), ``class``×n (permitted), ``refused-class``×n, ``consent``×n
+(``Consent/<id>``), ``reason``, ``break-glass``, ``decision-id``, ``expires``, ``data-period``
+and ``decision-token`` (the signed JWS, see :mod:`consent.decision_token`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
+from trust.outcome import BadRequest
+
+__all__ = ["DecideInput", "parse_decide", "decision_parameters"]
+
+_ALLOWED = {"patient", "recipient", "requester", "purpose", "class", "reason"}
+MAX_REASON = 500
+
+
+@dataclass(frozen=True)
+class DecideInput:
+    patient: str
+    recipient: str
+    requester: str | None
+    purpose: str
+    classes: frozenset[str]
+    reason: str | None
+
+
+def _value(param: dict[str, Any], name: str) -> str:
+    for key, val in param.items():
+        if not key.startswith("value"):
+            continue
+        if key in ("valueString", "valueCode", "valueId", "valueUri") and isinstance(val, str):
+            return val
+        if key == "valueCoding" and isinstance(val, dict) and isinstance(val.get("code"), str):
+            return str(val["code"])
+        if key == "valueIdentifier" and isinstance(val, dict) and isinstance(val.get("value"), str):
+            return str(val["value"])
+        if key == "valueReference" and isinstance(val, dict):
+            ref = val.get("reference")
+            if isinstance(ref, str) and ref.startswith("Organization/"):
+                return ref.split("/", 1)[1]
+        raise BadRequest(f"parameter {name}: unsupported {key}", expression=[f"Parameters.{name}"])
+    raise BadRequest(f"parameter {name} has no value", expression=[f"Parameters.{name}"])
+
+
+def parse_decide(body: object) -> DecideInput:
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("body must be a FHIR Parameters resource", expression=["resourceType"])
+    params = body.get("parameter")
+    if not isinstance(params, list) or not params:
+        raise BadRequest("Parameters.parameter is required", expression=["Parameters.parameter"])
+    values: dict[str, list[str]] = {}
+    for i, param in enumerate(params):
+        if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+            raise BadRequest(
+                f"Parameters.parameter[{i}] needs a name", expression=[f"Parameters.parameter[{i}]"]
+            )
+        name = param["name"]
+        if name not in _ALLOWED:
+            raise BadRequest(f"unknown parameter {name!r}", expression=[f"Parameters.{name}"])
+        values.setdefault(name, []).append(_value(param, name))
+    for name in ("patient", "recipient", "requester", "purpose", "reason"):
+        if len(values.get(name, [])) > 1:
+            raise BadRequest(f"parameter {name} given twice", expression=[f"Parameters.{name}"])
+    for name in ("patient", "recipient", "purpose"):
+        if name not in values:
+            raise BadRequest(f"parameter {name} is required", expression=[f"Parameters.{name}"])
+    if not values.get("class"):
+        raise BadRequest("at least one class is required", expression=["Parameters.class"])
+    reason = values.get("reason", [None])[0]
+    if reason is not None:
+        reason = reason.strip()
+        if len(reason) > MAX_REASON:
+            raise BadRequest("reason is too long", expression=["Parameters.reason"])
+    requester = values.get("requester", [None])[0]
+    return DecideInput(
+        patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
+        recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
+        requester=check_org_id(requester, "Parameters.requester") if requester else None,
+        purpose=check_purpose(values["purpose"][0], "Parameters.purpose"),
+        classes=check_classes(values["class"], "Parameters.class"),
+        reason=reason or None,
+    )
+
+
+def decision_parameters(
+    *,
+    permit: bool,
+    classes: frozenset[str],
+    refused: frozenset[str],
+    consent_ids: tuple[str, ...],
+    reason: str,
+    break_glass: bool,
+    decision_id: str,
+    expires_at: int,
+    token: str,
+    data_period: dict[str, str] | None,
+) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": "decision", "valueCode": "permit" if permit else "deny"}
+    ]
+    params += [{"name": "class", "valueCode": c} for c in sorted(classes)]
+    params += [{"name": "refused-class", "valueCode": c} for c in sorted(refused)]
+    params += [
+        {"name": "consent", "valueReference": {"reference": f"Consent/{i}"}} for i in consent_ids
+    ]
+    params += [
+        {"name": "reason", "valueString": reason},
+        {"name": "break-glass", "valueBoolean": break_glass},
+        {"name": "decision-id", "valueString": decision_id},
+        {
+            "name": "expires",
+            "valueInstant": datetime.fromtimestamp(expires_at, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+        },
+    ]
+    if data_period:
+        params.append({"name": "data-period", "valuePeriod": data_period})
+    params.append({"name": "decision-token", "valueString": token})
+    return {"resourceType": "Parameters", "parameter": params}

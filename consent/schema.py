@@ -1,0 +1,47 @@
+"""The registry's tables (SQLAlchemy Core). Migrations in consent/migrations/ create them.
+
+The audit ledger's table belongs to :class:`trust.audit_ledger.AuditLedger`, which creates it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+
+__all__ = ["metadata", "consents", "patients", "enrolment_codes"]
+
+metadata = MetaData()
+
+#: current version of each consent (FHIR JSON body); patients are pseudonyms only
+consents = Table(
+    "consent_resources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient", String(128), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: enrolled patients: login handle and argon2 password hash, keyed by pseudonym
+patients = Table(
+    "consent_patients",
+    metadata,
+    Column("pseudonym", String(128), primary_key=True),
+    Column("handle", String(32), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("enrolled_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: one-time enrolment codes (SHA-256 of the code at rest; burnt on first use)
+enrolment_codes = Table(
+    "consent_enrolment_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("pseudonym", String(128), nullable=False, index=True),
+    Column("issued_by", String(64), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)

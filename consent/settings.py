@@ -1,0 +1,39 @@
+"""Settings of the consent registry (env prefix ``IPJMS_CONSENT_``, or ``<data_dir>/consent.toml``).
+
+Every setting has a safe default for the local demo. ``ipjms consent serve`` overrides the ones
+given on its command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["RegistrySettings"]
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IPJMS_CONSENT_", extra="ignore")
+
+    data_dir: Path = Path("consent-data")
+    host: str = "127.0.0.1"
+    port: int = 8300
+    #: database URL; default: SQLite ``<data_dir>/consent.db``
+    db_url: str | None = None
+    #: the regional CA folder (``ipjms pki init-ca``); organisations authenticate with
+    #: assertions signed by keys the CA certified. Without it, org authentication is refused.
+    ca_dir: Path | None = None
+    #: public base URL (the audience of org assertions is ``<public_url>/auth/token``)
+    public_url: str | None = None
+    #: lifetime of access tokens (org and patient), seconds (≤ 300)
+    token_ttl: int = 300
+    #: lifetime of a signed decision, seconds
+    decision_ttl: int = 300
+    #: lifetime of a one-time enrolment code, seconds
+    enrolment_code_ttl: int = 24 * 3600
+    #: largest request body accepted, bytes
+    max_request_bytes: int = 256 * 1024
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
