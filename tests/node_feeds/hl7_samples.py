@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (HL7 sample segments are long by nature)
 """Sample HL7 v2 messages (segments joined with CR) used by the feed tests."""
 
 from __future__ import annotations
