@@ -13,7 +13,26 @@ from rich.console import Console
 
 from deploy.launcher import Service, start_service
 
-__all__ = ["DemoNetwork", "NodeInfo", "StepFailed"]
+__all__ = [
+    "DemoNetwork",
+    "NodeInfo",
+    "StepFailed",
+    "AUTHORITY_ORG",
+    "COORDINATOR_ORG",
+    "CONSENT_ORG",
+    "DEMO_NODES",
+]
+
+# The demo region's organisations, in one place: every chapter uses these ids.
+AUTHORITY_ORG = "org-authority"  # the regional health authority (runs the SuperLink, trains)
+COORDINATOR_ORG = "org-coordinator"
+CONSENT_ORG = "org-consent-registry"
+# (org id, name, level, seed profile)
+DEMO_NODES: tuple[tuple[str, str, str, str], ...] = (
+    ("org-tertiary", "Regional Tertiary Hospital", "tertiary", "tertiary"),
+    ("org-clinic-b", "Riverside Community Clinic", "community", "community"),
+    ("org-clinic-c", "Hillview Community Clinic", "community", "community"),
+)
 
 
 class StepFailed(Exception):
