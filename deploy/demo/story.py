@@ -1,16 +1,33 @@
-"""The order of the demo story. Each chapter is a function ``(net: DemoNetwork) -> None`` that
-starts what it needs through ``net.start`` and reports through ``net.step``."""
+"""The order of the demo story.
+
+Each chapter is a module ``deploy/demo/chapter_<area>.py`` with two functions taking the
+:class:`DemoNetwork`: ``start`` brings its services up (and records in ``net.facts`` what later
+chapters need), ``run`` tells its part of the story through ``net.step``. Services start in
+``START_ORDER`` (infrastructure before the nodes that connect to it); the story runs in
+``RUN_ORDER``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 
 from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
+START_ORDER = ["trust"]
+RUN_ORDER = ["trust"]
+
+
+def _module(area: str) -> ModuleType:
+    return importlib.import_module(f"deploy.demo.chapter_{area}")
+
 
 def chapters() -> list[Chapter]:
+    """All start() functions in START_ORDER, then all run() functions in RUN_ORDER."""
     # Imported here so each chapter's heavy dependencies load only when the demo runs.
-    chapters: list[Chapter] = []
-    return chapters
+    starts: list[Chapter] = [_module(a).start for a in START_ORDER]
+    runs: list[Chapter] = [_module(a).run for a in RUN_ORDER]
+    return starts + runs
