@@ -132,14 +132,22 @@ class EnvelopeQueue:
             )
 
     def has_exchange(self, header: Header) -> bool:
-        """Did the recipient earlier send the sender a referral or consultation for this patient?
-        (A Task status update may only travel back along such an exchange.)"""
+        """Is there a referral or consultation for this patient between the two organisations
+        (either direction)? A Task status update may only travel along such an exchange."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(envelopes.c.envelope_id)
                 .where(
-                    envelopes.c.sender == header.recipient,
-                    envelopes.c.recipient == header.sender,
+                    or_(
+                        and_(
+                            envelopes.c.sender == header.recipient,
+                            envelopes.c.recipient == header.sender,
+                        ),
+                        and_(
+                            envelopes.c.sender == header.sender,
+                            envelopes.c.recipient == header.recipient,
+                        ),
+                    ),
                     envelopes.c.patient_pseudonym == header.patient_pseudonym,
                     envelopes.c.kind.in_(["referral", "consultation"]),
                     envelopes.c.state.in_(["queued", "delivering", "delivered"]),

@@ -1,0 +1,51 @@
+"""Everything the node's exchange code needs at run time, built once per node app."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from node.exchange.client import DirectoryEntry, ExchangeClient
+from node.store import FhirStore
+from trust.pki import OrgCredentials
+
+__all__ = ["ExchangeContext"]
+
+
+@dataclass
+class ExchangeContext:
+    org_id: str
+    org_name: str
+    store: FhirStore
+    engine: Engine
+    creds: OrgCredentials
+    client: ExchangeClient
+    consent: Any  # consent.client.ConsentClient
+    linkage_key: bytes
+    ca_dir: Path | None = None
+    now: Callable[[], float] | None = None
+    _directory: dict[str, DirectoryEntry] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def organisation(self, org_id: str) -> DirectoryEntry:
+        """Directory entry (cached); its certificates are verified against the CA where used."""
+        with self._lock:
+            cached = self._directory.get(org_id)
+        if cached is not None:
+            return cached
+        entry = self.client.organisation(org_id)
+        with self._lock:
+            self._directory[org_id] = entry
+        return entry
+
+    def revoked(self) -> frozenset[str | int]:
+        if self.ca_dir is None or not (self.ca_dir / "ca.crl.pem").exists():
+            return frozenset()
+        from trust.pki import revocation_list
+
+        return revocation_list(self.ca_dir)

@@ -1,0 +1,292 @@
+"""Pure functions on the FHIR content that crosses institutions (no I/O, unit-tested).
+
+Outbound: :func:`filter_by_classes` keeps only the permitted resource types and
+:func:`pack_document` wraps them in an IPS-style ``document`` Bundle (Composition LOINC 60591-5,
+"Patient summary Document"). Inbound: :func:`undeclared_classes` finds content outside the
+declared classes and :func:`prepare_import` turns a received document into a transaction that
+lands every resource under a deterministic local id (re-import = no change), points patient
+references at the local patient, drops references to anything not shared, and marks each
+resource as coming from the other institution (``meta.source``, ``meta.tag``) with a Provenance.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "STRUCTURAL_TYPES",
+    "EXCHANGE_TAG_SYSTEM",
+    "TASK_ID_SYSTEM",
+    "PSEUDONYM_SYSTEM",
+    "filter_by_classes",
+    "pack_document",
+    "resources_of",
+    "undeclared_classes",
+    "local_id",
+    "prepare_import",
+    "org_uri",
+]
+
+# Types every exchange document may carry whatever the consent classes: the document's own
+# frame and the workflow/provenance records that describe the exchange itself.
+STRUCTURAL_TYPES = frozenset({"Composition", "Task", "Provenance"})
+EXCHANGE_TAG_SYSTEM = "https://ipjms.example.org/fhir/CodeSystem/exchange-origin"
+TASK_ID_SYSTEM = "https://ipjms.example.org/fhir/sid/exchange-task"
+PSEUDONYM_SYSTEM = "https://ipjms.example.org/fhir/sid/patient-pseudonym"
+ORG_SYSTEM = "https://ipjms.example.org/fhir/sid/org"
+IPS_LOINC = "60591-5"
+_SECTION_CODES = {
+    "Condition": ("11450-4", "Problem list"),
+    "AllergyIntolerance": ("48765-2", "Allergies and adverse reactions"),
+    "MedicationStatement": ("10160-0", "History of medication use"),
+    "MedicationRequest": ("10160-0", "History of medication use"),
+    "Immunization": ("11369-6", "History of immunizations"),
+    "Observation": ("30954-2", "Relevant diagnostic tests/laboratory data"),
+    "DiagnosticReport": ("30954-2", "Relevant diagnostic tests/laboratory data"),
+    "Procedure": ("47519-4", "History of procedures"),
+    "Encounter": ("46240-8", "History of encounters"),
+    "CarePlan": ("18776-5", "Plan of care"),
+    "ServiceRequest": ("18776-5", "Plan of care"),
+    "Communication": ("51848-0", "Evaluation note"),
+}
+
+
+def org_uri(org_id: str) -> str:
+    return f"urn:ipjms:org:{org_id}"
+
+
+def filter_by_classes(
+    resources: Iterable[dict[str, Any]], permitted: Iterable[str]
+) -> list[dict[str, Any]]:
+    """Only resources whose type is permitted (the consent filter of the egress pipeline)."""
+    allowed = set(permitted)
+    return [r for r in resources if r.get("resourceType") in allowed]
+
+
+def pack_document(
+    resources: list[dict[str, Any]],
+    *,
+    patient: dict[str, Any] | None,
+    sender: str,
+    title: str,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """An IPS-style document Bundle: Composition first, then the patient and the resources."""
+    now = now or dt.datetime.now(dt.UTC)
+    entries: list[dict[str, Any]] = []
+    full: dict[tuple[str, str], str] = {}
+
+    def add(res: dict[str, Any]) -> str:
+        key = (res["resourceType"], str(res.get("id", "")))
+        if key in full:
+            return full[key]
+        url = f"urn:uuid:{uuid.uuid4()}"
+        full[key] = url
+        entries.append({"fullUrl": url, "resource": res})
+        return url
+
+    patient_url = add(patient) if patient is not None else None
+    sections: dict[str, dict[str, Any]] = {}
+    for res in resources:
+        if res.get("resourceType") == "Patient":
+            continue
+        url = add(res)
+        code, name = _SECTION_CODES.get(res["resourceType"], ("", res["resourceType"]))
+        section = sections.setdefault(
+            name,
+            {
+                "title": name,
+                **(
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": code}]}}
+                    if code
+                    else {}
+                ),
+                "entry": [],
+            },
+        )
+        section["entry"].append({"reference": url})
+    composition = {
+        "resourceType": "Composition",
+        "id": str(uuid.uuid4()),
+        "status": "final",
+        "type": {
+            "coding": [
+                {
+                    "system": "http://loinc.org",
+                    "code": IPS_LOINC,
+                    "display": "Patient summary Document",
+                }
+            ]
+        },
+        "date": now.isoformat(),
+        "author": [{"identifier": {"system": ORG_SYSTEM, "value": sender}, "display": sender}],
+        "title": title,
+        "section": list(sections.values()),
+    }
+    if patient_url:
+        composition["subject"] = {"reference": patient_url}
+    composition_entry = {"fullUrl": f"urn:uuid:{composition['id']}", "resource": composition}
+    return {
+        "resourceType": "Bundle",
+        "type": "document",
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"},
+        "timestamp": now.isoformat(),
+        "entry": [composition_entry, *entries],
+    }
+
+
+def resources_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    if document.get("resourceType") != "Bundle" or not isinstance(document.get("entry"), list):
+        raise ValueError("payload is not a Bundle with entries")
+    out = []
+    for entry in document["entry"]:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
+            raise ValueError("a Bundle entry has no resource")
+        out.append(res)
+    return out
+
+
+def undeclared_classes(document: dict[str, Any], declared: Iterable[str]) -> list[str]:
+    """Resource types in the document that the envelope header did not declare."""
+    allowed = set(declared) | STRUCTURAL_TYPES
+    return sorted({r["resourceType"] for r in resources_of(document)} - allowed)
+
+
+def local_id(sender: str, rtype: str, original_id: str) -> str:
+    """The deterministic local id of a resource received from ``sender``."""
+    digest = hashlib.sha256(f"{sender}|{rtype}|{original_id}".encode()).hexdigest()
+    return f"x-{digest[:40]}"
+
+
+def _walk_references(node: Any, fix: Any) -> Any:
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            return fix(node)
+        return {k: _walk_references(v, fix) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_walk_references(v, fix) for v in node]
+    return node
+
+
+def prepare_import(
+    document: dict[str, Any],
+    *,
+    sender: str,
+    sender_name: str,
+    envelope_id: str,
+    local_patient_id: str,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """A transaction Bundle importing ``document`` (see the module docstring). The Patient of the
+    document is not imported (the local patient stands for it); Composition is kept."""
+    now = now or dt.datetime.now(dt.UTC)
+    resources = resources_of(document)
+    entries = document["entry"]
+    mapping: dict[str, str] = {}  # fullUrl or Type/id in the document → local Type/id
+    for entry, res in zip(entries, resources, strict=True):
+        rtype = res["resourceType"]
+        target = (
+            f"Patient/{local_patient_id}"
+            if rtype == "Patient"
+            else f"{rtype}/{local_id(sender, rtype, str(res.get('id') or entry.get('fullUrl')))}"
+        )
+        if entry.get("fullUrl"):
+            mapping[str(entry["fullUrl"])] = target
+        if res.get("id"):
+            mapping[f"{rtype}/{res['id']}"] = target
+
+    def fix(ref: dict[str, Any]) -> dict[str, Any]:
+        target = mapping.get(ref["reference"])
+        if target is None and ref["reference"].startswith("Patient/"):
+            target = f"Patient/{local_patient_id}"  # a document is about one patient
+        if target is not None:
+            return {**ref, "reference": target}
+        # Not shared with us: keep what it was, without a link we could not resolve.
+        kept = {k: v for k, v in ref.items() if k not in ("reference", "type")}
+        kept.setdefault("display", f"{ref['reference'].split('/')[0]} held at {sender_name}")
+        return kept
+
+    tag = {"system": EXCHANGE_TAG_SYSTEM, "code": sender, "display": f"Received from {sender_name}"}
+    out_entries: list[dict[str, Any]] = []
+    targets: list[dict[str, str]] = []
+    for res in resources:
+        if res["resourceType"] == "Patient":
+            continue
+        body = _walk_references(copy.deepcopy(res), fix)
+        rtype = body["resourceType"]
+        rid = mapping[f"{rtype}/{res['id']}"].split("/")[1] if res.get("id") else None
+        if rid is None:
+            continue  # every shared resource carries an id (pack_document's inputs do)
+        body["id"] = rid
+        meta = {k: v for k, v in body.get("meta", {}).items() if k in ("profile", "security")}
+        meta["source"] = f"{org_uri(sender)}#{res.get('id')}"
+        meta["tag"] = [tag]
+        body["meta"] = meta
+        out_entries.append(
+            {"resource": body, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
+        )
+        targets.append({"reference": f"{rtype}/{rid}"})
+    provenance_id = local_id(sender, "Provenance", envelope_id)
+    provenance = {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": targets or [{"reference": f"Patient/{local_patient_id}"}],
+        "recorded": now.isoformat(),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "custodian",
+                        }
+                    ]
+                },
+                "who": {
+                    "identifier": {"system": ORG_SYSTEM, "value": sender},
+                    "display": sender_name,
+                },
+            }
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {
+                        "system": "urn:ietf:rfc:3986",
+                        "value": f"urn:uuid:{envelope_id}",
+                    }
+                },
+            }
+        ],
+        "meta": {"source": org_uri(sender), "tag": [tag]},
+    }
+    out_entries.append(
+        {"resource": provenance, "request": {"method": "PUT", "url": f"Provenance/{provenance_id}"}}
+    )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": out_entries}
+
+
+def merge_task_update(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+    """The local Task after a status update from the other side: only workflow fields move."""
+    merged = copy.deepcopy(existing)
+    for field in ("status", "businessStatus", "statusReason", "output", "lastModified"):
+        if field in incoming:
+            merged[field] = incoming[field]
+        elif field in ("statusReason", "output"):
+            merged.pop(field, None)
+    return merged

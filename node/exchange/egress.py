@@ -1,0 +1,199 @@
+"""What leaves this hospital, as one visible pipeline:
+
+    collect → filter by consent → pack → seal → send
+
+Every disclosure to another organisation (referral, consultation, advice, record answer, status
+update) goes through :func:`disclose`; nothing else in the node seals clinical data. The consent
+registry is asked here (the sending node's own enforcement), the coordinator asks again before
+routing, and the receiver checks the declared classes when it unpacks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from sqlalchemy import insert, update
+
+from node.exchange.context import ExchangeContext
+from node.exchange.documents import STRUCTURAL_TYPES, filter_by_classes, pack_document
+from node.exchange.tables import outbound
+from node.identity import patient_pseudonym
+from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
+from trust.outcome import Conflict, FhirError, Forbidden, NotFound
+
+__all__ = ["ConsentRefused", "Disclosure", "collect", "disclose", "send", "pseudonym_of"]
+
+log = logging.getLogger("ipjms.node.exchange")
+ENVELOPE_TTL = dt.timedelta(days=7)
+# What a referral/consultation asks consent for unless the doctor narrows it.
+DEFAULT_CLASSES = (
+    "Patient",
+    "Condition",
+    "AllergyIntolerance",
+    "MedicationStatement",
+    "MedicationRequest",
+    "Observation",
+    "DiagnosticReport",
+    "Procedure",
+    "Immunization",
+    "Encounter",
+    "CarePlan",
+    "ServiceRequest",
+)
+
+
+class ConsentRefused(Forbidden):
+    """The patient's consent does not permit this disclosure."""
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    sealed: SealedEnvelope
+    classes: tuple[str, ...]
+    resource_count: int
+
+
+def pseudonym_of(ctx: ExchangeContext, patient_id: str) -> tuple[dict[str, Any], str]:
+    patient = ctx.store.read("Patient", patient_id)
+    pseudo = patient_pseudonym(patient, ctx.linkage_key)
+    if pseudo is None:
+        raise Conflict(f"Patient/{patient_id} has no national identifier to link it by")
+    return patient, pseudo
+
+
+def collect(ctx: ExchangeContext, patient_id: str, classes: set[str]) -> list[dict[str, Any]]:
+    """Step 1: the patient's resources of the wanted types from this node's own store."""
+    types = sorted(classes - {"Patient"})
+    if not types:
+        return []
+    out: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = ctx.store.everything(patient_id, types=types, count=500, offset=offset)
+        out.extend(r for r in page.resources if r.get("resourceType") != "Patient")
+        offset += len(page.resources)
+        if not page.resources or offset >= page.total:
+            return out
+
+
+def disclose(
+    ctx: ExchangeContext,
+    *,
+    kind: str,
+    recipient: str,
+    patient_id: str,
+    purpose: str,
+    wanted: set[str],
+    workflow: list[dict[str, Any]] | None = None,
+    title: str,
+) -> Disclosure:
+    """collect → filter by consent → pack → seal. Raises ConsentRefused when nothing may go."""
+    patient, pseudo = pseudonym_of(ctx, patient_id)
+    workflow = workflow or []
+    ask = sorted(wanted | {r["resourceType"] for r in workflow} - STRUCTURAL_TYPES)
+    if ask:
+        decision = ctx.consent.decide(pseudo, recipient, purpose, ask, requester=ctx.org_id)
+        if not decision.permit:
+            raise ConsentRefused(
+                f"consent does not permit {purpose} to {recipient}: {decision.reason}"
+            )
+        permitted = set(decision.classes)
+        consent_ref = f"Consent/{decision.consent_ids[0]}" if decision.consent_ids else None
+    else:
+        permitted, consent_ref = set(), None
+    resources = filter_by_classes(collect(ctx, patient_id, wanted & permitted), permitted)
+    resources += filter_by_classes(workflow, permitted | STRUCTURAL_TYPES)
+    document = pack_document(
+        resources,
+        patient=patient if "Patient" in permitted else None,
+        sender=ctx.org_id,
+        title=title,
+    )
+    declared = tuple(
+        sorted({e["resource"]["resourceType"] for e in document["entry"]} - STRUCTURAL_TYPES)
+    )
+    header = EnvelopeHeader.new(
+        kind=kind,
+        sender=ctx.org_id,
+        recipient=recipient,
+        purpose=purpose,
+        classes=declared,
+        patient_pseudonym=pseudo,
+        consent_ref=consent_ref,
+        ttl=ENVELOPE_TTL,
+    )
+    entry = ctx.organisation(recipient)
+    sealed = seal_to(
+        header,
+        json.dumps(document, separators=(",", ":")).encode(),
+        sender=ctx.creds,
+        recipient_encryption_cert_pem=entry.encryption_certificate,
+        revoked=ctx.revoked(),
+    )
+    return Disclosure(sealed, declared, len(document["entry"]))
+
+
+def send(
+    ctx: ExchangeContext,
+    disclosure: Disclosure | SealedEnvelope,
+    *,
+    task_uid: str | None = None,
+    patient_id: str | None = None,
+) -> str:
+    """Record the envelope in the outbox, then hand it to the coordinator. A refusal becomes a
+    clear error; an unreachable coordinator leaves it pending (resent by the outbox loop)."""
+    sealed = disclosure.sealed if isinstance(disclosure, Disclosure) else disclosure
+    h = sealed.header
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            insert(outbound).values(
+                envelope_id=h.envelope_id,
+                recipient=h.recipient,
+                kind=h.kind,
+                classes=json.dumps(list(h.classes)),
+                task_uid=task_uid,
+                patient_id=patient_id,
+                state="pending",
+                detail="",
+                sealed=sealed.to_bytes(),
+                created_at=time.time(),
+            )
+        )
+    return resend(ctx, sealed)
+
+
+def resend(ctx: ExchangeContext, sealed: SealedEnvelope) -> str:
+    envelope_id = sealed.header.envelope_id
+    try:
+        ctx.client.send(sealed)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            log.warning("coordinator unreachable; envelope %s stays pending", envelope_id)
+            return "pending"
+        _mark(ctx, envelope_id, "refused", f"{code.name}: {exc.details()}")
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            raise ConsentRefused(f"coordinator refused: {exc.details()}") from None
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"coordinator: {exc.details()}") from None
+        raise FhirError(f"coordinator refused ({code.name}): {exc.details()}", status=502) from None
+    _mark(ctx, envelope_id, "sent", "")
+    log.info(
+        "envelope %s sent (%s to %s)", envelope_id, sealed.header.kind, sealed.header.recipient
+    )
+    return "sent"
+
+
+def _mark(ctx: ExchangeContext, envelope_id: str, state: str, detail: str) -> None:
+    values: dict[str, Any] = {"state": state, "detail": detail[:500]}
+    if state != "pending":
+        values["sealed"] = None
+        values["sent_at"] = time.time()
+    with ctx.engine.begin() as conn:
+        conn.execute(update(outbound).where(outbound.c.envelope_id == envelope_id).values(**values))

@@ -1,0 +1,211 @@
+"""What arrives from other organisations: open, check, import — exactly once.
+
+For each delivered envelope: if its id is already in ``exchange_inbound`` it was handled before
+(acknowledge again, change nothing). Otherwise verify the sender's signature through its
+CA-issued certificate and decrypt; refuse content outside the declared classes (negative
+acknowledgement, audited at the coordinator); import the document into the local store and
+record the envelope id **in the same database transaction**.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from node.exchange.context import ExchangeContext
+from node.exchange.documents import (
+    EXCHANGE_TAG_SYSTEM,
+    PSEUDONYM_SYSTEM,
+    TASK_ID_SYSTEM,
+    merge_task_update,
+    prepare_import,
+    resources_of,
+    undeclared_classes,
+)
+from node.exchange.tables import inbound, pseudonyms
+from node.exchange.workflow import task_uid
+from node.identity import NATIONAL_ID_SYSTEMS
+from node.store.transactions import apply_entries, entries_from_bundle
+from trust.envelopes import EnvelopeError, SealedEnvelope, open_from
+from trust.outcome import FhirError
+
+__all__ = ["Handled", "handle_envelope", "already_processed", "local_patient"]
+
+log = logging.getLogger("ipjms.node.exchange")
+DOCUMENT_KINDS = frozenset({"referral", "consultation", "advice", "task-update", "record-answer"})
+
+
+@dataclass(frozen=True)
+class Handled:
+    imported: bool  # False → negative acknowledgement
+    detail: str
+    query: dict[str, Any] | None = None  # a record query to answer (after the ack)
+
+
+def already_processed(ctx: ExchangeContext, envelope_id: str) -> str | None:
+    with ctx.engine.connect() as conn:
+        row = conn.execute(
+            select(inbound.c.outcome).where(inbound.c.envelope_id == envelope_id)
+        ).first()
+    return str(row[0]) if row else None
+
+
+def _record(conn: Any, sealed: SealedEnvelope, outcome: str, detail: str, **extra: Any) -> None:
+    h = sealed.header
+    conn.execute(
+        insert(inbound).values(
+            envelope_id=h.envelope_id,
+            sender=h.sender,
+            kind=h.kind,
+            outcome=outcome,
+            detail=detail[:500],
+            received_at=time.time(),
+            **extra,
+        )
+    )
+
+
+def local_patient(ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | None) -> str:
+    """The local Patient standing for ``pseudo``: known mapping, else a local record with the
+    same national identifier, else a new Patient from what was shared (or a pseudonym stub)."""
+    with ctx.engine.connect() as conn:
+        row = conn.execute(
+            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
+        ).first()
+    if row:
+        return str(row[0])
+    found: str | None = None
+    for ident in (shared or {}).get("identifier", []):
+        if ident.get("system") in NATIONAL_ID_SYSTEMS and ident.get("value"):
+            hits = ctx.store.search(
+                "Patient", [("identifier", f"{ident['system']}|{ident['value']}")]
+            )
+            if hits.resources:
+                found = str(hits.resources[0]["id"])
+                break
+    if found is None:
+        body: dict[str, Any] = {"resourceType": "Patient"}
+        if shared:
+            body = {k: v for k, v in shared.items() if k not in ("id", "meta", "text", "link")}
+        body["identifier"] = [
+            *[i for i in body.get("identifier", []) if i.get("system") != PSEUDONYM_SYSTEM],
+            {"system": PSEUDONYM_SYSTEM, "value": pseudo},
+        ]
+        body["meta"] = {"tag": [{"system": EXCHANGE_TAG_SYSTEM, "code": "linked"}]}
+        outcome = ctx.store.create(body, if_none_exist=f"identifier={PSEUDONYM_SYSTEM}|{pseudo}")
+        found = str(outcome.resource["id"])
+    with ctx.engine.begin() as conn:
+        if not conn.execute(
+            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
+        ).first():
+            conn.execute(insert(pseudonyms).values(pseudonym=pseudo, patient_id=found))
+    return found
+
+
+def _find_task(ctx: ExchangeContext, uid: str) -> dict[str, Any] | None:
+    hits = ctx.store.search("Task", [("identifier", f"{TASK_ID_SYSTEM}|{uid}")])
+    originals = [t for t in hits.resources if not t.get("meta", {}).get("source")]
+    pool = originals or hits.resources
+    return pool[0] if pool else None
+
+
+def _import_document(
+    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
+) -> Handled:
+    h = sealed.header
+    resources = resources_of(document)
+    shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+    patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient)
+    sender = ctx.organisation(h.sender)
+    tx = prepare_import(
+        document,
+        sender=h.sender,
+        sender_name=sender.name,
+        envelope_id=h.envelope_id,
+        local_patient_id=patient_id,
+    )
+    # A Task this node already holds (it sent the request, or received it earlier) is updated
+    # in place: one Task per exchange on each side, whose status follows the other side's.
+    uid = None
+    for entry in tx["entry"]:
+        res = entry["resource"]
+        if res["resourceType"] != "Task":
+            continue
+        uid = task_uid(res)
+        existing = _find_task(ctx, uid) if uid else None
+        if existing is not None:
+            merged = merge_task_update(existing, res)
+            entry["resource"] = merged
+            entry["request"]["url"] = f"Task/{existing['id']}"
+    entries = entries_from_bundle(tx, "transaction")
+    with ctx.engine.begin() as conn:
+        apply_entries(conn, entries, ctx.store.base_url)
+        _record(
+            conn,
+            sealed,
+            "imported",
+            f"{len(entries)} resources",
+            task_uid=uid,
+            patient_id=patient_id,
+        )
+    return Handled(True, f"imported {len(entries)} resources")
+
+
+def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
+    """Process one delivered envelope; the caller acknowledges with the result."""
+    try:
+        sealed = SealedEnvelope.from_bytes(raw)
+    except (EnvelopeError, ValueError) as exc:
+        return Handled(False, f"malformed envelope: {exc}")
+    h = sealed.header
+    previous = already_processed(ctx, h.envelope_id)
+    if previous is not None:
+        return Handled(previous != "rejected", f"already processed ({previous})")
+    if h.recipient != ctx.org_id:
+        return Handled(False, "envelope is not addressed to this organisation")
+    try:
+        sender = ctx.organisation(h.sender)
+        payload = open_from(
+            sealed,
+            recipient=ctx.creds,
+            sender_signing_cert_pem=sender.signing_certificate,
+            revoked=ctx.revoked(),
+        )
+        body = json.loads(payload)
+    except (EnvelopeError, ValueError) as exc:
+        return _reject(ctx, sealed, f"cannot open envelope: {exc}")
+    except Exception as exc:  # certificate refused, directory unreachable…
+        return _reject(ctx, sealed, f"cannot verify sender: {type(exc).__name__}: {exc}")
+    if h.kind == "record-query":
+        with ctx.engine.begin() as conn:
+            _record(conn, sealed, "answered", "record query")
+        return Handled(True, "record query", query=body)
+    if h.kind not in DOCUMENT_KINDS:
+        return _reject(ctx, sealed, f"unsupported envelope kind {h.kind!r}")
+    try:
+        undeclared = undeclared_classes(body, h.classes)
+    except ValueError as exc:
+        return _reject(ctx, sealed, f"payload is not a document Bundle: {exc}")
+    if undeclared:
+        log.warning(
+            "envelope %s from %s rejected: undeclared classes %s",
+            h.envelope_id,
+            h.sender,
+            undeclared,
+        )
+        return _reject(ctx, sealed, f"content outside the declared classes: {undeclared}")
+    try:
+        return _import_document(ctx, sealed, body)
+    except FhirError as exc:
+        return _reject(ctx, sealed, f"import refused by the store: {exc.diagnostics[:200]}")
+
+
+def _reject(ctx: ExchangeContext, sealed: SealedEnvelope, detail: str) -> Handled:
+    with ctx.engine.begin() as conn:
+        _record(conn, sealed, "rejected", detail)
+    return Handled(False, detail)

@@ -1,0 +1,309 @@
+"""The exchange operations a doctor (through the REST routes) or the inbox runner performs.
+
+Each one changes the local store first, then discloses through the egress pipeline:
+request (referral/consultation), status change, answer (advice), record pull, answering a
+record query, and publishing this node's pseudonyms to the record locator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from node.exchange.context import ExchangeContext
+from node.exchange.egress import (
+    DEFAULT_CLASSES,
+    ConsentRefused,
+    disclose,
+    pseudonym_of,
+    send,
+)
+from node.exchange.tables import pseudonyms
+from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
+from node.identity import patient_pseudonym
+from trust.envelopes import EnvelopeHeader, seal_to
+from trust.outcome import BadRequest, Conflict
+
+__all__ = [
+    "request_exchange",
+    "change_status",
+    "answer",
+    "pull_history",
+    "answer_query",
+    "publish_pseudonyms",
+]
+
+log = logging.getLogger("ipjms.node.exchange")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def request_exchange(
+    ctx: ExchangeContext,
+    *,
+    kind: str,
+    patient_id: str,
+    recipient: str,
+    reason: str,
+    question: str = "",
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Create ServiceRequest + Task for ``recipient`` and send the consented data with them."""
+    if kind not in ("referral", "consultation"):
+        raise BadRequest("kind must be referral or consultation")
+    if recipient == ctx.org_id:
+        raise BadRequest("cannot refer a patient to this organisation itself")
+    ctx.store.read("Patient", patient_id)
+    ctx.organisation(recipient)  # unknown recipient → error before anything is written
+    sr, task = new_request(
+        kind=kind,
+        patient_id=patient_id,
+        requester=ctx.org_id,
+        requester_name=ctx.org_name,
+        performer=recipient,
+        reason=reason,
+        question=question,
+    )
+    ctx.store.update("ServiceRequest", sr["id"], sr)
+    task = ctx.store.update("Task", task["id"], task).resource
+    wanted = set(classes or DEFAULT_CLASSES)
+    try:
+        disclosure = disclose(
+            ctx,
+            kind=kind,
+            recipient=recipient,
+            patient_id=patient_id,
+            purpose="TREAT",
+            wanted=wanted,
+            workflow=[sr, task],
+            title=f"{kind.capitalize()} to {recipient}",
+        )
+        state = send(ctx, disclosure, task_uid=task_uid(task), patient_id=patient_id)
+    except ConsentRefused as exc:
+        task = {**task, "status": "cancelled", "statusReason": {"text": exc.diagnostics}}
+        task["businessStatus"] = {"text": "refused: no consent"}
+        ctx.store.update("Task", task["id"], task)
+        raise
+    return {
+        "task": f"Task/{task['id']}",
+        "service_request": f"ServiceRequest/{sr['id']}",
+        "envelope_id": disclosure.sealed.header.envelope_id,
+        "classes": list(disclosure.classes),
+        "resources": disclosure.resource_count,
+        "state": state,
+    }
+
+
+def _other_party(ctx: ExchangeContext, task: dict[str, Any]) -> str:
+    requester, owner = task_parties(task)
+    if ctx.org_id == requester:
+        return owner
+    if ctx.org_id == owner:
+        return requester
+    raise Conflict(f"Task/{task['id']} is not an exchange between this node and another")
+
+
+def _patient_of(task: dict[str, Any]) -> str:
+    ref = task.get("for", {}).get("reference", "")
+    if not ref.startswith("Patient/"):
+        raise Conflict("the Task names no patient")
+    return str(ref.split("/", 1)[1])
+
+
+def _send_task(ctx: ExchangeContext, task: dict[str, Any]) -> str:
+    """A status update: the Task alone (no clinical classes) to the other party."""
+    patient_id = _patient_of(task)
+    disclosure = disclose(
+        ctx,
+        kind="task-update",
+        recipient=_other_party(ctx, task),
+        patient_id=patient_id,
+        purpose="TREAT",
+        wanted=set(),
+        workflow=[task],
+        title=f"Task {task['status']}",
+    )
+    send(ctx, disclosure, task_uid=task_uid(task), patient_id=patient_id)
+    return disclosure.sealed.header.envelope_id
+
+
+def change_status(
+    ctx: ExchangeContext, task_id: str, status: str, reason: str = ""
+) -> dict[str, Any]:
+    """Move an exchange Task (accept, reject, start, complete…) and tell the other side."""
+    task = ctx.store.read("Task", task_id)
+    try:
+        check_transition(task["status"], status)
+    except ValueError as exc:
+        raise Conflict(str(exc)) from None
+    task = {**task, "status": status, "lastModified": _now()}
+    task["businessStatus"] = {"text": status}
+    if reason:
+        task["statusReason"] = {"text": reason}
+    task = ctx.store.update("Task", task_id, task).resource
+    envelope_id = _send_task(ctx, task)
+    return {"task": f"Task/{task_id}", "status": status, "envelope_id": envelope_id}
+
+
+def answer(ctx: ExchangeContext, task_id: str, text: str) -> dict[str, Any]:
+    """The specialist's advice on a consultation: a Communication linked to the Task, which is
+    completed; both travel back to the requester."""
+    task = ctx.store.read("Task", task_id)
+    requester, owner = task_parties(task)
+    if owner != ctx.org_id:
+        raise Conflict("only the organisation asked can answer this Task")
+    if task["status"] not in ("requested", "accepted", "in-progress"):
+        raise Conflict(f"a {task['status']} Task cannot be answered")
+    comm_id = f"advice-{uuid.uuid4()}"
+    communication = {
+        "resourceType": "Communication",
+        "id": comm_id,
+        "status": "completed",
+        "subject": {"reference": f"Patient/{_patient_of(task)}"},
+        "partOf": [{"reference": f"Task/{task_id}"}],
+        "sent": _now(),
+        "sender": task["owner"],
+        "recipient": [task["requester"]],
+        "payload": [{"contentString": text}],
+    }
+    if task.get("focus"):
+        communication["basedOn"] = [task["focus"]]
+    ctx.store.update("Communication", comm_id, communication)
+    task = {
+        **task,
+        "status": "completed",
+        "businessStatus": {"text": "answered"},
+        "lastModified": _now(),
+        "output": [
+            {
+                "type": {"text": "advice"},
+                "valueReference": {"reference": f"Communication/{comm_id}"},
+            }
+        ],
+    }
+    task = ctx.store.update("Task", task_id, task).resource
+    disclosure = disclose(
+        ctx,
+        kind="advice",
+        recipient=requester,
+        patient_id=_patient_of(task),
+        purpose="TREAT",
+        wanted=set(),
+        workflow=[communication, task],
+        title="Consultation advice",
+    )
+    send(ctx, disclosure, task_uid=task_uid(task), patient_id=_patient_of(task))
+    return {
+        "task": f"Task/{task_id}",
+        "communication": f"Communication/{comm_id}",
+        "envelope_id": disclosure.sealed.header.envelope_id,
+    }
+
+
+def pull_history(
+    ctx: ExchangeContext, patient_id: str, classes: list[str] | None = None
+) -> dict[str, Any]:
+    """Ask every holder of the patient (record locator) for the consented history."""
+    _patient, pseudo = pseudonym_of(ctx, patient_id)
+    _remember(ctx, pseudo, patient_id)
+    holders = ctx.client.lookup(pseudo)
+    wanted = sorted(set(classes or DEFAULT_CLASSES))
+    queries = []
+    for holder in holders:
+        header = EnvelopeHeader.new(
+            kind="record-query",
+            sender=ctx.org_id,
+            recipient=holder,
+            purpose="TREAT",
+            classes=wanted,
+            patient_pseudonym=pseudo,
+        )
+        query = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "class", "valueCode": c} for c in wanted],
+        }
+        sealed = seal_to(
+            header,
+            json.dumps(query).encode(),
+            sender=ctx.creds,
+            recipient_encryption_cert_pem=ctx.organisation(holder).encryption_certificate,
+            revoked=ctx.revoked(),
+        )
+        try:
+            state = send(ctx, sealed, patient_id=patient_id)
+        except ConsentRefused as exc:
+            state = f"refused: {exc.diagnostics}"
+        queries.append({"holder": holder, "envelope_id": header.envelope_id, "state": state})
+    return {"patient": f"Patient/{patient_id}", "holders": holders, "queries": queries}
+
+
+def answer_query(
+    ctx: ExchangeContext, requester: str, pseudo: str, purpose: str, query: dict[str, Any]
+) -> str | None:
+    """A holder answers a record query with what the patient's consent permits (its own check)."""
+    with ctx.engine.connect() as conn:
+        row = conn.execute(
+            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
+        ).first()
+    if row is None:
+        log.info("record query from %s for an unknown pseudonym; nothing to answer", requester)
+        return None
+    wanted = {
+        str(p.get("valueCode"))
+        for p in query.get("parameter", [])
+        if p.get("name") == "class" and p.get("valueCode")
+    }
+    try:
+        disclosure = disclose(
+            ctx,
+            kind="record-answer",
+            recipient=requester,
+            patient_id=str(row[0]),
+            purpose=purpose,
+            wanted=wanted,
+            title=f"Record answer to {requester}",
+        )
+    except ConsentRefused as exc:
+        log.info("record query from %s refused by consent: %s", requester, exc.diagnostics)
+        return None
+    send(ctx, disclosure, patient_id=str(row[0]))
+    return disclosure.sealed.header.envelope_id
+
+
+def _remember(ctx: ExchangeContext, pseudo: str, patient_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        if not conn.execute(
+            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
+        ).first():
+            conn.execute(pseudonyms.insert().values(pseudonym=pseudo, patient_id=patient_id))
+
+
+def publish_pseudonyms(ctx: ExchangeContext) -> int:
+    """Index every local patient's pseudonym and publish the full list to the record locator."""
+    found: dict[str, str] = {}
+    offset = 0
+    while True:
+        page = ctx.store.search("Patient", [("_count", "500"), ("_offset", str(offset))])
+        for patient in page.resources:
+            pseudo = patient_pseudonym(patient, ctx.linkage_key)
+            if pseudo:
+                found.setdefault(pseudo, str(patient["id"]))
+        offset += len(page.resources)
+        if not page.resources or offset >= page.total:
+            break
+    with ctx.engine.begin() as conn:
+        known: set[str] = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
+        new = [{"pseudonym": p, "patient_id": i} for p, i in found.items() if p not in known]
+        if new:
+            conn.execute(pseudonyms.insert(), new)
+    with ctx.engine.connect() as conn:
+        held: list[str] = list(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
+    ctx.client.publish(held, replace=True)
+    return len(held)
