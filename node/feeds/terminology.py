@@ -17,6 +17,7 @@ __all__ = [
     "UCUM",
     "ConditionCode",
     "LoincCode",
+    "loinc_is_well_formed",
     "MedicationCode",
     "observation_category",
 ]
@@ -164,3 +165,15 @@ MEDICATIONS: dict[str, MedicationCode] = {
         ),
     )
 }
+
+
+def loinc_is_well_formed(code: str) -> bool:
+    """``NNNNN-C`` with the LOINC mod-10 check digit C."""
+    body, _, check = code.partition("-")
+    if not (body.isdigit() and check.isdigit() and len(check) == 1 and 1 <= len(body) <= 7):
+        return False
+    reversed_digits = body[::-1]
+    odd = reversed_digits[0::2][::-1]
+    even = reversed_digits[1::2][::-1]
+    total = sum(int(c) for c in even + str(int(odd) * 2))
+    return str((10 - total % 10) % 10) == check
