@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -103,6 +104,10 @@ def init(
         console.print("Admin account: admin (password from IPJMS_ADMIN_PASSWORD)")
 
 
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     data_dir: DataDir,
@@ -121,6 +126,10 @@ def serve(
     except Exception as exc:
         _fail(f"cannot start the node ({type(exc).__name__}: {exc})")
     console.print(f"node {settings.org_id} serving on http://{settings.host}:{settings.port}")
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
+    # that was installed before it: make that a clean exit (status 0), not death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run(
         application,
         host=settings.host,

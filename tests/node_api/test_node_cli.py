@@ -1,0 +1,223 @@
+"""`ipjms node …` as an operator runs it: real subprocesses, real database, real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+
+from deploy.launcher import free_port, ipjms_command, start_service
+from node.store import FhirStore
+from node.store.tables import resource_version
+from trust.storage import make_engine
+
+ADMIN_PASSWORD = "admin-pass-for-tests"
+
+
+def ipjms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env.pop("IPJMS_ADMIN_PASSWORD", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        ipjms_command(*args), capture_output=True, text=True, env=full_env, timeout=240
+    )
+
+
+def _init(data_dir: Path, db_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    args = ["node", "init", "--org", "org-cli", "--name", "CLI Hospital", "--data-dir"]
+    return ipjms(*args, str(data_dir), "--level", "tertiary", "--db", db_url, env=env)
+
+
+def _distinct_resources(synthea_dir: Path) -> Counter[str]:
+    keys = set()
+    for path in synthea_dir.glob("*.json"):
+        for entry in json.loads(path.read_text())["entry"]:
+            keys.add((entry["resource"]["resourceType"], entry["resource"]["id"]))
+    return Counter(t for t, _ in keys)
+
+
+def _versions(db_url: str, exclude: tuple[str, ...] = ()) -> int:
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            stmt = select(func.count()).select_from(resource_version)
+            if exclude:
+                stmt = stmt.where(resource_version.c.resource_type.not_in(exclude))
+            return int(conn.scalar(stmt) or 0)
+    finally:
+        engine.dispose()
+
+
+def _counts(db_url: str) -> dict[str, int]:
+    engine = make_engine(db_url)
+    try:
+        return FhirStore(engine).counts()
+    finally:
+        engine.dispose()
+
+
+def test_init_ingest_twice_adds_nothing(db_url: str, tmp_path: Path, synthea_dir: Path) -> None:
+    data_dir = tmp_path / "node"
+    r = _init(data_dir, db_url)
+    assert r.returncode == 0, r.stderr
+    assert "admin / " in r.stdout  # generated password printed once
+    assert (data_dir / "node.toml").is_file()
+    assert (data_dir / "keys" / "token-signing.pem").is_file()
+
+    again = _init(data_dir, db_url)
+    assert again.returncode != 0 and "already holds a node" in again.stderr
+
+    first = ipjms("node", "ingest", "--data-dir", str(data_dir), "--db", db_url, str(synthea_dir))
+    assert first.returncode == 0, first.stdout + first.stderr
+    expected = _distinct_resources(synthea_dir)
+    assert _counts(db_url) == dict(expected)
+    assert "Observation" in first.stdout
+    # Synthea's patient bundles carry shorter copies of the Organization/Practitioner resources of
+    # hospitalInformation*/practitionerInformation* (same ids, different bodies), so those two
+    # types legitimately get a new version per file; every other resource must stay as it was.
+    shared = ("Organization", "Practitioner")
+    versions = _versions(db_url, exclude=shared)
+
+    second = ipjms("node", "ingest", "--data-dir", str(data_dir), "--db", db_url, str(synthea_dir))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _counts(db_url) == dict(expected)
+    assert _versions(db_url, exclude=shared) == versions  # not even a new version
+    total_row = [line for line in second.stdout.splitlines() if "total" in line][-1]
+    assert total_row.split("│")[2].strip() == "0"  # created column
+
+
+def test_bad_file_reported_by_name_rest_continue(tmp_path: Path, synthea_dir: Path) -> None:
+    data_dir = tmp_path / "node"
+    db_url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert _init(data_dir, db_url, IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / "broken.json").write_text('{"resourceType": "Patient", ')
+    (inbox / "sub" / "wrong.json").write_text(
+        json.dumps({"resourceType": "Patient", "birthDate": "not-a-date"})
+    )
+    ndjson = [
+        {"resourceType": "Patient", "id": "bulk-1", "gender": "female"},
+        {"resourceType": "Patient", "id": "bulk-2", "gender": "male"},
+    ]
+    (inbox / "Patient.ndjson").write_text("\n".join(json.dumps(r) for r in ndjson) + "\n")
+    liz = next(synthea_dir.glob("Liz_*.json"))
+    (inbox / "liz.json").write_text(liz.read_text())
+    hospitals = next(synthea_dir.glob("hospitalInformation*.json"))
+    practitioners = next(synthea_dir.glob("practitionerInformation*.json"))
+    (inbox / hospitals.name).write_text(hospitals.read_text())
+    (inbox / practitioners.name).write_text(practitioners.read_text())
+
+    r = ipjms("node", "ingest", "--data-dir", str(data_dir), str(inbox))
+    assert r.returncode == 1
+    assert "broken.json" in r.stderr and "invalid JSON" in r.stderr
+    assert "wrong.json" in r.stderr and "birthDate" in r.stderr
+    counts = _counts(db_url)
+    assert counts["Patient"] == 3  # Liz + two NDJSON patients
+    assert counts["Observation"] == 36
+
+
+def test_cli_refuses_bad_input_clearly(tmp_path: Path) -> None:
+    r = ipjms("node", "ingest", "--data-dir", str(tmp_path / "missing"), str(tmp_path))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = ipjms("node", "serve", "--data-dir", str(tmp_path), "--port", "1")
+    assert r.returncode == 2 and "not an initialised node" in r.stderr
+    r = ipjms("node", "init", "--org", "o", "--name", "n", "--data-dir", str(tmp_path / "x"),
+              "--level", "galactic")  # fmt: skip
+    assert r.returncode == 2 and "--level" in r.stderr
+
+
+def test_serve_real_process_users_clients_and_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    r = ipjms(
+        "node", "init", "--org", "org-srv", "--name", "Served", "--data-dir", str(data_dir),
+        env={"IPJMS_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    )  # fmt: skip
+    assert r.returncode == 0 and ADMIN_PASSWORD not in r.stdout
+    r = ipjms(
+        "node", "user", "add", "--data-dir", str(data_dir), "--username", "drwho",
+        "--role", "doctor", env={"IPJMS_USER_PASSWORD": "tardis-1963"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    bad = ipjms(
+        "node", "user", "add", "--data-dir", str(data_dir), "--username", "p",
+        "--role", "patient", env={"IPJMS_USER_PASSWORD": "tardis-1963"},
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Patient" in bad.stderr
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem_path = tmp_path / "client.pub.pem"
+    pem_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    r = ipjms(
+        "node", "client", "add", "--data-dir", str(data_dir), "--client-id", "supernode",
+        "--public-key", str(pem_path), "--scope", "system/*.rs",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    service = start_service("node-srv", args, base_url=url, log_dir=tmp_path / "logs")
+    try:
+        assert httpx.get(f"{url}/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
+        tok = httpx.post(
+            f"{url}/auth/token",
+            data={"grant_type": "password", "username": "drwho", "password": "tardis-1963"},
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/fhir+json"}
+        created = httpx.post(
+            f"{url}/fhir/Patient", headers=headers, content=json.dumps({"resourceType": "Patient"})
+        )
+        assert created.status_code == 201
+        pid = created.json()["id"]
+        refused = httpx.post(
+            f"{url}/auth/token",
+            data={"grant_type": "password", "username": "drwho", "password": "wrong-password"},
+        )
+        assert refused.status_code == 401
+        assert "wrong-password" not in service.log_tail(200)
+    finally:
+        service.stop()
+    assert service.process.returncode == 0  # SIGTERM → graceful stop
+    service = start_service("node-srv2", args, base_url=url, log_dir=tmp_path / "logs")
+    try:
+        tok = httpx.post(
+            f"{url}/auth/token",
+            data={"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD},
+        ).json()["access_token"]
+        r2 = httpx.get(f"{url}/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {tok}"})
+        assert r2.status_code == 200  # acknowledged before the stop, still there
+        admin_write = httpx.delete(
+            f"{url}/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {tok}"}
+        )
+        assert admin_write.status_code == 403
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("profile", ["community"])
+def test_seed_is_deterministic_and_idempotent(tmp_path: Path, profile: str) -> None:
+    data_dir = tmp_path / "node"
+    db_url = f"sqlite:///{tmp_path / 's.db'}"
+    assert _init(data_dir, db_url, IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0
+    args = ["node", "seed", "--data-dir", str(data_dir), "--profile", profile]
+    r = ipjms(*args, "--patients", "3", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    counts = _counts(db_url)
+    assert counts["Patient"] == 3 and counts["Observation"] > 0
+    versions = _versions(db_url)
+    assert ipjms(*args, "--patients", "3", "--seed", "7").returncode == 0
+    assert _counts(db_url) == counts and _versions(db_url) == versions
+    bad = ipjms(*args[:-1], "martian", "--patients", "3")
+    assert bad.returncode == 2 and "--profile" in bad.stderr
