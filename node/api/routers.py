@@ -15,3 +15,7 @@ from fastapi import APIRouter
 __all__ = ["EXTRA_ROUTERS"]
 
 EXTRA_ROUTERS: list[APIRouter] = []
+
+from node.consent_link import router as consent_link_router  # noqa: E402
+
+EXTRA_ROUTERS.append(consent_link_router)
