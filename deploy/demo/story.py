@@ -17,8 +17,8 @@ from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
-START_ORDER = ["trust"]
-RUN_ORDER = ["trust"]
+START_ORDER = ["trust", "nodes"]
+RUN_ORDER = ["trust", "nodes"]
 
 
 def _module(area: str) -> ModuleType:

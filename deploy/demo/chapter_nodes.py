@@ -1,0 +1,182 @@
+"""Demo chapter: the region's hospital and clinic nodes.
+
+``start`` initialises and starts one tertiary hospital and two community clinics
+(``DEMO_NODES``) as ``ipjms node serve`` processes on free loopback ports, SQLite under
+``<workdir>/node-<org>/``. Extra node settings come from earlier chapters as environment
+variables: ``net.facts["node_env"]`` (all nodes) and ``net.facts["node_env_by_org"][org]``.
+
+``run`` seeds each node (the tertiary hospital's patients are more numerous, older and sicker),
+ingests the shared Synthea bundles into the tertiary node, prints per-node per-type counts read
+over the FHIR API, and checks each node's health.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import httpx
+from rich.table import Table
+
+from deploy.demo.network import DEMO_NODES, DemoNetwork, NodeInfo, StepFailed
+from deploy.launcher import free_port, ipjms_command
+
+__all__ = ["start", "run", "SEED_PATIENTS", "COUNTED_TYPES", "shared_synthea_dir"]
+
+# Patients seeded per profile; `shared` of them are people of the regional population (same
+# national id at every site), so referrals and record pulls have someone to talk about.
+SEED_PATIENTS = {"tertiary": 40, "community": 20}
+SHARED_PEOPLE = 10
+POPULATION_SEED = 2026
+COUNTED_TYPES = (
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "Organization",
+    "Practitioner",
+)
+_ADMIN_PASSWORD_FILE = "demo-admin-password"  # noqa: S105 - a file name; demo only
+
+
+def shared_synthea_dir() -> Path:
+    """The shared Synthea bundles: $IPJMS_SHARED_DATA/fhir/synthea or ../shared/data beside
+    the repository."""
+    root = os.environ.get("IPJMS_SHARED_DATA")
+    base = Path(root) if root else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return base / "fhir" / "synthea"
+
+
+def _ipjms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ipjms_command(*args),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
+        timeout=600,
+    )
+
+
+def _node_env(net: DemoNetwork, org: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    pki = net.facts.get("pki") or {}
+    if pki.get("linkage_key"):  # the region's shared pseudonym key (trust chapter)
+        env["IPJMS_NODE_LINKAGE_KEY_PATH"] = str(pki["linkage_key"])
+    env.update({k: str(v) for k, v in net.facts.get("node_env", {}).items()})
+    env.update({k: str(v) for k, v in net.facts.get("node_env_by_org", {}).get(org, {}).items()})
+    return env
+
+
+def start(net: DemoNetwork) -> None:
+    for org, name, level, profile in DEMO_NODES:
+        data_dir = net.service_dir(f"node-{org}")
+        password_file = data_dir / _ADMIN_PASSWORD_FILE
+        if not (data_dir / "node.toml").exists():
+            password = secrets.token_urlsafe(16)
+            init = _ipjms(
+                "node", "init", "--org", org, "--name", name, "--level", level,
+                "--data-dir", str(data_dir),
+                env={"IPJMS_ADMIN_PASSWORD": password},
+            )  # fmt: skip
+            if init.returncode != 0:
+                raise StepFailed(f"ipjms node init {org} failed: {init.stderr.strip()}")
+            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(password)
+        password = password_file.read_text().strip()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {"IPJMS_NODE_PUBLIC_URL": url, **_node_env(net, org)}
+        net.start(
+            f"node-{org}",
+            ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            base_url=url,
+            env=env,
+        )
+        net.nodes[org] = NodeInfo(org, name, level, profile, data_dir, port, url, password)
+        net.urls[f"{name} (FHIR)"] = f"{url}/fhir"
+
+
+def _admin_headers(node: NodeInfo) -> dict[str, str]:
+    r = httpx.post(
+        f"{node.url}/auth/token",
+        data={"grant_type": "password", "username": "admin", "password": node.admin_password},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def node_counts(node: NodeInfo) -> dict[str, int]:
+    """Live resources per type, read over the node's FHIR API (``_count=0`` → total only)."""
+    headers = _admin_headers(node)
+    counts = {}
+    for rtype in COUNTED_TYPES:
+        r = httpx.get(f"{node.url}/fhir/{rtype}", params={"_count": "0"}, headers=headers)
+        r.raise_for_status()
+        counts[rtype] = int(r.json()["total"])
+    return counts
+
+
+def run(net: DemoNetwork) -> None:
+    nodes = [net.nodes[org] for org, *_ in DEMO_NODES]
+    with net.step("Seed synthetic patients at every node") as notes:
+        running = []
+        for index, node in enumerate(nodes):
+            args = [
+                "node", "seed", "--data-dir", str(node.data_dir), "--profile", node.profile,
+                "--patients", str(SEED_PATIENTS[node.profile]), "--seed", str(index + 1),
+                "--shared", str(SHARED_PEOPLE), "--population-seed", str(POPULATION_SEED),
+            ]  # fmt: skip
+            running.append(
+                (node, subprocess.Popen(ipjms_command(*args), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+            )  # fmt: skip
+        for node, proc in running:
+            _out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"seeding {node.org_id} failed: {err.strip()[-500:]}")
+            notes.append(
+                f"{node.org_id}: {SEED_PATIENTS[node.profile]} {node.profile} patients "
+                f"({SHARED_PEOPLE} shared with the region)"
+            )
+
+    tertiary = next(n for n in nodes if n.level == "tertiary")
+    with net.step("Ingest the shared Synthea bundles into the tertiary hospital") as notes:
+        synthea = shared_synthea_dir()
+        if not synthea.is_dir():
+            raise RuntimeError(
+                f"shared Synthea data not found at {synthea} (set IPJMS_SHARED_DATA)"
+            )
+        result = _ipjms("node", "ingest", "--data-dir", str(tertiary.data_dir), str(synthea))
+        if result.returncode != 0:
+            raise RuntimeError(f"ingest failed: {result.stderr.strip()[-500:]}")
+        files = len(list(synthea.glob("*.json")))
+        notes.append(f"{files} bundles from {synthea} into {tertiary.org_id}")
+
+    with net.step("Per-node record counts over the FHIR API") as notes:
+        table = Table(title="Resources per node")
+        table.add_column("resource type")
+        all_counts = {}
+        for node in nodes:
+            table.add_column(node.org_id, justify="right")
+            all_counts[node.org_id] = node_counts(node)
+        for rtype in COUNTED_TYPES:
+            table.add_row(rtype, *(str(all_counts[n.org_id][rtype]) for n in nodes))
+        net.console.print(table)
+        for node in nodes:
+            counts = all_counts[node.org_id]
+            if counts["Patient"] < SEED_PATIENTS[node.profile]:
+                raise RuntimeError(f"{node.org_id} holds only {counts['Patient']} patients")
+            notes.append(f"{node.org_id}: " + ", ".join(f"{t} {counts[t]}" for t in COUNTED_TYPES))
+        net.facts["node_counts"] = all_counts
+
+    with net.step("Node health") as notes:
+        for node in nodes:
+            r = httpx.get(f"{node.url}/healthz", timeout=10)
+            if r.status_code != 200:
+                raise RuntimeError(f"{node.org_id} /healthz answered {r.status_code}")
+            notes.append(f"{node.org_id} healthy at {node.url}")
