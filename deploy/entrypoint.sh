@@ -6,8 +6,8 @@
 #   node           ipjms node init (first start only) + ipjms node serve
 #   coordinator    ipjms coordinator serve
 #   consent        ipjms consent serve
-#   superlink      ipjms fl superlink
-#   supernode      ipjms fl supernode
+#   superlink      flower-superlink (TLS from IPJMS_ORG_DIR)
+#   supernode      flower-supernode (TLS, IPJMS_SUPERLINK_ADDRESS; node-config passed as arguments)
 #   pki-bootstrap  one-shot: regional CA, one certificate per organisation, the linkage key
 #   healthcheck    used by HEALTHCHECK: GET $IPJMS_HEALTH_URL (default http://127.0.0.1:$IPJMS_PORT/healthz)
 #   ipjms ...      any other ipjms command (e.g. `ipjms audit verify`, migrations, backups)
@@ -20,6 +20,10 @@
 #                            libpq (psycopg 3) uses when the URL carries no password
 #   IPJMS_ORG_DIR            this organisation's credentials (certificate, keys, CA certificate)
 #   IPJMS_CA_DIR             the regional CA's public part (ca certificate, revocation list)
+#   IPJMS_ADMIN_PASSWORD_FILE  node: the first admin's password (used by `node init` only)
+#   IPJMS_CONSENT_URL        coordinator: the consent registry
+#   IPJMS_DIRECTORY_CONFIG   coordinator: organisations to register before serving
+#   IPJMS_PUBLIC_URL         consent: its public base URL
 set -eu
 
 role="${1:---help}"
@@ -58,41 +62,87 @@ case "$role" in
 node)
     require IPJMS_NODE_ORG_ID
     load_db_password
-    # NodeSettings reads IPJMS_NODE_* itself (org_id, name, level, host, public_url, ...).
-    export IPJMS_NODE_HOST="${IPJMS_NODE_HOST:-0.0.0.0}"
+    # NodeSettings reads IPJMS_NODE_* itself (public_url, linkage_key_path, ...).
     if [ ! -f "$DATA_DIR/node.toml" ]; then
+        # The first admin's password comes from a mounted file, never from the logs.
+        if [ -n "${IPJMS_ADMIN_PASSWORD_FILE:-}" ]; then
+            IPJMS_ADMIN_PASSWORD="$(cat "$IPJMS_ADMIN_PASSWORD_FILE")"
+            export IPJMS_ADMIN_PASSWORD
+        fi
         # shellcheck disable=SC2046
         ipjms node init --org "$IPJMS_NODE_ORG_ID" --name "${IPJMS_NODE_NAME:-$IPJMS_NODE_ORG_ID}" \
-            --level "${IPJMS_NODE_LEVEL:-community}" --data-dir "$DATA_DIR" $(db_args)
+            --level "${IPJMS_NODE_LEVEL:-community}" --data-dir "$DATA_DIR" --port "$PORT" $(db_args)
+        unset IPJMS_ADMIN_PASSWORD
     fi
     # shellcheck disable=SC2046
-    exec ipjms node serve --data-dir "$DATA_DIR" --port "$PORT" $(db_args) "$@"
+    exec ipjms node serve --data-dir "$DATA_DIR" --host 0.0.0.0 --port "$PORT" $(db_args) "$@"
     ;;
 coordinator)
     load_db_password
+    # The organisations the authority admits (TOML of [[organisation]], public certificates only);
+    # registering is idempotent, so every start re-applies the file.
+    if [ -n "${IPJMS_DIRECTORY_CONFIG:-}" ]; then
+        # shellcheck disable=SC2046
+        ipjms coordinator register-org --data-dir "$DATA_DIR" $(db_args) --config "$IPJMS_DIRECTORY_CONFIG"
+    fi
+    set -- --host 0.0.0.0 --port "${IPJMS_GRPC_PORT:-7443}" --http-port "$PORT" "$@"
+    [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"
+    [ -n "${IPJMS_ORG_DIR:-}" ] && set -- --org-dir "$IPJMS_ORG_DIR" "$@"
+    [ -n "${IPJMS_CONSENT_URL:-}" ] && set -- --consent-url "$IPJMS_CONSENT_URL" "$@"
     # shellcheck disable=SC2046
-    exec ipjms coordinator serve --data-dir "$DATA_DIR" --port "${IPJMS_GRPC_PORT:-50051}" \
-        --http-port "$PORT" $(db_args) "$@"
+    exec ipjms coordinator serve --data-dir "$DATA_DIR" $(db_args) "$@"
     ;;
 consent)
     load_db_password
+    set -- --host 0.0.0.0 --port "$PORT" "$@"
+    [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"
+    [ -n "${IPJMS_PUBLIC_URL:-}" ] && set -- --public-url "$IPJMS_PUBLIC_URL" "$@"
     # shellcheck disable=SC2046
-    exec ipjms consent serve --data-dir "$DATA_DIR" --port "$PORT" $(db_args) "$@"
+    exec ipjms consent serve --data-dir "$DATA_DIR" $(db_args) "$@"
     ;;
 superlink)
-    exec ipjms fl superlink "$@"
+    # Flower's own deployment engine (flwr is in the image). TLS with this organisation's
+    # certificate from the regional PKI; plaintext only when explicitly asked for (local tests).
+    mkdir -p "$DATA_DIR"
+    set -- --database "$DATA_DIR/superlink.db" \
+        --fleet-api-address "0.0.0.0:${IPJMS_FLEET_PORT:-9092}" \
+        --control-api-address "0.0.0.0:${IPJMS_CONTROL_PORT:-9093}" "$@"
+    if [ -n "${IPJMS_ORG_DIR:-}" ]; then
+        set -- --ssl-ca-certfile "$IPJMS_ORG_DIR/ca.cert.pem" \
+            --ssl-certfile "$IPJMS_ORG_DIR/tls.cert.pem" --ssl-keyfile "$IPJMS_ORG_DIR/tls.key.pem" "$@"
+    elif [ "${IPJMS_FLOWER_INSECURE:-0}" = 1 ]; then
+        set -- --insecure "$@"
+    else
+        echo "ipjms-entrypoint: superlink needs IPJMS_ORG_DIR (TLS) or IPJMS_FLOWER_INSECURE=1" >&2
+        exit 64
+    fi
+    exec flower-superlink "$@"
     ;;
 supernode)
-    exec ipjms fl supernode "$@"
+    require IPJMS_SUPERLINK_ADDRESS
+    set -- --superlink "$IPJMS_SUPERLINK_ADDRESS" \
+        --clientappio-api-address "0.0.0.0:${IPJMS_CLIENTAPPIO_PORT:-9094}" "$@"
+    if [ -n "${IPJMS_ORG_DIR:-}" ]; then
+        set -- --root-certificates "$IPJMS_ORG_DIR/ca.cert.pem" "$@"
+    elif [ "${IPJMS_FLOWER_INSECURE:-0}" = 1 ]; then
+        set -- --insecure "$@"
+    else
+        echo "ipjms-entrypoint: supernode needs IPJMS_ORG_DIR (TLS) or IPJMS_FLOWER_INSECURE=1" >&2
+        exit 64
+    fi
+    exec flower-supernode "$@"
     ;;
 pki-bootstrap)
     # Idempotent: an existing CA, certificate or linkage key is kept, so re-running `up` after a
     # restart never re-keys the region (rotation is a deliberate operator step, see trust/README.md).
     # IPJMS_PKI_ORGS: space-separated ORG=HOST pairs, e.g. "org-a=node-a org-b=node-b"
-    # IPJMS_DB_SECRETS: space-separated database names that get a generated password
+    # IPJMS_PKI_GENERATED: space-separated names that get a generated password (databases, the
+    #   first admin of each node): written to /pki/secrets/NAME/password
     require IPJMS_PKI_ORGS
     ca_dir="${IPJMS_PKI_CA_DIR:-/pki/ca}"
     orgs_dir="${IPJMS_PKI_ORGS_DIR:-/pki/orgs}"
+    ca_public_dir="${IPJMS_PKI_CA_PUBLIC_DIR:-/pki/ca-public}"
+    directory_dir="${IPJMS_PKI_DIRECTORY_DIR:-/pki/directory}"
     linkage_dir="${IPJMS_PKI_LINKAGE_DIR:-/pki/linkage}"
     secrets_dir="${IPJMS_PKI_SECRETS_DIR:-/pki/secrets}"
     umask 077
@@ -107,8 +157,23 @@ pki-bootstrap)
             ipjms pki issue "$ca_dir" --org "$org" --host "$host" --out "$orgs_dir/$org"
         fi
     done
-    # One random password per database (a directory each, so a container mounts only its own).
-    for name in ${IPJMS_DB_SECRETS:-}; do
+    # Each organisation's public certificates, for the coordinator's directory (no private key).
+    for pair in $IPJMS_PKI_ORGS; do
+        org="${pair%%=*}"
+        mkdir -p "$directory_dir/$org"
+        for f in org.json ca.cert.pem tls.cert.pem signing.cert.pem encryption.cert.pem; do
+            cp "$orgs_dir/$org/$f" "$directory_dir/$org/$f"
+        done
+    done
+    # The CA's public part (certificate, CRL, issued certificates) for services that verify peers.
+    mkdir -p "$ca_public_dir"
+    cp "$ca_dir/ca.cert.pem" "$ca_dir/ca.crl.pem" "$ca_public_dir/"
+    if [ -d "$ca_dir/issued" ]; then
+        mkdir -p "$ca_public_dir/issued"
+        cp "$ca_dir/issued/"*.pem "$ca_public_dir/issued/"
+    fi
+    # One random password per name (a directory each, so a container mounts only its own).
+    for name in ${IPJMS_PKI_GENERATED:-}; do
         if [ ! -s "$secrets_dir/$name/password" ]; then
             mkdir -p "$secrets_dir/$name"
             python -c "import secrets; print(secrets.token_urlsafe(32))" >"$secrets_dir/$name/password"
@@ -132,7 +197,7 @@ ipjms)
     exec ipjms "$@"
     ;;
 -h | --help | help)
-    sed -n '2,21p' "$0"
+    awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"
     ;;
 *)
     echo "ipjms-entrypoint: unknown role '$role' (node|coordinator|consent|superlink|supernode|pki-bootstrap|healthcheck|ipjms)" >&2

@@ -73,6 +73,9 @@ cp "$ca_dir/ca.crl.pem" "$base/ca-public/ca.crl.pem"
 for db in coordinator consent tertiary clinic-a clinic-b; do
     write_password "$base/db/$db.password"
 done
+for node in tertiary clinic-a clinic-b; do   # each node's first admin account
+    write_password "$base/admin/$node.password"
+done
 issue_org "$base" org-authority "coordinator,coordinator.ipjms.svc,superlink,superlink.ipjms.svc"
 issue_org "$base" org-consent "consent,consent.ipjms.svc"
 for node in tertiary clinic-a clinic-b; do
@@ -82,6 +85,7 @@ done
 if [ -n "$extra_instance" ]; then
     overlay="$k8s_dir/overlays/add-node/secrets"
     write_password "$overlay/db/$extra_instance.password"
+    write_password "$overlay/admin/$extra_instance.password"
     issue_org "$overlay" "$extra_org" \
         "node-$extra_instance,node-$extra_instance.ipjms.svc,supernode-$extra_instance"
 fi

@@ -1,0 +1,203 @@
+"""deploy/compose.yaml: the published Compose Specification schema, then the rules that matter."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_files import COMPOSE, IMAGE_UID, load_compose, validate_compose_schema
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|PASSPHRASE|(^|_)KEY($|_)", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+def services_with(compose: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
+    return {
+        n: s
+        for n, s in compose["services"].items()
+        if (s.get("labels") or {}).get("ipjms.role") == role
+    }
+
+
+def env(service: dict[str, Any]) -> dict[str, str]:
+    e = service.get("environment") or {}
+    assert isinstance(e, dict), "environment must be a mapping"
+    return {k: str(v) for k, v in e.items()}
+
+
+def volume_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    mounts = []
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            source, target = v.split(":")[:2]
+            mounts.append({"type": "volume", "source": source, "target": target})
+        else:
+            mounts.append(v)
+    return mounts
+
+
+def test_compose_file_valid_against_compose_spec_schema() -> None:
+    result = validate_compose_schema(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        # unknown service key
+        lambda c: c["services"]["coordinator"].__setitem__("healthchek", {"test": ["NONE"]}),
+        # wrong type
+        lambda c: c["services"]["node-tertiary"].__setitem__("ports", "8081:8080"),
+        # invalid depends_on condition
+        lambda c: c["services"]["consent"]["depends_on"]["consent-db"].__setitem__(
+            "condition", "service_ready"
+        ),
+    ],
+    ids=["unknown-key", "wrong-type", "bad-condition"],
+)
+def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path, breakage) -> None:  # type: ignore[no-untyped-def]
+    broken = load_compose()
+    breakage(broken)
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    result = validate_compose_schema(path)
+    assert result.returncode != 0, "the schema check accepted a broken compose file"
+
+
+def test_topology_three_nodes_each_with_own_database_and_supernode(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    nodes = services_with(compose, "node")
+    levels = sorted(s["labels"]["ipjms.level"] for s in nodes.values())
+    assert levels == ["community", "community", "tertiary"]
+    for role in ("coordinator", "consent", "superlink", "pki-bootstrap"):
+        assert len(services_with(compose, role)) == 1, role
+    db_hosts = set()
+    for name, node in nodes.items():
+        url = env(node)["IPJMS_DB_URL"]
+        host = re.match(r"postgresql://[^@/]+@([^:/]+)", url)
+        assert host, f"{name}: IPJMS_DB_URL {url!r} is not a PostgreSQL URL without password"
+        db = services[host.group(1)]
+        assert db["image"].startswith("postgres:16"), name
+        assert db["labels"]["ipjms.owner"] == name, f"{name} uses another service's database"
+        db_hosts.add(host.group(1))
+        supernodes = [
+            s
+            for s in services_with(compose, "supernode").values()
+            if s["labels"]["ipjms.node"] == name
+        ]
+        assert len(supernodes) == 1, f"{name} needs exactly one SuperNode"
+    assert len(db_hosts) == 3, "every node has its own database"
+    # coordinator and consent registry have their own PostgreSQL too
+    for svc in ("coordinator", "consent"):
+        assert env(services[svc])["IPJMS_DB_URL"].startswith("postgresql://"), svc
+
+
+def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        hc = svc.get("healthcheck")
+        assert hc and hc.get("test") and not hc.get("disable"), f"{name} has no health check"
+        assert hc["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_references_resolve(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    networks = set(compose.get("networks", {}))
+    volumes = set(compose.get("volumes", {}))
+    for name, svc in services.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            expected = (
+                "service_completed_successfully" if dep == "pki-bootstrap" else "service_healthy"
+            )
+            assert cond["condition"] == expected, f"{name} → {dep}"
+        for net in svc.get("networks", []):
+            assert net in networks, f"{name} joins undeclared network {net}"
+        for m in volume_mounts(svc):
+            if m["type"] == "volume":
+                assert m["source"] in volumes, f"{name} mounts undeclared volume {m['source']}"
+        if name != "pki-bootstrap" and any(m["source"] == "pki" for m in volume_mounts(svc)):
+            assert "pki-bootstrap" in (svc.get("depends_on") or {}) or any(
+                "pki-bootstrap" in (services[d].get("depends_on") or {})
+                for d in (svc.get("depends_on") or {})
+            ), f"{name} reads the PKI volume before it is written"
+
+
+def test_database_networks_are_private_to_their_owner(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for db_name, db in services_with(compose, "database").items():
+        owner = db["labels"]["ipjms.owner"]
+        assert db.get("networks") == [db_name], f"{db_name} must sit on its own network only"
+        assert compose["networks"][db_name].get("internal") is True, db_name
+        allowed = {db_name, owner} | {
+            n
+            for n, s in services_with(compose, "supernode").items()
+            if s["labels"]["ipjms.node"] == owner
+        }
+        members = {n for n, s in services.items() if db_name in s.get("networks", [])}
+        assert members == allowed, f"{db_name} is reachable from {sorted(members - allowed)}"
+        assert not db.get("ports"), f"{db_name} must not publish a port"
+
+
+def test_no_plaintext_secrets(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for key, value in env(svc).items():
+            if SECRET_NAME.search(key):
+                assert key.endswith(("_FILE", "_PATH", "_DIR")), f"{name}: secret in env {key}"
+            assert not re.search(r"://[^/@\s]+:[^/@\s]+@", value), f"{name}: password in {key}"
+        assert "env_file" not in svc or all("secret" not in str(f) for f in svc["env_file"]), name
+    text = COMPOSE.read_text()
+    assert "PRIVATE KEY" not in text
+    assert "POSTGRES_PASSWORD:" not in text
+
+
+def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    bootstrap = services["pki-bootstrap"]
+    assert bootstrap.get("network_mode") == "none"
+    orgs = {pair.split("=")[0] for pair in env(bootstrap)["IPJMS_PKI_ORGS"].split()}
+    db_secrets = set(env(bootstrap)["IPJMS_PKI_GENERATED"].split())
+    for name, svc in services.items():
+        if name == "pki-bootstrap":
+            continue
+        for m in volume_mounts(svc):
+            if m["source"] != "pki":
+                continue
+            subpath = (m.get("volume") or {}).get("subpath")
+            assert subpath, f"{name} mounts the whole PKI volume (including the CA key)"
+            assert m.get("read_only") is True, f"{name} mounts PKI material writable"
+            assert not subpath.startswith("ca/") and subpath != "ca", f"{name} sees the CA key"
+            kind, _, item = subpath.partition("/")
+            if kind == "orgs":
+                assert item in orgs, f"{name}: no certificate is issued for {item}"
+                assert item == svc["labels"]["ipjms.org"], f"{name} mounts {item}'s keys"
+            elif kind == "secrets":
+                assert item in db_secrets, f"{name}: no password is generated for {item}"
+                own = {name, f"{name}-admin", *svc.get("networks", [])}
+                assert item in own, f"{name} reads {item}"
+            elif kind == "linkage":
+                assert svc["labels"]["ipjms.role"] == "node", (
+                    f"{name} must not hold the linkage key"
+                )
+            elif kind == "directory":  # public certificates of every organisation
+                assert svc["labels"]["ipjms.role"] == "coordinator", name
+            else:
+                assert subpath == "ca-public", f"{name}: unexpected PKI part {subpath}"
+
+
+def test_ipjms_containers_run_unprivileged(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        assert not svc.get("privileged"), name
+        if svc["image"].startswith("postgres"):
+            continue
+        assert svc.get("user") == f"{IMAGE_UID}:{IMAGE_UID}", name
+        assert svc.get("read_only") is True, name
+        assert "ALL" in svc.get("cap_drop", []), name

@@ -1,0 +1,390 @@
+"""The Dockerfile and its entrypoint: non-root, health-checked, CPU torch, and every command the
+entrypoint runs exists with the flags it passes (checked against the real `ipjms` CLI)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from deploy_files import DOCKERFILE, DOCKERIGNORE, ENTRYPOINT, IMAGE_UID, REPO_ROOT, load_compose
+
+from deploy.launcher import free_port
+
+ROLES = ["node", "coordinator", "consent", "superlink", "supernode", "pki-bootstrap"]
+
+
+def dockerfile_stages() -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(stage name, [(INSTRUCTION, arguments)])] with line continuations joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[tuple[str, list[tuple[str, str]]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instr, _, args = line.partition(" ")
+        instr = instr.upper()
+        if instr == "FROM":
+            m = re.search(r"\bAS\s+(\S+)", args, re.IGNORECASE)
+            stages.append((m.group(1) if m else "", [(instr, args)]))
+        elif stages:
+            stages[-1][1].append((instr, args))
+    return stages
+
+
+def test_dockerfile_runtime_stage_is_slim_non_root_and_health_checked() -> None:
+    text = DOCKERFILE.read_text()
+    stages = dockerfile_stages()
+    names = [n for n, _ in stages]
+    assert names[-1] == "runtime" and "builder" in names
+    runtime = dict(stages)["runtime"]
+    assert re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim\b", text)
+    assert runtime[0] == ("FROM", "${PYTHON_IMAGE} AS runtime")
+    users = [a for i, a in runtime if i == "USER"]
+    assert users and users[-1].split(":")[0] == str(IMAGE_UID), (
+        "runtime must end as a non-root user"
+    )
+    assert any(i == "HEALTHCHECK" and "CMD" in a for i, a in runtime)
+    entry = [a for i, a in runtime if i == "ENTRYPOINT"]
+    assert entry == ['["ipjms-entrypoint"]']
+    run_lines = " ".join(a for i, a in runtime if i == "RUN")
+    for tool in ("gcc", "build-essential", "apt-get install", "pip install"):
+        assert tool not in run_lines, f"runtime stage installs {tool}"
+    copies = [a for i, a in runtime if i == "COPY"]
+    assert any("--from=builder /opt/venv" in a for a in copies)
+    assert all(a.startswith("--from=builder") or "entrypoint.sh" in a for a in copies)
+
+
+def test_dockerfile_pins_cpu_torch_and_copies_existing_sources() -> None:
+    builder = dict(dockerfile_stages())["builder"]
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for i, a in builder if i == "ARG" and "=" in a}
+    assert args["TORCH_VERSION"] == "2.13.0"
+    assert "download.pytorch.org/whl/cpu" in args["TORCH_PIP_ARGS"]
+    assert any(i == "RUN" and '"torch==${TORCH_VERSION}"' in a for i, a in builder)
+    for i, a in builder:
+        if i == "COPY" and not a.startswith("--"):
+            for src in a.split()[:-1]:
+                assert (REPO_ROOT / src).exists(), f"Dockerfile copies missing {src}"
+    # every top-level package the wheel must contain is copied into the build
+    for pkg in ("trust", "protos", "consent", "node", "coordinator", "federated", "deploy"):
+        assert any(i == "COPY" and a.startswith(f"{pkg} ") for i, a in builder), pkg
+
+
+def test_dockerignore_keeps_state_and_secrets_out_of_the_build_context() -> None:
+    lines = set(DOCKERIGNORE.read_text().split())
+    for pattern in (".git", ".venv", "**/secrets", "**/*.key", "**/*.pem", "**/*.db", "ipjms-data"):
+        assert pattern in lines, pattern
+    # ...but the sources the Dockerfile copies are not excluded
+    for needed in ("deploy", "trust", "pyproject.toml"):
+        assert needed not in lines
+
+
+def entrypoint_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the image: ipjms, python and the Flower binaries on PATH."""
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", **(env or {})}
+
+
+def run_entrypoint(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = entrypoint_env(env)
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+
+
+def test_entrypoint_is_valid_sh_and_rejects_unknown_roles() -> None:
+    subprocess.run(["sh", "-n", str(ENTRYPOINT)], check=True)
+    result = run_entrypoint("nonsense")
+    assert result.returncode == 64 and "unknown role" in result.stderr
+    result = run_entrypoint("node", env={"IPJMS_NODE_ORG_ID": ""})
+    assert result.returncode == 64 and "IPJMS_NODE_ORG_ID" in result.stderr
+    help_text = run_entrypoint("--help").stdout
+    for role in ROLES:
+        assert re.search(rf"^#?\s*{re.escape(role)}\s", help_text, re.MULTILINE), role
+
+
+def entrypoint_commands() -> list[tuple[str, list[str], set[str]]]:
+    """(role, `ipjms` sub-command words, --flags) for every ipjms command the entrypoint runs.
+
+    Flags on the command's own line belong to it; flags added with `set -- …` inside a role's
+    block belong to that role's final `exec ipjms …`."""
+    text = re.sub(r"\\\n", " ", ENTRYPOINT.read_text())
+    body = text.split('case "$role" in', 1)[1]
+    found = []
+    for m in re.finditer(r"^([a-z][\w-]*)\)\n(.*?)^\s*;;", body, re.MULTILINE | re.DOTALL):
+        role, block = m.group(1), m.group(2)
+        pending: set[str] = set()
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith(("#", "echo")):
+                continue
+            flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", line))
+            if "$(db_args)" in line:
+                flags.add("--db")
+            call = re.search(
+                r"\b(ipjms|flower-superlink|flower-supernode)\b"
+                r"(?: ([a-z][\w-]*))?(?: ([a-z][\w-]*))?",
+                line,
+            )
+            if call and not line.startswith('exec ipjms "$@"'):
+                words = [w for w in call.groups() if w]
+                if line.startswith("exec"):
+                    flags |= pending
+                found.append((role, words, flags))
+            elif line.startswith(("set --", "[ -n")) and "set --" in line:
+                pending |= flags
+    return found
+
+
+def click_command(path: list[str]) -> click.Command:
+    from deploy.cli import app
+
+    cmd: click.Command = typer.main.get_command(app)
+    for word in path:
+        assert isinstance(cmd, click.Group), f"ipjms {' '.join(path)}: {word} is not a group"
+        sub = cmd.get_command(click.Context(cmd), word)
+        assert sub is not None, f"`ipjms {' '.join(path)}` does not exist"
+        cmd = sub
+    return cmd
+
+
+def test_every_command_the_entrypoint_runs_exists_with_its_flags() -> None:
+    commands = entrypoint_commands()
+    roles = {role for role, _, _ in commands}
+    assert set(ROLES) <= roles, f"roles without a command: {set(ROLES) - roles}"
+    for role, words, flags in commands:
+        assert flags or role == "pki-bootstrap", f"{role}: no flags found (parser broken?)"
+        if words[0] == "ipjms":
+            cmd = click_command(words[1:])
+            known = {opt for p in cmd.params for opt in p.opts if opt.startswith("--")}
+        else:  # Flower's own binaries, installed beside this interpreter
+            exe = Path(sys.executable).parent / words[0]
+            help_text = subprocess.run(
+                [str(exe), "--help"], capture_output=True, text=True, timeout=120, check=True
+            ).stdout
+            known = set(re.findall(r"(--[a-z][a-z-]*)", help_text))
+        missing = flags - known
+        assert not missing, f"`{' '.join(words)}` has no {sorted(missing)}"
+
+
+def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    env = {
+        "IPJMS_PKI_CA_DIR": str(pki / "ca"),
+        "IPJMS_PKI_ORGS_DIR": str(pki / "orgs"),
+        "IPJMS_PKI_CA_PUBLIC_DIR": str(pki / "ca-public"),
+        "IPJMS_PKI_LINKAGE_DIR": str(pki / "linkage"),
+        "IPJMS_PKI_SECRETS_DIR": str(pki / "secrets"),
+        "IPJMS_PKI_DIRECTORY_DIR": str(pki / "directory"),
+        "IPJMS_PKI_ORGS": "org-a=node-a org-b=node-b",
+        "IPJMS_PKI_GENERATED": "node-a-db node-b-db",
+    }
+    first = run_entrypoint("pki-bootstrap", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    from trust.pki import load_org
+
+    for org in ("org-a", "org-b"):
+        creds = load_org(pki / "orgs" / org)
+        assert creds.org_id == org
+    assert (pki / "ca-public" / "ca.cert.pem").read_bytes() == (
+        pki / "ca" / "ca.cert.pem"
+    ).read_bytes()
+    assert not (pki / "ca-public" / "ca.key.pem").exists(), "the CA key must stay in the CA folder"
+    for org in ("org-a", "org-b"):  # the directory copy holds public certificates only
+        names = {p.name for p in (pki / "directory" / org).iterdir()}
+        assert "tls.cert.pem" in names and not any(n.endswith(".key.pem") for n in names)
+    secrets_before = {}
+    for path in [pki / "linkage" / "linkage.key", *(pki / "secrets").glob("*/password")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is readable by others ({oct(mode)})"
+        secrets_before[path] = path.read_bytes()
+    assert len(secrets_before) == 3
+    assert len(set(secrets_before.values())) == 3
+    cert_before = (pki / "orgs" / "org-a" / "tls.cert.pem").read_bytes()
+
+    again = run_entrypoint("pki-bootstrap", env=env)  # a restart must not re-key the region
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_bytes() for p in secrets_before} == secrets_before
+    assert (pki / "orgs" / "org-a" / "tls.cert.pem").read_bytes() == cert_before
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", port), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def test_healthcheck_role(health_server: int) -> None:
+    assert run_entrypoint("healthcheck", env={"IPJMS_PORT": str(health_server)}).returncode == 0
+    url = f"http://127.0.0.1:{health_server}/nothing"
+    assert run_entrypoint("healthcheck", env={"IPJMS_HEALTH_URL": url}).returncode != 0
+    closed = free_port()
+    assert run_entrypoint("healthcheck", env={"IPJMS_PORT": str(closed)}).returncode != 0
+    tcp = {"IPJMS_HEALTH_TCP": f"127.0.0.1:{health_server}"}
+    assert run_entrypoint("healthcheck", env=tcp).returncode == 0
+    assert (
+        run_entrypoint("healthcheck", env={"IPJMS_HEALTH_TCP": f"127.0.0.1:{closed}"}).returncode
+        != 0
+    )
+
+
+def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> None:
+    """Run pki-bootstrap with the compose file's own settings, then parse the compose directory
+    config with the coordinator's parser against the certificates it wrote."""
+    from coordinator.registration import records_from_toml
+
+    compose = load_compose()
+    boot_env = compose["services"]["pki-bootstrap"]["environment"]
+    pki = tmp_path / "pki"
+    env = {
+        "IPJMS_PKI_ORGS": boot_env["IPJMS_PKI_ORGS"],
+        "IPJMS_PKI_GENERATED": boot_env["IPJMS_PKI_GENERATED"],
+        **{
+            f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
+            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+        },
+    }
+    result = run_entrypoint("pki-bootstrap", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    content = compose["configs"]["directory"]["content"]
+    mount = "/run/ipjms/directory"
+    coordinator = compose["services"]["coordinator"]
+    assert any(
+        isinstance(v, dict) and v["target"] == mount and v["volume"]["subpath"] == "directory"
+        for v in coordinator["volumes"]
+    )
+    toml_path = tmp_path / "directory.toml"
+    toml_path.write_text(content.replace(mount, str(pki / "directory")))
+    records = records_from_toml(toml_path)
+    node_orgs = {
+        s["labels"]["ipjms.org"]
+        for s in compose["services"].values()
+        if s.get("labels", {}).get("ipjms.role") == "node"
+    }
+    assert node_orgs <= {r.org_id for r in records}
+    generated = {p.parent.name for p in (pki / "secrets").glob("*/password")}
+    assert generated == set(boot_env["IPJMS_PKI_GENERATED"].split())
+
+
+@pytest.fixture(scope="module")
+def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pki = tmp_path_factory.mktemp("pki")
+    env = {
+        "IPJMS_PKI_ORGS": "org-authority=127.0.0.1 org-consent=127.0.0.1 org-a=127.0.0.1",
+        "IPJMS_PKI_GENERATED": "node-a-admin",
+        **{
+            f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
+            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+        },
+    }
+    result = run_entrypoint("pki-bootstrap", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return pki
+
+
+def role_env(role: str, pki: Path, data: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(environment of the role, environment of its health check)."""
+    port = str(free_port())
+    common = {
+        "IPJMS_DATA_DIR": str(data),
+        "IPJMS_PORT": port,
+        "IPJMS_CA_DIR": str(pki / "ca-public"),
+    }
+    if role == "node":
+        return {
+            **common,
+            "IPJMS_NODE_ORG_ID": "org-a",
+            "IPJMS_NODE_LEVEL": "community",
+            "IPJMS_ADMIN_PASSWORD_FILE": str(pki / "secrets" / "node-a-admin" / "password"),
+            "IPJMS_NODE_LINKAGE_KEY_PATH": str(pki / "linkage" / "linkage.key"),
+        }, {"IPJMS_PORT": port}
+    if role == "consent":
+        return {**common, "IPJMS_ORG_DIR": str(pki / "orgs" / "org-consent")}, {"IPJMS_PORT": port}
+    if role == "coordinator":
+        grpc = str(free_port())
+        return {
+            **common,
+            "IPJMS_GRPC_PORT": grpc,
+            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
+        }, {"IPJMS_PORT": port}
+    if role == "superlink":
+        fleet, control = str(free_port()), str(free_port())
+        return {
+            **common,
+            "IPJMS_FLEET_PORT": fleet,
+            "IPJMS_CONTROL_PORT": control,
+            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
+        }, {"IPJMS_HEALTH_TCP": f"127.0.0.1:{fleet}"}
+    raise AssertionError(role)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["node", "consent", "coordinator", "superlink"])
+def test_role_starts_and_passes_its_health_check(
+    role: str, bootstrapped_pki: Path, tmp_path: Path
+) -> None:
+    """Each service role, started the way the image starts it (SQLite here; the compose and
+    Kubernetes files add a PostgreSQL URL), becomes healthy by the image's own health check."""
+    from deploy.launcher import wait_until
+
+    env, health = role_env(role, bootstrapped_pki, tmp_path / role)
+    log = tmp_path / f"{role}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            ["sh", str(ENTRYPOINT), role],
+            env=entrypoint_env(env),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=tmp_path,
+        )
+    try:
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{role} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            return run_entrypoint("healthcheck", env=health).returncode == 0
+
+        wait_until(healthy, timeout=90, interval=0.5, what=f"{role} to pass its health check")
+        if role == "node":  # the admin password came from the mounted file, not the log
+            password = (bootstrapped_pki / "secrets" / "node-a-admin" / "password").read_text()
+            assert password.strip() not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)

@@ -1,0 +1,233 @@
+"""deploy/k8s: every rendered manifest against the published Kubernetes schemas (offline, via
+kubernetes-validate), then probes, resources, non-root pods, secrets and database isolation."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from deploy_files import (
+    IMAGE_UID,
+    K8S,
+    REPO_ROOT,
+    k8s_copy_with_secrets,
+    kustomize,
+    pod_templates,
+    selector_matches,
+)
+
+# The oldest Kubernetes minor we support (probes, NetworkPolicy and PSA labels as used here).
+K8S_VERSION = "1.29.0"
+BASE_NODES = {"node-tertiary", "node-clinic-a", "node-clinic-b"}
+
+
+@pytest.fixture(scope="module")
+def k8s_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return k8s_copy_with_secrets(tmp_path_factory.mktemp("k8s"))
+
+
+@pytest.fixture(scope="module")
+def rendered(k8s_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "base": kustomize(k8s_dir / "base"),
+        "add-node": kustomize(k8s_dir / "overlays" / "add-node"),
+    }
+
+
+@pytest.fixture(params=["base", "add-node"])
+def docs(request: pytest.FixtureRequest, rendered: dict[str, list[dict[str, Any]]]) -> list[dict]:
+    return rendered[request.param]
+
+
+def containers(docs: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    for name, tpl in pod_templates(docs).items():
+        for c in tpl["spec"]["containers"]:
+            yield name, tpl, c
+
+
+def test_every_manifest_valid_against_kubernetes_schema(docs: list[dict[str, Any]]) -> None:
+    assert len(docs) > 40
+    for doc in docs:
+        # strict: unknown fields are errors, as `kubectl apply --validate=strict` would report
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("livenesProbe", {}),
+        lambda d: d["spec"].__setitem__("replicas", "one"),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"),
+    ],
+    ids=["unknown-field", "wrong-type", "missing-required"],
+)
+def test_schema_validation_rejects_a_broken_manifest(rendered, breakage) -> None:  # type: ignore[no-untyped-def]
+    deployment = next(d for d in rendered["base"] if d["kind"] == "Deployment")
+    broken = copy.deepcopy(deployment)
+    breakage(broken)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_render_fails_without_generated_secrets(tmp_path: Path) -> None:
+    """No secret material is committed, so a fresh checkout cannot render by accident."""
+    import shutil
+
+    shutil.copytree(K8S, tmp_path / "k8s", ignore=shutil.ignore_patterns("secrets"))
+    with pytest.raises(subprocess.CalledProcessError):
+        kustomize(tmp_path / "k8s" / "base")
+
+
+def test_every_container_has_probes_and_resources(docs: list[dict[str, Any]]) -> None:
+    for name, _tpl, c in containers(docs):
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert probe in c, f"{name}/{c['name']} has no {probe}"
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(res.get(kind, {})), f"{name}: resources.{kind}"
+        http_ports = {p["name"] for p in c.get("ports", []) if p["name"] == "http"}
+        if http_ports:  # IPJMS HTTP services: probed on /healthz
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert c[probe]["httpGet"]["path"] == "/healthz", f"{name}: {probe}"
+
+
+def test_pods_run_as_non_root(docs: list[dict[str, Any]]) -> None:
+    for name, tpl, c in containers(docs):
+        pod_sc = tpl["spec"].get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, name
+        assert pod_sc.get("runAsUser", 0) != 0, name
+        if c["image"].startswith("ipjms"):
+            assert pod_sc["runAsUser"] == IMAGE_UID, name
+        sc = c.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False, name
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), name
+        assert tpl["spec"].get("automountServiceAccountToken") is False, name
+
+
+def test_images_are_pinned(docs: list[dict[str, Any]]) -> None:
+    for name, _tpl, c in containers(docs):
+        image = c["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
+
+
+def test_all_references_resolve(docs: list[dict[str, Any]]) -> None:
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for name, tpl, c in containers(docs):
+        for v in tpl["spec"].get("volumes", []):
+            if "secret" in v:
+                assert ("Secret", v["secret"]["secretName"]) in names, f"{name}: {v}"
+            if "configMap" in v:
+                assert ("ConfigMap", v["configMap"]["name"]) in names, f"{name}: {v}"
+        for e in c.get("envFrom", []):
+            assert ("ConfigMap", e["configMapRef"]["name"]) in names, name
+    for d in docs:
+        assert d["metadata"].get("namespace", "ipjms") == "ipjms", d["metadata"]["name"]
+
+
+def test_secrets_only_from_generated_files() -> None:
+    """Committed manifests hold no Secret objects and no key material; secrets/ is never tracked."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "deploy/k8s", "deploy/helm", "deploy/compose.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert tracked, "deploy/k8s is not committed"
+    for rel in tracked:
+        assert "/secrets/" not in rel, f"secret material committed: {rel}"
+        text = (REPO_ROOT / rel).read_text()
+        assert "PRIVATE KEY" not in text, rel
+        assert "\nkind: Secret" not in text, f"{rel} defines a Secret inline"
+    ignore = (K8S / ".gitignore").read_text()
+    assert "secrets/" in ignore.split()
+
+
+def test_database_admits_only_its_own_instance(docs: list[dict[str, Any]]) -> None:
+    """Evaluate the NetworkPolicies against every pod: a database is reachable only from the pods
+    of the instance that owns it (a node's API and its SuperNode; the coordinator; consent)."""
+    pods = {n: tpl["metadata"]["labels"] for n, tpl in pod_templates(docs).items()}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies), (
+        "no default-deny ingress policy"
+    )
+    databases = {
+        n: lbl for n, lbl in pods.items() if lbl["app.kubernetes.io/component"] == "database"
+    }
+    assert {f"db-{n.removeprefix('node-')}" for n in BASE_NODES} <= set(databases)
+    for db, db_labels in databases.items():
+        selecting = [
+            p
+            for p in policies
+            if selector_matches(p["spec"]["podSelector"].get("matchLabels", {}), db_labels)
+        ]
+        assert selecting, f"{db} is not isolated by any NetworkPolicy"
+        admitted = set()
+        for policy in selecting:
+            for rule in policy["spec"].get("ingress", []):
+                peers = rule.get("from")
+                assert peers, f"{policy['metadata']['name']} admits every source to {db}"
+                for peer in peers:
+                    assert "namespaceSelector" not in peer and "ipBlock" not in peer, db
+                    sel = peer["podSelector"].get("matchLabels", {})
+                    assert sel, f"{policy['metadata']['name']}: empty podSelector admits all"
+                    admitted |= {n for n, lbl in pods.items() if selector_matches(sel, lbl)}
+        instance = db_labels["ipjms.io/instance"]
+        expected = {
+            n for n, lbl in pods.items() if lbl.get("ipjms.io/instance") == instance and n != db
+        }
+        assert admitted == expected, f"{db} admits {sorted(admitted)}; expected {sorted(expected)}"
+        if instance.startswith("node-"):
+            assert expected == {instance, instance.replace("node-", "supernode-")}, db
+
+
+def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    def key(d: dict[str, Any]) -> tuple[str, str]:
+        return d["kind"], d["metadata"]["name"]
+
+    base = {key(d) for d in rendered["base"]}
+    overlay = {key(d) for d in rendered["add-node"]}
+    assert base <= overlay
+    added = {
+        (k, n.rsplit("-", 1)[0] if k in ("ConfigMap", "Secret") else n) for k, n in overlay - base
+    }
+    assert added == {
+        ("StatefulSet", "node-clinic-c"),
+        ("Service", "node-clinic-c"),
+        ("Deployment", "supernode-clinic-c"),
+        ("StatefulSet", "db-clinic-c"),
+        ("Service", "db-clinic-c"),
+        ("NetworkPolicy", "db-clinic-c"),
+        ("ConfigMap", "node-clinic-c"),
+        ("Secret", "db-clinic-c-password"),
+        ("Secret", "org-clinic-c-credentials"),
+        ("Secret", "node-clinic-c-admin-password"),
+    }, added
+    cfg = next(
+        d
+        for d in rendered["add-node"]
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("node-clinic-c-")
+    )
+    assert cfg["data"]["IPJMS_NODE_ORG_ID"] == "org-clinic-c"
+    assert cfg["data"]["IPJMS_DB_URL"] == "postgresql://ipjms@db-clinic-c:5432/ipjms"
+
+
+def test_each_node_gets_its_own_credentials_and_database(docs: list[dict[str, Any]]) -> None:
+    configs = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    templates = pod_templates(docs)
+    nodes = {n for n in templates if n.startswith("node-")}
+    assert nodes >= BASE_NODES
+    for node in nodes:
+        suffix = node.removeprefix("node-")
+        tpl = templates[node]
+        cfg = configs[tpl["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]]
+        assert cfg["IPJMS_DB_URL"] == f"postgresql://ipjms@db-{suffix}:5432/ipjms", node
+        secrets = {
+            v["name"]: v["secret"]["secretName"] for v in tpl["spec"]["volumes"] if "secret" in v
+        }
+        assert secrets["org"].startswith(f"{cfg['IPJMS_NODE_ORG_ID']}-credentials-"), node
+        assert secrets["db-password"].startswith(f"db-{suffix}-password-"), node
