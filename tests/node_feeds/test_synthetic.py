@@ -34,11 +34,11 @@ def patient(bundle: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_generated_resource_validates_as_fhir_r4() -> None:
-    bundles = list(generate_cohort("tertiary", 6, 11)) + list(
-        generate_site("community", 6, 12, shared=3, population_seed=5)
+    bundles = list(generate_cohort("tertiary", 15, 11)) + list(
+        generate_site("community", 15, 12, shared=3, population_seed=5)
     )
     checked = sum(validate_bundle(b) for b in bundles)
-    assert checked > 500
+    assert checked > 2000
     for bundle in bundles:
         assert bundle["type"] == "transaction"
         for entry in bundle["entry"]:

@@ -86,7 +86,7 @@ class MessageReceiver:
             )
             return build_ack(header, "AE", error.reason, error=error, now=self._now())
         except Exception as exc:  # the sender must get an answer whatever happened
-            log.exception("hl7v2 message %s not stored: %s", header.control_id, type(exc).__name__)
+            log.error("hl7v2 message %s not stored: %s", header.control_id, type(exc).__name__)
             error = Hl7MessageError("internal error while storing", condition=INTERNAL_ERROR)
             return build_ack(header, "AE", error.reason, error=error, now=self._now())
         log.info(

@@ -14,7 +14,7 @@ from node.feeds.synthetic.person import Person
 from node.feeds.synthetic.profiles import SiteProfile
 from node.feeds.synthetic.readmission import ReadmissionFeatures, readmission_probability
 
-__all__ = ["Journey", "Measurement", "Visit", "simulate_journey"]
+__all__ = ["Journey", "Measurement", "Visit", "discharge_features", "simulate_journey"]
 
 READMIT_MAX_GAP_DAYS = 29  # a drawn readmission starts 1–29 days after discharge
 NO_READMIT_MIN_GAP_DAYS = 31  # otherwise the next admission starts at least 31 days later
