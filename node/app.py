@@ -18,20 +18,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from node.api import fhir_instance, fhir_search, fhir_system
 from node.api.body import fhir_response
 from node.api.capability import capability_statement
-from node.api.lifecycle import BACKGROUND, run_background
+from node.api.lifecycle import BACKGROUND, BackgroundService, run_background
 from node.api.limits import BodySizeLimit
 from node.api.metrics import MetricsMiddleware, NodeMetrics
 from node.api.routers import EXTRA_ROUTERS
 from node.auth import routes as auth_routes
 from node.auth.accounts import migrate_accounts
 from node.auth.service import AuthService, LoginFailure
+from node.feeds.hl7v2.node_service import mllp_service
 from node.settings import NodeSettings
 from trust.outcome import install_error_handlers
 from trust.storage import make_engine
 
-__all__ = ["create_app", "open_store"]
+__all__ = ["create_app", "open_store", "BUILTIN_BACKGROUND"]
 
 log = logging.getLogger("ipjms.node")
+# The node's own background services (other areas register theirs in node/api/lifecycle.py):
+# the HL7 v2 MLLP listener, on when settings.mllp_port is set.
+BUILTIN_BACKGROUND: list[BackgroundService] = [mllp_service]
 
 
 def open_store(settings: NodeSettings):  # type: ignore[no-untyped-def]
@@ -64,7 +68,7 @@ def create_app(settings: NodeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with run_background(app, list(BACKGROUND)):
+        async with run_background(app, [*BUILTIN_BACKGROUND, *BACKGROUND]):
             log.info("node %s ready (%s)", settings.org_id, settings.level)
             yield
         engine.dispose()

@@ -21,6 +21,7 @@ __all__ = ["FileResult", "IngestReport", "ingest_files", "apply_unit", "IngestSt
 
 class IngestStore(Protocol):
     def ingest_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -77,7 +78,10 @@ def _tally(response: dict[str, Any], result: FileResult, label: str) -> None:
 def apply_unit(store: IngestStore, unit: WorkUnit, result: FileResult) -> None:
     """Apply one unit; a store error becomes an entry of ``result.errors`` (never raised)."""
     try:
-        _tally(store.ingest_bundle(unit.bundle), result, unit.label)
+        if unit.apply == "transaction":
+            _tally(store.transaction(unit.bundle), result, unit.label)
+        else:
+            _tally(store.ingest_bundle(unit.bundle), result, unit.label)
     except FhirError as exc:
         result.errors.append(f"{unit.label}: {exc.diagnostics}")
 

@@ -5,10 +5,12 @@ Pure file handling, no database. Supported inputs:
 - a FHIR JSON ``transaction``, ``batch`` or ``collection`` Bundle (Synthea exports);
 - a ``document`` Bundle (e.g. an IPS) → stored whole as one Bundle resource;
 - a single resource;
-- NDJSON (FHIR Bulk Data, ``*.ndjson``) → one resource per line, in chunks of ``NDJSON_CHUNK``.
+- NDJSON (FHIR Bulk Data, ``*.ndjson``) → one resource per line, in chunks of ``NDJSON_CHUNK``;
+- CSV lab / vital-sign feeds (``*.csv``, columns in node/feeds/README.md) → one transaction.
 
-Every unit is handed to ``FhirStore.ingest_bundle``, which applies the store's idempotency rule
-(PUT to the source id, else conditional create on an identifier) — so ingesting twice adds nothing.
+FHIR units are handed to ``FhirStore.ingest_bundle``, which applies the store's idempotency rule
+(PUT to the source id, else conditional create on an identifier); CSV files become the feed's own
+idempotent transaction (conditional creates) — so ingesting twice adds nothing.
 
 Order: organisation/practitioner files (Synthea's ``hospitalInformation*`` and
 ``practitionerInformation*``, Bulk Data ``Organization``/``Practitioner``/``Location`` files)
@@ -21,12 +23,12 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["IngestFileError", "WorkUnit", "discover", "read_units", "NDJSON_CHUNK"]
 
 NDJSON_CHUNK = 500
-_SUFFIXES = (".json", ".ndjson", ".jsonl")
+_SUFFIXES = (".json", ".ndjson", ".jsonl", ".csv")
 _SHARED_PREFIXES = ("hospitalinformation", "practitionerinformation")
 _SHARED_TYPES = ("Organization", "Location", "Practitioner", "PractitionerRole", "Medication")
 
@@ -37,16 +39,21 @@ class IngestFileError(Exception):
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One ``ingest_bundle`` call: a Bundle and where it came from."""
+    """One store call: a Bundle, where it came from, and how to apply it."""
 
     path: Path
     label: str  # file name, or "file.ndjson lines 1-500"
     bundle: dict[str, Any]
     resources: int
+    # "ingest": FhirStore.ingest_bundle (the store's idempotency rule); "transaction": the Bundle
+    # is already idempotent (feed-built) and goes to FhirStore.transaction as it is.
+    apply: Literal["ingest", "transaction"] = "ingest"
 
 
 def _priority(path: Path) -> tuple[int, str]:
     name = path.name.lower()
+    if path.suffix == ".csv":  # observations about patients that must already be there
+        return (3, name)
     if name.startswith(_SHARED_PREFIXES):
         return (0, name)
     stem = path.name.split(".", 1)[0]
@@ -126,6 +133,16 @@ def _ndjson_units(path: Path, text: str) -> Iterator[WorkUnit]:
         yield WorkUnit(path, f"{path.name} lines {first_line}-", _collection(chunk), len(chunk))
 
 
+def _csv_unit(path: Path, text: str) -> WorkUnit:
+    from node.feeds.csv_feed import CsvFeedError, csv_text_to_bundle
+
+    try:
+        bundle = csv_text_to_bundle(text, source=path.name)
+    except CsvFeedError as exc:
+        raise IngestFileError(f"{path.name}: {exc}") from None
+    return WorkUnit(path, path.name, bundle, len(bundle["entry"]), apply="transaction")
+
+
 def read_units(path: Path) -> list[WorkUnit]:
     """The store work for one file (whole file parsed first: a broken file does nothing)."""
     try:
@@ -134,6 +151,8 @@ def read_units(path: Path) -> list[WorkUnit]:
         raise IngestFileError(f"{path.name}: cannot read ({exc})") from None
     if path.suffix in (".ndjson", ".jsonl"):
         return list(_ndjson_units(path, text))
+    if path.suffix == ".csv":
+        return [_csv_unit(path, text)]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

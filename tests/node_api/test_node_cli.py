@@ -221,3 +221,65 @@ def test_seed_is_deterministic_and_idempotent(tmp_path: Path, profile: str) -> N
     assert _counts(db_url) == counts and _versions(db_url) == versions
     bad = ipjms(*args[:-1], "martian", "--patients", "3")
     assert bad.returncode == 2 and "--profile" in bad.stderr
+
+
+# An ORU^R01 from a lab system (segments joined with CR), for the MLLP wiring test.
+_MSH = "MSH|^~\\&|LIS|CITYLAB|IPJMS|TERTIARY|20250314093000+0100||ORU^R01^ORU_R01|{id}|P|2.5.1"
+_PID = "PID|1||4410230000017^^^NATIONAL^NI~MRN778^^^TERTIARY^MR||Novak^Anna||19520417|F"
+_OBR = (
+    "OBR|1|PL123^CITYLAB|FL998877^CITYLAB|24323-8^Comprehensive metabolic panel^LN|||"
+    "20250314080000+0100|||||||||||||||20250314091500+0100|||F"
+)
+_OBX = "OBX|1|NM|2345-7^Glucose^LN||{value}|mg/dL^mg/dL^UCUM|70-99|H|||F|||20250314081500+0100"
+
+
+def _oru(msg_id: str, value: str) -> str:
+    return "\r".join([_MSH.format(id=msg_id), _PID, _OBR, _OBX.format(value=value)]) + "\r"
+
+
+def test_serve_with_mllp_listener_and_csv_ingest(tmp_path: Path) -> None:
+    from node.feeds.hl7v2 import send_mllp
+    from node.identity import NATIONAL_ID_SYSTEM
+
+    data_dir = tmp_path / "node"
+    assert _init(data_dir, f"sqlite:///{tmp_path / 'm.db'}",
+                 IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0  # fmt: skip
+    port, mllp_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(
+        "node-mllp",
+        ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        base_url=url,
+        log_dir=tmp_path / "logs",
+        env={"IPJMS_NODE_MLLP_PORT": str(mllp_port)},
+    )
+    try:
+        tok = httpx.post(
+            f"{url}/auth/token",
+            data={"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD},
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {tok}"}
+
+        def observations() -> int:
+            r = httpx.get(f"{url}/fhir/Observation?_count=0", headers=headers)
+            return int(r.json()["total"])
+
+        broken = send_mllp("127.0.0.1", mllp_port, _oru("M1", "not-a-number"))
+        assert broken.split("MSA|")[1][:2] in ("AE", "AR")
+        assert observations() == 0
+        ack = send_mllp("127.0.0.1", mllp_port, _oru("M2", "128"))
+        assert ack.split("MSA|")[1][:2] == "AA"
+        assert observations() == 1
+
+        csv = tmp_path / "vitals.csv"
+        csv.write_text(
+            "patient_identifier_system,patient_identifier,loinc,value,unit,effective_datetime\n"
+            f"{NATIONAL_ID_SYSTEM},4410230000017,8480-6,142,mm[Hg],2025-03-14T08:20:00Z\n"
+            f"{NATIONAL_ID_SYSTEM},4410230000017,8462-4,88,mm[Hg],2025-03-14T08:20:00Z\n"
+        )
+        for _ in range(2):  # the second load adds nothing
+            r = ipjms("node", "ingest", "--data-dir", str(data_dir), str(csv))
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert observations() == 3
+    finally:
+        service.stop()
