@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from consent.auth import Principal, require
-from consent.decisions import REGISTRY_ORG
 from consent.fhir import PSEUDONYM_SYSTEM, from_fhir
 from consent.http_io import fhir_response, read_json
 from consent.store import ConsentStore, StoredConsent
@@ -52,7 +51,7 @@ def _audit(request: Request, stored: StoredConsent, action: str, principal: Prin
         consent_id=stored.record.id,
         action=action,
         actor=principal.subject,
-        observer=REGISTRY_ORG,
+        observer=request.app.state.org_id,
     )
     _ledger(request).append(event, patient_pseudonym=stored.record.patient)
 

@@ -111,6 +111,7 @@ async def disclosures(request: Request, principal: Principal = Depends(REPORT)) 
         envelope_id=body.get("envelope_id"),
         decision_id=decision_id,
         user=body.get("user"),
+        observer=request.app.state.org_id,
         covered=covered,
     )
     return json_response({"recorded": seq, "covered_by_decision": covered}, 201)

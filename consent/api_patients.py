@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse
 
 from consent.accounts import PatientAccounts
 from consent.auth import Authenticator, Principal, require
-from consent.decisions import REGISTRY_ORG
 from consent.disclosures import list_disclosures
 from consent.http_io import json_response, read_form, read_json
 from trust import audit_events
@@ -47,7 +46,7 @@ async def patient_token(request: Request) -> JSONResponse:
     except Unauthorized:
         event = audit_events.login_failure(
             username=username[:128],
-            observer=REGISTRY_ORG,
+            observer=request.app.state.org_id,
             source_address=request.client.host if request.client else None,
         )
         request.app.state.ledger.append(event)

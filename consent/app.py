@@ -52,6 +52,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.state.engine = engine
     app.state.ledger = ledger
     app.state.issuer = issuer
+    app.state.org_id = settings.org_id
     app.state.consent_store = ConsentStore(engine)
     app.state.accounts = PatientAccounts(engine, code_ttl=settings.enrolment_code_ttl)
     app.state.authenticator = Authenticator(
@@ -63,7 +64,12 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     )
     app.state.jwks = jwks_of(decision_key)
     app.state.decisions = DecisionService(
-        app.state.consent_store, ledger, decision_key, issuer=issuer, ttl=settings.decision_ttl
+        app.state.consent_store,
+        ledger,
+        decision_key,
+        issuer=issuer,
+        observer=settings.org_id,
+        ttl=settings.decision_ttl,
     )
 
     @app.get("/healthz")

@@ -31,6 +31,9 @@ def serve(
     public_url: Annotated[
         str | None, typer.Option(help="Public base URL (token audience).")
     ] = None,
+    org_id: Annotated[
+        str | None, typer.Option(help="This registry's organisation id (audit observer).")
+    ] = None,
 ) -> None:
     """Run the consent registry (HTTP)."""
     import uvicorn
@@ -45,5 +48,7 @@ def serve(
         overrides["ca_dir"] = ca_dir
     if public_url:
         overrides["public_url"] = public_url
+    if org_id:
+        overrides["org_id"] = org_id
     settings = RegistrySettings(**overrides)  # type: ignore[arg-type]
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)

@@ -26,10 +26,9 @@ from trust.audit_ledger import AuditLedger
 from trust.outcome import BadRequest, Forbidden
 from trust.tokens import SigningKey
 
-__all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM", "REGISTRY_ORG"]
+__all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM"]
 
 DECISION_SYSTEM = "urn:ipjms:consent-decision"
-REGISTRY_ORG = "consent-registry"
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,11 @@ class DecisionService:
         key: SigningKey,
         *,
         issuer: str,
+        observer: str,
         ttl: int = 300,
     ) -> None:
         self.store, self.ledger, self.key = store, ledger, key
+        self.observer = observer
         self.issuer, self.ttl = issuer, ttl
 
     def decide(self, inp: DecideInput, caller: Principal) -> IssuedDecision:
@@ -138,7 +139,7 @@ class DecisionService:
                 patient_pseudonym=inp.patient,
                 reason=inp.reason or "",
                 classes=sorted(decision.classes),
-                observer=REGISTRY_ORG,
+                observer=self.observer,
             )
         else:
             event = audit_events.routing_decision(
@@ -148,7 +149,7 @@ class DecisionService:
                 purpose=inp.purpose,
                 classes=sorted(decision.classes if decision.permit else inp.classes),
                 patient_pseudonym=inp.patient,
-                observer=REGISTRY_ORG,
+                observer=self.observer,
                 reason=decision.reason,
                 consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
             )

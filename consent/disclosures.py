@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from consent.decisions import DECISION_SYSTEM, REGISTRY_ORG
+from consent.decisions import DECISION_SYSTEM
 from trust import audit_events
 from trust.audit_ledger import AuditLedger, LedgerEntry
 
@@ -128,6 +128,7 @@ def report_disclosure(
     envelope_id: str | None,
     decision_id: str | None,
     user: str | None,
+    observer: str,
     covered: bool | None = None,
 ) -> int:
     """Record a performed disclosure; ``covered=False`` (not licensed by the decision given)
@@ -138,7 +139,7 @@ def report_disclosure(
         purpose=purpose,
         classes=classes,
         patient_pseudonym=patient,
-        observer=REGISTRY_ORG,
+        observer=observer,
         envelope_id=envelope_id,
         user=user,
         outcome=audit_events.SUCCESS if covered is not False else audit_events.MINOR_FAILURE,

@@ -16,6 +16,8 @@ __all__ = ["RegistrySettings"]
 class RegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IPJMS_CONSENT_", extra="ignore")
 
+    #: this registry's organisation id (the observer named in its audit events)
+    org_id: str = "consent-registry"
     data_dir: Path = Path("consent-data")
     host: str = "127.0.0.1"
     port: int = 8300

@@ -17,8 +17,8 @@ from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
-START_ORDER = ["trust", "nodes"]
-RUN_ORDER = ["trust", "nodes"]
+START_ORDER = ["trust", "consent", "nodes"]
+RUN_ORDER = ["trust", "nodes", "consent"]
 
 
 def _module(area: str) -> ModuleType:

@@ -1,0 +1,267 @@
+"""Demo chapter: the consent registry.
+
+``start`` uses the regional PKI of the trust chapter (or creates one under ``<workdir>/pki`` if
+that chapter did not run), starts ``ipjms consent serve`` under ``<workdir>/consent/``, and hands
+later chapters ``net.facts["consent_url"]`` plus the node settings they need
+(``IPJMS_NODE_CONSENT_URL``, ``IPJMS_NODE_CA_DIR``, each node's ``IPJMS_NODE_ORG_CREDENTIALS_DIR``).
+
+``run`` (after the nodes are seeded): a patient the tertiary hospital shares with a community
+clinic enrols (the hospital's admin asks the node for a one-time code, the patient sets a
+password at the registry), grants TREAT to the clinic for Condition, MedicationStatement,
+MedicationRequest, Observation and AllergyIntolerance, and HRESCH to the regional authority;
+signed decisions are asked for and verified offline; requests outside the consent (another
+clinic, the Procedure class) are refused; the patient reads their disclosure list; the
+registry's audit ledger verifies. ``net.facts["consent"]`` records the patient's pseudonym, the
+local Patient ids and the consent id for later chapters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consent.client import ConsentClient
+from consent.fhir import to_fhir
+from consent.policy import ConsentRecord, Provision
+from deploy.demo.network import AUTHORITY_ORG, CONSENT_ORG, DEMO_NODES, DemoNetwork, NodeInfo
+from deploy.launcher import free_port, ipjms_command
+from node.identity import patient_pseudonym
+from trust.pki import init_ca, issue_org, load_org
+from trust.pseudonym import load_or_create_linkage_key
+
+__all__ = ["start", "run", "TREAT_CLASSES"]
+
+TREAT_CLASSES = (
+    "Condition",
+    "MedicationStatement",
+    "MedicationRequest",
+    "Observation",
+    "AllergyIntolerance",
+)
+_PATIENT_PASSWORD_FILE = "demo-patient-password"  # noqa: S105 - a file name; demo only
+
+
+def _pki(net: DemoNetwork) -> dict[str, Any]:
+    """The trust chapter's PKI facts, or a PKI made here with the same layout."""
+    if "pki" in net.facts:
+        return dict(net.facts["pki"])
+    pki_dir = net.service_dir("pki")
+    ca_dir = pki_dir / "ca"
+    if not (ca_dir / "ca.cert.pem").exists():
+        init_ca(ca_dir, name="IPJMS Demo Regional CA")
+    orgs: dict[str, Path] = {}
+    for org in [AUTHORITY_ORG, CONSENT_ORG, *(o for o, *_ in DEMO_NODES)]:
+        out = ca_dir / "orgs" / org
+        if not (out / "org.json").exists():
+            issue_org(ca_dir, org, host="127.0.0.1,localhost")
+        orgs[org] = out
+    linkage_key = pki_dir / "linkage.key"
+    load_or_create_linkage_key(linkage_key)
+    net.facts["pki"] = {"ca_dir": ca_dir, "orgs": orgs, "linkage_key": linkage_key}
+    return dict(net.facts["pki"])
+
+
+def start(net: DemoNetwork) -> None:
+    pki = _pki(net)
+    data_dir = net.service_dir("consent")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    net.start(
+        "consent",
+        ["consent", "serve", "--data-dir", str(data_dir), "--port", str(port),
+         "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG],
+        base_url=url,
+    )  # fmt: skip
+    net.facts["consent_url"] = url
+    net.facts["consent_data_dir"] = data_dir
+    env = net.facts.setdefault("node_env", {})
+    env["IPJMS_NODE_CONSENT_URL"] = url
+    env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
+    by_org = net.facts.setdefault("node_env_by_org", {})
+    for org, *_ in DEMO_NODES:
+        if org in pki["orgs"]:
+            by_org.setdefault(org, {}).setdefault(
+                "IPJMS_NODE_ORG_CREDENTIALS_DIR", str(pki["orgs"][org])
+            )
+    net.urls["Consent registry (FHIR Consent, $decide)"] = f"{url}/fhir/Consent"
+
+
+def _admin_headers(node: NodeInfo) -> dict[str, str]:
+    r = httpx.post(
+        f"{node.url}/auth/token",
+        data={"grant_type": "password", "username": "admin", "password": node.admin_password},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _pseudonyms(node: NodeInfo, key: bytes) -> dict[str, str]:
+    """pseudonym → local Patient id, over the node's FHIR API."""
+    headers = _admin_headers(node)
+    out: dict[str, str] = {}
+    url: str | None = f"{node.url}/fhir/Patient?_count=200"
+    while url:
+        r = httpx.get(url, headers=headers, timeout=30)
+        r.raise_for_status()
+        bundle = r.json()
+        for entry in bundle.get("entry", []):
+            pseudo = patient_pseudonym(entry["resource"], key)
+            if pseudo:
+                out.setdefault(pseudo, entry["resource"]["id"])
+        url = next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == "next"), None)
+    return out
+
+
+def _consent_body(pseudonym: str, clinic: str) -> dict[str, Any]:
+    record = ConsentRecord(
+        "new",
+        pseudonym,
+        "active",
+        Provision(
+            "deny",  # opt-in: nothing but what is permitted below
+            provisions=(
+                Provision(
+                    "permit",
+                    actors=frozenset({clinic}),
+                    purposes=frozenset({"TREAT"}),
+                    classes=frozenset(TREAT_CLASSES),
+                ),
+                Provision(
+                    "permit", actors=frozenset({AUTHORITY_ORG}), purposes=frozenset({"HRESCH"})
+                ),
+            ),
+        ),
+    )
+    body = to_fhir(record)
+    del body["id"]
+    return body
+
+
+def run(net: DemoNetwork) -> None:
+    url = net.facts["consent_url"]
+    pki = net.facts["pki"]
+    key = load_or_create_linkage_key(pki["linkage_key"])
+    tertiary = next(n for n in net.nodes.values() if n.level == "tertiary")
+    clinic, other_clinic = [n for n in net.nodes.values() if n.level == "community"][:2]
+
+    with net.step("A patient enrols in the consent registry through the hospital") as notes:
+        at_tertiary = _pseudonyms(tertiary, key)
+        at_clinic = _pseudonyms(clinic, key)
+        shared = sorted(set(at_tertiary) & set(at_clinic))
+        pseudonym = shared[0] if shared else sorted(at_tertiary)[0]
+        r = httpx.post(
+            f"{tertiary.url}/consent/enrolment-code",
+            json={"patient": at_tertiary[pseudonym]},
+            headers=_admin_headers(tertiary),
+            timeout=30,
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"node refused to issue an enrolment code: {r.text[:300]}")
+        code = r.json()["code"]
+        password = os.urandom(12).hex()
+        (net.service_dir("consent") / _PATIENT_PASSWORD_FILE).write_text(password)
+        enrol = httpx.post(f"{url}/enrol", json={"code": code, "password": password}, timeout=30)
+        enrol.raise_for_status()
+        username = enrol.json()["username"]
+        again = httpx.post(f"{url}/enrol", json={"code": code, "password": password}, timeout=30)
+        if again.status_code != 400:
+            raise RuntimeError("an enrolment code was accepted twice")
+        login = httpx.post(
+            f"{url}/auth/patient-token",
+            data={"username": username, "password": password},
+            timeout=30,
+        )
+        login.raise_for_status()
+        patient_headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        notes.append(
+            f"Patient/{at_tertiary[pseudonym]} at {tertiary.org_id} "
+            f"(also Patient/{at_clinic.get(pseudonym, '-')} at {clinic.org_id}) "
+            f"→ pseudonym {pseudonym[:12]}…, login {username}; code refused on second use"
+        )
+
+    with net.step(
+        f"The patient grants TREAT to {clinic.org_id} and HRESCH to the authority"
+    ) as notes:
+        r = httpx.post(
+            f"{url}/fhir/Consent",
+            json=_consent_body(pseudonym, clinic.org_id),
+            headers=patient_headers,
+            timeout=30,
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"consent refused: {r.text[:300]}")
+        consent_id = r.json()["id"]
+        notes.append(
+            f"Consent/{consent_id}: TREAT → {clinic.org_id} for {', '.join(TREAT_CLASSES)}; "
+            f"HRESCH → {AUTHORITY_ORG} (all classes)"
+        )
+
+    hospital = ConsentClient(url, load_org(pki["orgs"][tertiary.org_id]))
+    with net.step("Signed decisions: inside the consent permitted, outside refused") as notes:
+        d = hospital.decide(pseudonym, clinic.org_id, "TREAT", ["Condition", "Observation"])
+        if not (d.permit and d.classes == {"Condition", "Observation"}):
+            raise RuntimeError(f"expected a permit, got {d.reason}")
+        # The clinic verifies the decision offline with the registry's published key.
+        receiver = ConsentClient(url, load_org(pki["orgs"][clinic.org_id]))
+        checked = receiver.verify_decision(d.token)
+        notes.append(
+            f"TREAT {tertiary.org_id}→{clinic.org_id} [Condition, Observation]: PERMIT "
+            f"(consent {', '.join(d.consent_ids)}; signature verified offline by {clinic.org_id},"
+            f" valid until {datetime.fromtimestamp(checked.expires_at, UTC):%H:%M:%S} UTC)"
+        )
+        refused = hospital.decide(pseudonym, other_clinic.org_id, "TREAT", ["Condition"])
+        if refused.permit:
+            raise RuntimeError("a clinic without consent was permitted")
+        notes.append(f"TREAT → {other_clinic.org_id}: DENY ({refused.reason})")
+        procedure = hospital.decide(pseudonym, clinic.org_id, "TREAT", ["Procedure"])
+        if procedure.permit:
+            raise RuntimeError("a class outside the consent was permitted")
+        notes.append(f"TREAT → {clinic.org_id} [Procedure]: DENY ({procedure.reason})")
+        authority = ConsentClient(url, load_org(pki["orgs"][AUTHORITY_ORG]))
+        research = authority.decide(
+            pseudonym, AUTHORITY_ORG, "HRESCH", ["Condition", "Observation", "Encounter"]
+        )
+        if not research.permit:
+            raise RuntimeError(f"HRESCH to the authority refused: {research.reason}")
+        notes.append(f"HRESCH → {AUTHORITY_ORG}: PERMIT {sorted(research.classes)}")
+
+    with net.step("The patient reads every disclosure of their data") as notes:
+        r = httpx.get(f"{url}/patients/me/disclosures", headers=patient_headers, timeout=30)
+        r.raise_for_status()
+        items = r.json()["disclosures"]
+        if len(items) != 2:
+            raise RuntimeError(f"expected 2 authorised disclosures, found {len(items)}")
+        for item in items:
+            notes.append(
+                f"{item['when']}: {item['purpose']} {item['requester']} → {item['recipient']} "
+                f"{item['classes']}{' BREAK-GLASS' if item['break_glass'] else ''}"
+            )
+
+    with net.step("The consent registry's audit ledger verifies") as notes:
+        db = f"sqlite:///{(Path(net.facts['consent_data_dir']) / 'consent.db').resolve()}"
+        result = subprocess.run(
+            ipjms_command("audit", "verify", "--db", db),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"ledger verification failed: {result.stdout}{result.stderr}")
+        notes.append(result.stdout.strip())
+
+    net.facts["consent"] = {
+        "pseudonym": pseudonym,
+        "patient_at": {
+            tertiary.org_id: at_tertiary[pseudonym],
+            clinic.org_id: at_clinic.get(pseudonym),
+        },
+        "consent_id": consent_id,
+        "treat_recipient": clinic.org_id,
+        "patient_username": username,
+    }
