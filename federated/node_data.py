@@ -1,0 +1,99 @@
+"""Load a node's dataset for a run from its SuperNode ``node_config`` (all of it stays local).
+
+``source = "fhir"``: the node's own FHIR API and consent registry (see cohort.py).
+``source = "csv"``: one benchmark centre's CSV (the ``ipjms fl bench`` harness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federated.datasets import NodeData, group_split, read_centre_csv, stratified_split
+from federated.feature_spec import parse_instant
+
+__all__ = ["LoadedData", "load_node_data", "setting"]
+
+
+@dataclass
+class LoadedData:
+    data: NodeData
+    patients_eligible: int  # patients (fhir) or rows (csv)
+
+
+def setting(node_config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = node_config.get(key, default)
+    return default if value in (None, "") else value
+
+
+def load_node_data(
+    node_config: Mapping[str, Any], *, test_fraction: float, seed: int
+) -> LoadedData:
+    source = str(setting(node_config, "source", "fhir"))
+    if source == "csv":
+        na = (
+            str(setting(node_config, "na-values", "")).split(",")
+            if setting(node_config, "na-values")
+            else None
+        )
+        table = (
+            read_centre_csv(Path(node_config["csv-path"]), str(node_config["label"]), na)
+            if na
+            else read_centre_csv(Path(node_config["csv-path"]), str(node_config["label"]))
+        )
+        tr, te = stratified_split(table.y, test_fraction, seed)
+        return LoadedData(
+            NodeData(table.x[tr], table.y[tr], table.x[te], table.y[te]), len(table.y)
+        )
+    if source == "fhir":
+        return _load_fhir(node_config, test_fraction=test_fraction, seed=seed)
+    raise ValueError(f"unknown data source {source!r} in the node config")
+
+
+def _load_fhir(node_config: Mapping[str, Any], *, test_fraction: float, seed: int) -> LoadedData:
+    from consent.client import ConsentClient
+    from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
+    from trust.pki import load_org
+    from trust.pseudonym import load_or_create_linkage_key
+
+    fhir_url = str(node_config["fhir-url"])
+    tokens = BackendTokenSource(
+        fhir_url,
+        str(node_config["client-id"]),
+        str(node_config["client-key"]),
+        str(setting(node_config, "scope", "system/*.rs")),
+    )
+    creds = load_org(str(node_config["org-dir"]))
+    linkage = Path(str(node_config["linkage-key"]))
+    if not linkage.exists():
+        raise FileNotFoundError(f"linkage key {linkage} not found")
+    consent = ConsentClient(str(node_config["consent-url"]), creds)
+    eligibility = ConsentEligibility(
+        consent, load_or_create_linkage_key(linkage), str(node_config["authority"])
+    )
+    reader = FhirCohortReader(fhir_url, tokens)
+    try:
+        as_of = (
+            parse_instant(str(setting(node_config, "as-of", "")))
+            if setting(node_config, "as-of")
+            else None
+        )
+        cohort = reader.cohort(eligibility, as_of=as_of)
+    finally:
+        reader.close()
+        consent.close()
+    samples = cohort.samples
+    x = np.array([s.features for s in samples], dtype=np.float32).reshape(len(samples), -1)
+    y = np.array([s.label or 0 for s in samples], dtype=np.float32)
+    if len(samples) == 0:
+        empty = np.zeros((0, x.shape[1] if x.ndim == 2 else 0), dtype=np.float32)
+        return LoadedData(
+            NodeData(empty, np.zeros(0, np.float32), empty, np.zeros(0, np.float32)),
+            cohort.patients_eligible,
+        )
+    tr, te = group_split([s.patient_id for s in samples], y, test_fraction, seed)
+    return LoadedData(NodeData(x[tr], y[tr], x[te], y[te]), cohort.patients_eligible)
