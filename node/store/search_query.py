@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
 
 from node.store.dates import parse_date_range
 from node.store.search_index import COMPARTMENT_PARAM, normalise_string, split_reference
@@ -58,6 +58,7 @@ class SearchPlan:
     count: int = DEFAULT_COUNT
     offset: int = 0
     includes: list[IncludeSpec] = field(default_factory=list)
+    sort: str | None = None
 
 
 def _int_param(name: str, value: str, *, minimum: int) -> int:
@@ -81,12 +82,61 @@ def _split_prefix(name: str, value: str) -> tuple[str, str]:
     return "eq", value
 
 
-def _owned(table: Any, rtype: str, param: str, *conds: Any) -> Any:
-    return (
-        select(table.c.resource_id)
-        .where(table.c.resource_type == rtype, table.c.param == param, *conds)
-        .scalar_subquery()
-    )
+@dataclass(frozen=True)
+class _Filter:
+    """ "The resource has (or, negated, has not) an index row of ``param`` matching ``match``."""
+
+    table: Any
+    param: str
+    match: tuple[Any, ...]
+    negated: bool = False
+
+    def negate(self) -> _Filter:
+        return _Filter(self.table, self.param, self.match, not self.negated)
+
+    def as_in(self, rtype: str) -> Any:
+        """Driving form: ``resource_id IN (index lookup)`` — the index finds the candidates."""
+        t = self.table
+        sub = select(t.c.resource_id).where(
+            t.c.resource_type == rtype, t.c.param == self.param, *self.match
+        )
+        col = res.c.resource_id
+        return col.notin_(sub.scalar_subquery()) if self.negated else col.in_(sub.scalar_subquery())
+
+    def as_exists(self) -> Any:
+        """Checking form: a correlated EXISTS probed per candidate through the owner index."""
+        t = self.table
+        ex = (
+            select(literal(1))
+            .where(
+                t.c.resource_type == res.c.resource_type,
+                t.c.resource_id == res.c.resource_id,
+                t.c.param == self.param,
+                *self.match,
+            )
+            .exists()
+        )
+        return not_(ex) if self.negated else ex
+
+
+# Sort key for lastUpdated that the planner cannot satisfy from the (type, lastUpdated) index:
+# with a selective filter, SQLite would otherwise walk that index in order over every resource
+# of the type instead of sorting the few matches.
+_LAST_UPDATED_KEY = func.coalesce(res.c.last_updated, res.c.last_updated)
+
+# Which kind of index row best drives a search (most selective first).
+_DRIVE_RANK = {
+    "fhir_idx_reference": 0,
+    "fhir_idx_token": 1,
+    "fhir_idx_string": 2,
+    "fhir_idx_quantity": 3,
+    "fhir_idx_date": 4,
+}
+
+
+def _owned(table: Any, rtype: str, param: str, *conds: Any) -> _Filter:
+    del rtype  # the owner type is applied when the filter is turned into SQL
+    return _Filter(table, param, tuple(conds))
 
 
 def _date_value(name: str, raw: str) -> tuple[str, Any, Any]:
@@ -101,7 +151,7 @@ def _date_value(name: str, raw: str) -> tuple[str, Any, Any]:
 def _range_match(prefix: str, lo: Any, hi: Any, sl: Any, sh: Any) -> Any:
     """Resource range [lo, hi) against search range [sl, sh) for one prefix (not 'ne')."""
     return {
-        "eq": and_(lo >= sl, hi <= sh),
+        "eq": and_(lo >= sl, hi <= sh, lo < sh),  # lo < sh is implied; it bounds an index range
         "gt": hi > sh,
         "lt": lo < sl,
         "ge": hi > sl,
@@ -117,7 +167,7 @@ def _date_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
         "eq" if prefix == "ne" else prefix, idx_date.c.low, idx_date.c.high, sl, sh
     )
     sub = _owned(idx_date, rtype, pdef.name, match)
-    return res.c.resource_id.notin_(sub) if prefix == "ne" else res.c.resource_id.in_(sub)
+    return sub.negate() if prefix == "ne" else sub
 
 
 def _last_updated_condition(raw: str) -> Any:
@@ -190,7 +240,7 @@ def _quantity_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
     if system:
         conds.append(idx_quantity.c.system == system)
     sub = _owned(idx_quantity, rtype, pdef.name, *conds)
-    return res.c.resource_id.notin_(sub) if prefix == "ne" else res.c.resource_id.in_(sub)
+    return sub.negate() if prefix == "ne" else sub
 
 
 def _value_condition(
@@ -208,7 +258,7 @@ def _value_condition(
             "quantity": idx_quantity,
         }[pdef.kind]
         sub = _owned(table, rtype, name)
-        return res.c.resource_id.notin_(sub) if raw == "true" else res.c.resource_id.in_(sub)
+        return sub.negate() if raw == "true" else sub
     if name == "_id":
         return res.c.resource_id == raw
     if name == "_lastUpdated":
@@ -219,7 +269,7 @@ def _value_condition(
         return _quantity_condition(rtype, pdef, raw)
     if pdef.kind == "token":
         sub = _owned(idx_token, rtype, name, _token_match(raw))
-        return res.c.resource_id.notin_(sub) if modifier == "not" else res.c.resource_id.in_(sub)
+        return sub.negate() if modifier == "not" else sub
     if pdef.kind == "string":
         norm = normalise_string(raw)
         escaped = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -229,27 +279,56 @@ def _value_condition(
             match = idx_string.c.value.like(f"%{escaped}%", escape="\\")
         else:
             match = idx_string.c.value.like(f"{escaped}%", escape="\\")
-        return res.c.resource_id.in_(_owned(idx_string, rtype, name, match))
+        return _owned(idx_string, rtype, name, match)
     # reference
     match = _reference_match(pdef, raw, modifier, base)
-    return res.c.resource_id.in_(_owned(idx_reference, rtype, name, match))
+    return _owned(idx_reference, rtype, name, match)
 
 
-def compartment_condition(rtype: str, patient_id: str) -> Any:
-    """Restrict ``rtype`` rows to the compartment of ``Patient/patient_id``."""
+def _compartment_filter(rtype: str, patient_id: str) -> Any:
     if rtype == "Patient":
         return res.c.resource_id == patient_id
-    sub = _owned(
+    return _owned(
         idx_reference,
         rtype,
         COMPARTMENT_PARAM,
         idx_reference.c.target_type == "Patient",
         idx_reference.c.target_id == patient_id,
     )
-    return res.c.resource_id.in_(sub)
 
 
-def _sort_keys(rtype: str, spec: str) -> list[Any]:
+def compartment_condition(rtype: str, patient_id: str) -> Any:
+    """Restrict ``rtype`` rows to the compartment of ``Patient/patient_id``."""
+    f = _compartment_filter(rtype, patient_id)
+    return f.as_in(rtype) if isinstance(f, _Filter) else f
+
+
+def _to_sql(rtype: str, groups: list[list[Any]]) -> list[Any]:
+    """AND of OR-groups → SQL. One selective index filter drives (IN); the rest are EXISTS
+    probes per candidate, so a search never materialises a large, unselective index range
+    (e.g. every Observation dated after 2018) before intersecting."""
+    driver: tuple[int, int] | None = None
+    if not any(len(g) == 1 and not isinstance(g[0], _Filter) for g in groups):  # no _id/PK
+        ranked = [
+            (_DRIVE_RANK[g[0].table.name], i)
+            for i, g in enumerate(groups)
+            if len(g) == 1
+            and isinstance(g[0], _Filter)
+            and not g[0].negated
+            and g[0].table.name in _DRIVE_RANK
+        ]
+        driver = min(ranked) if ranked else None
+    out = []
+    for i, group in enumerate(groups):
+        if driver is not None and i == driver[1]:
+            out.append(group[0].as_in(rtype))
+            continue
+        conds = [f.as_exists() if isinstance(f, _Filter) else f for f in group]
+        out.append(conds[0] if len(conds) == 1 else or_(*conds))
+    return out
+
+
+def _sort_keys(rtype: str, spec: str, updated: Any) -> list[Any]:
     keys: list[Any] = []
     for item in spec.split(","):
         item = item.strip()
@@ -257,7 +336,7 @@ def _sort_keys(rtype: str, spec: str) -> list[Any]:
         name = item.lstrip("-")
         pdef = SUPPORTED_SEARCH_PARAMS[rtype].get(name)
         if name == "_lastUpdated":
-            col: Any = res.c.last_updated
+            col: Any = updated
         elif name == "_id":
             col = res.c.resource_id
         elif pdef is not None and pdef.kind == "date":
@@ -312,8 +391,9 @@ def compile_search(
         raise BadRequest(f"resource type {rtype!r} is not supported by this server")
     plan = SearchPlan(rtype)
     plan.conditions += [res.c.resource_type == rtype, res.c.deleted.is_(False)]
+    groups: list[list[Any]] = []
     if compartment_patient is not None:
-        plan.conditions.append(compartment_condition(rtype, compartment_patient))
+        groups.append([_compartment_filter(rtype, compartment_patient)])
     for key, value in params:
         if key in RESULT_PARAMS or key == "_summary":
             _result_param(plan, key, value)
@@ -331,12 +411,16 @@ def compile_search(
         values = [v for v in value.split(",") if v != ""]
         if not values:
             continue  # FHIR: an empty parameter value is ignored
-        conds = [_value_condition(rtype, pdef, modifier or None, v, base_url) for v in values]
-        plan.conditions.append(conds[0] if len(conds) == 1 else or_(*conds))
-    if not plan.order_by:
-        plan.order_by = [res.c.last_updated.asc(), res.c.resource_id.asc()]
-    else:
-        plan.order_by.append(res.c.resource_id.asc())
+        groups.append(
+            [_value_condition(rtype, pdef, modifier or None, v, base_url) for v in values]
+        )
+    plan.conditions += _to_sql(rtype, groups)
+    # with nothing selective, walking the (type, lastUpdated) index in order is best
+    updated = _LAST_UPDATED_KEY if groups else res.c.last_updated
+    plan.order_by = [
+        *_sort_keys(rtype, plan.sort or "_lastUpdated", updated),
+        res.c.resource_id.asc(),
+    ]
     return plan
 
 
@@ -346,7 +430,8 @@ def _result_param(plan: SearchPlan, key: str, value: str) -> None:
     elif key == "_offset":
         plan.offset = _int_param("_offset", value, minimum=0)
     elif key == "_sort":
-        plan.order_by = _sort_keys(plan.rtype, value)
+        _sort_keys(plan.rtype, value, res.c.last_updated)  # validate now, build at the end
+        plan.sort = value
     elif key == "_include":
         plan.includes.append(_include_spec(plan.rtype, value))
     elif key == "_total":

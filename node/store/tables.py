@@ -78,7 +78,7 @@ idx_token = Table(
     Column("system", String(), nullable=False),
     Column("code", String(), nullable=False),
     Index("ix_fhir_idx_token_lookup", "resource_type", "param", "code", "system", "resource_id"),
-    Index("ix_fhir_idx_token_owner", "resource_type", "resource_id"),
+    Index("ix_fhir_idx_token_owner", "resource_type", "resource_id", "param", "code"),
 )
 
 idx_string = Table(
@@ -88,7 +88,7 @@ idx_string = Table(
     Column("value", String(), nullable=False),
     Column("raw", String(), nullable=False),
     Index("ix_fhir_idx_string_lookup", "resource_type", "param", "value", "resource_id"),
-    Index("ix_fhir_idx_string_owner", "resource_type", "resource_id"),
+    Index("ix_fhir_idx_string_owner", "resource_type", "resource_id", "param"),
 )
 
 idx_date = Table(
@@ -97,7 +97,8 @@ idx_date = Table(
     *_owner_columns(),
     Column("low", DateTime, nullable=False),
     Column("high", DateTime, nullable=False),
-    Index("ix_fhir_idx_date_lookup", "resource_type", "param", "low", "high"),
+    Index("ix_fhir_idx_date_low", "resource_type", "param", "low"),
+    Index("ix_fhir_idx_date_high", "resource_type", "param", "high"),
     Index("ix_fhir_idx_date_owner", "resource_type", "resource_id", "param", "low", "high"),
 )
 
@@ -126,7 +127,7 @@ idx_quantity = Table(
     Column("code", String(), nullable=False),
     Column("value", Float, nullable=False),
     Index("ix_fhir_idx_quantity_lookup", "resource_type", "param", "code", "value"),
-    Index("ix_fhir_idx_quantity_owner", "resource_type", "resource_id"),
+    Index("ix_fhir_idx_quantity_owner", "resource_type", "resource_id", "param"),
 )
 
 INDEX_TABLES = {

@@ -59,7 +59,11 @@ def upgrade() -> None:
         "fhir_idx_token",
         ["resource_type", "param", "code", "system", "resource_id"],
     )
-    op.create_index("ix_fhir_idx_token_owner", "fhir_idx_token", ["resource_type", "resource_id"])
+    op.create_index(
+        "ix_fhir_idx_token_owner",
+        "fhir_idx_token",
+        ["resource_type", "resource_id", "param", "code"],
+    )
 
     op.create_table(
         "fhir_idx_string",
@@ -72,7 +76,9 @@ def upgrade() -> None:
         "fhir_idx_string",
         ["resource_type", "param", "value", "resource_id"],
     )
-    op.create_index("ix_fhir_idx_string_owner", "fhir_idx_string", ["resource_type", "resource_id"])
+    op.create_index(
+        "ix_fhir_idx_string_owner", "fhir_idx_string", ["resource_type", "resource_id", "param"]
+    )
 
     op.create_table(
         "fhir_idx_date",
@@ -80,9 +86,8 @@ def upgrade() -> None:
         sa.Column("low", sa.DateTime, nullable=False),
         sa.Column("high", sa.DateTime, nullable=False),
     )
-    op.create_index(
-        "ix_fhir_idx_date_lookup", "fhir_idx_date", ["resource_type", "param", "low", "high"]
-    )
+    op.create_index("ix_fhir_idx_date_low", "fhir_idx_date", ["resource_type", "param", "low"])
+    op.create_index("ix_fhir_idx_date_high", "fhir_idx_date", ["resource_type", "param", "high"])
     op.create_index(
         "ix_fhir_idx_date_owner",
         "fhir_idx_date",
@@ -119,7 +124,9 @@ def upgrade() -> None:
         ["resource_type", "param", "code", "value"],
     )
     op.create_index(
-        "ix_fhir_idx_quantity_owner", "fhir_idx_quantity", ["resource_type", "resource_id"]
+        "ix_fhir_idx_quantity_owner",
+        "fhir_idx_quantity",
+        ["resource_type", "resource_id", "param"],
     )
 
 
