@@ -63,6 +63,13 @@ class NodeSettings(BaseSettings):
     mllp_port: int | None = None
     # Default page size of searches without _count.
     default_page_size: int = Field(default=50, gt=0, le=1000)
+    # Exchange (node/exchange): the coordinator's gRPC address host:port (None = exchange off),
+    # the regional CA folder (its CRL is honoured when verifying peers; optional), this
+    # organisation's PKI credentials (default <data_dir>/credentials), the consent registry URL.
+    coordinator_address: str | None = None
+    ca_dir: Path | None = None
+    org_credentials_dir: Path | None = None
+    consent_url: str | None = None
 
     @classmethod
     def settings_customise_sources(

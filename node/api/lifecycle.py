@@ -25,3 +25,8 @@ async def run_background(app: Any, services: list[BackgroundService]) -> AsyncIt
         for service in services:
             await stack.enter_async_context(service(app))
         yield
+
+
+from node.exchange.lifecycle import exchange_service  # noqa: E402
+
+BACKGROUND.append(exchange_service)

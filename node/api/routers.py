@@ -16,6 +16,10 @@ __all__ = ["EXTRA_ROUTERS"]
 
 EXTRA_ROUTERS: list[APIRouter] = []
 
+from node.exchange.routes import router as exchange_router  # noqa: E402
+
+EXTRA_ROUTERS.append(exchange_router)
+
 from node.consent_link import router as consent_link_router  # noqa: E402
 
 EXTRA_ROUTERS.append(consent_link_router)

@@ -126,8 +126,9 @@ def pack_document(
         "date": now.isoformat(),
         "author": [{"identifier": {"system": ORG_SYSTEM, "value": sender}, "display": sender}],
         "title": title,
-        "section": list(sections.values()),
     }
+    if sections:
+        composition["section"] = list(sections.values())
     if patient_url:
         composition["subject"] = {"reference": patient_url}
     composition_entry = {"fullUrl": f"urn:uuid:{composition['id']}", "resource": composition}
@@ -181,21 +182,29 @@ def prepare_import(
     sender_name: str,
     envelope_id: str,
     local_patient_id: str,
+    existing: dict[str, dict[str, Any]] | None = None,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """A transaction Bundle importing ``document`` (see the module docstring). The Patient of the
-    document is not imported (the local patient stands for it); Composition is kept."""
+    document is not imported (the local patient stands for it); Composition is kept.
+    ``existing`` maps a document resource ("Task/<id>") to the local resource it updates (an
+    exchange Task this node already holds: only its workflow fields change)."""
+    existing = existing or {}
     now = now or dt.datetime.now(dt.UTC)
     resources = resources_of(document)
     entries = document["entry"]
     mapping: dict[str, str] = {}  # fullUrl or Type/id in the document → local Type/id
     for entry, res in zip(entries, resources, strict=True):
         rtype = res["resourceType"]
-        target = (
-            f"Patient/{local_patient_id}"
-            if rtype == "Patient"
-            else f"{rtype}/{local_id(sender, rtype, str(res.get('id') or entry.get('fullUrl')))}"
-        )
+        here = existing.get(f"{rtype}/{res.get('id')}")
+        if rtype == "Patient":
+            target = f"Patient/{local_patient_id}"
+        elif here is not None:
+            target = f"{rtype}/{here['id']}"
+        else:
+            target = (
+                f"{rtype}/{local_id(sender, rtype, str(res.get('id') or entry.get('fullUrl')))}"
+            )
         if entry.get("fullUrl"):
             mapping[str(entry["fullUrl"])] = target
         if res.get("id"):
@@ -228,6 +237,9 @@ def prepare_import(
         meta["source"] = f"{org_uri(sender)}#{res.get('id')}"
         meta["tag"] = [tag]
         body["meta"] = meta
+        here = existing.get(f"{rtype}/{res.get('id')}")
+        if here is not None:
+            body = merge_task_update(here, body)
         out_entries.append(
             {"resource": body, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
         )

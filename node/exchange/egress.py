@@ -18,16 +18,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from node.exchange.context import ExchangeContext
-from node.exchange.documents import STRUCTURAL_TYPES, filter_by_classes, pack_document
-from node.exchange.tables import outbound
+from node.exchange.documents import (
+    PSEUDONYM_SYSTEM,
+    STRUCTURAL_TYPES,
+    filter_by_classes,
+    pack_document,
+)
+from node.exchange.tables import outbound, pseudonyms
 from node.identity import patient_pseudonym
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
 from trust.outcome import Conflict, FhirError, Forbidden, NotFound
 
-__all__ = ["ConsentRefused", "Disclosure", "collect", "disclose", "send", "pseudonym_of"]
+__all__ = [
+    "ConsentRefused",
+    "Disclosure",
+    "collect",
+    "disclose",
+    "send",
+    "pseudonym_of",
+    "remember_pseudonym",
+]
 
 log = logging.getLogger("ipjms.node.exchange")
 ENVELOPE_TTL = dt.timedelta(days=7)
@@ -63,8 +76,28 @@ def pseudonym_of(ctx: ExchangeContext, patient_id: str) -> tuple[dict[str, Any],
     patient = ctx.store.read("Patient", patient_id)
     pseudo = patient_pseudonym(patient, ctx.linkage_key)
     if pseudo is None:
+        pseudo = _linked_pseudonym(patient)
+    if pseudo is None:
         raise Conflict(f"Patient/{patient_id} has no national identifier to link it by")
+    remember_pseudonym(ctx, pseudo, patient_id)
     return patient, pseudo
+
+
+def _linked_pseudonym(patient: dict[str, Any]) -> str | None:
+    """A patient created on import may carry only the regional pseudonym."""
+    for ident in patient.get("identifier", []):
+        if ident.get("system") == PSEUDONYM_SYSTEM and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def remember_pseudonym(ctx: ExchangeContext, pseudo: str, patient_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        known = conn.execute(
+            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
+        ).first()
+        if known is None:
+            conn.execute(insert(pseudonyms).values(pseudonym=pseudo, patient_id=patient_id))
 
 
 def collect(ctx: ExchangeContext, patient_id: str, classes: set[str]) -> list[dict[str, Any]]:

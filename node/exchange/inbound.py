@@ -22,7 +22,6 @@ from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
     PSEUDONYM_SYSTEM,
     TASK_ID_SYSTEM,
-    merge_task_update,
     prepare_import,
     resources_of,
     undeclared_classes,
@@ -119,29 +118,33 @@ def _import_document(
 ) -> Handled:
     h = sealed.header
     resources = resources_of(document)
-    shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
-    patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient)
     sender = ctx.organisation(h.sender)
+    # A Task this node already holds (it sent the request, or received it earlier) is updated
+    # in place: one Task per exchange on each side, whose status follows the other side's.
+    existing: dict[str, dict[str, Any]] = {}
+    uid = None
+    for res in resources:
+        if res["resourceType"] == "Task" and (uid := task_uid(res)):
+            local = _find_task(ctx, uid)
+            if local is not None:
+                existing[f"Task/{res.get('id')}"] = local
+    # The local patient: the one of a Task we hold, else by pseudonym / identifier / new.
+    held = [
+        t for t in existing.values() if t.get("for", {}).get("reference", "").startswith("Patient/")
+    ]
+    if held:
+        patient_id = held[0]["for"]["reference"].split("/", 1)[1]
+    else:
+        shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+        patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient)
     tx = prepare_import(
         document,
         sender=h.sender,
         sender_name=sender.name,
         envelope_id=h.envelope_id,
         local_patient_id=patient_id,
+        existing=existing,
     )
-    # A Task this node already holds (it sent the request, or received it earlier) is updated
-    # in place: one Task per exchange on each side, whose status follows the other side's.
-    uid = None
-    for entry in tx["entry"]:
-        res = entry["resource"]
-        if res["resourceType"] != "Task":
-            continue
-        uid = task_uid(res)
-        existing = _find_task(ctx, uid) if uid else None
-        if existing is not None:
-            merged = merge_task_update(existing, res)
-            entry["resource"] = merged
-            entry["request"]["url"] = f"Task/{existing['id']}"
     entries = entries_from_bundle(tx, "transaction")
     with ctx.engine.begin() as conn:
         apply_entries(conn, entries, ctx.store.base_url)
@@ -178,9 +181,11 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
         )
         body = json.loads(payload)
     except (EnvelopeError, ValueError) as exc:
-        return _reject(ctx, sealed, f"cannot open envelope: {exc}")
+        return _reject(ctx, sealed, "cannot open or parse the envelope", local=str(exc))
     except Exception as exc:  # certificate refused, directory unreachable…
-        return _reject(ctx, sealed, f"cannot verify sender: {type(exc).__name__}: {exc}")
+        return _reject(
+            ctx, sealed, "cannot verify the sender", local=f"{type(exc).__name__}: {exc}"
+        )
     if h.kind == "record-query":
         with ctx.engine.begin() as conn:
             _record(conn, sealed, "answered", "record query")
@@ -190,7 +195,7 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     try:
         undeclared = undeclared_classes(body, h.classes)
     except ValueError as exc:
-        return _reject(ctx, sealed, f"payload is not a document Bundle: {exc}")
+        return _reject(ctx, sealed, "payload is not a document Bundle", local=str(exc))
     if undeclared:
         log.warning(
             "envelope %s from %s rejected: undeclared classes %s",
@@ -202,10 +207,16 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     try:
         return _import_document(ctx, sealed, body)
     except FhirError as exc:
-        return _reject(ctx, sealed, f"import refused by the store: {exc.diagnostics[:200]}")
+        # The store's message may quote content: keep it here, tell the coordinator only why.
+        log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
+        return _reject(ctx, sealed, "import refused by the store", local=exc.diagnostics)
 
 
-def _reject(ctx: ExchangeContext, sealed: SealedEnvelope, detail: str) -> Handled:
+def _reject(
+    ctx: ExchangeContext, sealed: SealedEnvelope, detail: str, *, local: str = ""
+) -> Handled:
+    """Record the refusal (with any local-only detail) and answer with ``detail``, which goes
+    to the coordinator and so must name no content."""
     with ctx.engine.begin() as conn:
-        _record(conn, sealed, "rejected", detail)
+        _record(conn, sealed, "rejected", f"{detail}: {local}" if local else detail)
     return Handled(False, detail)

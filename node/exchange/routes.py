@@ -83,6 +83,16 @@ def create_request(
     )
 
 
+@router.post("/tasks/{task_id}/answer")
+def task_answer(
+    task_id: str,
+    body: AnswerIn,
+    request: Request,
+    _p: Principal = Depends(require_scope("Communication", "create")),
+) -> dict[str, Any]:
+    return answer(_ctx(request), task_id, body.text)
+
+
 @router.post("/tasks/{task_id}/{action}")
 def task_action(
     task_id: str,
@@ -99,16 +109,6 @@ def task_action(
         "cancel": "cancelled",
     }[action]
     return change_status(_ctx(request), task_id, status, body.reason if body else "")
-
-
-@router.post("/tasks/{task_id}/answer")
-def task_answer(
-    task_id: str,
-    body: AnswerIn,
-    request: Request,
-    _p: Principal = Depends(require_scope("Communication", "create")),
-) -> dict[str, Any]:
-    return answer(_ctx(request), task_id, body.text)
 
 
 @router.post("/pulls")

@@ -212,7 +212,6 @@ def pull_history(
 ) -> dict[str, Any]:
     """Ask every holder of the patient (record locator) for the consented history."""
     _patient, pseudo = pseudonym_of(ctx, patient_id)
-    _remember(ctx, pseudo, patient_id)
     holders = ctx.client.lookup(pseudo)
     wanted = sorted(set(classes or DEFAULT_CLASSES))
     queries = []
@@ -275,14 +274,6 @@ def answer_query(
         return None
     send(ctx, disclosure, patient_id=str(row[0]))
     return disclosure.sealed.header.envelope_id
-
-
-def _remember(ctx: ExchangeContext, pseudo: str, patient_id: str) -> None:
-    with ctx.engine.begin() as conn:
-        if not conn.execute(
-            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
-        ).first():
-            conn.execute(pseudonyms.insert().values(pseudonym=pseudo, patient_id=patient_id))
 
 
 def publish_pseudonyms(ctx: ExchangeContext) -> int:

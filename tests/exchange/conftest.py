@@ -3,24 +3,15 @@ started as a real process (``ipjms coordinator serve``) with mutual TLS."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from exchange_net import ORGS, Coordinator, register
 
-from deploy.launcher import Service, free_port, ipjms_command, start_service
+from deploy.launcher import free_port, start_service
 from trust.pki import OrgCredentials, init_ca, issue_org
-
-ORGS = {
-    "coordinator": ("Regional coordinator", "authority"),
-    "authority": ("Regional health authority", "authority"),
-    "hosp-a": ("Tertiary Hospital A", "tertiary"),
-    "clinic-b": ("Community Clinic B", "community"),
-    "clinic-c": ("Community Clinic C", "community"),
-}
 
 
 @dataclass
@@ -44,39 +35,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     init_ca(foreign_ca, name="Some Other CA")
     foreign = issue_org(foreign_ca, "hosp-a", out_dir=root / "foreign" / "hosp-a")
     return Pki(ca_dir, org_dirs, creds, foreign)
-
-
-@dataclass
-class Coordinator:
-    service: Service
-    address: str
-    data_dir: Path
-    http_url: str
-    args: list[str]
-
-    def restart(self) -> None:
-        log_dir = self.service.log_path.parent
-        self.service = start_service(
-            self.service.name, self.args, base_url=self.http_url, log_dir=log_dir
-        )
-
-
-def register(data_dir: Path, pki: Pki, db: str | None = None) -> None:
-    config = data_dir.parent / "orgs.toml"
-    lines = []
-    for org_id, (name, level) in ORGS.items():
-        lines += [
-            "[[organisation]]",
-            f'credentials = "{pki.org_dirs[org_id]}"',
-            f'name = "{name}"',
-            f'level = "{level}"',
-            "",
-        ]
-    config.write_text("\n".join(lines))
-    args = ["coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config)]
-    if db:
-        args += ["--db", db]
-    subprocess.run(ipjms_command(*args), check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -106,7 +64,3 @@ def start_coordinator(pki: Pki, tmp_path: Path) -> Iterator[Callable[..., Coordi
     yield start
     for c in started:
         c.service.stop()
-
-
-def python() -> str:
-    return sys.executable

@@ -1,0 +1,263 @@
+# ruff: noqa: E501
+"""A real regional network for the exchange tests: consent registry, coordinator and nodes, each
+its own process (``ipjms … serve``) on loopback, mutual TLS between nodes and coordinator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consent.client import ConsentClient
+from consent.fhir import to_fhir
+from consent.policy import ConsentRecord, Provision
+from deploy.launcher import Service, free_port, ipjms_command, start_service, wait_until
+from node.identity import NATIONAL_ID_SYSTEM
+from trust.pseudonym import load_or_create_linkage_key, pseudonym
+
+ORGS = {
+    "coordinator": ("Regional coordinator", "authority"),
+    "authority": ("Regional health authority", "authority"),
+    "hosp-a": ("Tertiary Hospital A", "tertiary"),
+    "clinic-b": ("Community Clinic B", "community"),
+    "clinic-c": ("Community Clinic C", "community"),
+}
+
+PASSWORD = "correct horse battery staple"
+FHIR = "application/fhir+json"
+
+
+@dataclass
+class NodeProc:
+    org_id: str
+    url: str
+    data_dir: Path
+    service: Service
+    args: list[str]
+    env: dict[str, str]
+    token: str = ""
+
+    def headers(self) -> dict[str, str]:
+        if not self.token:
+            r = httpx.post(
+                f"{self.url}/auth/token",
+                data={"grant_type": "password", "username": "doctor", "password": PASSWORD},
+            )
+            r.raise_for_status()
+            self.token = r.json()["access_token"]
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = httpx.get(f"{self.url}{path}", params=params, headers=self.headers(), timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def post(self, path: str, body: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, headers=self.headers(), timeout=60)
+
+    def search(self, rtype: str, **params: Any) -> list[dict[str, Any]]:
+        params.setdefault("_count", "500")
+        bundle = self.get(f"/fhir/{rtype}", **params)
+        return [
+            e["resource"]
+            for e in bundle.get("entry", [])
+            if e.get("search", {}).get("mode", "match") == "match"
+        ]
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def restart(self) -> None:
+        self.service = start_service(
+            self.service.name, self.args, base_url=self.url,
+            log_dir=self.service.log_path.parent, env=self.env,
+        )  # fmt: skip
+        self.token = ""
+
+
+@dataclass
+class Region:
+    root: Path
+    pki: Any
+    consent_url: str
+    consent_service: Service
+    linkage_key_path: Path
+    coordinator: Any = None
+    nodes: dict[str, NodeProc] = field(default_factory=dict)
+
+    @property
+    def linkage_key(self) -> bytes:
+        return load_or_create_linkage_key(self.linkage_key_path)
+
+    def pseudonym(self, national_id: str) -> str:
+        return pseudonym(self.linkage_key, national_id)
+
+    def consent_client(self, org_id: str) -> ConsentClient:
+        return ConsentClient(self.consent_url, self.pki.creds[org_id])
+
+    def start_node(self, org_id: str, level: str) -> NodeProc:
+        data_dir = self.root / f"node-{org_id}"
+        env = {
+            "IPJMS_ADMIN_PASSWORD": PASSWORD,
+            "IPJMS_USER_PASSWORD": PASSWORD,
+            "IPJMS_NODE_LINKAGE_KEY_PATH": str(self.linkage_key_path),
+            "IPJMS_NODE_COORDINATOR_ADDRESS": self.coordinator.address,
+            "IPJMS_NODE_CONSENT_URL": self.consent_url,
+            "IPJMS_NODE_CA_DIR": str(self.pki.ca_dir),
+            "IPJMS_NODE_ORG_CREDENTIALS_DIR": str(self.pki.org_dirs[org_id]),
+        }
+        full = {**os.environ, **env}
+        port = free_port()
+        subprocess.run(
+            ipjms_command("node", "init", "--org", org_id, "--name", org_id, "--level", level,
+                          "--data-dir", str(data_dir), "--port", str(port)),
+            check=True, capture_output=True, env=full,
+        )  # fmt: skip
+        subprocess.run(
+            ipjms_command("node", "user", "add", "--data-dir", str(data_dir), "--username",
+                          "doctor", "--role", "doctor"),
+            check=True, capture_output=True, env=full,
+        )  # fmt: skip
+        args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        service = start_service(
+            f"node-{org_id}", args, base_url=url, log_dir=self.root / "logs", env=env
+        )
+        node = NodeProc(org_id, url, data_dir, service, args, env)
+        self.nodes[org_id] = node
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        if self.coordinator is not None:
+            self.coordinator.service.stop()
+        self.consent_service.stop()
+
+    # -- consent ---------------------------------------------------------------------------
+
+    def patient_token(self, pseudo: str) -> dict[str, str]:
+        code = self.consent_client("hosp-a").create_enrolment_code(pseudo)["code"]
+        r = httpx.post(f"{self.consent_url}/enrol", json={"code": code, "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        r = httpx.post(
+            f"{self.consent_url}/auth/patient-token",
+            data={"username": r.json()["username"], "password": PASSWORD},
+        )
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def grant(self, headers: dict[str, str], pseudo: str, grants: dict[str, list[str]]) -> str:
+        """A TREAT consent permitting each organisation the listed classes; returns its id."""
+        nested = tuple(
+            Provision("permit", actors=frozenset({org}), purposes=frozenset({"TREAT"}),
+                      classes=frozenset(classes))
+            for org, classes in grants.items()
+        )  # fmt: skip
+        body = to_fhir(ConsentRecord("x", pseudo, "active", Provision("deny", provisions=nested)))
+        del body["id"]
+        r = httpx.post(f"{self.consent_url}/fhir/Consent", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def revoke(self, headers: dict[str, str], consent_id: str) -> None:
+        r = httpx.post(f"{self.consent_url}/fhir/Consent/{consent_id}/$revoke", headers=headers)
+        assert r.status_code in (200, 204), r.text
+
+
+@dataclass
+class Coordinator:
+    service: Service
+    address: str
+    data_dir: Path
+    http_url: str
+    args: list[str]
+
+    def restart(self) -> None:
+        log_dir = self.service.log_path.parent
+        self.service = start_service(
+            self.service.name, self.args, base_url=self.http_url, log_dir=log_dir
+        )
+
+
+def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
+    config = data_dir.parent / "orgs.toml"
+    lines = []
+    for org_id, (name, level) in ORGS.items():
+        lines += [
+            "[[organisation]]",
+            f'credentials = "{pki.org_dirs[org_id]}"',
+            f'name = "{name}"',
+            f'level = "{level}"',
+            "",
+        ]
+    config.write_text("\n".join(lines))
+    args = ["coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config)]
+    if db:
+        args += ["--db", db]
+    subprocess.run(ipjms_command(*args), check=True, capture_output=True)
+
+
+def start_consent(root: Path, pki: Any) -> tuple[str, Service]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
+            "--ca-dir", str(pki.ca_dir), "--public-url", url]  # fmt: skip
+    return url, start_service("consent", args, base_url=url, log_dir=root / "logs")
+
+
+def patient_bundle(national_id: str, *, name: str, extra_conditions: int = 0) -> dict[str, Any]:
+    """A heart-failure patient: Patient, Conditions, Observations, medication, procedure,
+    allergy, encounter — more classes than any consent in these tests permits."""
+    pid = f"p-{national_id}"
+    ref = {"reference": f"Patient/{pid}"}
+    resources: list[dict[str, Any]] = [
+        {"resourceType": "Patient", "id": pid,
+         "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": national_id}],
+         "name": [{"family": name.split()[-1], "given": name.split()[:-1]}],
+         "gender": "female", "birthDate": "1951-03-14"},
+        {"resourceType": "Condition", "id": f"hf-{national_id}", "subject": ref,
+         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "84114007", "display": "Heart failure"}]}},
+        {"resourceType": "Observation", "id": f"bnp-{national_id}", "status": "final", "subject": ref,
+         "code": {"coding": [{"system": "http://loinc.org", "code": "33762-6", "display": "NT-proBNP"}]},
+         "valueQuantity": {"value": 1873, "unit": "pg/mL", "system": "http://unitsofmeasure.org", "code": "pg/mL"}},
+        {"resourceType": "MedicationStatement", "id": f"med-{national_id}", "status": "active", "subject": ref,
+         "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": "C03CA01", "display": "furosemide"}]}},
+        {"resourceType": "Procedure", "id": f"proc-{national_id}", "status": "completed", "subject": ref,
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "40701008", "display": "Echocardiography"}]}},
+        {"resourceType": "AllergyIntolerance", "id": f"alg-{national_id}", "patient": ref,
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Penicillin allergy"}]}},
+    ]  # fmt: skip
+    for i in range(extra_conditions):
+        resources.append(
+            {"resourceType": "Observation", "id": f"obs{i}-{national_id}", "status": "final", "subject": ref,
+             "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+             "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}
+        )  # fmt: skip
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in resources
+        ],
+    }
+
+
+def seed(node: NodeProc, bundle: dict[str, Any]) -> None:
+    r = httpx.post(
+        f"{node.url}/fhir",
+        json=bundle,
+        headers={**node.headers(), "Content-Type": FHIR},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    wait_until(predicate, timeout, interval=0.2, what=what)
