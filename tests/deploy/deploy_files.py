@@ -105,3 +105,18 @@ def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def selector_matches(match_labels: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in match_labels.items())
+
+
+HELM_CHART = REPO_ROOT / "deploy" / "helm" / "ipjms"
+
+
+def helm_render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Render the chart offline with Helm's own engine (the Helm Go SDK via helm-python-sdk)."""
+    import helm_python
+
+    chart = helm_python.Chart.load(HELM_CHART)
+    rendered = chart.render(values, name="ipjms", namespace="ipjms", is_install=True)
+    docs: list[dict[str, Any]] = []
+    for _path, text in sorted(rendered.items()):
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs

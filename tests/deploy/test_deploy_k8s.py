@@ -11,9 +11,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from deploy_files import (
+    HELM_CHART,
     IMAGE_UID,
     K8S,
     REPO_ROOT,
+    helm_render,
     k8s_copy_with_secrets,
     kustomize,
     pod_templates,
@@ -23,6 +25,12 @@ from deploy_files import (
 # The oldest Kubernetes minor we support (probes, NetworkPolicy and PSA labels as used here).
 K8S_VERSION = "1.29.0"
 BASE_NODES = {"node-tertiary", "node-clinic-a", "node-clinic-b"}
+CLINIC_C = {
+    "name": "clinic-c",
+    "org": "org-clinic-c",
+    "displayName": "Community Clinic C",
+    "level": "community",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +40,18 @@ def k8s_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rendered(k8s_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    import yaml
+
+    default_nodes = yaml.safe_load((HELM_CHART / "values.yaml").read_text())["nodes"]
     return {
         "base": kustomize(k8s_dir / "base"),
         "add-node": kustomize(k8s_dir / "overlays" / "add-node"),
+        "helm": helm_render(),
+        "helm-4-nodes": helm_render({"nodes": [*default_nodes, CLINIC_C]}),
     }
 
 
-@pytest.fixture(params=["base", "add-node"])
+@pytest.fixture(params=["base", "add-node", "helm", "helm-4-nodes"])
 def docs(request: pytest.FixtureRequest, rendered: dict[str, list[dict[str, Any]]]) -> list[dict]:
     return rendered[request.param]
 
@@ -50,7 +63,7 @@ def containers(docs: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
 
 
 def test_every_manifest_valid_against_kubernetes_schema(docs: list[dict[str, Any]]) -> None:
-    assert len(docs) > 40
+    assert len(docs) > 30  # a render that silently lost its workloads is a failure too
     for doc in docs:
         # strict: unknown fields are errors, as `kubectl apply --validate=strict` would report
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -114,7 +127,11 @@ def test_images_are_pinned(docs: list[dict[str, Any]]) -> None:
         assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
 
 
-def test_all_references_resolve(docs: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("variant", ["base", "add-node"])
+def test_all_references_resolve(variant: str, rendered) -> None:  # type: ignore[no-untyped-def]
+    """Kustomize generates every Secret and ConfigMap the pods mount (the Helm chart expects
+    them to exist, see its values.yaml)."""
+    docs = rendered[variant]
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for name, tpl, c in containers(docs):
         for v in tpl["spec"].get("volumes", []):
@@ -185,10 +202,11 @@ def test_database_admits_only_its_own_instance(docs: list[dict[str, Any]]) -> No
             assert expected == {instance, instance.replace("node-", "supernode-")}, db
 
 
-def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    def key(d: dict[str, Any]) -> tuple[str, str]:
-        return d["kind"], d["metadata"]["name"]
+def key(d: dict[str, Any]) -> tuple[str, str]:
+    return d["kind"], d["metadata"]["name"]
 
+
+def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]) -> None:
     base = {key(d) for d in rendered["base"]}
     overlay = {key(d) for d in rendered["add-node"]}
     assert base <= overlay
@@ -229,5 +247,48 @@ def test_each_node_gets_its_own_credentials_and_database(docs: list[dict[str, An
         secrets = {
             v["name"]: v["secret"]["secretName"] for v in tpl["spec"]["volumes"] if "secret" in v
         }
-        assert secrets["org"].startswith(f"{cfg['IPJMS_NODE_ORG_ID']}-credentials-"), node
-        assert secrets["db-password"].startswith(f"db-{suffix}-password-"), node
+        assert secrets["org"].startswith(f"{cfg['IPJMS_NODE_ORG_ID']}-credentials"), node
+        assert secrets["db-password"].startswith(f"db-{suffix}-password"), node
+
+
+def test_helm_values_add_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    base = {key(d) for d in rendered["helm"]}
+    more = {key(d) for d in rendered["helm-4-nodes"]}
+    assert base <= more
+    assert more - base == {
+        ("StatefulSet", "node-clinic-c"),
+        ("Service", "node-clinic-c"),
+        ("Deployment", "supernode-clinic-c"),
+        ("StatefulSet", "db-clinic-c"),
+        ("Service", "db-clinic-c"),
+        ("NetworkPolicy", "db-clinic-c"),
+        ("ConfigMap", "node-clinic-c"),
+    }
+
+
+def test_helm_chart_lints_clean_and_its_schema_rejects_bad_values() -> None:
+    import helm_python
+
+    report = helm_python.lint(HELM_CHART, strict=True, kube_version="v1.29.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+    chart = helm_python.Chart.load(HELM_CHART)
+    bad = {**CLINIC_C, "level": "hospital"}
+    with pytest.raises(helm_python.HelmError):
+        chart.render({"nodes": [bad]}, name="ipjms", namespace="ipjms", is_install=True)
+
+
+def test_kustomize_and_helm_describe_the_same_network(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The two packagings must not drift: same workloads, services and policies."""
+
+    def shape(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {
+            key(d)
+            for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet", "Service", "NetworkPolicy")
+        }
+
+    assert shape(rendered["base"]) == shape(rendered["helm"])
+    assert shape(rendered["add-node"]) == shape(rendered["helm-4-nodes"])
