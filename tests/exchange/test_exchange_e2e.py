@@ -4,8 +4,10 @@ advice, record pull with provenance; refusals (must-show 1 and 2)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from exchange_net import (
     Coordinator,
@@ -18,7 +20,12 @@ from exchange_net import (
 )
 
 from deploy.launcher import free_port, start_service
-from node.exchange.documents import EXCHANGE_TAG_SYSTEM, PSEUDONYM_SYSTEM
+from node.exchange.client import ExchangeClient
+from node.exchange.documents import EXCHANGE_TAG_SYSTEM, PSEUDONYM_SYSTEM, local_id, pack_document
+from node.identity import NATIONAL_ID_SYSTEM
+from trust.audit_ledger import AuditLedger
+from trust.envelopes import EnvelopeHeader, seal_to
+from trust.storage import make_engine, sqlite_url
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +52,24 @@ def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
         data_dir.mkdir()
         register(data_dir, pki)
         port, http_port = free_port(), free_port()
-        args = ["coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
-                "--http-port", str(http_port), "--ca-dir", str(pki.ca_dir),
-                "--org-dir", str(pki.org_dirs["coordinator"]), "--consent-url", consent_url,
-                "--lease-seconds", "3"]  # fmt: skip
+        args = [
+            "coordinator",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--ca-dir",
+            str(pki.ca_dir),
+            "--org-dir",
+            str(pki.org_dirs["coordinator"]),
+            "--consent-url",
+            consent_url,
+            "--lease-seconds",
+            "3",
+        ]
         url = f"http://127.0.0.1:{http_port}"
         service = start_service("coordinator", args, base_url=url, log_dir=root / "logs")
         net.coordinator = Coordinator(service, f"127.0.0.1:{port}", data_dir, url, args)
@@ -70,9 +91,10 @@ def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
 
 def _imported(node, rtype: str) -> list[dict]:
     return [
-        r for r in node.search(rtype)
+        r
+        for r in node.search(rtype)
         if any(t.get("system") == EXCHANGE_TAG_SYSTEM for t in r.get("meta", {}).get("tag", []))
-    ]  # fmt: skip
+    ]
 
 
 def _task_status(node, task_ref: str) -> str:
@@ -83,10 +105,15 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
     region: Region,
 ) -> None:
     a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
-    r = a.post("/exchange/requests", {
-        "kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-b",
-        "reason": "Discharged after heart-failure admission; follow-up near home",
-    })  # fmt: skip
+    r = a.post(
+        "/exchange/requests",
+        {
+            "kind": "referral",
+            "patient": f"Patient/p-{NID}",
+            "recipient": "clinic-b",
+            "reason": "Discharged after heart-failure admission; follow-up near home",
+        },
+    )
     assert r.status_code == 201, r.text
     sent = r.json()
     assert sent["state"] == "sent"
@@ -100,12 +127,29 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
 
     wait_for(lambda: _imported(b, "Task"), what="the referral Task at clinic B")
     types = {
-        rtype for rtype in ["Condition", "Observation", "MedicationStatement", "ServiceRequest",
-                            "Procedure", "AllergyIntolerance", "Composition", "Provenance", "Task"]
+        rtype
+        for rtype in [
+            "Condition",
+            "Observation",
+            "MedicationStatement",
+            "ServiceRequest",
+            "Procedure",
+            "AllergyIntolerance",
+            "Composition",
+            "Provenance",
+            "Task",
+        ]
         if _imported(b, rtype)
-    }  # fmt: skip
-    assert types == {"Condition", "Observation", "MedicationStatement", "ServiceRequest",
-                     "Composition", "Provenance", "Task"}  # fmt: skip
+    }
+    assert types == {
+        "Condition",
+        "Observation",
+        "MedicationStatement",
+        "ServiceRequest",
+        "Composition",
+        "Provenance",
+        "Task",
+    }
     condition = _imported(b, "Condition")[0]
     assert condition["meta"]["source"].startswith("urn:ipjms:org:hosp-a")
     assert condition["subject"]["reference"].startswith("Patient/")
@@ -125,10 +169,16 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
 def test_consultation_advice_returns_to_the_requester(region: Region) -> None:
     a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
     patient_b = _imported_patient(b)
-    r = b.post("/exchange/requests", {
-        "kind": "consultation", "patient": patient_b, "recipient": "hosp-a",
-        "reason": "Worsening dyspnoea", "question": "Increase the loop diuretic?",
-    })  # fmt: skip
+    r = b.post(
+        "/exchange/requests",
+        {
+            "kind": "consultation",
+            "patient": patient_b,
+            "recipient": "hosp-a",
+            "reason": "Worsening dyspnoea",
+            "question": "Increase the loop diuretic?",
+        },
+    )
     assert r.status_code == 201, r.text
     sent = r.json()
     wait_for(
@@ -157,8 +207,257 @@ def _imported_patient(node) -> str:
 
 def test_no_consent_is_refused_at_the_coordinator_and_audited(region: Region) -> None:
     a = region.nodes["hosp-a"]
-    r = a.post("/exchange/requests", {
-        "kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-c", "reason": "x",
-    })  # fmt: skip
+    r = a.post(
+        "/exchange/requests",
+        {
+            "kind": "referral",
+            "patient": f"Patient/p-{NID}",
+            "recipient": "clinic-c",
+            "reason": "x",
+        },
+    )
     assert r.status_code == 403, r.text
     assert "consent" in r.text
+
+
+def _client(region: Region, org: str) -> ExchangeClient:
+    return ExchangeClient(region.coordinator.address, region.pki.creds[org])
+
+
+def _coordinator_ledger(region: Region) -> AuditLedger:
+    return AuditLedger(make_engine(sqlite_url(region.coordinator.data_dir, "coordinator")))
+
+
+def test_coordinator_refuses_without_consent_even_if_a_node_skips_its_own_check(
+    region: Region,
+) -> None:
+    """A node that skips its own check and seals for clinic C (no consent): refused, audited."""
+    pseudo = region.pseudonym(NID)
+    header = EnvelopeHeader.new(
+        kind="referral",
+        sender="hosp-a",
+        recipient="clinic-c",
+        purpose="TREAT",
+        classes=("Condition",),
+        patient_pseudonym=pseudo,
+    )
+    sealed = seal_to(
+        header,
+        b'{"resourceType":"Bundle"}',
+        sender=region.pki.creds["hosp-a"],
+        recipient_encryption_cert_pem=region.pki.creds["clinic-c"].encryption_cert_pem,
+    )
+    with _client(region, "hosp-a") as a, pytest.raises(grpc.RpcError) as err:
+        a.send(sealed)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "consent" in err.value.details()
+    events = [e.event for e in _coordinator_ledger(region).entries(patient_pseudonym=pseudo)]
+    refused = [
+        e
+        for e in events
+        if e["subtype"][0]["code"] == "refused"
+        and e["entity"][1]["what"]["identifier"]["value"] == header.envelope_id
+    ]
+    assert len(refused) == 1 and refused[0]["outcome"] == "4"
+    assert _coordinator_ledger(region).verify().ok
+
+
+def test_undeclared_content_is_rejected_by_the_receiver(region: Region) -> None:
+    b = region.nodes["clinic-b"]
+    pseudo = region.pseudonym(NID)
+    document = pack_document(
+        [
+            {
+                "resourceType": "Condition",
+                "id": "sneaky-1",
+                "subject": {"reference": "Patient/x"},
+                "code": {"text": "declared"},
+            },
+            {
+                "resourceType": "Procedure",
+                "id": "sneaky-2",
+                "status": "completed",
+                "subject": {"reference": "Patient/x"},
+                "code": {"text": "not declared"},
+            },
+        ],
+        patient=None,
+        sender="hosp-a",
+        title="tampered",
+    )
+    header = EnvelopeHeader.new(
+        kind="referral",
+        sender="hosp-a",
+        recipient="clinic-b",
+        purpose="TREAT",
+        classes=("Condition",),
+        patient_pseudonym=pseudo,
+    )
+    sealed = seal_to(
+        header,
+        json.dumps(document).encode(),
+        sender=region.pki.creds["hosp-a"],
+        recipient_encryption_cert_pem=region.pki.creds["clinic-b"].encryption_cert_pem,
+    )
+    with _client(region, "hosp-a") as a:
+        a.send(sealed)
+        wait_for(lambda: a.status(header.envelope_id).state == "rejected", what="negative ack")
+        status = a.status(header.envelope_id)
+    assert "outside the declared classes" in status.reason and "Procedure" in status.reason
+    inbox = b.get("/exchange/inbox")["envelopes"]
+    row = next(e for e in inbox if e["envelope_id"] == header.envelope_id)
+    assert row["outcome"] == "rejected"
+    assert not [c for c in b.search("Condition") if c["code"].get("text") == "declared"]
+    events = [e.event for e in _coordinator_ledger(region).entries(patient_pseudonym=pseudo)]
+    assert any(
+        e["subtype"][0]["code"] == "rejected"
+        and e["entity"][1]["what"]["identifier"]["value"] == header.envelope_id
+        for e in events
+    )
+
+
+NID2, NAME2 = "HF-1948-0777", "Bartholomew Eisenzahn"
+
+
+def test_record_pull_returns_only_consented_classes_with_provenance(region: Region) -> None:
+    a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    seed(a, patient_bundle(NID2, name=NAME2))
+    # clinic B knows the patient too (own record, same national identifier)
+    seed(
+        b,
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": "local-b-1",
+                        "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": NID2}],
+                    },
+                    "request": {"method": "PUT", "url": "Patient/local-b-1"},
+                }
+            ],
+        },
+    )
+    pseudo = region.pseudonym(NID2)
+    region.grant(region.patient_token(pseudo), pseudo, {"clinic-b": ["Condition", "Observation"]})
+    assert a.post("/exchange/publish", {}).status_code == 200
+    r = b.post("/exchange/pulls", {"patient": "Patient/local-b-1"})
+    assert r.status_code == 200, r.text
+    pulled = r.json()
+    assert pulled["holders"] == ["hosp-a"]
+
+    def answered() -> list[dict]:
+        return [
+            e
+            for e in b.get("/exchange/inbox")["envelopes"]
+            if e["kind"] == "record-answer" and e["patient_id"] == "local-b-1"
+        ]
+
+    wait_for(answered, what="the record answer at B")
+    answer = answered()[0]
+    assert answer["outcome"] == "imported"
+    provenance = b.get(
+        f"/fhir/Provenance/{local_id('hosp-a', 'Provenance', answer['envelope_id'])}"
+    )
+    assert provenance["agent"][0]["who"]["identifier"]["value"] == "hosp-a"
+    targets = [b.get(f"/fhir/{t['reference']}") for t in provenance["target"]]
+    assert {t["resourceType"] for t in targets} == {"Condition", "Observation", "Composition"}
+    for t in targets:
+        assert t["meta"]["source"].startswith("urn:ipjms:org:hosp-a")
+        assert t.get("subject", {}).get("reference", "Patient/local-b-1") == "Patient/local-b-1"
+    everything = b.get("/fhir/Patient/local-b-1/$everything")
+    types = {e["resource"]["resourceType"] for e in everything.get("entry", [])}
+    assert not types & {"MedicationStatement", "Procedure", "AllergyIntolerance"}
+
+
+def test_revoked_before_delivery_is_not_delivered(region: Region) -> None:
+    a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    nid = "HF-1960-1313"
+    seed(a, patient_bundle(nid, name="Wilhelmina Sturmvogel"))
+    pseudo = region.pseudonym(nid)
+    headers = region.patient_token(pseudo)
+    consent_id = region.grant(headers, pseudo, {"clinic-b": CONSENTED_B})
+    b.stop()
+    try:
+        r = a.post(
+            "/exchange/requests",
+            {
+                "kind": "referral",
+                "patient": f"Patient/p-{nid}",
+                "recipient": "clinic-b",
+                "reason": "follow-up",
+            },
+        )
+        assert r.status_code == 201, r.text
+        envelope_id = r.json()["envelope_id"]
+        region.revoke(headers, consent_id)
+    finally:
+        b.restart()
+    with _client(region, "hosp-a") as client:
+        wait_for(lambda: client.status(envelope_id).state == "dead", what="dead letter")
+        status = client.status(envelope_id)
+    assert "not delivered" in status.reason and "consent" in status.reason
+    assert envelope_id not in {e["envelope_id"] for e in b.get("/exchange/inbox")["envelopes"]}
+    outbox = {e["envelope_id"]: e for e in a.get("/exchange/outbox")["envelopes"]}
+    assert outbox[envelope_id]["coordinator_state"] == "dead"
+
+
+def test_recipient_offline_gets_it_when_back(region: Region) -> None:
+    a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    b.stop()
+    try:
+        r = a.post(
+            "/exchange/requests",
+            {
+                "kind": "referral",
+                "patient": f"Patient/p-{NID}",
+                "recipient": "clinic-b",
+                "reason": "second opinion",
+            },
+        )
+        assert r.status_code == 201, r.text
+        envelope_id = r.json()["envelope_id"]
+        with _client(region, "hosp-a") as client:
+            assert client.status(envelope_id).state == "queued"
+    finally:
+        b.restart()
+    wait_for(
+        lambda: envelope_id in {e["envelope_id"] for e in b.get("/exchange/inbox")["envelopes"]},
+        what="delivery after B returned",
+    )
+    row = next(e for e in b.get("/exchange/inbox")["envelopes"] if e["envelope_id"] == envelope_id)
+    assert row["outcome"] == "imported"
+
+
+def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Region) -> None:
+    """Must-show 3: grep every file the coordinator wrote (database, WAL, logs)."""
+    secrets = [
+        NAME,
+        NID,
+        NAME2,
+        NID2,
+        "Quellenberg",
+        "Eisenzahn",
+        "Sturmvogel",
+        "HF-1960-1313",
+        "1873",
+        "furosemide",
+        "Heart failure",
+        "Penicillin",
+        "Echocardiography",
+        "Increase furosemide",
+        "dyspnoea",
+        "NT-proBNP",
+        "84114007",
+        "33762-6",
+    ]
+    files = [p for p in region.coordinator.data_dir.rglob("*") if p.is_file()]
+    files.append(region.coordinator.service.log_path)
+    assert any(p.name.startswith("coordinator.db") for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret!r} found in {path.name}"
+            assert secret.lower().encode() not in data.lower(), f"{secret!r} found in {path.name}"
