@@ -144,6 +144,8 @@ def oracle_denies_all(cs: list[ConsentRecord], req: DecisionRequest) -> bool:
 
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Cheaper checks of narrower properties.
+QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
@@ -179,7 +181,7 @@ def test_never_a_class_outside_an_applicable_permit(cs, req) -> None:
         assert cid in {c.id for c in cs if _live(c, req)}, "only live consents are cited"
 
 
-@PROPS
+@QUICK
 @given(consent_sets(), requests)
 def test_denies_after_revocation(cs, req) -> None:
     revoked = [replace(c, status="inactive") for c in cs]
@@ -194,7 +196,7 @@ def test_denies_after_revocation(cs, req) -> None:
             assert oracle_permits([c for c in cs if c.id not in used], req, cls)
 
 
-@PROPS
+@QUICK
 @given(consent_sets(), requests, st.integers(1, 30))
 def test_denies_outside_the_consent_period(cs, req, days) -> None:
     # Give every consent a period that ended before the request, or starts after it.
@@ -207,7 +209,7 @@ def test_denies_outside_the_consent_period(cs, req, days) -> None:
     assert not decide(at_end, req).permit
 
 
-@PROPS
+@QUICK
 @given(consent_sets(), requests, st.sampled_from(CLASSES))
 def test_adding_a_deny_never_widens_and_removes_its_class(cs, req, cls) -> None:
     before = decide(cs, req)
@@ -224,7 +226,7 @@ def test_adding_a_deny_never_widens_and_removes_its_class(cs, req, cls) -> None:
     assert not decide([*cs, deny_all], req).permit
 
 
-@PROPS
+@QUICK
 @given(consent_sets(), requests)
 def test_other_patients_consents_never_count(cs, req) -> None:
     others = [replace(c, patient="someone-else") for c in cs]
