@@ -62,7 +62,14 @@ case "$role" in
 node)
     require IPJMS_NODE_ORG_ID
     load_db_password
-    # NodeSettings reads IPJMS_NODE_* itself (public_url, linkage_key_path, ...).
+    # NodeSettings reads IPJMS_NODE_* itself (public_url, linkage_key_path, consent_url,
+    # coordinator_address, ...); the mounted credentials are handed over under its names.
+    if [ -n "${IPJMS_ORG_DIR:-}" ]; then
+        export IPJMS_NODE_ORG_CREDENTIALS_DIR="${IPJMS_NODE_ORG_CREDENTIALS_DIR:-$IPJMS_ORG_DIR}"
+    fi
+    if [ -n "${IPJMS_CA_DIR:-}" ]; then
+        export IPJMS_NODE_CA_DIR="${IPJMS_NODE_CA_DIR:-$IPJMS_CA_DIR}"
+    fi
     if [ ! -f "$DATA_DIR/node.toml" ]; then
         # The first admin's password comes from a mounted file, never from the logs.
         if [ -n "${IPJMS_ADMIN_PASSWORD_FILE:-}" ]; then

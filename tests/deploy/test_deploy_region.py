@@ -1,0 +1,185 @@
+"""A small region wired exactly as the compose file wires it — pki-bootstrap's output, the
+coordinator's directory config, mTLS between node and coordinator — but as processes started by
+the image's entrypoint (no container engine runs here). SQLite keeps it fast; PostgreSQL is the
+same code path with `IPJMS_DB_URL` set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from deploy_files import ENTRYPOINT
+
+from deploy.launcher import free_port, wait_until
+
+ORGS = "org-authority=127.0.0.1 org-consent=127.0.0.1 org-a=127.0.0.1"
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    import sys
+
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", **extra}
+
+
+class Roles:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def run(self, role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", str(ENTRYPOINT), role],
+            env=_env(env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def start(self, name: str, role: str, env: dict[str, str]) -> None:
+        with open(self.workdir / f"{name}.log", "wb") as fh:
+            self.procs[name] = subprocess.Popen(
+                ["sh", str(ENTRYPOINT), role],
+                env=_env(env),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.workdir,
+            )
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def wait_healthy(self, name: str, port: int) -> None:
+        def ok() -> bool:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
+            return self.run("healthcheck", {"IPJMS_PORT": str(port)}).returncode == 0
+
+        wait_until(ok, timeout=90, interval=0.5, what=f"{name} healthy")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(10)
+
+
+@pytest.fixture
+def roles(tmp_path: Path) -> Iterator[Roles]:
+    r = Roles(tmp_path)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.mark.slow
+def test_node_joins_the_coordinator_over_mtls_with_bootstrapped_credentials(
+    roles: Roles, tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    parts = ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+    boot = roles.run(
+        "pki-bootstrap",
+        {
+            "IPJMS_PKI_ORGS": ORGS,
+            "IPJMS_PKI_GENERATED": "coordinator-db consent-db node-a-db node-a-admin",
+            **{f"IPJMS_PKI_{p.upper().replace('-', '_')}_DIR": str(pki / p) for p in parts},
+        },
+    )
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    directory = tmp_path / "directory.toml"
+    directory.write_text(
+        f"""
+[[organisation]]
+credentials = "{pki / "directory" / "org-authority"}"
+name = "Regional Health Authority"
+level = "authority"
+
+[[organisation]]
+credentials = "{pki / "directory" / "org-a"}"
+name = "Clinic A"
+level = "community"
+"""
+    )
+    consent_port, coord_http, coord_grpc, node_port = (free_port() for _ in range(4))
+    ca_public = str(pki / "ca-public")
+    roles.start(
+        "consent",
+        "consent",
+        {
+            "IPJMS_DATA_DIR": str(tmp_path / "consent"),
+            "IPJMS_PORT": str(consent_port),
+            "IPJMS_CA_DIR": ca_public,
+            "IPJMS_PUBLIC_URL": f"http://127.0.0.1:{consent_port}",
+        },
+    )
+    roles.start(
+        "coordinator",
+        "coordinator",
+        {
+            "IPJMS_DATA_DIR": str(tmp_path / "coordinator"),
+            "IPJMS_PORT": str(coord_http),
+            "IPJMS_GRPC_PORT": str(coord_grpc),
+            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
+            "IPJMS_CA_DIR": ca_public,
+            "IPJMS_CONSENT_URL": f"http://127.0.0.1:{consent_port}",
+            "IPJMS_DIRECTORY_CONFIG": str(directory),
+        },
+    )
+    roles.wait_healthy("consent", consent_port)
+    roles.wait_healthy("coordinator", coord_http)
+    roles.start(
+        "node-a",
+        "node",
+        {
+            "IPJMS_DATA_DIR": str(tmp_path / "node-a"),
+            "IPJMS_PORT": str(node_port),
+            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-a"),
+            "IPJMS_CA_DIR": ca_public,
+            "IPJMS_ADMIN_PASSWORD_FILE": str(pki / "secrets" / "node-a-admin" / "password"),
+            "IPJMS_NODE_ORG_ID": "org-a",
+            "IPJMS_NODE_NAME": "Clinic A",
+            "IPJMS_NODE_LEVEL": "community",
+            "IPJMS_NODE_LINKAGE_KEY_PATH": str(pki / "linkage" / "linkage.key"),
+            "IPJMS_NODE_CONSENT_URL": f"http://127.0.0.1:{consent_port}",
+            "IPJMS_NODE_COORDINATOR_ADDRESS": f"127.0.0.1:{coord_grpc}",
+        },
+    )
+    roles.wait_healthy("node-a", node_port)
+
+    from trust.backend_auth import make_org_assertion
+    from trust.pki import load_org
+
+    authority = load_org(pki / "orgs" / "org-authority")
+    status_url = f"http://127.0.0.1:{coord_http}/status"
+
+    def org_a_online() -> bool:
+        token = make_org_assertion(authority, status_url)
+        r = httpx.get(status_url, headers={"authorization": f"Bearer {token}"}, timeout=5)
+        assert r.status_code == 200, r.text
+        orgs = {o["org_id"]: o for o in r.json()["organisations"]}
+        assert {"org-authority", "org-a"} <= set(orgs), "directory config was not registered"
+        return bool(orgs["org-a"]["online"])
+
+    wait_until(org_a_online, timeout=60, interval=0.5, what="org-a online at the coordinator")
+    # the node's admin password came from the generated file, never from its log
+    password = (pki / "secrets" / "node-a-admin" / "password").read_text().strip()
+    assert password not in roles.log("node-a")
+    r = httpx.post(
+        f"http://127.0.0.1:{node_port}/auth/token",
+        data={"grant_type": "password", "username": "admin", "password": password},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
