@@ -110,7 +110,7 @@ class ExchangeRunner:
                 log.warning("inbox stream lost (%s); reconnecting", exc.code().name)
             except Exception as exc:  # keep the loop alive; the envelope stays queued
                 failures += 1
-                log.error("inbox handling failed: %s", type(exc).__name__, exc_info=True)
+                log.error("inbox handling failed: %s", type(exc).__name__)
             self.stop_event.wait(next(delays))
 
     # -- outbox and locator -------------------------------------------------------------------

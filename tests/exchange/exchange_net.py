@@ -261,3 +261,33 @@ def seed(node: NodeProc, bundle: dict[str, Any]) -> None:
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
     wait_until(predicate, timeout, interval=0.2, what=what)
+
+
+def start_region(
+    pki: Any, root: Path, *, nodes: tuple[tuple[str, str], ...] | None = None
+) -> Region:
+    """Consent registry, coordinator (leases of 3 s so redelivery is quick) and nodes."""
+    consent_url, consent_service = start_consent(root, pki)
+    net = Region(root, pki, consent_url, consent_service, root / "linkage.key")
+    try:
+        data_dir = root / "coordinator"
+        data_dir.mkdir()
+        register(data_dir, pki)
+        port, http_port = free_port(), free_port()
+        args = ["coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
+                "--http-port", str(http_port), "--ca-dir", str(pki.ca_dir),
+                "--org-dir", str(pki.org_dirs["coordinator"]), "--consent-url", consent_url,
+                "--lease-seconds", "3"]  # fmt: skip
+        url = f"http://127.0.0.1:{http_port}"
+        service = start_service("coordinator", args, base_url=url, log_dir=root / "logs")
+        net.coordinator = Coordinator(service, f"127.0.0.1:{port}", data_dir, url, args)
+        for org_id, level in nodes or (
+            ("hosp-a", "tertiary"),
+            ("clinic-b", "community"),
+            ("clinic-c", "community"),
+        ):
+            net.start_node(org_id, level)
+    except Exception:
+        net.stop()
+        raise
+    return net

@@ -10,16 +10,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from exchange_net import (
-    Coordinator,
     Region,
     patient_bundle,
-    register,
     seed,
-    start_consent,
+    start_region,
     wait_for,
 )
 
-from deploy.launcher import free_port, start_service
 from node.exchange.client import ExchangeClient
 from node.exchange.documents import EXCHANGE_TAG_SYSTEM, PSEUDONYM_SYSTEM, local_id, pack_document
 from node.identity import NATIONAL_ID_SYSTEM
@@ -44,38 +41,8 @@ CONSENTED_A = ["Patient", "Condition", "Observation", "ServiceRequest"]
 
 @pytest.fixture(scope="module")
 def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
-    root = tmp_path_factory.mktemp("region")
-    consent_url, consent_service = start_consent(root, pki)
-    net = Region(root, pki, consent_url, consent_service, root / "linkage.key")
+    net = start_region(pki, tmp_path_factory.mktemp("region"))
     try:
-        data_dir = root / "coordinator"
-        data_dir.mkdir()
-        register(data_dir, pki)
-        port, http_port = free_port(), free_port()
-        args = [
-            "coordinator",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--http-port",
-            str(http_port),
-            "--ca-dir",
-            str(pki.ca_dir),
-            "--org-dir",
-            str(pki.org_dirs["coordinator"]),
-            "--consent-url",
-            consent_url,
-            "--lease-seconds",
-            "3",
-        ]
-        url = f"http://127.0.0.1:{http_port}"
-        service = start_service("coordinator", args, base_url=url, log_dir=root / "logs")
-        net.coordinator = Coordinator(service, f"127.0.0.1:{port}", data_dir, url, args)
-        net.start_node("hosp-a", "tertiary")
-        net.start_node("clinic-b", "community")
-        net.start_node("clinic-c", "community")
         seed(net.nodes["hosp-a"], patient_bundle(NID, name=NAME))
         pseudo = net.pseudonym(NID)
         _PSEUDO.append(pseudo)
