@@ -83,6 +83,9 @@ def create_status_app(
             "recent_dead_letters": dead,
         }
 
+    # The model registry router (coordinator/model_registry) reads these.
+    app.state.services = services
+    app.state.creds = creds
     _include_model_registry(app)
     return app
 

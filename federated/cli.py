@@ -1,7 +1,426 @@
-"""`ipjms federated …` sub-commands."""
+"""``ipjms fl …``: federated training across the nodes (Flower + DP-SGD).
+
+- ``ipjms fl superlink``  the authority's SuperLink (TLS, SuperNode authentication)
+- ``ipjms fl authorize``  admit an organisation's SuperNode (its PKI signing key) to the SuperLink
+- ``ipjms fl supernode``  a node's SuperNode (sibling of ``ipjms node serve``) on its own store
+- ``ipjms fl run``        start a run and follow it to the end
+- ``ipjms fl score``      score a node's patients with a published model (RiskAssessment)
+- ``ipjms fl bench``      local vs federated vs DP vs pooled on one CSV per centre
+
+Heavy imports (torch, flwr) stay inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="This service's state directory.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _free_port() -> int:
+    from deploy.launcher import free_port  # deploy is a leaf for CLIs; only the helper
+
+    return free_port()
+
+
+@app.command()
+def superlink(
+    data_dir: DataDir,
+    org_dir: Annotated[Path, typer.Option("--org-dir", help="The authority's PKI credentials.")],
+    port: Annotated[
+        int, typer.Option("--port", help="Health endpoint port (HTTP /healthz).")
+    ] = 9090,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    fleet_port: Annotated[int, typer.Option("--fleet-port")] = 9092,
+    control_port: Annotated[int, typer.Option("--control-port")] = 9093,
+    serverappio_port: Annotated[int, typer.Option("--serverappio-port")] = 0,
+    authorize: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--authorize", help="An organisation credentials dir (or its public part) to admit."
+        ),
+    ] = None,
+) -> None:
+    """Run the authority's Flower SuperLink with TLS and SuperNode authentication."""
+    from federated.deployment import flwr_env, superlink_args, write_connection
+    from federated.supervisor import Supervised, port_open
+    from trust.pki import load_org
+
+    creds_dir = org_dir
+    if not (creds_dir / "org.json").exists():
+        _fail(f"--org-dir {org_dir}: no organisation credentials (run ipjms pki issue)")
+    creds = load_org(creds_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tls = data_dir / "tls"
+    tls.mkdir(exist_ok=True)
+    (tls / "ca.pem").write_bytes(creds.ca_cert_pem)
+    (tls / "cert.pem").write_bytes(creds.tls_cert_pem)
+    key = tls / "key.pem"
+    key.touch(mode=0o600)
+    key.write_bytes(creds.tls_key_pem)
+    flwr_home = data_dir / "flwr"
+    fleet = f"{host}:{fleet_port}"
+    control = f"{host}:{control_port}"
+    serverappio = f"127.0.0.1:{serverappio_port or _free_port()}"
+    write_connection(flwr_home, control, tls / "ca.pem")
+    (data_dir / "superlink.json").write_text(
+        json.dumps({"fleet": fleet, "control": control, "org_id": creds.org_id})
+    )
+    args = superlink_args(
+        ca_cert=tls / "ca.pem",
+        tls_cert=tls / "cert.pem",
+        tls_key=key,
+        fleet_address=fleet,
+        control_address=control,
+        serverappio_address=serverappio,
+        database=data_dir / "superlink.db",
+    )
+    log_fh = (data_dir / "superlink.log").open("ab")
+    sup = Supervised(
+        args,
+        env=flwr_env(flwr_home),
+        log_file=log_fh,
+        ready=lambda: port_open(fleet) and port_open(control),
+        health_host=host,
+        health_port=port,
+        info={"service": "superlink", "fleet": fleet, "control": control},
+    )
+    console.print(f"SuperLink: fleet {fleet}, control {control} (TLS, SuperNode auth on)")
+    deadline = time.monotonic() + 60
+    while not (port_open(fleet) and port_open(control)):
+        if sup.proc.poll() is not None or time.monotonic() > deadline:
+            _fail(f"SuperLink did not start; see {data_dir / 'superlink.log'}", code=1)
+        time.sleep(0.2)
+    for org in authorize or []:
+        _authorize(data_dir, org)
+    raise typer.Exit(sup.wait())
+
+
+def _authorize(data_dir: Path, org_dir: Path) -> str:
+    from federated.deployment import register_supernode, ssh_public_key_of_org
+
+    ca = (data_dir / "tls" / "ca.pem").read_bytes()
+    try:
+        org_id, ssh = ssh_public_key_of_org(org_dir, ca)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"{org_dir}: not admitted: {exc}")
+    keys = data_dir / "supernode-keys"
+    keys.mkdir(exist_ok=True)
+    pub = keys / f"{org_id}.pub"
+    pub.write_bytes(ssh + b"\n")
+    node_id = register_supernode(data_dir / "flwr", pub)
+    registry = data_dir / "supernodes.json"
+    known = json.loads(registry.read_text()) if registry.exists() else {}
+    known[org_id] = node_id
+    registry.write_text(json.dumps(known, indent=2))
+    console.print(f"admitted SuperNode of {org_id} (Flower node {node_id})")
+    return node_id
+
+
+@app.command()
+def authorize(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The SuperLink's data dir.")],
+    org_dir: Annotated[
+        Path, typer.Option("--org-dir", help="The node organisation's credentials.")
+    ],
+) -> None:
+    """Admit an organisation's SuperNode: verify its signing certificate against the CA and
+    register the key with the running SuperLink."""
+    _authorize(data_dir, org_dir)
+
+
+@app.command()
+def supernode(
+    data_dir: DataDir,
+    superlink: Annotated[str, typer.Option("--superlink", help="SuperLink Fleet API host:port.")],
+    org_dir: Annotated[Path, typer.Option("--org-dir", help="This node's PKI credentials.")],
+    fhir_url: Annotated[str, typer.Option("--fhir-url", help="This node's own API base URL.")],
+    client_id: Annotated[str, typer.Option("--client-id", help="Backend client id at the node.")],
+    client_key: Annotated[Path, typer.Option("--client-key", help="Backend client EC key (PEM).")],
+    consent_url: Annotated[str, typer.Option("--consent-url")],
+    authority: Annotated[str, typer.Option("--authority", help="The authority's org id.")],
+    linkage_key: Annotated[Path, typer.Option("--linkage-key")],
+    port: Annotated[
+        int, typer.Option("--port", help="Health endpoint port (HTTP /healthz).")
+    ] = 9095,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    epsilon_budget: Annotated[float, typer.Option("--epsilon-budget", min=0.0)] = 10.0,
+    min_cohort: Annotated[int, typer.Option("--min-cohort", min=0)] = 50,
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Cohort reference date (default now).")
+    ] = "",
+) -> None:
+    """Run this node's Flower SuperNode: trains on this node's store, under its own rules."""
+    from federated.deployment import flwr_env, supernode_args, write_supernode_key
+    from federated.supervisor import Supervised, port_open
+    from trust.pki import load_org
+
+    if epsilon_budget <= 0:
+        _fail("--epsilon-budget must be positive")
+    if not (org_dir / "org.json").exists():
+        _fail(f"--org-dir {org_dir}: no organisation credentials")
+    for p, opt in ((client_key, "--client-key"), (linkage_key, "--linkage-key")):
+        if not p.exists():
+            _fail(f"{opt} {p}: no such file")
+    creds = load_org(org_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = write_supernode_key(creds, data_dir / "supernode-auth.key")
+    ca = data_dir / "ca.pem"
+    ca.write_bytes(creds.ca_cert_pem)
+    clientappio = f"127.0.0.1:{_free_port()}"
+    node_config = {
+        "org-id": creds.org_id,
+        "source": "fhir",
+        "fhir-url": fhir_url,
+        "client-id": client_id,
+        "client-key": str(client_key.resolve()),
+        "consent-url": consent_url,
+        "authority": authority,
+        "org-dir": str(org_dir.resolve()),
+        "linkage-key": str(linkage_key.resolve()),
+        "data-dir": str(data_dir.resolve()),
+        "epsilon-budget": float(epsilon_budget),
+        "min-cohort": int(min_cohort),
+        **({"as-of": as_of} if as_of else {}),
+    }
+    args = supernode_args(
+        superlink=superlink,
+        ca_cert=ca,
+        auth_key=key,
+        node_config=node_config,
+        clientappio_address=clientappio,
+    )
+    log_fh = (data_dir / "supernode.log").open("ab")
+    sup = Supervised(
+        args,
+        env=flwr_env(data_dir / "flwr"),
+        log_file=log_fh,
+        ready=lambda: port_open(clientappio),
+        health_host=host,
+        health_port=port,
+        info={"service": "supernode", "org": creds.org_id},
+    )
+    console.print(f"SuperNode of {creds.org_id} → {superlink} (TLS, authenticated)")
+    raise typer.Exit(sup.wait())
+
+
+@app.command()
+def run(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The SuperLink's data dir.")],
+    task: Annotated[str, typer.Option("--task")] = "readmission-30d",
+    rounds: Annotated[int, typer.Option("--rounds")] = 5,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Target ε per node for the run.")
+    ] = 3.0,
+    strategy: Annotated[str, typer.Option("--strategy", help="fedavg | fedadam")] = "fedavg",
+    min_nodes: Annotated[int, typer.Option("--min-nodes")] = 2,
+    model: Annotated[str, typer.Option("--model", help="logreg | mlp")] = "logreg",
+    lr: Annotated[float, typer.Option("--lr")] = 0.5,
+    local_epochs: Annotated[int, typer.Option("--local-epochs")] = 2,
+    min_cohort: Annotated[int, typer.Option("--min-cohort")] = 0,
+    round_timeout: Annotated[float, typer.Option("--round-timeout")] = 300.0,
+    node_wait: Annotated[float, typer.Option("--node-wait")] = 120.0,
+    registry_url: Annotated[
+        str, typer.Option("--registry-url", help="Coordinator HTTP base URL.")
+    ] = "",
+    authority_dir: Annotated[
+        str, typer.Option("--authority-dir", help="Authority credentials.")
+    ] = "",
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Give up after this many seconds.")
+    ] = 3600,
+    label: Annotated[str, typer.Option("--label", help="Run label (default: generated).")] = "",
+) -> None:
+    """Start a federated run on the SuperLink and follow it until it completes or fails."""
+    import tempfile
+    import uuid
+
+    from federated.run_plan import PlanError, RunPlan
+
+    if epsilon <= 0:
+        _fail(f"--epsilon must be positive (got {epsilon:g}): every federated run is DP-SGD")
+    try:
+        plan = RunPlan(
+            task=task,
+            rounds=rounds,
+            epsilon=epsilon,
+            strategy=strategy,
+            min_nodes=min_nodes,
+            model=model,
+            lr=lr,
+            local_epochs=local_epochs,
+            min_cohort=min_cohort,
+            round_timeout=round_timeout,
+            node_wait=node_wait,
+            run_label=label or f"run-{uuid.uuid4().hex[:12]}",
+        )
+    except PlanError as exc:
+        _fail(str(exc))
+    if task == "csv":
+        _fail("task 'csv' is for ipjms fl bench only")
+    if registry_url and not authority_dir:
+        _fail("--registry-url needs --authority-dir (the authority's credentials)")
+    if not (data_dir / "flwr" / "config.toml").exists():
+        _fail(f"--data-dir {data_dir}: no SuperLink here (start ipjms fl superlink first)")
+    from federated.deployment import build_app_dir, run_status, submit_run
+
+    results = (data_dir / "runs").resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    config = {
+        **plan.to_run_config(),
+        "results-dir": str(results),
+        "registry-url": registry_url,
+        "authority-dir": str(Path(authority_dir).resolve()) if authority_dir else "",
+        "registry-ca": "",
+        "publish": True,
+    }
+    with tempfile.TemporaryDirectory(prefix="ipjms-fab-") as tmp:
+        app_dir = build_app_dir(Path(tmp) / "app", config)
+        run_id = submit_run(data_dir / "flwr", app_dir, config)
+    console.print(f"run {plan.run_label} started (Flower run {run_id})")
+    progress = results / f"{plan.run_label}.log"
+    outcome = results / f"{plan.run_label}.json"
+    shown = 0
+    deadline = time.monotonic() + timeout
+    status: dict[str, object] = {}
+    while True:
+        if progress.exists():
+            lines = progress.read_text().splitlines()
+            for line in lines[shown:]:
+                console.print(f"  {line}")
+            shown = len(lines)
+        if outcome.exists():
+            doc = json.loads(outcome.read_text())
+            if doc.get("status") == "completed":
+                _summary(doc)
+                return
+            _fail(f"run {plan.run_label} failed: {doc.get('reason')}", code=1)
+        status = run_status(data_dir / "flwr", run_id)
+        if str(status.get("status", "")).startswith("finished") and not outcome.exists():
+            time.sleep(0.5)
+            if not outcome.exists():
+                _fail(
+                    f"run {plan.run_label} ended without a result: {status.get('status')}", code=1
+                )
+        if time.monotonic() > deadline:
+            _fail(f"run {plan.run_label} did not finish within {timeout:.0f}s", code=1)
+        time.sleep(1.0)
+
+
+def _summary(doc: dict[str, object]) -> None:
+    from rich.table import Table
+
+    card = doc["card"]
+    assert isinstance(card, dict)
+    table = Table(
+        title=f"model {doc.get('model_id') or '(not stored)'}: "
+        f"{card['task']} ({card['feature_spec']})"
+    )
+    for col in ("node", "cohort (rounded)", "rounds", "ε", "δ", "AUROC"):
+        table.add_column(col)
+    for p in card["participants"]:
+        table.add_row(
+            p["org"],
+            str(p["cohort_size_rounded"]),
+            ",".join(map(str, p["rounds"])),
+            f"{p['epsilon']:.2f}",
+            f"{p['delta']:.1e}",
+            f"{(p['evaluation'] or {}).get('auroc') or float('nan'):.3f}",
+        )
+    console.print(table)
+    ev = card["evaluation"]
+    console.print(
+        f"federated evaluation: AUROC {ev.get('auroc')}, AUPRC {ev.get('auprc')}, "
+        f"Brier {ev.get('brier')}"
+    )
+    if card["dropped"]:
+        console.print(f"dropped: {', '.join(sorted({d['org'] for d in card['dropped']}))}")
+
+
+@app.command()
+def score(
+    node_url: Annotated[str, typer.Option("--node-url")],
+    model: Annotated[str, typer.Option("--model", help="Model id in the registry.")],
+    registry_url: Annotated[str, typer.Option("--registry-url")],
+    org_dir: Annotated[Path, typer.Option("--org-dir", help="This node's credentials.")],
+    client_id: Annotated[str, typer.Option("--client-id")],
+    client_key: Annotated[Path, typer.Option("--client-key")],
+    top: Annotated[int, typer.Option("--top", help="List the N highest-risk patients.")] = 5,
+) -> None:
+    """Score every patient at a node with a published model; store RiskAssessment resources."""
+    from federated.scoring import score_node
+
+    try:
+        summary = score_node(
+            node_url=node_url,
+            model_id=model,
+            registry_url=registry_url,
+            org_dir=org_dir,
+            client_id=client_id,
+            client_key=client_key,
+        )
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"scoring failed: {exc}", code=1)
+    console.print(f"scored {summary.scored} patient(s); {summary.stored} RiskAssessment(s) stored")
+    for pid, pseudo, risk in summary.top(top):
+        console.print(f"  {pseudo or pid}: {risk:.3f}")
+
+
+@app.command()
+def bench(
+    data: Annotated[Path, typer.Option("--data", help="Folder with one CSV per centre.")],
+    label: Annotated[str, typer.Option("--label", help="Label column (positive when non-zero).")],
+    na_values: Annotated[
+        str, typer.Option("--na-values", help="Missing markers, comma-separated.")
+    ] = "",
+    test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.25,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    rounds: Annotated[int, typer.Option("--rounds")] = 10,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write rows as JSON here.")
+    ] = None,
+) -> None:
+    """Local vs FedAvg vs FedAvg+DP (ε 1, 3, 8) vs FedAdam vs pooled, per centre + mean."""
+    from dataclasses import replace
+
+    from federated.bench import DEFAULT_PLAN, format_table, run_bench
+    from federated.datasets import BenchInputError
+
+    if not 0 < test_fraction < 1:
+        _fail("--test-fraction must be between 0 and 1")
+    if rounds < 1:
+        _fail("--rounds must be at least 1")
+    plan = replace(
+        DEFAULT_PLAN, test_fraction=test_fraction, split_seed=seed, seed=seed, rounds=rounds
+    )
+    na = [v for v in na_values.split(",")] if na_values else None
+    try:
+        rows = run_bench(
+            data, label, na_values=na, plan=plan, progress=lambda m: console.print(f"… {m}")
+        )
+    except BenchInputError as exc:
+        _fail(str(exc))
+    console.print(format_table(rows))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.as_json() for r in rows], indent=2))
+        console.print(f"wrote {json_out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(sys.argv[1:])

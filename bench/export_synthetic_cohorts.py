@@ -1,0 +1,68 @@
+"""Export the synthetic cohorts of three sites as one CSV per centre for ``ipjms fl bench``.
+
+The records come from node.feeds' seeded generator (the same Bundles ``ipjms node seed`` writes
+into a node's store); the features are computed by the federated feature spec
+(readmission-30d@1) exactly as a SuperNode computes them from its store.
+
+    .venv/bin/python bench/export_synthetic_cohorts.py --out bench/data/readmission
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from datetime import UTC, datetime
+from pathlib import Path
+
+from federated.feature_spec import FEATURE_NAMES, extract_samples
+from node.feeds.synthetic import generate_site, reference_date
+
+LABEL = "readmitted_30d"
+# site name → (profile, patients, seed): one tertiary hospital, two community clinics.
+SITES = {
+    "tertiary": ("tertiary", 1500, 11),
+    "clinic-a": ("community", 5000, 12),
+    "clinic-b": ("community", 5000, 13),
+}
+
+
+def export(
+    out: Path, scale: float = 1.0, clinic_patients: int | None = None
+) -> dict[str, tuple[int, int]]:
+    out.mkdir(parents=True, exist_ok=True)
+    ref = reference_date()
+    as_of = datetime(ref.year, ref.month, ref.day, tzinfo=UTC)
+    counts = {}
+    for name, (profile, patients, seed) in SITES.items():
+        if clinic_patients is not None and profile == "community":
+            patients = clinic_patients
+        n = max(1, int(patients * scale))
+        rows = []
+        for bundle in generate_site(profile, n, seed):
+            resources = []
+            for entry in bundle["entry"]:
+                res = dict(entry["resource"])
+                res.setdefault("id", entry["fullUrl"].rsplit(":", 1)[-1])
+                resources.append(res)
+            for s in extract_samples(resources, as_of=as_of):
+                rows.append([*(round(v, 5) for v in s.features), s.label])
+        with (out / f"{name}.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([*FEATURE_NAMES, LABEL])
+            writer.writerows(rows)
+        counts[name] = (len(rows), sum(r[-1] for r in rows))
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench/data/readmission"))
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the patients")
+    parser.add_argument("--clinic-patients", type=int, default=None)
+    args = parser.parse_args()
+    for name, (n, pos) in export(args.out, args.scale, args.clinic_patients).items():
+        print(f"{name}: {n} discharges, {pos} readmitted within 30 days")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Run a Flower process (SuperLink or SuperNode) as a child and answer ``GET /healthz`` for it,
+so ``ipjms fl superlink|supernode`` behave like every other IPJMS service."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["Supervised", "port_open"]
+
+
+def port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+class Supervised:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str],
+        log_file: Any,
+        ready: Callable[[], bool],
+        health_host: str,
+        health_port: int,
+        info: dict[str, Any],
+    ) -> None:
+        self.proc = subprocess.Popen(list(args), env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        self.ready = ready
+        self.info = info
+        supervised = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path != "/healthz":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                alive = supervised.proc.poll() is None
+                ok = alive and supervised.ready()
+                body = json.dumps(
+                    {"status": "ok" if ok else "starting", **supervised.info}
+                ).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                return
+
+        self.http = ThreadingHTTPServer((health_host, health_port), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def wait(self) -> int:
+        """Forward SIGTERM/SIGINT to the child, wait for it, stop the health server."""
+
+        def forward(signum: int, _frame: object) -> None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        try:
+            code = self.proc.wait()
+        finally:
+            self.http.shutdown()
+        return code
