@@ -301,8 +301,7 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
 def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pki = tmp_path_factory.mktemp("pki")
     env = {
-        "IPJMS_PKI_ORGS": "org-authority=127.0.0.1 org-consent=127.0.0.1 org-a=127.0.0.1",
-        "IPJMS_PKI_GENERATED": "node-a-admin",
+        "IPJMS_PKI_ORGS": "org-authority=127.0.0.1",
         **{
             f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
             for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
@@ -313,56 +312,32 @@ def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pki
 
 
-def role_env(role: str, pki: Path, data: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(environment of the role, environment of its health check)."""
-    port = str(free_port())
-    common = {
-        "IPJMS_DATA_DIR": str(data),
-        "IPJMS_PORT": port,
-        "IPJMS_CA_DIR": str(pki / "ca-public"),
-    }
-    if role == "node":
-        return {
-            **common,
-            "IPJMS_NODE_ORG_ID": "org-a",
-            "IPJMS_NODE_LEVEL": "community",
-            "IPJMS_ADMIN_PASSWORD_FILE": str(pki / "secrets" / "node-a-admin" / "password"),
-            "IPJMS_NODE_LINKAGE_KEY_PATH": str(pki / "linkage" / "linkage.key"),
-        }, {"IPJMS_PORT": port}
-    if role == "consent":
-        return {**common, "IPJMS_ORG_DIR": str(pki / "orgs" / "org-consent")}, {"IPJMS_PORT": port}
-    if role == "coordinator":
-        grpc = str(free_port())
-        return {
-            **common,
-            "IPJMS_GRPC_PORT": grpc,
-            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
-        }, {"IPJMS_PORT": port}
-    if role == "superlink":
-        fleet, control = str(free_port()), str(free_port())
-        return {
-            **common,
-            "IPJMS_FLEET_PORT": fleet,
-            "IPJMS_CONTROL_PORT": control,
-            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
-        }, {"IPJMS_HEALTH_TCP": f"127.0.0.1:{fleet}"}
-    raise AssertionError(role)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("role", ["node", "consent", "coordinator", "superlink"])
-def test_role_starts_and_passes_its_health_check(
-    role: str, bootstrapped_pki: Path, tmp_path: Path
+def test_superlink_role_serves_tls_with_the_regional_certificate(
+    bootstrapped_pki: Path, tmp_path: Path
 ) -> None:
-    """Each service role, started the way the image starts it (SQLite here; the compose and
-    Kubernetes files add a PostgreSQL URL), becomes healthy by the image's own health check."""
+    """The SuperLink role starts Flower's SuperLink with the authority's certificate: it passes
+    the image's health check and a client that trusts only the regional CA completes a TLS
+    handshake with it. (Node, consent and coordinator roles: tests/deploy/test_deploy_region.py.)"""
+    import socket
+    import ssl
+
     from deploy.launcher import wait_until
 
-    env, health = role_env(role, bootstrapped_pki, tmp_path / role)
-    log = tmp_path / f"{role}.log"
+    refused = run_entrypoint("superlink", env={"IPJMS_ORG_DIR": "", "IPJMS_FLOWER_INSECURE": "0"})
+    assert refused.returncode == 64 and "TLS" in refused.stderr  # never plaintext by accident
+
+    fleet, control = free_port(), free_port()
+    env = {
+        "IPJMS_DATA_DIR": str(tmp_path / "superlink"),
+        "IPJMS_FLEET_PORT": str(fleet),
+        "IPJMS_CONTROL_PORT": str(control),
+        "IPJMS_ORG_DIR": str(bootstrapped_pki / "orgs" / "org-authority"),
+    }
+    log = tmp_path / "superlink.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            ["sh", str(ENTRYPOINT), role],
+            ["sh", str(ENTRYPOINT), "superlink"],
             env=entrypoint_env(env),
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -373,13 +348,27 @@ def test_role_starts_and_passes_its_health_check(
 
         def healthy() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"{role} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"superlink exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
+            health = {"IPJMS_HEALTH_TCP": f"127.0.0.1:{fleet}"}
             return run_entrypoint("healthcheck", env=health).returncode == 0
 
-        wait_until(healthy, timeout=90, interval=0.5, what=f"{role} to pass its health check")
-        if role == "node":  # the admin password came from the mounted file, not the log
-            password = (bootstrapped_pki / "secrets" / "node-a-admin" / "password").read_text()
-            assert password.strip() not in log.read_text()
+        wait_until(healthy, timeout=90, interval=0.5, what="superlink to pass its health check")
+        ctx = ssl.create_default_context(cafile=str(bootstrapped_pki / "ca-public" / "ca.cert.pem"))
+        ctx.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection(("127.0.0.1", fleet), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            subject = dict(x[0] for x in tls.getpeercert()["subject"])
+            assert subject["commonName"] == "org-authority"
+        untrusting = ssl.create_default_context()  # system CAs only: must refuse
+        with (
+            socket.create_connection(("127.0.0.1", fleet), timeout=10) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            untrusting.wrap_socket(raw, server_hostname="127.0.0.1")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
