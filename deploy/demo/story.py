@@ -17,8 +17,8 @@ from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
-START_ORDER = ["trust", "consent", "nodes"]
-RUN_ORDER = ["trust", "nodes", "consent"]
+START_ORDER = ["trust", "consent", "exchange", "nodes"]
+RUN_ORDER = ["trust", "nodes", "consent", "exchange"]
 
 
 def _module(area: str) -> ModuleType:

@@ -1,0 +1,422 @@
+"""Demo chapter: the coordinator and the consent-scoped exchange between nodes (issue 4).
+
+``start`` registers the region's organisations in the coordinator's directory (from their PKI
+credentials), starts ``ipjms coordinator serve`` (gRPC with mutual TLS, status API) under
+``<workdir>/coordinator/`` and gives the nodes ``IPJMS_NODE_COORDINATOR_ADDRESS`` (plus the CA
+and credentials folders) through ``net.facts["node_env"]``.
+
+``run`` (after the consent chapter enrolled a patient and granted TREAT to clinic B): the
+tertiary hospital refers the patient down to clinic B → B accepts → B's doctor asks the
+hospital's cardiologist for a consultation → the hospital answers → clinic C, which has no
+consent, is refused at the coordinator → B pulls the patient's history. Every step prints what
+travelled and its latency.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consent.fhir import to_fhir
+from consent.policy import ConsentRecord, Provision
+from deploy.demo.network import (
+    AUTHORITY_ORG,
+    COORDINATOR_ORG,
+    DEMO_NODES,
+    DemoNetwork,
+    NodeInfo,
+    StepFailed,
+)
+from deploy.launcher import free_port, ipjms_command, wait_until
+from node.identity import patient_pseudonym
+from trust.pki import init_ca, issue_org
+from trust.pseudonym import load_or_create_linkage_key
+
+__all__ = ["start", "run"]
+
+_DOCTOR_PASSWORD_FILE = "demo-doctor-password"  # noqa: S105 - a file name; demo only
+_PATIENT_PASSWORD_FILE = "demo-patient-password"  # noqa: S105 - written by the consent chapter
+
+
+def _pki(net: DemoNetwork) -> dict[str, Any]:
+    pki = net.facts.get("pki")
+    if pki is None:  # the trust chapter did not run: make the same layout here
+        ca_dir = net.service_dir("pki") / "ca"
+        if not (ca_dir / "ca.cert.pem").exists():
+            init_ca(ca_dir, name="IPJMS Demo Regional CA")
+        pki = {"ca_dir": ca_dir, "orgs": {}, "linkage_key": net.service_dir("pki") / "linkage.key"}
+        load_or_create_linkage_key(pki["linkage_key"])
+        net.facts["pki"] = pki
+    for org in (AUTHORITY_ORG, COORDINATOR_ORG, *(o for o, *_ in DEMO_NODES)):
+        if org not in pki["orgs"]:
+            out = Path(pki["ca_dir"]) / "orgs" / org
+            if not (out / "org.json").exists():
+                issue_org(pki["ca_dir"], org, host="127.0.0.1,localhost")
+            pki["orgs"][org] = out
+    return dict(pki)
+
+
+def _ipjms(*args: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(
+        ipjms_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    if done.returncode != 0:
+        raise StepFailed(f"ipjms {' '.join(args[:2])} failed: {done.stderr.strip()[-400:]}")
+
+
+def start(net: DemoNetwork) -> None:
+    pki = _pki(net)
+    data_dir = net.service_dir("coordinator")
+    lines = []
+    levels = {AUTHORITY_ORG: "authority", COORDINATOR_ORG: "authority"}
+    names = {AUTHORITY_ORG: "Regional Health Authority", COORDINATOR_ORG: "Regional coordinator"}
+    for org, name, level, _profile in DEMO_NODES:
+        levels[org], names[org] = level, name
+    for org, level in levels.items():
+        lines += [
+            "[[organisation]]",
+            f'credentials = "{pki["orgs"][org]}"',
+            f'name = "{names[org]}"',
+            f'level = "{level}"',
+            "",
+        ]
+    config = data_dir / "organisations.toml"
+    config.write_text("\n".join(lines))
+    _ipjms("coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config))
+    port, http_port = free_port(), free_port()
+    args = [
+        "coordinator",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        "--ca-dir",
+        str(pki["ca_dir"]),
+        "--org-dir",
+        str(pki["orgs"][COORDINATOR_ORG]),
+    ]
+    if net.facts.get("consent_url"):
+        args += ["--consent-url", net.facts["consent_url"]]
+    net.start("coordinator", args, base_url=f"http://127.0.0.1:{http_port}")
+    net.facts["coordinator"] = {
+        "address": f"127.0.0.1:{port}",
+        "status_url": f"http://127.0.0.1:{http_port}/status",
+        "data_dir": data_dir,
+    }
+    env = net.facts.setdefault("node_env", {})
+    env["IPJMS_NODE_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
+    env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
+    by_org = net.facts.setdefault("node_env_by_org", {})
+    for org, *_ in DEMO_NODES:
+        by_org.setdefault(org, {}).setdefault(
+            "IPJMS_NODE_ORG_CREDENTIALS_DIR", str(pki["orgs"][org])
+        )
+    net.urls["Coordinator status API (authority)"] = f"http://127.0.0.1:{http_port}/status"
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def _doctor(net: DemoNetwork, node: NodeInfo) -> dict[str, str]:
+    """A doctor account at ``node`` (created once), and its bearer header."""
+    password_file = node.data_dir / _DOCTOR_PASSWORD_FILE
+    if not password_file.exists():
+        password = secrets.token_urlsafe(16)
+        _ipjms(
+            "node",
+            "user",
+            "add",
+            "--data-dir",
+            str(node.data_dir),
+            "--username",
+            "doctor",
+            "--role",
+            "doctor",
+            env={"IPJMS_USER_PASSWORD": password},
+        )
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password)
+    r = httpx.post(
+        f"{node.url}/auth/token",
+        data={
+            "grant_type": "password",
+            "username": "doctor",
+            "password": password_file.read_text().strip(),
+        },
+        timeout=30,
+    )
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _post(node: NodeInfo, headers: dict[str, str], path: str, body: Any) -> dict[str, Any]:
+    r = httpx.post(f"{node.url}{path}", json=body, headers=headers, timeout=120)
+    if r.status_code >= 300:
+        raise RuntimeError(f"{node.org_id} {path}: {r.status_code} {r.text[:300]}")
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _get(node: NodeInfo, headers: dict[str, str], path: str, **params: Any) -> dict[str, Any]:
+    r = httpx.get(f"{node.url}{path}", params=params, headers=headers, timeout=60)
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _inbox(node: NodeInfo, headers: dict[str, str]) -> list[dict[str, Any]]:
+    return list(_get(node, headers, "/exchange/inbox")["envelopes"])
+
+
+def _wait_inbox(node: NodeInfo, headers: dict[str, str], envelope_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def arrived() -> bool:
+        for row in _inbox(node, headers):
+            if row["envelope_id"] == envelope_id:
+                found.update(row)
+                return True
+        return False
+
+    wait_until(arrived, 60, interval=0.1, what=f"envelope {envelope_id[:8]} at {node.org_id}")
+    return found
+
+
+def _local_patient(node: NodeInfo, headers: dict[str, str], pseudo: str, key: bytes) -> str | None:
+    url: str | None = f"{node.url}/fhir/Patient?_count=200"
+    while url:
+        r = httpx.get(url, headers=headers, timeout=30)
+        r.raise_for_status()
+        bundle = r.json()
+        for entry in bundle.get("entry", []):
+            if patient_pseudonym(entry["resource"], key) == pseudo:
+                return str(entry["resource"]["id"])
+        url = next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == "next"), None)
+    return None
+
+
+def _extra_consent(net: DemoNetwork, pseudo: str, hospital: str, clinic: str) -> str:
+    """The patient lets the hospital's cardiologists see what a consultation needs, and lets
+    the clinic receive the advice and the referral's request."""
+    facts = net.facts["consent"]
+    password = (Path(net.facts["consent_data_dir"]) / _PATIENT_PASSWORD_FILE).read_text().strip()
+    url = net.facts["consent_url"]
+    login = httpx.post(
+        f"{url}/auth/patient-token",
+        timeout=30,
+        data={"username": facts["patient_username"], "password": password},
+    )
+    login.raise_for_status()
+    record = ConsentRecord(
+        "new",
+        pseudo,
+        "active",
+        Provision(
+            "deny",
+            provisions=(
+                Provision(
+                    "permit",
+                    actors=frozenset({hospital}),
+                    purposes=frozenset({"TREAT"}),
+                    classes=frozenset(
+                        {"Patient", "Condition", "Observation", "MedicationStatement"}
+                    ),
+                ),
+                Provision(
+                    "permit",
+                    actors=frozenset({clinic}),
+                    purposes=frozenset({"TREAT"}),
+                    classes=frozenset({"Patient", "ServiceRequest", "Communication"}),
+                ),
+            ),
+        ),
+    )
+    body = to_fhir(record)
+    del body["id"]
+    r = httpx.post(
+        f"{url}/fhir/Consent",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+    )
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+def run(net: DemoNetwork) -> None:
+    facts = net.facts["consent"]
+    pseudo = facts["pseudonym"]
+    key = load_or_create_linkage_key(net.facts["pki"]["linkage_key"])
+    hospital = next(n for n in net.nodes.values() if n.level == "tertiary")
+    clinic_b = net.nodes[facts["treat_recipient"]]
+    clinic_c = next(n for n in net.nodes.values() if n.level == "community" and n is not clinic_b)
+    doc_a, doc_b, doc_c = (_doctor(net, n) for n in (hospital, clinic_b, clinic_c))
+    patient_a = facts["patient_at"][hospital.org_id]
+
+    with net.step("The nodes publish their patients' pseudonyms to the record locator") as notes:
+        for node, headers in ((hospital, doc_a), (clinic_b, doc_b), (clinic_c, doc_c)):
+            count = _post(node, headers, "/exchange/publish", {})["published"]
+            notes.append(f"{node.org_id}: {count} pseudonyms (no names, no identifiers)")
+        consent_id = _extra_consent(net, pseudo, hospital.org_id, clinic_b.org_id)
+        notes.append(
+            f"the patient adds Consent/{consent_id}: consultation data to "
+            f"{hospital.org_id}, advice to {clinic_b.org_id}"
+        )
+
+    with net.step(
+        f"{hospital.org_id} refers the discharged patient down to {clinic_b.org_id}"
+    ) as notes:
+        t0 = time.perf_counter()
+        sent = _post(
+            hospital,
+            doc_a,
+            "/exchange/requests",
+            {
+                "kind": "referral",
+                "patient": f"Patient/{patient_a}",
+                "recipient": clinic_b.org_id,
+                "reason": "Discharged after heart-failure admission; follow-up near home",
+            },
+        )
+        row = _wait_inbox(clinic_b, doc_b, sent["envelope_id"])
+        if row["outcome"] != "imported":
+            raise RuntimeError(f"referral not imported: {row['detail']}")
+        notes.append(
+            f"{sent['resources']} resources sealed to {clinic_b.org_id}; classes "
+            f"{sent['classes']} (only what the patient consented to)"
+        )
+        notes.append(
+            f"send at {hospital.org_id} → imported at {clinic_b.org_id}: "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
+        task_b = row["task_uid"]
+
+    with net.step(f"{clinic_b.org_id} accepts; the Task status flows back") as notes:
+        tasks = _get(
+            clinic_b,
+            doc_b,
+            "/fhir/Task",
+            identifier=f"https://ipjms.example.org/fhir/sid/exchange-task|{task_b}",
+        )
+        local_task = tasks["entry"][0]["resource"]["id"]
+        t0 = time.perf_counter()
+        _post(clinic_b, doc_b, f"/exchange/tasks/{local_task}/accept", {})
+
+        def accepted() -> bool:
+            return _get(hospital, doc_a, f"/fhir/{sent['task']}")["status"] == "accepted"
+
+        wait_until(accepted, 60, interval=0.1, what="accepted at the hospital")
+        notes.append(
+            f"{sent['task']} at {hospital.org_id}: requested → accepted "
+            f"({(time.perf_counter() - t0) * 1000:.0f} ms)"
+        )
+
+    patient_b = next(
+        (
+            r["patient_id"]
+            for r in _inbox(clinic_b, doc_b)
+            if r["envelope_id"] == sent["envelope_id"]
+        ),
+        None,
+    )
+    with net.step(
+        f"{clinic_b.org_id}'s doctor asks {hospital.org_id} for a cardiology consultation"
+    ) as notes:
+        t0 = time.perf_counter()
+        consult = _post(
+            clinic_b,
+            doc_b,
+            "/exchange/requests",
+            {
+                "kind": "consultation",
+                "patient": f"Patient/{patient_b}",
+                "recipient": hospital.org_id,
+                "reason": "Worsening dyspnoea and ankle oedema",
+                "question": "Up-titrate the diuretic?",
+            },
+        )
+        row = _wait_inbox(hospital, doc_a, consult["envelope_id"])
+        notes.append(
+            f"question + {consult['classes']} → {hospital.org_id} "
+            f"({(time.perf_counter() - t0) * 1000:.0f} ms)"
+        )
+
+    with net.step(f"{hospital.org_id}'s cardiologist answers") as notes:
+        tasks = _get(
+            hospital,
+            doc_a,
+            "/fhir/Task",
+            identifier=f"https://ipjms.example.org/fhir/sid/exchange-task|{row['task_uid']}",
+        )
+        task_a = tasks["entry"][0]["resource"]["id"]
+        t0 = time.perf_counter()
+        _post(
+            hospital,
+            doc_a,
+            f"/exchange/tasks/{task_a}/answer",
+            {"text": "Increase the loop diuretic; recheck weight and electrolytes in 3 days."},
+        )
+
+        def completed() -> bool:
+            return _get(clinic_b, doc_b, f"/fhir/{consult['task']}")["status"] == "completed"
+
+        wait_until(completed, 60, interval=0.1, what="advice at the clinic")
+        task = _get(clinic_b, doc_b, f"/fhir/{consult['task']}")
+        notes.append(
+            f"advice {task['output'][0]['valueReference']['reference']} linked to "
+            f"{consult['task']} at {clinic_b.org_id} "
+            f"({(time.perf_counter() - t0) * 1000:.0f} ms)"
+        )
+
+    with net.step(f"{clinic_c.org_id}, without consent, is refused at the coordinator") as notes:
+        patient_c = _local_patient(clinic_c, doc_c, pseudo, key)
+        if patient_c is not None:
+            pulled = _post(clinic_c, doc_c, "/exchange/pulls", {"patient": f"Patient/{patient_c}"})
+            states = [q["state"] for q in pulled["queries"]]
+            if not states or not all(s.startswith("refused") for s in states):
+                raise RuntimeError(f"clinic C was not refused: {states}")
+            notes.append(f"record query from {clinic_c.org_id}: {states[0]}")
+        r = httpx.post(
+            f"{hospital.url}/exchange/requests",
+            headers=doc_a,
+            timeout=60,
+            json={
+                "kind": "referral",
+                "patient": f"Patient/{patient_a}",
+                "recipient": clinic_c.org_id,
+                "reason": "wrong clinic",
+            },
+        )
+        if r.status_code != 403:
+            raise RuntimeError(f"a referral to {clinic_c.org_id} was not refused: {r.status_code}")
+        notes.append(f"referral {hospital.org_id} → {clinic_c.org_id}: 403, no consent")
+
+    with net.step(f"{clinic_b.org_id} pulls the patient's history") as notes:
+        t0 = time.perf_counter()
+        pulled = _post(clinic_b, doc_b, "/exchange/pulls", {"patient": f"Patient/{patient_b}"})
+        notes.append(f"holders from the record locator: {pulled['holders']}")
+
+        def answered() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in _inbox(clinic_b, doc_b)
+                if r["kind"] == "record-answer" and r["patient_id"] == patient_b
+            ]
+
+        wait_until(answered, 60, interval=0.1, what="record answer")
+        notes.append(
+            f"{answered()[0]['detail']} from {hospital.org_id}, each with meta.source "
+            f"and a Provenance ({(time.perf_counter() - t0) * 1000:.0f} ms)"
+        )
