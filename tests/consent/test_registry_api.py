@@ -224,3 +224,21 @@ def test_org_authentication_is_refused_without_valid_assertion(registry: Registr
         http.get("/patients/me/disclosures", headers={"Authorization": "Bearer x.y.z"}).status_code
         == 401
     )
+
+
+def test_expired_enrolment_code_is_refused(registry: Registry) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from consent.schema import enrolment_codes
+
+    code = registry.org("hosp-a").create_enrolment_code(P2)["code"]
+    with registry.http.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            update(enrolment_codes).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    r = registry.http.post("/enrol", json={"code": code, "password": "a long password 1"})
+    assert r.status_code == 400 and "expired" in r.json()["issue"][0]["diagnostics"]
+    login = {"username": P2, "password": "a long password 1"}
+    assert registry.http.post("/auth/patient-token", data=login).status_code == 401
