@@ -21,8 +21,8 @@ LABEL = "readmitted_30d"
 # site name → (profile, patients, seed): one tertiary hospital, two community clinics.
 SITES = {
     "tertiary": ("tertiary", 1500, 11),
-    "clinic-a": ("community", 5000, 12),
-    "clinic-b": ("community", 5000, 13),
+    "clinic-a": ("community", 2500, 12),
+    "clinic-b": ("community", 2500, 13),
 }
 
 

@@ -1,0 +1,165 @@
+"""DP-SGD accounting, the privacy-budget ledger, min-cohort declines, drop-outs and the egress
+rule — over the real ServerApp loop and ClientApp on an in-process grid."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federated.budget import BudgetExceeded, PrivacyBudgetLedger
+from federated.client_app import app as client_app
+from federated.egress import CONFIG_KEYS, METRIC_KEYS, check_reply
+from federated.local_grid import LocalGrid
+from federated.models import make_model
+from federated.run_plan import PlanError, RunPlan
+from federated.server_loop import RunFailed, run_federated
+from federated.training import DPConfig, TrainConfig, default_delta, train
+from trust.storage import make_engine
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(x @ np.array([1.0, -1.0, 0.5, 0.0]))))).astype(
+        np.float32
+    )
+    return x, y
+
+
+def _csv(path: Path, n: int, seed: int) -> Path:
+    x, y = _data(n, seed)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["a", "b", "c", "d", "y"])
+        w.writerows([[*row, int(label)] for row, label in zip(x, y, strict=True)])
+    return path
+
+
+def _grid(tmp_path: Path, sizes: dict[str, int], **node_extra: object) -> LocalGrid:
+    configs = {}
+    for i, (org, n) in enumerate(sizes.items(), start=1):
+        configs[i] = {
+            "source": "csv",
+            "csv-path": str(_csv(tmp_path / f"{org}.csv", n, i)),
+            "label": "y",
+            "org-id": org,
+            "data-dir": str(tmp_path / f"ledger-{org}"),
+            "epsilon-budget": 10.0,
+            **node_extra,
+        }
+    return LocalGrid(client_app, configs)
+
+
+PLAN = RunPlan(task="csv", rounds=2, epsilon=2.0, n_features=4, normalise=True, min_nodes=2, lr=0.3)
+
+
+def test_dp_sgd_reports_epsilon_within_target() -> None:
+    x, y = _data(400, 0)
+    model = make_model("logreg", 4)
+    history: tuple = ()
+    spent = []
+    for rnd in range(3):
+        report = train(
+            model,
+            x,
+            y,
+            TrainConfig(epochs=1, lr=0.3, seed=rnd),
+            DPConfig(1.5, default_delta(400), 3, 1.0, history),
+        )
+        history = tuple(report.history)
+        spent.append(report.epsilon)
+    assert spent == sorted(spent)  # cumulative
+    assert 1.0 < spent[-1] <= 1.5  # the whole run stays within the target
+    assert report.delta is not None and report.delta <= 1 / 400
+    assert report.noise_multiplier and report.noise_multiplier > 0
+
+
+def test_budget_ledger_refuses_a_run_beyond_budget(tmp_path: Path) -> None:
+    ledger = PrivacyBudgetLedger(make_engine(f"sqlite:///{tmp_path / 'b.db'}"), budget=5.0)
+    ledger.reserve("run-1", "t", 3.0, 1e-4)
+    ledger.reserve("run-1", "t", 3.0, 1e-4)  # same run: not charged twice
+    with pytest.raises(BudgetExceeded, match=r"used 3.00 of 5.00"):
+        ledger.reserve("run-2", "t", 3.0, 1e-4)
+    assert ledger.used() == 3.0
+    ledger.reserve("run-3", "t", 2.0, 1e-4)
+    assert ledger.used() == 5.0
+
+
+def test_node_with_spent_budget_declines_and_says_so(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, {"big": 300, "mid": 300, "small": 300})
+    result = run_federated(
+        grid,
+        RunPlan(**{**PLAN.__dict__, "epsilon": 6.0, "run_label": "r1"}),
+        report=lambda _l: None,
+    )
+    assert len(result.participants()) == 3
+    # the second 6-ε run would take every node to 12 > 10: all decline, the run fails clearly
+    with pytest.raises(RunFailed) as err:
+        run_federated(
+            grid,
+            RunPlan(**{**PLAN.__dict__, "epsilon": 6.0, "run_label": "r2"}),
+            report=lambda _l: None,
+        )
+    assert "privacy budget spent: used 6.00 of 10.00" in str(err.value)
+
+
+def test_small_cohort_declines_and_run_goes_on(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, {"big": 300, "mid": 250, "tiny": 40}, **{"min-cohort": 100})
+    result = run_federated(
+        grid, RunPlan(**{**PLAN.__dict__, "run_label": "c"}), report=lambda _l: None
+    )
+    assert sorted(n.org for n in result.participants()) == ["big", "mid"]
+    (decl,) = {d["org"]: d for d in result.declined}.values()
+    assert decl["org"] == "tiny" and "cohort too small: 40" in decl["reason"]
+
+
+def test_dropout_is_recorded_and_below_minimum_fails(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, {"a": 200, "b": 200, "c": 200})
+    grid.erroring.add(3)
+    result = run_federated(
+        grid, RunPlan(**{**PLAN.__dict__, "run_label": "d"}), report=lambda _l: None
+    )
+    assert sorted(n.org for n in result.participants()) == ["a", "b"]
+    assert result.dropped and result.dropped[0]["node_id"] == 3
+    grid2 = (
+        _grid(tmp_path / "x", {"a": 200, "b": 200, "c": 200})
+        if (tmp_path / "x").mkdir() is None
+        else None
+    )
+    assert grid2 is not None
+    grid2.erroring.update({2, 3})
+    with pytest.raises(RunFailed, match="only 1 node\\(s\\) answered, the run needs at least 2"):
+        run_federated(grid2, RunPlan(**{**PLAN.__dict__, "run_label": "e"}), report=lambda _l: None)
+
+
+def test_client_messages_carry_only_model_arrays_and_aggregate_metrics(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, {"a": 200, "b": 200})
+    result = run_federated(
+        grid, RunPlan(**{**PLAN.__dict__, "run_label": "m"}), report=lambda _l: None
+    )
+    params = set(result.arrays)
+    assert grid.received, "no replies seen"
+    for msg in grid.received:
+        check_reply(msg.content)
+        for rec in msg.content.array_records.values():
+            assert set(rec.keys()) == params
+            assert all(tuple(rec[k].shape) == result.arrays[k].shape for k in rec.keys())
+        for rec in msg.content.metric_records.values():
+            assert set(rec.keys()) <= METRIC_KEYS
+            for key, value in rec.items():
+                # aggregates only: scalars, or per-column vectors (never per-patient rows)
+                assert isinstance(value, int | float) or len(value) == 4, key
+        for rec in msg.content.config_records.values():
+            assert set(rec.keys()) <= CONFIG_KEYS
+    counts = [m.content.metric_records["metrics"]["num-examples"] for m in grid.received]
+    assert all(int(c) % 10 == 0 for c in counts)  # counts leave rounded
+
+
+def test_plan_rejects_unknown_task_and_negative_epsilon() -> None:
+    with pytest.raises(PlanError, match="unknown task"):
+        RunPlan(task="mortality")
+    with pytest.raises(PlanError, match="ε must be positive"):
+        RunPlan(epsilon=-1)
