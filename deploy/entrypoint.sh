@@ -22,7 +22,8 @@
 #   IPJMS_CA_DIR             the regional CA's public part (ca certificate, revocation list)
 #   IPJMS_ADMIN_PASSWORD_FILE  node: the first admin's password (used by `node init` only)
 #   IPJMS_CONSENT_URL        coordinator: the consent registry
-#   IPJMS_DIRECTORY_CONFIG   coordinator: organisations to register before serving
+#   IPJMS_DIRECTORY_CONFIG   coordinator: organisations to register before serving (one TOML)
+#   IPJMS_DIRECTORY_DIR      coordinator: or a folder of ORG/directory.toml + ORG's public certs
 #   IPJMS_PUBLIC_URL         consent: its public base URL
 set -eu
 
@@ -91,6 +92,14 @@ coordinator)
     if [ -n "${IPJMS_DIRECTORY_CONFIG:-}" ]; then
         # shellcheck disable=SC2046
         ipjms coordinator register-org --data-dir "$DATA_DIR" $(db_args) --config "$IPJMS_DIRECTORY_CONFIG"
+    fi
+    # ...or one folder per organisation, each with its public certificates and directory.toml.
+    if [ -n "${IPJMS_DIRECTORY_DIR:-}" ]; then
+        for entry in "$IPJMS_DIRECTORY_DIR"/*/directory.toml; do
+            [ -f "$entry" ] || continue
+            # shellcheck disable=SC2046
+            ipjms coordinator register-org --data-dir "$DATA_DIR" $(db_args) --config "$entry"
+        done
     fi
     set -- --host 0.0.0.0 --port "${IPJMS_GRPC_PORT:-7443}" --http-port "$PORT" "$@"
     [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"

@@ -7,7 +7,8 @@
 # --ca-dir   the regional CA (default $IPJMS_CA_DIR or ~/.ipjms/regional-ca). Created if absent.
 #            The CA private key stays here, on the operator's machine — it never enters the cluster.
 # --k8s-dir  the deploy/k8s folder to write into (default: this script's folder).
-# --add-node also generate the Secrets of the overlay's extra node (e.g. clinic-c org-clinic-c).
+# --add-node also generate the Secrets of the overlay's extra node (e.g. clinic-c org-clinic-c);
+#            its display name and level: $IPJMS_EXTRA_NODE_NAME, $IPJMS_EXTRA_NODE_LEVEL.
 # $IPJMS     the ipjms command (default: ipjms on PATH).
 #
 # Idempotent: existing passwords, keys and certificates are kept. To rotate an organisation's
@@ -59,6 +60,25 @@ issue_org() {
     fi
 }
 
+# directory_entry OUT_DIR ORG NAME LEVEL [FHIR_URL]: the organisation's public certificates and
+# its entry for the coordinator's directory (registered on every coordinator start).
+directory_entry() {
+    out="$1/directory/$2"
+    mkdir -p "$out"
+    for f in org.json ca.cert.pem tls.cert.pem signing.cert.pem encryption.cert.pem; do
+        cp "$ca_dir/orgs/$2/$f" "$out/$f"
+    done
+    {
+        echo '[[organisation]]'
+        echo 'credentials = "."'
+        echo "name = \"$3\""
+        echo "level = \"$4\""
+        if [ -n "${5:-}" ]; then
+            echo "endpoints = [{kind = \"fhir\", url = \"$5\"}]"
+        fi
+    } >"$out/directory.toml"
+}
+
 if [ ! -s "$ca_dir/ca.cert.pem" ]; then
     $ipjms pki init-ca "$ca_dir" >/dev/null
 fi
@@ -81,6 +101,10 @@ issue_org "$base" org-consent "consent,consent.ipjms.svc"
 for node in tertiary clinic-a clinic-b; do
     issue_org "$base" "org-$node" "node-$node,node-$node.ipjms.svc,supernode-$node"
 done
+directory_entry "$base" org-authority "Regional Health Authority" authority
+directory_entry "$base" org-tertiary "Regional Tertiary Hospital" tertiary http://node-tertiary:8080/fhir
+directory_entry "$base" org-clinic-a "Community Clinic A" community http://node-clinic-a:8080/fhir
+directory_entry "$base" org-clinic-b "Community Clinic B" community http://node-clinic-b:8080/fhir
 
 if [ -n "$extra_instance" ]; then
     overlay="$k8s_dir/overlays/add-node/secrets"
@@ -88,5 +112,7 @@ if [ -n "$extra_instance" ]; then
     write_password "$overlay/admin/$extra_instance.password"
     issue_org "$overlay" "$extra_org" \
         "node-$extra_instance,node-$extra_instance.ipjms.svc,supernode-$extra_instance"
+    directory_entry "$overlay" "$extra_org" "${IPJMS_EXTRA_NODE_NAME:-Community Clinic ($extra_instance)}" \
+        "${IPJMS_EXTRA_NODE_LEVEL:-community}" "http://node-$extra_instance:8080/fhir"
 fi
 echo "gen-secrets: wrote secret material under $k8s_dir (CA: $ca_dir)"

@@ -224,6 +224,7 @@ def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]
         ("Secret", "db-clinic-c-password"),
         ("Secret", "org-clinic-c-credentials"),
         ("Secret", "node-clinic-c-admin-password"),
+        ("ConfigMap", "directory-org-clinic-c"),
     }, added
     cfg = next(
         d
@@ -292,3 +293,54 @@ def test_kustomize_and_helm_describe_the_same_network(
 
     assert shape(rendered["base"]) == shape(rendered["helm"])
     assert shape(rendered["add-node"]) == shape(rendered["helm-4-nodes"])
+
+
+def test_coordinator_directory_lists_every_node_org(docs: list[dict[str, Any]]) -> None:
+    """The coordinator registers the authority and every node's organisation on start."""
+    configs = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    templates = pod_templates(docs)
+    node_orgs = set()
+    for name, tpl in templates.items():
+        if name.startswith("node-"):
+            ref = tpl["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+            node_orgs.add(configs[ref]["IPJMS_NODE_ORG_ID"])
+    coordinator = templates["coordinator"]["spec"]
+    container = coordinator["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    for ref in container.get("envFrom", []):
+        env.update(configs[ref["configMapRef"]["name"]])
+    assert env["IPJMS_DIRECTORY_DIR"] == "/run/ipjms/directory"
+    volumes = {v["name"]: v for v in coordinator["volumes"]}
+    mounted = {}
+    for m in container["volumeMounts"]:
+        if m["mountPath"].startswith("/run/ipjms/directory/"):
+            org = m["mountPath"].rsplit("/", 1)[1]
+            mounted[org] = volumes[m["name"]]["configMap"]["name"]
+    assert set(mounted) == node_orgs | {"org-authority"}
+    for org, cm in mounted.items():
+        assert cm.startswith(f"directory-{org}"), (org, cm)
+
+
+def test_generated_directory_entries_parse(k8s_dir: Path) -> None:
+    """gen-secrets.sh writes one directory entry per organisation that the coordinator's own
+    parser accepts, with public certificates only."""
+    from coordinator.registration import records_from_toml
+
+    entries = sorted(k8s_dir.glob("**/secrets/directory/*/directory.toml"))
+    orgs = {}
+    for entry in entries:
+        assert not list(entry.parent.glob("*.key.pem")), f"{entry.parent} holds a private key"
+        (record,) = records_from_toml(entry)
+        orgs[record.org_id] = record
+        assert record.org_id == entry.parent.name
+    assert set(orgs) == {
+        "org-authority",
+        "org-tertiary",
+        "org-clinic-a",
+        "org-clinic-b",
+        "org-clinic-c",
+    }
+    assert orgs["org-authority"].level == "authority"
+    assert orgs["org-tertiary"].endpoints == [
+        {"kind": "fhir", "url": "http://node-tertiary:8080/fhir"}
+    ]

@@ -99,6 +99,8 @@ def test_node_joins_the_coordinator_over_mtls_with_bootstrapped_credentials(
         },
     )
     assert boot.returncode == 0, boot.stdout + boot.stderr
+    # Both ways the coordinator role takes its directory: one TOML (compose) for the authority,
+    # and a folder of per-organisation entries (Kubernetes ConfigMaps) for org-a.
     directory = tmp_path / "directory.toml"
     directory.write_text(
         f"""
@@ -106,12 +108,14 @@ def test_node_joins_the_coordinator_over_mtls_with_bootstrapped_credentials(
 credentials = "{pki / "directory" / "org-authority"}"
 name = "Regional Health Authority"
 level = "authority"
-
-[[organisation]]
-credentials = "{pki / "directory" / "org-a"}"
-name = "Clinic A"
-level = "community"
 """
+    )
+    entries = tmp_path / "directory-entries"
+    (entries / "org-a").mkdir(parents=True)
+    for cert in (pki / "directory" / "org-a").iterdir():
+        (entries / "org-a" / cert.name).write_bytes(cert.read_bytes())
+    (entries / "org-a" / "directory.toml").write_text(
+        '[[organisation]]\ncredentials = "."\nname = "Clinic A"\nlevel = "community"\n'
     )
     consent_port, coord_http, coord_grpc, node_port = (free_port() for _ in range(4))
     ca_public = str(pki / "ca-public")
@@ -136,6 +140,7 @@ level = "community"
             "IPJMS_CA_DIR": ca_public,
             "IPJMS_CONSENT_URL": f"http://127.0.0.1:{consent_port}",
             "IPJMS_DIRECTORY_CONFIG": str(directory),
+            "IPJMS_DIRECTORY_DIR": str(entries),
         },
     )
     roles.wait_healthy("consent", consent_port)

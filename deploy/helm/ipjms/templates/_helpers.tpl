@@ -12,6 +12,14 @@ app.kubernetes.io/component: {{ .component }}
 ipjms.io/instance: {{ .instance }}
 {{- end }}
 
+{{/* Organisations in the coordinator's directory: the authority and every node's org. Each has a
+ConfigMap directory-<org> (public certificates + directory.toml, from deploy/k8s/gen-secrets.sh). */}}
+{{- define "ipjms.directoryOrgs" -}}
+{{- $orgs := list .Values.coordinator.org }}
+{{- range .Values.nodes }}{{ $orgs = append $orgs .org }}{{ end }}
+{{- toYaml $orgs }}
+{{- end }}
+
 {{- define "ipjms.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end }}
