@@ -420,3 +420,46 @@ def run(net: DemoNetwork) -> None:
             f"{answered()[0]['detail']} from {hospital.org_id}, each with meta.source "
             f"and a Provenance ({(time.perf_counter() - t0) * 1000:.0f} ms)"
         )
+
+    with net.step("The coordinator holds none of what it carried") as notes:
+        secrets_seen = _exchanged_values(clinic_b, doc_b)
+        coordinator = net.facts["coordinator"]
+        files = [p for p in Path(coordinator["data_dir"]).rglob("*") if p.is_file()]
+        files.append(net.services["coordinator"].log_path)
+        for path in files:
+            data = path.read_bytes().lower()
+            leaked = [s for s in secrets_seen if s.lower().encode() in data]
+            if leaked:
+                raise RuntimeError(f"{path.name} contains exchanged content ({len(leaked)} values)")
+        notes.append(
+            f"{len(secrets_seen)} names, identifiers and clinical values received at "
+            f"{clinic_b.org_id}: none in the coordinator's {len(files)} files "
+            f"(database files and log)"
+        )
+
+
+def _exchanged_values(node: NodeInfo, headers: dict[str, str]) -> set[str]:
+    """Names, identifiers and clinical texts/values of what ``node`` imported from others."""
+    values: set[str] = set()
+    tag = "https://ipjms.example.org/fhir/CodeSystem/exchange-origin|"
+    for rtype in ("Patient", "Condition", "Observation", "MedicationStatement", "Communication"):
+        bundle = _get(node, headers, f"/fhir/{rtype}", _count="500")
+        for entry in bundle.get("entry", []):
+            res = entry["resource"]
+            if rtype != "Patient" and not any(
+                t.get("system") == tag[:-1] for t in res.get("meta", {}).get("tag", [])
+            ):
+                continue
+            for name in res.get("name", []):
+                values.update(n for n in [name.get("family", ""), *name.get("given", [])] if n)
+            for ident in res.get("identifier", []):
+                if "national" in ident.get("system", "") or "ssn" in ident.get("system", ""):
+                    values.add(str(ident.get("value", "")))
+            for coding in res.get("code", {}).get("coding", []):
+                values.add(str(coding.get("display", "")))
+            quantity = res.get("valueQuantity")
+            if quantity and "value" in quantity:
+                values.add(f'"value":{quantity["value"]}')
+            for payload in res.get("payload", []):
+                values.add(str(payload.get("contentString", "")))
+    return {v for v in values if len(v) >= 5}
