@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from node.exchange.client import ExchangeClient
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from trust.audit_ledger import AuditLedger
+from trust.backend_auth import make_org_assertion
 from trust.envelopes import EnvelopeHeader, seal, seal_to
 from trust.pki import revoke
 from trust.storage import make_engine, sqlite_url
@@ -155,7 +156,37 @@ def test_no_consent_registry_means_refused_and_audited(pki, start_coordinator) -
 
 def test_status_api_is_authority_only(pki, start_coordinator) -> None:
     coord = start_coordinator()
+    status_url = f"{coord.http_url}/status"
     assert httpx.get(f"{coord.http_url}/healthz").status_code == 200
-    r = httpx.get(f"{coord.http_url}/status")
+    r = httpx.get(status_url)
     assert r.status_code == 401
     assert json.loads(r.text)["resourceType"] == "OperationOutcome"
+    # a hospital proves who it is, but is not the authority
+    hosp = make_org_assertion(pki.creds["hosp-a"], status_url)
+    assert httpx.get(status_url, headers={"Authorization": f"Bearer {hosp}"}).status_code == 403
+    # the authority: organisations, queue depths and recent refusals
+    with ExchangeClient(coord.address, pki.creds["clinic-b"]) as b:
+        b.organisations()
+        with pytest.raises(grpc.RpcError):
+            b.send(_sealed(pki, sender="clinic-b", recipient="hosp-a"))  # refused: no consent
+    token = make_org_assertion(pki.creds["authority"], status_url)
+    r = httpx.get(status_url, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {o["org_id"] for o in body["organisations"]} >= {"hosp-a", "clinic-b", "authority"}
+    assert body["recent_refusals"] and body["recent_refusals"][0]["sender"] == "clinic-b"
+    assert body["queue_depths"] == {}
+    # an assertion is single-use
+    assert httpx.get(status_url, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_coordinator_on_postgresql(pki, start_coordinator, pg_url) -> None:
+    coord = start_coordinator(db=pg_url)
+    with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
+        assert a.publish([PSEUDO]) == 1
+        assert a.lookup(PSEUDO) == []
+        with pytest.raises(grpc.RpcError) as err:
+            a.send(_sealed(pki))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    ledger = AuditLedger(make_engine(pg_url))
+    assert [e.event["subtype"][0]["code"] for e in ledger.entries()] == ["refused"]
