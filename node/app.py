@@ -7,10 +7,12 @@ services (``node/api/lifecycle.py``), and maps every error to an OperationOutcom
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +32,7 @@ from node.settings import NodeSettings
 from trust.outcome import install_error_handlers
 from trust.storage import make_engine
 
-__all__ = ["create_app", "open_store", "BUILTIN_BACKGROUND"]
+__all__ = ["create_app", "app_factory", "open_store", "BUILTIN_BACKGROUND"]
 
 log = logging.getLogger("ipjms.node")
 # The node's own background services (other areas register theirs in node/api/lifecycle.py):
@@ -38,18 +40,48 @@ log = logging.getLogger("ipjms.node")
 BUILTIN_BACKGROUND: list[BackgroundService] = [mllp_service]
 
 
-def open_store(settings: NodeSettings):  # type: ignore[no-untyped-def]
-    """Engine and FhirStore of the node, schemas migrated to head (store + accounts)."""
-    from node.store import FhirStore, migrate
+def open_store(settings: NodeSettings, *, migrate: bool = True):  # type: ignore[no-untyped-def]
+    """Engine and FhirStore of the node, schemas migrated to head (store + accounts) unless
+    ``migrate`` is False (worker processes: the parent migrated once before starting them)."""
+    from node.store import FhirStore
+    from node.store import migrate as migrate_store
 
     engine = make_engine(settings.database_url)
-    migrate(engine)
-    migrate_accounts(engine)
+    if migrate:
+        migrate_store(engine)
+        migrate_accounts(engine)
     return engine, FhirStore(engine, base_url=f"{settings.base_url}/fhir")
 
 
-def create_app(settings: NodeSettings) -> FastAPI:
-    engine, store = open_store(settings)
+def app_factory() -> FastAPI:
+    """Entry point of ``ipjms node serve --workers N`` worker processes: settings from the
+    environment (``IPJMS_NODE_DATA_DIR`` and the overrides the parent exported)."""
+    from node.settings import load_settings
+
+    return create_app(load_settings(require_init=True), migrate=False)
+
+
+@contextmanager
+def _background_lock(data_dir: Path) -> Iterator[bool]:
+    """True in exactly one process per data dir: with several workers, only the holder of this
+    lock runs the background services (one MLLP listener, one exchange loop)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "background.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
+    engine, store = open_store(settings, migrate=migrate)
+    if hasattr(store, "warm_up"):
+        store.warm_up()  # load the FHIR models now, not during the first request
     metrics = NodeMetrics()
     auth = AuthService.for_node(settings, engine)
 
@@ -68,9 +100,11 @@ def create_app(settings: NodeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with run_background(app, [*BUILTIN_BACKGROUND, *BACKGROUND]):
-            log.info("node %s ready (%s)", settings.org_id, settings.level)
-            yield
+        with _background_lock(settings.data_dir) as leader:
+            services = [*BUILTIN_BACKGROUND, *BACKGROUND] if leader else []
+            async with run_background(app, services):
+                log.info("node %s ready (%s)", settings.org_id, settings.level)
+                yield
         engine.dispose()
 
     app = FastAPI(
@@ -113,7 +147,7 @@ def create_app(settings: NodeSettings) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(auth_routes.router)
     app.include_router(fhir_system.router)

@@ -114,6 +114,10 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", help="HTTP port.")] = None,
     db: DbUrl = None,
     host: Annotated[str | None, typer.Option("--host", help="Listen address.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, max=32, help="Worker processes (use the CPU cores)."),
+    ] = 1,
 ) -> None:
     """Run the node's HTTP API (SIGTERM or Ctrl-C stops it gracefully)."""
     import uvicorn
@@ -121,23 +125,45 @@ def serve(
     from node.app import create_app
 
     settings = _settings(data_dir, port=port, db_url=db, host=host)
-    try:
-        application = create_app(settings)
-    except Exception as exc:
-        _fail(f"cannot start the node ({type(exc).__name__}: {exc})")
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "access_log": False,  # request paths carry ids; metrics count routes instead
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers == 1:
+        try:
+            target: Any = create_app(settings)
+        except Exception as exc:
+            _fail(f"cannot start the node ({type(exc).__name__}: {exc})")
+    else:
+        engine, _store = _open_store(settings)  # migrate once, before the workers start
+        engine.dispose()
+        _export_for_workers(settings, data_dir)
+        target, common["workers"], common["factory"] = "node.app:app_factory", workers, True
     console.print(f"node {settings.org_id} serving on http://{settings.host}:{settings.port}")
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
     # that was installed before it: make that a clean exit (status 0), not death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=False,  # request paths carry ids; metrics count routes instead
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(target, **common)
+
+
+def _export_for_workers(settings: Any, data_dir: Path) -> None:
+    """Worker processes rebuild their settings from the environment: pass the CLI overrides
+    on, and give them one shared folder for Prometheus multiprocess metrics."""
+    import shutil
+
+    os.environ["IPJMS_NODE_DATA_DIR"] = str(data_dir.resolve())
+    os.environ["IPJMS_NODE_PORT"] = str(settings.port)
+    os.environ["IPJMS_NODE_HOST"] = settings.host
+    if settings.db_url:
+        os.environ["IPJMS_NODE_DB_URL"] = settings.db_url
+    metrics_dir = data_dir.resolve() / "metrics-multiproc"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
 @app.command()

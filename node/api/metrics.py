@@ -2,10 +2,14 @@
 
 Labels are bounded and PHI-free: the route *template* (``/fhir/{rtype}/{rid}``), never the path
 with ids; login failures by grant type and a fixed reason code.
+
+With several worker processes (``ipjms node serve --workers N``) the parent sets
+``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` aggregates every worker's values.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +43,16 @@ class NodeMetrics:
             ["grant_type", "reason"],
             registry=self.registry,
         )
+
+    def exposition(self) -> CollectorRegistry:
+        """The registry to render: this process's, or all workers' in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return merged
+        return self.registry
 
 
 class MetricsMiddleware:

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from node.auth.accounts import AccountStore
 from node.auth.grants import ScopeRefused, grant_scopes
 from node.auth.principal import Principal
+from node.auth.replay import DbReplayCache
 from node.auth.roles import ROLE_SCOPES
 from node.settings import NodeSettings
 from trust.outcome import BadRequest, Unauthorized
@@ -85,7 +86,10 @@ class AuthService:
     @classmethod
     def for_node(cls, settings: NodeSettings, engine: Engine) -> AuthService:
         return cls(
-            settings, AccountStore(engine), load_or_create_signing_key(settings.signing_key_path)
+            settings,
+            AccountStore(engine),
+            load_or_create_signing_key(settings.signing_key_path),
+            assertion_replay=DbReplayCache(engine),
         )
 
     @property

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, DateTime, Float, MetaData, String, Table, Text
 
-__all__ = ["metadata", "accounts", "backend_clients"]
+__all__ = ["metadata", "accounts", "backend_clients", "assertion_jtis"]
 
 metadata = MetaData()
 
@@ -30,4 +30,13 @@ backend_clients = Table(
     Column("scopes", Text, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# ``jti`` of every accepted client assertion until it expires: a second use is a replay. In the
+# database (not memory) so replays are caught across worker processes and restarts.
+assertion_jtis = Table(
+    "node_assertion_jti",
+    metadata,
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
 )

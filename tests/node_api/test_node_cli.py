@@ -283,3 +283,47 @@ def test_serve_with_mllp_listener_and_csv_ingest(tmp_path: Path) -> None:
             assert observations() == 3
     finally:
         service.stop()
+
+
+def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None:
+    import time
+    import uuid
+
+    import jwt
+
+    data_dir = tmp_path / "node"
+    assert _init(data_dir, f"sqlite:///{tmp_path / 'w.db'}",
+                 IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    r = ipjms("node", "client", "add", "--data-dir", str(data_dir), "--client-id", "sn",
+              "--public-key", pem.decode(), "--scope", "system/*.rs")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port), "--workers", "2"]
+    service = start_service("node-workers", args, base_url=url, log_dir=tmp_path / "logs")
+    try:
+        now = int(time.time())
+        claims = {"iss": "sn", "sub": "sn", "aud": f"{url}/auth/token", "iat": now,
+                  "exp": now + 60, "jti": uuid.uuid4().hex}  # fmt: skip
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": jwt.encode(claims, key, algorithm="ES256"),
+        }
+        statuses = []
+        for _ in range(6):  # fresh connections: the kernel spreads them over both workers
+            with httpx.Client() as client:
+                statuses.append(client.post(f"{url}/auth/token", data=form).status_code)
+        assert statuses == [200, 401, 401, 401, 401, 401]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert (
+            'ipjms_node_login_failures_total{grant_type="client_credentials",reason="replayed"} 5.0'
+            in metrics
+        )
+    finally:
+        service.stop()
+    assert service.process.returncode == 0
