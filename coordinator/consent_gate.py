@@ -8,6 +8,7 @@ already exists: an earlier referral or consultation for the same patient in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,9 +42,10 @@ class ConsentGate:
     def __init__(self, oracle: ConsentOracle | None) -> None:
         self.oracle = oracle
 
-    def check(self, header: Header, *, has_prior_exchange: bool) -> GateDecision:
+    def check(self, header: Header, *, prior_exchange: Callable[[], bool]) -> GateDecision:
+        """``prior_exchange`` is asked only for envelopes without data classes."""
         if not header.classes:
-            if header.kind == "task-update" and has_prior_exchange:
+            if header.kind == "task-update" and prior_exchange():
                 return GateDecision(True, "status update of an existing exchange")
             return GateDecision(
                 False, f"a {header.kind} without data classes needs an existing exchange"

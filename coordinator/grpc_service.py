@@ -203,7 +203,9 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
                 "RESOURCE_EXHAUSTED",
                 f"rate limit: {org.org_id} may send {limits.rate_per_minute} envelopes per minute",
             )
-        decision = self.s.gate.check(header, has_prior_exchange=self.s.queue.has_exchange(header))
+        decision = self.s.gate.check(
+            header, prior_exchange=lambda: self.s.queue.has_exchange(header)
+        )
         if not decision.permit:
             self.s.queue.log_refusal(header, decision.reason)
             self.s.auditor.record(header, "refused", decision.reason, decision.consent_ids)
@@ -238,7 +240,9 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
             self.s.queue.kill(header.envelope_id, "expired before delivery")
             self.s.auditor.record(header, "dead", "expired before delivery", ())
             return False
-        decision = self.s.gate.check(header, has_prior_exchange=self.s.queue.has_exchange(header))
+        decision = self.s.gate.check(
+            header, prior_exchange=lambda: self.s.queue.has_exchange(header)
+        )
         if not decision.permit:
             reason = f"not delivered: {decision.reason}"
             self.s.queue.kill(header.envelope_id, reason)

@@ -1,0 +1,239 @@
+"""Pure exchange logic, no servers: the IPS document, the class check, import preparation,
+Task workflow, header rules and the coordinator's consent rule."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.consent_gate import ConsentGate
+from coordinator.envelope_rules import Header, check_header, check_size, data_recipient
+from coordinator.errors import ExchangeError
+from node.exchange.documents import (
+    EXCHANGE_TAG_SYSTEM,
+    filter_by_classes,
+    local_id,
+    merge_task_update,
+    pack_document,
+    prepare_import,
+    resources_of,
+    undeclared_classes,
+)
+from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
+
+PATIENT = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe"}]}
+CONDITION = {
+    "resourceType": "Condition",
+    "id": "c1",
+    "subject": {"reference": "Patient/p1"},
+    "code": {"text": "heart failure"},
+    "encounter": {"reference": "Encounter/e1"},
+}
+OBS = {
+    "resourceType": "Observation",
+    "id": "o1",
+    "status": "final",
+    "code": {"text": "BNP"},
+    "subject": {"reference": "Patient/p1"},
+    "hasMember": [{"reference": "Observation/o-missing"}],
+}
+PROC = {
+    "resourceType": "Procedure",
+    "id": "x1",
+    "status": "completed",
+    "subject": {"reference": "Patient/p1"},
+}
+
+
+def test_egress_filter_keeps_only_permitted_types() -> None:
+    kept = filter_by_classes([CONDITION, OBS, PROC], {"Condition", "Observation"})
+    assert [r["resourceType"] for r in kept] == ["Condition", "Observation"]
+
+
+def test_pack_document_is_a_valid_ips_style_document() -> None:
+    doc = pack_document([CONDITION, OBS], patient=PATIENT, sender="hosp-a", title="Referral")
+    Bundle.model_validate(doc)  # R4B
+    composition = doc["entry"][0]["resource"]
+    assert composition["resourceType"] == "Composition"
+    assert composition["type"]["coding"][0]["code"] == "60591-5"
+    assert composition["subject"]["reference"] == doc["entry"][1]["fullUrl"]
+    section_refs = [e["reference"] for s in composition["section"] for e in s["entry"]]
+    assert len(section_refs) == 2
+    assert {r["resourceType"] for r in resources_of(doc)} == {
+        "Composition",
+        "Patient",
+        "Condition",
+        "Observation",
+    }
+
+
+def test_undeclared_classes_are_found() -> None:
+    doc = pack_document([CONDITION, PROC], patient=None, sender="hosp-a", title="x")
+    assert undeclared_classes(doc, ["Condition"]) == ["Procedure"]
+    assert undeclared_classes(doc, ["Condition", "Procedure"]) == []
+    with pytest.raises(ValueError):
+        undeclared_classes({"resourceType": "Patient"}, [])
+
+
+def test_prepare_import_maps_ids_references_and_provenance() -> None:
+    doc = pack_document([CONDITION, OBS], patient=PATIENT, sender="hosp-a", title="x")
+    tx = prepare_import(
+        doc,
+        sender="hosp-a",
+        sender_name="Hospital A",
+        envelope_id="env-1",
+        local_patient_id="local-9",
+    )
+    Bundle.model_validate(tx)
+    by_type = {e["resource"]["resourceType"]: e["resource"] for e in tx["entry"]}
+    assert "Patient" not in by_type  # the local patient stands for the shared one
+    cond = by_type["Condition"]
+    assert cond["id"] == local_id("hosp-a", "Condition", "c1")
+    assert cond["subject"] == {"reference": "Patient/local-9"}
+    assert "reference" not in cond["encounter"] and "Hospital A" in cond["encounter"]["display"]
+    assert "reference" not in by_type["Observation"]["hasMember"][0]
+    assert cond["meta"]["source"] == "urn:ipjms:org:hosp-a#c1"
+    assert cond["meta"]["tag"][0]["system"] == EXCHANGE_TAG_SYSTEM
+    prov = by_type["Provenance"]
+    assert prov["id"] == local_id("hosp-a", "Provenance", "env-1")
+    assert {t["reference"] for t in prov["target"]} == {
+        f"Condition/{cond['id']}",
+        f"Observation/{by_type['Observation']['id']}",
+        f"Composition/{by_type['Composition']['id']}",
+    }
+    # deterministic: the same document imports to the same ids (idempotent re-import)
+    again = prepare_import(
+        doc,
+        sender="hosp-a",
+        sender_name="Hospital A",
+        envelope_id="env-1",
+        local_patient_id="local-9",
+    )
+    assert [e["request"]["url"] for e in again["entry"]] == [
+        e["request"]["url"] for e in tx["entry"]
+    ]
+
+
+def test_task_workflow_and_merge() -> None:
+    sr, task = new_request(
+        kind="referral",
+        patient_id="p1",
+        requester="hosp-a",
+        requester_name="A",
+        performer="clinic-b",
+        reason="follow-up",
+    )
+    assert (
+        task["status"] == "requested"
+        and task_uid(task)
+        and task_parties(task) == ("hosp-a", "clinic-b")
+    )
+    assert task["focus"]["reference"] == f"ServiceRequest/{sr['id']}"
+    check_transition("requested", "accepted")
+    check_transition("accepted", "in-progress")
+    check_transition("in-progress", "completed")
+    for bad in [("requested", "completed"), ("completed", "accepted"), ("rejected", "accepted")]:
+        with pytest.raises(ValueError):
+            check_transition(*bad)
+    update = {
+        **task,
+        "id": "other",
+        "status": "accepted",
+        "description": "changed",
+        "businessStatus": {"text": "accepted"},
+    }
+    merged = merge_task_update(task, update)
+    assert merged["status"] == "accepted" and merged["id"] == task["id"]
+    assert merged["description"] == task["description"]  # only workflow fields move
+
+
+def _header(**kw) -> Header:
+    now = int(time.time())
+    base = dict(
+        envelope_id="3f2b8c1e-0000-4000-8000-000000000001",
+        kind="referral",
+        sender="hosp-a",
+        recipient="clinic-b",
+        patient_pseudonym="a" * 64,
+        purpose="TREAT",
+        classes=("Condition",),
+        consent_ref="",
+        created_at=now,
+        expires_at=now + 3600,
+    )
+    base.update(kw)
+    return Header(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"kind": "gossip"}, "INVALID_ARGUMENT"),
+        ({"sender": "clinic-c"}, "PERMISSION_DENIED"),
+        ({"recipient": "hosp-a"}, "INVALID_ARGUMENT"),
+        ({"patient_pseudonym": "Jane Doe"}, "INVALID_ARGUMENT"),
+        ({"purpose": "MARKETING"}, "INVALID_ARGUMENT"),
+        ({"classes": ()}, "INVALID_ARGUMENT"),
+        ({"classes": ("Condition", "Condition")}, "INVALID_ARGUMENT"),
+        (
+            {"expires_at": int(time.time()) - 1, "created_at": int(time.time()) - 100},
+            "FAILED_PRECONDITION",
+        ),
+        ({"expires_at": int(time.time()) + 10**8}, "INVALID_ARGUMENT"),
+        ({"envelope_id": "x"}, "INVALID_ARGUMENT"),
+    ],
+)
+def test_header_rules(changes, code) -> None:
+    with pytest.raises(ExchangeError) as err:
+        check_header(_header(**changes), caller="hosp-a", now=time.time(), max_ttl=30 * 86400)
+    assert err.value.code == code
+    check_header(_header(), caller="hosp-a", now=time.time(), max_ttl=30 * 86400)
+
+
+@given(st.binary(min_size=0, max_size=64))
+def test_size_rule(data: bytes) -> None:
+    if not data or len(data) > 32:
+        with pytest.raises(ExchangeError):
+            check_size(data, max_bytes=32)
+    else:
+        check_size(data, max_bytes=32)
+
+
+class _Oracle:
+    def __init__(self, permit: bool, classes: set[str]) -> None:
+        self.calls: list[tuple] = []
+        self.answer = SimpleNamespace(
+            permit=permit, classes=classes, consent_ids=("c1",), reason="r"
+        )
+
+    def decide(self, pseudo, recipient, purpose, classes, *, requester=None):
+        self.calls.append((recipient, purpose, tuple(classes), requester))
+        return self.answer
+
+
+def test_consent_rule_needs_every_declared_class() -> None:
+    h = _header(classes=("Condition", "Observation"))
+    assert (
+        ConsentGate(_Oracle(True, {"Condition", "Observation"}))
+        .check(h, prior_exchange=lambda: False)
+        .permit
+    )
+    partial = ConsentGate(_Oracle(True, {"Condition"})).check(h, prior_exchange=lambda: False)
+    assert not partial.permit and "Observation" in partial.reason
+    assert not ConsentGate(_Oracle(False, set())).check(h, prior_exchange=lambda: False).permit
+    assert not ConsentGate(None).check(h, prior_exchange=lambda: True).permit  # default deny
+
+
+def test_consent_rule_asks_about_the_party_receiving_data() -> None:
+    query = _header(kind="record-query", sender="clinic-b", recipient="hosp-a")
+    oracle = _Oracle(True, {"Condition"})
+    assert ConsentGate(oracle).check(query, prior_exchange=lambda: False).permit
+    assert oracle.calls[0][0] == "clinic-b" == data_recipient(query)
+    update = _header(kind="task-update", classes=())
+    assert ConsentGate(None).check(update, prior_exchange=lambda: True).permit
+    assert not ConsentGate(None).check(update, prior_exchange=lambda: False).permit
