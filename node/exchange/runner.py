@@ -111,6 +111,10 @@ class ExchangeRunner:
             except Exception as exc:  # keep the loop alive; the envelope stays queued
                 failures += 1
                 log.error("inbox handling failed: %s", type(exc).__name__)
+            finally:
+                # Close this stream so the coordinator releases its unacknowledged leases now.
+                if self._stream is not None:
+                    self._stream.cancel()
             self.stop_event.wait(next(delays))
 
     # -- outbox and locator -------------------------------------------------------------------

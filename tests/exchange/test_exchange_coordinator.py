@@ -12,6 +12,7 @@ import grpc
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
+from exchange_net import Region, start_consent
 
 from node.exchange.client import ExchangeClient
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
@@ -190,3 +191,31 @@ def test_coordinator_on_postgresql(pki, start_coordinator, pg_url) -> None:
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     ledger = AuditLedger(make_engine(pg_url))
     assert [e.event["subtype"][0]["code"] for e in ledger.entries()] == ["refused"]
+
+
+def test_rate_limit_duplicates_and_polling_inbox(pki, start_coordinator, tmp_path) -> None:
+    """With a real consent registry: per-sender rate limit, idempotent retries that do not count,
+    and a polling (non-following) inbox that drains and ends; acks are final."""
+    consent_url, consent_service = start_consent(tmp_path / "region", pki)
+    try:
+        region = Region(tmp_path / "region", pki, consent_url, consent_service, tmp_path / "lk")
+        region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
+        coord = start_coordinator("--rate-per-minute", "3", consent_url=consent_url)
+        with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
+            first = [_sealed(pki) for _ in range(3)]
+            assert [a.send(e) for e in first] == [False, False, False]
+            code, details = _code(lambda: a.send(_sealed(pki)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in details
+            assert a.send(first[0]) is True  # a retry is answered, not rate-limited
+        assert _queued(coord.data_dir) == 3
+        with ExchangeClient(coord.address, pki.creds["clinic-b"]) as b:
+            got = list(b.inbox(follow=False))
+            assert sorted(e.header.envelope_id for e in got) == sorted(
+                e.header.envelope_id for e in first
+            )
+            for e in got:
+                assert b.acknowledge(e.header.envelope_id, imported=True) == "delivered"
+            assert list(b.inbox(follow=False)) == []
+            assert b.status(first[0].header.envelope_id).state == "delivered"
+    finally:
+        consent_service.stop()
