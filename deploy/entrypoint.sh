@@ -6,8 +6,8 @@
 #   node           ipjms node init (first start only) + ipjms node serve
 #   coordinator    ipjms coordinator serve
 #   consent        ipjms consent serve
-#   superlink      flower-superlink (TLS from IPJMS_ORG_DIR)
-#   supernode      flower-supernode (TLS, IPJMS_SUPERLINK_ADDRESS; node-config passed as arguments)
+#   superlink      ipjms fl superlink (TLS + SuperNode authentication)
+#   supernode      ipjms fl supernode (trains on the node's store via its FHIR API)
 #   pki-bootstrap  one-shot: regional CA, one certificate per organisation, the linkage key
 #   healthcheck    used by HEALTHCHECK: GET $IPJMS_HEALTH_URL (default http://127.0.0.1:$IPJMS_PORT/healthz)
 #   ipjms ...      any other ipjms command (e.g. `ipjms audit verify`, migrations, backups)
@@ -25,6 +25,9 @@
 #   IPJMS_DIRECTORY_CONFIG   coordinator: organisations to register before serving (one TOML)
 #   IPJMS_DIRECTORY_DIR      coordinator: or a folder of ORG/directory.toml + ORG's public certs
 #   IPJMS_PUBLIC_URL         consent: its public base URL
+#   IPJMS_FL_CLIENT_PUBLIC_KEY_FILE node: register the SuperNode's backend client key (first start)
+#   IPJMS_FL_AUTHORIZE, IPJMS_DIRECTORY_DIR  superlink: organisations whose SuperNodes it admits
+#   IPJMS_SUPERLINK_ADDRESS, IPJMS_FHIR_URL, IPJMS_FL_CLIENT_KEY_FILE, IPJMS_AUTHORITY_ORG  supernode
 set -eu
 
 role="${1:---help}"
@@ -81,6 +84,13 @@ node)
         ipjms node init --org "$IPJMS_NODE_ORG_ID" --name "${IPJMS_NODE_NAME:-$IPJMS_NODE_ORG_ID}" \
             --level "${IPJMS_NODE_LEVEL:-community}" --data-dir "$DATA_DIR" --port "$PORT" $(db_args)
         unset IPJMS_ADMIN_PASSWORD
+        # The node's SuperNode reads the store as a SMART backend client: register its public key.
+        if [ -n "${IPJMS_FL_CLIENT_PUBLIC_KEY_FILE:-}" ]; then
+            # shellcheck disable=SC2046
+            ipjms node client add --data-dir "$DATA_DIR" --client-id "${IPJMS_FL_CLIENT_ID:-fl-supernode}" \
+                --public-key "$IPJMS_FL_CLIENT_PUBLIC_KEY_FILE" \
+                --scope "system/*.rs system/RiskAssessment.c" $(db_args)
+        fi
     fi
     # shellcheck disable=SC2046
     exec ipjms node serve --data-dir "$DATA_DIR" --host 0.0.0.0 --port "$PORT" $(db_args) "$@"
@@ -117,36 +127,31 @@ consent)
     exec ipjms consent serve --data-dir "$DATA_DIR" $(db_args) "$@"
     ;;
 superlink)
-    # Flower's own deployment engine (flwr is in the image). TLS with this organisation's
-    # certificate from the regional PKI; plaintext only when explicitly asked for (local tests).
-    mkdir -p "$DATA_DIR"
-    set -- --database "$DATA_DIR/superlink.db" \
-        --fleet-api-address "0.0.0.0:${IPJMS_FLEET_PORT:-9092}" \
-        --control-api-address "0.0.0.0:${IPJMS_CONTROL_PORT:-9093}" "$@"
-    if [ -n "${IPJMS_ORG_DIR:-}" ]; then
-        set -- --ssl-ca-certfile "$IPJMS_ORG_DIR/ca.cert.pem" \
-            --ssl-certfile "$IPJMS_ORG_DIR/tls.cert.pem" --ssl-keyfile "$IPJMS_ORG_DIR/tls.key.pem" "$@"
-    elif [ "${IPJMS_FLOWER_INSECURE:-0}" = 1 ]; then
-        set -- --insecure "$@"
-    else
-        echo "ipjms-entrypoint: superlink needs IPJMS_ORG_DIR (TLS) or IPJMS_FLOWER_INSECURE=1" >&2
-        exit 64
-    fi
-    exec flower-superlink "$@"
+    # `ipjms fl superlink`: Flower's SuperLink with TLS from this organisation's PKI credentials and
+    # SuperNode authentication; admits the SuperNodes of the organisations in IPJMS_FL_AUTHORIZE
+    # (their public certificates under IPJMS_DIRECTORY_DIR/ORG). HTTP /healthz on $IPJMS_PORT.
+    require IPJMS_ORG_DIR
+    for org in ${IPJMS_FL_AUTHORIZE:-}; do
+        set -- --authorize "${IPJMS_DIRECTORY_DIR:-/run/ipjms/directory}/$org" "$@"
+    done
+    exec ipjms fl superlink --data-dir "$DATA_DIR" --org-dir "$IPJMS_ORG_DIR" --host 0.0.0.0 \
+        --port "$PORT" --fleet-port "${IPJMS_FLEET_PORT:-9092}" \
+        --control-port "${IPJMS_CONTROL_PORT:-9093}" "$@"
     ;;
 supernode)
+    # `ipjms fl supernode`: trains on this node's store through the node's own FHIR API (as a SMART
+    # backend client whose key pki-bootstrap generated), under the node's consent and ε budget.
+    require IPJMS_ORG_DIR
     require IPJMS_SUPERLINK_ADDRESS
-    set -- --superlink "$IPJMS_SUPERLINK_ADDRESS" \
-        --clientappio-api-address "0.0.0.0:${IPJMS_CLIENTAPPIO_PORT:-9094}" "$@"
-    if [ -n "${IPJMS_ORG_DIR:-}" ]; then
-        set -- --root-certificates "$IPJMS_ORG_DIR/ca.cert.pem" "$@"
-    elif [ "${IPJMS_FLOWER_INSECURE:-0}" = 1 ]; then
-        set -- --insecure "$@"
-    else
-        echo "ipjms-entrypoint: supernode needs IPJMS_ORG_DIR (TLS) or IPJMS_FLOWER_INSECURE=1" >&2
-        exit 64
-    fi
-    exec flower-supernode "$@"
+    require IPJMS_FHIR_URL
+    require IPJMS_FL_CLIENT_KEY_FILE
+    require IPJMS_NODE_CONSENT_URL
+    require IPJMS_NODE_LINKAGE_KEY_PATH
+    exec ipjms fl supernode --data-dir "$DATA_DIR" --superlink "$IPJMS_SUPERLINK_ADDRESS" \
+        --org-dir "$IPJMS_ORG_DIR" --fhir-url "$IPJMS_FHIR_URL" \
+        --client-id "${IPJMS_FL_CLIENT_ID:-fl-supernode}" --client-key "$IPJMS_FL_CLIENT_KEY_FILE" \
+        --consent-url "$IPJMS_NODE_CONSENT_URL" --authority "${IPJMS_AUTHORITY_ORG:-org-authority}" \
+        --linkage-key "$IPJMS_NODE_LINKAGE_KEY_PATH" --host 0.0.0.0 --port "$PORT" "$@"
     ;;
 pki-bootstrap)
     # Idempotent: an existing CA, certificate or linkage key is kept, so re-running `up` after a
@@ -195,6 +200,35 @@ pki-bootstrap)
             python -c "import secrets; print(secrets.token_urlsafe(32))" >"$secrets_dir/$name/password"
         fi
     done
+    # One EC P-256 key pair per name in IPJMS_PKI_CLIENT_KEYS (a SuperNode's backend client key):
+    # NAME/key.pem for the SuperNode, NAME-public/public.pem for the node that registers it.
+    for name in ${IPJMS_PKI_CLIENT_KEYS:-}; do
+        if [ ! -s "$secrets_dir/$name/key.pem" ]; then
+            mkdir -p "$secrets_dir/$name"
+            python - "$secrets_dir/$name" <<'PY'
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+out = Path(sys.argv[1])
+key = ec.generate_private_key(ec.SECP256R1())
+(out / "key.pem").write_bytes(
+    key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+)
+public = out.parent / f"{out.name}-public"
+public.mkdir(exist_ok=True)
+(public / "public.pem").write_bytes(
+    key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+)
+PY
+        fi
+    done
     # The regional linkage key (HMAC key for patient pseudonyms): the same for every node, never
     # given to the coordinator or the consent registry.
     python -c "import sys; from trust.pseudonym import load_or_create_linkage_key as k; k(sys.argv[1])" \
@@ -202,7 +236,7 @@ pki-bootstrap)
     echo "ipjms-entrypoint: PKI ready (CA in $ca_dir, organisations: $IPJMS_PKI_ORGS)"
     ;;
 healthcheck)
-    if [ -n "${IPJMS_HEALTH_TCP:-}" ]; then   # host:port, for the Flower roles (gRPC only)
+    if [ -n "${IPJMS_HEALTH_TCP:-}" ]; then   # host:port, for a service without an HTTP endpoint
         exec python -c "import socket, sys; h, p = sys.argv[1].rsplit(':', 1); socket.create_connection((h, int(p)), 4).close()" "$IPJMS_HEALTH_TCP"
     fi
     url="${IPJMS_HEALTH_URL:-http://127.0.0.1:$PORT/healthz}"

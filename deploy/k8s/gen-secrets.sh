@@ -44,6 +44,16 @@ write_password() {
     [ -s "$1" ] || random_secret >"$1"
 }
 
+# client_key OUT_DIR NODE: the SuperNode's backend client key pair (EC P-256), kept if present.
+client_key() {
+    out="$1/fl-client/$2"
+    if [ ! -s "$out/key.pem" ]; then
+        mkdir -p "$out"
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$out/key.pem" 2>/dev/null
+        openssl pkey -in "$out/key.pem" -pubout -out "$out/public.pem"
+    fi
+}
+
 # issue_org OUT_DIR ORG HOSTS: the organisation's certificates and keys, copied from the CA's
 # output folder (trust/pki.py layout) into the kustomization's secrets folder.
 issue_org() {
@@ -93,8 +103,9 @@ cp "$ca_dir/ca.crl.pem" "$base/ca-public/ca.crl.pem"
 for db in coordinator consent tertiary clinic-a clinic-b; do
     write_password "$base/db/$db.password"
 done
-for node in tertiary clinic-a clinic-b; do   # each node's first admin account
+for node in tertiary clinic-a clinic-b; do   # each node's first admin, its SuperNode's client
     write_password "$base/admin/$node.password"
+    client_key "$base" "$node"
 done
 issue_org "$base" org-authority "coordinator,coordinator.ipjms.svc,superlink,superlink.ipjms.svc"
 issue_org "$base" org-consent "consent,consent.ipjms.svc"
@@ -110,6 +121,7 @@ if [ -n "$extra_instance" ]; then
     overlay="$k8s_dir/overlays/add-node/secrets"
     write_password "$overlay/db/$extra_instance.password"
     write_password "$overlay/admin/$extra_instance.password"
+    client_key "$overlay" "$extra_instance"
     issue_org "$overlay" "$extra_org" \
         "node-$extra_instance,node-$extra_instance.ipjms.svc,supernode-$extra_instance"
     directory_entry "$overlay" "$extra_org" "${IPJMS_EXTRA_NODE_NAME:-Community Clinic ($extra_instance)}" \

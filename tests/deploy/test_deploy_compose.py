@@ -137,11 +137,7 @@ def test_database_networks_are_private_to_their_owner(compose: dict[str, Any]) -
         owner = db["labels"]["ipjms.owner"]
         assert db.get("networks") == [db_name], f"{db_name} must sit on its own network only"
         assert compose["networks"][db_name].get("internal") is True, db_name
-        allowed = {db_name, owner} | {
-            n
-            for n, s in services_with(compose, "supernode").items()
-            if s["labels"]["ipjms.node"] == owner
-        }
+        allowed = {db_name, owner}  # SuperNodes read the store through the node's API
         members = {n for n, s in services.items() if db_name in s.get("networks", [])}
         assert members == allowed, f"{db_name} is reachable from {sorted(members - allowed)}"
         assert not db.get("ports"), f"{db_name} must not publish a port"
@@ -164,7 +160,9 @@ def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any])
     bootstrap = services["pki-bootstrap"]
     assert bootstrap.get("network_mode") == "none"
     orgs = {pair.split("=")[0] for pair in env(bootstrap)["IPJMS_PKI_ORGS"].split()}
-    db_secrets = set(env(bootstrap)["IPJMS_PKI_GENERATED"].split())
+    client_keys = env(bootstrap)["IPJMS_PKI_CLIENT_KEYS"].split()
+    generated = set(env(bootstrap)["IPJMS_PKI_GENERATED"].split())
+    generated |= set(client_keys) | {f"{k}-public" for k in client_keys}
     for name, svc in services.items():
         if name == "pki-bootstrap":
             continue
@@ -180,15 +178,16 @@ def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any])
                 assert item in orgs, f"{name}: no certificate is issued for {item}"
                 assert item == svc["labels"]["ipjms.org"], f"{name} mounts {item}'s keys"
             elif kind == "secrets":
-                assert item in db_secrets, f"{name}: no password is generated for {item}"
-                own = {name, f"{name}-admin", *svc.get("networks", [])}
+                assert item in generated, f"{name}: nothing is generated for {item}"
+                if svc["labels"]["ipjms.role"] == "supernode":  # its backend client key only
+                    own = {f"{svc['labels']['ipjms.node']}-fl"}
+                else:  # its database password, its first admin, its client's public key
+                    own = {f"{name}-admin", f"{name}-fl-public", *svc.get("networks", [])}
                 assert item in own, f"{name} reads {item}"
-            elif kind == "linkage":
-                assert svc["labels"]["ipjms.role"] == "node", (
-                    f"{name} must not hold the linkage key"
-                )
+            elif kind == "linkage":  # nodes and their SuperNodes; never coordinator/consent
+                assert svc["labels"]["ipjms.role"] in ("node", "supernode"), name
             elif kind == "directory":  # public certificates of every organisation
-                assert svc["labels"]["ipjms.role"] == "coordinator", name
+                assert svc["labels"]["ipjms.role"] in ("coordinator", "superlink"), name
             else:
                 assert subpath == "ca-public", f"{name}: unexpected PKI part {subpath}"
 

@@ -138,8 +138,8 @@ def entrypoint_commands() -> list[tuple[str, list[str], set[str]]]:
             if "$(db_args)" in line:
                 flags.add("--db")
             call = re.search(
-                r"\b(ipjms|flower-superlink|flower-supernode)\b"
-                r"(?: ([a-z][\w-]*))?(?: ([a-z][\w-]*))?",
+                r"(?<![\w/.-])(ipjms|flower-superlink|flower-supernode)\b(?!-)"
+                r"(?: ([a-z][\w-]*))?(?: ([a-z][\w-]*))?(?: ([a-z][\w-]*))?",
                 line,
             )
             if call and not line.startswith('exec ipjms "$@"'):
@@ -316,7 +316,7 @@ def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_superlink_role_serves_tls_with_the_regional_certificate(
     bootstrapped_pki: Path, tmp_path: Path
 ) -> None:
-    """The SuperLink role starts Flower's SuperLink with the authority's certificate: it passes
+    """The SuperLink role (`ipjms fl superlink`) serves the authority's certificate: it passes
     the image's health check and a client that trusts only the regional CA completes a TLS
     handshake with it. (Node, consent and coordinator roles: tests/deploy/test_deploy_region.py.)"""
     import socket
@@ -324,11 +324,12 @@ def test_superlink_role_serves_tls_with_the_regional_certificate(
 
     from deploy.launcher import wait_until
 
-    refused = run_entrypoint("superlink", env={"IPJMS_ORG_DIR": "", "IPJMS_FLOWER_INSECURE": "0"})
-    assert refused.returncode == 64 and "TLS" in refused.stderr  # never plaintext by accident
+    refused = run_entrypoint("superlink", env={"IPJMS_ORG_DIR": ""})
+    assert refused.returncode == 64 and "IPJMS_ORG_DIR" in refused.stderr  # never plaintext
 
-    fleet, control = free_port(), free_port()
+    fleet, control, health_port = free_port(), free_port(), free_port()
     env = {
+        "IPJMS_PORT": str(health_port),
         "IPJMS_DATA_DIR": str(tmp_path / "superlink"),
         "IPJMS_FLEET_PORT": str(fleet),
         "IPJMS_CONTROL_PORT": str(control),
@@ -351,7 +352,7 @@ def test_superlink_role_serves_tls_with_the_regional_certificate(
                 raise AssertionError(
                     f"superlink exited {proc.returncode}:\n{log.read_text()[-3000:]}"
                 )
-            health = {"IPJMS_HEALTH_TCP": f"127.0.0.1:{fleet}"}
+            health = {"IPJMS_PORT": str(health_port)}  # the wrapper's HTTP /healthz
             return run_entrypoint("healthcheck", env=health).returncode == 0
 
         wait_until(healthy, timeout=90, interval=0.5, what="superlink to pass its health check")

@@ -165,8 +165,8 @@ def test_secrets_only_from_generated_files() -> None:
 
 
 def test_database_admits_only_its_own_instance(docs: list[dict[str, Any]]) -> None:
-    """Evaluate the NetworkPolicies against every pod: a database is reachable only from the pods
-    of the instance that owns it (a node's API and its SuperNode; the coordinator; consent)."""
+    """Evaluate the NetworkPolicies against every pod: a database is reachable only from the
+    workload that owns it (a node's API; the coordinator; the consent registry)."""
     pods = {n: tpl["metadata"]["labels"] for n, tpl in pod_templates(docs).items()}
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies), (
@@ -193,13 +193,11 @@ def test_database_admits_only_its_own_instance(docs: list[dict[str, Any]]) -> No
                     sel = peer["podSelector"].get("matchLabels", {})
                     assert sel, f"{policy['metadata']['name']}: empty podSelector admits all"
                     admitted |= {n for n, lbl in pods.items() if selector_matches(sel, lbl)}
-        instance = db_labels["ipjms.io/instance"]
-        expected = {
-            n for n, lbl in pods.items() if lbl.get("ipjms.io/instance") == instance and n != db
-        }
-        assert admitted == expected, f"{db} admits {sorted(admitted)}; expected {sorted(expected)}"
-        if instance.startswith("node-"):
-            assert expected == {instance, instance.replace("node-", "supernode-")}, db
+        # the owner only: node-x's API (its SuperNode reads through that API), the
+        # coordinator, or the consent registry — whose workload name is the instance label
+        owner = db_labels["ipjms.io/instance"]
+        assert owner in pods, f"{db}: no workload named {owner}"
+        assert admitted == {owner}, f"{db} admits {sorted(admitted)}; expected only {owner}"
 
 
 def key(d: dict[str, Any]) -> tuple[str, str]:
@@ -225,6 +223,7 @@ def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]
         ("Secret", "org-clinic-c-credentials"),
         ("Secret", "node-clinic-c-admin-password"),
         ("ConfigMap", "directory-org-clinic-c"),
+        ("Secret", "fl-client-clinic-c"),
     }, added
     cfg = next(
         d
@@ -344,3 +343,32 @@ def test_generated_directory_entries_parse(k8s_dir: Path) -> None:
     assert orgs["org-tertiary"].endpoints == [
         {"kind": "fhir", "url": "http://node-tertiary:8080/fhir"}
     ]
+
+
+def test_superlink_admits_exactly_the_node_organisations(docs: list[dict[str, Any]]) -> None:
+    configs = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    templates = pod_templates(docs)
+    node_orgs = {
+        configs[tpl["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]][
+            "IPJMS_NODE_ORG_ID"
+        ]
+        for name, tpl in templates.items()
+        if name.startswith("node-")
+    }
+    spec = templates["superlink"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert set(env["IPJMS_FL_AUTHORIZE"].split()) == node_orgs
+    mounted = {
+        m["mountPath"].rsplit("/", 1)[1]
+        for m in container["volumeMounts"]
+        if m["mountPath"].startswith(env["IPJMS_DIRECTORY_DIR"] + "/")
+    }
+    assert mounted == node_orgs
+    # and each SuperNode holds its own client key, never the node's database password
+    for name, tpl in templates.items():
+        if name.startswith("supernode-"):
+            secrets = {v["name"]: v["secret"] for v in tpl["spec"]["volumes"] if "secret" in v}
+            assert "db-password" not in secrets, name
+            assert secrets["fl-client"]["items"] == [{"key": "key.pem", "path": "key.pem"}]
+            assert secrets["fl-client"]["secretName"].startswith(f"fl-client-{name[10:]}")
