@@ -106,8 +106,13 @@ def superlink(
         if sup.proc.poll() is not None or time.monotonic() > deadline:
             _fail(f"SuperLink did not start; see {data_dir / 'superlink.log'}", code=1)
         time.sleep(0.2)
-    for org in authorize or []:
-        _authorize(data_dir, org)
+    try:
+        for org in authorize or []:
+            _authorize(data_dir, org)
+    except BaseException:
+        sup.proc.terminate()
+        sup.proc.wait(30)
+        raise
     raise typer.Exit(sup.wait())
 
 

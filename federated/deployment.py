@@ -183,13 +183,9 @@ def register_supernode(flwr_home: Path, public_key_file: Path) -> str:
         text=True,
         timeout=60,
     )
-    out = proc.stdout.strip().splitlines()
-    for line in reversed(out):
-        if line.startswith("{"):
-            doc = json.loads(line)
-            if doc.get("success"):
-                return str(doc.get("node-id"))
-            raise RuntimeError(f"SuperNode registration refused: {doc}")
+    doc = _json_in(proc.stdout)
+    if doc.get("success") and doc.get("node-id"):
+        return str(doc["node-id"])
     raise RuntimeError(f"SuperNode registration failed: {proc.stdout[-400:]} {proc.stderr[-400:]}")
 
 
@@ -255,18 +251,9 @@ def submit_run(flwr_home: Path, app_dir: Path, run_config: Mapping[str, Any]) ->
         text=True,
         timeout=120,
     )
-    for line in proc.stdout.splitlines()[::-1]:
-        if line.startswith("{"):
-            doc = json.loads(line)
-            if doc.get("success") and doc.get("run-id"):
-                return str(doc["run-id"])
-    try:
-        start = proc.stdout.index("{")
-        doc = json.loads(proc.stdout[start:])
-        if doc.get("success") and doc.get("run-id"):
-            return str(doc["run-id"])
-    except ValueError:
-        pass
+    doc = _json_in(proc.stdout)
+    if doc.get("success") and doc.get("run-id"):
+        return str(doc["run-id"])
     raise RuntimeError(f"flwr run failed: {proc.stdout[-600:]} {proc.stderr[-600:]}")
 
 
@@ -278,9 +265,19 @@ def run_status(flwr_home: Path, run_id: str) -> dict[str, Any]:
         text=True,
         timeout=60,
     )
-    try:
-        doc = json.loads(proc.stdout[proc.stdout.index("{") :])
-    except ValueError:
-        return {}
-    runs = doc.get("runs") or []
+    runs = _json_in(proc.stdout).get("runs") or []
     return dict(runs[0]) if runs else {}
+
+
+def _json_in(text: str) -> dict[str, Any]:
+    """The JSON document the Flower CLI prints with ``--format json`` (after any notes)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            doc, _ = json.JSONDecoder().raw_decode(text[start:])
+            if isinstance(doc, dict):
+                return doc
+        except ValueError:
+            pass
+        start = text.find("{", start + 1)
+    return {}

@@ -146,7 +146,7 @@ def test_client_messages_carry_only_model_arrays_and_aggregate_metrics(tmp_path:
         check_reply(msg.content)
         for rec in msg.content.array_records.values():
             assert set(rec.keys()) == params
-            assert all(tuple(rec[k].shape) == result.arrays[k].shape for k in rec.keys())
+            assert all(tuple(rec[k].shape) == result.arrays[k].shape for k in rec)
         for rec in msg.content.metric_records.values():
             assert set(rec.keys()) <= METRIC_KEYS
             for key, value in rec.items():

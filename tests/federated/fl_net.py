@@ -1,0 +1,215 @@
+"""A real federated network for the end-to-end tests: the exchange tests' region (consent
+registry, coordinator, three nodes — each its own process) plus seeded synthetic patients,
+research consents, a backend client per node, the authority's SuperLink and one SuperNode per
+node, all as real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "exchange"))
+
+from exchange_net import ORGS, Region, start_region  # noqa: E402
+
+from consent.fhir import to_fhir  # noqa: E402
+from consent.policy import ConsentRecord, Provision  # noqa: E402
+from deploy.launcher import Service, free_port, ipjms_command, start_service, wait_until  # noqa: E402
+from federated.cohort import COHORT_CLASSES  # noqa: E402
+from node.feeds.synthetic import generate_site  # noqa: E402
+from node.identity import NATIONAL_ID_SYSTEM  # noqa: E402
+from trust.pki import OrgCredentials, init_ca, issue_org  # noqa: E402
+from trust.tokens import SigningKey  # noqa: E402
+
+__all__ = ["FlNet", "Pki", "make_pki", "start_fl_net", "ORGS"]
+
+NODES = ("hosp-a", "clinic-b", "clinic-c")
+
+
+@dataclass
+class Pki:
+    ca_dir: Path
+    org_dirs: dict[str, Path]
+    creds: dict[str, OrgCredentials]
+
+
+def make_pki(root: Path) -> Pki:
+    ca_dir = root / "ca"
+    init_ca(ca_dir)
+    org_dirs, creds = {}, {}
+    for org_id in ORGS:
+        org_dirs[org_id] = root / "orgs" / org_id
+        creds[org_id] = issue_org(ca_dir, org_id, out_dir=org_dirs[org_id])
+    return Pki(ca_dir, org_dirs, creds)
+
+
+@dataclass
+class FlNet:
+    root: Path
+    pki: Pki
+    region: Region
+    superlink: Service | None = None
+    superlink_dir: Path | None = None
+    supernodes: dict[str, Service] = field(default_factory=dict)
+    client_keys: dict[str, Path] = field(default_factory=dict)
+    consented: dict[str, set[str]] = field(default_factory=dict)  # org → national ids with HRESCH
+    national_ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for s in self.supernodes.values():
+            kill_group(s, signal.SIGTERM)
+        if self.superlink:
+            kill_group(self.superlink, signal.SIGTERM)
+        self.region.stop()
+
+    def start_supernode(self, org: str, min_cohort: int = 5, budget: float = 100.0) -> Service:
+        assert self.superlink_dir is not None
+        info = json.loads((self.superlink_dir / "superlink.json").read_text())
+        node = self.region.nodes[org]
+        port = free_port()
+        args = [
+            "fl", "supernode", "--data-dir", str(self.root / f"supernode-{org}"),
+            "--superlink", info["fleet"], "--org-dir", str(self.pki.org_dirs[org]),
+            "--fhir-url", node.url, "--client-id", "fl-supernode",
+            "--client-key", str(self.client_keys[org]), "--consent-url", self.region.consent_url,
+            "--authority", "authority", "--linkage-key", str(self.region.linkage_key_path),
+            "--port", str(port), "--min-cohort", str(min_cohort), "--epsilon-budget", str(budget),
+        ]  # fmt: skip
+        svc = start_service(
+            f"supernode-{org}",
+            args,
+            base_url=f"http://127.0.0.1:{port}",
+            log_dir=self.root / "logs",
+        )
+        self.supernodes[org] = svc
+        return svc
+
+    def fl_run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        assert self.superlink_dir is not None
+        args = [
+            "fl", "run", "--data-dir", str(self.superlink_dir),
+            "--registry-url", self.region.coordinator.http_url,
+            "--authority-dir", str(self.pki.org_dirs["authority"]), *extra,
+        ]  # fmt: skip
+        return subprocess.run(
+            ipjms_command(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ),
+        )
+
+
+def kill_group(service: Service, sig: int = signal.SIGKILL) -> None:
+    """The wrapper and its Flower child run in one process group (start_new_session)."""
+    try:
+        os.killpg(service.process.pid, sig)  # even if the wrapper is gone, its children are not
+    except ProcessLookupError:
+        return
+    try:
+        service.process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait(10)
+
+
+def _seed(net: FlNet, org: str, patients: int, seed: int) -> None:
+    node = net.region.nodes[org]
+    subprocess.run(
+        ipjms_command("node", "seed", "--data-dir", str(node.data_dir), "--profile", "tertiary",
+                      "--patients", str(patients), "--seed", str(seed)),
+        check=True, capture_output=True, env={**os.environ, **node.env},
+    )  # fmt: skip
+    ids = []
+    for bundle in generate_site("tertiary", patients, seed):
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            if res["resourceType"] == "Patient":
+                ids += [i["value"] for i in res["identifier"] if i["system"] == NATIONAL_ID_SYSTEM]
+    net.national_ids[org] = ids
+
+
+def _backend_client(net: FlNet, org: str) -> None:
+    node = net.region.nodes[org]
+    key = SigningKey.generate("ES256", kid="fl-supernode")
+    from cryptography.hazmat.primitives import serialization
+
+    path = net.root / f"fl-client-{org}.pem"
+    path.write_bytes(
+        key.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub = net.root / f"fl-client-{org}.pub.pem"
+    pub.write_bytes(key.public_pem())
+    subprocess.run(
+        ipjms_command("node", "client", "add", "--data-dir", str(node.data_dir), "--client-id",
+                      "fl-supernode", "--public-key", str(pub),
+                      "--scope", "system/*.rs system/RiskAssessment.c"),
+        check=True, capture_output=True, env={**os.environ, **node.env},
+    )  # fmt: skip
+    net.client_keys[org] = path
+
+
+def grant_research(net: FlNet, national_id: str) -> None:
+    pseudo = net.region.pseudonym(national_id)
+    headers = net.region.patient_token(pseudo)
+    permit = Provision(
+        "permit",
+        actors=frozenset({"authority"}),
+        purposes=frozenset({"HRESCH"}),
+        classes=frozenset(COHORT_CLASSES),
+    )
+    body = to_fhir(ConsentRecord("x", pseudo, "active", Provision("deny", provisions=(permit,))))
+    del body["id"]
+    r = httpx.post(f"{net.region.consent_url}/fhir/Consent", json=body, headers=headers, timeout=30)
+    assert r.status_code == 201, r.text
+
+
+def start_fl_net(root: Path, *, patients: int = 24, consent_every: int = 4) -> FlNet:
+    """Every ``consent_every``-th patient of each node does NOT consent to research."""
+    pki = make_pki(root / "pki")
+    region = start_region(pki, root / "region")
+    net = FlNet(root, pki, region)
+    try:
+        for i, org in enumerate(NODES):
+            _seed(net, org, patients, seed=100 + i)
+            _backend_client(net, org)
+            net.consented[org] = set()
+            for k, nid in enumerate(net.national_ids[org]):
+                if k % consent_every != consent_every - 1:
+                    grant_research(net, nid)
+                    net.consented[org].add(nid)
+        net.superlink_dir = root / "superlink"
+        port = free_port()
+        args = [
+            "fl", "superlink", "--data-dir", str(net.superlink_dir),
+            "--org-dir", str(pki.org_dirs["authority"]), "--port", str(port),
+            "--fleet-port", str(free_port()), "--control-port", str(free_port()),
+            *[a for org in NODES for a in ("--authorize", str(pki.org_dirs[org]))],
+        ]  # fmt: skip
+        net.superlink = start_service(
+            "superlink", args, base_url=f"http://127.0.0.1:{port}", log_dir=root / "logs"
+        )
+        registry = net.superlink_dir / "supernodes.json"
+
+        def admitted() -> bool:
+            return registry.exists() and len(json.loads(registry.read_text())) == len(NODES)
+
+        wait_until(admitted, 90, interval=0.5, what="SuperNodes to be admitted")
+        for org in NODES:
+            net.start_supernode(org)
+    except Exception:
+        net.stop()
+        raise
+    return net

@@ -1,0 +1,149 @@
+"""Must-show 1–3 end to end: a SuperLink and three SuperNodes as real processes with TLS and
+SuperNode authentication, real nodes, a real consent registry and the coordinator's registry."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fl_net import NODES, FlNet, kill_group, start_fl_net
+
+from consent.client import ConsentClient
+from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
+from federated.egress import CONFIG_KEYS, METRIC_KEYS
+from federated.registry_client import RegistryClient
+from trust.pseudonym import load_or_create_linkage_key
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlNet]:
+    root = tmp_path_factory.mktemp("flnet")
+    network = start_fl_net(root)
+    yield network
+    network.stop()
+
+
+def _result(net: FlNet, proc: subprocess.CompletedProcess[str]) -> dict:
+    runs = sorted((net.superlink_dir / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    assert runs, proc.stdout + proc.stderr
+    return json.loads(runs[-1].read_text())
+
+
+def test_patients_without_research_consent_are_never_in_a_cohort(net: FlNet) -> None:
+    org = "hosp-a"
+    node = net.region.nodes[org]
+    by_national_id = {
+        i["value"]: p["id"]
+        for p in node.search("Patient")
+        for i in p.get("identifier", [])
+        if i.get("value") in set(net.national_ids[org])
+    }
+    consent = ConsentClient(net.region.consent_url, net.pki.creds[org])
+    reader = FhirCohortReader(
+        node.url, BackendTokenSource(node.url, "fl-supernode", net.client_keys[org], "system/*.rs")
+    )
+    try:
+        cohort = reader.cohort(
+            ConsentEligibility(
+                consent, load_or_create_linkage_key(net.region.linkage_key_path), "authority"
+            )
+        )
+    finally:
+        reader.close()
+        consent.close()
+    consented_ids = {by_national_id[n] for n in net.consented[org]}
+    refused_ids = set(by_national_id.values()) - consented_ids
+    assert refused_ids, "the fixture must have patients without research consent"
+    assert set(cohort.eligible_patient_ids) == consented_ids
+    assert not {s.patient_id for s in cohort.samples} & refused_ids
+    assert cohort.samples, "consented patients give samples"
+
+
+def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None:
+    proc = net.fl_run(
+        "--rounds", "2", "--epsilon", "3", "--min-nodes", "3", "--round-timeout", "240"
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "round 2/2" in proc.stdout
+    doc = _result(net, proc)
+    assert doc["status"] == "completed" and doc["model_id"]
+    registry = RegistryClient(net.region.coordinator.http_url, net.pki.creds["authority"])
+    try:
+        card = registry.card(doc["model_id"])
+        weights = registry.weights(doc["model_id"])
+        listed = registry.list("readmission-30d")
+    finally:
+        registry.close()
+    assert doc["model_id"] in {m["id"] for m in listed}
+    assert card["task"] == "readmission-30d" and card["feature_spec"] == "readmission-30d@1"
+    assert card["rounds"] == 2 and card["strategy"] == "fedavg"
+    assert sorted(p["org"] for p in card["participants"]) == sorted(NODES)
+    for p in card["participants"]:
+        assert p["cohort_size_rounded"] % 10 == 0 and p["cohort_size_rounded"] > 0
+        assert 0 < p["epsilon"] <= 3.0 + 1e-6
+        assert 0 < p["delta"] < 1 / p["cohort_size_rounded"] * 10
+    assert 0.0 <= card["evaluation"]["auroc"] <= 1.0 and "brier" in card["evaluation"]
+    assert set(weights) == set(card["parameters"])
+    # What the nodes sent, as the server received it over the deployment engine:
+    seen = doc["replies_seen"]
+    assert {s["phase"] for s in seen} == {"train", "evaluate"}
+    for s in seen:
+        for arrays in s["arrays"].values():
+            assert set(arrays) == set(card["parameters"])
+        for keys in s["metrics"].values():
+            assert set(keys) <= METRIC_KEYS
+        for keys in s["configs"].values():
+            assert set(keys) <= CONFIG_KEYS
+        assert s["phase"] == "train" or not s["arrays"]  # evaluation replies carry no arrays
+
+
+def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(net: FlNet) -> None:
+    label = f"kill-{int(time.time())}"
+    progress = net.superlink_dir / "runs" / f"{label}.log"
+    args = ["--rounds", "3", "--epsilon", "2", "--min-nodes", "2", "--round-timeout", "60",
+            "--label", label]  # fmt: skip
+    from deploy.launcher import ipjms_command, wait_until
+
+    proc = subprocess.Popen(
+        ipjms_command("fl", "run", "--data-dir", str(net.superlink_dir),
+                      "--registry-url", net.region.coordinator.http_url,
+                      "--authority-dir", str(net.pki.org_dirs["authority"]), *args),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_until(
+        lambda: progress.exists() and "round 1/3" in progress.read_text(), 400, 0.5, "round 1"
+    )
+    kill_group(net.supernodes["clinic-c"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    doc = json.loads((net.superlink_dir / "runs" / f"{label}.json").read_text())
+    card = doc["card"]
+    assert sorted(p["org"] for p in card["participants"]) == ["clinic-b", "clinic-c", "hosp-a"]
+    took_all = {p["org"]: p["rounds"] for p in card["participants"]}
+    assert took_all["hosp-a"] == [1, 2, 3] and took_all["clinic-b"] == [1, 2, 3]
+    assert 3 not in took_all["clinic-c"]
+    assert "clinic-c" in {d["org"] for d in card["dropped"]}
+    # Now only two SuperNodes are left: a run that needs three fails and says why.
+    failed = net.fl_run(
+        "--rounds",
+        "1",
+        "--epsilon",
+        "1",
+        "--min-nodes",
+        "3",
+        "--node-wait",
+        "20",
+        "--round-timeout",
+        "30",
+    )
+    assert failed.returncode == 1
+    assert "needs at least 3" in failed.stdout or "the run needs at least 3" in failed.stdout, (
+        failed.stdout[-2000:]
+    )
