@@ -18,8 +18,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from node.store.search_exec import SearchResult, run_search
 from node.store.search_query import compile_search
 from node.store.tables import resource, resource_version
-from node.store.transactions import Entry, EntryResult, apply_entries, entries_from_bundle
-from node.store.validation import check_id, check_type
+from node.store.transactions import (
+    Entry,
+    EntryResult,
+    apply_entries,
+    entries_from_bundle,
+    prevalidate,
+)
+from node.store.validation import check_id, check_type, preload_models
 from node.store.writes import fetch, read_current
 from trust.outcome import BadRequest, FhirError, Gone, NotFound
 from trust.storage import upgrade_schema
@@ -59,6 +65,10 @@ class FhirStore:
         self.engine = engine
         self.base_url = base_url.rstrip("/")
 
+    def warm_up(self) -> None:
+        """Load the FHIR model classes now rather than on the first write."""
+        preload_models()
+
     # -- plumbing ---------------------------------------------------------------------------
     def _write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction; retry when a concurrent writer won a race."""
@@ -72,6 +82,7 @@ class FhirStore:
         raise AssertionError("unreachable")
 
     def _apply(self, entries: list[Entry]) -> list[EntryResult]:
+        prevalidate(entries)  # outside the write transaction (see transactions.prevalidate)
         return self._write(lambda conn: apply_entries(conn, entries, self.base_url))
 
     def _outcome(self, rtype: str, result: EntryResult) -> WriteOutcome:
@@ -223,6 +234,7 @@ class FhirStore:
                         ) from None
             return results
 
+        prevalidate(entries)  # outside the write transaction (see transactions.prevalidate)
         results = self._write(work)
         return _response_bundle("transaction-response", results)
 

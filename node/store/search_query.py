@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from node.store.dates import parse_date_range
 from node.store.search_index import COMPARTMENT_PARAM, normalise_string, split_reference
@@ -112,7 +113,7 @@ class _Filter:
                 t.c.resource_type == res.c.resource_type,
                 t.c.resource_id == res.c.resource_id,
                 t.c.param == self.param,
-                *self.match,
+                *(_opaque_values(t, m) for m in self.match),
             )
             .exists()
         )
@@ -123,6 +124,22 @@ class _Filter:
 # with a selective filter, SQLite would otherwise walk that index in order over every resource
 # of the type instead of sorting the few matches.
 _LAST_UPDATED_KEY = func.coalesce(res.c.last_updated, res.c.last_updated)
+
+_OWNER_COLUMNS = {"resource_type", "resource_id", "param"}
+
+
+def _opaque_values(table: Any, expr: Any) -> Any:
+    """``expr`` with the table's value columns wrapped (``coalesce(c, c)``) so no value index
+    can serve it: a per-candidate probe must go through the owner index (type, id, param). Without
+    statistics SQLite would otherwise range-scan e.g. every date after 2018 for each candidate."""
+
+    def wrap(elem: Any) -> Any:
+        if getattr(elem, "table", None) is table and elem.name not in _OWNER_COLUMNS:
+            return func.coalesce(elem, elem)
+        return None
+
+    return replacement_traverse(expr, {}, wrap)
+
 
 # Which kind of index row best drives a search (most selective first).
 _DRIVE_RANK = {

@@ -5,6 +5,8 @@
   Its primary key (type, id, version) is what stops two writers creating the same version.
 * ``fhir_resource`` — one row per logical resource: the current version and deleted flag.
 * ``fhir_idx_*`` — search-index rows of the current version, rewritten in the same transaction.
+  Each has a *lookup* index (type, param, value…) that finds candidates and a covering *owner*
+  index (type, id, param, value…) that checks one candidate (see search_query._Filter).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ idx_token = Table(
     Column("system", String(), nullable=False),
     Column("code", String(), nullable=False),
     Index("ix_fhir_idx_token_lookup", "resource_type", "param", "code", "system", "resource_id"),
-    Index("ix_fhir_idx_token_owner", "resource_type", "resource_id", "param", "code"),
+    Index("ix_fhir_idx_token_owner", "resource_type", "resource_id", "param", "code", "system"),
 )
 
 idx_string = Table(
@@ -88,7 +90,7 @@ idx_string = Table(
     Column("value", String(), nullable=False),
     Column("raw", String(), nullable=False),
     Index("ix_fhir_idx_string_lookup", "resource_type", "param", "value", "resource_id"),
-    Index("ix_fhir_idx_string_owner", "resource_type", "resource_id", "param"),
+    Index("ix_fhir_idx_string_owner", "resource_type", "resource_id", "param", "value"),
 )
 
 idx_date = Table(
@@ -116,7 +118,14 @@ idx_reference = Table(
         "resource_type",
         "resource_id",
     ),
-    Index("ix_fhir_idx_reference_owner", "resource_type", "resource_id", "param"),
+    Index(
+        "ix_fhir_idx_reference_owner",
+        "resource_type",
+        "resource_id",
+        "param",
+        "target_type",
+        "target_id",
+    ),
 )
 
 idx_quantity = Table(
@@ -127,7 +136,7 @@ idx_quantity = Table(
     Column("code", String(), nullable=False),
     Column("value", Float, nullable=False),
     Index("ix_fhir_idx_quantity_lookup", "resource_type", "param", "code", "value"),
-    Index("ix_fhir_idx_quantity_owner", "resource_type", "resource_id", "param"),
+    Index("ix_fhir_idx_quantity_owner", "resource_type", "resource_id", "param", "code", "value"),
 )
 
 INDEX_TABLES = {

@@ -62,7 +62,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_fhir_idx_token_owner",
         "fhir_idx_token",
-        ["resource_type", "resource_id", "param", "code"],
+        ["resource_type", "resource_id", "param", "code", "system"],
     )
 
     op.create_table(
@@ -77,7 +77,9 @@ def upgrade() -> None:
         ["resource_type", "param", "value", "resource_id"],
     )
     op.create_index(
-        "ix_fhir_idx_string_owner", "fhir_idx_string", ["resource_type", "resource_id", "param"]
+        "ix_fhir_idx_string_owner",
+        "fhir_idx_string",
+        ["resource_type", "resource_id", "param", "value"],
     )
 
     op.create_table(
@@ -108,7 +110,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_fhir_idx_reference_owner",
         "fhir_idx_reference",
-        ["resource_type", "resource_id", "param"],
+        ["resource_type", "resource_id", "param", "target_type", "target_id"],
     )
 
     op.create_table(
@@ -126,7 +128,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_fhir_idx_quantity_owner",
         "fhir_idx_quantity",
-        ["resource_type", "resource_id", "param"],
+        ["resource_type", "resource_id", "param", "code", "value"],
     )
 
 
