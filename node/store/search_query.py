@@ -133,12 +133,13 @@ def _opaque_values(table: Any, expr: Any) -> Any:
     can serve it: a per-candidate probe must go through the owner index (type, id, param). Without
     statistics SQLite would otherwise range-scan e.g. every date after 2018 for each candidate."""
 
-    def wrap(elem: Any) -> Any:
+    def wrap(elem: Any, **_kw: Any) -> Any:
         if getattr(elem, "table", None) is table and elem.name not in _OWNER_COLUMNS:
             return func.coalesce(elem, elem)
         return None
 
-    return replacement_traverse(expr, {}, wrap)
+    opts: dict[str, Any] = {}
+    return replacement_traverse(expr, opts, wrap)
 
 
 # Which kind of index row best drives a search (most selective first).
