@@ -133,9 +133,9 @@ def _opaque_values(table: Any, expr: Any) -> Any:
     can serve it: a per-candidate probe must go through the owner index (type, id, param). Without
     statistics SQLite would otherwise range-scan e.g. every date after 2018 for each candidate."""
 
-    def wrap(elem: Any, **_kw: Any) -> Any:
-        if getattr(elem, "table", None) is table and elem.name not in _OWNER_COLUMNS:
-            return func.coalesce(elem, elem)
+    def wrap(element: Any, **_kw: Any) -> Any:
+        if getattr(element, "table", None) is table and element.name not in _OWNER_COLUMNS:
+            return func.coalesce(element, element)
         return None
 
     opts: dict[str, Any] = {}
