@@ -366,10 +366,16 @@ def score(
     client_id: Annotated[str, typer.Option("--client-id")],
     client_key: Annotated[Path, typer.Option("--client-key")],
     top: Annotated[int, typer.Option("--top", help="List the N highest-risk patients.")] = 5,
+    linkage_key: Annotated[
+        Path | None, typer.Option("--linkage-key", help="Show patients by regional pseudonym.")
+    ] = None,
 ) -> None:
     """Score every patient at a node with a published model; store RiskAssessment resources."""
     from federated.scoring import score_node
+    from trust.pseudonym import load_or_create_linkage_key
 
+    if linkage_key is not None and not linkage_key.exists():
+        _fail(f"--linkage-key {linkage_key}: no such file")
     try:
         summary = score_node(
             node_url=node_url,
@@ -378,12 +384,15 @@ def score(
             org_dir=org_dir,
             client_id=client_id,
             client_key=client_key,
+            linkage_key=load_or_create_linkage_key(linkage_key) if linkage_key else None,
         )
     except Exception as exc:  # noqa: BLE001
         _fail(f"scoring failed: {exc}", code=1)
     console.print(f"scored {summary.scored} patient(s); {summary.stored} RiskAssessment(s) stored")
+    console.print(f"highest 30-day readmission risk (model {model}):")
     for pid, pseudo, risk in summary.top(top):
-        console.print(f"  {pseudo or pid}: {risk:.3f}")
+        who = f"pseudonym {pseudo[:16]}…" if pseudo else f"Patient/{pid}"
+        console.print(f"  {who}  risk {risk:.3f}")
 
 
 @app.command()

@@ -247,6 +247,7 @@ def run_federated(
     for rnd in range(1, plan.rounds + 1):
         _wait_for_nodes(active, plan.min_nodes, plan.node_wait)
         train_cfg = ConfigRecord(dict(base_config))
+        round_started = time.perf_counter()
         sent = list(strategy.configure_train(rnd, arrays, train_cfg, active))
         replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
         usable = _Round(result, excluded, "train", rnd).sort(sent, replies)
@@ -263,6 +264,8 @@ def run_federated(
         if new_arrays is None:
             raise RunFailed(f"round {rnd}: aggregation produced no model")
         arrays = new_arrays
+        train_wall = time.perf_counter() - round_started
+        local_seconds = sum(_metric(r, "train-seconds") for r in usable)
         eval_cfg = ConfigRecord(dict(base_config))
         sent = list(strategy.configure_evaluate(rnd, arrays, eval_cfg, active))
         replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
@@ -283,6 +286,8 @@ def run_federated(
             else math.nan,
             "evaluation": aggregated,
             "per_node": per_node,
+            "train_wall_seconds": train_wall,
+            "local_train_seconds": local_seconds,
             "epsilon": {
                 result.nodes[n].org: result.nodes[n].epsilon
                 for n in result.nodes

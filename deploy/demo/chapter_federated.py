@@ -1,0 +1,204 @@
+"""Demo chapter: federated readmission models with DP across the three demo nodes.
+
+``start`` runs the regional authority's Flower SuperLink (TLS from the regional PKI, SuperNode
+authentication) and admits the three nodes' SuperNodes (their CA-certified signing keys);
+``net.facts["federated"]`` records its data dir and Fleet address.
+
+``run`` (nodes are up and seeded): each node gets a research cohort (synthetic older, sicker
+patients so that each site has readmissions to learn from) whose patients consent to HRESCH
+for the authority, a backend client for its SuperNode, and its SuperNode (``ipjms fl
+supernode``). Then ``ipjms fl run`` trains 5 rounds with DP-SGD (ε = 3 per node), printing
+per-round federated metrics and ε per node; the model goes to the coordinator's registry with
+its card; each node's patients are scored (RiskAssessment stored at the node) and the
+highest-risk patients per node are listed by pseudonym.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+
+from consent.client import ConsentClient
+from consent.fhir import to_fhir
+from consent.policy import ConsentRecord, Provision
+from deploy.demo.network import AUTHORITY_ORG, DEMO_NODES, DemoNetwork
+from deploy.launcher import free_port, ipjms_command, wait_until
+from federated.cohort import COHORT_CLASSES
+from node.feeds.synthetic import generate_site
+from node.identity import NATIONAL_ID_SYSTEM
+from trust.pki import load_org
+from trust.pseudonym import load_or_create_linkage_key, pseudonym
+from trust.tokens import SigningKey
+
+__all__ = ["start", "run"]
+
+RESEARCH_PATIENTS = 40  # per node, tertiary-like profile
+RESEARCH_SEED = 5000
+CLIENT_ID = "fl-supernode"
+PASSWORD = "demo research consent"  # noqa: S105 - demo patients' registry password
+
+
+def _ipjms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ipjms_command(*args),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "140", **(env or {})},
+        timeout=1800,
+    )
+
+
+def start(net: DemoNetwork) -> None:
+    pki = net.facts["pki"]
+    data_dir = net.service_dir("superlink")
+    port, fleet, control = free_port(), free_port(), free_port()
+    args = [
+        "fl", "superlink", "--data-dir", str(data_dir),
+        "--org-dir", str(pki["orgs"][AUTHORITY_ORG]),
+        "--port", str(port), "--fleet-port", str(fleet), "--control-port", str(control),
+        *[a for org, *_ in DEMO_NODES for a in ("--authorize", str(pki["orgs"][org]))],
+    ]  # fmt: skip
+    net.start("superlink", args, base_url=f"http://127.0.0.1:{port}")
+    admitted = data_dir / "supernodes.json"
+    wait_until(
+        lambda: admitted.exists() and len(json.loads(admitted.read_text())) == len(DEMO_NODES),
+        90,
+        0.5,
+        "SuperNodes to be admitted",
+    )
+    net.facts["federated"] = {"data_dir": data_dir, "fleet": f"127.0.0.1:{fleet}"}
+    net.urls["Flower SuperLink (Fleet API, TLS)"] = f"127.0.0.1:{fleet}"
+
+
+def _research_cohort(net: DemoNetwork, org: str, index: int) -> list[str]:
+    node = net.nodes[org]
+    env = {**net.facts.get("node_env", {}), **net.facts.get("node_env_by_org", {}).get(org, {})}
+    seed = RESEARCH_SEED + index
+    r = _ipjms("node", "seed", "--data-dir", str(node.data_dir), "--profile", "tertiary",
+               "--patients", str(RESEARCH_PATIENTS), "--seed", str(seed), env=env)  # fmt: skip
+    if r.returncode != 0:
+        raise RuntimeError(f"seeding the research cohort at {org} failed: {r.stdout[-500:]}")
+    ids = []
+    for bundle in generate_site("tertiary", RESEARCH_PATIENTS, seed):
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            if res["resourceType"] == "Patient":
+                ids += [i["value"] for i in res["identifier"] if i["system"] == NATIONAL_ID_SYSTEM]
+    return ids
+
+
+def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> int:
+    url = net.facts["consent_url"]
+    key = load_or_create_linkage_key(net.facts["pki"]["linkage_key"])
+    client = ConsentClient(url, load_org(net.facts["pki"]["orgs"][org]))
+    granted = 0
+    try:
+        for nid in national_ids:
+            pseudo = pseudonym(key, nid)
+            code = client.create_enrolment_code(pseudo)["code"]
+            r = httpx.post(f"{url}/enrol", json={"code": code, "password": PASSWORD}, timeout=30)
+            if r.status_code != 201:
+                continue  # already enrolled from an earlier demo run in the same workdir
+            r = httpx.post(
+                f"{url}/auth/patient-token",
+                data={"username": r.json()["username"], "password": PASSWORD},
+                timeout=30,
+            )
+            headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            permit = Provision(
+                "permit",
+                actors=frozenset({AUTHORITY_ORG}),
+                purposes=frozenset({"HRESCH"}),
+                classes=frozenset(COHORT_CLASSES),
+            )
+            body = to_fhir(
+                ConsentRecord("x", pseudo, "active", Provision("deny", provisions=(permit,)))
+            )
+            del body["id"]
+            r = httpx.post(f"{url}/fhir/Consent", json=body, headers=headers, timeout=30)
+            granted += r.status_code == 201
+    finally:
+        client.close()
+    return granted
+
+
+def _backend_client(net: DemoNetwork, org: str) -> Path:
+    node = net.nodes[org]
+    key_path = net.service_dir(f"supernode-{org}") / "fl-client.pem"
+    if not key_path.exists():
+        key = SigningKey.generate("ES256", kid=CLIENT_ID)
+        key_path.write_bytes(
+            key.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        pub = key_path.with_suffix(".pub.pem")
+        pub.write_bytes(key.public_pem())
+        env = {**net.facts.get("node_env", {}), **net.facts.get("node_env_by_org", {}).get(org, {})}
+        r = _ipjms("node", "client", "add", "--data-dir", str(node.data_dir), "--client-id",
+                   CLIENT_ID, "--public-key", str(pub),
+                   "--scope", "system/*.rs system/RiskAssessment.c", env=env)  # fmt: skip
+        if r.returncode != 0:
+            raise RuntimeError(
+                f"registering the SuperNode client at {org} failed: {r.stdout[-400:]}"
+            )
+    return key_path
+
+
+def run(net: DemoNetwork) -> None:
+    fed = net.facts["federated"]
+    pki = net.facts["pki"]
+    with net.step("Research cohorts: HRESCH consents and one SuperNode per node") as notes:
+        for i, (org, *_rest) in enumerate(DEMO_NODES):
+            ids = _research_cohort(net, org, i)
+            granted = _consent_research(net, org, ids)
+            key_path = _backend_client(net, org)
+            port = free_port()
+            args = [
+                "fl", "supernode", "--data-dir", str(net.service_dir(f"supernode-{org}")),
+                "--superlink", fed["fleet"], "--org-dir", str(pki["orgs"][org]),
+                "--fhir-url", net.nodes[org].url, "--client-id", CLIENT_ID,
+                "--client-key", str(key_path), "--consent-url", net.facts["consent_url"],
+                "--authority", AUTHORITY_ORG, "--linkage-key", str(pki["linkage_key"]),
+                "--port", str(port), "--min-cohort", "10", "--epsilon-budget", "10",
+            ]  # fmt: skip
+            net.start(f"supernode-{org}", args, base_url=f"http://127.0.0.1:{port}")
+            notes.append(
+                f"{org}: {len(ids)} research patients, {granted} new HRESCH consents, SuperNode up"
+            )
+    coordinator_http = net.facts["coordinator"]["status_url"].rsplit("/status", 1)[0]
+    with net.step("Federated training: 5 rounds, FedAvg, DP-SGD ε=3 per node") as notes:
+        r = _ipjms(
+            "fl", "run", "--data-dir", str(fed["data_dir"]), "--rounds", "5", "--epsilon", "3",
+            "--min-nodes", "3", "--round-timeout", "300",
+            "--registry-url", coordinator_http, "--authority-dir", str(pki["orgs"][AUTHORITY_ORG]),
+        )  # fmt: skip
+        notes += [line for line in r.stdout.splitlines() if line.strip()][-30:]
+        if r.returncode != 0:
+            raise RuntimeError("the federated run failed")
+        runs = sorted(
+            (Path(fed["data_dir"]) / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime
+        )
+        doc = json.loads(runs[-1].read_text())
+        model_id = doc["model_id"]
+        net.facts["federated"]["model_id"] = model_id
+    with net.step("Scoring: the published model flags high-risk patients at every node") as notes:
+        for org, *_rest in DEMO_NODES:
+            key_path = net.service_dir(f"supernode-{org}") / "fl-client.pem"
+            r = _ipjms(
+                "fl", "score", "--node-url", net.nodes[org].url, "--model", model_id,
+                "--registry-url", coordinator_http, "--org-dir", str(pki["orgs"][org]),
+                "--client-id", CLIENT_ID, "--client-key", str(key_path),
+                "--linkage-key", str(pki["linkage_key"]), "--top", "3",
+            )  # fmt: skip
+            if r.returncode != 0:
+                raise RuntimeError(f"scoring at {org} failed: {r.stdout[-400:]}")
+            notes.append(f"{org}:")
+            notes += [f"  {line.strip()}" for line in r.stdout.splitlines() if line.strip()]
