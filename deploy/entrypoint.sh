@@ -14,7 +14,8 @@
 #
 # Environment common to the service roles:
 #   IPJMS_DATA_DIR           state directory (default /data)
-#   IPJMS_PORT               HTTP port (default 8080); the container listens on 0.0.0.0
+#   IPJMS_PORT               HTTP port (default 8080)
+#   IPJMS_LISTEN_HOST        listen address (default 0.0.0.0, every interface of the container)
 #   IPJMS_DB_URL             postgresql://USER@HOST:5432/DB (no password in the URL)
 #   IPJMS_DB_PASSWORD_FILE   file holding the database password; exported as PGPASSWORD, which
 #                            libpq (psycopg 3) uses when the URL carries no password
@@ -35,6 +36,8 @@ role="${1:---help}"
 
 DATA_DIR="${IPJMS_DATA_DIR:-/data}"
 PORT="${IPJMS_PORT:-8080}"
+# Listen on every interface inside a container; tests on a shared host use 127.0.0.1.
+LISTEN_HOST="${IPJMS_LISTEN_HOST:-0.0.0.0}"
 
 # Build "--db URL" only when a URL is configured (otherwise the service uses SQLite in DATA_DIR).
 db_args() {
@@ -93,7 +96,7 @@ node)
         fi
     fi
     # shellcheck disable=SC2046
-    exec ipjms node serve --data-dir "$DATA_DIR" --host 0.0.0.0 --port "$PORT" $(db_args) "$@"
+    exec ipjms node serve --data-dir "$DATA_DIR" --host "$LISTEN_HOST" --port "$PORT" $(db_args) "$@"
     ;;
 coordinator)
     load_db_password
@@ -111,7 +114,7 @@ coordinator)
             ipjms coordinator register-org --data-dir "$DATA_DIR" $(db_args) --config "$entry"
         done
     fi
-    set -- --host 0.0.0.0 --port "${IPJMS_GRPC_PORT:-7443}" --http-port "$PORT" "$@"
+    set -- --host "$LISTEN_HOST" --port "${IPJMS_GRPC_PORT:-7443}" --http-port "$PORT" "$@"
     [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"
     [ -n "${IPJMS_ORG_DIR:-}" ] && set -- --org-dir "$IPJMS_ORG_DIR" "$@"
     [ -n "${IPJMS_CONSENT_URL:-}" ] && set -- --consent-url "$IPJMS_CONSENT_URL" "$@"
@@ -120,7 +123,7 @@ coordinator)
     ;;
 consent)
     load_db_password
-    set -- --host 0.0.0.0 --port "$PORT" "$@"
+    set -- --host "$LISTEN_HOST" --port "$PORT" "$@"
     [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"
     [ -n "${IPJMS_PUBLIC_URL:-}" ] && set -- --public-url "$IPJMS_PUBLIC_URL" "$@"
     # shellcheck disable=SC2046
@@ -134,7 +137,7 @@ superlink)
     for org in ${IPJMS_FL_AUTHORIZE:-}; do
         set -- --authorize "${IPJMS_DIRECTORY_DIR:-/run/ipjms/directory}/$org" "$@"
     done
-    exec ipjms fl superlink --data-dir "$DATA_DIR" --org-dir "$IPJMS_ORG_DIR" --host 0.0.0.0 \
+    exec ipjms fl superlink --data-dir "$DATA_DIR" --org-dir "$IPJMS_ORG_DIR" --host "$LISTEN_HOST" \
         --port "$PORT" --fleet-port "${IPJMS_FLEET_PORT:-9092}" \
         --control-port "${IPJMS_CONTROL_PORT:-9093}" "$@"
     ;;
@@ -151,7 +154,7 @@ supernode)
         --org-dir "$IPJMS_ORG_DIR" --fhir-url "$IPJMS_FHIR_URL" \
         --client-id "${IPJMS_FL_CLIENT_ID:-fl-supernode}" --client-key "$IPJMS_FL_CLIENT_KEY_FILE" \
         --consent-url "$IPJMS_NODE_CONSENT_URL" --authority "${IPJMS_AUTHORITY_ORG:-org-authority}" \
-        --linkage-key "$IPJMS_NODE_LINKAGE_KEY_PATH" --host 0.0.0.0 --port "$PORT" "$@"
+        --linkage-key "$IPJMS_NODE_LINKAGE_KEY_PATH" --host "$LISTEN_HOST" --port "$PORT" "$@"
     ;;
 pki-bootstrap)
     # Idempotent: an existing CA, certificate or linkage key is kept, so re-running `up` after a

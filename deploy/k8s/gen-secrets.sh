@@ -107,7 +107,7 @@ for node in tertiary clinic-a clinic-b; do   # each node's first admin, its Supe
     write_password "$base/admin/$node.password"
     client_key "$base" "$node"
 done
-issue_org "$base" org-authority "coordinator,coordinator.ipjms.svc,superlink,superlink.ipjms.svc"
+issue_org "$base" org-authority "coordinator,coordinator.ipjms.svc,superlink,superlink.ipjms.svc,127.0.0.1"
 issue_org "$base" org-consent "consent,consent.ipjms.svc"
 for node in tertiary clinic-a clinic-b; do
     issue_org "$base" "org-$node" "node-$node,node-$node.ipjms.svc,supernode-$node"
