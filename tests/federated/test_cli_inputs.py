@@ -1,0 +1,97 @@
+"""Must-show 5: bad input to ``ipjms fl bench`` and ``ipjms fl run`` → a clear error naming the
+file and column (bench) or the parameter (run); nothing runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from federated.cli import app
+
+runner = CliRunner()
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _bench(folder: Path, *extra: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["bench", "--data", str(folder), "--label", "y", *extra])
+    return result.exit_code, " ".join(result.output.split())
+
+
+GOOD = "a,b,y\n1,2,0\n2,3,1\n3,1,0\n4,4,1\n"
+
+
+def test_folder_with_one_csv(tmp_path: Path) -> None:
+    _write(tmp_path / "only.csv", GOOD)
+    code, out = _bench(tmp_path)
+    assert code == 2 and "found 1 CSV file(s)" in out and "at least 2" in out
+
+
+def test_mismatched_columns_name_file_and_column(tmp_path: Path) -> None:
+    _write(tmp_path / "a.csv", GOOD)
+    _write(tmp_path / "b.csv", "a,c,y\n1,2,0\n2,3,1\n")
+    code, out = _bench(tmp_path)
+    assert (
+        code == 2
+        and "b.csv" in out
+        and "column(s) c not in a.csv" in out
+        and "missing column(s) b" in out
+    )
+
+
+def test_missing_label_column(tmp_path: Path) -> None:
+    _write(tmp_path / "a.csv", GOOD)
+    _write(tmp_path / "b.csv", "a,b,outcome\n1,2,0\n2,3,1\n")
+    code, out = _bench(tmp_path)
+    assert code == 2 and "b.csv" in out and "label column 'y' is missing" in out
+
+
+def test_constant_label(tmp_path: Path) -> None:
+    _write(tmp_path / "a.csv", GOOD)
+    _write(tmp_path / "b.csv", "a,b,y\n1,2,0\n2,3,0\n")
+    code, out = _bench(tmp_path)
+    assert code == 2 and "b.csv" in out and "label column 'y' is constant" in out
+
+
+def test_non_numeric_junk_names_file_column_and_line(tmp_path: Path) -> None:
+    _write(tmp_path / "a.csv", GOOD)
+    _write(tmp_path / "b.csv", "a,b,y\n1,2,0\n2,oops,1\n")
+    code, out = _bench(tmp_path)
+    assert (
+        code == 2
+        and "b.csv" in out
+        and "column 'b', line 3" in out
+        and "'oops' is not a number" in out
+    )
+
+
+def test_missing_markers_must_be_declared(tmp_path: Path) -> None:
+    import math
+
+    from federated.datasets import BenchInputError, read_bench_folder
+
+    _write(tmp_path / "a.csv", GOOD)
+    _write(tmp_path / "b.csv", "a,b,y\n1,unknown,0\n2,3,1\n")
+    with pytest.raises(BenchInputError, match="column 'b', line 2"):
+        read_bench_folder(tmp_path, "y")
+    tables = read_bench_folder(tmp_path, "y", ["unknown"])
+    assert math.isnan(tables[1].x[0, 1]) and tables[1].x[1, 1] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "mortality-90d", "--epsilon", "3"], "unknown task 'mortality-90d'"),
+        (["--epsilon", "0"], "--epsilon must be positive"),
+        (["--epsilon", "-2"], "--epsilon must be positive"),
+        (["--strategy", "fedsgd", "--epsilon", "1"], "unknown strategy 'fedsgd'"),
+    ],
+)
+def test_fl_run_rejects_bad_parameters(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["run", "--data-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
