@@ -378,3 +378,44 @@ def test_superlink_role_serves_tls_with_the_regional_certificate(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(10)
+
+
+def test_project_wheel_carries_every_runtime_file(tmp_path: Path) -> None:
+    """The image installs the project as a wheel (not the source tree): every tracked file of the
+    packages the services need at run time — migrations, templates, protos, data — must be in it."""
+    import shutil
+    import zipfile
+
+    packages = ["node", "coordinator", "consent", "federated", "protos", "trust", "deploy"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "pyproject.toml", "README.md", *packages],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    src = tmp_path / "src"
+    for rel in tracked:
+        if (REPO_ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, src / rel)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("ipjms-*.whl")
+    contents = set(zipfile.ZipFile(wheel).namelist())
+    not_runtime = ("README.md", "deploy/compose.yaml", "deploy/entrypoint.sh")
+    missing = [
+        rel
+        for rel in tracked
+        if rel.split("/")[0] in packages
+        and not rel.endswith(not_runtime)
+        and not rel.startswith(("deploy/k8s/", "deploy/helm/"))
+        and rel not in contents
+    ]
+    assert not missing, f"not in the wheel the image installs: {missing}"
+    assert "node/store/migrations/env.py" in contents
