@@ -32,10 +32,11 @@ class ExchangeContext:
     _directory: dict[str, DirectoryEntry] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def organisation(self, org_id: str) -> DirectoryEntry:
-        """Directory entry (cached); its certificates are verified against the CA where used."""
+    def organisation(self, org_id: str, *, refresh: bool = False) -> DirectoryEntry:
+        """Directory entry (cached; ``refresh`` after a certificate rotation); its certificates
+        are verified against the CA wherever they are used."""
         with self._lock:
-            cached = self._directory.get(org_id)
+            cached = None if refresh else self._directory.get(org_id)
         if cached is not None:
             return cached
         entry = self.client.organisation(org_id)

@@ -172,13 +172,10 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     if h.recipient != ctx.org_id:
         return Handled(False, "envelope is not addressed to this organisation")
     try:
-        sender = ctx.organisation(h.sender)
-        payload = open_from(
-            sealed,
-            recipient=ctx.creds,
-            sender_signing_cert_pem=sender.signing_certificate,
-            revoked=ctx.revoked(),
-        )
+        try:
+            payload = _open(ctx, sealed, refresh=False)
+        except EnvelopeError:
+            payload = _open(ctx, sealed, refresh=True)  # the sender may have rotated its keys
         body = json.loads(payload)
     except (EnvelopeError, ValueError) as exc:
         return _reject(ctx, sealed, "cannot open or parse the envelope", local=str(exc))
@@ -210,6 +207,16 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
         # The store's message may quote content: keep it here, tell the coordinator only why.
         log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
         return _reject(ctx, sealed, "import refused by the store", local=exc.diagnostics)
+
+
+def _open(ctx: ExchangeContext, sealed: SealedEnvelope, *, refresh: bool) -> bytes:
+    sender = ctx.organisation(sealed.header.sender, refresh=refresh)
+    return open_from(
+        sealed,
+        recipient=ctx.creds,
+        sender_signing_cert_pem=sender.signing_certificate,
+        revoked=ctx.revoked(),
+    )
 
 
 def _reject(

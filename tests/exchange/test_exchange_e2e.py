@@ -8,8 +8,10 @@ import json
 from collections.abc import Iterator
 
 import grpc
+import httpx
 import pytest
 from exchange_net import (
+    PASSWORD,
     Region,
     patient_bundle,
     seed,
@@ -396,6 +398,26 @@ def test_recipient_offline_gets_it_when_back(region: Region) -> None:
     )
     row = next(e for e in b.get("/exchange/inbox")["envelopes"] if e["envelope_id"] == envelope_id)
     assert row["outcome"] == "imported"
+
+
+def test_exchange_routes_check_scope(region: Region) -> None:
+    a = region.nodes["hosp-a"]
+    body = {
+        "kind": "referral",
+        "patient": f"Patient/p-{NID}",
+        "recipient": "clinic-b",
+        "reason": "x",
+    }
+    assert httpx.post(f"{a.url}/exchange/requests", json=body).status_code == 401
+    assert httpx.get(f"{a.url}/exchange/inbox").status_code == 401
+    r = httpx.post(
+        f"{a.url}/auth/token",
+        data={"grant_type": "password", "username": "admin", "password": PASSWORD},
+    )
+    admin = {"Authorization": f"Bearer {r.json()['access_token']}"}  # user/*.rs: read only
+    r = httpx.post(f"{a.url}/exchange/requests", json=body, headers=admin)
+    assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+    assert httpx.get(f"{a.url}/exchange/inbox", headers=admin).status_code == 200
 
 
 def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Region) -> None:
