@@ -146,3 +146,42 @@ def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(net:
     assert "needs at least 3" in failed.stdout or "the run needs at least 3" in failed.stdout, (
         failed.stdout[-2000:]
     )
+
+
+def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet) -> None:
+    from federated.registry_client import RegistryError
+    from federated.scoring import MODEL_SYSTEM
+
+    runs = [json.loads(p.read_text()) for p in (net.superlink_dir / "runs").glob("*.json")]
+    model_id = next(d["model_id"] for d in runs if d.get("status") == "completed")
+    node_reader = RegistryClient(net.region.coordinator.http_url, net.pki.creds["hosp-a"])
+    try:
+        assert node_reader.card(model_id)["feature_spec"] == "readmission-30d@1"  # nodes may read
+        with pytest.raises(RegistryError, match="403"):  # only the authority stores models
+            node_reader.publish({"task": "x"}, {"w": __import__("numpy").zeros(2)})
+    finally:
+        node_reader.close()
+    node = net.region.nodes["hosp-a"]
+    args = [
+        "fl", "score", "--node-url", node.url, "--model", model_id,
+        "--registry-url", net.region.coordinator.http_url,
+        "--org-dir", str(net.pki.org_dirs["hosp-a"]),
+        "--client-id", "fl-supernode", "--client-key", str(net.client_keys["hosp-a"]),
+        "--linkage-key", str(net.region.linkage_key_path), "--top", "3",
+    ]  # fmt: skip
+    from deploy.launcher import ipjms_command
+
+    first = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "pseudonym" in first.stdout
+    stored = node.search("RiskAssessment")
+    assert stored, first.stdout
+    for ra in stored:
+        assert ra["method"]["coding"][0] == {
+            "system": MODEL_SYSTEM, "code": model_id, "display": "federated readmission-30d model"
+        }  # fmt: skip
+        assert 0.0 <= ra["prediction"][0]["probabilityDecimal"] <= 1.0
+        assert ra["basis"][0]["reference"].startswith("Encounter/")
+    again = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert len(node.search("RiskAssessment")) == len(stored)  # idempotent per model and discharge
