@@ -249,3 +249,38 @@ level = "authority"
         },
     )
     roles.wait_healthy("supernode-a", supernode_port)
+
+
+@pytest.mark.postgres
+def test_node_role_on_postgresql(roles: Roles, tmp_path: Path, pg_url: str) -> None:
+    """The node role as compose/Kubernetes run it: PostgreSQL URL without a password, the password
+    handed over through IPJMS_DB_PASSWORD_FILE (→ PGPASSWORD), schema created on first start."""
+    import psycopg
+
+    password_file = tmp_path / "db-password"
+    password_file.write_text("not-used-by-trust-auth\n")
+    admin_file = tmp_path / "admin-password"
+    admin_file.write_text("a-long-admin-password\n")
+    port = free_port()
+    env = {
+        "IPJMS_DATA_DIR": str(tmp_path / "node"),
+        "IPJMS_PORT": str(port),
+        "IPJMS_DB_URL": pg_url,
+        "IPJMS_DB_PASSWORD_FILE": str(password_file),
+        "IPJMS_ADMIN_PASSWORD_FILE": str(admin_file),
+        "IPJMS_NODE_ORG_ID": "org-pg",
+        "IPJMS_NODE_LEVEL": "tertiary",
+    }
+    roles.start("node-pg", "node", env)
+    roles.wait_healthy("node-pg", port)
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/auth/token",
+        data={"grant_type": "password", "username": "admin", "password": "a-long-admin-password"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    with psycopg.connect(pg_url) as conn:  # the node's schema lives in PostgreSQL, not SQLite
+        tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables")}
+    # the store's and the accounts' Alembic version tables (each migration folder keeps its own)
+    assert {"store_alembic_version", "auth_alembic_version"} <= tables, tables
+    assert not list((tmp_path / "node").glob("*.db")), "the node fell back to SQLite"
