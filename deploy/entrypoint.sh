@@ -8,9 +8,10 @@
 #   consent        ipjms consent serve
 #   superlink      ipjms fl superlink (TLS + SuperNode authentication)
 #   supernode      ipjms fl supernode (trains on the node's store via its FHIR API)
-#   pki-bootstrap  one-shot: regional CA, one certificate per organisation, the linkage key
+#   pki-bootstrap  one-shot: regional CA, one credential set per organisation, directory entries,
+#                  the linkage key, generated passwords and SuperNode client key pairs
 #   healthcheck    used by HEALTHCHECK: GET $IPJMS_HEALTH_URL (default http://127.0.0.1:$IPJMS_PORT/healthz)
-#   ipjms ...      any other ipjms command (e.g. `ipjms audit verify`, migrations, backups)
+#   ipjms ...      any other ipjms command (e.g. `ipjms audit verify`, `ipjms coordinator orgs`)
 #
 # Environment common to the service roles:
 #   IPJMS_DATA_DIR           state directory (default /data)
