@@ -3,6 +3,7 @@ that a refused envelope leaves nothing in the queue (issue 4, must-show 2 and 5)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -74,10 +75,14 @@ def test_directory_and_locator_over_mtls(pki, start_coordinator) -> None:
 
 def test_peers_refused(pki, start_coordinator) -> None:
     coord = start_coordinator()
-    # another CA: the TLS handshake itself fails — no RPC reaches the service
-    with ExchangeClient(coord.address, pki.foreign, timeout=5) as foreign:
-        code, _ = _code(lambda: foreign.send(_sealed(pki)))
-        assert code == grpc.StatusCode.UNAVAILABLE
+    # a certificate from another CA (the client trusts our CA, so only the server can refuse):
+    # the coordinator's TLS handshake rejects it — no RPC reaches the service
+    impostor = dataclasses.replace(pki.foreign, ca_cert_pem=pki.creds["hosp-a"].ca_cert_pem)
+    with ExchangeClient(coord.address, impostor, timeout=5) as foreign:
+        code, details = _code(lambda: foreign.send(_sealed(pki)))
+        # grpcio can only require-and-verify client certificates in the handshake, so the
+        # refusal is the transport's (UNAVAILABLE), not an application status
+        assert code == grpc.StatusCode.UNAVAILABLE, details
     # our CA, but not registered in the directory
     with ExchangeClient(coord.address, pki.creds["unregistered"]) as stranger:
         code, details = _code(lambda: stranger.organisations())
