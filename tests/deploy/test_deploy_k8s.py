@@ -372,3 +372,19 @@ def test_superlink_admits_exactly_the_node_organisations(docs: list[dict[str, An
             assert "db-password" not in secrets, name
             assert secrets["fl-client"]["items"] == [{"key": "key.pem", "path": "key.pem"}]
             assert secrets["fl-client"]["secretName"].startswith(f"fl-client-{name[10:]}")
+
+
+def test_services_select_their_workloads(docs: list[dict[str, Any]]) -> None:
+    """Every Service selects exactly one workload, and every StatefulSet's serviceName exists."""
+    templates = pod_templates(docs)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for name, svc in services.items():
+        selected = [
+            w
+            for w, tpl in templates.items()
+            if selector_matches(svc["spec"]["selector"], tpl["metadata"]["labels"])
+        ]
+        assert selected == [name], f"Service {name} selects {selected}"
+    for d in docs:
+        if d["kind"] == "StatefulSet":
+            assert d["spec"]["serviceName"] in services, d["metadata"]["name"]
