@@ -1,0 +1,133 @@
+"""The receiving node's import on SQLite and PostgreSQL (no servers): a real sealed envelope is
+verified, checked against its declared classes and imported exactly once; a redelivery changes
+nothing; undeclared content and tampering are refused without touching the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from node.exchange.client import DirectoryEntry
+from node.exchange.context import ExchangeContext
+from node.exchange.documents import pack_document
+from node.exchange.inbound import handle_envelope
+from node.exchange.lifecycle import MIGRATIONS
+from node.exchange.tables import inbound
+from node.store import FhirStore, migrate
+from trust.envelopes import EnvelopeHeader, seal_to
+from trust.pki import init_ca, issue_org
+from trust.storage import make_engine, upgrade_schema
+
+PSEUDO = "b" * 64
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    ca = tmp_path_factory.mktemp("ca")
+    init_ca(ca)
+    return {org: issue_org(ca, org, out_dir=ca / org) for org in ("hosp-a", "clinic-b")}
+
+
+@pytest.fixture
+def ctx(db_url: str, creds, tmp_path: Path) -> ExchangeContext:  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
+    migrate(engine)
+    upgrade_schema(engine, MIGRATIONS)
+    c = ExchangeContext(
+        org_id="clinic-b",
+        org_name="Clinic B",
+        store=FhirStore(engine),
+        engine=engine,
+        creds=creds["clinic-b"],
+        client=None,
+        consent=None,
+        linkage_key=b"k" * 32,  # type: ignore[arg-type]
+    )
+    a = creds["hosp-a"]
+    c._directory["hosp-a"] = DirectoryEntry(
+        "hosp-a",
+        "Hospital A",
+        "tertiary",
+        {},
+        a.encryption_cert_pem,
+        a.signing_cert_pem,
+        True,
+        False,
+    )
+    return c
+
+
+def _envelope(creds, resources, classes):  # type: ignore[no-untyped-def]
+    doc = pack_document(resources, patient=None, sender="hosp-a", title="t")
+    header = EnvelopeHeader.new(
+        kind="referral",
+        sender="hosp-a",
+        recipient="clinic-b",
+        purpose="TREAT",
+        classes=classes,
+        patient_pseudonym=PSEUDO,
+    )
+    return seal_to(
+        header,
+        json.dumps(doc).encode(),
+        sender=creds["hosp-a"],
+        recipient_encryption_cert_pem=creds["clinic-b"].encryption_cert_pem,
+    )
+
+
+COND = {
+    "resourceType": "Condition",
+    "id": "c9",
+    "subject": {"reference": "Patient/p"},
+    "code": {"text": "heart failure"},
+}
+PROC = {
+    "resourceType": "Procedure",
+    "id": "x9",
+    "status": "completed",
+    "subject": {"reference": "Patient/p"},
+    "code": {"text": "echo"},
+}
+
+
+def _inbound_rows(ctx: ExchangeContext) -> int:
+    with ctx.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(inbound)).scalar_one())
+
+
+def test_import_once_then_redelivery_changes_nothing(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    sealed = _envelope(creds, [COND], ("Condition",))
+    first = handle_envelope(ctx, sealed.to_bytes())
+    assert first.imported, first.detail
+    counts = ctx.store.counts()
+    assert counts["Condition"] == 1 and counts["Provenance"] == 1 and counts["Patient"] == 1
+    condition = ctx.store.search("Condition", []).resources[0]
+    version = condition["meta"]["versionId"]
+    again = handle_envelope(ctx, sealed.to_bytes())
+    assert again.imported and "already processed" in again.detail
+    assert ctx.store.counts() == counts
+    assert ctx.store.read("Condition", condition["id"])["meta"]["versionId"] == version
+    assert _inbound_rows(ctx) == 1
+
+
+def test_undeclared_classes_rejected_and_nothing_imported(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    sealed = _envelope(creds, [COND, PROC], ("Condition",))
+    handled = handle_envelope(ctx, sealed.to_bytes())
+    assert not handled.imported
+    assert "outside the declared classes" in handled.detail and "Procedure" in handled.detail
+    assert ctx.store.counts().get("Condition", 0) == 0
+    assert ctx.store.counts().get("Procedure", 0) == 0
+    # the refusal is remembered: a redelivery is refused again, still without importing
+    assert not handle_envelope(ctx, sealed.to_bytes()).imported
+
+
+def test_tampered_envelope_refused(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    raw = bytearray(_envelope(creds, [COND], ("Condition",)).to_bytes())
+    raw[-80] ^= 0x01  # flip a bit inside the ciphertext/signature
+    handled = handle_envelope(ctx, bytes(raw))
+    assert not handled.imported
+    assert ctx.store.counts().get("Condition", 0) == 0
+    assert "heart failure" not in handled.detail  # nothing of the content goes back
