@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import sqlite3
+import subprocess
 import uuid
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from exchange_net import Region, start_consent
 
+from deploy.launcher import ipjms_command, wait_until
 from node.exchange.client import ExchangeClient
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from trust.audit_ledger import AuditLedger
@@ -26,21 +28,40 @@ from trust.storage import make_engine, sqlite_url
 PSEUDO = "c0ffee" + "0" * 58
 
 
-def _sealed(pki, sender="hosp-a", recipient="clinic-b", *, kind="referral", payload=b"{}",
-            classes=("Condition",), now=None, ttl=dt.timedelta(hours=1)):  # fmt: skip
+def _sealed(
+    pki,
+    sender="hosp-a",
+    recipient="clinic-b",
+    *,
+    kind="referral",
+    payload=b"{}",
+    classes=("Condition",),
+    now=None,
+    ttl=dt.timedelta(hours=1),
+):
     header = EnvelopeHeader.new(
-        kind=kind, sender=sender, recipient=recipient, purpose="TREAT", classes=classes,
-        patient_pseudonym=PSEUDO, ttl=ttl, now=now,
-    )  # fmt: skip
+        kind=kind,
+        sender=sender,
+        recipient=recipient,
+        purpose="TREAT",
+        classes=classes,
+        patient_pseudonym=PSEUDO,
+        ttl=ttl,
+        now=now,
+    )
     if recipient in pki.creds:
         return seal_to(
-            header, payload, sender=pki.creds[sender],
+            header,
+            payload,
+            sender=pki.creds[sender],
             recipient_encryption_cert_pem=pki.creds[recipient].encryption_cert_pem,
-        )  # fmt: skip
+        )
     return seal(
-        header, payload, sender_signing_key=pki.creds[sender].signing_key,
+        header,
+        payload,
+        sender_signing_key=pki.creds[sender].signing_key,
         recipient_encryption_public_key=x25519.X25519PrivateKey.generate().public_key(),
-    )  # fmt: skip
+    )
 
 
 def _queued(data_dir) -> int:
@@ -222,5 +243,34 @@ def test_rate_limit_duplicates_and_polling_inbox(pki, start_coordinator, tmp_pat
                 assert b.acknowledge(e.header.envelope_id, imported=True) == "delivered"
             assert list(b.inbox(follow=False)) == []
             assert b.status(first[0].header.envelope_id).state == "delivered"
+    finally:
+        consent_service.stop()
+
+
+def test_undelivered_envelope_expires_into_the_dead_letters(
+    pki, start_coordinator, tmp_path
+) -> None:
+    consent_url, consent_service = start_consent(tmp_path / "region", pki)
+    try:
+        region = Region(tmp_path / "region", pki, consent_url, consent_service, tmp_path / "lk")
+        region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
+        coord = start_coordinator(consent_url=consent_url)
+        short = _sealed(pki, ttl=dt.timedelta(seconds=2))
+        with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
+            assert a.send(short) is False
+            # nobody collects it; the coordinator's sweeper dead-letters it after expiry
+            wait_until(
+                lambda: a.status(short.header.envelope_id).state == "dead", 20, what="expiry"
+            )
+            assert "expired" in a.status(short.header.envelope_id).reason
+        with ExchangeClient(coord.address, pki.creds["clinic-b"]) as b:
+            assert list(b.inbox(follow=False)) == []
+        listed = subprocess.run(
+            ipjms_command("coordinator", "dead-letters", "--data-dir", str(coord.data_dir)),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert short.header.envelope_id in listed and "expired" in listed
     finally:
         consent_service.stop()
