@@ -164,8 +164,16 @@ def _patient_references(node: Any, base: str, out: set[str]) -> None:
             _patient_references(item, base, out)
 
 
-def extract_index_rows(resource: dict[str, Any], base_url: str = "") -> IndexRows:
-    """The index rows of ``resource`` for every supported parameter of its type."""
+def extract_index_rows(
+    resource: dict[str, Any],
+    base_url: str = "",
+    *,
+    references: list[tuple[str, str]] | None = None,
+) -> IndexRows:
+    """The index rows of ``resource`` for every supported parameter of its type.
+
+    ``references``: the resource's local (type, id) references outside ``contained``, when the
+    caller has them already (saves a walk over the resource)."""
     rtype = resource["resourceType"]
     rows = IndexRows()
     for pdef in SUPPORTED_SEARCH_PARAMS.get(rtype, {}).values():
@@ -173,7 +181,10 @@ def extract_index_rows(resource: dict[str, Any], base_url: str = "") -> IndexRow
             _param_rows(resource, pdef, rows, base_url)
     if rtype != "Bundle":  # a document's contents are not the Bundle's own references
         patients: set[str] = set()
-        _patient_references(resource, base_url, patients)
+        if references is None:
+            _patient_references(resource, base_url, patients)
+        else:
+            patients.update(i for t, i in references if t == "Patient")
         rows.reference.extend((COMPARTMENT_PARAM, "Patient", pid) for pid in sorted(patients))
     # de-duplicate (the same code can appear twice, e.g. code and component.code)
     rows.token = list(dict.fromkeys(rows.token))

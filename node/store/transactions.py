@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from node.store.search_exec import match_ids
-from node.store.validation import check_id, check_type, local_references, validate_resource
+from node.store.search_index import split_reference
+from node.store.validation import check_id, check_type, validate_resource
 from node.store.writes import (
     NewVersion,
     current_bodies,
@@ -138,6 +139,7 @@ class _Apply:
         self.deleted: set[Key] = set()
         self.creating: set[Key] = set()
         self.results: dict[int, EntryResult] = {}
+        self.refs: dict[int, list[tuple[str, str, str]]] = {}  # entry index -> local references
 
     # -- resolution -------------------------------------------------------------------------
     def _split_url(self, entry: Entry) -> tuple[str, str | None, str | None]:
@@ -231,7 +233,9 @@ class _Apply:
             self.cond_cache[ref] = f"{rtype}/{ids[0]}"
         return self.cond_cache[ref]
 
-    def _rewrite(self, node: Any) -> Any:
+    def _rewrite(self, node: Any, refs: list[tuple[str, str, str]]) -> Any:
+        """A copy of ``node`` with fullUrl/conditional references replaced; the local
+        references it holds (outside ``contained``) are appended to ``refs``."""
         if isinstance(node, dict):
             out = {}
             for k, v in node.items():
@@ -241,13 +245,16 @@ class _Apply:
                     elif "?" in v and v[:1].isupper():
                         v = self._resolve_conditional(v)
                     out[k] = v
+                    target = split_reference(v, self.base)
+                    if target:
+                        refs.append((target[0], target[1], v))
                 elif k == "contained" or isinstance(v, str | int | float | bool):
                     out[k] = v
                 else:
-                    out[k] = self._rewrite(v)
+                    out[k] = self._rewrite(v, refs)
             return out
         if isinstance(node, list):
-            return [self._rewrite(x) for x in node]
+            return [self._rewrite(x, refs) for x in node]
         return node
 
     # -- the whole run ----------------------------------------------------------------------
@@ -277,25 +284,25 @@ class _Apply:
         self.creating = seen
         bodies: dict[int, dict[str, Any]] = {}
         for entry, _key, _ in pending:
+            refs: list[tuple[str, str, str]] = []
             try:
                 assert entry.resource is not None
                 if entry.resource.get("resourceType") == "Bundle":
-                    bodies[entry.index] = dict(entry.resource)
+                    bodies[entry.index] = dict(entry.resource)  # a document keeps its refs
                 else:
-                    bodies[entry.index] = self._rewrite(entry.resource)
+                    bodies[entry.index] = self._rewrite(entry.resource, refs)
             except FhirError as exc:
                 raise _fail(entry, exc) from None
-        self._check_references(pending, bodies)
+            self.refs[entry.index] = refs
+        self._check_references(pending)
         writes += self._versions(pending, bodies)
         write_versions(self.conn, writes, self.base)
         return [self.results[e.index] for e in sorted(entries, key=lambda e: e.index)]
 
-    def _check_references(
-        self, pending: list[tuple[Entry, Key, bool]], bodies: dict[int, dict[str, Any]]
-    ) -> None:
+    def _check_references(self, pending: list[tuple[Entry, Key, bool]]) -> None:
         wanted: dict[Key, tuple[Entry, str]] = {}
         for entry, _key, _ in pending:
-            for rtype, rid, original in local_references(bodies[entry.index], self.base):
+            for rtype, rid, original in self.refs[entry.index]:
                 key = (rtype, rid)
                 if key not in self.creating and key not in wanted:
                     wanted[key] = (entry, original)
@@ -346,7 +353,10 @@ class _Apply:
                 resource=stored,
                 extra={"etag": etag(version), "lastModified": stored["meta"]["lastUpdated"]},
             )
-            out.append(NewVersion(rtype, rid, version, self.ts, False, stored, row is not None))
+            refs = [(t, i) for t, i, _ in self.refs[entry.index]]
+            out.append(
+                NewVersion(rtype, rid, version, self.ts, False, stored, row is not None, refs)
+            )
         return out
 
 

@@ -1,8 +1,8 @@
 """The one place resources are validated: FHIR R4 structure via ``fhir.resources.R4B``.
 
 Errors name the resource type, the element path and the problem. Reference *resolution* (does
-``Patient/123`` exist in this store?) needs the database and lives in the store; this module only
-lists a resource's references.
+``Patient/123`` exist in this store?) needs the database and lives in the write engine
+(:mod:`node.store.transactions`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import re
 from functools import cache
 from typing import Any
 
-from node.store.search_index import split_reference
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
 from trust.outcome import BadRequest
 
@@ -19,7 +18,6 @@ __all__ = [
     "preload_models",
     "validate_resource",
     "check_type",
-    "local_references",
     "ID_RE",
     "check_id",
 ]
@@ -88,32 +86,3 @@ def validate_resource(resource: Any, *, expected_type: str | None = None) -> str
             raise BadRequest(f"invalid {rtype}: " + "; ".join(problems), expression=paths) from None
         raise BadRequest(f"invalid {rtype}: {exc}") from None
     return rtype
-
-
-def local_references(
-    node: Any, base_url: str = "", *, _skip_bundle: bool = True
-) -> list[tuple[str, str, str]]:
-    """Relative references ``(type, id, original)`` anywhere in a resource.
-
-    Contained resources and the entries of a Bundle (a document carries its own contents) are
-    not followed; ``#``, ``urn:`` and absolute URLs to other servers are not local references.
-    """
-    out: list[tuple[str, str, str]] = []
-
-    def walk(n: Any) -> None:
-        if isinstance(n, dict):
-            for key, value in n.items():
-                if key == "reference" and isinstance(value, str):
-                    target = split_reference(value, base_url)
-                    if target:
-                        out.append((target[0], target[1], value))
-                elif key != "contained":
-                    walk(value)
-        elif isinstance(n, list):
-            for item in n:
-                walk(item)
-
-    if isinstance(node, dict) and node.get("resourceType") == "Bundle" and _skip_bundle:
-        return out
-    walk(node)
-    return out

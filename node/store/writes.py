@@ -46,6 +46,7 @@ class NewVersion:
     deleted: bool
     body: dict[str, Any]
     existed: bool  # a current row exists already (update it rather than insert)
+    references: list[tuple[str, str]] | None = None  # local (type, id) refs, if already known
 
 
 @dataclass
@@ -211,7 +212,7 @@ def _insert_index_rows(conn: Connection, items: list[NewVersion], base_url: str)
     reference: list[dict[str, Any]] = []
     quantity: list[dict[str, Any]] = []
     for it in items:
-        rows = extract_index_rows(it.body, base_url)
+        rows = extract_index_rows(it.body, base_url, references=it.references)
         own = {"resource_type": it.rtype, "resource_id": it.rid}
         token += [{**own, "param": p, "system": s, "code": c} for p, s, c in rows.token]
         string += [{**own, "param": p, "value": v, "raw": r} for p, v, r in rows.string]
