@@ -4,6 +4,7 @@ reject, start, complete, answer, pull a patient's history. Every route checks it
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 import grpc
@@ -21,7 +22,7 @@ from node.exchange.service import (
     request_exchange,
 )
 from node.exchange.tables import inbound, outbound
-from trust.outcome import FhirError
+from trust.outcome import FhirError, NotFound
 
 __all__ = ["router"]
 
@@ -37,6 +38,19 @@ def _ctx(request: Request) -> ExchangeContext:
     if ctx is None:
         raise ServiceUnavailable("this node is not connected to a coordinator")
     return ctx  # type: ignore[no-any-return]
+
+
+def _coordinator_errors(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A coordinator that cannot be reached or refuses a lookup → a clear OperationOutcome."""
+    try:
+        return work()
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"coordinator: {exc.details()}") from None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ServiceUnavailable("the coordinator cannot be reached; try again") from None
+        raise FhirError(f"coordinator refused ({code.name}): {exc.details()}", status=502) from None
 
 
 def _ref_id(ref: str, rtype: str) -> str:
@@ -72,14 +86,17 @@ def create_request(
     request: Request,
     _p: Principal = Depends(require_scope("Task", "create")),
 ) -> dict[str, Any]:
-    return request_exchange(
-        _ctx(request),
-        kind=body.kind,
-        patient_id=_ref_id(body.patient, "Patient"),
-        recipient=body.recipient,
-        reason=body.reason,
-        question=body.question,
-        classes=body.classes,
+    ctx = _ctx(request)
+    return _coordinator_errors(
+        lambda: request_exchange(
+            ctx,
+            kind=body.kind,
+            patient_id=_ref_id(body.patient, "Patient"),
+            recipient=body.recipient,
+            reason=body.reason,
+            question=body.question,
+            classes=body.classes,
+        )
     )
 
 
@@ -90,7 +107,8 @@ def task_answer(
     request: Request,
     _p: Principal = Depends(require_scope("Communication", "create")),
 ) -> dict[str, Any]:
-    return answer(_ctx(request), task_id, body.text)
+    ctx = _ctx(request)
+    return _coordinator_errors(lambda: answer(ctx, task_id, body.text))
 
 
 @router.post("/tasks/{task_id}/{action}")
@@ -108,7 +126,10 @@ def task_action(
         "complete": "completed",
         "cancel": "cancelled",
     }[action]
-    return change_status(_ctx(request), task_id, status, body.reason if body else "")
+    ctx = _ctx(request)
+    return _coordinator_errors(
+        lambda: change_status(ctx, task_id, status, body.reason if body else "")
+    )
 
 
 @router.post("/pulls")
@@ -117,14 +138,18 @@ def pull(
     request: Request,
     _p: Principal = Depends(require_scope("Patient", "read")),
 ) -> dict[str, Any]:
-    return pull_history(_ctx(request), _ref_id(body.patient, "Patient"), body.classes)
+    ctx = _ctx(request)
+    return _coordinator_errors(
+        lambda: pull_history(ctx, _ref_id(body.patient, "Patient"), body.classes)
+    )
 
 
 @router.post("/publish")
 def publish(
     request: Request, _p: Principal = Depends(require_scope("Patient", "search"))
 ) -> dict[str, Any]:
-    return {"published": publish_pseudonyms(_ctx(request))}
+    ctx = _ctx(request)
+    return _coordinator_errors(lambda: {"published": publish_pseudonyms(ctx)})
 
 
 @router.get("/inbox")

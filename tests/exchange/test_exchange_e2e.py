@@ -187,6 +187,11 @@ def test_no_consent_is_refused_at_the_coordinator_and_audited(region: Region) ->
     )
     assert r.status_code == 403, r.text
     assert "consent" in r.text
+    r = a.post(
+        "/exchange/requests",
+        {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "nobody", "reason": "x"},
+    )
+    assert r.status_code == 404 and "nobody" in r.text
 
 
 def _client(region: Region, org: str) -> ExchangeClient:
