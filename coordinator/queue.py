@@ -223,8 +223,10 @@ class EnvelopeQueue:
         now = time.time()
         state = "delivered" if imported else "rejected"
         with self.engine.begin() as conn:
+            # Row lock on PostgreSQL so two replicas cannot both finalise it (SQLite: the
+            # IMMEDIATE transaction already serialises writers).
             row = conn.execute(
-                select(envelopes).where(envelopes.c.envelope_id == envelope_id)
+                select(envelopes).where(envelopes.c.envelope_id == envelope_id).with_for_update()
             ).first()
             if row is None or row.recipient != recipient:
                 # Same answer for "not yours" and "does not exist": no probing of ids.
@@ -251,8 +253,10 @@ class EnvelopeQueue:
         """Move an envelope to the dead-letter list (sender sees the reason through Status)."""
         now = time.time() if now is None else now
         with self.engine.begin() as conn:
+            # Row lock on PostgreSQL so two replicas cannot both finalise it (SQLite: the
+            # IMMEDIATE transaction already serialises writers).
             row = conn.execute(
-                select(envelopes).where(envelopes.c.envelope_id == envelope_id)
+                select(envelopes).where(envelopes.c.envelope_id == envelope_id).with_for_update()
             ).first()
             if row is None or row.state in FINAL_STATES:
                 return
