@@ -26,10 +26,24 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+# This script is bench/federated.py: keep bench/ off sys.path so `federated` is the package.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from export_synthetic_cohorts import LABEL, export  # noqa: E402
+
+def _load_export():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "export_synthetic_cohorts", ROOT / "bench" / "export_synthetic_cohorts.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_export = _load_export()
+LABEL, export = _export.LABEL, _export.export
 
 from federated.bench import DEFAULT_PLAN, format_table, run_bench  # noqa: E402
 from federated.datasets import read_centre_csv  # noqa: E402

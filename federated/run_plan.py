@@ -30,7 +30,7 @@ class RunPlan:
     model: str = "logreg"
     lr: float = 0.5
     local_epochs: int = 2
-    batch_size: int = 64
+    batch_size: int = 128
     max_grad_norm: float = 1.0
     server_lr: float = 0.1  # FedAdam η
     test_fraction: float = 0.25
