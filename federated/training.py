@@ -25,7 +25,7 @@ __all__ = ["TrainConfig", "DPConfig", "TrainReport", "train", "evaluate", "defau
 class TrainConfig:
     epochs: int = 1
     lr: float = 0.1
-    batch_size: int = 64
+    batch_size: int = 128
     momentum: float = 0.0
     seed: int = 0
 
