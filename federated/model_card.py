@@ -59,6 +59,8 @@ def build_card(result: Any, *, run_id: str = "") -> dict[str, Any]:
                 "nodes": h["nodes"],
                 "evaluation": {k: _clean(v) for k, v in h["evaluation"].items()},
                 "epsilon": {k: _clean(v) for k, v in h["epsilon"].items()},
+                "train_wall_seconds": _clean(h.get("train_wall_seconds", float("nan"))),
+                "local_train_seconds": _clean(h.get("local_train_seconds", float("nan"))),
             }
             for h in result.history
         ],

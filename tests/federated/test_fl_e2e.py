@@ -90,6 +90,11 @@ def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None
         assert 0 < p["delta"] < 1 / p["cohort_size_rounded"] * 10
     assert 0.0 <= card["evaluation"]["auroc"] <= 1.0 and "brier" in card["evaluation"]
     assert set(weights) == set(card["parameters"])
+    for h in card["history"]:  # the deployment engine's round time vs the nodes' training time
+        print(
+            f"FLOWER-ROUND {h['round']}: wall {h['train_wall_seconds']:.2f}s, "
+            f"summed local training {h['local_train_seconds']:.3f}s"
+        )
     # What the nodes sent, as the server received it over the deployment engine:
     seen = doc["replies_seen"]
     assert {s["phase"] for s in seen} == {"train", "evaluate"}
