@@ -426,7 +426,8 @@ def test_exchange_routes_check_scope(region: Region) -> None:
 
 
 def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Region) -> None:
-    """Must-show 3: grep every file the coordinator wrote (database, WAL, logs)."""
+    """Must-show 3: grep every file the coordinator wrote (database, WAL, logs). Bare short
+    numbers are not searched: they occur by chance in the hex of ids, pseudonyms and hashes."""
     secrets = [
         NAME,
         NID,
@@ -436,7 +437,8 @@ def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Regio
         "Eisenzahn",
         "Sturmvogel",
         "HF-1960-1313",
-        "1873",
+        '"value":1873',
+        "pg/mL",
         "furosemide",
         "Heart failure",
         "Penicillin",
@@ -447,6 +449,10 @@ def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Regio
         "84114007",
         "33762-6",
     ]
+    # control: the exchange did carry them (clinic B's own database holds them in clear)
+    at_b = b"".join(p.read_bytes() for p in region.nodes["clinic-b"].data_dir.glob("node.db*"))
+    for carried in ("Quellenberg", "furosemide", "Heart failure", "Increase furosemide"):
+        assert carried.encode() in at_b, f"{carried!r} never reached clinic B"
     files = [p for p in region.coordinator.data_dir.rglob("*") if p.is_file()]
     files.append(region.coordinator.service.log_path)
     assert any(p.name.startswith("coordinator.db") for p in files)
