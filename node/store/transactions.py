@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from node.store.search_exec import match_ids
+from node.store.search_exec import match_ids, parse_query
 from node.store.search_index import split_reference
 from node.store.validation import check_id, check_type, validate_resource
 from node.store.writes import (
@@ -140,6 +140,7 @@ class _Apply:
         self.creating: set[Key] = set()
         self.results: dict[int, EntryResult] = {}
         self.refs: dict[int, list[tuple[str, str, str]]] = {}  # entry index -> local references
+        self.pending_resources: dict[Key, dict[str, Any]] = {}
 
     # -- resolution -------------------------------------------------------------------------
     def _split_url(self, entry: Entry) -> tuple[str, str | None, str | None]:
@@ -225,13 +226,32 @@ class _Apply:
         if ref not in self.cond_cache:
             rtype, _, query = ref.partition("?")
             check_type(rtype)
-            ids = match_ids(self.conn, rtype, query, self.base)
+            found = set(match_ids(self.conn, rtype, query, self.base))
+            found |= self._pending_identifier_matches(rtype, query)
+            ids = sorted(found)
             if not ids:
                 raise Unprocessable(f"conditional reference {ref!r} matched no resource")
             if len(ids) > 1:
                 raise PreconditionFailed(f"conditional reference {ref!r} matched several resources")
             self.cond_cache[ref] = f"{rtype}/{ids[0]}"
         return self.cond_cache[ref]
+
+    def _pending_identifier_matches(self, rtype: str, query: str) -> set[str]:
+        """Resources created/updated earlier in this Bundle that match ``identifier=sys|val``
+        (the only criterion resolved against not-yet-written entries)."""
+        pairs = parse_query(query)
+        if len(pairs) != 1 or pairs[0][0] != "identifier" or "|" not in pairs[0][1]:
+            return set()
+        system, value = pairs[0][1].split("|", 1)
+        return {
+            key[1]
+            for key, res in self.pending_resources.items()
+            if key[0] == rtype
+            and any(
+                isinstance(i, dict) and i.get("system") == system and i.get("value") == value
+                for i in res.get("identifier") or []
+            )
+        }
 
     def _rewrite(self, node: Any, refs: list[tuple[str, str, str]]) -> Any:
         """A copy of ``node`` with fullUrl/conditional references replaced; the local
@@ -282,6 +302,9 @@ class _Apply:
                 raise _fail(entry, BadRequest(f"{key[0]}/{key[1]} appears twice in the Bundle"))
             seen.add(key)
         self.creating = seen
+        self.pending_resources = {
+            key: entry.resource for entry, key, _ in pending if entry.resource is not None
+        }
         bodies: dict[int, dict[str, Any]] = {}
         for entry, _key, _ in pending:
             refs: list[tuple[str, str, str]] = []
