@@ -364,3 +364,27 @@ def test_concurrent_updates_lose_no_versions(store: FhirStore) -> None:
     assert versions == list(range(1 + writers * per_writer, 0, -1))
     families = {h["name"][0]["family"] for h in history}
     assert len(families) == 1 + writers * per_writer  # every write kept as its own version
+
+
+def test_conditional_reference_to_an_entry_of_the_same_bundle(store: FhirStore) -> None:
+    response = store.transaction(
+        _tx(
+            {
+                "fullUrl": "urn:uuid:new-org",
+                "resource": _org("NEW"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "managingOrganization": {"reference": f"Organization?identifier={ORG_SYS}|NEW"},
+                },
+                "request": {"method": "POST", "url": "Patient"},
+            },
+        )
+    )
+    org = response["entry"][0]["response"]["location"].split("/")[1]
+    pid = response["entry"][1]["response"]["location"].split("/")[1]
+    assert store.read("Patient", pid)["managingOrganization"] == {
+        "reference": f"Organization/{org}"
+    }
