@@ -11,6 +11,7 @@ import typer
 from consent.cli import app as consent_app
 from coordinator.cli import app as coordinator_app
 from deploy.demo_cli import demo
+from deploy.up import up
 from federated.cli import app as fl_app
 from node.cli import app as node_app
 from trust.cli import audit_app, pki_app
@@ -28,6 +29,7 @@ app.add_typer(fl_app, name="fl", help="Federated training (Flower + DP-SGD).")
 app.add_typer(pki_app, name="pki", help="The regional PKI: CA and organisation certificates.")
 app.add_typer(audit_app, name="audit", help="Audit ledgers.")
 app.command("demo")(demo)
+app.command("up")(up)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

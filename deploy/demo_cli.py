@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.demo.network import DemoNetwork, StepFailed
-from deploy.demo.story import chapters
+from deploy.demo.story import Chapter, chapters
 
 
 def demo(
@@ -34,18 +34,31 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     net = DemoNetwork(workdir=workdir.resolve(), console=console)
     console.print(f"[bold]IPJMS demo[/bold] — state under {net.workdir}")
+    try:
+        ok = run_network(net, chapters(), keep_running=keep_running)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if not ok or not net.results:
+        raise typer.Exit(1)
+
+
+def run_network(net: DemoNetwork, steps: list[Chapter], *, keep_running: bool) -> bool:
+    """Run chapter functions in order (``ipjms demo`` and ``ipjms up`` share this), print the
+    summary, optionally stay up until Ctrl-C/SIGTERM, then stop every service. True when all
+    went well."""
     ok = True
     try:
-        for chapter in chapters():
-            chapter(net)
+        for step in steps:
+            step(net)
     except StepFailed:
         ok = False
     except KeyboardInterrupt:
         ok = False
     finally:
-        _summary(net, console)
+        _summary(net, net.console)
         if ok and keep_running:
-            console.print("Network is up. Press Ctrl-C to stop.")
+            net.console.print("Network is up. Press Ctrl-C to stop.")
             try:
                 signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
                 while all(s.alive() for s in net.services.values()):
@@ -53,10 +66,7 @@ def demo(
             except KeyboardInterrupt:
                 pass
         net.stop_all()
-        if tmp is not None:
-            tmp.cleanup()
-    if not ok or not net.results:
-        raise typer.Exit(1)
+    return ok
 
 
 def _summary(net: DemoNetwork, console: Console) -> None:

@@ -28,7 +28,7 @@ import httpx
 from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
-from deploy.demo.network import AUTHORITY_ORG, CONSENT_ORG, DEMO_NODES, DemoNetwork, NodeInfo
+from deploy.demo.network import AUTHORITY_ORG, CONSENT_ORG, DemoNetwork, NodeInfo
 from deploy.launcher import free_port, ipjms_command
 from node.identity import patient_pseudonym
 from trust.pki import init_ca, issue_org, load_org
@@ -55,7 +55,7 @@ def _pki(net: DemoNetwork) -> dict[str, Any]:
     if not (ca_dir / "ca.cert.pem").exists():
         init_ca(ca_dir, name="IPJMS Demo Regional CA")
     orgs: dict[str, Path] = {}
-    for org in [AUTHORITY_ORG, CONSENT_ORG, *(o for o, *_ in DEMO_NODES)]:
+    for org in [AUTHORITY_ORG, CONSENT_ORG, *(o for o, *_ in net.node_specs)]:
         out = ca_dir / "orgs" / org
         if not (out / "org.json").exists():
             issue_org(ca_dir, org, host="127.0.0.1,localhost")
@@ -74,7 +74,7 @@ def start(net: DemoNetwork) -> None:
     net.start(
         "consent",
         ["consent", "serve", "--data-dir", str(data_dir), "--port", str(port),
-         "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG],
+         "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG, *net.db_args("consent")],
         base_url=url,
     )  # fmt: skip
     net.facts["consent_url"] = url
@@ -83,7 +83,7 @@ def start(net: DemoNetwork) -> None:
     env["IPJMS_NODE_CONSENT_URL"] = url
     env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
     by_org = net.facts.setdefault("node_env_by_org", {})
-    for org, *_ in DEMO_NODES:
+    for org, *_ in net.node_specs:
         if org in pki["orgs"]:
             by_org.setdefault(org, {}).setdefault(
                 "IPJMS_NODE_ORG_CREDENTIALS_DIR", str(pki["orgs"][org])
@@ -244,7 +244,9 @@ def run(net: DemoNetwork) -> None:
             )
 
     with net.step("The consent registry's audit ledger verifies") as notes:
-        db = f"sqlite:///{(Path(net.facts['consent_data_dir']) / 'consent.db').resolve()}"
+        db = net.db_urls.get("consent") or (
+            f"sqlite:///{(Path(net.facts['consent_data_dir']) / 'consent.db').resolve()}"
+        )
         result = subprocess.run(
             ipjms_command("audit", "verify", "--db", db),
             capture_output=True,

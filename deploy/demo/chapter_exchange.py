@@ -28,7 +28,6 @@ from consent.policy import ConsentRecord, Provision
 from deploy.demo.network import (
     AUTHORITY_ORG,
     COORDINATOR_ORG,
-    DEMO_NODES,
     DemoNetwork,
     NodeInfo,
     StepFailed,
@@ -53,7 +52,7 @@ def _pki(net: DemoNetwork) -> dict[str, Any]:
         pki = {"ca_dir": ca_dir, "orgs": {}, "linkage_key": net.service_dir("pki") / "linkage.key"}
         load_or_create_linkage_key(pki["linkage_key"])
         net.facts["pki"] = pki
-    for org in (AUTHORITY_ORG, COORDINATOR_ORG, *(o for o, *_ in DEMO_NODES)):
+    for org in (AUTHORITY_ORG, COORDINATOR_ORG, *(o for o, *_ in net.node_specs)):
         if org not in pki["orgs"]:
             out = Path(pki["ca_dir"]) / "orgs" / org
             if not (out / "org.json").exists():
@@ -80,7 +79,7 @@ def start(net: DemoNetwork) -> None:
     lines = []
     levels = {AUTHORITY_ORG: "authority", COORDINATOR_ORG: "authority"}
     names = {AUTHORITY_ORG: "Regional Health Authority", COORDINATOR_ORG: "Regional coordinator"}
-    for org, name, level, _profile in DEMO_NODES:
+    for org, name, level, _profile in net.node_specs:
         levels[org], names[org] = level, name
     for org, level in levels.items():
         lines += [
@@ -92,7 +91,10 @@ def start(net: DemoNetwork) -> None:
         ]
     config = data_dir / "organisations.toml"
     config.write_text("\n".join(lines))
-    _ipjms("coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config))
+    _ipjms(
+        "coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config),
+        *net.db_args("coordinator"),
+    )  # fmt: skip
     port, http_port = free_port(), free_port()
     args = [
         "coordinator",
@@ -107,6 +109,7 @@ def start(net: DemoNetwork) -> None:
         str(pki["ca_dir"]),
         "--org-dir",
         str(pki["orgs"][COORDINATOR_ORG]),
+        *net.db_args("coordinator"),
     ]
     if net.facts.get("consent_url"):
         args += ["--consent-url", net.facts["consent_url"]]
@@ -120,7 +123,7 @@ def start(net: DemoNetwork) -> None:
     env["IPJMS_NODE_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
     env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
     by_org = net.facts.setdefault("node_env_by_org", {})
-    for org, *_ in DEMO_NODES:
+    for org, *_ in net.node_specs:
         by_org.setdefault(org, {}).setdefault(
             "IPJMS_NODE_ORG_CREDENTIALS_DIR", str(pki["orgs"][org])
         )
@@ -424,6 +427,7 @@ def run(net: DemoNetwork) -> None:
     with net.step("The coordinator holds none of what it carried") as notes:
         secrets_seen = _exchanged_values(clinic_b, doc_b)
         coordinator = net.facts["coordinator"]
+        _dump_database(net, Path(coordinator["data_dir"]))  # PostgreSQL: its rows as a file too
         files = [p for p in Path(coordinator["data_dir"]).rglob("*") if p.is_file()]
         files.append(net.services["coordinator"].log_path)
         for path in files:
@@ -436,6 +440,21 @@ def run(net: DemoNetwork) -> None:
             f"{clinic_b.org_id}: none in the coordinator's {len(files)} files "
             f"(database files and log)"
         )
+
+
+def _dump_database(net: DemoNetwork, data_dir: Path) -> None:
+    """With the coordinator on PostgreSQL (``ipjms up``), write its database as a plain-SQL dump
+    into its data dir so the leak check reads every row it holds."""
+    url = net.db_urls.get("coordinator")
+    if not url or not url.startswith("postgresql"):
+        return
+    done = subprocess.run(
+        ["pg_dump", "--data-only", "--no-owner", "-f", str(data_dir / "database-dump.sql"),
+         "-d", url.replace("postgresql+psycopg://", "postgresql://")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_dump of the coordinator database failed: {done.stderr[-300:]}")
 
 
 def _exchanged_values(node: NodeInfo, headers: dict[str, str]) -> set[str]:

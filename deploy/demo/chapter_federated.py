@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
-from deploy.demo.network import AUTHORITY_ORG, DEMO_NODES, DemoNetwork
+from deploy.demo.network import AUTHORITY_ORG, DemoNetwork
 from deploy.launcher import free_port, ipjms_command, wait_until
 from federated.cohort import COHORT_CLASSES
 from node.feeds.synthetic import generate_site
@@ -61,12 +61,12 @@ def start(net: DemoNetwork) -> None:
         "fl", "superlink", "--data-dir", str(data_dir),
         "--org-dir", str(pki["orgs"][AUTHORITY_ORG]),
         "--port", str(port), "--fleet-port", str(fleet), "--control-port", str(control),
-        *[a for org, *_ in DEMO_NODES for a in ("--authorize", str(pki["orgs"][org]))],
+        *[a for org, *_ in net.node_specs for a in ("--authorize", str(pki["orgs"][org]))],
     ]  # fmt: skip
     net.start("superlink", args, base_url=f"http://127.0.0.1:{port}")
     admitted = data_dir / "supernodes.json"
     wait_until(
-        lambda: admitted.exists() and len(json.loads(admitted.read_text())) == len(DEMO_NODES),
+        lambda: admitted.exists() and len(json.loads(admitted.read_text())) == len(net.node_specs),
         90,
         0.5,
         "SuperNodes to be admitted",
@@ -156,7 +156,7 @@ def run(net: DemoNetwork) -> None:
     fed = net.facts["federated"]
     pki = net.facts["pki"]
     with net.step("Research cohorts: HRESCH consents and one SuperNode per node") as notes:
-        for i, (org, *_rest) in enumerate(DEMO_NODES):
+        for i, (org, *_rest) in enumerate(net.node_specs):
             ids = _research_cohort(net, org, i)
             granted = _consent_research(net, org, ids)
             key_path = _backend_client(net, org)
@@ -190,7 +190,7 @@ def run(net: DemoNetwork) -> None:
         model_id = doc["model_id"]
         net.facts["federated"]["model_id"] = model_id
     with net.step("Scoring: the published model flags high-risk patients at every node") as notes:
-        for org, *_rest in DEMO_NODES:
+        for org, *_rest in net.node_specs:
             key_path = net.service_dir(f"supernode-{org}") / "fl-client.pem"
             r = _ipjms(
                 "fl", "score", "--node-url", net.nodes[org].url, "--model", model_id,

@@ -1,9 +1,11 @@
 """Demo chapter: the region's hospital and clinic nodes.
 
-``start`` initialises and starts one tertiary hospital and two community clinics
-(``DEMO_NODES``) as ``ipjms node serve`` processes on free loopback ports, SQLite under
-``<workdir>/node-<org>/``. Extra node settings come from earlier chapters as environment
-variables: ``net.facts["node_env"]`` (all nodes) and ``net.facts["node_env_by_org"][org]``.
+``start`` initialises and starts the region's nodes (``net.node_specs``; by default
+``DEMO_NODES``: one tertiary hospital, two community clinics) as ``ipjms node serve`` processes
+on free loopback ports, state under ``<workdir>/node-<org>/`` (SQLite there, or the database
+``net.db_urls["node-<org>"]``, which ``node init`` writes into node.toml). Extra node
+settings come from earlier chapters as environment variables: ``net.facts["node_env"]`` (all
+nodes) and ``net.facts["node_env_by_org"][org]``.
 
 ``run`` seeds each node (the tertiary hospital's patients are more numerous, older and sicker),
 ingests the shared Synthea bundles into the tertiary node, prints per-node per-type counts read
@@ -20,7 +22,7 @@ from pathlib import Path
 import httpx
 from rich.table import Table
 
-from deploy.demo.network import DEMO_NODES, DemoNetwork, NodeInfo, StepFailed
+from deploy.demo.network import DemoNetwork, NodeInfo, StepFailed
 from deploy.launcher import free_port, ipjms_command
 
 __all__ = ["start", "run", "SEED_PATIENTS", "COUNTED_TYPES", "shared_synthea_dir"]
@@ -71,14 +73,14 @@ def _node_env(net: DemoNetwork, org: str) -> dict[str, str]:
 
 
 def start(net: DemoNetwork) -> None:
-    for org, name, level, profile in DEMO_NODES:
+    for org, name, level, profile in net.node_specs:
         data_dir = net.service_dir(f"node-{org}")
         password_file = data_dir / _ADMIN_PASSWORD_FILE
         if not (data_dir / "node.toml").exists():
             password = secrets.token_urlsafe(16)
             init = _ipjms(
                 "node", "init", "--org", org, "--name", name, "--level", level,
-                "--data-dir", str(data_dir),
+                "--data-dir", str(data_dir), *net.db_args(f"node-{org}"),
                 env={"IPJMS_ADMIN_PASSWORD": password},
             )  # fmt: skip
             if init.returncode != 0:
@@ -122,7 +124,7 @@ def node_counts(node: NodeInfo) -> dict[str, int]:
 
 
 def run(net: DemoNetwork) -> None:
-    nodes = [net.nodes[org] for org, *_ in DEMO_NODES]
+    nodes = [net.nodes[org] for org, *_ in net.node_specs]
     with net.step("Seed synthetic patients at every node") as notes:
         running = []
         for index, node in enumerate(nodes):

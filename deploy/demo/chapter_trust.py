@@ -12,15 +12,14 @@ from deploy.demo.network import (
     AUTHORITY_ORG,
     CONSENT_ORG,
     COORDINATOR_ORG,
-    DEMO_NODES,
     DemoNetwork,
 )
 from trust.pki import init_ca, issue_org, load_org
 from trust.pseudonym import load_or_create_linkage_key
 
 
-def all_orgs() -> list[str]:
-    return [AUTHORITY_ORG, COORDINATOR_ORG, CONSENT_ORG, *(org for org, *_ in DEMO_NODES)]
+def all_orgs(net: DemoNetwork) -> list[str]:
+    return [AUTHORITY_ORG, COORDINATOR_ORG, CONSENT_ORG, *(org for org, *_ in net.node_specs)]
 
 
 def start(net: DemoNetwork) -> None:
@@ -29,7 +28,7 @@ def start(net: DemoNetwork) -> None:
     if not (ca_dir / "ca.cert.pem").exists():
         init_ca(ca_dir, name="IPJMS Demo Regional CA")
     org_dirs: dict[str, Path] = {}
-    for org in all_orgs():
+    for org in all_orgs(net):
         out = ca_dir / "orgs" / org
         if not (out / "org.json").exists():
             issue_org(ca_dir, org, host="127.0.0.1,localhost")

@@ -62,6 +62,17 @@ class DemoNetwork:
     facts: dict[str, Any] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     results: list[tuple[str, bool, float, str]] = field(default_factory=list)
+    # The region's nodes (org id, name, level, seed profile): the demo's three, or a
+    # network.toml's (``ipjms up``). Chapters iterate this, never DEMO_NODES directly.
+    node_specs: tuple[tuple[str, str, str, str], ...] = DEMO_NODES
+    # Database URL per service ("consent", "coordinator", "node-<org>"); a service without one
+    # keeps SQLite in its data dir (``ipjms demo``). ``ipjms up`` fills this with PostgreSQL.
+    db_urls: dict[str, str] = field(default_factory=dict)
+
+    def db_args(self, service: str) -> list[str]:
+        """``["--db", URL]`` for a service with a configured database, else ``[]``."""
+        url = self.db_urls.get(service)
+        return ["--db", url] if url else []
 
     def service_dir(self, name: str) -> Path:
         path = self.workdir / name
