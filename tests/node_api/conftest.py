@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_harness import Node, make_node
+
+from node_api.node_harness import Node, make_node
 
 
 @pytest.fixture

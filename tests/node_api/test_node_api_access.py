@@ -10,8 +10,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from node_harness import PASSWORD, Node, outcome_text
 
+from node_api.node_harness import PASSWORD, Node, outcome_text
 from trust.tokens import SigningKey
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
-from node_harness import Node
 
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
+from node_api.node_harness import Node
 
 
 @pytest.fixture

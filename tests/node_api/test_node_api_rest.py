@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from node_harness import FHIR, Node, make_node, outcome_text
+
+from node_api.node_harness import FHIR, Node, make_node, outcome_text
 
 
 def patient(n: int = 1, **extra: Any) -> dict[str, Any]:

@@ -8,9 +8,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from node_harness import Node
-
 from node.ingest.sources import discover
+from node_api.node_harness import Node
 
 SHARED = {"Organization", "Practitioner"}
 

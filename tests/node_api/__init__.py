@@ -1,0 +1,1 @@
+"""Tests of the node API, auth, CLI, ingestion and the nodes demo chapter."""
