@@ -10,11 +10,12 @@ the entry; the caller's transaction then rolls back, so nothing is stored.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from node.store.search_exec import match_ids, parse_query
 from node.store.search_index import split_reference
@@ -155,6 +156,16 @@ class _Apply:
             return rtype, parts[1], None
         raise BadRequest(f"unsupported request.url {entry.url!r}")
 
+    def _serialise(self, criteria: str) -> None:
+        """Conditional create/update: search-then-insert must not interleave with another
+        transaction doing the same (both would create). SQLite already serialises writers;
+        on PostgreSQL a transaction-scoped advisory lock keyed by the criteria does it."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        digest = hashlib.sha256(criteria.encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        self.conn.execute(select(func.pg_advisory_xact_lock(key)))
+
     def _map_full_url(self, entry: Entry, rtype: str, rid: str) -> None:
         if entry.full_url:
             self.url_map[entry.full_url] = f"{rtype}/{rid}"
@@ -187,6 +198,7 @@ class _Apply:
         if not entry.validated:
             validate_resource(entry.resource, expected_type=rtype)
         if entry.if_none_exist:
+            self._serialise(f"{rtype}?{entry.if_none_exist}")
             ids = match_ids(self.conn, rtype, entry.if_none_exist, self.base)
             if len(ids) > 1:
                 raise PreconditionFailed(
@@ -208,6 +220,7 @@ class _Apply:
         assert entry.resource is not None
         body_id = entry.resource.get("id")
         if query:
+            self._serialise(f"{rtype}?{query}")
             ids = match_ids(self.conn, rtype, query, self.base)
             if len(ids) > 1:
                 raise PreconditionFailed(f"conditional update matched {len(ids)} {rtype} resources")

@@ -388,3 +388,26 @@ def test_conditional_reference_to_an_entry_of_the_same_bundle(store: FhirStore) 
     assert store.read("Patient", pid)["managingOrganization"] == {
         "reference": f"Organization/{org}"
     }
+
+
+def test_concurrent_conditional_creates_create_one(store: FhirStore) -> None:
+    barrier = threading.Barrier(4)
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            out = store.create(_patient("RACE"), if_none_exist="identifier=urn:oid:1.2.3|RACE")
+            statuses.append(out.status)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(statuses) == [200, 200, 200, 201]
+    assert store.counts() == {"Patient": 1}
