@@ -1,15 +1,20 @@
-"""``POST /auth/token``: OAuth2 token endpoint (password and client_credentials grants)."""
+"""``POST /auth/token``: OAuth2 token endpoint (password and client_credentials grants), and
+``POST /auth/accounts``: account creation by an admin token."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from node.auth.accounts import AccountError
+from node.auth.deps import authenticate
+from node.auth.roles import ACCOUNT_ADMIN_SCOPE
 from node.auth.service import AuthService
-from trust.outcome import BadRequest
+from trust.outcome import BadRequest, Forbidden, operation_outcome
 
 __all__ = ["router"]
 
@@ -57,4 +62,49 @@ async def token(request: Request) -> JSONResponse:
         )
     return JSONResponse(
         grant.response(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+    )
+
+
+@router.post("/auth/accounts", tags=["auth"])
+async def add_account(request: Request) -> JSONResponse:
+    """Create an account (needs the admin role's ``node/accounts.manage`` scope).
+
+    Body (JSON): ``{"username", "password", "role", "patient"?}``. Answers an OperationOutcome.
+    """
+    principal = authenticate(request)
+    if not principal.has_scope(ACCOUNT_ADMIN_SCOPE):
+        raise Forbidden(f"account management needs the {ACCOUNT_ADMIN_SCOPE} scope")
+    body = await request.body()
+    if len(body) > _MAX_FORM_BYTES:
+        raise BadRequest("request too large")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("username", "password", "role")
+    ):
+        raise BadRequest("expected a JSON object with string username, password and role")
+    patient = data.get("patient")
+    if patient is not None and not isinstance(patient, str):
+        raise BadRequest("patient must be a Patient id string")
+    auth: AuthService = request.app.state.auth
+    try:
+        account = await run_in_threadpool(
+            auth.accounts.add_user,
+            data["username"],
+            data["password"],
+            data["role"],
+            patient_id=patient,
+        )
+    except AccountError as exc:
+        raise BadRequest(str(exc)) from None
+    return JSONResponse(
+        operation_outcome(
+            f"{account.role} account {account.username} created",
+            code="informational",
+            severity="information",
+        ),
+        status_code=201,
+        media_type="application/fhir+json",
     )

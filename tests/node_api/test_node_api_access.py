@@ -189,3 +189,20 @@ def test_backend_client_credentials_over_http(node: Node, two_patients: dict) ->
     assert node.client.get("/fhir/Patient", headers=headers).status_code == 403
     replay = node.client.post("/auth/token", data=form)
     assert replay.status_code == 401 and "replayed" in outcome_text(replay)
+
+
+def test_admin_creates_accounts_others_cannot(node: Node, two_patients: dict) -> None:
+    account = {"username": "bob", "password": PASSWORD, "role": "patient",
+               "patient": two_patients["bob"]}  # fmt: skip
+    doctor = node.login("doctor1")
+    r = node.client.post("/auth/accounts", json=account, headers=doctor)
+    assert r.status_code == 403 and "accounts.manage" in outcome_text(r)
+    admin = node.login("admin1")
+    r = node.client.post("/auth/accounts", json={**account, "role": "surgeon"}, headers=admin)
+    assert r.status_code == 400 and "unknown role" in outcome_text(r)
+    r = node.client.post("/auth/accounts", json=account, headers=admin)
+    assert r.status_code == 201, r.text
+    bob = node.login("bob")
+    assert node.client.get(f"/fhir/Patient/{two_patients['bob']}", headers=bob).status_code == 200
+    assert node.client.get(f"/fhir/Patient/{two_patients['alice']}", headers=bob).status_code == 404
+    assert node.client.post("/auth/accounts", json=account).status_code == 401
