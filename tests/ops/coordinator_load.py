@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,12 @@ class LoadRegion:
         per_sender: int,
         threads: int = 4,
         timeout: float = 300,
+        on_go: Callable[[], None] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> LoadResult:
+        """Send ``per_sender`` envelopes from every sender at once (sealed beforehand, not
+        timed); returns when every one is acknowledged. ``on_go``/``on_done`` run right before
+        the senders start and right after the last acknowledgement (bench CPU sampling)."""
         name = f"load-{len(coordinators)}-{int(time.time() * 1000)}"
         work = self.root / name
         work.mkdir()
@@ -215,6 +221,8 @@ class LoadRegion:
 
                 wait_until(is_ready, 120, what=f"{org} worker ready")
             total = per_sender * self.senders
+            if on_go is not None:
+                on_go()
             t_go = time.time()
             go.write_text(str(t_go))
             for org, proc, _out in procs:
@@ -228,7 +236,9 @@ class LoadRegion:
                     sum(self._states(db_url).get(s, 0) for s in ("delivered", "rejected")) >= total
                 )
 
-            wait_until(all_final, timeout, interval=0.2, what="every envelope acknowledged")
+            wait_until(all_final, timeout, interval=0.05, what="every envelope acknowledged")
+            if on_done is not None:
+                on_done()
         finally:
             stop.write_text("stop")
             for _org, proc, _out in procs:
