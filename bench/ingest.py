@@ -373,7 +373,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     results = [run_one("sqlite", "", args, console)]
     if args.pg:
         pg_url = create_pg_database(args.pg)
