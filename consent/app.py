@@ -19,6 +19,7 @@ from consent.settings import RegistrySettings
 from consent.store import ConsentStore, migrate
 from trust.audit_ledger import AuditLedger
 from trust.outcome import install_error_handlers
+from trust.service_metrics import install_metrics
 from trust.storage import make_engine, sqlite_url
 from trust.tokens import load_or_create_signing_key
 
@@ -83,5 +84,6 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(patients_router)
     app.include_router(decide_router)
     app.include_router(consents_router)
+    install_metrics(app, "consent")
     log.info("consent registry ready (issuer %s)", issuer)
     return app

@@ -50,5 +50,15 @@ def serve(
         overrides["public_url"] = public_url
     if org_id:
         overrides["org_id"] = org_id
+    from trust.logging_setup import configure_logging
+
+    configure_logging("consent")
     settings = RegistrySettings(**overrides)  # type: ignore[arg-type]
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+    )

@@ -83,6 +83,13 @@ def create_status_app(
             "recent_dead_letters": dead,
         }
 
+    # /metrics: HTTP requests, plus the shared queue's depth read at scrape time.
+    from coordinator.metrics import QueueDepthCollector
+    from trust.service_metrics import install_metrics
+
+    install_metrics(app, "coordinator").registry.register(
+        QueueDepthCollector(services.queue.depths)
+    )
     # The model registry router (coordinator/model_registry) reads these.
     app.state.services = services
     app.state.creds = creds

@@ -75,13 +75,18 @@ def build_services(
 
 
 def start_grpc(
-    settings: CoordinatorSettings, services: Services, creds: OrgCredentials
+    settings: CoordinatorSettings,
+    services: Services,
+    creds: OrgCredentials,
+    *,
+    interceptors: list[Any] | None = None,
 ) -> grpc.Server:
     # Let oversized envelopes reach Send so the caller gets our clear RESOURCE_EXHAUSTED message;
     # far larger messages are cut off by gRPC itself (also RESOURCE_EXHAUSTED).
     limit = settings.max_envelope_bytes * 2 + 1024 * 1024
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_workers),
+        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -119,13 +124,18 @@ def run(settings: CoordinatorSettings) -> None:
     import uvicorn
 
     from coordinator.http_api import create_status_app
+    from coordinator.metrics import GrpcMetrics
+    from trust.logging_setup import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging("coordinator")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     creds = load_org(settings.org_dir)
     engine = open_database(settings.database_url())
     services = build_services(settings, engine, creds)
-    server = start_grpc(settings, services, creds)
+    app = create_status_app(services, settings=settings, creds=creds)
+    server = start_grpc(
+        settings, services, creds, interceptors=[GrpcMetrics(app.state.metrics.registry)]
+    )
     stop = threading.Event()
     threading.Thread(target=_sweeper, args=(services, stop), daemon=True).start()
     log.info(
@@ -136,9 +146,13 @@ def run(settings: CoordinatorSettings) -> None:
         settings.host,
         settings.status_port(),
     )
-    app = create_status_app(services, settings=settings, creds=creds)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.status_port(), log_level="warning", access_log=False
+        app,
+        host=settings.host,
+        port=settings.status_port(),
+        log_level="warning",
+        access_log=False,
+        log_config=None,
     )
     http = uvicorn.Server(config)
     try:

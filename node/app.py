@@ -57,7 +57,9 @@ def app_factory() -> FastAPI:
     """Entry point of ``ipjms node serve --workers N`` worker processes: settings from the
     environment (``IPJMS_NODE_DATA_DIR`` and the overrides the parent exported)."""
     from node.settings import load_settings
+    from trust.logging_setup import configure_logging
 
+    configure_logging("node")  # worker processes start with no logging set up
     return create_app(load_settings(require_init=True), migrate=False)
 
 

@@ -123,12 +123,15 @@ def serve(
     import uvicorn
 
     from node.app import create_app
+    from trust.logging_setup import configure_logging
 
+    configure_logging("node")
     settings = _settings(data_dir, port=port, db_url=db, host=host)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": "info",
+        "log_config": None,  # trust.logging_setup: JSON lines, no PHI
         "access_log": False,  # request paths carry ids; metrics count routes instead
         "timeout_graceful_shutdown": 10,
     }
@@ -142,7 +145,11 @@ def serve(
         engine.dispose()
         _export_for_workers(settings, data_dir)
         target, common["workers"], common["factory"] = "node.app:app_factory", workers, True
-    console.print(f"node {settings.org_id} serving on http://{settings.host}:{settings.port}")
+    import logging
+
+    logging.getLogger("ipjms.node").info(
+        "node %s serving on http://%s:%d", settings.org_id, settings.host, settings.port
+    )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
     # that was installed before it: make that a clean exit (status 0), not death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
