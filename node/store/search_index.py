@@ -16,7 +16,7 @@ compartment used by ``$everything`` and by patient-scoped access.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,9 +31,13 @@ __all__ = [
     "split_reference",
     "walk_path",
     "COMPARTMENT_PARAM",
+    "VALUE_KINDS",
 ]
 
 COMPARTMENT_PARAM = "_compartment"
+# Index kinds whose rows do not depend on how the resource's references are written (so they can
+# be extracted before a transaction rewrites urn:uuid references).
+VALUE_KINDS = frozenset({"token", "string", "date", "quantity"})
 
 
 @dataclass
@@ -169,17 +173,20 @@ def extract_index_rows(
     base_url: str = "",
     *,
     references: list[tuple[str, str]] | None = None,
+    kinds: Collection[str] | None = None,
 ) -> IndexRows:
     """The index rows of ``resource`` for every supported parameter of its type.
 
     ``references``: the resource's local (type, id) references outside ``contained``, when the
-    caller has them already (saves a walk over the resource)."""
+    caller has them already (saves a walk over the resource). ``kinds``: only parameters of
+    these kinds (e.g. :data:`VALUE_KINDS`, which do not depend on how references are written)."""
     rtype = resource["resourceType"]
     rows = IndexRows()
     for pdef in SUPPORTED_SEARCH_PARAMS.get(rtype, {}).values():
-        if pdef.kind != "special":
+        if pdef.kind != "special" and (kinds is None or pdef.kind in kinds):
             _param_rows(resource, pdef, rows, base_url)
-    if rtype != "Bundle":  # a document's contents are not the Bundle's own references
+    with_refs = kinds is None or "reference" in kinds
+    if rtype != "Bundle" and with_refs:  # a document's contents are not the Bundle's references
         patients: set[str] = set()
         if references is None:
             _patient_references(resource, base_url, patients)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from node.store.search_exec import match_ids, parse_query
-from node.store.search_index import split_reference
+from node.store.search_index import VALUE_KINDS, IndexRows, extract_index_rows, split_reference
 from node.store.validation import check_id, check_type, validate_resource
 from node.store.writes import (
     NewVersion,
@@ -50,6 +50,7 @@ class Entry:
     key: Key | None = None
     label: str = ""
     validated: bool = False  # set by prevalidate(): no need to validate again inside the lock
+    value_rows: IndexRows | None = None  # set by prevalidate(): index rows not about references
 
 
 @dataclass
@@ -128,6 +129,9 @@ def prevalidate(entries: list[Entry]) -> None:
             except FhirError as exc:
                 raise _fail(entry, exc) from None
             entry.validated = True
+            # Index rows that no reference rewriting can change are extracted here too, so
+            # the write lock is held only for what needs the database.
+            entry.value_rows = extract_index_rows(entry.resource, kinds=VALUE_KINDS)
 
 
 class _Apply:
@@ -391,7 +395,17 @@ class _Apply:
             )
             refs = [(t, i) for t, i, _ in self.refs[entry.index]]
             out.append(
-                NewVersion(rtype, rid, version, self.ts, False, stored, row is not None, refs)
+                NewVersion(
+                    rtype,
+                    rid,
+                    version,
+                    self.ts,
+                    False,
+                    stored,
+                    row is not None,
+                    refs,
+                    entry.value_rows,
+                )
             )
         return out
 
