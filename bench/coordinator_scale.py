@@ -125,6 +125,7 @@ def measure(region: LoadRegion, server: str, replicas: int, per_sender: int) -> 
             "coordinators": cpu("coord"),
             "consent_registry": cpu("consent"),
             "postgresql": cpu("pg"),
+            "load_clients": result.client_cpu_s * per_k,
             "machine_total": cpu("machine"),
         },
         "wall_s": result.last_delivered - result.go,
@@ -192,14 +193,18 @@ def main() -> int:
         "two_coordinators": two,
         "ratio_two_over_one_median": two["delivered_per_s_median"] / one["delivered_per_s_median"],
     }
-    table = Table(title=f"Envelopes through coordinators on PostgreSQL ({os.cpu_count()} cores)")
-    table.add_column("coordinators")
+    table = Table(
+        title=f"Envelopes through coordinators on PostgreSQL ({os.cpu_count()} cores)",
+        caption="CPU ms per envelope; 'whole machine' includes other processes on the host",
+    )
+    table.add_column("replicas")
     table.add_column("accepted/s (median)", justify="right")
     table.add_column("delivered/s (median)", justify="right")
     table.add_column("delivered/s (best)", justify="right")
-    table.add_column("CPU ms/envelope: coordinator(s)", justify="right")
+    table.add_column("coordinator(s)", justify="right")
     table.add_column("consent registry", justify="right")
     table.add_column("PostgreSQL", justify="right")
+    table.add_column("load clients", justify="right")
     table.add_column("whole machine", justify="right")
     for label, s in (("1", one), ("2 (shared queue)", two)):
         c = s["cpu_s_per_1000_median"]
@@ -211,6 +216,7 @@ def main() -> int:
             f"{c['coordinators']:.1f}",
             f"{c['consent_registry']:.1f}",
             f"{c['postgresql']:.1f}",
+            f"{c['load_clients']:.1f}",
             f"{c['machine_total']:.1f}",
         )
     console.print(table)

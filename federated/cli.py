@@ -77,7 +77,10 @@ def superlink(
     fleet = f"{host}:{fleet_port}"
     control = f"{host}:{control_port}"
     serverappio = f"127.0.0.1:{serverappio_port or _free_port()}"
-    write_connection(flwr_home, control, tls / "ca.pem")
+    # Local Control API clients (--authorize, `fl authorize|run`) verify the certificate's name:
+    # a wildcard bind is reached on loopback (the authority certificate names 127.0.0.1).
+    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(host, host)  # noqa: S104
+    write_connection(flwr_home, f"{local}:{control_port}", tls / "ca.pem")
     (data_dir / "superlink.json").write_text(
         json.dumps({"fleet": fleet, "control": control, "org_id": creds.org_id})
     )

@@ -1,5 +1,6 @@
-"""Run a Flower process (SuperLink or SuperNode) as a child and answer ``GET /healthz`` for it,
-so ``ipjms fl superlink|supernode`` behave like every other IPJMS service."""
+"""Run a Flower process (SuperLink or SuperNode) as a child and answer ``GET /healthz`` (and
+``GET /metrics``) for it, so ``ipjms fl superlink|supernode`` behave like every other IPJMS
+service."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def port_open(address: str) -> bool:
         return False
 
 
+def _metrics(supervised: Supervised, service: str) -> Any:
+    """``/metrics``: is the Flower process running, and are its ports answering."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    up = Gauge("ipjms_flower_process_up", "The supervised Flower process is running",
+               ["service"], registry=registry)  # fmt: skip
+    up.labels(service).set_function(lambda: float(supervised.proc.poll() is None))
+    ready = Gauge("ipjms_flower_ready", "The Flower process answers on its ports",
+                  ["service"], registry=registry)  # fmt: skip
+    ready.labels(service).set_function(lambda: float(supervised.ready()))
+    return registry
+
+
 class Supervised:
     def __init__(
         self,
@@ -41,8 +56,20 @@ class Supervised:
         self.info = info
         supervised = self
 
+        metrics = _metrics(self, str(info.get("service", "flower")))
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/metrics":
+                    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                    payload = generate_latest(metrics)
+                    self.send_response(200)
+                    self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if self.path != "/healthz":
                     self.send_response(404)
                     self.end_headers()

@@ -60,6 +60,7 @@ class LoadResult:
     bad_opens: int
     queue_states: dict[str, int]
     max_attempts: int
+    client_cpu_s: float  # CPU of the sender and recipient processes from the go signal on
     go: float
     last_sent: float
     last_delivered: float
@@ -196,7 +197,7 @@ class LoadRegion:
             out = work / f"{org}.json"
             cmd = [sys.executable, str(WORKER), "recipient", "--org-dir", str(self.orgs[org]),
                    "--out", str(out), "--addresses", ",".join(addresses), "--senders", signing,
-                   "--stop", str(stop)]  # fmt: skip
+                   "--stop", str(stop), "--go", str(go)]  # fmt: skip
             procs.append((org, subprocess.Popen(cmd, stderr=subprocess.PIPE), out))
         recipient_dirs = ",".join(str(self.orgs[r]) for r in self.recipient_ids)
         for i, org in enumerate(self.sender_ids):
@@ -252,10 +253,12 @@ class LoadRegion:
         deliveries: list[list[Any]] = []
         acks: dict[str, str] = {}
         bad = 0
+        client_cpu = 0.0
         for org, proc, out in procs:
             if proc.returncode != 0:
                 raise RuntimeError(f"{org} failed: {proc.stderr.read()[-800:]!r}")  # type: ignore[union-attr]
             doc = json.loads(out.read_text())
+            client_cpu += float(doc["cpu"])
             if org.startswith("org-sender"):
                 sent += doc["sent"]
                 errors += doc["errors"]
@@ -276,6 +279,7 @@ class LoadRegion:
             deliveries=deliveries,
             acks=acks,
             bad_opens=bad,
+            client_cpu_s=client_cpu,
             queue_states=self._states(db_url),
             max_attempts=int(max_attempts[0]) if max_attempts else 0,
             go=t_go,

@@ -4,6 +4,7 @@ recipient organisation talking gRPC with mutual TLS to real coordinators.
 sender:    seal ``--count`` small envelopes to the recipients (round robin) with this org's
            credentials, wait for the ``--go`` file, send them from ``--threads`` threads to its
            coordinator, write {"sent": [ids], "first": t, "last": t} to ``--out``.
+Both report their CPU seconds from the go signal on (``cpu``).
 recipient: open a following Inbox stream on EVERY coordinator (competing consumers), open each
            delivered envelope (signature + decryption: the "import"), acknowledge it, record
            every delivery; stop when ``--stop`` appears; write {"deliveries": [[id, replica, t]],
@@ -56,7 +57,7 @@ def sender(ns: argparse.Namespace) -> None:
     clients = [ExchangeClient(ns.address, creds, timeout=60) for _ in range(ns.threads)]
     Path(ns.out + ".ready").write_text("ready")
     _wait_file(Path(ns.go))
-    first = time.time()
+    first, cpu0 = time.time(), time.process_time()
     sent: list[str] = []
     errors: list[str] = []
 
@@ -72,8 +73,9 @@ def sender(ns: argparse.Namespace) -> None:
     last = time.time()
     for c in clients:
         c.close()
+    cpu = time.process_time() - cpu0
     Path(ns.out).write_text(
-        json.dumps({"sent": sent, "errors": errors, "first": first, "last": last})
+        json.dumps({"sent": sent, "errors": errors, "first": first, "last": last, "cpu": cpu})
     )
 
 
@@ -122,14 +124,19 @@ def recipient(ns: argparse.Namespace) -> None:
     for t in threads:
         t.start()
     Path(ns.out + ".ready").write_text("ready")
+    _wait_file(Path(ns.go))
+    cpu0 = time.process_time()
     _wait_file(Path(ns.stop))
+    cpu = time.process_time() - cpu0
     stop.set()
     for s in streams:
         s.cancel()
     for t in threads:
         t.join(10)
     with lock:
-        Path(ns.out).write_text(json.dumps({"deliveries": deliveries, "acks": acks, "bad": bad[0]}))
+        Path(ns.out).write_text(
+            json.dumps({"deliveries": deliveries, "acks": acks, "bad": bad[0], "cpu": cpu})
+        )
 
 
 def main() -> None:
