@@ -113,8 +113,7 @@ def superlink(
         for org in authorize or []:
             _authorize(data_dir, org)
     except BaseException:
-        sup.proc.terminate()
-        sup.proc.wait(30)
+        sup.stop_group()
         raise
     raise typer.Exit(sup.wait())
 

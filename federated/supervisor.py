@@ -5,10 +5,12 @@ service."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,7 +53,11 @@ class Supervised:
         health_port: int,
         info: dict[str, Any],
     ) -> None:
-        self.proc = subprocess.Popen(list(args), env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        # The Flower process gets its own process group: its SuperExec and app processes are
+        # in it too, so stopping the group leaves nothing behind.
+        self.proc = subprocess.Popen(
+            list(args), env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.ready = ready
         self.info = info
         supervised = self
@@ -103,5 +109,31 @@ class Supervised:
         try:
             code = self.proc.wait()
         finally:
+            self.stop_group()
             self.http.shutdown()
         return code
+
+    def stop_group(self) -> None:
+        """SIGTERM, then SIGKILL, whatever is left of the Flower process group."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGTERM:
+                # the leader is gone; give the rest of the group a moment, then make sure
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and _group_alive(self.proc.pid):
+                    time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
