@@ -143,7 +143,7 @@ def main() -> int:
         print("set IPJMS_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB (a server to create "
               "databases on)", file=sys.stderr)  # fmt: skip
         return 2
-    console = Console()
+    console = Console(width=150)
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     consent_db = create_database(server, f"ipjms_bench_consent_{uuid.uuid4().hex[:10]}")
     try:
