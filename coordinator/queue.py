@@ -18,8 +18,10 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from coordinator.envelope_rules import Header
 from coordinator.errors import ExchangeError
@@ -81,45 +83,62 @@ class EnvelopeQueue:
         accepted (idempotent retry); the same id with different content is refused."""
         now = time.time() if now is None else now
         digest = hashlib.sha256(sealed).hexdigest()
-        with self.engine.begin() as conn:
-            existing = conn.execute(
-                select(envelopes.c.digest, envelopes.c.sender).where(
-                    envelopes.c.envelope_id == header.envelope_id
-                )
-            ).first()
-            if existing is not None:
-                if existing.digest != digest or existing.sender != header.sender:
-                    raise ExchangeError(
-                        "ALREADY_EXISTS",
-                        f"envelope id {header.envelope_id} was already used for different content",
+        try:
+            with self.engine.begin() as conn:
+                existing = self._existing(conn, header.envelope_id)
+                if existing is not None:
+                    return self._retry(existing, header, digest)
+                conn.execute(
+                    insert(envelopes).values(
+                        envelope_id=header.envelope_id,
+                        kind=header.kind,
+                        sender=header.sender,
+                        recipient=header.recipient,
+                        patient_pseudonym=header.patient_pseudonym,
+                        purpose=header.purpose,
+                        classes=json.dumps(list(header.classes)),
+                        consent_ref=header.consent_ref,
+                        created_at=header.created_at,
+                        expires_at=header.expires_at,
+                        sealed=sealed,
+                        size=len(sealed),
+                        digest=digest,
+                        state="queued",
+                        reason="",
+                        attempts=0,
+                        lease_owner=None,
+                        lease_until=None,
+                        accepted_at=now,
+                        updated_at=now,
                     )
-                return False
-            conn.execute(
-                insert(envelopes).values(
-                    envelope_id=header.envelope_id,
-                    kind=header.kind,
-                    sender=header.sender,
-                    recipient=header.recipient,
-                    patient_pseudonym=header.patient_pseudonym,
-                    purpose=header.purpose,
-                    classes=json.dumps(list(header.classes)),
-                    consent_ref=header.consent_ref,
-                    created_at=header.created_at,
-                    expires_at=header.expires_at,
-                    sealed=sealed,
-                    size=len(sealed),
-                    digest=digest,
-                    state="queued",
-                    reason="",
-                    attempts=0,
-                    lease_owner=None,
-                    lease_until=None,
-                    accepted_at=now,
-                    updated_at=now,
                 )
-            )
-            self._log(conn, header, "accepted", "", now)
+                self._log(conn, header, "accepted", "", now)
+        except IntegrityError:
+            # Another replica inserted this id between our check and our insert (a retry sent
+            # through another coordinator): answer exactly as for any retry.
+            with self.engine.connect() as conn:
+                existing = self._existing(conn, header.envelope_id)
+            if existing is None:
+                raise
+            return self._retry(existing, header, digest)
         return True
+
+    @staticmethod
+    def _existing(conn: Connection, envelope_id: str) -> Row[Any] | None:
+        return conn.execute(
+            select(envelopes.c.digest, envelopes.c.sender).where(
+                envelopes.c.envelope_id == envelope_id
+            )
+        ).first()
+
+    @staticmethod
+    def _retry(existing: Row[Any], header: Header, digest: str) -> bool:
+        if existing.digest != digest or existing.sender != header.sender:
+            raise ExchangeError(
+                "ALREADY_EXISTS",
+                f"envelope id {header.envelope_id} was already used for different content",
+            )
+        return False
 
     def sent_since(self, sender: str, since: float) -> int:
         with self.engine.connect() as conn:
