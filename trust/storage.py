@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
-__all__ = ["make_engine", "sqlite_url", "upgrade_schema", "is_postgres"]
+__all__ = ["make_engine", "reader", "sqlite_url", "upgrade_schema", "is_postgres"]
+
+_READ_ONLY = "ipjms_read_only"
 
 
 def sqlite_url(data_dir: Path | str, name: str) -> str:
@@ -64,15 +66,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock up front, so two writers cannot both read and then
-            # deadlock on upgrade; SQLite serialises writers anyway.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers: IMMEDIATE takes the write lock up front, so two writers cannot both read
+            # and then deadlock on upgrade; SQLite serialises writers anyway. Readers (engines
+            # derived with ``reader(engine)``) take a plain deferred BEGIN: under WAL they read
+            # a consistent snapshot without queueing behind each other or behind writers.
+            if conn.get_execution_options().get(_READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
+
+
+def reader(engine: Engine) -> Engine:
+    """The same database for read-only work: on SQLite its transactions do not take the write
+    lock (see ``make_engine``). Never write through it."""
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def upgrade_schema(engine: Engine, migrations_dir: Path | str) -> None:

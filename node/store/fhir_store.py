@@ -29,7 +29,7 @@ from node.store.transactions import (
 from node.store.validation import check_id, check_type, preload_models
 from node.store.writes import fetch, read_current
 from trust.outcome import BadRequest, FhirError, Gone, NotFound
-from trust.storage import is_postgres, upgrade_schema
+from trust.storage import is_postgres, reader, upgrade_schema
 
 __all__ = ["FhirStore", "WriteOutcome", "HistoryEntry", "SearchResult", "migrate", "MIGRATIONS_DIR"]
 
@@ -65,6 +65,7 @@ class HistoryEntry:
 class FhirStore:
     def __init__(self, engine: Engine, *, base_url: str = "") -> None:
         self.engine = engine
+        self._reader = reader(engine)  # reads never queue behind SQLite's write lock
         self.base_url = base_url.rstrip("/")
         self._since_analyze = 0
         self._analyzed_size = 0
@@ -140,7 +141,7 @@ class FhirStore:
     def delete(self, rtype: str, rid: str) -> None:
         check_type(rtype)
         check_id(rid)
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             exists = conn.scalar(
                 select(func.count())
                 .select_from(resource)
@@ -152,7 +153,7 @@ class FhirStore:
 
     def read(self, rtype: str, rid: str) -> dict[str, Any]:
         check_type(rtype)
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             return read_current(conn, rtype, rid)
 
     def vread(self, rtype: str, rid: str, version_id: str | int) -> dict[str, Any]:
@@ -161,7 +162,7 @@ class FhirStore:
             version = int(version_id)
         except (TypeError, ValueError):
             raise NotFound(f"{rtype}/{rid} has no version {version_id!r}") from None
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             row = conn.execute(
                 select(resource_version.c.deleted, resource_version.c.body).where(
                     resource_version.c.resource_type == rtype,
@@ -178,7 +179,7 @@ class FhirStore:
     def history_entries(self, rtype: str, rid: str) -> list[HistoryEntry]:
         """Every version, newest first (deleted versions carry only id and meta)."""
         check_type(rtype)
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(
                 select(
                     resource_version.c.version_id,
@@ -209,7 +210,7 @@ class FhirStore:
         plan = compile_search(
             rtype, params, compartment_patient=compartment_patient, base_url=self.base_url
         )
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             return run_search(conn, plan, compartment_patient=compartment_patient)
 
     def everything(
@@ -224,7 +225,7 @@ class FhirStore:
     ) -> SearchResult:
         from node.store.everything import patient_everything
 
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             return patient_everything(
                 conn,
                 patient_id,
@@ -236,7 +237,7 @@ class FhirStore:
             )
 
     def counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             rows = fetch(
                 conn,
                 select(resource.c.resource_type, func.count())
@@ -275,7 +276,7 @@ class FhirStore:
             single = Entry(**{**entry.__dict__, "index": 0})
             try:
                 if entry.method == "GET":
-                    with self.engine.connect() as conn:
+                    with self._reader.connect() as conn:
                         results.append(self._get_entry(conn, single))
                 else:
                     results.append(self._apply([single])[0])
