@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.demo.story import RUN_ORDER
 from deploy.launcher import ipjms_command
 from deploy.up_config import ConfigError, load_config, parse_config
 
@@ -107,6 +108,11 @@ STORY_STEPS = (
     "pulls the patient's history",
     "The coordinator holds none of what it carried",
 )
+FEDERATED_STEPS = (
+    "Research cohorts: HRESCH consents and one SuperNode per node",
+    "Federated training",
+    "Scoring: the published model flags high-risk patients at every node",
+)
 
 
 def _drop(prefix: str) -> None:
@@ -126,6 +132,8 @@ def _drop(prefix: str) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # the whole story, federated training included (~4-5 min here)
 def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
     if not PG_URL:
         pytest.skip("IPJMS_TEST_POSTGRES_URL not set")
@@ -143,16 +151,20 @@ def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
             ),
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1100,
             env={**os.environ, "COLUMNS": "200"},
         )
         out = done.stdout
         assert done.returncode == 0, out[-3000:] + done.stderr[-2000:]
         for service in ("consent", "coordinator", "node_org_tertiary", "node_org_clinic_c"):
             assert f"database {prefix}{service} (created)" in out
-        for step in STORY_STEPS:
-            assert any(line.startswith("  ✔") and step in line for line in out.splitlines()), step
+        lines = out.splitlines()
+        steps = STORY_STEPS + (FEDERATED_STEPS if "federated" in RUN_ORDER else ())
+        for step in steps:
+            assert any(line.startswith("  ✔") and step in line for line in lines), step
         assert "✘" not in out
+        started = [line for line in lines if line.startswith("▶ ")]
+        assert len(started) == sum(line.startswith("  ✔") for line in lines) >= len(steps)
         # every node really ran on its PostgreSQL database, not on a SQLite file
         for org in ("org-tertiary", "org-clinic-b", "org-clinic-c"):
             node_dir = tmp_path / "net" / f"node-{org}"
