@@ -15,6 +15,7 @@ from deploy.launcher import ipjms_command
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the whole story, federated training included
 def test_demo_runs_and_prints_node_counts(tmp_path: Path, synthea_dir: Path) -> None:
     env = {**os.environ, "COLUMNS": "250", "IPJMS_SHARED_DATA": str(synthea_dir.parents[1])}
     result = subprocess.run(
