@@ -3,8 +3,8 @@
 path with ids — labels stay bounded and PHI-free) and serves ``GET /metrics``.
 
 Each app has its own registry (several apps can live in one test process); services add their
-own collectors to ``app.state.metrics.registry``. (The node has its own richer set in
-node/api/metrics.py.)
+own collectors to ``app.state.metrics.registry``. The node extends :class:`ServiceMetrics`
+(node/api/metrics.py) and reuses :class:`MetricsMiddleware`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["ServiceMetrics", "install_metrics"]
+__all__ = ["ServiceMetrics", "MetricsMiddleware", "install_metrics"]
 
 
 @dataclass
@@ -45,7 +45,9 @@ class ServiceMetrics:
         )
 
 
-class _Middleware:
+class MetricsMiddleware:
+    """Counts each request by method, route template and status, and times it."""
+
     def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
@@ -85,5 +87,5 @@ def install_metrics(app: Any, service: str) -> ServiceMetrics:
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_Middleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return metrics

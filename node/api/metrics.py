@@ -10,33 +10,23 @@ With several worker processes (``ipjms node serve --workers N``) the parent sets
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+
+from trust.service_metrics import MetricsMiddleware, ServiceMetrics
 
 __all__ = ["NodeMetrics", "MetricsMiddleware"]
 
 
 @dataclass
-class NodeMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+class NodeMetrics(ServiceMetrics):
+    """The shared request metrics (``ipjms_node_http_*``) plus the node's login failures."""
+
+    service: str = "node"
 
     def __post_init__(self) -> None:
-        self.requests = Counter(
-            "ipjms_node_http_requests",
-            "HTTP requests by route template and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "ipjms_node_http_request_seconds",
-            "HTTP request latency by route template",
-            ["method", "route"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
+        super().__post_init__()
         self.login_failures = Counter(
             "ipjms_node_login_failures",
             "Refused token requests by grant type and reason",
@@ -53,31 +43,3 @@ class NodeMetrics:
             multiprocess.MultiProcessCollector(merged)
             return merged
         return self.registry
-
-
-class MetricsMiddleware:
-    def __init__(self, app: Any, metrics: NodeMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
