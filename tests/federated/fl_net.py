@@ -17,6 +17,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "exchange"))
 
+import contextlib
+
 from exchange_net import ORGS, Region, start_region  # noqa: E402
 
 from consent.fhir import to_fhir  # noqa: E402
@@ -107,16 +109,38 @@ class FlNet:
         )
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc before anything is killed)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+    return found
+
+
 def kill_group(service: Service, sig: int = signal.SIGKILL) -> None:
-    """The wrapper and its Flower child run in one process group (start_new_session)."""
-    try:
-        os.killpg(service.process.pid, sig)  # even if the wrapper is gone, its children are not
-    except ProcessLookupError:
-        return
+    """Kill a SuperNode as a crash would: the wrapper and every Flower process below it.
+
+    The supervisor starts Flower in a session of its own, so killing the wrapper's process
+    group alone would leave ``flower-supernode`` running and still training."""
+    pids = [service.process.pid, *_descendants(service.process.pid)]
+    for pid in pids:
+        for kill in (lambda p: os.killpg(os.getpgid(p), sig), lambda p: os.kill(p, sig)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid)
     try:
         service.process.wait(20)
     except subprocess.TimeoutExpired:
-        os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.kill()
         service.process.wait(10)
 
 
