@@ -37,12 +37,26 @@ def _normalise(url: str) -> str:
     return url
 
 
+# Session settings for every PostgreSQL connection. ``random_page_cost``: PostgreSQL's default of 4
+# models spinning disks; on the SSD/NVMe storage services run on it makes the planner hash-join a
+# whole table (e.g. every Observation) instead of probing its primary key for the few hundred ids
+# an index lookup found — a FHIR search then took ~40 ms instead of ~9 ms at 100,000 resources.
+# 1.1 is the usual SSD value. A DBA's ``ALTER DATABASE … SET`` does not override a session value,
+# so this is the one place to change it.
+PG_SESSION_SETTINGS = {"random_page_cost": "1.1"}
+
+
+def _pg_options(settings: dict[str, str]) -> str:
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Open an engine with the settings every service needs.
 
     SQLite: WAL journal (readers never block the writer), foreign keys on, a busy timeout so
     concurrent writers wait instead of failing, and ``synchronous=FULL`` so an acknowledged
-    commit survives a crash. PostgreSQL: a pre-pinged pool.
+    commit survives a crash. PostgreSQL: a pre-pinged pool, and the planner told that random
+    reads are cheap (:data:`PG_SESSION_SETTINGS`).
     """
     url = _normalise(url)
     if url.startswith("sqlite"):
@@ -77,6 +91,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("connect_args", {"options": _pg_options(PG_SESSION_SETTINGS)})
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)

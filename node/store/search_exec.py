@@ -42,9 +42,8 @@ def parse_query(query: str) -> list[tuple[str, str]]:
 def run_search(
     conn: Connection, plan: SearchPlan, *, compartment_patient: str | None = None
 ) -> SearchResult:
-    total = conn.scalar(select(func.count()).select_from(res).where(*plan.conditions)) or 0
     resources: list[dict[str, Any]] = []
-    if plan.count > 0 and plan.offset < total:
+    if plan.count > 0:
         stmt = (
             select(res.c.resource_id, resource_version.c.body)
             .select_from(res.join(resource_version, _BODY_JOIN))
@@ -54,6 +53,10 @@ def run_search(
             .offset(plan.offset)
         )
         resources = [body for _rid, body in fetch(conn, stmt)]
+    if plan.count > 0 and plan.offset == 0 and len(resources) < plan.count:
+        total = len(resources)  # a first page that is not full holds every match: no COUNT
+    else:
+        total = conn.scalar(select(func.count()).select_from(res).where(*plan.conditions)) or 0
     included = _includes(conn, plan, resources, compartment_patient) if plan.includes else []
     return SearchResult(total, resources, included, plan.offset, plan.count)
 
