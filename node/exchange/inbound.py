@@ -29,7 +29,7 @@ from node.exchange.documents import (
 from node.exchange.tables import inbound, pseudonyms
 from node.exchange.workflow import task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
-from node.store.transactions import apply_entries, entries_from_bundle
+from node.store.transactions import apply_entries, entries_from_bundle, prevalidate
 from trust.envelopes import EnvelopeError, SealedEnvelope, open_from
 from trust.outcome import FhirError
 
@@ -146,6 +146,7 @@ def _import_document(
         existing=existing,
     )
     entries = entries_from_bundle(tx, "transaction")
+    prevalidate(entries)  # before the write lock: API writes are not held up by an import
     with ctx.engine.begin() as conn:
         apply_entries(conn, entries, ctx.store.base_url)
         _record(

@@ -71,8 +71,7 @@ def request_exchange(
         reason=reason,
         question=question,
     )
-    ctx.store.update("ServiceRequest", sr["id"], sr)
-    task = ctx.store.update("Task", task["id"], task).resource
+    task = ctx.store.update_many([sr, task])[1].resource
     wanted = set(classes or DEFAULT_CLASSES)
     try:
         disclosure = disclose(

@@ -138,6 +138,22 @@ class FhirStore:
         entry = Entry(0, "PUT", f"{rtype}/{rid}", res, if_match=if_match)
         return self._outcome(rtype, self._apply([entry])[0])
 
+    def update_many(self, resources: list[dict[str, Any]]) -> list[WriteOutcome]:
+        """PUT each resource at its own id, all in one transaction (all or none)."""
+        entries = []
+        for index, res in enumerate(resources):
+            rtype, rid = res.get("resourceType"), res.get("id")
+            if not isinstance(rtype, str) or not isinstance(rid, str):
+                raise BadRequest("update_many needs resources with resourceType and id")
+            check_type(rtype)
+            check_id(rid)
+            entries.append(Entry(index, "PUT", f"{rtype}/{rid}", res))
+        results = self._apply(entries)
+        return [
+            self._outcome(str(res["resourceType"]), result)
+            for res, result in zip(resources, results, strict=True)
+        ]
+
     def delete(self, rtype: str, rid: str) -> None:
         check_type(rtype)
         check_id(rid)
