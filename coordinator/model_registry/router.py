@@ -10,21 +10,31 @@ published models only (the authority sees all).
 - ``GET /models/{id}`` → the model card
 - ``GET /models/{id}/weights`` → {id, weights}
 - ``POST /models/{id}/publish`` {published: bool}
+
+What an upload must hold is :mod:`coordinator.model_registry.card_rules`; a refused upload is a
+4xx OperationOutcome and nothing is stored.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from coordinator.model_registry.card_rules import (
+    MAX_MODEL_BYTES,
+    ModelRejected,
+    check_published,
+    check_upload,
+)
 from coordinator.model_registry.store import ModelStore
 from trust.outcome import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from trust.tokens import ReplayCache
 
 __all__ = ["create_router", "router"]
 
-MAX_BODY = 16 * 1024 * 1024
+MAX_PUBLISH_FLAG_BYTES = 1024
 _replay = ReplayCache()
 
 
@@ -80,24 +90,20 @@ def _authority(c: Caller = Depends(caller)) -> Caller:
     return c
 
 
-def _validate(body: Any) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object {card, weights, published}")
-    card, weights = body.get("card"), body.get("weights")
-    if not isinstance(card, dict) or not isinstance(weights, dict) or not weights:
-        raise BadRequest("card (object) and weights (non-empty object) are required")
-    for key in ("task", "feature_spec", "rounds", "strategy", "participants", "evaluation"):
-        if key not in card:
-            raise BadRequest(f"model card lacks {key!r}")
-    for p in card["participants"]:
-        if not isinstance(p, dict) or "org" not in p or "cohort_size_rounded" not in p:
-            raise BadRequest("each participant needs org and cohort_size_rounded")
-        if int(p["cohort_size_rounded"]) % 10:
-            raise BadRequest("cohort sizes in a card must be rounded to 10")
-    for name, spec in weights.items():
-        if not isinstance(spec, dict) or not {"dtype", "shape", "data"} <= set(spec):
-            raise BadRequest(f"weights {name!r} need dtype, shape and data")
-    return card, weights, bool(body.get("published", True))
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body, refused (413) beyond ``limit`` bytes before it is all read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes; at most {limit} are accepted")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+    try:
+        return json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not JSON") from None
 
 
 def create_router() -> APIRouter:
@@ -105,17 +111,14 @@ def create_router() -> APIRouter:
 
     @r.post("/models", status_code=201)
     async def add_model(request: Request, who: Caller = Depends(_authority)) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise PayloadTooLarge("model too large")
+        body = await _json_body(request, MAX_MODEL_BYTES)
         try:
-            import json
-
-            body = json.loads(raw)
-        except ValueError:
-            raise BadRequest("body is not JSON") from None
-        card, weights, published = _validate(body)
-        stored = _store(request).add(card, weights, created_by=who.org_id, published=published)
+            upload = check_upload(body)
+        except ModelRejected as exc:
+            raise BadRequest(str(exc)) from None
+        stored = _store(request).add(
+            upload.card, upload.weights, created_by=who.org_id, published=upload.published
+        )
         return {"id": stored.id, "published": stored.published}
 
     @r.get("/models")
@@ -147,11 +150,13 @@ def create_router() -> APIRouter:
     async def publish(
         request: Request, model_id: str, who: Caller = Depends(_authority)
     ) -> dict[str, Any]:
+        body = await _json_body(request, MAX_PUBLISH_FLAG_BYTES)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object {published: true|false}")
         try:
-            body = await request.json()
-        except ValueError:
-            raise BadRequest("body is not JSON") from None
-        flag = bool(body.get("published", True)) if isinstance(body, dict) else True
+            flag = check_published(body, True)
+        except ModelRejected as exc:
+            raise BadRequest(str(exc)) from None
         if not _store(request).set_published(model_id, flag):
             raise NotFound(f"no model {model_id}")
         return {"id": model_id, "published": flag}

@@ -1,4 +1,9 @@
-"""Model registry storage: one table in the coordinator's database (created by ``migrate``)."""
+"""Model registry storage: one table in the coordinator's database.
+
+The table is created by the coordinator's Alembic migrations (``coordinator/migrations``,
+revision 0002), run by ``coordinator.server.open_database``; ``fl_models`` below is the one
+description the code queries against.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-__all__ = ["ModelStore", "StoredModel", "migrate"]
+__all__ = ["ModelStore", "StoredModel", "metadata", "models"]
 
 metadata = MetaData()
 models = Table(
@@ -38,11 +43,6 @@ models = Table(
     Column("weights", LargeBinary, nullable=False),
     Index("ix_fl_models_task", "task"),
 )
-
-
-def migrate(engine: Engine) -> None:
-    """Create the registry's table if absent (idempotent)."""
-    metadata.create_all(engine)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,6 @@ def _row(row: Any) -> StoredModel:
 class ModelStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        migrate(engine)
 
     def add(
         self, card: dict[str, Any], weights: dict[str, Any], *, created_by: str, published: bool
