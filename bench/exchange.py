@@ -4,16 +4,19 @@ envelopes per second through one coordinator.
 Run: ``.venv/bin/python bench/exchange.py [--referrals 30] [--resources 200] [--envelopes 300]``
 
 Starts a real network on loopback (consent registry, coordinator with mutual TLS, hospital A,
-clinic B — each its own ``ipjms … serve`` process, SQLite, fresh PKI) and a patient at A with
-``--resources`` resources (all of consented classes), then measures in the same run:
+clinic B — each its own ``ipjms … serve`` process, SQLite, fresh PKI), then measures in the same
+run, for ``--referrals`` patients each seeded at A with ``--resources`` resources (all of consented
+classes) so that every referral brings B a bundle it has never seen:
 
 1. **referral latency**: from the doctor's ``POST /exchange/requests`` at A ("send at A") to the
    moment B committed the import (``exchange_inbound.received_at`` at B) — consent check at A,
    collect + pack + seal, coordinator consent check, durable queue, streaming delivery, consent
-   re-check, verify + decrypt + class check + import at B;
-2. **baseline**: the same patient's data read directly from A's FHIR API
-   (``GET /fhir/Patient/{id}/$everything`` with a doctor token) — the node API serves plain HTTP
-   on loopback in this set-up, so the baseline has no TLS handshake cost;
+   re-check, verify + decrypt + class check + validation + import at B;
+2. **baseline**: the same patient's data read directly from A's FHIR API over HTTPS
+   (``GET /fhir/Patient/{id}/$everything`` with a doctor token; A's API served by ``ipjms node
+   serve --tls-cert/--tls-key`` with A's regional TLS certificate, verified against the regional
+   CA) — once on a new connection per read (TCP + TLS handshake, as a one-off read from another
+   organisation would be) and once on a kept-alive connection; both ratios are printed;
 3. **throughput**: ``--envelopes`` small sealed referral envelopes sent by A from 8 threads;
    accepted/s (durably queued) and delivered/s (imported and acknowledged by B).
 
@@ -34,6 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -45,12 +49,12 @@ sys.path.insert(0, str(ROOT / "tests" / "exchange"))  # the exchange test networ
 
 from exchange_net import ORGS, patient_bundle, seed, start_region, wait_for  # noqa: E402
 
+from deploy.launcher import free_port, start_service, wait_healthy  # noqa: E402
 from node.exchange.client import ExchangeClient  # noqa: E402
 from node.exchange.documents import pack_document  # noqa: E402
 from trust.envelopes import EnvelopeHeader, seal_to  # noqa: E402
 from trust.pki import init_ca, issue_org  # noqa: E402
 
-NID = "BENCH-0001"
 CLASSES = ["Patient", "Condition", "Observation", "MedicationStatement", "ServiceRequest"]
 
 
@@ -75,6 +79,25 @@ def _received_at(db: Path, envelope_id: str) -> float | None:
     return float(row[0]) if row else None
 
 
+def _start_https_api(node: Any, pki: _Pki, log_dir: Path) -> Any:
+    org_dir = pki.org_dirs[node.org_id]
+    port = free_port()
+    service = start_service(
+        f"{node.org_id}-https-api",
+        ["node", "serve", "--data-dir", str(node.data_dir), "--port", str(port),
+         "--tls-cert", str(org_dir / "tls.cert.pem"), "--tls-key", str(org_dir / "tls.key.pem")],
+        base_url=f"https://127.0.0.1:{port}",
+        log_dir=log_dir,
+        wait=False,
+    )  # fmt: skip
+    try:
+        wait_healthy(service, verify=str(pki.ca_dir / "ca.cert.pem"))
+    except Exception:
+        service.stop()
+        raise
+    return service
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--referrals", type=int, default=30)
@@ -89,38 +112,54 @@ def main() -> int:
         region = start_region(
             pki, root / "net", nodes=(("hosp-a", "tertiary"), ("clinic-b", "community"))
         )
+        https_api = None
         try:
             a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
-            # Patient + HF condition, BNP, medication, procedure, allergy + extra observations
-            seed(a, patient_bundle(NID, name="Bench Patient", extra_conditions=ns.resources - 6))
-            pseudo = region.pseudonym(NID)
-            region.grant(region.patient_token(pseudo), pseudo, {"clinic-b": CLASSES})
-            db_b = b.data_dir / "node.db"
-            everything_url = f"{a.url}/fhir/Patient/p-{NID}/$everything"
+            db_a, db_b = a.data_dir / "node.db", b.data_dir / "node.db"
+            # A's FHIR API over HTTPS with A's regional TLS certificate: a second API process
+            # on A's data (no exchange runner: it is given no coordinator) for the baseline.
+            https_api = _start_https_api(a, pki, root / "net" / "logs")
+            ca_ssl = httpx.create_ssl_context(verify=str(pki.ca_dir / "ca.cert.pem"))
+            keepalive = httpx.Client(verify=ca_ssl, headers=a.headers(), timeout=60)
+            patients = iter(range(10_000))
 
-            def direct() -> tuple[float, int]:
-                t0 = time.perf_counter()
-                r = httpx.get(
-                    everything_url, params={"_count": "1000"}, headers=a.headers(), timeout=60
+            def new_patient() -> str:
+                """A patient of ``--resources`` resources at A, consenting to B: each referral
+                carries a bundle B has never seen, so B imports it for the first time."""
+                nid = f"BENCH-{next(patients):04d}"
+                bundle = patient_bundle(
+                    nid, name="Bench Patient", extra_conditions=ns.resources - 6
                 )
+                seed(a, bundle)
+                pseudo = region.pseudonym(nid)
+                region.grant(region.patient_token(pseudo), pseudo, {"clinic-b": CLASSES})
+                return f"p-{nid}"
+
+            def direct(pid: str, client: httpx.Client | None) -> tuple[float, int]:
+                """$everything over HTTPS: a new connection (TCP + TLS handshake) per read when
+                ``client`` is None, else the kept-alive connection of ``client``."""
+                url = f"{https_api.base_url}/fhir/Patient/{pid}/$everything"
+                params = {"_count": "1000"}
+                t0 = time.perf_counter()
+                if client is None:
+                    r = httpx.get(
+                        url, params=params, headers=a.headers(), verify=ca_ssl, timeout=60
+                    )
+                else:
+                    r = client.get(url, params=params)
                 r.raise_for_status()
                 return time.perf_counter() - t0, len(r.json().get("entry", []))
 
             sent_times: list[float] = []
             broker_times: list[float] = []
-            db_a = a.data_dir / "node.db"
 
-            def referral() -> tuple[float, int]:
+            def referral(pid: str) -> tuple[float, int]:
                 t0 = time.time()
                 r = a.post(
                     "/exchange/requests",
-                    {
-                        "kind": "referral",
-                        "patient": f"Patient/p-{NID}",
-                        "recipient": "clinic-b",
-                        "reason": "bench",
-                    },
-                )
+                    {"kind": "referral", "patient": f"Patient/{pid}", "recipient": "clinic-b",
+                     "reason": "bench"},
+                )  # fmt: skip
                 sent_times.append(time.time() - t0)
                 r.raise_for_status()
                 body = r.json()
@@ -135,18 +174,24 @@ def main() -> int:
                 broker_times.append(received - float(handed))
                 return received - t0, int(body["resources"])
 
-            referral()  # warm-up (connections, caches); not counted
-            direct()
-            ref_times, direct_times, bundle_sizes, direct_sizes = [], [], [], []
+            warm = new_patient()  # warm-up (connections, caches); not counted
+            referral(warm)
+            direct(warm, None)
+            direct(warm, keepalive)
+            ref_times, fresh_times, kept_times, bundle_sizes, direct_sizes = [], [], [], [], []
             sent_times.clear()
             broker_times.clear()
+            console.print(f"{ns.referrals} referrals, each of a new patient, and direct reads…")
             for _ in range(ns.referrals):  # interleaved so both see the same machine load
-                seconds, size = referral()
+                pid = new_patient()
+                seconds, size = referral(pid)
                 ref_times.append(seconds)
                 bundle_sizes.append(size)
-                seconds, size = direct()
-                direct_times.append(seconds)
+                seconds, size = direct(pid, None)
+                fresh_times.append(seconds)
                 direct_sizes.append(size)
+                kept_times.append(direct(pid, keepalive)[0])
+            keepalive.close()
 
             # throughput: many small envelopes from A's credentials, 8 sender threads
             creds = pki.creds["hosp-a"]
@@ -173,7 +218,7 @@ def main() -> int:
                     recipient="clinic-b",
                     purpose="TREAT",
                     classes=("Condition",),
-                    patient_pseudonym=pseudo,
+                    patient_pseudonym=region.pseudonym("BENCH-0000"),
                 )
                 recipient_cert = pki.creds["clinic-b"].encryption_cert_pem
                 sealed.append(
@@ -198,25 +243,27 @@ def main() -> int:
             for c in clients:
                 c.close()
         finally:
+            if https_api is not None:
+                https_api.stop()
             region.stop()
 
+    def pct(values: list[float]) -> dict[str, float]:
+        return {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99)}
+
+    referral_s, fresh_s, kept_s = pct(ref_times), pct(fresh_times), pct(kept_times)
     result = {
         "when": datetime.now(UTC).isoformat(),
         "machine": platform.platform(),
         "referrals": ns.referrals,
         "bundle_resources": statistics.median(bundle_sizes),
         "direct_read_resources": statistics.median(direct_sizes),
-        "referral_latency_s": {"p50": _pct(ref_times, 0.5), "p99": _pct(ref_times, 0.99)},
-        "direct_read_s": {"p50": _pct(direct_times, 0.5), "p99": _pct(direct_times, 0.99)},
-        "send_at_a_returned_s": {"p50": _pct(sent_times, 0.5), "p99": _pct(sent_times, 0.99)},
-        "sealed_at_a_to_imported_at_b_s": {
-            "p50": _pct(broker_times, 0.5),
-            "p99": _pct(broker_times, 0.99),
-        },
-        "broker_ratio_p50": _pct(broker_times, 0.5) / _pct(direct_times, 0.5),
-        "broker_ratio_p99": _pct(broker_times, 0.99) / _pct(direct_times, 0.99),
-        "ratio_p50": _pct(ref_times, 0.5) / _pct(direct_times, 0.5),
-        "ratio_p99": _pct(ref_times, 0.99) / _pct(direct_times, 0.99),
+        "referral_latency_s": referral_s,
+        "send_at_a_returned_s": pct(sent_times),
+        "sealed_at_a_to_imported_at_b_s": pct(broker_times),
+        "direct_https_new_connection_s": fresh_s,
+        "direct_https_keepalive_s": kept_s,
+        "ratio_vs_new_connection": {q: referral_s[q] / fresh_s[q] for q in ("p50", "p99")},
+        "ratio_vs_keepalive": {q: referral_s[q] / kept_s[q] for q in ("p50", "p99")},
         "target_ratio": 2.0,
         "throughput": {
             "envelopes": ns.envelopes,
@@ -224,40 +271,31 @@ def main() -> int:
             "delivered_per_s": ns.envelopes / delivered_s,
         },
     }
-    table = Table(title="Exchange: referral through the coordinator vs a direct read")
+    table = Table(title="Exchange: referral through the coordinator vs a direct HTTPS read")
     table.add_column("measure")
     table.add_column("p50", justify="right")
     table.add_column("p99", justify="right")
-    table.add_row(
-        f"referral send@A → imported@B ({result['bundle_resources']:.0f} resources)",
-        f"{result['referral_latency_s']['p50'] * 1000:.0f} ms",
-        f"{result['referral_latency_s']['p99'] * 1000:.0f} ms",
+
+    def ms(row: str, values: dict[str, float]) -> None:
+        table.add_row(row, f"{values['p50'] * 1000:.0f} ms", f"{values['p99'] * 1000:.0f} ms")
+
+    def ratio(row: str, values: dict[str, float]) -> None:
+        table.add_row(row, f"{values['p50']:.1f}×", f"{values['p99']:.1f}×")
+
+    ms(f"referral send@A → imported@B ({result['bundle_resources']:.0f} resources)", referral_s)
+    ms("  of which: A's POST returned (consent, pack, seal, queued)", pct(sent_times))
+    ms("  sealed envelope handed to the coordinator → imported at B", pct(broker_times))
+    ms(
+        f"direct HTTPS read of A's $everything ({result['direct_read_resources']:.0f} entries), "
+        "new connection",
+        fresh_s,
     )
-    table.add_row(
-        "  of which: A's POST returned (consent, pack, seal, queued)",
-        f"{result['send_at_a_returned_s']['p50'] * 1000:.0f} ms",
-        f"{result['send_at_a_returned_s']['p99'] * 1000:.0f} ms",
+    ms("direct HTTPS read, kept-alive connection", kept_s)
+    ratio(
+        "ratio: referral / direct read on a new connection (target ≤ 2×)",
+        result["ratio_vs_new_connection"],
     )
-    table.add_row(
-        "sealed envelope handed to the coordinator at A → imported at B",
-        f"{result['sealed_at_a_to_imported_at_b_s']['p50'] * 1000:.0f} ms",
-        f"{result['sealed_at_a_to_imported_at_b_s']['p99'] * 1000:.0f} ms",
-    )
-    table.add_row(
-        f"direct read of A's $everything ({result['direct_read_resources']:.0f} entries)",
-        f"{result['direct_read_s']['p50'] * 1000:.0f} ms",
-        f"{result['direct_read_s']['p99'] * 1000:.0f} ms",
-    )
-    table.add_row(
-        "ratio: whole referral / direct read (target ≤ 2×)",
-        f"{result['ratio_p50']:.1f}×",
-        f"{result['ratio_p99']:.1f}×",
-    )
-    table.add_row(
-        "ratio: broker leg (handed over → imported) / direct read",
-        f"{result['broker_ratio_p50']:.1f}×",
-        f"{result['broker_ratio_p99']:.1f}×",
-    )
+    ratio("ratio: referral / direct read on a kept-alive connection", result["ratio_vs_keepalive"])
     console.print(table)
     console.print(
         f"throughput through one coordinator: {result['throughput']['accepted_per_s']:.0f} "

@@ -118,8 +118,22 @@ def serve(
         int,
         typer.Option("--workers", min=1, max=32, help="Worker processes (use the CPU cores)."),
     ] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate (chain)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            help="Its PEM private key (passphrase, if any, from IPJMS_TLS_KEY_PASSPHRASE).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the node's HTTP API (SIGTERM or Ctrl-C stops it gracefully)."""
+    """Run the node's HTTP API (SIGTERM or Ctrl-C stops it gracefully).
+
+    ``--tls-cert``/``--tls-key`` serve it over HTTPS, e.g. with the organisation's TLS
+    certificate from the regional PKI (``<org dir>/tls.cert.pem``, ``tls.key.pem``)."""
     import uvicorn
 
     from node.app import create_app
@@ -134,6 +148,7 @@ def serve(
         "log_config": None,  # trust.logging_setup: JSON lines, no PHI
         "access_log": False,  # request paths carry ids; metrics count routes instead
         "timeout_graceful_shutdown": 10,
+        **_tls_options(tls_cert, tls_key),
     }
     if workers == 1:
         try:
@@ -148,13 +163,33 @@ def serve(
     import logging
 
     logging.getLogger("ipjms.node").info(
-        "node %s serving on http://%s:%d", settings.org_id, settings.host, settings.port
+        "node %s serving on %s://%s:%d",
+        settings.org_id,
+        "https" if tls_cert else "http",
+        settings.host,
+        settings.port,
     )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
     # that was installed before it: make that a clean exit (status 0), not death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     uvicorn.run(target, **common)
+
+
+def _tls_options(cert: Path | None, key: Path | None) -> dict[str, Any]:
+    """uvicorn's HTTPS settings, after checking both files are given and readable."""
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        _fail("--tls-cert and --tls-key go together")
+    for path in (cert, key):
+        if not path.is_file():
+            _fail(f"TLS file not found: {path}")
+    options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    passphrase = os.environ.get("IPJMS_TLS_KEY_PASSPHRASE")
+    if passphrase:
+        options["ssl_keyfile_password"] = passphrase
+    return options
 
 
 def _export_for_workers(settings: Any, data_dir: Path) -> None:
