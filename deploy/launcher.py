@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from trust.processes import die_with_parent
+
 __all__ = ["free_port", "Service", "start_service", "wait_until", "wait_healthy", "ipjms_command"]
 
 
@@ -114,6 +116,7 @@ def start_service(
         stderr=subprocess.STDOUT,
         env=full_env,
         start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed launcher leaves no service behind
     )
     log_fh.close()
     service = Service(name, proc, base_url, log_path)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from trust.processes import die_with_parent
+
 __all__ = ["Supervised", "port_open"]
 
 
@@ -56,7 +58,12 @@ class Supervised:
         # The Flower process gets its own process group: its SuperExec and app processes are
         # in it too, so stopping the group leaves nothing behind.
         self.proc = subprocess.Popen(
-            list(args), env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            list(args),
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # a killed supervisor leaves no Flower process behind
         )
         self.ready = ready
         self.info = info
