@@ -76,7 +76,13 @@ def _version_of(if_match: str) -> str:
 def _fail(entry: Entry, exc: FhirError) -> FhirError:
     """Re-raise ``exc`` with the entry named in front of its diagnostics."""
     prefix = f"{entry.label}: " if entry.label else ""
-    return type(exc)(prefix + exc.diagnostics, expression=exc.expression, status=exc.status)
+    return type(exc)(
+        prefix + exc.diagnostics,
+        expression=exc.expression,
+        status=exc.status,
+        code=exc.code,
+        headers=exc.headers,
+    )
 
 
 def entries_from_bundle(bundle: Any, kind: str) -> list[Entry]:

@@ -1,4 +1,5 @@
-"""The one place resources are validated: FHIR R4 structure via ``fhir.resources.R4B``.
+"""The one place resources are validated: FHIR R4 structure via ``fhir.resources.R4B``, then the
+required terminology bindings of :mod:`node.store.bindings` (which pydantic does not check).
 
 Errors name the resource type, the element path and the problem. Reference *resolution* (does
 ``Patient/123`` exist in this store?) needs the database and lives in the write engine
@@ -11,6 +12,7 @@ import re
 from functools import cache
 from typing import Any
 
+from node.store.bindings import binding_violations
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
 from trust.outcome import BadRequest
 
@@ -96,4 +98,11 @@ def validate_resource(resource: Any, *, expected_type: str | None = None) -> str
                 problems.append(f"{path}: {err.get('msg')}")
             raise BadRequest(f"invalid {rtype}: " + "; ".join(problems), expression=paths) from None
         raise BadRequest(f"invalid {rtype}: {exc}") from None
+    violations = binding_violations(rtype, resource)
+    if violations:
+        raise BadRequest(
+            f"invalid {rtype}: " + "; ".join(v.message for v in violations[:5]),
+            expression=[v.path for v in violations[:5]],
+            code="code-invalid",
+        )
     return rtype
