@@ -162,6 +162,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             total_epochs=rounds * local_epochs,
             max_grad_norm=float(cfg.get("max-grad-norm", 1.0)),  # type: ignore[arg-type]
             history=tuple(tuple(h) for h in json.loads(str(state["history"]))),  # type: ignore[misc]
+            **json.loads(str(state.get("noise", "{}"))),
         )
     model = _model(cfg, arrays)
     server_round = int(cfg.get("server-round", 1))  # type: ignore[arg-type]
@@ -188,6 +189,10 @@ def handle_train(msg: Message, context: Context) -> Message:
     }
     if dp is not None:
         state["history"] = json.dumps(report.history)
+        # σ was calibrated for the whole run; later rounds reuse it (same data, same q)
+        state["noise"] = json.dumps(
+            {"noise_multiplier": report.noise_multiplier, "sample_rate": report.sample_rate}
+        )
         ledger = _ledger(context)
         try:
             ledger.record_spent(

@@ -4,13 +4,17 @@ Privacy is a wrapper around the same training loop: ``train(..., dp=DPConfig(...
 model, optimiser and loader private with Opacus (Poisson sampling, per-sample clipping at
 ``max_grad_norm``, Gaussian noise calibrated so that the whole run — ``total_epochs`` over all
 rounds — stays within ``(target_epsilon, delta)``), and reports the ε spent so far from the RDP
-accountant, whose history is carried from round to round by the caller.
+accountant, whose history is carried from round to round by the caller. The noise multiplier is
+calibrated once, in the run's first round (a binary search over the RDP accountant, seconds per
+call); the caller carries it to later rounds with the history (same data, same sampling rate,
+so the same σ that recalibrating would give).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +22,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["TrainConfig", "DPConfig", "TrainReport", "train", "evaluate", "default_delta"]
+__all__ = [
+    "TrainConfig",
+    "DPConfig",
+    "TrainReport",
+    "train",
+    "evaluate",
+    "default_delta",
+    "calibrate_noise",
+    "compact_history",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,10 @@ class DPConfig:
     max_grad_norm: float = 1.0
     # RDP accountant history of earlier rounds of the same run: (noise multiplier, q, steps)
     history: tuple[tuple[float, float, int], ...] = ()
+    # σ calibrated for the whole run in its first round (TrainReport.noise_multiplier), with the
+    # sampling rate it was calibrated for; None → calibrate now
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
 
 
 @dataclass
@@ -48,12 +65,42 @@ class TrainReport:
     epsilon: float | None = None
     delta: float | None = None
     noise_multiplier: float | None = None
+    sample_rate: float | None = None
     history: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 def default_delta(n: int) -> float:
     """δ for a cohort of n: one tenth of 1/n (the usual δ ≪ 1/n), capped at 1e-5·10."""
     return min(1e-4, 0.1 / max(n, 1))
+
+
+def calibrate_noise(dp: DPConfig, sample_rate: float) -> float:
+    """σ for which ``total_epochs`` at ``sample_rate`` spend at most (target ε, δ) — RDP."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        # the search tries large σ, where the best RDP order is the largest one Opacus has
+        warnings.simplefilter("ignore")
+        sigma = get_noise_multiplier(
+            target_epsilon=dp.target_epsilon,
+            target_delta=dp.delta,
+            sample_rate=sample_rate,
+            epochs=dp.total_epochs,
+            accountant="rdp",
+        )
+    return float(sigma)
+
+
+def compact_history(
+    history: Iterable[tuple[float, float, int]],
+) -> list[tuple[float, float, int]]:
+    """The RDP accountant's history with steps of equal (σ, q) summed: RDP composes linearly in
+    the number of steps, so ε is the same and the accountant sums one term per (σ, q)."""
+    out: dict[tuple[float, float], int] = {}
+    for sigma, q, steps in history:
+        key = (float(sigma), float(q))
+        out[key] = out.get(key, 0) + int(steps)
+    return [(sigma, q, steps) for (sigma, q), steps in out.items()]
 
 
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> DataLoader:
@@ -84,20 +131,22 @@ def train(
         from opacus import PrivacyEngine
 
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        sample_rate = 1 / len(loader)
+        sigma = dp.noise_multiplier
+        if sigma is None or dp.sample_rate != sample_rate:
+            sigma = calibrate_noise(dp, sample_rate)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trained, optimizer, loader = engine.make_private_with_epsilon(
+            trained, optimizer, loader = engine.make_private(
                 module=model,
                 optimizer=optimizer,
                 data_loader=loader,
-                target_epsilon=dp.target_epsilon,
-                target_delta=dp.delta,
-                epochs=dp.total_epochs,
+                noise_multiplier=sigma,
                 max_grad_norm=dp.max_grad_norm,
                 poisson_sampling=True,
                 noise_generator=torch.Generator().manual_seed(cfg.seed + 1),
             )
-        engine.accountant.history = [tuple(h) for h in dp.history]  # type: ignore[misc]
+        engine.accountant.history = compact_history(dp.history)  # type: ignore[assignment]
     started = time.perf_counter()
     trained.train()
     warnings.filterwarnings("ignore", message=".*Full backward hook.*")
@@ -119,9 +168,11 @@ def train(
     seconds = time.perf_counter() - started
     report = TrainReport(n=len(x), seconds=seconds, loss=total / max(batches, 1))
     if engine is not None and dp is not None:
+        engine.accountant.history = compact_history(engine.accountant.history)  # type: ignore[assignment]
         report.epsilon = float(engine.accountant.get_epsilon(dp.delta))
         report.delta = dp.delta
         report.noise_multiplier = float(optimizer.noise_multiplier)  # type: ignore[attr-defined]
+        report.sample_rate = sample_rate
         report.history = [
             (float(s), float(q), int(n))
             for s, q, n in engine.accountant.history  # type: ignore[attr-defined]

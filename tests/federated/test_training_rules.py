@@ -16,7 +16,7 @@ from federated.local_grid import LocalGrid
 from federated.models import make_model
 from federated.run_plan import PlanError, RunPlan
 from federated.server_loop import RunFailed, run_federated
-from federated.training import DPConfig, TrainConfig, default_delta, train
+from federated.training import DPConfig, TrainConfig, compact_history, default_delta, train
 from trust.storage import make_engine
 
 
@@ -75,6 +75,42 @@ def test_dp_sgd_reports_epsilon_within_target() -> None:
     assert 1.0 < spent[-1] <= 1.5  # the whole run stays within the target
     assert report.delta is not None and report.delta <= 1 / 400
     assert report.noise_multiplier and report.noise_multiplier > 0
+
+
+def test_noise_calibrated_once_per_run_spends_what_recalibrating_spends() -> None:
+    """Later rounds reuse the first round's σ: same σ, same ε as calibrating every round."""
+    x, y = _data(400, 1)
+    runs: dict[str, list[tuple[float, float]]] = {"recalibrate": [], "carry": []}
+    for mode, spent in runs.items():
+        model = make_model("logreg", 4)
+        history: tuple = ()
+        sigma: dict[str, float | None] = {}
+        for rnd in range(3):
+            dp = DPConfig(2.0, default_delta(400), 3, 1.0, history, **sigma)  # type: ignore[arg-type]
+            report = train(model, x, y, TrainConfig(epochs=1, lr=0.3, seed=rnd), dp)
+            history = tuple(report.history)
+            if mode == "carry":
+                sigma = {"noise_multiplier": report.noise_multiplier}
+                sigma["sample_rate"] = report.sample_rate
+            assert report.epsilon is not None and report.noise_multiplier is not None
+            spent.append((report.epsilon, report.noise_multiplier))
+    assert runs["carry"] == runs["recalibrate"]
+    assert 1.5 < runs["carry"][-1][0] <= 2.0
+    # a σ calibrated for another sampling rate is not reused
+    other = DPConfig(2.0, default_delta(400), 3, 1.0, (), noise_multiplier=0.01, sample_rate=0.5)
+    report = train(make_model("logreg", 4), x, y, TrainConfig(epochs=1, lr=0.3), other)
+    assert report.noise_multiplier == runs["carry"][0][1]
+
+
+def test_compacted_accountant_history_spends_the_same_epsilon() -> None:
+    from opacus.accountants import RDPAccountant
+
+    history = [(1.1, 0.25, 4), (1.1, 0.25, 4), (0.9, 0.05, 20), (1.1, 0.25, 4)]
+    compact = compact_history(history)
+    assert sorted(compact) == [(0.9, 0.05, 20), (1.1, 0.25, 12)]
+    full, merged = RDPAccountant(), RDPAccountant()
+    full.history, merged.history = list(history), compact
+    assert merged.get_epsilon(1e-4) == pytest.approx(full.get_epsilon(1e-4), rel=1e-9)
 
 
 def test_budget_ledger_refuses_a_run_beyond_budget(tmp_path: Path) -> None:
