@@ -13,8 +13,10 @@ Heavy imports (torch, flwr) stay inside the commands.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -93,32 +95,42 @@ def superlink(
         serverappio_address=serverappio,
         database=data_dir / "superlink.db",
     )
-    log_fh = (data_dir / "superlink.log").open("ab")
+    log = _service_logging("superlink")
     sup = Supervised(
         args,
         env=flwr_env(flwr_home),
-        log_file=log_fh,
+        logger=logging.getLogger("flower.superlink"),
         ready=lambda: port_open(fleet) and port_open(control),
         health_host=host,
         health_port=port,
         info={"service": "superlink", "fleet": fleet, "control": control},
     )
-    console.print(f"SuperLink: fleet {fleet}, control {control} (TLS, SuperNode auth on)")
+    log.info("SuperLink: fleet %s, control %s (TLS, SuperNode auth on)", fleet, control)
     deadline = time.monotonic() + 60
     while not (port_open(fleet) and port_open(control)):
         if sup.proc.poll() is not None or time.monotonic() > deadline:
-            _fail(f"SuperLink did not start; see {data_dir / 'superlink.log'}", code=1)
+            sup.stop_group()
+            log.error("SuperLink did not start (its output is logged above)")
+            raise typer.Exit(1)
         time.sleep(0.2)
     try:
         for org in authorize or []:
-            _authorize(data_dir, org)
+            _authorize(data_dir, org, say=log.info)
     except BaseException:
         sup.stop_group()
         raise
     raise typer.Exit(sup.wait())
 
 
-def _authorize(data_dir: Path, org_dir: Path) -> str:
+def _service_logging(service: str) -> logging.Logger:
+    """A long-running ``fl`` service logs JSON lines on stderr like every IPJMS service."""
+    from trust.logging_setup import configure_logging
+
+    configure_logging(service)
+    return logging.getLogger(f"ipjms.federated.{service}")
+
+
+def _authorize(data_dir: Path, org_dir: Path, say: Callable[[str], object] = console.print) -> str:
     from federated.deployment import register_supernode, ssh_public_key_of_org
 
     ca = (data_dir / "tls" / "ca.pem").read_bytes()
@@ -135,7 +147,7 @@ def _authorize(data_dir: Path, org_dir: Path) -> str:
     known = json.loads(registry.read_text()) if registry.exists() else {}
     known[org_id] = node_id
     registry.write_text(json.dumps(known, indent=2))
-    console.print(f"admitted SuperNode of {org_id} (Flower node {node_id})")
+    say(f"admitted SuperNode of {org_id} (Flower node {node_id})")
     return node_id
 
 
@@ -212,17 +224,17 @@ def supernode(
         node_config=node_config,
         clientappio_address=clientappio,
     )
-    log_fh = (data_dir / "supernode.log").open("ab")
+    log = _service_logging("supernode")
     sup = Supervised(
         args,
         env=flwr_env(data_dir / "flwr"),
-        log_file=log_fh,
+        logger=logging.getLogger("flower.supernode"),
         ready=lambda: port_open(clientappio),
         health_host=host,
         health_port=port,
         info={"service": "supernode", "org": creds.org_id},
     )
-    console.print(f"SuperNode of {creds.org_id} → {superlink} (TLS, authenticated)")
+    log.info("SuperNode of %s → %s (TLS, authenticated)", creds.org_id, superlink)
     raise typer.Exit(sup.wait())
 
 

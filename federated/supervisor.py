@@ -1,10 +1,12 @@
 """Run a Flower process (SuperLink or SuperNode) as a child and answer ``GET /healthz`` (and
 ``GET /metrics``) for it, so ``ipjms fl superlink|supernode`` behave like every other IPJMS
-service."""
+service — including their logs: the child's output (Flower's and that of the app processes it
+starts) is read through a pipe and logged as JSON records (federated/flower_logs.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from federated.flower_logs import forward_output
 from trust.processes import die_with_parent
 
 __all__ = ["Supervised", "port_open"]
@@ -49,7 +52,7 @@ class Supervised:
         args: Sequence[str],
         *,
         env: dict[str, str],
-        log_file: Any,
+        logger: logging.Logger,
         ready: Callable[[], bool],
         health_host: str,
         health_port: int,
@@ -60,11 +63,17 @@ class Supervised:
         self.proc = subprocess.Popen(
             list(args),
             env=env,
-            stdout=log_file,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=die_with_parent,  # a killed supervisor leaves no Flower process behind
         )
+        assert self.proc.stdout is not None
+        self.output = threading.Thread(
+            target=forward_output, args=(self.proc.stdout, logger), daemon=True
+        )
+        self.output.start()
         self.ready = ready
         self.info = info
         supervised = self
@@ -118,6 +127,7 @@ class Supervised:
         finally:
             self.stop_group()
             self.http.shutdown()
+            self.output.join(timeout=5)  # the last lines the group wrote
         return code
 
     def stop_group(self) -> None:

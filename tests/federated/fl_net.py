@@ -63,6 +63,7 @@ class FlNet:
     client_keys: dict[str, Path] = field(default_factory=dict)
     consented: dict[str, set[str]] = field(default_factory=dict)  # org → national ids with HRESCH
     national_ids: dict[str, list[str]] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)  # org → "Given Family" of patients
 
     def stop(self) -> None:
         for s in self.supernodes.values():
@@ -151,13 +152,15 @@ def _seed(net: FlNet, org: str, patients: int, seed: int) -> None:
                       "--patients", str(patients), "--seed", str(seed)),
         check=True, capture_output=True, env={**os.environ, **node.env},
     )  # fmt: skip
-    ids = []
+    ids, names = [], []
     for bundle in generate_site("tertiary", patients, seed):
         for entry in bundle["entry"]:
             res = entry["resource"]
             if res["resourceType"] == "Patient":
                 ids += [i["value"] for i in res["identifier"] if i["system"] == NATIONAL_ID_SYSTEM]
+                names += [" ".join([*n.get("given", []), n["family"]]) for n in res["name"]]
     net.national_ids[org] = ids
+    net.names[org] = names
 
 
 def _backend_client(net: FlNet, org: str) -> None:

@@ -190,3 +190,24 @@ def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet) -> None:
     again = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert len(node.search("RiskAssessment")) == len(stored)  # idempotent per model and discharge
+
+
+def test_flower_services_log_json_lines_without_phi(net: FlNet) -> None:
+    """The SuperLink's and SuperNodes' supervisors log like every service (one JSON object per
+    line, trust/logging_setup.py) — Flower's own output and its app processes' included — and no
+    patient's name or national id appears (after the runs and the scoring above)."""
+    secrets = [v for org in NODES for v in (*net.national_ids[org], *net.names[org])]
+    assert secrets
+    services = [net.superlink, *net.supernodes.values()]
+    flower_records = 0
+    for service in services:
+        assert service is not None
+        text = service.log_path.read_text()
+        for secret in secrets:
+            assert secret not in text, f"a patient's name or id in {service.name}'s log"
+        for line in text.splitlines():
+            if line.strip():
+                entry = json.loads(line)  # every line is one JSON object
+                assert {"ts", "level", "service", "logger", "msg"} <= entry.keys(), line
+                flower_records += entry["logger"].startswith("flower.")
+    assert flower_records > 0  # Flower's output went through the supervisor's pipe
