@@ -230,7 +230,10 @@ def start_fl_net(root: Path, *, patients: int = 24, consent_every: int = 4) -> F
         registry = net.superlink_dir / "supernodes.json"
 
         def admitted() -> bool:
-            return registry.exists() and len(json.loads(registry.read_text())) == len(NODES)
+            try:  # the SuperLink rewrites the file in place: it may be caught empty or partial
+                return len(json.loads(registry.read_text())) == len(NODES)
+            except (OSError, ValueError):
+                return False
 
         wait_until(admitted, 90, interval=0.5, what="SuperNodes to be admitted")
         for org in NODES:
