@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ipjms demo $(ARGS)
 
+# Parallel (pytest-xdist): four workers keep both cores busy while the real-process tests wait on
+# their services. tests/conftest.py hands out whole modules, the longest first. TEST_WORKERS=0 runs
+# the suite serially.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

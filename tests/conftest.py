@@ -3,7 +3,11 @@ the shared FHIR test data, and scratch directories."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +84,126 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(url)
+
+
+# --- Parallel runs -------------------------------------------------------------------------------
+# `make test` runs the suite on pytest-xdist workers with `--dist loadscope`: a test module is the
+# unit of work, so tests sharing a module-scoped fixture (a started network, a PKI) stay on one
+# worker and build it once. Every worker has its own tmp_path root, every PostgreSQL database is
+# uniquely named and every service binds a free port, so modules running at once do not collide.
+
+# The longest modules (serial --durations), longest first. They go out first, so none is picked
+# up near the end of a run while the other workers sit idle; the rest follow in collection order.
+# Only an ordering hint: a module missing here just loses its place in the queue.
+HEAVIEST_FIRST = (
+    "tests/federated/test_fl_e2e.py",  # a federated network and three Flower runs, ~220 s
+    "tests/ops/test_ops_up.py",  # the whole story on PostgreSQL, ~230 s
+    "tests/node_api/test_node_demo.py",  # the whole story on SQLite (`ipjms demo`), ~210 s
+    "tests/node_api/test_node_cli.py",  # node processes, ~130 s
+    "tests/federated/test_training_rules.py",  # ~90 s
+    "tests/exchange/test_exchange_e2e.py",  # a regional network, ~70 s
+    "tests/exchange/test_exchange_faults.py",  # another one, killed and restarted, ~60 s
+    "tests/coordinator_registry/test_registry_router.py",
+    "tests/exchange/test_exchange_coordinator.py",
+)
+# Within its module, this one runs first (its worker then still has the module's quick tests
+# queued, so no other module waits behind the story).
+FIRST_IN_MODULE = ("tests/ops/test_ops_up.py::test_up_runs_the_demo_story_on_postgresql",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist only (a serial run keeps collection order): heaviest modules first."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = item.nodeid.split("::", 1)[0]
+        heavy = HEAVIEST_FIRST.index(module) if module in HEAVIEST_FIRST else len(HEAVIEST_FIRST)
+        return heavy, 0 if item.nodeid in FIRST_IN_MODULE else 1
+
+    items.sort(key=rank)  # stable: otherwise tests keep their order within a module
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadscope`` with whole modules in the order above (not re-sorted by test count),
+    and a worker's next module handed over only when it reaches the last test of its current one
+    (an xdist worker starts a test once it knows the next). A module of one long test (the SQLite
+    story) is followed by the smallest module, not the heaviest left, which waits for a free
+    worker instead of queueing behind the story."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleAtATime(LoadScopeScheduling):
+        def _reschedule(self, node):  # type: ignore[no-untyped-def]
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            work = self.assigned_work[node]
+            pending = self._pending_of(work)
+            if pending > 1:
+                return
+            if pending == 1 and any(len(u) == 1 and not any(u.values()) for u in work.values()):
+                smallest = min(self.workqueue, key=lambda scope: len(self.workqueue[scope]))
+                self.workqueue.move_to_end(smallest, last=False)
+            self._assign_work_unit(node)
+
+    config.option.loadscopereorder = False
+    return ModuleAtATime(config, log)
+
+
+# --- No process outlives the run ----------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], _children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += _children(child)
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every fixture is torn down by now, so any process still below this pytest process (or
+    xdist worker) leaked from a test that failed before its cleanup: say which, and stop it
+    rather than leave it running after the suite."""
+    if not sys.platform.startswith("linux") or (
+        session.config.getoption("numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER")
+    ):
+        return  # the xdist controller: its children are the workers
+    leaked = [p for p in _descendants(os.getpid()) if not _zombie(p)]
+    for pid in leaked:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
+        print(f"\nleaked process {pid} stopped: {cmd[:200]}", file=sys.stderr)
+    deadline = time.monotonic() + 10
+    while leaked and time.monotonic() < deadline:
+        leaked = [p for p in leaked if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        time.sleep(0.1)
+    for pid in leaked:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] == "Z"
+    except (OSError, IndexError):
+        return True
