@@ -9,15 +9,27 @@ run, for ``--referrals`` patients each seeded at A with ``--resources`` resource
 classes) so that every referral brings B a bundle it has never seen:
 
 1. **referral latency**: from the doctor's ``POST /exchange/requests`` at A ("send at A") to the
-   moment B committed the import (``exchange_inbound.received_at`` at B) — consent check at A,
-   collect + pack + seal, coordinator consent check, durable queue, streaming delivery, consent
-   re-check, verify + decrypt + class check + validation + import at B;
+   moment the coordinator recorded B's acknowledgement, which B sends only after its import is
+   durably committed (``envelopes.updated_at`` of the delivered envelope; B's own
+   ``exchange_inbound.received_at`` is written inside the import transaction, before its
+   commit, so it would leave the commit out) — consent check at A, collect + pack + seal,
+   coordinator consent check, durable queue, streaming delivery, consent re-check, verify +
+   decrypt + class check + validation + import + commit at B, acknowledgement;
 2. **baseline**: the same patient's data read directly from A's FHIR API over HTTPS
    (``GET /fhir/Patient/{id}/$everything`` with a doctor token; A's API served by ``ipjms node
    serve --tls-cert/--tls-key`` with A's regional TLS certificate, verified against the regional
    CA) — once on a new connection per read (TCP + TLS handshake, as a one-off read from another
    organisation would be) and once on a kept-alive connection; both ratios are printed;
-3. **throughput**: ``--envelopes`` small sealed referral envelopes sent by A from 8 threads;
+3. **direct copy without the broker** (a second baseline): the same patient's ``$everything``
+   read from A over HTTPS (new connection) and written into B's FHIR API as one transaction
+   Bundle (``POST /fhir``; B validates, indexes and durably commits it as it does an import).
+   The referral's ratio to this is what the broker itself adds — consent checks, sealing, the
+   durable queue, the hops — over moving the same records from A's store into B's;
+4. **where the time goes**: the mean of each step of sending at A and importing at B over the
+   measured referrals, from the nodes' ``ipjms_node_exchange_phase_seconds`` histograms (their
+   ``/metrics``, read before and after), with the part no broker can avoid: A reading the
+   records (the work of the direct read) and B validating, writing and committing them;
+5. **throughput**: ``--envelopes`` small sealed referral envelopes sent by A from 8 threads;
    accepted/s (durably queued) and delivered/s (imported and acknowledged by B).
 
 Prints a table and writes ``bench/results/exchange.json``. p99 over 30 samples is close to the
@@ -71,12 +83,84 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _received_at(db: Path, envelope_id: str) -> float | None:
-    with sqlite3.connect(db) as conn:
+def _acknowledged_at(coordinator_db: Path, envelope_id: str) -> float | None:
+    """When the coordinator recorded B's acknowledgement of a successful import (B acknowledges
+    after its import transaction committed)."""
+    with sqlite3.connect(coordinator_db) as conn:
         row = conn.execute(
-            "select received_at from exchange_inbound where envelope_id = ?", (envelope_id,)
+            "select state, updated_at from envelopes where envelope_id = ?", (envelope_id,)
         ).fetchone()
-    return float(row[0]) if row else None
+    if row is None or row[0] not in ("delivered", "rejected"):
+        return None
+    if row[0] != "delivered":
+        raise RuntimeError(f"envelope {envelope_id} was rejected by the recipient")
+    return float(row[1])
+
+
+def _copy_transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A transaction Bundle writing ``resources`` under new ids ("copy-…"), references among
+    them following; a resource referring outside the set (e.g. the referral's Task) is left out."""
+    new_id = {f"{r['resourceType']}/{r['id']}": f"copy-{r['id']}"[:64] for r in resources}
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str):
+                if ref not in new_id:
+                    raise KeyError(ref)
+                return {**node, "reference": f"{ref.split('/')[0]}/{new_id[ref]}"}
+            return {k: rewrite(v) for k, v in node.items() if k != "meta"}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    entries = []
+    for res in resources:
+        try:
+            body = rewrite(res)
+        except KeyError:
+            continue
+        body["id"] = new_id[f"{res['resourceType']}/{res['id']}"]
+        url = f"{res['resourceType']}/{body['id']}"
+        entries.append({"resource": body, "request": {"method": "PUT", "url": url}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+PHASE_METRIC = "ipjms_node_exchange_phase_seconds"
+OUT_PHASES = ("collect", "consent_wait", "pack_seal", "outbox", "coordinator")
+IN_PHASES = ("open", "link", "prepare", "validate", "write", "commit")
+
+
+def _phase_totals(node: Any, direction: str) -> dict[str, tuple[float, float]]:
+    """phase → (sum of seconds, count) from a node's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{node.url}/metrics", timeout=30).text
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != PHASE_METRIC:
+            continue
+        for sample in family.samples:
+            if sample.labels.get("direction") != direction:
+                continue
+            slot = out.setdefault(sample.labels["phase"], [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                slot[0] = sample.value
+            elif sample.name.endswith("_count"):
+                slot[1] = sample.value
+    return {phase: (v[0], v[1]) for phase, v in out.items()}
+
+
+def _phase_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean seconds per phase between two readings."""
+    means = {}
+    for phase, (total, count) in after.items():
+        total0, count0 = before.get(phase, (0.0, 0.0))
+        if count > count0:
+            means[phase] = (total - total0) / (count - count0)
+    return means
 
 
 def _start_https_api(node: Any, pki: _Pki, log_dir: Path) -> Any:
@@ -116,11 +200,16 @@ def main() -> int:
         try:
             a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
             db_a, db_b = a.data_dir / "node.db", b.data_dir / "node.db"
+            db_coordinator = region.coordinator.data_dir / "coordinator.db"
             # A's FHIR API over HTTPS with A's regional TLS certificate: a second API process
             # on A's data (no exchange runner: it is given no coordinator) for the baseline.
             https_api = _start_https_api(a, pki, root / "net" / "logs")
             ca_ssl = httpx.create_ssl_context(verify=str(pki.ca_dir / "ca.cert.pem"))
             keepalive = httpx.Client(verify=ca_ssl, headers=a.headers(), timeout=60)
+            # The doctors' sessions at A (referrals) and B (the direct copy's write): one client
+            # each, so no sample pays for building an HTTP client (loading a CA bundle ≈ 20 ms).
+            doctor_a = httpx.Client(base_url=a.url, headers=a.headers(), timeout=60)
+            doctor_b = httpx.Client(base_url=b.url, headers=b.headers(), timeout=60)
             patients = iter(range(10_000))
 
             def new_patient() -> str:
@@ -150,22 +239,43 @@ def main() -> int:
                 r.raise_for_status()
                 return time.perf_counter() - t0, len(r.json().get("entry", []))
 
+            def direct_copy(pid: str) -> tuple[float, int]:
+                """$everything from A (HTTPS, new connection), then the same resources as one
+                transaction into B's FHIR API: the records moved without the broker."""
+                url = f"{https_api.base_url}/fhir/Patient/{pid}/$everything"
+                t0 = time.perf_counter()
+                r = httpx.get(
+                    url, params={"_count": "1000"}, headers=a.headers(), verify=ca_ssl, timeout=60
+                )
+                r.raise_for_status()
+                tx = _copy_transaction([e["resource"] for e in r.json().get("entry", [])])
+                w = doctor_b.post(
+                    "/fhir", json=tx, headers={"Content-Type": "application/fhir+json"}
+                )
+                if w.status_code != 200:
+                    raise RuntimeError(f"direct copy into B failed: {w.status_code} {w.text[:300]}")
+                return time.perf_counter() - t0, len(tx["entry"])
+
             sent_times: list[float] = []
             broker_times: list[float] = []
 
             def referral(pid: str) -> tuple[float, int]:
                 t0 = time.time()
-                r = a.post(
+                r = doctor_a.post(
                     "/exchange/requests",
-                    {"kind": "referral", "patient": f"Patient/{pid}", "recipient": "clinic-b",
-                     "reason": "bench"},
+                    json={"kind": "referral", "patient": f"Patient/{pid}",
+                          "recipient": "clinic-b", "reason": "bench"},
                 )  # fmt: skip
                 sent_times.append(time.time() - t0)
                 r.raise_for_status()
                 body = r.json()
                 env = body["envelope_id"]
-                wait_for(lambda: _received_at(db_b, env) is not None, timeout=60, what="import")
-                received = _received_at(db_b, env)
+                wait_for(
+                    lambda: _acknowledged_at(db_coordinator, env) is not None,
+                    timeout=60,
+                    what="import acknowledged",
+                )
+                received = _acknowledged_at(db_coordinator, env)
                 assert received is not None
                 with sqlite3.connect(db_a) as conn:
                     handed = conn.execute(
@@ -178,9 +288,13 @@ def main() -> int:
             referral(warm)
             direct(warm, None)
             direct(warm, keepalive)
+            direct_copy(warm)
             ref_times, fresh_times, kept_times, bundle_sizes, direct_sizes = [], [], [], [], []
+            copy_times: list[float] = []
+            copy_sizes: list[int] = []
             sent_times.clear()
             broker_times.clear()
+            phases_before = (_phase_totals(a, "out"), _phase_totals(b, "in"))
             console.print(f"{ns.referrals} referrals, each of a new patient, and direct reads…")
             for _ in range(ns.referrals):  # interleaved so both see the same machine load
                 pid = new_patient()
@@ -191,7 +305,13 @@ def main() -> int:
                 fresh_times.append(seconds)
                 direct_sizes.append(size)
                 kept_times.append(direct(pid, keepalive)[0])
-            keepalive.close()
+                seconds, size = direct_copy(pid)
+                copy_times.append(seconds)
+                copy_sizes.append(size)
+            for client in (keepalive, doctor_a, doctor_b):
+                client.close()
+            out_means = _phase_means(phases_before[0], _phase_totals(a, "out"))
+            in_means = _phase_means(phases_before[1], _phase_totals(b, "in"))
 
             # throughput: many small envelopes from A's credentials, 8 sender threads
             creds = pki.creds["hosp-a"]
@@ -251,6 +371,11 @@ def main() -> int:
         return {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99)}
 
     referral_s, fresh_s, kept_s = pct(ref_times), pct(fresh_times), pct(kept_times)
+    copy_s = pct(copy_times)
+    # What no broker can avoid: A reads what it sends; B validates, writes and commits it.
+    floor_s = out_means.get("collect", 0.0) + sum(
+        in_means.get(p, 0.0) for p in ("validate", "write", "commit")
+    )
     result = {
         "when": datetime.now(UTC).isoformat(),
         "machine": platform.platform(),
@@ -265,6 +390,13 @@ def main() -> int:
         "ratio_vs_new_connection": {q: referral_s[q] / fresh_s[q] for q in ("p50", "p99")},
         "ratio_vs_keepalive": {q: referral_s[q] / kept_s[q] for q in ("p50", "p99")},
         "target_ratio": 2.0,
+        "send_phases_at_a_mean_s": out_means,
+        "import_phases_at_b_mean_s": in_means,
+        "direct_copy_a_to_b_s": copy_s,
+        "direct_copy_resources": statistics.median(copy_sizes),
+        "ratio_vs_direct_copy": {q: referral_s[q] / copy_s[q] for q in ("p50", "p99")},
+        "floor_s": floor_s,
+        "floor_ratio_vs_new_connection_p50": floor_s / fresh_s["p50"],
         "throughput": {
             "envelopes": ns.envelopes,
             "accepted_per_s": ns.envelopes / accepted_s,
@@ -296,7 +428,32 @@ def main() -> int:
         result["ratio_vs_new_connection"],
     )
     ratio("ratio: referral / direct read on a kept-alive connection", result["ratio_vs_keepalive"])
+    ms(
+        f"direct copy without the broker: HTTPS read at A + transaction of "
+        f"{result['direct_copy_resources']:.0f} resources into B",
+        copy_s,
+    )
+    ratio("ratio: referral / direct copy (what the broker adds)", result["ratio_vs_direct_copy"])
     console.print(table)
+    steps = Table(
+        title="Where a referral's time goes (mean per referral, from the nodes' /metrics)"
+    )
+    steps.add_column("at")
+    steps.add_column("step")
+    steps.add_column("mean", justify="right")
+    for where, means, order in (
+        ("A (send)", out_means, OUT_PHASES),
+        ("B (import)", in_means, IN_PHASES),
+    ):
+        for phase in order:
+            if phase in means:
+                steps.add_row(where, phase, f"{means[phase] * 1000:.1f} ms")
+    console.print(steps)
+    console.print(
+        f"unavoidable part (A's collect + B's validate, write, commit): {floor_s * 1000:.0f} ms"
+        f" = {result['floor_ratio_vs_new_connection_p50']:.1f}× the direct read (p50, new "
+        "connection); the broker's own share is the rest."
+    )
     console.print(
         f"throughput through one coordinator: {result['throughput']['accepted_per_s']:.0f} "
         f"envelopes/s accepted, {result['throughput']['delivered_per_s']:.0f} envelopes/s "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from trust.service_metrics import MetricsMiddleware, ServiceMetrics
 
@@ -21,7 +21,9 @@ __all__ = ["NodeMetrics", "MetricsMiddleware"]
 
 @dataclass
 class NodeMetrics(ServiceMetrics):
-    """The shared request metrics (``ipjms_node_http_*``) plus the node's login failures."""
+    """The shared request metrics (``ipjms_node_http_*``), the node's login failures and the
+    time of each step of the exchange (send: collect, consent_wait, pack_seal, outbox,
+    coordinator; import: open, link, prepare, validate, write, commit)."""
 
     service: str = "node"
 
@@ -33,6 +35,17 @@ class NodeMetrics(ServiceMetrics):
             ["grant_type", "reason"],
             registry=self.registry,
         )
+        self.exchange_phase = Histogram(
+            "ipjms_node_exchange_phase_seconds",
+            "Time of each step of sending (direction=out) and importing (direction=in) an "
+            "exchange envelope",
+            ["direction", "phase"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+    def observe_exchange_phase(self, direction: str, phase: str, seconds: float) -> None:
+        self.exchange_phase.labels(direction, phase).observe(seconds)
 
     def exposition(self) -> CollectorRegistry:
         """The registry to render: this process's, or all workers' in multiprocess mode."""

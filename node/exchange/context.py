@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,14 @@ from node.exchange.client import DirectoryEntry, ExchangeClient
 from node.store import FhirStore
 from trust.pki import OrgCredentials
 
-__all__ = ["ExchangeContext"]
+__all__ = ["ExchangeContext", "PhaseObserver", "ignore_phases"]
+
+# (direction "out" | "in", phase, seconds): where an exchange's time goes (node /metrics).
+PhaseObserver = Callable[[str, str, float], None]
+
+
+def ignore_phases(_direction: str, _phase: str, _seconds: float) -> None:
+    return None
 
 
 @dataclass
@@ -29,6 +38,7 @@ class ExchangeContext:
     linkage_key: bytes
     ca_dir: Path | None = None
     now: Callable[[], float] | None = None
+    observe: PhaseObserver = ignore_phases
     _directory: dict[str, DirectoryEntry] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -43,6 +53,13 @@ class ExchangeContext:
         with self._lock:
             self._directory[org_id] = entry
         return entry
+
+    @contextmanager
+    def timed(self, direction: str, phase: str) -> Iterator[None]:
+        """Time one step of sending ("out") or importing ("in"); a failed step is not timed."""
+        started = time.perf_counter()
+        yield
+        self.observe(direction, phase, time.perf_counter() - started)
 
     def revoked(self) -> frozenset[str | int]:
         if self.ca_dir is None or not (self.ca_dir / "ca.crl.pem").exists():

@@ -166,6 +166,8 @@ def local_id(sender: str, rtype: str, original_id: str) -> str:
 
 
 def _walk_references(node: Any, fix: Any) -> Any:
+    """A copy of ``node`` (new dicts and lists all the way down) with every Reference passed
+    through ``fix``; ``node`` itself is not changed."""
     if isinstance(node, dict):
         if isinstance(node.get("reference"), str):
             return fix(node)
@@ -227,7 +229,7 @@ def prepare_import(
     for res in resources:
         if res["resourceType"] == "Patient":
             continue
-        body = _walk_references(copy.deepcopy(res), fix)
+        body = _walk_references(res, fix)  # a fresh copy: the document is left as it was
         rtype = body["resourceType"]
         rid = mapping[f"{rtype}/{res['id']}"].split("/")[1] if res.get("id") else None
         if rid is None:

@@ -139,8 +139,10 @@ def disclose(
         asked = _CONSENT_ASKS.submit(
             ctx.consent.decide, pseudo, recipient, purpose, ask, requester=ctx.org_id
         )
-        collected = collect(ctx, patient_id, wanted)
-        decision = asked.result()
+        with ctx.timed("out", "collect"):
+            collected = collect(ctx, patient_id, wanted)
+        with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
+            decision = asked.result()
         if not decision.permit:
             raise ConsentRefused(
                 f"consent does not permit {purpose} to {recipient}: {decision.reason}"
@@ -149,14 +151,36 @@ def disclose(
         consent_ref = f"Consent/{decision.consent_ids[0]}" if decision.consent_ids else None
     else:
         collected, permitted, consent_ref = [], set(), None
-    resources = filter_by_classes(collected, permitted)
-    resources += filter_by_classes(workflow, permitted | STRUCTURAL_TYPES)
-    document = pack_document(
-        resources,
-        patient=patient if "Patient" in permitted else None,
-        sender=ctx.org_id,
-        title=title,
-    )
+    with ctx.timed("out", "pack_seal"):
+        sealed, declared, count = _pack_and_seal(
+            ctx,
+            kind=kind,
+            recipient=recipient,
+            purpose=purpose,
+            pseudo=pseudo,
+            consent_ref=consent_ref,
+            resources=filter_by_classes(collected, permitted)
+            + filter_by_classes(workflow, permitted | STRUCTURAL_TYPES),
+            patient=patient if "Patient" in permitted else None,
+            title=title,
+        )
+    return Disclosure(sealed, declared, count)
+
+
+def _pack_and_seal(
+    ctx: ExchangeContext,
+    *,
+    kind: str,
+    recipient: str,
+    purpose: str,
+    pseudo: str,
+    consent_ref: str | None,
+    resources: list[dict[str, Any]],
+    patient: dict[str, Any] | None,
+    title: str,
+) -> tuple[SealedEnvelope, tuple[str, ...], int]:
+    """Steps 3–4: the document Bundle of the permitted resources, sealed to ``recipient``."""
+    document = pack_document(resources, patient=patient, sender=ctx.org_id, title=title)
     declared = tuple(
         sorted({e["resource"]["resourceType"] for e in document["entry"]} - STRUCTURAL_TYPES)
     )
@@ -178,7 +202,7 @@ def disclose(
         recipient_encryption_cert_pem=entry.encryption_certificate,
         revoked=ctx.revoked(),
     )
-    return Disclosure(sealed, declared, len(document["entry"]))
+    return sealed, declared, len(document["entry"])
 
 
 def send(
@@ -192,7 +216,7 @@ def send(
     clear error; an unreachable coordinator leaves it pending (resent by the outbox loop)."""
     sealed = disclosure.sealed if isinstance(disclosure, Disclosure) else disclosure
     h = sealed.header
-    with ctx.engine.begin() as conn:
+    with ctx.timed("out", "outbox"), ctx.engine.begin() as conn:
         conn.execute(
             insert(outbound).values(
                 envelope_id=h.envelope_id,
@@ -213,7 +237,8 @@ def send(
 def resend(ctx: ExchangeContext, sealed: SealedEnvelope) -> str:
     envelope_id = sealed.header.envelope_id
     try:
-        ctx.client.send(sealed)
+        with ctx.timed("out", "coordinator"):  # its consent check, durable queue and audit
+            ctx.client.send(sealed)
     except grpc.RpcError as exc:
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -117,8 +117,43 @@ def _import_document(
     ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
 ) -> Handled:
     h = sealed.header
-    resources = resources_of(document)
     sender = ctx.organisation(h.sender)
+    with ctx.timed("in", "link"):
+        patient_id, existing, uid = _link(ctx, sealed, document)
+    with ctx.timed("in", "prepare"):
+        tx = prepare_import(
+            document,
+            sender=h.sender,
+            sender_name=sender.name,
+            envelope_id=h.envelope_id,
+            local_patient_id=patient_id,
+            existing=existing,
+        )
+        entries = entries_from_bundle(tx, "transaction")
+    with ctx.timed("in", "validate"):
+        prevalidate(entries)  # before the write lock: API writes are not held up by an import
+    with ctx.engine.begin() as conn:
+        with ctx.timed("in", "write"):
+            apply_entries(conn, entries, ctx.store.base_url)
+            _record(
+                conn,
+                sealed,
+                "imported",
+                f"{len(entries)} resources",
+                task_uid=uid,
+                patient_id=patient_id,
+            )
+        written = time.perf_counter()
+    ctx.observe("in", "commit", time.perf_counter() - written)  # the durable (fsync'd) commit
+    return Handled(True, f"imported {len(entries)} resources")
+
+
+def _link(
+    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
+) -> tuple[str, dict[str, dict[str, Any]], str | None]:
+    """The local patient the document is about, the exchange Tasks it updates, its Task uid."""
+    h = sealed.header
+    resources = resources_of(document)
     # A Task this node already holds (it sent the request, or received it earlier) is updated
     # in place: one Task per exchange on each side, whose status follows the other side's.
     existing: dict[str, dict[str, Any]] = {}
@@ -137,27 +172,7 @@ def _import_document(
     else:
         shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
         patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient)
-    tx = prepare_import(
-        document,
-        sender=h.sender,
-        sender_name=sender.name,
-        envelope_id=h.envelope_id,
-        local_patient_id=patient_id,
-        existing=existing,
-    )
-    entries = entries_from_bundle(tx, "transaction")
-    prevalidate(entries)  # before the write lock: API writes are not held up by an import
-    with ctx.engine.begin() as conn:
-        apply_entries(conn, entries, ctx.store.base_url)
-        _record(
-            conn,
-            sealed,
-            "imported",
-            f"{len(entries)} resources",
-            task_uid=uid,
-            patient_id=patient_id,
-        )
-    return Handled(True, f"imported {len(entries)} resources")
+    return patient_id, existing, uid
 
 
 def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
@@ -173,11 +188,12 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     if h.recipient != ctx.org_id:
         return Handled(False, "envelope is not addressed to this organisation")
     try:
-        try:
-            payload = _open(ctx, sealed, refresh=False)
-        except EnvelopeError:
-            payload = _open(ctx, sealed, refresh=True)  # the sender may have rotated its keys
-        body = json.loads(payload)
+        with ctx.timed("in", "open"):  # verify the signature, decrypt, parse
+            try:
+                payload = _open(ctx, sealed, refresh=False)
+            except EnvelopeError:
+                payload = _open(ctx, sealed, refresh=True)  # the sender may have rotated keys
+            body = json.loads(payload)
     except (EnvelopeError, ValueError) as exc:
         return _reject(ctx, sealed, "cannot open or parse the envelope", local=str(exc))
     except Exception as exc:  # certificate refused, directory unreachable…

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from node.exchange.context import ExchangeContext
+from node.exchange.context import ExchangeContext, PhaseObserver, ignore_phases
 
 __all__ = ["exchange_service", "MIGRATIONS"]
 
@@ -18,7 +18,9 @@ log = logging.getLogger("ipjms.node.exchange")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def build_context(settings: Any, store: Any, engine: Any) -> ExchangeContext:
+def build_context(
+    settings: Any, store: Any, engine: Any, *, observe: PhaseObserver = ignore_phases
+) -> ExchangeContext:
     from consent.client import ConsentClient
     from node.exchange.client import ExchangeClient
     from trust.pki import load_org
@@ -45,6 +47,7 @@ def build_context(settings: Any, store: Any, engine: Any) -> ExchangeContext:
         consent=consent or _NoConsent(),
         linkage_key=load_or_create_linkage_key(settings.linkage_key_file),
         ca_dir=settings.ca_dir,
+        observe=observe,
     )
 
 
@@ -67,7 +70,13 @@ async def exchange_service(app: Any) -> AsyncIterator[None]:
         return
     from node.exchange.runner import ExchangeRunner
 
-    ctx = build_context(settings, app.state.store, app.state.engine)
+    metrics = getattr(app.state, "metrics", None)
+    ctx = build_context(
+        settings,
+        app.state.store,
+        app.state.engine,
+        observe=metrics.observe_exchange_phase if metrics is not None else ignore_phases,
+    )
     runner = ExchangeRunner(ctx)
     app.state.exchange = ctx
     app.state.exchange_runner = runner

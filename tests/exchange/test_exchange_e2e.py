@@ -461,3 +461,40 @@ def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Regio
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} found in {path.name}"
             assert secret.lower().encode() not in data.lower(), f"{secret!r} found in {path.name}"
+
+
+def _phase_counts(node, direction: str) -> dict[str, float]:
+    """phase → number of timed steps, from the node's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{node.url}/metrics", timeout=30).text
+    return {
+        s.labels["phase"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ipjms_node_exchange_phase_seconds"
+        for s in family.samples
+        if s.name.endswith("_count") and s.labels.get("direction") == direction
+    }
+
+
+def test_each_step_of_sending_and_importing_is_timed_in_node_metrics(region: Region) -> None:
+    a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    sent_before, imported_before = _phase_counts(a, "out"), _phase_counts(b, "in")
+    r = a.post(
+        "/exchange/requests",
+        {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-b",
+         "reason": "timed"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    out_steps = {"collect", "consent_wait", "pack_seal", "outbox", "coordinator"}
+    in_steps = {"open", "link", "prepare", "validate", "write", "commit"}
+
+    def imported() -> bool:
+        after = _phase_counts(b, "in")
+        return all(after.get(p, 0) > imported_before.get(p, 0) for p in in_steps)
+
+    wait_for(imported, what="B's import steps timed")
+    sent_after = _phase_counts(a, "out")
+    assert {p for p in out_steps if sent_after.get(p, 0) > sent_before.get(p, 0)} == out_steps
+    # the sender imports nothing, the recipient sends nothing for a referral it merely received
+    assert set(_phase_counts(a, "in")) <= in_steps and set(_phase_counts(b, "out")) <= out_steps

@@ -131,3 +131,27 @@ def test_tampered_envelope_refused(ctx: ExchangeContext, creds) -> None:  # type
     assert not handled.imported
     assert ctx.store.counts().get("Condition", 0) == 0
     assert "heart failure" not in handled.detail  # nothing of the content goes back
+
+
+def test_timed_records_a_step_only_when_it_succeeds(ctx: ExchangeContext) -> None:
+    seen: list[tuple[str, str]] = []
+    ctx.observe = lambda direction, phase, seconds: seen.append((direction, phase))
+    with ctx.timed("in", "validate"):
+        pass
+    with pytest.raises(ValueError), ctx.timed("in", "write"):
+        raise ValueError("the step failed")
+    assert seen == [("in", "validate")]
+
+
+def test_an_import_times_each_of_its_steps_once_and_a_redelivery_none(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    seen: list[tuple[str, str]] = []
+    ctx.observe = lambda direction, phase, seconds: seen.append((direction, phase))
+    sealed = _envelope(creds, [COND], ("Condition",))
+    assert handle_envelope(ctx, sealed.to_bytes()).imported
+    steps = ["open", "link", "prepare", "validate", "write", "commit"]
+    assert seen == [("in", step) for step in steps]
+    seen.clear()
+    assert handle_envelope(ctx, sealed.to_bytes()).imported  # already processed
+    assert seen == []
