@@ -96,18 +96,18 @@ def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> in
     url = net.facts["consent_url"]
     key = load_or_create_linkage_key(net.facts["pki"]["linkage_key"])
     client = ConsentClient(url, load_org(net.facts["pki"]["orgs"][org]))
+    patients = httpx.Client(base_url=url, timeout=30)  # one session for every patient's calls
     granted = 0
     try:
         for nid in national_ids:
             pseudo = pseudonym(key, nid)
             code = client.create_enrolment_code(pseudo)["code"]
-            r = httpx.post(f"{url}/enrol", json={"code": code, "password": PASSWORD}, timeout=30)
+            r = patients.post("/enrol", json={"code": code, "password": PASSWORD})
             if r.status_code != 201:
                 continue  # already enrolled from an earlier demo run in the same workdir
-            r = httpx.post(
-                f"{url}/auth/patient-token",
+            r = patients.post(
+                "/auth/patient-token",
                 data={"username": r.json()["username"], "password": PASSWORD},
-                timeout=30,
             )
             headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
             permit = Provision(
@@ -120,9 +120,10 @@ def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> in
                 ConsentRecord("x", pseudo, "active", Provision("deny", provisions=(permit,)))
             )
             del body["id"]
-            r = httpx.post(f"{url}/fhir/Consent", json=body, headers=headers, timeout=30)
+            r = patients.post("/fhir/Consent", json=body, headers=headers)
             granted += r.status_code == 201
     finally:
+        patients.close()
         client.close()
     return granted
 
