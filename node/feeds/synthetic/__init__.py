@@ -81,7 +81,9 @@ def generate_cohort(
         )
         record_prefix = f"{profile}-{seed}/{population_key}/{index}"
         site_rng = random.Random(f"{record_prefix}:journey")
-        journey = simulate_journey(person, site, site_rng, begin, end)
+        # a stream of its own for the unmeasured readmission risk (readmission.py)
+        unmeasured_rng = random.Random(f"{record_prefix}:unmeasured-readmission-risk")
+        journey = simulate_journey(person, site, site_rng, begin, end, unmeasured_rng)
         yield person_bundle(person, journey, record_prefix)
 
 

@@ -12,7 +12,11 @@ from datetime import datetime, timedelta
 
 from node.feeds.synthetic.person import Person
 from node.feeds.synthetic.profiles import SiteProfile
-from node.feeds.synthetic.readmission import ReadmissionFeatures, readmission_probability
+from node.feeds.synthetic.readmission import (
+    ReadmissionFeatures,
+    draw_unmeasured_log_odds,
+    readmission_probability,
+)
 
 __all__ = ["Journey", "Measurement", "Visit", "discharge_features", "simulate_journey"]
 
@@ -34,7 +38,9 @@ class Visit:
     end: datetime
     reason: str | None = None  # condition key for inpatient stays
     measurements: list[Measurement] = field(default_factory=list)
-    readmission_probability: float | None = None  # IMP only: the risk drawn at discharge
+    # IMP only: the unmeasured log-odds e drawn at discharge and the full risk (readmission.py)
+    unmeasured_log_odds: float | None = None
+    readmission_probability: float | None = None
     readmitted: bool | None = None  # IMP only: whether the draw scheduled a readmission
 
 
@@ -158,9 +164,17 @@ def _at_hour(rng: random.Random, day: datetime, low: int, high: int) -> datetime
 
 
 def simulate_journey(
-    person: Person, site: SiteProfile, rng: random.Random, start: datetime, end: datetime
+    person: Person,
+    site: SiteProfile,
+    rng: random.Random,
+    start: datetime,
+    end: datetime,
+    unmeasured_rng: random.Random,
 ) -> Journey:
-    """Inpatient stays (with the readmission draw) and outpatient visits in [start, end)."""
+    """Inpatient stays (with the readmission draw) and outpatient visits in [start, end).
+
+    ``unmeasured_rng`` draws each discharge's unmeasured log-odds (readmission.py): a stream of
+    its own, so it shifts none of ``rng``'s draws."""
     stays: list[Visit] = []
     age = person.age_on(start.date())
     rate_per_day = _admission_rate(person, site, age) / 365.0
@@ -170,7 +184,8 @@ def simulate_journey(
         if stay.end >= end:
             break
         features = discharge_features(person, stay, [s.start for s in stays])
-        stay.readmission_probability = readmission_probability(features)
+        stay.unmeasured_log_odds = draw_unmeasured_log_odds(unmeasured_rng)
+        stay.readmission_probability = readmission_probability(features, stay.unmeasured_log_odds)
         stay.readmitted = rng.random() < stay.readmission_probability
         stays.append(stay)
         if stay.readmitted:
