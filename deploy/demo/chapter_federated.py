@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,7 @@ from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.demo.network import AUTHORITY_ORG, DemoNetwork
-from deploy.launcher import free_port, ipjms_command, wait_until
+from deploy.launcher import free_port, ipjms_command, wait_healthy, wait_until
 from federated.cohort import COHORT_CLASSES
 from node.feeds.synthetic import generate_site
 from node.identity import NATIONAL_ID_SYSTEM
@@ -128,6 +129,13 @@ def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> in
     return granted
 
 
+def _prepare_research(net: DemoNetwork, index: int, org: str) -> tuple[str, list[str], int, Path]:
+    """One node's research cohort, its patients' HRESCH consents and the SuperNode's client."""
+    ids = _research_cohort(net, org, index)
+    granted = _consent_research(net, org, ids)
+    return org, ids, granted, _backend_client(net, org)
+
+
 def _backend_client(net: DemoNetwork, org: str) -> Path:
     node = net.nodes[org]
     key_path = net.service_dir(f"supernode-{org}") / "fl-client.pem"
@@ -157,10 +165,14 @@ def run(net: DemoNetwork) -> None:
     fed = net.facts["federated"]
     pki = net.facts["pki"]
     with net.step("Research cohorts: HRESCH consents and one SuperNode per node") as notes:
-        for i, (org, *_rest) in enumerate(net.node_specs):
-            ids = _research_cohort(net, org, i)
-            granted = _consent_research(net, org, ids)
-            key_path = _backend_client(net, org)
+        orgs = [org for org, *_rest in net.node_specs]
+        # Each node's cohort, consents and backend client are prepared in parallel (short-lived
+        # subprocesses and HTTP calls only); the SuperNodes, long-lived children, are started
+        # from this thread: they die with the thread that started them (trust/processes.py).
+        with ThreadPoolExecutor(max_workers=len(orgs)) as pool:
+            prepared = list(pool.map(lambda job: _prepare_research(net, *job), enumerate(orgs)))
+        supernodes = []
+        for org, ids, granted, key_path in prepared:
             port = free_port()
             args = [
                 "fl", "supernode", "--data-dir", str(net.service_dir(f"supernode-{org}")),
@@ -170,10 +182,14 @@ def run(net: DemoNetwork) -> None:
                 "--authority", AUTHORITY_ORG, "--linkage-key", str(pki["linkage_key"]),
                 "--port", str(port), "--min-cohort", "10", "--epsilon-budget", "10",
             ]  # fmt: skip
-            net.start(f"supernode-{org}", args, base_url=f"http://127.0.0.1:{port}")
+            supernodes.append(
+                net.start(f"supernode-{org}", args, base_url=f"http://127.0.0.1:{port}", wait=False)
+            )
             notes.append(
                 f"{org}: {len(ids)} research patients, {granted} new HRESCH consents, SuperNode up"
             )
+        for service in supernodes:  # all three start together; each must come up
+            wait_healthy(service, timeout=90)
     coordinator_http = net.facts["coordinator"]["status_url"].rsplit("/status", 1)[0]
     with net.step("Federated training: 5 rounds, FedAvg, DP-SGD ε=3 per node") as notes:
         r = _ipjms(
@@ -184,6 +200,12 @@ def run(net: DemoNetwork) -> None:
         notes += [line for line in r.stdout.splitlines() if line.strip()][-30:]
         if r.returncode != 0:
             raise RuntimeError("the federated run failed")
+        notes.append(
+            f"(a demo-sized cohort: {RESEARCH_PATIENTS} research patients per node, so each "
+            "held-out split has a handful of readmissions and its AUROC is mostly noise; "
+            "bench/federated.py measures the model on thousands of discharges per site — "
+            "see federated/README.md)"
+        )
         runs = sorted(
             (Path(fed["data_dir"]) / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime
         )

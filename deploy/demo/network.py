@@ -87,9 +87,18 @@ class DemoNetwork:
         base_url: str,
         env: dict[str, str] | None = None,
         timeout: float = 90.0,
+        wait: bool = True,
     ) -> Service:
+        """Start a service of the network (stopped by ``stop_all``); ``wait=False`` returns at
+        once, for the caller to ``deploy.launcher.wait_healthy`` several started together."""
         service = start_service(
-            name, args, base_url=base_url, log_dir=self.workdir / "logs", env=env, timeout=timeout
+            name,
+            args,
+            base_url=base_url,
+            log_dir=self.workdir / "logs",
+            env=env,
+            timeout=timeout,
+            wait=wait,
         )
         self.services[name] = service
         return service

@@ -35,18 +35,13 @@ def _model_class(rtype: str) -> Any:
 
 
 def preload_models() -> None:
-    """Import every R4B model module now (about two seconds, once per process).
+    """Import the model of every resource type this store keeps, now (about 0.6 s, once per
+    process) rather than during the first requests.
 
-    Validation otherwise imports element types (CodeableConcept, Period, …) lazily on first use,
-    which makes the first writes of a process several times slower than the rest."""
-    import importlib
-    import pkgutil
-
-    from fhir.resources import R4B
-
-    for module in pkgutil.iter_modules(R4B.__path__):
-        if not module.name.startswith(("_", "tests")):
-            importlib.import_module(f"{R4B.__name__}.{module.name}")
+    Only the stored types: importing all ~190 R4B modules took 2.5 s of every node process's
+    start-up for ~145 types the store never keeps. The element types the stored ones use
+    (CodeableConcept, Period, …) still load on first use; measured on 230 Synthea resources that
+    costs ~60 ms once per process (first validation pass 0.14 s, second 0.08 s)."""
     for rtype in SUPPORTED_SEARCH_PARAMS:
         _model_class(rtype)
 
