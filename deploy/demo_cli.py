@@ -24,6 +24,9 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="Leave the network up until Ctrl-C.")
     ] = False,
+    fl_rounds: Annotated[
+        int, typer.Option("--fl-rounds", min=1, help="Rounds of the federated training run.")
+    ] = 5,
 ) -> None:
     """Start a regional network on loopback, seed it, run the story, print what happened."""
     console = Console()
@@ -32,7 +35,7 @@ def demo(
         tmp = tempfile.TemporaryDirectory(prefix="ipjms-demo-")
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    net = DemoNetwork(workdir=workdir.resolve(), console=console)
+    net = DemoNetwork(workdir=workdir.resolve(), console=console, fl_rounds=fl_rounds)
     console.print(f"[bold]IPJMS demo[/bold] — state under {net.workdir}")
     try:
         ok = run_network(net, chapters(), keep_running=keep_running)

@@ -52,6 +52,10 @@ def up(
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="With --run-story: stay up afterwards.")
     ] = False,
+    fl_rounds: Annotated[
+        int,
+        typer.Option("--fl-rounds", min=1, help="With --run-story: rounds of federated training."),
+    ] = 5,
 ) -> None:
     """Start the regional network (coordinator, consent registry, nodes …) on PostgreSQL."""
     from deploy.demo.network import DemoNetwork
@@ -83,6 +87,7 @@ def up(
         console=console,
         node_specs=tuple(n.as_tuple() for n in cfg.nodes),
         db_urls={service: url for service, (url, _new) in databases.items()},
+        fl_rounds=fl_rounds,
     )
     console.print(f"[bold]ipjms up[/bold] — {config}, state under {net.workdir}")
     for service, (url, created) in databases.items():

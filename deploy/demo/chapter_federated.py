@@ -7,10 +7,10 @@ authentication) and admits the three nodes' SuperNodes (their CA-certified signi
 ``run`` (nodes are up and seeded): each node gets a research cohort (synthetic older, sicker
 patients so that each site has readmissions to learn from) whose patients consent to HRESCH
 for the authority, a backend client for its SuperNode, and its SuperNode (``ipjms fl
-supernode``). Then ``ipjms fl run`` trains 5 rounds with DP-SGD (ε = 3 per node), printing
-per-round federated metrics and ε per node; the model goes to the coordinator's registry with
-its card; each node's patients are scored (RiskAssessment stored at the node) and the
-highest-risk patients per node are listed by pseudonym.
+supernode``). Then ``ipjms fl run`` trains 5 rounds (``--fl-rounds``) with DP-SGD (ε = 3 per
+node), printing per-round federated metrics and ε per node; the model goes to the coordinator's
+registry with its card; each node's patients are scored (RiskAssessment stored at the node) and
+the highest-risk patients per node are listed by pseudonym.
 """
 
 from __future__ import annotations
@@ -191,9 +191,11 @@ def run(net: DemoNetwork) -> None:
         for service in supernodes:  # all three start together; each must come up
             wait_healthy(service, timeout=90)
     coordinator_http = net.facts["coordinator"]["status_url"].rsplit("/status", 1)[0]
-    with net.step("Federated training: 5 rounds, FedAvg, DP-SGD ε=3 per node") as notes:
+    rounds = net.fl_rounds
+    with net.step(f"Federated training: {rounds} rounds, FedAvg, DP-SGD ε=3 per node") as notes:
         r = _ipjms(
-            "fl", "run", "--data-dir", str(fed["data_dir"]), "--rounds", "5", "--epsilon", "3",
+            "fl", "run", "--data-dir", str(fed["data_dir"]), "--rounds", str(rounds),
+            "--epsilon", "3",
             "--min-nodes", "3", "--round-timeout", "300",
             "--registry-url", coordinator_http, "--authority-dir", str(pki["orgs"][AUTHORITY_ORG]),
         )  # fmt: skip

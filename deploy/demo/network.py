@@ -68,6 +68,8 @@ class DemoNetwork:
     # Database URL per service ("consent", "coordinator", "node-<org>"); a service without one
     # keeps SQLite in its data dir (``ipjms demo``). ``ipjms up`` fills this with PostgreSQL.
     db_urls: dict[str, str] = field(default_factory=dict)
+    # Rounds of the federated chapter's training run (``--fl-rounds``; the story's default 5).
+    fl_rounds: int = 5
 
     def db_args(self, service: str) -> list[str]:
         """``["--db", URL]`` for a service with a configured database, else ``[]``."""

@@ -133,7 +133,7 @@ def _drop(prefix: str) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # the whole story, federated training included (~4-5 min here)
+@pytest.mark.timeout(1200)  # the whole story, federated training included (2 rounds)
 def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
     if not PG_URL:
         pytest.skip("IPJMS_TEST_POSTGRES_URL not set")
@@ -147,7 +147,8 @@ def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
     try:
         done = subprocess.run(
             ipjms_command(
-                "up", "--config", str(config), "--workdir", str(tmp_path / "net"), "--run-story"
+                *("up", "--config", str(config), "--workdir", str(tmp_path / "net")),
+                *("--run-story", "--fl-rounds", "2"),  # every chapter; rounds: tests/federated
             ),
             capture_output=True,
             text=True,
@@ -163,6 +164,7 @@ def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
         for step in steps:
             assert any(line.startswith("  ✔") and step in line for line in lines), step
         assert "✘" not in out
+        assert "Federated training: 2 rounds" in out and "round 2/2" in out
         started = [line for line in lines if line.startswith("▶ ")]
         assert len(started) == sum(line.startswith("  ✔") for line in lines) >= len(steps)
         # every node really ran on its PostgreSQL database, not on a SQLite file
