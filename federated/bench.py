@@ -121,6 +121,7 @@ def _federated(
             "org-id": t.name,
             "data-dir": str(ledger_dir / t.name),
             "epsilon-budget": 1e6,
+            "dp-seed": plan.seed,  # a repeatable bench table; deployments keep the noise secret
             **({"na-values": ",".join(na_values)} if na_values else {}),
         }
         for i, t in enumerate(tables)

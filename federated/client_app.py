@@ -128,6 +128,14 @@ def _ledger(context: Context):  # type: ignore[no-untyped-def]
     return PrivacyBudgetLedger(make_engine(sqlite_url(data_dir, "privacy_budget")), budget)
 
 
+def _dp_seed(context: Context, server_round: int) -> int | None:
+    """DP-SGD's sampling and noise seed comes from the node, never from the server's message: a
+    server that knew it could regenerate the noise and remove it. Unset (every deployment), each
+    round draws a secret one; ``dp-seed`` in the node config fixes it for a repeatable bench."""
+    fixed = setting(context.node_config, "dp-seed", None)
+    return None if fixed is None else int(fixed) * 1000 + server_round
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     from federated.budget import BudgetExceeded
     from federated.models import get_arrays
@@ -175,6 +183,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             lr=float(cfg.get("lr", 0.1)),  # type: ignore[arg-type]
             batch_size=int(cfg.get("batch-size", 64)),  # type: ignore[arg-type]
             seed=int(cfg.get("seed", 0)) * 1000 + server_round,  # type: ignore[arg-type]
+            dp_seed=_dp_seed(context, server_round),
         ),
         dp,
     )

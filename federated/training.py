@@ -12,6 +12,7 @@ so the same σ that recalibrating would give).
 
 from __future__ import annotations
 
+import secrets
 import time
 import warnings
 from collections.abc import Iterable
@@ -40,7 +41,12 @@ class TrainConfig:
     lr: float = 0.1
     batch_size: int = 128
     momentum: float = 0.0
-    seed: int = 0
+    seed: int = 0  # shuffling without DP (the run's seed, known to the server)
+    # DP-SGD's Poisson sampling and noise: None (the default) draws a fresh secret seed from the
+    # OS on every call, so the server, which chose ``seed``, cannot regenerate the noise and
+    # subtract it from the update. Only a benchmark on one's own data fixes it (node config
+    # ``dp-seed``), for repeatable tables.
+    dp_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,11 @@ def compact_history(
     return [(sigma, q, steps) for (sigma, q), steps in out.items()]
 
 
+def _dp_seed(cfg: TrainConfig) -> int:
+    """The seed of DP-SGD's sampling and noise: the node's own secret unless fixed for a bench."""
+    return cfg.dp_seed if cfg.dp_seed is not None else secrets.randbits(62)
+
+
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> DataLoader:
     ds = TensorDataset(
         torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
@@ -122,7 +133,8 @@ def train(
     if len(x) == 0:
         raise ValueError("no training samples")
     torch.manual_seed(cfg.seed)
-    loader = _loader(x, y, cfg.batch_size, cfg.seed)
+    dp_seed = _dp_seed(cfg) if dp is not None else cfg.seed
+    loader = _loader(x, y, cfg.batch_size, dp_seed)  # under DP, its generator draws the batches
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     loss_fn = nn.BCEWithLogitsLoss()
     engine = None
@@ -144,7 +156,7 @@ def train(
                 noise_multiplier=sigma,
                 max_grad_norm=dp.max_grad_norm,
                 poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(cfg.seed + 1),
+                noise_generator=torch.Generator().manual_seed(dp_seed + 1),
             )
         engine.accountant.history = compact_history(dp.history)  # type: ignore[assignment]
     started = time.perf_counter()

@@ -199,3 +199,31 @@ def test_plan_rejects_unknown_task_and_negative_epsilon() -> None:
         RunPlan(task="mortality")
     with pytest.raises(PlanError, match="ε must be positive"):
         RunPlan(epsilon=-1)
+
+
+def _train_replies(tmp_path: Path, **node_extra: object) -> list[dict[str, np.ndarray]]:
+    """One DP round on two nodes holding identical data: the arrays each one sends back."""
+    tmp_path.mkdir()
+    csv = _csv(tmp_path / "same.csv", 200, 7)
+    configs = {
+        i: {"source": "csv", "csv-path": str(csv), "label": "y", "org-id": f"n{i}",
+            "data-dir": str(tmp_path / f"ledger-{i}"), "epsilon-budget": 10.0, **node_extra}
+        for i in (1, 2)
+    }  # fmt: skip
+    grid = LocalGrid(client_app, configs)
+    plan = RunPlan(**{**PLAN.__dict__, "rounds": 1, "run_label": "noise"})
+    run_federated(grid, plan, report=lambda _l: None)
+    trained = [m for m in grid.received if m.content.array_records]
+    assert len(trained) == 2
+    return [{k: v.numpy() for k, v in m.content["arrays"].items()} for m in trained]
+
+
+def test_dp_noise_is_the_nodes_secret_not_derived_from_the_servers_seed(tmp_path: Path) -> None:
+    """The server sends the same model, config and seed to two nodes with the same data. Were
+    the sampling and noise seeded from that config (as they were), the server could regenerate
+    the noise and subtract it; each node draws its own instead, so the updates differ. Only a
+    node's own ``dp-seed`` (a bench on one's own data) makes them repeatable."""
+    secret = _train_replies(tmp_path / "secret")
+    assert any(not np.array_equal(secret[0][k], secret[1][k]) for k in secret[0])
+    fixed = _train_replies(tmp_path / "fixed", **{"dp-seed": 3})
+    assert all(np.array_equal(fixed[0][k], fixed[1][k]) for k in fixed[0])
