@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -185,6 +186,7 @@ def supernode(
     ] = "",
 ) -> None:
     """Run this node's Flower SuperNode: trains on this node's store, under its own rules."""
+    from federated.clientapp_zygote import write_launcher, zygote_command, zygote_socket_path
     from federated.deployment import flwr_env, supernode_args, write_supernode_key
     from federated.supervisor import Supervised, port_open
     from trust.pki import load_org
@@ -225,17 +227,29 @@ def supernode(
         clientappio_address=clientappio,
     )
     log = _service_logging("supernode")
+    env = flwr_env(data_dir / "flwr")
+    zygote = zygote_socket_path(data_dir)
+    if zygote.exists():
+        zygote.unlink()  # a stale socket from an earlier start must not count as ready
+    # The SuperExec finds the launcher first on PATH: each ClientApp is forked from the warm
+    # zygote instead of importing torch and Opacus afresh (federated/clientapp_zygote.py).
+    launcher_dir = write_launcher(data_dir / "bin", zygote).parent
+    env["PATH"] = f"{launcher_dir}{os.pathsep}{env['PATH']}"
     sup = Supervised(
         args,
-        env=flwr_env(data_dir / "flwr"),
+        env=env,
         logger=logging.getLogger("flower.supernode"),
-        ready=lambda: port_open(clientappio),
+        ready=lambda: port_open(clientappio) and zygote.exists(),
         health_host=host,
         health_port=port,
         info={"service": "supernode", "org": creds.org_id},
+        companions=[zygote_command(zygote)],
     )
     log.info("SuperNode of %s → %s (TLS, authenticated)", creds.org_id, superlink)
     raise typer.Exit(sup.wait())
+
+
+STATUS_POLL_SECONDS = 10.0
 
 
 @app.command()
@@ -317,6 +331,7 @@ def run(
     shown = 0
     deadline = time.monotonic() + timeout
     status: dict[str, object] = {}
+    next_status = time.monotonic() + STATUS_POLL_SECONDS
     while True:
         if progress.exists():
             lines = progress.read_text().splitlines()
@@ -329,7 +344,11 @@ def run(
                 _summary(doc)
                 return
             _fail(f"run {plan.run_label} failed: {doc.get('reason')}", code=1)
-        status = run_status(data_dir / "flwr", run_id)
+        # Flower's own view of the run, for a ServerApp that died without writing its outcome:
+        # every 10 s, as each look is a `flwr ls` process (about a CPU-second).
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + STATUS_POLL_SECONDS
+            status = run_status(data_dir / "flwr", run_id)
         if str(status.get("status", "")).startswith("finished") and not outcome.exists():
             time.sleep(0.5)
             if not outcome.exists():

@@ -57,23 +57,15 @@ class Supervised:
         health_host: str,
         health_port: int,
         info: dict[str, Any],
+        companions: Sequence[Sequence[str]] = (),
     ) -> None:
+        # Companions (the SuperNode's ClientApp zygote) start first, so that they are ready
+        # before the Flower process asks for them; each runs in a process group of its own,
+        # stopped with the Flower process's.
+        self.companions = [_start_group(c, env, logger) for c in companions]
         # The Flower process gets its own process group: its SuperExec and app processes are
         # in it too, so stopping the group leaves nothing behind.
-        self.proc = subprocess.Popen(
-            list(args),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # a killed supervisor leaves no Flower process behind
-        )
-        assert self.proc.stdout is not None
-        self.output = threading.Thread(
-            target=forward_output, args=(self.proc.stdout, logger), daemon=True
-        )
-        self.output.start()
+        self.proc, self.output = _start_group(args, env, logger)
         self.ready = ready
         self.info = info
         supervised = self
@@ -131,21 +123,46 @@ class Supervised:
         return code
 
     def stop_group(self) -> None:
-        """SIGTERM, then SIGKILL, whatever is left of the Flower process group."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                # the leader is gone; give the rest of the group a moment, then make sure
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and _group_alive(self.proc.pid):
-                    time.sleep(0.1)
+        """SIGTERM, then SIGKILL, whatever is left of the Flower process group (and of each
+        companion's)."""
+        for proc in (self.proc, *(c for c, _ in self.companions)):
+            _stop_group(proc)
+
+
+def _start_group(
+    args: Sequence[str], env: dict[str, str], logger: logging.Logger
+) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+    """A child in a session of its own, its output forwarded to ``logger``."""
+    proc = subprocess.Popen(
+        list(args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed supervisor leaves no Flower process behind
+    )
+    assert proc.stdout is not None
+    output = threading.Thread(target=forward_output, args=(proc.stdout, logger), daemon=True)
+    output.start()
+    return proc, output
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            # the leader is gone; give the rest of the group a moment, then make sure
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _group_alive(proc.pid):
+                time.sleep(0.1)
 
 
 def _group_alive(pgid: int) -> bool:
