@@ -242,3 +242,39 @@ def test_expired_enrolment_code_is_refused(registry: Registry) -> None:
     assert r.status_code == 400 and "expired" in r.json()["issue"][0]["diagnostics"]
     login = {"username": P2, "password": "a long password 1"}
     assert registry.http.post("/auth/patient-token", data=login).status_code == 401
+
+
+def test_password_hashing_runs_off_the_event_loop(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login's argon2 verify (~0.2 CPU-s) must not hold up the registry's other requests:
+    here a login is held inside its password check until another request has been answered.
+    On the event loop the other request could not be answered first."""
+    import threading
+
+    import consent.accounts as accounts
+
+    creds = registry.enrol(P1)
+    inside, release = threading.Event(), threading.Event()
+    real = accounts._hasher
+
+    class HeldHasher:
+        def verify(self, stored: str, password: str) -> bool:
+            inside.set()
+            if not release.wait(15):
+                raise RuntimeError("the password check held up the other request")
+            return real.verify(stored, password)
+
+    monkeypatch.setattr(accounts, "_hasher", HeldHasher())
+    result: dict[str, int] = {}
+    login = threading.Thread(
+        target=lambda: result.setdefault(
+            "status", registry.http.post("/auth/patient-token", data=creds).status_code
+        )
+    )
+    login.start()
+    assert inside.wait(15), "the login never reached its password check"
+    assert registry.http.get("/healthz").status_code == 200
+    release.set()
+    login.join(30)
+    assert result.get("status") == 200
