@@ -24,10 +24,12 @@ TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
+# ruff, formatting, types, and the import layering of docs/architecture.md (import-linter)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy node coordinator consent federated trust deploy
+	$(BIN)/mypy node coordinator consent federated trust servicekit deploy
+	$(BIN)/lint-imports
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py

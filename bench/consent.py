@@ -12,7 +12,7 @@ Run: ``.venv/bin/python bench/consent.py [--patients 10000] [--requests 1000] [-
    same run, the baseline: an authenticated ``GET /fhir/Consent/{id}`` by that patient (token
    check + one-row read).
 3. Measures envelope seal+open of a 1 MB payload against raw AES-256-GCM on the same bytes
-   (:func:`trust.envelope_throughput.measure_envelope_throughput`).
+   (:func:`envelope_throughput.measure_envelope_throughput`).
 
 Prints a table and writes ``bench/results/consent.json``.
 """
@@ -37,15 +37,16 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from envelope_throughput import measure_envelope_throughput  # noqa: E402
+
 from consent.client import ConsentClient  # noqa: E402
 from consent.fhir import to_fhir  # noqa: E402
 from consent.policy import ConsentRecord, Provision  # noqa: E402
 from consent.schema import consents  # noqa: E402
 from consent.store import migrate  # noqa: E402
 from deploy.launcher import free_port, start_service  # noqa: E402
-from trust.envelope_throughput import measure_envelope_throughput  # noqa: E402
+from servicekit.storage import make_engine, sqlite_url  # noqa: E402
 from trust.pki import init_ca, issue_org  # noqa: E402
-from trust.storage import make_engine, sqlite_url  # noqa: E402
 
 CLASSES = ["Condition", "MedicationStatement", "Observation", "AllergyIntolerance", "Procedure"]
 CLINICS = ["clinic-b", "clinic-c", "clinic-d"]

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from deploy.launcher import free_port, ipjms_command, start_service  # noqa: E402
 from node.ingest.sources import discover  # noqa: E402
-from trust.storage import is_postgres, make_engine  # noqa: E402
+from servicekit.storage import is_postgres, make_engine  # noqa: E402
 
 SHARED = Path(os.environ.get("IPJMS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CODES = [

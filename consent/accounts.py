@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from consent.model import check_pseudonym
 from consent.schema import enrolment_codes, patients
-from trust.outcome import BadRequest, Conflict, Unauthorized
+from servicekit.outcome import BadRequest, Conflict, Unauthorized
 
 __all__ = ["PatientAccounts", "IssuedCode", "Enrolment", "MIN_PASSWORD_LENGTH"]
 

@@ -18,9 +18,9 @@ from consent.auth import Principal, require
 from consent.fhir import PSEUDONYM_SYSTEM, from_fhir
 from consent.http_io import fhir_response, read_json
 from consent.store import ConsentStore, StoredConsent
+from servicekit.outcome import BadRequest, Forbidden, NotFound
 from trust import audit_events
 from trust.audit_ledger import AuditLedger
-from trust.outcome import BadRequest, Forbidden, NotFound
 
 __all__ = ["router"]
 

@@ -12,7 +12,7 @@ from consent.disclosures import report_disclosure
 from consent.http_io import fhir_response, json_response, read_json
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
 from consent.parameters import decision_parameters, parse_decide
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = ["router"]
 

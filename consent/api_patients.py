@@ -10,8 +10,8 @@ from consent.accounts import PatientAccounts
 from consent.auth import Authenticator, Principal, require
 from consent.disclosures import list_disclosures
 from consent.http_io import json_response, read_form, read_json
+from servicekit.outcome import BadRequest, Unauthorized
 from trust import audit_events
-from trust.outcome import BadRequest, Unauthorized
 
 __all__ = ["router"]
 

@@ -17,10 +17,10 @@ from consent.decision_token import jwks_of
 from consent.decisions import DecisionService
 from consent.settings import RegistrySettings
 from consent.store import ConsentStore, migrate
+from servicekit.outcome import install_error_handlers
+from servicekit.service_metrics import install_metrics
+from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
-from trust.outcome import install_error_handlers
-from trust.service_metrics import install_metrics
-from trust.storage import make_engine, sqlite_url
 from trust.tokens import load_or_create_signing_key
 
 __all__ = ["create_app"]

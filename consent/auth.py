@@ -26,7 +26,7 @@ from typing import Any
 import jwt
 from fastapi import Request
 
-from trust.outcome import BadRequest, Forbidden, Unauthorized
+from servicekit.outcome import BadRequest, Forbidden, Unauthorized
 from trust.tokens import ReplayCache, SigningKey, TokenError, TokenIssuer, TokenVerifier
 
 __all__ = [

@@ -50,7 +50,7 @@ def serve(
         overrides["public_url"] = public_url
     if org_id:
         overrides["org_id"] = org_id
-    from trust.logging_setup import configure_logging
+    from servicekit.logging_setup import configure_logging
 
     configure_logging("consent")
     settings = RegistrySettings(**overrides)  # type: ignore[arg-type]

@@ -21,9 +21,9 @@ from consent.decision_token import request_hash, sign_decision
 from consent.parameters import DecideInput
 from consent.policy import Decision, DecisionRequest, decide
 from consent.store import ConsentStore
+from servicekit.outcome import BadRequest, Forbidden
 from trust import audit_events
 from trust.audit_ledger import AuditLedger
-from trust.outcome import BadRequest, Forbidden
 from trust.tokens import SigningKey
 
 __all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM"]

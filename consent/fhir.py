@@ -33,7 +33,7 @@ from consent.model import (
     validate_record,
 )
 from consent.policy import RESOURCE_CLASSES
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = [
     "PSEUDONYM_SYSTEM",

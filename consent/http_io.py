@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from trust.outcome import FHIR_JSON, BadRequest, PayloadTooLarge
+from servicekit.outcome import FHIR_JSON, BadRequest, PayloadTooLarge
 
 __all__ = ["read_json", "fhir_response", "json_response", "read_form"]
 

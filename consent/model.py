@@ -1,7 +1,7 @@
 """The internal consent model: the engine's dataclasses plus the validation every entry point uses.
 
 The dataclasses themselves live in :mod:`consent.policy` (so the engine imports nothing); this
-module adds the rules a stored consent must satisfy and raises :class:`trust.outcome.BadRequest`
+module adds the rules a stored consent must satisfy and raises `servicekit.outcome.BadRequest`
 naming the offending field (as a FHIRPath expression) when one is broken.
 """
 
@@ -19,7 +19,7 @@ from consent.policy import (
     Period,
     Provision,
 )
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = [
     "PURPOSES",

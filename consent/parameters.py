@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = ["DecideInput", "parse_decide", "decision_parameters"]
 

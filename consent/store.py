@@ -18,8 +18,8 @@ from sqlalchemy import Engine, insert, select, update
 from consent.fhir import from_fhir, to_fhir
 from consent.model import ConsentRecord
 from consent.schema import consents
-from trust.outcome import NotFound, PreconditionFailed
-from trust.storage import upgrade_schema
+from servicekit.outcome import NotFound, PreconditionFailed
+from servicekit.storage import upgrade_schema
 
 __all__ = ["ConsentStore", "StoredConsent", "migrate", "MIGRATIONS_DIR"]
 

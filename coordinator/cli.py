@@ -20,7 +20,7 @@ DbUrl = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default
 
 def _engine(data_dir: Path, db: str | None):  # type: ignore[no-untyped-def]
     from coordinator.server import open_database
-    from trust.storage import sqlite_url
+    from servicekit.storage import sqlite_url
 
     return open_database(db or sqlite_url(data_dir, "coordinator"))
 

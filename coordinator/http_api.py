@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 
 from coordinator.grpc_service import Services
 from coordinator.settings import CoordinatorSettings
-from trust.outcome import Forbidden, Unauthorized, install_error_handlers
+from servicekit.outcome import Forbidden, Unauthorized, install_error_handlers
 from trust.pki import OrgCredentials
 from trust.tokens import ReplayCache
 
@@ -85,7 +85,7 @@ def create_status_app(
 
     # /metrics: HTTP requests, plus the shared queue's depth read at scrape time.
     from coordinator.metrics import QueueDepthCollector
-    from trust.service_metrics import install_metrics
+    from servicekit.service_metrics import install_metrics
 
     install_metrics(app, "coordinator").registry.register(
         QueueDepthCollector(services.queue.depths)

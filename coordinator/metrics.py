@@ -1,5 +1,5 @@
 """The coordinator's Prometheus metrics, served by its HTTP API at ``/metrics``
-(trust.service_metrics adds the HTTP request metrics there).
+(servicekit.service_metrics adds the HTTP request metrics there).
 
 - ``ipjms_coordinator_grpc_requests_total{method, code}`` and
   ``ipjms_coordinator_grpc_request_seconds{method}``: every gRPC call (a server interceptor);

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.envelope_rules import Header
 from coordinator.errors import ExchangeError
 from coordinator.schema import envelopes, routing_log
-from trust.storage import is_postgres
+from servicekit.storage import is_postgres
 
 __all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES"]
 

@@ -22,8 +22,8 @@ from coordinator.peers import PeerAuthenticator
 from coordinator.queue import EnvelopeQueue
 from coordinator.routing_audit import RoutingAuditor
 from coordinator.settings import CoordinatorSettings
+from servicekit.storage import make_engine, upgrade_schema
 from trust.pki import OrgCredentials, load_org
-from trust.storage import make_engine, upgrade_schema
 
 __all__ = ["MIGRATIONS", "open_database", "build_services", "start_grpc", "run"]
 
@@ -125,7 +125,7 @@ def run(settings: CoordinatorSettings) -> None:
 
     from coordinator.http_api import create_status_app
     from coordinator.metrics import GrpcMetrics
-    from trust.logging_setup import configure_logging
+    from servicekit.logging_setup import configure_logging
 
     configure_logging("coordinator")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trust.storage import sqlite_url
+from servicekit.storage import sqlite_url
 
 __all__ = ["CoordinatorSettings"]
 

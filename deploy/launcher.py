@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from trust.processes import die_with_parent
+from servicekit.ports import free_port
+from servicekit.processes import die_with_parent
 
 __all__ = ["free_port", "Service", "start_service", "wait_until", "wait_healthy", "ipjms_command"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ipjms_command(*args: str) -> list[str]:

@@ -24,6 +24,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from servicekit.ports import free_port
+
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 
@@ -33,12 +35,6 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="This service's state 
 def _fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
-
-
-def _free_port() -> int:
-    from deploy.launcher import free_port  # deploy is a leaf for CLIs; only the helper
-
-    return free_port()
 
 
 @app.command()
@@ -79,7 +75,7 @@ def superlink(
     flwr_home = data_dir / "flwr"
     fleet = f"{host}:{fleet_port}"
     control = f"{host}:{control_port}"
-    serverappio = f"127.0.0.1:{serverappio_port or _free_port()}"
+    serverappio = f"127.0.0.1:{serverappio_port or free_port()}"
     # Local Control API clients (--authorize, `fl authorize|run`) verify the certificate's name:
     # a wildcard bind is reached on loopback (the authority certificate names 127.0.0.1).
     local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(host, host)  # noqa: S104
@@ -125,7 +121,7 @@ def superlink(
 
 def _service_logging(service: str) -> logging.Logger:
     """A long-running ``fl`` service logs JSON lines on stderr like every IPJMS service."""
-    from trust.logging_setup import configure_logging
+    from servicekit.logging_setup import configure_logging
 
     configure_logging(service)
     return logging.getLogger(f"ipjms.federated.{service}")
@@ -203,7 +199,7 @@ def supernode(
     key = write_supernode_key(creds, data_dir / "supernode-auth.key")
     ca = data_dir / "ca.pem"
     ca.write_bytes(creds.ca_cert_pem)
-    clientappio = f"127.0.0.1:{_free_port()}"
+    clientappio = f"127.0.0.1:{free_port()}"
     node_config = {
         "org-id": creds.org_id,
         "source": "fhir",

@@ -121,7 +121,7 @@ def _model(cfg: ConfigRecord, arrays: ArrayRecord):  # type: ignore[no-untyped-d
 
 def _ledger(context: Context):  # type: ignore[no-untyped-def]
     from federated.budget import PrivacyBudgetLedger
-    from trust.storage import make_engine, sqlite_url
+    from servicekit.storage import make_engine, sqlite_url
 
     data_dir = Path(str(setting(context.node_config, "data-dir", "."))).expanduser()
     budget = float(setting(context.node_config, "epsilon-budget", 10.0))

@@ -51,7 +51,7 @@ PRELOAD = (
     "federated.budget",
     "federated.server_app",
     "consent.client",
-    "trust.storage",
+    "servicekit.storage",
 )
 MAX_REQUEST = 1 << 20
 

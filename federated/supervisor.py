@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from federated.flower_logs import forward_output
-from trust.processes import die_with_parent
+from servicekit.processes import die_with_parent
 
 __all__ = ["Supervised", "port_open"]
 

@@ -29,8 +29,8 @@ from node.auth.accounts import migrate_accounts
 from node.auth.service import AuthService, LoginFailure
 from node.feeds.hl7v2.node_service import mllp_service
 from node.settings import NodeSettings
-from trust.outcome import install_error_handlers
-from trust.storage import make_engine
+from servicekit.outcome import install_error_handlers
+from servicekit.storage import make_engine
 
 __all__ = ["create_app", "app_factory", "open_store", "BUILTIN_BACKGROUND"]
 
@@ -57,7 +57,7 @@ def app_factory() -> FastAPI:
     """Entry point of ``ipjms node serve --workers N`` worker processes: settings from the
     environment (``IPJMS_NODE_DATA_DIR`` and the overrides the parent exported)."""
     from node.settings import load_settings
-    from trust.logging_setup import configure_logging
+    from servicekit.logging_setup import configure_logging
 
     configure_logging("node")  # worker processes start with no logging set up
     return create_app(load_settings(require_init=True), migrate=False)

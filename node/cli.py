@@ -137,7 +137,7 @@ def serve(
     import uvicorn
 
     from node.app import create_app
-    from trust.logging_setup import configure_logging
+    from servicekit.logging_setup import configure_logging
 
     configure_logging("node")
     settings = _settings(data_dir, port=port, db_url=db, host=host)
@@ -145,7 +145,7 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "log_level": "info",
-        "log_config": None,  # trust.logging_setup: JSON lines, no PHI
+        "log_config": None,  # servicekit.logging_setup: JSON lines, no PHI
         "access_log": False,  # request paths carry ids; metrics count routes instead
         "timeout_graceful_shutdown": 10,
         **_tls_options(tls_cert, tls_key),
@@ -294,7 +294,7 @@ def seed(
     from rich.table import Table
 
     from node.feeds.synthetic import PROFILES, generate_site
-    from trust.outcome import FhirError
+    from servicekit.outcome import FhirError
 
     if profile not in PROFILES:
         _fail(f"--profile must be one of {', '.join(sorted(PROFILES))}, not {profile!r}")
@@ -350,7 +350,7 @@ def user_add(
 ) -> None:
     """Add an account. Password from IPJMS_USER_PASSWORD, else prompted."""
     from node.auth.accounts import AccountError, AccountStore, migrate_accounts
-    from trust.storage import make_engine
+    from servicekit.storage import make_engine
 
     settings = _settings(data_dir, db_url=db)
     password = _password("IPJMS_USER_PASSWORD", f"Password for {username}")
@@ -378,7 +378,7 @@ def client_add(
 ) -> None:
     """Register a SMART Backend Services client (its public key and allowed system scopes)."""
     from node.auth.accounts import AccountError, AccountStore, migrate_accounts
-    from trust.storage import make_engine
+    from servicekit.storage import make_engine
 
     settings = _settings(data_dir, db_url=db)
     if public_key.lstrip().startswith("-----BEGIN"):
@@ -412,7 +412,7 @@ def token(
     from node.auth.accounts import AccountStore
     from node.auth.roles import ROLE_SCOPES
     from node.auth.service import AuthService
-    from trust.storage import make_engine
+    from servicekit.storage import make_engine
     from trust.tokens import load_or_create_signing_key
 
     if role not in ROLE_SCOPES or role == "patient":

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from node.auth.deps import Principal, require_scope
 from node.identity import patient_pseudonym
-from trust.outcome import BadRequest, FhirError, Forbidden, Unprocessable
+from servicekit.outcome import BadRequest, FhirError, Forbidden, Unprocessable
 
 __all__ = ["router"]
 

@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from trust.storage import sqlite_url
+from servicekit.storage import sqlite_url
 
 __all__ = ["NodeSettings", "load_settings", "write_node_toml", "NODE_TOML", "NotInitialised"]
 

@@ -110,8 +110,8 @@ def audit_verify_cmd(
     ),
 ) -> None:
     """Check a service's audit ledger; exit 1 naming the first edited/deleted/reordered entry."""
+    from servicekit.storage import make_engine
     from trust.audit_ledger import AuditLedger
-    from trust.storage import make_engine
 
     if db is None:
         if data_dir is None or service is None:

@@ -1,4 +1,4 @@
-"""Alembic environment of the consent registry (run via trust.storage.upgrade_schema)."""
+"""Alembic environment of the consent registry (run via servicekit.storage.upgrade_schema)."""
 
 from __future__ import annotations
 

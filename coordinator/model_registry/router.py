@@ -29,7 +29,7 @@ from coordinator.model_registry.card_rules import (
     check_upload,
 )
 from coordinator.model_registry.store import ModelStore
-from trust.outcome import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from servicekit.outcome import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from trust.tokens import ReplayCache
 
 __all__ = ["create_router", "router"]

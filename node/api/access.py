@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from node.auth.principal import Principal
-from trust.outcome import BadRequest, Forbidden, NotFound
+from servicekit.outcome import BadRequest, Forbidden, NotFound
 
 __all__ = ["ensure_in_compartment", "refuse_patient_context_write", "check_type_name"]
 

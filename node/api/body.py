@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from trust.outcome import FHIR_JSON, BadRequest, FhirError, PayloadTooLarge
+from servicekit.outcome import FHIR_JSON, BadRequest, FhirError, PayloadTooLarge
 
 __all__ = ["read_resource", "fhir_response", "version_headers", "UnsupportedMediaType"]
 

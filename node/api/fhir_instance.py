@@ -12,7 +12,7 @@ from node.api.body import fhir_response, read_resource, version_headers
 from node.api.bundles import history_bundle
 from node.auth.deps import require_scope
 from node.auth.principal import Principal
-from trust.outcome import BadRequest, operation_outcome
+from servicekit.outcome import BadRequest, operation_outcome
 
 __all__ = ["router", "fhir_base"]
 

@@ -11,7 +11,7 @@ from node.api.fhir_instance import fhir_base
 from node.auth.deps import require_scope
 from node.auth.principal import Principal
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
-from trust.outcome import BadRequest, NotFound
+from servicekit.outcome import BadRequest, NotFound
 from trust.scopes import allows
 
 __all__ = ["router"]

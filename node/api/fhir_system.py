@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from node.api.body import fhir_response, read_resource
 from node.auth.deps import authenticate
 from node.auth.principal import Principal
-from trust.outcome import BadRequest, Forbidden
+from servicekit.outcome import BadRequest, Forbidden
 
 __all__ = ["router", "entry_interaction"]
 

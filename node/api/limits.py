@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from trust.outcome import FHIR_JSON, PayloadTooLarge
+from servicekit.outcome import FHIR_JSON, PayloadTooLarge
 
 __all__ = ["BodySizeLimit"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from trust.service_metrics import MetricsMiddleware, ServiceMetrics
+from servicekit.service_metrics import MetricsMiddleware, ServiceMetrics
 
 __all__ = ["NodeMetrics", "MetricsMiddleware"]
 

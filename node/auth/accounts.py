@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 
 from node.auth.roles import ROLES, SYSTEM_SCOPE_PREFIX
 from node.auth.tables import accounts, backend_clients
+from servicekit.storage import upgrade_schema
 from trust.scopes import parse_scopes
-from trust.storage import upgrade_schema
 
 __all__ = [
     "Account",

@@ -15,7 +15,7 @@ from fastapi import Request
 
 from node.auth.principal import Principal
 from node.auth.service import AuthService
-from trust.outcome import Unauthorized
+from servicekit.outcome import Unauthorized
 
 __all__ = ["require_scope", "authenticate", "Principal"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trust.outcome import Forbidden
+from servicekit.outcome import Forbidden
 from trust.scopes import Scope, allows, parse_scopes
 
 __all__ = ["Principal"]

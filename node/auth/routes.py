@@ -14,7 +14,7 @@ from node.auth.accounts import AccountError
 from node.auth.deps import authenticate
 from node.auth.roles import ACCOUNT_ADMIN_SCOPE
 from node.auth.service import AuthService
-from trust.outcome import BadRequest, Forbidden, operation_outcome
+from servicekit.outcome import BadRequest, Forbidden, operation_outcome
 
 __all__ = ["router"]
 

@@ -26,7 +26,7 @@ from node.auth.principal import Principal
 from node.auth.replay import DbReplayCache
 from node.auth.roles import ROLE_SCOPES
 from node.settings import NodeSettings
-from trust.outcome import BadRequest, Unauthorized
+from servicekit.outcome import BadRequest, Unauthorized
 from trust.tokens import (
     ReplayCache,
     SigningKey,

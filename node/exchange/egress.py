@@ -30,8 +30,8 @@ from node.exchange.documents import (
 )
 from node.exchange.tables import outbound, pseudonyms
 from node.identity import patient_pseudonym
+from servicekit.outcome import Conflict, FhirError, Forbidden, NotFound
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
-from trust.outcome import Conflict, FhirError, Forbidden, NotFound
 
 __all__ = [
     "ConsentRefused",

@@ -30,8 +30,8 @@ from node.exchange.tables import inbound, pseudonyms
 from node.exchange.workflow import task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
 from node.store.transactions import apply_entries, entries_from_bundle, prevalidate
+from servicekit.outcome import FhirError
 from trust.envelopes import EnvelopeError, SealedEnvelope, open_from
-from trust.outcome import FhirError
 
 __all__ = ["Handled", "handle_envelope", "already_processed", "local_patient"]
 

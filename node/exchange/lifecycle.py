@@ -23,9 +23,9 @@ def build_context(
 ) -> ExchangeContext:
     from consent.client import ConsentClient
     from node.exchange.client import ExchangeClient
+    from servicekit.storage import upgrade_schema
     from trust.pki import load_org
     from trust.pseudonym import load_or_create_linkage_key
-    from trust.storage import upgrade_schema
 
     upgrade_schema(engine, MIGRATIONS)
     creds_dir = settings.org_credentials_dir or settings.data_dir / "credentials"

@@ -22,7 +22,7 @@ from node.exchange.service import (
     request_exchange,
 )
 from node.exchange.tables import inbound, outbound
-from trust.outcome import FhirError, NotFound
+from servicekit.outcome import FhirError, NotFound
 
 __all__ = ["router"]
 

@@ -26,8 +26,8 @@ from node.exchange.egress import (
 from node.exchange.tables import pseudonyms
 from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
 from node.identity import patient_pseudonym
+from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import EnvelopeHeader, seal_to
-from trust.outcome import BadRequest, Conflict
 
 __all__ = [
     "request_exchange",

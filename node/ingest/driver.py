@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from node.ingest.sources import IngestFileError, WorkUnit, discover, read_units
-from trust.outcome import FhirError
+from servicekit.outcome import FhirError
 
 __all__ = ["FileResult", "IngestReport", "ingest_files", "apply_unit", "IngestStore"]
 

@@ -20,7 +20,7 @@ from node.store.search_query import MAX_COUNT
 from node.store.tables import idx_reference
 from node.store.tables import resource as res
 from node.store.writes import current_bodies, current_rows, fetch, read_current
-from trust.outcome import BadRequest, Forbidden
+from servicekit.outcome import BadRequest, Forbidden
 
 __all__ = ["patient_everything"]
 

@@ -28,8 +28,8 @@ from node.store.transactions import (
 )
 from node.store.validation import check_id, check_type, preload_models
 from node.store.writes import fetch, read_current
-from trust.outcome import BadRequest, FhirError, Gone, NotFound
-from trust.storage import is_postgres, reader, upgrade_schema
+from servicekit.outcome import BadRequest, FhirError, Gone, NotFound
+from servicekit.storage import is_postgres, reader, upgrade_schema
 
 __all__ = ["FhirStore", "WriteOutcome", "HistoryEntry", "SearchResult", "migrate", "MIGRATIONS_DIR"]
 

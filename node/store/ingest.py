@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from node.store.validation import ID_RE
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = ["idempotent_transaction", "idempotent_request"]
 

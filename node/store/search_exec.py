@@ -13,7 +13,7 @@ from node.store.search_query import SearchPlan, compartment_condition, compile_s
 from node.store.tables import idx_reference, resource_version
 from node.store.tables import resource as res
 from node.store.writes import current_bodies, fetch
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = ["SearchResult", "run_search", "match_ids", "parse_query"]
 

@@ -20,7 +20,7 @@ from node.store.search_index import COMPARTMENT_PARAM, normalise_string, split_r
 from node.store.search_params import RESULT_PARAMS, SUPPORTED_SEARCH_PARAMS, SearchParamDef
 from node.store.tables import idx_date, idx_quantity, idx_reference, idx_string, idx_token
 from node.store.tables import resource as res
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = [
     "SearchPlan",

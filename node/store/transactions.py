@@ -29,7 +29,7 @@ from node.store.writes import (
     stamp,
     write_versions,
 )
-from trust.outcome import BadRequest, FhirError, PreconditionFailed, Unprocessable
+from servicekit.outcome import BadRequest, FhirError, PreconditionFailed, Unprocessable
 
 __all__ = ["Entry", "EntryResult", "apply_entries", "entries_from_bundle", "etag", "prevalidate"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from node.store.bindings import binding_violations
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 __all__ = [
     "preload_models",

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, and_, bindparam, select
 from node.store.dates import to_instant
 from node.store.search_index import IndexRows, extract_index_rows
 from node.store.tables import INDEX_TABLES, resource, resource_version
-from trust.outcome import Gone, NotFound
+from servicekit.outcome import Gone, NotFound
 
 __all__ = [
     "NewVersion",

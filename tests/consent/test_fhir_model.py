@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from consent.fhir import PSEUDONYM_SYSTEM, from_fhir, to_fhir
 from consent.policy import PURPOSES, RESOURCE_CLASSES, ConsentRecord, Period, Provision
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 ORGS = ["clinic-b", "hosp-a", "authority"]
 opt = lambda items: st.none() | st.frozensets(st.sampled_from(sorted(items)), min_size=1)  # noqa: E731

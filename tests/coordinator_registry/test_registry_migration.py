@@ -19,7 +19,7 @@ from coordinator.model_registry.store import ModelStore
 from coordinator.model_registry.store import metadata as registry_metadata
 from coordinator.schema import metadata as coordinator_metadata
 from coordinator.server import MIGRATIONS, open_database
-from trust.storage import make_engine, upgrade_schema
+from servicekit.storage import make_engine, upgrade_schema
 
 VERSION_TABLE = "alembic_version_coordinator"
 CARD = {"task": "readmission-30d", "feature_spec": "readmission-30d@1", "rounds": 1}
@@ -35,7 +35,7 @@ HEAD = ScriptDirectory.from_config(_config()).get_current_head()
 
 
 def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    """Like trust.storage.upgrade_schema, to a given revision (what an older coordinator ran)."""
+    """Like servicekit.storage.upgrade_schema, to a given revision (as an older coordinator ran)."""
     cfg = _config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn

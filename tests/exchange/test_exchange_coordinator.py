@@ -19,11 +19,11 @@ from exchange_net import Region, start_consent
 from deploy.launcher import ipjms_command, wait_until
 from node.exchange.client import ExchangeClient
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.backend_auth import make_org_assertion
 from trust.envelopes import EnvelopeHeader, seal, seal_to
 from trust.pki import revoke
-from trust.storage import make_engine, sqlite_url
 
 PSEUDO = "c0ffee" + "0" * 58
 

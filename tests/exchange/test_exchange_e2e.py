@@ -22,9 +22,9 @@ from exchange_net import (
 from node.exchange.client import ExchangeClient
 from node.exchange.documents import EXCHANGE_TAG_SYSTEM, PSEUDONYM_SYSTEM, local_id, pack_document
 from node.identity import NATIONAL_ID_SYSTEM
+from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.envelopes import EnvelopeHeader, seal_to
-from trust.storage import make_engine, sqlite_url
 
 pytestmark = pytest.mark.slow
 

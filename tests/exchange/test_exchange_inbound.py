@@ -17,9 +17,9 @@ from node.exchange.inbound import handle_envelope
 from node.exchange.lifecycle import MIGRATIONS
 from node.exchange.tables import inbound
 from node.store import FhirStore, migrate
+from servicekit.storage import make_engine, upgrade_schema
 from trust.envelopes import EnvelopeHeader, seal_to
 from trust.pki import init_ca, issue_org
-from trust.storage import make_engine, upgrade_schema
 
 PSEUDO = "b" * 64
 

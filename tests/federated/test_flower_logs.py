@@ -8,7 +8,7 @@ import json
 import logging
 
 from federated.flower_logs import forward_output, parse_lines
-from trust.logging_setup import JsonFormatter
+from servicekit.logging_setup import JsonFormatter
 
 # Captured from a SuperNode's output in the demo (ANSI colours as Flower writes them).
 SUPERNODE_OUTPUT = [

@@ -17,7 +17,7 @@ from federated.models import make_model
 from federated.run_plan import PlanError, RunPlan
 from federated.server_loop import RunFailed, run_federated
 from federated.training import DPConfig, TrainConfig, compact_history, default_delta, train
-from trust.storage import make_engine
+from servicekit.storage import make_engine
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ from node.auth.grants import ScopeRefused, grant_scopes
 from node.auth.roles import ROLE_SCOPES
 from node.auth.service import CLIENT_ASSERTION_TYPE, AuthService, LoginFailure
 from node.settings import load_settings
-from trust.outcome import BadRequest, Forbidden, Unauthorized
-from trust.storage import make_engine
+from servicekit.outcome import BadRequest, Forbidden, Unauthorized
+from servicekit.storage import make_engine
 from trust.tokens import SigningKey
 
 TOKEN_URL = "http://node.test/auth/token"

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from deploy.launcher import free_port, ipjms_command, start_service
 from node.store import FhirStore
 from node.store.tables import resource_version
-from trust.storage import make_engine
+from servicekit.storage import make_engine
 
 ADMIN_PASSWORD = "admin-pass-for-tests"
 

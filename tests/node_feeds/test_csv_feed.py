@@ -16,8 +16,8 @@ from node.feeds.csv_feed import (
 from node.feeds.fhir_validation import validate_bundle
 from node.identity import NATIONAL_ID_SYSTEM
 from node.store import FhirStore, migrate
-from trust.outcome import FhirError
-from trust.storage import make_engine
+from servicekit.outcome import FhirError
+from servicekit.storage import make_engine
 
 HEADER = "patient_identifier_system,patient_identifier,loinc,value,unit,effective_datetime"
 GOOD = f"""{HEADER},encounter_identifier

@@ -20,7 +20,7 @@ from node.feeds.hl7v2.framing import MllpDecoder, frame
 from node.identity import NATIONAL_ID_SYSTEM
 from node.store import FhirStore, migrate
 from node_feeds.hl7_samples import NATIONAL_ID, OBX_CREAT, OBX_GLUCOSE, adt, oru
-from trust.storage import make_engine
+from servicekit.storage import make_engine
 
 HOST = "127.0.0.1"
 

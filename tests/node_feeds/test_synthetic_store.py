@@ -8,7 +8,7 @@ from collections import Counter
 from node.feeds.synthetic import generate_site
 from node.identity import NATIONAL_ID_SYSTEM
 from node.store import FhirStore, migrate
-from trust.storage import make_engine
+from servicekit.storage import make_engine
 
 
 def test_seeding_is_accepted_and_idempotent(db_url: str) -> None:

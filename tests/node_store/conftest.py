@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from node.store import FhirStore, migrate
 from node.store.tables import resource_version
-from trust.storage import make_engine
+from servicekit.storage import make_engine
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from node.store.bindings import (
 )
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
 from node.store.validation import validate_resource
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 SNOMED = "http://snomed.info/sct"

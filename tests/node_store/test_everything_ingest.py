@@ -11,7 +11,7 @@ from conftest import version_rows
 from node.store import FhirStore, idempotent_transaction
 from node.store.dates import MAX_DT, parse_date_range, period_range
 from node.store.search_index import extract_index_rows, normalise_string
-from trust.outcome import BadRequest, Forbidden, NotFound
+from servicekit.outcome import BadRequest, Forbidden, NotFound
 
 
 def _record(store: FhirStore) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from node.store import FhirStore
-from trust.outcome import BadRequest
+from servicekit.outcome import BadRequest
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"

@@ -9,7 +9,7 @@ import pytest
 from conftest import version_rows
 
 from node.store import FhirStore
-from trust.outcome import BadRequest, Gone, NotFound, PreconditionFailed, Unprocessable
+from servicekit.outcome import BadRequest, Gone, NotFound, PreconditionFailed, Unprocessable
 
 ORG_SYS = "https://example.org/orgs"
 

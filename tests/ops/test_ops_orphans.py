@@ -1,5 +1,5 @@
 """A launcher killed outright (SIGKILL, as a CI timeout or the OOM killer does) leaves no service
-running: the services it started get SIGTERM from the kernel (trust.processes.die_with_parent)."""
+running: the kernel sends them SIGTERM (servicekit.processes.die_with_parent)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 
 from deploy.launcher import ipjms_command
+from servicekit.storage import make_engine
 from trust import audit_events
 from trust.audit_ledger import AuditLedger, LedgerError
 from trust.hashchain import GENESIS_HASH, ChainRow, entry_hash, verify_chain
-from trust.storage import make_engine
 
 
 def _event(i: int, pseudonym: str = "p1") -> dict[str, object]:
@@ -157,7 +157,7 @@ def test_tampering_is_named_by_the_cli(db_url: str, sql: str, bad_seq: int, word
 
 
 def test_cli_data_dir_service_and_missing_ledger(tmp_path: Path) -> None:
-    from trust.storage import sqlite_url
+    from servicekit.storage import sqlite_url
 
     _ledger(sqlite_url(tmp_path, "coordinator"), 3)
     res = _verify_cli("--data-dir", str(tmp_path), "--service", "coordinator")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import logging
-from trust.logging_setup import configure_logging
+from servicekit.logging_setup import configure_logging
 configure_logging("first")
 configure_logging("node")  # reconfiguring stops the first writer and starts another
 log = logging.getLogger("ipjms.test")

@@ -15,8 +15,8 @@ VERSION_TABLE = "auth_alembic_version"
 
 def run() -> None:
     connection = context.config.attributes.get("connection")
-    if connection is None:  # pragma: no cover - always called through trust.storage
-        raise RuntimeError("run node auth migrations through trust.storage.upgrade_schema")
+    if connection is None:  # pragma: no cover - always called through servicekit.storage
+        raise RuntimeError("run node auth migrations through servicekit.storage.upgrade_schema")
     context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()

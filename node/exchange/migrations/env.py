@@ -1,4 +1,4 @@
-"""Alembic environment for the node's exchange tables (run via trust.storage.upgrade_schema)."""
+"""Alembic environment for the node's exchange tables (run by servicekit.storage.upgrade_schema)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from node.exchange.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover
-    raise RuntimeError("run migrations through trust.storage.upgrade_schema(engine, dir)")
+    raise RuntimeError("run migrations through servicekit.storage.upgrade_schema(engine, dir)")
 context.configure(
     connection=connection,
     target_metadata=metadata,

@@ -17,7 +17,7 @@ from node.feeds.hl7v2.ack import build_ack
 from node.feeds.hl7v2.convert import ConversionOptions, message_to_bundle
 from node.feeds.hl7v2.errors import INTERNAL_ERROR, Hl7MessageError, MessageRejected
 from node.feeds.hl7v2.message import header_or_none
-from trust.outcome import FhirError
+from servicekit.outcome import FhirError
 
 __all__ = ["MessageReceiver", "Submit", "TransactionStore", "decode_payload", "store_submitter"]
 

@@ -2,7 +2,7 @@
 
 Shares the node database with other node tables (accounts, ...) but keeps its own version table
 (``store_alembic_version``), so the migration histories never collide. Run it through
-``node.store.migrate(engine)`` (which calls ``trust.storage.upgrade_schema``).
+``node.store.migrate(engine)`` (which calls ``servicekit.storage.upgrade_schema``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ VERSION_TABLE = "store_alembic_version"
 
 def run() -> None:
     connection = context.config.attributes.get("connection")
-    if connection is None:  # pragma: no cover - always called through trust.storage
+    if connection is None:  # pragma: no cover - always called through servicekit.storage
         raise RuntimeError("run store migrations through node.store.migrate(engine)")
     context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE)
     with context.begin_transaction():
