@@ -28,6 +28,7 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trust ./trust
+COPY servicekit ./servicekit
 COPY protos ./protos
 COPY consent ./consent
 COPY node ./node

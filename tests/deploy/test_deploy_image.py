@@ -75,7 +75,16 @@ def test_dockerfile_pins_cpu_torch_and_copies_existing_sources() -> None:
             for src in a.split()[:-1]:
                 assert (REPO_ROOT / src).exists(), f"Dockerfile copies missing {src}"
     # every top-level package the wheel must contain is copied into the build
-    for pkg in ("trust", "protos", "consent", "node", "coordinator", "federated", "deploy"):
+    for pkg in (
+        "trust",
+        "servicekit",
+        "protos",
+        "consent",
+        "node",
+        "coordinator",
+        "federated",
+        "deploy",
+    ):
         assert any(i == "COPY" and a.startswith(f"{pkg} ") for i, a in builder), pkg
 
 
@@ -386,7 +395,16 @@ def test_project_wheel_carries_every_runtime_file(tmp_path: Path) -> None:
     import shutil
     import zipfile
 
-    packages = ["node", "coordinator", "consent", "federated", "protos", "trust", "deploy"]
+    packages = [
+        "node",
+        "coordinator",
+        "consent",
+        "federated",
+        "protos",
+        "trust",
+        "servicekit",
+        "deploy",
+    ]
     tracked = subprocess.run(
         ["git", "ls-files", "pyproject.toml", "README.md", *packages],
         cwd=REPO_ROOT,
