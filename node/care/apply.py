@@ -19,10 +19,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node.care.definitions import Pathway
 from node.care.timing import add_period, timing_period
+
+if TYPE_CHECKING:
+    from node.care.definitions import Pathway
 
 __all__ = [
     "AppliedPlan",

@@ -29,8 +29,6 @@ from node.care.rules import ControlCriterion, Rule, RuleError, parse_ruleset
 __all__ = ["CareDefinitions", "Pathway", "load_definitions", "PATHWAY_DIR", "RuleError"]
 
 PATHWAY_DIR = Path(__file__).parent / "pathways"
-ICD10_PREFIX = "http://hl7.org/fhir/sid/icd-10"
-SNOMED = "http://snomed.info/sct"
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,33 @@ def _validate_bundle(file: str, doc: Any) -> None:
         raise RuleError(file, None, f"not a valid FHIR R4 Bundle at {loc}: {first['msg']}") from exc
 
 
+PUBLICATION_STATUS = ("draft", "active", "retired", "unknown")
+# R4 ActivityDefinition.kind (required binding, request-resource-types) used by $apply here
+ACTIVITY_KINDS = ("CommunicationRequest", "MedicationRequest", "ServiceRequest", "Task")
+
+
+def _bindings(file: str, resources: list[Mapping[str, Any]]) -> None:
+    """The required bindings pydantic does not check, for what $apply relies on."""
+    for res in resources:
+        rtype = res["resourceType"]
+        definitional = rtype in ("PlanDefinition", "ActivityDefinition")
+        if definitional and res.get("status") not in PUBLICATION_STATUS:
+            raise RuleError(
+                file,
+                res.get("id"),
+                f"{rtype}.status {res.get('status')!r} is not one of "
+                + ", ".join(PUBLICATION_STATUS),
+                "resource",
+            )
+        if rtype == "ActivityDefinition" and res.get("kind") not in ACTIVITY_KINDS:
+            raise RuleError(
+                file,
+                res.get("id"),
+                f"ActivityDefinition.kind must be one of {ACTIVITY_KINDS}",
+                "resource",
+            )
+
+
 def _cites(resource: Mapping[str, Any]) -> bool:
     return any(a.get("type") == "citation" for a in resource.get("relatedArtifact", []))
 
@@ -115,19 +140,26 @@ def _actions(file: str, pd: Mapping[str, Any], ads: Mapping[str, Any]) -> dict[s
             raise RuleError(file, None, "every PlanDefinition.action needs an id")
         if action.get("definitionCanonical") not in ads:
             raise RuleError(
-                file, aid, f"definitionCanonical {action.get('definitionCanonical')!r} not found"
+                file,
+                aid,
+                f"definitionCanonical {action.get('definitionCanonical')!r} not found",
+                "action",
             )
         missing = [g for g in action.get("goalId", []) if g not in goal_ids]
         if missing:
-            raise RuleError(file, aid, f"goalId {missing[0]!r} is not a goal of the plan")
+            raise RuleError(file, aid, f"goalId {missing[0]!r} is not a goal of the plan", "action")
         for cond in action.get("condition", []):
             expr = cond.get("expression", {})
             if cond.get("kind") != "applicability" or expr.get("language") != "text/fhirpath":
-                raise RuleError(file, aid, "conditions must be applicability, text/fhirpath")
+                raise RuleError(
+                    file, aid, "conditions must be applicability, text/fhirpath", "action"
+                )
             try:
                 conditions[aid] = compile_expression(expr.get("expression", ""))
             except ExpressionError as exc:
-                raise RuleError(file, aid, f"condition is not valid FHIRPath: {exc}") from exc
+                raise RuleError(
+                    file, aid, f"condition is not valid FHIRPath: {exc}", "action"
+                ) from exc
     return conditions
 
 
@@ -136,6 +168,7 @@ def _pathway(path: Path, shared: tuple[Rule, ...], catalog: MeasureCatalog) -> P
     doc = _read_json(path)
     _validate_bundle(file, doc)
     resources = [e["resource"] for e in doc.get("entry", [])]
+    _bindings(file, resources)
     pds = [r for r in resources if r["resourceType"] == "PlanDefinition"]
     if len(pds) != 1:
         raise RuleError(file, None, f"expected one PlanDefinition, found {len(pds)}")
@@ -143,12 +176,18 @@ def _pathway(path: Path, shared: tuple[Rule, ...], catalog: MeasureCatalog) -> P
     ads = {r["url"]: r for r in resources if r["resourceType"] == "ActivityDefinition"}
     for res in [pd, *ads.values()]:
         if not res.get("url") or not res.get("version"):
-            raise RuleError(file, res.get("id"), f"{res['resourceType']} needs url and version")
+            raise RuleError(
+                file, res.get("id"), f"{res['resourceType']} needs url and version", "resource"
+            )
         if not _cites(res):
-            raise RuleError(file, res.get("id"), "relatedArtifact must cite the guideline")
+            raise RuleError(
+                file, res.get("id"), "relatedArtifact must cite the guideline", "resource"
+            )
     for goal in pd.get("goal", []):
         if not any(d.get("type") == "citation" for d in goal.get("documentation", [])):
-            raise RuleError(file, goal.get("id"), "goal.documentation must cite the guideline")
+            raise RuleError(
+                file, goal.get("id"), "goal.documentation must cite the guideline", "goal"
+            )
     conditions = _actions(file, pd, ads)
     rules_path = path.with_name(path.name.removesuffix(".json") + ".rules.json")
     if not rules_path.exists():

@@ -15,13 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.care.control import UNKNOWN, control_status
-from node.care.definitions import Pathway
 from node.care.measures import Reading, parse_instant, readings, reference_of
 from node.care.rules import Rule
 from node.care.timing import TimingError, timing_interval
+
+if TYPE_CHECKING:
+    from node.care.definitions import Pathway
 
 __all__ = [
     "AlertDecision",

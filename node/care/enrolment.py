@@ -9,12 +9,14 @@ its ``clinicalStatus`` is active/recurrence/relapse and it is not refuted or ent
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node.care.definitions import ICD10_PREFIX, Pathway
+if TYPE_CHECKING:
+    from node.care.definitions import Pathway
 
 __all__ = ["enrolling_pathways", "is_active_condition"]
 
+ICD10_PREFIX = "http://hl7.org/fhir/sid/icd-10"
 ACTIVE = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED = frozenset({"refuted", "entered-in-error"})
 

@@ -15,7 +15,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.care.apply import (
     ACTION_EXT,
@@ -25,8 +25,10 @@ from node.care.apply import (
     process_action,
     select_actions,
 )
-from node.care.definitions import Pathway
 from node.care.measures import parse_instant
+
+if TYPE_CHECKING:
+    from node.care.definitions import Pathway
 
 __all__ = ["PlanRevision", "revise_plan", "action_of", "control_of"]
 

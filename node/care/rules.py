@@ -55,8 +55,8 @@ AGGREGATES = ("latest", "mean", "rise")
 class RuleError(ValueError):
     """An invalid rule or pathway definition; the message names the file and the rule."""
 
-    def __init__(self, file: str, rule: str | None, message: str) -> None:
-        where = f"{file}: rule {rule!r}" if rule else file
+    def __init__(self, file: str, rule: str | None, message: str, what: str = "rule") -> None:
+        where = f"{file}: {what} {rule!r}" if rule else file
         super().__init__(f"{where}: {message}")
         self.file, self.rule, self.detail = file, rule, message
 
