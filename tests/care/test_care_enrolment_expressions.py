@@ -9,7 +9,6 @@ from node.care.expressions import ExpressionError, compile_expression
 
 from .fixtures import definitions
 
-
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
 
 
