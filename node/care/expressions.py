@@ -6,12 +6,12 @@ only reports an unknown function when it is called, and it annotates the resourc
 So this module parses with a listener that raises, requires the whole text to be one expression,
 checks every function name against the engine's table at load time, refuses the clock functions
 (``now()``, ``today()``, ``timeOfDay()`` — a rule gets the time as ``%now``, so it stays a pure
-function of its inputs), and evaluates on a deep copy.
+function of its inputs). (Its README says evaluation annotates the input resource; 2.2.4 does
+not — the engine's property test checks that inputs come back untouched.)
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,8 +73,8 @@ class Expression:
     _fn: Any = field(repr=False, compare=False)
 
     def evaluate(self, resource: Mapping[str, Any], variables: Mapping[str, Any]) -> list[Any]:
-        """The result collection. The resource is copied first (the engine annotates its input)."""
-        return list(self._fn(copy.deepcopy(dict(resource)), dict(variables)))
+        """The result collection."""
+        return list(self._fn(resource, dict(variables)))
 
     def is_true(self, resource: Mapping[str, Any], variables: Mapping[str, Any]) -> bool:
         """FHIRPath boolean evaluation: exactly ``[True]`` is true; empty or false is not."""
