@@ -39,8 +39,11 @@ def _org(context: Context) -> str:
     return str(setting(context.node_config, "org-id", f"node-{context.node_id}"))
 
 
-def _reply(msg: Message, content: RecordDict, names: Any = None) -> Message:
-    check_reply(content, names)
+def _reply(
+    msg: Message, content: RecordDict, arrays: Any = None, n_features: int | None = None
+) -> Message:
+    """Every reply passes the egress rule here, or does not leave the node."""
+    check_reply(content, arrays, n_features)
     return Message(content, reply_to=msg)
 
 
@@ -217,7 +220,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             "status": ConfigRecord({"org": _org(context), "status": "ok"}),
         }
     )
-    return _reply(msg, content, list(arrays.keys()))
+    return _reply(msg, content, {k: tuple(v.shape) for k, v in arrays.items()})
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
@@ -273,7 +276,7 @@ def handle_query(msg: Message, context: Context) -> Message:
             "status": ConfigRecord({"org": _org(context), "status": "ok"}),
         }
     )
-    return _reply(msg, content)
+    return _reply(msg, content, n_features=int(cfg["n-features"]))  # type: ignore[arg-type]
 
 
 @app.train()

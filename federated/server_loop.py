@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from federated.egress import check_reply
+from federated.egress import EgressViolation, check_reply
 from federated.run_plan import RunPlan
 
 __all__ = ["RunFailed", "RunResult", "run_federated", "make_strategy", "initial_arrays"]
@@ -158,8 +158,30 @@ def _metric(msg: Message, key: str) -> float:
 class _Round:
     """Split one phase's replies into usable, declined and failed; record drop-outs."""
 
-    def __init__(self, result: RunResult, excluded: set[int], phase: str, rnd: int) -> None:
+    def __init__(
+        self,
+        result: RunResult,
+        excluded: set[int],
+        phase: str,
+        rnd: int,
+        arrays: ArrayRecord | None = None,
+    ) -> None:
         self.result, self.excluded, self.phase, self.rnd = result, excluded, phase, rnd
+        # what a reply may carry back (the egress rule, checked again here): the arrays sent
+        self.shapes = None if arrays is None else {k: tuple(v.shape) for k, v in arrays.items()}
+        self.n_features = result.plan.features if phase == "statistics" else None
+
+    def _drop(self, org: str, nid: int, reason: str) -> None:
+        self.result.dropped.append(
+            {
+                "org": org,
+                "node_id": nid,
+                "round": self.rnd,
+                "phase": self.phase,
+                "reason": reason[:300],
+            }
+        )
+        self.excluded.add(nid)
 
     def sort(self, sent: list[Message], replies: Iterable[Message]) -> list[Message]:
         got: dict[int, Message] = {}
@@ -175,19 +197,14 @@ class _Round:
                 reason = (
                     "no answer before the round timeout" if reply is None else reply.error.reason
                 )
-                self.result.dropped.append(
-                    {
-                        "org": org,
-                        "node_id": nid,
-                        "round": self.rnd,
-                        "phase": self.phase,
-                        "reason": str(reason)[:300],
-                    }
-                )
-                self.excluded.add(nid)
+                self._drop(org, nid, str(reason))
                 continue
             self.result.replies_seen.append(_structure(reply, self.phase, self.rnd))
-            check_reply(reply.content)
+            try:
+                check_reply(reply.content, self.shapes, self.n_features)
+            except EgressViolation as exc:  # a node that broke the rule: nothing of it is used
+                self._drop(org, nid, f"reply refused by the egress rule: {exc}")
+                continue
             org = _org(reply)
             self.result.nodes.setdefault(nid, NodeRecord(org=org, node_id=nid)).org = org
             status = next(iter(reply.content.config_records.values()), ConfigRecord())
@@ -250,7 +267,7 @@ def run_federated(
         round_started = time.perf_counter()
         sent = list(strategy.configure_train(rnd, arrays, train_cfg, active))
         replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
-        usable = _Round(result, excluded, "train", rnd).sort(sent, replies)
+        usable = _Round(result, excluded, "train", rnd, arrays).sort(sent, replies)
         need(len(usable), "train", rnd)
         for reply in usable:
             node = result.nodes[reply.metadata.src_node_id]

@@ -11,7 +11,7 @@ import pytest
 
 from federated.budget import BudgetExceeded, PrivacyBudgetLedger
 from federated.client_app import app as client_app
-from federated.egress import CONFIG_KEYS, METRIC_KEYS, check_reply
+from federated.egress import CONFIG_KEYS, METRIC_KEYS, VECTOR_METRIC_KEYS, check_reply
 from federated.local_grid import LocalGrid
 from federated.models import make_model
 from federated.run_plan import PlanError, RunPlan
@@ -172,24 +172,39 @@ def test_dropout_is_recorded_and_below_minimum_fails(tmp_path: Path) -> None:
 
 
 def test_client_messages_carry_only_model_arrays_and_aggregate_metrics(tmp_path: Path) -> None:
+    """Every reply of a real run passes the egress rule with what the server sent it (the rule's
+    refusals — per-patient values, unknown metrics, free text — are in test_egress_rule.py); the
+    one vector metrics are per-column statistics as long as the model has features, not one
+    entry per patient (200 per node here)."""
     grid = _grid(tmp_path, {"a": 200, "b": 200})
     result = run_federated(
         grid, RunPlan(**{**PLAN.__dict__, "run_label": "m"}), report=lambda _l: None
     )
-    params = set(result.arrays)
     assert grid.received, "no replies seen"
+    requests = {m.metadata.message_id: m for m in grid.sent}
+    phases = set()
     for msg in grid.received:
-        check_reply(msg.content)
+        request = requests[msg.metadata.reply_to_message_id]
+        phases.add(request.metadata.message_type)
+        sent = request.content.array_records.get("arrays")
+        expected = {k: tuple(v.shape) for k, v in sent.items()} if sent is not None else None
+        is_train = request.metadata.message_type == "train"
+        check_reply(msg.content, expected if is_train else None, PLAN.features)
         for rec in msg.content.array_records.values():
-            assert set(rec.keys()) == params
-            assert all(tuple(rec[k].shape) == result.arrays[k].shape for k in rec)
+            assert {k: tuple(v.shape) for k, v in rec.items()} == {
+                k: v.shape for k, v in result.arrays.items()
+            }
         for rec in msg.content.metric_records.values():
             assert set(rec.keys()) <= METRIC_KEYS
             for key, value in rec.items():
-                # aggregates only: scalars, or per-column vectors (never per-patient rows)
-                assert isinstance(value, int | float) or len(value) == 4, key
+                if key in VECTOR_METRIC_KEYS:
+                    assert request.metadata.message_type == "query"
+                    assert len(value) == PLAN.features, key  # type: ignore[arg-type]
+                else:
+                    assert isinstance(value, int | float), key
         for rec in msg.content.config_records.values():
             assert set(rec.keys()) <= CONFIG_KEYS
+    assert phases == {"query", "train", "evaluate"}
     counts = [m.content.metric_records["metrics"]["num-examples"] for m in grid.received]
     assert all(int(c) % 10 == 0 for c in counts)  # counts leave rounded
 
