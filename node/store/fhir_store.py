@@ -1,42 +1,52 @@
 """``FhirStore``: the node's FHIR R4 persistence API (pure Python; the HTTP layer sits on top).
 
-Every write goes through :func:`node.store.transactions.apply_entries` inside one database
-transaction, so create/update/delete, transaction Bundles and ingestion share one code path:
-the same validation, reference checks, versioning and index maintenance.
+Every write goes through one door, :meth:`FhirStore.write` (a unit of work,
+:mod:`node.store.unit_of_work`): create/update/delete, transaction and batch Bundles, ingestion,
+feeds and imports share one code path — the same validation, reference checks, versioning, index
+maintenance — and each commit is recorded in the commit log and published to ``store.events``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from node.store import commit_log
+from node.store.bundle_ops import get_entry, response_bundle
+from node.store.entries import Entry, EntryResult, ParsedBundle, labelled, parse_bundle
+from node.store.events import CommitEvents
 from node.store.search_exec import SearchResult, run_search
 from node.store.search_query import compile_search
 from node.store.tables import metadata, resource, resource_version
-from node.store.transactions import (
-    Entry,
-    EntryResult,
-    apply_entries,
-    entries_from_bundle,
-    prevalidate,
-)
+from node.store.transactions import prevalidate
+from node.store.unit_of_work import UnitOfWork
 from node.store.validation import check_id, check_type, preload_models
 from node.store.writes import fetch, read_current
 from servicekit.outcome import BadRequest, FhirError, Gone, NotFound
 from servicekit.storage import is_postgres, reader, upgrade_schema
 
-__all__ = ["FhirStore", "WriteOutcome", "HistoryEntry", "SearchResult", "migrate", "MIGRATIONS_DIR"]
+__all__ = [
+    "FhirStore",
+    "WriteOutcome",
+    "HistoryEntry",
+    "SearchResult",
+    "migrate",
+    "MIGRATIONS_DIR",
+    "DEFAULT_WRITER",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 T = TypeVar("T")
 _RETRIES = 5
 _ANALYZE_MIN = 500  # resources written before the first ANALYZE (PostgreSQL)
+# The writer recorded when a caller names none (tools and tests; every node path names its own).
+DEFAULT_WRITER = "unnamed"
 
 
 def migrate(engine: Engine) -> None:
@@ -70,6 +80,7 @@ class FhirStore:
         self._since_analyze = 0
         self._analyzed_size = 0
         self._stats_lock = threading.Lock()
+        self.events = CommitEvents(engine)
 
     def _note_writes(self, n: int) -> None:
         """Keep PostgreSQL's planner statistics fresh after bulk loads.
@@ -96,23 +107,35 @@ class FhirStore:
         """Load the FHIR model classes now rather than on the first write."""
         preload_models()
 
-    # -- plumbing ---------------------------------------------------------------------------
-    def _write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction; retry when a concurrent writer won a race."""
+    # -- the write door ----------------------------------------------------------------------
+    def write(self, work: Callable[[UnitOfWork], T], *, writer: str = DEFAULT_WRITER) -> T:
+        """Run ``work`` as one unit of work (see :mod:`node.store.unit_of_work`): one database
+        transaction, retried when a concurrent writer won a race; on commit, its changes are in
+        the commit log and published to ``self.events`` in commit order; on failure, nothing."""
         for attempt in range(_RETRIES):
             try:
                 with self.engine.begin() as conn:
-                    return work(conn)
+                    uow = UnitOfWork(conn, self.base_url)
+                    out = work(uow)
+                    events = commit_log.append(conn, uow.versions, writer)
+                break
             except (IntegrityError, OperationalError) as exc:
                 if attempt == _RETRIES - 1 or not _is_race(exc):
                     raise
-        raise AssertionError("unreachable")
+        else:  # pragma: no cover - the loop either breaks or raises
+            raise AssertionError("unreachable")
+        self.events.publish(events)
+        self._note_writes(len(uow.versions))
+        return out
 
-    def _apply(self, entries: list[Entry]) -> list[EntryResult]:
+    def prevalidate(self, entries: list[Entry]) -> None:
+        """Validate the resources of write entries now, outside any transaction (the costly part
+        of a write; inside ``write`` it would hold SQLite's write lock)."""
+        prevalidate(entries)
+
+    def _apply(self, entries: list[Entry], writer: str) -> list[EntryResult]:
         prevalidate(entries)  # outside the write transaction (see transactions.prevalidate)
-        results = self._write(lambda conn: apply_entries(conn, entries, self.base_url))
-        self._note_writes(len(entries))
-        return results
+        return self.write(lambda uow: uow.apply(entries), writer=writer)
 
     def _outcome(self, rtype: str, result: EntryResult) -> WriteOutcome:
         body = result.resource
@@ -123,22 +146,36 @@ class FhirStore:
         return WriteOutcome(body, result.status, location)
 
     # -- instance operations ----------------------------------------------------------------
-    def create(self, res: dict[str, Any], *, if_none_exist: str | None = None) -> WriteOutcome:
+    def create(
+        self,
+        res: dict[str, Any],
+        *,
+        if_none_exist: str | None = None,
+        writer: str = DEFAULT_WRITER,
+    ) -> WriteOutcome:
         rtype = res.get("resourceType") if isinstance(res, dict) else None
         if not isinstance(rtype, str):
             raise BadRequest("resource has no resourceType")
-        entry = Entry(0, "POST", rtype, res, if_none_exist=if_none_exist)
-        return self._outcome(rtype, self._apply([entry])[0])
+        entry = Entry.parse(0, "POST", rtype, res, if_none_exist=if_none_exist)
+        return self._outcome(rtype, self._apply([entry], writer)[0])
 
     def update(
-        self, rtype: str, rid: str, res: dict[str, Any], *, if_match: str | None = None
+        self,
+        rtype: str,
+        rid: str,
+        res: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        writer: str = DEFAULT_WRITER,
     ) -> WriteOutcome:
         check_type(rtype)
         check_id(rid)
-        entry = Entry(0, "PUT", f"{rtype}/{rid}", res, if_match=if_match)
-        return self._outcome(rtype, self._apply([entry])[0])
+        entry = Entry.parse(0, "PUT", f"{rtype}/{rid}", res, if_match=if_match)
+        return self._outcome(rtype, self._apply([entry], writer)[0])
 
-    def update_many(self, resources: list[dict[str, Any]]) -> list[WriteOutcome]:
+    def update_many(
+        self, resources: list[dict[str, Any]], *, writer: str = DEFAULT_WRITER
+    ) -> list[WriteOutcome]:
         """PUT each resource at its own id, all in one transaction (all or none)."""
         entries = []
         for index, res in enumerate(resources):
@@ -147,14 +184,14 @@ class FhirStore:
                 raise BadRequest("update_many needs resources with resourceType and id")
             check_type(rtype)
             check_id(rid)
-            entries.append(Entry(index, "PUT", f"{rtype}/{rid}", res))
-        results = self._apply(entries)
+            entries.append(Entry.parse(index, "PUT", f"{rtype}/{rid}", res))
+        results = self._apply(entries, writer)
         return [
             self._outcome(str(res["resourceType"]), result)
             for res, result in zip(resources, results, strict=True)
         ]
 
-    def delete(self, rtype: str, rid: str) -> None:
+    def delete(self, rtype: str, rid: str, *, writer: str = DEFAULT_WRITER) -> None:
         check_type(rtype)
         check_id(rid)
         with self._reader.connect() as conn:
@@ -165,7 +202,7 @@ class FhirStore:
             )
         if not exists:
             raise NotFound(f"{rtype}/{rid} is not known")
-        self._apply([Entry(0, "DELETE", f"{rtype}/{rid}")])
+        self._apply([Entry.parse(0, "DELETE", f"{rtype}/{rid}")], writer)
 
     def read(self, rtype: str, rid: str) -> dict[str, Any]:
         check_type(rtype)
@@ -263,70 +300,55 @@ class FhirStore:
         return {t: n for t, n in sorted(rows)}
 
     # -- bundles ----------------------------------------------------------------------------
-    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def transaction(
+        self, bundle: dict[str, Any] | ParsedBundle, *, writer: str = DEFAULT_WRITER
+    ) -> dict[str, Any]:
         """Apply a transaction Bundle atomically; returns the transaction-response Bundle."""
-        entries = entries_from_bundle(bundle, "transaction")
+        parsed = bundle if isinstance(bundle, ParsedBundle) else parse_bundle(bundle, "transaction")
+        if parsed.kind != "transaction":
+            raise BadRequest(f"Bundle.type must be 'transaction', got {parsed.kind!r}")
+        entries = parsed.entries
 
-        def work(conn: Connection) -> list[EntryResult]:
-            results = apply_entries(conn, entries, self.base_url)
+        def work(uow: UnitOfWork) -> list[EntryResult]:
+            results = uow.apply(entries)
             for entry in entries:
                 if entry.method == "GET":
                     try:
-                        results[entry.index] = self._get_entry(conn, entry)
+                        results[entry.index] = get_entry(uow.conn, entry, self.base_url)
                     except FhirError as exc:
-                        raise type(exc)(
-                            f"{entry.label}: {exc.diagnostics}", status=exc.status
-                        ) from None
+                        raise labelled(entry, exc) from None
             return results
 
         prevalidate(entries)  # outside the write transaction (see transactions.prevalidate)
-        results = self._write(work)
-        self._note_writes(len(entries))
-        return _response_bundle("transaction-response", results)
+        return response_bundle("transaction-response", self.write(work, writer=writer))
 
-    def batch(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def batch(
+        self, bundle: dict[str, Any] | ParsedBundle, *, writer: str = DEFAULT_WRITER
+    ) -> dict[str, Any]:
         """Apply each entry of a batch Bundle on its own; each gets its own status/outcome."""
-        entries = entries_from_bundle(bundle, "batch")
+        parsed = bundle if isinstance(bundle, ParsedBundle) else parse_bundle(bundle, "batch")
+        if parsed.kind != "batch":
+            raise BadRequest(f"Bundle.type must be 'batch', got {parsed.kind!r}")
         results: list[EntryResult] = []
-        for entry in entries:
-            single = Entry(**{**entry.__dict__, "index": 0})
+        for entry in parsed.entries:
+            single = replace(entry, index=0)
             try:
                 if entry.method == "GET":
                     with self._reader.connect() as conn:
-                        results.append(self._get_entry(conn, single))
+                        results.append(get_entry(conn, single, self.base_url))
                 else:
-                    results.append(self._apply([single])[0])
+                    results.append(self._apply([single], writer)[0])
             except FhirError as exc:
                 results.append(EntryResult(exc.status, outcome=exc.outcome()))
-        return _response_bundle("batch-response", results)
+        return response_bundle("batch-response", results)
 
-    def ingest_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def ingest_bundle(
+        self, bundle: dict[str, Any], *, writer: str = DEFAULT_WRITER
+    ) -> dict[str, Any]:
         """Idempotent ingest of a transaction/collection Bundle (see node/store/README.md)."""
         from node.store.ingest import idempotent_transaction
 
-        return self.transaction(idempotent_transaction(bundle))
-
-    def _get_entry(self, conn: Connection, entry: Entry) -> EntryResult:
-        path, _, query = entry.url.partition("?")
-        parts = path.split("/")
-        if len(parts) == 2 and not query:
-            check_type(parts[0])
-            return EntryResult(
-                200, resource=read_current(conn, parts[0], parts[1]), extra={"return": 1}
-            )
-        if len(parts) == 1:
-            from node.store.search_exec import parse_query
-
-            plan = compile_search(parts[0], parse_query(query), base_url=self.base_url)
-            found = run_search(conn, plan)
-            bundle = {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                "total": found.total,
-                "entry": [{"resource": r, "search": {"mode": "match"}} for r in found.resources],
-            }
-            return EntryResult(200, resource=bundle, extra={"return": 1})
-        raise BadRequest(f"unsupported GET url {entry.url!r}")
+        return self.transaction(idempotent_transaction(bundle), writer=writer)
 
 
 _CURRENT = and_(
@@ -334,28 +356,6 @@ _CURRENT = and_(
     resource_version.c.resource_id == resource.c.resource_id,
     resource_version.c.version_id == resource.c.version_id,
 )
-
-_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
-
-
-def _response_bundle(kind: str, results: list[EntryResult]) -> dict[str, Any]:
-    entries = []
-    for r in results:
-        response: dict[str, Any] = {"status": _STATUS_TEXT.get(r.status, str(r.status))}
-        if r.location:
-            response["location"] = r.location
-        if "etag" in r.extra:
-            response["etag"] = r.extra["etag"]
-        if "lastModified" in r.extra:
-            response["lastModified"] = r.extra["lastModified"]
-        if r.outcome:
-            response["outcome"] = r.outcome
-        entry: dict[str, Any] = {"response": response}
-        if r.resource is not None and r.extra.get("return"):
-            entry["resource"] = r.resource
-        entries.append(entry)
-    return {"resourceType": "Bundle", "type": kind, "entry": entries}
-
 
 def _is_race(exc: Exception) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()

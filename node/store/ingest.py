@@ -1,48 +1,21 @@
 """Turn a transaction/collection/batch Bundle into an *idempotent* transaction (pure function).
 
-The rule (documented in node/store/README.md), per entry with a resource:
-
-1. the resource has a valid ``id`` (its source system's id — Synthea uses UUIDs) → ``PUT Type/id``;
-   re-ingesting matches the same row, and an unchanged resource creates no new version;
-2. else it has an ``identifier`` with ``system`` and ``value`` → ``POST`` with
-   ``ifNoneExist=identifier=system|value`` (conditional create);
-3. else → plain ``POST`` (cannot be made idempotent; counted as such by callers).
-
-``fullUrl`` values are kept, so ``urn:uuid:`` references inside the Bundle still resolve.
-DELETE/GET entries of a transaction are kept as they are. A ``document`` Bundle is one resource:
-it is stored as a Bundle (rule 1/2 applied to the Bundle itself).
+Each entry with a resource gets the request of the store's one "already here" rule,
+:func:`node.store.idempotency.idempotent_request` (own id → ``PUT Type/id``; business identifier
+→ conditional create; else plain ``POST``). ``fullUrl`` values are kept, so ``urn:uuid:``
+references inside the Bundle still resolve. DELETE/GET entries of a transaction are kept as they
+are. A ``document`` Bundle is one resource: it is stored as a Bundle (the same rule applied to
+the Bundle itself).
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
-from node.store.validation import ID_RE
+from node.store.idempotency import idempotent_request
 from servicekit.outcome import BadRequest
 
-__all__ = ["idempotent_transaction", "idempotent_request"]
-
-
-def idempotent_request(res: dict[str, Any]) -> dict[str, str]:
-    """The request of an idempotent transaction entry for ``res`` (rules 1-3)."""
-    rtype = res.get("resourceType")
-    if not isinstance(rtype, str) or not rtype:
-        raise BadRequest("resource has no resourceType")
-    rid = res.get("id")
-    if isinstance(rid, str) and ID_RE.match(rid):
-        return {"method": "PUT", "url": f"{rtype}/{rid}"}
-    identifiers = res.get("identifier")
-    if isinstance(identifiers, dict):  # Bundle.identifier is a single Identifier
-        identifiers = [identifiers]
-    for ident in identifiers or []:
-        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
-            system, value = (
-                quote(str(ident["system"]), safe=""),
-                quote(str(ident["value"]), safe=""),
-            )
-            return {"method": "POST", "url": rtype, "ifNoneExist": f"identifier={system}|{value}"}
-    return {"method": "POST", "url": rtype}
+__all__ = ["idempotent_transaction"]
 
 
 def idempotent_transaction(bundle: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,17 @@
 * ``fhir_idx_*`` — search-index rows of the current version, rewritten in the same transaction.
   Each has a *lookup* index (type, param, value…) that finds candidates and a covering *owner*
   index (type, id, param, value…) that checks one candidate (see search_query._Filter).
+* ``fhir_commit_log`` — one row per committed change (the commit events), numbered by
+  ``position`` in commit order; ``fhir_commit_log_head`` (one row) hands out the positions and
+  ``fhir_commit_subscriber`` keeps how far each named subscriber has read
+  (see :mod:`node.store.commit_log`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -36,6 +41,9 @@ __all__ = [
     "idx_quantity",
     "INDEX_TABLES",
     "BODY_TYPE",
+    "commit_log",
+    "commit_log_head",
+    "commit_subscriber",
 ]
 
 BODY_TYPE = JSON().with_variant(JSONB(), "postgresql")
@@ -146,3 +154,32 @@ INDEX_TABLES = {
     "reference": idx_reference,
     "quantity": idx_quantity,
 }
+
+commit_log = Table(
+    "fhir_commit_log",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("commit_seq", BigInteger, nullable=False),  # the same for every change of one commit
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("interaction", String(8), nullable=False),  # create | update | delete
+    Column("writer", String(200), nullable=False),
+    Column("committed_at", DateTime, nullable=False),
+)
+
+commit_log_head = Table(
+    "fhir_commit_log_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("position", BigInteger, nullable=False),  # the last position handed out
+    Column("commit_seq", BigInteger, nullable=False),  # the last commit number handed out
+)
+
+commit_subscriber = Table(
+    "fhir_commit_subscriber",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("position", BigInteger, nullable=False),  # every event up to here is handled
+    Column("updated_at", DateTime, nullable=False),
+)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from node.store.entries import METHODS, Entry, EntryResult, labelled
 from node.store.search_exec import match_ids, parse_query
-from node.store.search_index import VALUE_KINDS, IndexRows, extract_index_rows, split_reference
-from node.store.validation import check_id, check_type, validate_resource
+from node.store.search_index import VALUE_KINDS, extract_index_rows, split_reference
+from node.store.validation import check_type, validate_resource
 from node.store.writes import (
     NewVersion,
     current_bodies,
@@ -31,35 +31,9 @@ from node.store.writes import (
 )
 from servicekit.outcome import BadRequest, FhirError, PreconditionFailed, Unprocessable
 
-__all__ = ["Entry", "EntryResult", "apply_entries", "entries_from_bundle", "etag", "prevalidate"]
+__all__ = ["apply_entries", "etag", "prevalidate"]
 
 Key = tuple[str, str]
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
-
-
-@dataclass
-class Entry:
-    index: int
-    method: str
-    url: str
-    resource: dict[str, Any] | None = None
-    full_url: str | None = None
-    if_none_exist: str | None = None
-    if_match: str | None = None
-    # filled while applying
-    key: Key | None = None
-    label: str = ""
-    validated: bool = False  # set by prevalidate(): no need to validate again inside the lock
-    value_rows: IndexRows | None = None  # set by prevalidate(): index rows not about references
-
-
-@dataclass
-class EntryResult:
-    status: int
-    location: str | None = None
-    resource: dict[str, Any] | None = None
-    outcome: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def etag(version: int | str) -> str:
@@ -73,52 +47,6 @@ def _version_of(if_match: str) -> str:
     return value.strip('"')
 
 
-def _fail(entry: Entry, exc: FhirError) -> FhirError:
-    """Re-raise ``exc`` with the entry named in front of its diagnostics."""
-    prefix = f"{entry.label}: " if entry.label else ""
-    return type(exc)(
-        prefix + exc.diagnostics,
-        expression=exc.expression,
-        status=exc.status,
-        code=exc.code,
-        headers=exc.headers,
-    )
-
-
-def entries_from_bundle(bundle: Any, kind: str) -> list[Entry]:
-    """The entries of a transaction/batch Bundle (BadRequest for a malformed Bundle)."""
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise BadRequest("expected a Bundle resource")
-    if bundle.get("type") != kind:
-        raise BadRequest(f"Bundle.type must be {kind!r}, got {bundle.get('type')!r}")
-    raw = bundle.get("entry") or []
-    if not isinstance(raw, list):
-        raise BadRequest("Bundle.entry must be an array")
-    entries = []
-    for i, e in enumerate(raw):
-        label = f"Bundle.entry[{i}]"
-        if not isinstance(e, dict) or not isinstance(e.get("request"), dict):
-            raise BadRequest(f"{label}: missing request")
-        req = e["request"]
-        method, url = req.get("method"), req.get("url")
-        if method not in _ORDER:
-            raise BadRequest(f"{label}: unsupported request.method {method!r}")
-        if not isinstance(url, str) or not url:
-            raise BadRequest(f"{label}: missing request.url")
-        entry = Entry(
-            index=i,
-            method=method,
-            url=url.lstrip("/"),
-            resource=e.get("resource"),
-            full_url=e.get("fullUrl"),
-            if_none_exist=req.get("ifNoneExist"),
-            if_match=req.get("ifMatch"),
-            label=f"{label} ({method} {url.split('?')[0]})",
-        )
-        entries.append(entry)
-    return entries
-
-
 def prevalidate(entries: list[Entry]) -> None:
     """Validate the resources of ``entries`` before the write transaction begins.
 
@@ -127,13 +55,11 @@ def prevalidate(entries: list[Entry]) -> None:
     Errors are the same as inside the transaction (entry named in front).
     """
     for entry in entries:
-        if entry.method in ("POST", "PUT") and entry.resource is not None:
-            rtype = entry.url.partition("?")[0].split("/")[0]
+        if entry.method in ("POST", "PUT"):
             try:
-                check_type(rtype)
-                validate_resource(entry.resource, expected_type=rtype)
+                validate_resource(entry.resource, expected_type=entry.rtype)
             except FhirError as exc:
-                raise _fail(entry, exc) from None
+                raise labelled(entry, exc) from None
             entry.validated = True
             # Index rows that no reference rewriting can change are extracted here too, so
             # the write lock is held only for what needs the database.
@@ -154,25 +80,16 @@ class _Apply:
         self.pending_resources: dict[Key, dict[str, Any]] = {}
 
     # -- resolution -------------------------------------------------------------------------
-    def _split_url(self, entry: Entry) -> tuple[str, str | None, str | None]:
-        path, _, query = entry.url.partition("?")
-        parts = path.split("/")
-        rtype = parts[0]
-        check_type(rtype)
-        if len(parts) == 1:
-            return rtype, None, query or None
-        if len(parts) == 2 and not query:
-            check_id(parts[1])
-            return rtype, parts[1], None
-        raise BadRequest(f"unsupported request.url {entry.url!r}")
-
     def _serialise(self, criteria: str) -> None:
         """Conditional create/update: search-then-insert must not interleave with another
         transaction doing the same (both would create). SQLite already serialises writers;
         on PostgreSQL a transaction-scoped advisory lock keyed by the criteria does it."""
         if self.conn.dialect.name != "postgresql":
             return
-        digest = hashlib.sha256(criteria.encode()).digest()
+        # keyed by the decoded criteria, so differently quoted spellings of one search serialise
+        rtype, _, query = criteria.partition("?")
+        canonical = repr((rtype, sorted(parse_query(query))))
+        digest = hashlib.sha256(canonical.encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
         self.conn.execute(select(func.pg_advisory_xact_lock(key)))
 
@@ -181,7 +98,7 @@ class _Apply:
             self.url_map[entry.full_url] = f"{rtype}/{rid}"
 
     def _delete(self, entry: Entry) -> NewVersion | None:
-        rtype, rid, query = self._split_url(entry)
+        rtype, rid, query = entry.rtype, entry.rid, entry.query
         if query:
             ids = match_ids(self.conn, rtype, query, self.base)
             if len(ids) > 1:
@@ -199,12 +116,12 @@ class _Apply:
         version = row.version + 1
         body = stamp({"resourceType": rtype}, rid, version, self.ts)
         self.results[entry.index] = EntryResult(204, extra={"etag": etag(version)})
-        return NewVersion(rtype, rid, version, self.ts, True, body, existed=True)
+        return NewVersion(
+            rtype, rid, version, self.ts, True, body, existed=True, interaction="delete"
+        )
 
     def _post(self, entry: Entry) -> Key | None:
-        rtype, rid, query = self._split_url(entry)
-        if rid is not None or query:
-            raise BadRequest("POST url must be a resource type")
+        rtype = entry.rtype
         if not entry.validated:
             validate_resource(entry.resource, expected_type=rtype)
         if entry.if_none_exist:
@@ -224,7 +141,7 @@ class _Apply:
         return key
 
     def _put(self, entry: Entry) -> Key:
-        rtype, rid, query = self._split_url(entry)
+        rtype, rid, query = entry.rtype, entry.rid, entry.query
         if not entry.validated:
             validate_resource(entry.resource, expected_type=rtype)
         assert entry.resource is not None
@@ -237,8 +154,6 @@ class _Apply:
             rid = ids[0] if ids else (body_id or str(uuid.uuid4()))
             if ids and body_id and body_id != rid:
                 raise BadRequest(f"resource id {body_id!r} does not match the matched {rid!r}")
-        elif rid is None:
-            raise BadRequest("PUT url must be Type/id or Type?criteria")
         elif body_id is not None and body_id != rid:
             raise BadRequest(f"resource id {body_id!r} does not match the URL id {rid!r}")
         assert rid is not None
@@ -301,8 +216,8 @@ class _Apply:
         return node
 
     # -- the whole run ----------------------------------------------------------------------
-    def run(self, entries: list[Entry]) -> list[EntryResult]:
-        ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
+    def run(self, entries: list[Entry]) -> tuple[list[EntryResult], list[NewVersion]]:
+        ordered = sorted(entries, key=lambda e: (METHODS[e.method], e.index))
         writes: list[NewVersion] = []
         pending: list[tuple[Entry, Key, bool]] = []  # (entry, key, is_post)
         for entry in ordered:
@@ -318,11 +233,11 @@ class _Apply:
                 elif entry.method == "PUT":
                     pending.append((entry, self._put(entry), False))
             except FhirError as exc:
-                raise _fail(entry, exc) from None
+                raise labelled(entry, exc) from None
         seen: set[Key] = set()
         for entry, key, _ in pending:
             if key in seen or key in self.deleted:
-                raise _fail(entry, BadRequest(f"{key[0]}/{key[1]} appears twice in the Bundle"))
+                raise labelled(entry, BadRequest(f"{key[0]}/{key[1]} appears twice in the Bundle"))
             seen.add(key)
         self.creating = seen
         self.pending_resources = {
@@ -338,12 +253,13 @@ class _Apply:
                 else:
                     bodies[entry.index] = self._rewrite(entry.resource, refs)
             except FhirError as exc:
-                raise _fail(entry, exc) from None
+                raise labelled(entry, exc) from None
             self.refs[entry.index] = refs
         self._check_references(pending)
         writes += self._versions(pending, bodies)
         write_versions(self.conn, writes, self.base)
-        return [self.results[e.index] for e in sorted(entries, key=lambda e: e.index)]
+        results = [self.results[e.index] for e in sorted(entries, key=lambda e: e.index)]
+        return results, writes
 
     def _check_references(self, pending: list[tuple[Entry, Key, bool]]) -> None:
         wanted: dict[Key, tuple[Entry, str]] = {}
@@ -357,7 +273,7 @@ class _Apply:
         live = keys_in(self.conn, wanted) - self.deleted
         for key, (entry, original) in wanted.items():
             if key not in live:
-                raise _fail(entry, Unprocessable(f"reference to a missing resource: {original!r}"))
+                raise labelled(entry, Unprocessable(f"reference to a missing resource: {original!r}"))
 
     def _versions(
         self, pending: list[tuple[Entry, Key, bool]], bodies: dict[int, dict[str, Any]]
@@ -372,7 +288,7 @@ class _Apply:
             if entry.if_match is not None:
                 current = str(row.version) if row and not row.deleted else None
                 if current != _version_of(entry.if_match):
-                    raise _fail(
+                    raise labelled(
                         entry,
                         PreconditionFailed(
                             f"If-Match {entry.if_match} does not match the current version "
@@ -411,6 +327,7 @@ class _Apply:
                     row is not None,
                     refs,
                     entry.value_rows,
+                    interaction="create" if status == 201 else "update",
                 )
             )
         return out
@@ -432,8 +349,11 @@ def _same_content(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return _strip_meta(old) == _strip_meta({**new, "id": old.get("id")})
 
 
-def apply_entries(conn: Connection, entries: list[Entry], base_url: str = "") -> list[EntryResult]:
-    """Apply ``entries`` in one transaction (the caller owns it); results in entry order.
+def apply_entries(
+    conn: Connection, entries: list[Entry], base_url: str = ""
+) -> tuple[list[EntryResult], list[NewVersion]]:
+    """Apply ``entries`` in one transaction (the caller, a unit of work, owns it): the results
+    in entry order and the versions written, in write order.
 
     GET entries are not handled here (the store runs them after the writes).
     """

@@ -48,6 +48,7 @@ class NewVersion:
     existed: bool  # a current row exists already (update it rather than insert)
     references: list[tuple[str, str]] | None = None  # local (type, id) refs, if already known
     value_rows: IndexRows | None = None  # VALUE_KINDS rows, if extracted already (outside lock)
+    interaction: str = "update"  # create | update | delete: what the commit event reports
 
 
 @dataclass
