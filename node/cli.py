@@ -309,7 +309,7 @@ def seed(
             profile, patients, seed, shared=shared, population_seed=population_seed
         ):
             try:
-                response = store.transaction(bundle)
+                response = store.transaction(bundle, writer=f"seed:{profile}")
             except FhirError as exc:
                 engine.dispose()
                 _fail(f"seeding failed: {exc.diagnostics}", code=1)

@@ -50,7 +50,10 @@ async def create(
         )
     store = request.app.state.store
     outcome = await run_in_threadpool(
-        store.create, resource, if_none_exist=request.headers.get("if-none-exist")
+        store.create,
+        resource,
+        if_none_exist=request.headers.get("if-none-exist"),
+        writer=principal.writer,
     )
     return fhir_response(outcome.resource, outcome.status, _write_headers(request, outcome))
 
@@ -93,7 +96,12 @@ async def update(
         )
     store = request.app.state.store
     outcome = await run_in_threadpool(
-        store.update, rtype, rid, resource, if_match=request.headers.get("if-match")
+        store.update,
+        rtype,
+        rid,
+        resource,
+        if_match=request.headers.get("if-match"),
+        writer=principal.writer,
     )
     return fhir_response(outcome.resource, outcome.status, _write_headers(request, outcome))
 
@@ -107,7 +115,7 @@ def delete(
 ) -> Response:
     check_type_name(rtype, rid)
     refuse_patient_context_write(principal, rtype, "delete")
-    request.app.state.store.delete(rtype, rid)
+    request.app.state.store.delete(rtype, rid, writer=principal.writer)
     return fhir_response(
         operation_outcome(f"{rtype}/{rid} deleted", code="informational", severity="information")
     )

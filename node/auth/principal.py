@@ -32,6 +32,12 @@ class Principal:
             scope_string=scope_string,
         )
 
+    @property
+    def writer(self) -> str:
+        """Who this is in the store's commit events: ``<role>:<subject>`` (e.g.
+        ``doctor:alice``, ``system:fl-scorer``)."""
+        return f"{self.role or 'unknown'}:{self.subject}"
+
     def has_scope(self, scope: str) -> bool:
         return scope in self.scope_string.split()
 

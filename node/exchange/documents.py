@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Iterable
 from typing import Any
+
+from node.store.idempotency import derived_id, idempotent_request
 
 __all__ = [
     "STRUCTURAL_TYPES",
@@ -160,9 +161,9 @@ def undeclared_classes(document: dict[str, Any], declared: Iterable[str]) -> lis
 
 
 def local_id(sender: str, rtype: str, original_id: str) -> str:
-    """The deterministic local id of a resource received from ``sender``."""
-    digest = hashlib.sha256(f"{sender}|{rtype}|{original_id}".encode()).hexdigest()
-    return f"x-{digest[:40]}"
+    """The deterministic local id of a resource received from ``sender`` (so a re-import is
+    "already here" by the store's one rule: same id, same content, no new version)."""
+    return derived_id("x-", sender, rtype, original_id)
 
 
 def _walk_references(node: Any, fix: Any) -> Any:
@@ -242,9 +243,7 @@ def prepare_import(
         here = existing.get(f"{rtype}/{res.get('id')}")
         if here is not None:
             body = merge_task_update(here, body)
-        out_entries.append(
-            {"resource": body, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
-        )
+        out_entries.append({"resource": body, "request": idempotent_request(body)})
         targets.append({"reference": f"{rtype}/{rid}"})
     provenance_id = local_id(sender, "Provenance", envelope_id)
     provenance = {
@@ -289,9 +288,7 @@ def prepare_import(
         ],
         "meta": {"source": org_uri(sender), "tag": [tag]},
     }
-    out_entries.append(
-        {"resource": provenance, "request": {"method": "PUT", "url": f"Provenance/{provenance_id}"}}
-    )
+    out_entries.append({"resource": provenance, "request": idempotent_request(provenance)})
     return {"resourceType": "Bundle", "type": "transaction", "entry": out_entries}
 
 

@@ -29,11 +29,11 @@ from node.exchange.documents import (
 from node.exchange.tables import inbound, pseudonyms
 from node.exchange.workflow import task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
-from node.store.transactions import apply_entries, entries_from_bundle, prevalidate
+from node.store import UnitOfWork, identifier_criteria, parse_bundle
 from servicekit.outcome import FhirError
 from trust.envelopes import EnvelopeError, SealedEnvelope, open_from
 
-__all__ = ["Handled", "handle_envelope", "already_processed", "local_patient"]
+__all__ = ["Handled", "handle_envelope", "already_processed", "local_patient", "exchange_writer"]
 
 log = logging.getLogger("ipjms.node.exchange")
 DOCUMENT_KINDS = frozenset({"referral", "consultation", "advice", "task-update", "record-answer"})
@@ -69,7 +69,14 @@ def _record(conn: Any, sealed: SealedEnvelope, outcome: str, detail: str, **extr
     )
 
 
-def local_patient(ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | None) -> str:
+def exchange_writer(sender: str) -> str:
+    """The writer of the commit events of what ``sender`` sent us (an organisation id)."""
+    return f"exchange:{sender}"
+
+
+def local_patient(
+    ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | None, sealed_sender: str
+) -> str:
     """The local Patient standing for ``pseudo``: known mapping, else a local record with the
     same national identifier, else a new Patient from what was shared (or a pseudonym stub)."""
     with ctx.engine.connect() as conn:
@@ -96,7 +103,11 @@ def local_patient(ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | No
             {"system": PSEUDONYM_SYSTEM, "value": pseudo},
         ]
         body["meta"] = {"tag": [{"system": EXCHANGE_TAG_SYSTEM, "code": "linked"}]}
-        outcome = ctx.store.create(body, if_none_exist=f"identifier={PSEUDONYM_SYSTEM}|{pseudo}")
+        outcome = ctx.store.create(
+            body,
+            if_none_exist=identifier_criteria(PSEUDONYM_SYSTEM, pseudo),
+            writer=exchange_writer(sealed_sender),
+        )
         found = str(outcome.resource["id"])
     with ctx.engine.begin() as conn:
         if not conn.execute(
@@ -129,14 +140,20 @@ def _import_document(
             local_patient_id=patient_id,
             existing=existing,
         )
-        entries = entries_from_bundle(tx, "transaction")
+        entries = parse_bundle(tx, "transaction").entries
     with ctx.timed("in", "validate"):
-        prevalidate(entries)  # before the write lock: API writes are not held up by an import
-    with ctx.engine.begin() as conn:
+        # before the write lock: API writes are not held up by an import
+        ctx.store.prevalidate(entries)
+    written = 0.0
+
+    def work(uow: UnitOfWork) -> None:
+        nonlocal written
+        # The import and the record that the envelope was handled: one unit of work, so a
+        # redelivery finds either both or neither (and the commit events cover the import).
         with ctx.timed("in", "write"):
-            apply_entries(conn, entries, ctx.store.base_url)
+            uow.apply(entries)
             _record(
-                conn,
+                uow.conn,
                 sealed,
                 "imported",
                 f"{len(entries)} resources",
@@ -144,6 +161,8 @@ def _import_document(
                 patient_id=patient_id,
             )
         written = time.perf_counter()
+
+    ctx.store.write(work, writer=exchange_writer(h.sender))
     ctx.observe("in", "commit", time.perf_counter() - written)  # the durable (fsync'd) commit
     return Handled(True, f"imported {len(entries)} resources")
 
@@ -171,7 +190,7 @@ def _link(
         patient_id = held[0]["for"]["reference"].split("/", 1)[1]
     else:
         shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
-        patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient)
+        patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient, h.sender)
     return patient_id, existing, uid
 
 

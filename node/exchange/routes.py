@@ -96,6 +96,7 @@ def create_request(
             reason=body.reason,
             question=body.question,
             classes=body.classes,
+            writer=_p.writer,
         )
     )
 
@@ -108,7 +109,7 @@ def task_answer(
     _p: Principal = Depends(require_scope("Communication", "create")),
 ) -> dict[str, Any]:
     ctx = _ctx(request)
-    return _coordinator_errors(lambda: answer(ctx, task_id, body.text))
+    return _coordinator_errors(lambda: answer(ctx, task_id, body.text, writer=_p.writer))
 
 
 @router.post("/tasks/{task_id}/{action}")
@@ -128,7 +129,7 @@ def task_action(
     }[action]
     ctx = _ctx(request)
     return _coordinator_errors(
-        lambda: change_status(ctx, task_id, status, body.reason if body else "")
+        lambda: change_status(ctx, task_id, status, body.reason if body else "", writer=_p.writer)
     )
 
 

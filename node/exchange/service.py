@@ -26,6 +26,7 @@ from node.exchange.egress import (
 from node.exchange.tables import pseudonyms
 from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
 from node.identity import patient_pseudonym
+from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import EnvelopeHeader, seal_to
 
@@ -54,6 +55,7 @@ def request_exchange(
     reason: str,
     question: str = "",
     classes: list[str] | None = None,
+    writer: str = DEFAULT_WRITER,
 ) -> dict[str, Any]:
     """Create ServiceRequest + Task for ``recipient`` and send the consented data with them."""
     if kind not in ("referral", "consultation"):
@@ -71,7 +73,7 @@ def request_exchange(
         reason=reason,
         question=question,
     )
-    task = ctx.store.update_many([sr, task])[1].resource
+    task = ctx.store.update_many([sr, task], writer=writer)[1].resource
     wanted = set(classes or DEFAULT_CLASSES)
     try:
         disclosure = disclose(
@@ -88,7 +90,7 @@ def request_exchange(
     except ConsentRefused as exc:
         task = {**task, "status": "cancelled", "statusReason": {"text": exc.diagnostics}}
         task["businessStatus"] = {"text": "refused: no consent"}
-        ctx.store.update("Task", task["id"], task)
+        ctx.store.update("Task", task["id"], task, writer=writer)
         raise
     return {
         "task": f"Task/{task['id']}",
@@ -134,7 +136,12 @@ def _send_task(ctx: ExchangeContext, task: dict[str, Any]) -> str:
 
 
 def change_status(
-    ctx: ExchangeContext, task_id: str, status: str, reason: str = ""
+    ctx: ExchangeContext,
+    task_id: str,
+    status: str,
+    reason: str = "",
+    *,
+    writer: str = DEFAULT_WRITER,
 ) -> dict[str, Any]:
     """Move an exchange Task (accept, reject, start, complete…) and tell the other side."""
     task = ctx.store.read("Task", task_id)
@@ -146,12 +153,14 @@ def change_status(
     task["businessStatus"] = {"text": status}
     if reason:
         task["statusReason"] = {"text": reason}
-    task = ctx.store.update("Task", task_id, task).resource
+    task = ctx.store.update("Task", task_id, task, writer=writer).resource
     envelope_id = _send_task(ctx, task)
     return {"task": f"Task/{task_id}", "status": status, "envelope_id": envelope_id}
 
 
-def answer(ctx: ExchangeContext, task_id: str, text: str) -> dict[str, Any]:
+def answer(
+    ctx: ExchangeContext, task_id: str, text: str, *, writer: str = DEFAULT_WRITER
+) -> dict[str, Any]:
     """The specialist's advice on a consultation: a Communication linked to the Task, which is
     completed; both travel back to the requester."""
     task = ctx.store.read("Task", task_id)
@@ -174,7 +183,7 @@ def answer(ctx: ExchangeContext, task_id: str, text: str) -> dict[str, Any]:
     }
     if task.get("focus"):
         communication["basedOn"] = [task["focus"]]
-    ctx.store.update("Communication", comm_id, communication)
+    ctx.store.update("Communication", comm_id, communication, writer=writer)
     task = {
         **task,
         "status": "completed",
@@ -187,7 +196,7 @@ def answer(ctx: ExchangeContext, task_id: str, text: str) -> dict[str, Any]:
             }
         ],
     }
-    task = ctx.store.update("Task", task_id, task).resource
+    task = ctx.store.update("Task", task_id, task, writer=writer).resource
     disclosure = disclose(
         ctx,
         kind="advice",

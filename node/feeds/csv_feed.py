@@ -37,7 +37,8 @@ from node.feeds.terminology import (
     loinc_is_well_formed,
     observation_category,
 )
-from node.feeds.transaction_bundle import TransactionBuilder, identifier_search, token
+from node.feeds.transaction_bundle import TransactionBuilder
+from node.store.idempotency import token_value
 
 __all__ = [
     "CSV_OBSERVATION_SYSTEM",
@@ -171,7 +172,7 @@ def _observation(row: dict[str, str], key: str) -> dict[str, Any]:
     if loinc in LOINC_CODES:
         coding["display"] = LOINC_CODES[loinc].display
     number = row["value"]
-    patient = token(row["patient_identifier_system"], row["patient_identifier"])
+    patient = token_value(row["patient_identifier_system"], row["patient_identifier"])
     value: float | int = float(number) if "." in number else int(number)
     observation: dict[str, Any] = {
         "resourceType": "Observation",
@@ -187,7 +188,9 @@ def _observation(row: dict[str, str], key: str) -> dict[str, Any]:
     }
     if enc_value := row.get("encounter_identifier"):
         enc_system = row.get("encounter_identifier_system", "")
-        criteria = token(enc_system, enc_value) if enc_system else quote(enc_value, safe=":/.-_~")
+        criteria = (
+            token_value(enc_system, enc_value) if enc_system else quote(enc_value, safe=":/.-_~")
+        )
         observation["encounter"] = {"reference": f"Encounter?identifier={criteria}"}
     return observation
 
@@ -243,7 +246,7 @@ def csv_text_to_bundle(text: str, *, source: str = "<csv>") -> dict[str, Any]:
             builder.create(
                 key,
                 _observation(row, key),
-                if_none_exist=identifier_search(CSV_OBSERVATION_SYSTEM, key),
+                identifier=(CSV_OBSERVATION_SYSTEM, key),
             )
     except csv.Error as exc:
         problems.append(CsvProblem(source, reader.line_num, None, f"malformed CSV: {exc}"))

@@ -1,30 +1,23 @@
 """Build FHIR transaction Bundles whose entries are idempotent (conditional create / update).
 
-Every feed writes through this one builder, so "the same input twice adds nothing" is one rule:
-each resource carries a business identifier and is POSTed with ``ifNoneExist`` on it (or PUT as a
-conditional update on it); entries reference each other by deterministic ``urn:uuid`` fullUrls.
+Every feed writes through this one builder, and the builder phrases its requests by the store's
+one "already here" rule (:mod:`node.store.idempotency`): each resource carries a business
+identifier and is POSTed with ``ifNoneExist`` on it (or PUT as a conditional update on it), the
+criteria written by ``identifier_criteria``; entries reference each other by deterministic
+``urn:uuid`` fullUrls.
 """
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import quote
 
-__all__ = ["TransactionBuilder", "identifier_search", "token"]
+from node.store.idempotency import idempotent_request
+
+__all__ = ["TransactionBuilder"]
 
 # Namespace for the deterministic urn:uuid fullUrls of feed-built bundles.
 _FEEDS_NAMESPACE = uuid.UUID("6f0c7a2e-5d8b-4c1e-9a57-1d3f0b8e2c41")
-
-
-def token(system: str, value: str) -> str:
-    """A FHIR token search value ``system|value`` (percent-encoding only what a URL needs)."""
-    return f"{quote(system, safe=':/.-_~')}|{quote(value, safe=':/.-_~')}"
-
-
-def identifier_search(system: str, value: str) -> str:
-    """The ``identifier=system|value`` query used by ifNoneExist and conditional references."""
-    return f"identifier={token(system, value)}"
 
 
 class TransactionBuilder:
@@ -39,20 +32,18 @@ class TransactionBuilder:
         return f"urn:uuid:{uuid.uuid5(self._namespace, key)}"
 
     def create(
-        self, key: str, resource: dict[str, Any], *, if_none_exist: str | None = None
+        self, key: str, resource: dict[str, Any], *, identifier: tuple[str, str] | None = None
     ) -> str:
-        """POST ``resource`` (conditional when ``if_none_exist`` is set); returns its fullUrl."""
-        request: dict[str, Any] = {"method": "POST", "url": resource["resourceType"]}
-        if if_none_exist:
-            request["ifNoneExist"] = if_none_exist
-        return self._add(key, resource, request)
+        """Add ``resource`` by the store's "already here" rule: a conditional create on
+        ``identifier`` (system, value) when given; returns its fullUrl."""
+        return self._add(key, resource, idempotent_request(resource, identifier=identifier))
 
     def conditional_update(self, key: str, resource: dict[str, Any], search: str) -> str:
         """PUT ``resource`` to ``Type?search`` (update the match, create when there is none)."""
         request = {"method": "PUT", "url": f"{resource['resourceType']}?{search}"}
         return self._add(key, resource, request)
 
-    def _add(self, key: str, resource: dict[str, Any], request: dict[str, Any]) -> str:
+    def _add(self, key: str, resource: dict[str, Any], request: dict[str, str]) -> str:
         full_url = self.full_url(key)
         if full_url in self._seen:
             raise ValueError(f"duplicate bundle entry key {key!r}")

@@ -16,12 +16,12 @@ from typing import Any, Protocol
 from node.ingest.sources import IngestFileError, WorkUnit, discover, read_units
 from servicekit.outcome import FhirError
 
-__all__ = ["FileResult", "IngestReport", "ingest_files", "apply_unit", "IngestStore"]
+__all__ = ["FileResult", "IngestReport", "ingest_files", "apply_unit", "unit_writer", "IngestStore"]
 
 
 class IngestStore(Protocol):
-    def ingest_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
-    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
+    def ingest_bundle(self, bundle: dict[str, Any], *, writer: str) -> dict[str, Any]: ...
+    def transaction(self, bundle: dict[str, Any], *, writer: str) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -75,13 +75,22 @@ def _tally(response: dict[str, Any], result: FileResult, label: str) -> None:
             result.errors.append(f"{label} entry {index}: {reason}")
 
 
+def unit_writer(unit: WorkUnit) -> str:
+    """The writer of a unit's commit events: ``feed:csv/<file>`` for a CSV feed file,
+    ``ingest:<file>`` for FHIR files (the file's name, not its folder)."""
+    if unit.path.suffix == ".csv":
+        return f"feed:csv/{unit.path.name}"
+    return f"ingest:{unit.path.name}"
+
+
 def apply_unit(store: IngestStore, unit: WorkUnit, result: FileResult) -> None:
     """Apply one unit; a store error becomes an entry of ``result.errors`` (never raised)."""
+    writer = unit_writer(unit)
     try:
         if unit.apply == "transaction":
-            _tally(store.transaction(unit.bundle), result, unit.label)
+            _tally(store.transaction(unit.bundle, writer=writer), result, unit.label)
         else:
-            _tally(store.ingest_bundle(unit.bundle), result, unit.label)
+            _tally(store.ingest_bundle(unit.bundle, writer=writer), result, unit.label)
     except FhirError as exc:
         result.errors.append(f"{unit.label}: {exc.diagnostics}")
 

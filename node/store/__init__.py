@@ -12,8 +12,8 @@ from node.store.events import CommitEvents, Subscription
 from node.store.fhir_store import DEFAULT_WRITER, FhirStore, HistoryEntry, WriteOutcome, migrate
 from node.store.idempotency import (
     derived_id,
-    identifier_criteria,
     idempotent_request,
+    identifier_criteria,
     token_value,
 )
 from node.store.ingest import idempotent_transaction

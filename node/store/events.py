@@ -30,8 +30,6 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Engine
 
-from servicekit.storage import reader
-
 from node.store.commit_log import (
     CommitEvent,
     head_position,
@@ -39,6 +37,7 @@ from node.store.commit_log import (
     store_position,
     stored_position,
 )
+from servicekit.storage import reader
 
 __all__ = ["CommitEvents", "Subscription", "Handler", "CommitEvent"]
 

@@ -357,6 +357,7 @@ _CURRENT = and_(
     resource_version.c.version_id == resource.c.version_id,
 )
 
+
 def _is_race(exc: Exception) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
     return any(

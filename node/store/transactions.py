@@ -60,6 +60,7 @@ def prevalidate(entries: list[Entry]) -> None:
                 validate_resource(entry.resource, expected_type=entry.rtype)
             except FhirError as exc:
                 raise labelled(entry, exc) from None
+            assert entry.resource is not None  # validate_resource refused anything else
             entry.validated = True
             # Index rows that no reference rewriting can change are extracted here too, so
             # the write lock is held only for what needs the database.
@@ -273,7 +274,9 @@ class _Apply:
         live = keys_in(self.conn, wanted) - self.deleted
         for key, (entry, original) in wanted.items():
             if key not in live:
-                raise labelled(entry, Unprocessable(f"reference to a missing resource: {original!r}"))
+                raise labelled(
+                    entry, Unprocessable(f"reference to a missing resource: {original!r}")
+                )
 
     def _versions(
         self, pending: list[tuple[Entry, Key, bool]], bodies: dict[int, dict[str, Any]]

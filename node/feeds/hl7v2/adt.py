@@ -24,7 +24,8 @@ from node.feeds.hl7v2.errors import (
 )
 from node.feeds.hl7v2.message import Message, field_value
 from node.feeds.hl7v2.patient import patient_from_pid, pid_segment
-from node.feeds.transaction_bundle import TransactionBuilder, identifier_search
+from node.feeds.transaction_bundle import TransactionBuilder
+from node.store.idempotency import identifier_criteria
 
 __all__ = ["ADT_EVENTS", "adt_to_bundle"]
 
@@ -144,15 +145,16 @@ def adt_to_bundle(
         )
     patient, match_on = patient_from_pid(pid_segment(message), systems)
     builder = TransactionBuilder(f"hl7v2/{header.sending_application}/{header.control_id}")
-    search = identifier_search(match_on["system"], match_on["value"])
+    match = (match_on["system"], match_on["value"])
+    search = identifier_criteria(*match)
     if event == "A08":
         patient_ref = builder.conditional_update("patient", patient, search)
     else:
-        patient_ref = builder.create("patient", patient, if_none_exist=search)
+        patient_ref = builder.create("patient", patient, identifier=match)
     built = _encounter(message, event, patient_ref, systems, default_tz)
     if built is not None:
         encounter, visit = built
         builder.conditional_update(
-            "encounter", encounter, identifier_search(visit["system"], visit["value"])
+            "encounter", encounter, identifier_criteria(visit["system"], visit["value"])
         )
     return builder.bundle()

@@ -27,7 +27,8 @@ from node.feeds.hl7v2.errors import (
 from node.feeds.hl7v2.message import Message, field_value
 from node.feeds.hl7v2.patient import patient_from_pid, pid_segment
 from node.feeds.terminology import LOINC, OBSERVATION_CATEGORY, UCUM, observation_category
-from node.feeds.transaction_bundle import TransactionBuilder, identifier_search
+from node.feeds.transaction_bundle import TransactionBuilder
+from node.store.idempotency import identifier_criteria
 
 __all__ = ["oru_to_bundle"]
 
@@ -177,7 +178,7 @@ def oru_to_bundle(
     patient, match_on = patient_from_pid(pid_segment(message), systems)
     builder = TransactionBuilder(f"hl7v2/{header.sending_application}/{header.control_id}")
     patient_ref = builder.create(
-        "patient", patient, if_none_exist=identifier_search(match_on["system"], match_on["value"])
+        "patient", patient, identifier=(match_on["system"], match_on["value"])
     )
     for obr_seq, (obr, observations) in enumerate(_groups(message), start=1):
         _report(builder, obr, obr_seq, observations, patient_ref, systems, default_tz)
@@ -211,12 +212,14 @@ def _report(
         set_id = field_value(obx, 1) or str(obx_seq)
         ident = {"system": order["system"], "value": f"{order['value']}/{set_id}/{code}"}
         observation["identifier"] = [ident]
-        search = identifier_search(ident["system"], ident["value"])
+        search = identifier_criteria(ident["system"], ident["value"])
         key = f"obr{obr_seq}-obx{obx_seq}"
         if observation["status"] == "corrected":
             result_refs.append(builder.conditional_update(key, observation, search))
         else:
-            result_refs.append(builder.create(key, observation, if_none_exist=search))
+            result_refs.append(
+                builder.create(key, observation, identifier=(ident["system"], ident["value"]))
+            )
     status_flag = field_value(obr, 25) or "F"
     status = _table(
         status_flag, REPORT_STATUS, "result status (OBR-25)", ErrorLocation("OBR", obr_seq, 25)
@@ -245,11 +248,11 @@ def _report(
         when = hl7_datetime(issued, ErrorLocation("OBR", obr_seq, 22), default_tz)
         if "T" in when:
             report["issued"] = when
-    search = identifier_search(order["system"], order["value"])
+    search = identifier_criteria(order["system"], order["value"])
     if status == "corrected":
         builder.conditional_update(f"obr{obr_seq}", report, search)
     else:
-        builder.create(f"obr{obr_seq}", report, if_none_exist=search)
+        builder.create(f"obr{obr_seq}", report, identifier=(order["system"], order["value"]))
 
 
 def _observation(

@@ -1,8 +1,9 @@
 """What the node does with one received HL7 v2 message: convert, submit, answer with an ACK.
 
 Pure of sockets: ``MessageReceiver.receive(payload) -> ACK text`` is what the MLLP server calls
-for every frame. ``submit`` must be all-or-nothing (the node passes ``store.transaction`` run in a
-thread); if it raises, the ACK is AE and nothing was stored.
+for every frame. ``submit(bundle, writer)`` must be all-or-nothing (the node passes
+``store.transaction`` run in a thread); if it raises, the ACK is AE and nothing was stored.
+``writer`` names the feed in the store's commit events: ``feed:hl7v2/<MSH-3 sending application>``.
 """
 
 from __future__ import annotations
@@ -19,24 +20,36 @@ from node.feeds.hl7v2.errors import INTERNAL_ERROR, Hl7MessageError, MessageReje
 from node.feeds.hl7v2.message import header_or_none
 from servicekit.outcome import FhirError
 
-__all__ = ["MessageReceiver", "Submit", "TransactionStore", "decode_payload", "store_submitter"]
+__all__ = [
+    "MessageReceiver",
+    "Submit",
+    "TransactionStore",
+    "decode_payload",
+    "feed_writer",
+    "store_submitter",
+]
 
 log = logging.getLogger("ipjms.node.hl7v2")
 
-Submit = Callable[[dict[str, Any]], Awaitable[None]]
+Submit = Callable[[dict[str, Any], str], Awaitable[None]]
 
 
 class TransactionStore(Protocol):
-    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
+    def transaction(self, bundle: dict[str, Any], *, writer: str) -> dict[str, Any]: ...
 
 
 def store_submitter(store: TransactionStore) -> Submit:
     """``submit`` for a FhirStore: run its atomic ``transaction`` in a worker thread."""
 
-    async def submit(bundle: dict[str, Any]) -> None:
-        await asyncio.to_thread(store.transaction, bundle)
+    async def submit(bundle: dict[str, Any], writer: str) -> None:
+        await asyncio.to_thread(lambda: store.transaction(bundle, writer=writer))
 
     return submit
+
+
+def feed_writer(sending_application: str) -> str:
+    """The writer of the commit events of a message from ``sending_application`` (MSH-3)."""
+    return f"feed:hl7v2/{sending_application or '?'}"
 
 
 def decode_payload(payload: bytes) -> str:
@@ -78,7 +91,7 @@ class MessageReceiver:
         header = converted.header
         entries = len(converted.bundle["entry"])
         try:
-            await self.submit(converted.bundle)
+            await self.submit(converted.bundle, feed_writer(header.sending_application))
         except FhirError as exc:
             log.info("hl7v2 message %s not stored: store refused it", header.control_id)
             error = Hl7MessageError(

@@ -19,7 +19,7 @@ from node.feeds.terminology import (
     SNOMED,
     UCUM,
 )
-from node.feeds.transaction_bundle import TransactionBuilder, identifier_search
+from node.feeds.transaction_bundle import TransactionBuilder
 from node.identity import NATIONAL_ID_SYSTEM
 
 __all__ = ["RECORD_ID_SYSTEM", "MRN_SYSTEM", "person_bundle"]
@@ -68,9 +68,7 @@ class _Records:
     def create(self, key: str, resource: dict[str, Any]) -> str:
         value = f"{self.prefix}/{key}"
         resource["identifier"] = [{"system": RECORD_ID_SYSTEM, "value": value}]
-        return self.b.create(
-            key, resource, if_none_exist=identifier_search(RECORD_ID_SYSTEM, value)
-        )
+        return self.b.create(key, resource, identifier=(RECORD_ID_SYSTEM, value))
 
     def condition(self, key: str, onset: date) -> None:
         code = CONDITIONS[key]
@@ -222,7 +220,7 @@ def person_bundle(person: Person, journey: Journey, record_prefix: str) -> dict[
     patient_ref = builder.create(
         "patient",
         patient_resource(person, record_prefix),
-        if_none_exist=identifier_search(NATIONAL_ID_SYSTEM, person.national_id),
+        identifier=(NATIONAL_ID_SYSTEM, person.national_id),
     )
     records = _Records(builder, record_prefix, patient_ref)
     for key in sorted(person.conditions):
