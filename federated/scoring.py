@@ -18,7 +18,14 @@ import numpy as np
 
 from federated.feature_spec import FEATURE_NAMES, SPEC_ID, Sample, extract_samples
 
-__all__ = ["ScoreSummary", "risk_assessment", "score_node", "MODEL_SYSTEM", "ASSESSMENT_ID_SYSTEM"]
+__all__ = [
+    "ScoreSummary",
+    "risk_assessment",
+    "store_assessment",
+    "score_node",
+    "MODEL_SYSTEM",
+    "ASSESSMENT_ID_SYSTEM",
+]
 
 MODEL_SYSTEM = "https://ipjms.example.org/fhir/CodeSystem/federated-model"
 ASSESSMENT_ID_SYSTEM = "https://ipjms.example.org/fhir/sid/risk-assessment"
@@ -67,6 +74,26 @@ def risk_assessment(
         ],
         "note": [{"text": f"feature spec {SPEC_ID}; model {model_id}"}],
     }
+
+
+def store_assessment(
+    http: httpx.Client, node_url: str, token: str, resource: dict[str, Any], key: str
+) -> int:
+    """Store one RiskAssessment through the node's FHIR API (so it passes the node's one write
+    door like any client's write, its commit event naming this backend client), once: a
+    conditional create on its identifier ``key``. Returns 201 (stored) or 200 (already there)."""
+    r = http.post(
+        f"{node_url.rstrip('/')}/fhir/RiskAssessment",
+        json=resource,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/fhir+json",
+            "If-None-Exist": f"identifier={ASSESSMENT_ID_SYSTEM}|{key}",
+        },
+    )
+    if r.status_code not in (200, 201):
+        raise RuntimeError(f"storing RiskAssessment answered {r.status_code}: {r.text[:300]}")
+    return r.status_code
 
 
 def score_node(
@@ -121,19 +148,7 @@ def score_node(
             token = reader._token or tokens.token(reader.http)
             reader._token = token
             key = f"{model_id}/{latest.encounter_id}"
-            r = reader.http.post(
-                f"{reader.base_url}/fhir/RiskAssessment",
-                json=resource,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/fhir+json",
-                    "If-None-Exist": f"identifier={ASSESSMENT_ID_SYSTEM}|{key}",
-                },
-            )
-            if r.status_code not in (200, 201):
-                raise RuntimeError(
-                    f"storing RiskAssessment answered {r.status_code}: {r.text[:300]}"
-                )
+            store_assessment(reader.http, reader.base_url, token, resource, key)
             summary.stored += 1
     except httpx.HTTPError as exc:
         raise RuntimeError(f"node API unreachable: {exc}") from None
