@@ -133,12 +133,12 @@ def head_position(conn: Connection) -> int:
     return int(value or 0)
 
 
-def stored_position(conn: Connection, name: str) -> int:
-    """How far the subscriber ``name`` has handled the log (0 for a new subscriber)."""
+def stored_position(conn: Connection, name: str) -> int | None:
+    """How far the subscriber ``name`` has handled the log (None: never stored)."""
     value = conn.scalar(
         select(commit_subscriber.c.position).where(commit_subscriber.c.name == name)
     )
-    return int(value or 0)
+    return None if value is None else int(value)
 
 
 def store_position(conn: Connection, name: str, position: int) -> None:

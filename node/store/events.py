@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from sqlalchemy import Engine
 
@@ -50,7 +51,7 @@ class Subscription:
     """One named subscriber (see the module docstring). Made by :meth:`CommitEvents.subscribe`."""
 
     def __init__(
-        self, events: CommitEvents, name: str, handler: Handler, *, auto_commit: bool
+        self, events: CommitEvents, name: str, handler: Handler, *, auto_commit: bool, start: int
     ) -> None:
         self.name = name
         self._events = events
@@ -61,7 +62,7 @@ class Subscription:
         self._wanted = False  # something may be waiting (set by offer/poll, cleared by drain)
         self._delivering = False
         self.closed = False
-        self.delivered = events.stored_position(name)  # everything up to here was handled
+        self.delivered = start  # everything up to here was handled
 
     def offer(self, events: Sequence[CommitEvent]) -> None:
         """Events just committed in this process; delivered now unless someone else is."""
@@ -156,16 +157,32 @@ class CommitEvents:
         self._subscriptions: list[Subscription] = []
 
     def subscribe(
-        self, name: str, handler: Handler, *, catch_up: bool = True, auto_commit: bool = True
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        catch_up: bool = True,
+        auto_commit: bool = True,
+        new_from: Literal["beginning", "now"] = "beginning",
     ) -> Subscription:
-        """Register ``handler`` under ``name`` (one subscription per name and process). With
-        ``catch_up`` it first gets every event after the position stored under ``name``."""
+        """Register ``handler`` under ``name`` (one subscription per name and process).
+
+        It resumes after the position stored under ``name``; a name never stored starts at the
+        beginning of the log, or with ``new_from="now"`` at its current head (stored at once, so
+        a restart resumes there). ``catch_up``: deliver what is already waiting now, rather than
+        with the next commit or ``poll()``."""
         if not name or len(name) > 100:
             raise ValueError("a subscriber name is 1-100 characters")
+        with self._reader.connect() as conn:
+            start = stored_position(conn, name)
+        if start is None:
+            start = self.head() if new_from == "now" else 0
+            if start:
+                self.commit_position(name, start)
         with self._lock:
             if any(s.name == name for s in self._subscriptions):
                 raise ValueError(f"commit subscriber {name!r} is already subscribed")
-            sub = Subscription(self, name, handler, auto_commit=auto_commit)
+            sub = Subscription(self, name, handler, auto_commit=auto_commit, start=start)
             self._subscriptions.append(sub)
         if catch_up:
             sub.poll()
@@ -199,8 +216,9 @@ class CommitEvents:
             return head_position(conn)
 
     def stored_position(self, name: str) -> int:
+        """How far ``name`` has handled the log, durably (0 when never stored)."""
         with self._reader.connect() as conn:
-            return stored_position(conn, name)
+            return stored_position(conn, name) or 0
 
     def commit_position(self, name: str, position: int) -> None:
         """Durably record that ``name`` has handled every event up to ``position``."""
