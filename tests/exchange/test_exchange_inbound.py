@@ -16,7 +16,7 @@ from node.exchange.documents import pack_document
 from node.exchange.inbound import handle_envelope
 from node.exchange.lifecycle import MIGRATIONS
 from node.exchange.tables import inbound
-from node.store import FhirStore, migrate
+from node.store import CommitEvent, FhirStore, migrate
 from servicekit.storage import make_engine, upgrade_schema
 from trust.envelopes import EnvelopeHeader, seal_to
 from trust.pki import init_ca, issue_org
@@ -155,3 +155,43 @@ def test_an_import_times_each_of_its_steps_once_and_a_redelivery_none(  # type: 
     seen.clear()
     assert handle_envelope(ctx, sealed.to_bytes()).imported  # already processed
     assert seen == []
+
+
+def test_an_import_commits_once_with_its_events_and_a_refused_one_none(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """An imported referral goes through the store's one write door: its resources are one
+    commit (with the record that the envelope was handled), each change one event naming the
+    sender; a redelivery, undeclared content or a document the store refuses publish nothing."""
+    got: list[CommitEvent] = []
+    ctx.store.events.subscribe("care", got.extend)
+    assert handle_envelope(ctx, _envelope(creds, [COND], ("Condition",)).to_bytes()).imported
+    summary = [(e.resource_type, e.interaction, e.writer, e.commit_seq) for e in got]
+    assert summary == [
+        ("Patient", "create", "exchange:hosp-a", 1),  # the local patient the pseudonym links to
+        ("Composition", "create", "exchange:hosp-a", 2),
+        ("Condition", "create", "exchange:hosp-a", 2),
+        ("Provenance", "create", "exchange:hosp-a", 2),
+    ]
+    assert ctx.store.events.read_since(0) == got
+    got.clear()
+    sealed = _envelope(creds, [COND], ("Condition",))
+    assert handle_envelope(ctx, sealed.to_bytes()).imported  # a new envelope, same Condition
+    assert [(e.resource_type, e.interaction) for e in got] == [
+        ("Composition", "create"),  # each document has its own Composition and Provenance
+        ("Provenance", "create"),
+    ]  # the Condition was already here
+    got.clear()
+    assert "already processed" in handle_envelope(ctx, sealed.to_bytes()).detail
+    assert not handle_envelope(
+        ctx, _envelope(creds, [COND, PROC], ("Condition",)).to_bytes()
+    ).imported
+    clinical = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    invalid = {
+        **COND,
+        "id": "c10",
+        "clinicalStatus": {"coding": [{"system": clinical, "code": "maybe"}]},
+    }
+    refused = handle_envelope(ctx, _envelope(creds, [invalid], ("Condition",)).to_bytes())
+    assert not refused.imported and "refused by the store" in refused.detail
+    assert got == [] and ctx.store.events.head() == 6
