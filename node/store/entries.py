@@ -139,8 +139,13 @@ def labelled(entry: Entry, exc: FhirError) -> FhirError:
 
 def parse_bundle(bundle: Any, kind: str | tuple[str, ...]) -> ParsedBundle:
     """The entries of a transaction/batch Bundle (BadRequest for a malformed Bundle or entry).
-    ``kind``: the Bundle.type (or types) accepted."""
+    ``kind``: the Bundle.type (or types) accepted. A ParsedBundle is returned as it is (after
+    the same check of its kind): whoever parsed it first, nobody parses it again."""
     kinds = (kind,) if isinstance(kind, str) else kind
+    if isinstance(bundle, ParsedBundle):
+        if bundle.kind not in kinds:
+            raise BadRequest(f"Bundle.type must be {kinds[0]!r}, got {bundle.kind!r}")
+        return bundle
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadRequest("expected a Bundle resource")
     if bundle.get("type") not in kinds:

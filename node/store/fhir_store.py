@@ -304,10 +304,7 @@ class FhirStore:
         self, bundle: dict[str, Any] | ParsedBundle, *, writer: str = DEFAULT_WRITER
     ) -> dict[str, Any]:
         """Apply a transaction Bundle atomically; returns the transaction-response Bundle."""
-        parsed = bundle if isinstance(bundle, ParsedBundle) else parse_bundle(bundle, "transaction")
-        if parsed.kind != "transaction":
-            raise BadRequest(f"Bundle.type must be 'transaction', got {parsed.kind!r}")
-        entries = parsed.entries
+        entries = parse_bundle(bundle, "transaction").entries
 
         def work(uow: UnitOfWork) -> list[EntryResult]:
             results = uow.apply(entries)
@@ -326,11 +323,8 @@ class FhirStore:
         self, bundle: dict[str, Any] | ParsedBundle, *, writer: str = DEFAULT_WRITER
     ) -> dict[str, Any]:
         """Apply each entry of a batch Bundle on its own; each gets its own status/outcome."""
-        parsed = bundle if isinstance(bundle, ParsedBundle) else parse_bundle(bundle, "batch")
-        if parsed.kind != "batch":
-            raise BadRequest(f"Bundle.type must be 'batch', got {parsed.kind!r}")
         results: list[EntryResult] = []
-        for entry in parsed.entries:
+        for entry in parse_bundle(bundle, "batch").entries:
             single = replace(entry, index=0)
             try:
                 if entry.method == "GET":
