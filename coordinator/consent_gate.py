@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from coordinator.envelope_rules import Header, data_recipient
+from coordinator.envelope_rules import data_recipient
+from trust.envelopes import EnvelopeHeader
 
 __all__ = ["GateDecision", "ConsentOracle", "ConsentGate"]
 
@@ -42,7 +43,7 @@ class ConsentGate:
     def __init__(self, oracle: ConsentOracle | None) -> None:
         self.oracle = oracle
 
-    def check(self, header: Header, *, prior_exchange: Callable[[], bool]) -> GateDecision:
+    def check(self, header: EnvelopeHeader, *, prior_exchange: Callable[[], bool]) -> GateDecision:
         """``prior_exchange`` is asked only for envelopes without data classes."""
         if not header.classes:
             if header.kind == "task-update" and prior_exchange():
@@ -52,6 +53,8 @@ class ConsentGate:
             )
         if self.oracle is None:
             return GateDecision(False, "no consent registry is configured (default deny)")
+        if header.patient_pseudonym is None:  # check_header refuses these before the gate
+            return GateDecision(False, "no patient pseudonym to ask consent for")
         receiver = data_recipient(header)
         try:
             decision = self.oracle.decide(

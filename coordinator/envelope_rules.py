@@ -2,61 +2,53 @@
 
 The coordinator cannot read payloads, so everything it enforces is on the clear header: who sends
 to whom, for which patient pseudonym and purpose, declaring which data classes, until when.
+The header is :class:`trust.envelopes.EnvelopeHeader` (read from the gRPC message by
+``trust.envelope_wire``, which already checks its form); the kinds are ``trust.envelopes.KINDS``,
+the purposes ``consent.policy.PURPOSES`` — the lists are not repeated here.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from consent.policy import PURPOSES
 from coordinator.errors import ExchangeError
+from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from trust.envelope_wire import header_from_pb
+from trust.envelopes import (
+    DATA_KINDS,
+    HEADER_FIELDS,
+    KINDS,
+    EnvelopeError,
+    EnvelopeHeader,
+    SealedEnvelope,
+)
 
 __all__ = [
-    "Header",
-    "KINDS",
-    "PURPOSES",
-    "DATA_KINDS",
+    "read_header",
     "check_header",
     "check_size",
+    "check_sealed_matches",
     "data_recipient",
     "PSEUDONYM_PATTERN",
 ]
 
-KINDS = frozenset(
-    {"referral", "consultation", "task-update", "advice", "record-query", "record-answer"}
-)
-# Kinds whose payload discloses clinical data to someone (consent is always consulted for these;
-# for the others too, see data_recipient).
-DATA_KINDS = frozenset({"referral", "consultation", "advice", "record-answer"})
-PURPOSES = frozenset({"TREAT", "ETREAT", "HRESCH"})
-
-_ENVELOPE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$")
-_ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PSEUDONYM_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _CLASS = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 MAX_CLOCK_SKEW = 300  # seconds a sender's clock may run ahead
 
 
-@dataclass(frozen=True)
-class Header:
-    envelope_id: str
-    kind: str
-    sender: str
-    recipient: str
-    patient_pseudonym: str
-    purpose: str
-    classes: tuple[str, ...]
-    consent_ref: str
-    created_at: int
-    expires_at: int
+def read_header(message: pb.EnvelopeHeader) -> EnvelopeHeader:
+    """The clear header of a Send, as the one header type; malformed → ``INVALID_ARGUMENT``
+    (the envelope id, organisation ids, classes and times are checked by the type itself)."""
+    try:
+        return header_from_pb(message)
+    except EnvelopeError as exc:
+        raise ExchangeError("INVALID_ARGUMENT", f"malformed envelope header: {exc}") from None
 
 
-def check_header(header: Header, *, caller: str, now: float, max_ttl: int) -> None:
+def check_header(header: EnvelopeHeader, *, caller: str, now: float, max_ttl: int) -> None:
     """Raise :class:`ExchangeError` naming the first problem; return quietly when acceptable."""
-    if not _ENVELOPE_ID.match(header.envelope_id):
-        raise ExchangeError(
-            "INVALID_ARGUMENT", "envelope_id must be 8-64 characters [A-Za-z0-9._:-]"
-        )
     if header.kind not in KINDS:
         raise ExchangeError(
             "INVALID_ARGUMENT",
@@ -67,11 +59,9 @@ def check_header(header: Header, *, caller: str, now: float, max_ttl: int) -> No
             "PERMISSION_DENIED",
             f"header.sender {header.sender!r} is not the calling organisation {caller!r}",
         )
-    if not _ORG_ID.match(header.recipient):
-        raise ExchangeError("INVALID_ARGUMENT", "header.recipient is missing or malformed")
     if header.recipient == caller:
         raise ExchangeError("INVALID_ARGUMENT", "an organisation cannot send to itself")
-    if not PSEUDONYM_PATTERN.match(header.patient_pseudonym):
+    if not PSEUDONYM_PATTERN.match(header.patient_pseudonym or ""):
         raise ExchangeError(
             "INVALID_ARGUMENT", "header.patient_pseudonym must be a 64-hex-digit pseudonym"
         )
@@ -89,17 +79,16 @@ def check_header(header: Header, *, caller: str, now: float, max_ttl: int) -> No
         raise ExchangeError(
             "INVALID_ARGUMENT", f"a {header.kind} envelope must declare its classes"
         )
-    if header.created_at <= 0 or header.expires_at <= 0:
+    created_at, expires_at = header.created_at.timestamp(), header.expires_at.timestamp()
+    if created_at <= 0 or expires_at <= 0:
         raise ExchangeError("INVALID_ARGUMENT", "created_at and expires_at are required")
-    if header.created_at > now + MAX_CLOCK_SKEW:
+    if created_at > now + MAX_CLOCK_SKEW:
         raise ExchangeError("INVALID_ARGUMENT", "created_at lies in the future")
-    if header.expires_at <= header.created_at:
-        raise ExchangeError("INVALID_ARGUMENT", "expires_at must be after created_at")
-    if header.expires_at <= now:
+    if expires_at <= now:
         raise ExchangeError(
             "FAILED_PRECONDITION", f"envelope {header.envelope_id} expired before it was sent"
         )
-    if header.expires_at - now > max_ttl:
+    if expires_at - now > max_ttl:
         raise ExchangeError(
             "INVALID_ARGUMENT", f"expires_at is more than {max_ttl} seconds away (maximum)"
         )
@@ -115,7 +104,7 @@ def check_size(sealed: bytes, *, max_bytes: int) -> None:
         )
 
 
-def data_recipient(header: Header) -> str:
+def data_recipient(header: EnvelopeHeader) -> str:
     """Who receives patient data because of this envelope — the party consent must permit.
 
     A record query discloses nothing itself; it asks the holder (recipient) to disclose to the
@@ -125,31 +114,14 @@ def data_recipient(header: Header) -> str:
     return header.sender if header.kind == "record-query" else header.recipient
 
 
-def check_sealed_matches(header: Header, sealed: bytes) -> None:
+def check_sealed_matches(header: EnvelopeHeader, sealed: bytes) -> None:
     """The sealed envelope must parse and carry exactly the clear header it is routed by (the
     coordinator can read a sealed envelope's header without any key, never its payload)."""
-    from trust.envelopes import EnvelopeError, SealedEnvelope
-
     try:
         inner = SealedEnvelope.from_bytes(sealed).header
     except (EnvelopeError, ValueError) as exc:
         raise ExchangeError("INVALID_ARGUMENT", f"malformed sealed envelope: {exc}") from None
-    mismatched = [
-        name
-        for name, ours, theirs in (
-            ("envelope_id", header.envelope_id, inner.envelope_id),
-            ("kind", header.kind, inner.kind),
-            ("sender", header.sender, inner.sender),
-            ("recipient", header.recipient, inner.recipient),
-            ("patient_pseudonym", header.patient_pseudonym, inner.patient_pseudonym or ""),
-            ("purpose", header.purpose, inner.purpose),
-            ("classes", header.classes, tuple(inner.classes)),
-            ("consent_ref", header.consent_ref, inner.consent_ref or ""),
-            ("created_at", header.created_at, int(inner.created_at.timestamp())),
-            ("expires_at", header.expires_at, int(inner.expires_at.timestamp())),
-        )
-        if ours != theirs
-    ]
+    mismatched = [name for name in HEADER_FIELDS if getattr(header, name) != getattr(inner, name)]
     if mismatched:
         raise ExchangeError(
             "INVALID_ARGUMENT", f"clear header disagrees with the sealed envelope on {mismatched}"

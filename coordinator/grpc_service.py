@@ -18,7 +18,7 @@ import grpc
 
 from coordinator.consent_gate import ConsentGate
 from coordinator.directory import Directory, OrgRecord
-from coordinator.envelope_rules import Header, check_header, check_sealed_matches, check_size
+from coordinator.envelope_rules import check_header, check_sealed_matches, check_size, read_header
 from coordinator.errors import ExchangeError
 from coordinator.locator import RecordLocator
 from coordinator.notifier import InboxNotifier
@@ -27,6 +27,7 @@ from coordinator.queue import EnvelopeQueue, QueuedEnvelope
 from coordinator.routing_audit import RoutingAuditor
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from protos.ipjms.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from trust.envelope_wire import header_to_pb
 
 __all__ = ["ExchangeLimits", "Services", "add_servicers"]
 
@@ -82,36 +83,6 @@ def _streaming(method: F) -> F:
             _abort(context, exc)
 
     return wrapper  # type: ignore[return-value]
-
-
-def header_from_pb(h: pb.EnvelopeHeader) -> Header:
-    return Header(
-        envelope_id=h.envelope_id,
-        kind=h.kind,
-        sender=h.sender,
-        recipient=h.recipient,
-        patient_pseudonym=h.patient_pseudonym,
-        purpose=h.purpose,
-        classes=tuple(h.classes),
-        consent_ref=h.consent_ref,
-        created_at=int(h.created_at),
-        expires_at=int(h.expires_at),
-    )
-
-
-def header_to_pb(h: Header) -> pb.EnvelopeHeader:
-    return pb.EnvelopeHeader(
-        envelope_id=h.envelope_id,
-        kind=h.kind,
-        sender=h.sender,
-        recipient=h.recipient,
-        patient_pseudonym=h.patient_pseudonym,
-        purpose=h.purpose,
-        classes=list(h.classes),
-        consent_ref=h.consent_ref,
-        created_at=h.created_at,
-        expires_at=h.expires_at,
-    )
 
 
 def org_to_pb(org: OrgRecord) -> pb.Organisation:
@@ -179,7 +150,7 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         org = self.caller(context)
         if not request.HasField("header"):
             raise ExchangeError("INVALID_ARGUMENT", "the envelope has no header")
-        header = header_from_pb(request.header)
+        header = read_header(request.header)
         limits = self.s.limits
         now = time.time()
         check_header(header, caller=org.org_id, now=now, max_ttl=limits.max_ttl_seconds)
@@ -236,7 +207,7 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
     def _deliverable(self, item: QueuedEnvelope, now: float) -> bool:
         """Checks at delivery time: still unexpired, consent still permits."""
         header = item.header
-        if header.expires_at <= now:
+        if header.expires_at.timestamp() <= now:
             self.s.queue.kill(header.envelope_id, "expired before delivery")
             self.s.auditor.record(header, "dead", "expired before delivery", ())
             return False

@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.envelope_rules import Header
 from coordinator.errors import ExchangeError
 from coordinator.schema import envelopes, routing_log
 from servicekit.storage import is_postgres
+from trust.envelopes import EnvelopeHeader
 
 __all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES"]
 
@@ -35,7 +35,7 @@ FINAL_STATES = frozenset({"delivered", "rejected", "dead"})
 
 @dataclass(frozen=True)
 class QueuedEnvelope:
-    header: Header
+    header: EnvelopeHeader
     sealed: bytes
     attempts: int
 
@@ -53,20 +53,9 @@ class EnvelopeState:
     updated_at: float
 
 
-def _header(m: object) -> Header:
+def _header(m: object) -> EnvelopeHeader:
     r = m._mapping  # type: ignore[attr-defined]
-    return Header(
-        envelope_id=r["envelope_id"],
-        kind=r["kind"],
-        sender=r["sender"],
-        recipient=r["recipient"],
-        patient_pseudonym=r["patient_pseudonym"],
-        purpose=r["purpose"],
-        classes=tuple(json.loads(r["classes"])),
-        consent_ref=r["consent_ref"],
-        created_at=int(r["created_at"]),
-        expires_at=int(r["expires_at"]),
-    )
+    return EnvelopeHeader.from_record({**r, "classes": json.loads(r["classes"])})
 
 
 class EnvelopeQueue:
@@ -78,7 +67,7 @@ class EnvelopeQueue:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def accept(self, header: Header, sealed: bytes, *, now: float | None = None) -> bool:
+    def accept(self, header: EnvelopeHeader, sealed: bytes, *, now: float | None = None) -> bool:
         """Commit the envelope durably. Returns False when this exact envelope was already
         accepted (idempotent retry); the same id with different content is refused."""
         now = time.time() if now is None else now
@@ -90,16 +79,7 @@ class EnvelopeQueue:
                     return self._retry(existing, header, digest)
                 conn.execute(
                     insert(envelopes).values(
-                        envelope_id=header.envelope_id,
-                        kind=header.kind,
-                        sender=header.sender,
-                        recipient=header.recipient,
-                        patient_pseudonym=header.patient_pseudonym,
-                        purpose=header.purpose,
-                        classes=json.dumps(list(header.classes)),
-                        consent_ref=header.consent_ref,
-                        created_at=header.created_at,
-                        expires_at=header.expires_at,
+                        **{**header.to_record(), "classes": json.dumps(list(header.classes))},
                         sealed=sealed,
                         size=len(sealed),
                         digest=digest,
@@ -132,7 +112,7 @@ class EnvelopeQueue:
         ).first()
 
     @staticmethod
-    def _retry(existing: Row[Any], header: Header, digest: str) -> bool:
+    def _retry(existing: Row[Any], header: EnvelopeHeader, digest: str) -> bool:
         if existing.digest != digest or existing.sender != header.sender:
             raise ExchangeError(
                 "ALREADY_EXISTS",
@@ -150,7 +130,7 @@ class EnvelopeQueue:
                 ).scalar_one()
             )
 
-    def has_exchange(self, header: Header) -> bool:
+    def has_exchange(self, header: EnvelopeHeader) -> bool:
         """Is there a referral or consultation for this patient between the two organisations
         (either direction)? A Task status update may only travel along such an exchange."""
         with self.engine.connect() as conn:
@@ -236,7 +216,7 @@ class EnvelopeQueue:
 
     def acknowledge(
         self, envelope_id: str, recipient: str, *, imported: bool, detail: str = ""
-    ) -> tuple[str, Header | None]:
+    ) -> tuple[str, EnvelopeHeader | None]:
         """Final state after the recipient's acknowledgement; idempotent for repeated acks.
         Returns the state and, when this call changed it, the envelope's header."""
         now = time.time()
@@ -330,7 +310,7 @@ class EnvelopeQueue:
             updated_at=float(row.updated_at),
         )
 
-    def header(self, envelope_id: str) -> Header | None:
+    def header(self, envelope_id: str) -> EnvelopeHeader | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(envelopes).where(envelopes.c.envelope_id == envelope_id)
@@ -364,7 +344,7 @@ class EnvelopeQueue:
 
     # -- routing log --------------------------------------------------------------------------
 
-    def log_refusal(self, header: Header, reason: str) -> None:
+    def log_refusal(self, header: EnvelopeHeader, reason: str) -> None:
         with self.engine.begin() as conn:
             self._log(conn, header, "refused", reason, time.time())
 
@@ -379,7 +359,7 @@ class EnvelopeQueue:
         return [dict(r._mapping) for r in rows]
 
     @staticmethod
-    def _log(conn: object, header: Header, decision: str, reason: str, now: float) -> None:
+    def _log(conn: object, header: EnvelopeHeader, decision: str, reason: str, now: float) -> None:
         conn.execute(  # type: ignore[attr-defined]
             insert(routing_log).values(
                 at=now,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from coordinator.envelope_rules import Header
+from trust.envelopes import EnvelopeHeader
 
 __all__ = ["RoutingAuditor", "routing_event", "ORG_SYSTEM", "PSEUDONYM_SYSTEM"]
 
@@ -29,7 +29,7 @@ class Ledger(Protocol):
 
 
 def routing_event(
-    header: Header,
+    header: EnvelopeHeader,
     decision: str,
     reason: str,
     consent_ids: Sequence[str] = (),
@@ -118,7 +118,7 @@ class RoutingAuditor:
         self.ledger = ledger
 
     def record(
-        self, header: Header, decision: str, reason: str, consent_ids: Sequence[str]
+        self, header: EnvelopeHeader, decision: str, reason: str, consent_ids: Sequence[str]
     ) -> None:
         event = routing_event(header, decision, reason, consent_ids)
         self.ledger.append(event, patient_pseudonym=header.patient_pseudonym)

@@ -25,7 +25,7 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,20 +47,27 @@ __all__ = [
     "open_sealed",
     "seal_to",
     "open_from",
-    "KNOWN_KINDS",
+    "HEADER_FIELDS",
+    "KINDS",
+    "DATA_KINDS",
 ]
 
 MAGIC, VERSION = b"IPJE", 1
 MAX_HEADER = 64 * 1024
 MAX_CIPHERTEXT = 1 << 31
-KNOWN_KINDS = frozenset(
-    {"referral", "consultation", "advice", "task-update", "record-query", "record-answer", "ack"}
+# The envelope kinds of the network — the one list (the coordinator routes only these; a node
+# imports every kind but a record query, which it answers) — and, of those, the kinds whose
+# payload discloses clinical data, so they must declare their data classes. The purposes an
+# envelope may carry are the consent purposes, ``consent.policy.PURPOSES``.
+KINDS = frozenset(
+    {"referral", "consultation", "task-update", "advice", "record-query", "record-answer"}
 )
+DATA_KINDS = frozenset({"referral", "consultation", "advice", "record-answer"})
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PURPOSE = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 _CLASS = re.compile(r"^[A-Za-z*][A-Za-z0-9*._-]{0,63}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces
-_FIELDS = (
+HEADER_FIELDS = (
     "envelope_id",
     "kind",
     "sender",
@@ -95,6 +102,15 @@ def _time(value: dt.datetime | str, name: str) -> dt.datetime:
 
 def _iso(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _from_unix(value: Any, name: str) -> dt.datetime:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EnvelopeError(f"header {name} must be unix seconds")
+    try:
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise EnvelopeError(f"header {name} is out of range") from None
 
 
 @dataclass(frozen=True)
@@ -173,18 +189,43 @@ class EnvelopeHeader:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in _FIELDS}
+        d = {name: getattr(self, name) for name in HEADER_FIELDS}
         d["classes"] = list(self.classes)
         d["created_at"], d["expires_at"] = _iso(self.created_at), _iso(self.expires_at)
         return d
 
     @classmethod
     def from_dict(cls, data: Any) -> EnvelopeHeader:
-        if not isinstance(data, dict) or set(data) != set(_FIELDS):
+        if not isinstance(data, dict) or set(data) != set(HEADER_FIELDS):
             raise EnvelopeError("header must hold exactly the envelope header fields")
         if not isinstance(data["classes"], list):
             raise EnvelopeError("header classes must be a list")
-        return cls(**{name: data[name] for name in _FIELDS})
+        return cls(**{name: data[name] for name in HEADER_FIELDS})
+
+    def to_record(self) -> dict[str, Any]:
+        """The flat form of the gRPC message (``trust.envelope_wire``) and of the coordinator's
+        queue rows: times as unix seconds, no pseudonym or consent reference as ``""``."""
+        record = {name: getattr(self, name) for name in HEADER_FIELDS}
+        record["patient_pseudonym"] = self.patient_pseudonym or ""
+        record["consent_ref"] = self.consent_ref or ""
+        record["classes"] = list(self.classes)
+        record["created_at"] = int(self.created_at.timestamp())
+        record["expires_at"] = int(self.expires_at.timestamp())
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> EnvelopeHeader:
+        """The inverse of :meth:`to_record` (extra keys are ignored); validates like the
+        constructor, so anything malformed raises :class:`EnvelopeError`."""
+        missing = [name for name in HEADER_FIELDS if name not in record]
+        if missing:
+            raise EnvelopeError(f"header lacks {missing}")
+        values = {name: record[name] for name in HEADER_FIELDS}
+        values["patient_pseudonym"] = values["patient_pseudonym"] or None
+        values["consent_ref"] = values["consent_ref"] or None
+        values["created_at"] = _from_unix(values["created_at"], "created_at")
+        values["expires_at"] = _from_unix(values["expires_at"], "expires_at")
+        return cls(**values)
 
     def canonical(self) -> bytes:
         return canonical_json(self.to_dict())

@@ -13,10 +13,11 @@ import grpc
 
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from protos.ipjms.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from trust.envelope_wire import header_to_pb
 from trust.envelopes import SealedEnvelope
 from trust.pki import OrgCredentials
 
-__all__ = ["ExchangeClient", "DirectoryEntry", "header_to_pb"]
+__all__ = ["ExchangeClient", "DirectoryEntry"]
 
 
 @dataclass(frozen=True)
@@ -29,22 +30,6 @@ class DirectoryEntry:
     signing_certificate: bytes
     online: bool
     revoked: bool
-
-
-def header_to_pb(sealed: SealedEnvelope) -> pb.EnvelopeHeader:
-    h = sealed.header
-    return pb.EnvelopeHeader(
-        envelope_id=h.envelope_id,
-        kind=h.kind,
-        sender=h.sender,
-        recipient=h.recipient,
-        patient_pseudonym=h.patient_pseudonym or "",
-        purpose=h.purpose,
-        classes=list(h.classes),
-        consent_ref=h.consent_ref or "",
-        created_at=int(h.created_at.timestamp()),
-        expires_at=int(h.expires_at.timestamp()),
-    )
 
 
 def _entry(org: pb.Organisation) -> DirectoryEntry:
@@ -131,7 +116,7 @@ class ExchangeClient:
     def send(self, sealed: SealedEnvelope) -> bool:
         """Queue a sealed envelope; returns True when the coordinator saw it before (retry)."""
         reply = self.exchange.Send(
-            pb.Envelope(header=header_to_pb(sealed), sealed=sealed.to_bytes()),
+            pb.Envelope(header=header_to_pb(sealed.header), sealed=sealed.to_bytes()),
             timeout=self.timeout,
         )
         return bool(reply.duplicate)

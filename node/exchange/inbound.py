@@ -31,12 +31,11 @@ from node.exchange.workflow import task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
 from node.store import UnitOfWork, identifier_criteria, parse_bundle
 from servicekit.outcome import FhirError
-from trust.envelopes import EnvelopeError, SealedEnvelope, open_from
+from trust.envelopes import KINDS, EnvelopeError, SealedEnvelope, open_from
 
 __all__ = ["Handled", "handle_envelope", "already_processed", "local_patient", "exchange_writer"]
 
 log = logging.getLogger("ipjms.node.exchange")
-DOCUMENT_KINDS = frozenset({"referral", "consultation", "advice", "task-update", "record-answer"})
 
 
 @dataclass(frozen=True)
@@ -223,7 +222,7 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
         with ctx.engine.begin() as conn:
             _record(conn, sealed, "answered", "record query")
         return Handled(True, "record query", query=body)
-    if h.kind not in DOCUMENT_KINDS:
+    if h.kind not in KINDS:  # every other kind carries a document Bundle
         return _reject(ctx, sealed, f"unsupported envelope kind {h.kind!r}")
     try:
         undeclared = undeclared_classes(body, h.classes)

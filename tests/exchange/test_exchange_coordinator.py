@@ -22,6 +22,7 @@ from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.backend_auth import make_org_assertion
+from trust.envelope_wire import header_to_pb
 from trust.envelopes import EnvelopeHeader, seal, seal_to
 from trust.pki import revoke
 
@@ -127,13 +128,11 @@ def test_bad_input_gets_clear_status_and_queues_nothing(pki, start_coordinator) 
     with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
         good = _sealed(pki)
         # malformed: the clear header is fine, the sealed bytes are not an envelope
-        from node.exchange.client import header_to_pb
-
-        bad = pb.Envelope(header=header_to_pb(good), sealed=b"not an envelope at all")
+        bad = pb.Envelope(header=header_to_pb(good.header), sealed=b"not an envelope at all")
         code, details = _code(lambda: a.exchange.Send(bad, timeout=10))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in details
         # clear header edited to disagree with the sealed one
-        forged = header_to_pb(good)
+        forged = header_to_pb(good.header)
         forged.classes.append("Observation")
         code, details = _code(
             lambda: a.exchange.Send(pb.Envelope(header=forged, sealed=good.to_bytes()), timeout=10)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator.consent_gate import ConsentGate
-from coordinator.envelope_rules import Header, check_header, check_size, data_recipient
+from coordinator.envelope_rules import check_header, check_size, data_recipient, read_header
 from coordinator.errors import ExchangeError
 from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
@@ -25,6 +25,8 @@ from node.exchange.documents import (
     undeclared_classes,
 )
 from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
+from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from trust.envelopes import EnvelopeHeader
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe"}]}
 CONDITION = {
@@ -152,7 +154,8 @@ def test_task_workflow_and_merge() -> None:
     assert merged["description"] == task["description"]  # only workflow fields move
 
 
-def _header(**kw) -> Header:
+def _record(**kw) -> dict:
+    """An envelope header in its wire (record) form, with ``kw`` changed."""
     now = int(time.time())
     base = dict(
         envelope_id="3f2b8c1e-0000-4000-8000-000000000001",
@@ -167,32 +170,66 @@ def _header(**kw) -> Header:
         expires_at=now + 3600,
     )
     base.update(kw)
-    return Header(**base)  # type: ignore[arg-type]
+    return base
+
+
+def _header(**kw) -> EnvelopeHeader:
+    return EnvelopeHeader.from_record(_record(**kw))
+
+
+def _received(**kw) -> None:
+    """What the coordinator does with a Send's clear header: read it, then check it."""
+    message = pb.EnvelopeHeader(**_record(**kw))
+    check_header(read_header(message), caller="hosp-a", now=time.time(), max_ttl=30 * 86400)
 
 
 @pytest.mark.parametrize(
     ("changes", "code"),
     [
         ({"kind": "gossip"}, "INVALID_ARGUMENT"),
+        ({"kind": "Not A Kind"}, "INVALID_ARGUMENT"),
         ({"sender": "clinic-c"}, "PERMISSION_DENIED"),
+        ({"sender": ""}, "INVALID_ARGUMENT"),
         ({"recipient": "hosp-a"}, "INVALID_ARGUMENT"),
+        ({"recipient": ""}, "INVALID_ARGUMENT"),
         ({"patient_pseudonym": "Jane Doe"}, "INVALID_ARGUMENT"),
+        ({"patient_pseudonym": ""}, "INVALID_ARGUMENT"),
         ({"purpose": "MARKETING"}, "INVALID_ARGUMENT"),
         ({"classes": ()}, "INVALID_ARGUMENT"),
         ({"classes": ("Condition", "Condition")}, "INVALID_ARGUMENT"),
+        ({"classes": ("condition",)}, "INVALID_ARGUMENT"),
         (
             {"expires_at": int(time.time()) - 1, "created_at": int(time.time()) - 100},
             "FAILED_PRECONDITION",
         ),
         ({"expires_at": int(time.time()) + 10**8}, "INVALID_ARGUMENT"),
+        ({"expires_at": 2**62}, "INVALID_ARGUMENT"),  # beyond any datetime
+        ({"created_at": 0, "expires_at": 0}, "INVALID_ARGUMENT"),
+        (
+            {"created_at": int(time.time()) + 3600, "expires_at": int(time.time()) + 7200},
+            "INVALID_ARGUMENT",
+        ),  # fmt: skip
         ({"envelope_id": "x"}, "INVALID_ARGUMENT"),
+        ({"envelope_id": ""}, "INVALID_ARGUMENT"),
+        ({"consent_ref": "has spaces"}, "INVALID_ARGUMENT"),
     ],
 )
 def test_header_rules(changes, code) -> None:
     with pytest.raises(ExchangeError) as err:
-        check_header(_header(**changes), caller="hosp-a", now=time.time(), max_ttl=30 * 86400)
+        _received(**changes)
     assert err.value.code == code
-    check_header(_header(), caller="hosp-a", now=time.time(), max_ttl=30 * 86400)
+    _received()
+
+
+def test_every_kind_and_purpose_of_the_one_lists_is_routed() -> None:
+    """The coordinator accepts exactly trust.envelopes.KINDS and consent.policy.PURPOSES."""
+    from consent.policy import PURPOSES
+    from trust.envelopes import KINDS
+
+    for kind in KINDS:
+        _received(kind=kind, classes=("Condition",))
+    for purpose in PURPOSES:
+        _received(purpose=purpose)
 
 
 @given(st.binary(min_size=0, max_size=64))

@@ -3,33 +3,31 @@ redelivery after a lost lease, acknowledgement, expiry and dead letters."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import time
 import uuid
 
 import pytest
 
-from coordinator.envelope_rules import Header
 from coordinator.errors import ExchangeError
 from coordinator.locator import RecordLocator
 from coordinator.queue import EnvelopeQueue
 from coordinator.server import open_database
+from trust.envelopes import EnvelopeHeader
 
 PSEUDO = "ab" * 32
 
 
-def _header(recipient: str = "clinic-b", kind: str = "referral", ttl: int = 3600) -> Header:
-    now = int(time.time())
-    return Header(
-        envelope_id=str(uuid.uuid4()),
+def _header(recipient: str = "clinic-b", kind: str = "referral", ttl: int = 3600) -> EnvelopeHeader:
+    return EnvelopeHeader.new(
         kind=kind,
         sender="hosp-a",
         recipient=recipient,
-        patient_pseudonym=PSEUDO,
         purpose="TREAT",
         classes=("Condition",),
-        consent_ref="",
-        created_at=now,
-        expires_at=now + ttl,
+        patient_pseudonym=PSEUDO,
+        ttl=dt.timedelta(seconds=ttl),
     )
 
 
@@ -93,18 +91,16 @@ def test_expiry_moves_to_dead_letters_and_drops_ciphertext(queue: EnvelopeQueue)
 def test_task_update_needs_a_prior_exchange(queue: EnvelopeQueue) -> None:
     referral = _header()
     queue.accept(referral, b"x")
-    back = Header(
-        **{
-            **referral.__dict__,
-            "envelope_id": str(uuid.uuid4()),
-            "kind": "task-update",
-            "sender": "clinic-b",
-            "recipient": "hosp-a",
-            "classes": (),
-        }
+    back = dataclasses.replace(
+        referral,
+        envelope_id=str(uuid.uuid4()),
+        kind="task-update",
+        sender="clinic-b",
+        recipient="hosp-a",
+        classes=(),
     )
     assert queue.has_exchange(back)
-    stranger = Header(**{**back.__dict__, "sender": "clinic-c"})
+    stranger = dataclasses.replace(back, sender="clinic-c")
     assert not queue.has_exchange(stranger)
 
 

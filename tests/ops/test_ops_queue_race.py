@@ -10,9 +10,8 @@ with psycopg's message).
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,11 +19,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from coordinator.envelope_rules import Header
 from coordinator.errors import ExchangeError
 from coordinator.queue import EnvelopeQueue
 from coordinator.server import open_database
 from deploy.launcher import wait_until
+from trust.envelopes import EnvelopeHeader
 
 pytestmark = pytest.mark.postgres
 
@@ -48,10 +47,10 @@ class _HeldCommit:
         return getattr(self.engine, name)
 
 
-def _header() -> Header:
-    now = int(time.time())
-    return Header(str(uuid.uuid4()), "referral", "hosp-a", "clinic-b", "ab" * 32, "TREAT",
-                  ("Condition",), "", now, now + 3600)  # fmt: skip
+def _header() -> EnvelopeHeader:
+    return EnvelopeHeader.new(kind="referral", sender="hosp-a", recipient="clinic-b",
+                              purpose="TREAT", classes=("Condition",), patient_pseudonym="ab" * 32,
+                              ttl=dt.timedelta(hours=1))  # fmt: skip
 
 
 def _race(pg_url: str, sealed_a: bytes, sealed_b: bytes) -> tuple[Any, Any]:
