@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from protos.model_card import READMISSION_SPEC, READMISSION_TASK
+
 __all__ = [
     "SPEC_ID",
     "TASK",
@@ -43,9 +45,10 @@ __all__ = [
     "parse_instant",
 ]
 
-TASK = "readmission-30d"
-SPEC_VERSION = 1
-SPEC_ID = f"{TASK}@{SPEC_VERSION}"
+# The task and spec ids are the model-card contract's (protos.model_card), where the registry
+# reads them too; this module is the implementation of that spec id.
+TASK = READMISSION_TASK
+SPEC_ID = READMISSION_SPEC
 READMISSION_WINDOW = timedelta(days=30)
 PRIOR_WINDOW = timedelta(days=365)
 

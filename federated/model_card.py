@@ -1,4 +1,9 @@
-"""The model card of a finished run and the wire form of a model's weights (pure)."""
+"""The model card of a finished run and the wire form of a model's weights (pure).
+
+What a card and the weights must hold is the wire contract :mod:`protos.model_card` (the
+coordinator's registry checks uploads with it): ``build_card`` returns a card it accepts,
+``encode_weights`` / ``decode_weights`` are numpy's side of its weights form.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from federated.datasets import round_count
+from protos.model_card import WEIGHT_DTYPE, array_bytes, check_weights
 
 __all__ = ["build_card", "encode_weights", "decode_weights"]
 
@@ -71,7 +77,7 @@ def build_card(result: Any, *, run_id: str = "") -> dict[str, Any]:
 def encode_weights(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return {
         name: {
-            "dtype": "float32",
+            "dtype": WEIGHT_DTYPE,
             "shape": list(a.shape),
             "data": base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode(),
         }
@@ -80,13 +86,9 @@ def encode_weights(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def decode_weights(wire: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Raises :class:`protos.model_card.ModelRejected` (a ValueError) naming the bad entry."""
     out = {}
-    for name, spec in wire.items():
-        if spec.get("dtype") != "float32":
-            raise ValueError(f"weights {name}: only float32 is supported")
-        raw = base64.b64decode(spec["data"], validate=True)
-        shape = tuple(int(s) for s in spec["shape"])
-        if len(raw) != 4 * int(np.prod(shape)):
-            raise ValueError(f"weights {name}: {len(raw)} bytes do not fit shape {shape}")
+    for name, spec in check_weights(wire).items():
+        shape, raw = array_bytes(name, spec)
         out[name] = np.frombuffer(raw, dtype="<f4").reshape(shape).copy()
     return out

@@ -17,9 +17,9 @@ from registry_app import BASE, Registry
 from coordinator.model_registry import card_rules
 from federated.model_card import build_card, encode_weights
 from federated.registry_client import RegistryClient, RegistryError
-from federated.run_plan import TASKS as FEDERATED_TASKS
 from federated.run_plan import RunPlan
 from federated.server_loop import NodeRecord, RunResult
+from protos import model_card
 
 pytestmark = pytest.mark.usefixtures("registry")
 
@@ -236,8 +236,8 @@ BAD_UPLOADS = {
     "data not base64": (_weight_with(data="not base64!"), "not valid base64"),
     "data does not fit shape": (_weight_with(shape=[2, 26], data=_ZERO_26), "do not fit shape"),
     "too many values": (
-        _weight_with(shape=[card_rules.MAX_PARAMETERS + 1]),
-        f"at most {card_rules.MAX_PARAMETERS}",
+        _weight_with(shape=[model_card.MAX_PARAMETERS + 1]),
+        f"at most {model_card.MAX_PARAMETERS}",
     ),
     "published not a flag": (_upload(published="yes"), "published must be true or false"),
     "body is a list": ([_upload()], "body must be a JSON object"),
@@ -286,11 +286,3 @@ def test_publish_flag_must_be_a_boolean(registry: Registry) -> None:
     _outcome(registry.post("org-authority", path, {"published": "true"}), 400, "true or false")
     _outcome(registry.post("org-authority", path, ["published"]), 400, "JSON object")
     assert _client(registry, "org-authority").card(model_id)["published"] is False
-
-
-def test_registry_knows_the_federated_tasks() -> None:
-    """card_rules.TASKS is the coordinator's copy of federated.run_plan.TASKS (no import across):
-    every task and feature spec federated trains is one the registry stores."""
-    assert FEDERATED_TASKS
-    for task, (spec, _n_features) in FEDERATED_TASKS.items():
-        assert spec in card_rules.TASKS.get(task, ()), (task, spec)
