@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.errors import ExchangeError
 from coordinator.schema import envelopes, routing_log
 from servicekit.storage import is_postgres
-from trust.envelopes import EnvelopeHeader
+from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
 
 __all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES"]
 
@@ -148,7 +148,7 @@ class EnvelopeQueue:
                         ),
                     ),
                     envelopes.c.patient_pseudonym == header.patient_pseudonym,
-                    envelopes.c.kind.in_(["referral", "consultation"]),
+                    envelopes.c.kind.in_(sorted(REQUEST_KINDS)),
                     envelopes.c.state.in_(["queued", "delivering", "delivered"]),
                 )
                 .limit(1)

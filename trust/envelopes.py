@@ -50,6 +50,7 @@ __all__ = [
     "HEADER_FIELDS",
     "KINDS",
     "DATA_KINDS",
+    "REQUEST_KINDS",
 ]
 
 MAGIC, VERSION = b"IPJE", 1
@@ -63,6 +64,8 @@ KINDS = frozenset(
     {"referral", "consultation", "task-update", "advice", "record-query", "record-answer"}
 )
 DATA_KINDS = frozenset({"referral", "consultation", "advice", "record-answer"})
+# The kinds that open an exchange (a doctor's request); task updates travel only along one.
+REQUEST_KINDS = frozenset({"referral", "consultation"})
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PURPOSE = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 _CLASS = re.compile(r"^[A-Za-z*][A-Za-z0-9*._-]{0,63}$")

@@ -28,7 +28,7 @@ from node.exchange.workflow import check_transition, new_request, task_parties, 
 from node.identity import patient_pseudonym
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
-from trust.envelopes import EnvelopeHeader, seal_to
+from trust.envelopes import REQUEST_KINDS, EnvelopeHeader, seal_to
 
 __all__ = [
     "request_exchange",
@@ -58,8 +58,8 @@ def request_exchange(
     writer: str = DEFAULT_WRITER,
 ) -> dict[str, Any]:
     """Create ServiceRequest + Task for ``recipient`` and send the consented data with them."""
-    if kind not in ("referral", "consultation"):
-        raise BadRequest("kind must be referral or consultation")
+    if kind not in REQUEST_KINDS:
+        raise BadRequest(f"kind must be one of {', '.join(sorted(REQUEST_KINDS))}")
     if recipient == ctx.org_id:
         raise BadRequest("cannot refer a patient to this organisation itself")
     ctx.store.read("Patient", patient_id)
