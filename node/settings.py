@@ -70,6 +70,13 @@ class NodeSettings(BaseSettings):
     ca_dir: Path | None = None
     org_credentials_dir: Path | None = None
     consent_url: str | None = None
+    # Care management (node/care): the care engine as a background worker (off by default: it writes
+    # CarePlans for every enrolling Condition), the account whose Practitioner is responsible when
+    # an enrolling Condition names no local Practitioner, and how often the scheduler looks for
+    # missing readings, overdue follow-ups and unacknowledged alerts.
+    care_enabled: bool = False
+    care_responsible_user: str = "care-lead"
+    care_tick_seconds: float = Field(default=60.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

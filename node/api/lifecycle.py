@@ -30,3 +30,7 @@ async def run_background(app: Any, services: list[BackgroundService]) -> AsyncIt
 from node.exchange.lifecycle import exchange_service  # noqa: E402
 
 BACKGROUND.append(exchange_service)
+
+from node.care.lifecycle import care_service  # noqa: E402
+
+BACKGROUND.append(care_service)

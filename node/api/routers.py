@@ -23,3 +23,7 @@ EXTRA_ROUTERS.append(exchange_router)
 from node.consent_link import router as consent_link_router  # noqa: E402
 
 EXTRA_ROUTERS.append(consent_link_router)
+
+from node.care.routes import router as care_router  # noqa: E402
+
+EXTRA_ROUTERS.append(care_router)

@@ -29,6 +29,8 @@ __all__ = [
     "escalations",
     "open_alert_keys",
     "rule_of",
+    "recipient_of",
+    "ALERT_ID_SYSTEM",
 ]
 
 BASE = "https://ipjms.example.org/fhir"
@@ -37,6 +39,7 @@ ACTION_SYSTEM = f"{BASE}/CodeSystem/care-alert-action"
 ALERT_ID_SYSTEM = f"{BASE}/sid/care-alert"
 ACK_BY_EXT = f"{BASE}/StructureDefinition/care-alert-acknowledge-by"
 ESCALATED_EXT = f"{BASE}/StructureDefinition/care-alert-escalated"
+RECIPIENT_EXT = f"{BASE}/StructureDefinition/care-alert-recipient"
 OPEN, ACKNOWLEDGED, DISMISSED = "preliminary", "final", "cancelled"
 PRIORITY = {"high": "urgent", "moderate": "routine", "low": "routine"}
 
@@ -64,7 +67,17 @@ def open_alert_keys(issues: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]
     return keys
 
 
-def detected_issue(decision: AlertDecision, pathway_url: str) -> dict[str, Any]:
+def recipient_of(issue: Mapping[str, Any]) -> str | None:
+    """The practitioner the alert is addressed to (``care-alert-recipient``)."""
+    for e in issue.get("extension", []):
+        if e.get("url") == RECIPIENT_EXT:
+            return str((e.get("valueReference") or {}).get("reference"))
+    return None
+
+
+def detected_issue(
+    decision: AlertDecision, pathway_url: str, recipient: str | None = None
+) -> dict[str, Any]:
     rule = decision.rule
     source = f"{rule.source['guideline']} ({rule.source['edition']})"
     detail = f"{decision.summary}. Source: {source}."
@@ -90,9 +103,14 @@ def detected_issue(decision: AlertDecision, pathway_url: str) -> dict[str, Any]:
         "detail": detail,
         "reference": pathway_url,
     }
+    extensions: list[dict[str, Any]] = []
+    if recipient:
+        extensions.append({"url": RECIPIENT_EXT, "valueReference": _ref(recipient)})
     if rule.acknowledge_within is not None:
         by = decision.at + rule.acknowledge_within
-        issue["extension"] = [{"url": ACK_BY_EXT, "valueDateTime": iso(by)}]
+        extensions.append({"url": ACK_BY_EXT, "valueDateTime": iso(by)})
+    if extensions:
+        issue["extension"] = extensions
     return issue
 
 

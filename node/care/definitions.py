@@ -26,7 +26,14 @@ from node.care.expressions import Expression, ExpressionError, compile_expressio
 from node.care.measures import MeasureCatalog
 from node.care.rules import ControlCriterion, Rule, RuleError, parse_ruleset
 
-__all__ = ["CareDefinitions", "Pathway", "load_definitions", "PATHWAY_DIR", "RuleError"]
+__all__ = [
+    "CareDefinitions",
+    "Pathway",
+    "load_definitions",
+    "load_catalog",
+    "PATHWAY_DIR",
+    "RuleError",
+]
 
 PATHWAY_DIR = Path(__file__).parent / "pathways"
 
@@ -210,9 +217,14 @@ def _pathway(path: Path, shared: tuple[Rule, ...], catalog: MeasureCatalog) -> P
     )
 
 
+def load_catalog(directory: Path = PATHWAY_DIR) -> MeasureCatalog:
+    """The measure catalog alone (units and plausible ranges of readings)."""
+    return MeasureCatalog.from_json(_read_json(directory / "measures.json"))
+
+
 def load_definitions(directory: Path = PATHWAY_DIR) -> CareDefinitions:
     """Every pathway in ``directory`` with its rules; :class:`RuleError` on the first fault."""
-    catalog = MeasureCatalog.from_json(_read_json(directory / "measures.json"))
+    catalog = load_catalog(directory)
     shared = parse_ruleset(
         "shared.rules.json", _read_json(directory / "shared.rules.json"), list(catalog.measures)
     ).rules

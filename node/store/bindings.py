@@ -276,6 +276,7 @@ REQUIRED_CODE_BINDINGS: Mapping[str, Mapping[str, ValueSet]] = {
     "Procedure": {"status": EVENT_STATUS},
     "QuestionnaireResponse": {"status": QUESTIONNAIRE_RESPONSE_STATUS},
     "RiskAssessment": {"status": OBSERVATION_STATUS},
+    "DetectedIssue": {"status": OBSERVATION_STATUS},
     "ServiceRequest": {
         "status": REQUEST_STATUS,
         "intent": REQUEST_INTENT,

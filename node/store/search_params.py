@@ -538,6 +538,30 @@ _TYPES: dict[str, list[SearchParamDef]] = {
         _CODE,
         _date("created", "created"),
     ],
+    # Care management (node/care): alerts, and the pathways loaded into the store.
+    "DetectedIssue": [
+        _I,
+        _patient("patient"),
+        _CODE,
+        _STATUS,  # not an R4 search parameter; open alerts are status=preliminary
+        _date("identified", "identifiedDateTime"),
+        _ref("implicated", "implicated"),
+        _ref("author", "author"),
+    ],
+    "PlanDefinition": [
+        _I,
+        _STATUS,
+        _tok("url", "url"),
+        _tok("version", "version"),
+        _str("name", "name"),
+    ],
+    "ActivityDefinition": [
+        _I,
+        _STATUS,
+        _tok("url", "url"),
+        _tok("version", "version"),
+        _str("name", "name"),
+    ],
 }
 
 SUPPORTED_SEARCH_PARAMS: dict[str, dict[str, SearchParamDef]] = {

@@ -9,6 +9,7 @@ Errors name the resource type, the element path and the problem. Reference *reso
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -17,6 +18,7 @@ from node.store.search_params import SUPPORTED_SEARCH_PARAMS
 from servicekit.outcome import BadRequest
 
 __all__ = [
+    "EXTRA_CHECKS",
     "preload_models",
     "validate_resource",
     "check_type",
@@ -25,6 +27,10 @@ __all__ = [
 ]
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+# Checks other areas add (node/care: units and plausible values of clinical readings). Each gets a
+# structurally valid resource and returns (element path, message) problems; any → 400 "value".
+EXTRA_CHECKS: list[Callable[[dict[str, Any]], list[tuple[str, str]]]] = []
 
 
 @cache
@@ -100,4 +106,12 @@ def validate_resource(resource: Any, *, expected_type: str | None = None) -> str
             expression=[v.path for v in violations[:5]],
             code="code-invalid",
         )
+    for check in EXTRA_CHECKS:
+        found = check(resource)
+        if found:
+            raise BadRequest(
+                f"invalid {rtype}: " + "; ".join(message for _, message in found[:5]),
+                expression=[path for path, _ in found[:5]],
+                code="value",
+            )
     return rtype
