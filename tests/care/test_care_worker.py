@@ -169,3 +169,19 @@ def test_moved_clock_missing_weights_overdue_follow_up_and_escalation(store, run
     to_team = _search(store, "Communication", ("recipient", team))
     assert len(to_team) == 1 and to_team[0]["priority"] == "stat"
     assert worker.tick(due + timedelta(days=8)) == 0  # escalated once
+
+
+def test_replaying_handled_events_changes_nothing(store, running):
+    """After a crash between the worker's writes and its stored position, the same events come
+    again: no second plan, no second alert."""
+    worker, clock = running
+    pid, plan = _enrolled(store, worker, clock)
+    for day in range(4):
+        clock.now = at(day, 1)
+        store.create(weight(70.0 + 0.85 * day, at(day), patient=f"Patient/{pid}"))
+        settled(store, worker)
+    counts = store.counts()
+    worker.stop()  # the replay runs here, not racing the worker thread
+    clock.now = at(3, 1)
+    worker.handle(store.events.read_since(0))
+    assert store.counts() == counts
