@@ -173,7 +173,7 @@ def _close(store: FhirStore, principal: Principal, rid: str, verb: str, text: An
             {"resource": provenance, "request": {"method": "POST", "url": "Provenance"}},
         ],
     }
-    store.transaction(bundle, writer=f"user:{principal.subject}")
+    store.transaction(bundle, writer=f"{principal.role}:{principal.subject}")
     return store.read("DetectedIssue", rid)
 
 
