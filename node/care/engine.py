@@ -5,6 +5,8 @@ the same inputs give the same decisions.
 - Only the plan's patient's data counts (``subject``/``patient``/``for`` must name it).
 - Threshold, trend, score and risk rules fire on *new* data (the recent data is context: the
   window of a trend, the previous score); absence rules compare the clock with the plan.
+- A new reading taken more than ``FRESH_FOR`` (7 days) before the clock fires nothing: history
+  arriving late (an imported referral, a first catch-up of the commit log) is context, not news.
 - A rule whose alert is open for the patient never fires again (``open_alerts`` holds
   ``(patient, rule id)`` pairs), and a rule ``suppressed_by`` another that fires or is open
   stays quiet.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from node.care.control import UNKNOWN, control_status
@@ -38,6 +40,7 @@ __all__ = [
 OPEN_TASK = frozenset({"requested", "received", "accepted", "ready", "in-progress", "on-hold"})
 VISITED = frozenset({"arrived", "in-progress", "finished"})
 FINAL = frozenset({"final", "amended", "corrected"})
+FRESH_FOR = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,8 @@ def evaluate(
     everything = _mine([*recent_data, *new_data], plan.patient)
     rows = [r for r in readings(everything, catalog) if r.time <= clock]
     new_refs = {reference_of(r) for r in new}
-    facts = _Facts(clock, new, everything, [r for r in rows if r.source in new_refs], rows)
+    fresh = [r for r in rows if r.source in new_refs and r.time >= clock - FRESH_FOR]
+    facts = _Facts(clock, new, everything, fresh, rows)
     open_now = {rule for patient, rule in open_alerts if patient == plan.patient}
     fired: list[AlertDecision] = []
     for rule in plan.pathway.rules:

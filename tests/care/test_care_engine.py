@@ -263,3 +263,11 @@ def test_readings_after_the_clock_are_not_counted():
     future = weight(73, at(2))  # counted, it would make the 3-day rise 3 kg: uncontrolled
     decisions = evaluate(plan, [weight(71, at(1))], [weight(70, at(0)), future], set(), at(1, 1))
     assert [(type(d).__name__, d.status) for d in decisions] == [("ControlChange", "controlled")]
+
+
+def test_old_readings_arriving_late_are_context_not_news():
+    plan = plan_for("hypertension")
+    old = bp(190, 115, at(-8))  # taken 8 days ago, written now (e.g. an imported referral)
+    assert _rules(evaluate(plan, [old], [], set(), at())) == []
+    recent = bp(190, 115, at(-6))
+    assert _rules(evaluate(plan, [recent], [], set(), at())) == ["htn-bp-urgent"]
