@@ -116,12 +116,20 @@ def _when(obs: Mapping[str, Any]) -> datetime | None:
     )
 
 
+UCUM = "http://unitsofmeasure.org"
+
+
 def _raw_value(element: Mapping[str, Any]) -> tuple[float | None, str | None, str | None]:
-    """(value, unit system, unit code) of an Observation or component value."""
+    """(value, unit system, unit code) of an Observation or component value. A Quantity with
+    neither ``system`` nor ``code`` is read by its ``unit`` text, as if that were its UCUM code
+    (``{"value": 70, "unit": "/min"}`` is accepted; ``"unit": "bpm"`` is not)."""
     if "valueQuantity" in element:
         q = element["valueQuantity"]
         v = q.get("value")
-        return (float(v) if isinstance(v, int | float) else None, q.get("system"), q.get("code"))
+        value = float(v) if isinstance(v, int | float) else None
+        if "system" not in q and "code" not in q:
+            return value, UCUM, q.get("unit")
+        return value, q.get("system"), q.get("code")
     if "valueInteger" in element:
         return float(element["valueInteger"]), None, None
     return None, None, None

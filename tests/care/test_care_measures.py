@@ -37,6 +37,14 @@ def test_a_non_ucum_unit_is_refused():
     assert "must be UCUM" in _problems(not_ucum)[0][1]
 
 
+def test_an_uncoded_unit_is_read_as_its_text():
+    uncoded = obs("8867-4", 70, "/min", at())
+    uncoded["valueQuantity"] = {"value": 70, "unit": "/min"}
+    assert _problems(uncoded) == []
+    uncoded["valueQuantity"] = {"value": 70, "unit": "bpm"}
+    assert "'bpm' is not an accepted UCUM unit" in _problems(uncoded)[0][1]
+
+
 def test_units_convert_to_the_canonical_unit_before_the_range_check():
     assert _problems(obs("29463-7", 160, "[lb_av]", at())) == []  # 72.6 kg
     assert _problems(obs("29463-7", 1000, "[lb_av]", at()))  # 453 kg
