@@ -20,7 +20,9 @@ def serve(
     data_dir: Annotated[Path, typer.Option(help="State folder (SQLite, keys).")] = Path(
         "consent-data"
     ),
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8300,
+    port: Annotated[
+        int, typer.Option(help="TCP port (0: any free one, written to bound-ports.json).")
+    ] = 8300,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     db: Annotated[
         str | None, typer.Option(help="Database URL (default SQLite in data dir).")
@@ -36,11 +38,16 @@ def serve(
     ] = None,
 ) -> None:
     """Run the consent registry (HTTP)."""
-    import uvicorn
-
     from consent.app import create_app
     from consent.settings import RegistrySettings
+    from servicekit.http_serving import serve_uvicorn
+    from servicekit.ports import announce_ports, bind_listener
 
+    try:  # bound before the app is built: with --port 0 the OS picks, and the app knows it
+        sock = bind_listener(host, port)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    port = int(sock.getsockname()[1])
     overrides: dict[str, object] = {"data_dir": data_dir, "port": port, "host": host}
     if db:
         overrides["db_url"] = db
@@ -54,11 +61,6 @@ def serve(
 
     configure_logging("consent")
     settings = RegistrySettings(**overrides)  # type: ignore[arg-type]
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        log_config=None,
-    )
+    app = create_app(settings)
+    announce_ports(data_dir, http=port)
+    serve_uvicorn(sock, app, log_level="warning", access_log=False, log_config=None)

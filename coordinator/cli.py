@@ -28,7 +28,14 @@ def _engine(data_dir: Path, db: str | None):  # type: ignore[no-untyped-def]
 @app.command()
 def serve(
     data_dir: DataDir,
-    port: Annotated[int, typer.Option("--port", help="gRPC (mutual TLS) port.")] = 7443,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            help="gRPC (mutual TLS) port (0: any free one, and the status "
+            "API's too; both written to <data dir>/bound-ports.json).",
+        ),
+    ] = 7443,
     http_port: Annotated[int, typer.Option(help="HTTP status API port (0: port+1).")] = 0,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
     db: DbUrl = None,

@@ -4,6 +4,7 @@ API in one process. ``ipjms coordinator serve`` calls :func:`run`."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -54,7 +55,8 @@ def build_services(
     directory = Directory(engine)
     queue = EnvelopeQueue(
         engine,
-        replica_id=f"{settings.host}:{settings.port}",
+        # unique per replica (port 0: the port is not known yet, the process id is)
+        replica_id=f"{settings.host}:{settings.port or f'pid{os.getpid()}'}",
         lease_seconds=settings.lease_seconds,
     )
     return Services(
@@ -80,7 +82,7 @@ def start_grpc(
     creds: OrgCredentials,
     *,
     interceptors: list[Any] | None = None,
-) -> grpc.Server:
+) -> tuple[grpc.Server, int]:
     # Let oversized envelopes reach Send so the caller gets our clear RESOURCE_EXHAUSTED message;
     # far larger messages are cut off by gRPC itself (also RESOURCE_EXHAUSTED).
     limit = settings.max_envelope_bytes * 2 + 1024 * 1024
@@ -105,7 +107,7 @@ def start_grpc(
     if not bound:
         raise RuntimeError(f"cannot bind gRPC port {settings.port}")
     server.start()
-    return server
+    return server, int(bound)  # the port it got (the OS picks for port 0)
 
 
 def _sweeper(services: Services, stop: threading.Event) -> None:
@@ -126,6 +128,7 @@ def run(settings: CoordinatorSettings) -> None:
     from coordinator.http_api import create_status_app
     from coordinator.metrics import GrpcMetrics
     from servicekit.logging_setup import configure_logging
+    from servicekit.ports import announce_ports, bind_listener
 
     configure_logging("coordinator")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,30 +136,34 @@ def run(settings: CoordinatorSettings) -> None:
     engine = open_database(settings.database_url())
     services = build_services(settings, engine, creds)
     app = create_status_app(services, settings=settings, creds=creds)
-    server = start_grpc(
+    server, grpc_port = start_grpc(
         settings, services, creds, interceptors=[GrpcMetrics(app.state.metrics.registry)]
     )
     stop = threading.Event()
     threading.Thread(target=_sweeper, args=(services, stop), daemon=True).start()
+    # --port 0: both ports are the OS's pick; otherwise --http-port (0: gRPC port + 1)
+    http_sock = bind_listener(settings.host, settings.status_port() if settings.port else 0)
+    http_port = int(http_sock.getsockname()[1])
     log.info(
         "coordinator %s: gRPC (mTLS) on %s:%d, status API on http://%s:%d",
         creds.org_id,
         settings.host,
-        settings.port,
+        grpc_port,
         settings.host,
-        settings.status_port(),
+        http_port,
     )
+    announce_ports(settings.data_dir, grpc=grpc_port, http=http_port)
     config = uvicorn.Config(
         app,
         host=settings.host,
-        port=settings.status_port(),
+        port=http_port,
         log_level="warning",
         access_log=False,
         log_config=None,
     )
     http = uvicorn.Server(config)
     try:
-        http.run()
+        http.run(sockets=[http_sock])
     finally:
         stop.set()
         server.stop(grace=2).wait(5)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from servicekit.ports import free_port
+from servicekit.ports import PORTS_FILE, free_port, read_announced_ports
 from servicekit.processes import die_with_parent
 
 __all__ = ["free_port", "Service", "start_service", "wait_until", "wait_healthy", "ipjms_command"]
@@ -88,6 +88,21 @@ def wait_healthy(service: Service, timeout: float = 60.0, verify: bool | str = T
     wait_until(healthy, timeout, interval=0.1, what=f"{service.name} to become healthy")
 
 
+def _wait_for_ports(service: Service, ports_dir: Path, timeout: float) -> dict[str, int]:
+    found: dict[str, int] = {}
+
+    def announced() -> bool:
+        if not service.alive():
+            raise RuntimeError(
+                f"{service.name} exited with {service.process.returncode}:\n{service.log_tail()}"
+            )
+        found.update(read_announced_ports(ports_dir) or {})
+        return bool(found)
+
+    wait_until(announced, timeout, interval=0.05, what=f"{service.name} to announce its ports")
+    return found
+
+
 def start_service(
     name: str,
     args: Sequence[str],
@@ -97,9 +112,17 @@ def start_service(
     env: dict[str, str] | None = None,
     wait: bool = True,
     timeout: float = 60.0,
+    ports_dir: Path | None = None,
 ) -> Service:
-    """Start ``ipjms <args>`` as a child process, logging to ``log_dir/<name>.log``."""
+    """Start ``ipjms <args>`` as a child process, logging to ``log_dir/<name>.log``.
+
+    ``ports_dir``: the service was told ``--port 0`` and announces the ports it bound in
+    ``ports_dir/bound-ports.json`` (``servicekit.ports``); wait for them, and fill ``base_url``
+    from them (``"http://127.0.0.1:{http}"``). They are in ``service.extra["ports"]``.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
+    if ports_dir is not None:
+        (ports_dir / PORTS_FILE).unlink(missing_ok=True)  # a previous run's ports
     log_path = log_dir / f"{name}.log"
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -114,6 +137,14 @@ def start_service(
     )
     log_fh.close()
     service = Service(name, proc, base_url, log_path)
+    if ports_dir is not None:
+        try:
+            ports = _wait_for_ports(service, ports_dir, timeout)
+        except Exception:
+            service.stop()
+            raise
+        service.base_url = base_url.format(**ports)
+        service.extra["ports"] = ports
     if wait:
         try:
             wait_healthy(service, timeout)

@@ -26,6 +26,7 @@ from node.api.metrics import MetricsMiddleware, NodeMetrics
 from node.api.routers import EXTRA_ROUTERS
 from node.auth import routes as auth_routes
 from node.auth.accounts import migrate_accounts
+from node.auth.login_audit import login_failure_sink, node_ledger
 from node.auth.service import AuthService, LoginFailure
 from node.feeds.hl7v2.node_service import mllp_service
 from node.settings import NodeSettings
@@ -97,8 +98,9 @@ def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
             failure.known_subject or "-",
         )
 
-    # Audit hook: the trust area appends a sink writing a login_failure AuditEvent to the ledger.
     auth.failure_sinks.append(count_failure)
+    # ... and each one is a login_failure AuditEvent in the node's ledger (<data dir>/audit.db)
+    auth.failure_sinks.append(login_failure_sink(node_ledger(settings), settings.org_id))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

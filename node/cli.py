@@ -111,7 +111,10 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 @app.command()
 def serve(
     data_dir: DataDir,
-    port: Annotated[int | None, typer.Option("--port", help="HTTP port.")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="HTTP port (0: any free one, written to bound-ports.json)."),
+    ] = None,
     db: DbUrl = None,
     host: Annotated[str | None, typer.Option("--host", help="Listen address.")] = None,
     workers: Annotated[
@@ -134,16 +137,20 @@ def serve(
 
     ``--tls-cert``/``--tls-key`` serve it over HTTPS, e.g. with the organisation's TLS
     certificate from the regional PKI (``<org dir>/tls.cert.pem``, ``tls.key.pem``)."""
-    import uvicorn
-
     from node.app import create_app
+    from servicekit.http_serving import serve_uvicorn
     from servicekit.logging_setup import configure_logging
+    from servicekit.ports import announce_ports, bind_listener
 
     configure_logging("node")
     settings = _settings(data_dir, port=port, db_url=db, host=host)
+    try:  # bound before the app is built: with --port 0 the OS picks, and the app knows it
+        sock = bind_listener(settings.host, settings.port)
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+    if settings.port == 0:
+        settings = _settings(data_dir, port=sock.getsockname()[1], db_url=db, host=host)
     common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
         "log_level": "info",
         "log_config": None,  # servicekit.logging_setup: JSON lines, no PHI
         "access_log": False,  # request paths carry ids; metrics count routes instead
@@ -159,7 +166,7 @@ def serve(
         engine, _store = _open_store(settings)  # migrate once, before the workers start
         engine.dispose()
         _export_for_workers(settings, data_dir)
-        target, common["workers"], common["factory"] = "node.app:app_factory", workers, True
+        target, common["factory"] = "node.app:app_factory", True
     import logging
 
     logging.getLogger("ipjms.node").info(
@@ -169,11 +176,12 @@ def serve(
         settings.host,
         settings.port,
     )
+    announce_ports(data_dir, http=settings.port)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
     # that was installed before it: make that a clean exit (status 0), not death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run(target, **common)
+    serve_uvicorn(sock, target, workers=workers, **common)
 
 
 def _tls_options(cert: Path | None, key: Path | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 from consent_harness import Pki
 from fastapi.testclient import TestClient
 
-from deploy.launcher import free_port, start_service
+from deploy.launcher import start_service
 from node.app import create_app
 from node.identity import NATIONAL_ID_SYSTEM, patient_pseudonym
 from node.settings import load_settings
@@ -20,23 +20,15 @@ PASSWORD = "correct horse battery"
 
 
 def test_doctor_issues_enrolment_code_through_the_registry(pki: Pki, tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     registry = start_service(
         "consent",
-        [
-            "consent",
-            "serve",
-            "--data-dir",
-            str(tmp_path / "consent"),
-            "--port",
-            str(port),
-            "--ca-dir",
-            str(pki.ca_dir),
-        ],
-        base_url=base,
+        ["consent", "serve", "--data-dir", str(tmp_path / "consent"), "--port", "0",
+         "--ca-dir", str(pki.ca_dir)],
+        base_url="http://127.0.0.1:{http}",
         log_dir=tmp_path / "logs",
-    )
+        ports_dir=tmp_path / "consent",
+    )  # fmt: skip
+    base = registry.base_url
     try:
         settings = load_settings(
             tmp_path / "node",

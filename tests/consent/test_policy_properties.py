@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from consent.policy import (
@@ -48,12 +48,15 @@ def periods(draw: st.DrawFn) -> Period | None:
 
 @st.composite
 def provisions(draw: st.DrawFn, nested: bool) -> Provision:
+    # Steered towards permits (two in three rules), so that permits, partial permits and
+    # overlapping / disjoint data periods are common rather than rare (see the generator test).
     return Provision(
-        type=draw(st.sampled_from(["permit", "deny"])),
+        type=draw(st.sampled_from(["permit", "permit", "deny"])),
         actors=draw(opt_set(ORGS)),
         purposes=draw(opt_set(sorted(PURPOSES))),
         classes=draw(opt_set(CLASSES)),
         period=draw(periods()),
+        data_period=draw(periods()) if nested else None,  # dataPeriod: root provision only
         provisions=tuple(draw(st.lists(provisions(False), max_size=3))) if nested else (),
     )
 
@@ -62,7 +65,7 @@ def provisions(draw: st.DrawFn, nested: bool) -> Provision:
 def consents(draw: st.DrawFn, idx: int) -> ConsentRecord:
     return ConsentRecord(
         id=f"c{idx}",
-        patient=draw(st.sampled_from(PATIENTS)),
+        patient=draw(st.sampled_from(["p1", "p1", "p1", "p2"])),  # mostly the requested one
         status=draw(st.sampled_from(["active", "active", "active", "inactive", "rejected"])),
         provision=draw(provisions(True)),
         period=draw(periods()),
@@ -77,7 +80,7 @@ def consent_sets(draw: st.DrawFn) -> list[ConsentRecord]:
 
 requests = st.builds(
     DecisionRequest,
-    patient=st.sampled_from(PATIENTS),
+    patient=st.sampled_from(["p1", "p1", "p1", "p2"]),
     requester=st.sampled_from(ORGS),
     recipient=st.sampled_from(ORGS),
     purpose=st.sampled_from(sorted(PURPOSES)),
@@ -134,6 +137,31 @@ def oracle_permits(cs: list[ConsentRecord], req: DecisionRequest, cls: str) -> b
     )
 
 
+def oracle_data_window(
+    cs: list[ConsentRecord], req: DecisionRequest, granted: set[str]
+) -> tuple[Period | None, bool]:
+    """The window of data the permit covers: the overlap of the dataPeriods of every consent
+    whose permit grants one of the classes; and whether that overlap is empty."""
+    windows = [
+        c.provision.data_period
+        for c in cs
+        if _live(c, req)
+        and c.provision.data_period is not None
+        and any(
+            p.type == "permit" and _matches(p, c.provision, req, cls)
+            for p in _provision_rules(c)
+            for cls in granted
+        )
+    ]
+    if not windows:
+        return None, False
+    starts = [w.start for w in windows if w.start is not None]
+    ends = [w.end for w in windows if w.end is not None]
+    window = Period(max(starts) if starts else None, min(ends) if ends else None)
+    empty = window.start is not None and window.end is not None and window.end <= window.start
+    return window, empty
+
+
 def oracle_denies_all(cs: list[ConsentRecord], req: DecisionRequest) -> bool:
     return any(
         p.type == "deny" and _matches(p, c.provision, req, None)
@@ -143,25 +171,39 @@ def oracle_denies_all(cs: list[ConsentRecord], req: DecisionRequest) -> bool:
     )
 
 
-PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# Cheaper checks of narrower properties.
-QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Narrower properties (they were at 60 examples, which reached only 4-25 permits per run).
+QUICK = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
 @given(consent_sets(), requests)
 def test_never_permits_what_a_deny_or_missing_permit_forbids(cs, req) -> None:
     d = decide(cs, req)
+    # what the generator reached (pytest --hypothesis-show-statistics)
+    event("permit" if d.permit else "deny")
+    if d.permit and d.refused_classes:
+        event("partial permit")
+    if d.permit and d.data_period is not None:
+        event("permit limited to a data window")
+    if "data periods do not overlap" in d.reason:
+        event("deny: data windows do not overlap")
     assert d.classes <= req.classes, "never a class that was not requested"
     assert d.permit == bool(d.classes)
     for cls in d.classes:
         assert oracle_permits(cs, req, cls), f"{cls} permitted without a permit or despite a deny"
     if oracle_denies_all(cs, req):
         assert not d.permit
-    # and the engine is not stricter than the semantics either (no false refusals)
+    # and the engine is not stricter than the semantics either (no false refusals); the data
+    # window is the overlap of the permitting consents' dataPeriods, and none at all denies
     if not oracle_denies_all(cs, req):
         expected = {c for c in req.classes if oracle_permits(cs, req, c)}
-        assert set(d.classes) == expected
+        window, empty = oracle_data_window(cs, req, expected)
+        if expected and empty:
+            assert not d.permit and "data periods do not overlap" in d.reason
+        else:
+            assert set(d.classes) == expected
+            assert d.data_period == (window if d.permit else None)
     assert d.refused_classes == req.classes - d.classes
 
 
@@ -233,6 +275,38 @@ def test_other_patients_consents_never_count(cs, req) -> None:
     assert decide(others, req) == Decision(
         False, frozenset(), (), "no active consent covers this patient", req.classes
     )
+
+
+windows = st.builds(
+    lambda a, b: (
+        Period(day(min(a, b)), day(max(a, b)))
+        if a is not None and b is not None
+        else Period(None if a is None else day(a), None if b is None else day(b))
+    ),
+    st.none() | st.integers(0, 20),
+    st.none() | st.integers(0, 20),
+)
+
+
+@QUICK
+@given(st.lists(windows, min_size=1, max_size=4), requests)
+def test_data_window_is_the_overlap_of_the_permitting_consents_data_periods(ws, req) -> None:
+    """Every consent permits the request, each for its own dataPeriod: the decision's window
+    is their overlap (latest start, earliest end), and no overlap at all denies."""
+    cs = [
+        ConsentRecord(f"w{i}", req.patient, "active", Provision("permit", data_period=w))
+        for i, w in enumerate(ws)
+    ]
+    d = decide(cs, req)
+    starts = [w.start for w in ws if w.start is not None]
+    ends = [w.end for w in ws if w.end is not None]
+    start, end = (max(starts) if starts else None), (min(ends) if ends else None)
+    event("disjoint" if start is not None and end is not None and end <= start else "overlap")
+    if start is not None and end is not None and end <= start:
+        assert not d.permit and not d.classes and "do not overlap" in d.reason
+    else:
+        assert d.permit and d.classes == req.classes
+        assert d.data_period == Period(start, end)
 
 
 def test_default_deny_with_no_consents() -> None:

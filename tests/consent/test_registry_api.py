@@ -68,7 +68,8 @@ def test_decision_token_is_tamper_evident(registry: Registry) -> None:
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     with pytest.raises(DecisionTokenError, match="signature"):
         verify_decision_token(f"{head}.{forged}.{sig}", jwks)
-    # a different key (another registry) is not trusted
+    # a key id the JWKS does not hold is refused (another registry's key with the same kid:
+    # test_registry_promises.py)
     other = {"keys": [dict(jwks["keys"][0], kid="someone-else")]}
     with pytest.raises(DecisionTokenError, match="unknown key"):
         verify_decision_token(d.token, other)

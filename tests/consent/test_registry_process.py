@@ -12,7 +12,7 @@ from consent_harness import Pki, treat_consent
 
 from consent.client import ConsentClient
 from consent.decision_token import verify_decision_token
-from deploy.launcher import free_port, ipjms_command, start_service
+from deploy.launcher import ipjms_command, start_service
 
 P = "e5" * 32
 
@@ -20,8 +20,6 @@ P = "e5" * 32
 def test_real_process_enrol_grant_decide_crash_revoke(
     pki: Pki, db_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     data = tmp_path / "consent"
     args = [
         "consent",
@@ -29,13 +27,18 @@ def test_real_process_enrol_grant_decide_crash_revoke(
         "--data-dir",
         str(data),
         "--port",
-        str(port),
+        "0",
         "--db",
         db_url,
         "--ca-dir",
         str(pki.ca_dir),
     ]
-    service = start_service("consent", args, base_url=base, log_dir=tmp_path / "logs")
+    service = start_service(
+        "consent", args, base_url="http://127.0.0.1:{http}", log_dir=tmp_path / "logs",
+        ports_dir=data,
+    )  # fmt: skip
+    base = service.base_url
+    args[args.index("--port") + 1] = base.rsplit(":", 1)[1]  # the restart keeps its port
     try:
         hosp = ConsentClient(base, pki.orgs["hosp-a"])
         code = hosp.create_enrolment_code(P)["code"]

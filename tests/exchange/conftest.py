@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from exchange_net import ORGS, Coordinator, register
+from exchange_net import ORGS, Coordinator, register, start_coordinator_process
 
-from deploy.launcher import free_port, start_service
 from trust.pki import OrgCredentials, init_ca, issue_org
 
 
@@ -45,19 +44,12 @@ def start_coordinator(pki: Pki, tmp_path: Path) -> Iterator[Callable[..., Coordi
         data_dir = tmp_path / f"coordinator{len(started)}"
         data_dir.mkdir()
         register(data_dir, pki, db)
-        port, http_port = free_port(), free_port()
-        args = [
-            "coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
-            "--http-port", str(http_port), "--ca-dir", str(pki.ca_dir),
-            "--org-dir", str(pki.org_dirs["coordinator"]), *extra,
-        ]  # fmt: skip
+        extra_args = list(extra)
         if consent_url:
-            args += ["--consent-url", consent_url]
+            extra_args += ["--consent-url", consent_url]
         if db:
-            args += ["--db", db]
-        url = f"http://127.0.0.1:{http_port}"
-        service = start_service("coordinator", args, base_url=url, log_dir=tmp_path / "logs")
-        coordinator = Coordinator(service, f"127.0.0.1:{port}", data_dir, url, args)
+            extra_args += ["--db", db]
+        coordinator = start_coordinator_process(data_dir, pki, tmp_path / "logs", *extra_args)
         started.append(coordinator)
         return coordinator
 

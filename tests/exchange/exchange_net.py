@@ -15,7 +15,7 @@ import httpx
 from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
-from deploy.launcher import Service, free_port, ipjms_command, start_service, wait_until
+from deploy.launcher import Service, ipjms_command, start_service, wait_until
 from node.identity import NATIONAL_ID_SYSTEM
 from trust.pseudonym import load_or_create_linkage_key, pseudonym
 
@@ -111,10 +111,9 @@ class Region:
             "IPJMS_NODE_ORG_CREDENTIALS_DIR": str(self.pki.org_dirs[org_id]),
         }
         full = {**os.environ, **env}
-        port = free_port()
         subprocess.run(
             ipjms_command("node", "init", "--org", org_id, "--name", org_id, "--level", level,
-                          "--data-dir", str(data_dir), "--port", str(port)),
+                          "--data-dir", str(data_dir)),
             check=True, capture_output=True, env=full,
         )  # fmt: skip
         subprocess.run(
@@ -122,12 +121,13 @@ class Region:
                           "doctor", "--role", "doctor"),
             check=True, capture_output=True, env=full,
         )  # fmt: skip
-        args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)]
-        url = f"http://127.0.0.1:{port}"
+        args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0"]
         service = start_service(
-            f"node-{org_id}", args, base_url=url, log_dir=self.root / "logs", env=env
-        )
-        node = NodeProc(org_id, url, data_dir, service, args, env)
+            f"node-{org_id}", args, base_url="http://127.0.0.1:{http}",
+            log_dir=self.root / "logs", env=env, ports_dir=data_dir,
+        )  # fmt: skip
+        args[-1] = str(service.extra["ports"]["http"])  # a restart keeps the port it got
+        node = NodeProc(org_id, service.base_url, data_dir, service, args, env)
         self.nodes[org_id] = node
         return node
 
@@ -184,6 +184,23 @@ class Coordinator:
         )
 
 
+def start_coordinator_process(
+    data_dir: Path, pki: Any, log_dir: Path, *extra: str, name: str = "coordinator"
+) -> Coordinator:
+    """``ipjms coordinator serve --port 0`` (gRPC and status API on ports the OS picks)."""
+    args = ["coordinator", "serve", "--data-dir", str(data_dir), "--port", "0",
+            "--ca-dir", str(pki.ca_dir), "--org-dir", str(pki.org_dirs["coordinator"]),
+            *extra]  # fmt: skip
+    service = start_service(
+        name, args, base_url="http://127.0.0.1:{http}", log_dir=log_dir, ports_dir=data_dir
+    )
+    ports = service.extra["ports"]
+    # a restart keeps the ports it got (the nodes know its address)
+    args[args.index("--port") + 1] = str(ports["grpc"])
+    args += ["--http-port", str(ports["http"])]
+    return Coordinator(service, f"127.0.0.1:{ports['grpc']}", data_dir, service.base_url, args)
+
+
 def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
     config = data_dir.parent / "orgs.toml"
     lines = []
@@ -203,11 +220,14 @@ def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
 
 
 def start_consent(root: Path, pki: Any) -> tuple[str, Service]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
-            "--ca-dir", str(pki.ca_dir), "--public-url", url]  # fmt: skip
-    return url, start_service("consent", args, base_url=url, log_dir=root / "logs")
+    data_dir = root / "consent"
+    args = ["consent", "serve", "--data-dir", str(data_dir), "--port", "0",
+            "--ca-dir", str(pki.ca_dir)]  # fmt: skip
+    service = start_service(
+        "consent", args, base_url="http://127.0.0.1:{http}", log_dir=root / "logs",
+        ports_dir=data_dir,
+    )  # fmt: skip
+    return service.base_url, service
 
 
 def patient_bundle(national_id: str, *, name: str, extra_conditions: int = 0) -> dict[str, Any]:
@@ -273,14 +293,9 @@ def start_region(
         data_dir = root / "coordinator"
         data_dir.mkdir()
         register(data_dir, pki)
-        port, http_port = free_port(), free_port()
-        args = ["coordinator", "serve", "--data-dir", str(data_dir), "--port", str(port),
-                "--http-port", str(http_port), "--ca-dir", str(pki.ca_dir),
-                "--org-dir", str(pki.org_dirs["coordinator"]), "--consent-url", consent_url,
-                "--lease-seconds", "3"]  # fmt: skip
-        url = f"http://127.0.0.1:{http_port}"
-        service = start_service("coordinator", args, base_url=url, log_dir=root / "logs")
-        net.coordinator = Coordinator(service, f"127.0.0.1:{port}", data_dir, url, args)
+        net.coordinator = start_coordinator_process(
+            data_dir, pki, root / "logs", "--consent-url", consent_url, "--lease-seconds", "3"
+        )
         for org_id, level in nodes or (
             ("hosp-a", "tertiary"),
             ("clinic-b", "community"),

@@ -246,6 +246,9 @@ def test_rate_limit_duplicates_and_polling_inbox(pki, start_coordinator, tmp_pat
         consent_service.stop()
 
 
+LIFETIME = 15  # seconds
+
+
 def test_undelivered_envelope_expires_into_the_dead_letters(
     pki, start_coordinator, tmp_path
 ) -> None:
@@ -254,13 +257,17 @@ def test_undelivered_envelope_expires_into_the_dead_letters(
         region = Region(tmp_path / "region", pki, consent_url, consent_service, tmp_path / "lk")
         region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
         coord = start_coordinator(consent_url=consent_url)
-        short = _sealed(pki, ttl=dt.timedelta(seconds=2))
+        # long enough to pass Send (with its HTTP consent decision) on a loaded machine
+        short = _sealed(pki, ttl=dt.timedelta(seconds=LIFETIME))
         with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
             assert a.send(short) is False
-            # nobody collects it; the coordinator's sweeper dead-letters it after expiry
+            # nobody collects it; the coordinator's sweeper (every 5 s) dead-letters it after expiry
             wait_until(
-                lambda: a.status(short.header.envelope_id).state == "dead", 20, what="expiry"
+                lambda: a.status(short.header.envelope_id).state == "dead",
+                LIFETIME + 45,
+                what="expiry",
             )
+            assert dt.datetime.now(dt.UTC) >= short.header.expires_at  # not before its time
             assert "expired" in a.status(short.header.envelope_id).reason
         with ExchangeClient(coord.address, pki.creds["clinic-b"]) as b:
             assert list(b.inbox(follow=False)) == []

@@ -20,7 +20,13 @@ from exchange_net import (
 )
 
 from node.exchange.client import ExchangeClient
-from node.exchange.documents import EXCHANGE_TAG_SYSTEM, PSEUDONYM_SYSTEM, local_id, pack_document
+from node.exchange.documents import (
+    EXCHANGE_TAG_SYSTEM,
+    PSEUDONYM_SYSTEM,
+    TASK_ID_SYSTEM,
+    local_id,
+    pack_document,
+)
 from node.identity import NATIONAL_ID_SYSTEM
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
@@ -37,7 +43,6 @@ CONSENTED_B = [
     "ServiceRequest",
     "Communication",
 ]
-_PSEUDO: list[str] = []
 CONSENTED_A = ["Patient", "Condition", "Observation", "ServiceRequest"]
 
 
@@ -47,7 +52,6 @@ def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
     try:
         seed(net.nodes["hosp-a"], patient_bundle(NID, name=NAME))
         pseudo = net.pseudonym(NID)
-        _PSEUDO.append(pseudo)
         headers = net.patient_token(pseudo)
         net.consent_id = net.grant(
             headers, pseudo, {"clinic-b": CONSENTED_B, "hosp-a": CONSENTED_A}
@@ -94,7 +98,13 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
         "ServiceRequest",
     }
 
-    wait_for(lambda: _imported(b, "Task"), what="the referral Task at clinic B")
+    # this referral's Task at B (other tests' referrals may be there too, in any order)
+    uid = a.get(f"/fhir/{sent['task']}")["identifier"][0]["value"]
+
+    def task_at_b() -> list[dict]:
+        return b.search("Task", identifier=f"{TASK_ID_SYSTEM}|{uid}")
+
+    wait_for(task_at_b, what="the referral Task at clinic B")
     types = {
         rtype
         for rtype in [
@@ -123,7 +133,7 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
     assert condition["meta"]["source"].startswith("urn:ipjms:org:hosp-a")
     assert condition["subject"]["reference"].startswith("Patient/")
     # B accepts → A's Task follows
-    task_b = _imported(b, "Task")[0]
+    (task_b,) = task_at_b()
     r = b.post(f"/exchange/tasks/{task_b['id']}/accept", {})
     assert r.status_code == 200, r.text
     wait_for(lambda: _task_status(a, sent["task"]) == "accepted", what="accepted at A")
@@ -135,9 +145,34 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
     assert r.status_code == 409
 
 
+NID3, NAME3 = "HF-1944-0303", "Konstantin Wolkenbruch"
+
+
+def _referred_to_b(region: Region, nid: str, name: str) -> str:
+    """A patient of A with a TREAT consent for B and A, referred to B and imported there: the
+    patient's reference at B (the state a consultation from B needs, set up by the test)."""
+    a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    seed(a, patient_bundle(nid, name=name))
+    pseudo = region.pseudonym(nid)
+    region.grant(
+        region.patient_token(pseudo), pseudo, {"clinic-b": CONSENTED_B, "hosp-a": CONSENTED_A}
+    )
+    r = a.post(
+        "/exchange/requests",
+        {"kind": "referral", "patient": f"Patient/p-{nid}", "recipient": "clinic-b",
+         "reason": "follow-up near home"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    wait_for(
+        lambda: b.search("Patient", identifier=f"{PSEUDONYM_SYSTEM}|{pseudo}"),
+        what="the referred patient at B",
+    )
+    return _imported_patient(b, pseudo)
+
+
 def test_consultation_advice_returns_to_the_requester(region: Region) -> None:
     a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
-    patient_b = _imported_patient(b)
+    patient_b = _referred_to_b(region, NID3, NAME3)
     r = b.post(
         "/exchange/requests",
         {
@@ -150,11 +185,16 @@ def test_consultation_advice_returns_to_the_requester(region: Region) -> None:
     )
     assert r.status_code == 201, r.text
     sent = r.json()
-    wait_for(
-        lambda: [t for t in _imported(a, "Task") if t["status"] == "requested"],
-        what="consultation at A",
-    )
-    task_a = [t for t in _imported(a, "Task") if t["status"] == "requested"][0]
+
+    def asked() -> list[dict]:
+        return [
+            t
+            for t in _imported(a, "Task")
+            if t["status"] == "requested" and t.get("description") == "Increase the loop diuretic?"
+        ]
+
+    wait_for(asked, what="consultation at A")
+    task_a = asked()[0]
     r = a.post(
         f"/exchange/tasks/{task_a['id']}/answer", {"text": "Increase furosemide to 80 mg daily."}
     )
@@ -168,14 +208,49 @@ def test_consultation_advice_returns_to_the_requester(region: Region) -> None:
     assert advice["meta"]["source"].startswith("urn:ipjms:org:hosp-a")
 
 
-def _imported_patient(node) -> str:
+def _imported_patient(node, pseudo: str) -> str:
     """The patient at ``node`` that the pseudonym maps to (created or linked on import)."""
-    patients = node.search("Patient", identifier=f"{PSEUDONYM_SYSTEM}|{_PSEUDO[0]}")
+    patients = node.search("Patient", identifier=f"{PSEUDONYM_SYSTEM}|{pseudo}")
     return f"Patient/{patients[0]['id']}"
 
 
-def test_no_consent_is_refused_at_the_coordinator_and_audited(region: Region) -> None:
+def _consent_ledger(region: Region) -> AuditLedger:
+    return AuditLedger(make_engine(sqlite_url(region.root / "consent", "consent")))
+
+
+def _agents(event: dict, role: str) -> list[str]:
+    return [
+        a["who"]["identifier"]["value"]
+        for a in event["agent"]
+        if any(c.get("code") == role for c in a.get("type", {}).get("coding", []))
+    ]
+
+
+def test_no_consent_is_refused_by_the_sending_node_and_nothing_reaches_the_coordinator(
+    region: Region,
+) -> None:
+    """The sending node asks the registry first (its own enforcement): the deny is audited at
+    the registry, and nothing is sealed or sent. (The coordinator's own refusal, for a node that
+    skips this check, is the next test.)"""
     a = region.nodes["hosp-a"]
+    pseudo = region.pseudonym(NID)
+
+    def denied_for_c() -> list[dict]:
+        return [
+            e.event
+            for e in _consent_ledger(region).entries(patient_pseudonym=pseudo)
+            if e.event["outcome"] != "0" and "clinic-c" in _agents(e.event, "IRCP")
+        ]
+
+    def to_c_at_coordinator() -> list[dict]:
+        return [
+            e.event
+            for e in _coordinator_ledger(region).entries(patient_pseudonym=pseudo)
+            if "clinic-c" in _agents(e.event, "IRCP")
+        ]
+
+    denied_before = len(denied_for_c())
+    outbox_before = a.get("/exchange/outbox")["envelopes"]
     r = a.post(
         "/exchange/requests",
         {
@@ -187,6 +262,9 @@ def test_no_consent_is_refused_at_the_coordinator_and_audited(region: Region) ->
     )
     assert r.status_code == 403, r.text
     assert "consent" in r.text
+    assert len(denied_for_c()) == denied_before + 1  # the registry's deny, audited
+    assert a.get("/exchange/outbox")["envelopes"] == outbox_before  # nothing sealed
+    assert to_c_at_coordinator() == []  # nothing reached the coordinator
     r = a.post(
         "/exchange/requests",
         {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "nobody", "reason": "x"},
@@ -425,16 +503,27 @@ def test_exchange_routes_check_scope(region: Region) -> None:
     assert httpx.get(f"{a.url}/exchange/inbox", headers=admin).status_code == 200
 
 
+NID4, NAME4 = "HF-1957-0404", "Friedelinde Sonnenschirm"
+
+
 def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Region) -> None:
     """Must-show 3: grep every file the coordinator wrote (database, WAL, logs). Bare short
-    numbers are not searched: they occur by chance in the hex of ids, pseudonyms and hashes."""
+    numbers are not searched: they occur by chance in the hex of ids, pseudonyms and hashes.
+    The test refers its own patient first, so the control below holds whatever ran before."""
+    _referred_to_b(region, NID4, NAME4)
     secrets = [
         NAME,
         NID,
         NAME2,
         NID2,
+        NAME3,
+        NID3,
+        NAME4,
+        NID4,
         "Quellenberg",
         "Eisenzahn",
+        "Wolkenbruch",
+        "Sonnenschirm",
         "Sturmvogel",
         "HF-1960-1313",
         '"value":1873',
@@ -450,8 +539,17 @@ def test_coordinator_holds_no_names_identifiers_or_clinical_values(region: Regio
         "33762-6",
     ]
     # control: the exchange did carry them (clinic B's own database holds them in clear)
-    at_b = b"".join(p.read_bytes() for p in region.nodes["clinic-b"].data_dir.glob("node.db*"))
-    for carried in ("Quellenberg", "furosemide", "Heart failure", "Increase furosemide"):
+    b = region.nodes["clinic-b"]
+    wait_for(
+        lambda: any(
+            c["code"].get("coding", [{}])[0].get("code") == "84114007"
+            for c in _imported(b, "Condition")
+            if c["subject"]["reference"] == _imported_patient(b, region.pseudonym(NID4))
+        ),
+        what="the referral's Condition at B",
+    )
+    at_b = b"".join(p.read_bytes() for p in b.data_dir.glob("node.db*"))
+    for carried in ("Sonnenschirm", "furosemide", "Heart failure"):
         assert carried.encode() in at_b, f"{carried!r} never reached clinic B"
     files = [p for p in region.coordinator.data_dir.rglob("*") if p.is_file()]
     files.append(region.coordinator.service.log_path)

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from sqlalchemy import text
 
 from coordinator.errors import ExchangeError
 from coordinator.locator import RecordLocator
@@ -78,10 +79,22 @@ def test_only_the_recipient_may_acknowledge(queue: EnvelopeQueue) -> None:
     assert err.value.code == "NOT_FOUND"
 
 
+def _stored_sealed(queue: EnvelopeQueue, envelope_id: str) -> bytes:
+    with queue.engine.connect() as conn:
+        return bytes(
+            conn.execute(
+                text("select sealed from envelopes where envelope_id = :id"), {"id": envelope_id}
+            ).scalar_one()
+        )
+
+
 def test_expiry_moves_to_dead_letters_and_drops_ciphertext(queue: EnvelopeQueue) -> None:
     h = _header(ttl=2)
-    queue.accept(h, b"x")
+    ciphertext = b"sealed-ciphertext-" + uuid.uuid4().bytes
+    queue.accept(h, ciphertext)
+    assert _stored_sealed(queue, h.envelope_id) == ciphertext
     assert queue.expire(now=time.time() + 5) == [h.envelope_id]
+    assert _stored_sealed(queue, h.envelope_id) == b""  # the sealed bytes are gone
     state = queue.state(h.envelope_id)
     assert state is not None and state.state == "dead" and "expired" in state.reason
     assert queue.claim("clinic-b", limit=5, lease_owner="s", now=time.time() + 6) == []

@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
-from deploy.launcher import free_port, ipjms_command, start_service
+from deploy.launcher import Service, ipjms_command, start_service
 from node.store import FhirStore
 from node.store.tables import resource_version
+from servicekit.ports import free_port
 from servicekit.storage import make_engine
 
 ADMIN_PASSWORD = "admin-pass-for-tests"
@@ -29,6 +31,30 @@ def ipjms(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run(
         ipjms_command(*args), capture_output=True, text=True, env=full_env, timeout=240
     )
+
+
+def _serve(name: str, args: list[str], data_dir: Path, tmp_path: Path, **kw: Any) -> Service:
+    """``ipjms node serve … --port 0``: the node binds a port the OS picks and announces it."""
+    return start_service(
+        name, args, base_url="http://127.0.0.1:{http}", log_dir=tmp_path / "logs",
+        ports_dir=data_dir, **kw,
+    )  # fmt: skip
+
+
+def _login_failures(data_dir: Path) -> list[dict[str, str]]:
+    """The login-failure AuditEvents in the node's ledger: who (or "unknown") and why."""
+    from trust.audit_ledger import AuditLedger
+
+    ledger = AuditLedger(make_engine(f"sqlite:///{data_dir / 'audit.db'}"), create=False)
+    out = []
+    for entry in ledger.entries():
+        event = entry.event
+        if event["subtype"][0]["code"] != "110122":  # DICOM Login
+            continue
+        assert event["outcome"] == "8" and event["type"]["code"] == "110114"
+        user = event["agent"][0]["who"]["identifier"]["value"]
+        out.append({"user": user, "reason": event["outcomeDesc"]})
+    return out
 
 
 def _init(data_dir: Path, db_url: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -165,10 +191,9 @@ def test_serve_real_process_users_clients_and_restart(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)]
-    service = start_service("node-srv", args, base_url=url, log_dir=tmp_path / "logs")
+    args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0"]
+    service = _serve("node-srv", args, data_dir, tmp_path)
+    url = service.base_url
     try:
         assert httpx.get(f"{url}/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
         tok = httpx.post(
@@ -187,9 +212,25 @@ def test_serve_real_process_users_clients_and_restart(tmp_path: Path) -> None:
         )
         assert refused.status_code == 401
         assert "wrong-password" not in service.log_tail(200)
+        unknown = httpx.post(
+            f"{url}/auth/token",
+            data={"grant_type": "password", "username": "Anna Novak", "password": "x-x-x-x-x"},
+        )
+        assert unknown.status_code == 401
+        # both failed logins are AuditEvents in the node's ledger, without password or name
+        failures = _login_failures(data_dir)
+        assert [(f["user"], f["reason"]) for f in failures] == [
+            ("drwho", "password: bad_credentials"),
+            ("unknown", "password: bad_credentials"),
+        ]
+        ledger_bytes = b"".join(p.read_bytes() for p in data_dir.glob("audit.db*"))
+        assert b"wrong-password" not in ledger_bytes and b"Anna Novak" not in ledger_bytes
+        verified = ipjms("audit", "verify", "--data-dir", str(data_dir), "--service", "audit")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         service.stop()
     assert service.process.returncode == 0  # SIGTERM → graceful stop
+    args[-1] = url.rsplit(":", 1)[1]  # the restart serves where the first one did
     service = start_service("node-srv2", args, base_url=url, log_dir=tmp_path / "logs")
     try:
         tok = httpx.post(
@@ -244,15 +285,15 @@ def test_serve_with_mllp_listener_and_csv_ingest(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     assert _init(data_dir, f"sqlite:///{tmp_path / 'm.db'}",
                  IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0  # fmt: skip
-    port, mllp_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    service = start_service(
+    mllp_port = free_port()  # the MLLP listener takes a fixed port (a background service)
+    service = _serve(
         "node-mllp",
-        ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        base_url=url,
-        log_dir=tmp_path / "logs",
+        ["node", "serve", "--data-dir", str(data_dir), "--port", "0"],
+        data_dir,
+        tmp_path,
         env={"IPJMS_NODE_MLLP_PORT": str(mllp_port)},
     )
+    url = service.base_url
     try:
         tok = httpx.post(
             f"{url}/auth/token",
@@ -285,11 +326,46 @@ def test_serve_with_mllp_listener_and_csv_ingest(tmp_path: Path) -> None:
         service.stop()
 
 
+def _listening_pids(port: int, pids: list[int]) -> set[int]:
+    """Which of ``pids`` hold a socket listening on 127.0.0.1:``port`` (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            inodes.add(f"socket:[{inode}]")
+    holders = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                if os.readlink(fd) in inodes:
+                    holders.add(pid)
+            except OSError:
+                continue
+    return holders
+
+
+def _workers(pid: int) -> list[int]:
+    """uvicorn's worker processes below ``pid`` (spawned; not the multiprocessing helpers)."""
+    children = [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").glob("*")
+        for c in (task / "children").read_text().split()
+    ]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
 def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None:
+    """`--workers 2`: two worker processes answer on one port (each is seen answering), a client
+    assertion replayed to either worker is refused, /metrics adds up both workers' counts, and
+    the background services (the MLLP listener) run in exactly one of them."""
     import time
     import uuid
 
     import jwt
+
+    from deploy.launcher import wait_until
+    from node.feeds.hl7v2 import send_mllp
 
     data_dir = tmp_path / "node"
     assert _init(data_dir, f"sqlite:///{tmp_path / 'w.db'}",
@@ -301,11 +377,21 @@ def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None
     r = ipjms("node", "client", "add", "--data-dir", str(data_dir), "--client-id", "sn",
               "--public-key", pem.decode(), "--scope", "system/*.rs")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port), "--workers", "2"]
-    service = start_service("node-workers", args, base_url=url, log_dir=tmp_path / "logs")
+    mllp_port = free_port()  # the MLLP listener takes a fixed port (a background service)
+    args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0", "--workers", "2"]
+    service = _serve(
+        "node-workers", args, data_dir, tmp_path, env={"IPJMS_NODE_MLLP_PORT": str(mllp_port)}
+    )
+    url = service.base_url
+    http_port = int(url.rsplit(":", 1)[1])
+    metrics_dir = data_dir / "metrics-multiproc"
     try:
+        workers = _workers(service.process.pid)
+        assert len(workers) == 2, workers
+        assert _listening_pids(http_port, workers) == set(workers)  # both serve the port
+        wait_until(lambda: send_mllp("127.0.0.1", mllp_port, _oru("W1", "99")), 30, what="MLLP")
+        assert len(_listening_pids(mllp_port, workers)) == 1  # background: exactly one worker
+
         now = int(time.time())
         claims = {"iss": "sn", "sub": "sn", "aud": f"{url}/auth/token", "iat": now,
                   "exp": now + 60, "jti": uuid.uuid4().hex}  # fmt: skip
@@ -314,15 +400,23 @@ def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None
             "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
             "client_assertion": jwt.encode(claims, key, algorithm="ES256"),
         }
+
+        def answered_by() -> set[int]:  # workers that wrote metrics (each answer counts)
+            return {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
+
         statuses = []
-        for _ in range(6):  # fresh connections: the kernel spreads them over both workers
+        deadline = time.monotonic() + 60
+        # fresh connections until both workers have answered (the kernel picks the worker)
+        while len(statuses) < 6 or not set(workers) <= answered_by():
+            assert time.monotonic() < deadline, f"only {answered_by()} of {workers} answered"
             with httpx.Client() as client:
                 statuses.append(client.post(f"{url}/auth/token", data=form).status_code)
-        assert statuses == [200, 401, 401, 401, 401, 401]
+        replays = len(statuses) - 1
+        assert statuses == [200] + [401] * replays
         metrics = httpx.get(f"{url}/metrics").text
         assert (
-            'ipjms_node_login_failures_total{grant_type="client_credentials",reason="replayed"} 5.0'
-            in metrics
+            'ipjms_node_login_failures_total{grant_type="client_credentials",reason="replayed"} '
+            f"{float(replays)}" in metrics
         )
     finally:
         service.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.launcher import free_port, ipjms_command, start_service, wait_healthy
+from deploy.launcher import ipjms_command, start_service, wait_healthy
 from trust.pki import init_ca, issue_org
 
 
@@ -34,15 +34,16 @@ def test_serves_https_verified_by_the_regional_ca(tmp_path: Path, pki: tuple[Pat
     r = _ipjms("node", "init", "--org", "org-tls", "--name", "TLS Clinic", "--data-dir",
                str(data_dir))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    port = free_port()
     service = start_service(
         "node-https",
-        ["node", "serve", "--data-dir", str(data_dir), "--port", str(port),
+        ["node", "serve", "--data-dir", str(data_dir), "--port", "0",
          "--tls-cert", str(org_dir / "tls.cert.pem"), "--tls-key", str(org_dir / "tls.key.pem")],
-        base_url=f"https://127.0.0.1:{port}",
+        base_url="https://127.0.0.1:{http}",
         log_dir=tmp_path / "logs",
         wait=False,
+        ports_dir=data_dir,
     )  # fmt: skip
+    port = service.extra["ports"]["http"]
     try:
         ca_cert = str(ca_dir / "ca.cert.pem")
         wait_healthy(service, verify=ca_cert)
@@ -81,6 +82,6 @@ def test_tls_options_are_checked(
     paths = {"CERT": org_dir / "tls.cert.pem", "KEY": org_dir / "tls.key.pem",
              "MISSING": tmp_path / "nope.pem"}  # fmt: skip
     args = [str(paths.get(f, f)) for f in flags]
-    r = _ipjms("node", "serve", "--data-dir", str(data_dir), "--port", str(free_port()), *args)
+    r = _ipjms("node", "serve", "--data-dir", str(data_dir), "--port", "0", *args)
     assert r.returncode == 2
     assert message in r.stdout + r.stderr
