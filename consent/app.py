@@ -15,12 +15,14 @@ from consent.api_patients import router as patients_router
 from consent.auth import Authenticator
 from consent.decision_token import jwks_of
 from consent.decisions import DecisionService
+from consent.schema import assertion_jtis
 from consent.settings import RegistrySettings
 from consent.store import ConsentStore, migrate
 from servicekit.outcome import install_error_handlers
 from servicekit.service_metrics import install_metrics
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
+from trust.jti_store import DbReplayCache
 from trust.tokens import load_or_create_signing_key
 
 __all__ = ["create_app"]
@@ -62,6 +64,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         token_urls=_token_urls(settings),
         ca_dir=settings.ca_dir.resolve() if settings.ca_dir else None,
         token_ttl=settings.token_ttl,
+        replay_cache=DbReplayCache(engine, assertion_jtis),
     )
     app.state.jwks = jwks_of(decision_key)
     app.state.decisions = DecisionService(

@@ -4,11 +4,16 @@
   ``grant_type=client_credentials``, ``client_assertion_type=urn:ietf:params:oauth:client-
   assertion-type:jwt-bearer`` and ``client_assertion`` = a JWT from
   :func:`trust.backend_auth.make_org_assertion` (signed with the organisation's CA-certified
-  key; audience ``<registry>/auth/token``; ``jti`` single use). A node acting for a user adds
-  ``acting_role`` (``doctor``/``nurse``/``admin``/``system``) and optionally ``acting_user``
-  (the node's opaque user id): they become the token's ``act`` claim. The registry trusts the
-  authenticated organisation to state its user's role truthfully; every use is audited under
-  that organisation's name. Only ``doctor``/``nurse`` may break the glass.
+  key; audience ``<registry>/auth/token``; ``jti`` single use, remembered in the registry's
+  database until the assertion's accepted window — ``exp`` + leeway — closes, across restarts).
+  A node acting for a user states it *inside the signed assertion*: an ``act`` claim with
+  ``role`` (``doctor``/``nurse``/``admin``/``system``) and ``sub`` (the node's opaque user id).
+  It becomes the token's ``act`` claim, with the signed assertion kept as evidence
+  (``act.evidence``) that the break-glass audit entry records. Unsigned ``acting_role`` /
+  ``acting_user`` form fields are refused. The registry cannot check a node's users itself: it
+  holds the organisation to its signed word, and every use is audited under that organisation's
+  name — the authenticated caller, never a name taken from a request body. Only
+  ``doctor``/``nurse`` may break the glass.
 * Patients ``POST /auth/patient-token`` with ``username`` (login handle or pseudonym) and
   ``password``.
 
@@ -28,6 +33,8 @@ from fastapi import Request
 
 from servicekit.outcome import BadRequest, Forbidden, Unauthorized
 from trust.tokens import ReplayCache, SigningKey, TokenError, TokenIssuer, TokenVerifier
+
+MAX_ACTING_USER = 128
 
 __all__ = [
     "ACCESS_AUDIENCE",
@@ -57,6 +64,8 @@ class Principal:
     scopes: frozenset[str]
     acting_role: str | None = None
     acting_user: str | None = None
+    #: the organisation's signed assertion that stated ``acting_role``/``acting_user``
+    acting_evidence: str | None = None
 
     @property
     def org_id(self) -> str | None:
@@ -78,12 +87,14 @@ class Authenticator:
         token_urls: list[str],
         ca_dir: Path | None,
         token_ttl: int = 300,
+        replay_cache: ReplayCache | None = None,
     ) -> None:
         self.issuer = TokenIssuer(issuer, key, default_ttl=min(token_ttl, 300))
         self.verifier = TokenVerifier(issuer, ACCESS_AUDIENCE, {key.kid: key.public_key})
         self.token_urls = list(token_urls)
         self.ca_dir = ca_dir
-        self.replay_cache = ReplayCache()
+        # The app passes the database-backed cache (trust.jti_store); memory only for tests.
+        self.replay_cache = replay_cache if replay_cache is not None else ReplayCache()
         self._ca_cert: bytes | None = None
         self._revoked: tuple[float, frozenset[Any]] | None = None
 
@@ -110,8 +121,14 @@ class Authenticator:
         return self._revoked[1]
 
     def org_token(self, form: dict[str, str]) -> dict[str, Any]:
-        from trust.backend_auth import verify_org_assertion
+        from trust.backend_auth import verify_org_assertion_claims
 
+        if form.get("acting_role") or form.get("acting_user"):
+            raise BadRequest(
+                "acting_role/acting_user are not taken from the form: state them as the act "
+                "claim of the signed client_assertion",
+                expression=["acting_role"],
+            )
         if form.get("grant_type") != "client_credentials":
             raise BadRequest("grant_type must be client_credentials", code="invalid")
         if form.get("client_assertion_type") != ASSERTION_TYPE:
@@ -124,7 +141,7 @@ class Authenticator:
             # Accept the token URL under any of this registry's public names (checked below).
             claimed = jwt.decode(assertion, options={"verify_signature": False}).get("aud")
             audience = claimed if claimed in self.token_urls else self.token_urls[0]
-            org_id = verify_org_assertion(
+            verified = verify_org_assertion_claims(
                 assertion,
                 ca_cert_pem=ca,
                 audience=audience,
@@ -133,25 +150,15 @@ class Authenticator:
             )
         except Exception as exc:  # every refusal is a 401 with the reason, never a 500
             raise Unauthorized(f"organisation assertion refused: {exc}") from None
+        org_id = str(verified["sub"])
         requested = set((form.get("scope") or "").split()) or set(ORG_SCOPES)
         unknown = requested - set(ORG_SCOPES)
         if unknown:
             raise Forbidden(f"scopes not available to organisations: {' '.join(sorted(unknown))}")
         claims: dict[str, Any] = {"kind": "org"}
-        role = form.get("acting_role")
-        if role:
-            if role not in ACTING_ROLES:
-                raise BadRequest(
-                    f"acting_role must be one of {', '.join(sorted(ACTING_ROLES))}",
-                    expression=["acting_role"],
-                )
-            act: dict[str, str] = {"role": role}
-            user = form.get("acting_user")
-            if user:
-                if len(user) > 128:
-                    raise BadRequest("acting_user is too long", expression=["acting_user"])
-                act["sub"] = user
-            claims["act"] = act
+        act = _acting(verified.get("act"))
+        if act:
+            claims["act"] = {**act, "evidence": assertion}
         token = self.issuer.issue(org_id, ACCESS_AUDIENCE, scopes=sorted(requested), claims=claims)
         return self._token_response(token, requested)
 
@@ -194,7 +201,31 @@ class Authenticator:
             scopes=frozenset(str(claims.get("scope", "")).split()),
             acting_role=act.get("role"),
             acting_user=act.get("sub"),
+            acting_evidence=act.get("evidence"),
         )
+
+
+def _acting(act: object) -> dict[str, str]:
+    """The ``act`` claim of a verified organisation assertion, checked: a known role and an
+    optional opaque user id. Empty when the organisation acts for no user."""
+    if not act:
+        return {}
+    if not isinstance(act, dict):
+        raise BadRequest("the assertion's act claim must be an object", expression=["act"])
+    role = act.get("role")
+    if role not in ACTING_ROLES:
+        raise BadRequest(
+            f"act.role must be one of {', '.join(sorted(ACTING_ROLES))}", expression=["act.role"]
+        )
+    out = {"role": str(role)}
+    user = act.get("sub")
+    if user is not None:
+        if not isinstance(user, str) or not user or len(user) > MAX_ACTING_USER:
+            raise BadRequest(
+                "act.sub must be a user id of 1-128 characters", expression=["act.sub"]
+            )
+        out["sub"] = user
+    return out
 
 
 def require(scope: str, *, kind: str | None = None) -> Callable[[Request], Principal]:

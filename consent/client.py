@@ -87,15 +87,17 @@ class ConsentClient:
             cached = self._tokens.get(key)
             if cached and cached[1] > time.monotonic():
                 return cached[0]
+        # The user the organisation acts for is stated inside its signed assertion (act claim).
+        act = {"role": acting_role} if acting_role else {}
+        if acting_role and acting_user:
+            act["sub"] = acting_user
         form = {
             "grant_type": "client_credentials",
             "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": make_org_assertion(self.creds, f"{self.base_url}/auth/token"),
+            "client_assertion": make_org_assertion(
+                self.creds, f"{self.base_url}/auth/token", act=act or None
+            ),
         }
-        if acting_role:
-            form["acting_role"] = acting_role
-        if acting_user:
-            form["acting_user"] = acting_user
         r = self._http.post("/auth/token", data=form)
         if r.status_code != 200:
             raise ConsentRegistryError(r.status_code, _outcome_text(r))
@@ -141,7 +143,9 @@ class ConsentClient:
         acting_user: str | None = None,
     ) -> SignedDecision:
         """Ask for a signed decision; the returned decision has been verified against the JWKS
-        and against the request it answers."""
+        and against the request it answers. The requester is always this organisation (the
+        registry refuses a ``requester`` naming another); ``acting_role``/``acting_user`` go
+        into the signed assertion (break-glass needs both, for a doctor or nurse)."""
         class_list = sorted(set(classes))
         params: list[dict[str, Any]] = [
             {"name": "patient", "valueString": patient_pseudonym},

@@ -2,11 +2,17 @@
 rule → signed decision → audit ledger. Nothing is cached, so a revocation applies to the very
 next decision.
 
+Who asked is the authenticated caller — the organisation whose signed assertion got the token —
+and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
+patient's disclosure list cannot be made to show an access by someone who did not ask.
+
 Break-glass: purpose ``ETREAT`` must carry a stated reason (else 400) and may only be asked for
-by an organisation token acting for a clinician (``act.role`` doctor or nurse, else 403). If the
+by an organisation token acting for a named clinician (``act.role`` doctor or nurse and an
+``act.sub`` user id, both inside the organisation's signed assertion; else 403). If the
 patient's consents already permit the request it is granted as such; otherwise the requested
 classes are granted because of the emergency. Either way the entry is a ``break_glass``
-AuditEvent, and it appears in the patient's disclosure list with the break-glass flag.
+AuditEvent naming the organisation and its user, with the organisation's signed assertion as
+evidence, and it appears in the patient's disclosure list with the break-glass flag.
 """
 
 from __future__ import annotations
@@ -67,17 +73,23 @@ class DecisionService:
         self.issuer, self.ttl = issuer, ttl
 
     def decide(self, inp: DecideInput, caller: Principal) -> IssuedDecision:
-        assert caller.org_id is not None
-        requester = inp.requester or caller.org_id
+        if caller.org_id is None:
+            raise Forbidden("only an organisation may ask for a decision")
+        requester = caller.org_id
+        if inp.requester is not None and inp.requester != requester:
+            raise Forbidden(
+                f"requester must be the authenticated caller ({requester}); "
+                "another organisation cannot be named"
+            )
         if inp.purpose == "ETREAT":
             if not inp.reason:
                 raise BadRequest(
                     "break-glass (ETREAT) needs a stated reason", expression=["Parameters.reason"]
                 )
-            if caller.acting_role not in CLINICIAN_ROLES:
+            if caller.acting_role not in CLINICIAN_ROLES or not caller.acting_user:
                 raise Forbidden(
-                    "break-glass (ETREAT) may only be requested for a clinician "
-                    "(token act.role doctor or nurse)"
+                    "break-glass (ETREAT) may only be requested for a named clinician "
+                    "(act.role doctor or nurse and act.sub, in the signed assertion)"
                 )
         request = DecisionRequest(
             patient=inp.patient,
@@ -133,7 +145,7 @@ class DecisionService:
     ) -> None:
         if decision.break_glass:
             event = audit_events.break_glass(
-                user=caller.acting_user or caller.acting_role or "unknown",
+                user=caller.acting_user or "unknown",
                 org=requester,
                 recipient=inp.recipient,
                 patient_pseudonym=inp.patient,
@@ -162,4 +174,9 @@ class DecisionService:
                 ],
             }
         )
+        if decision.break_glass and caller.acting_evidence:
+            # The organisation's signed statement of its user's role: evidence it cannot deny.
+            event["entity"][-1]["detail"].append(
+                {"type": "acting-assertion", "valueString": caller.acting_evidence}
+            )
         self.ledger.append(event, patient_pseudonym=inp.patient)

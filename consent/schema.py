@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
 
-__all__ = ["metadata", "consents", "patients", "enrolment_codes"]
+from trust.jti_store import jti_table
+
+__all__ = ["metadata", "consents", "patients", "enrolment_codes", "assertion_jtis"]
 
 metadata = MetaData()
 
@@ -45,3 +47,7 @@ enrolment_codes = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
 )
+
+#: ``jti`` of every accepted organisation assertion, for its whole accepted window (exp + leeway):
+#: a replay is refused after a restart and in another worker (trust.jti_store)
+assertion_jtis = jti_table("consent_assertion_jti", metadata)

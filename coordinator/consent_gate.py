@@ -1,7 +1,9 @@
 """The coordinator's consent check, asked before routing and again at delivery.
 
 The rule (one place): a data-carrying envelope passes only if the patient's consent permits
-*every* declared class to the party that will receive the data, for the declared purpose.
+*every* declared class to the party that will receive the data, for the declared purpose. The
+coordinator asks under its own name (the registry records the authenticated caller as the
+requester; it cannot be told another), so the patient's list shows the coordinator's check.
 Envelopes that carry no clinical classes (a Task status update) pass only along an exchange that
 already exists: an earlier referral or consultation for the same patient in the other direction.
 """
@@ -23,6 +25,7 @@ class GateDecision:
     permit: bool
     reason: str
     consent_ids: tuple[str, ...] = ()
+    unavailable: bool = False  # refused because the registry could not be asked
 
 
 class ConsentOracle(Protocol):
@@ -34,8 +37,6 @@ class ConsentOracle(Protocol):
         recipient: str,
         purpose: str,
         classes: Any,
-        *,
-        requester: str | None = None,
     ) -> Any: ...
 
 
@@ -62,10 +63,9 @@ class ConsentGate:
                 receiver,
                 header.purpose,
                 list(header.classes),
-                requester=header.sender,
             )
         except Exception as exc:  # registry down or refusing us: default deny
-            return GateDecision(False, f"consent registry unavailable ({type(exc).__name__})")
+            return _registry_failure(exc)
         permitted = set(getattr(decision, "classes", ()) or ())
         consent_ids = tuple(getattr(decision, "consent_ids", ()) or ())
         if not getattr(decision, "permit", False):
@@ -80,3 +80,31 @@ class ConsentGate:
                 False, f"consent does not cover declared classes {refused}", consent_ids
             )
         return GateDecision(True, "consent permits all declared classes", consent_ids)
+
+    def check_lookup(
+        self, *, patient_pseudonym: str, caller: str, purpose: str, classes: list[str]
+    ) -> GateDecision:
+        """A record-locator lookup discloses where the patient is treated, so it passes only if
+        the patient's consent permits at least one of the classes the caller will query the
+        holders for, to the caller, for the stated purpose (the record-query rule)."""
+        if self.oracle is None:
+            return GateDecision(False, "no consent registry is configured (default deny)")
+        try:
+            decision = self.oracle.decide(patient_pseudonym, caller, purpose, classes)
+        except Exception as exc:
+            return _registry_failure(exc)
+        consent_ids = tuple(getattr(decision, "consent_ids", ()) or ())
+        if not getattr(decision, "permit", False):
+            reason = getattr(decision, "reason", "") or "no consent"
+            return GateDecision(False, f"consent refused: {reason}", consent_ids)
+        return GateDecision(True, "consent permits disclosure to the caller", consent_ids)
+
+
+def _registry_failure(exc: Exception) -> GateDecision:
+    """Default deny when the registry cannot answer; a refusal it gave (4xx) is a refusal."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return GateDecision(False, f"consent registry refused: {getattr(exc, 'message', exc)}")
+    return GateDecision(
+        False, f"consent registry unavailable ({type(exc).__name__})", unavailable=True
+    )

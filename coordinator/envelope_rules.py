@@ -27,6 +27,7 @@ from trust.envelopes import (
 __all__ = [
     "read_header",
     "check_header",
+    "check_lookup",
     "check_size",
     "check_sealed_matches",
     "data_recipient",
@@ -92,6 +93,33 @@ def check_header(header: EnvelopeHeader, *, caller: str, now: float, max_ttl: in
         raise ExchangeError(
             "INVALID_ARGUMENT", f"expires_at is more than {max_ttl} seconds away (maximum)"
         )
+
+
+MAX_LOOKUP_CLASSES = 64
+
+
+def check_lookup(pseudonym: str, purpose: str, classes: list[str]) -> None:
+    """A record-locator lookup: a pseudonym, a stated purpose and the classes the caller will
+    query the holders for (what consent is checked against)."""
+    if not PSEUDONYM_PATTERN.match(pseudonym):
+        raise ExchangeError(
+            "INVALID_ARGUMENT", "patient_pseudonym must be a 64-hex-digit pseudonym"
+        )
+    if purpose not in PURPOSES:
+        raise ExchangeError(
+            "INVALID_ARGUMENT",
+            f"a lookup must state its purpose, one of {sorted(PURPOSES)} (got {purpose!r})",
+        )
+    if not classes or len(classes) > MAX_LOOKUP_CLASSES:
+        raise ExchangeError(
+            "INVALID_ARGUMENT",
+            f"a lookup must name 1-{MAX_LOOKUP_CLASSES} data classes it will query for",
+        )
+    bad = [c for c in classes if not _CLASS.match(c)]
+    if bad:
+        raise ExchangeError("INVALID_ARGUMENT", f"malformed data classes: {bad[:5]}")
+    if len(set(classes)) != len(classes):
+        raise ExchangeError("INVALID_ARGUMENT", "duplicate data classes in lookup")
 
 
 def check_size(sealed: bytes, *, max_bytes: int) -> None:

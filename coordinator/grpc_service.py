@@ -18,7 +18,13 @@ import grpc
 
 from coordinator.consent_gate import ConsentGate
 from coordinator.directory import Directory, OrgRecord
-from coordinator.envelope_rules import check_header, check_sealed_matches, check_size, read_header
+from coordinator.envelope_rules import (
+    check_header,
+    check_lookup,
+    check_sealed_matches,
+    check_size,
+    read_header,
+)
 from coordinator.errors import ExchangeError
 from coordinator.locator import RecordLocator
 from coordinator.notifier import InboxNotifier
@@ -137,8 +143,28 @@ class LocatorServicer(_Base, pb_grpc.RecordLocatorServicer):
 
     @_unary
     def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Where a patient is treated is itself a disclosure: the lookup states a purpose and
+        the classes it will query for, passes the consent gate, and is audited either way."""
         org = self.caller(context)
-        holders = self.s.locator.lookup(request.patient_pseudonym, exclude=org.org_id)
+        pseudo, purpose, classes = request.patient_pseudonym, request.purpose, list(request.classes)
+        check_lookup(pseudo, purpose, classes)
+        decision = self.s.gate.check_lookup(
+            patient_pseudonym=pseudo, caller=org.org_id, purpose=purpose, classes=classes
+        )
+        holders = self.s.locator.lookup(pseudo, exclude=org.org_id) if decision.permit else []
+        self.s.auditor.record_lookup(
+            caller=org.org_id,
+            patient_pseudonym=pseudo,
+            purpose=purpose,
+            classes=classes,
+            permitted=decision.permit,
+            reason=decision.reason,
+            holders=len(holders),
+            consent_ids=decision.consent_ids,
+        )
+        if not decision.permit:
+            code = "UNAVAILABLE" if decision.unavailable else "PERMISSION_DENIED"
+            raise ExchangeError(code, f"lookup refused by the coordinator: {decision.reason}")
         return pb.LookupResponse(holders=holders)
 
 

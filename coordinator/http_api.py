@@ -2,7 +2,9 @@
 
 The authority authenticates with an organisation assertion (``trust.backend_auth``: a short JWT
 signed with its PKI signing key, certificate in ``x5c``, audience = this API's ``/status`` URL,
-``jti`` single-use); the organisation must be registered with level ``authority``.
+``jti`` single-use, remembered in the database — ``coordinator_assertion_jti`` — until its
+accepted window closes, across restarts); the organisation must be registered with level
+``authority``.
 The model registry router (coordinator/model_registry, issue 5) is mounted when present.
 """
 
@@ -16,10 +18,11 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 
 from coordinator.grpc_service import Services
+from coordinator.schema import assertion_jtis
 from coordinator.settings import CoordinatorSettings
 from servicekit.outcome import Forbidden, Unauthorized, install_error_handlers
+from trust.jti_store import DbReplayCache
 from trust.pki import OrgCredentials
-from trust.tokens import ReplayCache
 
 __all__ = ["create_status_app"]
 
@@ -31,7 +34,10 @@ def create_status_app(
 ) -> FastAPI:
     app = FastAPI(title="IPJMS coordinator", docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    replay = ReplayCache()
+    # One-time assertions are remembered in the database for their whole accepted window, so
+    # neither a restart nor another replica accepts one twice (the model registry shares it).
+    replay = DbReplayCache(services.directory.engine, assertion_jtis)
+    app.state.assertion_replay = replay
     started = time.time()
 
     def authority(request: Request) -> str:

@@ -1,8 +1,10 @@
 """Every routing decision of the coordinator as an AuditEvent in the hash-chained ledger.
 
 Decisions: ``accepted`` / ``refused`` at Send, ``delivered`` / ``dead`` at delivery,
-``imported`` / ``rejected`` when the recipient acknowledges. The event names organisations,
-the envelope id, kind, purpose, declared classes and the patient's pseudonym — never content.
+``imported`` / ``rejected`` when the recipient acknowledges, ``lookup-permitted`` /
+``lookup-refused`` for record-locator lookups (a lookup discloses where a patient is treated).
+The event names organisations, the envelope id, kind, purpose, declared classes and the
+patient's pseudonym — never content.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from typing import Any, Protocol
 
 from trust.envelopes import EnvelopeHeader
 
-__all__ = ["RoutingAuditor", "routing_event", "ORG_SYSTEM", "PSEUDONYM_SYSTEM"]
+__all__ = ["RoutingAuditor", "routing_event", "lookup_event", "ORG_SYSTEM", "PSEUDONYM_SYSTEM"]
 
 log = logging.getLogger("ipjms.coordinator.audit")
 
 ORG_SYSTEM = "https://ipjms.example.org/fhir/sid/org"
 PSEUDONYM_SYSTEM = "https://ipjms.example.org/fhir/sid/patient-pseudonym"
 ROUTING_SYSTEM = "https://ipjms.example.org/fhir/CodeSystem/routing-decision"
-_OK = {"accepted", "delivered", "imported"}
+_OK = {"accepted", "delivered", "imported", "lookup-permitted"}
 
 
 class Ledger(Protocol):
@@ -113,6 +115,90 @@ def routing_event(
     }
 
 
+def lookup_event(
+    *,
+    caller: str,
+    patient_pseudonym: str,
+    purpose: str,
+    classes: Sequence[str],
+    permitted: bool,
+    reason: str,
+    holders: int,
+    consent_ids: Sequence[str] = (),
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """A BALP-shaped AuditEvent (query) for one record-locator lookup: the caller, the patient's
+    pseudonym, purpose, the classes it means to query, how many holders it was told. Pure."""
+    now = now or dt.datetime.now(dt.UTC)
+    decision = "lookup-permitted" if permitted else "lookup-refused"
+    entity: list[dict[str, Any]] = [
+        {
+            "what": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": patient_pseudonym}},
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "1",
+                "display": "Person",
+            },
+            "role": {
+                "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                "code": "1",
+                "display": "Patient",
+            },
+        },
+        {
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "2",
+                "display": "System Object",
+            },
+            "detail": [
+                {"type": "kind", "valueString": "locator-lookup"},
+                {"type": "classes", "valueString": ",".join(classes)},
+                {"type": "holders", "valueString": str(holders)},
+            ],
+        },
+    ]
+    for consent_id in consent_ids:
+        entity.append({"what": {"reference": f"Consent/{consent_id}"}})
+    return {
+        "resourceType": "AuditEvent",
+        "type": {
+            "system": "http://dicom.nema.org/resources/ontology/DCM",
+            "code": "110112",
+            "display": "Query",
+        },
+        "subtype": [{"system": ROUTING_SYSTEM, "code": decision}],
+        "action": "E",
+        "recorded": now.isoformat(),
+        "outcome": "0" if permitted else "4",
+        "outcomeDesc": reason[:500],
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": purpose,
+                    }
+                ]
+            }
+        ],
+        "agent": [
+            {"who": {"identifier": {"system": ORG_SYSTEM, "value": caller}}, "requestor": True},
+        ],
+        "source": {
+            "observer": {"display": "ipjms-coordinator"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "6",
+                    "display": "Security Server",
+                }
+            ],
+        },
+        "entity": entity,
+    }
+
+
 class RoutingAuditor:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -122,3 +208,27 @@ class RoutingAuditor:
     ) -> None:
         event = routing_event(header, decision, reason, consent_ids)
         self.ledger.append(event, patient_pseudonym=header.patient_pseudonym)
+
+    def record_lookup(
+        self,
+        *,
+        caller: str,
+        patient_pseudonym: str,
+        purpose: str,
+        classes: Sequence[str],
+        permitted: bool,
+        reason: str,
+        holders: int,
+        consent_ids: Sequence[str] = (),
+    ) -> None:
+        event = lookup_event(
+            caller=caller,
+            patient_pseudonym=patient_pseudonym,
+            purpose=purpose,
+            classes=classes,
+            permitted=permitted,
+            reason=reason,
+            holders=holders,
+            consent_ids=consent_ids,
+        )
+        self.ledger.append(event, patient_pseudonym=patient_pseudonym)

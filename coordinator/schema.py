@@ -21,7 +21,9 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["metadata", "organisations", "locator", "envelopes", "routing_log"]
+from trust.jti_store import jti_table
+
+__all__ = ["metadata", "organisations", "locator", "envelopes", "routing_log", "assertion_jtis"]
 
 metadata = MetaData()
 
@@ -96,3 +98,7 @@ routing_log = Table(
     Column("reason", Text, nullable=False, default=""),
 )
 Index("ix_routing_log_decision_at", routing_log.c.decision, routing_log.c.at)
+
+#: ``jti`` of every accepted organisation assertion (status API, model registry) for its whole
+#: accepted window (exp + leeway): single use across restarts and replicas (trust.jti_store)
+assertion_jtis = jti_table("coordinator_assertion_jti", metadata)

@@ -94,20 +94,23 @@ def load_or_create_signing_key(path: Path | str, algorithm: str = "ES256") -> Si
 
 
 class ReplayCache:
-    """Remembers ``jti`` values until their token expires; a second sighting is a replay."""
+    """Remembers ``jti`` values until ``remember_until`` (the end of the window in which the
+    token would still be accepted: ``exp`` plus the verifier's leeway); a second sighting within
+    that window is a replay. In process memory: a service that restarts, or runs several
+    processes, uses :class:`trust.jti_store.DbReplayCache` instead."""
 
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def check_and_remember(self, jti: str, expires_at: float) -> None:
+    def check_and_remember(self, jti: str, remember_until: float) -> None:
         now = time.time()
         with self._lock:
             if len(self._seen) > 10_000:
-                self._seen = {k: v for k, v in self._seen.items() if v > now}
-            if jti in self._seen and self._seen[jti] > now - 1:
+                self._seen = {k: v for k, v in self._seen.items() if v >= now}
+            if jti in self._seen and self._seen[jti] >= now:
                 raise TokenError("token replayed (jti already used)")
-            self._seen[jti] = expires_at
+            self._seen[jti] = remember_until
 
 
 @dataclass
@@ -200,5 +203,8 @@ class TokenVerifier:
         if claims["exp"] - claims["iat"] > self.max_lifetime:
             raise TokenError("token lifetime exceeds the allowed maximum")
         if self.replay_cache is not None:
-            self.replay_cache.check_and_remember(str(claims["jti"]), float(claims["exp"]))
+            # Remembered for as long as the token could still be accepted: exp + leeway.
+            self.replay_cache.check_and_remember(
+                str(claims["jti"]), float(claims["exp"]) + self.leeway
+            )
         return claims

@@ -30,12 +30,11 @@ from coordinator.model_registry.card_rules import (
 )
 from coordinator.model_registry.store import ModelStore
 from servicekit.outcome import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
-from trust.tokens import ReplayCache
+from trust.jti_store import DbReplayCache
 
 __all__ = ["create_router", "router"]
 
 MAX_PUBLISH_FLAG_BYTES = 1024
-_replay = ReplayCache()
 
 
 class Caller:
@@ -61,6 +60,17 @@ def _store(request: Request) -> ModelStore:
     return store
 
 
+def _replay(request: Request, engine: Any) -> DbReplayCache:
+    """The coordinator's database-backed jti cache (shared with its status API)."""
+    replay = getattr(request.app.state, "assertion_replay", None)
+    if replay is None:
+        from coordinator.schema import assertion_jtis
+
+        replay = DbReplayCache(engine, assertion_jtis)
+        request.app.state.assertion_replay = replay
+    return replay  # type: ignore[no-any-return]
+
+
 def caller(request: Request) -> Caller:
     from trust.backend_auth import verify_org_assertion
 
@@ -73,7 +83,7 @@ def caller(request: Request) -> Caller:
             auth[7:].strip(),
             ca_cert_pem=creds.ca_cert_pem,
             audience=str(request.url.replace(query="")),
-            replay_cache=_replay,
+            replay_cache=_replay(request, services.directory.engine),
             revoked=services.peers._revocations(),
         )
     except Exception as exc:  # noqa: BLE001

@@ -386,11 +386,17 @@ def run(net: DemoNetwork) -> None:
     with net.step(f"{clinic_c.org_id}, without consent, is refused at the coordinator") as notes:
         patient_c = _local_patient(clinic_c, doc_c, pseudo, key)
         if patient_c is not None:
-            pulled = _post(clinic_c, doc_c, "/exchange/pulls", {"patient": f"Patient/{patient_c}"})
-            states = [q["state"] for q in pulled["queries"]]
-            if not states or not all(s.startswith("refused") for s in states):
-                raise RuntimeError(f"clinic C was not refused: {states}")
-            notes.append(f"record query from {clinic_c.org_id}: {states[0]}")
+            # The record locator itself refuses: without consent, C does not even learn
+            # where the patient is treated.
+            r = httpx.post(
+                f"{clinic_c.url}/exchange/pulls",
+                json={"patient": f"Patient/{patient_c}"},
+                headers=doc_c,
+                timeout=60,
+            )
+            if r.status_code != 403:
+                raise RuntimeError(f"clinic C's lookup was not refused: {r.status_code}")
+            notes.append(f"record-locator lookup by {clinic_c.org_id}: 403, no consent")
         r = httpx.post(
             f"{hospital.url}/exchange/requests",
             headers=doc_a,

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 
-from node.auth.principal import Principal
-from servicekit.outcome import BadRequest, Forbidden, NotFound
+from servicekit.outcome import BadRequest, NotFound
 
-__all__ = ["ensure_in_compartment", "refuse_patient_context_write", "check_type_name"]
+__all__ = ["ensure_in_compartment", "check_type_name"]
 
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -34,9 +33,3 @@ def ensure_in_compartment(store: object, rtype: str, rid: str, compartment: str 
     )
     if result.total == 0:
         raise NotFound(f"{rtype}/{rid} is not available to this token")
-
-
-def refuse_patient_context_write(principal: Principal, rtype: str, interaction: str) -> None:
-    """Writes under a patient-context scope are not supported (default deny)."""
-    if principal.compartment_for(rtype, interaction) is not None:
-        raise Forbidden(f"{interaction} on {rtype} is not available to patient-context tokens")

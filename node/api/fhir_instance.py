@@ -1,4 +1,7 @@
-"""FHIR instance and type interactions: create, read, vread, update, delete, history."""
+"""FHIR instance and type interactions: create, read, vread, update, delete, history.
+
+Reads take an :class:`~node.auth.deps.Access` and apply its compartment; writes use
+``require_scope``, which refuses patient-context tokens before the route runs."""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from node.api.access import check_type_name, ensure_in_compartment, refuse_patient_context_write
+from node.api.access import check_type_name, ensure_in_compartment
 from node.api.body import fhir_response, read_resource, version_headers
 from node.api.bundles import history_bundle
-from node.auth.deps import require_scope
+from node.auth.deps import Access, require_access, require_scope
 from node.auth.principal import Principal
 from servicekit.outcome import BadRequest, operation_outcome
 
@@ -42,7 +45,6 @@ async def create(
     principal: Principal = Depends(require_scope(None, "create")),
 ) -> Response:
     check_type_name(rtype)
-    refuse_patient_context_write(principal, rtype, "create")
     resource = await read_resource(request)
     if resource.get("resourceType") != rtype:
         raise BadRequest(
@@ -63,11 +65,11 @@ def read(
     rtype: str,
     rid: str,
     request: Request,
-    principal: Principal = Depends(require_scope(None, "read")),
+    access: Access = Depends(require_access(None, "read")),
 ) -> Response:
     check_type_name(rtype, rid)
     store = request.app.state.store
-    ensure_in_compartment(store, rtype, rid, principal.compartment_for(rtype, "read"))
+    ensure_in_compartment(store, rtype, rid, access.compartment)
     resource = store.read(rtype, rid)
     headers = version_headers(resource)
     if _not_modified(request, headers):
@@ -83,7 +85,6 @@ async def update(
     principal: Principal = Depends(require_scope(None, "update")),
 ) -> Response:
     check_type_name(rtype, rid)
-    refuse_patient_context_write(principal, rtype, "update")
     resource = await read_resource(request)
     if resource.get("resourceType") != rtype:
         raise BadRequest(
@@ -114,7 +115,6 @@ def delete(
     principal: Principal = Depends(require_scope(None, "delete")),
 ) -> Response:
     check_type_name(rtype, rid)
-    refuse_patient_context_write(principal, rtype, "delete")
     request.app.state.store.delete(rtype, rid, writer=principal.writer)
     return fhir_response(
         operation_outcome(f"{rtype}/{rid} deleted", code="informational", severity="information")
@@ -126,11 +126,11 @@ def history(
     rtype: str,
     rid: str,
     request: Request,
-    principal: Principal = Depends(require_scope(None, "read")),
+    access: Access = Depends(require_access(None, "read")),
 ) -> Response:
     check_type_name(rtype, rid)
     store = request.app.state.store
-    ensure_in_compartment(store, rtype, rid, principal.compartment_for(rtype, "read"))
+    ensure_in_compartment(store, rtype, rid, access.compartment)
     versions = [(h.resource, h.deleted) for h in store.history_entries(rtype, rid)]
     return fhir_response(history_bundle(fhir_base(request), versions))
 
@@ -141,10 +141,10 @@ def vread(
     rid: str,
     vid: str,
     request: Request,
-    principal: Principal = Depends(require_scope(None, "read")),
+    access: Access = Depends(require_access(None, "read")),
 ) -> Response:
     check_type_name(rtype, rid)
     store = request.app.state.store
-    ensure_in_compartment(store, rtype, rid, principal.compartment_for(rtype, "read"))
+    ensure_in_compartment(store, rtype, rid, access.compartment)
     resource = store.vread(rtype, rid, vid)
     return fhir_response(resource, 200, version_headers(resource))

@@ -8,7 +8,7 @@ from node.api.access import check_type_name
 from node.api.body import fhir_response
 from node.api.bundles import searchset
 from node.api.fhir_instance import fhir_base
-from node.auth.deps import require_scope
+from node.auth.deps import Access, require_access
 from node.auth.principal import Principal
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
 from servicekit.outcome import BadRequest, NotFound
@@ -24,10 +24,10 @@ _EVERYTHING_PARAMS = {"_since", "_type", "_count", "_offset"}
 def everything(
     rid: str,
     request: Request,
-    principal: Principal = Depends(require_scope("Patient", "read")),
+    access: Access = Depends(require_access("Patient", "read")),
 ) -> Response:
     check_type_name("Patient", rid)
-    compartment = principal.compartment_for("Patient", "read")
+    principal, compartment = access.principal, access.compartment
     if compartment is not None and compartment != rid:
         raise NotFound(f"Patient/{rid} is not available to this token")
     params = list(request.query_params.multi_items())
@@ -72,13 +72,11 @@ def everything(
 def search(
     rtype: str,
     request: Request,
-    principal: Principal = Depends(require_scope(None, "search")),
+    access: Access = Depends(require_access(None, "search")),
 ) -> Response:
     check_type_name(rtype)
     params = list(request.query_params.multi_items())
-    result = request.app.state.store.search(
-        rtype, params, compartment_patient=principal.compartment_for(rtype, "search")
-    )
+    result = request.app.state.store.search(rtype, params, compartment_patient=access.compartment)
     return fhir_response(
         searchset(
             fhir_base(request),

@@ -1,23 +1,51 @@
-"""The one dependency every API route uses to authenticate and authorise: ``require_scope``.
+"""The dependencies every API route uses to authenticate and authorise.
+
+A scope check must not be able to pass while its constraint is dropped: a ``patient/`` scope
+reaches only the caller's own compartment, and a route that ignores that would hand a patient
+everyone's data. So there are two checks, and the safe one is the default:
+
+* :func:`require_scope` — for routes that act on the whole organisation's data (the exchange,
+  enrolment, …). It answers only tokens whose scope reaches *every* resource of the type (``user/``
+  or ``system/`` context) and refuses a compartment-limited (patient) token with 403 before the
+  route runs. It returns the :class:`Principal`.
+* :func:`require_access` — for the few routes that can serve a patient their own compartment
+  (FHIR read, search, history, ``$everything``). It returns an :class:`Access`, the principal
+  *together with* the compartment the route must apply (``None``: no limit); a route opting in
+  has the constraint in hand, in the one object it gets.
+
+    @router.get("/exchange/outbox")
+    def outbox(principal: Principal = Depends(require_scope("Task", "search"))): ...
 
     @router.get("/fhir/{rtype}/{rid}")
-    def read(rtype: str, rid: str, principal: Principal = Depends(require_scope(None, "read"))):
-        compartment = principal.compartment_for(rtype, "read")   # None or the patient id
+    def read(rtype: str, rid: str, access: Access = Depends(require_access(None, "read"))):
+        ensure_in_compartment(store, rtype, rid, access.compartment)
 
-``resource_type=None`` takes the type from the route's ``{rtype}`` path parameter.
+``resource_type=None`` takes the type from the route's ``{rtype}`` path parameter. The property
+test ``tests/node_api/test_route_access.py`` drives every route with every kind of token against
+the declared access table (``tests/access_table.toml``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from node.auth.principal import Principal
 from node.auth.service import AuthService
-from servicekit.outcome import Unauthorized
+from servicekit.outcome import Forbidden, Unauthorized
 
-__all__ = ["require_scope", "authenticate", "Principal"]
+__all__ = ["require_scope", "require_access", "authenticate", "Access", "Principal"]
+
+
+@dataclass(frozen=True)
+class Access:
+    """An authorised caller and the limit the route must apply: ``compartment`` is None when
+    the token reaches every resource of the type, else the id of the only patient it reaches."""
+
+    principal: Principal
+    compartment: str | None
 
 
 def authenticate(request: Request) -> Principal:
@@ -32,15 +60,31 @@ def authenticate(request: Request) -> Principal:
     return principal
 
 
+def _access(request: Request, resource_type: str | None, interaction: str) -> Access:
+    principal = authenticate(request)
+    rtype = resource_type or request.path_params.get("rtype", "")
+    return Access(principal, principal.compartment_for(rtype, interaction))  # raises Forbidden
+
+
 def require_scope(resource_type: str | None, interaction: str) -> Callable[[Request], Principal]:
-    """Dependency: an authenticated Principal whose scopes allow ``interaction`` on the type
-    (401 without a valid token, 403 without the scope). Compartment limits of patient tokens
-    are applied by the route via ``principal.compartment_for``."""
+    """Dependency: an authenticated Principal whose scopes allow ``interaction`` on every
+    resource of the type (401 without a valid token; 403 without the scope, and 403 for a
+    patient-context token, whose compartment limit this route does not apply)."""
 
     def dependency(request: Request) -> Principal:
-        principal = authenticate(request)
-        rtype = resource_type or request.path_params.get("rtype", "")
-        principal.compartment_for(rtype, interaction)  # raises Forbidden
-        return principal
+        access = _access(request, resource_type, interaction)
+        if access.compartment is not None:
+            raise Forbidden("this route is not available to patient-context tokens")
+        return access.principal
+
+    return dependency
+
+
+def require_access(resource_type: str | None, interaction: str) -> Callable[[Request], Access]:
+    """Dependency for routes that serve patient-context tokens their own compartment: the
+    Principal and the compartment the route must apply (401 / 403 as :func:`require_scope`)."""
+
+    def dependency(request: Request) -> Access:
+        return _access(request, resource_type, interaction)
 
     return dependency

@@ -1,32 +1,21 @@
-"""Replay protection for client assertions, kept in the node database.
+"""Replay protection for client assertions, kept in the node database (``node_assertion_jti``).
 
-A ``jti`` is accepted once; remembering it in the database (rather than in process memory)
-catches a replay sent to another worker process or after a restart.
+A ``jti`` is accepted once for its whole accepted window (exp + leeway); remembering it in the
+database (rather than in process memory) catches a replay sent to another worker process or
+after a restart. The mechanism is :class:`trust.jti_store.DbReplayCache`, shared with the
+consent registry and the coordinator.
 """
 
 from __future__ import annotations
 
-import time
-
-from sqlalchemy import Engine, delete, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 
 from node.auth.tables import assertion_jtis
-from trust.tokens import ReplayCache, TokenError
+from trust.jti_store import DbReplayCache as _DbReplayCache
 
 __all__ = ["DbReplayCache"]
 
 
-class DbReplayCache(ReplayCache):
+class DbReplayCache(_DbReplayCache):
     def __init__(self, engine: Engine) -> None:
-        super().__init__()
-        self.engine = engine
-
-    def check_and_remember(self, jti: str, expires_at: float) -> None:
-        now = time.time()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < now - 60))
-                conn.execute(insert(assertion_jtis).values(jti=jti[:255], expires_at=expires_at))
-        except IntegrityError:
-            raise TokenError("token replayed (jti already used)") from None
+        super().__init__(engine, assertion_jtis)

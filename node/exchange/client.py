@@ -106,9 +106,13 @@ class ExchangeClient:
         )
         return int(reply.published)
 
-    def lookup(self, pseudonym: str) -> list[str]:
+    def lookup(self, pseudonym: str, *, purpose: str, classes: list[str]) -> list[str]:
+        """Holders of the patient. A lookup is a disclosure: it states the purpose and the
+        classes the caller will query for, and the coordinator checks the patient's consent
+        (PERMISSION_DENIED without it) and audits it."""
         reply = self.locator.Lookup(
-            pb.LookupRequest(patient_pseudonym=pseudonym), timeout=self.timeout
+            pb.LookupRequest(patient_pseudonym=pseudonym, purpose=purpose, classes=classes),
+            timeout=self.timeout,
         )
         return list(reply.holders)
 

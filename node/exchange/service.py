@@ -13,6 +13,7 @@ import logging
 import uuid
 from typing import Any
 
+import grpc
 from sqlalchemy import select
 
 from node.exchange.context import ExchangeContext
@@ -218,10 +219,19 @@ def answer(
 def pull_history(
     ctx: ExchangeContext, patient_id: str, classes: list[str] | None = None
 ) -> dict[str, Any]:
-    """Ask every holder of the patient (record locator) for the consented history."""
+    """Ask every holder of the patient (record locator) for the consented history. The lookup
+    states its purpose and classes; without the patient's consent the coordinator refuses it
+    (→ ConsentRefused, 403) and nothing is asked of anyone."""
     _patient, pseudo = pseudonym_of(ctx, patient_id)
-    holders = ctx.client.lookup(pseudo)
     wanted = sorted(set(classes or DEFAULT_CLASSES))
+    try:
+        holders = ctx.client.lookup(pseudo, purpose="TREAT", classes=wanted)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            raise ConsentRefused(
+                f"the record locator refused the lookup: {exc.details()}"
+            ) from None
+        raise
     queries = []
     for holder in holders:
         header = EnvelopeHeader.new(

@@ -89,8 +89,10 @@ def test_directory_and_locator_over_mtls(pki, start_coordinator) -> None:
         assert orgs["clinic-b"].encryption_certificate == pki.creds["clinic-b"].encryption_cert_pem
         assert a.publish([PSEUDO, "1" * 64]) == 2
         assert b.publish([PSEUDO]) == 1
-        assert b.lookup(PSEUDO) == ["hosp-a"]
-        assert a.lookup(PSEUDO) == ["clinic-b"]
+        # a lookup is a disclosure: without a consent registry to ask, it is refused (default
+        # deny); consented lookups are in test_auth_hardening.py, the index in test_exchange_queue
+        code, details = _code(lambda: b.lookup(PSEUDO, purpose="TREAT", classes=["Condition"]))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "hosp-a" not in details
         code, _ = _code(lambda: a.organisation("nobody"))
         assert code == grpc.StatusCode.NOT_FOUND
 
@@ -210,12 +212,14 @@ def test_coordinator_on_postgresql(pki, start_coordinator, pg_url) -> None:
     coord = start_coordinator(db=pg_url)
     with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
         assert a.publish([PSEUDO]) == 1
-        assert a.lookup(PSEUDO) == []
+        code, _ = _code(lambda: a.lookup(PSEUDO, purpose="TREAT", classes=["Condition"]))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as err:
             a.send(_sealed(pki))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     ledger = AuditLedger(make_engine(pg_url))
-    assert [e.event["subtype"][0]["code"] for e in ledger.entries()] == ["refused"]
+    codes = [e.event["subtype"][0]["code"] for e in ledger.entries()]
+    assert codes == ["lookup-refused", "refused"]
 
 
 def test_rate_limit_duplicates_and_polling_inbox(pki, start_coordinator, tmp_path) -> None:

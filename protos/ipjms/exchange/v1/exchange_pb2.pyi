@@ -81,10 +81,14 @@ class PublishResponse(_message.Message):
     def __init__(self, published: _Optional[int] = ..., total_held: _Optional[int] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("patient_pseudonym",)
+    __slots__ = ("patient_pseudonym", "purpose", "classes")
     PATIENT_PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
     patient_pseudonym: str
-    def __init__(self, patient_pseudonym: _Optional[str] = ...) -> None: ...
+    purpose: str
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, patient_pseudonym: _Optional[str] = ..., purpose: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("holders",)

@@ -1,0 +1,324 @@
+"""Issue 13 items 1, 2, 5 and 9, over a real region (consent registry, coordinator, nodes — each
+its own process): regression tests for what the adversarial review found.
+
+1. a patient token must not reach the doctors' exchange routes;
+2. the patient's disclosure list names the authenticated caller, never a requester the caller
+   chose, and break-glass needs a clinician role the organisation *signed*;
+5. an organisation assertion is single-use for its whole accepted window (exp + leeway) and
+   across a restart of the registry and of the coordinator;
+9. the record locator answers only a lookup that states a purpose the patient's consent permits
+   to the caller, and audits it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+from exchange_net import PASSWORD, Region, patient_bundle, seed, start_region, wait_for
+
+from deploy.launcher import ipjms_command, start_service
+from node.exchange.client import ExchangeClient
+from node.identity import NATIONAL_ID_SYSTEM
+from protos.ipjms.exchange.v1 import exchange_pb2 as pb
+from servicekit.storage import make_engine, sqlite_url
+from trust.audit_ledger import AuditLedger
+from trust.backend_auth import make_org_assertion
+
+pytestmark = pytest.mark.slow
+
+NID, NAME = "HF-1960-1313", "Wilhelmine Ostersand"
+OTHER_NID = "HF-1962-2424"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture(scope="module")
+def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
+    net = start_region(pki, tmp_path_factory.mktemp("hardening"))
+    try:
+        a = net.nodes["hosp-a"]
+        seed(a, patient_bundle(NID, name=NAME))
+        seed(a, patient_bundle(OTHER_NID, name="Konstantin Feldweg"))
+        pseudo = net.pseudonym(NID)
+        net.patient_headers = net.patient_token(pseudo)  # type: ignore[attr-defined]
+        net.grant(net.patient_headers, pseudo, {"clinic-b": ["Condition", "Observation"]})  # type: ignore[attr-defined]
+        # a patient account at hosp-a, linked to the first patient
+        subprocess.run(
+            ipjms_command("node", "user", "add", "--data-dir", str(a.data_dir), "--username",
+                          "patient1", "--role", "patient", "--patient", f"p-{NID}"),
+            check=True, capture_output=True, env={**os.environ, **a.env},
+        )  # fmt: skip
+        assert a.post("/exchange/publish", {}).status_code == 200
+        yield net
+    finally:
+        net.stop()
+
+
+def _node_token(region: Region, org: str, username: str) -> dict[str, str]:
+    r = httpx.post(
+        f"{region.nodes[org].url}/auth/token",
+        data={"grant_type": "password", "username": username, "password": PASSWORD},
+    )
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+# --- 1: patient tokens and the exchange routes ------------------------------------------------
+
+
+def test_patient_token_is_refused_by_every_exchange_route(region: Region) -> None:
+    a = region.nodes["hosp-a"]
+    patient = _node_token(region, "hosp-a", "patient1")
+    other = f"Patient/p-{OTHER_NID}"
+    calls = [
+        ("GET", "/exchange/outbox", None),
+        ("GET", "/exchange/inbox", None),
+        ("POST", "/exchange/pulls", {"patient": other}),
+        ("POST", "/exchange/publish", {}),
+        ("POST", "/exchange/requests",
+         {"kind": "referral", "patient": other, "recipient": "clinic-b", "reason": "x"}),
+        ("POST", "/exchange/tasks/t1/accept", {}),
+        ("POST", "/exchange/tasks/t1/answer", {"text": "advice"}),
+        ("POST", "/consent/enrolment-code", {"patient": other}),
+    ]  # fmt: skip
+    answers = {
+        path: httpx.request(method, f"{a.url}{path}", json=body, headers=patient, timeout=30)
+        for method, path, body in calls
+    }
+    assert {p: r.status_code for p, r in answers.items()} == {p: 403 for p in answers}
+    for r in answers.values():
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert "p-" not in r.text  # nothing about any patient in the refusal
+    # the doctor still reaches them
+    assert a.get("/exchange/outbox")["envelopes"] is not None
+
+
+# --- 2: the disclosure list names the authenticated caller ------------------------------------
+
+
+def _decide_raw(region: Region, org: str, params: list[dict], **form: str) -> httpx.Response:
+    creds = region.pki.creds[org]
+    url = region.consent_url
+    r = httpx.post(
+        f"{url}/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": make_org_assertion(creds, f"{url}/auth/token"),
+            **form,
+        },
+    )
+    if r.status_code != 200:
+        return r
+    token = r.json()["access_token"]
+    return httpx.post(
+        f"{url}/fhir/Consent/$decide",
+        json={"resourceType": "Parameters", "parameter": params},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+def _disclosures(region: Region) -> list[dict]:
+    r = httpx.get(
+        f"{region.consent_url}/patients/me/disclosures",
+        params={"include_refused": "true"},
+        headers=region.patient_headers,  # type: ignore[attr-defined]
+    )
+    assert r.status_code == 200, r.text
+    return list(r.json()["disclosures"])
+
+
+def test_a_caller_cannot_name_another_requester_in_the_patients_list(region: Region) -> None:
+    pseudo = region.pseudonym(NID)
+    before = len(_disclosures(region))
+    for purpose, extra in (("TREAT", []), ("ETREAT", [{"name": "reason", "valueString": "x"}])):
+        params = [
+            {"name": "patient", "valueString": pseudo},
+            {"name": "recipient", "valueString": "clinic-c"},
+            {"name": "requester", "valueString": "hosp-a"},
+            {"name": "purpose", "valueCode": purpose},
+            {"name": "class", "valueCode": "Condition"},
+            *extra,
+        ]
+        r = _decide_raw(region, "clinic-c", params, acting_role="doctor", acting_user="u1")
+        assert r.status_code in (400, 403), r.text
+    new = _disclosures(region)[before:]
+    # whatever clinic C managed to record, it is never shown as another organisation's access
+    assert all(item["requester"] == "clinic-c" for item in new), new
+
+
+def test_break_glass_needs_a_clinician_role_signed_by_the_organisation(region: Region) -> None:
+    pseudo = region.pseudonym(NID)
+    params = [
+        {"name": "patient", "valueString": pseudo},
+        {"name": "recipient", "valueString": "clinic-c"},
+        {"name": "purpose", "valueCode": "ETREAT"},
+        {"name": "class", "valueCode": "AllergyIntolerance"},
+        {"name": "reason", "valueString": "unconscious in the emergency room"},
+    ]
+    before = len(_disclosures(region))
+    # the role stated in the token request's form, outside the signed assertion: refused
+    r = _decide_raw(region, "clinic-c", params, acting_role="doctor", acting_user="u1")
+    assert r.status_code in (400, 403), r.text
+    assert len(_disclosures(region)) == before
+    # the role inside the organisation's signed assertion: break-glass, by clinic C, listed
+    d = region.consent_client("clinic-c").decide(
+        pseudo, "clinic-c", "ETREAT", ["AllergyIntolerance"],
+        reason="unconscious in the emergency room", acting_role="doctor", acting_user="u-77",
+    )  # fmt: skip
+    assert d.permit and d.break_glass
+    item = _disclosures(region)[-1]
+    assert item["kind"] == "break-glass" and item["requester"] == "clinic-c"
+    assert item["recipient"] == "clinic-c"
+
+
+# --- 5: assertions are single-use for their whole accepted window -----------------------------
+
+
+def _org_token(url: str, assertion: str) -> int:
+    return httpx.post(
+        f"{url}/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+        },
+    ).status_code
+
+
+def _after(moment: float) -> None:
+    """Poll the clock (no fixed sleep) until ``moment`` has passed."""
+    wait_for(lambda: time.time() > moment, timeout=10, what="the clock")
+
+
+def test_registry_refuses_a_replay_inside_the_leeway(region: Region) -> None:
+    url, creds = region.consent_url, region.pki.creds["hosp-a"]
+    short = make_org_assertion(creds, f"{url}/auth/token", ttl=2)
+    assert _org_token(url, short) == 200
+    _after(time.time() + 3.4)  # past exp + 1 s, inside the 5 s leeway
+    assert _org_token(url, short) == 401
+
+
+def test_registry_refuses_a_replay_after_a_restart(region: Region) -> None:
+    url, creds = region.consent_url, region.pki.creds["hosp-a"]
+    once = make_org_assertion(creds, f"{url}/auth/token", ttl=120)
+    assert _org_token(url, once) == 200
+    old = region.consent_service
+    old.stop()
+    args = ["consent", "serve", "--data-dir", str(region.root / "consent"),
+            "--port", url.rsplit(":", 1)[1], "--ca-dir", str(region.pki.ca_dir),
+            "--public-url", url]  # fmt: skip
+    region.consent_service = start_service(
+        "consent", args, base_url=url, log_dir=old.log_path.parent
+    )
+    assert _org_token(url, once) == 401
+
+
+def _status(region: Region, token: str) -> int:
+    return httpx.get(
+        f"{region.coordinator.http_url}/status", headers={"Authorization": f"Bearer {token}"}
+    ).status_code
+
+
+def test_coordinator_refuses_a_replay_inside_the_leeway(region: Region) -> None:
+    status_url = f"{region.coordinator.http_url}/status"
+    short = make_org_assertion(region.pki.creds["authority"], status_url, ttl=2)
+    assert _status(region, short) == 200
+    _after(time.time() + 3.4)
+    assert _status(region, short) == 401
+
+
+def test_coordinator_refuses_a_replay_after_a_restart(region: Region) -> None:
+    coord = region.coordinator
+    status_url = f"{coord.http_url}/status"
+    creds = region.pki.creds["authority"]
+
+    def status(token: str) -> int:
+        return _status(region, token)
+
+    once = make_org_assertion(creds, status_url, ttl=120)
+    assert status(once) == 200
+    coord.service.stop()
+    coord.restart()
+    assert status(once) == 401
+
+
+# --- 9: the record locator -------------------------------------------------------------------
+
+
+def _lookup_raw(region: Region, org: str, request: pb.LookupRequest) -> tuple[object, str]:
+    with ExchangeClient(region.coordinator.address, region.pki.creds[org]) as client:
+        try:
+            return list(client.locator.Lookup(request, timeout=15).holders), ""
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or ""
+
+
+def _ledger_events(region: Region) -> list[dict]:
+    engine = make_engine(sqlite_url(region.coordinator.data_dir, "coordinator"))
+    try:
+        return [e.event for e in AuditLedger(engine).entries()]
+    finally:
+        engine.dispose()
+
+
+def test_locator_refuses_a_lookup_without_purpose_or_consent(region: Region) -> None:
+    pseudo = region.pseudonym(NID)
+    # no purpose: refused
+    code, _ = _lookup_raw(region, "clinic-b", pb.LookupRequest(patient_pseudonym=pseudo))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # clinic C has no consent from this patient: refused, and the refusal is audited
+    ask = {"patient_pseudonym": pseudo, "purpose": "TREAT", "classes": ["Condition"]}
+    try:
+        request = pb.LookupRequest(**ask)
+    except ValueError:  # today's LookupRequest has no purpose: ask as today's client does
+        request = pb.LookupRequest(patient_pseudonym=pseudo)
+    code, details = _lookup_raw(region, "clinic-c", request)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, (code, details)
+    assert "hosp-a" not in details
+    refused = [e for e in _ledger_events(region) if e["subtype"][0]["code"] == "lookup-refused"]
+    assert refused and refused[-1]["agent"][0]["who"]["identifier"]["value"] == "clinic-c"
+
+
+def test_locator_answers_a_consented_lookup_and_audits_it(region: Region) -> None:
+    pseudo = region.pseudonym(NID)
+    before = len(_ledger_events(region))
+    with ExchangeClient(region.coordinator.address, region.pki.creds["clinic-b"]) as b:
+        assert b.lookup(pseudo, purpose="TREAT", classes=["Condition"]) == ["hosp-a"]
+    events = _ledger_events(region)[before:]
+    lookups = [e for e in events if e["subtype"][0]["code"] == "lookup-permitted"]
+    assert len(lookups) == 1
+    event = lookups[0]
+    assert event["agent"][0]["who"]["identifier"]["value"] == "clinic-b"
+    assert event["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
+    # the node's pull states its purpose too: B (consented) finds the holder, C is refused
+    for org in ("clinic-b", "clinic-c"):
+        seed(region.nodes[org], _local_patient(f"{org}-local"))
+    r = region.nodes["clinic-b"].post("/exchange/pulls", {"patient": "Patient/clinic-b-local"})
+    assert r.status_code == 200, r.text
+    assert r.json()["holders"] == ["hosp-a"]
+    r = region.nodes["clinic-c"].post("/exchange/pulls", {"patient": "Patient/clinic-c-local"})
+    assert r.status_code == 403, r.text
+    assert "hosp-a" not in r.text
+
+
+def _local_patient(pid: str) -> dict:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": pid,
+                    "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": NID}],
+                },
+                "request": {"method": "PUT", "url": f"Patient/{pid}"},
+            }
+        ],
+    }
