@@ -7,7 +7,8 @@ Add yours with one import and one append, e.g.::
 
 Every route must authorise through ``node.auth.deps``: ``require_scope`` (whole-organisation
 routes; refuses patient-context tokens) or ``require_access`` (routes that apply the patient
-compartment it returns). ``tests/access_table.toml`` must declare who may call each new route.
+compartment it returns). ``tests/access/access_table.toml`` must declare who may call each
+new route.
 """
 
 from __future__ import annotations

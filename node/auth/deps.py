@@ -21,8 +21,8 @@ everyone's data. So there are two checks, and the safe one is the default:
         ensure_in_compartment(store, rtype, rid, access.compartment)
 
 ``resource_type=None`` takes the type from the route's ``{rtype}`` path parameter. The property
-test ``tests/node_api/test_route_access.py`` drives every route with every kind of token against
-the declared access table (``tests/access_table.toml``).
+test ``tests/access/test_route_access.py`` drives every route with every kind of token against
+the declared access table (``tests/access/access_table.toml``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
+import jwt
 import pytest
 from consent_harness import Registry, treat_consent
 
@@ -161,6 +162,11 @@ def test_break_glass_needs_reason_and_clinician_and_is_visible(registry: Registr
             P1, "hosp-a", "ETREAT", ["Condition"], reason="unconscious in ED", acting_role="admin"
         )
     assert admin.value.status == 403
+    with pytest.raises(ConsentRegistryError) as unnamed:  # a clinician, but no user named
+        hosp.decide(
+            P1, "hosp-a", "ETREAT", ["Condition"], reason="unconscious in ED", acting_role="doctor"
+        )
+    assert unnamed.value.status == 403
 
     d = hosp.decide(
         P1,
@@ -180,6 +186,23 @@ def test_break_glass_needs_reason_and_clinician_and_is_visible(registry: Registr
     assert item["purpose"] == "ETREAT" and item["requester"] == "hosp-a"
     assert item["classes"] == ["AllergyIntolerance", "MedicationStatement"]
     assert "allergies unknown" in item["reason"]
+    # the ledger keeps hosp-a's signed statement of its user's role as evidence
+    from trust.audit_ledger import AuditLedger
+    from trust.backend_auth import verify_org_assertion_claims
+    from trust.pki import load_ca_cert
+
+    ledger = AuditLedger(registry.http.app.state.engine)  # type: ignore[attr-defined]
+    event = ledger.entries(patient_pseudonym=P1)[-1].event
+    details = {d["type"]: d["valueString"] for e in event["entity"] for d in e.get("detail", [])}
+    signed = verify_org_assertion_claims(
+        details["acting-assertion"],
+        ca_cert_pem=load_ca_cert(registry.pki.ca_dir),
+        audience=jwt.decode(details["acting-assertion"], options={"verify_signature": False})[
+            "aud"
+        ],
+        replay_cache=None,
+    )
+    assert signed["sub"] == "hosp-a" and signed["act"] == {"role": "doctor", "sub": "u-1234"}
 
 
 def test_disclosure_reports_are_listed_and_checked(registry: Registry) -> None:
