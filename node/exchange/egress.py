@@ -137,8 +137,8 @@ def disclose(
         # The registry decides while this node reads its own records; nothing is packed or
         # sealed before the decision is in, and only what it permits is kept.
         asked = _CONSENT_ASKS.submit(
-            ctx.consent.decide, pseudo, recipient, purpose, ask, requester=ctx.org_id
-        )
+            ctx.consent.decide, pseudo, recipient, purpose, ask
+        )  # the registry records this organisation (the authenticated caller) as requester
         with ctx.timed("out", "collect"):
             collected = collect(ctx, patient_id, wanted)
         with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
