@@ -1,4 +1,4 @@
-"""`ipjms node …` sub-commands: init, serve, ingest, seed, user add, client add, token."""
+"""`ipjms node …` sub-commands: init, serve, ingest, seed, generate, user add, client add, token."""
 
 from __future__ import annotations
 
@@ -335,6 +335,30 @@ def seed(
     for rtype in sorted(set(created) | set(counts)):
         table.add_row(rtype, str(created[rtype]), str(counts.get(rtype, 0)))
     console.print(table)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the Bundles into.")],
+    patients: Annotated[int, typer.Option("--patients", min=1, help="How many patients.")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same files.")] = 100,
+    profile: Annotated[str, typer.Option("--profile", help="tertiary | community")] = "tertiary",
+) -> None:
+    """Write generated patients as a Synthea-shaped export folder (input for `node ingest`)."""
+    from node.feeds.synthetic import PROFILES
+    from node.feeds.synthetic.synthea_shaped import synthea_shaped_export, write_export
+
+    if profile not in PROFILES:
+        _fail(f"--profile must be one of {', '.join(sorted(PROFILES))}, not {profile!r}")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} exists and is not a folder")
+    files = synthea_shaped_export(patients, seed, profile=profile)
+    write_export(out, files)
+    resources = sum(len(f.bundle["entry"]) for f in files)
+    console.print(
+        f"Wrote {len(files)} Synthea-shaped Bundles ({patients} generated {profile} patients, "
+        f"{resources} resources, seed {seed}) to {out}"
+    )
 
 
 def _password(env_var: str, prompt: str) -> str:

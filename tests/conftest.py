@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: databases (SQLite always, PostgreSQL when configured),
-the shared FHIR test data, and scratch directories."""
+the FHIR test data (a generated Synthea-shaped export always; the real Synthea and IPS files
+where they are), and scratch directories."""
 
 from __future__ import annotations
 
@@ -15,24 +16,56 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real Synthea and IPS example files are not part of the repository: CI keeps them in
+# ../shared/data beside the checkout (or IPJMS_SHARED_DATA). Tests of compatibility with them run
+# where they are and are skipped, with this reason, where they are not; IPJMS_REQUIRE_SHARED_DATA=1
+# turns the skip into a failure (for CI, so a missing folder cannot pass silently).
 SHARED_DATA = Path(os.environ.get("IPJMS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 PG_URL = os.environ.get("IPJMS_TEST_POSTGRES_URL")
 
 
+def _shared_folder(name: str, what: str) -> Path:
+    path = SHARED_DATA / "fhir" / name
+    if path.is_dir():
+        return path
+    reason = (
+        f"{what} not found at {path} (these files are not part of the repository; put them in "
+        "../shared/data/fhir beside the checkout or set IPJMS_SHARED_DATA)"
+    )
+    if os.environ.get("IPJMS_REQUIRE_SHARED_DATA") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def synthea_dir() -> Path:
-    path = SHARED_DATA / "fhir" / "synthea"
-    if not path.is_dir():
-        pytest.fail(f"shared Synthea data not found at {path} (set IPJMS_SHARED_DATA)")
-    return path
+    """The real Synthea export (skips where it is not beside the repository)."""
+    return _shared_folder("synthea", "the real Synthea export")
 
 
 @pytest.fixture(scope="session")
 def ips_dir() -> Path:
-    path = SHARED_DATA / "fhir" / "ips"
-    if not path.is_dir():
-        pytest.fail(f"shared IPS data not found at {path} (set IPJMS_SHARED_DATA)")
-    return path
+    """The IPS example documents (skips where they are not beside the repository)."""
+    return _shared_folder("ips", "the IPS example documents")
+
+
+@pytest.fixture(scope="session")
+def synthea_shaped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated export in Synthea's layout (``ipjms node generate``'s files): always there."""
+    from node.feeds.synthetic.synthea_shaped import synthea_shaped_export, write_export
+
+    folder = tmp_path_factory.mktemp("synthea-shaped")
+    write_export(folder, synthea_shaped_export(6, 100))
+    return folder
+
+
+@pytest.fixture(params=["generated", "synthea"])
+def export_dir(request: pytest.FixtureRequest, synthea_shaped_dir: Path) -> Path:
+    """A folder in Synthea's export layout: each test using this runs on the generated export
+    (always) and on the real Synthea export (skipped, with the reason, where it is absent)."""
+    if request.param == "generated":
+        return synthea_shaped_dir
+    return Path(request.getfixturevalue("synthea_dir"))
 
 
 def _pg_admin_url() -> str:

@@ -1,6 +1,8 @@
-"""Issue 2 must-show 2 over HTTP: every shared Synthea bundle goes in through ``POST /fhir``,
+"""Issue 2 must-show 2 over HTTP: every bundle of a Synthea export (the generated Synthea-shaped
+one always, the real one where it is beside the repository) goes in through ``POST /fhir``,
 per-type counts match the bundles, ``$everything`` returns each patient's whole record, and the
-IPS examples are accepted as documents — on SQLite and PostgreSQL."""
+IPS examples are accepted as documents — on SQLite and PostgreSQL. Expected counts come from the
+files."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from node_api.node_harness import Node
 SHARED = {"Organization", "Practitioner"}
 
 
-def _bundles(synthea_dir: Path) -> list[tuple[Path, dict]]:
+def _bundles(folder: Path) -> list[tuple[Path, dict]]:
     # discover() puts hospitalInformation*/practitionerInformation* first, as references need.
-    return [(p, json.loads(p.read_text())) for p in discover([synthea_dir])]
+    return [(p, json.loads(p.read_text())) for p in discover([folder])]
 
 
 def _types(bundle: dict) -> Counter[str]:
@@ -36,11 +38,11 @@ def _everything(node: Node, pid: str, headers: dict[str, str]) -> list[dict]:
     return resources
 
 
-def test_synthea_bundles_over_http(node: Node, synthea_dir: Path) -> None:
+def test_synthea_bundles_over_http(node: Node, export_dir: Path) -> None:
     doc = node.login("doctor1")
     expected: Counter[str] = Counter()
     patients: dict[str, Counter[str]] = {}
-    bundles = _bundles(synthea_dir)
+    bundles = _bundles(export_dir)
     assert bundles[0][0].name.startswith(("hospitalInformation", "practitionerInformation"))
     for path, bundle in bundles:
         r = node.post("/fhir", bundle, doc)
@@ -56,7 +58,7 @@ def test_synthea_bundles_over_http(node: Node, synthea_dir: Path) -> None:
             pid = location.split("Patient/", 1)[1].split("/")[0]
             patients[pid] = _types(bundle)
     assert node.store.counts() == dict(expected)
-    assert len(patients) == 6
+    assert len(patients) == sum(_types(b)["Patient"] for _p, b in bundles) > 0
 
     for pid, types in patients.items():
         record = _everything(node, pid, doc)
@@ -79,9 +81,9 @@ def _everything_typed(node: Node, pid: str, doc: dict[str, str], types: str) -> 
     return [e["resource"] for e in r.json().get("entry", [])]
 
 
-def test_everything_since_returns_only_newer(node: Node, synthea_dir: Path) -> None:
+def test_everything_since_returns_only_newer(node: Node, export_dir: Path) -> None:
     doc = node.login("doctor1")
-    for path, bundle in _bundles(synthea_dir)[:3]:
+    for path, bundle in _bundles(export_dir)[:3]:
         assert node.post("/fhir", bundle, doc).status_code == 200, path.name
     pid = node.client.get("/fhir/Patient", headers=doc).json()["entry"][0]["resource"]["id"]
     record = _everything(node, pid, doc)
@@ -100,7 +102,9 @@ def test_everything_since_returns_only_newer(node: Node, synthea_dir: Path) -> N
 
 def test_ips_examples_accepted_as_documents(node: Node, ips_dir: Path) -> None:
     doc = node.login("doctor1")
-    for path in sorted(ips_dir.glob("*.json")):
+    documents = sorted(ips_dir.glob("*.json"))
+    assert documents, f"no IPS documents in {ips_dir}"
+    for path in documents:
         document = json.loads(path.read_text())
         assert document["type"] == "document"
         r = node.post("/fhir/Bundle", document, doc)
@@ -108,4 +112,4 @@ def test_ips_examples_accepted_as_documents(node: Node, ips_dir: Path) -> None:
         stored = node.client.get(f"/fhir/Bundle/{r.json()['id']}", headers=doc).json()
         assert stored["type"] == "document"
         assert stored["entry"][0]["resource"]["resourceType"] == "Composition"
-    assert node.store.counts() == {"Bundle": 2}
+    assert node.store.counts() == {"Bundle": len(documents)}

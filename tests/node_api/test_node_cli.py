@@ -62,9 +62,9 @@ def _init(data_dir: Path, db_url: str, **env: str) -> subprocess.CompletedProces
     return ipjms(*args, str(data_dir), "--level", "tertiary", "--db", db_url, env=env)
 
 
-def _distinct_resources(synthea_dir: Path) -> Counter[str]:
+def _distinct_resources(folder: Path) -> Counter[str]:
     keys = set()
-    for path in synthea_dir.glob("*.json"):
+    for path in folder.glob("*.json"):
         for entry in json.loads(path.read_text())["entry"]:
             keys.add((entry["resource"]["resourceType"], entry["resource"]["id"]))
     return Counter(t for t, _ in keys)
@@ -90,7 +90,7 @@ def _counts(db_url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def test_init_ingest_twice_adds_nothing(db_url: str, tmp_path: Path, synthea_dir: Path) -> None:
+def test_init_ingest_twice_adds_nothing(db_url: str, tmp_path: Path, export_dir: Path) -> None:
     data_dir = tmp_path / "node"
     r = _init(data_dir, db_url)
     assert r.returncode == 0, r.stderr
@@ -101,18 +101,19 @@ def test_init_ingest_twice_adds_nothing(db_url: str, tmp_path: Path, synthea_dir
     again = _init(data_dir, db_url)
     assert again.returncode != 0 and "already holds a node" in again.stderr
 
-    first = ipjms("node", "ingest", "--data-dir", str(data_dir), "--db", db_url, str(synthea_dir))
+    first = ipjms("node", "ingest", "--data-dir", str(data_dir), "--db", db_url, str(export_dir))
     assert first.returncode == 0, first.stdout + first.stderr
-    expected = _distinct_resources(synthea_dir)
+    expected = _distinct_resources(export_dir)
     assert _counts(db_url) == dict(expected)
     assert "Observation" in first.stdout
-    # Synthea's patient bundles carry shorter copies of the Organization/Practitioner resources of
-    # hospitalInformation*/practitionerInformation* (same ids, different bodies), so those two
-    # types legitimately get a new version per file; every other resource must stay as it was.
+    # Synthea's patient bundles (and the generated export's) carry shorter copies of the
+    # Organization/Practitioner resources of hospitalInformation*/practitionerInformation* (same
+    # ids, different bodies), so those two types legitimately get new versions; every other
+    # resource must stay as it was.
     shared = ("Organization", "Practitioner")
     versions = _versions(db_url, exclude=shared)
 
-    second = ipjms("node", "ingest", "--data-dir", str(data_dir), "--db", db_url, str(synthea_dir))
+    second = ipjms("node", "ingest", "--data-dir", str(data_dir), "--db", db_url, str(export_dir))
     assert second.returncode == 0, second.stdout + second.stderr
     assert _counts(db_url) == dict(expected)
     assert _versions(db_url, exclude=shared) == versions  # not even a new version
@@ -120,7 +121,7 @@ def test_init_ingest_twice_adds_nothing(db_url: str, tmp_path: Path, synthea_dir
     assert total_row.split("│")[2].strip() == "0"  # created column
 
 
-def test_bad_file_reported_by_name_rest_continue(tmp_path: Path, synthea_dir: Path) -> None:
+def test_bad_file_reported_by_name_rest_continue(tmp_path: Path, synthea_shaped_dir: Path) -> None:
     data_dir = tmp_path / "node"
     db_url = f"sqlite:///{tmp_path / 'n.db'}"
     assert _init(data_dir, db_url, IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0
@@ -135,20 +136,26 @@ def test_bad_file_reported_by_name_rest_continue(tmp_path: Path, synthea_dir: Pa
         {"resourceType": "Patient", "id": "bulk-2", "gender": "male"},
     ]
     (inbox / "Patient.ndjson").write_text("\n".join(json.dumps(r) for r in ndjson) + "\n")
-    liz = next(synthea_dir.glob("Liz_*.json"))
-    (inbox / "liz.json").write_text(liz.read_text())
-    hospitals = next(synthea_dir.glob("hospitalInformation*.json"))
-    practitioners = next(synthea_dir.glob("practitionerInformation*.json"))
+    hospitals = next(synthea_shaped_dir.glob("hospitalInformation*.json"))
+    practitioners = next(synthea_shaped_dir.glob("practitionerInformation*.json"))
+    one_patient = min(
+        (p for p in synthea_shaped_dir.glob("*.json") if p not in (hospitals, practitioners)),
+        key=lambda p: p.stat().st_size,
+    )
+    (inbox / "one-patient.json").write_text(one_patient.read_text())
     (inbox / hospitals.name).write_text(hospitals.read_text())
     (inbox / practitioners.name).write_text(practitioners.read_text())
+    patient_types = Counter(
+        e["resource"]["resourceType"] for e in json.loads(one_patient.read_text())["entry"]
+    )
 
     r = ipjms("node", "ingest", "--data-dir", str(data_dir), str(inbox))
     assert r.returncode == 1
     assert "broken.json" in r.stderr and "invalid JSON" in r.stderr
     assert "wrong.json" in r.stderr and "birthDate" in r.stderr
     counts = _counts(db_url)
-    assert counts["Patient"] == 3  # Liz + two NDJSON patients
-    assert counts["Observation"] == 36
+    assert counts["Patient"] == patient_types["Patient"] + len(ndjson)  # the good files went in
+    assert counts["Observation"] == patient_types["Observation"] > 0
 
 
 def test_cli_refuses_bad_input_clearly(tmp_path: Path) -> None:

@@ -104,19 +104,19 @@ def pg_databases() -> Iterator[tuple[str, str]]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _node_with_synthea(data_dir: Path, synthea_dir: Path, *db: str) -> None:
+def _node_with_records(data_dir: Path, export_dir: Path, *db: str) -> None:
     _ipjms("node", "init", "--org", "org-backup", "--name", "Backup test", "--level",
            "tertiary", "--data-dir", str(data_dir), *db)  # fmt: skip
-    _ipjms("node", "ingest", "--data-dir", str(data_dir), str(synthea_dir))
+    _ipjms("node", "ingest", "--data-dir", str(data_dir), str(export_dir))
 
 
 @pytest.mark.postgres
 def test_pg_dump_restores_into_a_fresh_database(
-    tmp_path: Path, synthea_dir: Path, pg_databases: tuple[str, str]
+    tmp_path: Path, synthea_shaped_dir: Path, pg_databases: tuple[str, str]
 ) -> None:
     live_url, restored_url = pg_databases
     live_dir = tmp_path / "live"
-    _node_with_synthea(live_dir, synthea_dir, "--db", live_url)
+    _node_with_records(live_dir, synthea_shaped_dir, "--db", live_url)
     port = free_port()
     node = _serve(live_dir, port, tmp_path / "logs")
     try:
@@ -141,9 +141,9 @@ def test_pg_dump_restores_into_a_fresh_database(
     _check_same(before, after)
 
 
-def test_sqlite_backup_restores(tmp_path: Path, synthea_dir: Path) -> None:
+def test_sqlite_backup_restores(tmp_path: Path, synthea_shaped_dir: Path) -> None:
     live_dir = tmp_path / "live"
-    _node_with_synthea(live_dir, synthea_dir)
+    _node_with_records(live_dir, synthea_shaped_dir)
     port = free_port()
     node = _serve(live_dir, port, tmp_path / "logs")
     backup = tmp_path / "backups" / "node.db"
