@@ -6,7 +6,10 @@ Run: ``.venv/bin/python bench/ingest.py [--pg URL] [--rounds 5] [--observations 
 For each database kind, a real node is created (``ipjms node init``) and served
 (``ipjms node serve``, started through deploy.launcher exactly as an operator would):
 
-1. **Ingest rate.** The shared Synthea transaction Bundles are POSTed to ``/fhir``
+1. **Ingest rate.** The Synthea transaction Bundles (the real export in ``../shared/data`` or
+   ``$IPJMS_SHARED_DATA`` where it is; else the generated Synthea-shaped export of
+   ``ipjms node generate`` — the JSON records which, and the rates are not comparable) are
+   POSTed to ``/fhir``
    (organisations and practitioners once, then the patient bundles ``--rounds`` times; each POST
    creates new resources, as POST entries do) from ``--clients`` concurrent keep-alive
    connections to a node served with ``--workers`` processes (default 2 and 2: the 2 cores).
@@ -49,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.launcher import free_port, ipjms_command, start_service  # noqa: E402
+from node.feeds.synthetic.synthea_shaped import synthea_shaped_export, write_export  # noqa: E402
 from node.ingest.sources import discover  # noqa: E402
 from servicekit.storage import is_postgres, make_engine  # noqa: E402
 
@@ -163,12 +167,19 @@ class BenchNode:
 # --- 1. ingest rate vs raw baseline -----------------------------------------------------------
 
 
-def synthea_bundles() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def synthea_folder() -> Path:
+    """The real Synthea export where it is, else a generated Synthea-shaped one."""
     folder = SHARED / "fhir" / "synthea"
-    if not folder.is_dir():
-        sys.exit(f"shared Synthea data not found at {folder} (set IPJMS_SHARED_DATA)")
+    if folder.is_dir():
+        return folder
+    generated = Path(tempfile.gettempdir()) / "ipjms-bench-synthea-shaped"
+    write_export(generated, synthea_shaped_export(6, 100))
+    return generated
+
+
+def synthea_bundles() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     shared, patients = [], []
-    for path in discover([folder]):
+    for path in discover([synthea_folder()]):
         bundle = json.loads(path.read_text())
         is_shared = path.name.startswith(("hospital", "practitioner"))
         (shared if is_shared else patients).append(bundle)
@@ -331,8 +342,8 @@ def run_one(kind: str, db_url: str, args: argparse.Namespace, console: Console) 
         node = BenchNode(Path(tmp), db_url, args.workers)
         try:
             console.print(
-                f"  ingest: Synthea bundles over HTTP × {args.rounds} rounds "
-                f"({args.clients} clients, {args.workers} server workers)"
+                f"  ingest: Synthea bundles from {synthea_folder()} over HTTP × {args.rounds} "
+                f"rounds ({args.clients} clients, {args.workers} server workers)"
             )
             http = measure_http_ingest(node, args.rounds, args.clients)
             console.print("  baseline: the same bodies bulk-inserted into a bare table")
@@ -348,6 +359,7 @@ def run_one(kind: str, db_url: str, args: argparse.Namespace, console: Console) 
             node.close()
     return {
         "db": kind,
+        "ingest_source": str(synthea_folder()),
         "ingest": http,
         "raw_baseline": raw,
         "ratio_to_raw": http["rate"] / raw["rate"],

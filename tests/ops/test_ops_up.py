@@ -100,7 +100,7 @@ def test_cli_reports_bad_config_and_starts_nothing(tmp_path: Path) -> None:
 
 STORY_STEPS = (
     "Seed synthetic patients at every node",
-    "Ingest the shared Synthea bundles into the tertiary hospital",
+    "Ingest a generated Synthea-shaped export into the tertiary hospital",
     "A patient enrols in the consent registry through the hospital",
     "Signed decisions: inside the consent permitted, outside refused",
     "The consent registry's audit ledger verifies",
