@@ -19,6 +19,7 @@ from consent.schema import assertion_jtis
 from consent.settings import RegistrySettings
 from consent.store import ConsentStore, migrate
 from servicekit.outcome import install_error_handlers
+from servicekit.request_limits import InputLimits, install_request_limits
 from servicekit.service_metrics import install_metrics
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
@@ -87,6 +88,13 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.include_router(patients_router)
     app.include_router(decide_router)
     app.include_router(consents_router)
+    install_request_limits(
+        app,
+        InputLimits(
+            max_body_bytes=settings.max_request_bytes,
+            integer_params={"_count": (0, 2**31 - 1)},
+        ),
+    )
     install_metrics(app, "consent")
     log.info("consent registry ready (issuer %s)", issuer)
     return app

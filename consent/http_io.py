@@ -8,20 +8,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from servicekit.outcome import FHIR_JSON, BadRequest, PayloadTooLarge
+from servicekit.outcome import FHIR_JSON, BadRequest
 
 __all__ = ["read_json", "fhir_response", "json_response", "read_form"]
 
 
 async def _body(request: Request) -> bytes:
-    limit: int = request.app.state.settings.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    return body
+    # Size, encoding, nesting and control characters were checked at the edge
+    # (servicekit.request_limits, installed in consent/app.py) before any route ran.
+    return await request.body()
 
 
 async def read_json(request: Request) -> Any:

@@ -21,6 +21,7 @@ from coordinator.grpc_service import Services
 from coordinator.schema import assertion_jtis
 from coordinator.settings import CoordinatorSettings
 from servicekit.outcome import Forbidden, Unauthorized, install_error_handlers
+from servicekit.request_limits import InputLimits, install_request_limits
 from trust.jti_store import DbReplayCache
 from trust.pki import OrgCredentials
 
@@ -93,6 +94,7 @@ def create_status_app(
     from coordinator.metrics import QueueDepthCollector
     from servicekit.service_metrics import install_metrics
 
+    install_request_limits(app, InputLimits(max_body_bytes=settings.max_http_body_bytes))
     install_metrics(app, "coordinator").registry.register(
         QueueDepthCollector(services.queue.depths)
     )

@@ -37,6 +37,8 @@ class CoordinatorSettings(BaseSettings):
     # How often an idle inbox stream re-checks the database (envelopes from other replicas).
     poll_interval: float = Field(default=1.0, gt=0)
     grpc_workers: int = Field(default=64, gt=1)
+    # Largest HTTP request body (the model registry's uploads: card + base64 weights, 16 MiB).
+    max_http_body_bytes: int = Field(default=16 * 1024 * 1024 + 64 * 1024, gt=0)
 
     def database_url(self) -> str:
         return self.db_url or sqlite_url(self.data_dir, "coordinator")

@@ -21,7 +21,6 @@ from node.api import fhir_instance, fhir_search, fhir_system
 from node.api.body import fhir_response
 from node.api.capability import capability_statement
 from node.api.lifecycle import BACKGROUND, BackgroundService, run_background
-from node.api.limits import BodySizeLimit
 from node.api.metrics import MetricsMiddleware, NodeMetrics
 from node.api.routers import EXTRA_ROUTERS
 from node.auth import routes as auth_routes
@@ -31,6 +30,7 @@ from node.auth.service import AuthService, LoginFailure
 from node.feeds.hl7v2.node_service import mllp_service
 from node.settings import NodeSettings
 from servicekit.outcome import install_error_handlers
+from servicekit.request_limits import InputLimits, install_request_limits
 from servicekit.storage import make_engine
 
 __all__ = ["create_app", "app_factory", "open_store", "BUILTIN_BACKGROUND"]
@@ -79,6 +79,17 @@ def _background_lock(data_dir: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# Paging parameters are integers; the range keeps them inside every database's integer type.
+_PAGING = (0, 2**31 - 1)
+
+
+def node_input_limits(max_body_bytes: int) -> InputLimits:
+    """The node's request limits: its body size setting, FHIR paging parameters as integers."""
+    return InputLimits(
+        max_body_bytes=max_body_bytes, integer_params={"_count": _PAGING, "_offset": _PAGING}
+    )
 
 
 def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
@@ -159,7 +170,8 @@ def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
     app.include_router(fhir_instance.router)
     for router in EXTRA_ROUTERS:
         app.include_router(router)
-    # Outermost first: metrics see every request, including refused oversize ones.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # The one input edge (servicekit.request_limits); metrics, added last, see every request,
+    # refused ones included.
+    install_request_limits(app, node_input_limits(settings.max_request_bytes))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

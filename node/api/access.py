@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import re
 
+from node.store.validation import valid_id
 from servicekit.outcome import BadRequest, NotFound
 
 __all__ = ["ensure_in_compartment", "check_type_name"]
 
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 def check_type_name(rtype: str, rid: str | None = None) -> None:
     if not _TYPE_NAME.match(rtype):
         raise NotFound(f"unknown resource type {rtype!r}")
-    if rid is not None and not _ID.match(rid):
+    if rid is not None and not valid_id(rid):
         raise BadRequest(f"{rid!r} is not a valid FHIR id")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from servicekit.outcome import FHIR_JSON, BadRequest, FhirError, PayloadTooLarge
+from servicekit.outcome import FHIR_JSON, BadRequest, FhirError
 
 __all__ = ["read_resource", "fhir_response", "version_headers", "UnsupportedMediaType"]
 
@@ -22,21 +22,15 @@ class UnsupportedMediaType(FhirError):
 
 
 async def read_resource(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object (a FHIR resource); 400/413/415 otherwise."""
+    """The request body as a JSON object (a FHIR resource); 400/415 otherwise."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in _JSON_TYPES:
         raise UnsupportedMediaType(
             f"content type {ctype!r} is not supported; send application/fhir+json"
         )
-    limit: int = request.app.state.settings.max_request_bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    # Size, encoding, nesting and control characters were checked at the edge
+    # (servicekit.request_limits) before this route ran.
+    raw = await request.body()
     if not raw.strip():
         raise BadRequest("request body is empty; expected a FHIR resource")
     try:

@@ -22,7 +22,7 @@ import hashlib
 from typing import Any
 from urllib.parse import quote
 
-from node.store.validation import ID_RE
+from node.store.validation import valid_id
 from servicekit.outcome import BadRequest
 
 __all__ = ["token_value", "identifier_criteria", "idempotent_request", "derived_id"]
@@ -61,7 +61,7 @@ def idempotent_request(
     if not isinstance(rtype, str) or not rtype:
         raise BadRequest("resource has no resourceType")
     rid = res.get("id")
-    if isinstance(rid, str) and ID_RE.match(rid):
+    if valid_id(rid):
         return {"method": "PUT", "url": f"{rtype}/{rid}"}
     key = identifier or _first_identifier(res)
     if key is not None:

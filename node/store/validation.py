@@ -15,6 +15,7 @@ from typing import Any
 
 from node.store.bindings import binding_violations
 from node.store.search_params import SUPPORTED_SEARCH_PARAMS
+from servicekit.input_checks import text_problem
 from servicekit.outcome import BadRequest
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "check_type",
     "ID_RE",
     "check_id",
+    "valid_id",
+    "text_violations",
 ]
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -58,9 +61,36 @@ def check_type(rtype: str) -> None:
         raise BadRequest(f"resource type {rtype!r} is not supported by this server")
 
 
+def valid_id(rid: object) -> bool:
+    """A FHIR id (1-64 of A-Z a-z 0-9 - .) that is not made of dots only: ``.`` and ``..``
+    match FHIR's pattern but name no resource (they are path steps)."""
+    return isinstance(rid, str) and ID_RE.match(rid) is not None and rid.strip(".") != ""
+
+
 def check_id(rid: str) -> None:
-    if not ID_RE.match(rid):
-        raise BadRequest(f"invalid resource id {rid!r} (FHIR ids are 1-64 of A-Z a-z 0-9 - .)")
+    if not valid_id(rid):
+        raise BadRequest(
+            f"invalid resource id {rid!r} (FHIR ids are 1-64 of A-Z a-z 0-9 - ., not only dots)"
+        )
+
+
+def text_violations(resource: dict[str, Any], limit: int = 5) -> list[tuple[str, str]]:
+    """(path, problem) of string values that are not acceptable text: only whitespace, or a
+    control character (FHIR ``string`` needs a non-whitespace character; control characters
+    other than tab, CR, LF are refused). Iterative, so no nesting can exhaust the stack."""
+    found: list[tuple[str, str]] = []
+    todo: list[tuple[str, Any]] = [(str(resource.get("resourceType", "")), resource)]
+    while todo and len(found) < limit:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                found.append((path, problem))
+        elif isinstance(value, dict):
+            todo.extend((f"{path}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return sorted(found)
 
 
 def _describe(loc: tuple[Any, ...]) -> str:
@@ -84,8 +114,14 @@ def validate_resource(resource: Any, *, expected_type: str | None = None) -> str
         raise BadRequest(f"resourceType {rtype!r} does not match the URL's type {expected_type!r}")
     check_type(rtype)
     rid = resource.get("id")
-    if rid is not None and (not isinstance(rid, str) or not ID_RE.match(rid)):
+    if rid is not None and not valid_id(rid):
         raise BadRequest(f"{rtype}.id: invalid id {rid!r}", expression=[f"{rtype}.id"])
+    bad_text = text_violations(resource)
+    if bad_text:
+        raise BadRequest(
+            f"invalid {rtype}: " + "; ".join(f"{path} {problem}" for path, problem in bad_text),
+            expression=[path for path, _ in bad_text],
+        )
     try:
         _model_class(rtype).model_validate(resource)
     except ValueError as exc:  # pydantic ValidationError is a ValueError
