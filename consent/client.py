@@ -25,9 +25,16 @@ from consent.decision_token import (
     request_hash,
     verify_decision_token,
 )
+from servicekit.outcome import ServiceUnavailable
 from trust.backend_auth import make_org_assertion
 
-__all__ = ["ConsentClient", "ConsentRegistryError", "SignedDecision", "DecisionTokenError"]
+__all__ = [
+    "ConsentClient",
+    "ConsentRegistryError",
+    "RegistryUnavailable",
+    "SignedDecision",
+    "DecisionTokenError",
+]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -39,6 +46,14 @@ class ConsentRegistryError(Exception):
         super().__init__(f"consent registry answered {status}: {message}")
         self.status = status
         self.message = message
+
+
+class RegistryUnavailable(ServiceUnavailable):
+    """The registry could not be reached, did not answer within the timeout, or failed (5xx):
+    no decision was made. A 503 OperationOutcome wherever it reaches a client."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the consent registry is unavailable ({what}); try again")
 
 
 def _outcome_text(response: httpx.Response) -> str:
@@ -56,19 +71,36 @@ class ConsentClient:
         creds: Any,
         *,
         timeout: float = 10.0,
+        connect_timeout: float = 3.0,
         transport: httpx.BaseTransport | None = None,
         verify: bool | str = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.creds = creds
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            transport=transport,
+            verify=verify,
         )
         self._tokens: dict[tuple[str | None, str | None], tuple[str, float]] = {}
         self._jwks: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One HTTP exchange with the registry; an outage or a server failure is
+        :class:`RegistryUnavailable`, never a raw network error."""
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.TimeoutException:
+            raise RegistryUnavailable("no answer within the timeout") from None
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(type(exc).__name__) from None
+        if r.status_code >= 500:
+            raise RegistryUnavailable(f"it answered {r.status_code}")
+        return r
 
     def close(self) -> None:
         self._http.close()
@@ -98,7 +130,7 @@ class ConsentClient:
                 self.creds, f"{self.base_url}/auth/token", act=act or None
             ),
         }
-        r = self._http.post("/auth/token", data=form)
+        r = self._send("POST", "/auth/token", data=form)
         if r.status_code != 200:
             raise ConsentRegistryError(r.status_code, _outcome_text(r))
         body = r.json()
@@ -120,7 +152,7 @@ class ConsentClient:
     ) -> httpx.Response:
         for attempt in (1, 2):
             token = self.access_token(acting_role=acting_role, acting_user=acting_user)
-            r = self._http.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kw)
+            r = self._send(method, path, headers={"Authorization": f"Bearer {token}"}, **kw)
             if r.status_code == 401 and attempt == 1:  # registry restarted / key rotated
                 with self._lock:
                     self._tokens.pop((acting_role, acting_user), None)
@@ -176,7 +208,7 @@ class ConsentClient:
 
     def jwks(self, *, refresh: bool = False) -> dict[str, Any]:
         if self._jwks is None or refresh:
-            r = self._http.get("/.well-known/jwks.json")
+            r = self._send("GET", "/.well-known/jwks.json")
             if r.status_code != 200:
                 raise ConsentRegistryError(r.status_code, _outcome_text(r))
             self._jwks = r.json()

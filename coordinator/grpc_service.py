@@ -203,6 +203,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         decision = self.s.gate.check(
             header, prior_exchange=lambda: self.s.queue.has_exchange(header)
         )
+        if decision.unavailable:
+            # Nothing was decided, nothing is queued: the sender keeps it and sends it again.
+            log.warning("send deferred envelope=%s: %s", header.envelope_id, decision.reason)
+            raise ExchangeError("UNAVAILABLE", f"{decision.reason}; try again")
         if not decision.permit:
             self.s.queue.log_refusal(header, decision.reason)
             self.s.auditor.record(header, "refused", decision.reason, decision.consent_ids)
@@ -240,6 +244,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         decision = self.s.gate.check(
             header, prior_exchange=lambda: self.s.queue.has_exchange(header)
         )
+        if decision.unavailable:
+            # Not refused: the lease runs out and the envelope is offered again.
+            log.warning("delivery deferred envelope=%s: %s", header.envelope_id, decision.reason)
+            return False
         if not decision.permit:
             reason = f"not delivered: {decision.reason}"
             self.s.queue.kill(header.envelope_id, reason)

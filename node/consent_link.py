@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from node.auth.deps import Principal, require_scope
 from node.identity import patient_pseudonym
-from servicekit.outcome import BadRequest, FhirError, Forbidden, Unprocessable
+from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unprocessable
 
 __all__ = ["router"]
 
@@ -27,8 +27,8 @@ router = APIRouter()
 ENROLLING_ROLES = frozenset({"doctor", "admin"})
 
 
-class RegistryUnavailable(FhirError):
-    status, code = 503, "transient"
+class RegistryUnavailable(ServiceUnavailable):
+    """No consent registry configured, or it refused this node."""
 
 
 def _client(request: Request) -> Any:
@@ -69,12 +69,10 @@ async def enrolment_code(
         raise Unprocessable("the patient has no national identifier; cannot link to the registry")
     from consent.client import ConsentRegistryError
 
-    try:
+    try:  # an outage or timeout is consent.client.RegistryUnavailable (503) already
         issued = _client(request).create_enrolment_code(pseudonym)
     except ConsentRegistryError as exc:
         raise RegistryUnavailable(f"consent registry refused: {exc.message}") from None
-    except Exception as exc:  # network errors
-        raise RegistryUnavailable(f"consent registry unreachable ({type(exc).__name__})") from None
     log.info("enrolment code issued for Patient/%s by %s", patient_id, principal.subject)
     return JSONResponse(
         {

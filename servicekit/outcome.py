@@ -21,6 +21,7 @@ __all__ = [
     "Forbidden",
     "Unprocessable",
     "PayloadTooLarge",
+    "ServiceUnavailable",
     "operation_outcome",
     "install_error_handlers",
     "FHIR_JSON",
@@ -109,6 +110,13 @@ class PayloadTooLarge(FhirError):
 
 class Unprocessable(FhirError):
     status, code = 422, "processing"
+
+
+class ServiceUnavailable(FhirError):
+    """A service this one depends on (consent registry, coordinator) cannot be reached or did
+    not answer in time. Transient: the client may try again; nothing was changed."""
+
+    status, code = 503, "transient"
 
 
 def install_error_handlers(app: Any) -> None:

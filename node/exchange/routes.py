@@ -22,15 +22,11 @@ from node.exchange.service import (
     request_exchange,
 )
 from node.exchange.tables import inbound, outbound
-from servicekit.outcome import FhirError, NotFound
+from servicekit.outcome import FhirError, NotFound, ServiceUnavailable
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/exchange", tags=["exchange"])
-
-
-class ServiceUnavailable(FhirError):
-    status, code = 503, "transient"
 
 
 def _ctx(request: Request) -> ExchangeContext:
@@ -41,7 +37,8 @@ def _ctx(request: Request) -> ExchangeContext:
 
 
 def _coordinator_errors(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A coordinator that cannot be reached or refuses a lookup → a clear OperationOutcome."""
+    """A coordinator that cannot be reached or refuses a lookup → a clear OperationOutcome.
+    (The consent registry's outages arrive as consent.client.RegistryUnavailable, a 503.)"""
     try:
         return work()
     except grpc.RpcError as exc:

@@ -1,8 +1,13 @@
-"""The exchange operations a doctor (through the REST routes) or the inbox runner performs.
-
-Each one changes the local store first, then discloses through the egress pipeline:
+"""The exchange operations a doctor (through the REST routes) or the inbox runner performs:
 request (referral/consultation), status change, answer (advice), record pull, answering a
 record query, and publishing this node's pseudonyms to the record locator.
+
+No half-done local state: an operation that needs the consent registry asks it *before* it
+writes anything, so a registry that is down or slow (503, :class:`RegistryUnavailable`) leaves
+no ServiceRequest, Task or Communication behind that looks as if it had been sent. Once the
+decision is in, the workflow resources are written in one transaction and the envelope goes to
+the outbox; a coordinator that cannot be reached leaves it ``pending`` (the outbox loop sends it
+when the coordinator is back), visible as such in the answer and in ``/exchange/outbox``.
 """
 
 from __future__ import annotations
@@ -74,9 +79,9 @@ def request_exchange(
         reason=reason,
         question=question,
     )
-    task = ctx.store.update_many([sr, task], writer=writer)[1].resource
     wanted = set(classes or DEFAULT_CLASSES)
     try:
+        # The consent decision first (RegistryUnavailable → 503 with nothing written) …
         disclosure = disclose(
             ctx,
             kind=kind,
@@ -87,12 +92,15 @@ def request_exchange(
             workflow=[sr, task],
             title=f"{kind.capitalize()} to {recipient}",
         )
-        state = send(ctx, disclosure, task_uid=task_uid(task), patient_id=patient_id)
     except ConsentRefused as exc:
+        # … a refusal is kept, visibly not sent: the pair with the Task cancelled.
         task = {**task, "status": "cancelled", "statusReason": {"text": exc.diagnostics}}
         task["businessStatus"] = {"text": "refused: no consent"}
-        ctx.store.update("Task", task["id"], task, writer=writer)
+        ctx.store.update_many([sr, task], writer=writer)
         raise
+    # … then the request itself (one transaction) and the envelope.
+    task = ctx.store.update_many([sr, task], writer=writer)[1].resource
+    state = send(ctx, disclosure, task_uid=task_uid(task), patient_id=patient_id)
     return {
         "task": f"Task/{task['id']}",
         "service_request": f"ServiceRequest/{sr['id']}",
@@ -184,7 +192,6 @@ def answer(
     }
     if task.get("focus"):
         communication["basedOn"] = [task["focus"]]
-    ctx.store.update("Communication", comm_id, communication, writer=writer)
     task = {
         **task,
         "status": "completed",
@@ -197,7 +204,7 @@ def answer(
             }
         ],
     }
-    task = ctx.store.update("Task", task_id, task, writer=writer).resource
+    # Consent first (nothing written if the registry is down), then both in one transaction.
     disclosure = disclose(
         ctx,
         kind="advice",
@@ -208,6 +215,7 @@ def answer(
         workflow=[communication, task],
         title="Consultation advice",
     )
+    task = ctx.store.update_many([communication, task], writer=writer)[1].resource
     send(ctx, disclosure, task_uid=task_uid(task), patient_id=_patient_of(task))
     return {
         "task": f"Task/{task_id}",

@@ -96,6 +96,15 @@ class Region:
     def pseudonym(self, national_id: str) -> str:
         return pseudonym(self.linkage_key, national_id)
 
+    def restart_consent(self) -> None:
+        """Start the consent registry again (same data, same port) after a stop or kill."""
+        self.consent_service.kill()
+        port = int(self.consent_url.rsplit(":", 1)[1])
+        self.consent_service = start_service(
+            "consent", consent_args(self.root, self.pki, port, self.consent_url),
+            base_url=self.consent_url, log_dir=self.root / "logs",
+        )  # fmt: skip
+
     def consent_client(self, org_id: str) -> ConsentClient:
         return ConsentClient(self.consent_url, self.pki.creds[org_id])
 
@@ -217,6 +226,11 @@ def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
     if db:
         args += ["--db", db]
     subprocess.run(ipjms_command(*args), check=True, capture_output=True)
+
+
+def consent_args(root: Path, pki: Any, port: int, url: str) -> list[str]:
+    return ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
+            "--ca-dir", str(pki.ca_dir), "--public-url", url]  # fmt: skip
 
 
 def start_consent(root: Path, pki: Any) -> tuple[str, Service]:

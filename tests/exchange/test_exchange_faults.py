@@ -1,6 +1,14 @@
-"""Issue 4 must-show 4 (faults) over real processes: the coordinator SIGKILLed while it delivers
-and restarted → every accepted envelope imported exactly once; a sender retrying with the same
-envelope id → one queue entry and one import."""
+"""Faults over real processes (issue 4 must-show 4, issue 13 item 3 and must-show 4).
+
+- the coordinator SIGKILLed while it delivers and restarted → every accepted envelope imported
+  exactly once; a sender retrying with the same envelope id → one queue entry and one import;
+- the consent registry SIGKILLed: a referral is a 503 OperationOutcome and leaves nothing at the
+  sender (no ServiceRequest, Task or outbox row), an envelope queued for delivery waits (not
+  dead-lettered), and both complete once the registry is back;
+- the coordinator down when a referral is made → the referral is visibly ``pending`` and is
+  delivered once the coordinator is back;
+- the receiving node SIGKILLed mid-import → after its restart every envelope imported once.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import os
 import signal
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from exchange_net import Region, patient_bundle, seed, start_region, wait_for
@@ -55,6 +64,136 @@ def _queue_rows(region: Region, envelope_id: str) -> int:
                 "select count(*) from envelopes where envelope_id = ?", (envelope_id,)
             ).fetchone()[0]
         )
+
+
+def _count(region: Region, org: str, rtype: str) -> int:
+    return len(region.nodes[org].search(rtype))
+
+
+def _outbox(region: Region, org: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(region.nodes[org].data_dir / "node.db") as conn:
+        return conn.execute("select envelope_id, state from exchange_outbound").fetchall()
+
+
+def _refer(region: Region, reason: str) -> Any:
+    return region.nodes["hosp-a"].post(
+        "/exchange/requests",
+        {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-b",
+         "reason": reason},
+    )  # fmt: skip
+
+
+def _imported_reasons(region: Region) -> list[str]:
+    reasons = []
+    for sr in region.nodes["clinic-b"].search("ServiceRequest"):
+        reasons += [c.get("text", "") for c in sr.get("reasonCode", [])]
+    return reasons
+
+
+def test_registry_down_referral_is_503_and_leaves_nothing_then_works(region: Region) -> None:
+    """Issue 13 item 3: was a 500 (unhandled connect error) leaving a ServiceRequest and a Task
+    in ``requested`` that never left the node."""
+    a = region.nodes["hosp-a"]
+    a.headers()  # log in while everything is up
+    before = (_count(region, "hosp-a", "ServiceRequest"), _count(region, "hosp-a", "Task"),
+              len(_outbox(region, "hosp-a")))  # fmt: skip
+    region.consent_service.kill()
+    try:
+        for _ in range(2):
+            r = _refer(region, "registry down")
+            assert r.status_code == 503, r.text
+            body = r.json()
+            assert body["resourceType"] == "OperationOutcome"
+            assert body["issue"][0]["code"] == "transient"
+            assert "consent registry" in body["issue"][0]["diagnostics"]
+        after = (_count(region, "hosp-a", "ServiceRequest"), _count(region, "hosp-a", "Task"),
+                 len(_outbox(region, "hosp-a")))  # fmt: skip
+        assert after == before, "a refused referral left local state behind"
+    finally:
+        region.restart_consent()
+    r = _refer(region, "registry back")
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "sent"
+    wait_for(lambda: "registry back" in _imported_reasons(region), what="referral imported at B")
+
+
+def test_registry_killed_while_an_envelope_waits_for_delivery(region: Region) -> None:
+    """The coordinator re-checks consent at delivery: a registry outage then defers delivery
+    (it used to dead-letter the envelope for good); it is delivered once the registry is back."""
+    b = region.nodes["clinic-b"]
+    b.stop()
+    try:
+        r = _refer(region, "queued during outage")
+        assert r.status_code == 201 and r.json()["state"] == "sent", r.text
+        envelope_id = r.json()["envelope_id"]
+        region.consent_service.kill()
+    finally:
+        b.restart()
+    try:
+        with ExchangeClient(region.coordinator.address, region.pki.creds["hosp-a"]) as client:
+            # B is back and asking; the coordinator cannot decide, so it defers the delivery.
+            log = region.coordinator.service.log_path
+            wait_for(
+                lambda: f"delivery deferred envelope={envelope_id}" in log.read_text(),
+                timeout=60,
+                what="a delivery attempt while the registry is down",
+            )
+            state = client.status(envelope_id)
+            assert state.state != "dead", state.reason
+            assert envelope_id not in {e for e, _ in _inbound(region, "clinic-b")}
+    finally:
+        region.restart_consent()
+    wait_for(
+        lambda: envelope_id in {e for e, o in _inbound(region, "clinic-b") if o == "imported"},
+        timeout=60,
+        what="the deferred envelope imported once the registry is back",
+    )
+    with ExchangeClient(region.coordinator.address, region.pki.creds["hosp-a"]) as client:
+        wait_for(lambda: client.status(envelope_id).state == "delivered", what="delivered")
+
+
+def test_coordinator_down_referral_is_pending_then_delivered(region: Region) -> None:
+    a = region.nodes["hosp-a"]
+    a.headers()
+    region.coordinator.service.kill()
+    try:
+        r = _refer(region, "coordinator down")
+        if r.status_code == 503:  # the directory entry was not cached: refused, nothing kept
+            assert r.json()["issue"][0]["code"] == "transient"
+            pytest.fail("the recipient's directory entry should be cached by earlier referrals")
+        assert r.status_code == 201, r.text
+        assert r.json()["state"] == "pending"
+        envelope_id = r.json()["envelope_id"]
+        assert (envelope_id, "pending") in _outbox(region, "hosp-a")
+    finally:
+        region.coordinator.restart()
+    wait_for(
+        lambda: (envelope_id, "sent") in _outbox(region, "hosp-a"),
+        timeout=60,
+        what="the outbox loop sends the pending envelope",
+    )
+    wait_for(lambda: "coordinator down" in _imported_reasons(region), timeout=60, what="import")
+
+
+def test_receiving_node_killed_mid_import_imports_each_envelope_once(region: Region) -> None:
+    b = region.nodes["clinic-b"]
+    sent = []
+    for i in range(6):
+        r = _refer(region, f"node kill {i}")
+        assert r.status_code == 201, r.text
+        sent.append(r.json())
+    ids = {s["envelope_id"] for s in sent}
+    wait_for(lambda: {e for e, _ in _inbound(region, "clinic-b")} & ids, what="first import")
+    b.service.kill()
+    b.restart()
+    wait_for(
+        lambda: ids <= {e for e, _ in _inbound(region, "clinic-b")},
+        timeout=60,
+        what="every envelope imported after B's restart",
+    )
+    for s in sent:
+        uid = region.nodes["hosp-a"].get(f"/fhir/{s['task']}")["identifier"][0]["value"]
+        assert len(b.search("Task", identifier=f"{TASK_ID_SYSTEM}|{uid}")) == 1
 
 
 def test_sigkill_during_delivery_then_restart_imports_each_envelope_once(region: Region) -> None:
