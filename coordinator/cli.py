@@ -55,6 +55,13 @@ def serve(
     lease_seconds: Annotated[
         float | None, typer.Option(help="Redeliver unacknowledged envelopes after this.")
     ] = None,
+    checkpoint_interval: Annotated[
+        float | None, typer.Option(help="Seconds between signed audit-ledger checkpoints.")
+    ] = None,
+    checkpoint_path: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint file (default DATA_DIR/audit-checkpoints.jsonl)."),
+    ] = None,
 ) -> None:
     """Run the exchange broker: gRPC with mutual TLS, and the HTTP status API."""
     from coordinator.server import run
@@ -72,6 +79,8 @@ def serve(
         "max_envelope_bytes": max_envelope_bytes,
         "rate_per_minute": rate_per_minute,
         "lease_seconds": lease_seconds,
+        "checkpoint_interval": checkpoint_interval,
+        "checkpoint_path": checkpoint_path,
     }
     settings = CoordinatorSettings(**{k: v for k, v in given.items() if v is not None})
     run(settings)

@@ -122,6 +122,19 @@ def _sweeper(services: Services, stop: threading.Event) -> None:
             log.warning("expiry sweep failed: %s", type(exc).__name__)
 
 
+def _ledger_anchor(settings: CoordinatorSettings, services: Services, creds: OrgCredentials) -> Any:
+    """Signed checkpoints of the routing ledger, in a file outside its database."""
+    from trust.ledger_anchor import CHECKPOINT_FILE, LedgerAnchor
+
+    return LedgerAnchor(
+        services.auditor.ledger,
+        creds,
+        settings.checkpoint_path or settings.data_dir / CHECKPOINT_FILE,
+        log_id=f"{creds.org_id}/coordinator",
+        interval=settings.checkpoint_interval,
+    )
+
+
 def run(settings: CoordinatorSettings) -> None:
     import uvicorn
 
@@ -144,6 +157,8 @@ def run(settings: CoordinatorSettings) -> None:
     # --port 0: both ports are the OS's pick; otherwise --http-port (0: gRPC port + 1)
     http_sock = bind_listener(settings.host, settings.status_port() if settings.port else 0)
     http_port = int(http_sock.getsockname()[1])
+    anchor = _ledger_anchor(settings, services, creds)
+    anchor.start()
     log.info(
         "coordinator %s: gRPC (mTLS) on %s:%d, status API on http://%s:%d",
         creds.org_id,
@@ -167,5 +182,6 @@ def run(settings: CoordinatorSettings) -> None:
     finally:
         stop.set()
         server.stop(grace=2).wait(5)
+        anchor.stop()
         engine.dispose()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -37,6 +37,11 @@ class CoordinatorSettings(BaseSettings):
     # How often an idle inbox stream re-checks the database (envelopes from other replicas).
     poll_interval: float = Field(default=1.0, gt=0)
     grpc_workers: int = Field(default=64, gt=1)
+    # Signed checkpoints of the audit ledger (trust.ledger_anchor): how often the head is signed
+    # with the coordinator's key, and the file outside the database they go to
+    # (default <data_dir>/audit-checkpoints.jsonl).
+    checkpoint_interval: float = Field(default=60.0, gt=0)
+    checkpoint_path: Path | None = None
     # Largest HTTP request body (the model registry's uploads: card + base64 weights, 16 MiB).
     max_http_body_bytes: int = Field(default=16 * 1024 * 1024 + 64 * 1024, gt=0)
 

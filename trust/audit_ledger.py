@@ -183,6 +183,24 @@ class AuditLedger:
             for r in rows
         ]
 
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest entry, as the head row records it ((0, genesis) if empty)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1)
+            ).first()
+        if row is None:
+            raise LedgerError("audit ledger head is missing; run `ipjms audit verify`")
+        return int(row[0]), str(row[1])
+
+    def hashes(self) -> list[tuple[int, str]]:
+        """(seq, hash) of every entry in order: what signed checkpoints are compared with."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ledger_table.c.seq, ledger_table.c.hash).order_by(ledger_table.c.seq)
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             head = conn.execute(select(head_table.c.seq).where(head_table.c.id == 1)).first()

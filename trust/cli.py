@@ -101,15 +101,8 @@ def revoke_cmd(
     typer.echo(f"revoked {len(added)} certificate(s); CRL updated in {ca_dir}")
 
 
-@audit_app.command("verify")
-def audit_verify_cmd(
-    db: str | None = typer.Option(None, "--db", help="Database URL holding the ledger."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="A service's data folder."),
-    service: str | None = typer.Option(
-        None, "--service", help="With --data-dir: the service's database name (<dir>/<name>.db)."
-    ),
-) -> None:
-    """Check a service's audit ledger; exit 1 naming the first edited/deleted/reordered entry."""
+def _open_ledger(db: str | None, data_dir: Path | None, service: str | None):  # type: ignore[no-untyped-def]
+    """(engine, AuditLedger) of the database named by --db or --data-dir/--service."""
     from servicekit.storage import make_engine
     from trust.audit_ledger import AuditLedger
 
@@ -126,16 +119,162 @@ def audit_verify_cmd(
         typer.echo(f"error: no database at {db}", err=True)
         raise typer.Exit(2)
     engine = make_engine(db)
+    ledger = AuditLedger(engine, create=False)
+    if not ledger.exists():
+        engine.dispose()
+        typer.echo("error: this database holds no audit ledger", err=True)
+        raise typer.Exit(2)
+    return engine, ledger
+
+
+def _revoked(ca_dir: Path) -> frozenset[str | int]:
+    from trust.pki import revocation_list
+
+    return revocation_list(ca_dir) if (ca_dir / "ca.crl.pem").exists() else frozenset()
+
+
+@audit_app.command("verify")
+def audit_verify_cmd(
+    db: str | None = typer.Option(None, "--db", help="Database URL holding the ledger."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="A service's data folder."),
+    service: str | None = typer.Option(
+        None, "--service", help="With --data-dir: the service's database name (<dir>/<name>.db)."
+    ),
+    checkpoints: list[Path] = typer.Option(  # noqa: B006 - typer's list option
+        [],
+        "--checkpoints",
+        help="Signed checkpoint file(s) (the operator's, a witness's copy); repeatable.",
+    ),
+    ca_dir: Path | None = typer.Option(None, "--ca-dir", help="Regional CA (with --checkpoints)."),
+    log_id: str | None = typer.Option(None, "--log", help="Only checkpoints of this log id."),
+    operator: str | None = typer.Option(None, "--operator", help="Org that must have signed."),
+    require_witness: bool = typer.Option(
+        False, "--require-witness", help="Only trust checkpoints countersigned by another org."
+    ),
+) -> None:
+    """Check a service's audit ledger; exit 1 naming the first edited/deleted/reordered entry,
+    or — against signed checkpoints — a truncated or rewritten chain."""
+    from trust.ledger_checkpoint import CheckpointError, check_against_checkpoints, read_checkpoints
+    from trust.pki import load_ca_cert
+
+    if checkpoints and ca_dir is None:
+        typer.echo("error: --checkpoints needs --ca-dir (to check the signatures)", err=True)
+        raise typer.Exit(2)
+    engine, ledger = _open_ledger(db, data_dir, service)
     try:
-        ledger = AuditLedger(engine, create=False)
-        if not ledger.exists():
-            typer.echo("error: this database holds no audit ledger", err=True)
-            raise typer.Exit(2)
         report = ledger.verify()
+        chain = ledger.hashes() if report.ok and checkpoints else []
     finally:
         engine.dispose()
-    if report.ok:
+    if not report.ok:
+        typer.echo(f"ledger broken: {report}")
+        raise typer.Exit(1)
+    if not checkpoints:
         typer.echo(str(report))
         return
-    typer.echo(f"ledger broken: {report}")
-    raise typer.Exit(1)
+    assert ca_dir is not None
+    try:
+        found = [cp for path in checkpoints for cp in read_checkpoints(path)]
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    anchored = check_against_checkpoints(
+        chain,
+        found,
+        log=log_id,
+        ca_cert_pem=load_ca_cert(ca_dir),
+        revoked=_revoked(ca_dir),
+        operator=operator,
+        require_witness=require_witness,
+    )
+    if not anchored.ok:
+        typer.echo(f"ledger broken: {anchored.problem}")
+        raise typer.Exit(1)
+    witnessed = f", countersigned by {', '.join(anchored.witnesses)}" if anchored.witnesses else ""
+    typer.echo(
+        f"{report}; matches {anchored.checked} signed checkpoint(s) up to entry "
+        f"{anchored.latest_seq}{witnessed}"
+    )
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint_cmd(
+    org_dir: Path = typer.Option(..., "--org-dir", help="The operator's credentials."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file to append to."),
+    log_id: str = typer.Option(..., "--log", help="Log id, e.g. ORG/coordinator."),
+    db: str | None = typer.Option(None, "--db", help="Database URL holding the ledger."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="A service's data folder."),
+    service: str | None = typer.Option(None, "--service", help="With --data-dir: db name."),
+) -> None:
+    """Sign the ledger's current head with the organisation's key and append it to --out."""
+    from trust.ledger_checkpoint import append_checkpoint, sign_checkpoint
+    from trust.pki import PkiError, load_org
+
+    try:
+        creds = load_org(org_dir)
+    except PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    engine, ledger = _open_ledger(db, data_dir, service)
+    try:
+        seq, head_hash = ledger.head()
+    finally:
+        engine.dispose()
+    append_checkpoint(out, sign_checkpoint(creds, log_id, seq, head_hash))
+    typer.echo(f"checkpoint of {log_id} at entry {seq} appended to {out}")
+
+
+@audit_app.command("cosign")
+def audit_cosign_cmd(
+    checkpoints: Path = typer.Option(..., "--checkpoints", help="The operator's checkpoints."),
+    org_dir: Path = typer.Option(..., "--org-dir", help="The witness's credentials."),
+    ca_dir: Path = typer.Option(..., "--ca-dir", help="Regional CA."),
+    witness_file: Path = typer.Option(
+        ..., "--witness-file", help="The witness's own copy (in its store, not the operator's)."
+    ),
+) -> None:
+    """As a witness (another organisation): countersign the latest checkpoint of each log in
+    --checkpoints, refusing a rollback or fork from what this witness cosigned before; the
+    countersigned checkpoint is appended to the witness's file and to the operator's."""
+    from trust.ledger_checkpoint import (
+        Checkpoint,
+        CheckpointError,
+        append_checkpoint,
+        cosign,
+        read_checkpoints,
+    )
+    from trust.pki import PkiError, load_ca_cert, load_org
+
+    try:
+        witness = load_org(org_dir)
+        offered = read_checkpoints(checkpoints)
+        witnessed = read_checkpoints(witness_file)
+    except (PkiError, CheckpointError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    latest: dict[str, Checkpoint] = {}
+    for cp in offered:
+        if cp.log not in latest or cp.seq >= latest[cp.log].seq:
+            latest[cp.log] = cp
+    if not latest:
+        typer.echo("error: no checkpoint to countersign", err=True)
+        raise typer.Exit(2)
+    failed = False
+    for cp in latest.values():
+        try:
+            signed = cosign(
+                cp,
+                witness,
+                ca_cert_pem=load_ca_cert(ca_dir),
+                witnessed=witnessed,
+                revoked=_revoked(ca_dir),
+            )
+        except CheckpointError as exc:
+            typer.echo(f"refused: {exc}")
+            failed = True
+            continue
+        append_checkpoint(witness_file, signed)
+        append_checkpoint(checkpoints, signed)
+        typer.echo(f"countersigned {signed.log} at entry {signed.seq} as {witness.org_id}")
+    if failed:
+        raise typer.Exit(1)
