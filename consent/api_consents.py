@@ -18,6 +18,7 @@ from consent.auth import Principal, require
 from consent.fhir import PSEUDONYM_SYSTEM, from_fhir
 from consent.http_io import fhir_response, read_json
 from consent.store import ConsentStore, StoredConsent
+from servicekit.openapi_bodies import fhir_body
 from servicekit.outcome import BadRequest, Forbidden, NotFound
 from trust import audit_events
 from trust.audit_ledger import AuditLedger
@@ -62,7 +63,7 @@ def _respond(stored: StoredConsent, status: int = 200) -> JSONResponse:
     return fhir_response(stored.resource(), status, headers)
 
 
-@router.post("/fhir/Consent")
+@router.post("/fhir/Consent", openapi_extra=fhir_body("Consent"))
 async def create_consent(
     request: Request, principal: Principal = Depends(PATIENT_CONSENT)
 ) -> JSONResponse:
@@ -81,7 +82,7 @@ def read_consent(
     return _respond(_own(request, consent_id, principal))
 
 
-@router.put("/fhir/Consent/{consent_id}")
+@router.put("/fhir/Consent/{consent_id}", openapi_extra=fhir_body("Consent"))
 async def update_consent(
     consent_id: str, request: Request, principal: Principal = Depends(PATIENT_CONSENT)
 ) -> JSONResponse:

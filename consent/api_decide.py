@@ -12,6 +12,7 @@ from consent.disclosures import report_disclosure
 from consent.http_io import fhir_response, json_response, read_json
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
 from consent.parameters import decision_parameters, parse_decide
+from servicekit.openapi_bodies import fhir_body, json_body
 from servicekit.outcome import BadRequest
 
 __all__ = ["router"]
@@ -21,7 +22,35 @@ DECIDE = require("system/Consent.decide", kind="org")
 REPORT = require("system/Disclosure.c", kind="org")
 
 
-@router.post("/fhir/Consent/$decide")
+_S = {"type": "string"}
+_PARAMETERS = fhir_body(
+    "Parameters",
+    {
+        "parameter": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": _S, "valueString": _S, "valueCode": _S},
+            },
+        }
+    },
+)
+_DISCLOSURE = json_body(
+    {
+        "patient": _S,
+        "recipient": _S,
+        "purpose": _S,
+        "classes": {"type": "array", "items": _S},
+        "envelope_id": _S,
+        "decision_token": _S,
+        "user": _S,
+    },
+    ("patient", "recipient", "purpose", "classes"),
+)
+
+
+@router.post("/fhir/Consent/$decide", openapi_extra=_PARAMETERS)
 async def decide(request: Request, principal: Principal = Depends(DECIDE)) -> JSONResponse:
     inp = parse_decide(await read_json(request))
     service: DecisionService = request.app.state.decisions
@@ -50,7 +79,7 @@ async def decide(request: Request, principal: Principal = Depends(DECIDE)) -> JS
     )
 
 
-@router.post("/disclosures")
+@router.post("/disclosures", openapi_extra=_DISCLOSURE)
 async def disclosures(request: Request, principal: Principal = Depends(REPORT)) -> JSONResponse:
     """A node or the coordinator reports data it disclosed. If a decision token is given, the
     report is checked against it; a report the decision does not cover is still recorded (so it

@@ -10,6 +10,7 @@ from consent.accounts import PatientAccounts
 from consent.auth import Authenticator, Principal, require
 from consent.disclosures import list_disclosures
 from consent.http_io import json_response, read_form, read_json
+from servicekit.openapi_bodies import form_body, json_body
 from servicekit.outcome import BadRequest, Unauthorized
 from trust import audit_events
 
@@ -20,6 +21,20 @@ ISSUE_CODES = require("system/Enrolment.c", kind="org")
 OWN_DISCLOSURES = require("patient/Disclosure.rs", kind="patient")
 
 
+_S = {"type": "string"}
+_ORG_TOKEN = form_body(
+    {
+        "grant_type": _S,
+        "client_assertion_type": _S,
+        "client_assertion": _S,
+        "acting_role": _S,
+        "acting_user": _S,
+    },
+    ("grant_type",),
+)
+_PATIENT_TOKEN = form_body({"grant_type": _S, "username": _S, "password": _S})
+
+
 def _auth(request: Request) -> Authenticator:
     return request.app.state.authenticator  # type: ignore[no-any-return]
 
@@ -28,13 +43,13 @@ def _accounts(request: Request) -> PatientAccounts:
     return request.app.state.accounts  # type: ignore[no-any-return]
 
 
-@router.post("/auth/token")
+@router.post("/auth/token", openapi_extra=_ORG_TOKEN)
 async def org_token(request: Request) -> JSONResponse:
     """OAuth2 client-credentials grant with a cert-backed organisation assertion."""
     return json_response(_auth(request).org_token(await read_form(request)))
 
 
-@router.post("/auth/patient-token")
+@router.post("/auth/patient-token", openapi_extra=_PATIENT_TOKEN)
 async def patient_token(request: Request) -> JSONResponse:
     form = await read_form(request)
     if form.get("grant_type", "password") != "password":
@@ -58,7 +73,7 @@ async def patient_token(request: Request) -> JSONResponse:
     return json_response(_auth(request).patient_token(pseudonym))
 
 
-@router.post("/enrolment-codes")
+@router.post("/enrolment-codes", openapi_extra=json_body({"patient": _S}, ("patient",)))
 async def enrolment_code(
     request: Request, principal: Principal = Depends(ISSUE_CODES)
 ) -> JSONResponse:
@@ -77,7 +92,7 @@ async def enrolment_code(
     )
 
 
-@router.post("/enrol")
+@router.post("/enrol", openapi_extra=json_body({"code": _S, "password": _S}, ("code", "password")))
 async def enrol(request: Request) -> JSONResponse:
     """The patient redeems the code once and sets a password; returns the login handle."""
     body = await read_json(request)

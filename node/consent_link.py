@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from node.auth.deps import Principal, require_scope
 from node.identity import patient_pseudonym
+from servicekit.openapi_bodies import json_body
 from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unprocessable
 
 __all__ = ["router"]
@@ -47,7 +48,10 @@ def _client(request: Request) -> Any:
     return client
 
 
-@router.post("/consent/enrolment-code")
+@router.post(
+    "/consent/enrolment-code",
+    openapi_extra=json_body({"patient": {"type": "string"}}, ("patient",)),
+)
 async def enrolment_code(
     request: Request, principal: Principal = Depends(require_scope("Patient", "read"))
 ) -> JSONResponse:

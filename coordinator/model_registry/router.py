@@ -29,6 +29,7 @@ from coordinator.model_registry.card_rules import (
     check_upload,
 )
 from coordinator.model_registry.store import ModelStore
+from servicekit.openapi_bodies import json_body
 from servicekit.outcome import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from trust.jti_store import DbReplayCache
 
@@ -119,7 +120,13 @@ async def _json_body(request: Request, limit: int) -> Any:
 def create_router() -> APIRouter:
     r = APIRouter(tags=["model registry"])
 
-    @r.post("/models", status_code=201)
+    upload = json_body(
+        {"card": {"type": "object"}, "weights": {}, "published": {"type": "boolean"}},
+        ("card", "weights"),
+    )
+    flag = json_body({"published": {"type": "boolean"}}, ("published",))
+
+    @r.post("/models", status_code=201, openapi_extra=upload)
     async def add_model(request: Request, who: Caller = Depends(_authority)) -> dict[str, Any]:
         body = await _json_body(request, MAX_MODEL_BYTES)
         try:
@@ -156,7 +163,7 @@ def create_router() -> APIRouter:
         _visible(request, model_id, who)
         return {"id": model_id, "weights": _store(request).weights(model_id)}
 
-    @r.post("/models/{model_id}/publish")
+    @r.post("/models/{model_id}/publish", openapi_extra=flag)
     async def publish(
         request: Request, model_id: str, who: Caller = Depends(_authority)
     ) -> dict[str, Any]:

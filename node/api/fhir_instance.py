@@ -15,6 +15,7 @@ from node.api.body import fhir_response, read_resource, version_headers
 from node.api.bundles import history_bundle
 from node.auth.deps import Access, require_access, require_scope
 from node.auth.principal import Principal
+from servicekit.openapi_bodies import fhir_body
 from servicekit.outcome import BadRequest, operation_outcome
 
 __all__ = ["router", "fhir_base"]
@@ -38,7 +39,7 @@ def _not_modified(request: Request, headers: dict[str, str]) -> bool:
     return bool(wanted) and wanted == headers.get("ETag")
 
 
-@router.post("/fhir/{rtype}")
+@router.post("/fhir/{rtype}", openapi_extra=fhir_body())
 async def create(
     rtype: str,
     request: Request,
@@ -77,7 +78,7 @@ def read(
     return fhir_response(resource, 200, headers)
 
 
-@router.put("/fhir/{rtype}/{rid}")
+@router.put("/fhir/{rtype}/{rid}", openapi_extra=fhir_body())
 async def update(
     rtype: str,
     rid: str,

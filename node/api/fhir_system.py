@@ -9,6 +9,7 @@ from node.api.body import fhir_response, read_resource
 from node.auth.deps import authenticate
 from node.auth.principal import Principal
 from node.store import ParsedBundle, parse_bundle
+from servicekit.openapi_bodies import fhir_body
 from servicekit.outcome import BadRequest, Forbidden
 
 __all__ = ["router", "authorise_bundle"]
@@ -34,7 +35,16 @@ def authorise_bundle(principal: Principal, bundle: ParsedBundle) -> None:
             raise Forbidden("transaction/batch Bundles are not available to patient-context tokens")
 
 
-@router.post("/fhir")
+_BUNDLE = fhir_body(
+    "Bundle",
+    {
+        "type": {"type": "string", "enum": ["transaction", "batch"]},
+        "entry": {"type": "array", "items": {"type": "object"}},
+    },
+)
+
+
+@router.post("/fhir", openapi_extra=_BUNDLE)
 async def transaction_or_batch(
     request: Request, principal: Principal = Depends(authenticate)
 ) -> Response:

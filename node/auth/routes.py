@@ -14,6 +14,7 @@ from node.auth.accounts import AccountError
 from node.auth.deps import authenticate
 from node.auth.roles import ACCOUNT_ADMIN_SCOPE
 from node.auth.service import AuthService
+from servicekit.openapi_bodies import form_body, json_body
 from servicekit.outcome import BadRequest, Forbidden, operation_outcome
 
 __all__ = ["router"]
@@ -22,7 +23,24 @@ router = APIRouter()
 _MAX_FORM_BYTES = 64 * 1024
 
 
-@router.post("/auth/token", tags=["auth"])
+_S = {"type": "string"}
+_TOKEN_FORM = form_body(
+    {
+        "grant_type": {"type": "string", "enum": ["password", "client_credentials"]},
+        "username": _S,
+        "password": _S,
+        "scope": _S,
+        "client_assertion_type": _S,
+        "client_assertion": _S,
+    },
+    ("grant_type",),
+)
+_ACCOUNT = json_body(
+    {"username": _S, "password": _S, "role": _S, "patient": _S}, ("username", "password", "role")
+)
+
+
+@router.post("/auth/token", tags=["auth"], openapi_extra=_TOKEN_FORM)
 async def token(request: Request) -> JSONResponse:
     """OAuth2 token request (``application/x-www-form-urlencoded``)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -65,7 +83,7 @@ async def token(request: Request) -> JSONResponse:
     )
 
 
-@router.post("/auth/accounts", tags=["auth"])
+@router.post("/auth/accounts", tags=["auth"], openapi_extra=_ACCOUNT)
 async def add_account(request: Request) -> JSONResponse:
     """Create an account (needs the admin role's ``node/accounts.manage`` scope).
 

@@ -94,7 +94,9 @@ def _rewrite(db: Path, seq: int) -> None:
 
 
 def test_checkpoints_name_truncation_and_rewrite_that_the_chain_alone_misses(
-    start_coordinator: Callable[..., Coordinator], pki, tmp_path: Path  # type: ignore[no-untyped-def]
+    start_coordinator: Callable[..., Coordinator],
+    pki,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     coordinator = start_coordinator("--checkpoint-interval", "0.2")
     _refused_sends(coordinator, pki, 5)
