@@ -134,8 +134,10 @@ def test_registry_killed_while_an_envelope_waits_for_delivery(region: Region) ->
             # B is back and asking; the coordinator cannot decide, so it defers the delivery.
             log = region.coordinator.service.log_path
             wait_for(
-                lambda: f"delivery deferred envelope={envelope_id}" in log.read_text()
-                or client.status(envelope_id).state == "dead",  # what it used to do
+                lambda: (
+                    f"delivery deferred envelope={envelope_id}" in log.read_text()
+                    or client.status(envelope_id).state == "dead"
+                ),  # what it used to do
                 timeout=60,
                 what="a delivery attempt while the registry is down",
             )
