@@ -1,8 +1,16 @@
-"""The node's HTTP application: ``create_app(settings) -> FastAPI``.
+"""The node's composition root: ``create_app(settings) -> FastAPI``.
 
-Opens the database (migrating the store and account tables to head), wires the FHIR routes, the
-token endpoint, health and metrics, other areas' routers (``node/api/routers.py``) and background
-services (``node/api/lifecycle.py``), and maps every error to an OperationOutcome.
+- builds the node's services **once** (:func:`build_services`: database and FhirStore, metrics,
+  accounts and tokens, linkage key, PKI credentials, consent client);
+- lists the node's features explicitly (:data:`FEATURES`) and mounts each feature's routers once;
+- migrates every schema in **one place** (:func:`migrate_schemas`: the store's, then each
+  feature's Alembic folders) — at ``ipjms node init``/``serve`` (and the offline commands that
+  open the database), never in worker processes or by a feature at run time;
+- runs each feature's ``startup`` hooks in every worker, and its ``background`` work in exactly
+  one worker per data dir (a lock file), for as long as the app runs;
+- maps every error to an OperationOutcome.
+
+A new feature: write its ``Feature`` (``node/feature.py``) and list it in :data:`FEATURES`.
 """
 
 from __future__ import annotations
@@ -10,48 +18,132 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine
 
-from node.api import fhir_instance, fhir_search, fhir_system
 from node.api.body import fhir_response
 from node.api.capability import capability_statement
-from node.api.lifecycle import BACKGROUND, BackgroundService, run_background
+from node.api.feature import FHIR_API
 from node.api.metrics import MetricsMiddleware, NodeMetrics
-from node.api.routers import EXTRA_ROUTERS
-from node.auth import routes as auth_routes
-from node.auth.accounts import migrate_accounts
+from node.auth.feature import AUTH
 from node.auth.login_audit import login_failure_sink, node_ledger
 from node.auth.service import AuthService, LoginFailure
-from node.feeds.hl7v2.node_service import mllp_service
+from node.care.lifecycle import CARE
+from node.consent_link import ENROLMENT
+from node.exchange.lifecycle import EXCHANGE
+from node.feature import BackgroundTask, Feature, NodeServices
+from node.feeds.hl7v2.node_service import HL7_FEED
 from node.settings import NodeSettings
 from servicekit.outcome import install_error_handlers
 from servicekit.request_limits import InputLimits, install_request_limits
-from servicekit.storage import make_engine
+from servicekit.storage import make_engine, upgrade_schema
 
-__all__ = ["create_app", "app_factory", "open_store", "BUILTIN_BACKGROUND"]
+__all__ = [
+    "FEATURES",
+    "create_app",
+    "app_factory",
+    "build_services",
+    "migrate_schemas",
+    "migration_folders",
+    "open_store",
+]
 
 log = logging.getLogger("ipjms.node")
-# The node's own background services (other areas register theirs in node/api/lifecycle.py):
-# the HL7 v2 MLLP listener, on when settings.mllp_port is set.
-BUILTIN_BACKGROUND: list[BackgroundService] = [mllp_service]
+
+# The node's features, in mounting order. Add a feature by listing it here.
+FEATURES: tuple[Feature, ...] = (AUTH, FHIR_API, HL7_FEED, EXCHANGE, ENROLMENT, CARE)
 
 
-def open_store(settings: NodeSettings, *, migrate: bool = True):  # type: ignore[no-untyped-def]
-    """Engine and FhirStore of the node, schemas migrated to head (store + accounts) unless
-    ``migrate`` is False (worker processes: the parent migrated once before starting them)."""
-    from node.store import FhirStore
+def migration_folders(features: tuple[Feature, ...] = FEATURES) -> list[tuple[str, Path]]:
+    """(feature name, Alembic folder) of every feature, in list order. A folder offered twice
+    is a wiring mistake: refused, so no schema is ever migrated twice."""
+    seen: dict[Path, str] = {}
+    for feature in features:
+        for folder in feature.migrations:
+            resolved = folder.resolve()
+            if resolved in seen:
+                raise ValueError(f"{folder} is offered by both {seen[resolved]} and {feature.name}")
+            seen[resolved] = feature.name
+    return [(name, folder) for folder, name in seen.items()]
+
+
+def migrate_schemas(engine: Engine, features: tuple[Feature, ...] = FEATURES) -> None:
+    """Bring the store's schema, then every feature's, to head (each has its own version
+    table). The one place the node's migrations run."""
     from node.store import migrate as migrate_store
+
+    migrate_store(engine)
+    log.info("schema migrated", extra={"feature": "store"})
+    for name, folder in migration_folders(features):
+        upgrade_schema(engine, folder)
+        log.info(
+            "schema migrated",
+            extra={"feature": name, "folder": f"{folder.parent.name}/{folder.name}"},
+        )
+
+
+def open_store(  # type: ignore[no-untyped-def]
+    settings: NodeSettings, *, migrate: bool = True, features: tuple[Feature, ...] = FEATURES
+):
+    """Engine and FhirStore of the node; every schema migrated to head unless ``migrate`` is
+    False (worker processes: the parent migrated once before starting them)."""
+    from node.store import FhirStore
 
     engine = make_engine(settings.database_url)
     if migrate:
-        migrate_store(engine)
-        migrate_accounts(engine)
+        migrate_schemas(engine, features)
     return engine, FhirStore(engine, base_url=f"{settings.base_url}/fhir")
+
+
+def _credentials(settings: NodeSettings) -> Any:
+    """This organisation's PKI credentials when a registry or coordinator needs them."""
+    if not settings.needs_credentials:
+        return None
+    from trust.pki import load_org
+
+    creds = load_org(settings.credentials_dir)
+    if creds.org_id != settings.org_id:
+        raise RuntimeError(
+            f"credentials in {settings.credentials_dir} belong to {creds.org_id}, "
+            f"not {settings.org_id}"
+        )
+    return creds
+
+
+def build_services(
+    settings: NodeSettings, *, migrate: bool = True, features: tuple[Feature, ...] = FEATURES
+) -> NodeServices:
+    """The node's services, built once per process and shared by every feature."""
+    from consent.client import ConsentClient
+    from trust.pseudonym import load_or_create_linkage_key
+
+    engine, store = open_store(settings, migrate=migrate, features=features)
+    try:
+        credentials = _credentials(settings)
+        linkage_key = load_or_create_linkage_key(settings.linkage_key_file)
+    except Exception:
+        engine.dispose()
+        raise
+    if settings.consent.url is None:
+        consent = None
+    else:
+        consent = ConsentClient(settings.consent.url, credentials)
+    return NodeServices(
+        settings=settings,
+        engine=engine,
+        store=store,
+        metrics=NodeMetrics(),
+        auth=AuthService.for_node(settings, engine),
+        linkage_key=linkage_key,
+        credentials=credentials,
+        consent=consent,
+    )
 
 
 def app_factory() -> FastAPI:
@@ -67,7 +159,7 @@ def app_factory() -> FastAPI:
 @contextmanager
 def _background_lock(data_dir: Path) -> Iterator[bool]:
     """True in exactly one process per data dir: with several workers, only the holder of this
-    lock runs the background services (one MLLP listener, one exchange loop)."""
+    lock runs the features' background work (one MLLP listener, exchange runner, care worker)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "background.lock", "a+") as fh:
         try:
@@ -81,6 +173,19 @@ def _background_lock(data_dir: Path) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@asynccontextmanager
+async def _running(
+    feature: Feature, task: BackgroundTask, services: NodeServices, app: FastAPI
+) -> AsyncIterator[None]:
+    gauge = services.metrics.background_tasks.labels(feature.name, task.name)
+    async with task.run(services, app):
+        gauge.set(1)
+        try:
+            yield
+        finally:
+            gauge.set(0)
+
+
 # Paging parameters are integers; the range keeps them inside every database's integer type.
 _PAGING = (0, 2**31 - 1)
 
@@ -92,13 +197,7 @@ def node_input_limits(max_body_bytes: int) -> InputLimits:
     )
 
 
-def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
-    engine, store = open_store(settings, migrate=migrate)
-    if hasattr(store, "warm_up"):
-        store.warm_up()  # load the FHIR models now, not during the first request
-    metrics = NodeMetrics()
-    auth = AuthService.for_node(settings, engine)
-
+def _count_login_failures(metrics: NodeMetrics) -> Any:
     def count_failure(failure: LoginFailure) -> None:
         metrics.login_failures.labels(failure.grant_type, failure.reason).inc()
         # No PHI: a fixed reason code, and the subject only when it is a known account/client.
@@ -109,18 +208,35 @@ def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
             failure.known_subject or "-",
         )
 
-    auth.failure_sinks.append(count_failure)
+    return count_failure
+
+
+def create_app(
+    settings: NodeSettings, *, migrate: bool = True, features: tuple[Feature, ...] = FEATURES
+) -> FastAPI:
+    services = build_services(settings, migrate=migrate, features=features)
+    store, metrics, engine = services.store, services.metrics, services.engine
+    if hasattr(store, "warm_up"):
+        store.warm_up()  # load the FHIR models now, not during the first request
+    services.auth.failure_sinks.append(_count_login_failures(metrics))
     # ... and each one is a login_failure AuditEvent in the node's ledger (<data dir>/audit.db)
-    auth.failure_sinks.append(login_failure_sink(node_ledger(settings), settings.org_id))
+    services.auth.failure_sinks.append(login_failure_sink(node_ledger(settings), settings.org_id))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with _background_lock(settings.data_dir) as leader:
-            services = [*BUILTIN_BACKGROUND, *BACKGROUND] if leader else []
-            async with run_background(app, services):
-                log.info("node %s ready (%s)", settings.org_id, settings.level)
-                yield
-        engine.dispose()
+        async with AsyncExitStack() as stack:
+            stack.callback(engine.dispose)
+            for feature in features:
+                for hook in feature.startup:
+                    await stack.enter_async_context(hook(services, app))
+            leader = stack.enter_context(_background_lock(settings.data_dir))
+            metrics.background_leader.set(1 if leader else 0)
+            for feature in features if leader else ():
+                for task in feature.background:
+                    if task.enabled(settings):
+                        await stack.enter_async_context(_running(feature, task, services, app))
+            log.info("node %s ready (%s)", settings.org_id, settings.level)
+            yield
 
     app = FastAPI(
         title=f"IPJMS node {settings.org_id}",
@@ -129,10 +245,12 @@ def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.services = services
+    # The services one by one, for the routes and tests that read them from app.state.
     app.state.settings = settings
     app.state.engine = engine
     app.state.store = store
-    app.state.auth = auth
+    app.state.auth = services.auth
     app.state.metrics = metrics
     app.state.capability = capability_statement(
         base_url=f"{settings.base_url}/fhir",
@@ -164,12 +282,9 @@ def create_app(settings: NodeSettings, *, migrate: bool = True) -> FastAPI:
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(auth_routes.router)
-    app.include_router(fhir_system.router)
-    app.include_router(fhir_search.router)
-    app.include_router(fhir_instance.router)
-    for router in EXTRA_ROUTERS:
-        app.include_router(router)
+    for feature in features:
+        for router in feature.routers:
+            app.include_router(router)
     # The one input edge (servicekit.request_limits); metrics, added last, see every request,
     # refused ones included.
     install_request_limits(app, node_input_limits(settings.max_request_bytes))

@@ -47,6 +47,7 @@ def _settings(data_dir: Path, **overrides: Any):  # type: ignore[no-untyped-def]
 
 
 def _open_store(settings):  # type: ignore[no-untyped-def]
+    """Engine and store, every schema brought to head by the composition root (node/app.py)."""
     from node.app import open_store
 
     try:
@@ -163,8 +164,12 @@ def serve(
         except Exception as exc:
             _fail(f"cannot start the node ({type(exc).__name__}: {exc})")
     else:
-        engine, _store = _open_store(settings)  # migrate once, before the workers start
-        engine.dispose()
+        from node.app import build_services
+
+        try:  # migrate once and check the services can be built, before the workers start
+            build_services(settings).close()
+        except Exception as exc:
+            _fail(f"cannot start the node ({type(exc).__name__}: {exc})")
         _export_for_workers(settings, data_dir)
         target, common["factory"] = "node.app:app_factory", True
     import logging
@@ -381,14 +386,12 @@ def user_add(
     db: DbUrl = None,
 ) -> None:
     """Add an account. Password from IPJMS_USER_PASSWORD, else prompted."""
-    from node.auth.accounts import AccountError, AccountStore, migrate_accounts
-    from servicekit.storage import make_engine
+    from node.auth.accounts import AccountError, AccountStore
 
     settings = _settings(data_dir, db_url=db)
     password = _password("IPJMS_USER_PASSWORD", f"Password for {username}")
-    engine = make_engine(settings.database_url)
+    engine, _store = _open_store(settings)
     try:
-        migrate_accounts(engine)
         account = AccountStore(engine).add_user(username, password, role, patient_id=patient)
     except AccountError as exc:
         _fail(str(exc))
@@ -409,8 +412,7 @@ def client_add(
     db: DbUrl = None,
 ) -> None:
     """Register a SMART Backend Services client (its public key and allowed system scopes)."""
-    from node.auth.accounts import AccountError, AccountStore, migrate_accounts
-    from servicekit.storage import make_engine
+    from node.auth.accounts import AccountError, AccountStore
 
     settings = _settings(data_dir, db_url=db)
     if public_key.lstrip().startswith("-----BEGIN"):
@@ -420,9 +422,8 @@ def client_add(
         if not key_path.is_file():
             _fail(f"--public-key {public_key}: no such file")
         pem = key_path.read_text()
-    engine = make_engine(settings.database_url)
+    engine, _store = _open_store(settings)
     try:
-        migrate_accounts(engine)
         client = AccountStore(engine).add_client(client_id, pem, scope)
     except AccountError as exc:
         _fail(str(exc))

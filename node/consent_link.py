@@ -6,22 +6,27 @@ from the national identifier and the linkage key, asks the consent registry (wit
 organisation's credentials) for a one-time enrolment code, and returns it for the patient.
 The patient then enrols at the registry (``POST <registry>/enrol`` with code and password).
 The registry never learns the patient's name or national id.
+
+A node feature (``ENROLMENT``): it uses the node's consent client and linkage key, built once by
+the composition root; it has no tables and no background work.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
+from consent.client import ConsentClient, ConsentRegistryError
 from node.auth.deps import Principal, require_scope
+from node.feature import Feature, NodeServices, node_services
 from node.identity import patient_pseudonym
 from servicekit.openapi_bodies import json_body
 from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unprocessable
 
-__all__ = ["router"]
+__all__ = ["router", "ENROLMENT"]
 
 log = logging.getLogger("ipjms.node.consent")
 router = APIRouter()
@@ -32,20 +37,10 @@ class RegistryUnavailable(ServiceUnavailable):
     """No consent registry configured, or it refused this node."""
 
 
-def _client(request: Request) -> Any:
-    client = getattr(request.app.state, "consent_client", None)
-    if client is not None:
-        return client
-    settings = request.app.state.settings
-    if not settings.consent_url:
-        raise RegistryUnavailable("this node has no consent registry configured (consent_url)")
-    from consent.client import ConsentClient
-    from trust.pki import load_org
-
-    creds = load_org(settings.org_credentials_dir or settings.data_dir / "credentials")
-    client = ConsentClient(settings.consent_url, creds)
-    request.app.state.consent_client = client
-    return client
+def _registry(services: NodeServices) -> ConsentClient:
+    if services.consent is None:
+        raise RegistryUnavailable("this node has no consent registry configured (consent.url)")
+    return services.consent
 
 
 @router.post(
@@ -53,7 +48,9 @@ def _client(request: Request) -> Any:
     openapi_extra=json_body({"patient": {"type": "string"}}, ("patient",)),
 )
 async def enrolment_code(
-    request: Request, principal: Principal = Depends(require_scope("Patient", "read"))
+    request: Request,
+    principal: Principal = Depends(require_scope("Patient", "read")),
+    services: NodeServices = Depends(node_services),
 ) -> JSONResponse:
     if principal.role not in ENROLLING_ROLES:
         raise Forbidden("only a doctor or a node admin may enrol a patient for consent")
@@ -64,17 +61,14 @@ async def enrolment_code(
     if not isinstance(body, dict) or not isinstance(body.get("patient"), str):
         raise BadRequest('body must be {"patient": "<Patient id>"}', expression=["patient"])
     patient_id = body["patient"].removeprefix("Patient/")
-    patient = request.app.state.store.read("Patient", patient_id)  # NotFound / Gone
-    from trust.pseudonym import load_or_create_linkage_key
-
-    key = load_or_create_linkage_key(request.app.state.settings.linkage_key_file)
-    pseudonym = patient_pseudonym(patient, key)
+    patient = services.store.read("Patient", patient_id)  # NotFound / Gone
+    pseudonym = patient_pseudonym(patient, services.linkage_key)
     if pseudonym is None:
         raise Unprocessable("the patient has no national identifier; cannot link to the registry")
-    from consent.client import ConsentRegistryError
-
+    registry = _registry(services)
     try:  # an outage or timeout is consent.client.RegistryUnavailable (503) already
-        issued = _client(request).create_enrolment_code(pseudonym)
+        # a blocking HTTP call: in the thread pool, so other requests are served meanwhile
+        issued = await run_in_threadpool(registry.create_enrolment_code, pseudonym)
     except ConsentRegistryError as exc:
         raise RegistryUnavailable(f"consent registry refused: {exc.message}") from None
     log.info("enrolment code issued for Patient/%s by %s", patient_id, principal.subject)
@@ -84,8 +78,11 @@ async def enrolment_code(
             "pseudonym": pseudonym,
             "code": issued["code"],
             "expires_at": issued["expires_at"],
-            "enrol_at": f"{_client(request).base_url}/enrol",
+            "enrol_at": f"{registry.base_url}/enrol",
         },
         status_code=201,
         headers={"Cache-Control": "no-store"},
     )
+
+
+ENROLMENT = Feature(name="enrolment", routers=(router,))

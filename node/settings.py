@@ -1,20 +1,31 @@
-"""A node's configuration: ``NodeSettings``.
+"""A node's configuration: ``NodeSettings``, one section per feature.
 
-Sources, highest priority first: explicit values (CLI options), environment variables with the
-prefix ``IPJMS_NODE_`` (e.g. ``IPJMS_NODE_MLLP_PORT=2575``), then ``<data_dir>/node.toml``
-(written by ``ipjms node init``), then the defaults below — each safe for a local demo.
+Sources, highest priority first: explicit values (CLI options), environment variables, then
+``<data_dir>/node.toml`` (written by ``ipjms node init``), then the defaults below — each safe for
+a local demo.
 
-Other areas add their own fields here with a small edit (e.g. ``consent_url``,
-``coordinator_address``); every field is documented where it is declared.
+The node's own fields (identity, listener, database) are flat: ``IPJMS_NODE_<FIELD>``, e.g.
+``IPJMS_NODE_PORT=8081``. Each feature has its own section, a nested model:
+``IPJMS_NODE_<SECTION>__<FIELD>`` in the environment (e.g.
+``IPJMS_NODE_EXCHANGE__COORDINATOR_ADDRESS=coordinator:7443``) and ``[section]`` in node.toml.
+A new feature adds one section model here and one field on ``NodeSettings``.
+
+The flat names used before the sections existed (``IPJMS_NODE_COORDINATOR_ADDRESS``,
+``IPJMS_NODE_CONSENT_URL``, ``IPJMS_NODE_CA_DIR``, ``IPJMS_NODE_ORG_CREDENTIALS_DIR``,
+``IPJMS_NODE_MLLP_PORT``, ``IPJMS_NODE_MLLP_HOST``, ``IPJMS_NODE_CARE_ENABLED``, …; the same keys
+at the top of node.toml, and keyword arguments) still work: :data:`LEGACY_KEYS` maps each onto
+its section. Where both are given in one source, the sectioned name wins.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,9 +35,23 @@ from pydantic_settings import (
 
 from servicekit.storage import sqlite_url
 
-__all__ = ["NodeSettings", "load_settings", "write_node_toml", "NODE_TOML", "NotInitialised"]
+__all__ = [
+    "NodeSettings",
+    "PkiSettings",
+    "ConsentSettings",
+    "ExchangeSettings",
+    "Hl7Settings",
+    "CareSettings",
+    "LEGACY_KEYS",
+    "nest_legacy_keys",
+    "load_settings",
+    "write_node_toml",
+    "NODE_TOML",
+    "NotInitialised",
+]
 
 NODE_TOML = "node.toml"
+ENV_PREFIX = "IPJMS_NODE_"
 # The fields ``ipjms node init`` writes to node.toml (the node's identity and where its data lives).
 _TOML_FIELDS = ("org_id", "name", "level", "db_url", "port", "host")
 _toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
@@ -36,8 +61,120 @@ class NotInitialised(Exception):
     """The data directory holds no node.toml: run ``ipjms node init`` first."""
 
 
+class _Section(BaseModel):
+    # A misspelt setting is an error at start-up, not a silently ignored value.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PkiSettings(_Section):
+    """This organisation's place in the regional PKI (needed when a consent registry or a
+    coordinator is configured)."""
+
+    # Its credentials (certificates, signing and encryption keys); default <data_dir>/credentials.
+    credentials_dir: Path | None = None
+    # The regional CA folder: its revocation list is honoured when verifying peers (optional).
+    ca_dir: Path | None = None
+
+
+class ConsentSettings(_Section):
+    """The regional consent registry: patient enrolment and every disclosure decision."""
+
+    # Its base URL; None = no registry: enrolment answers 503, every disclosure is refused.
+    url: str | None = None
+
+
+class ExchangeSettings(_Section):
+    """The regional exchange (node/exchange): referrals, consultations, record pulls."""
+
+    # The coordinator's gRPC address host:port; None = exchange off.
+    coordinator_address: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.coordinator_address)
+
+
+class Hl7Settings(_Section):
+    """The HL7 v2 feed (node/feeds/hl7v2): an MLLP listener."""
+
+    # Its port; None = no listener. Host: default the node's HTTP ``host``.
+    mllp_port: int | None = Field(default=None, gt=0, lt=65536)
+    mllp_host: str | None = None
+
+
+class CareSettings(_Section):
+    """Care management (node/care): the care engine, background work of one worker."""
+
+    # Off by default: once on, it writes CarePlans for every enrolling Condition.
+    enabled: bool = False
+    # The account whose Practitioner is responsible when an enrolling Condition names no local
+    # Practitioner.
+    responsible_user: str = "care-lead"
+    # How often the scheduler looks for missing readings, overdue follow-ups and unacknowledged
+    # alerts, seconds.
+    tick_seconds: float = Field(default=60.0, gt=0)
+
+
+# Flat names of earlier versions → (section, field). Read from env, node.toml and keywords.
+LEGACY_KEYS: dict[str, tuple[str, str]] = {
+    "org_credentials_dir": ("pki", "credentials_dir"),
+    "ca_dir": ("pki", "ca_dir"),
+    "consent_url": ("consent", "url"),
+    "coordinator_address": ("exchange", "coordinator_address"),
+    "mllp_port": ("hl7", "mllp_port"),
+    "mllp_host": ("hl7", "mllp_host"),
+    "care_enabled": ("care", "enabled"),
+    "care_responsible_user": ("care", "responsible_user"),
+    "care_tick_seconds": ("care", "tick_seconds"),
+}
+
+
+def nest_legacy_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each flat legacy key moved into its section; a value already given in
+    the section wins over the flat one."""
+    out = {k: v for k, v in values.items() if k not in LEGACY_KEYS}
+    for old, (section, field) in LEGACY_KEYS.items():
+        if old not in values:
+            continue
+        current = out.get(section)
+        if isinstance(current, BaseModel):
+            current = current.model_dump(exclude_unset=True)
+        merged = dict(current or {})
+        merged.setdefault(field, values[old])
+        out[section] = merged
+    return out
+
+
+class _Nested(PydanticBaseSettingsSource):
+    """Another source's values with the legacy flat keys moved into their sections."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return nest_legacy_keys(self.inner())
+
+
+class _LegacyEnv(PydanticBaseSettingsSource):
+    """``IPJMS_NODE_<LEGACY KEY>`` environment variables (case-insensitive, like the others)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        names = {old: f"{ENV_PREFIX}{old.upper()}" for old in LEGACY_KEYS}
+        return nest_legacy_keys({old: env[name] for old, name in names.items() if name in env})
+
+
 class NodeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IPJMS_NODE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
+    )
 
     # Identity: the organisation this node belongs to (matches its PKI certificate subject).
     org_id: str = "org-local"
@@ -59,24 +196,15 @@ class NodeSettings(BaseSettings):
     token_ttl: int = Field(default=900, gt=0, le=3600)
     # HMAC key linking patients across nodes by pseudonym; default <data_dir>/linkage.key.
     linkage_key_path: Path | None = None
-    # HL7 v2 MLLP listener port; None = no listener.
-    mllp_port: int | None = None
     # Default page size of searches without _count.
     default_page_size: int = Field(default=50, gt=0, le=1000)
-    # Exchange (node/exchange): the coordinator's gRPC address host:port (None = exchange off),
-    # the regional CA folder (its CRL is honoured when verifying peers; optional), this
-    # organisation's PKI credentials (default <data_dir>/credentials), the consent registry URL.
-    coordinator_address: str | None = None
-    ca_dir: Path | None = None
-    org_credentials_dir: Path | None = None
-    consent_url: str | None = None
-    # Care management (node/care): the care engine as a background worker (off by default: it writes
-    # CarePlans for every enrolling Condition), the account whose Practitioner is responsible when
-    # an enrolling Condition names no local Practitioner, and how often the scheduler looks for
-    # missing readings, overdue follow-ups and unacknowledged alerts.
-    care_enabled: bool = False
-    care_responsible_user: str = "care-lead"
-    care_tick_seconds: float = Field(default=60.0, gt=0)
+
+    # --- one section per feature (IPJMS_NODE_<SECTION>__<FIELD>, [section] in node.toml) ---
+    pki: PkiSettings = PkiSettings()
+    consent: ConsentSettings = ConsentSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+    hl7: Hl7Settings = Hl7Settings()
+    care: CareSettings = CareSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -87,10 +215,16 @@ class NodeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            _Nested(settings_cls, init_settings),
+            env_settings,
+            _LegacyEnv(settings_cls),
+        ]
         toml = _toml_file.get()
         if toml is not None and toml.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            sources.append(
+                _Nested(settings_cls, TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            )
         return tuple(sources)
 
     # --- derived locations (one place for each) ---
@@ -106,6 +240,17 @@ class NodeSettings(BaseSettings):
     @property
     def linkage_key_file(self) -> Path:
         return self.linkage_key_path or self.data_dir / "linkage.key"
+
+    @property
+    def credentials_dir(self) -> Path:
+        """The PKI credentials folder: ``pki.credentials_dir``, else <data_dir>/credentials."""
+        return self.pki.credentials_dir or self.data_dir / "credentials"
+
+    @property
+    def needs_credentials(self) -> bool:
+        """A consent registry or a coordinator is configured: both are reached as this
+        organisation, with its credentials."""
+        return bool(self.consent.url) or self.exchange.enabled
 
     @property
     def base_url(self) -> str:
@@ -157,7 +302,7 @@ def write_node_toml(settings: NodeSettings) -> Path:
     path = settings.data_dir / NODE_TOML
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "# IPJMS node settings (environment variables IPJMS_NODE_<FIELD> override these)\n"
-        + tomli_w.dumps(values)
+        "# IPJMS node settings (environment variables IPJMS_NODE_<FIELD> and\n"
+        "# IPJMS_NODE_<SECTION>__<FIELD> override these)\n" + tomli_w.dumps(values)
     )
     return path

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from servicekit.service_metrics import MetricsMiddleware, ServiceMetrics
 
@@ -23,7 +23,8 @@ __all__ = ["NodeMetrics", "MetricsMiddleware"]
 class NodeMetrics(ServiceMetrics):
     """The shared request metrics (``ipjms_node_http_*``), the node's login failures and the
     time of each step of the exchange (send: collect, consent_wait, pack_seal, outbox,
-    coordinator; import: open, link, prepare, validate, write, commit)."""
+    coordinator; import: open, link, prepare, validate, write, commit), and which worker runs
+    the features' background work."""
 
     service: str = "node"
 
@@ -42,6 +43,21 @@ class NodeMetrics(ServiceMetrics):
             ["direction", "phase"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        # With --workers N: one series per live worker (label pid), 1 in the one that holds the
+        # background lock; and each background task summed over the workers (1 = running once).
+        self.background_leader = Gauge(
+            "ipjms_node_background_leader",
+            "1 in the worker process that runs the features' background work, else 0",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.background_tasks = Gauge(
+            "ipjms_node_background_tasks",
+            "Background tasks running, by feature and task",
+            ["feature", "task"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
 
     def observe_exchange_phase(self, direction: str, phase: str, seconds: float) -> None:

@@ -1,28 +1,32 @@
-"""Start the care worker with the node app (registered in node/api/lifecycle.py BACKGROUND): it
-runs in the one process that holds the background lock. Off unless ``care_enabled``."""
+"""Care management as a node feature (``CARE``, listed in the composition root ``node/app.py``):
+its routes (alerts stream, acknowledge/dismiss, enrolment) and its worker — background work of
+exactly one worker process, subscribed to the store's commit events. Off unless
+``settings.care.enabled``."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from node.care.definitions import load_definitions
+from node.care.routes import router
 from node.care.worker import CareWorker
+from node.feature import BackgroundTask, Feature, NodeServices
+from node.settings import NodeSettings
 
-__all__ = ["care_service"]
+__all__ = ["CARE", "care_service"]
 
 
 @asynccontextmanager
-async def _running(app: Any) -> AsyncIterator[None]:
-    settings = app.state.settings
+async def care_service(services: NodeServices, app: Any) -> AsyncIterator[None]:
+    care = services.settings.care
     definitions = load_definitions()  # a bad pathway or rule stops start-up, naming file and rule
     worker = CareWorker(
-        app.state.store,
+        services.store,
         definitions,
-        responsible_user=settings.care_responsible_user,
-        tick_seconds=settings.care_tick_seconds,
+        responsible_user=care.responsible_user,
+        tick_seconds=care.tick_seconds,
     )
     worker.start()
     app.state.care_worker = worker
@@ -33,7 +37,12 @@ async def _running(app: Any) -> AsyncIterator[None]:
         app.state.care_worker = None
 
 
-def care_service(app: Any) -> contextlib.AbstractAsyncContextManager[Any]:
-    if not app.state.settings.care_enabled:
-        return contextlib.nullcontext()
-    return _running(app)
+def _enabled(settings: NodeSettings) -> bool:
+    return settings.care.enabled
+
+
+CARE = Feature(
+    name="care",
+    routers=(router,),
+    background=(BackgroundTask("worker", care_service, enabled=_enabled),),
+)

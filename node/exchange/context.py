@@ -1,4 +1,5 @@
-"""Everything the node's exchange code needs at run time, built once per node app."""
+"""Everything the node's exchange code needs at run time: built in each worker process from the
+node's services (``node.exchange.lifecycle.build_context``), nothing of them built again."""
 
 from __future__ import annotations
 

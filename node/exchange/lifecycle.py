@@ -1,6 +1,13 @@
-"""Start the exchange with the node app (registered in node/api/lifecycle.py BACKGROUND):
-open the exchange tables, connect to the coordinator and the consent registry with the
-organisation's credentials, run the inbox/outbox/locator threads. Not configured → nothing."""
+"""The exchange as a node feature (``EXCHANGE``, listed in the composition root ``node/app.py``).
+
+- ``startup`` (every worker): the :class:`ExchangeContext` — the coordinator channel, over the
+  node's services (store, credentials, consent client, linkage key) — on ``app.state.exchange``,
+  so the REST routes answer in whichever worker takes the request;
+- ``background`` (exactly one worker): the runner's inbox/outbox/locator threads;
+- ``migrations``: the exchange tables (run at ``ipjms node init``/``serve``).
+
+Enabled when ``settings.exchange.coordinator_address`` is set; otherwise the routes answer 503.
+"""
 
 from __future__ import annotations
 
@@ -8,46 +15,41 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from node.exchange.context import ExchangeContext, PhaseObserver, ignore_phases
+from node.exchange.context import ExchangeContext
+from node.exchange.routes import router
+from node.feature import BackgroundTask, Feature, NodeServices
+from node.settings import NodeSettings
 
-__all__ = ["exchange_service", "MIGRATIONS"]
+__all__ = ["EXCHANGE", "MIGRATIONS", "build_context"]
 
 log = logging.getLogger("ipjms.node.exchange")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def build_context(
-    settings: Any, store: Any, engine: Any, *, observe: PhaseObserver = ignore_phases
-) -> ExchangeContext:
-    from consent.client import ConsentClient
+def build_context(services: NodeServices) -> ExchangeContext:
+    """The exchange's run-time context over the node's services (nothing built twice)."""
     from node.exchange.client import ExchangeClient
-    from servicekit.storage import upgrade_schema
-    from trust.pki import load_org
-    from trust.pseudonym import load_or_create_linkage_key
 
-    upgrade_schema(engine, MIGRATIONS)
-    creds_dir = settings.org_credentials_dir or settings.data_dir / "credentials"
-    creds = load_org(creds_dir)
-    if creds.org_id != settings.org_id:
-        raise RuntimeError(
-            f"credentials in {creds_dir} belong to {creds.org_id}, not {settings.org_id}"
-        )
-    consent = ConsentClient(settings.consent_url, creds) if settings.consent_url else None
-    if consent is None:
+    settings = services.settings
+    address = settings.exchange.coordinator_address
+    if not address or services.credentials is None:  # loaded by the root when exchange is on
+        raise RuntimeError("the exchange needs a coordinator address and PKI credentials")
+    if services.consent is None:
         log.warning("no consent registry configured: every disclosure will be refused")
     return ExchangeContext(
         org_id=settings.org_id,
         org_name=settings.name,
-        store=store,
-        engine=engine,
-        creds=creds,
-        client=ExchangeClient(settings.coordinator_address, creds),
-        consent=consent or _NoConsent(),
-        linkage_key=load_or_create_linkage_key(settings.linkage_key_file),
-        ca_dir=settings.ca_dir,
-        observe=observe,
+        store=services.store,
+        engine=services.engine,
+        creds=services.credentials,
+        client=ExchangeClient(address, services.credentials),
+        consent=services.consent or _NoConsent(),
+        linkage_key=services.linkage_key,
+        ca_dir=settings.pki.ca_dir,
+        observe=services.metrics.observe_exchange_phase,
     )
 
 
@@ -55,35 +57,51 @@ class _NoConsent:
     """Default deny when no registry is configured."""
 
     def decide(self, *_a: Any, **_k: Any) -> Any:
-        from types import SimpleNamespace
-
         return SimpleNamespace(
             permit=False, classes=(), consent_ids=(), reason="no consent registry configured"
         )
 
 
+def _enabled(settings: NodeSettings) -> bool:
+    return settings.exchange.enabled
+
+
 @asynccontextmanager
-async def exchange_service(app: Any) -> AsyncIterator[None]:
-    settings = app.state.settings
-    if not getattr(settings, "coordinator_address", None):
+async def connect(services: NodeServices, app: Any) -> AsyncIterator[None]:
+    """Every worker: the context the exchange routes use (None → they answer 503)."""
+    app.state.exchange = None
+    if not _enabled(services.settings):
         yield
         return
+    ctx = build_context(services)
+    app.state.exchange = ctx
+    try:
+        yield
+    finally:
+        app.state.exchange = None
+        ctx.client.close()
+
+
+@asynccontextmanager
+async def run_exchange(_services: NodeServices, app: Any) -> AsyncIterator[None]:
+    """One worker: receive (inbox), resend (outbox) and publish pseudonyms (locator)."""
     from node.exchange.runner import ExchangeRunner
 
-    metrics = getattr(app.state, "metrics", None)
-    ctx = build_context(
-        settings,
-        app.state.store,
-        app.state.engine,
-        observe=metrics.observe_exchange_phase if metrics is not None else ignore_phases,
-    )
+    ctx: ExchangeContext = app.state.exchange
     runner = ExchangeRunner(ctx)
-    app.state.exchange = ctx
     app.state.exchange_runner = runner
     runner.start()
-    log.info("exchange connected to coordinator %s", settings.coordinator_address)
+    log.info("exchange connected to coordinator %s", ctx.client.address)
     try:
         yield
     finally:
         runner.stop()
-        ctx.client.close()
+
+
+EXCHANGE = Feature(
+    name="exchange",
+    routers=(router,),
+    migrations=(MIGRATIONS,),
+    startup=(connect,),
+    background=(BackgroundTask("runner", run_exchange, enabled=_enabled),),
+)

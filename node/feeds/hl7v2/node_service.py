@@ -1,7 +1,7 @@
-"""The node app's MLLP background service (register in node/api/lifecycle.py ``BACKGROUND``).
+"""The HL7 v2 feed as a node feature: an MLLP listener, background work of exactly one worker.
 
-Reads ``app.state.settings.mllp_port`` (None → no listener) and ``mllp_host`` if the settings
-have it (else the HTTP ``host``), and stores through ``app.state.store.transaction``.
+Configured by ``settings.hl7`` (``mllp_port``: None → no listener; ``mllp_host``: default the
+HTTP ``host``); stores through the app's own ``FhirStore``.
 """
 
 from __future__ import annotations
@@ -10,16 +10,32 @@ import contextlib
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from node.feature import BackgroundTask, Feature, NodeServices
 from node.feeds.hl7v2.mllp import mllp_listener
 from node.feeds.hl7v2.receiver import store_submitter
+from node.settings import NodeSettings
 
-__all__ = ["mllp_service"]
+__all__ = ["mllp_service", "HL7_FEED"]
 
 
 def mllp_service(app: Any) -> AbstractAsyncContextManager[Any]:
     settings = app.state.settings
-    port = getattr(settings, "mllp_port", None)
+    port = settings.hl7.mllp_port
     if port is None:
         return contextlib.nullcontext()
-    host = getattr(settings, "mllp_host", None) or settings.host
+    host = settings.hl7.mllp_host or settings.host
     return mllp_listener(host, port, store_submitter(app.state.store))
+
+
+def _listener(_services: NodeServices, app: Any) -> AbstractAsyncContextManager[Any]:
+    return mllp_service(app)
+
+
+def _configured(settings: NodeSettings) -> bool:
+    return settings.hl7.mllp_port is not None
+
+
+HL7_FEED = Feature(
+    name="hl7-feed",
+    background=(BackgroundTask("mllp-listener", _listener, enabled=_configured),),
+)

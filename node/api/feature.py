@@ -1,0 +1,15 @@
+"""The FHIR REST API as a node feature: system (transaction/batch, metadata), type search and
+instance routes. The store it serves is one of the node's services (its schema is migrated by the
+composition root before any feature's)."""
+
+from __future__ import annotations
+
+from node.api import fhir_instance, fhir_search, fhir_system
+from node.feature import Feature
+
+__all__ = ["FHIR_API"]
+
+FHIR_API = Feature(
+    name="fhir-api",
+    routers=(fhir_system.router, fhir_search.router, fhir_instance.router),
+)

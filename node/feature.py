@@ -1,0 +1,95 @@
+"""What a feature offers the node, and the services the node builds once for all of them.
+
+The composition root (``node/app.py``) builds :class:`NodeServices` once per process and lists
+its features explicitly. A :class:`Feature` offers:
+
+- ``routers``: mounted once each; every route authorises through ``node.auth.deps``:
+  ``require_scope`` (whole-organisation routes; refuses patient-context tokens) or
+  ``require_access`` (routes that apply the patient compartment it returns), and
+  ``tests/access/access_table.toml`` declares who may call it; routes reach the services through
+  the ``Depends(node_services)`` dependency;
+- ``migrations``: Alembic folders (each with its own version table), run in one place by the
+  composition root at ``ipjms node init`` and ``serve`` — never by the feature at run time;
+- ``startup``: hooks run in *every* worker process for as long as the app runs (open what the
+  feature's routes need, e.g. the exchange's coordinator channel);
+- ``background``: work that must run in *exactly one* worker when ``serve --workers N`` (a
+  listener on a fixed port, a queue consumer, a scheduler).
+
+A hook is ``(services, app) -> AsyncContextManager``: start on enter, stop gracefully on exit.
+A feature keeps what it builds on ``app.state`` under its own name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+
+from node.settings import NodeSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from consent.client import ConsentClient
+    from node.api.metrics import NodeMetrics
+    from node.auth.service import AuthService
+    from node.store import FhirStore
+    from trust.pki import OrgCredentials
+
+__all__ = ["Feature", "BackgroundTask", "Hook", "NodeServices", "node_services"]
+
+
+@dataclass(frozen=True)
+class NodeServices:
+    """Built once per process by the composition root; shared by every feature."""
+
+    settings: NodeSettings
+    engine: Engine
+    store: FhirStore
+    metrics: NodeMetrics
+    auth: AuthService
+    # The regional key that turns a national identifier into a pseudonym.
+    linkage_key: bytes
+    # This organisation's PKI credentials; None unless a registry or coordinator is configured.
+    credentials: OrgCredentials | None
+    # The consent registry's client (as this organisation); None when none is configured.
+    consent: ConsentClient | None
+
+    def close(self) -> None:
+        if self.consent is not None:
+            self.consent.close()
+        self.engine.dispose()
+
+
+Hook = Callable[[NodeServices, Any], AbstractAsyncContextManager[Any]]
+
+
+def _always(_settings: NodeSettings) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class BackgroundTask:
+    """Work that runs in exactly one worker process, when ``enabled(settings)``."""
+
+    name: str
+    run: Hook
+    enabled: Callable[[NodeSettings], bool] = _always
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    routers: tuple[APIRouter, ...] = ()
+    migrations: tuple[Path, ...] = ()
+    startup: tuple[Hook, ...] = ()
+    background: tuple[BackgroundTask, ...] = ()
+
+
+def node_services(request: Request) -> NodeServices:
+    """FastAPI dependency: the services of the app serving this request."""
+    return request.app.state.services  # type: ignore[no-any-return]
