@@ -362,16 +362,24 @@ def _workers(pid: int) -> list[int]:
     return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+def _samples(metrics: str, name: str) -> list[Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for f in text_string_to_metric_families(metrics) for s in f.samples if s.name == name]
+
+
 def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None:
     """`--workers 2`: two worker processes answer on one port (each is seen answering), a client
-    assertion replayed to either worker is refused, /metrics adds up both workers' counts, and
-    the background services (the MLLP listener) run in exactly one of them."""
+    assertion replayed to either worker is refused, /metrics adds up both workers' counts, the
+    background work (the MLLP listener) runs in exactly one of them (one leader of two), and
+    every schema is migrated once, by the parent, none by the workers."""
     import time
     import uuid
 
     import jwt
 
     from deploy.launcher import wait_until
+    from node.app import migration_folders
     from node.feeds.hl7v2 import send_mllp
 
     data_dir = tmp_path / "node"
@@ -386,8 +394,8 @@ def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     mllp_port = free_port()  # the MLLP listener takes a fixed port (a background service)
     args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0", "--workers", "2"]
-    service = _serve(
-        "node-workers", args, data_dir, tmp_path, env={"IPJMS_NODE_MLLP_PORT": str(mllp_port)}
+    service = _serve(  # a feature's setting by its section name
+        "node-workers", args, data_dir, tmp_path, env={"IPJMS_NODE_HL7__MLLP_PORT": str(mllp_port)}
     )
     url = service.base_url
     http_port = int(url.rsplit(":", 1)[1])
@@ -425,6 +433,17 @@ def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None
             'ipjms_node_login_failures_total{grant_type="client_credentials",reason="replayed"} '
             f"{float(replays)}" in metrics
         )
+        leaders = _samples(metrics, "ipjms_node_background_leader")  # one series per worker
+        assert sorted(s.value for s in leaders) == [0.0, 1.0], leaders
+        tasks = _samples(metrics, "ipjms_node_background_tasks")
+        assert {(s.labels["feature"], s.labels["task"], s.value) for s in tasks} == {
+            ("hl7-feed", "mllp-listener", 1.0)
+        }
     finally:
         service.stop()
     assert service.process.returncode == 0
+    logged = [
+        json.loads(line) for line in service.log_path.read_text().splitlines() if line[:1] == "{"
+    ]
+    migrated = Counter(e["feature"] for e in logged if e.get("msg") == "schema migrated")
+    assert migrated == Counter(["store", *(name for name, _ in migration_folders())])

@@ -1,0 +1,206 @@
+"""The node's composition root (node/app.py): every feature listed, each router mounted once,
+each schema migrated once in one place, services built once and shared, and background work in
+exactly one worker of two on one data dir. The same with real processes (``ipjms node serve
+--workers 2``: migrated once by the parent, one MLLP listener, one background leader) is checked
+by ``test_node_cli.test_two_workers_share_replay_protection_metrics_and_one_background_worker``,
+which starts that server anyway."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.script import ScriptDirectory
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect, text
+
+import node
+from deploy.launcher import free_port
+from node.app import FEATURES, create_app, migration_folders
+from node.feature import BackgroundTask, Feature, NodeServices
+from node.settings import load_settings
+from trust.pki import init_ca, issue_org
+
+
+def _features_defined_in_node() -> dict[str, Feature]:
+    """Every module-level Feature in the node package, by name (a feature written but not
+    listed would be dead code)."""
+    found: dict[str, Feature] = {}
+    for info in pkgutil.walk_packages(node.__path__, "node."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, Feature):
+                found[value.name] = value
+    return found
+
+
+def test_composition_root_lists_every_feature_of_the_node() -> None:
+    names = [f.name for f in FEATURES]
+    assert len(names) == len(set(names)), names
+    # the node's features today; care and portal are added by listing them here
+    assert {"fhir-api", "auth", "exchange", "enrolment", "hl7-feed"} <= set(names)
+    defined = _features_defined_in_node()
+    assert set(defined) == set(names), "a Feature is defined but not listed in node.app.FEATURES"
+    for feature in FEATURES:
+        assert defined[feature.name] is feature
+
+
+def _mounted(app: Any) -> Counter[int]:
+    """How often each router is included in the app (FastAPI keeps included routers as
+    branches with ``original_router``; older versions copied their routes — count those)."""
+    counts: Counter[int] = Counter()
+    for route in app.router.routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            counts[id(included)] += 1
+    return counts
+
+
+def test_each_feature_router_is_mounted_once(tmp_path: Path) -> None:
+    app = create_app(load_settings(tmp_path / "node", org_id="org-comp"))
+    try:
+        mounted = _mounted(app)
+        routers = [router for f in FEATURES for router in f.routers]
+        assert routers, "the features offer no routers"
+        for router in routers:
+            assert mounted[id(router)] == 1, [r.path for r in router.routes]
+        assert sum(mounted.values()) == len(routers)  # and nothing else
+        with TestClient(app) as client:  # each answers at its path (unauthenticated → 401)
+            assert client.get("/fhir/Patient").status_code == 401
+            assert client.get("/exchange/inbox").status_code == 401
+            assert client.post("/consent/enrolment-code", json={}).status_code == 401
+            assert client.post("/auth/token", data={"grant_type": "password"}).status_code == 400
+    finally:
+        app.state.engine.dispose()
+
+
+def _migrated(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (r.feature, getattr(r, "folder", "-"))  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "ipjms.node" and r.getMessage() == "schema migrated"
+    ]
+
+
+def _heads_in_database(engine: Any) -> set[str]:
+    with engine.connect() as conn:
+        return {
+            str(version)
+            for table in inspect(conn).get_table_names()
+            if "alembic_version" in table
+            for version in conn.execute(text(f"SELECT version_num FROM {table}")).scalars()
+        }
+
+
+def test_every_schema_is_migrated_once_in_one_place(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(tmp_path / "node", org_id="org-comp", db_url=db_url)
+    with caplog.at_level(logging.INFO, logger="ipjms.node"):
+        app = create_app(settings)
+    runs = _migrated(caplog)
+    wanted = [("store", "-")] + [
+        (name, f"{folder.parent.name}/{folder.name}") for name, folder in migration_folders()
+    ]
+    assert runs == wanted  # each once, the store first, then the features in list order
+    assert {"auth", "exchange"} <= {name for name, _ in runs}
+    # … and each folder's schema is at its head revision
+    assert _heads_in_database(app.state.engine) >= {
+        ScriptDirectory(str(folder)).get_current_head() for _, folder in migration_folders()
+    }
+    app.state.engine.dispose()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ipjms.node"):
+        worker = create_app(settings, migrate=False)  # a worker process: the parent migrated
+    assert _migrated(caplog) == []
+    worker.state.engine.dispose()
+
+
+def test_a_migration_folder_offered_twice_is_refused() -> None:
+    folder = next(f for f in FEATURES if f.migrations).migrations[0]
+    twice = (*FEATURES, Feature(name="copy", migrations=(folder,)))
+    with pytest.raises(ValueError, match="offered by both"):
+        migration_folders(twice)
+
+
+@pytest.fixture(scope="module")
+def org_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ca = tmp_path_factory.mktemp("ca")
+    init_ca(ca)
+    issue_org(ca, "org-comp")
+    return ca / "orgs" / "org-comp"
+
+
+def test_exchange_and_enrolment_share_the_services_built_once(
+    tmp_path: Path, org_dir: Path
+) -> None:
+    settings = load_settings(
+        tmp_path / "node",
+        org_id="org-comp",
+        consent_url=f"http://127.0.0.1:{free_port()}",  # legacy flat names still work
+        org_credentials_dir=org_dir,
+        exchange={"coordinator_address": f"127.0.0.1:{free_port()}"},
+    )
+    app = create_app(settings)
+    services: NodeServices = app.state.services
+    assert services.consent is not None and services.credentials is not None
+    assert services.credentials.org_id == "org-comp"
+    with TestClient(app):
+        ctx = app.state.exchange
+        assert ctx.consent is services.consent
+        assert ctx.creds is services.credentials
+        assert ctx.linkage_key is services.linkage_key
+        assert ctx.store is services.store and ctx.engine is services.engine
+    assert app.state.exchange is None
+
+
+def test_credentials_of_another_organisation_stop_the_node(tmp_path: Path, org_dir: Path) -> None:
+    settings = load_settings(
+        tmp_path / "node",
+        org_id="org-other",
+        consent={"url": "http://127.0.0.1:9"},
+        pki={"credentials_dir": org_dir},
+    )
+    with pytest.raises(RuntimeError, match="belong to org-comp, not org-other"):
+        create_app(settings)
+
+
+def _counting_feature(events: list[str]) -> Feature:
+    @asynccontextmanager
+    async def startup(_services: NodeServices, _app: Any) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+
+    @asynccontextmanager
+    async def work(_services: NodeServices, _app: Any) -> AsyncIterator[None]:
+        events.append("background started")
+        yield
+        events.append("background stopped")
+
+    return Feature(
+        name="counting",
+        startup=(startup,),
+        background=(BackgroundTask("work", work), BackgroundTask("off", work, lambda _s: False)),
+    )
+
+
+def test_background_work_runs_in_one_of_two_workers_on_one_data_dir(tmp_path: Path) -> None:
+    events: list[str] = []
+    features = (*FEATURES, _counting_feature(events))
+    settings = load_settings(tmp_path / "node", org_id="org-comp")
+    first = create_app(settings, features=features)
+    second = create_app(settings, features=features, migrate=False)
+    with TestClient(first), TestClient(second):
+        assert events.count("startup") == 2  # every worker
+        assert events.count("background started") == 1  # exactly one (the enabled task)
+        leaders = [app.state.metrics.background_leader._value.get() for app in (first, second)]
+        assert sorted(leaders) == [0, 1]
+    assert events.count("background stopped") == 1
