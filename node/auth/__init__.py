@@ -1,0 +1,1 @@
+"""Node accounts, roles and scopes, tokens (the ``AUTH`` feature: node/auth/feature.py)."""

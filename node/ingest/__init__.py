@@ -1,0 +1,1 @@
+"""``ipjms node ingest``: finding, ordering and applying FHIR/NDJSON/CSV files."""
