@@ -44,8 +44,8 @@ def _features_defined_in_node() -> dict[str, Feature]:
 def test_composition_root_lists_every_feature_of_the_node() -> None:
     names = [f.name for f in FEATURES]
     assert len(names) == len(set(names)), names
-    # the node's features today; care and portal are added by listing them here
-    assert {"fhir-api", "auth", "exchange", "enrolment", "hl7-feed"} <= set(names)
+    # the node's features today; the portal is added by listing it in node.app.FEATURES
+    assert {"fhir-api", "auth", "exchange", "enrolment", "hl7-feed", "care"} <= set(names)
     defined = _features_defined_in_node()
     assert set(defined) == set(names), "a Feature is defined but not listed in node.app.FEATURES"
     for feature in FEATURES:
@@ -76,6 +76,7 @@ def test_each_feature_router_is_mounted_once(tmp_path: Path) -> None:
             assert client.get("/fhir/Patient").status_code == 401
             assert client.get("/exchange/inbox").status_code == 401
             assert client.post("/consent/enrolment-code", json={}).status_code == 401
+            assert client.get("/care/alerts/stream").status_code == 401
             assert client.post("/auth/token", data={"grant_type": "password"}).status_code == 400
     finally:
         app.state.engine.dispose()
