@@ -2,7 +2,7 @@
 each schema migrated once in one place, services built once and shared, and background work in
 exactly one worker of two on one data dir. The same with real processes (``ipjms node serve
 --workers 2``: migrated once by the parent, one MLLP listener, one background leader) is checked
-by ``test_node_cli.test_two_workers_share_replay_protection_metrics_and_one_background_worker``,
+by ``test_node_cli.test_two_workers_share_replay_protection_and_metrics``,
 which starts that server anyway."""
 
 from __future__ import annotations
