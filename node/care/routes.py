@@ -13,7 +13,7 @@ enrolment — and, on import, the plausibility check of readings at the store's 
   names the writer).
 - ``POST /care/enrol`` ``{"patient": "<id>", "pathway": "<key>"}`` — a doctor enrols a patient.
 
-Importing this module (the node app does, through ``node/api/routers.py``) adds the care
+Importing this module (the node app does: ``CARE`` in node/care/lifecycle.py) adds the care
 measure catalog's check to the store's validation in every worker process: an Observation of a
 catalogued measure with a non-UCUM unit or an implausible value is a 400 OperationOutcome
 wherever it comes from (REST, transaction, feeds), whether or not the care worker runs.
