@@ -23,6 +23,15 @@ TYPE_INTERACTIONS = (
     "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch")
+_SYSTEM_DOCS = {
+    "transaction": (
+        "all or nothing; fullUrls unique (bdl-7) and every urn:uuid/urn:oid reference must match "
+        "an entry's fullUrl (else 400/422, nothing stored); an Idempotency-Key header makes a "
+        "retry with the same key and Bundle return the first response without writing again "
+        "(same key, other Bundle: 422)"
+    ),
+    "batch": "entries applied one by one, each with its own status/outcome",
+}
 _SPECIAL_TYPES = {"_id": "token", "_lastUpdated": "date"}
 _SERVER_VERSION = "0.1.0"
 # FHIR types of the result-control parameters the store accepts (RESULT_PARAMS).
@@ -111,7 +120,10 @@ def capability_statement(
                     "description": "OAuth2 bearer tokens from POST /auth/token with SMART scopes",
                 },
                 "resource": [_resource(rtype, params) for rtype, params in sorted(table.items())],
-                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "interaction": [
+                    {"code": code, "documentation": _SYSTEM_DOCS[code]}
+                    for code in SYSTEM_INTERACTIONS
+                ],
                 "searchParam": [
                     {"name": name, "type": kind}
                     for name, kind in _RESULT_PARAM_TYPES.items()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -9,12 +11,16 @@ from node.api.body import fhir_response, read_resource
 from node.auth.deps import authenticate
 from node.auth.principal import Principal
 from node.store import ParsedBundle, parse_bundle
+from node.store.transaction_keys import request_hash
 from servicekit.openapi_bodies import fhir_body
 from servicekit.outcome import BadRequest, Forbidden
 
 __all__ = ["router", "authorise_bundle"]
 
 router = APIRouter(tags=["fhir"])
+# A client's key for a transaction: a retry with the same key and Bundle gets the first response
+# (nothing written again); see node/README.md.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 @router.get("/fhir/metadata")
@@ -60,5 +66,20 @@ async def transaction_or_batch(
     parsed = parse_bundle(bundle, kind)  # once: authorised and applied in this parsed form
     authorise_bundle(principal, parsed)
     store = request.app.state.store
-    handler = store.transaction if kind == "transaction" else store.batch
-    return fhir_response(await run_in_threadpool(handler, parsed, writer=principal.writer))
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if kind == "batch":
+        if key is not None:
+            raise BadRequest(f"{IDEMPOTENCY_HEADER} is supported for transaction Bundles only")
+        return fhir_response(
+            await run_in_threadpool(store.batch, parsed, writer=principal.writer)
+        )
+    response = await run_in_threadpool(
+        partial(
+            store.transaction,
+            parsed,
+            writer=principal.writer,
+            idempotency_key=key,
+            request_hash=request_hash(bundle) if key is not None else None,
+        )
+    )
+    return fhir_response(response)

@@ -155,6 +155,7 @@ def parse_bundle(bundle: Any, kind: str | tuple[str, ...]) -> ParsedBundle:
     if not isinstance(raw, list):
         raise BadRequest("Bundle.entry must be an array")
     entries = []
+    seen_full_urls: dict[tuple[str, Any], int] = {}
     for i, e in enumerate(raw):
         label = f"Bundle.entry[{i}]"
         if not isinstance(e, dict) or not isinstance(e.get("request"), dict):
@@ -165,6 +166,7 @@ def parse_bundle(bundle: Any, kind: str | tuple[str, ...]) -> ParsedBundle:
             raise BadRequest(f"{label}: unsupported request.method {method!r}")
         if not isinstance(url, str) or not url:
             raise BadRequest(f"{label}: missing request.url")
+        _check_unique_full_url(e, i, seen_full_urls)
         entries.append(
             Entry.parse(
                 i,
@@ -178,3 +180,24 @@ def parse_bundle(bundle: Any, kind: str | tuple[str, ...]) -> ParsedBundle:
             )
         )
     return ParsedBundle(str(bundle["type"]), entries)
+
+
+def _check_unique_full_url(e: dict[str, Any], i: int, seen: dict[tuple[str, Any], int]) -> None:
+    """FHIR invariant bdl-7: fullUrl is unique in a Bundle, or else the entries sharing it have
+    different ``meta.versionId``. BadRequest naming both entries."""
+    full_url = e.get("fullUrl")
+    if full_url is None:
+        return
+    if not isinstance(full_url, str) or not full_url:
+        raise BadRequest(f"Bundle.entry[{i}]: fullUrl must be a non-empty string")
+    res = e.get("resource")
+    meta = res.get("meta") if isinstance(res, dict) else None
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    key = (full_url, version if isinstance(version, str) else None)
+    if key in seen:
+        raise BadRequest(
+            f"Bundle.entry[{i}]: fullUrl {full_url!r} repeats Bundle.entry[{seen[key]}]'s "
+            "(bdl-7: fullUrl must be unique in a Bundle)",
+            expression=[f"Bundle.entry[{i}].fullUrl"],
+        )
+    seen[key] = i

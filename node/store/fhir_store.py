@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from node.store import commit_log
+from node.store import commit_log, transaction_keys
 from node.store.bundle_ops import get_entry, response_bundle
 from node.store.entries import Entry, EntryResult, ParsedBundle, labelled, parse_bundle
 from node.store.events import CommitEvents
@@ -301,12 +301,37 @@ class FhirStore:
 
     # -- bundles ----------------------------------------------------------------------------
     def transaction(
-        self, bundle: dict[str, Any] | ParsedBundle, *, writer: str = DEFAULT_WRITER
+        self,
+        bundle: dict[str, Any] | ParsedBundle,
+        *,
+        writer: str = DEFAULT_WRITER,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> dict[str, Any]:
-        """Apply a transaction Bundle atomically; returns the transaction-response Bundle."""
-        entries = parse_bundle(bundle, "transaction").entries
+        """Apply a transaction Bundle atomically; returns the transaction-response Bundle.
 
-        def work(uow: UnitOfWork) -> list[EntryResult]:
+        With ``idempotency_key`` (see :mod:`node.store.transaction_keys`) the response is
+        remembered with the writes: the same key and Bundle again returns it without writing;
+        the same key with another Bundle is refused (422). ``request_hash`` is the Bundle's
+        ``transaction_keys.request_hash`` (required when ``bundle`` is already parsed)."""
+        entries = parse_bundle(bundle, "transaction").entries
+        keyed: tuple[str, str] | None = None
+        if idempotency_key is not None:
+            if request_hash is None:
+                if isinstance(bundle, ParsedBundle):
+                    raise TypeError("an idempotent parsed transaction needs its request_hash")
+                request_hash = transaction_keys.request_hash(bundle)
+            keyed = (transaction_keys.check_key(idempotency_key), request_hash)
+            with self._reader.connect() as conn:  # a retry skips validation altogether
+                replay = transaction_keys.remembered(conn, writer, *keyed)
+            if replay is not None:
+                return replay
+
+        def work(uow: UnitOfWork) -> dict[str, Any]:
+            if keyed is not None:  # again, inside the write: a concurrent twin may have won
+                replay = transaction_keys.remembered(uow.conn, writer, *keyed)
+                if replay is not None:
+                    return replay
             results = uow.apply(entries)
             for entry in entries:
                 if entry.method == "GET":
@@ -314,10 +339,13 @@ class FhirStore:
                         results[entry.index] = get_entry(uow.conn, entry, self.base_url)
                     except FhirError as exc:
                         raise labelled(entry, exc) from None
-            return results
+            response = response_bundle("transaction-response", results)
+            if keyed is not None:
+                transaction_keys.remember(uow.conn, writer, *keyed, response)
+            return response
 
         prevalidate(entries)  # outside the write transaction (see transactions.prevalidate)
-        return response_bundle("transaction-response", self.write(work, writer=writer))
+        return self.write(work, writer=writer)
 
     def batch(
         self, bundle: dict[str, Any] | ParsedBundle, *, writer: str = DEFAULT_WRITER

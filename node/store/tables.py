@@ -11,6 +11,9 @@
   ``position`` in commit order; ``fhir_commit_log_head`` (one row) hands out the positions and
   ``fhir_commit_subscriber`` keeps how far each named subscriber has read
   (see :mod:`node.store.commit_log`).
+* ``fhir_transaction_key`` — an ``Idempotency-Key`` per writer with the hash of its transaction
+  Bundle and the response sent, written with the transaction (see
+  :mod:`node.store.transaction_keys`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "commit_log",
     "commit_log_head",
     "commit_subscriber",
+    "transaction_key",
 ]
 
 BODY_TYPE = JSON().with_variant(JSONB(), "postgresql")
@@ -182,4 +186,14 @@ commit_subscriber = Table(
     Column("name", String(100), primary_key=True),
     Column("position", BigInteger, nullable=False),  # every event up to here is handled
     Column("updated_at", DateTime, nullable=False),
+)
+
+transaction_key = Table(
+    "fhir_transaction_key",
+    metadata,
+    Column("writer", String(200), primary_key=True),  # keys are per writer: no cross-talk
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),  # sha256 of the canonical request Bundle
+    Column("response", BODY_TYPE, nullable=False),  # the transaction-response Bundle sent
+    Column("created_at", DateTime, nullable=False),
 )

@@ -34,6 +34,8 @@ from servicekit.outcome import BadRequest, FhirError, PreconditionFailed, Unproc
 __all__ = ["apply_entries", "etag", "prevalidate"]
 
 Key = tuple[str, str]
+# References that can only name another entry of the same Bundle (by its fullUrl).
+_BUNDLE_LOCAL = ("urn:uuid:", "urn:oid:")
 
 
 def etag(version: int | str) -> str:
@@ -201,6 +203,10 @@ class _Apply:
                 if k == "reference" and isinstance(v, str):
                     if v in self.url_map:
                         v = self.url_map[v]
+                    elif v.startswith(_BUNDLE_LOCAL):
+                        # a fullUrl of an entry that is not in this Bundle: FHIR says it must
+                        # resolve within the Bundle; refused like any missing reference (422)
+                        raise Unprocessable(f"reference {v!r} matches no fullUrl in the Bundle")
                     elif "?" in v and v[:1].isupper():
                         v = self._resolve_conditional(v)
                     out[k] = v
