@@ -70,9 +70,7 @@ async def transaction_or_batch(
     if kind == "batch":
         if key is not None:
             raise BadRequest(f"{IDEMPOTENCY_HEADER} is supported for transaction Bundles only")
-        return fhir_response(
-            await run_in_threadpool(store.batch, parsed, writer=principal.writer)
-        )
+        return fhir_response(await run_in_threadpool(store.batch, parsed, writer=principal.writer))
     response = await run_in_threadpool(
         partial(
             store.transaction,

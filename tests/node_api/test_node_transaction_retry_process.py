@@ -107,9 +107,7 @@ def test_retry_after_a_dropped_connection_stores_one_copy(db_url: str, tmp_path:
             for e in retry.json()["entry"]
             if e["response"]["location"].startswith("Patient/")
         }
-        stored = httpx.get(
-            f"{url}/fhir/Patient", params={"_count": "1000"}, headers=auth
-        ).json()
+        stored = httpx.get(f"{url}/fhir/Patient", params={"_count": "1000"}, headers=auth).json()
         assert returned == {f"Patient/{e['resource']['id']}" for e in stored["entry"]}
     finally:
         service.stop()
