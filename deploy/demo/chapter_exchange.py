@@ -25,6 +25,7 @@ import httpx
 
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
+from deploy.demo.chapter_care import ensure_heart_failure
 from deploy.demo.network import (
     AUTHORITY_ORG,
     COORDINATOR_ORG,
@@ -281,6 +282,7 @@ def run(net: DemoNetwork) -> None:
     with net.step(
         f"{hospital.org_id} refers the discharged patient down to {clinic_b.org_id}"
     ) as notes:
+        notes.append(ensure_heart_failure(hospital, doc_a, patient_a))  # the care chapter's
         t0 = time.perf_counter()
         sent = _post(
             hospital,
@@ -334,6 +336,7 @@ def run(net: DemoNetwork) -> None:
         ),
         None,
     )
+    net.facts["referral"] = {"patient_at_b": patient_b}
     with net.step(
         f"{clinic_b.org_id}'s doctor asks {hospital.org_id} for a cardiology consultation"
     ) as notes:

@@ -17,8 +17,8 @@ from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
-START_ORDER = ["trust", "consent", "exchange", "federated", "nodes"]
-RUN_ORDER = ["trust", "nodes", "consent", "exchange", "federated"]
+START_ORDER = ["trust", "consent", "exchange", "federated", "care", "nodes"]
+RUN_ORDER = ["trust", "nodes", "consent", "exchange", "care", "federated"]
 
 
 def _module(area: str) -> ModuleType:
