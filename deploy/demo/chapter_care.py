@@ -252,7 +252,7 @@ def run(net: DemoNetwork) -> None:
                 f"stream {(arrived - posted) * 1000:.0f} ms after the POST"
             )
 
-        with net.step("The doctor records a mitigation; the follow-up is earlier") as notes:
+        with net.step("The follow-up moves earlier; the doctor records a mitigation") as notes:
             version = plan["meta"]["versionId"]
             revised = _poll(
                 lambda: (p := fhir.plan(pid, HF_PATHWAY)) and p["meta"]["versionId"] != version,

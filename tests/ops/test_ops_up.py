@@ -107,6 +107,10 @@ STORY_STEPS = (
     "refers the discharged patient down to",
     "pulls the patient's history",
     "The coordinator holds none of what it carried",
+    "enrols the referred heart-failure patient",
+    "Three days of home weights rising 2.5 kg alert B's doctor",
+    "The follow-up moves earlier; the doctor records a mitigation",
+    "A hypertensive patient's 186/112 is urgent; 124/78 raises none",
 )
 FEDERATED_STEPS = (
     "Research cohorts: HRESCH consents and one SuperNode per node",
