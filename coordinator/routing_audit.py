@@ -30,6 +30,20 @@ class Ledger(Protocol):
     def append(self, event: dict[str, Any], *, patient_pseudonym: str | None = None) -> Any: ...
 
 
+def _source() -> dict[str, Any]:
+    """The AuditEvent source of every coordinator event: the coordinator as a security server."""
+    return {
+        "observer": {"display": "ipjms-coordinator"},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "6",
+                "display": "Security Server",
+            }
+        ],
+    }
+
+
 def routing_event(
     header: EnvelopeHeader,
     decision: str,
@@ -101,16 +115,7 @@ def routing_event(
                 "requestor": False,
             },
         ],
-        "source": {
-            "observer": {"display": "ipjms-coordinator"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "6",
-                    "display": "Security Server",
-                }
-            ],
-        },
+        "source": _source(),
         "entity": entity,
     }
 
@@ -185,16 +190,7 @@ def lookup_event(
         "agent": [
             {"who": {"identifier": {"system": ORG_SYSTEM, "value": caller}}, "requestor": True},
         ],
-        "source": {
-            "observer": {"display": "ipjms-coordinator"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "6",
-                    "display": "Security Server",
-                }
-            ],
-        },
+        "source": _source(),
         "entity": entity,
     }
 
