@@ -219,7 +219,7 @@ def create_app(
     if hasattr(store, "warm_up"):
         store.warm_up()  # load the FHIR models now, not during the first request
     services.auth.failure_sinks.append(_count_login_failures(metrics))
-    # ... and each one is a login_failure AuditEvent in the node's ledger (<data dir>/audit.db)
+    # ... and each one is a login_failure AuditEvent in the node's ledger (node/auth/login_audit.py)
     services.auth.failure_sinks.append(login_failure_sink(node_ledger(settings), settings.org_id))
 
     @asynccontextmanager

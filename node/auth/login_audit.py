@@ -1,8 +1,10 @@
 """Failed logins at the node, into the node's audit ledger.
 
 Every refused token request (``AuthService.failure_sinks``) becomes a ``login_failure``
-AuditEvent (DICOM 110114 / 110122, serious failure) in a hash-chained ledger of its own,
-``<data dir>/audit.db`` (``ipjms audit verify --data-dir D --service audit``). No PHI: the user
+AuditEvent (DICOM 110114 / 110122, serious failure) in a hash-chained ledger: on the embedded
+default a database of its own, ``<data dir>/audit.db`` (``ipjms audit verify --data-dir D
+--service audit``); on a node configured with ``--db URL`` (PostgreSQL), tables in that database
+(``ipjms audit verify --db URL``), so such a node keeps no state in SQLite. No PHI: the user
 is named only when it is a known account or registered client (otherwise ``unknown``), and the
 reason is the fixed code of :class:`~node.auth.service.LoginFailure`.
 """
@@ -19,11 +21,11 @@ from trust.audit_ledger import AuditLedger
 
 __all__ = ["LEDGER_NAME", "node_ledger", "login_failure_sink"]
 
-LEDGER_NAME = "audit"  # <data dir>/audit.db
+LEDGER_NAME = "audit"  # <data dir>/audit.db on the embedded default
 
 
 def node_ledger(settings: NodeSettings) -> AuditLedger:
-    return AuditLedger(make_engine(sqlite_url(settings.data_dir, LEDGER_NAME)))
+    return AuditLedger(make_engine(settings.db_url or sqlite_url(settings.data_dir, LEDGER_NAME)))
 
 
 def login_failure_sink(ledger: AuditLedger, org_id: str) -> Callable[[LoginFailure], None]:

@@ -70,6 +70,11 @@ class ExchangeClient:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.enable_retries", 0),
+                # a restarted coordinator is reached again within about a second (gRPC's
+                # default reconnect backoff grows to 120 s, failing every call meanwhile)
+                ("grpc.initial_reconnect_backoff_ms", 500),
+                ("grpc.min_reconnect_backoff_ms", 500),
+                ("grpc.max_reconnect_backoff_ms", 1_000),
             ],
         )
         self.directory = pb_grpc.DirectoryStub(self.channel)

@@ -197,8 +197,12 @@ def test_client_caches_tokens_per_role_and_logs_in_again_once_on_401(registry: R
     for _ in range(3):
         assert client.decide(P1, "clinic-b", "TREAT", ["Condition"]).permit
     assert transport.logins() == 1  # one token for three decisions
-    client.decide(P1, "hosp-a", "ETREAT", ["Condition"], reason="ED", acting_role="doctor")
-    client.decide(P1, "hosp-a", "ETREAT", ["Condition"], reason="ED", acting_role="doctor")
+    client.decide(
+        P1, "hosp-a", "ETREAT", ["Condition"], reason="ED", acting_role="doctor", acting_user="u-42"
+    )
+    client.decide(
+        P1, "hosp-a", "ETREAT", ["Condition"], reason="ED", acting_role="doctor", acting_user="u-42"
+    )
     assert transport.logins() == 2  # one more for the acting role, then cached too
 
     # the registry no longer accepts the cached token (e.g. restarted with a new key): one

@@ -299,7 +299,13 @@ def test_locator_answers_a_consented_lookup_and_audits_it(region: Region) -> Non
     # the node's pull states its purpose too: B (consented) finds the holder, C is refused
     for org in ("clinic-b", "clinic-c"):
         seed(region.nodes[org], _local_patient(f"{org}-local"))
-    r = region.nodes["clinic-b"].post("/exchange/pulls", {"patient": "Patient/clinic-b-local"})
+    # (an earlier test may have restarted the coordinator: the node reconnects within its backoff)
+    deadline = time.monotonic() + 30
+    while True:
+        r = region.nodes["clinic-b"].post("/exchange/pulls", {"patient": "Patient/clinic-b-local"})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert r.status_code == 200, r.text
     assert r.json()["holders"] == ["hosp-a"]
     r = region.nodes["clinic-c"].post("/exchange/pulls", {"patient": "Patient/clinic-c-local"})
