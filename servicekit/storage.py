@@ -7,10 +7,12 @@ open an engine safely and bring a schema to the latest revision.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 __all__ = ["make_engine", "reader", "sqlite_url", "upgrade_schema", "is_postgres"]
 
@@ -104,14 +106,51 @@ def reader(engine: Engine) -> Engine:
     return engine.execution_options(**{_READ_ONLY: True})
 
 
+# The advisory-lock key of every service's migrations (a PostgreSQL advisory lock is scoped to
+# its database, and each service owns its database).
+MIGRATION_LOCK_KEY = 0x1A2B_5EED
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>.migrate.lock`` beside the SQLite file, taken before
+    the migration's write transaction (so a waiting process holds no SQLite lock); the kernel
+    releases it if the holder dies."""
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def upgrade_schema(engine: Engine, migrations_dir: Path | str) -> None:
-    """Run the Alembic migrations in ``migrations_dir`` (which holds env.py and versions/)."""
+    """Run the Alembic migrations in ``migrations_dir`` (which holds env.py and versions/) under
+    the database's migration lock, so services starting at once migrate it exactly once.
+
+    PostgreSQL: ``pg_advisory_xact_lock`` in the migration's own transaction — the second of two
+    services waits until the first commits, then finds the schema at head and changes nothing;
+    the lock goes with the transaction, so a crashed migrator never leaves it held. SQLite: a
+    file lock (:func:`_sqlite_file_lock`).
+    """
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    postgres = is_postgres(engine)
+    with (
+        nullcontext() if postgres else _sqlite_file_lock(engine),
+        engine.begin() as conn,
+    ):
+        if postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
