@@ -113,7 +113,8 @@ class Authenticator:
         """The CA's revocation list, re-read when the CRL file changes."""
         from trust.pki import revocation_list
 
-        assert self.ca_dir is not None
+        if self.ca_dir is None:
+            raise Unauthorized("this registry has no CA configured; organisations cannot log in")
         crl = self.ca_dir / "ca.crl.pem"
         mtime = crl.stat().st_mtime if crl.exists() else 0.0
         if self._revoked is None or self._revoked[0] != mtime:

@@ -19,6 +19,8 @@ from trust.envelopes import (
     DATA_KINDS,
     HEADER_FIELDS,
     KINDS,
+    MAX_CLOCK_SKEW,
+    MAX_LIFETIME,
     EnvelopeError,
     EnvelopeHeader,
     SealedEnvelope,
@@ -36,7 +38,6 @@ __all__ = [
 
 PSEUDONYM_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _CLASS = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-MAX_CLOCK_SKEW = 300  # seconds a sender's clock may run ahead
 
 
 def read_header(message: pb.EnvelopeHeader) -> EnvelopeHeader:
@@ -83,8 +84,13 @@ def check_header(header: EnvelopeHeader, *, caller: str, now: float, max_ttl: in
     created_at, expires_at = header.created_at.timestamp(), header.expires_at.timestamp()
     if created_at <= 0 or expires_at <= 0:
         raise ExchangeError("INVALID_ARGUMENT", "created_at and expires_at are required")
-    if created_at > now + MAX_CLOCK_SKEW:
+    # the same bounds the receiver applies (trust.envelopes.check_times)
+    if created_at > now + MAX_CLOCK_SKEW.total_seconds():
         raise ExchangeError("INVALID_ARGUMENT", "created_at lies in the future")
+    if expires_at - created_at > MAX_LIFETIME.total_seconds():
+        raise ExchangeError(
+            "INVALID_ARGUMENT", f"envelope lifetime exceeds {MAX_LIFETIME.days} days (maximum)"
+        )
     if expires_at <= now:
         raise ExchangeError(
             "FAILED_PRECONDITION", f"envelope {header.envelope_id} expired before it was sent"

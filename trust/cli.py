@@ -172,7 +172,9 @@ def audit_verify_cmd(
     if not checkpoints:
         typer.echo(str(report))
         return
-    assert ca_dir is not None
+    if ca_dir is None:
+        typer.echo("error: --checkpoints needs --ca-dir", err=True)
+        raise typer.Exit(2)
     try:
         found = [cp for path in checkpoints for cp in read_checkpoints(path)]
     except CheckpointError as exc:

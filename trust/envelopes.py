@@ -32,7 +32,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -51,6 +55,9 @@ __all__ = [
     "KINDS",
     "DATA_KINDS",
     "REQUEST_KINDS",
+    "MAX_CLOCK_SKEW",
+    "MAX_LIFETIME",
+    "check_times",
 ]
 
 MAGIC, VERSION = b"IPJE", 1
@@ -82,6 +89,11 @@ HEADER_FIELDS = (
     "created_at",
     "expires_at",
 )
+# How far a sender's clock may run ahead, and the longest an envelope may live: the one rule
+# for both the coordinator (at Send) and the receiver (before it decrypts) — an envelope
+# created a year ahead and valid for eleven is refused by both.
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+MAX_LIFETIME = dt.timedelta(days=30)
 _PREFIX = struct.Struct(">4sBI")
 _DOMAIN = b"IPJMS-envelope-v1\x00"
 Verifier = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -237,6 +249,24 @@ class EnvelopeHeader:
         return (now or dt.datetime.now(dt.UTC)) >= self.expires_at
 
 
+def check_times(
+    header: EnvelopeHeader,
+    now: dt.datetime | None = None,
+    *,
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+    max_lifetime: dt.timedelta = MAX_LIFETIME,
+) -> None:
+    """Raise :class:`EnvelopeError` unless the envelope is live now: created no more than
+    ``max_skew`` in the future, not expired, and living at most ``max_lifetime``."""
+    now = now or dt.datetime.now(dt.UTC)
+    if header.created_at > now + max_skew:
+        raise EnvelopeError("envelope created_at lies in the future")
+    if header.expires_at - header.created_at > max_lifetime:
+        raise EnvelopeError(f"envelope lifetime exceeds the maximum of {max_lifetime.days} days")
+    if header.is_expired(now):
+        raise EnvelopeError("envelope expired")
+
+
 @dataclass(frozen=True)
 class SealedEnvelope:
     header: EnvelopeHeader
@@ -327,9 +357,38 @@ def _digest(parts: list[bytes]) -> bytes:
     return h.digest()
 
 
+# ECDSA signatures are malleable: (r, s) and (r, n - s) both verify. Signers emit the low-s
+# form, verifiers accept only it, so an envelope has exactly one valid signature.
+_CURVE_ORDERS = {
+    "secp256r1": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "secp384r1": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    ),
+    "secp521r1": int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
+
+
+def _curve_order(curve: ec.EllipticCurve) -> int:
+    try:
+        return _CURVE_ORDERS[curve.name]
+    except KeyError:
+        raise EnvelopeError(f"unsupported signature curve {curve.name}") from None
+
+
+def low_s(signature: bytes, curve: ec.EllipticCurve) -> bytes:
+    """The DER ECDSA signature in its canonical low-s form."""
+    r, s = decode_dss_signature(signature)
+    n = _curve_order(curve)
+    return encode_dss_signature(r, n - s) if s > n // 2 else signature
+
+
 def _sign(key: Signer, digest: bytes) -> bytes:
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        return low_s(key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))), key.curve)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(digest)
     raise TypeError("sender signing key must be an EC or Ed25519 private key")
@@ -338,6 +397,14 @@ def _sign(key: Signer, digest: bytes) -> bytes:
 def _verify(key: Verifier, signature: bytes, digest: bytes) -> None:
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
+            try:
+                r, s = decode_dss_signature(signature)
+            except ValueError:
+                raise EnvelopeError("envelope signature is not a DER ECDSA signature") from None
+            if encode_dss_signature(r, s) != signature:
+                raise EnvelopeError("envelope signature is not in canonical DER form")
+            if not 0 < s <= _curve_order(key.curve) // 2:
+                raise EnvelopeError("envelope signature is not in low-s form (malleated)")
             key.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         elif isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, digest)
@@ -383,7 +450,9 @@ def open_sealed(
     recipient: str | None = None,
     now: dt.datetime | None = None,
 ) -> bytes:
-    """Verify, check recipient and expiry, decrypt. ``sender_verify_key`` must be the key of
+    """Verify, check recipient and times (:func:`check_times`), decrypt.
+
+    ``sender_verify_key`` must be the key of
     ``envelope.header.sender`` (look it up by that id; :func:`open_from` does it from a cert).
     Several recipient keys may be given (current first, then keys replaced by rotation)."""
     env = envelope if isinstance(envelope, SealedEnvelope) else SealedEnvelope.from_bytes(envelope)
@@ -391,8 +460,7 @@ def open_sealed(
     header = env.header
     if recipient is not None and header.recipient != recipient:
         raise EnvelopeError(f"envelope is addressed to {header.recipient}, not {recipient}")
-    if header.is_expired(now):
-        raise EnvelopeError("envelope expired")
+    check_times(header, now)
     keys = (
         [recipient_encryption_key]
         if isinstance(recipient_encryption_key, x25519.X25519PrivateKey)
@@ -437,7 +505,8 @@ def seal_to(
     if org != header.recipient:
         raise EnvelopeError(f"encryption certificate belongs to {org}, not {header.recipient}")
     public = load_certificate(recipient_encryption_cert_pem).public_key()
-    assert isinstance(public, x25519.X25519PublicKey)
+    if not isinstance(public, x25519.X25519PublicKey):
+        raise EnvelopeError("the recipient's encryption certificate holds no X25519 key")
     return seal(
         header,
         payload,
@@ -463,7 +532,8 @@ def open_from(
     if org != env.header.sender:
         raise EnvelopeError(f"signing certificate belongs to {org}, not {env.header.sender}")
     public = load_certificate(sender_signing_cert_pem).public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+    if not isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        raise EnvelopeError("the sender's signing certificate holds no EC or Ed25519 key")
     return open_sealed(
         env,
         recipient_encryption_key=[recipient.encryption_key, *recipient.previous_encryption_keys],

@@ -61,6 +61,7 @@ __all__ = [
     "revocation_list",
     "load_crl",
     "load_ca_cert",
+    "runtime_passphrase",
     "verify_peer_certificate",
 ]
 
@@ -367,13 +368,39 @@ def _archive(out: Path) -> None:
             shutil.copy2(out / name, target / name)
 
 
+PASSPHRASE_ENV, PASSPHRASE_FILE_ENV = "IPJMS_KEY_PASSPHRASE", "IPJMS_KEY_PASSPHRASE_FILE"
+
+
+def runtime_passphrase() -> bytes | None:
+    """The passphrase a service runs with: the file named by ``IPJMS_KEY_PASSPHRASE_FILE`` (a
+    mounted secret; trailing newline dropped) or ``IPJMS_KEY_PASSPHRASE``; None if neither."""
+    path = os.environ.get(PASSPHRASE_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise PkiError(f"cannot read the key passphrase file {path}: {exc}") from None
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
 def load_org(org_dir: Path | str, *, passphrase: bytes | None = None) -> OrgCredentials:
-    """Load an organisation's credentials (and earlier encryption keys kept by rotations)."""
+    """Load an organisation's credentials (and earlier encryption keys kept by rotations).
+
+    Passphrase-protected keys (``org.json`` ``encrypted_keys``) are opened with ``passphrase``
+    or, when none is given, with :func:`runtime_passphrase` — the path every service takes."""
     org_dir = Path(org_dir)
     meta_path = org_dir / "org.json"
     if not meta_path.exists():
         raise PkiError(f"no organisation credentials in {org_dir}")
     meta = json.loads(meta_path.read_text())
+    if passphrase is None and meta.get("encrypted_keys"):
+        passphrase = runtime_passphrase()
+        if passphrase is None:
+            raise PkiError(
+                f"the keys in {org_dir} are passphrase-protected: set {PASSPHRASE_FILE_ENV} "
+                f"(a file holding the passphrase) or {PASSPHRASE_ENV}"
+            )
     tls_key = _load_key(org_dir / "tls.key.pem", passphrase)
     sign_key = _load_key(org_dir / "signing.key.pem", passphrase)
     enc_key = _load_key(org_dir / "encryption.key.pem", passphrase)
@@ -472,8 +499,7 @@ def revoke(
         if not targets:
             raise PkiError(f"the CA never issued a certificate to {org_id}")
         reason = x509.ReasonFlags.cessation_of_operation
-    else:
-        assert serial is not None
+    elif serial is not None:
         if serial not in issued:
             raise PkiError(f"the CA never issued serial {serial:x}")
         targets, reason = [serial], x509.ReasonFlags.superseded

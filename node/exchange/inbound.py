@@ -1,8 +1,9 @@
 """What arrives from other organisations: open, check, import — exactly once.
 
-For each delivered envelope: if its id is already in ``exchange_inbound`` it was handled before
-(acknowledge again, change nothing). Otherwise verify the sender's signature through its
-CA-issued certificate and decrypt; refuse content outside the declared classes (negative
+For each delivered envelope: verify the sender's signature through its CA-issued certificate,
+check its times and decrypt (nothing is recorded for an envelope that fails this); then, if its
+id is already in ``exchange_inbound``, it was handled before (acknowledge again, change
+nothing). Otherwise refuse content outside the declared classes (negative
 acknowledgement, audited at the coordinator); import the document into the local store and
 record the envelope id **in the same database transaction**.
 """
@@ -194,30 +195,36 @@ def _link(
 
 
 def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
-    """Process one delivered envelope; the caller acknowledges with the result."""
+    """Process one delivered envelope; the caller acknowledges with the result.
+
+    The duplicate-id check runs only *after* the envelope is authenticated (signature verified
+    through the sender's CA-issued certificate, decrypted): an envelope that cannot be opened —
+    forged, tampered, or met while the directory was unreachable — is refused but not recorded
+    under its id, so it can never burn the id of the real envelope."""
     try:
         sealed = SealedEnvelope.from_bytes(raw)
     except (EnvelopeError, ValueError) as exc:
         return Handled(False, f"malformed envelope: {exc}")
     h = sealed.header
-    previous = already_processed(ctx, h.envelope_id)
-    if previous is not None:
-        return Handled(previous != "rejected", f"already processed ({previous})")
     if h.recipient != ctx.org_id:
         return Handled(False, "envelope is not addressed to this organisation")
     try:
-        with ctx.timed("in", "open"):  # verify the signature, decrypt, parse
+        with ctx.timed("in", "open"):  # verify the signature, check times, decrypt
             try:
                 payload = _open(ctx, sealed, refresh=False)
             except EnvelopeError:
                 payload = _open(ctx, sealed, refresh=True)  # the sender may have rotated keys
-            body = json.loads(payload)
-    except (EnvelopeError, ValueError) as exc:
-        return _reject(ctx, sealed, "cannot open or parse the envelope", local=str(exc))
+    except EnvelopeError as exc:
+        return _unauthenticated(sealed, "cannot open the envelope", exc)
     except Exception as exc:  # certificate refused, directory unreachable…
-        return _reject(
-            ctx, sealed, "cannot verify the sender", local=f"{type(exc).__name__}: {exc}"
-        )
+        return _unauthenticated(sealed, "cannot verify the sender", exc)
+    previous = already_processed(ctx, h.envelope_id)
+    if previous is not None:
+        return Handled(previous != "rejected", f"already processed ({previous})")
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        return _reject(ctx, sealed, "cannot parse the envelope", local=str(exc))
     if h.kind == "record-query":
         with ctx.engine.begin() as conn:
             _record(conn, sealed, "answered", "record query")
@@ -252,6 +259,20 @@ def _open(ctx: ExchangeContext, sealed: SealedEnvelope, *, refresh: bool) -> byt
         sender_signing_cert_pem=sender.signing_certificate,
         revoked=ctx.revoked(),
     )
+
+
+def _unauthenticated(sealed: SealedEnvelope, detail: str, exc: Exception) -> Handled:
+    """Refuse an envelope that was not authenticated, recording nothing under its id (the id
+    is only the claim of whoever made the bytes)."""
+    log.warning(
+        "envelope %s (claimed sender %s) refused: %s (%s: %s)",
+        sealed.header.envelope_id,
+        sealed.header.sender,
+        detail,
+        type(exc).__name__,
+        exc,
+    )
+    return Handled(False, detail)
 
 
 def _reject(

@@ -154,7 +154,22 @@ def test_an_import_times_each_of_its_steps_once_and_a_redelivery_none(  # type: 
     assert seen == [("in", step) for step in steps]
     seen.clear()
     assert handle_envelope(ctx, sealed.to_bytes()).imported  # already processed
-    assert seen == []
+    assert seen == [("in", "open")]  # authenticated again before the id is looked up
+
+
+def test_a_forged_envelope_does_not_burn_the_real_id(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    """Attack (issue 23): bytes carrying a real envelope's id but not its sender's signature —
+    a forgery, or one met while the directory was unreachable — must not be recorded under that
+    id, or the real envelope is refused as "already processed" for ever."""
+    real = _envelope(creds, [COND], ("Condition",))
+    forged = bytearray(real.to_bytes())
+    forged[-80] ^= 0x01  # same header and id, signature/ciphertext no longer verify
+    refused = handle_envelope(ctx, bytes(forged))
+    assert not refused.imported
+    assert _inbound_rows(ctx) == 0
+    handled = handle_envelope(ctx, real.to_bytes())
+    assert handled.imported, handled.detail
+    assert ctx.store.counts()["Condition"] == 1
 
 
 def test_an_import_commits_once_with_its_events_and_a_refused_one_none(  # type: ignore[no-untyped-def]

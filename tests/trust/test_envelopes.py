@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,6 +165,42 @@ def test_expired_envelope_refused() -> None:
     with pytest.raises(EnvelopeError, match="expired"):
         _open(env.to_bytes())
     assert _open(env.to_bytes(), now=past + dt.timedelta(hours=1))
+
+
+def test_future_dated_long_lived_envelope_refused() -> None:
+    """Attack (issue 23): created a year ahead, valid for eleven — the receiver, not only the
+    coordinator, bounds clock skew and lifetime."""
+    ahead = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    with pytest.raises(EnvelopeError, match="future"):
+        _open(_sealed(now=ahead, ttl=dt.timedelta(days=11 * 365)).to_bytes())
+    long_lived = _sealed(ttl=dt.timedelta(days=11 * 365))
+    with pytest.raises(EnvelopeError, match="lifetime"):
+        _open(long_lived.to_bytes())
+    slightly_ahead = _sealed(now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2))
+    assert _open(slightly_ahead.to_bytes())  # within the allowed skew
+
+
+def test_malleated_ecdsa_signature_refused() -> None:
+    """Attack (issue 23): (r, n - s) verifies under plain ECDSA; only the low-s form is accepted,
+    and the signer always produces it."""
+    n = int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    )
+    for _ in range(4):
+        env = _sealed()
+        r, s = decode_dss_signature(env.signature)
+        assert s <= n // 2  # the signer's output is canonical
+        twin = dataclasses.replace(env, signature=encode_dss_signature(r, n - s))
+        # the twin is a valid plain-ECDSA signature over the same digest…
+        digest = hashlib.sha256(b"IPJMS-envelope-v1\x00" + b"".join(env._signed_parts()))
+        SENDER_SIGN.public_key().verify(
+            twin.signature, digest.digest(), ec.ECDSA(Prehashed(hashes.SHA256()))
+        )
+        # …and is refused
+        with pytest.raises(EnvelopeError, match="low-s"):
+            _open(twin.to_bytes())
+        assert _open(env.to_bytes())
 
 
 def test_header_validation() -> None:

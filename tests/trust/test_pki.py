@@ -155,6 +155,27 @@ def test_passphrase_protected_keys(tmp_path: Path) -> None:
     assert load_org(org_dir, passphrase=b"org secret").org_id == "clinic-b"
 
 
+def test_services_open_passphrase_protected_keys_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: every service loads its keys through load_org(dir) — the runtime path reads
+    the passphrase from a mounted file or the environment, and says what to set otherwise."""
+    init_ca(tmp_path / "ca")
+    issue_org(tmp_path / "ca", "clinic-b", passphrase=b"org secret")
+    org_dir = tmp_path / "ca" / "orgs" / "clinic-b"
+    monkeypatch.delenv("IPJMS_KEY_PASSPHRASE", raising=False)
+    monkeypatch.delenv("IPJMS_KEY_PASSPHRASE_FILE", raising=False)
+    with pytest.raises(PkiError, match="IPJMS_KEY_PASSPHRASE"):
+        load_org(org_dir)
+    monkeypatch.setenv("IPJMS_KEY_PASSPHRASE", "org secret")
+    assert load_org(org_dir).org_id == "clinic-b"
+    secret = tmp_path / "pw"
+    secret.write_text("org secret\n")
+    monkeypatch.setenv("IPJMS_KEY_PASSPHRASE", "wrong")
+    monkeypatch.setenv("IPJMS_KEY_PASSPHRASE_FILE", str(secret))  # the file wins
+    assert load_org(org_dir).org_id == "clinic-b"
+
+
 def test_bad_org_id_refused(ca: Path) -> None:
     with pytest.raises(CertificateError, match="invalid organisation id"):
         issue_org(ca, "../etc")
