@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 
 from node.api.body import fhir_response
 from node.api.capability import capability_statement
+from node.api.cors import install_cors
 from node.api.feature import FHIR_API
 from node.api.metrics import MetricsMiddleware, NodeMetrics
 from node.auth.feature import AUTH
@@ -256,6 +257,7 @@ def create_app(
         base_url=f"{settings.base_url}/fhir",
         name=settings.name,
         date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        cors=bool(settings.api.cors_origins),
     )
     install_error_handlers(app)
 
@@ -288,5 +290,7 @@ def create_app(
     # The one input edge (servicekit.request_limits); metrics, added last, see every request,
     # refused ones included.
     install_request_limits(app, node_input_limits(settings.max_request_bytes))
+    if settings.api.cors_origins:
+        install_cors(app, settings.api.cors_origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -17,6 +17,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Node accounts (doctor, nurse,
 client_app = typer.Typer(no_args_is_help=True, help="Registered backend clients (SMART Backend).")
 app.add_typer(user_app, name="user")
 app.add_typer(client_app, name="client")
+smart_app_cli = typer.Typer(no_args_is_help=True, help="Registered SMART apps (App Launch).")
+app.add_typer(smart_app_cli, name="app")
 
 console = Console()
 err = Console(stderr=True)
@@ -406,16 +408,27 @@ def client_add(
     data_dir: DataDir,
     client_id: Annotated[str, typer.Option("--client-id")],
     public_key: Annotated[
-        str, typer.Option("--public-key", help="PEM file (or PEM text) of the client's EC key.")
-    ],
+        str | None,
+        typer.Option(
+            "--public-key", help="PEM file (or PEM text): EC P-256/P-384 or RSA ≥ 2048 bits."
+        ),
+    ] = None,
+    jwks_url: Annotated[
+        str | None, typer.Option("--jwks-url", help="Where the client publishes its keys.")
+    ] = None,
     scope: Annotated[str, typer.Option("--scope", help='e.g. "system/*.rs"')] = "system/*.rs",
     db: DbUrl = None,
 ) -> None:
-    """Register a SMART Backend Services client (its public key and allowed system scopes)."""
+    """Register a SMART Backend Services client (its public key or JWKS URL, and allowed
+    system scopes)."""
     from node.auth.accounts import AccountError, AccountStore
 
     settings = _settings(data_dir, db_url=db)
-    if public_key.lstrip().startswith("-----BEGIN"):
+    if (public_key is None) == (jwks_url is None):
+        _fail("give --public-key or --jwks-url (one of the two)")
+    if public_key is None:
+        pem = None
+    elif public_key.lstrip().startswith("-----BEGIN"):
         pem = public_key
     else:
         key_path = Path(public_key)
@@ -424,13 +437,54 @@ def client_add(
         pem = key_path.read_text()
     engine, _store = _open_store(settings)
     try:
-        client = AccountStore(engine).add_client(client_id, pem, scope)
+        client = AccountStore(engine).add_client(client_id, pem, scope, jwks_url=jwks_url)
     except AccountError as exc:
         _fail(str(exc))
     finally:
         engine.dispose()
     console.print(f"Registered backend client {client.client_id} with {' '.join(client.scopes)}")
     console.print(f"Token URL (client assertion audience): {settings.base_url}/auth/token")
+
+
+@smart_app_cli.command("add")
+def smart_app_add(
+    data_dir: DataDir,
+    client_id: Annotated[str, typer.Option("--client-id")],
+    redirect_uri: Annotated[
+        list[str], typer.Option("--redirect-uri", help="Exact redirect URI (repeatable).")
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="Shown on the sign-in page.")] = None,
+    scope: Annotated[
+        str | None, typer.Option("--scope", help="Scopes the app may ask for.")
+    ] = None,
+    confidential: Annotated[
+        bool, typer.Option("--confidential", help="A server-side app: print a client secret.")
+    ] = False,
+    db: DbUrl = None,
+) -> None:
+    """Register a SMART app for the authorization-code flow (public unless --confidential)."""
+    from node.auth.accounts import AccountError
+    from node.auth.smart_apps import DEFAULT_APP_SCOPES, SmartAppStore
+
+    settings = _settings(data_dir, db_url=db)
+    engine, _store = _open_store(settings)
+    try:
+        registered, secret = SmartAppStore(engine).add_app(
+            client_id,
+            redirect_uri,
+            name=name,
+            scopes=scope or DEFAULT_APP_SCOPES,
+            confidential=confidential,
+        )
+    except AccountError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    kind = "confidential" if registered.confidential else "public (PKCE only)"
+    console.print(f"Registered {kind} SMART app {registered.client_id}")
+    console.print(f"Discovery: {settings.base_url}/fhir/.well-known/smart-configuration")
+    if secret:
+        console.print(f"Client secret (shown once): {secret}")
 
 
 @app.command()

@@ -42,6 +42,8 @@ __all__ = [
     "ExchangeSettings",
     "Hl7Settings",
     "CareSettings",
+    "OAuthSettings",
+    "ApiSettings",
     "LEGACY_KEYS",
     "nest_legacy_keys",
     "load_settings",
@@ -113,6 +115,26 @@ class CareSettings(_Section):
     # How often the scheduler looks for missing readings, overdue follow-ups and unacknowledged
     # alerts, seconds.
     tick_seconds: float = Field(default=60.0, gt=0)
+
+
+class OAuthSettings(_Section):
+    """The node's OAuth 2.0 / SMART App Launch authorization server (node/auth)."""
+
+    # Lifetime of an authorization code, seconds (RFC 6749 recommends at most 10 minutes).
+    code_ttl: int = Field(default=60, gt=0, le=600)
+    # Lifetime of a refresh token granted with offline_access / online_access, seconds.
+    offline_refresh_ttl: int = Field(default=30 * 24 * 3600, gt=0)
+    online_refresh_ttl: int = Field(default=12 * 3600, gt=0)
+
+
+class ApiSettings(_Section):
+    """The FHIR REST API (node/api)."""
+
+    # Browser origins (scheme://host[:port]) allowed to call the API (CORS); empty = none.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Deleting a resource that others still reference: refused with 409 naming them (as HAPI
+    # does) when True; allowed when False.
+    delete_referential_integrity: bool = True
 
 
 # Flat names of earlier versions → (section, field). Read from env, node.toml and keywords.
@@ -205,6 +227,8 @@ class NodeSettings(BaseSettings):
     exchange: ExchangeSettings = ExchangeSettings()
     hl7: Hl7Settings = Hl7Settings()
     care: CareSettings = CareSettings()
+    oauth: OAuthSettings = OAuthSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -260,6 +284,11 @@ class NodeSettings(BaseSettings):
     def token_issuer(self) -> str:
         """``iss`` of this node's access tokens."""
         return f"urn:ipjms:node:{self.org_id}"
+
+    @property
+    def fhir_base_url(self) -> str:
+        """The FHIR base URL clients are told (SMART ``aud``, CapabilityStatement)."""
+        return f"{self.base_url}/fhir"
 
     @property
     def token_audience(self) -> str:

@@ -160,12 +160,19 @@ class TokenVerifier:
 
     issuer: str | Iterable[str]
     audience: str
-    keys: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)
+    keys: dict[str, Any] = field(default_factory=dict)  # kid → EC (or, if allowed, RSA) key
     replay_cache: ReplayCache | None = None
     leeway: int = 5
     max_lifetime: int = MAX_TTL_SECONDS
+    # Accepted ``alg`` values (default: this project's own, ES256/ES384). A verifier of client
+    # assertions widens it (SMART Backend Services: RS384 and ES384); the key of ``kid`` must
+    # still be of the algorithm's kind, PyJWT refuses an RSA key for ``ES…`` and the reverse.
+    algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
+    # ``iat`` is required for our own tokens; SMART client assertions may omit it, and then the
+    # lifetime is measured from now (``exp`` at most ``max_lifetime`` ahead).
+    require_iat: bool = True
 
-    def add_key(self, kid: str, public_key: ec.EllipticCurvePublicKey) -> None:
+    def add_key(self, kid: str, public_key: Any) -> None:
         self.keys[kid] = public_key
 
     def verify(self, token: str) -> dict[str, Any]:
@@ -174,21 +181,22 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise TokenError(f"malformed token: {exc}") from None
         alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        if alg not in self.algorithms:
             raise TokenError(f"token algorithm {alg!r} is not accepted")
         key = self.keys.get(str(header.get("kid")))
         if key is None:
             raise TokenError("token signed by an unknown key")
         issuers = [self.issuer] if isinstance(self.issuer, str) else list(self.issuer)
+        required = ["exp", "iss", "aud", "jti", "sub"] + (["iat"] if self.require_iat else [])
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=list(ALLOWED_ALGORITHMS),
+                algorithms=[str(alg)],
                 audience=self.audience,
                 issuer=issuers,
                 leeway=self.leeway,
-                options={"require": ["exp", "iat", "iss", "aud", "jti", "sub"]},
+                options={"require": required},
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token expired") from None
@@ -200,7 +208,8 @@ class TokenVerifier:
             raise TokenError("token signature is invalid") from None
         except jwt.PyJWTError as exc:
             raise TokenError(f"token refused: {exc}") from None
-        if claims["exp"] - claims["iat"] > self.max_lifetime:
+        start = claims["iat"] if "iat" in claims else time.time()
+        if claims["exp"] - start > self.max_lifetime:
             raise TokenError("token lifetime exceeds the allowed maximum")
         if self.replay_cache is not None:
             # Remembered for as long as the token could still be accepted: exp + leeway.

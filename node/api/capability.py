@@ -9,9 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from node.auth.discovery import oauth_uris_extension
 from node.store.search_params import RESULT_PARAMS, SUPPORTED_SEARCH_PARAMS, SearchParamDef
 
-__all__ = ["capability_statement", "TYPE_INTERACTIONS", "SYSTEM_INTERACTIONS"]
+__all__ = [
+    "capability_statement",
+    "with_oauth_uris",
+    "TYPE_INTERACTIONS",
+    "SYSTEM_INTERACTIONS",
+]
 
 TYPE_INTERACTIONS = (
     "read",
@@ -92,6 +98,7 @@ def capability_statement(
     name: str,
     date: str,
     table: Mapping[str, Mapping[str, SearchParamDef]] = SUPPORTED_SEARCH_PARAMS,
+    cors: bool = False,
 ) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
@@ -106,7 +113,8 @@ def capability_statement(
             {
                 "mode": "server",
                 "security": {
-                    "cors": False,
+                    "extension": [oauth_uris_extension(base_url.removesuffix("/fhir"))],
+                    "cors": cors,
                     "service": [
                         {
                             "coding": [
@@ -117,7 +125,11 @@ def capability_statement(
                             ]
                         }
                     ],
-                    "description": "OAuth2 bearer tokens from POST /auth/token with SMART scopes",
+                    "description": (
+                        "SMART App Launch 2 (standalone launch, PKCE S256; discovery at "
+                        "/fhir/.well-known/smart-configuration) and SMART Backend Services; "
+                        "OAuth2 bearer tokens from POST /auth/token with SMART v1/v2 scopes"
+                    ),
                 },
                 "resource": [_resource(rtype, params) for rtype, params in sorted(table.items())],
                 "interaction": [
@@ -132,3 +144,11 @@ def capability_statement(
             }
         ],
     }
+
+
+def with_oauth_uris(capability: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """``capability`` with its ``oauth-uris`` extension pointing at ``base_url`` (the node as
+    this client reached it); the stored statement is not changed."""
+    rest = dict(capability["rest"][0])
+    rest["security"] = {**rest["security"], "extension": [oauth_uris_extension(base_url)]}
+    return {**capability, "rest": [rest, *capability["rest"][1:]]}

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from node.api.body import fhir_response, read_resource
+from node.api.capability import with_oauth_uris
+from node.auth.authorize_routes import public_base_url
 from node.auth.deps import authenticate
 from node.auth.principal import Principal
 from node.store import ParsedBundle, parse_bundle
@@ -26,7 +28,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 @router.get("/fhir/metadata")
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (public, as FHIR requires: clients read it before logging in)."""
-    return fhir_response(request.app.state.capability)
+    return fhir_response(with_oauth_uris(request.app.state.capability, public_base_url(request)))
 
 
 def authorise_bundle(principal: Principal, bundle: ParsedBundle) -> None:

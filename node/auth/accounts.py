@@ -10,14 +10,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from node.auth.client_keys import ClientKeyError, check_jwks_url, load_client_public_key
 from node.auth.roles import ROLES, SYSTEM_SCOPE_PREFIX
 from node.auth.tables import accounts, backend_clients
 from servicekit.storage import upgrade_schema
@@ -37,6 +37,9 @@ MIN_PASSWORD_LENGTH = 8
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FHIR_USER = re.compile(
+    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}$"
+)
 
 
 class AccountError(ValueError):
@@ -49,14 +52,17 @@ class Account:
     role: str
     patient_id: str | None
     active: bool
+    # SMART fhirUser: the resource this person is (a patient account: its Patient).
+    fhir_user: str | None = None
 
 
 @dataclass(frozen=True)
 class BackendClient:
     client_id: str
-    public_key: ec.EllipticCurvePublicKey
+    public_key: Any  # EC or RSA public key (node.auth.client_keys); None with a jwks_url
     scopes: tuple[str, ...]
     active: bool
+    jwks_url: str | None = None
 
 
 def migrate_accounts(engine: Engine) -> None:
@@ -77,7 +83,13 @@ class AccountStore:
     # --- password accounts ---
 
     def add_user(
-        self, username: str, password: str, role: str, *, patient_id: str | None = None
+        self,
+        username: str,
+        password: str,
+        role: str,
+        *,
+        patient_id: str | None = None,
+        fhir_user: str | None = None,
     ) -> Account:
         if not _USERNAME.match(username):
             raise AccountError(
@@ -94,6 +106,10 @@ class AccountStore:
             raise AccountError("only patient accounts are linked to a Patient")
         if len(password) < MIN_PASSWORD_LENGTH:
             raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+        if role == "patient":
+            fhir_user = f"Patient/{patient_id}"
+        elif fhir_user is not None and not _FHIR_USER.match(fhir_user):
+            raise AccountError("fhir_user must be Practitioner/<id> (or PractitionerRole, Person)")
         row = {
             "username": username,
             "password_hash": self.hasher.hash(password),
@@ -101,20 +117,21 @@ class AccountStore:
             "patient_id": patient_id,
             "active": True,
             "created_at": _now(),
+            "fhir_user": fhir_user,
         }
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(accounts).values(**row))
         except IntegrityError:
             raise AccountError(f"user {username!r} already exists") from None
-        return Account(username, role, patient_id, True)
+        return Account(username, role, patient_id, True, fhir_user)
 
     def get_user(self, username: str) -> Account | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(accounts).where(accounts.c.username == username)).first()
         if row is None:
             return None
-        return Account(row.username, row.role, row.patient_id, bool(row.active))
+        return Account(row.username, row.role, row.patient_id, bool(row.active), row.fhir_user)
 
     def authenticate(self, username: str, password: str) -> Account | None:
         """The account if the password is right and the account active, else None."""
@@ -134,7 +151,7 @@ class AccountStore:
                     .where(accounts.c.username == username)
                     .values(password_hash=self.hasher.hash(password))
                 )
-        return Account(row.username, row.role, row.patient_id, True)
+        return Account(row.username, row.role, row.patient_id, True, row.fhir_user)
 
     def set_active(self, username: str, active: bool) -> None:
         with self.engine.begin() as conn:
@@ -146,10 +163,26 @@ class AccountStore:
 
     # --- backend clients ---
 
-    def add_client(self, client_id: str, public_key_pem: str, scopes: str) -> BackendClient:
+    def add_client(
+        self,
+        client_id: str,
+        public_key_pem: str | None,
+        scopes: str,
+        *,
+        jwks_url: str | None = None,
+    ) -> BackendClient:
+        """Register a backend client with its PEM public key, or (``public_key_pem`` None or
+        empty) the JWKS URL where it publishes its keys."""
         if not _CLIENT_ID.match(client_id):
             raise AccountError("client id must be 1-128 letters, digits or . _ : -")
-        key = _load_ec_public_key(public_key_pem)
+        if bool(public_key_pem and public_key_pem.strip()) == bool(jwks_url):
+            raise AccountError("give the client's public key or its JWKS URL (one of the two)")
+        try:
+            key = load_client_public_key(public_key_pem) if public_key_pem else None
+            if jwks_url:
+                check_jwks_url(jwks_url)
+        except ClientKeyError as exc:
+            raise AccountError(str(exc)) from None
         items = scopes.split()
         parsed = parse_scopes(items)
         if not items or len(parsed) != len(items):
@@ -158,17 +191,18 @@ class AccountStore:
             raise AccountError(f"backend clients get {SYSTEM_SCOPE_PREFIX}… scopes only")
         row = {
             "client_id": client_id,
-            "public_key_pem": public_key_pem.strip() + "\n",
+            "public_key_pem": public_key_pem.strip() + "\n" if public_key_pem else "",
             "scopes": " ".join(items),
             "active": True,
             "created_at": _now(),
+            "jwks_url": jwks_url,
         }
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(backend_clients).values(**row))
         except IntegrityError:
             raise AccountError(f"client {client_id!r} already exists") from None
-        return BackendClient(client_id, key, tuple(items), True)
+        return BackendClient(client_id, key, tuple(items), True, jwks_url)
 
     def get_client(self, client_id: str) -> BackendClient | None:
         with self.engine.connect() as conn:
@@ -179,20 +213,8 @@ class AccountStore:
             return None
         return BackendClient(
             row.client_id,
-            _load_ec_public_key(row.public_key_pem),
+            load_client_public_key(row.public_key_pem) if row.public_key_pem else None,
             tuple(row.scopes.split()),
             bool(row.active),
+            row.jwks_url,
         )
-
-
-def _load_ec_public_key(pem: str) -> ec.EllipticCurvePublicKey:
-    try:
-        key = serialization.load_pem_public_key(pem.encode())
-    except ValueError:
-        raise AccountError("public key is not a PEM-encoded public key") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
-        "secp256r1",
-        "secp384r1",
-    ):
-        raise AccountError("backend client keys must be EC P-256 (ES256) or P-384 (ES384)")
-    return key

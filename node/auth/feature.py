@@ -1,12 +1,14 @@
 """Node accounts and tokens as a node feature: ``POST /auth/token``, ``POST /auth/accounts``,
-and the account/backend-client/replay tables (own Alembic version table)."""
+SMART discovery and the authorization-code sign-in pages (``/auth/authorize``), and the
+account/backend-client/app/code/refresh-token/replay tables (own Alembic version table)."""
 
 from __future__ import annotations
 
 from node.auth.accounts import MIGRATIONS_DIR
+from node.auth.authorize_routes import router as launch_router
 from node.auth.routes import router
 from node.feature import Feature
 
 __all__ = ["AUTH"]
 
-AUTH = Feature(name="auth", routers=(router,), migrations=(MIGRATIONS_DIR,))
+AUTH = Feature(name="auth", routers=(launch_router, router), migrations=(MIGRATIONS_DIR,))

@@ -6,14 +6,18 @@ from collections.abc import Iterable
 
 from trust.scopes import parse_scopes
 
-__all__ = ["grant_scopes", "ScopeRefused"]
+__all__ = ["grant_scopes", "covered", "ScopeRefused"]
 
 
 class ScopeRefused(ValueError):
     """A requested scope exceeds what the account or client may hold."""
 
 
-def _covered(requested: str, allowed: Iterable[str]) -> bool:
+def covered(requested: str, allowed: Iterable[str]) -> bool:
+    """Is ``requested`` one of ``allowed``, or a narrower resource scope of one (same context, a
+    specific type under ``*``, fewer permission letters; v1 ``read``/``write`` are their v2
+    letters)?"""
+    allowed = list(allowed)
     if requested in allowed:
         return True
     parsed = parse_scopes([requested])
@@ -45,7 +49,7 @@ def grant_scopes(
         return allowed
     granted: list[str] = []
     for item in requested.split():
-        if _covered(item, allowed):
+        if covered(item, allowed):
             if item not in granted:
                 granted.append(item)
         elif strict:

@@ -3,7 +3,11 @@
 - password grant: an account's username + password → access token with its role's scopes;
 - client_credentials grant: a registered backend client proves itself with a signed JWT client
   assertion (SMART Backend Services: ``iss`` = ``sub`` = client id, ``aud`` = token URL, unique
-  ``jti``, short ``exp``) → access token (≤ 300 s) with ``system/…`` scopes;
+  ``jti``, ``exp`` at most 5 minutes ahead, ``iat`` optional; RS384, ES384 or ES256 with the
+  registered key or one from the client's JWKS URL) → access token (≤ 300 s), ``system/…`` scopes;
+- authorization_code and refresh_token grants of SMART App Launch (node/auth/authorization.py):
+  a registered app redeems a one-time code with its PKCE verifier → access token, ``id_token``
+  (``openid``), refresh token (``offline_access``/``online_access``), launch context;
 - verification of the node's own access tokens → :class:`Principal`.
 
 Login failures go to ``failure_sinks`` (metrics and a PHI-free log line are wired by the app; the
@@ -21,10 +25,19 @@ import jwt
 from sqlalchemy import Engine
 
 from node.auth.accounts import AccountStore
+from node.auth.authorization import CodeStore, LaunchGrant, RefreshStore
+from node.auth.client_keys import (
+    CLIENT_ASSERTION_ALGORITHMS,
+    ClientKeyError,
+    JwksCache,
+    algorithms_for,
+)
 from node.auth.grants import ScopeRefused, grant_scopes
+from node.auth.oauth_errors import OAuthError
 from node.auth.principal import Principal
 from node.auth.replay import DbReplayCache
 from node.auth.roles import ROLE_SCOPES
+from node.auth.smart_apps import SmartApp, SmartAppStore
 from node.settings import NodeSettings
 from servicekit.outcome import BadRequest, Unauthorized
 from trust.tokens import (
@@ -52,7 +65,9 @@ class LoginFailure:
     registered clients, and ``reason`` is a fixed code."""
 
     grant_type: str
-    reason: str  # bad_credentials | inactive | bad_assertion | replayed | unknown_client | scope
+    # bad_credentials | inactive | bad_assertion | replayed | unknown_client | scope |
+    # bad_secret | bad_code
+    reason: str
     known_subject: str | None = None
 
 
@@ -62,16 +77,23 @@ class TokenGrant:
     expires_in: int
     scope: str
     patient: str | None = None
+    id_token: str | None = None
+    refresh_token: str | None = None
 
     def response(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "access_token": self.access_token,
-            "token_type": "bearer",
+            "token_type": "Bearer",
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
         if self.patient:
             body["patient"] = self.patient  # SMART launch context
+            body["need_patient_banner"] = True
+        if self.id_token:
+            body["id_token"] = self.id_token
+        if self.refresh_token:
+            body["refresh_token"] = self.refresh_token
         return body
 
 
@@ -82,6 +104,7 @@ class AuthService:
     key: SigningKey
     failure_sinks: list[Callable[[LoginFailure], None]] = field(default_factory=list)
     assertion_replay: ReplayCache = field(default_factory=ReplayCache)
+    jwks: JwksCache = field(default_factory=JwksCache)
 
     @classmethod
     def for_node(cls, settings: NodeSettings, engine: Engine) -> AuthService:
@@ -91,6 +114,18 @@ class AuthService:
             load_or_create_signing_key(settings.signing_key_path),
             assertion_replay=DbReplayCache(engine),
         )
+
+    @property
+    def apps(self) -> SmartAppStore:
+        return SmartAppStore(self.accounts.engine)
+
+    @property
+    def codes(self) -> CodeStore:
+        return CodeStore(self.accounts.engine, self.settings.oauth.code_ttl)
+
+    @property
+    def refresh_tokens(self) -> RefreshStore:
+        return RefreshStore(self.accounts.engine)
 
     @property
     def issuer(self) -> TokenIssuer:
@@ -104,12 +139,16 @@ class AuthService:
             {self.key.kid: self.key.public_key},
         )
 
-    def _fail(self, failure: LoginFailure, message: str) -> Unauthorized:
+    def record_failure(self, failure: LoginFailure) -> None:
+        """Hand a refused sign-in to the failure sinks (metrics, log line, audit ledger)."""
         for sink in self.failure_sinks:
             try:
                 sink(failure)
             except Exception:  # a broken sink must not turn a 401 into a 500
                 log.exception("login-failure sink failed")
+
+    def _fail(self, failure: LoginFailure, message: str) -> Unauthorized:
+        self.record_failure(failure)
         return Unauthorized(message)
 
     # --- grants ---
@@ -177,12 +216,24 @@ class AuthService:
                 LoginFailure("client_credentials", "bad_assertion", client_id),
                 "client assertion audience must be this node's token URL",
             )
+        kid = header.get("kid")
+        try:
+            if client.jwks_url:
+                key = self.jwks.key(client.jwks_url, None if kid is None else str(kid))
+            else:
+                key = client.public_key
+        except ClientKeyError as exc:
+            raise self._fail(
+                LoginFailure("client_credentials", "bad_assertion", client_id), str(exc)
+            ) from None
         verifier = TokenVerifier(
             client_id,
             audience,
-            {str(header.get("kid")): client.public_key},
+            {str(kid): key},
             replay_cache=self.assertion_replay,
             max_lifetime=ASSERTION_MAX_LIFETIME,
+            algorithms=tuple(a for a in algorithms_for(key) if a in CLIENT_ASSERTION_ALGORITHMS),
+            require_iat=False,  # SMART Backend Services: iat is optional
         )
         try:
             verifier.verify(assertion)
@@ -205,6 +256,92 @@ class AuthService:
             claims={"role": "system", "org": self.settings.org_id, "client_id": client_id},
         )
         return TokenGrant(token, ttl, " ".join(scopes))
+
+    # --- SMART App Launch: authorization code and refresh token grants ---
+
+    def authenticate_app(
+        self, client_id: str | None, basic: tuple[str, str] | None, secret: str | None
+    ) -> SmartApp:
+        """The registered app making a token request: a public app names itself
+        (``client_id``); a confidential one proves its secret (HTTP Basic or form)."""
+        if basic is not None:
+            client_id, secret = basic
+        app = self.apps.get_app(client_id) if client_id else None
+        if app is None or not app.active:
+            self.record_failure(LoginFailure("authorization_code", "unknown_client"))
+            raise OAuthError("invalid_client", "unknown client_id")
+        if app.confidential and not (secret and app.secret_matches(secret)):
+            self.record_failure(LoginFailure("authorization_code", "bad_secret", app.client_id))
+            raise OAuthError("invalid_client", "client authentication failed")
+        if not app.confidential and secret:
+            raise OAuthError("invalid_client", "a public app has no client secret")
+        return app
+
+    def authorization_code_grant(
+        self, app: SmartApp, code: str, redirect_uri: str | None, verifier: str | None
+    ) -> TokenGrant:
+        if not code:
+            raise OAuthError("invalid_request", "code is required")
+        try:
+            redeemed = self.codes.redeem(code, app.client_id, redirect_uri, verifier)
+        except OAuthError as exc:
+            self.record_failure(LoginFailure("authorization_code", "bad_code", app.client_id))
+            raise exc from None
+        return self._launch_tokens(app, redeemed.grant, redeemed.family)
+
+    def refresh_token_grant(self, app: SmartApp, token: str, scope: str | None) -> TokenGrant:
+        if not token:
+            raise OAuthError("invalid_request", "refresh_token is required")
+        grant, family, _expires = self.refresh_tokens.rotate(token, app.client_id)
+        account = self.accounts.get_user(grant.subject)
+        if account is None or not account.active:
+            RefreshStore.revoke_family(self.accounts.engine, family)
+            raise OAuthError("invalid_grant", "the account of this grant is no longer active")
+        if scope and scope.split():
+            wanted = scope.split()
+            if not set(wanted) <= set(grant.scopes):
+                raise OAuthError("invalid_scope", "a refresh may only narrow the granted scopes")
+            grant = LaunchGrant(
+                grant.subject, grant.role, tuple(wanted), grant.patient, grant.fhir_user
+            )
+        return self._launch_tokens(app, grant, family, with_id_token=False)
+
+    def _launch_tokens(
+        self, app: SmartApp, grant: LaunchGrant, family: str, *, with_id_token: bool = True
+    ) -> TokenGrant:
+        ttl = self.settings.token_ttl
+        claims: dict[str, Any] = {
+            "role": grant.role,
+            "org": self.settings.org_id,
+            "client_id": app.client_id,
+        }
+        if grant.patient:
+            claims["patient"] = grant.patient
+        if grant.fhir_user and grant.has("fhirUser"):
+            claims["fhirUser"] = f"{self.settings.fhir_base_url}/{grant.fhir_user}"
+        scopes = list(grant.scopes)
+        token = self.issuer.issue(
+            grant.subject, self.settings.token_audience, scopes=scopes, ttl=ttl, claims=claims
+        )
+        id_token = None
+        if with_id_token and grant.has("openid"):
+            id_claims: dict[str, Any] = {}
+            if "fhirUser" in claims:
+                id_claims["fhirUser"] = claims["fhirUser"]
+            if grant.nonce:
+                id_claims["nonce"] = grant.nonce
+            id_token = TokenIssuer(self.settings.base_url, self.key, ttl).issue(
+                grant.subject, app.client_id, ttl=ttl, claims=id_claims
+            )
+        refresh = None
+        if grant.has("offline_access") or grant.has("online_access"):
+            refresh_ttl = (
+                self.settings.oauth.offline_refresh_ttl
+                if grant.has("offline_access")
+                else self.settings.oauth.online_refresh_ttl
+            )
+            refresh = self.refresh_tokens.issue(app.client_id, grant, family, refresh_ttl)
+        return TokenGrant(token, ttl, " ".join(scopes), grant.patient, id_token, refresh)
 
     # --- verification ---
 

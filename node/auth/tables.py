@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, DateTime, Float, MetaData, String, Table, Text
 
-__all__ = ["metadata", "accounts", "backend_clients", "assertion_jtis"]
+__all__ = [
+    "metadata",
+    "accounts",
+    "backend_clients",
+    "assertion_jtis",
+    "smart_apps",
+    "authorization_codes",
+    "refresh_tokens",
+]
 
 metadata = MetaData()
 
@@ -18,6 +26,9 @@ accounts = Table(
     Column("patient_id", String(64), nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The FHIR resource this person is (SMART ``fhirUser``), e.g. ``Practitioner/p-1``; a
+    # patient account's is its Patient. Migration a0003.
+    Column("fhir_user", String(160), nullable=True),
 )
 
 # Registered SMART Backend Services clients (e.g. the node's Flower SuperNode): their public key
@@ -26,10 +37,12 @@ backend_clients = Table(
     "node_backend_clients",
     metadata,
     Column("client_id", String(128), primary_key=True),
-    Column("public_key_pem", Text, nullable=False),
+    Column("public_key_pem", Text, nullable=False),  # "" when the keys come from jwks_url
     Column("scopes", Text, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # SMART Backend Services: the client's keys may be published at a JWKS URL instead (a0003).
+    Column("jwks_url", Text, nullable=True),
 )
 
 # ``jti`` of every accepted client assertion until it expires: a second use is a replay. In the
@@ -39,4 +52,47 @@ assertion_jtis = Table(
     metadata,
     Column("jti", String(255), primary_key=True),
     Column("expires_at", Float, nullable=False, index=True),
+)
+
+# SMART apps that sign users in with the authorization-code flow (node/auth/smart_apps.py):
+# registered redirect URIs (space-separated), the scopes the app may ask for, and for a
+# confidential app the SHA-256 of its (server-generated, high-entropy) secret; NULL = public app
+# (PKCE only). Migration a0003.
+smart_apps = Table(
+    "node_smart_apps",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("redirect_uris", Text, nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("secret_sha256", String(64), nullable=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Authorization codes by SHA-256 (the code itself is never stored): one use, short-lived. In the
+# database so a code issued by one worker is redeemed by another, and redeemed only once.
+authorization_codes = Table(
+    "node_authorization_codes",
+    metadata,
+    Column("code_sha256", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("grant", Text, nullable=False),  # JSON: subject, role, scopes, patient, fhirUser, nonce
+    Column("code_challenge", String(128), nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("used_at", Float, nullable=True),
+)
+
+# Refresh tokens by SHA-256, rotated on every use; ``family`` links a token to the code it came
+# from, so a replayed (already rotated) token revokes the whole family.
+refresh_tokens = Table(
+    "node_refresh_tokens",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("family", String(64), nullable=False, index=True),
+    Column("client_id", String(128), nullable=False),
+    Column("grant", Text, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("revoked", Boolean, nullable=False, default=False),
 )

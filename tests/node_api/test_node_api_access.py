@@ -188,7 +188,9 @@ def test_backend_client_credentials_over_http(node: Node, two_patients: dict) ->
     assert bundle["total"] == 2
     assert node.client.get("/fhir/Patient", headers=headers).status_code == 403
     replay = node.client.post("/auth/token", data=form)
-    assert replay.status_code == 401 and "replayed" in outcome_text(replay)
+    # OAuth 2.0 error JSON (RFC 6749 §5.2), not an OperationOutcome
+    assert replay.status_code == 401 and replay.json()["error"] == "invalid_client"
+    assert "replayed" in replay.json()["error_description"]
 
 
 def test_admin_creates_accounts_others_cannot(node: Node, two_patients: dict) -> None:

@@ -217,13 +217,14 @@ def test_serve_real_process_users_clients_and_restart(tmp_path: Path) -> None:
             f"{url}/auth/token",
             data={"grant_type": "password", "username": "drwho", "password": "wrong-password"},
         )
-        assert refused.status_code == 401
+        # RFC 6749 §5.2: bad resource-owner credentials are invalid_grant (400), as OAuth JSON
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
         assert "wrong-password" not in service.log_tail(200)
         unknown = httpx.post(
             f"{url}/auth/token",
             data={"grant_type": "password", "username": "Anna Novak", "password": "x-x-x-x-x"},
         )
-        assert unknown.status_code == 401
+        assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_grant"
         # both failed logins are AuditEvents in the node's ledger, without password or name
         failures = _login_failures(data_dir)
         assert [(f["user"], f["reason"]) for f in failures] == [
