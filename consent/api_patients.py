@@ -10,9 +10,9 @@ from consent.accounts import PatientAccounts
 from consent.auth import Authenticator, Principal, require
 from consent.disclosures import list_disclosures
 from consent.http_io import json_response, read_form, read_json
+from consent.patient_login import check_patient_password
 from servicekit.openapi_bodies import form_body, json_body
-from servicekit.outcome import BadRequest, Unauthorized
-from trust import audit_events
+from servicekit.outcome import BadRequest
 
 __all__ = ["router"]
 
@@ -57,19 +57,7 @@ async def patient_token(request: Request) -> JSONResponse:
     username, password = form.get("username", ""), form.get("password", "")
     if not username or not password:
         raise BadRequest("username and password are required")
-    try:
-        # argon2 takes ~0.2 CPU-s: off the event loop, so a login never stalls a $decide
-        pseudonym = await run_in_threadpool(
-            _accounts(request).authenticate, username[:128], password[:256]
-        )
-    except Unauthorized:
-        event = audit_events.login_failure(
-            username=username[:128],
-            observer=request.app.state.org_id,
-            source_address=request.client.host if request.client else None,
-        )
-        request.app.state.ledger.append(event)
-        raise
+    pseudonym = await check_patient_password(request, username, password)
     return json_response(_auth(request).patient_token(pseudonym))
 
 

@@ -11,11 +11,13 @@ from fastapi.responses import JSONResponse
 from consent.accounts import PatientAccounts
 from consent.api_consents import router as consents_router
 from consent.api_decide import router as decide_router
+from consent.api_oidc import router as oidc_router
 from consent.api_patients import router as patients_router
 from consent.auth import Authenticator
 from consent.decision_token import jwks_of
 from consent.decisions import DecisionService
-from consent.schema import assertion_jtis
+from consent.oidc import AuthorizationCodes, PublicClient
+from consent.schema import assertion_jtis, login_throttle
 from consent.settings import RegistrySettings
 from consent.store import ConsentStore, migrate
 from servicekit.outcome import install_error_handlers
@@ -24,6 +26,7 @@ from servicekit.service_metrics import install_metrics
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.jti_store import DbReplayCache
+from trust.login_throttle import LoginThrottle, ThrottlePolicy
 from trust.tokens import load_or_create_signing_key
 
 __all__ = ["create_app"]
@@ -68,6 +71,19 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         replay_cache=DbReplayCache(engine, assertion_jtis),
     )
     app.state.jwks = jwks_of(decision_key)
+    # The region's patient sign-in (OpenID Connect, consent/oidc.py)
+    app.state.token_jwks = {"keys": [token_key.public_jwk()]}
+    app.state.oidc_clients = {
+        cid: PublicClient(cid, tuple(uris)) for cid, uris in settings.oidc_clients.items()
+    }
+    app.state.oidc_codes = AuthorizationCodes(engine)
+    app.state.login_throttle = LoginThrottle(
+        engine,
+        login_throttle,
+        ThrottlePolicy(
+            settings.login_free_failures, settings.login_base_lockout, settings.login_max_lockout
+        ),
+    )
     app.state.decisions = DecisionService(
         app.state.consent_store,
         ledger,
@@ -86,6 +102,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
         return JSONResponse(request.app.state.jwks, headers={"Cache-Control": "max-age=300"})
 
     app.include_router(patients_router)
+    app.include_router(oidc_router)
     app.include_router(decide_router)
     app.include_router(consents_router)
     install_request_limits(

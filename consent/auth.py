@@ -165,13 +165,37 @@ class Authenticator:
 
     # --- patients -----------------------------------------------------------------------
 
-    def patient_token(self, pseudonym: str) -> dict[str, Any]:
-        token = self.issuer.issue(
-            pseudonym, ACCESS_AUDIENCE, scopes=PATIENT_SCOPES, claims={"kind": "patient"}
-        )
-        body = self._token_response(token, set(PATIENT_SCOPES))
+    def patient_token(
+        self,
+        pseudonym: str,
+        scopes: list[str] | tuple[str, ...] = PATIENT_SCOPES,
+        *,
+        client_id: str | None = None,
+        auth_time: int | None = None,
+    ) -> dict[str, Any]:
+        """A patient's access token. Its audience is this registry *and* the region's patient
+        API (every node accepts it for the patient's own compartment: consent/oidc.py)."""
+        from consent.oidc import PATIENT_API_AUDIENCE
+
+        claims: dict[str, Any] = {"kind": "patient", "aud": [ACCESS_AUDIENCE, PATIENT_API_AUDIENCE]}
+        if client_id:
+            claims["client_id"] = client_id
+        if auth_time is not None:
+            claims["auth_time"] = auth_time
+        token = self.issuer.issue(pseudonym, ACCESS_AUDIENCE, scopes=scopes, claims=claims)
+        body = self._token_response(token, set(scopes))
         body["patient"] = pseudonym
         return body
+
+    def id_token(
+        self, pseudonym: str, client_id: str, *, nonce: str | None, auth_time: int, at_hash: str
+    ) -> str:
+        """OpenID Connect ID token for ``client_id`` (not an access token: its audience is the
+        client, so no service accepts it as a bearer token)."""
+        claims: dict[str, Any] = {"auth_time": auth_time, "at_hash": at_hash}
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return self.issuer.issue(pseudonym, client_id, claims=claims)
 
     def _token_response(self, token: str, scopes: set[str]) -> dict[str, Any]:
         return {

@@ -64,3 +64,19 @@ def serve(
     app = create_app(settings)
     announce_ports(data_dir, http=port)
     serve_uvicorn(sock, app, log_level="warning", access_log=False, log_config=None)
+
+
+@app.command("key-pin")
+def key_pin(
+    data_dir: Annotated[Path, typer.Option(help="The registry's state folder.")] = Path(
+        "consent-data"
+    ),
+) -> None:
+    """Print the RFC 7638 thumbprint of the key that signs patient tokens: a node pins it
+    (``[consent] patient_key_pins``) to accept the region's patient sign-in over plain HTTP."""
+    from trust.tokens import jwk_thumbprint, load_or_create_signing_key
+
+    path = data_dir / "keys" / "access-token.pem"
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist: start the registry once first")
+    typer.echo(jwk_thumbprint(load_or_create_signing_key(path).public_jwk()))

@@ -8,8 +8,17 @@ from __future__ import annotations
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
 
 from trust.jti_store import jti_table
+from trust.login_throttle import throttle_table
 
-__all__ = ["metadata", "consents", "patients", "enrolment_codes", "assertion_jtis"]
+__all__ = [
+    "metadata",
+    "consents",
+    "patients",
+    "enrolment_codes",
+    "assertion_jtis",
+    "oidc_codes",
+    "login_throttle",
+]
 
 metadata = MetaData()
 
@@ -51,3 +60,23 @@ enrolment_codes = Table(
 #: ``jti`` of every accepted organisation assertion, for its whole accepted window (exp + leeway):
 #: a replay is refused after a restart and in another worker (trust.jti_store)
 assertion_jtis = jti_table("consent_assertion_jti", metadata)
+
+#: OpenID Connect authorization codes (SHA-256 at rest; single use, 60 s; consent/oidc.py)
+oidc_codes = Table(
+    "consent_oidc_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("pseudonym", String(128), nullable=False),
+    Column("client_id", String(128), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("code_challenge", String(64), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("nonce", String(256), nullable=True),
+    Column("auth_time", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+#: consecutive failed patient logins per account (trust.login_throttle; keyed by SHA-256 of the
+#: user name, so unknown names are throttled alike and no name is stored)
+login_throttle = throttle_table("consent_login_throttle", metadata)

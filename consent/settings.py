@@ -36,6 +36,17 @@ class RegistrySettings(BaseSettings):
     enrolment_code_ttl: int = 24 * 3600
     #: largest request body accepted, bytes
     max_request_bytes: int = 256 * 1024
+    #: patient apps allowed to sign patients in (OpenID Connect public clients, PKCE): client id
+    #: → redirect URIs (loopback URIs match on any port, RFC 8252). The default names the demo's
+    #: and the tests' app; a deployment lists its own.
+    oidc_clients: dict[str, list[str]] = {
+        "ipjms-patient-app": ["http://127.0.0.1/callback", "http://localhost/callback"]
+    }
+    #: failed patient logins before an account is locked, the first lock (s, doubling with each
+    #: further failure) and the longest lock (trust/login_throttle.py)
+    login_free_failures: int = 5
+    login_base_lockout: float = 60.0
+    login_max_lockout: float = 3600.0
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -40,6 +40,7 @@ from node.consent_link import ENROLMENT
 from node.exchange.lifecycle import EXCHANGE
 from node.feature import BackgroundTask, Feature, NodeServices
 from node.feeds.hl7v2.node_service import HL7_FEED
+from node.patient.feature import PATIENT, regional_patient_tokens
 from node.settings import NodeSettings
 from servicekit.outcome import install_error_handlers
 from servicekit.request_limits import InputLimits, install_request_limits
@@ -58,7 +59,7 @@ __all__ = [
 log = logging.getLogger("ipjms.node")
 
 # The node's features, in mounting order. Add a feature by listing it here.
-FEATURES: tuple[Feature, ...] = (AUTH, FHIR_API, HL7_FEED, EXCHANGE, ENROLMENT, CARE)
+FEATURES: tuple[Feature, ...] = (AUTH, FHIR_API, HL7_FEED, EXCHANGE, ENROLMENT, CARE, PATIENT)
 
 
 def migration_folders(features: tuple[Feature, ...] = FEATURES) -> list[tuple[str, Path]]:
@@ -135,12 +136,14 @@ def build_services(
         consent = None
     else:
         consent = ConsentClient(settings.consent.url, credentials)
+    auth = AuthService.for_node(settings, engine)
+    auth.regional_patients = regional_patient_tokens(settings, engine, store, linkage_key)
     return NodeServices(
         settings=settings,
         engine=engine,
         store=store,
         metrics=NodeMetrics(),
-        auth=AuthService.for_node(settings, engine),
+        auth=auth,
         linkage_key=linkage_key,
         credentials=credentials,
         consent=consent,

@@ -83,6 +83,12 @@ class ConsentSettings(_Section):
 
     # Its base URL; None = no registry: enrolment answers 503, every disclosure is refused.
     url: str | None = None
+    # The region's patient sign-in (node/auth/regional.py): RFC 7638 thumbprints of the
+    # registry's patient-token keys this node trusts (``ipjms consent key-pin``). Required when
+    # ``url`` is plain http; over https the registry's certificate is verified instead.
+    patient_key_pins: tuple[str, ...] = ()
+    # Accept the registry's patient tokens at all (the region's one patient login).
+    patient_login: bool = True
 
 
 class ExchangeSettings(_Section):

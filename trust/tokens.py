@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
+    "jwk_thumbprint",
     "TokenError",
     "SigningKey",
     "TokenIssuer",
@@ -217,3 +218,17 @@ class TokenVerifier:
                 str(claims["jti"]), float(claims["exp"]) + self.leeway
             )
         return claims
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 thumbprint (SHA-256, base64url) of a public EC JWK: what a relying service pins
+    to trust exactly one issuer key (``ipjms consent key-pin`` prints the registry's)."""
+    import base64
+    import hashlib
+    import json
+
+    if jwk.get("kty") != "EC" or not all(isinstance(jwk.get(k), str) for k in ("crv", "x", "y")):
+        raise TokenError("only EC public keys (crv, x, y) are pinned")
+    members = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()

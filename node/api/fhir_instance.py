@@ -1,6 +1,8 @@
 """FHIR instance and type interactions: create, read, vread, update, delete, history.
 
-Reads take an :class:`~node.auth.deps.Access` and apply its compartment; writes use
+Reads take an :class:`~node.auth.deps.Access` and apply its compartment; create and update take
+one too and pass the resource through :func:`~node.api.access.authorise_write` (a patient writes
+only the types its scopes name, inside its own compartment, as its author); delete uses
 ``require_scope``, which refuses patient-context tokens before the route runs."""
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from node.api.access import check_type_name, ensure_in_compartment
+from node.api.access import authorise_write, check_type_name, ensure_in_compartment
 from node.api.body import fhir_response, read_resource, version_headers
 from node.api.bundles import history_bundle
 from node.auth.deps import Access, require_access, require_scope
@@ -43,7 +45,7 @@ def _not_modified(request: Request, headers: dict[str, str]) -> bool:
 async def create(
     rtype: str,
     request: Request,
-    principal: Principal = Depends(require_scope(None, "create")),
+    access: Access = Depends(require_access(None, "create")),
 ) -> Response:
     check_type_name(rtype)
     resource = await read_resource(request)
@@ -52,11 +54,13 @@ async def create(
             f"resourceType {resource.get('resourceType')!r} does not match the URL type {rtype!r}"
         )
     store = request.app.state.store
+    if_none_exist = request.headers.get("if-none-exist")
+    if if_none_exist and access.compartment is not None:
+        # its search would not stay inside the patient's compartment
+        raise BadRequest("If-None-Exist is not available to patient-context tokens")
+    resource = authorise_write(store, access, resource)
     outcome = await run_in_threadpool(
-        store.create,
-        resource,
-        if_none_exist=request.headers.get("if-none-exist"),
-        writer=principal.writer,
+        store.create, resource, if_none_exist=if_none_exist, writer=access.principal.writer
     )
     return fhir_response(outcome.resource, outcome.status, _write_headers(request, outcome))
 
@@ -83,7 +87,7 @@ async def update(
     rtype: str,
     rid: str,
     request: Request,
-    principal: Principal = Depends(require_scope(None, "update")),
+    access: Access = Depends(require_access(None, "update")),
 ) -> Response:
     check_type_name(rtype, rid)
     resource = await read_resource(request)
@@ -97,13 +101,14 @@ async def update(
             expression=[f"{rtype}.id"],
         )
     store = request.app.state.store
+    resource = await run_in_threadpool(authorise_write, store, access, resource, replacing=rid)
     outcome = await run_in_threadpool(
         store.update,
         rtype,
         rid,
         resource,
         if_match=request.headers.get("if-match"),
-        writer=principal.writer,
+        writer=access.principal.writer,
     )
     return fhir_response(outcome.resource, outcome.status, _write_headers(request, outcome))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from node.api.access import check_type_name
+from node.api.access import check_type_name, refuse_other_patients
 from node.api.body import fhir_response
 from node.api.bundles import searchset
 from node.api.fhir_instance import fhir_base
@@ -76,6 +76,7 @@ def search(
 ) -> Response:
     check_type_name(rtype)
     params = list(request.query_params.multi_items())
+    refuse_other_patients(rtype, params, access.compartment)
     result = request.app.state.store.search(rtype, params, compartment_patient=access.compartment)
     return fhir_response(
         searchset(

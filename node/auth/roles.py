@@ -19,7 +19,16 @@ ROLE_SCOPES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "doctor": ("user/*.cruds",),
         "nurse": ("user/*.rs", "user/Observation.cruds"),
         "admin": ("user/*.rs", ACCOUNT_ADMIN_SCOPE),
-        "patient": ("patient/*.rs",),
+        # read the own compartment; create and update (what the patient wrote) home readings,
+        # questionnaire answers, devices and appointment requests — where the patient goes in
+        # each, and who is named the author, is node/auth/patient_writes.py
+        "patient": (
+            "patient/*.rs",
+            "patient/Observation.cu",
+            "patient/QuestionnaireResponse.cu",
+            "patient/Device.cu",
+            "patient/Appointment.cu",
+        ),
     }
 )
 ROLES: tuple[str, ...] = tuple(ROLE_SCOPES)

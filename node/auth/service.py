@@ -35,6 +35,7 @@ from node.auth.client_keys import (
 from node.auth.grants import ScopeRefused, grant_scopes
 from node.auth.oauth_errors import OAuthError
 from node.auth.principal import Principal
+from node.auth.regional import RegionalPatientTokens
 from node.auth.replay import DbReplayCache
 from node.auth.roles import ROLE_SCOPES
 from node.auth.smart_apps import SmartApp, SmartAppStore
@@ -105,6 +106,8 @@ class AuthService:
     failure_sinks: list[Callable[[LoginFailure], None]] = field(default_factory=list)
     assertion_replay: ReplayCache = field(default_factory=ReplayCache)
     jwks: JwksCache = field(default_factory=JwksCache)
+    # The region's patient sign-in (tokens of the consent registry), when a registry is set.
+    regional_patients: RegionalPatientTokens | None = None
 
     @classmethod
     def for_node(cls, settings: NodeSettings, engine: Engine) -> AuthService:
@@ -346,6 +349,9 @@ class AuthService:
     # --- verification ---
 
     def principal(self, token: str) -> Principal:
+        regional = self.regional_patients
+        if regional is not None and regional.is_candidate(token):
+            return regional.principal(token)
         try:
             claims = self.verifier.verify(token)
         except TokenError as exc:

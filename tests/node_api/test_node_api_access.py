@@ -63,18 +63,24 @@ def test_patient_token_reaches_only_own_compartment(node: Node, two_patients: di
         r = node.client.get(path, headers=alice)
         assert r.status_code in (403, 404), (path, r.status_code)
         assert outcome_text(r)
-    # Searches are restricted to the compartment, whatever the query asks for.
-    for query in ("", f"?patient={ids['bob']}", f"?subject=Patient/{ids['bob']}"):
-        bundle = node.client.get(f"/fhir/Observation{query}", headers=alice).json()
-        found = {e["resource"]["id"] for e in bundle.get("entry", [])}
-        assert ids["bob_obs"] not in found
-        assert bundle["total"] == len(found) <= 1
+    # Searches are restricted to the compartment; a query naming another patient is refused.
+    bundle = node.client.get("/fhir/Observation", headers=alice).json()
+    assert {e["resource"]["id"] for e in bundle["entry"]} == {ids["alice_obs"]}
+    for query in (f"?patient={ids['bob']}", f"?subject=Patient/{ids['bob']}"):
+        r = node.client.get(f"/fhir/Observation{query}", headers=alice)
+        assert r.status_code == 403 and outcome_text(r), query
     patients = node.client.get("/fhir/Patient", headers=alice).json()
     assert [e["resource"]["id"] for e in patients["entry"]] == [ids["alice"]]
     everything = node.client.get(f"/fhir/Patient/{ids['alice']}/$everything", headers=alice).json()
     assert {e["resource"]["id"] for e in everything["entry"]} == {ids["alice"], ids["alice_obs"]}
-    # Patient tokens are read-only and cannot post bundles.
-    assert node.post("/fhir/Observation", _obs(ids["alice"]), alice).status_code == 403
+    # Patient tokens write only their own readings (issue 15; the server names the performer)
+    # and cannot post bundles.
+    mine = node.post("/fhir/Observation", _obs(ids["alice"]), alice)
+    assert mine.status_code == 201 and mine.json()["performer"] == [
+        {"reference": f"Patient/{ids['alice']}"}
+    ]
+    assert node.post("/fhir/Observation", _obs(ids["bob"]), alice).status_code == 403
+    assert node.post("/fhir/Condition", {"resourceType": "Condition"}, alice).status_code == 403
     bundle = {
         "resourceType": "Bundle",
         "type": "batch",

@@ -69,8 +69,10 @@ def test_password_grant_gives_role_scopes_and_patient_context(auth: AuthService)
     patient = auth.principal(auth.password_grant("pat-1", "correct horse", None).access_token)
     assert patient.patient_id == "p1"
     assert patient.compartment_for("Observation", "read") == "p1"
-    with pytest.raises(Forbidden):
-        patient.compartment_for("Observation", "create")
+    assert patient.compartment_for("Observation", "create") == "p1"  # home readings (issue 15)
+    for rtype, interaction in (("Condition", "create"), ("Observation", "delete")):
+        with pytest.raises(Forbidden):
+            patient.compartment_for(rtype, interaction)
 
 
 def test_password_stored_as_argon2_hash(auth: AuthService) -> None:

@@ -1,0 +1,41 @@
+"""The patient's side of a node as a feature (``PATIENT``): the pseudonym → Patient links table
+of the region's patient sign-in, and the patient's routes (home readings, questionnaires)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+
+from node.auth.regional import RegionalPatientTokens
+from node.feature import Feature
+from node.patient.links import PatientLinks
+from node.settings import NodeSettings
+
+__all__ = ["PATIENT", "regional_patient_tokens", "MIGRATIONS_DIR"]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def regional_patient_tokens(
+    settings: NodeSettings, engine: Engine, store: Any, linkage_key: bytes
+) -> RegionalPatientTokens | None:
+    """What accepts the consent registry's patient tokens here; None without a registry."""
+    consent = settings.consent
+    if consent.url is None or not consent.patient_login:
+        return None
+    verify: bool | str = True
+    if settings.pki.ca_dir is not None and (settings.pki.ca_dir / "ca.cert.pem").exists():
+        verify = str(settings.pki.ca_dir / "ca.cert.pem")
+    return RegionalPatientTokens(
+        consent.url,
+        PatientLinks(engine, store, linkage_key).resolve,
+        settings.org_id,
+        pins=frozenset(consent.patient_key_pins),
+        http=httpx.Client(timeout=5.0, verify=verify),
+    )
+
+
+PATIENT = Feature(name="patient", migrations=(MIGRATIONS_DIR,))
