@@ -10,6 +10,7 @@ account. Real registry process over HTTP; the node pins the registry's key.
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,9 +179,10 @@ def test_forged_and_unpinned_registry_tokens_are_refused(region: Region, tmp_pat
     assert r.status_code == 401
 
 
-# Routes that serve no patient's data (anyone may call them).
-PUBLIC_ROUTES = {"GET /openapi.json", "GET /healthz", "GET /metrics", "GET /fhir/metadata",
-                 "POST /auth/token"}  # fmt: skip
+# Routes that serve no patient's data: those the access table declares public (allow ["*"]:
+# metadata, discovery, token and sign-in endpoints).
+_TABLE = tomllib.loads((Path(__file__).parents[1] / "access" / "access_table.toml").read_text())
+PUBLIC_ROUTES = {e["route"] for e in _TABLE["node"]["route"] if e["allow"] == ["*"]}
 # What each resource type of B's record is searched by, and a body naming B for writes.
 SEARCH_BY = {"Patient": "_id", "Observation": "patient", "CarePlan": "subject"}
 
