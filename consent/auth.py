@@ -96,7 +96,6 @@ class Authenticator:
         # The app passes the database-backed cache (trust.jti_store); memory only for tests.
         self.replay_cache = replay_cache if replay_cache is not None else ReplayCache()
         self._ca_cert: bytes | None = None
-        self._revoked: tuple[float, frozenset[Any]] | None = None
 
     # --- organisations ------------------------------------------------------------------
 
@@ -110,16 +109,13 @@ class Authenticator:
         return self._ca_cert
 
     def _revoked_list(self) -> frozenset[Any]:
-        """The CA's revocation list, re-read when the CRL file changes."""
+        """The CA's revocation list (trust.pki re-reads it when the file changes and refuses a
+        missing, stale or rolled-back CRL — a refusal here is a 401, fail closed)."""
         from trust.pki import revocation_list
 
         if self.ca_dir is None:
             raise Unauthorized("this registry has no CA configured; organisations cannot log in")
-        crl = self.ca_dir / "ca.crl.pem"
-        mtime = crl.stat().st_mtime if crl.exists() else 0.0
-        if self._revoked is None or self._revoked[0] != mtime:
-            self._revoked = (mtime, revocation_list(self.ca_dir))
-        return self._revoked[1]
+        return revocation_list(self.ca_dir)
 
     def org_token(self, form: dict[str, str]) -> dict[str, Any]:
         from trust.backend_auth import verify_org_assertion_claims

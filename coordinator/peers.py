@@ -26,16 +26,22 @@ class PeerAuthenticator:
         self.ca_dir = ca_dir
 
     def _revocations(self) -> frozenset[str | int]:
-        """The CA's revocation list (re-read by trust.pki whenever the CRL file changes)."""
-        return revocation_list(self.ca_dir) if self.ca_dir is not None else frozenset()
+        """The CA's revocation list (re-read by trust.pki whenever the CRL file changes). Fails
+        closed: without a CA folder, or with a missing, stale or rolled-back CRL, nobody is
+        identified (``UNAVAILABLE``: the caller retries once the CA has published a CRL)."""
+        if self.ca_dir is None:
+            raise ExchangeError("UNAVAILABLE", "no CRL configured: revocation status unknown")
+        try:
+            return revocation_list(self.ca_dir)
+        except CertificateError as exc:
+            raise ExchangeError("UNAVAILABLE", str(exc)) from None
 
     def identify(self, peer_cert_pem: bytes | None) -> OrgRecord:
         if not peer_cert_pem:
             raise ExchangeError("UNAUTHENTICATED", "a client certificate is required")
+        revoked = self._revocations()
         try:
-            org_id = verify_peer_certificate(
-                peer_cert_pem, self.ca_cert_pem, revoked=self._revocations()
-            )
+            org_id = verify_peer_certificate(peer_cert_pem, self.ca_cert_pem, revoked=revoked)
         except CertificateError as exc:
             code = "PERMISSION_DENIED" if "revoked" in str(exc) else "UNAUTHENTICATED"
             raise ExchangeError(code, f"certificate refused: {exc}") from None

@@ -96,6 +96,10 @@ class ExchangeSettings(_Section):
 
     # The coordinator's gRPC address host:port; None = exchange off.
     coordinator_address: str | None = None
+    # The coordinator's organisation id: the TLS handshake then accepts only that
+    # organisation's CA-issued certificate (trust.tls.pin_server_org), not any certificate of
+    # the region valid for the address. None = host-name check only (logged as a warning).
+    coordinator_org: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -149,6 +153,7 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "ca_dir": ("pki", "ca_dir"),
     "consent_url": ("consent", "url"),
     "coordinator_address": ("exchange", "coordinator_address"),
+    "coordinator_org": ("exchange", "coordinator_org"),
     "mllp_port": ("hl7", "mllp_port"),
     "mllp_host": ("hl7", "mllp_host"),
     "care_enabled": ("care", "enabled"),

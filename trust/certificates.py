@@ -36,11 +36,24 @@ __all__ = [
     "fingerprint",
     "verify_peer_certificate",
     "crl_revoked_serials",
+    "ORG_DNS_SUFFIX",
+    "org_dns_name",
 ]
 
 Usage = Literal["tls", "signing", "encryption"]
 ORG_URN_PREFIX = "urn:ipjms:org:"
 ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Every organisation certificate also names ``<org id>.org.ipjms.invalid`` as a DNS SAN (a
+# reserved TLD, never resolvable): a TLS client that must reach one *organisation* — the node
+# its coordinator — checks the server's certificate against that name instead of a host name
+# (``grpc.ssl_target_name_override``), so another organisation's certificate from the same CA,
+# valid for the same host, is refused in the handshake. The CA never puts the suffix in --host.
+ORG_DNS_SUFFIX = ".org.ipjms.invalid"
+
+
+def org_dns_name(org_id: str) -> str:
+    """The DNS SAN that names organisation ``org_id`` in its certificates."""
+    return check_org_id(org_id) + ORG_DNS_SUFFIX
 
 
 class CertificateError(Exception):

@@ -127,10 +127,51 @@ def _open_ledger(db: str | None, data_dir: Path | None, service: str | None):  #
     return engine, ledger
 
 
+@pki_app.command("reissue-crl")
+def reissue_crl_cmd(
+    ca_dir: Path = typer.Argument(..., help="The CA folder."),
+    every: float | None = typer.Option(
+        None, "--every", min=1, help="Keep running: check every N seconds (re-sign when due)."
+    ),
+    older_than_hours: float = typer.Option(
+        0, "--older-than-hours", min=0, help="Only re-sign a CRL issued longer ago than this."
+    ),
+    ca_passphrase_env: str | None = typer.Option(
+        None, "--ca-passphrase-env", help="Env var holding the CA key's passphrase."
+    ),
+) -> None:
+    """Re-sign the CRL (same entries, next cRLNumber, fresh nextUpdate). Verifiers refuse a CRL
+    past nextUpdate (+1 h grace), so the CA runs this on a schedule (cron, or --every)."""
+    import datetime as dt
+    import threading
+
+    from trust.certificates import CertificateError
+    from trust.pki import PkiError, crl_schedule, reissue_crl
+
+    pw = _passphrase(ca_passphrase_env)
+    after = dt.timedelta(hours=older_than_hours)
+    try:
+        if every is None:
+            done = reissue_crl(ca_dir, ca_passphrase=pw, if_older_than=after or None)
+            typer.echo("CRL re-issued" if done is not None else "CRL is recent; not re-issued")
+            return
+        typer.echo(f"re-issuing the CRL of {ca_dir} when older than {after} (every {every}s)")
+        crl_schedule(ca_dir, threading.Event(), every=every, reissue_after=after, ca_passphrase=pw)
+    except (PkiError, CertificateError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _revoked(ca_dir: Path) -> frozenset[str | int]:
+    """The CA's revocation list; a missing, stale or rolled-back CRL stops the command."""
+    from trust.certificates import CertificateError
     from trust.pki import revocation_list
 
-    return revocation_list(ca_dir) if (ca_dir / "ca.crl.pem").exists() else frozenset()
+    try:
+        return revocation_list(ca_dir)
+    except CertificateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @audit_app.command("verify")

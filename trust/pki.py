@@ -38,12 +38,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trust.certificates import (
+    ORG_DNS_SUFFIX,
     ORG_URN_PREFIX,
     CertificateError,
     check_org_id,
     crl_revoked_serials,
     fingerprint,
     load_certificate,
+    org_dns_name,
     org_id_of,
     verify_peer_certificate,
 )
@@ -62,6 +64,9 @@ __all__ = [
     "load_crl",
     "load_ca_cert",
     "runtime_passphrase",
+    "reissue_crl",
+    "crl_schedule",
+    "CRL_GRACE",
     "verify_peer_certificate",
 ]
 
@@ -237,7 +242,10 @@ def _key_usage(*, signature: bool = False, commitment: bool = False, agreement: 
 
 
 def _san(org_id: str, hosts: Sequence[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(ORG_URN_PREFIX + org_id)]
+    names: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(ORG_URN_PREFIX + org_id),
+        x509.DNSName(org_dns_name(org_id)),
+    ]
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -316,6 +324,8 @@ def issue_org(
     hosts = [h.strip() for h in (host.split(",") if isinstance(host, str) else host) if h.strip()]
     if not hosts:
         raise PkiError("at least one host is needed for the TLS certificate")
+    if any(h.lower().endswith(ORG_DNS_SUFFIX) for h in hosts):
+        raise PkiError(f"a host may not end in {ORG_DNS_SUFFIX} (it names an organisation)")
     if org_id in revoked_orgs(ca_dir):
         raise PkiError(f"organisation {org_id} has been revoked")
     ca_key, ca_cert = _load_ca(ca_dir, ca_passphrase)
@@ -436,33 +446,70 @@ def load_org(org_dir: Path | str, *, passphrase: bytes | None = None) -> OrgCred
 # --- revocation -------------------------------------------------------------------------------
 
 
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
+
+
 def _write_crl(
     ca_dir: Path,
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     entries: Sequence[x509.RevokedCertificate],
     now: dt.datetime,
-) -> None:
+    *,
+    previous: x509.CertificateRevocationList | None = None,
+) -> x509.CertificateRevocationList:
+    """Sign and write the CRL: numbered one above ``previous`` (RFC 5280 cRLNumber, what
+    verifiers refuse to go back from), valid until ``now`` + 7 days."""
+    number = _crl_number(previous) + 1 if previous is not None else 1
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
         .last_update(now - _SKEW)
         .next_update(now + _CRL_VALIDITY)
+        .add_extension(x509.CRLNumber(number), critical=False)
     )
     for entry in entries:
         builder = builder.add_revoked_certificate(entry)
     crl = builder.sign(ca_key, hashes.SHA384())
     _write(ca_dir / CA_CRL, crl.public_bytes(serialization.Encoding.PEM))
+    return crl
 
 
 def load_crl(ca_dir: Path | str) -> x509.CertificateRevocationList:
-    """The CA's CRL, after checking the CA signed it."""
+    """The CA's CRL, after checking the CA signed it (no CRL / not a CRL → error)."""
     path = Path(ca_dir) / CA_CRL
     if not path.exists():
         raise PkiError(f"no CRL in {ca_dir}")
-    crl = x509.load_pem_x509_crl(path.read_bytes())
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except ValueError as exc:
+        raise CertificateError(f"{path} is not a CRL: {exc}") from None
     crl_revoked_serials(crl, load_ca_cert(ca_dir))  # raises if not signed by the CA
     return crl
+
+
+def reissue_crl(
+    ca_dir: Path | str,
+    *,
+    ca_passphrase: bytes | None = None,
+    now: dt.datetime | None = None,
+    if_older_than: dt.timedelta | None = None,
+) -> x509.CertificateRevocationList | None:
+    """Re-sign the CRL with the same entries, the next number and a fresh ``nextUpdate`` — what
+    the CA does on a schedule (``ipjms pki reissue-crl``), so verifiers, which refuse a CRL past
+    its ``nextUpdate``, keep working. With ``if_older_than``, only a CRL issued longer ago than
+    that is re-issued (returns None otherwise)."""
+    ca_dir = Path(ca_dir)
+    now = now or dt.datetime.now(dt.UTC)
+    crl = load_crl(ca_dir)
+    if if_older_than is not None and now - crl.last_update_utc - _SKEW < if_older_than:
+        return None
+    ca_key, ca_cert = _load_ca(ca_dir, ca_passphrase)
+    return _write_crl(ca_dir, ca_key, ca_cert, list(crl), now, previous=crl)
 
 
 def _issued(ca_dir: Path) -> dict[int, x509.Certificate]:
@@ -516,7 +563,7 @@ def revoke(
             .build()
         )
         added.append(s)
-    _write_crl(ca_dir, ca_key, ca_cert, entries, now)
+    _write_crl(ca_dir, ca_key, ca_cert, entries, now, previous=crl)
     return added
 
 
@@ -541,7 +588,39 @@ def revoked_orgs(ca_dir: Path | str) -> frozenset[str]:
     return frozenset(orgs)
 
 
-_REVOCATIONS: dict[Path, tuple[tuple[int, ...], frozenset[str | int]]] = {}
+CRL_REISSUE_AFTER = dt.timedelta(days=1)  # the CA's schedule: a CRL older than this is re-signed
+
+
+def crl_schedule(
+    ca_dir: Path | str,
+    stop: threading.Event,
+    *,
+    every: float = 3600.0,
+    reissue_after: dt.timedelta = CRL_REISSUE_AFTER,
+    ca_passphrase: bytes | None = None,
+) -> None:
+    """The CA's re-issue loop (``ipjms pki reissue-crl --every``; the demo runs it in a thread):
+    every ``every`` seconds, re-sign the CRL if it is older than ``reissue_after`` — well inside
+    its 7-day validity, so verifiers never see it go stale while the CA is up."""
+    while True:
+        reissue_crl(ca_dir, ca_passphrase=ca_passphrase, if_older_than=reissue_after)
+        if stop.wait(every):
+            return
+
+
+CRL_GRACE = dt.timedelta(hours=1)  # how long past its nextUpdate a CRL is still believed
+
+
+@dataclass(frozen=True)
+class _Revocations:
+    file: tuple[int, ...]
+    revoked: frozenset[str | int]
+    next_update: dt.datetime
+    number: int
+
+
+_REVOCATIONS: dict[Path, _Revocations] = {}
+_HIGHEST_CRL: dict[Path, int] = {}  # the highest CRL number this process has accepted, per CA
 _REVOCATIONS_LOCK = threading.Lock()
 
 
@@ -558,20 +637,44 @@ def _crl_signature(ca_dir: Path) -> tuple[int, ...] | None:
     return (crl.st_ino, crl.st_mtime_ns, crl.st_size, issued)
 
 
-def revocation_list(ca_dir: Path | str) -> frozenset[str | int]:
+def revocation_list(
+    ca_dir: Path | str, *, now: dt.datetime | None = None, grace: dt.timedelta = CRL_GRACE
+) -> frozenset[str | int]:
     """What to pass as ``revoked=`` to verifiers: revoked org ids and revoked serials.
 
-    Parsed (and its CA signature checked) once per version of the CRL file: every envelope
-    opened and every peer identified asks, and the file changes only when the CA revokes."""
+    Fails closed — raises :class:`CertificateError` (so every certificate check refuses) when
+    the CRL is missing, not signed by the CA, past its ``nextUpdate`` plus ``grace``, or older
+    (lower cRLNumber) than one this process accepted before (a rollback). Parsed once per
+    version of the CRL file: every envelope opened and every peer identified asks."""
     ca_dir = Path(ca_dir).resolve()
+    now = now or dt.datetime.now(dt.UTC)
     signature = _crl_signature(ca_dir)
     if signature is None:
-        return frozenset()
+        raise CertificateError(f"no CRL in {ca_dir}: revocation status unknown, refusing")
     with _REVOCATIONS_LOCK:
         cached = _REVOCATIONS.get(ca_dir)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-    revoked = frozenset[str | int](revoked_orgs(ca_dir)) | revoked_serials(ca_dir)
-    with _REVOCATIONS_LOCK:
-        _REVOCATIONS[ca_dir] = (signature, revoked)
-    return revoked
+    if cached is None or cached.file != signature:
+        try:
+            crl = load_crl(ca_dir)
+        except (PkiError, CertificateError) as exc:
+            raise CertificateError(f"{exc}: revocation status unknown, refusing") from None
+        number = _crl_number(crl)
+        with _REVOCATIONS_LOCK:
+            highest = _HIGHEST_CRL.get(ca_dir, 0)
+        if number < highest:
+            raise CertificateError(
+                f"CRL number {number} is older than number {highest} seen before (rollback): "
+                "revocation status unknown, refusing"
+            )
+        revoked = frozenset[str | int](revoked_orgs(ca_dir)) | revoked_serials(ca_dir)
+        next_update = crl.next_update_utc or now  # a CRL without nextUpdate is never fresh
+        cached = _Revocations(signature, revoked, next_update, number)
+        with _REVOCATIONS_LOCK:
+            _REVOCATIONS[ca_dir] = cached
+            _HIGHEST_CRL[ca_dir] = max(number, _HIGHEST_CRL.get(ca_dir, 0))
+    if now > cached.next_update + grace:
+        raise CertificateError(
+            f"the CRL is stale (nextUpdate {cached.next_update:%Y-%m-%d %H:%M} UTC passed): "
+            "revocation status unknown, refusing"
+        )
+    return cached.revoked

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
-from trust.certificates import load_certificate, org_id_of, verify_peer_certificate
+from trust.certificates import load_certificate, org_dns_name, org_id_of, verify_peer_certificate
 
 __all__ = [
     "TlsMaterial",
@@ -20,6 +20,7 @@ __all__ = [
     "channel_credentials",
     "org_id_from_peer_cert",
     "peer_org_id",
+    "pin_server_org",
 ]
 
 
@@ -44,6 +45,13 @@ def server_credentials(creds: Any) -> Any:
         root_certificates=m.root_ca_pem,
         require_client_auth=True,
     )
+
+
+def pin_server_org(org_id: str) -> list[tuple[str, str]]:
+    """gRPC channel options under which the handshake accepts only a server certificate of
+    organisation ``org_id`` (its ``<org>.org.ipjms.invalid`` DNS SAN, issued by the CA) rather
+    than any certificate of the CA valid for the host dialled."""
+    return [("grpc.ssl_target_name_override", org_dns_name(org_id))]
 
 
 def channel_credentials(creds: Any) -> Any:

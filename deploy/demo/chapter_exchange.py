@@ -122,6 +122,7 @@ def start(net: DemoNetwork) -> None:
     }
     env = net.facts.setdefault("node_env", {})
     env["IPJMS_NODE_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
+    env["IPJMS_NODE_COORDINATOR_ORG"] = COORDINATOR_ORG  # only its certificate is accepted
     env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
     by_org = net.facts.setdefault("node_env_by_org", {})
     for org, *_ in net.node_specs:

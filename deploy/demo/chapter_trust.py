@@ -6,7 +6,10 @@ region; later chapters find them in ``net.facts["pki"]``. ``run`` shows what was
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+
+from cryptography import x509
 
 from deploy.demo.network import (
     AUTHORITY_ORG,
@@ -14,7 +17,15 @@ from deploy.demo.network import (
     COORDINATOR_ORG,
     DemoNetwork,
 )
-from trust.pki import init_ca, issue_org, load_org
+from trust.pki import (
+    CRL_REISSUE_AFTER,
+    crl_schedule,
+    init_ca,
+    issue_org,
+    load_crl,
+    load_org,
+    reissue_crl,
+)
 from trust.pseudonym import load_or_create_linkage_key
 
 
@@ -33,6 +44,14 @@ def start(net: DemoNetwork) -> None:
         if not (out / "org.json").exists():
             issue_org(ca_dir, org, host="127.0.0.1,localhost")
         org_dirs[org] = out
+    # The CA re-signs its CRL on a schedule (verifiers refuse one past nextUpdate): now if
+    # it is over a day old (a restarted network), then checked every minute while we run.
+    reissue_crl(ca_dir, if_older_than=CRL_REISSUE_AFTER)
+    stop = threading.Event()
+    threading.Thread(
+        target=crl_schedule, args=(ca_dir, stop), kwargs={"every": 60.0}, daemon=True
+    ).start()
+    net.facts["crl_schedule_stop"] = stop
     # Nodes share the regional linkage key (the coordinator and registry never get it).
     linkage_key = pki_dir / "linkage.key"
     load_or_create_linkage_key(linkage_key)
@@ -45,3 +64,9 @@ def run(net: DemoNetwork) -> None:
         for org, org_dir in pki["orgs"].items():
             creds = load_org(org_dir)
             notes.append(f"{org}: TLS, signing and encryption certificates ({creds.org_id})")
+        crl = load_crl(pki["ca_dir"])
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        notes.append(
+            f"CRL #{number}, valid until {crl.next_update_utc:%Y-%m-%d %H:%M} UTC, re-signed "
+            "on a schedule; a missing, stale or rolled-back CRL refuses every certificate"
+        )

@@ -16,6 +16,7 @@ from protos.ipjms.exchange.v1 import exchange_pb2_grpc as pb_grpc
 from trust.envelope_wire import header_to_pb
 from trust.envelopes import SealedEnvelope
 from trust.pki import OrgCredentials
+from trust.tls import pin_server_org
 
 __all__ = ["ExchangeClient", "DirectoryEntry"]
 
@@ -53,7 +54,10 @@ class ExchangeClient:
         *,
         timeout: float = 15.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        server_org: str | None = None,
     ) -> None:
+        """``server_org``: accept only that organisation's certificate from the server (the
+        coordinator), not any certificate of the regional CA valid for ``address``."""
         self.address = address
         self.creds = creds
         self.timeout = timeout
@@ -75,6 +79,7 @@ class ExchangeClient:
                 ("grpc.initial_reconnect_backoff_ms", 500),
                 ("grpc.min_reconnect_backoff_ms", 500),
                 ("grpc.max_reconnect_backoff_ms", 1_000),
+                *(pin_server_org(server_org) if server_org else []),
             ],
         )
         self.directory = pb_grpc.DirectoryStub(self.channel)

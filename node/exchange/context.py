@@ -63,8 +63,11 @@ class ExchangeContext:
         self.observe(direction, phase, time.perf_counter() - started)
 
     def revoked(self) -> frozenset[str | int]:
-        if self.ca_dir is None or not (self.ca_dir / "ca.crl.pem").exists():
-            return frozenset()
+        """The CA's revocation list. Fails closed: no CA folder configured, or a missing, stale
+        or rolled-back CRL raises ``CertificateError``, so no certificate is trusted."""
+        from trust.certificates import CertificateError
         from trust.pki import revocation_list
 
+        if self.ca_dir is None:
+            raise CertificateError("no CA folder (pki.ca_dir) configured: revocation unknown")
         return revocation_list(self.ca_dir)

@@ -31,6 +31,7 @@ from node.exchange.documents import (
 from node.exchange.tables import outbound, pseudonyms
 from node.identity import patient_pseudonym
 from servicekit.outcome import Conflict, FhirError, Forbidden, NotFound
+from trust.certificates import CertificateError
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
 
 __all__ = [
@@ -194,15 +195,26 @@ def _pack_and_seal(
         consent_ref=consent_ref,
         ttl=ENVELOPE_TTL,
     )
-    entry = ctx.organisation(recipient)
-    sealed = seal_to(
-        header,
-        json.dumps(document, separators=(",", ":")).encode(),
-        sender=ctx.creds,
-        recipient_encryption_cert_pem=entry.encryption_certificate,
-        revoked=ctx.revoked(),
-    )
+    sealed = seal_for(ctx, header, json.dumps(document, separators=(",", ":")).encode())
     return sealed, declared, len(document["entry"])
+
+
+def seal_for(ctx: ExchangeContext, header: EnvelopeHeader, payload: bytes) -> SealedEnvelope:
+    """Seal ``payload`` to ``header.recipient``'s CA-issued encryption certificate, checked
+    against the CRL. A revoked recipient is a 409; an unknown revocation status (no, stale or
+    rolled-back CRL) a 503 — nothing is sealed to a certificate that cannot be checked."""
+    entry = ctx.organisation(header.recipient)
+    try:
+        return seal_to(
+            header,
+            payload,
+            sender=ctx.creds,
+            recipient_encryption_cert_pem=entry.encryption_certificate,
+            revoked=ctx.revoked(),
+        )
+    except CertificateError as exc:
+        status = 503 if "revocation" in str(exc) else 409
+        raise FhirError(f"cannot seal to {header.recipient}: {exc}", status=status) from None
 
 
 def send(

@@ -39,13 +39,21 @@ def build_context(services: NodeServices) -> ExchangeContext:
         raise RuntimeError("the exchange needs a coordinator address and PKI credentials")
     if services.consent is None:
         log.warning("no consent registry configured: every disclosure will be refused")
+    if not settings.exchange.coordinator_org:
+        log.warning(
+            "exchange.coordinator_org not set: the coordinator is checked by host name only, "
+            "so any organisation's certificate valid for %s would pass",
+            address,
+        )
     return ExchangeContext(
         org_id=settings.org_id,
         org_name=settings.name,
         store=services.store,
         engine=services.engine,
         creds=services.credentials,
-        client=ExchangeClient(address, services.credentials),
+        client=ExchangeClient(
+            address, services.credentials, server_org=settings.exchange.coordinator_org
+        ),
         consent=services.consent or _NoConsent(),
         linkage_key=services.linkage_key,
         ca_dir=settings.pki.ca_dir,

@@ -27,6 +27,7 @@ from node.exchange.egress import (
     ConsentRefused,
     disclose,
     pseudonym_of,
+    seal_for,
     send,
 )
 from node.exchange.tables import pseudonyms
@@ -34,7 +35,7 @@ from node.exchange.workflow import check_transition, new_request, task_parties, 
 from node.identity import patient_pseudonym
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
-from trust.envelopes import REQUEST_KINDS, EnvelopeHeader, seal_to
+from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
 
 __all__ = [
     "request_exchange",
@@ -254,13 +255,7 @@ def pull_history(
             "resourceType": "Parameters",
             "parameter": [{"name": "class", "valueCode": c} for c in wanted],
         }
-        sealed = seal_to(
-            header,
-            json.dumps(query).encode(),
-            sender=ctx.creds,
-            recipient_encryption_cert_pem=ctx.organisation(holder).encryption_certificate,
-            revoked=ctx.revoked(),
-        )
+        sealed = seal_for(ctx, header, json.dumps(query).encode())
         try:
             state = send(ctx, sealed, patient_id=patient_id)
         except ConsentRefused as exc:

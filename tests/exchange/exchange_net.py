@@ -115,6 +115,7 @@ class Region:
             "IPJMS_USER_PASSWORD": PASSWORD,
             "IPJMS_NODE_LINKAGE_KEY_PATH": str(self.linkage_key_path),
             "IPJMS_NODE_COORDINATOR_ADDRESS": self.coordinator.address,
+            "IPJMS_NODE_COORDINATOR_ORG": "coordinator",
             "IPJMS_NODE_CONSENT_URL": self.consent_url,
             "IPJMS_NODE_CA_DIR": str(self.pki.ca_dir),
             "IPJMS_NODE_ORG_CREDENTIALS_DIR": str(self.pki.org_dirs[org_id]),

@@ -25,14 +25,19 @@ PSEUDO = "b" * 64
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ca = tmp_path_factory.mktemp("ca")
     init_ca(ca)
-    return {org: issue_org(ca, org, out_dir=ca / org) for org in ("hosp-a", "clinic-b")}
+    return ca
+
+
+@pytest.fixture(scope="module")
+def creds(ca_dir: Path):  # type: ignore[no-untyped-def]
+    return {org: issue_org(ca_dir, org, out_dir=ca_dir / org) for org in ("hosp-a", "clinic-b")}
 
 
 @pytest.fixture
-def ctx(db_url: str, creds, tmp_path: Path) -> ExchangeContext:  # type: ignore[no-untyped-def]
+def ctx(db_url: str, creds, ca_dir: Path, tmp_path: Path) -> ExchangeContext:  # type: ignore[no-untyped-def]
     engine = make_engine(db_url)
     migrate(engine)
     upgrade_schema(engine, MIGRATIONS)
@@ -45,6 +50,7 @@ def ctx(db_url: str, creds, tmp_path: Path) -> ExchangeContext:  # type: ignore[
         client=None,
         consent=None,
         linkage_key=b"k" * 32,  # type: ignore[arg-type]
+        ca_dir=ca_dir,
     )
     a = creds["hosp-a"]
     c._directory["hosp-a"] = DirectoryEntry(
@@ -155,6 +161,21 @@ def test_an_import_times_each_of_its_steps_once_and_a_redelivery_none(  # type: 
     seen.clear()
     assert handle_envelope(ctx, sealed.to_bytes()).imported  # already processed
     assert seen == [("in", "open")]  # authenticated again before the id is looked up
+
+
+def test_without_a_crl_nothing_is_imported_and_nothing_burnt(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds, tmp_path: Path
+) -> None:
+    """Attack (issue 23): a receiver without a CRL used to trust every sender ("nothing
+    revoked"); it now refuses — and records nothing, so the envelope imports once it can."""
+    sealed = _envelope(creds, [COND], ("Condition",))
+    configured = ctx.ca_dir
+    ctx.ca_dir = tmp_path  # a CA folder whose CRL is missing
+    refused = handle_envelope(ctx, sealed.to_bytes())
+    assert not refused.imported and "cannot verify the sender" in refused.detail
+    assert _inbound_rows(ctx) == 0 and ctx.store.counts().get("Condition", 0) == 0
+    ctx.ca_dir = configured
+    assert handle_envelope(ctx, sealed.to_bytes()).imported
 
 
 def test_a_forged_envelope_does_not_burn_the_real_id(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]

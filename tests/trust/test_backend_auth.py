@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from trust.backend_auth import make_org_assertion, verify_org_assertion
-from trust.pki import OrgCredentials, init_ca, issue_org, revocation_list, revoke
+from trust.pki import OrgCredentials, init_ca, issue_org, reissue_crl, revocation_list, revoke
 from trust.tokens import ReplayCache, TokenError
 
 AUD = "https://coordinator.example/status"
@@ -28,6 +28,7 @@ AUD = "https://coordinator.example/status"
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, OrgCredentials]:
     ca = tmp_path_factory.mktemp("ba") / "ca"
     init_ca(ca, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=90))
+    reissue_crl(ca)  # the CA's schedule keeps the CRL current
     return ca, issue_org(ca, "hosp-a")
 
 

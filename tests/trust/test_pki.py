@@ -19,6 +19,7 @@ from trust.pki import (
     init_ca,
     issue_org,
     load_org,
+    reissue_crl,
     revocation_list,
     revoke,
     revoked_orgs,
@@ -30,6 +31,7 @@ NOW = dt.datetime.now(dt.UTC)
 @pytest.fixture
 def ca(tmp_path: Path) -> Path:
     init_ca(tmp_path / "ca", now=NOW - dt.timedelta(days=60))
+    reissue_crl(tmp_path / "ca")  # the CA's schedule keeps the CRL current
     return tmp_path / "ca"
 
 
@@ -204,3 +206,57 @@ def test_cli_init_issue_revoke(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     with pytest.raises(CertificateError, match="revoked"):
         verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, revoked=revocation_list(ca))
+
+
+def _fresh_ca(tmp_path: Path, name: str = "ca") -> Path:
+    init_ca(tmp_path / name)
+    issue_org(tmp_path / name, "clinic-b")
+    return tmp_path / name
+
+
+def test_missing_crl_refuses_every_certificate(tmp_path: Path) -> None:
+    """Attack (issue 23): deleting the CRL used to mean "nothing revoked"."""
+    ca = _fresh_ca(tmp_path)
+    revoke(ca, "clinic-b")
+    (ca / "ca.crl.pem").unlink()
+    with pytest.raises(CertificateError, match="no CRL"):
+        revocation_list(ca)
+
+
+def test_stale_crl_refused_until_the_ca_reissues_it(tmp_path: Path) -> None:
+    """Attack (issue 23): a CRL 53 days past its nextUpdate was accepted (nextUpdate never
+    read). Past nextUpdate + grace it now refuses; the CA's scheduled re-issue restores it."""
+    ca = tmp_path / "ca"
+    init_ca(ca, now=NOW - dt.timedelta(days=60))  # CRL nextUpdate = 53 days ago
+    with pytest.raises(CertificateError, match="stale"):
+        revocation_list(ca)
+    assert revocation_list(ca, now=NOW - dt.timedelta(days=55)) == frozenset()  # was fresh then
+    assert reissue_crl(ca, if_older_than=dt.timedelta(days=1)) is not None
+    assert revocation_list(ca) == frozenset()
+    assert reissue_crl(ca, if_older_than=dt.timedelta(days=1)) is None  # recent: left alone
+    crl = x509.load_pem_x509_crl((ca / "ca.crl.pem").read_bytes())
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+
+
+def test_crl_rollback_refused(tmp_path: Path) -> None:
+    """A CA-signed but older CRL (lower cRLNumber) — say, the one before a revocation — is
+    refused once a newer one was seen, though its signature and dates are fine."""
+    ca = _fresh_ca(tmp_path)
+    before = (ca / "ca.crl.pem").read_bytes()
+    assert "clinic-b" not in revocation_list(ca)
+    revoke(ca, "clinic-b")
+    assert "clinic-b" in revocation_list(ca)
+    (ca / "ca.crl.pem").write_bytes(before)
+    with pytest.raises(CertificateError, match="rollback"):
+        revocation_list(ca)
+
+
+def test_cli_reissue_crl(tmp_path: Path) -> None:
+    ca = _fresh_ca(tmp_path)
+    run = [*ipjms_command("pki", "reissue-crl", str(ca))]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "re-issued" in done.stdout, done.stderr
+    later = subprocess.run(
+        [*run, "--older-than-hours", "24"], capture_output=True, text=True, timeout=120
+    )
+    assert later.returncode == 0 and "not re-issued" in later.stdout

@@ -12,7 +12,13 @@ import pytest
 
 from trust.certificates import CertificateError
 from trust.pki import OrgCredentials, init_ca, issue_org, revocation_list, revoke
-from trust.tls import channel_credentials, org_id_from_peer_cert, peer_org_id, server_credentials
+from trust.tls import (
+    channel_credentials,
+    org_id_from_peer_cert,
+    peer_org_id,
+    pin_server_org,
+    server_credentials,
+)
 
 METHOD = "/ipjms.test.Echo/Who"
 
@@ -89,3 +95,43 @@ def test_revoked_client_is_refused_after_the_handshake(
         _call(client, port)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "revoked" in str(seen[-1])
+
+
+def test_a_client_pinned_to_an_organisation_refuses_another_orgs_server(
+    mtls: tuple[Path, OrgCredentials, int, list[Any]],
+) -> None:
+    """Attack (issue 23): any organisation's certificate from the regional CA, valid for the
+    host dialled, used to pass for the coordinator; pinned to the coordinator's organisation,
+    the handshake refuses it."""
+    from concurrent import futures
+
+    ca, _server_creds, port, _seen = mtls
+    client = issue_org(ca, "clinic-b")
+    options = pin_server_org("coordinator")
+    with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(client), options) as ch:
+        stub = ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        assert stub(b"", timeout=10) == b"clinic-b"  # the real coordinator passes
+    impostor = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    handler = grpc.method_handlers_generic_handler(
+        "ipjms.test.Echo",
+        {"Who": grpc.unary_unary_rpc_method_handler(lambda b, c: b"x", lambda b: b, lambda b: b)},
+    )
+    impostor.add_generic_rpc_handlers((handler,))
+    fake = issue_org(ca, "hosp-x", host="127.0.0.1,localhost")  # same CA, same host
+    fake_port = impostor.add_secure_port("127.0.0.1:0", server_credentials(fake))
+    impostor.start()
+    try:
+        with grpc.secure_channel(f"127.0.0.1:{fake_port}", channel_credentials(client)) as ch:
+            stub = ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+            assert stub(b"", timeout=10) == b"x"  # unpinned: the impostor is believed
+        with grpc.secure_channel(
+            f"127.0.0.1:{fake_port}", channel_credentials(client), options
+        ) as ch:
+            stub = ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub(b"", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        impostor.stop(None)
+    with pytest.raises(Exception, match="org.ipjms.invalid"):
+        issue_org(ca, "hosp-y", host="coordinator.org.ipjms.invalid")
