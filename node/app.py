@@ -41,6 +41,7 @@ from node.exchange.lifecycle import EXCHANGE
 from node.feature import BackgroundTask, Feature, NodeServices
 from node.feeds.hl7v2.node_service import HL7_FEED
 from node.patient.feature import PATIENT, regional_patient_tokens
+from node.portal.feature import PORTAL
 from node.settings import NodeSettings
 from servicekit.outcome import install_error_handlers
 from servicekit.request_limits import InputLimits, install_request_limits
@@ -59,7 +60,16 @@ __all__ = [
 log = logging.getLogger("ipjms.node")
 
 # The node's features, in mounting order. Add a feature by listing it here.
-FEATURES: tuple[Feature, ...] = (AUTH, FHIR_API, HL7_FEED, EXCHANGE, ENROLMENT, CARE, PATIENT)
+FEATURES: tuple[Feature, ...] = (
+    AUTH,
+    FHIR_API,
+    HL7_FEED,
+    EXCHANGE,
+    ENROLMENT,
+    CARE,
+    PATIENT,
+    PORTAL,
+)
 
 
 def migration_folders(features: tuple[Feature, ...] = FEATURES) -> list[tuple[str, Path]]:

@@ -147,6 +147,13 @@ class ApiSettings(_Section):
     delete_referential_integrity: bool = True
 
 
+class PortalSettings(_Section):
+    """The node's web pages (node/portal): doctors' and patients' apps under ``/app``."""
+
+    # A session ends after this long without a request (and always when its token expires).
+    idle_seconds: float = Field(default=900.0, gt=0)
+
+
 # Flat names of earlier versions → (section, field). Read from env, node.toml and keywords.
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "org_credentials_dir": ("pki", "credentials_dir"),
@@ -240,6 +247,7 @@ class NodeSettings(BaseSettings):
     care: CareSettings = CareSettings()
     oauth: OAuthSettings = OAuthSettings()
     api: ApiSettings = ApiSettings()
+    portal: PortalSettings = PortalSettings()
 
     @classmethod
     def settings_customise_sources(

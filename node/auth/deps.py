@@ -36,7 +36,15 @@ from node.auth.principal import Principal
 from node.auth.service import AuthService
 from servicekit.outcome import Forbidden, Unauthorized
 
-__all__ = ["require_scope", "require_access", "authenticate", "Access", "Principal"]
+__all__ = [
+    "require_scope",
+    "require_access",
+    "authenticate",
+    "authorise",
+    "authorise_whole_organisation",
+    "Access",
+    "Principal",
+]
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,26 @@ def authenticate(request: Request) -> Principal:
     return principal
 
 
+def authorise(principal: Principal, resource_type: str, interaction: str) -> Access:
+    """The one scope decision, for any authenticated Principal (API token or web session):
+    the Access with the compartment to apply, else Forbidden."""
+    return Access(principal, principal.compartment_for(resource_type, interaction))
+
+
+def authorise_whole_organisation(
+    principal: Principal, resource_type: str, interaction: str
+) -> Principal:
+    """:func:`authorise` for routes acting on the whole organisation's data: a
+    compartment-limited (patient) principal is refused (Forbidden)."""
+    if authorise(principal, resource_type, interaction).compartment is not None:
+        raise Forbidden("this route is not available to patient-context tokens")
+    return principal
+
+
 def _access(request: Request, resource_type: str | None, interaction: str) -> Access:
     principal = authenticate(request)
     rtype = resource_type or request.path_params.get("rtype", "")
-    return Access(principal, principal.compartment_for(rtype, interaction))  # raises Forbidden
+    return authorise(principal, rtype, interaction)  # raises Forbidden
 
 
 def require_scope(resource_type: str | None, interaction: str) -> Callable[[Request], Principal]:
@@ -72,10 +96,9 @@ def require_scope(resource_type: str | None, interaction: str) -> Callable[[Requ
     patient-context token, whose compartment limit this route does not apply)."""
 
     def dependency(request: Request) -> Principal:
-        access = _access(request, resource_type, interaction)
-        if access.compartment is not None:
-            raise Forbidden("this route is not available to patient-context tokens")
-        return access.principal
+        principal = authenticate(request)
+        rtype = resource_type or request.path_params.get("rtype", "")
+        return authorise_whole_organisation(principal, rtype, interaction)
 
     return dependency
 

@@ -42,7 +42,14 @@ from node.store import FhirStore
 from node.store.validation import EXTRA_CHECKS
 from servicekit.outcome import BadRequest, Forbidden, NotFound
 
-__all__ = ["router", "register_reading_checks", "POLL_SECONDS"]
+__all__ = [
+    "router",
+    "register_reading_checks",
+    "POLL_SECONDS",
+    "alert_stream",
+    "close_alert",
+    "enrol_patient",
+]
 
 router = APIRouter(tags=["care"])
 POLL_SECONDS = 0.1
@@ -140,7 +147,13 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
-def _close(store: FhirStore, principal: Principal, rid: str, verb: str, text: Any) -> dict:
+def close_alert(
+    store: FhirStore, principal: Principal, rid: str, verb: str, text: Any
+) -> dict[str, Any]:
+    """Acknowledge (``verb`` "acknowledge", ``text`` the action) or dismiss (``text`` the
+    reason) an open alert: its next version and a Provenance in one transaction (the API's
+    and the doctor's pages' one way to close an alert)."""
+    _clinician(principal)
     who = _practitioner(store, principal)
     issue = store.read("DetectedIssue", rid)
     if recipient_of(issue) not in (who, None) and principal.role != "doctor":
@@ -186,7 +199,7 @@ async def acknowledge_alert(
     _clinician(principal)
     body = await _json(request)
     issue = await run_in_threadpool(
-        _close, _store(request), principal, rid, "acknowledge", body.get("action")
+        close_alert, _store(request), principal, rid, "acknowledge", body.get("action")
     )
     return fhir_response(issue)
 
@@ -200,7 +213,7 @@ async def dismiss_alert(
     _clinician(principal)
     body = await _json(request)
     issue = await run_in_threadpool(
-        _close, _store(request), principal, rid, "dismiss", body.get("reason")
+        close_alert, _store(request), principal, rid, "dismiss", body.get("reason")
     )
     return fhir_response(issue)
 
@@ -211,26 +224,35 @@ async def enrol(
 ) -> Any:
     _clinician(principal)
     body = await _json(request)
-    worker = getattr(request.app.state, "care_worker", None)
-    if worker is None:
-        raise NotFound("care management is not running on this node")
-    pathway = worker.definitions.by_key(str(body.get("pathway", "")))
-    if pathway is None:
-        keys = ", ".join(p.key for p in worker.definitions.pathways)
-        raise BadRequest(f"unknown pathway {body.get('pathway')!r} (one of {keys})")
-
-    def run() -> list[str]:
-        who = _practitioner(_store(request), principal)
-        code = pathway.enrolment[0]
-        condition = {
-            "resourceType": "Condition",
-            "clinicalStatus": {"coding": [{"code": "active"}]},
-            "code": {"coding": [{"system": code[0], "code": code[1]}]},
-            "subject": {"reference": f"Patient/{body.get('patient')}"},
-        }
-        return list(worker.enrol(condition, datetime.now(UTC), who))
-
-    made = await run_in_threadpool(run)
+    made = await run_in_threadpool(
+        enrol_patient,
+        request.app.state,
+        principal,
+        str(body.get("patient", "")),
+        str(body.get("pathway", "")),
+    )
     return fhir_response({"resourceType": "Parameters", "parameter": [
         {"name": "enrolled", "valueString": key} for key in made
     ]})  # fmt: skip
+
+
+def enrol_patient(state: Any, principal: Principal, patient_id: str, pathway_key: str) -> list[str]:
+    """Enrol ``Patient/<patient_id>`` on a pathway through the care worker (the API's and the
+    doctor's pages' one way); the keys of the pathways enrolled."""
+    _clinician(principal)
+    worker = getattr(state, "care_worker", None)
+    if worker is None:
+        raise NotFound("care management is not running on this node")
+    pathway = worker.definitions.by_key(pathway_key)
+    if pathway is None:
+        keys = ", ".join(p.key for p in worker.definitions.pathways)
+        raise BadRequest(f"unknown pathway {pathway_key!r} (one of {keys})")
+    who = _practitioner(state.store, principal)
+    code = pathway.enrolment[0]
+    condition = {
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": code[0], "code": code[1]}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    return list(worker.enrol(condition, datetime.now(UTC), who))

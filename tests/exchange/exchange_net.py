@@ -108,9 +108,12 @@ class Region:
     def consent_client(self, org_id: str) -> ConsentClient:
         return ConsentClient(self.consent_url, self.pki.creds[org_id])
 
-    def start_node(self, org_id: str, level: str) -> NodeProc:
+    def start_node(
+        self, org_id: str, level: str, extra_env: dict[str, str] | None = None
+    ) -> NodeProc:
         data_dir = self.root / f"node-{org_id}"
         env = {
+            **(extra_env or {}),
             "IPJMS_ADMIN_PASSWORD": PASSWORD,
             "IPJMS_USER_PASSWORD": PASSWORD,
             "IPJMS_NODE_LINKAGE_KEY_PATH": str(self.linkage_key_path),
@@ -299,7 +302,11 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
 
 
 def start_region(
-    pki: Any, root: Path, *, nodes: tuple[tuple[str, str], ...] | None = None
+    pki: Any,
+    root: Path,
+    *,
+    nodes: tuple[tuple[str, str], ...] | None = None,
+    node_env: dict[str, dict[str, str]] | None = None,
 ) -> Region:
     """Consent registry, coordinator (leases of 3 s so redelivery is quick) and nodes."""
     consent_url, consent_service = start_consent(root, pki)
@@ -316,7 +323,7 @@ def start_region(
             ("clinic-b", "community"),
             ("clinic-c", "community"),
         ):
-            net.start_node(org_id, level)
+            net.start_node(org_id, level, (node_env or {}).get(org_id))
     except Exception:
         net.stop()
         raise

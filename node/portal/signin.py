@@ -1,0 +1,127 @@
+"""Sign-in, sign-out, language, and who is signed in: the session holds the node access token
+the password grant issued (never sent to the browser); every page verifies it and authorises
+through ``node.auth.deps`` — the same decision the API makes for a bearer token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from node.auth.deps import Access, authorise, authorise_whole_organisation
+from node.auth.principal import Principal
+from node.auth.service import AuthService
+from servicekit.outcome import BadRequest, Forbidden, Unauthorized
+from servicekit.web import WebKit, page_route_class
+
+__all__ = ["router", "kit_of", "signed_in", "clinician", "patient_access", "PREFIX"]
+
+PREFIX = "/app"
+CLINICIANS = ("doctor", "nurse")
+router = APIRouter(route_class=page_route_class("portal"), include_in_schema=False)
+
+
+def kit_of(request: Request) -> WebKit:
+    kit = getattr(request.app.state, "portal", None)
+    if kit is None:  # the feature's startup hook has not run (never in a served node)
+        raise Forbidden("the pages are not running")
+    return kit  # type: ignore[no-any-return]
+
+
+def signed_in(request: Request) -> Principal:
+    """The signed-in Principal (its token verified now), else 401 → the sign-in page."""
+    kit = kit_of(request)
+    session = kit.session(request)
+    if not session.user:
+        raise Unauthorized("sign in")
+    auth: AuthService = request.app.state.auth
+    try:
+        return auth.principal(session.user["token"])
+    except Unauthorized:
+        kit.sign_out(request)  # the token expired: the session ends with it
+        raise
+
+
+def clinician(request: Request, resource_type: str, interaction: str) -> Principal:
+    """A doctor's or nurse's Principal allowed ``interaction`` on every ``resource_type``
+    (patient sessions are refused by the seam: 403)."""
+    principal = authorise_whole_organisation(signed_in(request), resource_type, interaction)
+    if principal.role not in CLINICIANS:
+        raise Forbidden("these pages are for doctors and nurses")
+    return principal
+
+
+def patient_access(request: Request, resource_type: str, interaction: str) -> Access:
+    """A patient's Access (the compartment it must apply) for ``resource_type``."""
+    access = authorise(signed_in(request), resource_type, interaction)
+    if access.compartment is None:
+        raise Forbidden("these pages are for patients")
+    return access
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+@router.get(PREFIX)
+@router.get(PREFIX + "/")
+async def start(request: Request) -> Response:
+    kit = kit_of(request)
+    user = kit.session(request).user
+    if not user:
+        return kit.redirect(f"{PREFIX}/sign-in")
+    return kit.redirect(f"{PREFIX}/me" if user["role"] == "patient" else f"{PREFIX}/panel")
+
+
+@router.get(PREFIX + "/sign-in")
+async def sign_in_page(request: Request) -> Response:
+    return kit_of(request).render(request, "sign_in.html", app_title=_title(request))
+
+
+@router.post(PREFIX + "/sign-in")
+async def sign_in(request: Request) -> Response:
+    kit = kit_of(request)
+    form = await _form(request)
+    auth: AuthService = request.app.state.auth
+    try:
+        grant = await run_in_threadpool(
+            auth.password_grant, form.get("username", ""), form.get("password", ""), None
+        )
+    except (Unauthorized, BadRequest):
+        return kit.render(
+            request, "sign_in.html", status=401, failed=True, app_title=_title(request)
+        )
+    principal = auth.principal(grant.access_token)
+    user: dict[str, Any] = {
+        "token": grant.access_token,
+        "role": principal.role,
+        "subject": principal.subject,
+        "display": principal.subject,
+    }
+    kit.sign_in(request, user)
+    return kit.redirect(PREFIX + "/")
+
+
+@router.post(PREFIX + "/sign-out")
+async def sign_out(request: Request) -> Response:
+    kit = kit_of(request)
+    kit.sign_out(request)
+    return kit.redirect(f"{PREFIX}/sign-in")
+
+
+@router.post(PREFIX + "/language")
+async def language(request: Request) -> Response:
+    kit = kit_of(request)
+    form = await _form(request)
+    target = form.get("next", "")
+    if not target.startswith(PREFIX) or "//" in target:
+        target = PREFIX + "/"
+    response = kit.redirect(target)
+    kit.set_language(request, response, form.get("lang", ""))
+    return response
+
+
+def _title(request: Request) -> str:
+    return str(request.app.state.services.settings.name)

@@ -1,0 +1,270 @@
+"""The doctor's pages on a real region (consent registry, coordinator, a hospital and a clinic
+node with care on, each its own process), driven in Debian's Chromium: sign in; the panel; a
+patient's journey with trends; a new alert appears in the open inbox without a reload (the SSE
+stream) and is acknowledged with a mitigation (checked in the FHIR store); remote follow-up;
+both languages, screenshots, axe-core. Security: a request without the CSRF token is refused
+and changes nothing; a patient's session opens no doctor page and no other patient's record;
+node A's session opens nothing at node B; the CSP header is on every page."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from exchange_net import ORGS, PASSWORD, Region, patient_bundle, seed, start_region, wait_for
+
+from .browser import axe_serious, csrf_of, shot
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CARE = {
+    "IPJMS_NODE_CARE_ENABLED": "true",
+    "IPJMS_NODE_CARE_RESPONSIBLE_USER": "doctor",
+    "IPJMS_NODE_CARE_TICK_SECONDS": "3600",
+}
+HF_ID, OTHER_ID = "110101195103140021", "110101196002020022"
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
+    from trust.pki import init_ca, issue_org
+
+    root = tmp_path_factory.mktemp("web-region")
+    ca_dir = root / "ca"
+    init_ca(ca_dir)
+    orgs = tuple(ORGS)
+    org_dirs = {o: root / "orgs" / o for o in orgs}
+    creds = {o: issue_org(ca_dir, o, out_dir=org_dirs[o]) for o in orgs}
+
+    class Pki:  # the shape exchange_net expects
+        pass
+
+    pki: Any = Pki()
+    pki.ca_dir, pki.org_dirs, pki.creds = ca_dir, org_dirs, creds
+    net = start_region(
+        pki,
+        root,
+        nodes=(("hosp-a", "tertiary"), ("clinic-b", "community")),
+        node_env={"clinic-b": CARE},
+    )
+    try:
+        clinic = net.nodes["clinic-b"]
+        seed(clinic, patient_bundle(HF_ID, name="Li Mei"))
+        seed(clinic, patient_bundle(OTHER_ID, name="Zhao Lei"))
+        wait_for(lambda: len(clinic.search("CarePlan", status="active")) >= 2, 60, "enrolment")
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture(scope="module")
+def context(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield ctx
+    ctx.close()
+
+
+def _weight(pid: str, kg: float, when: datetime) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when.isoformat(),
+        "valueQuantity": {"value": kg, "unit": "kg", "system": "http://unitsofmeasure.org",
+                          "code": "kg"},
+    }  # fmt: skip
+
+
+def _sign_in(page: Any, url: str, username: str, password: str = PASSWORD) -> None:
+    page.goto(f"{url}/app/sign-in")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("form.stack button[type=submit]")
+
+
+def _check_page(page: Any, name: str, seen_csp: list[str]) -> None:
+    shot(page, name)
+    assert axe_serious(page) == [], f"axe on {name}"
+    seen_csp.append(name)
+
+
+def test_doctor_sees_a_new_alert_live_and_acknowledges_it(region: Region, context: Any) -> None:
+    from playwright.sync_api import expect
+
+    clinic = region.nodes["clinic-b"]
+    page = context.new_page()
+    documents: list[Any] = []
+    page.on(
+        "response", lambda r: documents.append(r) if r.request.resource_type == "document" else None
+    )
+    seen: list[str] = []
+
+    _sign_in(page, clinic.url, "doctor")
+    page.wait_for_url("**/app/panel")
+    assert page.locator("html").get_attribute("lang") == "zh-CN"  # the region's default
+    assert page.get_by_role("link", name="Li Mei").count() == 1
+    _check_page(page, "doctor-panel", seen)
+
+    page.get_by_role("link", name="Li Mei").click()
+    page.wait_for_selector("#timeline li")
+    assert "p-" not in page.url.split("/app/patients/")[1]  # an opaque handle, not the id
+    assert page.locator(".badge.source").count() > 0
+    _check_page(page, "doctor-patient", seen)
+
+    page.goto(f"{clinic.url}/app/alerts")
+    page.wait_for_selector("[data-sse-state=open]", state="attached", timeout=15_000)
+    before = page.locator(".alert-item").count()
+    page.evaluate("window.__noReload = true")
+    now = datetime.now(UTC)
+    pid = f"p-{HF_ID}"
+    for day, kg in ((2, 70.0), (1, 71.2), (0, 72.5)):
+        r = clinic.post("/fhir/Observation", _weight(pid, kg, now - timedelta(days=day, minutes=1)))
+        assert r.status_code == 201, r.text
+    started = time.monotonic()
+    expect(page.locator(".alert-item")).to_have_count(before + 1, timeout=30_000)
+    print(f"alert shown {time.monotonic() - started:.2f}s after the third weight")
+    assert page.evaluate("window.__noReload") is True  # appeared without a reload
+    _check_page(page, "doctor-alerts", seen)
+
+    item = page.locator(".alert-item").first
+    item.locator("input[name=text]").first.fill("Phoned patient; furosemide dose raised")
+    item.get_by_role("button", name="确认").click()  # "Acknowledge" in zh-CN
+    expect(page.locator(".alert-item")).to_have_count(before, timeout=15_000)
+    issues = clinic.search("DetectedIssue", patient=pid)
+    done = [i for i in issues if i.get("mitigation")]
+    assert done and "furosemide" in done[0]["mitigation"][0]["action"]["text"]
+
+    # The other language, then the remaining pages in both.
+    page.goto(f"{clinic.url}/app/referrals")
+    _check_page(page, "doctor-referrals", seen)
+    page.get_by_role("button", name="English").click()
+    page.wait_for_load_state()
+    assert page.locator("html").get_attribute("lang") == "en"
+    _check_page(page, "doctor-referrals", seen)
+    for path, name in (("/app/panel", "doctor-panel"), ("/app/alerts", "doctor-alerts")):
+        page.goto(f"{clinic.url}{path}")
+        _check_page(page, name, seen)
+    page.goto(f"{clinic.url}/app/panel")
+    page.get_by_role("link", name="Li Mei").click()
+    page.wait_for_selector("#timeline li")
+    _check_page(page, "doctor-patient", seen)
+
+    # One-click remote follow-up: a message, a task and a booked visit for the patient.
+    page.click("#follow-up")
+    page.wait_for_selector("#notice")
+    assert any(a.get("status") == "booked" for a in clinic.search("Appointment", patient=pid))
+    messages = clinic.search("Communication", patient=pid)
+    assert any(c.get("category", [{}])[0].get("text") == "remote-follow-up" for c in messages)
+    assert any(t.get("owner", {}).get("reference") == f"Patient/{pid}"
+               for t in clinic.search("Task", patient=pid))  # fmt: skip
+
+    for response in documents:
+        if response.url.startswith(clinic.url + "/app"):
+            csp = response.headers.get("content-security-policy", "")
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp, response.url
+    page.close()
+
+
+def _http_sign_in(url: str, username: str, cookie: str) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=url, timeout=30, follow_redirects=False)
+    page = client.get("/app/sign-in")
+    token = csrf_of(page.text)
+    r = client.post(
+        "/app/sign-in",
+        data={"username": username, "password": PASSWORD, "csrf_token": token},
+    )
+    assert r.status_code == 303, r.text
+    assert client.cookies.get(cookie)
+    panel = client.get("/app/")
+    return client, csrf_of(client.get(panel.headers["location"]).text)
+
+
+def test_a_request_without_the_csrf_token_is_refused_and_changes_nothing(region: Region) -> None:
+    clinic = region.nodes["clinic-b"]
+    client, token = _http_sign_in(clinic.url, "doctor", "ipjms_session_clinic-b")
+    panel = client.get("/app/panel")
+    handle = panel.text.split("/app/patients/")[1].split('"')[0]
+    before = len(clinic.search("Appointment"))
+    refused = client.post(f"/app/patients/{handle}/follow-up")
+    assert refused.status_code == 403
+    assert "content-security-policy" in refused.headers
+    wrong = client.post(f"/app/patients/{handle}/follow-up", headers={"X-CSRF-Token": "x" * 43})
+    assert wrong.status_code == 403
+    assert len(clinic.search("Appointment")) == before
+    done = client.post(f"/app/patients/{handle}/follow-up", headers={"X-CSRF-Token": token})
+    assert done.status_code == 303
+    assert len(clinic.search("Appointment")) == before + 1
+    # Signing in is a form too: without the token it is refused before any password check.
+    fresh = httpx.post(
+        f"{clinic.url}/app/sign-in", data={"username": "doctor", "password": PASSWORD}
+    )
+    assert fresh.status_code == 403
+
+
+def test_a_patient_session_opens_no_doctor_page_and_no_other_record(
+    region: Region, context: Any
+) -> None:
+    clinic = region.nodes["clinic-b"]
+    admin = httpx.post(
+        f"{clinic.url}/auth/token",
+        data={"grant_type": "password", "username": "admin", "password": PASSWORD},
+    ).json()["access_token"]
+    r = httpx.post(
+        f"{clinic.url}/auth/accounts",
+        json={"username": "li-mei", "password": PASSWORD, "role": "patient",
+              "patient": f"p-{HF_ID}"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    doctor, _ = _http_sign_in(clinic.url, "doctor", "ipjms_session_clinic-b")
+    panel = doctor.get("/app/panel").text
+    other_handle = panel.split("Zhao Lei")[0].rsplit("/app/patients/", 1)[1].split('"')[0]
+
+    patient, _ = _http_sign_in(clinic.url, "li-mei", "ipjms_session_clinic-b")
+    me = patient.get("/app/me")
+    assert me.status_code == 200 and "content-security-policy" in me.headers
+    for path in ("/app/panel", "/app/alerts", "/app/referrals", "/app/alerts/stream",
+                 f"/app/patients/{other_handle}"):  # fmt: skip
+        r = patient.get(path)
+        assert r.status_code == 403, (path, r.status_code)
+    # A handle made in one doctor session means nothing in another session.
+    second, _ = _http_sign_in(clinic.url, "doctor", "ipjms_session_clinic-b")
+    assert second.get(f"/app/patients/{other_handle}").status_code == 404
+
+    page = context.new_page()
+    _sign_in(page, clinic.url, "li-mei")
+    page.wait_for_url("**/app/me")
+    seen: list[str] = []
+    _check_page(page, "patient-today", seen)
+    page.goto(f"{clinic.url}/app/me/trends")
+    _check_page(page, "patient-trends", seen)
+    response = page.goto(f"{clinic.url}/app/panel")
+    assert response is not None and response.status == 403
+    page.close()
+
+
+def test_node_a_sessions_open_nothing_at_node_b(region: Region) -> None:
+    hosp, clinic = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    a_client, _ = _http_sign_in(hosp.url, "doctor", "ipjms_session_hosp-a")
+    a_session = a_client.cookies.get("ipjms_session_hosp-a")
+    assert a_client.get("/app/panel").status_code == 200
+    for name in ("ipjms_session_hosp-a", "ipjms_session_clinic-b"):
+        r = httpx.get(f"{clinic.url}/app/panel", cookies={name: a_session})
+        assert r.status_code == 303 and r.headers["location"].endswith("/app/sign-in")
+    # … and node A's access token is not a token at node B either.
+    token = hosp.headers()["Authorization"]
+    r = httpx.get(f"{clinic.url}/fhir/Patient", headers={"Authorization": token})
+    assert r.status_code == 401
+
+
+def test_sign_out_ends_the_session(region: Region) -> None:
+    clinic = region.nodes["clinic-b"]
+    client, token = _http_sign_in(clinic.url, "doctor", "ipjms_session_clinic-b")
+    assert client.get("/app/panel").status_code == 200
+    assert client.post("/app/sign-out", headers={"X-CSRF-Token": token}).status_code == 303
+    r = client.get("/app/panel")
+    assert r.status_code == 303 and r.headers["location"].endswith("/app/sign-in")
