@@ -26,6 +26,7 @@ from federated.feature_spec import FEATURE_NAMES, extract_samples  # noqa: E402
 from node.feeds.synthetic import generate_site, reference_date  # noqa: E402
 
 LABEL = "readmitted_30d"
+PATIENT = "patient"  # the patient's number within the site: the privacy unit, not a feature
 # site name → (profile, patients, seed): one tertiary hospital, two community clinics.
 SITES = {
     "tertiary": ("tertiary", 1500, 11),
@@ -46,6 +47,7 @@ def export(
             patients = clinic_patients
         n = max(1, int(patients * scale))
         rows = []
+        patients: dict[str, int] = {}
         for bundle in generate_site(profile, n, site_seed + 1000 * seed):
             resources = []
             for entry in bundle["entry"]:
@@ -53,10 +55,11 @@ def export(
                 res.setdefault("id", entry["fullUrl"].rsplit(":", 1)[-1])
                 resources.append(res)
             for s in extract_samples(resources, as_of=as_of):
-                rows.append([*(round(v, 5) for v in s.features), s.label])
+                number = patients.setdefault(s.patient_id, len(patients))
+                rows.append([*(round(v, 5) for v in s.features), number, s.label])
         with (out / f"{name}.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow([*FEATURE_NAMES, LABEL])
+            writer.writerow([*FEATURE_NAMES, PATIENT, LABEL])
             writer.writerows(rows)
         counts[name] = (len(rows), sum(r[-1] for r in rows))
     return counts

@@ -58,18 +58,24 @@ def _load_export():  # type: ignore[no-untyped-def]
 
 
 _export = _load_export()
-LABEL, export, SITES = _export.LABEL, _export.export, _export.SITES
+LABEL, PATIENT, export, SITES = _export.LABEL, _export.PATIENT, _export.export, _export.SITES
 CLINICS = [name for name, (profile, _n, _seed) in SITES.items() if profile == "community"]
 DP_CLAIM_EPSILONS = (1.0, 3.0)
 
-from federated.bench import DEFAULT_PLAN, BenchRow, format_table, run_bench  # noqa: E402
+from federated.bench import (  # noqa: E402
+    DEFAULT_PLAN,
+    BenchRow,
+    bench_node_config,
+    format_table,
+    run_bench,
+)
 from federated.datasets import read_centre_csv  # noqa: E402
 from federated.models import make_model  # noqa: E402
 from federated.training import DPConfig, TrainConfig, default_delta, train  # noqa: E402
 
 
 def dp_overhead(csv_path: Path, epochs: int = 3, repeats: int = 3) -> dict[str, float]:
-    table = read_centre_csv(csv_path, LABEL)
+    table = read_centre_csv(csv_path, LABEL, group=PATIENT)
     x = np.nan_to_num(table.x).astype(np.float32)
     y = table.y
     plain, private = [], []
@@ -77,10 +83,9 @@ def dp_overhead(csv_path: Path, epochs: int = 3, repeats: int = 3) -> dict[str, 
         m = make_model("logreg", x.shape[1])
         plain.append(train(m, x, y, TrainConfig(epochs=epochs, lr=0.3, seed=r)).seconds / epochs)
         m = make_model("logreg", x.shape[1])
-        dp = DPConfig(3.0, default_delta(len(y)), epochs, 1.0)
-        private.append(
-            train(m, x, y, TrainConfig(epochs=epochs, lr=0.3, seed=r), dp).seconds / epochs
-        )
+        dp = DPConfig(3.0, default_delta(), epochs, 1.0)
+        cfg = TrainConfig(epochs=epochs, lr=0.3, seed=r)
+        private.append(train(m, x, y, cfg, dp, groups=table.groups).seconds / epochs)
     p, d = statistics.median(plain), statistics.median(private)
     return {
         "samples": len(y),
@@ -98,11 +103,12 @@ def flower_overhead(folder: Path, rounds: int = 5) -> dict[str, object]:
     files = sorted(folder.glob("*.csv"))
     with tempfile.TemporaryDirectory() as tmp:
         configs = {
-            i + 1: {"source": "csv", "csv-path": str(f), "label": LABEL, "org-id": f.stem,
-                    "data-dir": f"{tmp}/{f.stem}", "epsilon-budget": 1e6}
+            i + 1: bench_node_config(
+                f, LABEL, f.stem, Path(tmp) / f.stem, DEFAULT_PLAN, group=PATIENT
+            )
             for i, f in enumerate(files)
-        }  # fmt: skip
-        n_features = len(read_centre_csv(files[0], LABEL).columns)
+        }
+        n_features = len(read_centre_csv(files[0], LABEL, group=PATIENT).columns)
         plan = replace(
             DEFAULT_PLAN,
             rounds=rounds,
@@ -135,13 +141,13 @@ def risk_function_auroc(folder: Path, split_seed: int, test_fraction: float) -> 
     expectation); the CSV features are that function's terms."""
     from sklearn.metrics import roc_auc_score
 
-    from federated.datasets import stratified_split
+    from federated.datasets import split_table
     from node.feeds.synthetic.readmission import ReadmissionFeatures, observable_logit
 
     aurocs = []
     for clinic in CLINICS:
-        table = read_centre_csv(folder / f"{clinic}.csv", LABEL)
-        _train, test = stratified_split(table.y, test_fraction, split_seed)
+        table = read_centre_csv(folder / f"{clinic}.csv", LABEL, group=PATIENT)
+        _train, test = split_table(table.y, table.groups, test_fraction, split_seed)
         col = {name: table.x[test, i] for i, name in enumerate(table.columns)}
         risk = [
             observable_logit(
@@ -291,7 +297,11 @@ def main() -> None:
                     DEFAULT_PLAN, test_fraction=args.test_fraction, split_seed=split, seed=split
                 )
                 rows = run_bench(
-                    data, LABEL, plan=plan, progress=lambda m: print(f"… {m}", flush=True)
+                    data,
+                    LABEL,
+                    plan=plan,
+                    progress=lambda m: print(f"… {m}", flush=True),
+                    group=PATIENT,
                 )
                 tables[split] = [r.as_json() for r in rows]
                 numbers = claim_numbers(rows)

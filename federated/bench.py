@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from federated.datasets import CentreTable, read_bench_folder, stratified_split
+from federated.datasets import CentreTable, read_bench_folder, split_table
 from federated.run_plan import RunPlan
 
-__all__ = ["BenchRow", "run_bench", "bench_methods", "DEFAULT_PLAN"]
+__all__ = ["BenchRow", "run_bench", "bench_methods", "bench_node_config", "DEFAULT_PLAN"]
 
 FLOWER_LOGGER_NAME = "flwr"
 
@@ -63,7 +63,40 @@ class BenchRow:
 
 
 def _split(t: CentreTable, plan: RunPlan) -> tuple[np.ndarray, np.ndarray]:
-    return stratified_split(t.y, plan.test_fraction, plan.split_seed)
+    return split_table(t.y, t.groups, plan.test_fraction, plan.split_seed)
+
+
+def bench_node_config(
+    table_path: Path,
+    label: str,
+    org: str,
+    data_dir: Path,
+    plan: RunPlan,
+    *,
+    group: str | None = None,
+    na_values: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """A bench node's config: its own CSV, so its policy may allow exact evaluation and the
+    normalisation sums; DP off for the non-private baselines; the bench's split (the local
+    and pooled baselines use the same one); with ``group`` the patient is the privacy unit."""
+    return {
+        "source": "csv",
+        "csv-path": str(table_path),
+        "label": label,
+        "org-id": org,
+        "data-dir": str(data_dir),
+        "epsilon-budget": 1e6,
+        "delta-budget": 0.5,
+        "max-epsilon-run": 1e3,
+        "dp-required": False,
+        "evaluation": "exact",
+        "allow-query": True,
+        "test-fraction": plan.test_fraction,
+        "split-seed": plan.split_seed,
+        "dp-seed": plan.seed,  # a repeatable bench table; deployments keep the noise secret
+        **({"group-column": group} if group else {}),
+        **({"na-values": ",".join(na_values)} if na_values else {}),
+    }
 
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,22 +141,16 @@ def _federated(
     plan: RunPlan,
     ledger_dir: Path,
     na_values: Sequence[str] | None,
+    group: str | None = None,
 ) -> dict[str, dict[str, float]]:
     from federated.client_app import app as client_app
     from federated.local_grid import LocalGrid
     from federated.server_loop import run_federated
 
     configs = {
-        i + 1: {
-            "source": "csv",
-            "csv-path": str(t.path),
-            "label": label,
-            "org-id": t.name,
-            "data-dir": str(ledger_dir / t.name),
-            "epsilon-budget": 1e6,
-            "dp-seed": plan.seed,  # a repeatable bench table; deployments keep the noise secret
-            **({"na-values": ",".join(na_values)} if na_values else {}),
-        }
+        i + 1: bench_node_config(
+            t.path, label, t.name, ledger_dir / t.name, plan, group=group, na_values=na_values
+        )
         for i, t in enumerate(tables)
     }
     grid = LocalGrid(client_app, configs)
@@ -155,14 +182,17 @@ def run_bench(
     na_values: Sequence[str] | None = None,
     plan: RunPlan = DEFAULT_PLAN,
     progress: Callable[[str], None] = lambda _m: None,
+    group: str | None = None,
 ) -> list[BenchRow]:
+    """``group``: the CSVs' patient column (not a feature): splits by patient and DP with the
+    patient as the unit; without it every row is its own patient."""
     import flwr.common.logger  # noqa: F401 - configures the "flwr" logger; quiet it after
 
     logging.getLogger(FLOWER_LOGGER_NAME).setLevel(logging.WARNING)
     tables = (
-        read_bench_folder(folder, label, na_values)
+        read_bench_folder(folder, label, na_values, group)
         if na_values
-        else read_bench_folder(folder, label)
+        else read_bench_folder(folder, label, group=group)
     )
     plan = replace(plan, n_features=len(tables[0].columns), task="csv", normalise=True)
     splits = {t.name: _split(t, plan) for t in tables}
@@ -194,7 +224,7 @@ def run_bench(
                 add(method, dict(_central(x, y, plan, tests)), None)
             else:
                 assert fplan is not None
-                per = _federated(tables, label, fplan, Path(tmp), na_values)
+                per = _federated(tables, label, fplan, Path(tmp), na_values, group)
                 add(method, per, fplan.epsilon or None)
     return rows
 

@@ -177,6 +177,12 @@ def supernode(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     epsilon_budget: Annotated[float, typer.Option("--epsilon-budget", min=0.0)] = 10.0,
     min_cohort: Annotated[int, typer.Option("--min-cohort", min=0)] = 50,
+    max_epsilon_run: Annotated[
+        float,
+        typer.Option("--max-epsilon-run", help="Largest ε per patient one run may spend here."),
+    ] = 3.0,
+    delta_run: Annotated[float, typer.Option("--delta-run", help="δ of every run.")] = 1e-5,
+    delta_budget: Annotated[float, typer.Option("--delta-budget")] = 1e-4,
     as_of: Annotated[
         str, typer.Option("--as-of", help="Cohort reference date (default now).")
     ] = "",
@@ -187,8 +193,10 @@ def supernode(
     from federated.supervisor import Supervised, port_open
     from trust.pki import load_org
 
-    if epsilon_budget <= 0:
-        _fail("--epsilon-budget must be positive")
+    if epsilon_budget <= 0 or max_epsilon_run <= 0:
+        _fail("--epsilon-budget and --max-epsilon-run must be positive")
+    if not (0 < delta_run < 1 and 0 < delta_budget < 1):
+        _fail("--delta-run and --delta-budget must be in (0, 1)")
     if not (org_dir / "org.json").exists():
         _fail(f"--org-dir {org_dir}: no organisation credentials")
     for p, opt in ((client_key, "--client-key"), (linkage_key, "--linkage-key")):
@@ -213,6 +221,11 @@ def supernode(
         "data-dir": str(data_dir.resolve()),
         "epsilon-budget": float(epsilon_budget),
         "min-cohort": int(min_cohort),
+        # the node's own privacy policy (federated/node_policy.py); the server cannot change it
+        "dp-required": True,
+        "max-epsilon-run": float(max_epsilon_run),
+        "delta-run": float(delta_run),
+        "delta-budget": float(delta_budget),
         **({"as-of": as_of} if as_of else {}),
     }
     args = supernode_args(
@@ -365,18 +378,29 @@ def _summary(doc: dict[str, object]) -> None:
         title=f"model {doc.get('model_id') or '(not stored)'}: "
         f"{card['task']} ({card['feature_spec']})"
     )
-    for col in ("node", "cohort (rounded)", "rounds", "ε", "δ", "AUROC"):
+    for col in ("node", "cohort (rounded)", "rounds", "ε/patient", "δ", "σ", "q", "steps", "AUROC"):
         table.add_column(col)
+    privacy = card.get("privacy") or {}
+    dp = {d["org"]: d for d in privacy.get("per_node", [])}
     for p in card["participants"]:
+        d = dp.get(p["org"], {})
         table.add_row(
             p["org"],
             str(p["cohort_size_rounded"]),
             ",".join(map(str, p["rounds"])),
-            f"{p['epsilon']:.2f}",
-            f"{p['delta']:.1e}",
+            f"{p['epsilon'] or 0:.2f}",
+            f"{p['delta'] or 0:.1e}",
+            f"{d.get('noise_multiplier') or 0:.3f}",
+            f"{d.get('sample_rate') or 0:.3f}",
+            str(d.get("steps", "")),
             f"{(p['evaluation'] or {}).get('auroc') or float('nan'):.3f}",
         )
     console.print(table)
+    if privacy.get("unit"):
+        console.print(
+            f"privacy unit: {privacy['unit']} (ε per patient = training + DP evaluation; "
+            f"δ: {privacy.get('delta_rule')})"
+        )
     ev = card["evaluation"]
     console.print(
         f"federated evaluation: AUROC {ev.get('auroc')}, AUPRC {ev.get('auprc')}, "
@@ -437,6 +461,10 @@ def bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write rows as JSON here.")
     ] = None,
+    group: Annotated[
+        str,
+        typer.Option("--group", help="Patient column (not a feature): split and DP per patient."),
+    ] = "",
 ) -> None:
     """Local vs FedAvg vs FedAvg+DP (ε 1, 3, 8) vs FedAdam vs pooled, per centre + mean."""
     from dataclasses import replace
@@ -454,7 +482,12 @@ def bench(
     na = [v for v in na_values.split(",")] if na_values else None
     try:
         rows = run_bench(
-            data, label, na_values=na, plan=plan, progress=lambda m: console.print(f"… {m}")
+            data,
+            label,
+            na_values=na,
+            plan=plan,
+            progress=lambda m: console.print(f"… {m}"),
+            group=group or None,
         )
     except BenchInputError as exc:
         _fail(str(exc))

@@ -23,6 +23,7 @@ __all__ = [
     "read_centre_csv",
     "read_bench_folder",
     "round_count",
+    "split_table",
 ]
 
 DEFAULT_NA = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "?")
@@ -38,6 +39,9 @@ class NodeData:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # each row's privacy unit (patient) as an integer; None: every row is its own unit
+    g_train: np.ndarray | None = None
+    g_test: np.ndarray | None = None
 
     @property
     def cohort_size(self) -> int:
@@ -98,6 +102,16 @@ def group_split(
     return train, test
 
 
+def split_table(
+    y: np.ndarray, groups: np.ndarray | None, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A centre's held-out split: by patient when the table names them (all of a patient's rows
+    on one side), else by row (stratified). The ClientApp and the bench's baselines use it."""
+    if groups is None:
+        return stratified_split(y, test_fraction, seed)
+    return group_split([str(v) for v in groups], y, test_fraction, seed)
+
+
 @dataclass
 class CentreTable:
     name: str
@@ -105,10 +119,14 @@ class CentreTable:
     columns: list[str]  # feature columns, in file order
     x: np.ndarray  # may hold NaN (missing)
     y: np.ndarray
+    groups: np.ndarray | None = None  # the group column's values (patients), when named
 
 
-def read_centre_csv(path: Path, label: str, na_values: Sequence[str] = DEFAULT_NA) -> CentreTable:
-    """Read one centre's CSV: header row, numeric features, ``label`` positive when non-zero."""
+def read_centre_csv(
+    path: Path, label: str, na_values: Sequence[str] = DEFAULT_NA, group: str | None = None
+) -> CentreTable:
+    """Read one centre's CSV: header row, numeric features, ``label`` positive when non-zero;
+    ``group`` (optional) names a numeric column of patient numbers, not a feature."""
     na = set(na_values)
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -158,16 +176,26 @@ def read_centre_csv(path: Path, label: str, na_values: Sequence[str] = DEFAULT_N
         raise BenchInputError(
             f"{path.name}: label column {label!r} is constant (needs positive and negative rows)"
         )
-    columns = [h for i, h in enumerate(header) if i != li]
-    x = np.delete(values, li, axis=1)
+    groups = None
+    drop = [li]
+    if group is not None:
+        if group not in header:
+            raise BenchInputError(f"{path.name}: group column {group!r} is missing")
+        gi = header.index(group)
+        if np.isnan(values[:, gi]).any():
+            raise BenchInputError(f"{path.name}: group column {group!r} has missing values")
+        groups = values[:, gi].astype(np.int64)
+        drop.append(gi)
+    columns = [h for i, h in enumerate(header) if i not in drop]
+    x = np.delete(values, drop, axis=1)
     for c, name in enumerate(columns):
         if np.isnan(x[:, c]).all():
             raise BenchInputError(f"{path.name}: column {name!r} has no numeric values")
-    return CentreTable(path.stem, path, columns, x, y)
+    return CentreTable(path.stem, path, columns, x, y, groups)
 
 
 def read_bench_folder(
-    folder: Path, label: str, na_values: Sequence[str] = DEFAULT_NA
+    folder: Path, label: str, na_values: Sequence[str] = DEFAULT_NA, group: str | None = None
 ) -> list[CentreTable]:
     """All ``*.csv`` of a folder, one per centre, with the same columns."""
     if not folder.is_dir():
@@ -178,7 +206,7 @@ def read_bench_folder(
             f"{folder}: found {len(files)} CSV file(s); federated benchmarking needs at least 2"
             " centres (one CSV per centre)"
         )
-    tables = [read_centre_csv(p, label, na_values) for p in files]
+    tables = [read_centre_csv(p, label, na_values, group) for p in files]
     first = tables[0]
     for t in tables[1:]:
         if t.columns != first.columns:

@@ -40,10 +40,12 @@ METRIC_KEYS = (
     frozenset(
         {
             "num-examples",  # cohort (train) or test-split size, rounded to 10
-            "train-loss",
-            "epsilon",
+            # no "train-loss": with lr = 0 and q = 1 it was an exact query on the training data
+            "epsilon",  # per patient, spent so far (train) / of this release (evaluate)
             "delta",
-            "noise-multiplier",
+            "noise-multiplier",  # σ of patient-level DP-SGD
+            "sample-rate",  # q: Poisson rate over patients (from the count rounded to 10)
+            "steps",  # DP-SGD steps of this round
             "train-seconds",
             "declined",
             "auroc",
@@ -61,14 +63,28 @@ ROUNDED_COUNT = 10  # counts that leave a node are multiples of this (datasets.r
 # The only reasons a node may give for declining (client_app.py and budget.py word them): numbers
 # in fixed sentences, nothing a node could fill with other text.
 DECLINE_REASONS = (
-    re.compile(
-        r"cohort too small: \d{1,9} eligible patient\(s\), this node needs at least \d{1,9}"
+    re.compile(  # the count is rounded to 10 (never the exact number of eligible patients)
+        r"cohort too small: about \d{1,8}0 eligible patients, this node needs at least \d{1,9}"
     ),
     re.compile(r"cohort has no positive or no negative training samples"),
     re.compile(
         r"privacy budget spent: used \d{1,6}\.\d\d of \d{1,6}\.\d\d "
         r"\(this run asks for ε=\d{1,6}\.\d\d\)"
     ),
+    re.compile(
+        r"privacy budget spent: used δ \d\.\de[-+]\d\d of \d\.\de[-+]\d\d "
+        r"\(this run asks for δ=\d\.\de[-+]\d\d\)"
+    ),
+    # the node's own privacy policy (federated/node_policy.py, federated/client_app.py)
+    re.compile(r"task not allowed by this node's privacy policy"),
+    re.compile(r"this node requires differential privacy \(ε > 0\)"),
+    re.compile(r"ε per run above this node's maximum of \d{1,6}\.\d\d"),
+    re.compile(r"run parameters changed after the run's first message"),
+    re.compile(r"more rounds than the run announced"),
+    re.compile(r"this round would exceed the run's privacy reservation"),
+    re.compile(r"evaluation is off at this node"),
+    re.compile(r"evaluation limit of this run reached"),
+    re.compile(r"queries are off at this node"),
 )
 _SPEC = re.compile(r"[a-z0-9][a-z0-9-]{0,40}@\d{1,4}")  # a feature spec id, e.g. readmission-30d@1
 _STATUS = frozenset({"ok", "declined"})

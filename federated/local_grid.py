@@ -31,6 +31,8 @@ class LocalGrid(Grid):
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.client_app = client_app
+        self._node_configs = {nid: dict(cfg) for nid, cfg in node_configs.items()}
+        self._run_config = dict(run_config or {})
         self.contexts = {
             nid: Context(
                 run_id=run_id,
@@ -47,6 +49,16 @@ class LocalGrid(Grid):
         self.sent: list[Message] = []
         self.received: list[Message] = []
         self._replies: dict[str, Message] = {}
+
+    def new_run(self) -> LocalGrid:
+        """The same nodes in a new Flower run (fresh per-run state on every node), as
+        ``flwr run`` gives; the nodes' data dirs (and ledgers) stay."""
+        return LocalGrid(
+            self.client_app,
+            self._node_configs,
+            run_id=self.run_id + 1,
+            run_config=self._run_config,
+        )
 
     def set_run(self, run: Any) -> None:  # pragma: no cover - not used in-process
         self.run_id = int(run.run_id)

@@ -24,10 +24,59 @@ def _clean(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6)
 
 
+def _sig(v: float | None) -> float | None:
+    """Significant digits, not decimals: δ = 1e-7 must not print as 0.0."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(f"{v:.4g}")
+
+
+PRIVACY_UNIT = "patient"
+NOT_COVERED = (
+    "DP protects each patient's records in the training split and in the evaluation release; "
+    "it does not cover: the rounded counts (cohort and test sizes, to 10) and the sampling rate "
+    "derived from them; which nodes took part, declined or dropped out; wall-clock timings; "
+    "the fact that a patient is at a node at all; properties shared by many patients (group "
+    "or population inferences); patients' records outside the consented research cohort "
+    "(never read). Guarantees are per node (local DP-SGD), not central: no secure aggregation."
+)
+
+
+def _privacy(plan: Any, nodes: list[Any]) -> dict[str, Any]:
+    if not plan.epsilon:
+        return {"mechanism": "none", "unit": None, "target_epsilon_per_node": 0.0}
+    return {
+        "mechanism": (
+            "patient-level DP-SGD (Poisson sampling of patients, each patient's summed gradient "
+            "clipped, Gaussian noise; Opacus RDP accountant) + Laplace-noised evaluation "
+            "histogram (pure ε, charged to each node's ledger)"
+        ),
+        "unit": PRIVACY_UNIT,
+        "target_epsilon_per_node": plan.epsilon,
+        "max_grad_norm": plan.max_grad_norm,
+        "delta_rule": "each node's policy δ per run (default 1e-5), not derived from its cohort",
+        "per_node": [
+            {
+                "org": n.org,
+                "unit": PRIVACY_UNIT,
+                "noise_multiplier": _sig(n.noise_multiplier),
+                "sample_rate": _sig(n.sample_rate),
+                "steps": n.steps,
+                "epsilon_training": _sig(n.epsilon),
+                "epsilon_evaluation": _sig(n.eval_epsilon),
+                "epsilon": _sig(n.epsilon + n.eval_epsilon),
+                "delta": _sig(n.delta),
+            }
+            for n in nodes
+        ],
+        "not_covered": NOT_COVERED,
+    }
+
+
 def build_card(result: Any, *, run_id: str = "") -> dict[str, Any]:
     """Task, feature spec, rounds, strategy, participating nodes with rounded cohort sizes,
-    ε and δ per node, drop-outs/declines and the federated evaluation metrics."""
+    ε and δ per patient per node (σ, q, steps), what DP does not cover, drop-outs/declines and
+    the federated (DP) evaluation metrics."""
     plan = result.plan
+    nodes = sorted(result.participants(), key=lambda n: n.org)
     return {
         "task": plan.task,
         "feature_spec": plan.spec,
@@ -37,24 +86,18 @@ def build_card(result: Any, *, run_id: str = "") -> dict[str, Any]:
         "run_id": run_id,
         "run_label": plan.run_label,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "privacy": {
-            "mechanism": "DP-SGD (Opacus, RDP accountant, Poisson sampling)"
-            if plan.epsilon
-            else "none",
-            "target_epsilon_per_node": plan.epsilon,
-            "max_grad_norm": plan.max_grad_norm,
-        },
+        "privacy": _privacy(plan, nodes),
         "participants": [
             {
                 "org": n.org,
                 "cohort_size_rounded": round_count(n.cohort),
                 "test_size_rounded": round_count(n.test_size),
                 "rounds": n.rounds,
-                "epsilon": _clean(n.epsilon),
-                "delta": _clean(n.delta),
+                "epsilon": _sig(n.epsilon + n.eval_epsilon),  # per patient, training + evaluation
+                "delta": _sig(n.delta),
                 "evaluation": {k: _clean(v) for k, v in n.metrics.items()},
             }
-            for n in sorted(result.participants(), key=lambda n: n.org)
+            for n in nodes
         ],
         "dropped": result.dropped,
         "declined": result.declined,

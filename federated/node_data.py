@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from federated.datasets import NodeData, group_split, read_centre_csv, stratified_split
+from federated.datasets import NodeData, group_split, read_centre_csv, split_table
 from federated.feature_spec import parse_instant
 
 __all__ = ["LoadedData", "load_node_data", "setting"]
@@ -40,14 +40,22 @@ def load_node_data(
             if setting(node_config, "na-values")
             else None
         )
+        group = setting(node_config, "group-column", None)
+        path, label = Path(node_config["csv-path"]), str(node_config["label"])
         table = (
-            read_centre_csv(Path(node_config["csv-path"]), str(node_config["label"]), na)
+            read_centre_csv(path, label, na, group=group)
             if na
-            else read_centre_csv(Path(node_config["csv-path"]), str(node_config["label"]))
+            else read_centre_csv(path, label, group=group)
         )
-        tr, te = stratified_split(table.y, test_fraction, seed)
+        tr, te = split_table(table.y, table.groups, test_fraction, seed)
+        if table.groups is None:  # each row its own unit
+            return LoadedData(
+                NodeData(table.x[tr], table.y[tr], table.x[te], table.y[te]), len(table.y)
+            )
+        g = table.groups
         return LoadedData(
-            NodeData(table.x[tr], table.y[tr], table.x[te], table.y[te]), len(table.y)
+            NodeData(table.x[tr], table.y[tr], table.x[te], table.y[te], g[tr], g[te]),
+            len(np.unique(g)),
         )
     if source == "fhir":
         return _load_fhir(node_config, test_fraction=test_fraction, seed=seed)
@@ -95,5 +103,9 @@ def _load_fhir(node_config: Mapping[str, Any], *, test_fraction: float, seed: in
             NodeData(empty, np.zeros(0, np.float32), empty, np.zeros(0, np.float32)),
             cohort.patients_eligible,
         )
-    tr, te = group_split([s.patient_id for s in samples], y, test_fraction, seed)
-    return LoadedData(NodeData(x[tr], y[tr], x[te], y[te]), cohort.patients_eligible)
+    ids = [s.patient_id for s in samples]
+    tr, te = group_split(ids, y, test_fraction, seed)
+    _, unit = np.unique(np.array(ids), return_inverse=True)  # patient → integer unit
+    return LoadedData(
+        NodeData(x[tr], y[tr], x[te], y[te], unit[tr], unit[te]), cohort.patients_eligible
+    )

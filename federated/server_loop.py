@@ -40,6 +40,9 @@ class NodeRecord:
     epsilon: float = 0.0
     delta: float = 0.0
     noise_multiplier: float = 0.0
+    sample_rate: float = 0.0  # q over patients
+    steps: int = 0  # DP-SGD steps over the run
+    eval_epsilon: float = 0.0  # ε of the node's DP evaluation release(s)
     train_seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -276,31 +279,41 @@ def run_federated(
             node.epsilon = _metric(reply, "epsilon")
             node.delta = _metric(reply, "delta")
             node.noise_multiplier = _metric(reply, "noise-multiplier")
+            node.sample_rate = _metric(reply, "sample-rate")
+            node.steps += int(_metric(reply, "steps"))
             node.train_seconds += _metric(reply, "train-seconds")
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, usable)
+        new_arrays, _train_metrics = strategy.aggregate_train(rnd, usable)
         if new_arrays is None:
             raise RunFailed(f"round {rnd}: aggregation produced no model")
         arrays = new_arrays
         train_wall = time.perf_counter() - round_started
         local_seconds = sum(_metric(r, "train-seconds") for r in usable)
-        eval_cfg = ConfigRecord(dict(base_config))
-        sent = list(strategy.configure_evaluate(rnd, arrays, eval_cfg, active))
-        replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
-        usable = _Round(result, excluded, "evaluate", rnd).sort(sent, replies)
-        need(len(usable), "evaluate", rnd)
+        aggregated: dict[str, float] = {}
         per_node: dict[str, dict[str, float]] = {}
-        for reply in usable:
-            node = result.nodes[reply.metadata.src_node_id]
-            node.test_size = int(_metric(reply, "num-examples"))
-            node.metrics = {k: _metric(reply, k) for k in ("auroc", "auprc", "brier", "accuracy")}
-            per_node[node.org] = dict(node.metrics)
-        aggregated = _weighted(usable)
+        n_evaluated = 0
+        if rnd == plan.rounds:
+            # Nodes answer a capped number of evaluations per run, each under DP and charged to
+            # their ledgers (federated/dp_evaluation.py): the final model is the one evaluated.
+            eval_cfg = ConfigRecord(dict(base_config))
+            sent = list(strategy.configure_evaluate(rnd, arrays, eval_cfg, active))
+            replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
+            usable = _Round(result, excluded, "evaluate", rnd).sort(sent, replies)
+            need(len(usable), "evaluate", rnd)
+            for reply in usable:
+                node = result.nodes[reply.metadata.src_node_id]
+                node.test_size = int(_metric(reply, "num-examples"))
+                node.metrics = {
+                    k: _metric(reply, k) for k in ("auroc", "auprc", "brier", "accuracy")
+                }
+                node.eval_epsilon += _metric(reply, "epsilon")
+                per_node[node.org] = dict(node.metrics)
+            aggregated = _weighted(usable)
+            n_evaluated = len(usable)
         entry = {
             "round": rnd,
-            "nodes": sorted(result.nodes[r.metadata.src_node_id].org for r in usable),
-            "train_loss": float(train_metrics.get("train-loss", math.nan))
-            if train_metrics
-            else math.nan,
+            "nodes": sorted(
+                result.nodes[n].org for n in result.nodes if rnd in result.nodes[n].rounds
+            ),
             "evaluation": aggregated,
             "per_node": per_node,
             "train_wall_seconds": train_wall,
@@ -315,10 +328,14 @@ def run_federated(
         spent: dict[str, float] = entry["epsilon"]  # type: ignore[assignment]
         eps = ", ".join(f"{org} ε={v:.2f}" for org, v in sorted(spent.items()))
         a = aggregated
-        report(
-            f"round {rnd}/{plan.rounds}: AUROC {a['auroc']:.3f} AUPRC {a['auprc']:.3f} "
-            f"Brier {a['brier']:.4f} over {len(usable)} node(s) | {eps}"
-        )
+        trained_on = len(entry["nodes"])  # type: ignore[arg-type]
+        line = f"round {rnd}/{plan.rounds}: trained on {trained_on} node(s) | {eps}"
+        if a:
+            line += (
+                f" | evaluation (DP, patient-weighted) AUROC {a['auroc']:.3f} "
+                f"AUPRC {a['auprc']:.3f} Brier {a['brier']:.4f} over {n_evaluated} node(s)"
+            )
+        report(line)
     result.arrays = {k: v.numpy() for k, v in arrays.items()}
     result.final_metrics = result.history[-1]["evaluation"] if result.history else {}
     result.seconds = time.perf_counter() - started

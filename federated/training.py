@@ -1,13 +1,14 @@
-"""Local training (non-private or Opacus DP-SGD) and evaluation of a risk model.
+"""Local training (non-private, or DP-SGD with the patient as the privacy unit) and evaluation.
 
-Privacy is a wrapper around the same training loop: ``train(..., dp=DPConfig(...))`` makes the
-model, optimiser and loader private with Opacus (Poisson sampling, per-sample clipping at
-``max_grad_norm``, Gaussian noise calibrated so that the whole run — ``total_epochs`` over all
-rounds — stays within ``(target_epsilon, delta)``), and reports the ε spent so far from the RDP
-accountant, whose history is carried from round to round by the caller. The noise multiplier is
-calibrated once, in the run's first round (a binary search over the RDP accountant, seconds per
-call); the caller carries it to later rounds with the history (same data, same sampling rate,
-so the same σ that recalibrating would give).
+``train(..., dp=DPConfig(...), groups=patient_of_each_row)`` is user-level DP-SGD: each step
+Poisson-samples *patients* (rate q = expected batch / patients, the count rounded to 10), sums
+each sampled patient's per-discharge gradients (``torch.func`` per-sample gradients), clips the
+sum to ``max_grad_norm`` — so a patient with many discharges is clipped as one — adds Gaussian
+noise σ·C to the sum of clipped sums and steps with it divided by the expected patient count.
+σ is calibrated once for the whole run (every round's steps, Opacus's RDP accountant and its
+``get_noise_multiplier``) and carried with the accountant history ``[(σ, q, steps)]`` from
+round to round by the caller; ε reported is per patient, from Opacus's ``RDPAccountant``.
+An empty Poisson draw is a noise-only step, counted like any other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,10 @@ __all__ = [
     "default_delta",
     "calibrate_noise",
     "compact_history",
+    "rdp_epsilon",
+    "sampling_plan",
+    "public_units",
+    "unit_index",
 ]
 
 
@@ -73,15 +79,22 @@ class TrainReport:
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     history: list[tuple[float, float, int]] = field(default_factory=list)
+    units: int = 0  # privacy units (patients) in the training split
+    steps: int = 0  # DP-SGD steps of this call
 
 
-def default_delta(n: int) -> float:
-    """δ for a cohort of n: one tenth of 1/n (the usual δ ≪ 1/n), capped at 1e-5·10."""
-    return min(1e-4, 0.1 / max(n, 1))
+DEFAULT_DELTA = 1e-5  # a node's δ per run unless its policy says otherwise (node_policy.py)
 
 
-def calibrate_noise(dp: DPConfig, sample_rate: float) -> float:
-    """σ for which ``total_epochs`` at ``sample_rate`` spend at most (target ε, δ) — RDP."""
+def default_delta(n: int = 0) -> float:
+    """δ by rule, not by cohort size (δ = 0.1/n used to give the server the exact n): the
+    node's fixed δ per run. ``n`` is accepted for old callers and ignored."""
+    del n
+    return DEFAULT_DELTA
+
+
+def calibrate_noise(dp: DPConfig, sample_rate: float, steps: int) -> float:
+    """σ for which ``steps`` steps at ``sample_rate`` spend at most (target ε, δ) — RDP."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
@@ -91,7 +104,7 @@ def calibrate_noise(dp: DPConfig, sample_rate: float) -> float:
             target_epsilon=dp.target_epsilon,
             target_delta=dp.delta,
             sample_rate=sample_rate,
-            epochs=dp.total_epochs,
+            steps=steps,
             accountant="rdp",
         )
     return float(sigma)
@@ -122,78 +135,156 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> DataLoa
     return DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, generator=gen)
 
 
+def unit_index(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """Each row's privacy unit as 0…U-1 (its patient; every row its own unit without groups)."""
+    if groups is None:
+        return np.arange(n), n
+    _, idx = np.unique(np.asarray(groups), return_inverse=True)
+    return idx.astype(np.int64), int(idx.max()) + 1 if n else 0
+
+
+def public_units(n_units: int) -> int:
+    """The unit count DP-SGD's sampling rate and normalisation use: rounded to 10 like every
+    count that leaves the node (the rate is on the model card), so q reveals no exact count."""
+    from federated.datasets import round_count
+
+    return max(10, round_count(n_units))
+
+
+def sampling_plan(n_units: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(q, steps): Poisson rate over units for an expected ``batch_size`` units per step, and
+    the steps of ``epochs`` epochs (1/q steps each)."""
+    units = public_units(n_units)
+    q = min(1.0, batch_size / units)
+    per_epoch = max(1, round(1 / q))
+    return q, per_epoch * max(1, epochs)
+
+
+def rdp_epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
+    """ε of an RDP accountant history [(σ, q, steps)] at δ (Opacus's RDP accountant)."""
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = compact_history(history)  # type: ignore[assignment]
+    if not acc.history:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta))
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     cfg: TrainConfig,
     dp: DPConfig | None = None,
+    groups: np.ndarray | None = None,
 ) -> TrainReport:
-    """Train ``model`` in place on (x, y); with ``dp`` the update is (ε, δ)-DP for the run."""
+    """Train ``model`` in place on (x, y); with ``dp`` the update is (ε, δ)-DP for the run with
+    the **patient** as the unit: ``groups`` names each row's patient (None: each row its own)."""
     if len(x) == 0:
         raise ValueError("no training samples")
     torch.manual_seed(cfg.seed)
-    dp_seed = _dp_seed(cfg) if dp is not None else cfg.seed
-    loader = _loader(x, y, cfg.batch_size, dp_seed)  # under DP, its generator draws the batches
+    if dp is not None:
+        return _train_dp(model, x, y, cfg, dp, groups)
+    loader = _loader(x, y, cfg.batch_size, cfg.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     loss_fn = nn.BCEWithLogitsLoss()
-    engine = None
-    trained: nn.Module = model
-    if dp is not None:
-        from opacus import PrivacyEngine
-
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        sample_rate = 1 / len(loader)
-        sigma = dp.noise_multiplier
-        if sigma is None or dp.sample_rate != sample_rate:
-            sigma = calibrate_noise(dp, sample_rate)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trained, optimizer, loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=sigma,
-                max_grad_norm=dp.max_grad_norm,
-                poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(dp_seed + 1),
-            )
-        engine.accountant.history = compact_history(dp.history)  # type: ignore[assignment]
     started = time.perf_counter()
-    trained.train()
-    warnings.filterwarnings("ignore", message=".*Full backward hook.*")
-    warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+    model.train()
     total, batches = 0.0, 0
     for _ in range(cfg.epochs):
         for xb, yb in loader:
-            if len(xb) == 0:
-                # Poisson sampling can draw an empty batch; it still counts as a DP step.
-                optimizer.zero_grad()
-                optimizer.step()
-                continue
             optimizer.zero_grad()
-            loss = loss_fn(trained(xb), yb)
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             optimizer.step()
             total += float(loss.item())
             batches += 1
-    seconds = time.perf_counter() - started
-    report = TrainReport(n=len(x), seconds=seconds, loss=total / max(batches, 1))
-    if engine is not None and dp is not None:
-        engine.accountant.history = compact_history(engine.accountant.history)  # type: ignore[assignment]
-        report.epsilon = float(engine.accountant.get_epsilon(dp.delta))
-        report.delta = dp.delta
-        report.noise_multiplier = float(optimizer.noise_multiplier)  # type: ignore[attr-defined]
-        report.sample_rate = sample_rate
-        report.history = [
-            (float(s), float(q), int(n))
-            for s, q, n in engine.accountant.history  # type: ignore[attr-defined]
-        ]
-    if engine is not None:
-        # Opacus wrapped the module with per-sample-gradient hooks; take them off again so the
-        # caller's model (same parameters) can be trained or made private again.
-        trained._close()  # type: ignore[operator]
-    return report
+    return TrainReport(
+        n=len(x), seconds=time.perf_counter() - started, loss=total / max(batches, 1)
+    )
+
+
+def _train_dp(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    dp: DPConfig,
+    groups: np.ndarray | None,
+) -> TrainReport:
+    """DP-SGD with the patient as the unit (user-level DP-SGD): each step samples *patients*
+    by Poisson sampling at rate q, sums each sampled patient's per-discharge gradients, clips
+    that sum to ``max_grad_norm`` (a patient with 26 discharges moves the model at most as far
+    as one with 1), adds N(0, σ²C²) to the sum and divides by the expected number of patients
+    q·U. The RDP accountant (Opacus's) counts (σ, q, steps): ε is per patient. An empty Poisson
+    draw is a step like any other (noise only)."""
+    from torch.func import functional_call, grad, vmap
+
+    started = time.perf_counter()
+    unit, n_units = unit_index(groups, len(x))
+    q, steps_per_round = sampling_plan(n_units, cfg.batch_size, cfg.epochs)
+    sigma = dp.noise_multiplier
+    if sigma is None or dp.sample_rate != q:
+        total_steps = steps_per_round // max(1, cfg.epochs) * dp.total_epochs
+        sigma = calibrate_noise(dp, q, total_steps)
+    seed = _dp_seed(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator().manual_seed(seed + 1)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    ut = torch.as_tensor(unit, dtype=torch.int64)
+    names = [n for n, _ in model.named_parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    expected = q * public_units(n_units)
+    clip = dp.max_grad_norm
+
+    def loss_one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> Any:
+        out = functional_call(model, params, (xi.unsqueeze(0),))
+        return nn.functional.binary_cross_entropy_with_logits(out.reshape(()), yi)
+
+    per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    model.train()
+    for _ in range(steps_per_round):
+        chosen = torch.rand(n_units, generator=gen) < q  # Poisson sampling over patients
+        rows = chosen[ut]
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        flat_size = sum(p.numel() for p in params.values())
+        summed = torch.zeros(flat_size)
+        if bool(rows.any()):
+            xb, yb, ub = xt[rows], yt[rows], ut[rows]
+            g = per_sample(params, xb, yb)
+            flat = torch.cat([g[n].reshape(len(xb), -1) for n in names], dim=1)
+            _, local = torch.unique(ub, return_inverse=True)
+            per_unit = torch.zeros(int(local.max()) + 1, flat_size).index_add_(0, local, flat)
+            norms = per_unit.norm(dim=1)
+            factor = (clip / (norms + 1e-12)).clamp(max=1.0)
+            summed = (per_unit * factor[:, None]).sum(dim=0)
+        noisy = (summed + torch.normal(0.0, sigma * clip, (flat_size,), generator=noise_gen)) / (
+            expected
+        )
+        offset = 0
+        for p in model.parameters():
+            k = p.numel()
+            p.grad = noisy[offset : offset + k].reshape(p.shape).clone()
+            offset += k
+        optimizer.step()
+        optimizer.zero_grad()
+    history = compact_history([*dp.history, (float(sigma), q, steps_per_round)])
+    return TrainReport(
+        n=len(x),
+        seconds=time.perf_counter() - started,
+        loss=float("nan"),  # not computed under DP: it never leaves the node (egress.py)
+        epsilon=rdp_epsilon(history, dp.delta),
+        delta=dp.delta,
+        noise_multiplier=float(sigma),
+        sample_rate=q,
+        history=history,
+        units=n_units,
+        steps=steps_per_round,
+    )
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -7,8 +7,10 @@ authentication) and admits the three nodes' SuperNodes (their CA-certified signi
 ``run`` (nodes are up and seeded): each node gets a research cohort (synthetic older, sicker
 patients so that each site has readmissions to learn from) whose patients consent to HRESCH
 for the authority, a backend client for its SuperNode, and its SuperNode (``ipjms fl
-supernode``). Then ``ipjms fl run`` trains 5 rounds (``--fl-rounds``) with DP-SGD (ε = 3 per
-node), printing per-round federated metrics and ε per node; the model goes to the coordinator's
+supernode``), each under its own privacy policy (DP required, at most ε = 3 per run, δ = 1e-5).
+Then ``ipjms fl run`` trains 5 rounds (``--fl-rounds``) with patient-level DP-SGD (ε = 3 per
+patient per node: training plus one DP evaluation), printing ε per node each round and, after
+the last, the DP evaluation and each node's σ, q and steps; the model goes to the coordinator's
 registry with its card; each node's patients are scored (RiskAssessment stored at the node) and
 the highest-risk patients per node are listed by pseudonym.
 """
@@ -192,7 +194,8 @@ def run(net: DemoNetwork) -> None:
             wait_healthy(service, timeout=90)
     coordinator_http = net.facts["coordinator"]["status_url"].rsplit("/status", 1)[0]
     rounds = net.fl_rounds
-    with net.step(f"Federated training: {rounds} rounds, FedAvg, DP-SGD ε=3 per node") as notes:
+    title = f"Federated training: {rounds} rounds, FedAvg, patient-level DP-SGD, ε=3 per patient"
+    with net.step(title) as notes:
         r = _ipjms(
             "fl", "run", "--data-dir", str(fed["data_dir"]), "--rounds", str(rounds),
             "--epsilon", "3",
@@ -203,8 +206,14 @@ def run(net: DemoNetwork) -> None:
         if r.returncode != 0:
             raise RuntimeError("the federated run failed")
         notes.append(
+            "(ε is per patient — all of a patient's discharges together — at each node: "
+            "training plus one evaluation released under DP, charged to the node's own ledger; "
+            "each node enforces its own policy whatever the server asks)"
+        )
+        notes.append(
             f"(a demo-sized cohort: {RESEARCH_PATIENTS} research patients per node, so each "
-            "held-out split has a handful of readmissions and its AUROC is mostly noise; "
+            "held-out split has a handful of readmissions and its AUROC — released with "
+            "Laplace noise — is mostly noise; "
             "bench/federated.py measures the model on thousands of discharges per site — "
             "see federated/README.md)"
         )

@@ -48,6 +48,8 @@ def _grid(tmp_path: Path, sizes: dict[str, int], **node_extra: object) -> LocalG
             "org-id": org,
             "data-dir": str(tmp_path / f"ledger-{org}"),
             "epsilon-budget": 10.0,
+            "max-epsilon-run": 8.0,
+            "allow-query": True,  # the CSV normalisation sums (a bench node's own choice)
             **node_extra,
         }
     return LocalGrid(client_app, configs)
@@ -135,7 +137,7 @@ def test_node_with_spent_budget_declines_and_says_so(tmp_path: Path) -> None:
     # the second 6-ε run would take every node to 12 > 10: all decline, the run fails clearly
     with pytest.raises(RunFailed) as err:
         run_federated(
-            grid,
+            grid.new_run(),
             RunPlan(**{**PLAN.__dict__, "epsilon": 6.0, "run_label": "r2"}),
             report=lambda _l: None,
         )
@@ -149,7 +151,7 @@ def test_small_cohort_declines_and_run_goes_on(tmp_path: Path) -> None:
     )
     assert sorted(n.org for n in result.participants()) == ["big", "mid"]
     (decl,) = {d["org"]: d for d in result.declined}.values()
-    assert decl["org"] == "tiny" and "cohort too small: 40" in decl["reason"]
+    assert decl["org"] == "tiny" and "cohort too small: about 40 eligible" in decl["reason"]
 
 
 def test_dropout_is_recorded_and_below_minimum_fails(tmp_path: Path) -> None:
@@ -222,7 +224,8 @@ def _train_replies(tmp_path: Path, **node_extra: object) -> list[dict[str, np.nd
     csv = _csv(tmp_path / "same.csv", 200, 7)
     configs = {
         i: {"source": "csv", "csv-path": str(csv), "label": "y", "org-id": f"n{i}",
-            "data-dir": str(tmp_path / f"ledger-{i}"), "epsilon-budget": 10.0, **node_extra}
+            "data-dir": str(tmp_path / f"ledger-{i}"), "epsilon-budget": 10.0,
+            "allow-query": True, **node_extra}
         for i in (1, 2)
     }  # fmt: skip
     grid = LocalGrid(client_app, configs)
