@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from node.auth.regional import RegionalPatientTokens
 from node.feature import Feature
 from node.patient.links import PatientLinks
+from node.patient.routes import router
 from node.settings import NodeSettings
 
 __all__ = ["PATIENT", "regional_patient_tokens", "MIGRATIONS_DIR"]
@@ -38,4 +39,4 @@ def regional_patient_tokens(
     )
 
 
-PATIENT = Feature(name="patient", migrations=(MIGRATIONS_DIR,))
+PATIENT = Feature(name="patient", routers=(router,), migrations=(MIGRATIONS_DIR,))
