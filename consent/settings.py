@@ -40,7 +40,12 @@ class RegistrySettings(BaseSettings):
     #: → redirect URIs (loopback URIs match on any port, RFC 8252). The default names the demo's
     #: and the tests' app; a deployment lists its own.
     oidc_clients: dict[str, list[str]] = {
-        "ipjms-patient-app": ["http://127.0.0.1/callback", "http://localhost/callback"]
+        "ipjms-patient-app": ["http://127.0.0.1/callback", "http://localhost/callback"],
+        # the nodes' patient pages (node/portal) on loopback, as in the demo and the tests
+        "ipjms-portal": [
+            "http://127.0.0.1/app/oidc/callback",
+            "http://localhost/app/oidc/callback",
+        ],
     }
     #: failed patient logins before an account is locked, the first lock (s, doubling with each
     #: further failure) and the longest lock (trust/login_throttle.py)

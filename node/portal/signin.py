@@ -4,6 +4,7 @@ through ``node.auth.deps`` — the same decision the API makes for a bearer toke
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,7 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from node.auth.deps import Access, authorise, authorise_whole_organisation
 from node.auth.principal import Principal
 from node.auth.service import AuthService
-from servicekit.outcome import BadRequest, Forbidden, Unauthorized
+from node.portal.panel import person_name
+from node.portal.registry_link import RegistryLink, new_pkce
+from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from servicekit.web import WebKit, page_route_class
 
 __all__ = ["router", "kit_of", "signed_in", "clinician", "patient_access", "PREFIX"]
@@ -77,7 +80,9 @@ async def start(request: Request) -> Response:
 
 @router.get(PREFIX + "/sign-in")
 async def sign_in_page(request: Request) -> Response:
-    return kit_of(request).render(request, "sign_in.html", app_title=_title(request))
+    return kit_of(request).render(
+        request, "sign_in.html", app_title=_title(request), patient_sign_in=_patient_link(request)
+    )
 
 
 @router.post(PREFIX + "/sign-in")
@@ -91,7 +96,12 @@ async def sign_in(request: Request) -> Response:
         )
     except (Unauthorized, BadRequest):
         return kit.render(
-            request, "sign_in.html", status=401, failed=True, app_title=_title(request)
+            request,
+            "sign_in.html",
+            status=401,
+            failed=True,
+            app_title=_title(request),
+            patient_sign_in=_patient_link(request),
         )
     principal = auth.principal(grant.access_token)
     user: dict[str, Any] = {
@@ -102,6 +112,55 @@ async def sign_in(request: Request) -> Response:
     }
     kit.sign_in(request, user)
     return kit.redirect(PREFIX + "/")
+
+
+@router.get(PREFIX + "/patient/sign-in")
+async def patient_sign_in(request: Request) -> Response:
+    """The region's one patient login: to the consent registry (OpenID Connect, code + PKCE)."""
+    kit = kit_of(request)
+    registry = _registry(request)
+    verifier, challenge = new_pkce()
+    state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    kit.session(request).pending["oidc"] = {"state": state, "verifier": verifier}
+    return kit.redirect(registry.authorize_url(_callback(request), state, nonce, challenge))
+
+
+@router.get(PREFIX + "/oidc/callback")
+async def oidc_callback(request: Request, code: str = "", state: str = "") -> Response:
+    kit = kit_of(request)
+    pending = kit.session(request).pending.pop("oidc", None)
+    if not pending or not state or not secrets.compare_digest(state, pending["state"]):
+        raise BadRequest("this sign-in was not started here, or has expired; sign in again")
+    registry = _registry(request)
+    tokens = await run_in_threadpool(registry.redeem, code, _callback(request), pending["verifier"])
+    auth: AuthService = request.app.state.auth
+    principal = await run_in_threadpool(auth.principal, str(tokens.get("access_token", "")))
+    if principal.role != "patient" or not principal.patient_id:
+        raise Forbidden("this sign-in is for patients")
+    store = request.app.state.store
+    patient = await run_in_threadpool(store.read, "Patient", principal.patient_id)
+    kit.sign_in(
+        request,
+        {
+            "token": tokens["access_token"],
+            "role": "patient",
+            "subject": principal.subject,
+            "display": person_name(patient),
+            "regional": True,
+        },
+    )
+    return kit.redirect(f"{PREFIX}/me")
+
+
+def _registry(request: Request) -> RegistryLink:
+    url = request.app.state.services.settings.consent.url
+    if not url:
+        raise ServiceUnavailable("this node has no consent registry for patient sign-in")
+    return RegistryLink(str(url))
+
+
+def _callback(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + f"{PREFIX}/oidc/callback"
 
 
 @router.post(PREFIX + "/sign-out")
@@ -121,6 +180,11 @@ async def language(request: Request) -> Response:
     response = kit.redirect(target)
     kit.set_language(request, response, form.get("lang", ""))
     return response
+
+
+def _patient_link(request: Request) -> str | None:
+    url = request.app.state.services.settings.consent.url
+    return f"{PREFIX}/patient/sign-in" if url else None
 
 
 def _title(request: Request) -> str:

@@ -23,6 +23,8 @@ class WebSession:
     last_seen: float
     # The signed-in user: whatever the service's pages need (e.g. the access token and role).
     user: dict[str, Any] | None = None
+    # Short-lived state of a flow in progress (e.g. an OpenID Connect sign-in's PKCE verifier).
+    pending: dict[str, Any] = field(default_factory=dict)
     # Opaque handle -> reference (e.g. "Patient/123") and back: URLs carry handles only.
     _handles: dict[str, str] = field(default_factory=dict)
     _refs: dict[str, str] = field(default_factory=dict)

@@ -125,3 +125,18 @@ def test_trend_bands_come_from_level_goals_only() -> None:
     weight = next(t for t in found.values() if t.unit == "kg")
     assert hba1c.values == [8.1, 7.2] and hba1c.band == (0.0, 7.0)
     assert weight.band is None  # a change goal (2 kg in 3 days), not a level
+
+
+def test_a_consent_in_plain_words_and_narrowing_never_widens() -> None:
+    from node.portal.consent_words import grant_resource, narrowed, plain_words
+
+    body = {**grant_resource("a1" * 32, "clinic-b", "TREAT", ["Condition", "Observation"], None),
+            "id": "c-1"}  # fmt: skip
+    [line] = plain_words(body)
+    assert (line.who, line.purposes, line.classes, line.until) == (
+        ("clinic-b",), ("TREAT",), ("Condition", "Observation"), None)  # fmt: skip
+    from datetime import UTC, datetime
+
+    less = narrowed(body, ["Condition", "Procedure"], datetime(2027, 1, 1, tzinfo=UTC))
+    [line] = plain_words(less)
+    assert line.classes == ("Condition",) and line.until == "2027-01-01"  # Procedure not added

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
+# The story's people: a heart-failure patient and another at the clinic; a patient of the
+# hospital who signs in with the regional login.
+HF_ID, OTHER_ID, HOSPITAL_ID = "110101195103140021", "110101196002020022", "110101197004040033"
 
 
 def shot(page: Any, name: str) -> None:

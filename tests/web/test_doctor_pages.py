@@ -15,49 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from exchange_net import ORGS, PASSWORD, Region, patient_bundle, seed, start_region, wait_for
+from exchange_net import PASSWORD, Region
 
-from .browser import axe_serious, csrf_of, shot
+from .browser import HF_ID, axe_serious, csrf_of, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CARE = {
-    "IPJMS_NODE_CARE_ENABLED": "true",
-    "IPJMS_NODE_CARE_RESPONSIBLE_USER": "doctor",
-    "IPJMS_NODE_CARE_TICK_SECONDS": "3600",
-}
-HF_ID, OTHER_ID = "110101195103140021", "110101196002020022"
-
-
-@pytest.fixture(scope="module")
-def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
-    from trust.pki import init_ca, issue_org
-
-    root = tmp_path_factory.mktemp("web-region")
-    ca_dir = root / "ca"
-    init_ca(ca_dir)
-    orgs = tuple(ORGS)
-    org_dirs = {o: root / "orgs" / o for o in orgs}
-    creds = {o: issue_org(ca_dir, o, out_dir=org_dirs[o]) for o in orgs}
-
-    class Pki:  # the shape exchange_net expects
-        pass
-
-    pki: Any = Pki()
-    pki.ca_dir, pki.org_dirs, pki.creds = ca_dir, org_dirs, creds
-    net = start_region(
-        pki,
-        root,
-        nodes=(("hosp-a", "tertiary"), ("clinic-b", "community")),
-        node_env={"clinic-b": CARE},
-    )
-    try:
-        clinic = net.nodes["clinic-b"]
-        seed(clinic, patient_bundle(HF_ID, name="Li Mei"))
-        seed(clinic, patient_bundle(OTHER_ID, name="Zhao Lei"))
-        wait_for(lambda: len(clinic.search("CarePlan", status="active")) >= 2, 60, "enrolment")
-        yield net
-    finally:
-        net.stop()
 
 
 @pytest.fixture(scope="module")
