@@ -8,6 +8,12 @@ become the same vital-signs Observations (``node/patient/readings.py``), stored 
 transaction; a client ``identifier`` makes a re-send change nothing. ``patient`` is for
 clinicians only (a patient token *is* the patient). Answers the transaction-response Bundle.
 
+``GET /patient/questionnaires[?lang=en]``, ``GET /patient/questionnaires/{id}`` — the SDC
+Questionnaires (PHQ-9, COPD CAT, HF daily diary; zh-CN with English translations).
+``POST /patient/questionnaire-responses[?patient=ID]`` — a QuestionnaireResponse, scored by the
+Questionnaire's ``calculatedExpression`` s and stored with the Observations its
+``observationExtract`` items give (``node/patient/questionnaires.py``), in one transaction.
+
 Bad input — an unknown kind, a wrong unit, an implausible value (``node/care/pathways/
 measures.json``, each range with its source), a reading for someone else — is a 4xx
 OperationOutcome and nothing of the upload is stored.
@@ -16,6 +22,8 @@ OperationOutcome and nothing of the upload is stored.
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -28,12 +36,13 @@ from node.auth.deps import Access, require_access
 from node.care.definitions import load_catalog
 from node.care.measures import MeasureCatalog, problems
 from node.feature import NodeServices, node_services
+from node.patient.questionnaires import complete, extract, load_questionnaires
 from node.patient.readings import Upload, normalise
 from node.store import parse_bundle
 from node.store.idempotency import derived_id
 from node.store.validation import valid_id
 from servicekit.openapi_bodies import json_body
-from servicekit.outcome import BadRequest, Forbidden, Unprocessable
+from servicekit.outcome import BadRequest, Forbidden, NotFound, Unprocessable
 
 __all__ = ["router"]
 
@@ -66,6 +75,13 @@ def _patient_of(request: Request, access: Access) -> str:
     if not asked or not valid_id(asked):
         raise BadRequest("a clinician's upload names the patient: ?patient=<Patient id>")
     return asked
+
+
+def _refuse_other_patient(request: Request, access: Access) -> None:
+    """Every /patient/ route takes ``?patient``; a patient token naming another is 403."""
+    asked = request.query_params.get("patient")
+    if access.compartment is not None and asked not in (None, access.compartment):
+        raise Forbidden("a patient token reaches its own records only")
 
 
 def _identifier(res: dict[str, Any]) -> tuple[str, str] | None:
@@ -143,3 +159,73 @@ async def upload_readings(
     parsed = parse_bundle(bundle, "transaction")
     response = await run_in_threadpool(store.transaction, parsed, writer=access.principal.writer)
     return fhir_response(response)
+
+
+@router.get("/patient/questionnaires")
+def list_questionnaires(
+    request: Request,
+    lang: str = "zh-CN",
+    access: Access = Depends(require_access("QuestionnaireResponse", "create")),
+) -> JSONResponse:
+    """The questionnaires a patient can answer here, titled in ``lang`` (zh-CN or en)."""
+    _refuse_other_patient(request, access)
+    out = []
+    for q in load_questionnaires().values():
+        r = q.resource
+        out.append({"id": r["id"], "url": q.url, "title": q.text({"text": r["title"],
+                    "_text": r.get("_title")}, lang)})  # fmt: skip
+    return JSONResponse({"questionnaires": out})
+
+
+@router.get("/patient/questionnaires/{qid}")
+def read_questionnaire(
+    qid: str,
+    request: Request,
+    access: Access = Depends(require_access("QuestionnaireResponse", "create")),
+) -> JSONResponse:
+    """The SDC Questionnaire (Chinese text, English translations) to render and answer."""
+    _refuse_other_patient(request, access)
+    for q in load_questionnaires().values():
+        if q.resource["id"] == qid:
+            return fhir_response(q.resource)
+    raise NotFound(f"no questionnaire {qid!r}")
+
+
+@router.post(
+    "/patient/questionnaire-responses",
+    openapi_extra=json_body({"resourceType": {"type": "string"}}, ("resourceType",)),
+)
+async def answer_questionnaire(
+    request: Request,
+    access: Access = Depends(require_access("QuestionnaireResponse", "create")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """A QuestionnaireResponse → scored (``calculatedExpression``), stored with its extracted
+    Observations (SDC observation-based ``$extract``) in one transaction."""
+    patient = _patient_of(request, access)
+    body = await _read_json(request)
+    if not isinstance(body, dict) or body.get("resourceType") != "QuestionnaireResponse":
+        raise BadRequest("send a QuestionnaireResponse")
+    q, response = complete(body)
+    response.pop("id", None)
+    response["authored"] = response.get("authored") or datetime.now(UTC).isoformat()
+    response["subject"] = response.get("subject") or {"reference": f"Patient/{patient}"}
+    store = services.store
+    if access.compartment is not None:
+        response = authorise_write(store, access, response)
+    if (response.get("subject") or {}).get("reference") != f"Patient/{patient}":
+        raise Forbidden("the response is about the one patient the upload names")
+    ref = f"urn:uuid:{uuid.uuid4()}"
+    observations = extract(q, response, patient, ref)
+    found = [msg for o in observations for _p, msg in problems(o, _catalog())]
+    if found:
+        raise Unprocessable("; ".join(found))
+    entries = [{"fullUrl": ref, "resource": response,
+                "request": {"method": "POST", "url": "QuestionnaireResponse"}}]  # fmt: skip
+    entries += [{"resource": o, "request": {"method": "POST", "url": "Observation"}}
+                for o in observations]  # fmt: skip
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    result = await run_in_threadpool(
+        store.transaction, parse_bundle(bundle, "transaction"), writer=access.principal.writer
+    )
+    return fhir_response(result)
