@@ -59,7 +59,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "exchange"))  # the exchange test network harness
 
-from exchange_net import ORGS, patient_bundle, seed, start_region, wait_for  # noqa: E402
+from exchange_net import (  # noqa: E402
+    ORGS,
+    REGISTRY_ORG,
+    patient_bundle,
+    seed,
+    start_region,
+    wait_for,
+)
 
 from deploy.launcher import free_port, start_service, wait_healthy  # noqa: E402
 from node.exchange.client import ExchangeClient  # noqa: E402
@@ -74,7 +81,7 @@ class _Pki:
     def __init__(self, root: Path) -> None:
         self.ca_dir = root / "ca"
         init_ca(self.ca_dir)
-        self.org_dirs = {o: root / "orgs" / o for o in ORGS}
+        self.org_dirs = {o: root / "orgs" / o for o in [*ORGS, REGISTRY_ORG]}
         self.creds = {o: issue_org(self.ca_dir, o, out_dir=d) for o, d in self.org_dirs.items()}
 
 

@@ -36,6 +36,10 @@ def serve(
     org_id: Annotated[
         str | None, typer.Option(help="This registry's organisation id (audit observer).")
     ] = None,
+    org_dir: Annotated[
+        Path | None,
+        typer.Option(help="The registry's credentials: decisions signed by its CA-issued key."),
+    ] = None,
 ) -> None:
     """Run the consent registry (HTTP)."""
     from consent.app import create_app
@@ -57,6 +61,8 @@ def serve(
         overrides["public_url"] = public_url
     if org_id:
         overrides["org_id"] = org_id
+    if org_dir:
+        overrides["org_dir"] = org_dir
     from servicekit.logging_setup import configure_logging
 
     configure_logging("consent")

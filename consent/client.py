@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import httpx
 
 from consent.decision_token import (
+    CaPin,
     DecisionTokenError,
     SignedDecision,
     request_hash,
@@ -74,9 +75,17 @@ class ConsentClient:
         connect_timeout: float = 3.0,
         transport: httpx.BaseTransport | None = None,
         verify: bool | str = True,
+        registry_org: str | None = None,
+        revoked: Callable[[], Collection[str | int]] | None = None,
     ) -> None:
+        """``registry_org``: trust decisions only when signed by that organisation's CA-issued
+        signing certificate (the token's ``x5c``, checked against ``creds.ca_cert_pem`` and
+        ``revoked()``) — never by a key fetched from ``base_url``. Without it, decisions are
+        verified against the registry's JWKS as served (only as good as the transport)."""
         self.base_url = base_url.rstrip("/")
         self.creds = creds
+        self.registry_org = registry_org
+        self._revoked = revoked
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -173,6 +182,7 @@ class ConsentClient:
         reason: str | None = None,
         acting_role: str | None = None,
         acting_user: str | None = None,
+        envelope_id: str | None = None,
     ) -> SignedDecision:
         """Ask for a signed decision; the returned decision has been verified against the JWKS
         and against the request it answers. The requester is always this organisation (the
@@ -189,6 +199,8 @@ class ConsentClient:
         params += [{"name": "class", "valueCode": c} for c in class_list]
         if reason:
             params.append({"name": "reason", "valueString": reason})
+        if envelope_id:  # the decision will travel in that envelope, bound to it
+            params.append({"name": "envelope", "valueId": envelope_id})
         r = self._request(
             "POST",
             "/fhir/Consent/$decide",
@@ -204,7 +216,10 @@ class ConsentClient:
         expected = request_hash(
             patient_pseudonym, requester or self.creds.org_id, recipient, purpose, class_list
         )
-        return self.verify_decision(token, expected_request_hash=expected)
+        decision = self.verify_decision(token, expected_request_hash=expected)
+        if envelope_id and decision.envelope_id != envelope_id:
+            raise DecisionTokenError("decision is bound to another envelope")
+        return decision
 
     def jwks(self, *, refresh: bool = False) -> dict[str, Any]:
         if self._jwks is None or refresh:
@@ -214,23 +229,44 @@ class ConsentClient:
             self._jwks = r.json()
         return self._jwks
 
+    def pin(self) -> CaPin | None:
+        """The CA pin decisions are verified with (None: no registry organisation set)."""
+        if self.registry_org is None:
+            return None
+        revoked = self._revoked() if self._revoked is not None else ()
+        return CaPin(self.creds.ca_cert_pem, self.registry_org, revoked)
+
     def verify_decision(
-        self, token: str, *, expected_request_hash: str | None = None
+        self,
+        token: str,
+        *,
+        expected_request_hash: str | None = None,
+        valid_at: int | None = None,
+        leeway: int = 5,
     ) -> SignedDecision:
-        """Verify a decision offline (the JWKS is fetched once and cached)."""
-        try:
+        """Verify a decision offline: against the CA pin when the registry's organisation is
+        set (nothing fetched), else the JWKS (fetched once, refreshed on an unknown key)."""
+        pin = self.pin()
+        if pin is not None:
             return verify_decision_token(
-                token, self.jwks(), issuer=None, expected_request_hash=expected_request_hash
+                token,
+                None,
+                pin=pin,
+                expected_request_hash=expected_request_hash,
+                valid_at=valid_at,
+                leeway=leeway,
             )
+        checks: dict[str, Any] = {
+            "expected_request_hash": expected_request_hash,
+            "valid_at": valid_at,
+            "leeway": leeway,
+        }
+        try:
+            return verify_decision_token(token, self.jwks(), **checks)
         except DecisionTokenError as exc:
             if "unknown key" not in str(exc):
                 raise
-        return verify_decision_token(
-            token,
-            self.jwks(refresh=True),
-            issuer=None,
-            expected_request_hash=expected_request_hash,
-        )
+        return verify_decision_token(token, self.jwks(refresh=True), **checks)
 
     def create_enrolment_code(self, patient_pseudonym: str) -> dict[str, Any]:
         """A one-time code the patient uses to enrol (``code``, ``expires_at``)."""

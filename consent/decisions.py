@@ -18,6 +18,7 @@ evidence, and it appears in the patient's disclosure list with the break-glass f
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -67,8 +68,10 @@ class DecisionService:
         issuer: str,
         observer: str,
         ttl: int = 300,
+        x5c: Sequence[str] = (),
     ) -> None:
         self.store, self.ledger, self.key = store, ledger, key
+        self.x5c = tuple(x5c)
         self.observer = observer
         self.issuer, self.ttl = issuer, ttl
 
@@ -131,7 +134,9 @@ class DecisionService:
         period = _period_json(decision)
         if period is not None:
             claims["data_period"] = period
-        token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl)
+        if inp.envelope is not None:
+            claims["env"] = inp.envelope  # the envelope that will carry this decision
+        token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl, x5c=self.x5c)
         self._audit(inp, caller, requester, decision, decision_id)
         return IssuedDecision(decision, decision_id, token, expires_at)
 

@@ -16,6 +16,7 @@ and ``decision-token`` (the signed JWS, see :mod:`consent.decision_token`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,8 @@ from servicekit.outcome import BadRequest
 
 __all__ = ["DecideInput", "parse_decide", "decision_parameters"]
 
-_ALLOWED = {"patient", "recipient", "requester", "purpose", "class", "reason"}
+_ALLOWED = {"patient", "recipient", "requester", "purpose", "class", "reason", "envelope"}
+_ENVELOPE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_REASON = 500
 
 
@@ -37,6 +39,7 @@ class DecideInput:
     purpose: str
     classes: frozenset[str]
     reason: str | None
+    envelope: str | None = None  # the id of the envelope that will carry the decision
 
 
 def _value(param: dict[str, Any], name: str) -> str:
@@ -73,7 +76,7 @@ def parse_decide(body: object) -> DecideInput:
         if name not in _ALLOWED:
             raise BadRequest(f"unknown parameter {name!r}", expression=[f"Parameters.{name}"])
         values.setdefault(name, []).append(_value(param, name))
-    for name in ("patient", "recipient", "requester", "purpose", "reason"):
+    for name in ("patient", "recipient", "requester", "purpose", "reason", "envelope"):
         if len(values.get(name, [])) > 1:
             raise BadRequest(f"parameter {name} given twice", expression=[f"Parameters.{name}"])
     for name in ("patient", "recipient", "purpose"):
@@ -87,6 +90,11 @@ def parse_decide(body: object) -> DecideInput:
         if len(reason) > MAX_REASON:
             raise BadRequest("reason is too long", expression=["Parameters.reason"])
     requester = values.get("requester", [None])[0]
+    envelope = values.get("envelope", [None])[0]
+    if envelope is not None and not _ENVELOPE_ID.match(envelope):
+        raise BadRequest(
+            "envelope must be a lowercase UUID (an envelope id)", expression=["Parameters.envelope"]
+        )
     return DecideInput(
         patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
@@ -94,6 +102,7 @@ def parse_decide(body: object) -> DecideInput:
         purpose=check_purpose(values["purpose"][0], "Parameters.purpose"),
         classes=check_classes(values["class"], "Parameters.class"),
         reason=reason or None,
+        envelope=envelope,
     )
 
 

@@ -26,6 +26,10 @@ class RegistrySettings(BaseSettings):
     #: the regional CA folder (``ipjms pki init-ca``); organisations authenticate with
     #: assertions signed by keys the CA certified. Without it, org authentication is refused.
     ca_dir: Path | None = None
+    #: this registry's organisation credentials (``ipjms pki issue --org <org_id>``): decisions
+    #: are then signed with its CA-certified signing key and carry the certificate (``x5c``),
+    #: which nodes verify against the CA instead of trusting a JWKS fetched over HTTP.
+    org_dir: Path | None = None
     #: public base URL (the audience of org assertions is ``<public_url>/auth/token``)
     public_url: str | None = None
     #: lifetime of access tokens (org and patient), seconds (≤ 300)

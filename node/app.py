@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +113,20 @@ def open_store(  # type: ignore[no-untyped-def]
     return engine, FhirStore(engine, base_url=f"{settings.base_url}/fhir")
 
 
+def _revocations(settings: NodeSettings) -> Callable[[], frozenset[str | int]]:
+    """The CA's revocation list, read when asked (fails closed: no CA folder → refused)."""
+
+    def revoked() -> frozenset[str | int]:
+        from trust.certificates import CertificateError
+        from trust.pki import revocation_list
+
+        if settings.pki.ca_dir is None:
+            raise CertificateError("no CA folder (pki.ca_dir) configured: revocation unknown")
+        return revocation_list(settings.pki.ca_dir)
+
+    return revoked
+
+
 def _credentials(settings: NodeSettings) -> Any:
     """This organisation's PKI credentials when a registry or coordinator needs them."""
     if not settings.needs_credentials:
@@ -145,7 +159,18 @@ def build_services(
     if settings.consent.url is None:
         consent = None
     else:
-        consent = ConsentClient(settings.consent.url, credentials)
+        consent = ConsentClient(
+            settings.consent.url,
+            credentials,
+            registry_org=settings.consent.registry_org,
+            revoked=_revocations(settings),
+        )
+        if settings.consent.registry_org is None:
+            log.warning(
+                "consent.registry_org not set: consent decisions are verified against the "
+                "registry's JWKS as served by %s, not against its CA-issued certificate",
+                settings.consent.url,
+            )
     auth = AuthService.for_node(settings, engine)
     auth.regional_patients = regional_patient_tokens(settings, engine, store, linkage_key)
     return NodeServices(

@@ -89,6 +89,11 @@ class ConsentSettings(_Section):
     patient_key_pins: tuple[str, ...] = ()
     # Accept the registry's patient tokens at all (the region's one patient login).
     patient_login: bool = True
+    # The registry's organisation id: consent decisions (the ones this node receives inside
+    # envelopes, and its own) are trusted only when signed by that organisation's CA-issued
+    # signing certificate — never by a key fetched over the registry's URL. None = JWKS as
+    # served (logged as a warning).
+    registry_org: str | None = None
 
 
 class ExchangeSettings(_Section):
@@ -159,6 +164,7 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "org_credentials_dir": ("pki", "credentials_dir"),
     "ca_dir": ("pki", "ca_dir"),
     "consent_url": ("consent", "url"),
+    "consent_registry_org": ("consent", "registry_org"),
     "coordinator_address": ("exchange", "coordinator_address"),
     "coordinator_org": ("exchange", "coordinator_org"),
     "mllp_port": ("hl7", "mllp_port"),

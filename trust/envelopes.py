@@ -11,10 +11,12 @@ without any key. Envelope ids are random UUIDs; *de-duplication is the job of wh
 envelopes* (the coordinator queue and the receiving node keep the ids they have seen), this
 module only guarantees that an id cannot be changed without breaking the signature.
 
-Wire format, version 1 (all integers big-endian)::
+Wire format, version 2 (all integers big-endian; version 1 is the same without padding)::
 
-    b"IPJE" | 0x01 | u32 header_len | header (canonical JSON) | 32 ephemeral X25519 public key
+    b"IPJE" | 0x02 | u32 header_len | header (canonical JSON) | 32 ephemeral X25519 public key
     | 12 nonce | u64 ciphertext_len | ciphertext (incl. 16-byte GCM tag) | u16 sig_len | signature
+
+The ciphertext encrypts the payload padded to a Padmé bucket (:func:`pad`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ __all__ = [
     "check_times",
 ]
 
-MAGIC, VERSION = b"IPJE", 1
+MAGIC, VERSION = b"IPJE", 2
+# Version 1: the plaintext is the payload. Version 2 (what ``seal`` writes): the payload padded
+# (ISO/IEC 7816-4: 0x80 then zeros) to a Padmé size bucket, so the ciphertext's length — which
+# the coordinator stores — reveals only the bucket: at most ~12 % overhead, O(log log n)
+# bits of size (Nikitin et al., "Reducing Metadata Leakage from Encrypted Files and
+# Communication with PURBs", PETS 2019). Both are read; the version byte is signed.
+READABLE_VERSIONS = (1, 2)
+MIN_PADDED = 1024
 MAX_HEADER = 64 * 1024
 MAX_CIPHERTEXT = 1 << 31
 # The envelope kinds of the network — the one list (the coordinator routes only these; a node
@@ -185,13 +194,15 @@ class EnvelopeHeader:
         consent_ref: str | None = None,
         ttl: dt.timedelta = dt.timedelta(days=7),
         now: dt.datetime | None = None,
+        envelope_id: str | None = None,
     ) -> EnvelopeHeader:
-        """A header with a fresh random envelope id, created now, expiring after ``ttl``."""
+        """A header created now, expiring after ``ttl``, with a fresh random envelope id (or
+        ``envelope_id``, one chosen before — e.g. to bind a consent decision to it)."""
         if isinstance(classes, str):
             raise EnvelopeError("header classes must be a list of resource types")
         now = now or dt.datetime.now(dt.UTC)
         return cls(
-            str(uuid.uuid4()),
+            envelope_id or str(uuid.uuid4()),
             kind,
             sender,
             recipient,
@@ -267,6 +278,27 @@ def check_times(
         raise EnvelopeError("envelope expired")
 
 
+def padded_length(n: int) -> int:
+    """The Padmé bucket for ``n`` bytes (never below ``MIN_PADDED``)."""
+    if n <= MIN_PADDED:
+        return MIN_PADDED
+    e = n.bit_length() - 1  # floor(log2 n)
+    mask = (1 << (e - e.bit_length())) - 1  # keep floor(log2 e) + 1 significant bits
+    return (n + mask) & ~mask
+
+
+def pad(payload: bytes) -> bytes:
+    target = padded_length(len(payload) + 1)
+    return payload + b"\x80" + bytes(target - len(payload) - 1)
+
+
+def unpad(padded: bytes) -> bytes:
+    body = padded.rstrip(b"\x00")
+    if not body or body[-1] != 0x80:
+        raise EnvelopeError("envelope payload padding is invalid")
+    return body[:-1]
+
+
 @dataclass(frozen=True)
 class SealedEnvelope:
     header: EnvelopeHeader
@@ -275,13 +307,16 @@ class SealedEnvelope:
     nonce: bytes
     ciphertext: bytes
     signature: bytes = field(repr=False)
+    version: int = VERSION
 
     @property
     def envelope_id(self) -> str:
         return self.header.envelope_id
 
     def _signed_parts(self) -> list[bytes]:
-        return _signed_parts(self.header_bytes, self.ephemeral_public, self.nonce, self.ciphertext)
+        return _signed_parts(
+            self.header_bytes, self.ephemeral_public, self.nonce, self.ciphertext, self.version
+        )
 
     def to_bytes(self) -> bytes:
         parts = self._signed_parts()
@@ -299,7 +334,7 @@ class SealedEnvelope:
             raise EnvelopeError("envelope too short") from None
         if magic != MAGIC:
             raise EnvelopeError("not an IPJMS envelope")
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             raise EnvelopeError(f"unsupported envelope version {version}")
         if hlen > MAX_HEADER:
             raise EnvelopeError("envelope header too large")
@@ -323,7 +358,7 @@ class SealedEnvelope:
             raise EnvelopeError("envelope signature length is wrong")
         signature = bytes(view[pos:])
         header = _parse_header(header_bytes)
-        return cls(header, header_bytes, eph, nonce, ciphertext, signature)
+        return cls(header, header_bytes, eph, nonce, ciphertext, signature, version)
 
 
 def _parse_header(raw: bytes) -> EnvelopeHeader:
@@ -339,9 +374,11 @@ def _parse_header(raw: bytes) -> EnvelopeHeader:
     return header
 
 
-def _signed_parts(header: bytes, eph: bytes, nonce: bytes, ciphertext: bytes) -> list[bytes]:
+def _signed_parts(
+    header: bytes, eph: bytes, nonce: bytes, ciphertext: bytes, version: int = VERSION
+) -> list[bytes]:
     return [
-        _PREFIX.pack(MAGIC, VERSION, len(header)),
+        _PREFIX.pack(MAGIC, version, len(header)),
         header,
         eph,
         nonce,
@@ -436,7 +473,7 @@ def seal(
         raise EnvelopeError("recipient encryption key is invalid") from None
     aead = _content_key(shared, eph, recipient_encryption_public_key.public_bytes_raw(), header)
     nonce = os.urandom(12)
-    ciphertext = aead.encrypt(nonce, payload, header_bytes)
+    ciphertext = aead.encrypt(nonce, pad(payload), header_bytes)
     digest = _digest(_signed_parts(header_bytes, eph, nonce, ciphertext))
     signature = _sign(sender_signing_key, digest)
     return SealedEnvelope(header, header_bytes, eph, nonce, ciphertext, signature)
@@ -476,9 +513,10 @@ def open_sealed(
             aead = _content_key(
                 shared, env.ephemeral_public, key.public_key().public_bytes_raw(), header
             )
-            return aead.decrypt(env.nonce, env.ciphertext, env.header_bytes)
+            plaintext = aead.decrypt(env.nonce, env.ciphertext, env.header_bytes)
         except (InvalidTag, ValueError):
             continue
+        return unpad(plaintext) if env.version >= 2 else plaintext
     raise EnvelopeError("envelope cannot be decrypted with this organisation's key")
 
 

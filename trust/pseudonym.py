@@ -14,15 +14,51 @@ import secrets
 import unicodedata
 from pathlib import Path
 
-__all__ = ["normalise_identifier", "pseudonym", "load_or_create_linkage_key", "LINKAGE_KEY_BYTES"]
+__all__ = [
+    "normalise_identifier",
+    "pseudonym",
+    "load_or_create_linkage_key",
+    "LINKAGE_KEY_BYTES",
+    "IdentifierError",
+    "check_gb11643",
+]
 
 LINKAGE_KEY_BYTES = 32
 
 
+class IdentifierError(ValueError):
+    """A national identifier is malformed (the message says how; it never quotes the value)."""
+
+
 def normalise_identifier(value: str) -> str:
-    """Case-fold, strip separators and whitespace: ``' 123-45 6789 '`` → ``'123456789'``."""
+    """Case-fold, strip separators and whitespace, and write every decimal digit of any script
+    as ASCII: ``' 123-45 6789 '``, ``'١٢٣٤٥٦٧٨٩'`` (Arabic-Indic) and ``'１２３４５６７８９'`` all
+    become ``'123456789'``."""
     text = unicodedata.normalize("NFKC", value).casefold()
-    return "".join(ch for ch in text if ch.isalnum())
+    out = []
+    for ch in text:
+        digit = unicodedata.decimal(ch, None)
+        if digit is not None:
+            out.append(str(digit))
+        elif ch.isalnum():
+            out.append(ch)
+    return "".join(out)
+
+
+_GB11643_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_GB11643_CHECK = "10x98765432"  # sum mod 11 → check character (x = roman ten), GB 11643-1999
+
+
+def check_gb11643(value: str) -> str:
+    """A PRC resident identity number (GB 11643-1999: 17 digits + ISO 7064 MOD 11-2 check
+    character), normalised, or :class:`IdentifierError` saying what is wrong."""
+    text = normalise_identifier(value)
+    if len(text) != 18 or not text[:17].isdigit() or text[17] not in "0123456789x":
+        raise IdentifierError("a resident identity number has 17 digits and a check digit or X")
+    total = sum(int(d) * w for d, w in zip(text[:17], _GB11643_WEIGHTS, strict=True))
+    if _GB11643_CHECK[total % 11] != text[17]:
+        raise IdentifierError("the resident identity number's check digit is wrong (GB 11643)")
+    return text
 
 
 def pseudonym(linkage_key: bytes, national_id: str) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "ReplayCache",
     "load_or_create_signing_key",
     "ALLOWED_ALGORITHMS",
+    "key_thumbprint",
 ]
 
 ALLOWED_ALGORITHMS = ("ES256", "ES384")
@@ -39,6 +40,13 @@ MAX_TTL_SECONDS = 3600
 
 class TokenError(Exception):
     """A token was refused; the message says why (safe to show to the caller)."""
+
+
+def key_thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The RFC 7638 thumbprint of an EC public key (its key id)."""
+    from jwt.algorithms import ECAlgorithm
+
+    return jwk_thumbprint(ECAlgorithm.to_jwk(public_key, as_dict=True))
 
 
 @dataclass(frozen=True)

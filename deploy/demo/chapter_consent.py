@@ -74,13 +74,16 @@ def start(net: DemoNetwork) -> None:
     net.start(
         "consent",
         ["consent", "serve", "--data-dir", str(data_dir), "--port", str(port),
-         "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG, *net.db_args("consent")],
+         "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG,
+         "--org-dir", str(pki["orgs"][CONSENT_ORG]), *net.db_args("consent")],
         base_url=url,
     )  # fmt: skip
     net.facts["consent_url"] = url
     net.facts["consent_data_dir"] = data_dir
     env = net.facts.setdefault("node_env", {})
     env["IPJMS_NODE_CONSENT_URL"] = url
+    # decisions are trusted only when signed by the registry's CA-issued certificate
+    env["IPJMS_NODE_CONSENT_REGISTRY_ORG"] = CONSENT_ORG
     env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
     by_org = net.facts.setdefault("node_env_by_org", {})
     for org, *_ in net.node_specs:

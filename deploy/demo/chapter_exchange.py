@@ -304,6 +304,12 @@ def run(net: DemoNetwork) -> None:
             f"{sent['classes']} (only what the patient consented to)"
         )
         notes.append(
+            f"inside the envelope: the registry's decision, bound to envelope "
+            f"{sent['envelope_id'][:8]}… and signed with its CA-issued certificate — "
+            f"{clinic_b.org_id} verified it before importing; the payload was padded to a "
+            "size bucket, so the coordinator stores no exact size"
+        )
+        notes.append(
             f"send at {hospital.org_id} → imported at {clinic_b.org_id}: "
             f"{(time.perf_counter() - t0) * 1000:.0f} ms"
         )

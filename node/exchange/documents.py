@@ -142,6 +142,28 @@ def pack_document(
     }
 
 
+CONSENT_DECISION_EXTENSION = "https://ipjms.example.org/fhir/StructureDefinition/consent-decision"
+
+
+def attach_decision(document: dict[str, Any], token: str) -> None:
+    """Carry the registry's signed decision inside the (encrypted) document Bundle."""
+    meta = document.setdefault("meta", {})
+    meta.setdefault("extension", []).append(
+        {"url": CONSENT_DECISION_EXTENSION, "valueString": token}
+    )
+
+
+def decision_of(document: dict[str, Any]) -> str | None:
+    """The signed consent decision a document Bundle carries (None: none, or not one)."""
+    meta = document.get("meta")
+    found = [
+        e.get("valueString")
+        for e in (meta.get("extension", []) if isinstance(meta, dict) else [])
+        if isinstance(e, dict) and e.get("url") == CONSENT_DECISION_EXTENSION
+    ]
+    return found[0] if len(found) == 1 and isinstance(found[0], str) else None
+
+
 def resources_of(document: dict[str, Any]) -> list[dict[str, Any]]:
     if document.get("resourceType") != "Bundle" or not isinstance(document.get("entry"), list):
         raise ValueError("payload is not a Bundle with entries")

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from node.exchange.context import ExchangeContext
 from node.exchange.documents import (
     PSEUDONYM_SYSTEM,
     STRUCTURAL_TYPES,
+    attach_decision,
     filter_by_classes,
     pack_document,
 )
@@ -33,6 +35,7 @@ from node.identity import patient_pseudonym
 from servicekit.outcome import Conflict, FhirError, Forbidden, NotFound
 from trust.certificates import CertificateError
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
+from trust.pseudonym import IdentifierError
 
 __all__ = [
     "ConsentRefused",
@@ -78,7 +81,10 @@ class Disclosure:
 
 def pseudonym_of(ctx: ExchangeContext, patient_id: str) -> tuple[dict[str, Any], str]:
     patient = ctx.store.read("Patient", patient_id)
-    pseudo = patient_pseudonym(patient, ctx.linkage_key)
+    try:
+        pseudo = patient_pseudonym(patient, ctx.linkage_key, strict=True)
+    except IdentifierError as exc:
+        raise Conflict(f"Patient/{patient_id}: {exc}") from None
     if pseudo is None:
         pseudo = _linked_pseudonym(patient)
     if pseudo is None:
@@ -133,12 +139,16 @@ def disclose(
     """collect → filter by consent → pack → seal. Raises ConsentRefused when nothing may go."""
     patient, pseudo = pseudonym_of(ctx, patient_id)
     workflow = workflow or []
+    # The envelope's id is chosen first: the registry binds its decision to it, and the
+    # decision travels inside that envelope for the receiver to verify before importing.
+    envelope_id = str(uuid.uuid4())
+    token: str | None = None
     ask = sorted(wanted | {r["resourceType"] for r in workflow} - STRUCTURAL_TYPES)
     if ask:
         # The registry decides while this node reads its own records; nothing is packed or
         # sealed before the decision is in, and only what it permits is kept.
         asked = _CONSENT_ASKS.submit(
-            ctx.consent.decide, pseudo, recipient, purpose, ask
+            ctx.consent.decide, pseudo, recipient, purpose, ask, envelope_id=envelope_id
         )  # the registry records this organisation (the authenticated caller) as requester
         with ctx.timed("out", "collect"):
             collected = collect(ctx, patient_id, wanted)
@@ -149,6 +159,7 @@ def disclose(
                 f"consent does not permit {purpose} to {recipient}: {decision.reason}"
             )
         permitted = set(decision.classes)
+        token = decision.token
         consent_ref = f"Consent/{decision.consent_ids[0]}" if decision.consent_ids else None
     else:
         collected, permitted, consent_ref = [], set(), None
@@ -160,6 +171,8 @@ def disclose(
             purpose=purpose,
             pseudo=pseudo,
             consent_ref=consent_ref,
+            envelope_id=envelope_id,
+            decision_token=token,
             resources=filter_by_classes(collected, permitted)
             + filter_by_classes(workflow, permitted | STRUCTURAL_TYPES),
             patient=patient if "Patient" in permitted else None,
@@ -176,12 +189,17 @@ def _pack_and_seal(
     purpose: str,
     pseudo: str,
     consent_ref: str | None,
+    envelope_id: str,
+    decision_token: str | None,
     resources: list[dict[str, Any]],
     patient: dict[str, Any] | None,
     title: str,
 ) -> tuple[SealedEnvelope, tuple[str, ...], int]:
-    """Steps 3–4: the document Bundle of the permitted resources, sealed to ``recipient``."""
+    """Steps 3–4: the document Bundle of the permitted resources (with the signed consent
+    decision that permitted them), sealed to ``recipient``."""
     document = pack_document(resources, patient=patient, sender=ctx.org_id, title=title)
+    if decision_token is not None:
+        attach_decision(document, decision_token)
     declared = tuple(
         sorted({e["resource"]["resourceType"] for e in document["entry"]} - STRUCTURAL_TYPES)
     )
@@ -194,6 +212,7 @@ def _pack_and_seal(
         patient_pseudonym=pseudo,
         consent_ref=consent_ref,
         ttl=ENVELOPE_TTL,
+        envelope_id=envelope_id,
     )
     sealed = seal_for(ctx, header, json.dumps(document, separators=(",", ":")).encode())
     return sealed, declared, len(document["entry"])

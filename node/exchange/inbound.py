@@ -23,6 +23,7 @@ from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
     PSEUDONYM_SYSTEM,
     TASK_ID_SYSTEM,
+    decision_of,
     prepare_import,
     resources_of,
     undeclared_classes,
@@ -32,7 +33,14 @@ from node.exchange.workflow import task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
 from node.store import UnitOfWork, identifier_criteria, parse_bundle
 from servicekit.outcome import FhirError
-from trust.envelopes import KINDS, EnvelopeError, SealedEnvelope, open_from
+from trust.envelopes import (
+    DATA_KINDS,
+    KINDS,
+    MAX_CLOCK_SKEW,
+    EnvelopeError,
+    SealedEnvelope,
+    open_from,
+)
 
 __all__ = ["Handled", "handle_envelope", "already_processed", "local_patient", "exchange_writer"]
 
@@ -243,12 +251,59 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
             undeclared,
         )
         return _reject(ctx, sealed, f"content outside the declared classes: {undeclared}")
+    refused = _consent_proof_problem(ctx, sealed, body)
+    if refused is not None:
+        log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, refused)
+        return _reject(ctx, sealed, refused)
     try:
         return _import_document(ctx, sealed, body)
     except FhirError as exc:
         # The store's message may quote content: keep it here, tell the coordinator only why.
         log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
         return _reject(ctx, sealed, "import refused by the store", local=exc.diagnostics)
+
+
+def _consent_proof_problem(
+    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
+) -> str | None:
+    """Why the consent decision carried inside the envelope does not cover it (None: it does).
+
+    A data-carrying envelope must carry the registry's signed decision (verified against the
+    registry's CA-issued certificate when ``consent.registry_org`` is set): a permit, live when
+    the envelope was made, bound to this envelope's id, for its patient, sender, recipient and
+    purpose, and permitting every class the envelope declares."""
+    h = sealed.header
+    if h.kind not in DATA_KINDS or not h.classes:
+        return None
+    token = decision_of(document)
+    if token is None:
+        return "the envelope carries no consent decision"
+    try:
+        d = ctx.consent.verify_decision(
+            token,
+            valid_at=int(h.created_at.timestamp()),
+            leeway=int(MAX_CLOCK_SKEW.total_seconds()),
+        )
+    except Exception as exc:  # forged, expired, unknown key, registry cert refused, no CRL…
+        return f"consent decision refused: {exc}"
+    mismatched = [
+        name
+        for name, ok in (
+            ("permit", d.permit),
+            ("envelope", d.envelope_id == h.envelope_id),
+            ("patient", d.patient == (h.patient_pseudonym or "")),
+            ("requester", d.requester == h.sender),
+            ("recipient", d.recipient == h.recipient),
+            ("purpose", d.purpose == h.purpose),
+        )
+        if not ok
+    ]
+    if mismatched:
+        return f"consent decision does not match the envelope: {', '.join(mismatched)}"
+    unpermitted = sorted(set(h.classes) - set(d.classes))
+    if unpermitted:
+        return f"consent decision does not permit the classes {unpermitted}"
+    return None
 
 
 def _open(ctx: ExchangeContext, sealed: SealedEnvelope, *, refresh: bool) -> bytes:

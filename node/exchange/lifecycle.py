@@ -69,6 +69,9 @@ class _NoConsent:
             permit=False, classes=(), consent_ids=(), reason="no consent registry configured"
         )
 
+    def verify_decision(self, *_a: Any, **_k: Any) -> Any:
+        raise ValueError("no consent registry configured: no decision can be verified")
+
 
 def _enabled(settings: NodeSettings) -> bool:
     return settings.exchange.enabled

@@ -23,7 +23,7 @@ from consent.decision_token import (
     sign_decision,
     verify_decision_token,
 )
-from trust.tokens import SigningKey
+from trust.tokens import SigningKey, jwk_thumbprint, key_thumbprint
 
 P1, P2 = "c3" * 32, "d4" * 32
 
@@ -122,13 +122,19 @@ def _claims(patient: str = P1) -> dict[str, object]:
     return {"sub": patient, "permit": True, "classes": ["Condition"], "requester": "hosp-a"}
 
 
+def _key() -> SigningKey:
+    """A decision key under its RFC 7638 thumbprint id (what verifiers require)."""
+    key = SigningKey.generate()
+    return SigningKey(key_thumbprint(key.public_key), key.private_key, key.algorithm)
+
+
 def _token(key: SigningKey, payload: dict[str, object], **header: object) -> str:
     headers = {"kid": key.kid, "typ": DECISION_TYP, **header}
     return jwt.encode(payload, key.private_key, algorithm=key.algorithm, headers=headers)
 
 
 def test_decision_token_exp_aud_and_typ_are_enforced() -> None:
-    key = SigningKey.generate(kid="decision")
+    key = _key()
     jwks = jwks_of(key)
     good, _ = sign_decision(key, "urn:registry", _claims(), ttl=60)
     assert verify_decision_token(good, jwks).permit
@@ -151,19 +157,23 @@ def test_decision_token_exp_aud_and_typ_are_enforced() -> None:
 
 
 def test_a_key_of_another_registry_is_not_trusted(registry: Registry) -> None:
-    """Another registry's decision key has the same ``kid`` ("decision", from its file name):
-    the kid matches, the signature does not."""
+    """Key ids are RFC 7638 thumbprints, so another registry's key cannot pose under ours: a
+    JWKS listing a key under someone else's id is refused, and a token another key signed
+    under our id fails the signature."""
     headers = registry.patient_headers(P1)
     registry.grant(headers, treat_consent(P1))
     d = registry.org("hosp-a").decide(P1, "clinic-b", "TREAT", ["Condition"])
     ours = registry.http.get("/.well-known/jwks.json").json()
     kid = ours["keys"][0]["kid"]
-    other_registry = jwks_of(SigningKey.generate(kid=kid))
+    assert kid == jwk_thumbprint(ours["keys"][0])
+    other_registry = jwks_of(SigningKey(kid, SigningKey.generate().private_key))
     assert other_registry["keys"][0]["kid"] == kid and other_registry != ours
-    with pytest.raises(DecisionTokenError, match="signature"):
+    with pytest.raises(DecisionTokenError, match="thumbprint"):
         verify_decision_token(d.token, other_registry)
     # and a token the other registry signed is refused by our JWKS
-    forged, _ = sign_decision(SigningKey.generate(kid=kid), "urn:other", _claims(), ttl=60)
+    forged, _ = sign_decision(
+        SigningKey(kid, SigningKey.generate().private_key), "urn:other", _claims(), ttl=60
+    )
     with pytest.raises(DecisionTokenError, match="signature"):
         verify_decision_token(forged, ours)
 

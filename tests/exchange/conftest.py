@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from exchange_net import ORGS, Coordinator, register, start_coordinator_process
+from exchange_net import ORGS, REGISTRY_ORG, Coordinator, register, start_coordinator_process
 
 from trust.pki import OrgCredentials, init_ca, issue_org
 
@@ -27,7 +27,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca_dir = root / "ca"
     init_ca(ca_dir)
     org_dirs, creds = {}, {}
-    for org_id in [*ORGS, "unregistered"]:
+    for org_id in [*ORGS, "unregistered", REGISTRY_ORG]:
         org_dirs[org_id] = root / "orgs" / org_id
         creds[org_id] = issue_org(ca_dir, org_id, out_dir=org_dirs[org_id])
     foreign_ca = root / "foreign-ca"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from deploy.launcher import Service, ipjms_command, start_service, wait_until
 from node.identity import NATIONAL_ID_SYSTEM
 from trust.pseudonym import load_or_create_linkage_key, pseudonym
 
+REGISTRY_ORG = (
+    "consent-registry"  # the registry's organisation: decisions signed by its CA-issued key
+)
 ORGS = {
     "coordinator": ("Regional coordinator", "authority"),
     "authority": ("Regional health authority", "authority"),
@@ -108,6 +112,25 @@ class Region:
     def consent_client(self, org_id: str) -> ConsentClient:
         return ConsentClient(self.consent_url, self.pki.creds[org_id])
 
+    def attach_permit(
+        self, document: dict[str, Any], sender: str, header_args: dict[str, Any]
+    ) -> str:
+        """What a node does before sealing by hand: ask the registry (as ``sender``) for a
+        decision bound to a fresh envelope id and carry it in ``document``; returns the id."""
+        from node.exchange.documents import attach_decision
+
+        envelope_id = str(uuid.uuid4())
+        with self.consent_client(sender) as client:
+            decision = client.decide(
+                header_args["patient_pseudonym"],
+                header_args["recipient"],
+                header_args["purpose"],
+                header_args["classes"],
+                envelope_id=envelope_id,
+            )
+        attach_decision(document, decision.token)
+        return envelope_id
+
     def start_node(
         self, org_id: str, level: str, extra_env: dict[str, str] | None = None
     ) -> NodeProc:
@@ -123,6 +146,8 @@ class Region:
             "IPJMS_NODE_CA_DIR": str(self.pki.ca_dir),
             "IPJMS_NODE_ORG_CREDENTIALS_DIR": str(self.pki.org_dirs[org_id]),
         }
+        if REGISTRY_ORG in self.pki.org_dirs:  # decisions pinned to the registry's certificate
+            env["IPJMS_NODE_CONSENT_REGISTRY_ORG"] = REGISTRY_ORG
         full = {**os.environ, **env}
         subprocess.run(
             ipjms_command("node", "init", "--org", org_id, "--name", org_id, "--level", level,
@@ -234,13 +259,19 @@ def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
 
 def consent_args(root: Path, pki: Any, port: int, url: str) -> list[str]:
     return ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
-            "--ca-dir", str(pki.ca_dir), "--public-url", url]  # fmt: skip
+            "--ca-dir", str(pki.ca_dir), "--public-url", url, *registry_org_args(pki)]  # fmt: skip
+
+
+def registry_org_args(pki: Any) -> list[str]:
+    """The registry signs decisions with its CA-issued key when the PKI issued it one."""
+    org_dir = pki.org_dirs.get(REGISTRY_ORG)
+    return ["--org-dir", str(org_dir)] if org_dir is not None else []
 
 
 def start_consent(root: Path, pki: Any) -> tuple[str, Service]:
     data_dir = root / "consent"
     args = ["consent", "serve", "--data-dir", str(data_dir), "--port", "0",
-            "--ca-dir", str(pki.ca_dir)]  # fmt: skip
+            "--ca-dir", str(pki.ca_dir), *registry_org_args(pki)]  # fmt: skip
     service = start_service(
         "consent", args, base_url="http://127.0.0.1:{http}", log_dir=root / "logs",
         ports_dir=data_dir,

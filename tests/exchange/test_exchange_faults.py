@@ -260,9 +260,11 @@ def test_sender_retry_with_same_envelope_id_gives_one_import(region: Region) -> 
           "code": {"text": "retried condition"}}],
         patient=None, sender="hosp-a", title="retry",
     )  # fmt: skip
+    args = {"recipient": "clinic-b", "purpose": "TREAT", "classes": ("Condition",),
+            "patient_pseudonym": pseudo}  # fmt: skip
+    envelope_id = region.attach_permit(document, "hosp-a", args)  # the decision travels inside
     header = EnvelopeHeader.new(
-        kind="referral", sender="hosp-a", recipient="clinic-b", purpose="TREAT",
-        classes=("Condition",), patient_pseudonym=pseudo,
+        kind="referral", sender="hosp-a", envelope_id=envelope_id, **args
     )  # fmt: skip
     sealed = seal_to(
         header, json.dumps(document).encode(), sender=region.pki.creds["hosp-a"],

@@ -5,21 +5,25 @@ nothing; undeclared content and tampering are refused without touching the store
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from consent.client import ConsentClient
+from consent.decision_token import sign_decision, x5c_of
 from node.exchange.client import DirectoryEntry
 from node.exchange.context import ExchangeContext
-from node.exchange.documents import pack_document
+from node.exchange.documents import attach_decision, pack_document
 from node.exchange.inbound import handle_envelope
 from node.exchange.lifecycle import MIGRATIONS
 from node.exchange.tables import inbound
 from node.store import CommitEvent, FhirStore, migrate
 from servicekit.storage import make_engine, upgrade_schema
 from trust.envelopes import EnvelopeHeader, seal_to
-from trust.pki import init_ca, issue_org
+from trust.pki import init_ca, issue_org, revocation_list
+from trust.tokens import SigningKey, key_thumbprint
 
 PSEUDO = "b" * 64
 
@@ -33,7 +37,8 @@ def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def creds(ca_dir: Path):  # type: ignore[no-untyped-def]
-    return {org: issue_org(ca_dir, org, out_dir=ca_dir / org) for org in ("hosp-a", "clinic-b")}
+    orgs = ("hosp-a", "clinic-b", "consent-registry")
+    return {org: issue_org(ca_dir, org, out_dir=ca_dir / org) for org in orgs}
 
 
 @pytest.fixture
@@ -48,7 +53,13 @@ def ctx(db_url: str, creds, ca_dir: Path, tmp_path: Path) -> ExchangeContext:  #
         engine=engine,
         creds=creds["clinic-b"],
         client=None,
-        consent=None,
+        # decisions verified against the registry's CA-issued certificate: nothing fetched
+        consent=ConsentClient(
+            "http://127.0.0.1:9",
+            creds["clinic-b"],
+            registry_org="consent-registry",
+            revoked=lambda: revocation_list(ca_dir),
+        ),
         linkage_key=b"k" * 32,  # type: ignore[arg-type]
         ca_dir=ca_dir,
     )
@@ -66,8 +77,32 @@ def ctx(db_url: str, creds, ca_dir: Path, tmp_path: Path) -> ExchangeContext:  #
     return c
 
 
-def _envelope(creds, resources, classes):  # type: ignore[no-untyped-def]
+def _decision(creds, envelope_id, classes, *, signer="consent-registry", **claims):  # type: ignore[no-untyped-def]
+    """A decision signed like the registry does: its CA-certified key, certificate in x5c."""
+    org = creds[signer]
+    key = SigningKey(key_thumbprint(org.signing_public_key), org.signing_key, "ES384")
+    body = {
+        "sub": PSEUDO,
+        "requester": "hosp-a",
+        "recipient": "clinic-b",
+        "purpose": "TREAT",
+        "permit": True,
+        "classes": sorted(classes),
+        "env": envelope_id,
+        "req": "r",
+        **claims,
+    }
+    token, _ = sign_decision(key, "http://registry", body, 300, x5c=x5c_of(org.signing_cert_pem))
+    return token
+
+
+def _envelope(creds, resources, classes, *, token=None, permitted=None, envelope_id=None):  # type: ignore[no-untyped-def]
     doc = pack_document(resources, patient=None, sender="hosp-a", title="t")
+    envelope_id = envelope_id or str(uuid.uuid4())
+    if token is None:
+        token = _decision(creds, envelope_id, permitted if permitted is not None else classes)
+    if token:
+        attach_decision(doc, token)
     header = EnvelopeHeader.new(
         kind="referral",
         sender="hosp-a",
@@ -75,6 +110,7 @@ def _envelope(creds, resources, classes):  # type: ignore[no-untyped-def]
         purpose="TREAT",
         classes=classes,
         patient_pseudonym=PSEUDO,
+        envelope_id=envelope_id,
     )
     return seal_to(
         header,
@@ -231,3 +267,65 @@ def test_an_import_commits_once_with_its_events_and_a_refused_one_none(  # type:
     refused = handle_envelope(ctx, _envelope(creds, [invalid], ("Condition",)).to_bytes())
     assert not refused.imported and "refused by the store" in refused.detail
     assert got == [] and ctx.store.events.head() == 6
+
+
+def _refused_without_import(ctx: ExchangeContext, sealed, reason: str) -> None:  # type: ignore[no-untyped-def]
+    handled = handle_envelope(ctx, sealed.to_bytes())
+    assert not handled.imported and reason in handled.detail, handled.detail
+    assert ctx.store.counts().get("Condition", 0) == 0
+
+
+def test_an_envelope_whose_decision_does_not_cover_its_classes_is_refused(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """Attack (issue 23): the registry permitted Condition only; the sender declares (and
+    packs) Condition and Procedure. Declared classes match the content, so only the signed
+    decision carried inside the envelope can catch it."""
+    sealed = _envelope(creds, [COND, PROC], ("Condition", "Procedure"), permitted=["Condition"])
+    _refused_without_import(ctx, sealed, "does not permit the classes ['Procedure']")
+
+
+def test_a_decision_for_another_envelope_or_patient_or_a_refusal_is_refused(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    other = _decision(creds, str(uuid.uuid4()), ["Condition"])  # a real permit, another envelope
+    _refused_without_import(ctx, _envelope(creds, [COND], ("Condition",), token=other), "envelope")
+    for claims, named in (
+        ({"sub": "c" * 64}, "patient"),
+        ({"permit": False}, "permit"),
+        ({"requester": "clinic-c"}, "requester"),
+        ({"purpose": "HRESCH"}, "purpose"),
+    ):
+        envelope_id = str(uuid.uuid4())
+        token = _decision(creds, envelope_id, ["Condition"], **claims)
+        sealed = _envelope(creds, [COND], ("Condition",), token=token, envelope_id=envelope_id)
+        _refused_without_import(ctx, sealed, f"does not match the envelope: {named}")
+    missing = _envelope(creds, [COND], ("Condition",), token="")
+    _refused_without_import(ctx, missing, "carries no consent decision")
+
+
+def test_a_permit_signed_by_a_key_served_over_http_is_refused(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """Attack (issue 23): whoever answers on the registry's plain-HTTP address serves a JWKS
+    with its own key and signs a permit; a verifier that trusts the served JWKS accepts it. The
+    node trusts only the registry organisation's CA-issued certificate."""
+    from consent.decision_token import jwks_of, verify_decision_token
+
+    attacker = SigningKey.generate("ES384")
+    attacker = SigningKey(key_thumbprint(attacker.public_key), attacker.private_key, "ES384")
+    envelope_id = str(uuid.uuid4())
+    claims = {
+        "sub": PSEUDO, "requester": "hosp-a", "recipient": "clinic-b", "purpose": "TREAT",
+        "permit": True, "classes": ["Condition"], "env": envelope_id, "req": "r",
+    }  # fmt: skip
+    forged, _ = sign_decision(attacker, "http://registry", claims, 300)
+    served_over_http = jwks_of(attacker)
+    assert verify_decision_token(forged, served_over_http).permit  # what the JWKS path believes
+    doc_env = _envelope(creds, [COND], ("Condition",), token=forged)
+    _refused_without_import(ctx, doc_env, "no registry certificate")
+    # another organisation's CA-issued signing certificate is no registry either
+    by_hospital = _decision(creds, str(uuid.uuid4()), ["Condition"], signer="hosp-a")
+    _refused_without_import(
+        ctx, _envelope(creds, [COND], ("Condition",), token=by_hospital), "not by the consent"
+    )

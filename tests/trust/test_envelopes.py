@@ -20,13 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trust.envelopes import (
+    MIN_PADDED,
     EnvelopeError,
     EnvelopeHeader,
     SealedEnvelope,
     open_from,
     open_sealed,
+    padded_length,
     seal,
     seal_to,
+    unpad,
 )
 from trust.pki import OrgCredentials, init_ca, issue_org, revocation_list, revoke
 
@@ -276,3 +279,22 @@ def test_rotation_keeps_in_flight_envelopes_openable_and_revocation_stops_sender
             sender_signing_cert_pem=a.signing_cert_pem,
             revoked=revocation_list(ca),
         )
+
+
+def test_payloads_are_padded_to_size_buckets() -> None:
+    """Issue 23: the ciphertext length (stored by the coordinator) was plaintext + 16 bytes.
+    Sealed payloads are padded to Padmé buckets: different sizes, one length; at most ~12 %
+    overhead above the 1 KiB minimum; the receiver gets the exact payload back."""
+    lengths = set()
+    for size in (0, 1, 500, 1000, 1023):
+        env = _sealed(b"x" * size)
+        lengths.add(len(env.ciphertext))
+        assert _open(env.to_bytes()) == b"x" * size
+    assert lengths == {MIN_PADDED + 16}
+    near = {len(_sealed(b"y" * n).ciphertext) for n in range(196_700, 200_600, 97)}
+    assert len(near) == 1  # ~4 kB of difference in a 200 kB referral is invisible
+    for n in (1500, 10_000, 216_000, 3_000_000):
+        bucket = padded_length(n + 1)
+        assert n < bucket <= max(MIN_PADDED, (n + 1) * 1.12)
+    with pytest.raises(EnvelopeError, match="padding"):
+        unpad(b"abc\x00\x00")
