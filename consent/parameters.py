@@ -5,7 +5,7 @@ In::
     patient    valueString | valueIdentifier   the patient's pseudonym (required)
     recipient  valueString | valueReference    organisation that would receive the data (required)
     requester  valueString | valueReference    optional; only the caller itself (another → 403)
-    purpose    valueCode | valueCoding          v3 ActReason TREAT | ETREAT | HRESCH (required)
+    purpose    valueCode | valueCoding          v3 ActReason (consent.policy.PURPOSES; required)
     class      valueCode | valueCoding (×n)     FHIR resource types (at least one)
     reason     valueString                      required for ETREAT (break-glass)
 

@@ -45,8 +45,12 @@ __all__ = [
     "rules_of",
 ]
 
-#: v3 ActReason purposes of use the region recognises.
-PURPOSES = frozenset({"TREAT", "ETREAT", "HRESCH"})
+#: v3 ActReason purposes of use the region recognises. ``HQUALIMP`` (health care quality
+#: improvement) is the purpose of the authority's regional quality indicators
+#: (``federated/indicators``). Like every purpose its default is **deny**: a patient counts in
+#: an indicator only while a consent of theirs permits ``HQUALIMP`` to the authority; a region
+#: that wants quality improvement as an opt-out use records that permit at enrolment.
+PURPOSES = frozenset({"TREAT", "ETREAT", "HRESCH", "HQUALIMP"})
 
 #: FHIR resource types a consent may name as data classes.
 RESOURCE_CLASSES = frozenset(

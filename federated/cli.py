@@ -4,6 +4,7 @@
 - ``ipjms fl authorize``  admit an organisation's SuperNode (its PKI signing key) to the SuperLink
 - ``ipjms fl supernode``  a node's SuperNode (sibling of ``ipjms node serve``) on its own store
 - ``ipjms fl run``        start a run and follow it to the end
+- ``ipjms fl indicators`` regional quality indicators: a DP analytics run over the same nodes
 - ``ipjms fl score``      score a node's patients with a published model (RiskAssessment)
 - ``ipjms fl bench``      local vs federated vs DP vs pooled on one CSV per centre
 
@@ -186,6 +187,14 @@ def supernode(
     as_of: Annotated[
         str, typer.Option("--as-of", help="Cohort reference date (default now).")
     ] = "",
+    indicators_max_epsilon: Annotated[
+        float,
+        typer.Option("--indicators-max-epsilon", help="Largest ε one indicator query may use."),
+    ] = 3.0,
+    indicators_min_count: Annotated[
+        int,
+        typer.Option("--indicators-min-count", help="This node never releases smaller cells."),
+    ] = 10,
 ) -> None:
     """Run this node's Flower SuperNode: trains on this node's store, under its own rules."""
     from federated.clientapp_zygote import write_launcher, zygote_command, zygote_socket_path
@@ -197,6 +206,8 @@ def supernode(
         _fail("--epsilon-budget and --max-epsilon-run must be positive")
     if not (0 < delta_run < 1 and 0 < delta_budget < 1):
         _fail("--delta-run and --delta-budget must be in (0, 1)")
+    if indicators_max_epsilon <= 0 or indicators_min_count < 1:
+        _fail("--indicators-max-epsilon must be positive and --indicators-min-count at least 1")
     if not (org_dir / "org.json").exists():
         _fail(f"--org-dir {org_dir}: no organisation credentials")
     for p, opt in ((client_key, "--client-key"), (linkage_key, "--linkage-key")):
@@ -226,6 +237,8 @@ def supernode(
         "max-epsilon-run": float(max_epsilon_run),
         "delta-run": float(delta_run),
         "delta-budget": float(delta_budget),
+        "indicators-max-epsilon": float(indicators_max_epsilon),
+        "indicators-min-count": int(indicators_min_count),
         **({"as-of": as_of} if as_of else {}),
     }
     args = supernode_args(
@@ -408,6 +421,102 @@ def _summary(doc: dict[str, object]) -> None:
     )
     if card["dropped"]:
         console.print(f"dropped: {', '.join(sorted({d['org'] for d in card['dropped']}))}")
+
+
+@app.command()
+def indicators(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The SuperLink's data dir.")],
+    out: Annotated[Path, typer.Option("--out", help="Write the result document (JSON) here.")],
+    names: Annotated[
+        str, typer.Option("--indicators", help="Comma-separated indicator ids (default: all).")
+    ] = "",
+    strata: Annotated[
+        str, typer.Option("--strata", help="Breakdowns besides the total: age_band,sex,pathway.")
+    ] = "",
+    period_start: Annotated[
+        str, typer.Option("--from", help="Period start (date, inclusive; default a year ago).")
+    ] = "",
+    period_end: Annotated[
+        str, typer.Option("--to", help="Period end (date, exclusive; default tomorrow).")
+    ] = "",
+    epsilon: Annotated[float, typer.Option("--epsilon", help="ε per node, whole query.")] = 1.0,
+    min_count: Annotated[int, typer.Option("--min-count", help="Suppress smaller cells.")] = 10,
+    min_nodes: Annotated[int, typer.Option("--min-nodes")] = 1,
+    node_wait: Annotated[float, typer.Option("--node-wait")] = 60.0,
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    label: Annotated[str, typer.Option("--label", help="Run label (default: generated).")] = "",
+) -> None:
+    """Regional quality indicators: each node counts its consented (HQUALIMP) patients, adds
+    discrete Laplace noise charged to its ε ledger and suppresses small cells; the authority
+    publishes rates with ε, noise scale and 95 % intervals (JSON to --out)."""
+    import tempfile
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from federated.feature_spec import parse_instant
+    from federated.indicators import IndicatorError, IndicatorQuery, Period, default_indicators
+    from federated.indicators.authority_run import run_config
+
+    defs = default_indicators()
+    now = datetime.now(UTC)
+    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    start = parse_instant(period_start) if period_start else today - timedelta(days=365)
+    end = parse_instant(period_end) if period_end else today + timedelta(days=1)
+    if start is None or end is None:
+        _fail("--from/--to must be dates (YYYY-MM-DD)")
+    if end <= start:
+        _fail("--to must be after --from")
+    if min_nodes < 1:
+        _fail("--min-nodes must be at least 1")
+    try:
+        query = IndicatorQuery(
+            indicators=tuple(x for x in names.split(",") if x) or defs.ids(),
+            strata=tuple(x for x in strata.split(",") if x),
+            period=Period(start, end),
+            as_of=now,
+            epsilon=epsilon,
+            min_count=min_count,
+            run_label=label or f"indicators-{uuid.uuid4().hex[:12]}",
+        )
+        query.check(defs)
+    except IndicatorError as exc:
+        _fail(str(exc))
+    if not (data_dir / "flwr" / "config.toml").exists():
+        _fail(f"--data-dir {data_dir}: no SuperLink here (start ipjms fl superlink first)")
+    from federated.deployment import build_app_dir, run_status, submit_run
+
+    results = (data_dir / "runs").resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    config = run_config(
+        query, results_dir=results, min_nodes=min_nodes, node_wait=node_wait, timeout=timeout
+    )
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ipjms-fab-") as tmp:
+        app_dir = build_app_dir(Path(tmp) / "app", config)
+        run_id = submit_run(data_dir / "flwr", app_dir, config)
+    console.print(f"indicators run {query.run_label} started (Flower run {run_id})")
+    outcome_path = results / f"{query.run_label}.json"
+    next_status = time.monotonic() + STATUS_POLL_SECONDS
+    while not outcome_path.exists():
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + STATUS_POLL_SECONDS
+            if str(run_status(data_dir / "flwr", run_id).get("status", "")).startswith("finished"):
+                time.sleep(0.5)
+                if not outcome_path.exists():
+                    _fail(f"run {query.run_label} ended without a result", code=1)
+        if time.monotonic() - started > timeout + node_wait + 60:
+            _fail(f"run {query.run_label} did not finish in time", code=1)
+        time.sleep(0.3)
+    outcome = json.loads(outcome_path.read_text())
+    if outcome.get("status") != "completed":
+        _fail(f"run {query.run_label} failed: {outcome.get('reason')}", code=1)
+    doc = outcome["result"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+    from federated.indicators.report import format_report
+
+    console.print(format_report(doc), markup=False, highlight=False)
+    console.print(f"wall time {time.monotonic() - started:.1f}s; wrote {out}")
 
 
 @app.command()

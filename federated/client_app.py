@@ -417,3 +417,10 @@ def _evaluate(msg: Message, context: Context) -> Message:
 @app.query()
 def _query(msg: Message, context: Context) -> Message:
     return handle_query(msg, context)
+
+
+@app.query("indicators")
+def _indicators(msg: Message, context: Context) -> Message:
+    from federated.indicators.node_answer import answer
+
+    return answer(msg, context)

@@ -56,15 +56,26 @@ class EligibilityChecker(Protocol):
 
 
 class ConsentEligibility:
-    """Eligible iff the consent registry permits HRESCH to the authority for the cohort classes.
+    """Eligible iff the consent registry permits ``purpose`` (HRESCH unless told) to the
+    authority for ``classes`` (the cohort classes unless told).
 
     Default deny: no national id, a registry error or a refusal all exclude the patient.
     """
 
-    def __init__(self, consent_client: Any, linkage_key: bytes, authority_org: str) -> None:
+    def __init__(
+        self,
+        consent_client: Any,
+        linkage_key: bytes,
+        authority_org: str,
+        *,
+        purpose: str = RESEARCH_PURPOSE,
+        classes: tuple[str, ...] = COHORT_CLASSES,
+    ) -> None:
         self.client = consent_client
         self.linkage_key = linkage_key
         self.authority_org = authority_org
+        self.purpose = purpose
+        self.classes = classes
 
     def eligible(self, patient: Mapping[str, Any]) -> bool:
         value = national_id(patient)
@@ -74,13 +85,13 @@ class ConsentEligibility:
             decision = self.client.decide(
                 pseudonym(self.linkage_key, value),
                 self.authority_org,
-                RESEARCH_PURPOSE,
-                list(COHORT_CLASSES),
+                self.purpose,
+                list(self.classes),
             )
         except Exception as exc:  # noqa: BLE001 - any failure is a deny
             log.warning("consent decision failed (%s); patient excluded", type(exc).__name__)
             return False
-        return bool(decision.permit) and set(COHORT_CLASSES) <= set(decision.classes or ())
+        return bool(decision.permit) and set(self.classes) <= set(decision.classes or ())
 
 
 class BackendTokenSource:

@@ -26,6 +26,7 @@ __all__ = [
     "DECLINE_REASONS",
     "EgressViolation",
     "check_reply",
+    "check_indicator_reply",
     "decline_reason_allowed",
 ]
 
@@ -85,6 +86,9 @@ DECLINE_REASONS = (
     re.compile(r"evaluation is off at this node"),
     re.compile(r"evaluation limit of this run reached"),
     re.compile(r"queries are off at this node"),
+    # quality indicators (federated/indicators/node_answer.py)
+    re.compile(r"indicator query asks for ε=\d{1,6}\.\d\d, this node allows at most \d{1,6}\.\d\d"),
+    re.compile(r"indicator query not answerable with this node's definitions"),
 )
 _SPEC = re.compile(r"[a-z0-9][a-z0-9-]{0,40}@\d{1,4}")  # a feature spec id, e.g. readmission-30d@1
 _STATUS = frozenset({"ok", "declined"})
@@ -180,3 +184,32 @@ def _check_config(record: Any) -> None:
             raise EgressViolation("only a decline carries a reason")
         if not decline_reason_allowed(str(record["reason"])):
             raise EgressViolation("a decline reason must be one of the fixed decline reasons")
+
+
+def check_indicator_reply(content: Any, allowed_counts: frozenset[str]) -> None:
+    """Raise EgressViolation unless ``content`` is a quality-indicator answer: exactly one
+    MetricRecord of integer noisy counts whose names are among ``allowed_counts`` (the cells
+    the query asked for; a suppressed cell is absent), plus ``epsilon`` (what the node charged)
+    and ``declined``; at most one ConfigRecord as for training. No arrays, no free text."""
+    if list(content.array_records.keys()):
+        raise EgressViolation("an indicator answer carries no arrays")
+    metric_recs = list(content.metric_records.items())
+    config_recs = list(content.config_records.items())
+    if len(metric_recs) != 1 or len(config_recs) > 1:
+        raise EgressViolation("an indicator answer holds 1 MetricRecord and ≤1 ConfigRecord")
+    if len(metric_recs) + len(config_recs) != len(list(content.keys())):
+        raise EgressViolation("an indicator answer holds only metric and config records")
+    record = metric_recs[0][1]
+    for key, value in record.items():
+        if key in ("epsilon", "declined"):
+            if not _number(value):
+                raise EgressViolation(f"metric {key!r} must be a single number")
+            continue
+        if key not in allowed_counts:
+            raise EgressViolation(f"count {key!r} was not asked for")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EgressViolation(f"count {key!r} must be an integer")
+    if record.get("declined", 0) not in (0, 1):
+        raise EgressViolation("declined must be 0 or 1")
+    for _, cfg in config_recs:
+        _check_config(cfg)

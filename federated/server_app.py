@@ -85,4 +85,10 @@ def execute(grid: Grid, run_config: dict[str, Any], run_id: str = "") -> dict[st
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    execute(grid, dict(context.run_config), str(context.run_id))
+    config = dict(context.run_config)
+    if config.get("analysis") == "indicators":  # a quality-indicator query, not training
+        from federated.indicators.authority_run import execute as execute_indicators
+
+        execute_indicators(grid, config, str(context.run_id))
+        return
+    execute(grid, config, str(context.run_id))

@@ -32,6 +32,7 @@ from consent.policy import ConsentRecord, Provision
 from deploy.demo.network import AUTHORITY_ORG, DemoNetwork
 from deploy.launcher import free_port, ipjms_command, wait_healthy, wait_until
 from federated.cohort import COHORT_CLASSES
+from federated.indicators.node_answer import INDICATOR_CLASSES
 from node.feeds.synthetic import generate_site
 from node.identity import NATIONAL_ID_SYSTEM
 from trust.pki import load_org
@@ -96,13 +97,15 @@ def _research_cohort(net: DemoNetwork, org: str, index: int) -> list[str]:
 
 
 def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> int:
+    """Each patient's consent permits HRESCH (research) to the authority; all but every fifth
+    also permit HQUALIMP (quality indicators, chapter_indicators) in the same consent."""
     url = net.facts["consent_url"]
     key = load_or_create_linkage_key(net.facts["pki"]["linkage_key"])
     client = ConsentClient(url, load_org(net.facts["pki"]["orgs"][org]))
     patients = httpx.Client(base_url=url, timeout=30)  # one session for every patient's calls
     granted = 0
     try:
-        for nid in national_ids:
+        for index, nid in enumerate(national_ids):
             pseudo = pseudonym(key, nid)
             code = client.create_enrolment_code(pseudo)["code"]
             r = patients.post("/enrol", json={"code": code, "password": PASSWORD})
@@ -119,8 +122,18 @@ def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> in
                 purposes=frozenset({"HRESCH"}),
                 classes=frozenset(COHORT_CLASSES),
             )
+            permits = [permit]
+            if index % 5 != 4:
+                permits.append(
+                    Provision(
+                        "permit",
+                        actors=frozenset({AUTHORITY_ORG}),
+                        purposes=frozenset({"HQUALIMP"}),
+                        classes=frozenset(INDICATOR_CLASSES),
+                    )
+                )
             body = to_fhir(
-                ConsentRecord("x", pseudo, "active", Provision("deny", provisions=(permit,)))
+                ConsentRecord("x", pseudo, "active", Provision("deny", provisions=tuple(permits)))
             )
             del body["id"]
             r = patients.post("/fhir/Consent", json=body, headers=headers)
@@ -166,7 +179,7 @@ def _backend_client(net: DemoNetwork, org: str) -> Path:
 def run(net: DemoNetwork) -> None:
     fed = net.facts["federated"]
     pki = net.facts["pki"]
-    with net.step("Research cohorts: HRESCH consents and one SuperNode per node") as notes:
+    with net.step("Research cohorts: HRESCH/HQUALIMP consents, one SuperNode per node") as notes:
         orgs = [org for org, *_rest in net.node_specs]
         # Each node's cohort, consents and backend client are prepared in parallel (short-lived
         # subprocesses and HTTP calls only); the SuperNodes, long-lived children, are started
@@ -188,7 +201,8 @@ def run(net: DemoNetwork) -> None:
                 net.start(f"supernode-{org}", args, base_url=f"http://127.0.0.1:{port}", wait=False)
             )
             notes.append(
-                f"{org}: {len(ids)} research patients, {granted} new HRESCH consents, SuperNode up"
+                f"{org}: {len(ids)} research patients, {granted} new HRESCH consents "
+                "(4 in 5 also HQUALIMP), SuperNode up"
             )
         for service in supernodes:  # all three start together; each must come up
             wait_healthy(service, timeout=90)

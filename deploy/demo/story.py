@@ -17,8 +17,8 @@ from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
-START_ORDER = ["trust", "consent", "exchange", "federated", "care", "nodes"]
-RUN_ORDER = ["trust", "nodes", "consent", "exchange", "care", "federated"]
+START_ORDER = ["trust", "consent", "exchange", "federated", "care", "nodes", "indicators"]
+RUN_ORDER = ["trust", "nodes", "consent", "exchange", "care", "federated", "indicators"]
 
 
 def _module(area: str) -> ModuleType:

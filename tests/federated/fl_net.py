@@ -202,6 +202,24 @@ def grant_research(net: FlNet, national_id: str) -> None:
     assert r.status_code == 201, r.text
 
 
+def grant_quality(net: FlNet, national_id: str) -> None:
+    """A consent permitting HQUALIMP (quality indicators) to the authority."""
+    from federated.indicators.node_answer import INDICATOR_CLASSES
+
+    pseudo = net.region.pseudonym(national_id)
+    headers = net.region.patient_token(pseudo)
+    permit = Provision(
+        "permit",
+        actors=frozenset({"authority"}),
+        purposes=frozenset({"HQUALIMP"}),
+        classes=frozenset(INDICATOR_CLASSES),
+    )
+    body = to_fhir(ConsentRecord("x", pseudo, "active", Provision("deny", provisions=(permit,))))
+    del body["id"]
+    r = httpx.post(f"{net.region.consent_url}/fhir/Consent", json=body, headers=headers, timeout=30)
+    assert r.status_code == 201, r.text
+
+
 def start_fl_net(root: Path, *, patients: int = 24, consent_every: int = 4) -> FlNet:
     """Every ``consent_every``-th patient of each node does NOT consent to research."""
     pki = make_pki(root / "pki")

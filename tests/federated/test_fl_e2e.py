@@ -108,6 +108,69 @@ def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None
         assert s["phase"] == "train" or not s["arrays"]  # evaluation replies carry no arrays
 
 
+def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patients(
+    net: FlNet, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 18: HQUALIMP consents for some patients; the node-side loader keeps exactly those;
+    ``ipjms fl indicators`` runs on the SuperLink and SuperNodes that train, every node charges
+    its ledger, and the JSON carries ε, noise scales and intervals."""
+    import sqlite3
+
+    from fl_net import grant_quality
+
+    from deploy.launcher import ipjms_command
+    from federated.indicators.node_answer import load_patients
+
+    quality: dict[str, set[str]] = {}
+    for org in NODES:  # every third patient (research consent or not) consents to HQUALIMP
+        quality[org] = set(net.national_ids[org][::3])
+        for nid in quality[org]:
+            grant_quality(net, nid)
+    org = "hosp-a"
+    node = net.region.nodes[org]
+    node_config = {
+        "source": "fhir", "fhir-url": node.url, "client-id": "fl-supernode",
+        "client-key": str(net.client_keys[org]), "consent-url": net.region.consent_url,
+        "authority": "authority", "org-dir": str(net.pki.org_dirs[org]),
+        "linkage-key": str(net.region.linkage_key_path),
+    }  # fmt: skip
+    loaded = list(load_patients(node_config))
+    counted = {
+        i["value"] for p in loaded for i in p[0].get("identifier", []) if i.get("value")
+    } & set(net.national_ids[org])
+    assert counted == quality[org] and len(loaded) == len(quality[org])
+    assert all(r.get("resourceType") != "Patient" for p in loaded for r in p[1:])
+
+    out = tmp_path_factory.mktemp("indicators") / "indicators.json"
+    args = [
+        "fl", "indicators", "--data-dir", str(net.superlink_dir), "--out", str(out),
+        "--epsilon", "1", "--min-nodes", "3", "--min-count", "2", "--from", "2000-01-01",
+        "--strata", "sex", "--label", "e2e-indicators",
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=600)
+    print(f"INDICATORS-RUN wall {time.monotonic() - started:.1f}s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "ipjms-quality-indicators/1"
+    assert doc["privacy"]["epsilon_per_node"] == 1.0 and doc["privacy"]["delta"] == 0.0
+    assert sorted(i["org"] for i in doc["institutions"]) == sorted(NODES)
+    assert {i["status"] for i in doc["institutions"]} == {"ok"}
+    for ind in doc["indicators"]:
+        region = [c for c in ind["cells"] if c["scope"] == "region" and c["dimension"] == "all"]
+        assert len(region) == 1 and region[0]["status"] in ("released", "suppressed")
+        if region[0]["status"] == "released":
+            assert region[0]["ci95"][0] <= region[0]["value"] <= region[0]["ci95"][1]
+        assert ind["noise"]["numerator_scale"]["all"] > 0
+    for org in NODES:
+        db = net.root / f"supernode-{org}" / "privacy_budget.db"
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "select epsilon, delta from fl_privacy_charges where kind = 'quality-indicators'"
+            ).fetchall()
+        assert rows == [(1.0, 0.0)]
+
+
 def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(net: FlNet) -> None:
     label = f"kill-{int(time.time())}"
     progress = net.superlink_dir / "runs" / f"{label}.log"

@@ -113,9 +113,10 @@ STORY_STEPS = (
     "A hypertensive patient's 186/112 is urgent; 124/78 raises none",
 )
 FEDERATED_STEPS = (
-    "Research cohorts: HRESCH consents and one SuperNode per node",
+    "Research cohorts: HRESCH/HQUALIMP consents, one SuperNode per node",
     "Federated training",
     "Scoring: the published model flags high-risk patients at every node",
+    "Regional quality indicators",
 )
 
 
