@@ -179,7 +179,7 @@ def engine_run(workdir: Path) -> dict[str, float]:
                 grant_quality(net, nid)
         out = workdir / "indicators.json"
         args = ["fl", "indicators", "--data-dir", str(net.superlink_dir), "--out", str(out),
-                "--epsilon", "1", "--min-nodes", "3", "--min-count", "2", "--from", "2023-01-01"]
+                "--epsilon", "1", "--min-nodes", "3", "--min-count", "2", "--from", "2023-01-01"]  # fmt: skip
         t1 = time.monotonic()
         proc = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=900)
         wall = time.monotonic() - t1
@@ -230,8 +230,10 @@ def main() -> None:
     result: dict[str, Any] = {
         "period": [PERIOD.start.isoformat(), PERIOD.end.isoformat()],
         "reps": args.reps,
-        "pooled": {i: {"numerator": n, "denominator": d, "value": n / d if d else None}
-                   for i, (n, d) in pooled.items()},  # fmt: skip
+        "pooled": {
+            i: {"numerator": n, "denominator": d, "value": n / d if d else None}
+            for i, (n, d) in pooled.items()
+        },  # fmt: skip
         "designs": {},
     }
     for design in ("A", "B"):

@@ -37,9 +37,20 @@ def run(net: DemoNetwork) -> None:
     with net.step(title) as notes:
         r = subprocess.run(
             ipjms_command(
-                "fl", "indicators", "--data-dir", str(fed["data_dir"]), "--out", str(out),
-                "--from", PERIOD_START, "--epsilon", EPSILON, "--min-count", MIN_COUNT,
-                "--min-nodes", str(len(net.node_specs)),
+                "fl",
+                "indicators",
+                "--data-dir",
+                str(fed["data_dir"]),
+                "--out",
+                str(out),
+                "--from",
+                PERIOD_START,
+                "--epsilon",
+                EPSILON,
+                "--min-count",
+                MIN_COUNT,
+                "--min-nodes",
+                str(len(net.node_specs)),
             ),  # fmt: skip
             capture_output=True,
             text=True,
