@@ -178,8 +178,10 @@ def engine_run(workdir: Path) -> dict[str, float]:
             for nid in net.national_ids[org][::2]:
                 grant_quality(net, nid)
         out = workdir / "indicators.json"
-        args = ["fl", "indicators", "--data-dir", str(net.superlink_dir), "--out", str(out),
-                "--epsilon", "1", "--min-nodes", "3", "--min-count", "2", "--from", "2023-01-01"]  # fmt: skip
+        args = [
+            "fl", "indicators", "--data-dir", str(net.superlink_dir), "--out", str(out),
+            "--epsilon", "1", "--min-nodes", "3", "--min-count", "2", "--from", "2023-01-01",
+        ]  # fmt: skip
         t1 = time.monotonic()
         proc = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=900)
         wall = time.monotonic() - t1
