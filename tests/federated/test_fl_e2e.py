@@ -108,6 +108,7 @@ def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None
         assert s["phase"] == "train" or not s["arrays"]  # evaluation replies carry no arrays
 
 
+@pytest.mark.timeout(1200)  # run alone, the module's network starts inside this test's time
 def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patients(
     net: FlNet, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
