@@ -36,6 +36,7 @@ from node.auth.deps import Access, require_access
 from node.care.definitions import load_catalog
 from node.care.measures import MeasureCatalog, problems
 from node.feature import NodeServices, node_services
+from node.patient import booking
 from node.patient.questionnaires import complete, extract, load_questionnaires
 from node.patient.readings import Upload, normalise
 from node.store import parse_bundle
@@ -229,3 +230,86 @@ async def answer_questionnaire(
         store.transaction, parse_bundle(bundle, "transaction"), writer=access.principal.writer
     )
     return fhir_response(result)
+
+
+# --- follow-up booking (node/patient/booking.py) ---------------------------------------------
+_SLOT_BODY = json_body({"slot": {"type": "string"}}, ("slot",))
+
+
+async def _slot_of(request: Request) -> Any:
+    body = await _read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest('body must be {"slot": "Slot/<id>"}')
+    return body.get("slot")
+
+
+@router.get("/patient/slots")
+def list_free_slots(
+    request: Request,
+    start: str | None = None,
+    access: Access = Depends(require_access("Appointment", "create")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """Free slots the clinics published (from ``start``, default now)."""
+    _refuse_other_patient(request, access)
+    return JSONResponse({"slots": booking.free_slots(services.store, start=start)})
+
+
+@router.post("/patient/appointments/$book", openapi_extra=_SLOT_BODY)
+async def book_slot(
+    request: Request,
+    access: Access = Depends(require_access("Appointment", "create")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """Book a free Slot: 200 with the transaction response; 409 when it is taken."""
+    patient = _patient_of(request, access)
+    slot = await _slot_of(request)
+    result = await run_in_threadpool(
+        booking.book, services.store, patient, slot, access.principal.writer
+    )
+    return fhir_response(result)
+
+
+@router.post("/patient/appointments/{appointment_id}/$cancel")
+async def cancel_appointment(
+    appointment_id: str,
+    request: Request,
+    access: Access = Depends(require_access("Appointment", "update")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    patient = _patient_of(request, access)
+    result = await run_in_threadpool(
+        booking.cancel, services.store, patient, appointment_id, access.principal.writer
+    )
+    return fhir_response(result)
+
+
+@router.post("/patient/appointments/{appointment_id}/$reschedule", openapi_extra=_SLOT_BODY)
+async def reschedule_appointment(
+    appointment_id: str,
+    request: Request,
+    access: Access = Depends(require_access("Appointment", "update")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    patient = _patient_of(request, access)
+    slot = await _slot_of(request)
+    result = await run_in_threadpool(
+        booking.reschedule,
+        services.store,
+        patient,
+        appointment_id,
+        slot,
+        access.principal.writer,
+    )
+    return fhir_response(result)
+
+
+@router.get("/patient/reminders")
+def list_reminders(
+    request: Request,
+    access: Access = Depends(require_access("Appointment", "read")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """The patient's booked visits ahead, each with when to remind them (24 h before)."""
+    patient = _patient_of(request, access)
+    return JSONResponse({"reminders": booking.reminders(services.store, patient)})

@@ -480,6 +480,16 @@ _TYPES: dict[str, list[SearchParamDef]] = {
         _date("date", "start"),
         _tok("service-type", "serviceType"),
         _ref("based-on", "basedOn"),
+        _ref("slot", "slot"),
+    ],
+    # A clinic's published availability (node/patient/booking.py books its Slots).
+    "Schedule": [_I, _ref("actor", "actor"), _tok("active", "active")],
+    "Slot": [
+        _I,
+        _ref("schedule", "schedule"),
+        _STATUS,
+        _date("start", "start"),
+        _tok("service-type", "serviceType"),
     ],
     "Flag": [
         _I,
