@@ -125,13 +125,14 @@ class Node:
                "--role", "doctor", env={"IPJMS_USER_PASSWORD": PASSWORD})  # fmt: skip
         self.service: Any = None
         self.url = ""
+        self.tick_seconds = 60.0
 
     def serve(self, care: bool) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {"IPJMS_NODE_CARE_ENABLED": "true" if care else "false",
                "IPJMS_NODE_CARE_RESPONSIBLE_USER": "dr-wang",
-               "IPJMS_NODE_CARE_TICK_SECONDS": "3600"}  # fmt: skip
+               "IPJMS_NODE_CARE_TICK_SECONDS": str(self.tick_seconds)}  # fmt: skip
         self.service = start_service(
             f"care-node-{'on' if care else 'off'}",
             ["node", "serve", "--data-dir", str(self.data_dir), "--port", str(port)],
@@ -347,6 +348,8 @@ def main() -> int:
     parser.add_argument("--alert-every", type=int, default=20)
     parser.add_argument("--grace", type=float, default=60.0)
     parser.add_argument("--throughput-seconds", type=float, default=30.0)
+    parser.add_argument("--tick-seconds", type=float, default=60.0,
+                        help="the care scheduler's tick (the node's default: 60)")  # fmt: skip
     ns = parser.parse_args()
     console = Console()
     machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
@@ -357,6 +360,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="ipjms-bench-alerts-") as tmp:
         node = Node(Path(tmp))
+        node.tick_seconds = ns.tick_seconds
         try:
             node.serve(care=True)
             console.print(f"enrolling {ns.patients} patients (I10) in batches of {ns.batch}…")

@@ -130,6 +130,14 @@ class CareSettings(_Section):
     # How often the scheduler looks for missing readings, overdue follow-ups and unacknowledged
     # alerts, seconds.
     tick_seconds: float = Field(default=60.0, gt=0)
+    # Run the worker in its own OS process (default), off the API's interpreter: the rules never
+    # slow a write. False: a thread of the background worker process (as the tests' CareWorker).
+    worker_process: bool = True
+    # How often the worker process reads the commit log for new commits, seconds.
+    poll_seconds: float = Field(default=0.05, gt=0, le=5)
+    # Tests and drills only: the care clock runs this many seconds ahead of real time (due dates,
+    # escalation, absence). Logged as a warning at start-up when not zero.
+    clock_offset_seconds: float = 0.0
 
 
 class OAuthSettings(_Section):

@@ -129,6 +129,11 @@ def _condition_ok(rule: Rule, resource: Mapping[str, Any] | None, clock: datetim
         return True
     if resource is None:
         return False
+    if rule.on and not any(
+        (c.get("system"), c.get("code")) in rule.on
+        for c in (resource.get("code") or {}).get("coding", [])
+    ):
+        return False
     return rule.condition.is_true(resource, {"now": clock.isoformat()})
 
 

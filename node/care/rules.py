@@ -14,7 +14,9 @@ edition). Kinds:
   a threshold when the model's card passes the quality floor (``min_auroc``, ``min_events``).
 
 Any rule may add ``condition``, a FHIRPath expression the new resource must satisfy (with
-``%now``), and ``suppressed_by`` (rules of the same file that, when they fire or are open, make
+``%now``) — with ``on`` (``["system|code", …]``), the condition is evaluated only on resources
+carrying one of those codes, a declared pre-filter that saves the FHIRPath call elsewhere — and
+``suppressed_by`` (rules of the same file that, when they fire or are open, make
 this one redundant: level-1 hypoglycaemia under level 2). Parsing errors are
 :class:`RuleError` naming the file and the rule.
 """
@@ -96,6 +98,9 @@ class Rule:
     min_auroc: float | None = None
     min_events: int | None = None
     condition: Expression | None = None
+    # (system, code) pairs: the condition is evaluated only on resources with one of these codes
+    # (a declared pre-filter — FHIRPath costs milliseconds a resource; the condition decides)
+    on: frozenset[tuple[str, str]] = frozenset()
     acknowledge_within: timedelta | None = None
     suppressed_by: tuple[str, ...] = ()
     note: str | None = None
@@ -186,6 +191,13 @@ def _rule(file: str, raw: Mapping[str, Any], measures: Sequence[str]) -> Rule:
             fields[name] = str(raw[name])
     fields["follow_up"] = bool(raw.get("follow_up", False))
     fields["suppressed_by"] = tuple(str(x) for x in raw.get("suppressed_by", []))
+    if "on" in raw:
+        codes = raw["on"]
+        if not isinstance(codes, list) or not all(
+            isinstance(c, str) and c.count("|") == 1 and all(c.split("|")) for c in codes
+        ):
+            raise RuleError(file, rid, "'on' must be a list of 'system|code' strings")
+        fields["on"] = frozenset(tuple(c.split("|")) for c in codes)
     if "condition" in raw:
         try:
             fields["condition"] = compile_expression(raw["condition"])

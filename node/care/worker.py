@@ -27,12 +27,20 @@ from node.care.alerts import (
     open_alert_keys,
 )
 from node.care.apply import PLAN_ID_SYSTEM, apply_pathway, urn
+from node.care.control import CONTROLLED, UNKNOWN
 from node.care.definitions import CareDefinitions, Pathway
 from node.care.engine import AlertDecision, ControlChange, ModelCard, PlanContext, evaluate
 from node.care.enrolment import enrolling_pathways
-from node.care.records import NODE_USER_SYSTEM, PatientRecords, exists, practitioner_for_user
+from node.care.records import (
+    CHUNK,
+    NODE_USER_SYSTEM,
+    BatchRecords,
+    exists,
+    practitioner_for_user,
+)
 from node.care.revision import control_of, revise_plan
 from node.store import FhirStore
+from servicekit.outcome import FhirError
 
 __all__ = ["CareWorker", "CARE_WRITER", "TRIGGERS", "load_into_store"]
 
@@ -40,6 +48,10 @@ log = logging.getLogger("ipjms.node.care")
 CARE_WRITER = "feature:care-engine"
 TRIGGERS = frozenset({"Observation", "QuestionnaireResponse", "Encounter", "RiskAssessment"})
 Clock = Callable[[], datetime]
+MAX_BATCH = 2000  # events taken from the queue at once (the commit log delivers 1,000 a page)
+SLICE = 250  # events handled together: one read per kind, one write; then the position is stored
+WRITE_GROUP = 25  # enrolments / alerts / revisions per transaction
+POSITION_EVERY = 1.0  # seconds between position writes while nothing else is written
 
 
 def utc_now() -> datetime:
@@ -66,6 +78,14 @@ def _pid(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _pathway_key(careplan: Mapping[str, Any]) -> str | None:
+    """The pathway of one of our CarePlans, from its identifier ``<pathway>/<patient id>``."""
+    for ident in careplan.get("identifier", []):
+        if ident.get("system") == PLAN_ID_SYSTEM and "/" in str(ident.get("value", "")):
+            return str(ident["value"]).split("/", 1)[0]
+    return None
+
+
 class CareWorker:
     def __init__(
         self,
@@ -77,15 +97,20 @@ class CareWorker:
         tick_seconds: float = 60.0,
         model_cards: Mapping[str, ModelCard] | None = None,
         name: str = "care-engine",
+        poll_seconds: float = 0.2,
     ) -> None:
         self.store, self.definitions, self.clock = store, definitions, clock
         self.responsible_user, self.tick_seconds, self.name = responsible_user, tick_seconds, name
+        self.poll_seconds = poll_seconds
         self.model_cards = dict(model_cards or {})
         self._queue: queue.Queue[list[Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sub: Any = None
         self.responsible: str = ""
+        self._writes = 0
+        self._handled = self._stored = 0  # log positions: handled, and durably stored
+        self._stored_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -99,30 +124,61 @@ class CareWorker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if not self._thread.is_alive() and self._handled > self._stored:
+                self._store_position()
         if self._sub is not None:
             self._sub.close()
 
     def _offer(self, events: Sequence[Any]) -> None:
         self._queue.put(list(events))  # quick: the committing request is waiting
 
+    def _take(self, timeout: float) -> list[Any]:
+        """The queued events (waiting up to ``timeout`` for the first), a burst coalesced."""
+        batch: list[Any] = []
+        try:
+            batch = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+            while len(batch) < MAX_BATCH:  # coalesce a burst: one read and write for all
+                batch += self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return batch
+
+    def _handle_batch(self, batch: list[Any]) -> None:
+        for i in range(0, len(batch), SLICE):
+            part = batch[i : i + SLICE]
+            wrote = self.handle(part)
+            self._handled = part[-1].position
+            if wrote or time.monotonic() - self._stored_at >= POSITION_EVERY:
+                self._store_position()
+
+    def _catch_up(self) -> None:
+        """New commits first: the scheduler's tick calls this between its chunks."""
+        self._sub.poll()
+        self._handle_batch(self._take(0))
+
     def _run(self) -> None:
         next_tick = time.monotonic() + self.tick_seconds
         while not self._stop.is_set():
+            batch = self._take(self.poll_seconds)
             try:
-                batch = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                batch = None
-            try:
-                if batch:
-                    self.handle(batch)
-                    self.store.events.commit_position(self.name, batch[-1].position)
-                else:
+                self._handle_batch(batch)
+                if not batch:
                     self._sub.poll()  # commits of the node's other worker processes
+                    if not self._queue.qsize() and self._handled > self._stored:
+                        self._store_position()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
-                    self.tick()
+                    self.tick(between=self._catch_up)
             except Exception:  # keep the worker alive; the events come again after a restart
                 log.exception("care worker: batch failed (position not advanced)")
+
+    def _store_position(self) -> None:
+        """Durably record how far the log is handled (after writes at once; otherwise at most
+        every POSITION_EVERY s — a crash replays the rest, harmlessly)."""
+        if self._handled > self._stored:
+            self.store.events.commit_position(self.name, self._handled)
+            self._stored = self._handled
+        self._stored_at = time.monotonic()
 
     def _ensure_practitioner(self, username: str) -> str:
         found = practitioner_for_user(self.store, username)
@@ -139,46 +195,118 @@ class CareWorker:
         return f"Practitioner/{out.resource['id']}"
 
     # -- commit events ---------------------------------------------------------------------
-    def handle(self, events: Sequence[Any]) -> None:
-        """Enrol on Conditions, then evaluate each touched patient's plans once."""
+    def handle(self, events: Sequence[Any]) -> bool:
+        """Enrol on Conditions, then evaluate each touched patient's plans once — the whole batch
+        with one search per kind of record and one transaction for everything it writes.
+        True if it wrote anything."""
         now = self.clock()
+        writes = self._writes
+        conditions: list[dict[str, Any]] = []
         touched: dict[str, list[dict[str, Any]]] = {}
-        for e in events:
-            if e.writer == CARE_WRITER or e.interaction == "delete":
-                continue
-            if e.resource_type != "Condition" and e.resource_type not in TRIGGERS:
-                continue
-            res = self.store.vread(e.resource_type, e.resource_id, e.version_id)
+        wanted = [
+            e for e in events
+            if e.writer != CARE_WRITER and e.interaction != "delete"
+            and (e.resource_type == "Condition" or e.resource_type in TRIGGERS)
+        ]  # fmt: skip
+        for e, res in zip(wanted, self._versions(wanted), strict=True):
             pid = _pid(res)
             if pid is None:
                 continue
             if e.resource_type == "Condition":
-                self.enrol(res, now)
+                conditions.append(res)
             else:
                 touched.setdefault(pid, []).append(res)
-        for pid, new in touched.items():
-            self.evaluate_patient(pid, new, now)
+        if conditions:
+            self.enrol_many(conditions, now)
+        if touched:
+            self.evaluate_patients(touched, now)
+        return self._writes != writes
+
+    def _versions(self, events: Sequence[Any]) -> list[dict[str, Any]]:
+        """The resource version each event names: the current versions of a batch in one search
+        per type (and chunk); a vread only for one changed since."""
+        current: dict[tuple[str, str], dict[str, Any]] = {}
+        by_type: dict[str, list[str]] = {}
+        for e in events:
+            by_type.setdefault(e.resource_type, []).append(e.resource_id)
+        for rtype, ids in by_type.items():
+            unique = sorted(set(ids))
+            for i in range(0, len(unique), CHUNK):
+                page = self.store.search(
+                    rtype, [("_id", ",".join(unique[i : i + CHUNK])), ("_count", str(CHUNK))]
+                )
+                for res in page.resources:
+                    current[(rtype, res["id"])] = res
+        out = []
+        for e in events:
+            found = current.get((e.resource_type, e.resource_id))
+            if found is None or str(found.get("meta", {}).get("versionId")) != str(e.version_id):
+                found = self.store.vread(e.resource_type, e.resource_id, e.version_id)
+            out.append(found)
+        return out
 
     def enrol(self, condition: Mapping[str, Any], now: datetime, practitioner: str = "") -> list:
         """Apply every pathway ``condition`` enrols its patient in that they are not on yet."""
-        pid = _pid(condition)
-        records = PatientRecords(self.store, pid or "")
-        patient = records.patient() if pid else None
-        if patient is None:
+        return self.enrol_many([condition], now, practitioner)
+
+    def enrol_many(
+        self, conditions: Sequence[Mapping[str, Any]], now: datetime, practitioner: str = ""
+    ) -> list[str]:
+        """Enrol the patients of ``conditions`` (one transaction); returns the pathway keys."""
+        pids = [pid for c in conditions if (pid := _pid(c))]
+        if not pids:
             return []
-        made = []
-        for pathway in enrolling_pathways(condition, self.definitions.pathways):
-            if records.plan_for(pathway.key) is not None:
+        reads = BatchRecords(self.store, pids)
+        patients = reads.patients()
+        plans = reads.care_plans()
+        medications = reads.medications()
+        have = {(pid, key) for pid, found in plans.items() for p in found
+                if (key := _pathway_key(p))}  # fmt: skip
+        made: list[str] = []
+        work: list[dict[str, Any]] = []
+        for condition in conditions:
+            pid = _pid(condition) or ""
+            patient = patients.get(pid)
+            if patient is None:
                 continue
-            who = practitioner or self._responsible_for(condition)
-            cond_ref = f"Condition/{condition['id']}" if condition.get("id") else None
-            applied = apply_pathway(
-                pathway, patient, who, records.medications(), now, "unknown", cond_ref
-            )
-            self.store.transaction(applied.transaction(), writer=CARE_WRITER)
-            made.append(pathway.key)
-            log.info("care: enrolled a patient on %s", pathway.key)  # ids only, no PHI
+            for pathway in enrolling_pathways(condition, self.definitions.pathways):
+                if (pid, pathway.key) in have:
+                    continue
+                have.add((pid, pathway.key))
+                who = practitioner or self._responsible_for(condition)
+                cond_ref = f"Condition/{condition['id']}" if condition.get("id") else None
+                applied = apply_pathway(
+                    pathway, patient, who, medications.get(pid, []), now, "unknown", cond_ref
+                )
+                work.append(applied.transaction())
+                made.append(pathway.key)
+        self._write(work)
+        if made:
+            log.info("care: enrolled %d patient plan(s)", len(made))  # counts only, no PHI
         return made
+
+    def _write(self, bundles: list[dict[str, Any]]) -> None:
+        """Commit ``bundles`` as one transaction (one commit for a whole batch); if that fails,
+        one by one, so the failure is the offending bundle's alone (and raises: the batch's
+        events come again)."""
+        if not bundles:
+            return
+        self._writes += 1
+        if len(bundles) == 1:
+            self.store.transaction(bundles[0], writer=CARE_WRITER)
+            return
+        for i in range(0, len(bundles), WRITE_GROUP):  # bounded: the write lock is shared
+            group = bundles[i : i + WRITE_GROUP]
+            entries = [entry for b in group for entry in b["entry"]]
+            try:
+                self.store.transaction(
+                    {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                    writer=CARE_WRITER,
+                )
+            except FhirError:
+                log.warning("care: a batch transaction failed; writing its parts one by one")
+                for bundle in group:
+                    self.store.transaction(bundle, writer=CARE_WRITER)
 
     def _responsible_for(self, condition: Mapping[str, Any]) -> str:
         for name in ("recorder", "asserter"):
@@ -187,7 +315,57 @@ class CareWorker:
                 return str(ref)
         return self.responsible
 
-    def _context(self, pid: str, careplan: dict[str, Any], records: PatientRecords) -> Any:
+    def evaluate_patient(self, pid: str, new: list[dict[str, Any]], now: datetime) -> int:
+        """Run the rules of each of the patient's plans; persist alerts and plan revisions.
+        Returns the number of alerts opened."""
+        return self.evaluate_patients({pid: new}, now)
+
+    def evaluate_patients(self, touched: Mapping[str, list[dict[str, Any]]], now: datetime) -> int:
+        """:meth:`evaluate_patient` for many patients: their records read together, every
+        alert and plan revision written in one transaction. Returns the alerts opened."""
+        reads = BatchRecords(self.store, list(touched))
+        plans = {pid: found for pid, found in reads.care_plans().items() if found}
+        if not plans:
+            return 0
+        reads = BatchRecords(self.store, list(plans))
+        # New data: the rules that read it need the patient's Observations and open alerts.
+        # Follow-ups and visits only serve the overdue-visit rule, which the scheduler's tick
+        # (no new data) evaluates with everything; a revision reads its plan's follow-ups.
+        scheduled = not any(touched.values())
+        recent = reads.recent(now, encounters=scheduled)
+        alerts = reads.open_alerts()
+        follow = (
+            reads.follow_ups([p["id"] for found in plans.values() for p in found])
+            if scheduled
+            else {}
+        )
+        work: list[dict[str, Any]] = []
+        changes: list[tuple[PlanContext, dict[str, Any], ControlChange]] = []
+        opened = 0
+        for pid, careplans in plans.items():
+            open_keys = open_alert_keys(alerts.get(pid, []))
+            for careplan in careplans:
+                ctx = self._context(pid, careplan, follow.get(careplan["id"], []))
+                if ctx is None:
+                    continue
+                for d in evaluate(ctx, touched[pid], recent.get(pid, []), open_keys, now):
+                    if isinstance(d, AlertDecision):
+                        work.append(self._alert_bundle(d, ctx.pathway, ctx.practitioner, now))
+                        open_keys.add(d.key)
+                        opened += 1
+                    elif isinstance(d, ControlChange):
+                        if not scheduled and d.previous == UNKNOWN and d.status == CONTROLLED:
+                            continue  # only a label (plans start as if controlled): the tick's
+                        changes.append((ctx, careplan, d))
+        work += self._revisions(changes, now)
+        self._write(work)
+        if opened:
+            log.info("care: %d alert(s) opened", opened)
+        return opened
+
+    def _context(
+        self, pid: str, careplan: dict[str, Any], follow_ups: list[dict[str, Any]]
+    ) -> PlanContext | None:
         pathway = self.definitions.by_url(careplan.get("instantiatesCanonical", [""])[0])
         if pathway is None:
             return None
@@ -195,40 +373,20 @@ class CareWorker:
             patient=f"Patient/{pid}",
             pathway=pathway,
             careplan=careplan,
-            follow_ups=tuple(records.follow_ups(careplan["id"])),
+            follow_ups=tuple(follow_ups),
             practitioner=(careplan.get("author") or {}).get("reference") or self.responsible,
             control_status=control_of(careplan),
             model_cards=self.model_cards,
         )
 
-    def evaluate_patient(self, pid: str, new: list[dict[str, Any]], now: datetime) -> int:
-        """Run the rules of each of the patient's plans; persist alerts and plan revisions.
-        Returns the number of alerts opened."""
-        records = PatientRecords(self.store, pid)
-        plans = records.care_plans()
-        if not plans:
-            return 0
-        recent = records.recent(now)
-        open_keys = open_alert_keys(records.open_alerts())
-        opened = 0
-        for careplan in plans:
-            ctx = self._context(pid, careplan, records)
-            if ctx is None:
-                continue
-            for d in evaluate(ctx, new, recent, open_keys, now):
-                if isinstance(d, AlertDecision):
-                    self._open_alert(d, ctx.pathway, ctx.practitioner, now)
-                    open_keys.add(d.key)
-                    opened += 1
-                elif isinstance(d, ControlChange):
-                    self._revise(records, ctx, careplan, d, now)
-        return opened
-
-    def _open_alert(self, d: AlertDecision, pathway: Pathway, practitioner: str, now: datetime):
-        issue = detected_issue(d, pathway.url, practitioner)
+    def _alert_bundle(
+        self, d: AlertDecision, pathway: Pathway, practitioner: str | None, now: datetime
+    ) -> dict[str, Any]:
+        who = practitioner or self.responsible
+        issue = detected_issue(d, pathway.url, who)
         issue_url = urn(d.patient, d.rule.id, issue["identifiedDateTime"], "DetectedIssue")
         key = issue["identifier"][0]["value"]
-        bundle = {
+        return {
             "resourceType": "Bundle",
             "type": "transaction",
             "entry": [
@@ -243,37 +401,50 @@ class CareWorker:
                 },
                 {
                     "fullUrl": urn(issue_url, "Communication"),
-                    "resource": communication(issue_url, d, practitioner, now),
+                    "resource": communication(issue_url, d, who, now),
                     "request": {"method": "POST", "url": "Communication"},
                 },
             ],
         }
-        self.store.transaction(bundle, writer=CARE_WRITER)
-        log.info("care: alert %s opened", d.rule.id)
 
-    def _revise(self, records, ctx, careplan, change: ControlChange, now: datetime) -> None:  # type: ignore[no-untyped-def]
-        patient = records.patient()
-        if patient is None:
-            return
-        revision = revise_plan(
-            ctx.pathway,
-            patient,
-            careplan,
-            list(ctx.follow_ups),
-            change.status,
-            change.reason,
-            ctx.practitioner,
-            records.medications(),
-            now,
-        )
-        if revision is not None:
-            self.store.transaction(revision.transaction(), writer=CARE_WRITER)
-            log.info("care: plan revised (%s → %s)", change.previous, change.status)
+    def _revisions(
+        self, changes: list[tuple[PlanContext, dict[str, Any], ControlChange]], now: datetime
+    ) -> list[dict[str, Any]]:
+        if not changes:
+            return []
+        pids = sorted({ctx.patient.removeprefix("Patient/") for ctx, _, _ in changes})
+        reads = BatchRecords(self.store, pids)
+        patients, medications = reads.patients(), reads.medications()
+        missing = [careplan["id"] for ctx, careplan, _ in changes if not ctx.follow_ups]
+        follow = reads.follow_ups(missing) if missing else {}
+        out = []
+        for ctx, careplan, change in changes:
+            pid = ctx.patient.removeprefix("Patient/")
+            patient = patients.get(pid)
+            if patient is None:
+                continue
+            revision = revise_plan(
+                ctx.pathway,
+                patient,
+                careplan,
+                list(ctx.follow_ups or follow.get(careplan["id"], [])),
+                change.status,
+                change.reason,
+                ctx.practitioner or self.responsible,
+                medications.get(pid, []),
+                now,
+            )
+            if revision is not None:
+                out.append(revision.transaction())
+                log.info("care: plan revised (%s → %s)", change.previous, change.status)
+        return out
 
     # -- scheduler -------------------------------------------------------------------------
-    def tick(self, now: datetime | None = None) -> int:
+    def tick(self, now: datetime | None = None, between: Callable[[], None] | None = None) -> int:
         """Absence rules for every active plan, then escalation of overdue urgent alerts.
-        Returns the number of alerts opened plus escalations sent."""
+        Returns the number of alerts opened plus escalations sent. ``between`` runs after each
+        chunk of patients (the worker handles new commits there, so a tick never holds up an
+        alert for longer than one chunk)."""
         now = now or self.clock()
         plans = self.store.search(
             "CarePlan",
@@ -283,10 +454,13 @@ class CareWorker:
                 ("_count", "1000"),
             ],  # fmt: skip
         ).resources
-        count = 0
         teams: dict[str, str] = {}
-        for pid in sorted({p["subject"]["reference"].removeprefix("Patient/") for p in plans}):
-            count += self.evaluate_patient(pid, [], now)
+        pids = sorted({p["subject"]["reference"].removeprefix("Patient/") for p in plans})
+        count = 0
+        for i in range(0, len(pids), CHUNK):
+            count += self.evaluate_patients({pid: [] for pid in pids[i : i + CHUNK]}, now)
+            if between is not None:
+                between()
         for p in plans:
             team = (p.get("careTeam") or [{}])[0].get("reference")
             if team:

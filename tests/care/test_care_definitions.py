@@ -115,6 +115,7 @@ def test_an_action_condition_with_an_unknown_function_is_refused_naming_the_acti
         (lambda r: r.update(window="three days"), "window: not an ISO 8601 duration"),
         (lambda r: r.update(measure="blood-magic"), "unknown measure"),
         (lambda r: r.pop("more_than"), "a trend rule needs"),
+        (lambda r: r.update(on=["http://loinc.org"]), "'on' must be a list of 'system|code'"),
     ],
 )
 def test_invalid_rules_are_refused_naming_file_and_rule(tmp_path, change, message):

@@ -129,6 +129,17 @@ def test_score_phq9_item9_above_zero_by_fhirpath_condition():
     assert _rules(evaluate(plan, [other_item], [], set(), at(0, 1))) == []
 
 
+def test_a_condition_rule_is_evaluated_only_on_the_codes_it_declares():
+    plan = plan_for("heart-failure")
+    phq9 = next(r for r in plan.pathway.rules if r.id == "phq9-item9-positive")
+    assert phq9.on == {("http://loinc.org", "44260-8")}
+    elsewhere = dataclasses.replace(phq9, on=frozenset({("http://loinc.org", "0000-0")}))
+    rules = tuple(elsewhere if r.id == phq9.id else r for r in plan.pathway.rules)
+    narrowed = dataclasses.replace(plan, pathway=dataclasses.replace(plan.pathway, rules=rules))
+    positive = obs("44260-8", 1, None, at())
+    assert _rules(evaluate(narrowed, [positive], [], set(), at(0, 1))) == []
+
+
 # --- absence ------------------------------------------------------------------------------------
 
 

@@ -117,6 +117,10 @@ def test_rising_weights_open_one_alert_and_revise_the_plan(store, running):
         clock.now = at(day, 1)
         store.create(weight(70.0 + 0.85 * day, at(day), patient=f"Patient/{pid}"))
         settled(store, worker)
+        if day == 1:  # unknown → controlled only relabels the plan: written by the scheduler
+            assert store.read("CarePlan", plan["id"])["meta"]["versionId"] == "1"
+            worker.tick(clock.now)
+            assert store.read("CarePlan", plan["id"])["meta"]["versionId"] == "2"
     issues = _search(store, "DetectedIssue", ("patient", f"Patient/{pid}"))
     assert [i["code"]["coding"][0]["code"] for i in issues] == ["hf-weight-gain-3d"]
     assert issues[0]["status"] == "preliminary"

@@ -151,6 +151,16 @@ def test_observation_code_date_and_reference(store: FhirStore, data: dict[str, A
     assert _ids(store, "Observation", ("status", "amended")) == {o[4]}
     assert _ids(store, "Observation", ("category", "vital-signs"), ("patient", q)) == {o[5]}
     assert _ids(store, "Observation", ("encounter", f"Encounter/{data['enc']}")) == {o[2]}
+    # comma = OR, with other filters ANDed (the OR-list is one index lookup, see _merge_or)
+    both = f"Patient/{p},Patient/{q}"
+    assert _ids(store, "Observation", ("patient", both)) == set(o)
+    assert _ids(store, "Observation", ("patient", both), ("status", "amended")) == {o[4]}
+    assert _ids(store, "Observation", ("patient", f"{q},nobody"), ("code", f"{LOINC}|")) == {o[5]}
+    assert _ids(store, "Observation", ("subject", f"Patient/{p},{q}")) == set(o)  # typed + not
+    with pytest.raises(BadRequest, match="not a valid target"):
+        store.search("Observation", [("patient", f"Patient/{p},Group/{q}")])
+    in_2020 = [_ids(store, "Observation", ("patient", x), ("date", "2020")) for x in (p, q)]
+    assert _ids(store, "Observation", ("patient", both), ("date", "2020")) == set.union(*in_2020)
     # dates: partial dates are ranges; the +02:00 reading is 07:00Z
     assert _ids(store, "Observation", ("patient", p), ("date", "2020")) == {o[1], o[2], o[3]}
     assert _ids(store, "Observation", ("patient", p), ("date", "eq2020-05")) == {o[2], o[3]}

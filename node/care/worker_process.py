@@ -1,0 +1,139 @@
+"""The care worker in its own OS process (I/O edge), so the rules never compete with the API for
+its interpreter: a node's writes run at the same speed with care on as off.
+
+The node's background worker starts ``python -m node.care.worker_process`` and writes one JSON
+line to its stdin — the :class:`WorkerSpec` (the database URL stays off the command line and the
+environment). The child opens its own engine and store, runs a :class:`CareWorker` that reads the
+durable commit log every ``poll_seconds`` (the API's commits happen in other processes) and stops
+when its stdin closes: the parent closed it to stop it, or the parent died. The parent restarts a
+child that dies; the new one resumes from the position the worker stored, so nothing committed
+is missed (and replays are harmless, see ``worker.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+__all__ = ["WorkerSpec", "WorkerProcess", "offset_clock", "main"]
+
+log = logging.getLogger("ipjms.node.care")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    database_url: str
+    base_url: str
+    responsible_user: str
+    tick_seconds: float
+    poll_seconds: float
+    clock_offset_seconds: float = 0.0
+
+
+def offset_clock(offset_seconds: float):  # type: ignore[no-untyped-def]
+    """The care clock: real UTC time, moved ``offset_seconds`` ahead (tests and drills only)."""
+    from node.care.worker import utc_now
+
+    offset = timedelta(seconds=offset_seconds)
+
+    def clock() -> datetime:
+        return utc_now() + offset
+
+    return clock
+
+
+class WorkerProcess:
+    """The parent's handle on the child: ``start()``, ``alive()``, ``stop()``."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(  # noqa: S603 - our interpreter and module, no shell
+            [sys.executable, "-m", "node.care.worker_process"], stdin=subprocess.PIPE
+        )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(asdict(self.spec)).encode() + b"\n")
+        self._proc.stdin.flush()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with suppress(OSError):
+                proc.stdin.close()  # EOF: the child stops its worker and exits
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main() -> int:
+    """The child: read the spec, run the worker until stdin closes."""
+    from servicekit.logging_setup import configure_logging
+
+    configure_logging("node-care-worker")
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    spec = WorkerSpec(**json.loads(line))
+
+    from node.care.definitions import load_definitions
+    from node.care.worker import CareWorker
+    from node.store import FhirStore
+    from servicekit.storage import make_engine
+
+    engine = make_engine(spec.database_url)
+    store = FhirStore(engine, base_url=f"{spec.base_url}/fhir")
+    worker = CareWorker(
+        store,
+        load_definitions(),
+        responsible_user=spec.responsible_user,
+        tick_seconds=spec.tick_seconds,
+        poll_seconds=spec.poll_seconds,
+        clock=offset_clock(spec.clock_offset_seconds),
+    )
+    worker.start()
+    log.info("care worker process started", extra={"pid": os.getpid()})
+    done = threading.Event()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
+        done.set()
+
+    threading.Thread(target=watch_stdin, name="care-parent-watch", daemon=True).start()
+    try:
+        done.wait()
+    finally:
+        worker.stop()
+        engine.dispose()
+        log.info("care worker process stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
