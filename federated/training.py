@@ -223,7 +223,6 @@ def _train_dp(
     draw is a step like any other (noise only)."""
     from torch.func import functional_call, grad, vmap
 
-    started = time.perf_counter()
     unit, n_units = unit_index(groups, len(x))
     q, steps_per_round = sampling_plan(n_units, cfg.batch_size, cfg.epochs)
     sigma = dp.noise_multiplier
@@ -247,6 +246,7 @@ def _train_dp(
 
     per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
     model.train()
+    started = time.perf_counter()  # training time, σ's calibration excluded (as before)
     for _ in range(steps_per_round):
         chosen = torch.rand(n_units, generator=gen) < q  # Poisson sampling over patients
         rows = chosen[ut]

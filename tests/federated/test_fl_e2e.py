@@ -88,6 +88,15 @@ def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None
         assert p["cohort_size_rounded"] % 10 == 0 and p["cohort_size_rounded"] > 0
         assert 0 < p["epsilon"] <= 3.0 + 1e-6
         assert 0 < p["delta"] < 1 / p["cohort_size_rounded"] * 10
+    # issue 21: the card states the unit, σ, q, steps, ε and δ per patient, and what DP leaves out
+    privacy = card["privacy"]
+    assert privacy["unit"] == "patient" and "does not cover" in privacy["not_covered"]
+    for d in privacy["per_node"]:
+        assert d["unit"] == "patient" and d["noise_multiplier"] > 0 and 0 < d["sample_rate"] <= 1
+        assert d["steps"] > 0 and d["delta"] == 1e-5
+        assert d["epsilon"] == pytest.approx(
+            d["epsilon_training"] + d["epsilon_evaluation"], abs=2e-3
+        )
     assert 0.0 <= card["evaluation"]["auroc"] <= 1.0 and "brier" in card["evaluation"]
     assert set(weights) == set(card["parameters"])
     for h in card["history"]:  # the deployment engine's round time vs the nodes' training time

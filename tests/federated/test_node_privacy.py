@@ -292,3 +292,27 @@ def test_a_reused_label_is_a_new_run_charged_again(tmp_path: Path) -> None:
         "declined", "privacy budget spent: used 4.00 of 5.00 (this run asks for ε=2.00)",
     )  # fmt: skip
     assert len(ledger_for(node).entries()) == 2
+
+
+def test_the_card_states_unit_sigma_q_steps_epsilon_delta_per_patient(tmp_path: Path) -> None:
+    from federated.client_app import app as client_app
+    from federated.local_grid import LocalGrid
+    from federated.model_card import build_card
+    from federated.server_loop import run_federated
+
+    nodes = {}
+    for i in (1, 2):
+        (tmp_path / f"n{i}").mkdir()
+        nodes[i] = {**_csv_node(tmp_path / f"n{i}"), "org-id": f"site-{i}", "delta-run": 1e-7}
+    plan = RunPlan(**{**PLAN.__dict__, "run_label": "card"})
+    result = run_federated(LocalGrid(client_app, nodes), plan, report=lambda _l: None)
+    card = build_card(result)
+    privacy = card["privacy"]
+    assert privacy["unit"] == "patient" and "does not cover" in privacy["not_covered"]
+    for d, p in zip(privacy["per_node"], card["participants"], strict=True):
+        assert d["noise_multiplier"] > 0 and d["sample_rate"] == pytest.approx(20 / 90, rel=0.2)
+        per_epoch = d["steps"] / (2 * 2)  # rounds × local epochs × ≈ 1/q
+        assert per_epoch == int(per_epoch) and abs(per_epoch - 1 / d["sample_rate"]) <= 0.51
+        assert d["delta"] == p["delta"] == 1e-7  # not rounded away to 0.0
+        assert p["epsilon"] == pytest.approx(2.0, abs=0.02)  # training + the DP evaluation
+        assert d["epsilon_evaluation"] == pytest.approx(0.2)
