@@ -17,8 +17,8 @@ from deploy.demo.network import DemoNetwork
 
 Chapter = Callable[[DemoNetwork], None]
 
-START_ORDER = ["trust", "consent", "exchange", "federated", "care", "nodes", "indicators"]
-RUN_ORDER = ["trust", "nodes", "consent", "exchange", "care", "federated", "indicators"]
+START_ORDER = ["trust", "consent", "exchange", "federated", "care", "web", "nodes", "indicators"]
+RUN_ORDER = ["trust", "nodes", "consent", "exchange", "care", "web", "federated", "indicators"]
 
 
 def _module(area: str) -> ModuleType:

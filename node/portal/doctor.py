@@ -22,7 +22,7 @@ from node.care.routes import alert_stream, close_alert, enrol_patient
 from node.exchange.service import answer, change_status, request_exchange
 from node.exchange.workflow import task_parties, task_uid
 from node.portal.journey import load_journey
-from node.portal.panel import CONTROL_RANK, load_panel, person_name, search_all
+from node.portal.panel import CONTROL_RANK, load_panel, name_page, person_name, search_all
 from node.portal.signin import PREFIX, clinician, kit_of, router
 from node.store import FhirStore
 from servicekit.outcome import BadRequest, FhirError, NotFound, ServiceUnavailable
@@ -71,7 +71,9 @@ async def panel(request: Request, pathway: str = "", control: str = "", page: in
         load_panel, _store(request), pathway=pathway or None, control=control or None
     )
     page = max(0, page)
-    shown = rows[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+    shown = await run_in_threadpool(
+        name_page, _store(request), rows[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+    )
     template = "panel_rows.html" if request.headers.get("hx-request") else "panel.html"
     return _render(
         request,

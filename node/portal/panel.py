@@ -33,7 +33,7 @@ class PanelRow:
 
     @property
     def sort_key(self) -> tuple[int, float, str]:
-        return (-SEVERITY_RANK.get(self.top_severity or "", 0), -(self.risk or 0.0), self.name)
+        return (-SEVERITY_RANK.get(self.top_severity or "", 0), -(self.risk or 0.0), self.patient)
 
 
 def _ref(value: Mapping[str, Any] | None) -> str:
@@ -75,7 +75,7 @@ def risk_of(assessment: Mapping[str, Any]) -> float | None:
 
 def panel_rows(
     plans: Iterable[Mapping[str, Any]],
-    patients: Iterable[Mapping[str, Any]],
+    patients: Iterable[Mapping[str, Any]],  # may be only those to show: see name_rows
     open_issues: Iterable[Mapping[str, Any]],
     risks: Iterable[Mapping[str, Any]],
     *,
@@ -83,21 +83,14 @@ def panel_rows(
     control: str | None = None,
 ) -> list[PanelRow]:
     """Rows of the panel, filtered by pathway key and control status, most urgent first."""
-    by_patient = {f"Patient/{p['id']}": p for p in patients}
     rows: dict[str, PanelRow] = {}
     for plan in plans:
         ref = _ref(plan.get("subject"))
-        patient = by_patient.get(ref)
-        if patient is None:
+        if not ref.startswith("Patient/"):
             continue
         row = rows.get(ref)
         if row is None:
-            row = rows[ref] = PanelRow(
-                ref,
-                person_name(patient),
-                str(patient.get("gender", "")),
-                str(patient.get("birthDate", "")),
-            )
+            row = rows[ref] = PanelRow(ref, "", "", "")
         row.pathways.append(pathway_key(plan))
         status = control_of(plan)
         if CONTROL_RANK.get(status, 0) > CONTROL_RANK.get(row.control, 0):
@@ -124,7 +117,19 @@ def panel_rows(
         for r in rows.values()
         if (not pathway or pathway in r.pathways) and (not control or r.control == control)
     ]
-    return sorted(selected, key=lambda r: r.sort_key)
+    return name_rows(sorted(selected, key=lambda r: r.sort_key), patients)
+
+
+def name_rows(rows: list[PanelRow], patients: Iterable[Mapping[str, Any]]) -> list[PanelRow]:
+    """Fill in name, gender and birth date of the rows whose Patient is given."""
+    by_ref = {f"Patient/{p['id']}": p for p in patients}
+    for row in rows:
+        patient = by_ref.get(row.patient)
+        if patient is not None:
+            row.name = person_name(patient)
+            row.gender = str(patient.get("gender", ""))
+            row.birth_date = str(patient.get("birthDate", ""))
+    return rows
 
 
 def search_all(
@@ -150,17 +155,17 @@ def search_all(
 def load_panel(
     store: FhirStore, *, pathway: str | None = None, control: str | None = None
 ) -> list[PanelRow]:
-    plans, included = search_all(
-        store, "CarePlan", [("status", "active"), ("_include", "CarePlan:subject")]
-    )
-    patients = [r for r in included if r.get("resourceType") == "Patient"]
+    """The whole panel, sorted; names are filled in only by :func:`name_page`."""
+    plans, _ = search_all(store, "CarePlan", [("status", "active")])
     issues, _ = search_all(store, "DetectedIssue", [("status", "preliminary")])
     risks, _ = search_all(store, "RiskAssessment", [])
-    return panel_rows(
-        plans,
-        patients,
-        issues,
-        risks,
-        pathway=pathway,
-        control=control,
-    )
+    return panel_rows(plans, (), issues, risks, pathway=pathway, control=control)
+
+
+def name_page(store: FhirStore, rows: list[PanelRow]) -> list[PanelRow]:
+    """Names of one page of the panel: one Patient search for the rows shown."""
+    ids = [r.patient.split("/", 1)[1] for r in rows]
+    if not ids:
+        return rows
+    found = store.search("Patient", [("_id", ",".join(ids)), ("_count", str(len(ids)))])
+    return name_rows(rows, found.resources)

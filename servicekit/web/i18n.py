@@ -60,7 +60,7 @@ class Translator:
 
     @staticmethod
     def datetime(lang: str, value: datetime | str | None, fmt: str = "medium") -> str:
-        if value is None or value == "":
+        if not value or not isinstance(value, str | datetime):  # missing (None, Undefined)
             return ""
         if isinstance(value, str):
             try:
@@ -73,6 +73,6 @@ class Translator:
 
     @staticmethod
     def number(lang: str, value: float | int | None) -> str:
-        if value is None:
+        if not isinstance(value, int | float):
             return ""
         return format_decimal(value, locale=LANGUAGES[pick_language(lang)])

@@ -111,6 +111,7 @@ STORY_STEPS = (
     "Three days of home weights rising 2.5 kg alert B's doctor",
     "The follow-up moves earlier; the doctor records a mitigation",
     "A hypertensive patient's 186/112 is urgent; 124/78 raises none",
+    "The web applications: each node's doctor and patient pages",
 )
 FEDERATED_STEPS = (
     "Research cohorts: HRESCH/HQUALIMP consents, one SuperNode per node",
