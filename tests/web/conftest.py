@@ -74,7 +74,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         seed(clinic, patient_bundle(HF_ID, name="Li Mei"))
         seed(clinic, patient_bundle(OTHER_ID, name="Zhao Lei"))
         seed(hospital, patient_bundle(HOSPITAL_ID, name="Wang Fang"))
-        wait_for(lambda: len(clinic.search("CarePlan", status="active")) >= 2, 60, "enrolment")
+        wait_for(lambda: len(clinic.search("CarePlan", status="active")) >= 2, 180, "enrolment")
         yield net
     finally:
         net.stop()
