@@ -109,6 +109,8 @@ class CareWorker:
         self._sub: Any = None
         self.responsible: str = ""
         self._writes = 0
+        self._backoff = 1.0  # seconds before a failed batch is handled again (doubling)
+        self._replay_upto: int | None = None
         self._handled = self._stored = 0  # log positions: handled, and durably stored
         self._stored_at = time.monotonic()
 
@@ -116,6 +118,7 @@ class CareWorker:
     def start(self) -> None:
         load_into_store(self.store, self.definitions)
         self.responsible = self._ensure_practitioner(self.responsible_user)
+        self._handled = self._stored = self.store.events.stored_position(self.name)
         self._sub = self.store.events.subscribe(self.name, self._offer, auto_commit=False)
         self._thread = threading.Thread(target=self._run, name="care-worker", daemon=True)
         self._thread.start()
@@ -144,6 +147,7 @@ class CareWorker:
         return batch
 
     def _handle_batch(self, batch: list[Any]) -> None:
+        batch = [e for e in batch if e.position > self._handled]  # a replay may have done them
         for i in range(0, len(batch), SLICE):
             part = batch[i : i + SLICE]
             wrote = self.handle(part)
@@ -156,11 +160,29 @@ class CareWorker:
         self._sub.poll()
         self._handle_batch(self._take(0))
 
+    def _replay(self) -> None:
+        """After a failure: handle again, from the log, everything after the last event handled
+        up to what the subscription had delivered (later events come through the queue)."""
+        upto = self._replay_upto or 0
+        while self._handled < upto and not self._stop.is_set():
+            events = [e for e in self.store.events.read_since(self._handled, SLICE)
+                      if e.position <= upto]  # fmt: skip
+            if not events:
+                break
+            self._handle_batch(events)
+        self._replay_upto = None
+
     def _run(self) -> None:
         next_tick = time.monotonic() + self.tick_seconds
         while not self._stop.is_set():
-            batch = self._take(self.poll_seconds)
             try:
+                if self._replay_upto is not None:
+                    if self._stop.wait(self._backoff):
+                        break
+                    self._replay()
+                    self._backoff = 1.0
+                    continue
+                batch = self._take(self.poll_seconds)
                 self._handle_batch(batch)
                 if not batch:
                     self._sub.poll()  # commits of the node's other worker processes
@@ -169,8 +191,13 @@ class CareWorker:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     self.tick(between=self._catch_up)
-            except Exception:  # keep the worker alive; the events come again after a restart
-                log.exception("care worker: batch failed (position not advanced)")
+            except Exception:  # keep the worker alive; nothing is skipped: replayed from the log
+                if self._replay_upto is None:
+                    self._replay_upto = max(self._sub.delivered, self._handled)
+                else:
+                    self._backoff = min(self._backoff * 2, 60.0)
+                log.exception("care worker: batch failed; handled again from the log in %.0f s",
+                              self._backoff)  # fmt: skip
 
     def _store_position(self) -> None:
         """Durably record how far the log is handled (after writes at once; otherwise at most

@@ -189,3 +189,38 @@ def test_replaying_handled_events_changes_nothing(store, running):
     clock.now = at(3, 1)
     worker.handle(store.events.read_since(0))
     assert store.counts() == counts
+
+
+class _FailsOnce(CareWorker):
+    """A worker whose next evaluation raises once armed (a database hiccup, a bug in a batch)."""
+
+    armed = False
+    failed = 0
+
+    def evaluate_patients(self, touched, now):  # noqa: ANN001, ANN201
+        if self.armed:
+            self.armed = False
+            self.failed += 1
+            raise RuntimeError("injected failure")
+        return super().evaluate_patients(touched, now)
+
+
+def test_a_failed_batch_is_handled_again_not_skipped(store: FhirStore) -> None:
+    clock = Clock()
+    worker = _FailsOnce(store, definitions(), clock=clock, tick_seconds=3600)
+    worker.start()
+    try:
+        pid, _ = _enrolled(store, worker, clock)
+        for day, kg in ((0, 70.0), (1, 71.0)):
+            clock.now = at(day, 1)
+            store.create(weight(kg, at(day), patient=f"Patient/{pid}"))
+            settled(store, worker)
+        worker.armed = True
+        clock.now = at(3, 1)
+        store.create(weight(72.5, at(3), patient=f"Patient/{pid}"))  # its handling fails once
+        issues = wait_for(lambda: _search(store, "DetectedIssue", ("patient", f"Patient/{pid}")))
+        assert worker.failed == 1  # and nothing later carried the alert: the replay did
+        assert [i["code"]["coding"][0]["code"] for i in issues] == ["hf-weight-gain-3d"]
+        settled(store, worker)
+    finally:
+        worker.stop()
