@@ -1,6 +1,7 @@
 """The scheduler over a real node process with a moved clock (issue 14, must-show 2): an urgent
 alert nobody acknowledges escalates to the care team once its rule's time has passed, and a
-follow-up visit that is overdue becomes an alert — on the doctor's SSE stream and in FHIR search.
+follow-up visit that is overdue becomes an alert — on the doctor's SSE stream and in FHIR search —
+which the doctor dismisses with a reason (audited).
 
 The clock is moved through settings, not by patching: the node is served again on the same data
 directory with ``IPJMS_NODE_CARE__CLOCK_OFFSET_SECONDS`` (the care clock runs that far ahead) and
@@ -144,6 +145,16 @@ def test_unacknowledged_urgent_alert_escalates_and_overdue_follow_up_alerts(node
     query = f"patient=Patient/{pid}&code={RULE}|follow-up-overdue"
     found = _get(node.url, node.token, f"/fhir/DetectedIssue?{query}")
     assert [e["resource"]["id"] for e in found["entry"]] == [overdue["id"]]
+
+    # the doctor dismisses it with a reason: recorded on the alert and audited by a Provenance
+    path = f"/care/alerts/{overdue['id']}/$dismiss"
+    assert _post(node.url, node.token, path, {"reason": ""}).status_code == 400
+    r = _post(node.url, node.token, path, {"reason": "Seen at another clinic on day 12"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["mitigation"][0]["action"]["text"] == "Seen at another clinic on day 12"
+    audit = _get(node.url, node.token, f"/fhir/Provenance?target=DetectedIssue/{overdue['id']}")
+    assert audit["total"] == 1
     print("\nmoved clock: escalation and overdue follow-up seen on the stream:",
           json.dumps({"escalated": urgent["id"], "overdue": overdue["id"]}))  # fmt: skip
 
