@@ -2,13 +2,23 @@
 # One IPJMS image; the first argument selects the role:
 #   node | coordinator | consent | superlink | supernode | pki-bootstrap  (see deploy/entrypoint.sh)
 #
-# Build (internet, CPU torch from the PyTorch index):
+# Every dependency comes from deploy/requirements.lock: exact versions, each with its sha256
+# (pip --require-hashes refuses anything else); the project wheel is installed with --no-deps.
+# Refresh the lock after changing pyproject.toml's dependencies (deploy/README.md, "Builds"):
+#   uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+#       --python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
+#       --override deploy/torch-cpu.override.txt -o deploy/requirements.lock
+#
+# Build (internet: PyPI plus the PyTorch CPU index for torch==2.13.0+cpu):
 #   docker build -t ipjms:0.1.0 .
-# Build offline with a local torch wheel (as on the development machine, where pip uses
-# find-links=/opt/wheels): pass the wheel folder as the named build context "wheels" and tell pip
-# not to use the PyTorch index:
+# Build with a local torch wheel (as on the development machine, where pip uses
+# find-links=/opt/wheels): pass the wheel folder as the named build context "wheels":
 #   docker build -t ipjms:0.1.0 --build-context wheels=/opt/wheels \
-#       --build-arg TORCH_PIP_ARGS="--no-index --find-links /wheels" .
+#       --build-arg TORCH_PIP_ARGS="--find-links /wheels" .
+# Base images: pin by digest for a release build, e.g.
+#   --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest from
+#   `docker buildx imagetools inspect python:3.11-slim`>
+# (the digest is not committed here: it can only be read from the image registry).
 # No secret is baked in: keys, certificates and database passwords are mounted at run time.
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -18,13 +28,16 @@ FROM scratch AS wheels
 
 FROM ${PYTHON_IMAGE} AS builder
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+ARG TORCH_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# CPU torch first, pinned (an unpinned or CUDA torch pulls several GB).
+# The hash-locked dependencies, CPU torch included ("torch==${TORCH_VERSION}+cpu" in the lock;
+# an unpinned or CUDA torch pulls several GB).
+COPY deploy/requirements.lock /tmp/requirements.lock
 RUN --mount=type=bind,from=wheels,target=/wheels \
-    pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"
+    pip install --require-hashes --no-deps ${TORCH_PIP_ARGS} -r /tmp/requirements.lock \
+    && grep -q "^torch==${TORCH_VERSION}+cpu " /tmp/requirements.lock
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trust ./trust
@@ -35,9 +48,10 @@ COPY node ./node
 COPY coordinator ./coordinator
 COPY federated ./federated
 COPY deploy ./deploy
-# Build the project wheel, then install it; torch==2.13.0 is already satisfied by 2.13.0+cpu.
+# Build the project wheel, then install it alone (its dependencies are the locked ones above).
 RUN pip wheel --no-deps --wheel-dir /dist . \
-    && pip install /dist/ipjms-*.whl \
+    && pip install --no-deps /dist/ipjms-*.whl \
+    && pip check \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
     && ipjms --help >/dev/null
 

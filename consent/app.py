@@ -134,6 +134,12 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "service": "consent-registry"}
 
+    @app.get("/livez")
+    def livez() -> dict[str, Any]:
+        """Liveness: the process answers, nothing else is asked (probes use this, so a database
+        outage never restarts the registry)."""
+        return {"status": "alive"}
+
     @app.get("/.well-known/jwks.json")
     def jwks(request: Request) -> JSONResponse:
         return JSONResponse(request.app.state.jwks, headers={"Cache-Control": "max-age=300"})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,8 +41,20 @@ def serve(
         Path | None,
         typer.Option(help="The registry's credentials: decisions signed by its CA-issued key."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate (chain)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            help="The certificate's private key (a passphrase from IPJMS_TLS_KEY_PASSPHRASE).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the consent registry (HTTP)."""
+    """Run the consent registry (HTTP; HTTPS with ``--tls-cert``/``--tls-key``, e.g. the
+    registry organisation's ``tls.cert.pem``/``tls.key.pem`` from the regional PKI)."""
     from consent.app import create_app
     from consent.settings import RegistrySettings
     from servicekit.http_serving import serve_uvicorn
@@ -65,11 +78,21 @@ def serve(
         overrides["org_dir"] = org_dir
     from servicekit.logging_setup import configure_logging
 
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    tls: dict[str, Any] = {}
+    if tls_cert is not None and tls_key is not None:
+        for path in (tls_cert, tls_key):
+            if not path.is_file():
+                raise typer.BadParameter(f"TLS file not found: {path}")
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
+        if os.environ.get("IPJMS_TLS_KEY_PASSPHRASE"):
+            tls["ssl_keyfile_password"] = os.environ["IPJMS_TLS_KEY_PASSPHRASE"]
     configure_logging("consent")
     settings = RegistrySettings(**overrides)  # type: ignore[arg-type]
     app = create_app(settings)
     announce_ports(data_dir, http=port)
-    serve_uvicorn(sock, app, log_level="warning", access_log=False, log_config=None)
+    serve_uvicorn(sock, app, log_level="warning", access_log=False, log_config=None, **tls)
 
 
 @app.command("key-pin")

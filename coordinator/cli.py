@@ -37,6 +37,12 @@ def serve(
         ),
     ] = 7443,
     http_port: Annotated[int, typer.Option(help="HTTP status API port (0: port+1).")] = 0,
+    http_tls: Annotated[
+        bool,
+        typer.Option(
+            "--http-tls", help="Serve the status API over HTTPS with the coordinator's TLS key."
+        ),
+    ] = False,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
     db: DbUrl = None,
     ca_dir: Annotated[
@@ -71,6 +77,7 @@ def serve(
         "data_dir": data_dir,
         "port": port,
         "http_port": http_port,
+        "http_tls": http_tls,
         "host": host,
         "db_url": db,
         "ca_dir": ca_dir,

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from coordinator.grpc_service import Services
 from coordinator.schema import assertion_jtis
@@ -63,10 +64,25 @@ def create_status_app(
             raise Forbidden(f"{org_id} is not the regional authority")
         return org_id
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        services.directory.list("authority")  # the database answers
+    @app.get("/healthz", response_model=None)
+    def healthz() -> dict[str, Any] | JSONResponse:
+        """Readiness: the database answers (503 while it does not; liveness is ``/livez``)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            services.directory.list("authority")  # the database answers
+        except SQLAlchemyError:
+            return JSONResponse(
+                {"status": "unavailable", "detail": "the database does not answer"},
+                status_code=503,
+            )
         return {"status": "ok", "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/livez")
+    def livez() -> dict[str, Any]:
+        """Liveness: the process answers; the database is not asked (a database outage must
+        not restart the service — ``/healthz`` is readiness and does ask it)."""
+        return {"status": "alive"}
 
     @app.get("/status")
     def status(_org: str = Depends(authority)) -> dict[str, Any]:

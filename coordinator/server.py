@@ -135,6 +135,21 @@ def _ledger_anchor(settings: CoordinatorSettings, services: Services, creds: Org
     )
 
 
+def _https_options(settings: CoordinatorSettings) -> dict[str, Any]:
+    """uvicorn's TLS settings for the status API: the coordinator's own TLS certificate and key
+    (a passphrase-protected key is opened with IPJMS_TLS_KEY_PASSPHRASE)."""
+    if not settings.http_tls:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.org_dir / "tls.cert.pem"),
+        "ssl_keyfile": str(settings.org_dir / "tls.key.pem"),
+    }
+    passphrase = os.environ.get("IPJMS_TLS_KEY_PASSPHRASE")
+    if passphrase:
+        options["ssl_keyfile_password"] = passphrase
+    return options
+
+
 def run(settings: CoordinatorSettings) -> None:
     import uvicorn
 
@@ -160,10 +175,11 @@ def run(settings: CoordinatorSettings) -> None:
     anchor = _ledger_anchor(settings, services, creds)
     anchor.start()
     log.info(
-        "coordinator %s: gRPC (mTLS) on %s:%d, status API on http://%s:%d",
+        "coordinator %s: gRPC (mTLS) on %s:%d, status API on %s://%s:%d",
         creds.org_id,
         settings.host,
         grpc_port,
+        "https" if settings.http_tls else "http",
         settings.host,
         http_port,
     )
@@ -175,6 +191,7 @@ def run(settings: CoordinatorSettings) -> None:
         log_level="warning",
         access_log=False,
         log_config=None,
+        **_https_options(settings),
     )
     http = uvicorn.Server(config)
     try:

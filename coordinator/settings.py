@@ -22,6 +22,8 @@ class CoordinatorSettings(BaseSettings):
     # gRPC (mutual TLS) port, and the HTTP status API port (0: gRPC port + 1).
     port: int = 7443
     http_port: int = 0
+    # Serve the HTTP status API over HTTPS with the coordinator's TLS certificate (org_dir).
+    http_tls: bool = False
     # SQLAlchemy URL; default SQLite in data_dir. postgresql://… lets replicas share one queue.
     db_url: str | None = None
     # The regional CA folder (trust anchor and CRL) and the coordinator's own credentials.

@@ -10,7 +10,9 @@ import typer
 
 from consent.cli import app as consent_app
 from coordinator.cli import app as coordinator_app
+from deploy.backup_cli import backup_app
 from deploy.demo_cli import demo
+from deploy.migrate import migrate
 from deploy.up import up
 from federated.cli import app as fl_app
 from node.cli import app as node_app
@@ -28,8 +30,10 @@ app.add_typer(consent_app, name="consent", help="The consent registry.")
 app.add_typer(fl_app, name="fl", help="Federated training (Flower + DP-SGD).")
 app.add_typer(pki_app, name="pki", help="The regional PKI: CA and organisation certificates.")
 app.add_typer(audit_app, name="audit", help="Audit ledgers.")
+app.add_typer(backup_app, name="backup", help="Encrypted database backups (seal / open).")
 app.command("demo")(demo)
 app.command("up")(up)
+app.command("migrate")(migrate)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

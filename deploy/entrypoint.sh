@@ -10,16 +10,25 @@
 #   supernode      ipjms fl supernode (trains on the node's store via its FHIR API)
 #   pki-bootstrap  one-shot: regional CA, one credential set per organisation, directory entries,
 #                  the linkage key, generated passwords and SuperNode client key pairs
-#   healthcheck    used by HEALTHCHECK: GET $IPJMS_HEALTH_URL (default http://127.0.0.1:$IPJMS_PORT/healthz)
+#   migrate        one-shot: ipjms migrate --service node|consent|coordinator (IPJMS_DB_URL), the
+#                  schema brought to head under the database's migration lock (pre-upgrade Job)
+#   healthcheck    used by HEALTHCHECK: GET $IPJMS_HEALTH_URL (default http://127.0.0.1:$IPJMS_PORT/healthz;
+#                  https with IPJMS_HTTP_TLS=1: chain checked against SSL_CERT_FILE, its own
+#                  loopback address not matched against the certificate's names)
 #   ipjms ...      any other ipjms command (e.g. `ipjms audit verify`, `ipjms coordinator orgs`)
 #
 # Environment common to the service roles:
 #   IPJMS_DATA_DIR           state directory (default /data)
 #   IPJMS_PORT               HTTP port (default 8080)
 #   IPJMS_LISTEN_HOST        listen address (default 0.0.0.0, every interface of the container)
-#   IPJMS_DB_URL             postgresql://USER@HOST:5432/DB (no password in the URL)
-#   IPJMS_DB_PASSWORD_FILE   file holding the database password; exported as PGPASSWORD, which
-#                            libpq (psycopg 3) uses when the URL carries no password
+#   IPJMS_DB_URL             postgresql://USER@HOST:5432/DB?sslmode=verify-full&sslrootcert=FILE
+#                            (no password in the URL; TLS parameters are libpq's)
+#   IPJMS_DB_PASSWORD_FILE   file holding the database password: read by the service at every new
+#                            connection (servicekit.storage), never exported into the environment,
+#                            so a rotated Secret is used without a restart
+#   IPJMS_HTTP_TLS           "1": node, consent and the coordinator's status API serve HTTPS with
+#                            IPJMS_ORG_DIR/tls.cert.pem + tls.key.pem; clients trust the regional
+#                            CA through SSL_CERT_FILE (set it to IPJMS_CA_DIR/ca.cert.pem)
 #   IPJMS_ORG_DIR            this organisation's credentials (certificate, keys, CA certificate)
 #   IPJMS_CA_DIR             the regional CA's public part (ca certificate, revocation list)
 #   IPJMS_ADMIN_PASSWORD_FILE  node: the first admin's password (used by `node init` only)
@@ -47,14 +56,19 @@ db_args() {
     fi
 }
 
-load_db_password() {
-    if [ -n "${IPJMS_DB_PASSWORD_FILE:-}" ]; then
-        if [ ! -r "$IPJMS_DB_PASSWORD_FILE" ]; then
-            echo "ipjms-entrypoint: IPJMS_DB_PASSWORD_FILE=$IPJMS_DB_PASSWORD_FILE is not readable" >&2
-            exit 64
-        fi
-        PGPASSWORD="$(cat "$IPJMS_DB_PASSWORD_FILE")"
-        export PGPASSWORD
+# The password file is only checked here; the service reads it per connection.
+check_db_password() {
+    if [ -n "${IPJMS_DB_PASSWORD_FILE:-}" ] && [ ! -r "$IPJMS_DB_PASSWORD_FILE" ]; then
+        echo "ipjms-entrypoint: IPJMS_DB_PASSWORD_FILE=$IPJMS_DB_PASSWORD_FILE is not readable" >&2
+        exit 64
+    fi
+}
+
+# "--tls-cert C --tls-key K" from this organisation's credentials when IPJMS_HTTP_TLS=1.
+tls_args() {
+    if [ "${IPJMS_HTTP_TLS:-0}" = "1" ]; then
+        require IPJMS_ORG_DIR
+        printf '%s\n' "--tls-cert" "$IPJMS_ORG_DIR/tls.cert.pem" "--tls-key" "$IPJMS_ORG_DIR/tls.key.pem"
     fi
 }
 
@@ -69,7 +83,7 @@ require() {
 case "$role" in
 node)
     require IPJMS_NODE_ORG_ID
-    load_db_password
+    check_db_password
     # NodeSettings reads IPJMS_NODE_* itself (public_url, linkage_key_path, consent_url,
     # coordinator_address, ...); the mounted credentials are handed over under its names.
     if [ -n "${IPJMS_ORG_DIR:-}" ]; then
@@ -97,10 +111,10 @@ node)
         fi
     fi
     # shellcheck disable=SC2046
-    exec ipjms node serve --data-dir "$DATA_DIR" --host "$LISTEN_HOST" --port "$PORT" $(db_args) "$@"
+    exec ipjms node serve --data-dir "$DATA_DIR" --host "$LISTEN_HOST" --port "$PORT" $(db_args) $(tls_args) "$@"
     ;;
 coordinator)
-    load_db_password
+    check_db_password
     # The organisations the authority admits (TOML of [[organisation]], public certificates only);
     # registering is idempotent, so every start re-applies the file.
     if [ -n "${IPJMS_DIRECTORY_CONFIG:-}" ]; then
@@ -119,16 +133,17 @@ coordinator)
     [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"
     [ -n "${IPJMS_ORG_DIR:-}" ] && set -- --org-dir "$IPJMS_ORG_DIR" "$@"
     [ -n "${IPJMS_CONSENT_URL:-}" ] && set -- --consent-url "$IPJMS_CONSENT_URL" "$@"
+    [ "${IPJMS_HTTP_TLS:-0}" = "1" ] && set -- --http-tls "$@"
     # shellcheck disable=SC2046
     exec ipjms coordinator serve --data-dir "$DATA_DIR" $(db_args) "$@"
     ;;
 consent)
-    load_db_password
+    check_db_password
     set -- --host "$LISTEN_HOST" --port "$PORT" "$@"
     [ -n "${IPJMS_CA_DIR:-}" ] && set -- --ca-dir "$IPJMS_CA_DIR" "$@"
     [ -n "${IPJMS_PUBLIC_URL:-}" ] && set -- --public-url "$IPJMS_PUBLIC_URL" "$@"
     # shellcheck disable=SC2046
-    exec ipjms consent serve --data-dir "$DATA_DIR" $(db_args) "$@"
+    exec ipjms consent serve --data-dir "$DATA_DIR" $(db_args) $(tls_args) "$@"
     ;;
 superlink)
     # `ipjms fl superlink`: Flower's SuperLink with TLS from this organisation's PKI credentials and
@@ -140,7 +155,7 @@ superlink)
     done
     exec ipjms fl superlink --data-dir "$DATA_DIR" --org-dir "$IPJMS_ORG_DIR" --host "$LISTEN_HOST" \
         --port "$PORT" --fleet-port "${IPJMS_FLEET_PORT:-9092}" \
-        --control-port "${IPJMS_CONTROL_PORT:-9093}" "$@"
+        --control-port "${IPJMS_CONTROL_PORT:-9093}" --control-host "${IPJMS_CONTROL_HOST:-127.0.0.1}" "$@"
     ;;
 supernode)
     # `ipjms fl supernode`: trains on this node's store through the node's own FHIR API (as a SMART
@@ -239,22 +254,37 @@ PY
         "$linkage_dir/linkage.key"
     echo "ipjms-entrypoint: PKI ready (CA in $ca_dir, organisations: $IPJMS_PKI_ORGS)"
     ;;
+migrate)
+    require IPJMS_DB_URL
+    check_db_password
+    exec ipjms migrate "$@"
+    ;;
 healthcheck)
     if [ -n "${IPJMS_HEALTH_TCP:-}" ]; then   # host:port, for a service without an HTTP endpoint
         exec python -c "import socket, sys; h, p = sys.argv[1].rsplit(':', 1); socket.create_connection((h, int(p)), 4).close()" "$IPJMS_HEALTH_TCP"
     fi
-    url="${IPJMS_HEALTH_URL:-http://127.0.0.1:$PORT/healthz}"
-    exec python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4).read()" "$url"
+    scheme=http
+    [ "${IPJMS_HTTP_TLS:-0}" = "1" ] && scheme=https
+    url="${IPJMS_HEALTH_URL:-$scheme://127.0.0.1:$PORT/healthz}"
+    exec python - "$url" <<'PY'
+import os, ssl, sys, urllib.request
+
+context = None
+if sys.argv[1].startswith("https:"):
+    context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
+    context.check_hostname = False  # our own listener on loopback; the chain is still verified
+urllib.request.urlopen(sys.argv[1], timeout=4, context=context).read()
+PY
     ;;
 ipjms)
-    load_db_password
+    check_db_password
     exec ipjms "$@"
     ;;
 -h | --help | help)
     awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"
     ;;
 *)
-    echo "ipjms-entrypoint: unknown role '$role' (node|coordinator|consent|superlink|supernode|pki-bootstrap|healthcheck|ipjms)" >&2
+    echo "ipjms-entrypoint: unknown role '$role' (node|coordinator|consent|superlink|supernode|pki-bootstrap|migrate|healthcheck|ipjms)" >&2
     exit 64
     ;;
 esac

@@ -31,7 +31,10 @@ def ensure_databases(config: NetworkConfig) -> dict[str, tuple[str, bool]]:
     from psycopg import sql
 
     out: dict[str, tuple[str, bool]] = {}
-    with psycopg.connect(_admin_url(config.server_url), autocommit=True, connect_timeout=10) as c:
+    password = config.password_file.read_text().strip() if config.password_file else None
+    with psycopg.connect(
+        _admin_url(config.server_url), autocommit=True, connect_timeout=10, password=password
+    ) as c:
         for service in config.services():
             name = config.database_name(service)
             exists = c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -71,8 +74,8 @@ def up(
     except ConfigError as exc:
         err.print(f"[red]error in {config}:[/red] {exc}")
         raise typer.Exit(2) from None
-    if cfg.password_file is not None:  # libpq/psycopg read it; never part of a URL or argv
-        os.environ["PGPASSWORD"] = cfg.password_file.read_text().strip()
+    if cfg.password_file is not None:  # each service reads it per connection (servicekit.storage)
+        os.environ["IPJMS_DB_PASSWORD_FILE"] = str(cfg.password_file)
     try:
         databases = ensure_databases(cfg)
     except Exception as exc:

@@ -48,6 +48,14 @@ def superlink(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     fleet_port: Annotated[int, typer.Option("--fleet-port")] = 9092,
     control_port: Annotated[int, typer.Option("--control-port")] = 9093,
+    control_host: Annotated[
+        str,
+        typer.Option(
+            "--control-host",
+            help="Control API bind address (it starts training runs): loopback by default, so "
+            "only the authority's operator (exec / port-forward into this host) reaches it.",
+        ),
+    ] = "127.0.0.1",
     serverappio_port: Annotated[int, typer.Option("--serverappio-port")] = 0,
     authorize: Annotated[
         list[Path] | None,
@@ -75,11 +83,13 @@ def superlink(
     key.write_bytes(creds.tls_key_pem)
     flwr_home = data_dir / "flwr"
     fleet = f"{host}:{fleet_port}"
-    control = f"{host}:{control_port}"
+    control = f"{control_host}:{control_port}"
     serverappio = f"127.0.0.1:{serverappio_port or free_port()}"
     # Local Control API clients (--authorize, `fl authorize|run`) verify the certificate's name:
     # a wildcard bind is reached on loopback (the authority certificate names 127.0.0.1).
-    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(host, host)  # noqa: S104
+    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(  # noqa: S104
+        control_host, control_host
+    )
     write_connection(flwr_home, f"{local}:{control_port}", tls / "ca.pem")
     (data_dir / "superlink.json").write_text(
         json.dumps({"fleet": fleet, "control": control, "org_id": creds.org_id})
@@ -200,7 +210,7 @@ def supernode(
     from federated.clientapp_zygote import write_launcher, zygote_command, zygote_socket_path
     from federated.deployment import flwr_env, supernode_args, write_supernode_key
     from federated.supervisor import Supervised, port_open
-    from trust.pki import load_org
+    from trust.pki import load_signing_identity
 
     if epsilon_budget <= 0 or max_epsilon_run <= 0:
         _fail("--epsilon-budget and --max-epsilon-run must be positive")
@@ -213,7 +223,8 @@ def supernode(
     for p, opt in ((client_key, "--client-key"), (linkage_key, "--linkage-key")):
         if not p.exists():
             _fail(f"{opt} {p}: no such file")
-    creds = load_org(org_dir)
+    # the signing key only: no TLS or encryption key needs to be mounted into a SuperNode
+    creds = load_signing_identity(org_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     key = write_supernode_key(creds, data_dir / "supernode-auth.key")
     ca = data_dir / "ca.pem"

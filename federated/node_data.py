@@ -65,7 +65,7 @@ def load_node_data(
 def _load_fhir(node_config: Mapping[str, Any], *, test_fraction: float, seed: int) -> LoadedData:
     from consent.client import ConsentClient
     from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
-    from trust.pki import load_org
+    from trust.pki import load_signing_identity
     from trust.pseudonym import load_or_create_linkage_key
 
     fhir_url = str(node_config["fhir-url"])
@@ -75,7 +75,7 @@ def _load_fhir(node_config: Mapping[str, Any], *, test_fraction: float, seed: in
         str(node_config["client-key"]),
         str(setting(node_config, "scope", "system/*.rs")),
     )
-    creds = load_org(str(node_config["org-dir"]))
+    creds = load_signing_identity(str(node_config["org-dir"]))
     linkage = Path(str(node_config["linkage-key"]))
     if not linkage.exists():
         raise FileNotFoundError(f"linkage key {linkage} not found")

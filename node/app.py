@@ -301,10 +301,28 @@ def create_app(
 
     @app.get("/healthz", tags=["ops"])
     def healthz(request: Request) -> Response:
+        """Readiness: the database answers (503 while it does not, so the node leaves its
+        Service's endpoints without being restarted — liveness is ``/livez``)."""
         from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
 
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return fhir_response(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "transient",
+                            "diagnostics": "not ready: the database does not answer",
+                        }
+                    ],
+                },
+                status=503,
+            )
         return fhir_response(
             {
                 "resourceType": "OperationOutcome",
@@ -317,6 +335,12 @@ def create_app(
                 ],
             }
         )
+
+    @app.get("/livez", tags=["ops"])
+    def livez() -> Response:
+        """Liveness: the process answers; the database is not asked (an outage of it must not
+        restart the node — ``/healthz`` is readiness and does ask it)."""
+        return Response(status_code=204)
 
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:

@@ -7,6 +7,7 @@ open an engine safely and bring a schema to the latest revision.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -17,6 +18,8 @@ from sqlalchemy import Engine, create_engine, event, text
 __all__ = ["make_engine", "reader", "sqlite_url", "upgrade_schema", "is_postgres"]
 
 _READ_ONLY = "ipjms_read_only"
+# The file holding the PostgreSQL password (a mounted Secret): read per connection, see make_engine.
+PASSWORD_FILE_ENV = "IPJMS_DB_PASSWORD_FILE"  # noqa: S105 - a variable name, not a password
 
 
 def sqlite_url(data_dir: Path | str, name: str) -> str:
@@ -57,7 +60,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     SQLite: WAL journal (readers never block the writer), foreign keys on, a busy timeout so
     concurrent writers wait instead of failing, and ``synchronous=FULL`` so an acknowledged
     commit survives a crash. PostgreSQL: a pre-pinged pool, and the planner told that random
-    reads are cheap (:data:`PG_SESSION_SETTINGS`).
+    reads are cheap (:data:`PG_SESSION_SETTINGS`); the password, when ``IPJMS_DB_PASSWORD_FILE``
+    names a file, read from it at each new connection (so rotation needs no restart). TLS is the
+    URL's: ``?sslmode=verify-full&sslrootcert=…`` (libpq parameters, passed through).
     """
     url = _normalise(url)
     if url.startswith("sqlite"):
@@ -97,7 +102,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("connect_args", {"options": _pg_options(PG_SESSION_SETTINGS)})
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    password_file = os.environ.get(PASSWORD_FILE_ENV)
+    if password_file:
+
+        @event.listens_for(engine, "do_connect")
+        def _password_from_file(_dialect: Any, _rec: Any, _args: Any, cparams: Any) -> None:
+            # Read at every new connection, never kept in the environment: a rotated password
+            # (a Kubernetes Secret volume updates in place) is used from the next connection.
+            cparams["password"] = Path(password_file).read_text().strip()
+
+    return engine
 
 
 def reader(engine: Engine) -> Engine:

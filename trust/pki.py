@@ -57,6 +57,8 @@ __all__ = [
     "init_ca",
     "issue_org",
     "load_org",
+    "SigningIdentity",
+    "load_signing_identity",
     "revoke",
     "revoked_orgs",
     "revoked_serials",
@@ -114,6 +116,30 @@ class OrgCredentials:
     @property
     def encryption_fingerprint(self) -> str:
         return fingerprint(load_certificate(self.encryption_cert_pem))
+
+
+@dataclass(frozen=True)
+class SigningIdentity:
+    """The part of an organisation's credentials a process that only signs needs (a SuperNode:
+    SuperNode authentication and consent assertions): no TLS or encryption private key, so
+    those files need not be mounted into it (:func:`load_signing_identity`)."""
+
+    org_id: str
+    ca_cert_pem: bytes
+    signing_cert_pem: bytes
+    signing_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def signing_public_key(self) -> ec.EllipticCurvePublicKey:
+        return self.signing_key.public_key()
+
+    @property
+    def signing_algorithm(self) -> str:
+        return "ES384" if self.signing_key.curve.name == "secp384r1" else "ES256"
+
+    @property
+    def signing_fingerprint(self) -> str:
+        return fingerprint(load_certificate(self.signing_cert_pem))
 
 
 # --- file helpers -----------------------------------------------------------------------------
@@ -440,6 +466,30 @@ def load_org(org_dir: Path | str, *, passphrase: bytes | None = None) -> OrgCred
         encryption_cert_pem=(org_dir / "encryption.cert.pem").read_bytes(),
         encryption_key=enc_key,
         previous_encryption_keys=tuple(previous),
+    )
+
+
+def load_signing_identity(
+    org_dir: Path | str, *, passphrase: bytes | None = None
+) -> SigningIdentity:
+    """Load only org.json, the CA certificate and the signing certificate and key: what a
+    process that signs as its organisation reads (nothing else need be mounted)."""
+    org_dir = Path(org_dir)
+    meta_path = org_dir / "org.json"
+    if not meta_path.exists():
+        raise PkiError(f"no organisation credentials in {org_dir}")
+    meta = json.loads(meta_path.read_text())
+    sign_key = _load_key(org_dir / "signing.key.pem", passphrase)
+    if not isinstance(sign_key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{org_dir} holds a signing key of an unexpected type")
+    signing_cert = (org_dir / "signing.cert.pem").read_bytes()
+    if org_id_of(load_certificate(signing_cert)) != meta["org_id"]:
+        raise PkiError(f"{org_dir}: certificate and org.json name different organisations")
+    return SigningIdentity(
+        org_id=meta["org_id"],
+        ca_cert_pem=(org_dir / CA_CERT).read_bytes(),
+        signing_cert_pem=signing_cert,
+        signing_key=sign_key,
     )
 
 

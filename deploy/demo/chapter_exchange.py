@@ -464,10 +464,13 @@ def _dump_database(net: DemoNetwork, data_dir: Path) -> None:
     url = net.db_urls.get("coordinator")
     if not url or not url.startswith("postgresql"):
         return
+    env = dict(os.environ)
+    if env.get("IPJMS_DB_PASSWORD_FILE"):  # libpq's variable, for this short-lived tool only
+        env["PGPASSWORD"] = Path(env["IPJMS_DB_PASSWORD_FILE"]).read_text().strip()
     done = subprocess.run(
         ["pg_dump", "--data-only", "--no-owner", "-f", str(data_dir / "database-dump.sql"),
          "-d", url.replace("postgresql+psycopg://", "postgresql://")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"pg_dump of the coordinator database failed: {done.stderr[-300:]}")

@@ -74,6 +74,10 @@ class ExchangeClient:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.enable_retries", 0),
+                # every call to the next coordinator replica: a headless Service resolves to
+                # all of them (deploy/helm), so replicas share the load per request, not per
+                # long-lived connection
+                ("grpc.lb_policy_name", "round_robin"),
                 # a restarted coordinator is reached again within about a second (gRPC's
                 # default reconnect backoff grows to 120 s, failing every call meanwhile)
                 ("grpc.initial_reconnect_backoff_ms", 500),

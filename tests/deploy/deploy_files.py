@@ -110,12 +110,14 @@ def selector_matches(match_labels: dict[str, str], labels: dict[str, str]) -> bo
 HELM_CHART = REPO_ROOT / "deploy" / "helm" / "ipjms"
 
 
-def helm_render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def helm_render(
+    values: dict[str, Any] | None = None, *, release: str = "ipjms"
+) -> list[dict[str, Any]]:
     """Render the chart offline with Helm's own engine (the Helm Go SDK via helm-python-sdk)."""
     import helm_python
 
     chart = helm_python.Chart.load(HELM_CHART)
-    rendered = chart.render(values, name="ipjms", namespace="ipjms", is_install=True)
+    rendered = chart.render(values, name=release, namespace="ipjms", is_install=True)
     docs: list[dict[str, Any]] = []
     for _path, text in sorted(rendered.items()):
         docs.extend(d for d in yaml.safe_load_all(text) if d)

@@ -6,6 +6,7 @@ same code path with `IPJMS_DB_URL` set."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,13 +234,19 @@ level = "authority"
         timeout=60,
         what="org-a's SuperNode admitted",
     )
+    # The SuperNode gets only what the chart mounts into it: org.json, the CA certificate and
+    # the signing certificate and key — no TLS or encryption private key.
+    signing_only = tmp_path / "supernode-a-org"
+    signing_only.mkdir()
+    for name in ("org.json", "ca.cert.pem", "signing.cert.pem", "signing.key.pem"):
+        shutil.copy2(pki / "orgs" / "org-a" / name, signing_only / name)
     roles.start(
         "supernode-a",
         "supernode",
         {
             "IPJMS_DATA_DIR": str(tmp_path / "supernode-a"),
             "IPJMS_PORT": str(supernode_port),
-            "IPJMS_ORG_DIR": str(pki / "orgs" / "org-a"),
+            "IPJMS_ORG_DIR": str(signing_only),
             "IPJMS_SUPERLINK_ADDRESS": f"127.0.0.1:{fleet}",
             "IPJMS_FHIR_URL": f"http://127.0.0.1:{node_port}",
             "IPJMS_FL_CLIENT_KEY_FILE": str(client_key),
@@ -254,7 +261,8 @@ level = "authority"
 @pytest.mark.postgres
 def test_node_role_on_postgresql(roles: Roles, tmp_path: Path, pg_url: str) -> None:
     """The node role as compose/Kubernetes run it: PostgreSQL URL without a password, the password
-    handed over through IPJMS_DB_PASSWORD_FILE (→ PGPASSWORD), schema created on first start."""
+    handed over through IPJMS_DB_PASSWORD_FILE (read per connection), schema created on first
+    start."""
     import psycopg
 
     password_file = tmp_path / "db-password"

@@ -1,11 +1,14 @@
-"""Must-show 4 of issue 6: a backup taken with the documented procedure (deploy/README.md,
-"Backups and restore") restores into a fresh database and the node serves the same records.
+"""Must-show 4 of issue 6 (and of issue 22, with encrypted dumps): a backup taken with the
+documented procedure (deploy/README.md, "Backups and restore") restores into a fresh database and
+the node serves the same records.
 
-PostgreSQL: ``pg_dump -Fc`` of the node's database while the node is serving, ``createdb`` +
-``pg_restore --no-owner --exit-on-error`` into a NEW database, the node's data dir restored
-beside it, ``ipjms node serve --db NEW``. SQLite: ``sqlite3 node.db ".backup FILE"`` while the
-node is serving, the file copied into a restored data dir. Both compare, over the FHIR API, the
-per-type totals, resources, a search page and Patient/$everything byte for byte.
+PostgreSQL: ``pg_dump -Fc`` of the node's database while the node is serving, piped straight into
+``ipjms backup seal`` (encrypted to the organisation's encryption certificate: no plaintext dump
+is ever written), the data dir sealed the same way; restore opens both with the organisation's
+encryption key, ``createdb`` + ``pg_restore --no-owner --exit-on-error`` into a NEW database,
+``ipjms node serve --db NEW``. SQLite: ``sqlite3 node.db ".backup FILE"`` while the node is
+serving, the file copied into a restored data dir. Both compare, over the FHIR API, the per-type
+totals, resources, a search page and Patient/$everything byte for byte.
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ def _ipjms(*args: str) -> str:
 def _run(*cmd: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{cmd[0]}: {done.stderr[-1500:]}"
+
+
+def _sh(script: str, **env: str) -> None:
+    """One documented shell pipeline (``ipjms`` run with this interpreter)."""
+    ipjms = " ".join(ipjms_command())
+    done = subprocess.run(
+        ["bash", "-ec", f"set -o pipefail\n{script}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "IPJMS": ipjms, **env},
+    )  # fmt: skip
+    assert done.returncode == 0, f"{script}: {done.stderr[-1500:]}"
 
 
 def _serve(data_dir: Path, port: int, log_dir: Path, *db: str) -> Service:
@@ -115,24 +129,48 @@ def test_pg_dump_restores_into_a_fresh_database(
     tmp_path: Path, synthea_shaped_dir: Path, pg_databases: tuple[str, str]
 ) -> None:
     live_url, restored_url = pg_databases
+    from trust.pki import init_ca, issue_org
+
+    init_ca(tmp_path / "ca")  # the organisation's encryption key seals its backups
+    issue_org(tmp_path / "ca", "org-backup", host="127.0.0.1")
+    org = tmp_path / "ca" / "orgs" / "org-backup"
     live_dir = tmp_path / "live"
     _node_with_records(live_dir, synthea_shaped_dir, "--db", live_url)
     port = free_port()
     node = _serve(live_dir, port, tmp_path / "logs")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    sealing = {"CERT": str(org / "encryption.cert.pem"), "URL": live_url, "OUT": str(backups)}
     try:
         before = _snapshot(node.base_url, live_dir)
-        # the documented procedure, taken while the node serves
-        dump = tmp_path / "backups" / "node.dump"
-        dump.parent.mkdir()
-        _run("pg_dump", "-Fc", "-d", live_url, "-f", str(dump))
-        shutil.copytree(live_dir, tmp_path / "backups" / "data")  # the node's /data volume
+        # the documented procedure, taken while the node serves: nothing in the clear on disk
+        _sh('pg_dump -Fc -d "$URL" | $IPJMS backup seal --to "$CERT" - "$OUT/node.dump.sealed"',
+            **sealing)  # fmt: skip
+        _sh(f'tar -C "{tmp_path}" -cf - live | $IPJMS backup seal --to "$CERT" - '
+            '"$OUT/node-data.tar.sealed"', **sealing)  # fmt: skip
     finally:
         node.stop()
+    sealed = (backups / "node.dump.sealed").read_bytes()
+    assert not sealed.startswith(b"PGDMP") and len(sealed) > 10_000
+    # a changed backup is refused whole (nothing restored from it)
+    damaged = backups / "damaged.sealed"
+    damaged.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    refused = subprocess.run(
+        ipjms_command("backup", "open", "--key", str(org / "encryption.key.pem"),
+                      str(damaged), str(backups / "damaged.dump")),
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and not (backups / "damaged.dump").exists()
     admin = PG_URL.replace("postgresql+psycopg://", "postgresql://")  # type: ignore[union-attr]
     _run("createdb", f"--maintenance-db={admin}", restored_url.rsplit("/", 1)[1])
-    _run("pg_restore", "--no-owner", "--exit-on-error", "-d", restored_url, str(dump))
-    restored_dir = tmp_path / "restored"
-    shutil.copytree(tmp_path / "backups" / "data", restored_dir)
+    opening = {"KEY": str(org / "encryption.key.pem"), "URL": restored_url, "IN": str(backups)}
+    _sh('$IPJMS backup open --key "$KEY" "$IN/node.dump.sealed" - '
+        '| pg_restore --no-owner --exit-on-error -d "$URL"', **opening)  # fmt: skip
+    restore_root = tmp_path / "restore"
+    restore_root.mkdir()
+    _sh('$IPJMS backup open --key "$KEY" "$IN/node-data.tar.sealed" - | tar -C "$TO" -xf -',
+        **opening, TO=str(restore_root))  # fmt: skip
+    restored_dir = restore_root / "live"
     node = _serve(restored_dir, port, tmp_path / "logs", "--db", restored_url)
     try:
         after = _snapshot(node.base_url, restored_dir)
