@@ -5,6 +5,11 @@ It is the demo's bring-up (the chapters' ``start`` functions, :mod:`deploy.demo.
 topology and database URLs from ``network.toml`` instead of the built-in three nodes on SQLite:
 one database per service (``<prefix>consent``, ``<prefix>coordinator``,
 ``<prefix>node_<org>``), created on the configured server when missing.
+
+``[postgres] managed = true`` runs a PostgreSQL of its own under the work dir, TLS only
+(deploy/local_postgres.py); ``[tls] enabled = true`` serves every node, the registry and the
+coordinator's status API over HTTPS with the organisations' certificates, and ends a
+``--run-story`` with a check that every hop refuses a plaintext client (deploy/demo/tls_check.py).
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 
 from deploy.up_config import ConfigError, NetworkConfig, load_config
+
+# The regional CA's folder under the work dir (the trust chapter uses the same one).
+CA_SUBDIR = Path("pki") / "ca"
+CA_NAME = "IPJMS Demo Regional CA"
 
 __all__ = ["up", "ensure_databases"]
 
@@ -74,31 +84,87 @@ def up(
     except ConfigError as exc:
         err.print(f"[red]error in {config}:[/red] {exc}")
         raise typer.Exit(2) from None
-    if cfg.password_file is not None:  # each service reads it per connection (servicekit.storage)
-        os.environ["IPJMS_DB_PASSWORD_FILE"] = str(cfg.password_file)
-    try:
-        databases = ensure_databases(cfg)
-    except Exception as exc:
-        err.print(
-            f"[red]error:[/red] cannot prepare the databases on postgres.server "
-            f"({type(exc).__name__}: {str(exc).strip()[:300]})"
-        )
-        raise typer.Exit(1) from None
     workdir.mkdir(parents=True, exist_ok=True)
-    net = DemoNetwork(
-        workdir=workdir.resolve(),
-        console=console,
-        node_specs=tuple(n.as_tuple() for n in cfg.nodes),
-        db_urls={service: url for service, (url, _new) in databases.items()},
-        fl_rounds=fl_rounds,
-    )
-    console.print(f"[bold]ipjms up[/bold] — {config}, state under {net.workdir}")
-    for service, (url, created) in databases.items():
-        shown = url.rsplit("/", 1)[1]
-        console.print(f"  {service}: database {shown} ({'created' if created else 'exists'})")
-    steps = chapters()
-    if not run_story:
-        steps = steps[: len(START_ORDER)]
-    ok = run_network(net, steps, keep_running=keep_running or not run_story)
+    workdir = workdir.resolve()
+    if cfg.tls or cfg.managed:
+        ca_dir = _regional_ca(workdir)
+        if cfg.tls:  # every HTTPS client of the network (here and in each service) trusts it
+            os.environ["SSL_CERT_FILE"] = str(ca_dir / "ca.cert.pem")
+    server = None
+    try:
+        if cfg.managed:
+            try:
+                server = _start_managed_postgres(workdir, ca_dir)
+            except Exception as exc:
+                err.print(f"[red]error:[/red] cannot run the managed PostgreSQL ({exc})")
+                raise typer.Exit(1) from None
+            cfg = cfg.with_server(server.url, server.password_file)
+            console.print(f"  PostgreSQL (managed, TLS only) on 127.0.0.1:{server.port}")
+        if cfg.password_file is not None:  # each service reads it per connection
+            os.environ["IPJMS_DB_PASSWORD_FILE"] = str(cfg.password_file)
+        try:
+            databases = ensure_databases(cfg)
+        except Exception as exc:
+            err.print(
+                f"[red]error:[/red] cannot prepare the databases on postgres.server "
+                f"({type(exc).__name__}: {str(exc).strip()[:300]})"
+            )
+            raise typer.Exit(1) from None
+        net = DemoNetwork(
+            workdir=workdir,
+            console=console,
+            node_specs=tuple(n.as_tuple() for n in cfg.nodes),
+            db_urls={service: url for service, (url, _new) in databases.items()},
+            fl_rounds=fl_rounds,
+            tls=cfg.tls,
+        )
+        if cfg.password_file is not None:
+            net.facts["db_password"] = cfg.password_file.read_text().strip()
+        console.print(f"[bold]ipjms up[/bold] — {config}, state under {net.workdir}")
+        for service, (url, created) in databases.items():
+            shown = urlsplit(url).path.lstrip("/")
+            console.print(f"  {service}: database {shown} ({'created' if created else 'exists'})")
+        steps = chapters()
+        if not run_story:
+            steps = steps[: len(START_ORDER)]
+        elif cfg.tls:
+            from deploy.demo import tls_check
+
+            steps.append(tls_check.run)
+        ok = run_network(net, steps, keep_running=keep_running or not run_story)
+    finally:
+        if server is not None:
+            server.stop()
     if not ok or (run_story and not net.results):
         raise typer.Exit(1)
+
+
+def _regional_ca(workdir: Path) -> Path:
+    """The region's CA, made before any service (the trust chapter then finds it)."""
+    from trust.pki import init_ca
+
+    ca_dir = workdir / CA_SUBDIR
+    if not (ca_dir / "ca.cert.pem").exists():
+        init_ca(ca_dir, name=CA_NAME)
+    return ca_dir
+
+
+def _start_managed_postgres(workdir: Path, ca_dir: Path):  # type: ignore[no-untyped-def]
+    """The work dir's own PostgreSQL, TLS only, its certificate from the regional CA."""
+    from deploy.local_postgres import LocalPostgres
+    from servicekit.ports import free_port
+    from trust.pki import issue_org
+
+    state = workdir / "postgres"
+    tls = state / "tls"
+    if not (tls / "tls.cert.pem").exists():
+        issue_org(ca_dir, "org-region-database", host="127.0.0.1,localhost", out_dir=tls)
+    server = LocalPostgres.prepare(
+        state,
+        ca_dir=ca_dir,
+        port=free_port(),
+        server_cert=tls / "tls.cert.pem",
+        server_key=tls / "tls.key.pem",
+    )
+    server.start()
+    return server

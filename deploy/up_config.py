@@ -19,8 +19,11 @@ LEVELS = ("tertiary", "county", "community")
 PROFILES = ("tertiary", "community")
 _ORG = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
-_TOP_KEYS = {"postgres", "node"}
-_PG_KEYS = {"server", "prefix", "password_file"}
+_TOP_KEYS = {"postgres", "node", "tls"}
+_PG_KEYS = {"server", "prefix", "password_file", "managed"}
+_TLS_KEYS = {"enabled"}
+# The URL of a managed server is only known once it runs (its port); until then this stands in.
+MANAGED_SERVER = "postgresql://ipjms@127.0.0.1:0/postgres"
 _NODE_KEYS = {"org", "name", "level", "profile"}
 
 
@@ -46,6 +49,10 @@ class NetworkConfig:
     prefix: str
     password_file: Path | None
     nodes: tuple[NodeSpec, ...]
+    # ``ipjms up`` runs its own TLS-only PostgreSQL (deploy/local_postgres.py)
+    managed: bool = False
+    # HTTPS on every node, the registry and the coordinator's status API (regional PKI)
+    tls: bool = False
 
     def services(self) -> list[str]:
         """Every service that owns a database: consent, coordinator, node-<org>."""
@@ -55,9 +62,16 @@ class NetworkConfig:
         return (self.prefix + service).replace("-", "_").replace(".", "_")
 
     def database_url(self, service: str) -> str:
-        """The server URL with its database replaced by the service's own."""
+        """The server URL with its database replaced by the service's own (its query — TLS
+        parameters such as ``sslmode=verify-full`` — kept)."""
         parts = urlsplit(self.server_url)
         return urlunsplit(parts._replace(path=f"/{self.database_name(service)}"))
+
+    def with_server(self, server_url: str, password_file: Path | None) -> NetworkConfig:
+        """The same network on another server (a managed server once it runs)."""
+        from dataclasses import replace
+
+        return replace(self, server_url=server_url, password_file=password_file)
 
     def check_story(self) -> None:
         """The demo story needs one tertiary hospital and two community clinics."""
@@ -92,7 +106,14 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path(".")) -> NetworkC
     if not isinstance(pg, dict):
         raise ConfigError("postgres: missing [postgres] table (with server = 'postgresql://…')")
     _unknown(pg, _PG_KEYS, "postgres.")
-    server = _string(pg, "server", "postgres.")
+    managed = pg.get("managed", False)
+    if not isinstance(managed, bool):
+        raise ConfigError("postgres.managed: must be true or false")
+    if managed and "server" in pg:
+        raise ConfigError("postgres.server: not with managed = true (ipjms up runs the server)")
+    if managed and "password_file" in pg:
+        raise ConfigError("postgres.password_file: not with managed = true (generated)")
+    server = MANAGED_SERVER if managed else _string(pg, "server", "postgres.")
     assert server is not None
     parts = urlsplit(server)
     if parts.scheme not in ("postgresql", "postgresql+psycopg") or not parts.hostname:
@@ -135,7 +156,19 @@ def parse_config(doc: dict[str, Any], *, base_dir: Path = Path(".")) -> NetworkC
         if any(n.org == org for n in nodes):
             raise ConfigError(f"{where}org: {org!r} appears twice")
         nodes.append(NodeSpec(org, name, level, profile))
-    config = NetworkConfig(server, prefix, password_file, tuple(nodes))
+    tls_table = doc.get("tls", {})
+    if not isinstance(tls_table, dict):
+        raise ConfigError("tls: must be a table ([tls] enabled = true)")
+    _unknown(tls_table, _TLS_KEYS, "tls.")
+    tls = tls_table.get("enabled", False)
+    if not isinstance(tls, bool):
+        raise ConfigError("tls.enabled: must be true or false")
+    if tls and not managed and "sslmode=verify-full" not in (parts.query or ""):
+        raise ConfigError(
+            "postgres.server: with [tls] enabled the database hop is TLS too — add "
+            "?sslmode=verify-full&sslrootcert=CA_FILE, or set managed = true"
+        )
+    config = NetworkConfig(server, prefix, password_file, tuple(nodes), managed, tls)
     for service in config.services():
         if len(config.database_name(service)) > 63:
             raise ConfigError(

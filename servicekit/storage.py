@@ -159,7 +159,9 @@ def upgrade_schema(engine: Engine, migrations_dir: Path | str) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # configparser interpolates '%': a URL-encoded query (sslrootcert=%2F…) must be escaped
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    cfg.set_main_option("sqlalchemy.url", url)
     postgres = is_postgres(engine)
     with (
         nullcontext() if postgres else _sqlite_file_lock(engine),

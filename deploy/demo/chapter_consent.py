@@ -70,12 +70,13 @@ def start(net: DemoNetwork) -> None:
     pki = _pki(net)
     data_dir = net.service_dir("consent")
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"{net.scheme}://127.0.0.1:{port}"
     net.start(
         "consent",
         ["consent", "serve", "--data-dir", str(data_dir), "--port", str(port),
          "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG,
-         "--org-dir", str(pki["orgs"][CONSENT_ORG]), *net.db_args("consent")],
+         "--org-dir", str(pki["orgs"][CONSENT_ORG]), *net.db_args("consent"),
+         *net.tls_args(pki["orgs"][CONSENT_ORG])],
         base_url=url,
     )  # fmt: skip
     net.facts["consent_url"] = url

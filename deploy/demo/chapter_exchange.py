@@ -114,10 +114,12 @@ def start(net: DemoNetwork) -> None:
     ]
     if net.facts.get("consent_url"):
         args += ["--consent-url", net.facts["consent_url"]]
-    net.start("coordinator", args, base_url=f"http://127.0.0.1:{http_port}")
+    if net.tls:
+        args.append("--http-tls")
+    net.start("coordinator", args, base_url=f"{net.scheme}://127.0.0.1:{http_port}")
     net.facts["coordinator"] = {
         "address": f"127.0.0.1:{port}",
-        "status_url": f"http://127.0.0.1:{http_port}/status",
+        "status_url": f"{net.scheme}://127.0.0.1:{http_port}/status",
         "data_dir": data_dir,
     }
     env = net.facts.setdefault("node_env", {})
@@ -129,7 +131,7 @@ def start(net: DemoNetwork) -> None:
         by_org.setdefault(org, {}).setdefault(
             "IPJMS_NODE_ORG_CREDENTIALS_DIR", str(pki["orgs"][org])
         )
-    net.urls["Coordinator status API (authority)"] = f"http://127.0.0.1:{http_port}/status"
+    net.urls["Coordinator status API (authority)"] = f"{net.scheme}://127.0.0.1:{http_port}/status"
 
 
 # --- run ------------------------------------------------------------------------------------

@@ -87,11 +87,12 @@ def start(net: DemoNetwork) -> None:
                 fh.write(password)
         password = password_file.read_text().strip()
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"{net.scheme}://127.0.0.1:{port}"
         env = {"IPJMS_NODE_PUBLIC_URL": url, **_node_env(net, org)}
+        tls = net.tls_args(net.facts["pki"]["orgs"][org]) if net.tls else []
         net.start(
             f"node-{org}",
-            ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            ["node", "serve", "--data-dir", str(data_dir), "--port", str(port), *tls],
             base_url=url,
             env=env,
         )
@@ -189,3 +190,8 @@ def run(net: DemoNetwork) -> None:
             if r.status_code != 200:
                 raise RuntimeError(f"{node.org_id} /healthz answered {r.status_code}")
             notes.append(f"{node.org_id} healthy at {node.url}")
+
+    if "pki" in net.facts:  # backups hold patient data: sealed, never in the clear
+        from deploy.demo import backup_step
+
+        backup_step.run(net, tertiary)

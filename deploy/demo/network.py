@@ -70,6 +70,25 @@ class DemoNetwork:
     db_urls: dict[str, str] = field(default_factory=dict)
     # Rounds of the federated chapter's training run (``--fl-rounds``; the story's default 5).
     fl_rounds: int = 5
+    # HTTPS on every node, the registry and the coordinator's status API, with each
+    # organisation's certificate from the regional PKI (``ipjms up`` with ``[tls] enabled``;
+    # clients trust the regional CA through SSL_CERT_FILE).
+    tls: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def tls_args(self, org_dir: Path) -> list[str]:
+        """``--tls-cert``/``--tls-key`` of the organisation's TLS pair when serving HTTPS."""
+        if not self.tls:
+            return []
+        return [
+            "--tls-cert",
+            str(org_dir / "tls.cert.pem"),
+            "--tls-key",
+            str(org_dir / "tls.key.pem"),
+        ]
 
     def db_args(self, service: str) -> list[str]:
         """``["--db", URL]`` for a service with a configured database, else ``[]``."""

@@ -10,12 +10,19 @@
 # --add-node also generate the Secrets of the overlay's extra node (e.g. clinic-c org-clinic-c);
 #            its display name and level: $IPJMS_EXTRA_NODE_NAME, $IPJMS_EXTRA_NODE_LEVEL.
 # $IPJMS     the ipjms command (default: ipjms on PATH).
+# $IPJMS_CA_PASSPHRASE  required: the passphrase the CA's private key is encrypted with (a new
+#            CA is created encrypted; issuing needs it). Never written anywhere by this script.
 #
 # Idempotent: existing passwords, keys and certificates are kept. To rotate an organisation's
 # credentials, run `ipjms pki issue CA_DIR --org ORG --host ...` (see trust/README.md), copy them
 # with this script (delete secrets/orgs/ORG first) and re-apply: the Secret's name hash changes, so
 # the pods that mount it are rolled.
 set -eu
+
+if [ -z "${IPJMS_CA_PASSPHRASE:-}" ]; then
+    echo "gen-secrets.sh: set IPJMS_CA_PASSPHRASE (the CA key is kept encrypted with it)" >&2
+    exit 64
+fi
 
 here="$(cd "$(dirname "$0")" && pwd)"
 k8s_dir="$here"
@@ -60,7 +67,8 @@ issue_org() {
     out="$1/orgs/$2"
     if [ ! -s "$out/tls.key.pem" ]; then
         if [ ! -s "$ca_dir/orgs/$2/tls.key.pem" ]; then
-            $ipjms pki issue "$ca_dir" --org "$2" --host "$3" >/dev/null
+            $ipjms pki issue "$ca_dir" --org "$2" --host "$3" \
+                --ca-passphrase-env IPJMS_CA_PASSPHRASE >/dev/null
         fi
         mkdir -p "$out"
         for f in org.json ca.cert.pem tls.cert.pem tls.key.pem signing.cert.pem signing.key.pem \
@@ -90,7 +98,7 @@ directory_entry() {
 }
 
 if [ ! -s "$ca_dir/ca.cert.pem" ]; then
-    $ipjms pki init-ca "$ca_dir" >/dev/null
+    $ipjms pki init-ca "$ca_dir" --passphrase-env IPJMS_CA_PASSPHRASE >/dev/null
 fi
 
 base="$k8s_dir/base/secrets"

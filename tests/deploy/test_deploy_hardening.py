@@ -395,7 +395,8 @@ def _dependencies() -> list[str]:
 
 def test_image_installs_a_hash_locked_requirements_file() -> None:
     text = LOCK.read_text()
-    assert lock_problems(text, _dependencies()) == []
+    problems = lock_problems(text, _dependencies())
+    assert problems == [], f"{problems}: refresh deploy/requirements.lock (Dockerfile header)"
     assert re.search(r"^torch==2\.13\.0\+cpu \\$", text, re.MULTILINE)  # CPU torch, as pinned
     dockerfile = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     assert re.search(

@@ -432,7 +432,13 @@ def test_project_wheel_carries_every_runtime_file(tmp_path: Path) -> None:
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("ipjms-*.whl")
     contents = set(zipfile.ZipFile(wheel).namelist())
-    not_runtime = ("README.md", "deploy/compose.yaml", "deploy/entrypoint.sh")
+    not_runtime = (
+        "README.md",
+        "deploy/compose.yaml",
+        "deploy/entrypoint.sh",
+        "deploy/requirements.lock",
+        "deploy/torch-cpu.override.txt",
+    )  # build inputs
     missing = [
         rel
         for rel in tracked

@@ -431,3 +431,25 @@ def test_services_select_their_workloads(docs: list[dict[str, Any]]) -> None:
     for d in docs:
         if d["kind"] == "StatefulSet":
             assert d["spec"]["serviceName"] in services, d["metadata"]["name"]
+
+
+def test_regional_ca_key_is_kept_encrypted(k8s_dir: Path, tmp_path: Path) -> None:
+    """gen-secrets.sh creates the CA key encrypted with $IPJMS_CA_PASSPHRASE and refuses to run
+    without one; nothing of the CA key reaches the Kubernetes secrets folders."""
+    import os
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key_pem = (k8s_dir.parent / "regional-ca" / "ca.key.pem").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in key_pem
+    with pytest.raises(TypeError):  # a password is required
+        load_pem_private_key(key_pem, password=None)
+    assert load_pem_private_key(key_pem, password=b"test CA passphrase")
+    assert not [p for p in k8s_dir.rglob("ca.key.pem")]
+    env = {k: v for k, v in os.environ.items() if k != "IPJMS_CA_PASSPHRASE"}
+    done = subprocess.run(
+        ["sh", str(k8s_dir / "gen-secrets.sh"), "--ca-dir", str(tmp_path / "ca")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 64 and "IPJMS_CA_PASSPHRASE" in done.stderr
+    assert not (tmp_path / "ca").exists()

@@ -138,22 +138,57 @@ def _drop(prefix: str) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.slow
-@pytest.mark.timeout(1200)  # the whole story, federated training included (2 rounds)
-def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
+def test_up_creates_each_service_database_once_on_a_given_server() -> None:
+    """The external-server path (``[postgres] server``): one database per service, created when
+    missing and reported as existing the next time."""
     if not PG_URL:
         pytest.skip("IPJMS_TEST_POSTGRES_URL not set")
-    prefix = f"ipjms_up_{uuid.uuid4().hex[:8]}_"
+    from deploy.up import ensure_databases
+
+    prefix = f"ipjms_upx_{uuid.uuid4().hex[:8]}_"
+    cfg = parse_config({**_with(("postgres", "server"), PG_URL),
+                        "postgres": {"server": PG_URL, "prefix": prefix}})  # fmt: skip
+    try:
+        first = ensure_databases(cfg)
+        assert all(created for _url, created in first.values()) and len(first) == 5
+        again = ensure_databases(cfg)
+        assert not any(created for _url, created in again.values())
+        assert again["node-org-b"][0].endswith(f"/{prefix}node_org_b")
+    finally:
+        _drop(prefix)
+
+
+TLS_CONFIG = """
+[postgres]
+managed = true
+prefix = "ipjms_"
+
+[tls]
+enabled = true
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # the whole story, federated training included (2 rounds)
+def test_up_runs_the_demo_story_with_tls_on_every_hop(tmp_path: Path) -> None:
+    """Must-show 2 of issues 6 and 22: ``ipjms up`` runs the whole story on PostgreSQL — its own
+    server, TLS only, ``verify-full`` — with HTTPS on every node, the registry and the
+    coordinator's status API; the story's last step proves every hop (HTTP, gRPC, PostgreSQL)
+    refuses a plaintext client."""
+    from deploy.local_postgres import PostgresUnavailable, find_bin
+
+    try:
+        find_bin("initdb")
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    nodes = EXAMPLE.read_text().split("\n[[node]]\n", 1)[1]
     config = tmp_path / "network.toml"
-    config.write_text(
-        EXAMPLE.read_text()
-        .replace("postgresql://ipjms@127.0.0.1:5432/postgres", PG_URL)
-        .replace('prefix = "ipjms_"', f'prefix = "{prefix}"')
-    )
+    config.write_text(TLS_CONFIG + "\n[[node]]\n" + nodes)
+    workdir = tmp_path / "net"
     try:
         done = subprocess.run(
             ipjms_command(
-                *("up", "--config", str(config), "--workdir", str(tmp_path / "net")),
+                *("up", "--config", str(config), "--workdir", str(workdir)),
                 *("--run-story", "--fl-rounds", "2"),  # every chapter; rounds: tests/federated
             ),
             capture_output=True,
@@ -163,22 +198,35 @@ def test_up_runs_the_demo_story_on_postgresql(tmp_path: Path) -> None:
         )
         out = done.stdout
         assert done.returncode == 0, out[-3000:] + done.stderr[-2000:]
+        assert "PostgreSQL (managed, TLS only)" in out
         for service in ("consent", "coordinator", "node_org_tertiary", "node_org_clinic_c"):
-            assert f"database {prefix}{service} (created)" in out
+            assert f"database ipjms_{service} (created)" in out
         lines = out.splitlines()
         steps = STORY_STEPS + (FEDERATED_STEPS if "federated" in RUN_ORDER else ())
+        steps += ("Plaintext refused at every hop",)
         for step in steps:
             assert any(line.startswith("  ✔") and step in line for line in lines), step
         assert "✘" not in out
         assert "Federated training: 2 rounds" in out and "round 2/2" in out
+        assert "no encryption" in out  # PostgreSQL's own refusal of the plaintext client
         started = [line for line in lines if line.startswith("▶ ")]
         assert len(started) == sum(line.startswith("  ✔") for line in lines) >= len(steps)
-        # every node really ran on its PostgreSQL database, not on a SQLite file
+        # every node ran on its PostgreSQL database over TLS, served HTTPS, kept no SQLite file
         for org in ("org-tertiary", "org-clinic-b", "org-clinic-c"):
-            node_dir = tmp_path / "net" / f"node-{org}"
-            assert f"/{prefix}node_{org.replace('-', '_')}" in (node_dir / "node.toml").read_text()
-            assert not (node_dir / "node.db").exists()
-        assert not (tmp_path / "net" / "consent" / "consent.db").exists()
-        assert not (tmp_path / "net" / "coordinator" / "coordinator.db").exists()
+            node_toml = (workdir / f"node-{org}" / "node.toml").read_text()
+            assert f"/ipjms_node_{org.replace('-', '_')}?sslmode=verify-full" in node_toml
+            assert not (workdir / f"node-{org}" / "node.db").exists()
+        assert not (workdir / "consent" / "consent.db").exists()
+        assert not (workdir / "coordinator" / "coordinator.db").exists()
     finally:
-        _drop(prefix)
+        _remove_managed_server(workdir)
+
+
+def _remove_managed_server(workdir: Path) -> None:
+    """The managed server's data (under /var/tmp when run as root; else inside the workdir)."""
+    import hashlib
+    import shutil
+
+    state = (workdir / "postgres").resolve()
+    tag = hashlib.sha256(str(state).encode()).hexdigest()[:12]
+    shutil.rmtree(f"/var/tmp/ipjms-postgres-{tag}", ignore_errors=True)
