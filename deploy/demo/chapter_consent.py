@@ -76,7 +76,8 @@ def start(net: DemoNetwork) -> None:
         ["consent", "serve", "--data-dir", str(data_dir), "--port", str(port),
          "--ca-dir", str(pki["ca_dir"]), "--org-id", CONSENT_ORG,
          "--org-dir", str(pki["orgs"][CONSENT_ORG]), *net.db_args("consent"),
-         *net.tls_args(pki["orgs"][CONSENT_ORG])],
+         *net.tls_args(pki["orgs"][CONSENT_ORG]),
+         *(["--public-url", url] if net.tls else [])],  # the token audience: https://…
         base_url=url,
     )  # fmt: skip
     net.facts["consent_url"] = url

@@ -1,0 +1,118 @@
+"""Every hop refuses a plaintext client (issue 22, must-show 2), on real processes: the managed
+PostgreSQL of ``ipjms up`` (TLS only, certificate from the regional CA), the consent registry and
+the coordinator serving HTTPS with their organisations' certificates on it over ``verify-full``,
+and the coordinator's gRPC. The checks are deploy/demo/tls_check.py's, which also end
+``ipjms up --run-story`` with ``[tls] enabled`` (tests/ops/test_ops_up.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from deploy.demo.tls_check import (
+    plaintext_grpc_refused,
+    plaintext_http_refused,
+    plaintext_pg_refused,
+)
+from deploy.launcher import Service, free_port, start_service
+from deploy.local_postgres import LocalPostgres, PostgresUnavailable, find_bin
+from trust.pki import init_ca, issue_org
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    try:
+        find_bin("initdb")
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("tls")
+    ca = root / "ca"
+    init_ca(ca)
+    for org in ("org-consent", "org-coordinator", "org-db"):
+        issue_org(ca, org, host="127.0.0.1,localhost")
+    orgs = ca / "orgs"
+    pg = LocalPostgres.prepare(
+        root / "postgres", ca_dir=ca, port=free_port(),
+        server_cert=orgs / "org-db" / "tls.cert.pem", server_key=orgs / "org-db" / "tls.key.pem",
+    )  # fmt: skip
+    pg.start()
+    old_env = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "IPJMS_DB_PASSWORD_FILE")}
+    os.environ["SSL_CERT_FILE"] = str(ca / "ca.cert.pem")
+    os.environ["IPJMS_DB_PASSWORD_FILE"] = str(pg.password_file)
+    services: list[Service] = []
+    try:
+        password = pg.password_file.read_text().strip()
+        with psycopg.connect(pg.url, password=password, autocommit=True) as conn:
+            for name in ("consent", "coordinator"):
+                conn.execute(f"CREATE DATABASE {name}")
+        db = {n: pg.url.replace("/postgres?", f"/{n}?") for n in ("consent", "coordinator")}
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        services.append(start_service(
+            "consent",
+            ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
+             "--db", db["consent"], "--public-url", url, "--ca-dir", str(ca),
+             "--tls-cert", str(orgs / "org-consent" / "tls.cert.pem"),
+             "--tls-key", str(orgs / "org-consent" / "tls.key.pem")],
+            base_url=url, log_dir=root / "logs",
+        ))  # fmt: skip
+        grpc_port, http_port = free_port(), free_port()
+        services.append(start_service(
+            "coordinator",
+            ["coordinator", "serve", "--data-dir", str(root / "coordinator"),
+             "--port", str(grpc_port), "--http-port", str(http_port), "--http-tls",
+             "--db", db["coordinator"], "--ca-dir", str(ca),
+             "--org-dir", str(orgs / "org-coordinator"), "--consent-url", url],
+            base_url=f"https://127.0.0.1:{http_port}", log_dir=root / "logs",
+        ))  # fmt: skip
+        yield {
+            "consent": url,
+            "coordinator": f"https://127.0.0.1:{http_port}",
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "db": db,
+            "password": password,
+        }
+    finally:
+        for service in reversed(services):
+            service.stop()
+        pg.stop()
+        for key, value in old_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if os.geteuid() == 0:  # the data dir the postgres user owned
+            tag = hashlib.sha256(str((root / "postgres").resolve()).encode()).hexdigest()[:12]
+            shutil.rmtree(f"/var/tmp/ipjms-postgres-{tag}", ignore_errors=True)
+
+
+@pytest.mark.parametrize("service", ["consent", "coordinator"])
+def test_http_services_answer_only_over_tls(region: dict[str, object], service: str) -> None:
+    assert plaintext_http_refused(str(region[service]))
+
+
+def test_coordinator_grpc_refuses_a_plaintext_channel(region: dict[str, object]) -> None:
+    assert plaintext_grpc_refused(str(region["grpc"]))
+
+
+@pytest.mark.parametrize("service", ["consent", "coordinator"])
+def test_postgresql_refuses_plaintext_and_the_services_use_verify_full(
+    region: dict[str, object], service: str
+) -> None:
+    url = region["db"][service]  # type: ignore[index]
+    assert "sslmode=verify-full" in url
+    refusal = plaintext_pg_refused(url, str(region["password"]))
+    assert refusal is not None and "no encryption" in refusal, refusal
+    # the service's own connections are TLS (it serves: its schema was migrated over them)
+    with psycopg.connect(url, password=str(region["password"])) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a "
+            "JOIN pg_stat_ssl s USING (pid) WHERE a.datname = %s AND a.pid <> pg_backend_pid()",
+            (service,),
+        ).fetchone()
+    assert row is not None and row[1] >= 1 and row[0] == row[1], row
