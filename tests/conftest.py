@@ -130,7 +130,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 # Only an ordering hint: a module missing here just loses its place in the queue.
 HEAVIEST_FIRST = (
     "tests/federated/test_fl_e2e.py",  # a federated network and three Flower runs, ~220 s
-    "tests/ops/test_ops_up.py",  # the whole story on PostgreSQL with TLS, ~230 s
+    "tests/ops/test_ops_up.py",  # the whole story on PostgreSQL, ~230 s
     "tests/node_api/test_node_demo.py",  # the whole story on SQLite (`ipjms demo`), ~210 s
     "tests/node_api/test_node_cli.py",  # node processes, ~130 s
     "tests/federated/test_training_rules.py",  # ~90 s
@@ -141,7 +141,7 @@ HEAVIEST_FIRST = (
 )
 # Within its module, this one runs first (its worker then still has the module's quick tests
 # queued, so no other module waits behind the story).
-FIRST_IN_MODULE = ("tests/ops/test_ops_up.py::test_up_runs_the_demo_story_with_tls_on_every_hop",)
+FIRST_IN_MODULE = ("tests/ops/test_ops_up.py::test_up_runs_the_demo_story_on_postgresql",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
