@@ -60,6 +60,7 @@ REGION_PATIENT_SCOPES = (
     "patient/QuestionnaireResponse.cu",
     "patient/Device.cu",
     "patient/Appointment.cu",
+    "patient/MedicationAdministration.cu",
 )
 OIDC_SCOPES = ("openid", "fhirUser")
 CODE_TTL = 60

@@ -5,8 +5,11 @@ the demo's ``doctor`` account as the responsible practitioner, through
 ``net.facts["node_env_by_org"]`` (read when the nodes chapter starts them).
 
 ``run`` (after the exchange chapter referred the heart-failure patient down to clinic B): the
-imported I50 Condition enrolled the patient in the heart-failure pathway (a CarePlan) → three
-days of home weights rising 2.5 kg → an alert on B's doctor's SSE stream (latency from the POST)
+imported I50 Condition enrolled the patient in the heart-failure pathway (a CarePlan) → the
+patient signs in once at the consent registry (OpenID Connect, PKCE) and with that token reads
+their plan at clinic B and their consents at the registry → their scale uploads three days of
+home weights rising 2.5 kg (Open mHealth, re-sent once: stored once) → an alert on B's doctor's
+SSE stream (latency from the upload)
 and the plan revised to an early follow-up → the doctor acknowledges with a mitigation → a
 hypertensive patient's 186/112 raises an urgent alert, a 124/78 raises none.
 """
@@ -54,6 +57,53 @@ def start(net: DemoNetwork) -> None:
             env = by_org.setdefault(org, {})
             env["IPJMS_NODE_CARE_ENABLED"] = "true"
             env["IPJMS_NODE_CARE_RESPONSIBLE_USER"] = "doctor"
+
+
+def _omh_weight(kg: float, when: datetime) -> dict[str, Any]:
+    """A reading as the patient's scale app sends it: an Open mHealth body-weight data point
+    (its uuid is the client identifier that makes a re-send change nothing)."""
+    stamp = f"{when:%Y%m%d}{int(kg * 10):04d}"
+    return {
+        "header": {"uuid": f"00000000-0000-4000-8000-{stamp}",
+                   "schema_id": {"namespace": "omh", "name": "body-weight", "version": "2.0"}},
+        "body": {"body_weight": {"value": kg, "unit": "kg"},
+                 "effective_time_frame": {"date_time": when.isoformat()}},
+    }  # fmt: skip
+
+
+def _patient_signs_in(net: DemoNetwork, clinic: NodeInfo, pid: str) -> _Fhir:
+    """The patient's one sign-in at the registry, then their plan at the clinic and their
+    consents at the registry with that same token."""
+    from deploy.demo.chapter_consent import _PATIENT_PASSWORD_FILE
+    from deploy.demo.patient_app import sign_in
+
+    registry = net.facts["consent_url"]
+    username = net.facts["consent"]["patient_username"]
+    password = (net.service_dir("consent") / _PATIENT_PASSWORD_FILE).read_text().strip()
+    with net.step(
+        "The patient signs in once (registry OpenID Connect) for clinic and registry"
+    ) as notes:
+        started = time.monotonic()
+        tokens = sign_in(registry, username, password)
+        took = 1000 * (time.monotonic() - started)
+        notes.append(f"authorization code + PKCE at the registry: {took:.0f} ms; ID token for "
+                     f"{tokens['patient'][:12]}…")  # fmt: skip
+        patient = _Fhir(clinic, {"Authorization": f"Bearer {tokens['access_token']}"})
+        plans = patient.search("CarePlan", patient=f"Patient/{pid}", status="active")
+        if not plans:
+            raise RuntimeError("the patient's token does not show their CarePlan at the clinic")
+        notes.append(f"{clinic.org_id}: the patient reads their plan: {_describe(plans[0])}")
+        r = httpx.get(f"{registry}/fhir/Consent", params={"patient": tokens["patient"]},
+                      headers=patient.headers, timeout=30)  # fmt: skip
+        if r.status_code != 200:
+            raise RuntimeError(f"the same token at the registry: {r.status_code} {r.text[:200]}")
+        notes.append(f"registry: the same token lists their {r.json().get('total', 0)} consent(s)")
+        other = httpx.get(f"{clinic.url}/fhir/Observation", params={"patient": "Patient/x"},
+                          headers=patient.headers, timeout=30)  # fmt: skip
+        notes.append(f"another patient's readings with that token: HTTP {other.status_code}")
+        if other.status_code != 403:
+            raise RuntimeError("a patient token reached another patient's search")
+    return patient
 
 
 def _is_hf(condition: dict[str, Any]) -> bool:
@@ -145,17 +195,6 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": UCUM, "code": unit}
 
 
-def _weight(pid: str, kg: float, when: datetime) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": "29463-7", "display": "Body weight"}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when.isoformat(),
-        "valueQuantity": _quantity(kg, "kg"),
-    }
-
-
 def _bp(pid: str, systolic: int, diastolic: int) -> dict[str, Any]:
     def part(code: str, value: int) -> dict[str, Any]:
         return {"code": {"coding": [{"system": LOINC, "code": code}]},
@@ -233,13 +272,20 @@ def run(net: DemoNetwork) -> None:
 
     stream = _Stream(clinic_b, fhir.headers)
     try:
-        with net.step("Three days of home weights rising 2.5 kg alert B's doctor") as notes:
+        patient = _patient_signs_in(net, clinic_b, pid)
+        with net.step("The patient's scale uploads three days of weights rising 2.5 kg") as notes:
             now = datetime.now(UTC)
-            for days, kg in ((3, 70.0), (2, 70.9), (1, 71.7)):
-                fhir.post("/fhir/Observation", _weight(pid, kg, now - timedelta(days=days)))
+            earlier = [_omh_weight(kg, now - timedelta(days=d)) for d, kg in
+                       ((3, 70.0), (2, 70.9), (1, 71.7))]  # fmt: skip
+            patient.post("/patient/readings", earlier)  # type: ignore[arg-type]
+            resent = patient.post("/patient/readings", earlier)  # type: ignore[arg-type]
             posted = time.monotonic()
-            fhir.post("/fhir/Observation", _weight(pid, 72.5, now))
-            notes.append("weights 70.0 → 70.9 → 71.7 → 72.5 kg (3 days ago … today)")
+            patient.post("/patient/readings", _omh_weight(72.5, now))
+            notes.append("Open mHealth body-weight 70.0 → 70.9 → 71.7 → 72.5 kg (3 days ago … "
+                         "today), under the patient's regional token")  # fmt: skip
+            versions = {e["response"].get("etag") for e in resent["entry"]}
+            notes.append(f"the app re-sent the first three after an offline spell: stored once "
+                         f"(versions {', '.join(sorted(str(v) for v in versions))})")  # fmt: skip
             got = stream.next_for(pid, 30)
             if got is None:
                 raise RuntimeError("no alert on the doctor's stream within 30 s")

@@ -17,6 +17,7 @@ local Patient ids and the consent id for later chapters.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from deploy.launcher import free_port, ipjms_command
 from node.identity import patient_pseudonym
 from trust.pki import init_ca, issue_org, load_org
 from trust.pseudonym import load_or_create_linkage_key
+from trust.tokens import jwk_thumbprint, load_or_create_signing_key
 
 __all__ = ["start", "run", "TREAT_CLASSES"]
 
@@ -86,6 +88,12 @@ def start(net: DemoNetwork) -> None:
     env["IPJMS_NODE_CONSENT_URL"] = url
     # decisions are trusted only when signed by the registry's CA-issued certificate
     env["IPJMS_NODE_CONSENT_REGISTRY_ORG"] = CONSENT_ORG
+    # the region's one patient login: nodes trust the registry's patient-token key, pinned
+    # (what `ipjms consent key-pin --data-dir <registry>` prints; plain http needs the pin)
+    token_key = load_or_create_signing_key(data_dir / "keys" / "access-token.pem")
+    env["IPJMS_NODE_CONSENT__PATIENT_KEY_PINS"] = json.dumps(
+        [jwk_thumbprint(token_key.public_jwk())]
+    )
     env.setdefault("IPJMS_NODE_CA_DIR", str(pki["ca_dir"]))
     by_org = net.facts.setdefault("node_env_by_org", {})
     for org, *_ in net.node_specs:

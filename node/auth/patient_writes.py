@@ -30,6 +30,8 @@ class PatientWrite:
     author_is_list: bool = False
     #: statuses a patient may give the resource (None: any)
     statuses: frozenset[str] | None = None
+    #: the author element holds ``[{"actor": Reference}]`` (MedicationAdministration.performer)
+    author_is_actor: bool = False
 
 
 PATIENT_WRITES: MappingProxyType[str, PatientWrite] = MappingProxyType(
@@ -38,6 +40,13 @@ PATIENT_WRITES: MappingProxyType[str, PatientWrite] = MappingProxyType(
         "Observation": PatientWrite("subject", "performer", author_is_list=True),
         # questionnaire answers: author and source are the patient
         "QuestionnaireResponse": PatientWrite("subject", "author"),
+        # a dose taken (completed) or missed (not-done), checked in by the patient
+        "MedicationAdministration": PatientWrite(
+            "subject",
+            "performer",
+            author_is_actor=True,
+            statuses=frozenset({"completed", "not-done"}),
+        ),
         # the patient's own measuring device
         "Device": PatientWrite("patient", None),
         # a visit the patient asks for or cancels; booking a published Slot is $book
@@ -89,7 +98,10 @@ def stamp(resource: dict[str, Any], patient_id: str) -> dict[str, Any]:
             raise Forbidden(f"{rtype}.{rule.subject} must be the signed-in patient")
         out[rule.subject] = me
     if rule.author is not None:
-        out[rule.author] = [me] if rule.author_is_list else me
+        if rule.author_is_actor:
+            out[rule.author] = [{"actor": me}]
+        else:
+            out[rule.author] = [me] if rule.author_is_list else me
         if rtype == "QuestionnaireResponse":
             out["source"] = me
     if rule.statuses is not None and out.get("status") not in rule.statuses:
@@ -115,4 +127,6 @@ def written_by(resource: dict[str, Any], patient_id: str) -> bool:
         return True
     author = resource.get(rule.author)
     refs = author if isinstance(author, list) else [author]
+    if rule.author_is_actor:
+        refs = [r.get("actor") for r in refs if isinstance(r, dict)]
     return any(isinstance(r, dict) and r.get("reference") == me for r in refs)

@@ -28,6 +28,7 @@ ROLE_SCOPES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
             "patient/QuestionnaireResponse.cu",
             "patient/Device.cu",
             "patient/Appointment.cu",
+            "patient/MedicationAdministration.cu",
         ),
     }
 )

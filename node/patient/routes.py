@@ -30,13 +30,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from node.api.access import authorise_write
+from node.api.access import authorise_write, ensure_in_compartment
 from node.api.body import fhir_response
 from node.auth.deps import Access, require_access
 from node.care.definitions import load_catalog
 from node.care.measures import MeasureCatalog, problems
 from node.feature import NodeServices, node_services
-from node.patient import booking
+from node.patient import booking, medication
 from node.patient.questionnaires import complete, extract, load_questionnaires
 from node.patient.readings import Upload, normalise
 from node.store import parse_bundle
@@ -313,3 +313,57 @@ def list_reminders(
     """The patient's booked visits ahead, each with when to remind them (24 h before)."""
     patient = _patient_of(request, access)
     return JSONResponse({"reminders": booking.reminders(services.store, patient)})
+
+
+# --- medication check-ins (node/patient/medication.py) ----------------------------------------
+
+
+@router.post(
+    "/patient/medication-checkins",
+    openapi_extra=json_body(
+        {
+            "medicationRequest": {"type": "string"},
+            "taken": {"type": "boolean"},
+            "when": {"type": "string"},
+        },
+        ("medicationRequest", "taken", "when"),
+    ),  # fmt: skip
+)
+async def medication_check_in(
+    request: Request,
+    access: Access = Depends(require_access("MedicationAdministration", "create")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """A dose taken or missed, against one of the patient's MedicationRequests."""
+    patient = _patient_of(request, access)
+    body = await _read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest('body must be {"medicationRequest", "taken", "when"}')
+    rid = str(body.get("medicationRequest") or "").removeprefix("MedicationRequest/")
+    if not valid_id(rid):
+        raise BadRequest("medicationRequest must name a MedicationRequest")
+    store = services.store
+    ensure_in_compartment(store, "MedicationRequest", rid, patient)  # another's → 404
+    administration = medication.check_in(
+        store.read("MedicationRequest", rid), body.get("taken"), body.get("when")
+    )
+    administration = authorise_write(store, access, administration)
+    outcome = await run_in_threadpool(store.create, administration, writer=access.principal.writer)
+    return fhir_response(outcome.resource, 201)
+
+
+@router.get("/patient/adherence")
+def medication_adherence(
+    request: Request,
+    access: Access = Depends(require_access("MedicationAdministration", "read")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """Doses taken / missed per MedicationRequest (the doctor names ``?patient=``)."""
+    patient = _patient_of(request, access)
+    found = services.store.search(
+        "MedicationAdministration",
+        [("patient", f"Patient/{patient}"), ("_count", "1000")],
+        compartment_patient=access.compartment,
+    )
+    return JSONResponse({"patient": f"Patient/{patient}",
+                         "adherence": medication.adherence(found.resources)})  # fmt: skip

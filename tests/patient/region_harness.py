@@ -71,7 +71,8 @@ def authorize_params(challenge: str, **extra: str) -> dict[str, str]:
         "client_id": CLIENT_ID,
         "redirect_uri": REDIRECT,
         "scope": "openid patient/*.rs patient/Observation.cu patient/QuestionnaireResponse.cu "
-        "patient/Device.cu patient/Appointment.cu patient/Consent.cruds patient/Disclosure.rs",
+        "patient/Device.cu patient/Appointment.cu patient/MedicationAdministration.cu "
+        "patient/Consent.cruds patient/Disclosure.rs",
         "state": "st-1",
         "nonce": "n-1",
         "code_challenge": challenge,
@@ -84,10 +85,12 @@ def sign_in(registry: str, username: str, password: str = PATIENT_PASSWORD) -> d
     """The whole authorization-code flow with PKCE, as a patient app does it."""
     verifier, challenge = pkce_pair()
     params = authorize_params(challenge)
-    page = httpx.get(f"{registry}/oidc/authorize", params=params)
+    page = httpx.get(f"{registry}/oidc/authorize", params=params, timeout=120)
     assert page.status_code == 200 and "<form" in page.text, page.text
     r = httpx.post(
-        f"{registry}/oidc/authorize", data={**params, "username": username, "password": password}
+        f"{registry}/oidc/authorize",
+        data={**params, "username": username, "password": password},
+        timeout=120,
     )
     assert r.status_code == 303, r.text
     location = urlsplit(r.headers["location"])
@@ -102,6 +105,7 @@ def sign_in(registry: str, username: str, password: str = PATIENT_PASSWORD) -> d
             "client_id": CLIENT_ID,
             "code_verifier": verifier,
         },
+        timeout=120,
     )
     assert r.status_code == 200, r.text
     return dict(r.json())
@@ -165,6 +169,7 @@ def start_region(root: Path, *, care: bool = False) -> Iterator[Region]:
                 enrolled = httpx.post(
                     f"{registry.base_url}/enrol",
                     json={"code": code["code"], "password": PATIENT_PASSWORD},
+                    timeout=120,
                 )
                 assert enrolled.status_code == 201, enrolled.text
                 person = Person(patient["id"], enrolled.json()["username"], code["pseudonym"])
