@@ -89,7 +89,9 @@ def _patient_signs_in(net: DemoNetwork, clinic: NodeInfo, pid: str) -> _Fhir:
         notes.append(f"authorization code + PKCE at the registry: {took:.0f} ms; ID token for "
                      f"{tokens['patient'][:12]}…")  # fmt: skip
         patient = _Fhir(clinic, {"Authorization": f"Bearer {tokens['access_token']}"})
-        plans = patient.search("CarePlan", patient=f"Patient/{pid}", status="active")
+        active = patient.search("CarePlan", patient=f"Patient/{pid}", status="active")
+        plans = [p for p in active
+                 if any(c.startswith(HF_PATHWAY) for c in p.get("instantiatesCanonical", []))]  # fmt: skip
         if not plans:
             raise RuntimeError("the patient's token does not show their CarePlan at the clinic")
         notes.append(f"{clinic.org_id}: the patient reads their plan: {_describe(plans[0])}")
