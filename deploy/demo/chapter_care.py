@@ -90,8 +90,7 @@ def _patient_signs_in(net: DemoNetwork, clinic: NodeInfo, pid: str) -> _Fhir:
                      f"{tokens['patient'][:12]}…")  # fmt: skip
         patient = _Fhir(clinic, {"Authorization": f"Bearer {tokens['access_token']}"})
         active = patient.search("CarePlan", patient=f"Patient/{pid}", status="active")
-        plans = [p for p in active
-                 if any(c.startswith(HF_PATHWAY) for c in p.get("instantiatesCanonical", []))]  # fmt: skip
+        plans = [p for p in active if _is_hf_plan(p)]
         if not plans:
             raise RuntimeError("the patient's token does not show their CarePlan at the clinic")
         notes.append(f"{clinic.org_id}: the patient reads their plan: {_describe(plans[0])}")
@@ -106,6 +105,10 @@ def _patient_signs_in(net: DemoNetwork, clinic: NodeInfo, pid: str) -> _Fhir:
         if other.status_code != 403:
             raise RuntimeError("a patient token reached another patient's search")
     return patient
+
+
+def _is_hf_plan(plan: dict[str, Any]) -> bool:
+    return any(c.startswith(HF_PATHWAY) for c in plan.get("instantiatesCanonical", []))
 
 
 def _is_hf(condition: dict[str, Any]) -> bool:
