@@ -80,9 +80,7 @@ def _patient_signs_in(net: DemoNetwork, clinic: NodeInfo, pid: str) -> _Fhir:
     registry = net.facts["consent_url"]
     username = net.facts["consent"]["patient_username"]
     password = (net.service_dir("consent") / _PATIENT_PASSWORD_FILE).read_text().strip()
-    with net.step(
-        "The patient signs in once (registry OpenID Connect) for clinic and registry"
-    ) as notes:
+    with net.step("The patient signs in once, for the clinic and the registry") as notes:
         started = time.monotonic()
         tokens = sign_in(registry, username, password)
         took = 1000 * (time.monotonic() - started)
