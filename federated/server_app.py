@@ -44,7 +44,7 @@ def execute(grid: Grid, run_config: dict[str, Any], run_id: str = "") -> dict[st
 
     report(
         f"run {label}: task {plan.task} ({plan.spec}), {plan.rounds} rounds, {plan.strategy}, "
-        f"ε={plan.epsilon:g} per node, at least {plan.min_nodes} nodes"
+        f"ε={plan.epsilon:g} per patient per node, at least {plan.min_nodes} nodes"
     )
     doc: dict[str, Any]
     try:
