@@ -28,6 +28,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from node.api.access import authorise_write, ensure_in_compartment
@@ -36,9 +38,10 @@ from node.auth.deps import Access, require_access
 from node.care.definitions import load_catalog
 from node.care.measures import MeasureCatalog, problems
 from node.feature import NodeServices, node_services
-from node.patient import booking, medication
+from node.patient import booking, education, medication
 from node.patient.questionnaires import complete, extract, load_questionnaires
 from node.patient.readings import Upload, normalise
+from node.patient.tables import education_read
 from node.store import parse_bundle
 from node.store.idempotency import derived_id
 from node.store.validation import valid_id
@@ -367,3 +370,59 @@ def medication_adherence(
     )
     return JSONResponse({"patient": f"Patient/{patient}",
                          "adherence": medication.adherence(found.resources)})  # fmt: skip
+
+
+# --- education (node/patient/education.py) ---------------------------------------------------
+
+
+def _read_marks(services: NodeServices, patient: str) -> dict[str, str]:
+    with services.engine.connect() as conn:
+        rows = conn.execute(
+            select(education_read.c.item_id, education_read.c.read_at).where(
+                education_read.c.patient_id == patient
+            )
+        ).all()
+    return {r.item_id: r.read_at.isoformat() for r in rows}
+
+
+@router.get("/patient/education")
+def list_education(
+    request: Request,
+    lang: str = "zh-CN",
+    access: Access = Depends(require_access("CarePlan", "read")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """The education items the patient's active CarePlans assign, in ``lang``, with read marks."""
+    patient = _patient_of(request, access)
+    plans = services.store.search(
+        "CarePlan",
+        [("patient", f"Patient/{patient}"), ("status", "active"), ("_count", "100")],
+        compartment_patient=access.compartment,
+    ).resources
+    items = education.assigned(plans, _read_marks(services, patient), lang)
+    return JSONResponse({"patient": f"Patient/{patient}", "items": items})
+
+
+@router.post("/patient/education/{item_id}/$read")
+def mark_education_read(
+    item_id: str,
+    request: Request,
+    access: Access = Depends(require_access("CarePlan", "read")),
+    services: NodeServices = Depends(node_services),
+) -> JSONResponse:
+    """The patient marks an item read (once; marking again keeps the first time)."""
+    if access.compartment is None:
+        raise Forbidden("only the patient marks their education read")
+    _refuse_other_patient(request, access)
+    if item_id not in education.item_ids():
+        raise NotFound(f"no education item {item_id!r}")
+    try:
+        with services.engine.begin() as conn:
+            conn.execute(
+                insert(education_read).values(
+                    patient_id=access.compartment, item_id=item_id, read_at=datetime.now(UTC)
+                )
+            )
+    except IntegrityError:
+        pass  # read before: the first time stands
+    return JSONResponse({"item": item_id, "read": True})

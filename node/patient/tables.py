@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, MetaData, String, Table
+from sqlalchemy import Column, DateTime, MetaData, String, Table
 
-__all__ = ["metadata", "patient_links"]
+__all__ = ["metadata", "patient_links", "education_read"]
 
 metadata = MetaData()
 
@@ -15,4 +15,13 @@ patient_links = Table(
     metadata,
     Column("pseudonym", String(128), primary_key=True),
     Column("patient_id", String(64), nullable=False),
+)
+
+# Which education items (node/patient/education.py) a patient marked read, and when.
+education_read = Table(
+    "node_patient_education_read",
+    metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("item_id", String(64), primary_key=True),
+    Column("read_at", DateTime(timezone=True), nullable=False),
 )
