@@ -32,6 +32,7 @@ from node.api.capability import capability_statement
 from node.api.cors import install_cors
 from node.api.feature import FHIR_API
 from node.api.metrics import MetricsMiddleware, NodeMetrics
+from node.api.negotiation import FhirNegotiation
 from node.auth.feature import AUTH
 from node.auth.login_audit import login_failure_sink, node_ledger
 from node.auth.service import AuthService, LoginFailure
@@ -110,7 +111,11 @@ def open_store(  # type: ignore[no-untyped-def]
     engine = make_engine(settings.database_url)
     if migrate:
         migrate_schemas(engine, features)
-    return engine, FhirStore(engine, base_url=f"{settings.base_url}/fhir")
+    return engine, FhirStore(
+        engine,
+        base_url=f"{settings.base_url}/fhir",
+        referential_integrity=settings.api.delete_referential_integrity,
+    )
 
 
 def _revocations(settings: NodeSettings) -> Callable[[], frozenset[str | int]]:
@@ -351,6 +356,7 @@ def create_app(
             app.include_router(router)
     # The one input edge (servicekit.request_limits); metrics, added last, see every request,
     # refused ones included.
+    app.add_middleware(FhirNegotiation)  # _format / Accept / _pretty, for every /fhir request
     install_request_limits(app, node_input_limits(settings.max_request_bytes))
     if settings.api.cors_origins:
         install_cors(app, settings.api.cors_origins)

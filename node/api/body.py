@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse
 
 from servicekit.outcome import FHIR_JSON, BadRequest, FhirError
 
-__all__ = ["read_resource", "fhir_response", "version_headers", "UnsupportedMediaType"]
+__all__ = [
+    "read_resource",
+    "read_json",
+    "fhir_response",
+    "version_headers",
+    "UnsupportedMediaType",
+]
 
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 
@@ -40,6 +46,20 @@ async def read_resource(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict) or "resourceType" not in body:
         raise BadRequest("request body must be a FHIR resource (a JSON object with resourceType)")
     return body
+
+
+async def read_json(request: Request, allowed: tuple[str, ...]) -> tuple[str, Any]:
+    """The body's media type and its JSON value (any JSON, e.g. a JSON Patch array)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in allowed:
+        raise UnsupportedMediaType(
+            f"content type {ctype or '(none)'!r} is not supported; send one of {', '.join(allowed)}"
+        )
+    raw = await request.body()
+    try:
+        return ctype, json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def version_headers(resource: dict[str, Any]) -> dict[str, str]:

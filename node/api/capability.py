@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from node.auth.discovery import oauth_uris_extension
-from node.store.search_params import RESULT_PARAMS, SUPPORTED_SEARCH_PARAMS, SearchParamDef
+from node.store.search_params import SUPPORTED_SEARCH_PARAMS, SearchParamDef
 
 __all__ = [
     "capability_statement",
@@ -23,11 +23,13 @@ TYPE_INTERACTIONS = (
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "create",
     "search-type",
 )
+PATCH_FORMATS = ("application/json-patch+json", "application/merge-patch+json")
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 _SYSTEM_DOCS = {
     "transaction": (
@@ -40,14 +42,28 @@ _SYSTEM_DOCS = {
 }
 _SPECIAL_TYPES = {"_id": "token", "_lastUpdated": "date"}
 _SERVER_VERSION = "0.1.0"
-# FHIR types of the result-control parameters the store accepts (RESULT_PARAMS).
-_RESULT_PARAM_TYPES = {
-    "_count": "number",
-    "_offset": "number",
-    "_sort": "string",
-    "_include": "special",
-    "_total": "token",
+# Result-control and shaping parameters every search takes (name → FHIR type, documentation).
+_RESULT_PARAMS = {
+    "_count": ("number", "page size (default 50, at most 1000)"),
+    "_offset": ("number", "paging offset (next/previous links)"),
+    "_sort": ("string", "_id, _lastUpdated, date, string and token parameters; - descends"),
+    "_include": ("special", "Type:param[:Target], or * for every reference parameter"),
+    "_revinclude": ("special", "Source:param[:Target]"),
+    "_total": ("token", "none | estimate | accurate (always exact)"),
+    "_summary": ("token", "true | text | data | count | false"),
+    "_elements": ("string", "top-level elements to return"),
+    "_has": ("special", "_has:Type:reference-param:search-param (one level)"),
+    "_format": ("token", "json / application/fhir+json only; xml → 406"),
+    "_pretty": ("token", "true | false"),
 }
+_SEARCH_DOC = (
+    "Modifiers: string :exact :contains; token :not; every kind :missing; reference :Type. "
+    "Prefixes eq ne gt lt ge le sa eb ap (dates, quantities). Chains one level deep "
+    "(subject:Patient.name=…). POST Type/_search takes the same parameters as a form. "
+    "Prefer: handling=lenient drops unknown parameters (reported in an outcome entry); strict "
+    "(default) refuses them with 400. Not supported (400): :text, :in, :below, :above, :identifier "
+    "modifiers, composite parameters, chains of two or more levels, nested _has."
+)
 
 
 def _param_type(param: SearchParamDef) -> str:
@@ -66,7 +82,11 @@ def _search_param(param: SearchParamDef) -> dict[str, Any]:
     return entry
 
 
-def _resource(rtype: str, params: Mapping[str, SearchParamDef]) -> dict[str, Any]:
+def _resource(
+    rtype: str,
+    params: Mapping[str, SearchParamDef],
+    table: Mapping[str, Mapping[str, SearchParamDef]],
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "type": rtype,
         "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
@@ -74,20 +94,50 @@ def _resource(rtype: str, params: Mapping[str, SearchParamDef]) -> dict[str, Any
         "readHistory": True,
         "updateCreate": True,
         "conditionalCreate": True,
-        "conditionalUpdate": False,
-        "conditionalDelete": "not-supported",
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "referencePolicy": ["literal", "local", "enforced"],
         "searchParam": [_search_param(p) for p in params.values()],
     }
     includes = [f"{rtype}:{p.name}" for p in params.values() if p.kind == "reference"]
     if includes:
-        resource["searchInclude"] = includes
+        resource["searchInclude"] = [*includes, "*"]
+    revincludes = [
+        f"{source}:{p.name}"
+        for source, source_params in sorted(table.items())
+        for p in source_params.values()
+        if p.kind == "reference" and (not p.targets or rtype in p.targets)
+    ]
+    if revincludes:
+        resource["searchRevInclude"] = revincludes
+    operations = [
+        {
+            "name": "validate",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+            "documentation": "POST the resource (or Parameters.resource); nothing is stored",
+        }
+    ]
+    if rtype == "Observation":
+        operations.append(
+            {
+                "name": "lastn",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+                "documentation": "patient (required), code, category, date, max (1..100)",
+            }
+        )
+    resource["operation"] = operations
     if rtype == "Patient":
         resource["operation"] = [
             {
                 "name": "everything",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                "documentation": "honours _since, _type, _count (paged with next links)",
-            }
+                "documentation": (
+                    "GET or POST (form or Parameters); honours _since, _type, _count/_offset "
+                    "(paged with next links), start/end (care dates; undated resources stay)"
+                ),
+            },
+            *operations,
         ]
     return resource
 
@@ -109,6 +159,7 @@ def capability_statement(
         "implementation": {"description": name, "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "patchFormat": list(PATCH_FORMATS),
         "rest": [
             {
                 "mode": "server",
@@ -131,16 +182,18 @@ def capability_statement(
                         "OAuth2 bearer tokens from POST /auth/token with SMART v1/v2 scopes"
                     ),
                 },
-                "resource": [_resource(rtype, params) for rtype, params in sorted(table.items())],
+                "resource": [
+                    _resource(rtype, params, table) for rtype, params in sorted(table.items())
+                ],
                 "interaction": [
                     {"code": code, "documentation": _SYSTEM_DOCS[code]}
                     for code in SYSTEM_INTERACTIONS
                 ],
                 "searchParam": [
-                    {"name": name, "type": kind}
-                    for name, kind in _RESULT_PARAM_TYPES.items()
-                    if name in RESULT_PARAMS
+                    {"name": name, "type": kind, "documentation": doc}
+                    for name, (kind, doc) in _RESULT_PARAMS.items()
                 ],
+                "documentation": _SEARCH_DOC,
             }
         ],
     }

@@ -53,9 +53,14 @@ _BUNDLE = fhir_body(
 
 
 @router.post("/fhir", openapi_extra=_BUNDLE)
+@router.post("/fhir/", openapi_extra=_BUNDLE, include_in_schema=False)
 async def transaction_or_batch(
     request: Request, principal: Principal = Depends(authenticate)
 ) -> Response:
+    if request.query_params:
+        names = ", ".join(sorted(set(request.query_params)))
+        if set(request.query_params) - {"_format", "_pretty"}:
+            raise BadRequest(f"POST /fhir takes no query parameters ({names})")
     bundle = await read_resource(request)
     if bundle.get("resourceType") != "Bundle":
         raise BadRequest(f"POST /fhir takes a Bundle, not {bundle.get('resourceType')!r}")

@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select
 
-from node.store.dates import MIN_DT, parse_date_range
+from node.store.dates import MAX_DT, MIN_DT, parse_date_range
 from node.store.search_exec import SearchResult
 from node.store.search_index import COMPARTMENT_PARAM
 from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
 from node.store.search_query import MAX_COUNT
-from node.store.tables import idx_reference
+from node.store.tables import idx_date, idx_reference
 from node.store.tables import resource as res
 from node.store.writes import current_bodies, current_rows, fetch, read_current
 from servicekit.outcome import BadRequest, Forbidden
@@ -75,6 +75,42 @@ def _referenced_shared(conn: Connection, owners: list[Key]) -> list[tuple[str, s
     return out
 
 
+def _care_window(start: str | None, end: str | None) -> tuple[Any, Any] | None:
+    """``start``/``end`` of $everything as [low, high) (either may be open)."""
+    if not start and not end:
+        return None
+    try:
+        low = parse_date_range(start)[0] if start else MIN_DT
+        high = parse_date_range(end)[1] if end else MAX_DT
+    except ValueError:
+        raise BadRequest("start/end must be FHIR dates", expression=["start"]) from None
+    if low >= high:
+        raise BadRequest("start must be before end", expression=["start"])
+    return low, high
+
+
+def _outside_window(conn: Connection, keys: list[Key], window: tuple[Any, Any]) -> set[Key]:
+    """Members whose care dates (every date index row: effective, period, onset, authoredOn…)
+    all lie outside ``window``. Members without care dates stay (FHIR: start/end relate to care
+    dates; undated resources are included)."""
+    low, high = window
+    dated: set[Key] = set()
+    inside: set[Key] = set()
+    by_type: dict[str, list[str]] = {}
+    for t, i in keys:
+        by_type.setdefault(t, []).append(i)
+    for rtype, ids in by_type.items():
+        for n in range(0, len(ids), 500):
+            stmt = select(idx_date.c.resource_id, idx_date.c.low, idx_date.c.high).where(
+                idx_date.c.resource_type == rtype, idx_date.c.resource_id.in_(ids[n : n + 500])
+            )
+            for rid, lo, hi in conn.execute(stmt):
+                dated.add((rtype, str(rid)))
+                if lo < high and hi > low:
+                    inside.add((rtype, str(rid)))
+    return dated - inside
+
+
 def patient_everything(
     conn: Connection,
     patient_id: str,
@@ -84,6 +120,8 @@ def patient_everything(
     count: int | None = None,
     offset: int = 0,
     compartment_patient: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
 ) -> SearchResult:
     if compartment_patient is not None and compartment_patient != patient_id:
         raise Forbidden("this caller may only read its own patient's record")
@@ -101,8 +139,12 @@ def patient_everything(
             raise BadRequest(
                 f"_since: malformed instant {since!r}", expression=["_since"]
             ) from None
+    window = _care_window(start, end)
     patient = read_current(conn, "Patient", patient_id)  # NotFound / Gone
     members = _compartment_keys(conn, patient_id)
+    if window is not None:
+        outside = _outside_window(conn, [(t, i) for t, i, _ in members], window)
+        members = [m for m in members if (m[0], m[1]) not in outside]
     member_keys = [(t, i) for t, i, _ in members]
     shared = _referenced_shared(conn, [("Patient", patient_id), *member_keys])
     seen: set[Key] = {("Patient", patient_id)}

@@ -73,8 +73,13 @@ class HistoryEntry:
 
 
 class FhirStore:
-    def __init__(self, engine: Engine, *, base_url: str = "") -> None:
+    def __init__(
+        self, engine: Engine, *, base_url: str = "", referential_integrity: bool = False
+    ) -> None:
         self.engine = engine
+        # Deletes (REST, transaction, batch) of a resource other live resources reference are
+        # refused with 409 naming them, unless the transaction deletes those too.
+        self.referential_integrity = referential_integrity
         self._reader = reader(engine)  # reads never queue behind SQLite's write lock
         self.base_url = base_url.rstrip("/")
         self._since_analyze = 0
@@ -115,7 +120,7 @@ class FhirStore:
         for attempt in range(_RETRIES):
             try:
                 with self.engine.begin() as conn:
-                    uow = UnitOfWork(conn, self.base_url)
+                    uow = UnitOfWork(conn, self.base_url, self.referential_integrity)
                     out = work(uow)
                     events = commit_log.append(conn, uow.versions, writer)
                 break
@@ -190,6 +195,26 @@ class FhirStore:
             self._outcome(str(res["resourceType"]), result)
             for res, result in zip(resources, results, strict=True)
         ]
+
+    def update_conditional(
+        self, rtype: str, query: str, res: dict[str, Any], *, writer: str = DEFAULT_WRITER
+    ) -> WriteOutcome:
+        """``PUT Type?criteria``: no match → create (at the body's id, if any), one → update it,
+        several → 412 (serialised like conditional creates)."""
+        check_type(rtype)
+        if not query:
+            raise BadRequest("conditional update needs search criteria")
+        entry = Entry.parse(0, "PUT", f"{rtype}?{query}", res)
+        return self._outcome(rtype, self._apply([entry], writer)[0])
+
+    def delete_conditional(self, rtype: str, query: str, *, writer: str = DEFAULT_WRITER) -> int:
+        """``DELETE Type?criteria``: deletes the one match (0 matches: nothing; several: 412).
+        Returns how many resources were deleted."""
+        check_type(rtype)
+        if not query:
+            raise BadRequest("conditional delete needs search criteria")
+        result = self._apply([Entry.parse(0, "DELETE", f"{rtype}?{query}")], writer)[0]
+        return 1 if result.extra.get("etag") else 0
 
     def delete(self, rtype: str, rid: str, *, writer: str = DEFAULT_WRITER) -> None:
         check_type(rtype)
@@ -275,6 +300,8 @@ class FhirStore:
         count: int | None = None,
         offset: int = 0,
         compartment_patient: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
     ) -> SearchResult:
         from node.store.everything import patient_everything
 
@@ -287,6 +314,8 @@ class FhirStore:
                 count=count,
                 offset=offset,
                 compartment_patient=compartment_patient,
+                start=start,
+                end=end,
             )
 
     def counts(self) -> dict[str, int]:

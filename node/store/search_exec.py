@@ -58,7 +58,62 @@ def run_search(
     else:
         total = conn.scalar(select(func.count()).select_from(res).where(*plan.conditions)) or 0
     included = _includes(conn, plan, resources, compartment_patient) if plan.includes else []
+    if plan.revincludes:
+        seen = {(r["resourceType"], r["id"]) for r in [*resources, *included]}
+        extra = _revincludes(conn, plan, resources, compartment_patient)
+        included += [r for r in extra if (r["resourceType"], r["id"]) not in seen]
     return SearchResult(total, resources, included, plan.offset, plan.count)
+
+
+def _revincludes(
+    conn: Connection,
+    plan: SearchPlan,
+    resources: list[dict[str, Any]],
+    compartment_patient: str | None,
+) -> list[dict[str, Any]]:
+    """Resources whose reference parameter points at one of the matches (``_revinclude``)."""
+    ids = [r["id"] for r in resources]
+    if not ids:
+        return []
+    keys: set[tuple[str, str]] = set()
+    for spec in plan.revincludes:
+        if spec.target_type not in (None, plan.rtype):
+            continue
+        stmt = select(idx_reference.c.resource_type, idx_reference.c.resource_id).where(
+            idx_reference.c.target_type == plan.rtype,
+            idx_reference.c.target_id.in_(ids),
+            idx_reference.c.resource_type == spec.source_type,
+            idx_reference.c.param == spec.param,
+        )
+        keys.update((t, i) for t, i in fetch(conn, stmt))
+    if compartment_patient is not None:
+        keys = _visible_keys(conn, keys, compartment_patient)
+    bodies = current_bodies(conn, keys)
+    return [bodies[k] for k in sorted(bodies)]
+
+
+def _visible_keys(
+    conn: Connection, keys: set[tuple[str, str]], patient_id: str
+) -> set[tuple[str, str]]:
+    """The keys a caller restricted to ``Patient/patient_id``'s compartment may see (batched
+    per type)."""
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, []).append(rid)
+    visible: set[tuple[str, str]] = set()
+    for rtype, rids in by_type.items():
+        if rtype in SHARED_TYPES:
+            visible.update((rtype, r) for r in rids)
+            continue
+        for start in range(0, len(rids), 500):
+            stmt = select(res.c.resource_id).where(
+                res.c.resource_type == rtype,
+                res.c.resource_id.in_(rids[start : start + 500]),
+                compartment_condition(rtype, patient_id),
+            )
+            found: list[Any] = list(conn.execute(stmt).scalars())
+            visible.update((rtype, str(r)) for r in found)
+    return visible
 
 
 def _includes(
@@ -83,26 +138,9 @@ def _includes(
     already = {(plan.rtype, rid) for rid in ids}
     targets -= already
     if compartment_patient is not None:
-        targets = {k for k in targets if _visible(conn, k, compartment_patient)}
+        targets = _visible_keys(conn, targets, compartment_patient)
     bodies = current_bodies(conn, targets)
     return [bodies[k] for k in sorted(bodies)]
-
-
-def _visible(conn: Connection, key: tuple[str, str], patient_id: str) -> bool:
-    """May a caller restricted to ``Patient/patient_id``'s compartment see ``key``?"""
-    rtype, rid = key
-    if rtype in SHARED_TYPES:
-        return True
-    stmt = (
-        select(func.count())
-        .select_from(res)
-        .where(
-            res.c.resource_type == rtype,
-            res.c.resource_id == rid,
-            compartment_condition(rtype, patient_id),
-        )
-    )
-    return bool(conn.scalar(stmt))
 
 
 def match_ids(

@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_COUNT",
     "MAX_COUNT",
     "compartment_condition",
+    "is_known_param",
+    "RevIncludeSpec",
 ]
 
 DEFAULT_COUNT = 50
@@ -51,6 +53,16 @@ class IncludeSpec:
     target_type: str | None
 
 
+@dataclass(frozen=True)
+class RevIncludeSpec:
+    """``_revinclude=Source:param[:Target]``: resources of ``source_type`` whose ``param``
+    points at a match."""
+
+    source_type: str
+    param: str
+    target_type: str | None
+
+
 @dataclass
 class SearchPlan:
     rtype: str
@@ -59,6 +71,7 @@ class SearchPlan:
     count: int = DEFAULT_COUNT
     offset: int = 0
     includes: list[IncludeSpec] = field(default_factory=list)
+    revincludes: list[RevIncludeSpec] = field(default_factory=list)
     sort: str | None = None
 
 
@@ -77,8 +90,6 @@ def _split_prefix(name: str, value: str) -> tuple[str, str]:
         prefix = value[:2]
         if prefix not in PREFIXES:
             raise BadRequest(f"{name}: unknown prefix {prefix!r} in {value!r}", expression=[name])
-        if prefix == "ap":
-            raise BadRequest(f"{name}: prefix 'ap' is not supported", expression=[name])
         return prefix, value[2:]
     return "eq", value
 
@@ -179,8 +190,22 @@ def _range_match(prefix: str, lo: Any, hi: Any, sl: Any, sh: Any) -> Any:
     }[prefix]
 
 
+def _approximately(low: Any, high: Any) -> tuple[Any, Any]:
+    """FHIR ``ap``: the value's range widened by 10% of its distance from now on each side (at
+    least one day), as the FHIR R4 search page suggests. Ranges are naive UTC."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    gap = max(abs(now - low), abs(now - high), timedelta(days=10)) * 0.1
+    return low - gap, high + gap
+
+
 def _date_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
     prefix, sl, sh = _date_value(pdef.name, raw)
+    if prefix == "ap":
+        lo_ap, hi_ap = _approximately(sl, sh)
+        overlap = and_(idx_date.c.low < hi_ap, idx_date.c.high > lo_ap)
+        return _owned(idx_date, rtype, pdef.name, overlap)
     match = _range_match(
         "eq" if prefix == "ne" else prefix, idx_date.c.low, idx_date.c.high, sl, sh
     )
@@ -191,6 +216,9 @@ def _date_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
 def _last_updated_condition(raw: str) -> Any:
     prefix, sl, sh = _date_value("_lastUpdated", raw)
     t = res.c.last_updated
+    if prefix == "ap":
+        lo_ap, hi_ap = _approximately(sl, sh)
+        return and_(t >= lo_ap, t < hi_ap)
     eq = and_(t >= sl, t < sh)
     return {
         "eq": eq,
@@ -276,6 +304,9 @@ def _quantity_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
         "le": v <= float(n),
         "sa": v > float(n),
         "eb": v < float(n),
+        "ap": and_(v >= float(n) * 0.9, v <= float(n) * 1.1)
+        if n >= 0
+        else and_(v >= float(n) * 1.1, v <= float(n) * 0.9),
     }[prefix]
     conds = [match]
     if code:
@@ -407,14 +438,56 @@ def _sort_keys(rtype: str, spec: str, updated: Any) -> list[Any]:
                 )
                 .scalar_subquery()
             )
+        elif pdef is not None and pdef.kind in ("string", "token"):
+            table = idx_string if pdef.kind == "string" else idx_token
+            value = table.c.value if pdef.kind == "string" else table.c.code
+            col = (
+                select(func.max(value) if desc else func.min(value))
+                .where(
+                    table.c.resource_type == res.c.resource_type,
+                    table.c.resource_id == res.c.resource_id,
+                    table.c.param == name,
+                )
+                .scalar_subquery()
+            )
         else:
             raise BadRequest(
-                f"_sort: cannot sort {rtype} by {name!r} (supported: _id, _lastUpdated and date "
-                "parameters)",
+                f"_sort: cannot sort {rtype} by {name!r} (supported: _id, _lastUpdated and "
+                "date, string and token parameters)",
                 expression=["_sort"],
             )
         keys.append(col.desc().nulls_last() if desc else col.asc().nulls_last())
     return keys
+
+
+def _include_specs(rtype: str, value: str) -> list[IncludeSpec]:
+    """``_include=*`` or ``Type:*``: every reference parameter of the type; else one."""
+    if value in ("*", f"{rtype}:*", "*:*"):
+        return [
+            IncludeSpec(rtype, p.name, None)
+            for p in SUPPORTED_SEARCH_PARAMS[rtype].values()
+            if p.kind == "reference"
+        ]
+    return [_include_spec(rtype, value)]
+
+
+def _revinclude_spec(value: str) -> RevIncludeSpec:
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise BadRequest(f"_revinclude: malformed value {value!r}", expression=["_revinclude"])
+    source, param = parts[0], parts[1]
+    defs = SUPPORTED_SEARCH_PARAMS.get(source)
+    if defs is None:
+        raise BadRequest(
+            f"_revinclude: {source!r} is not a supported type", expression=["_revinclude"]
+        )
+    pdef = defs.get(param)
+    if pdef is None or pdef.kind != "reference":
+        raise BadRequest(
+            f"_revinclude: {param!r} is not a reference parameter of {source}",
+            expression=["_revinclude"],
+        )
+    return RevIncludeSpec(source, param, parts[2] if len(parts) == 3 else None)
 
 
 def _include_spec(rtype: str, value: str) -> IncludeSpec:
@@ -452,8 +525,16 @@ def compile_search(
     if compartment_patient is not None:
         groups.append([_compartment_filter(rtype, compartment_patient)])
     for key, value in params:
-        if key in RESULT_PARAMS or key == "_summary":
+        if key in RESULT_PARAMS or key in ("_summary", "_revinclude"):
             _result_param(plan, key, value)
+            continue
+        if key.startswith("_has:"):
+            groups.append([_has_condition(rtype, key, value, compartment_patient, base_url)])
+            continue
+        if "." in key.split(":")[0] or ("." in key and ":" in key.split(".")[0]):
+            chained = _chain_condition(rtype, key, value, compartment_patient, base_url)
+            if chained is not None:
+                groups.append([chained])
             continue
         name, _, modifier = key.partition(":")
         pdef = defs.get(name)
@@ -484,6 +565,119 @@ def compile_search(
     return plan
 
 
+def _matching_ids(
+    rtype: str, pairs: list[tuple[str, str]], compartment_patient: str | None, base_url: str
+) -> Any:
+    """Subquery: ids of live ``rtype`` resources matching ``pairs`` (inside the compartment)."""
+    inner = compile_search(rtype, pairs, compartment_patient=compartment_patient, base_url=base_url)
+    return select(res.c.resource_id).where(*inner.conditions)
+
+
+def _chain_condition(
+    rtype: str, key: str, value: str, compartment_patient: str | None, base_url: str
+) -> Any:
+    """One level of chaining: ``subject:Patient.name=x`` / ``subject.name=x``."""
+    head, _, tail = key.partition(".")
+    param, _, target = head.partition(":")
+    pdef = SUPPORTED_SEARCH_PARAMS[rtype].get(param)
+    if pdef is None or pdef.kind != "reference":
+        raise BadRequest(
+            f"chain {key!r}: {param!r} is not a reference parameter of {rtype}", expression=[key]
+        )
+    if not tail or "." in tail.split(":")[0]:
+        raise BadRequest(
+            f"chain {key!r}: only one level of chaining is supported", expression=[key]
+        )
+    if target and (
+        target not in SUPPORTED_SEARCH_PARAMS or (pdef.targets and target not in pdef.targets)
+    ):
+        raise BadRequest(f"chain {key!r}: {target!r} is not a target of {param}", expression=[key])
+    candidates = [target] if target else list(pdef.targets or SUPPORTED_SEARCH_PARAMS)
+    chained_name = tail.split(":")[0]
+    common = ("_id", "_lastUpdated", "_tag")
+    usable = [
+        t
+        for t in candidates
+        if t in SUPPORTED_SEARCH_PARAMS
+        and (chained_name in SUPPORTED_SEARCH_PARAMS[t] or chained_name in common)
+    ]
+    if not usable:
+        raise BadRequest(
+            f"chain {key!r}: {chained_name!r} is not a search parameter of "
+            f"{', '.join(candidates[:5])}",
+            expression=[key],
+        )
+    if not [v for v in value.split(",") if v]:
+        return None
+    options = [
+        _owned(
+            idx_reference,
+            rtype,
+            param,
+            idx_reference.c.target_type == t,
+            idx_reference.c.target_id.in_(
+                _matching_ids(t, [(tail, value)], compartment_patient, base_url).scalar_subquery()
+            ),
+        )
+        for t in usable
+    ]
+    return options[0] if len(options) == 1 else or_(*(o.as_exists() for o in options))
+
+
+def _has_condition(
+    rtype: str, key: str, value: str, compartment_patient: str | None, base_url: str
+) -> Any:
+    """``_has:Observation:patient:code=x``: ``rtype`` resources that an Observation matching
+    ``code=x`` references through its ``patient`` parameter (one level)."""
+    parts = key.split(":")
+    if len(parts) != 4 or not all(parts):
+        raise BadRequest(
+            f"{key!r}: expected _has:Type:reference-param:search-param", expression=[key]
+        )
+    _, source, param, criterion = parts
+    defs = SUPPORTED_SEARCH_PARAMS.get(source)
+    if defs is None:
+        raise BadRequest(f"{key!r}: {source!r} is not a supported type", expression=[key])
+    pdef = defs.get(param)
+    if pdef is None or pdef.kind != "reference" or (pdef.targets and rtype not in pdef.targets):
+        raise BadRequest(
+            f"{key!r}: {param!r} is not a reference parameter of {source} pointing at {rtype}",
+            expression=[key],
+        )
+    if criterion.startswith("_has"):
+        raise BadRequest(f"{key!r}: nested _has is not supported", expression=[key])
+    sources = _matching_ids(source, [(criterion, value)], compartment_patient, base_url)
+    referenced = select(idx_reference.c.target_id).where(
+        idx_reference.c.resource_type == source,
+        idx_reference.c.param == param,
+        idx_reference.c.target_type == rtype,
+        idx_reference.c.resource_id.in_(sources.scalar_subquery()),
+    )
+    return res.c.resource_id.in_(referenced.scalar_subquery())
+
+
+def is_known_param(rtype: str, key: str) -> bool:
+    """Would ``compile_search`` recognise ``key`` (name and modifier) for ``rtype``? Values are
+    not checked. For ``Prefer: handling=lenient``, which drops unknown parameters."""
+    defs = SUPPORTED_SEARCH_PARAMS.get(rtype, {})
+    if key in RESULT_PARAMS or key in ("_summary", "_revinclude"):
+        return True
+    if key.startswith("_has:"):
+        return True  # checked (and refused when wrong) like any other parameter
+    head = key.split(":")[0]
+    if "." in head or ("." in key and ":" in key.split(".")[0]):
+        param = key.split(".")[0].split(":")[0]
+        pdef = defs.get(param)
+        return pdef is not None and pdef.kind == "reference"
+    name, _, modifier = key.partition(":")
+    pdef = defs.get(name)
+    if pdef is None:
+        return False
+    if not modifier or modifier in MODIFIERS[pdef.kind]:
+        return True
+    return pdef.kind == "reference" and modifier in SUPPORTED_SEARCH_PARAMS
+
+
 def _result_param(plan: SearchPlan, key: str, value: str) -> None:
     if key == "_count":
         plan.count = min(_int_param("_count", value, minimum=0), MAX_COUNT)
@@ -493,7 +687,9 @@ def _result_param(plan: SearchPlan, key: str, value: str) -> None:
         _sort_keys(plan.rtype, value, res.c.last_updated)  # validate now, build at the end
         plan.sort = value
     elif key == "_include":
-        plan.includes.append(_include_spec(plan.rtype, value))
+        plan.includes.extend(_include_specs(plan.rtype, value))
+    elif key == "_revinclude":
+        plan.revincludes.append(_revinclude_spec(value))
     elif key == "_total":
         if value not in ("none", "estimate", "accurate"):
             raise BadRequest(f"_total: unsupported value {value!r}", expression=["_total"])

@@ -18,7 +18,13 @@ from sqlalchemy import Connection, func, select
 
 from node.store.entries import METHODS, Entry, EntryResult, labelled
 from node.store.search_exec import match_ids, parse_query
-from node.store.search_index import VALUE_KINDS, extract_index_rows, split_reference
+from node.store.search_index import (
+    COMPARTMENT_PARAM,
+    VALUE_KINDS,
+    extract_index_rows,
+    split_reference,
+)
+from node.store.tables import idx_reference
 from node.store.validation import check_type, validate_resource
 from node.store.writes import (
     NewVersion,
@@ -29,7 +35,7 @@ from node.store.writes import (
     stamp,
     write_versions,
 )
-from servicekit.outcome import BadRequest, FhirError, PreconditionFailed, Unprocessable
+from servicekit.outcome import BadRequest, Conflict, FhirError, PreconditionFailed, Unprocessable
 
 __all__ = ["apply_entries", "etag", "prevalidate"]
 
@@ -69,10 +75,36 @@ def prevalidate(entries: list[Entry]) -> None:
             entry.value_rows = extract_index_rows(entry.resource, kinds=VALUE_KINDS)
 
 
+# How many referring resources a refused delete names.
+_REFERRERS_NAMED = 10
+
+
+def referrers(conn: Connection, key: Key, limit: int = _REFERRERS_NAMED + 1) -> list[Key]:
+    """Live resources (other than ``key`` itself) whose references point at ``key``."""
+    rtype, rid = key
+    stmt = (
+        select(idx_reference.c.resource_type, idx_reference.c.resource_id)
+        .where(
+            idx_reference.c.target_id == rid,
+            idx_reference.c.target_type == rtype,
+            idx_reference.c.param != COMPARTMENT_PARAM,
+        )
+        .distinct()
+        .order_by(idx_reference.c.resource_type, idx_reference.c.resource_id)
+        .limit(limit + 1)
+    )
+    found = [(str(t), str(i)) for t, i in conn.execute(stmt)]
+    return [k for k in found if k != key][:limit]
+
+
 class _Apply:
-    def __init__(self, conn: Connection, base_url: str) -> None:
+    def __init__(
+        self, conn: Connection, base_url: str, referential_integrity: bool = False
+    ) -> None:
         self.conn = conn
         self.base = base_url
+        self.referential_integrity = referential_integrity
+        self.deleted_now: set[Key] = set()  # live resources this transaction deletes
         self.ts = now_utc()
         self.url_map: dict[str, str] = {}  # fullUrl -> Type/id
         self.cond_cache: dict[str, str] = {}
@@ -111,12 +143,14 @@ class _Apply:
             self.results[entry.index] = EntryResult(204)
             return None
         key = (rtype, rid)
+        entry.key = key
         row = current_rows(self.conn, [key], lock=True).get(key)
         self.deleted.add(key)
         if row is None or row.deleted:
             self.results[entry.index] = EntryResult(204)
             return None
         version = row.version + 1
+        self.deleted_now.add(key)
         body = stamp({"resourceType": rtype}, rid, version, self.ts)
         self.results[entry.index] = EntryResult(204, extra={"etag": etag(version)})
         return NewVersion(
@@ -241,6 +275,8 @@ class _Apply:
                     pending.append((entry, self._put(entry), False))
             except FhirError as exc:
                 raise labelled(entry, exc) from None
+        if self.referential_integrity:
+            self._check_referrers([e for e in ordered if e.method == "DELETE"])
         seen: set[Key] = set()
         for entry, key, _ in pending:
             if key in seen or key in self.deleted:
@@ -267,6 +303,25 @@ class _Apply:
         write_versions(self.conn, writes, self.base)
         results = [self.results[e.index] for e in sorted(entries, key=lambda e: e.index)]
         return results, writes
+
+    def _check_referrers(self, deletes: list[Entry]) -> None:
+        """Referential integrity: a resource still referenced by a live resource that this
+        transaction does not delete too is not deleted (409 naming the referrers)."""
+        for entry in deletes:
+            key = entry.key
+            if key is None or key not in self.deleted_now:
+                continue
+            refs = [r for r in referrers(self.conn, key) if r not in self.deleted]
+            if refs:
+                named = ", ".join(f"{t}/{i}" for t, i in refs[:_REFERRERS_NAMED])
+                more = " and more" if len(refs) > _REFERRERS_NAMED else ""
+                raise labelled(
+                    entry,
+                    Conflict(
+                        f"{key[0]}/{key[1]} is referenced by {named}{more}; delete or change "
+                        "those first"
+                    ),
+                )
 
     def _check_references(self, pending: list[tuple[Entry, Key, bool]]) -> None:
         wanted: dict[Key, tuple[Entry, str]] = {}
@@ -359,14 +414,18 @@ def _same_content(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def apply_entries(
-    conn: Connection, entries: list[Entry], base_url: str = ""
+    conn: Connection,
+    entries: list[Entry],
+    base_url: str = "",
+    *,
+    referential_integrity: bool = False,
 ) -> tuple[list[EntryResult], list[NewVersion]]:
     """Apply ``entries`` in one transaction (the caller, a unit of work, owns it): the results
     in entry order and the versions written, in write order.
 
     GET entries are not handled here (the store runs them after the writes).
     """
-    runner = _Apply(conn, base_url)
+    runner = _Apply(conn, base_url, referential_integrity)
     for e in entries:
         if e.method == "GET":
             runner.results[e.index] = EntryResult(0)  # placeholder filled by the store

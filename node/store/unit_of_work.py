@@ -26,16 +26,21 @@ __all__ = ["UnitOfWork"]
 
 
 class UnitOfWork:
-    def __init__(self, conn: Connection, base_url: str) -> None:
+    def __init__(
+        self, conn: Connection, base_url: str, referential_integrity: bool = False
+    ) -> None:
         self.conn = conn
         self.base_url = base_url
+        self.referential_integrity = referential_integrity
         self.versions: list[NewVersion] = []  # what was written, in write order
 
     def apply(self, entries: list[Entry]) -> list[EntryResult]:
         """Apply write entries atomically with the rest of this unit of work (results in entry
         order; GET entries get a placeholder). Validate them first, outside the transaction,
         with ``FhirStore.prevalidate`` (else they are validated here, holding the write lock)."""
-        results, versions = apply_entries(self.conn, entries, self.base_url)
+        results, versions = apply_entries(
+            self.conn, entries, self.base_url, referential_integrity=self.referential_integrity
+        )
         self.versions += versions
         return results
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -41,6 +42,33 @@ def _model_class(rtype: str) -> Any:
     from fhir.resources.R4B import get_fhir_model_class
 
     return get_fhir_model_class(rtype)
+
+
+@dataclass(frozen=True)
+class ElementInfo:
+    """A top-level element of a resource type: its JSON keys (a choice element ``deceased[x]``
+    has one per type: ``deceasedBoolean``, ``deceasedDateTime``) and whether FHIR marks it
+    ``isSummary``."""
+
+    keys: tuple[str, ...]
+    summary: bool
+
+
+@cache
+def resource_elements(rtype: str) -> dict[str, ElementInfo]:
+    """Top-level elements of ``rtype`` by name (for ``_elements`` and ``_summary``), from the
+    R4B model the store validates with."""
+    found: dict[str, tuple[list[str], bool]] = {}
+    for field_name, info in _model_class(rtype).model_fields.items():
+        extra = info.json_schema_extra
+        if not isinstance(extra, dict) or not extra.get("element_property"):
+            continue
+        key = info.alias or field_name
+        name = str(extra.get("one_of_many") or key)
+        keys, summary = found.get(name, ([], False))
+        keys.append(key)
+        found[name] = (keys, summary or bool(extra.get("summary_element_property")))
+    return {name: ElementInfo(tuple(keys), summary) for name, (keys, summary) in found.items()}
 
 
 def preload_models() -> None:

@@ -39,6 +39,7 @@ def test_lists_exactly_the_supported_types_and_params(statement: dict) -> None:
         "read",
         "vread",
         "update",
+        "patch",
         "delete",
         "history-instance",
         "create",

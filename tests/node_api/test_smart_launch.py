@@ -138,9 +138,15 @@ def test_discovery_document_capability_statement_and_jwks(smart: Node) -> None:
         assert conf["token_endpoint"] == f"{BASE}/auth/token"
         assert conf["code_challenge_methods_supported"] == ["S256"]
         assert {"RS384", "ES384"} <= set(conf["token_endpoint_auth_signing_alg_values_supported"])
-        assert {"launch-standalone", "context-standalone-patient", "permission-v2",
-                "permission-v1", "sso-openid-connect", "client-confidential-asymmetric",
-                "permission-offline"} <= set(conf["capabilities"])  # fmt: skip
+        assert {
+            "launch-standalone",
+            "context-standalone-patient",
+            "permission-v2",
+            "permission-v1",
+            "sso-openid-connect",
+            "client-confidential-asymmetric",
+            "permission-offline",
+        } <= set(conf["capabilities"])
         assert "launch-ehr" not in conf["capabilities"]  # not offered, so not declared
     security = smart.client.get("/fhir/metadata").json()["rest"][0]["security"]
     assert security["cors"] is True
@@ -165,8 +171,12 @@ def test_patient_standalone_launch_end_to_end(smart: Node, people: dict[str, str
     grant = r.json()
     assert grant["token_type"] == "Bearer" and grant["patient"] == people["alice"]
     assert set(grant["scope"].split()) == {
-        "launch/patient", "openid", "fhirUser", "offline_access", "patient/*.read"
-    }  # fmt: skip
+        "launch/patient",
+        "openid",
+        "fhirUser",
+        "offline_access",
+        "patient/*.read",
+    }
     # id_token: signed by the node's published key, for this app, with fhirUser and the nonce
     jwk = jwt.PyJWK(smart.client.get("/.well-known/jwks.json").json()["keys"][0])
     id_token = jwt.decode(grant["id_token"], jwk.key, algorithms=["ES256"], audience="growth-chart")
@@ -238,17 +248,23 @@ def test_bad_verifier_expired_and_replayed_codes(smart: Node, people: dict[str, 
     assert "already used" in replay.json()["error_description"]
     revoked = smart.client.post(
         "/auth/token",
-        data={"grant_type": "refresh_token", "client_id": "growth-chart",
-              "refresh_token": first.json()["refresh_token"]},
-    )  # fmt: skip
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "growth-chart",
+            "refresh_token": first.json()["refresh_token"],
+        },
+    )
     assert revoked.json()["error"] == "invalid_grant"
     # an expired code (its clock moved past code_ttl): refused
     code2 = _sign_in(smart, _authorize_params("patient/*.rs launch/patient", verifier), "alice")[
         "code"
     ]
     with smart.app.state.engine.begin() as conn:
-        conn.execute(update(authorization_codes).values(expires_at=time.time() - 1).where(
-            authorization_codes.c.used_at.is_(None)))  # fmt: skip
+        conn.execute(
+            update(authorization_codes)
+            .values(expires_at=time.time() - 1)
+            .where(authorization_codes.c.used_at.is_(None))
+        )
     expired = _exchange(smart, code2, verifier)
     assert expired.status_code == 400 and "expired" in expired.json()["error_description"]
 
@@ -280,10 +296,15 @@ def test_authorize_refusals(smart: Node, people: dict[str, str]) -> None:
     # a patient asking for user/ scopes only gets nothing: invalid_scope back to the app
     r = smart.client.post(
         "/auth/authorize",
-        data={**_hidden_fields(smart.client.get("/auth/authorize", params={
-            **good, "scope": "user/*.rs"}).text), "username": "alice", "password": PASSWORD},
+        data={
+            **_hidden_fields(
+                smart.client.get("/auth/authorize", params={**good, "scope": "user/*.rs"}).text
+            ),
+            "username": "alice",
+            "password": PASSWORD,
+        },
         follow_redirects=False,
-    )  # fmt: skip
+    )
     assert r.status_code == 303 and "error=invalid_scope" in r.headers["location"]
 
 
@@ -294,8 +315,12 @@ def test_confidential_app_and_token_endpoint_errors(smart: Node, people: dict[st
         "client_id": "server-app",
     }
     code = _sign_in(smart, params, "alice")["code"]
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-            "code_verifier": verifier}  # fmt: skip
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+    }
     bad = smart.client.post("/auth/token", data=form, auth=("server-app", "not-the-secret"))
     assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
     ok = smart.client.post("/auth/token", data=form, auth=("server-app", people["secret"]))
@@ -313,7 +338,7 @@ def test_confidential_app_and_token_endpoint_errors(smart: Node, people: dict[st
                 "code_verifier": verifier,
             },
             "invalid_grant",
-        ),  # fmt: skip
+        ),
     ):
         r = smart.client.post("/auth/token", data=data)
         assert r.status_code in (400, 401) and r.json()["error"] == error, (data, r.text)
@@ -323,8 +348,13 @@ def test_confidential_app_and_token_endpoint_errors(smart: Node, people: dict[st
 
 def _assertion(key: Any, alg: str, client_id: str, kid: str, *, iat: bool = True) -> str:
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": f"{BASE}/auth/token",
-              "exp": now + 240, "jti": uuid.uuid4().hex}  # fmt: skip
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": f"{BASE}/auth/token",
+        "exp": now + 240,
+        "jti": uuid.uuid4().hex,
+    }
     if iat:
         claims["iat"] = now
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
@@ -333,9 +363,13 @@ def _assertion(key: Any, alg: str, client_id: str, kid: str, *, iat: bool = True
 def _client_credentials(smart: Node, assertion: str, scope: str = "system/Observation.rs") -> Any:
     return smart.client.post(
         "/auth/token",
-        data={"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-              "client_assertion": assertion, "scope": scope},
-    )  # fmt: skip
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+            "scope": scope,
+        },
+    )
 
 
 def _pem(key: Any) -> str:
@@ -402,8 +436,10 @@ def test_backend_services_es384_by_jwks_url(smart: Node, people: dict[str, str])
 
 
 def test_cors_for_configured_origins_only(smart: Node) -> None:
-    preflight = {"Access-Control-Request-Method": "GET",
-                 "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    preflight = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
     ok = smart.client.options(
         "/fhir/Patient", headers={"Origin": "https://app.example.org", **preflight}
     )
