@@ -11,15 +11,22 @@ nodes) and ``net.facts["node_env_by_org"][org]``.
 writes a Synthea-shaped export of generated patients (``ipjms node generate``, into
 ``<workdir>/generated-bundles/``: hospital and practitioner Bundles, one Bundle per patient — made
 by the project's own generator, not by Synthea) and loads it into the tertiary node with
-``ipjms node ingest``, prints per-node per-type counts read over the FHIR API, and checks each
+``ipjms node ingest``, prints per-node per-type counts read over the FHIR API, lets a SMART app
+sign in to the tertiary hospital (discovery, authorization code + PKCE, patient picker, then
+``Observation/$lastn`` and ``$everything`` with the app's patient-context token), and checks each
 node's health. Nothing outside the repository is read.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 import secrets
 import subprocess
+from html import unescape
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from rich.table import Table
@@ -121,6 +128,50 @@ def node_counts(node: NodeInfo) -> dict[str, int]:
     return counts
 
 
+_DEMO_APP = "demo-chart-app"
+_DEMO_REDIRECT = "http://127.0.0.1:9/demo-callback"  # never fetched: the demo reads the redirect
+
+
+def _hidden_fields(page: str) -> dict[str, str]:
+    pairs = re.findall(r"<input type='hidden' name='([^']*)' value='([^']*)'>", page)
+    return {unescape(k): unescape(v) for k, v in pairs}
+
+
+def smart_launch(node: NodeInfo, patient_id: str) -> dict[str, object]:
+    """A SMART app's standalone launch at ``node``, as a browser and the app would do it: the
+    discovery document, the sign-in page (the demo's admin), the patient picker, the code
+    exchange with the PKCE verifier. Returns the token response."""
+    conf = httpx.get(f"{node.url}/fhir/.well-known/smart-configuration", timeout=30).json()
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    state = secrets.token_hex(8)
+    params = {
+        "response_type": "code", "client_id": _DEMO_APP, "redirect_uri": _DEMO_REDIRECT,
+        "scope": "launch/patient openid fhirUser patient/*.rs", "state": state,
+        "aud": f"{node.url}/fhir", "code_challenge": challenge.decode().rstrip("="),
+        "code_challenge_method": "S256",
+    }  # fmt: skip
+    with httpx.Client(timeout=30, follow_redirects=False) as browser:
+        page = browser.get(conf["authorization_endpoint"], params=params)
+        login = {**_hidden_fields(page.text), "username": "admin", "password": node.admin_password}
+        picker = browser.post(conf["authorization_endpoint"], data=login)
+        chosen = {**_hidden_fields(picker.text), "patient": patient_id}
+        done = browser.post(conf["authorization_endpoint"], data=chosen)
+    if done.status_code != 303:
+        raise StepFailed(f"SMART sign-in at {node.org_id} answered {done.status_code}")
+    query = parse_qs(urlsplit(done.headers["location"]).query)
+    if query.get("state") != [state] or "code" not in query:
+        raise StepFailed(f"SMART sign-in at {node.org_id} returned no code: {query}")
+    token = httpx.post(
+        conf["token_endpoint"],
+        data={"grant_type": "authorization_code", "code": query["code"][0], "client_id": _DEMO_APP,
+              "redirect_uri": _DEMO_REDIRECT, "code_verifier": verifier},
+        timeout=30,
+    )  # fmt: skip
+    token.raise_for_status()
+    return dict(token.json())
+
+
 def run(net: DemoNetwork) -> None:
     nodes = [net.nodes[org] for org, *_ in net.node_specs]
     with net.step("Seed synthetic patients at every node") as notes:
@@ -183,6 +234,42 @@ def run(net: DemoNetwork) -> None:
                 raise RuntimeError(f"{node.org_id} holds only {counts['Patient']} patients")
             notes.append(f"{node.org_id}: " + ", ".join(f"{t} {counts[t]}" for t in COUNTED_TYPES))
         net.facts["node_counts"] = all_counts
+
+    with net.step("A SMART app signs in to the tertiary hospital (App Launch 2, PKCE)") as notes:
+        registered = _ipjms(
+            "node", "app", "add", "--data-dir", str(tertiary.data_dir),
+            "--client-id", _DEMO_APP, "--redirect-uri", _DEMO_REDIRECT, "--name", "Demo chart",
+            *net.db_args(f"node-{tertiary.org_id}"),
+        )  # fmt: skip
+        if registered.returncode != 0 and "already exists" not in registered.stderr:
+            raise StepFailed(f"ipjms node app add failed: {registered.stderr.strip()}")
+        admin = _admin_headers(tertiary)
+        first = httpx.get(
+            f"{tertiary.url}/fhir/Patient", params={"_count": "1", "_sort": "family"},
+            headers=admin, timeout=30,
+        ).json()["entry"][0]["resource"]  # fmt: skip
+        grant = smart_launch(tertiary, first["id"])
+        bearer = {"Authorization": f"Bearer {grant['access_token']}"}
+        latest = httpx.get(
+            f"{tertiary.url}/fhir/Observation/$lastn", params={"patient": first["id"]},
+            headers=bearer, timeout=30,
+        ).json()  # fmt: skip
+        record = httpx.get(
+            f"{tertiary.url}/fhir/Patient/{first['id']}/$everything", params={"_count": "0"},
+            headers=bearer, timeout=30,
+        ).json()  # fmt: skip
+        others = httpx.get(f"{tertiary.url}/fhir/Patient", headers=bearer, timeout=30).json()
+        if grant.get("patient") != first["id"] or others["total"] != 1:
+            raise StepFailed("the app's patient-context token reached beyond its patient")
+        notes.append(
+            f"discovery at {tertiary.url}/fhir/.well-known/smart-configuration; the admin signed "
+            f"in and picked Patient/{first['id']}; token scopes: {grant['scope']}"
+        )
+        notes.append(
+            f"Observation/$lastn: {latest['total']} latest readings (one per code); "
+            f"$everything: {record['total']} resources; a Patient search with this token sees "
+            f"{others['total']} patient"
+        )
 
     with net.step("Node health") as notes:
         for node in nodes:
