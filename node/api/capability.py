@@ -56,6 +56,11 @@ _RESULT_PARAMS = {
     "_format": ("token", "json / application/fhir+json only; xml → 406"),
     "_pretty": ("token", "true | false"),
 }
+_EXPORT_DOC = (
+    "Bulk Data async pattern: Prefer: respond-async; _type, _since, _outputFormat (NDJSON); "
+    "exports exactly what the token's searches return (patient tokens: their compartment); "
+    "status at Content-Location, files need the same bearer token"
+)
 _SEARCH_DOC = (
     "Modifiers: string :exact :contains; token :not; every kind :missing; reference :Type. "
     "Prefixes eq ne gt lt ge le sa eb ap (dates, quantities). Chains one level deep "
@@ -137,6 +142,11 @@ def _resource(
                     "(paged with next links), start/end (care dates; undated resources stay)"
                 ),
             },
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+                "documentation": _EXPORT_DOC,
+            },
             *operations,
         ]
     return resource
@@ -194,6 +204,13 @@ def capability_statement(
                     for name, (kind, doc) in _RESULT_PARAMS.items()
                 ],
                 "documentation": _SEARCH_DOC,
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                        "documentation": _EXPORT_DOC,
+                    }
+                ],
             }
         ],
     }

@@ -26,7 +26,13 @@ CONTROL_PARAMS = frozenset({"_format", "_pretty"})
 JSON_FORMATS = frozenset(
     {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 )
-_JSON_RANGES = JSON_FORMATS | {"*/*", "application/*"}
+# NDJSON: the Bulk Data output files
+_JSON_RANGES = JSON_FORMATS | {
+    "*/*",
+    "application/*",
+    "application/fhir+ndjson",
+    "application/ndjson",
+}
 
 
 def accepts_json(accept: str) -> bool:

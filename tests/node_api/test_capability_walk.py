@@ -202,11 +202,20 @@ def test_every_declared_operation_works_and_patch_formats(walk: Any) -> None:
             elif name == "validate":
                 r = node.post(f"/fhir/{rtype}/$validate", {"resourceType": rtype}, doc)
                 assert r.status_code == 200 and r.json()["resourceType"] == "OperationOutcome"
+            elif name == "export":
+                r = node.client.get(
+                    f"/fhir/{rtype}/$export", headers={**doc, "Prefer": "respond-async"}
+                )
+                assert r.status_code == 202 and r.headers["Content-Location"]
             elif name == "lastn":
                 r = node.client.get(f"/fhir/{rtype}/$lastn?patient={pid}", headers=doc)
                 assert r.status_code == 200
             else:
                 raise AssertionError(f"declared operation {name} has no check")
+    for op in statement["rest"][0]["operation"]:
+        assert op["name"] == "export"
+        r = node.client.get("/fhir/$export", headers={**doc, "Prefer": "respond-async"})
+        assert r.status_code == 202
     assert statement["patchFormat"] == [
         "application/json-patch+json",
         "application/merge-patch+json",
