@@ -71,6 +71,9 @@ def refuse_other_patients(
     if compartment is None:
         return
     for name, value in params:
+        if "." in name:
+            continue  # a chain's value is the target's parameter (a name…), not a patient id;
+            # the chained search is bounded by the compartment on both sides (search_query)
         base = name.split(":", 1)[0].split(".", 1)[0]
         for item in value.split(","):
             if "Patient/" in item:
