@@ -112,20 +112,21 @@ def run_export(store: Any, jobs: ExportJobs, job: ExportJob) -> ExportJob:
         bound.append(("_lastUpdated", f"ge{job.since}"))
     for n, (rtype, compartment) in enumerate(sorted(job.compartments.items())):
         path = jobs.output_file(job.id, rtype)
-        count, offset = 0, 0
+        count, last = 0, None
         with open(path, "w", encoding="utf-8") as out:
-            while True:
+            while True:  # keyset pages in id order: each one an index range
                 page = store.search(
                     rtype,
-                    [*bound, ("_sort", "_id"), ("_count", str(_PAGE)), ("_offset", str(offset))],
+                    [*bound, ("_sort", "_id"), ("_count", str(_PAGE))],
                     compartment_patient=compartment,
+                    after_id=last,
                 )
                 for resource in page.resources:
                     out.write(json.dumps(resource, separators=(",", ":")) + "\n")
                 count += len(page.resources)
-                offset += len(page.resources)
                 if len(page.resources) < _PAGE:
                     break
+                last = page.resources[-1]["id"]
         if count:
             job.output.append({"type": rtype, "count": count})
         else:

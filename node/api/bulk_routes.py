@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from node.api.access import refuse_other_patients
 from node.api.body import fhir_response
 from node.api.bulk_export import EXPORT_FORMATS, MAX_ATTEMPTS, ExportJob, ExportJobs, run_export
 from node.api.fhir_instance import fhir_base
@@ -58,9 +59,11 @@ def _compartments(principal: Principal, types: list[str]) -> dict[str, str | Non
 
 
 def _kickoff(request: Request, principal: Principal, level: str) -> Response:
+    params = list(request.query_params.multi_items())
+    if principal.patient_id:  # a patient-context token naming someone else: 403 first
+        refuse_other_patients("Patient", params, principal.patient_id)
     if not parse_prefer(request.headers.get("prefer")).respond_async:
         raise BadRequest("$export is asynchronous: send Prefer: respond-async")
-    params = list(request.query_params.multi_items())
     unknown = sorted({k for k, _ in params if k not in _KICKOFF_PARAMS})
     if unknown:
         raise BadRequest(

@@ -1,9 +1,10 @@
 """FHIR operations beyond CRUD and search: ``$validate`` and ``Observation/$lastn``.
 
-- ``POST /fhir/{type}/$validate`` (the resource, or a ``Parameters`` with ``resource``): the
-  store's own validation (R4B structure, required bindings, plausibility of catalogued
-  measures) without storing anything; the answer is an OperationOutcome, 200 whether or not the
-  resource is valid (FHIR R4 $validate), with ``error`` issues when it is not.
+- ``POST /fhir/{type}/$validate`` (the resource, or a ``Parameters`` with ``resource``; needs
+  the create right on the type, as the write would): the store's own validation (R4B
+  structure, required bindings, plausibility of catalogued measures) without storing anything;
+  the answer is an OperationOutcome, 200 whether or not the resource is valid (FHIR R4
+  $validate), with ``error`` issues when it is not.
 - ``GET /fhir/Observation/$lastn?patient=…[&code=…][&category=…][&max=n]``: the latest ``max``
   (default 1) Observations per code (the first coding's system|code) for one patient, newest
   first; the doctor's charts use it for the latest readings. Honours the caller's compartment.
@@ -16,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from node.api.access import check_type_name, refuse_other_patients
+from node.api.access import authorise_write, check_type_name, refuse_other_patients
 from node.api.body import fhir_response, read_resource
 from node.api.bundles import searchset
 from node.api.fhir_instance import fhir_base, refuse_params
@@ -38,8 +39,10 @@ _LASTN_PARAMS = CONTROL_PARAMS | {"patient", "subject", "code", "category", "max
 async def validate(
     rtype: str,
     request: Request,
-    access: Access = Depends(require_access(None, "read")),
+    access: Access = Depends(require_access(None, "create")),
 ) -> Response:
+    """Would this resource be accepted? Checked as a create by this caller would be (its
+    scopes; a patient-context token only for its own compartment), nothing stored."""
     check_type_name(rtype)
     refuse_params(list(request.query_params.multi_items()), CONTROL_PARAMS, "$validate")
     body = await read_resource(request)
@@ -50,6 +53,8 @@ async def validate(
         body = found[0]["resource"]
     if body.get("resourceType") != rtype:
         raise BadRequest(f"$validate on {rtype} got a {body.get('resourceType')!r}")
+    if access.compartment is not None:
+        body = authorise_write(request.app.state.store, access, body)  # 403 outside its own
     try:
         await run_in_threadpool(validate_resource, body, expected_type=rtype)
     except FhirError as exc:

@@ -161,6 +161,8 @@ async def everything_post(
 ) -> Response:
     """``$everything`` by POST (some clients' default): parameters in the URL, a form, or a
     ``Parameters`` resource of simple values."""
+    if access.compartment is not None and access.compartment != rid:
+        raise NotFound(f"Patient/{rid} is not available to this token")
     params = list(request.query_params.multi_items())
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("application/fhir+json", "application/json"):

@@ -53,7 +53,6 @@ _BUNDLE = fhir_body(
 
 
 @router.post("/fhir", openapi_extra=_BUNDLE)
-@router.post("/fhir/", openapi_extra=_BUNDLE, include_in_schema=False)
 async def transaction_or_batch(
     request: Request, principal: Principal = Depends(authenticate)
 ) -> Response:

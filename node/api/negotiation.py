@@ -6,7 +6,9 @@ asks about the format is ignored.
   anything else → ``406`` with an OperationOutcome (this server speaks JSON only, and says so in
   its CapabilityStatement ``format``);
 - ``Accept``: a header that admits no JSON type (nor ``*/*``, ``application/*``) → ``406``;
-- ``_pretty=true|false``: ``true`` indents the JSON answer; any other value → ``400``.
+- ``_pretty=true|false``: ``true`` indents the JSON answer; any other value → ``400``;
+- ``/fhir/`` (the base URL with a trailing slash) is ``/fhir``: a Bundle POSTed there is a
+  transaction, not a redirect.
 
 The routes see ``_format`` and ``_pretty`` as handled control parameters (:data:`CONTROL_PARAMS`).
 """
@@ -75,6 +77,8 @@ class FhirNegotiation:
         if scope["type"] != "http" or not (path == "/fhir" or path.startswith("/fhir/")):
             await self.app(scope, receive, send)
             return
+        if path == "/fhir/":  # the base URL with a trailing slash (clients POST Bundles there)
+            scope = {**scope, "path": "/fhir", "raw_path": b"/fhir"}
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         formats = [v for k, v in query if k == "_format"]
         for fmt in formats:

@@ -284,10 +284,15 @@ class FhirStore:
         params: list[tuple[str, str]],
         *,
         compartment_patient: str | None = None,
+        after_id: str | None = None,
     ) -> SearchResult:
+        """``after_id``: only resources whose id sorts after it (keyset paging for exports,
+        with ``_sort=_id``: each page is an index range, not an ever larger offset)."""
         plan = compile_search(
             rtype, params, compartment_patient=compartment_patient, base_url=self.base_url
         )
+        if after_id is not None:
+            plan.conditions.append(resource.c.resource_id > after_id)
         with self._reader.connect() as conn:
             return run_search(conn, plan, compartment_patient=compartment_patient)
 
