@@ -154,6 +154,28 @@ def revoke_org(
     typer.echo(f"revoked {org_id}")
 
 
+@app.command("analyst-add")
+def analyst_add(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The coordinator's data dir.")],
+    username: Annotated[str, typer.Option("--username")],
+) -> None:
+    """Add (or reset) an authority analyst's console account. Password from
+    IPJMS_ANALYST_PASSWORD, else prompted."""
+    import os
+
+    from coordinator.console.analysts import AnalystAccounts
+
+    password = os.environ.get("IPJMS_ANALYST_PASSWORD") or typer.prompt(
+        f"Password for {username}", hide_input=True, confirmation_prompt=True
+    )
+    try:
+        AnalystAccounts(data_dir).add(username, password)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"analyst {username} can sign in at /console")
+
+
 @app.command("orgs")
 def list_orgs(data_dir: DataDir, db: DbUrl = None) -> None:
     """List the directory."""

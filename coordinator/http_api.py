@@ -84,8 +84,8 @@ def create_status_app(
         not restart the service — ``/healthz`` is readiness and does ask it)."""
         return {"status": "alive"}
 
-    @app.get("/status")
-    def status(_org: str = Depends(authority)) -> dict[str, Any]:
+    def network_status() -> dict[str, Any]:
+        """The network as the authority sees it (``/status`` and the console's network page)."""
         orgs = services.directory.list()
         refusals = services.queue.recent("refused", 20)
         dead = services.queue.recent("dead", 20)
@@ -106,6 +106,12 @@ def create_status_app(
             "recent_dead_letters": dead,
         }
 
+    @app.get("/status")
+    def status(_org: str = Depends(authority)) -> dict[str, Any]:
+        return network_status()
+
+    app.state.network_status = network_status
+
     # /metrics: HTTP requests, plus the shared queue's depth read at scrape time.
     from coordinator.metrics import QueueDepthCollector
     from servicekit.service_metrics import install_metrics
@@ -118,6 +124,9 @@ def create_status_app(
     app.state.services = services
     app.state.creds = creds
     _include_model_registry(app)
+    from coordinator.console.pages import install_console
+
+    install_console(app, settings.data_dir)
     return app
 
 

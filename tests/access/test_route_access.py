@@ -259,7 +259,7 @@ def test_route_answers_every_kind_of_token_as_declared(
             token = svc.tokens[kind](BASE + path)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             r = svc.client.request(method, path, headers=headers, follow_redirects=False)
-            signed_out = r.status_code == 303 and r.headers["location"].endswith("/app/sign-in")
+            signed_out = r.status_code == 303 and r.headers["location"].endswith("/sign-in")
             if not (signed_out if method == "GET" else r.status_code == 403):
                 wrong.append((kind, r.status_code, r.text[:200]))
         assert not wrong, f"{route}: " + "; ".join(map(str, wrong))

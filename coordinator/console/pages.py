@@ -1,0 +1,113 @@
+"""The authority console's pages: sign-in (an analyst account), the network (organisations,
+online or not, queue depths, recent refusals — the same figures as ``GET /status``, from the
+same function) and the model registry (every model with its card; published models are the ones
+nodes may use to raise alerts). Read-only; every page needs a signed-in analyst."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from coordinator.console.analysts import AnalystAccounts
+from servicekit.outcome import Unauthorized
+from servicekit.web import WebKit, page_route_class, static_router
+
+__all__ = ["install_console", "PREFIX"]
+
+PREFIX = "/console"
+HERE = Path(__file__).parent
+router = APIRouter(route_class=page_route_class("console"), include_in_schema=False)
+
+
+def _kit(request: Request) -> WebKit:
+    return request.app.state.console  # type: ignore[no-any-return]
+
+
+def _analyst(request: Request) -> str:
+    user = _kit(request).session(request).user
+    if not user or user.get("role") != "analyst":
+        raise Unauthorized("sign in")
+    return str(user["subject"])
+
+
+def _render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    return _kit(request).render(
+        request, template, status=status, app_title="Regional health authority", **context
+    )
+
+
+@router.get(PREFIX)
+@router.get(PREFIX + "/")
+async def start(request: Request) -> Response:
+    user = _kit(request).session(request).user
+    return _kit(request).redirect(PREFIX + ("/network" if user else "/sign-in"))
+
+
+@router.get(PREFIX + "/sign-in")
+async def sign_in_page(request: Request) -> Response:
+    return _render(request, "sign_in.html", patient_sign_in=None)
+
+
+@router.post(PREFIX + "/sign-in")
+async def sign_in(request: Request) -> Response:
+    form = await request.form()
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    accounts: AnalystAccounts = request.app.state.analysts
+    if not await run_in_threadpool(accounts.verify, username, password):
+        return _render(request, "sign_in.html", status=401, failed=True, patient_sign_in=None)
+    _kit(request).sign_in(request, {"role": "analyst", "subject": username, "display": username})
+    return _kit(request).redirect(PREFIX + "/network")
+
+
+@router.post(PREFIX + "/sign-out")
+async def sign_out(request: Request) -> Response:
+    _kit(request).sign_out(request)
+    return _kit(request).redirect(PREFIX + "/sign-in")
+
+
+@router.post(PREFIX + "/language")
+async def language(request: Request) -> Response:
+    form = await request.form()
+    target = str(form.get("next", ""))
+    if not target.startswith(PREFIX) or "//" in target:
+        target = PREFIX + "/"
+    response = _kit(request).redirect(target)
+    _kit(request).set_language(request, response, str(form.get("lang", "")))
+    return response
+
+
+@router.get(PREFIX + "/network")
+async def network(request: Request) -> Response:
+    _analyst(request)
+    status = await run_in_threadpool(request.app.state.network_status)
+    return _render(request, "network.html", net=status)
+
+
+@router.get(PREFIX + "/models")
+async def models(request: Request) -> Response:
+    _analyst(request)
+    from coordinator.model_registry.store import ModelStore
+
+    store = ModelStore(request.app.state.services.directory.engine)
+    rows = await run_in_threadpool(lambda: [(m.summary(), m.card) for m in store.list()])
+    return _render(request, "models.html", models=rows)
+
+
+def install_console(app: FastAPI, data_dir: Path, idle_seconds: float = 900.0) -> None:
+    """Mount the console on the coordinator's HTTP app (``app.state.network_status`` must be
+    the function ``/status`` answers with)."""
+    app.state.console = WebKit(
+        prefix=PREFIX,
+        template_dirs=[HERE / "templates"],
+        locale_dirs=[HERE / "locale"],
+        idle_seconds=idle_seconds,
+        cookie_name="ipjms_session_console",
+    )
+    app.state.console.env.filters["datetime_utc"] = lambda t: datetime.fromtimestamp(float(t), UTC)
+    app.state.analysts = AnalystAccounts(data_dir)
+    app.include_router(router)
+    app.include_router(static_router(PREFIX))
