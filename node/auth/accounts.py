@@ -1,7 +1,11 @@
 """Node accounts (password users) and registered backend clients, kept in the node database.
 
 Passwords are hashed with argon2id (argon2-cffi); a login for an unknown user still spends one
-hash verification so response time does not reveal which usernames exist.
+hash verification so response time does not reveal which usernames exist. Every password sign-in
+(the token endpoint's password grant, the SMART authorize page, the doctors' web pages) goes
+through :meth:`AccountStore.authenticate`, which throttles and locks out per account
+(``trust.login_throttle``: 5 free failures, then 60 s doubling to 1 h; a locked account is
+refused with 429 before any hash is spent).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from sqlalchemy.exc import IntegrityError
 
 from node.auth.client_keys import ClientKeyError, check_jwks_url, load_client_public_key
 from node.auth.roles import ROLES, SYSTEM_SCOPE_PREFIX
-from node.auth.tables import accounts, backend_clients
+from node.auth.tables import accounts, backend_clients, login_throttle
 from servicekit.storage import upgrade_schema
+from trust.login_throttle import LoginThrottle, ThrottlePolicy
 from trust.scopes import parse_scopes
 
 __all__ = [
@@ -75,9 +80,15 @@ def _now() -> datetime:
 
 
 class AccountStore:
-    def __init__(self, engine: Engine, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        hasher: PasswordHasher | None = None,
+        throttle_policy: ThrottlePolicy | None = None,
+    ) -> None:
         self.engine = engine
         self.hasher = hasher or PasswordHasher()
+        self.throttle = LoginThrottle(engine, login_throttle, throttle_policy)
         self._dummy_hash = self.hasher.hash("not-a-real-password")
 
     # --- password accounts ---
@@ -134,7 +145,18 @@ class AccountStore:
         return Account(row.username, row.role, row.patient_id, bool(row.active), row.fhir_user)
 
     def authenticate(self, username: str, password: str) -> Account | None:
-        """The account if the password is right and the account active, else None."""
+        """The account if the password is right and the account active, else None (the failure
+        counted against the account). Raises ``trust.login_throttle.AccountLocked`` (429) while
+        the account is locked, before the password is checked."""
+        self.throttle.check(username)
+        account = self._verify(username, password)
+        if account is None:
+            self.throttle.failed(username)
+        else:
+            self.throttle.succeeded(username)
+        return account
+
+    def _verify(self, username: str, password: str) -> Account | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(accounts).where(accounts.c.username == username)).first()
         stored = row.password_hash if row is not None else self._dummy_hash

@@ -37,6 +37,7 @@ from node.auth.oauth_errors import OAuthError
 from node.auth.roles import ROLE_SCOPES
 from node.auth.service import AuthService, LoginFailure
 from servicekit.openapi_bodies import form_body
+from trust.login_throttle import AccountLocked
 from trust.tokens import TokenError, TokenIssuer, TokenVerifier
 
 __all__ = ["router", "public_base_url"]
@@ -247,7 +248,15 @@ async def authorize_submit(request: Request) -> Response:
             return _picker_page(request, req, form["ticket"], error="No such patient.")
     else:
         username, password = form.get("username", ""), form.get("password", "")
-        account = await run_in_threadpool(auth.accounts.authenticate, username, password)
+        try:
+            account = await run_in_threadpool(auth.accounts.authenticate, username, password)
+        except AccountLocked as locked:
+            auth.record_failure(LoginFailure("authorization_code", "locked"))
+            return _login_page(
+                req,
+                f"Too many failed sign-ins for this account; try again in {locked.retry_after} s.",
+                429,
+            )
         if account is None:
             known = auth.accounts.get_user(username) if username else None
             auth.record_failure(

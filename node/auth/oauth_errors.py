@@ -27,12 +27,20 @@ ERROR_CODES = (
 class OAuthError(FhirError):
     """An OAuth error code and a human-readable description (no secrets, no PHI)."""
 
-    def __init__(self, error: str, description: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if error not in ERROR_CODES:
             raise ValueError(f"unknown OAuth error code {error}")
         if status is None:
             status = 401 if error == "invalid_client" else 400
-        headers = {"WWW-Authenticate": "Basic"} if status == 401 else None
+        if status == 401:
+            headers = {"WWW-Authenticate": "Basic", **(headers or {})}
         super().__init__(description, status=status, headers=headers)
         self.error = error
 
@@ -46,6 +54,8 @@ def as_oauth_error(exc: FhirError, grant_type: str | None) -> OAuthError:
     text = exc.diagnostics
     if text.startswith("invalid_scope:"):
         return OAuthError("invalid_scope", text.removeprefix("invalid_scope:").strip())
+    if exc.status == 429:  # a locked account (trust.login_throttle): keep 429 and Retry-After
+        return OAuthError("invalid_grant", text, status=429, headers=exc.headers)
     if isinstance(exc, Unauthorized):
         if grant_type == "client_credentials":
             return OAuthError("invalid_client", text)

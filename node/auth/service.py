@@ -41,6 +41,7 @@ from node.auth.roles import ROLE_SCOPES
 from node.auth.smart_apps import SmartApp, SmartAppStore
 from node.settings import NodeSettings
 from servicekit.outcome import BadRequest, Unauthorized
+from trust.login_throttle import AccountLocked
 from trust.tokens import (
     ReplayCache,
     SigningKey,
@@ -67,7 +68,7 @@ class LoginFailure:
 
     grant_type: str
     # bad_credentials | inactive | bad_assertion | replayed | unknown_client | scope |
-    # bad_secret | bad_code
+    # bad_secret | bad_code | locked (too many failures: trust.login_throttle)
     reason: str
     known_subject: str | None = None
 
@@ -159,7 +160,11 @@ class AuthService:
     def password_grant(self, username: str, password: str, scope: str | None) -> TokenGrant:
         if not username or not password:
             raise BadRequest("password grant needs username and password")
-        account = self.accounts.authenticate(username, password)
+        try:
+            account = self.accounts.authenticate(username, password)
+        except AccountLocked:
+            self.record_failure(LoginFailure("password", "locked"))
+            raise
         if account is None:
             known = self.accounts.get_user(username)
             raise self._fail(

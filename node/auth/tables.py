@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, DateTime, Float, MetaData, String, Table, Text
 
+from trust.login_throttle import throttle_table
+
 __all__ = [
     "metadata",
     "accounts",
@@ -12,6 +14,7 @@ __all__ = [
     "smart_apps",
     "authorization_codes",
     "refresh_tokens",
+    "login_throttle",
 ]
 
 metadata = MetaData()
@@ -96,3 +99,7 @@ refresh_tokens = Table(
     Column("expires_at", Float, nullable=False, index=True),
     Column("revoked", Boolean, nullable=False, default=False),
 )
+
+# Consecutive failed password sign-ins per account (trust.login_throttle: keyed by the SHA-256 of
+# the user name, so unknown names are throttled alike and no name is stored).
+login_throttle = throttle_table("node_login_throttle", metadata)

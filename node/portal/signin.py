@@ -17,6 +17,7 @@ from node.portal.panel import person_name
 from node.portal.registry_link import RegistryLink, new_pkce
 from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from servicekit.web import WebKit, page_route_class
+from trust.login_throttle import AccountLocked
 
 __all__ = ["router", "kit_of", "signed_in", "clinician", "patient_access", "PREFIX"]
 
@@ -94,11 +95,11 @@ async def sign_in(request: Request) -> Response:
         grant = await run_in_threadpool(
             auth.password_grant, form.get("username", ""), form.get("password", ""), None
         )
-    except (Unauthorized, BadRequest):
+    except (Unauthorized, BadRequest, AccountLocked) as exc:
         return kit.render(
             request,
             "sign_in.html",
-            status=401,
+            status=429 if isinstance(exc, AccountLocked) else 401,
             failed=True,
             app_title=_title(request),
             patient_sign_in=_patient_link(request),
