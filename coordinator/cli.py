@@ -68,6 +68,10 @@ def serve(
         Path | None,
         typer.Option(help="Checkpoint file (default DATA_DIR/audit-checkpoints.jsonl)."),
     ] = None,
+    console_federated_dir: Annotated[
+        Path | None,
+        typer.Option(help="The authority's SuperLink data folder (console: quality indicators)."),
+    ] = None,
 ) -> None:
     """Run the exchange broker: gRPC with mutual TLS, and the HTTP status API."""
     from coordinator.server import run
@@ -88,6 +92,7 @@ def serve(
         "lease_seconds": lease_seconds,
         "checkpoint_interval": checkpoint_interval,
         "checkpoint_path": checkpoint_path,
+        "console_federated_dir": console_federated_dir,
     }
     settings = CoordinatorSettings(**{k: v for k, v in given.items() if v is not None})
     run(settings)

@@ -46,6 +46,9 @@ class CoordinatorSettings(BaseSettings):
     checkpoint_path: Path | None = None
     # Largest HTTP request body (the model registry's uploads: card + base64 weights, 16 MiB).
     max_http_body_bytes: int = Field(default=16 * 1024 * 1024 + 64 * 1024, gt=0)
+    # The authority's federated data folder (its SuperLink's --data-dir, whose runs/*.json the
+    # console reads for the quality indicators page); unset → the page says it is not configured.
+    console_federated_dir: Path | None = None
 
     def database_url(self) -> str:
         return self.db_url or sqlite_url(self.data_dir, "coordinator")

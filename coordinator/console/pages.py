@@ -1,7 +1,9 @@
 """The authority console's pages: sign-in (an analyst account), the network (organisations,
 online or not, queue depths, recent refusals — the same figures as ``GET /status``, from the
 same function) and the model registry (every model with its card; published models are the ones
-nodes may use to raise alerts). Read-only; every page needs a signed-in analyst."""
+nodes may use to raise alerts) and the regional quality indicators (the federated analytics runs'
+results, read from the authority's SuperLink data folder when the coordinator is given it:
+``console_federated_dir``). Read-only; every page needs a signed-in analyst."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from coordinator.console.analysts import AnalystAccounts
+from coordinator.console.indicator_results import read_results, trends
 from servicekit.outcome import Unauthorized
 from servicekit.web import WebKit, page_route_class, static_router
 
@@ -97,9 +100,22 @@ async def models(request: Request) -> Response:
     return _render(request, "models.html", models=rows)
 
 
-def install_console(app: FastAPI, data_dir: Path, idle_seconds: float = 900.0) -> None:
+@router.get(PREFIX + "/indicators")
+async def indicators(request: Request) -> Response:
+    _analyst(request)
+    folder: Path | None = request.app.state.console_federated_dir
+    docs = await run_in_threadpool(read_results, folder) if folder is not None else []
+    return _render(
+        request, "indicators.html", configured=folder is not None, tables=trends(docs), runs=docs
+    )
+
+
+def install_console(
+    app: FastAPI, data_dir: Path, idle_seconds: float = 900.0, federated_dir: Path | None = None
+) -> None:
     """Mount the console on the coordinator's HTTP app (``app.state.network_status`` must be
-    the function ``/status`` answers with)."""
+    the function ``/status`` answers with); ``federated_dir``: the authority's SuperLink data
+    folder (the indicators page reads its ``runs/*.json``)."""
     app.state.console = WebKit(
         prefix=PREFIX,
         template_dirs=[HERE / "templates"],
@@ -109,5 +125,6 @@ def install_console(app: FastAPI, data_dir: Path, idle_seconds: float = 900.0) -
     )
     app.state.console.env.filters["datetime_utc"] = lambda t: datetime.fromtimestamp(float(t), UTC)
     app.state.analysts = AnalystAccounts(data_dir)
+    app.state.console_federated_dir = federated_dir
     app.include_router(router)
     app.include_router(static_router(PREFIX))

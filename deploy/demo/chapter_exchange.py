@@ -111,6 +111,10 @@ def start(net: DemoNetwork) -> None:
         "--org-dir",
         str(pki["orgs"][COORDINATOR_ORG]),
         *net.db_args("coordinator"),
+        # the console's quality indicators page reads the authority's SuperLink runs (the
+        # federated chapter's net.service_dir("superlink"); empty until it has run)
+        "--console-federated-dir",
+        str(net.workdir / "superlink"),
     ]
     if net.facts.get("consent_url"):
         args += ["--consent-url", net.facts["consent_url"]]
