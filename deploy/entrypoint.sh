@@ -254,6 +254,25 @@ PY
         "$linkage_dir/linkage.key"
     echo "ipjms-entrypoint: PKI ready (CA in $ca_dir, organisations: $IPJMS_PKI_ORGS)"
     ;;
+crl-signer)
+    # Keeps the regional CRL fresh. Every service refuses a CRL past its nextUpdate (+1 h grace):
+    # revocation fails closed (trust/pki.py revocation_list), so without this the region stops a
+    # week after bootstrap. Re-signs (same entries, next cRLNumber) once the CRL is older than
+    # IPJMS_CRL_REISSUE_AFTER_HOURS (default 24), then publishes it to ca-public atomically;
+    # checks every IPJMS_CRL_CHECK_SECONDS (default 3600). IPJMS_CRL_ONCE=1: one pass (drills).
+    ca_dir="${IPJMS_PKI_CA_DIR:-/pki/ca}"
+    ca_public_dir="${IPJMS_PKI_CA_PUBLIC_DIR:-/pki/ca-public}"
+    set --
+    [ -n "${IPJMS_CA_PASSPHRASE:-}" ] && set -- --ca-passphrase-env IPJMS_CA_PASSPHRASE
+    while :; do
+        ipjms pki reissue-crl "$ca_dir" \
+            --older-than-hours "${IPJMS_CRL_REISSUE_AFTER_HOURS:-24}" "$@"
+        cp "$ca_dir/ca.crl.pem" "$ca_public_dir/.ca.crl.pem.new"
+        mv "$ca_public_dir/.ca.crl.pem.new" "$ca_public_dir/ca.crl.pem"
+        [ "${IPJMS_CRL_ONCE:-0}" = "1" ] && exit 0
+        sleep "${IPJMS_CRL_CHECK_SECONDS:-3600}"
+    done
+    ;;
 migrate)
     require IPJMS_DB_URL
     check_db_password

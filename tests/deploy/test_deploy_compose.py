@@ -163,8 +163,18 @@ def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any])
     client_keys = env(bootstrap)["IPJMS_PKI_CLIENT_KEYS"].split()
     generated = set(env(bootstrap)["IPJMS_PKI_GENERATED"].split())
     generated |= set(client_keys) | {f"{k}-public" for k in client_keys}
+    # The CRL signer alone (besides pki-bootstrap) holds the CA folder: it re-signs the CRL and
+    # publishes it to ca-public; it has no network.
+    signer = services["crl-signer"]
+    assert signer.get("network_mode") == "none"
+    assert sorted(
+        (m["volume"]["subpath"], m.get("read_only", False)) for m in volume_mounts(signer)
+    ) == [
+        ("ca", False),
+        ("ca-public", False),
+    ]
     for name, svc in services.items():
-        if name == "pki-bootstrap":
+        if name in ("pki-bootstrap", "crl-signer"):
             continue
         for m in volume_mounts(svc):
             if m["source"] != "pki":

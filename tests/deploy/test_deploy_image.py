@@ -312,6 +312,43 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
     assert generated == set(boot_env["IPJMS_PKI_GENERATED"].split())
 
 
+def test_crl_signer_re_signs_and_publishes_the_crl(tmp_path: Path) -> None:
+    """The compose `crl-signer` role: one pass re-signs the CA's CRL (next cRLNumber, fresh
+    nextUpdate) and publishes it to ca-public, where the services' verifiers accept it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from trust.pki import revocation_list
+
+    pki = tmp_path / "pki"
+    dirs = {
+        f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
+        for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+    }
+    boot = run_entrypoint("pki-bootstrap", env={"IPJMS_PKI_ORGS": "org-a=127.0.0.1", **dirs})
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+
+    def published() -> x509.CertificateRevocationList:
+        return x509.load_pem_x509_crl((pki / "ca-public" / "ca.crl.pem").read_bytes())
+
+    before = published()
+    number = before.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    once = {"IPJMS_CRL_ONCE": "1", **dirs}
+    recent = run_entrypoint("crl-signer", env={**once})  # issued just now: not re-signed
+    assert recent.returncode == 0, recent.stdout + recent.stderr
+    assert "not re-issued" in recent.stdout
+    signed = run_entrypoint("crl-signer", env={**once, "IPJMS_CRL_REISSUE_AFTER_HOURS": "0"})
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    after = published()
+    assert after.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number > number
+    assert after.next_update_utc > before.next_update_utc  # type: ignore[operator]
+    assert (
+        after.public_bytes(serialization.Encoding.PEM) == (pki / "ca" / "ca.crl.pem").read_bytes()
+    )
+    assert not list((pki / "ca-public").glob(".*"))  # published atomically, no temp file left
+    revocation_list(pki / "ca-public")  # the verifiers' check accepts it
+
+
 @pytest.fixture(scope="module")
 def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pki = tmp_path_factory.mktemp("pki")
