@@ -72,6 +72,14 @@ def serve(
         Path | None,
         typer.Option(help="The authority's SuperLink data folder (console: quality indicators)."),
     ] = None,
+    console_authority_dir: Annotated[
+        Path | None,
+        typer.Option(help="The authority's credentials (console: start training runs)."),
+    ] = None,
+    console_registry_url: Annotated[
+        str | None,
+        typer.Option(help="Model registry URL a console-started run publishes to."),
+    ] = None,
 ) -> None:
     """Run the exchange broker: gRPC with mutual TLS, and the HTTP status API."""
     from coordinator.server import run
@@ -93,6 +101,8 @@ def serve(
         "checkpoint_interval": checkpoint_interval,
         "checkpoint_path": checkpoint_path,
         "console_federated_dir": console_federated_dir,
+        "console_authority_dir": console_authority_dir,
+        "console_registry_url": console_registry_url,
     }
     settings = CoordinatorSettings(**{k: v for k, v in given.items() if v is not None})
     run(settings)

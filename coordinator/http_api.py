@@ -126,7 +126,13 @@ def create_status_app(
     _include_model_registry(app)
     from coordinator.console.pages import install_console
 
-    install_console(app, settings.data_dir, federated_dir=settings.console_federated_dir)
+    install_console(
+        app,
+        settings.data_dir,
+        federated_dir=settings.console_federated_dir,
+        authority_dir=settings.console_authority_dir,
+        registry_url=settings.console_registry_url,
+    )
     return app
 
 

@@ -49,6 +49,11 @@ class CoordinatorSettings(BaseSettings):
     # The authority's federated data folder (its SuperLink's --data-dir, whose runs/*.json the
     # console reads for the quality indicators page); unset → the page says it is not configured.
     console_federated_dir: Path | None = None
+    # With the two below as well, an analyst may start a training run from the console
+    # (``ipjms fl run`` in the background): the authority's credentials and the registry URL
+    # the run publishes its model to (this coordinator's own HTTP API).
+    console_authority_dir: Path | None = None
+    console_registry_url: str | None = None
 
     def database_url(self) -> str:
         return self.db_url or sqlite_url(self.data_dir, "coordinator")

@@ -3,10 +3,13 @@ online or not, queue depths, recent refusals — the same figures as ``GET /stat
 same function) and the model registry (every model with its card; published models are the ones
 nodes may use to raise alerts) and the regional quality indicators (the federated analytics runs'
 results, read from the authority's SuperLink data folder when the coordinator is given it:
-``console_federated_dir``). Read-only; every page needs a signed-in analyst."""
+``console_federated_dir``); the training runs, and a form that starts one (``ipjms fl run`` in the
+background, coordinator/console/fl_runs.py) when the coordinator is also given the authority's
+credentials and the registry URL. Every page needs a signed-in analyst; the form its CSRF token."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,19 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from coordinator.console.analysts import AnalystAccounts
+from coordinator.console.fl_runs import (
+    MAX_EPSILON,
+    RunLauncher,
+    RunRequestError,
+    parse_run_request,
+)
 from coordinator.console.indicator_results import read_results, trends
 from servicekit.outcome import Unauthorized
 from servicekit.web import WebKit, page_route_class, static_router
 
 __all__ = ["install_console", "PREFIX"]
+
+log = logging.getLogger("ipjms.coordinator.console")
 
 PREFIX = "/console"
 HERE = Path(__file__).parent
@@ -110,8 +121,61 @@ async def indicators(request: Request) -> Response:
     )
 
 
+def _runs_page(request: Request, status: int = 200, **context: Any) -> Response:
+    launcher: RunLauncher = request.app.state.fl_runs
+    return _render(
+        request,
+        "runs.html",
+        status=status,
+        configured=launcher.configured,
+        runs=launcher.list_runs(),
+        max_epsilon=MAX_EPSILON,
+        **context,
+    )
+
+
+@router.get(PREFIX + "/runs")
+async def runs(request: Request) -> Response:
+    _analyst(request)
+    return await run_in_threadpool(lambda: _runs_page(request))
+
+
+@router.post(PREFIX + "/runs")
+async def start_run(request: Request) -> Response:
+    analyst = _analyst(request)
+    launcher: RunLauncher = request.app.state.fl_runs
+    form = await request.form()
+    epsilon, rounds = str(form.get("epsilon", "")), str(form.get("rounds", ""))
+    try:
+        wanted = parse_run_request(epsilon, rounds)
+    except RunRequestError as exc:
+        message = str(exc)
+        return await run_in_threadpool(
+            lambda: _runs_page(request, 400, error=message, epsilon=epsilon, rounds=rounds)
+        )
+    if not launcher.configured:
+        return await run_in_threadpool(
+            lambda: _runs_page(request, 409, error="starting runs is not configured")
+        )
+    try:
+        label = await run_in_threadpool(launcher.start, wanted)
+    except RuntimeError as exc:
+        busy = str(exc)
+        return await run_in_threadpool(lambda: _runs_page(request, 409, error=busy))
+    log.info(
+        "console started a federated run",
+        extra={"run": label, "analyst": analyst, "epsilon": wanted.epsilon},
+    )
+    return _kit(request).redirect(PREFIX + "/runs")
+
+
 def install_console(
-    app: FastAPI, data_dir: Path, idle_seconds: float = 900.0, federated_dir: Path | None = None
+    app: FastAPI,
+    data_dir: Path,
+    idle_seconds: float = 900.0,
+    federated_dir: Path | None = None,
+    authority_dir: Path | None = None,
+    registry_url: str | None = None,
 ) -> None:
     """Mount the console on the coordinator's HTTP app (``app.state.network_status`` must be
     the function ``/status`` answers with); ``federated_dir``: the authority's SuperLink data
@@ -126,5 +190,8 @@ def install_console(
     app.state.console.env.filters["datetime_utc"] = lambda t: datetime.fromtimestamp(float(t), UTC)
     app.state.analysts = AnalystAccounts(data_dir)
     app.state.console_federated_dir = federated_dir
+    app.state.fl_runs = RunLauncher(
+        federated_dir, authority_dir, registry_url, log_dir=data_dir / "console-runs"
+    )
     app.include_router(router)
     app.include_router(static_router(PREFIX))

@@ -115,6 +115,12 @@ def start(net: DemoNetwork) -> None:
         # federated chapter's net.service_dir("superlink"); empty until it has run)
         "--console-federated-dir",
         str(net.workdir / "superlink"),
+        # an analyst may start a training run from the console: as the authority, publishing
+        # to this coordinator's registry (as the federated chapter's run does)
+        "--console-authority-dir",
+        str(pki["orgs"][AUTHORITY_ORG]),
+        "--console-registry-url",
+        f"{net.scheme}://127.0.0.1:{http_port}",
     ]
     if net.facts.get("consent_url"):
         args += ["--consent-url", net.facts["consent_url"]]

@@ -15,21 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from console_client import _client, _csrf
 from fastapi.testclient import TestClient
 
-from coordinator.console.analysts import AnalystAccounts
 from coordinator.console.indicator_results import period_label
-from coordinator.console.pages import install_console
 from federated.indicators import IndicatorQuery, default_indicators
 from federated.indicators.counting import Period
 from federated.indicators.publish import NodeAnswer, result_document
 from federated.indicators.query import metric_key
-from servicekit.outcome import install_error_handlers
 
 DEFS = default_indicators()
 IND = "htn-control"
-PASSWORD = "analyst password 42"
 
 
 def _doc(label: str, month: int, answers: list[NodeAnswer]) -> dict[str, Any]:
@@ -49,31 +45,6 @@ def _ok(org: str, num: int, den: int) -> NodeAnswer:
 def _write(folder: Path, name: str, outcome: dict[str, Any]) -> None:
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "runs" / f"{name}.json").write_text(json.dumps(outcome))
-
-
-def _client(tmp_path: Path, federated_dir: Path | None) -> TestClient:
-    app = FastAPI()
-    install_error_handlers(app)
-    data = tmp_path / "coordinator"
-    install_console(app, data, federated_dir=federated_dir)
-    AnalystAccounts(data).add("analyst", PASSWORD)
-    client = TestClient(app, base_url="http://testserver")
-    page = client.get("/console/sign-in")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert token, "the sign-in form carries the CSRF token"
-    r = client.post(
-        "/console/sign-in",
-        data={"username": "analyst", "password": PASSWORD, "csrf_token": token.group(1)},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303 and r.headers["location"] == "/console/network"
-    return client
-
-
-def _csrf(client: TestClient, path: str) -> str:
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
-    assert token
-    return token.group(1)
 
 
 @pytest.fixture(scope="module")
