@@ -394,13 +394,21 @@ def list_education(
 ) -> JSONResponse:
     """The education items the patient's active CarePlans assign, in ``lang``, with read marks."""
     patient = _patient_of(request, access)
+    items = education_items(services, access, patient, lang)
+    return JSONResponse({"patient": f"Patient/{patient}", "items": items})
+
+
+def education_items(
+    services: NodeServices, access: Access, patient: str, lang: str
+) -> list[dict[str, Any]]:
+    """The items the patient's active CarePlans assign, in ``lang``, with read marks (the
+    route's and the patient page's one reading)."""
     plans = services.store.search(
         "CarePlan",
         [("patient", f"Patient/{patient}"), ("status", "active"), ("_count", "100")],
         compartment_patient=access.compartment,
     ).resources
-    items = education.assigned(plans, _read_marks(services, patient), lang)
-    return JSONResponse({"patient": f"Patient/{patient}", "items": items})
+    return education.assigned(plans, _read_marks(services, patient), lang)
 
 
 @router.post("/patient/education/{item_id}/$read")
@@ -411,9 +419,16 @@ def mark_education_read(
     services: NodeServices = Depends(node_services),
 ) -> JSONResponse:
     """The patient marks an item read (once; marking again keeps the first time)."""
+    _refuse_other_patient(request, access)
+    mark_read(services, access, item_id)
+    return JSONResponse({"item": item_id, "read": True})
+
+
+def mark_read(services: NodeServices, access: Access, item_id: str) -> None:
+    """The patient's own act (the route's and the patient page's one rule): 403 for anyone
+    else, 404 for an unknown item; marking again keeps the first time."""
     if access.compartment is None:
         raise Forbidden("only the patient marks their education read")
-    _refuse_other_patient(request, access)
     if item_id not in education.item_ids():
         raise NotFound(f"no education item {item_id!r}")
     try:
@@ -425,4 +440,3 @@ def mark_education_read(
             )
     except IntegrityError:
         pass  # read before: the first time stands
-    return JSONResponse({"item": item_id, "read": True})

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from node.feature import Feature, NodeServices
-from node.portal import doctor, patient
+from node.portal import doctor, patient, patient_care
 from node.portal.signin import PREFIX, router
 from servicekit.web import WebKit, static_router
 
 __all__ = ["PORTAL", "portal_pages"]
 
 HERE = Path(__file__).parent
-assert doctor.router is router and patient.router is router  # both add their pages to it
+# the three modules add their pages to the one router
+assert doctor.router is router and patient.router is router and patient_care.router is router
 
 
 @asynccontextmanager
