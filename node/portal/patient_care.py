@@ -1,9 +1,11 @@
-"""The patient's care pages over issue 15's APIs: education (read, mark read), and more to come.
+"""The patient's care pages over issue 15's APIs: education (read, mark read) and
+appointments (my visits with their reminder, free slots, book, cancel).
 
 Each page acts through the very functions the ``/patient`` API routes use
-(``node.patient.routes``): the same readings, the same rules, no checks written again here. The
-access is the page seam's (``node.portal.signin.patient_access``: the patient's own compartment);
-items are named by opaque per-session handles, never by ids in URLs."""
+(``node.patient.routes``, ``node.patient.booking``): the same readings, the same rules, no
+checks written again here. The access is the page seam's
+(``node.portal.signin.patient_access``: the patient's own compartment); items are named by
+opaque per-session handles, never by ids in URLs."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Any
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from node.patient import booking
 from node.patient import routes as patient_api
 from node.portal.signin import PREFIX, kit_of, patient_access, router
-from servicekit.outcome import NotFound
+from servicekit.outcome import Conflict, NotFound
 
 __all__ = ["router"]
 
@@ -55,3 +58,55 @@ async def read_education(request: Request, handle: str) -> Response:
     services = request.app.state.services
     await run_in_threadpool(patient_api.mark_read, services, access, item_id)
     return kit_of(request).redirect(f"{PREFIX}/me/education?notice=read")
+
+
+# -- appointments -------------------------------------------------------------------------------
+def _appointments(request: Request, access: Any) -> dict[str, Any]:
+    """My booked visits (with the reminder time) and the free slots, each under a handle; read
+    by the booking module's own functions, as ``GET /patient/reminders`` and ``/patient/slots``."""
+    store = request.app.state.services.store
+    session = kit_of(request).session(request)
+    visits = booking.reminders(store, str(access.compartment))
+    slots = booking.free_slots(store)
+    return {
+        "visits": [(session.handle_for(v["appointment"]), v) for v in visits],
+        "slots": [(session.handle_for(f"Slot/{s['id']}"), s) for s in slots],
+    }
+
+
+@router.get(PREFIX + "/me/appointments")
+async def my_appointments(request: Request, notice: str = "") -> Response:
+    access = patient_access(request, "Appointment", "read")  # as GET /patient/reminders
+    shown = await run_in_threadpool(_appointments, request, access)
+    return _page(request, "my_appointments.html", notice=notice, refused="", **shown)
+
+
+@router.post(PREFIX + "/me/appointments/{handle}/book")
+async def book(request: Request, handle: str) -> Response:
+    """Book a free slot through ``booking.book`` (as ``POST /patient/appointments/$book``): a
+    slot taken meanwhile is the module's 409, shown on the page as a refusal."""
+    access = patient_access(request, "Appointment", "create")
+    slot_id = _resolve(request, handle, "Slot")
+    store = request.app.state.services.store
+    try:
+        await run_in_threadpool(
+            booking.book, store, str(access.compartment), f"Slot/{slot_id}",
+            access.principal.writer,
+        )  # fmt: skip
+    except Conflict:
+        shown = await run_in_threadpool(_appointments, request, access)
+        return _page(request, "my_appointments.html", status=409, notice="",
+                     refused="taken", **shown)  # fmt: skip
+    return kit_of(request).redirect(f"{PREFIX}/me/appointments?notice=booked")
+
+
+@router.post(PREFIX + "/me/appointments/{handle}/cancel")
+async def cancel(request: Request, handle: str) -> Response:
+    """Cancel one of my visits through ``booking.cancel`` (as ``…/{id}/$cancel``)."""
+    access = patient_access(request, "Appointment", "update")
+    appointment_id = _resolve(request, handle, "Appointment")
+    store = request.app.state.services.store
+    await run_in_threadpool(
+        booking.cancel, store, str(access.compartment), appointment_id, access.principal.writer
+    )
+    return kit_of(request).redirect(f"{PREFIX}/me/appointments?notice=cancelled")

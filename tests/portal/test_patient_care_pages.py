@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Patient]:
     store.create({"resourceType": "CarePlan", "status": "active", "intent": "plan",
                   "instantiatesCanonical": [HF], "subject": {"reference": f"Patient/{PID}"}},
                  writer="test:seed")  # fmt: skip
+    schedule = store.create({"resourceType": "Schedule", "active": True,
+                             "actor": [{"display": "HF clinic"}]}, writer="test:seed")  # fmt: skip
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+    for i in range(2):
+        store.create({"resourceType": "Slot", "status": "free",
+                      "schedule": {"reference": f"Schedule/{schedule.resource['id']}"},
+                      "start": (start + timedelta(minutes=30 * i)).isoformat(),
+                      "end": (start + timedelta(minutes=30 * i + 30)).isoformat()},
+                     writer="test:seed")  # fmt: skip
     app.state.auth.accounts.add_user("wang-fang", PASSWORD, "patient", patient_id=PID)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         me = Patient(app, client)
@@ -97,3 +107,36 @@ def test_education_lists_my_items_in_both_languages_and_mark_read_persists(
     assert [(row.patient_id, row.item_id) for row in rows] == [(PID, "hf-diet")]
     assert "Read on" in r.text and len(_handles(r.text, "education")) == len(handles) - 1
     assert patient.post("/app/me/education/not-a-handle/read").status_code == 404
+
+
+def _booked(patient: Patient) -> list[dict[str, Any]]:
+    found = patient.store.search("Appointment", [("patient", f"Patient/{PID}")]).resources
+    return [a for a in found if a.get("status") == "booked"]
+
+
+def test_booking_a_slot_makes_one_appointment_and_a_second_booking_is_refused(
+    patient: Patient,
+) -> None:
+    page = patient.get("/app/me/appointments")
+    assert "Content-Security-Policy" in page.headers
+    slots = _handles(page.text, "appointments")
+    assert len(slots) == 2 and not _booked(patient)
+    assert patient.post(f"/app/me/appointments/{slots[0]}/book", csrf=False).status_code == 403
+    assert not _booked(patient)
+    r = patient.post(f"/app/me/appointments/{slots[0]}/book")
+    assert r.status_code == 200, r.text[:400]
+    [appt] = _booked(patient)
+    slot_id = appt["slot"][0]["reference"].split("/")[1]
+    assert patient.store.read("Slot", slot_id)["status"] == "busy"
+    assert 'id="notice"' in r.text
+    again = patient.post(f"/app/me/appointments/{slots[0]}/book")  # the same slot again
+    assert again.status_code == 409
+    assert 'id="refused"' in again.text
+    assert len(_booked(patient)) == 1
+    # the visit is listed with its reminder; cancel frees the slot
+    visits = re.findall(r'action="/app/me/appointments/([^/"]+)/cancel"', again.text)
+    assert len(visits) == 1 and slot_id not in again.text and appt["id"] not in again.text
+    r = patient.post(f"/app/me/appointments/{visits[0]}/cancel")
+    assert r.status_code == 200, r.text[:400]
+    assert _booked(patient) == []
+    assert patient.store.read("Slot", slot_id)["status"] == "free"
