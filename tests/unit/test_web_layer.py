@@ -60,6 +60,29 @@ def test_translations_default_to_chinese_and_keep_english_ids() -> None:
     assert t.gettext("xx", "Sign in") == "登录"  # unknown language → the region's default
 
 
+def test_every_keyed_message_has_english_words() -> None:
+    """A notice or refusal named by a key ("notice:enrolled") has no words of its own: every
+    such id in any app's catalog needs an English text, or an English page shows the raw key."""
+    import re
+
+    from babel.messages.pofile import read_po
+
+    root = Path(__file__).resolve().parents[2]
+    dirs = [root / "node" / "portal" / "locale", root / "coordinator" / "console" / "locale"]
+    t = Translator(dirs)
+    keyed = re.compile(r"^[a-z_-]+:[a-z_-]+$")
+    ids = set()
+    for po in [*root.glob("node/portal/locale/*/LC_MESSAGES/messages.po"),
+               *root.glob("coordinator/console/locale/*/LC_MESSAGES/messages.po"),
+               *root.glob("servicekit/web/locale/*/LC_MESSAGES/messages.po")]:  # fmt: skip
+        with po.open("rb") as fh:
+            ids |= {m.id for m in read_po(fh) if isinstance(m.id, str) and keyed.match(m.id)}
+    assert "notice:refused" in ids  # the check sees the catalogs
+    raw = sorted(i for i in ids if t.gettext("en", i) == i)
+    assert not raw, f"keyed messages without English words: {raw}"
+    assert t.gettext("en", "notice:refused").startswith("Refused")
+
+
 def _plan(pid: str, key: str, control: str) -> dict:
     return {"resourceType": "CarePlan", "subject": {"reference": f"Patient/{pid}"},
             "identifier": [{"system": PLAN_SYSTEM, "value": f"{key}/{pid}"}],
