@@ -210,6 +210,16 @@ async def answer_questionnaire(
     body = await _read_json(request)
     if not isinstance(body, dict) or body.get("resourceType") != "QuestionnaireResponse":
         raise BadRequest("send a QuestionnaireResponse")
+    _response, result = await run_in_threadpool(store_response, services, access, patient, body)
+    return fhir_response(result)
+
+
+def store_response(
+    services: NodeServices, access: Access, patient: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score a QuestionnaireResponse and store it with its extracted Observations in one
+    transaction (the route's and the patient page's one path): (the response as stored, the
+    transaction-response Bundle)."""
     q, response = complete(body)
     response.pop("id", None)
     response["authored"] = response.get("authored") or datetime.now(UTC).isoformat()
@@ -229,10 +239,8 @@ async def answer_questionnaire(
     entries += [{"resource": o, "request": {"method": "POST", "url": "Observation"}}
                 for o in observations]  # fmt: skip
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-    result = await run_in_threadpool(
-        store.transaction, parse_bundle(bundle, "transaction"), writer=access.principal.writer
-    )
-    return fhir_response(result)
+    result = store.transaction(parse_bundle(bundle, "transaction"), writer=access.principal.writer)
+    return response, dict(result)
 
 
 # --- follow-up booking (node/patient/booking.py) ---------------------------------------------

@@ -1,5 +1,6 @@
-"""The patient's care pages over issue 15's APIs: education (read, mark read) and
-appointments (my visits with their reminder, free slots, book, cancel).
+"""The patient's care pages over issue 15's APIs: education (read, mark read),
+appointments (my visits with their reminder, free slots, book, cancel) and questionnaires
+(a form built from the Questionnaire's items and options; the server's score shown).
 
 Each page acts through the very functions the ``/patient`` API routes use
 (``node.patient.routes``, ``node.patient.booking``): the same readings, the same rules, no
@@ -16,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from node.patient import booking
 from node.patient import routes as patient_api
+from node.patient.questionnaires import Questionnaire, load_questionnaires
 from node.portal.signin import PREFIX, kit_of, patient_access, router
-from servicekit.outcome import Conflict, NotFound
+from servicekit.outcome import BadRequest, Conflict, NotFound
 
 __all__ = ["router"]
 
@@ -110,3 +112,99 @@ async def cancel(request: Request, handle: str) -> Response:
         booking.cancel, store, str(access.compartment), appointment_id, access.principal.writer
     )
     return kit_of(request).redirect(f"{PREFIX}/me/appointments?notice=cancelled")
+
+
+# -- questionnaires -----------------------------------------------------------------------------
+def _questionnaire(request: Request, handle: str) -> Questionnaire:
+    qid = _resolve(request, handle, "Questionnaire")
+    found = [q for q in load_questionnaires().values() if q.resource["id"] == qid]
+    if not found:
+        raise NotFound("unknown questionnaire")
+    return found[0]
+
+
+def _form_items(q: Questionnaire, lang: str) -> list[dict[str, Any]]:
+    """The items a patient answers (not the calculated totals), each option by its position."""
+    out = []
+    for link, item in q.items.items():
+        if link in q.calculated or item.get("readOnly"):
+            continue
+        options = [
+            q.text({"text": o["valueCoding"].get("display", ""),
+                    "_text": o["valueCoding"].get("_display")}, lang)
+            for o in item.get("answerOption") or []
+        ]  # fmt: skip
+        out.append({"link": link, "type": item.get("type"), "text": q.text(item, lang),
+                    "required": bool(item.get("required")), "options": options})  # fmt: skip
+    return out
+
+
+def _answers(q: Questionnaire, form: dict[str, str]) -> list[dict[str, Any]]:
+    """The form's fields as QuestionnaireResponse items (the options' codings, the numbers);
+    what they may be is ``complete``'s rule (422), not this page's."""
+    items: list[dict[str, Any]] = []
+    for link, item in q.items.items():
+        raw = form.get(link, "").strip()
+        if link in q.calculated or not raw:
+            continue
+        answer: dict[str, Any]
+        try:
+            if item.get("type") == "choice":
+                option = (item.get("answerOption") or [])[int(raw)]
+                answer = {"valueCoding": {k: option["valueCoding"][k] for k in ("system", "code")}}
+            elif item.get("type") == "integer":
+                answer = {"valueInteger": int(raw)}
+            else:
+                answer = {"valueDecimal": float(raw.replace(",", "."))}
+        except (ValueError, IndexError):
+            raise BadRequest(f"item {link}: choose an answer or enter a number") from None
+        items.append({"linkId": link, "answer": [answer]})
+    return items
+
+
+@router.get(PREFIX + "/me/questionnaires")
+async def my_questionnaires(request: Request) -> Response:
+    patient_access(request, "QuestionnaireResponse", "create")  # as GET /patient/questionnaires
+    session = kit_of(request).session(request)
+    shown = [
+        (session.handle_for(f"Questionnaire/{q.resource['id']}"),
+         q.text({"text": q.resource["title"], "_text": q.resource.get("_title")}, session.lang))
+        for q in load_questionnaires().values()
+    ]  # fmt: skip
+    return _page(request, "my_questionnaires.html", questionnaires=shown)
+
+
+@router.get(PREFIX + "/me/questionnaires/{handle}")
+async def answer_page(request: Request, handle: str) -> Response:
+    patient_access(request, "QuestionnaireResponse", "create")
+    q = _questionnaire(request, handle)
+    lang = kit_of(request).session(request).lang
+    title = q.text({"text": q.resource["title"], "_text": q.resource.get("_title")}, lang)
+    return _page(request, "questionnaire.html", qhandle=handle, title=title,
+                 items=_form_items(q, lang), scores=None)  # fmt: skip
+
+
+@router.post(PREFIX + "/me/questionnaires/{handle}")
+async def answer(request: Request, handle: str) -> Response:
+    """Answer through ``node.patient.routes.store_response`` (as ``POST
+    /patient/questionnaire-responses``: scored by the server, stored with its Observations),
+    then show the computed scores."""
+    access = patient_access(request, "QuestionnaireResponse", "create")
+    q = _questionnaire(request, handle)
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    body = {"resourceType": "QuestionnaireResponse", "questionnaire": q.url,
+            "item": _answers(q, fields)}  # fmt: skip
+    services = request.app.state.services
+    stored, _result = await run_in_threadpool(
+        patient_api.store_response, services, access, str(access.compartment), body
+    )
+    lang = kit_of(request).session(request).lang
+    scores = [
+        (q.text(q.items[i["linkId"]], lang), i["answer"][0]["valueInteger"])
+        for i in stored["item"]
+        if i["linkId"] in q.calculated
+    ]
+    title = q.text({"text": q.resource["title"], "_text": q.resource.get("_title")}, lang)
+    return _page(request, "questionnaire.html", qhandle=handle, title=title, items=[],
+                 scores=scores)  # fmt: skip

@@ -5,6 +5,7 @@ store and what it shows; a POST without the CSRF token is refused; the CSP heade
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -140,3 +141,34 @@ def test_booking_a_slot_makes_one_appointment_and_a_second_booking_is_refused(
     assert r.status_code == 200, r.text[:400]
     assert _booked(patient) == []
     assert patient.store.read("Slot", slot_id)["status"] == "free"
+
+
+def test_questionnaire_form_submit_shows_the_score_equal_to_the_hand_sum(
+    patient: Patient,
+) -> None:
+    listing = patient.get("/app/me/questionnaires")
+    links = re.findall(r'href="/app/me/questionnaires/([^"]+)"', listing.text)
+    assert len(links) == 3 and "phq-9" not in listing.text
+    spec = json.loads(
+        (Path(__file__).parents[2] / "node/patient/questionnaires/phq-9.json").read_text()
+    )
+    phq = next(h for h in links if "PHQ-9" in patient.get(f"/app/me/questionnaires/{h}").text)
+    form = patient.get(f"/app/me/questionnaires/{phq}")
+    questions = [i for i in spec["item"] if i["linkId"].startswith("phq9-q")]
+    assert all(f'name="{i["linkId"]}"' in form.text for i in questions)
+    choice = {i["linkId"]: (n * 2 + 1) % len(i["answerOption"]) for n, i in enumerate(questions)}
+    hand_sum = 0
+    for item in questions:
+        option = item["answerOption"][choice[item["linkId"]]]
+        hand_sum += next(e["valueDecimal"] for e in option["valueCoding"]["extension"])
+    answers = {k: str(v) for k, v in choice.items()}
+    assert patient.post(f"/app/me/questionnaires/{phq}", answers, csrf=False).status_code == 403
+    assert patient.store.search("QuestionnaireResponse", []).resources == []
+    r = patient.post(f"/app/me/questionnaires/{phq}", answers)
+    assert r.status_code == 200, r.text[:400]
+    assert "Content-Security-Policy" in r.headers
+    shown = re.findall(r'<strong class="score">(\d+)</strong>', r.text)
+    assert shown == [str(int(hand_sum))]
+    [stored] = patient.store.search("QuestionnaireResponse", []).resources
+    total = next(i for i in stored["item"] if i["linkId"] == "phq9-total")
+    assert total["answer"][0]["valueInteger"] == hand_sum
