@@ -36,7 +36,7 @@ def key() -> x25519.X25519PrivateKey:
 def test_round_trip_at_chunk_boundaries(size: int, key: x25519.X25519PrivateKey) -> None:
     data = os.urandom(size)
     sealed = _seal(data, key.public_key())
-    assert data[:64] not in sealed or size == 0
+    assert size < 16 or data[:64] not in sealed  # a few random bytes may occur by chance
     assert _open(sealed, key) == data
 
 

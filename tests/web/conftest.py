@@ -28,7 +28,9 @@ CHROMIUM = Path(os.environ.get("IPJMS_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while sync_playwright() is open its event loop runs in this
+# thread, and every later asyncio.run() in the same xdist worker would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
