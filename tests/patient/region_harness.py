@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,6 +30,7 @@ PATIENT_PASSWORD = "my own long password"
 CLIENT_ID = "ipjms-patient-app"
 REDIRECT = "http://127.0.0.1:8765/callback"
 FHIR = "application/fhir+json"
+TOKEN_REFRESH_SECONDS = 200  # the registry's patient tokens live 300 s
 FREE_FAILURES = 3  # failed logins before the registry locks an account (default 5)
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
@@ -38,8 +40,23 @@ class Person:
     patient_id: str
     username: str
     pseudonym: str
-    headers: dict[str, str] = field(default_factory=dict)  # the registry's access token
+    registry: str = ""
     id_token: str = ""
+    access_token: str = ""
+    signed_at: float = 0.0
+
+    def sign_in(self) -> None:
+        tokens = sign_in(self.registry, self.username)
+        self.access_token, self.id_token = tokens["access_token"], tokens["id_token"]
+        self.signed_at = time.monotonic()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The registry's access token, signed in again before it expires (it lives 300 s and
+        the region is shared by every module of a session)."""
+        if time.monotonic() - self.signed_at > TOKEN_REFRESH_SECONDS:
+            self.sign_in()
+        return {"Authorization": f"Bearer {self.access_token}"}
 
 
 @dataclass
@@ -172,10 +189,10 @@ def start_region(root: Path, *, care: bool = False) -> Iterator[Region]:
                     timeout=120,
                 )
                 assert enrolled.status_code == 201, enrolled.text
-                person = Person(patient["id"], enrolled.json()["username"], code["pseudonym"])
-                tokens = sign_in(registry.base_url, person.username)
-                person.headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-                person.id_token = tokens["id_token"]
+                person = Person(
+                    patient["id"], enrolled.json()["username"], code["pseudonym"], registry.base_url
+                )
+                person.sign_in()
                 people.append(person)
             yield Region(registry.base_url, node, app, doctor, people[0], people[1])
     finally:
