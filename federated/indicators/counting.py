@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from federated.feature_spec import CONDITION_CODES, ICD10, ICD10_CM, LOINC, SNOMED, parse_instant
+from federated.feature_spec import (  # one reading of a Condition's code
+    LOINC,
+    _codings,
+    _condition_key,
+    parse_instant,
+)
 from federated.indicators.definitions import ALL, Indicator, IndicatorSet
 
 __all__ = [
@@ -91,22 +96,6 @@ class Tally:
 
 
 # --- reading resources ------------------------------------------------------------------------
-
-
-def _codings(concept: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    if not concept:
-        return []
-    return [(str(c.get("system", "")), str(c.get("code", ""))) for c in concept.get("coding", [])]
-
-
-def _condition_key(resource: Mapping[str, Any]) -> str | None:
-    for system, code in _codings(resource.get("code")):
-        for key, (snomed, icd_prefixes) in CONDITION_CODES.items():
-            if system == SNOMED and code in snomed:
-                return key
-            if system in (ICD10, ICD10_CM) and code.upper().startswith(icd_prefixes):
-                return key
-    return None
 
 
 def _condition_active(resource: Mapping[str, Any], at: datetime) -> bool:
