@@ -50,6 +50,7 @@ class NodeProc:
             r = httpx.post(
                 f"{self.url}/auth/token",
                 data={"grant_type": "password", "username": "doctor", "password": PASSWORD},
+                timeout=60,  # argon2: seconds under the suite's load
             )
             r.raise_for_status()
             self.token = r.json()["access_token"]
@@ -180,11 +181,15 @@ class Region:
 
     def patient_token(self, pseudo: str) -> dict[str, str]:
         code = self.consent_client("hosp-a").create_enrolment_code(pseudo)["code"]
-        r = httpx.post(f"{self.consent_url}/enrol", json={"code": code, "password": PASSWORD})
+        # argon2 at enrolment and login: seconds apiece when the whole-story tests share the cores
+        r = httpx.post(
+            f"{self.consent_url}/enrol", json={"code": code, "password": PASSWORD}, timeout=60
+        )
         assert r.status_code == 201, r.text
         r = httpx.post(
             f"{self.consent_url}/auth/patient-token",
             data={"username": r.json()["username"], "password": PASSWORD},
+            timeout=60,
         )
         assert r.status_code == 200, r.text
         return {"Authorization": f"Bearer {r.json()['access_token']}"}
@@ -198,12 +203,14 @@ class Region:
         )  # fmt: skip
         body = to_fhir(ConsentRecord("x", pseudo, "active", Provision("deny", provisions=nested)))
         del body["id"]
-        r = httpx.post(f"{self.consent_url}/fhir/Consent", json=body, headers=headers)
+        r = httpx.post(f"{self.consent_url}/fhir/Consent", json=body, headers=headers, timeout=30)
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
     def revoke(self, headers: dict[str, str], consent_id: str) -> None:
-        r = httpx.post(f"{self.consent_url}/fhir/Consent/{consent_id}/$revoke", headers=headers)
+        r = httpx.post(
+            f"{self.consent_url}/fhir/Consent/{consent_id}/$revoke", headers=headers, timeout=30
+        )
         assert r.status_code in (200, 204), r.text
 
 
