@@ -11,6 +11,11 @@ output beside them: a job survives a node restart. One worker (the feature's bac
 runs them; a job found ``in-progress`` at start-up was interrupted and is run again from the
 start (its ``_lastUpdated`` bound is the kick-off time, so the output is the same), at most
 ``MAX_ATTEMPTS`` times, then reported failed.
+
+A Group-level job also records the Group's Patient members at kick-off (``patients``): each type
+is then read member by member — that member's compartment, and only where the token reaches it
+(a patient-context token: its own compartment) — so a group export holds the members' data and
+nothing else, through the same search path.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +43,7 @@ _JOB_FILE = "job.json"
 class ExportJob:
     id: str
     owner: str  # <role>:<subject> of the token that started it; only it may read the results
-    level: str  # system | patient
+    level: str  # system | patient | group
     request: str  # the kick-off URL
     transaction_time: str  # kick-off instant: the export holds what was there then
     compartments: dict[str, str | None]  # type → compartment (None: every resource of the type)
@@ -48,6 +54,7 @@ class ExportJob:
     progress: str = ""
     output: list[dict[str, Any]] = field(default_factory=list)
     finished_at: float | None = None
+    patients: list[str] | None = None  # group level: the Group's Patient members at kick-off
 
     @classmethod
     def new(
@@ -57,9 +64,19 @@ class ExportJob:
         request: str,
         compartments: dict[str, str | None],
         since: str | None,
+        patients: list[str] | None = None,
     ) -> ExportJob:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return cls(secrets.token_hex(16), owner, level, request, now, compartments, since)
+        return cls(
+            secrets.token_hex(16),
+            owner,
+            level,
+            request,
+            now,
+            compartments,
+            since,
+            patients=patients,
+        )
 
 
 class ExportJobs:
@@ -102,6 +119,31 @@ class ExportJobs:
         return self.job_dir(job_id) / f"{rtype}.ndjson"
 
 
+def _scopes(compartment: str | None, patients: list[str] | None) -> list[str | None]:
+    """The compartments one type is read in: the token's own (None: the whole type), or — for a
+    group export — each member's compartment the token reaches."""
+    if patients is None:
+        return [compartment]
+    return [p for p in patients if compartment is None or compartment == p]
+
+
+def _pages(
+    store: Any, rtype: str, bound: list[tuple[str, str]], compartment: str | None
+) -> Iterator[list[dict[str, Any]]]:
+    last = None
+    while True:  # keyset pages in id order: each one an index range
+        page = store.search(
+            rtype,
+            [*bound, ("_sort", "_id"), ("_count", str(_PAGE))],
+            compartment_patient=compartment,
+            after_id=last,
+        )
+        yield page.resources
+        if len(page.resources) < _PAGE:
+            return
+        last = page.resources[-1]["id"]
+
+
 def run_export(store: Any, jobs: ExportJobs, job: ExportJob) -> ExportJob:
     """Write the job's NDJSON files (one per type with data) through ``store.search`` with each
     type's compartment; the job ends ``completed`` (or ``cancelled`` if cancelled meanwhile)."""
@@ -112,23 +154,17 @@ def run_export(store: Any, jobs: ExportJobs, job: ExportJob) -> ExportJob:
         bound.append(("_lastUpdated", f"ge{job.since}"))
     for n, (rtype, compartment) in enumerate(sorted(job.compartments.items())):
         path = jobs.output_file(job.id, rtype)
-        count, last = 0, None
+        seen: set[str] = set()  # a resource in two members' compartments is written once
         with open(path, "w", encoding="utf-8") as out:
-            while True:  # keyset pages in id order: each one an index range
-                page = store.search(
-                    rtype,
-                    [*bound, ("_sort", "_id"), ("_count", str(_PAGE))],
-                    compartment_patient=compartment,
-                    after_id=last,
-                )
-                for resource in page.resources:
-                    out.write(json.dumps(resource, separators=(",", ":")) + "\n")
-                count += len(page.resources)
-                if len(page.resources) < _PAGE:
-                    break
-                last = page.resources[-1]["id"]
-        if count:
-            job.output.append({"type": rtype, "count": count})
+            for scope in _scopes(compartment, job.patients):
+                for resources in _pages(store, rtype, bound, scope):
+                    for resource in resources:
+                        if resource["id"] in seen:
+                            continue
+                        seen.add(resource["id"])
+                        out.write(json.dumps(resource, separators=(",", ":")) + "\n")
+        if seen:
+            job.output.append({"type": rtype, "count": len(seen)})
         else:
             path.unlink(missing_ok=True)
         job.progress = f"{n + 1} of {len(job.compartments)} types"

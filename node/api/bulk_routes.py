@@ -3,8 +3,11 @@
 - kick-off: ``GET /fhir/$export`` (system level) or ``GET /fhir/Patient/$export`` (every
   patient's compartment types), with ``Prefer: respond-async``; ``_type``, ``_since``,
   ``_outputFormat`` (NDJSON only); any other parameter → 400. Answers ``202`` and
-  ``Content-Location`` (the status URL). ``/fhir/Group/{id}/$export`` → 404 (Group is not a
-  type this node keeps);
+  ``Content-Location`` (the status URL). ``GET /fhir/Group/{id}/$export`` (group level): the
+  compartment types of the Group's Patient members (``Group.member.entity``, inactive members
+  left out) — the token must read the Group (a patient-context token: only a Group whose only
+  member is its own patient; one holding others is 403), each member's data as that token's
+  searches return it; an unknown Group is 404;
 - status: ``GET /fhir/$export-status/{job}`` → ``202`` + ``X-Progress`` while running, ``200``
   with the manifest when done, ``500`` with an OperationOutcome if the job failed;
   ``DELETE`` cancels it and removes its files;
@@ -25,7 +28,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from node.api.access import refuse_other_patients
+from node.api.access import check_type_name, ensure_in_compartment, refuse_other_patients
 from node.api.body import fhir_response
 from node.api.bulk_export import EXPORT_FORMATS, MAX_ATTEMPTS, ExportJob, ExportJobs, run_export
 from node.api.fhir_instance import fhir_base
@@ -36,7 +39,7 @@ from node.auth.principal import Principal
 from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
 from servicekit.outcome import BadRequest, FhirError, Forbidden, NotFound, operation_outcome
 
-__all__ = ["router", "export_jobs", "run_export_jobs"]
+__all__ = ["router", "export_jobs", "run_export_jobs", "group_members"]
 
 router = APIRouter(tags=["fhir"])
 _KICKOFF_PARAMS = CONTROL_PARAMS | {"_type", "_since", "_outputFormat"}
@@ -58,7 +61,34 @@ def _compartments(principal: Principal, types: list[str]) -> dict[str, str | Non
     return out
 
 
-def _kickoff(request: Request, principal: Principal, level: str) -> Response:
+def group_members(group: dict[str, Any]) -> list[str]:
+    """The ids of a Group's active Patient members, in order, once each (pure)."""
+    members: list[str] = []
+    for member in group.get("member") or []:
+        reference = str((member.get("entity") or {}).get("reference") or "")
+        rtype, _, rid = reference.rpartition("/")
+        if member.get("inactive") or not rtype.endswith("Patient") or not rid:
+            continue
+        if rid not in members:
+            members.append(rid)
+    return members
+
+
+def _group_patients(request: Request, principal: Principal, gid: str) -> list[str]:
+    """The Group's Patient members, if this token may export them all (else 403/404)."""
+    check_type_name("Group", gid)
+    store = request.app.state.store
+    compartment = principal.compartment_for("Group", "read")
+    ensure_in_compartment(store, "Group", gid, compartment)
+    members = group_members(store.read("Group", gid))
+    if compartment is not None and any(m != compartment for m in members):
+        raise Forbidden(f"Group/{gid} holds other patients: a patient token exports only its own")
+    return members
+
+
+def _kickoff(
+    request: Request, principal: Principal, level: str, patients: list[str] | None = None
+) -> Response:
     params = list(request.query_params.multi_items())
     if principal.patient_id:  # a patient-context token naming someone else: 403 first
         refuse_other_patients("Patient", params, principal.patient_id)
@@ -75,7 +105,7 @@ def _kickoff(request: Request, principal: Principal, level: str) -> Response:
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise BadRequest(f"_outputFormat {fmt!r} is not supported; use application/fhir+ndjson")
     available = sorted(SUPPORTED_SEARCH_PARAMS)
-    if level == "patient":
+    if level in ("patient", "group"):
         available = [t for t in available if t not in SHARED_TYPES]
     types = available
     if values.get("_type"):
@@ -97,7 +127,7 @@ def _kickoff(request: Request, principal: Principal, level: str) -> Response:
     if values.get("_type") and len(compartments) < len(types):
         refused = sorted(set(types) - set(compartments))
         raise Forbidden(f"the token may not read {', '.join(refused)}")
-    job = ExportJob.new(principal.writer, level, str(request.url), compartments, since)
+    job = ExportJob.new(principal.writer, level, str(request.url), compartments, since, patients)
     export_jobs(request.app).save(job)
     status_url = f"{fhir_base(request)}/$export-status/{job.id}"
     return Response(status_code=202, headers={"Content-Location": status_url})
@@ -114,8 +144,10 @@ def export_patients(request: Request, principal: Principal = Depends(authenticat
 
 
 @router.get("/fhir/Group/{gid}/$export")
-def export_group(gid: str, principal: Principal = Depends(authenticate)) -> Response:
-    raise NotFound("Group-level $export is not available: Group is not a type this node keeps")
+def export_group(
+    gid: str, request: Request, principal: Principal = Depends(authenticate)
+) -> Response:
+    return _kickoff(request, principal, "group", _group_patients(request, principal, gid))
 
 
 def _own_job(request: Request, principal: Principal, job_id: str) -> ExportJob:

@@ -131,6 +131,15 @@ def _resource(
                 "documentation": "patient (required), code, category, date, max (1..100)",
             }
         )
+    if rtype == "Group":
+        operations.insert(
+            0,
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+                "documentation": f"Group/[id]/$export: the Patient members. {_EXPORT_DOC}",
+            },
+        )
     resource["operation"] = operations
     if rtype == "Patient":
         resource["operation"] = [

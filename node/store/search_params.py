@@ -482,6 +482,15 @@ _TYPES: dict[str, list[SearchParamDef]] = {
         _ref("based-on", "basedOn"),
         _ref("slot", "slot"),
     ],
+    # Cohorts: Group-level Bulk $export (node/api/bulk_routes.py) exports its Patient members.
+    "Group": [
+        _I,
+        _tok("type", "type"),
+        _tok("actual", "actual"),
+        _CODE,
+        _str("name", "name"),
+        _ref("member", "member.entity"),
+    ],
     # A clinic's published availability (node/patient/booking.py books its Slots).
     "Schedule": [_I, _ref("actor", "actor"), _tok("active", "active")],
     "Slot": [

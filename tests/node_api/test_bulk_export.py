@@ -37,7 +37,7 @@ def people(bulk: Node) -> dict[str, str]:
     ids = {}
     org = bulk.post("/fhir/Organization", {"resourceType": "Organization", "name": "H"}, doc)
     ids["org"] = org.json()["id"]
-    for name in ("Ann", "Ben"):
+    for name in ("Ann", "Ben", "Cid"):
         p = bulk.post("/fhir/Patient", {"resourceType": "Patient", "name": [{"family": name}]}, doc)
         ids[name] = p.json()["id"]
         for n in range(3):
@@ -91,7 +91,7 @@ def test_system_export_by_a_doctor(bulk: Node, people: dict[str, str]) -> None:
     manifest = _export(bulk, "/fhir/$export", doc)
     assert manifest["requiresAccessToken"] is True and manifest["transactionTime"]
     files = _files(bulk, manifest, doc)
-    assert len(files["Patient"]) == 2 and len(files["Observation"]) == 6
+    assert len(files["Patient"]) == 3 and len(files["Observation"]) == 9
     assert [o["id"] for o in files["Organization"]] == [people["org"]]
     # each type's file holds exactly what that token's search returns
     for rtype, lines in files.items():
@@ -146,9 +146,59 @@ def test_backend_client_exports_only_its_scopes(bulk: Node, people: dict[str, st
     system = {"Authorization": f"Bearer {token}"}
     manifest = _export(bulk, "/fhir/$export", system)
     assert [o["type"] for o in manifest["output"]] == ["Observation"]
-    assert manifest["output"][0]["count"] == 6
+    assert manifest["output"][0]["count"] == 9
     refused = bulk.client.get("/fhir/$export?_type=Patient", headers={**system, **ASYNC})
     assert refused.status_code == 403
+
+
+def _group(node: Node, headers: dict[str, str], *members: str) -> str:
+    body = {
+        "resourceType": "Group",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/{m}"}} for m in members],
+    }
+    r = node.post("/fhir/Group", body, headers)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_group_export_returns_only_the_members_data(bulk: Node, people: dict[str, str]) -> None:
+    doc = bulk.login("doctor1")
+    members = [people["Ben"], people["Cid"]]
+    gid = _group(bulk, doc, *members)
+    files = _files(bulk, _export(bulk, f"/fhir/Group/{gid}/$export", doc), doc)
+    assert sorted(p["id"] for p in files["Patient"]) == sorted(members)
+    subjects = ",".join(f"Patient/{m}" for m in members)
+    expected = bulk.client.get(
+        f"/fhir/Observation?subject={subjects}&_count=100", headers=doc
+    ).json()
+    assert expected["total"] == 6  # three readings each; Ann's three are not members' data
+    assert sorted(o["id"] for o in files["Observation"]) == sorted(
+        e["resource"]["id"] for e in expected["entry"]
+    )
+    # a Group lies in each member's compartment: exported once, as a search finds them
+    groups = bulk.client.get(f"/fhir/Group?member={subjects}&_count=100", headers=doc).json()
+    assert gid in {g["id"] for g in files["Group"]}
+    assert sorted(g["id"] for g in files["Group"]) == sorted(
+        e["resource"]["id"] for e in groups["entry"]
+    )
+    assert "Organization" not in files  # shared types are in no compartment
+    typed = _export(bulk, f"/fhir/Group/{gid}/$export?_type=Patient", doc)
+    assert [(o["type"], o["count"]) for o in typed["output"]] == [("Patient", 2)]
+
+
+def test_patient_token_cannot_export_a_group_of_others(bulk: Node, people: dict[str, str]) -> None:
+    doc, ann = bulk.login("doctor1"), bulk.login("ann")
+    mixed = _group(bulk, doc, people["Ann"], people["Ben"])
+    r = bulk.client.get(f"/fhir/Group/{mixed}/$export", headers={**ann, **ASYNC})
+    assert r.status_code == 403 and "other patients" in outcome_text(r)
+    others = _group(bulk, doc, people["Ben"])  # not in Ann's compartment: existence not revealed
+    r = bulk.client.get(f"/fhir/Group/{others}/$export", headers={**ann, **ASYNC})
+    assert r.status_code == 404
+    own = _group(bulk, doc, people["Ann"])
+    files = _files(bulk, _export(bulk, f"/fhir/Group/{own}/$export", ann), ann)
+    assert [p["id"] for p in files["Patient"]] == [people["Ann"]] and len(files["Observation"]) == 3
 
 
 def test_bad_kickoffs_are_refused(bulk: Node) -> None:
@@ -160,7 +210,7 @@ def test_bad_kickoffs_are_refused(bulk: Node) -> None:
         ("/fhir/$export?_type=Spaceship", ASYNC, 400, "Spaceship"),
         ("/fhir/Patient/$export?_type=Organization", ASYNC, 400, "Organization"),
         ("/fhir/$export?_since=yesterday", ASYNC, 400, "yesterday"),
-        ("/fhir/Group/g1/$export", ASYNC, 404, "Group"),
+        ("/fhir/Group/g1/$export", ASYNC, 404, "Group/g1"),
         ("/fhir/$export-status/0123abcd", {}, 404, "0123abcd"),
     ):
         r = bulk.client.get(path, headers={**doc, **headers})

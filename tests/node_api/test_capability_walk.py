@@ -203,9 +203,17 @@ def test_every_declared_operation_works_and_patch_formats(walk: Any) -> None:
                 r = node.post(f"/fhir/{rtype}/$validate", {"resourceType": rtype}, doc)
                 assert r.status_code == 200 and r.json()["resourceType"] == "OperationOutcome"
             elif name == "export":
-                r = node.client.get(
-                    f"/fhir/{rtype}/$export", headers={**doc, "Prefer": "respond-async"}
-                )
+                path = f"/fhir/{rtype}/$export"
+                if rtype == "Group":  # instance level: a Group of the patient above
+                    group = {
+                        "resourceType": "Group",
+                        "type": "person",
+                        "actual": True,
+                        "member": [{"entity": {"reference": f"Patient/{pid}"}}],
+                    }
+                    gid = node.post("/fhir/Group", group, doc).json()["id"]
+                    path = f"/fhir/Group/{gid}/$export"
+                r = node.client.get(path, headers={**doc, "Prefer": "respond-async"})
                 assert r.status_code == 202 and r.headers["Content-Location"]
             elif name == "lastn":
                 r = node.client.get(f"/fhir/{rtype}/$lastn?patient={pid}", headers=doc)
