@@ -138,6 +138,22 @@ class CareSettings(_Section):
     # Tests and drills only: the care clock runs this many seconds ahead of real time (due dates,
     # escalation, absence). Logged as a warning at start-up when not zero.
     clock_offset_seconds: float = 0.0
+    # The risk-model gate (node/care/model_gate.py): a federated model's RiskAssessments raise
+    # alerts only when its card in the coordinator's model registry shows a federated AUROC of
+    # at least ``model_min_auroc`` over at least ``model_min_events`` outcome events; otherwise
+    # they are stored labelled not for clinical use. The registry's base URL (the coordinator's
+    # HTTP API, e.g. https://coordinator:8443); None = no card can be read, so no model alerts.
+    model_registry_url: str | None = None
+    # 0.70: the lower edge of "acceptable discrimination" (0.7 ≤ AUC < 0.8) in Hosmer, Lemeshow
+    # & Sturdivant, Applied Logistic Regression, 3rd ed. (Wiley 2013), §5.2.4 — a rule of
+    # thumb, not a clinical-benefit proof; the clinical lead may raise it.
+    model_min_auroc: float = Field(default=0.70, ge=0.5, le=1.0)
+    # 100: the minimum number of outcome events for validating a prognostic model's performance
+    # (Collins, Ogundimu & Altman, Stat Med 2016;35:214-226: "a minimum of 100 events and
+    # ideally 200 (or more)"); fewer and the AUROC is too imprecise to trust.
+    model_min_events: int = Field(default=100, ge=1)
+    # How long a fetched verdict is reused before the card is read again, seconds.
+    model_card_ttl_seconds: float = Field(default=300.0, gt=0)
 
 
 class OAuthSettings(_Section):

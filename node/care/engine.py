@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.care.control import UNKNOWN, control_status
 from node.care.measures import Reading, parse_instant, readings, reference_of
+from node.care.model_gate import GateVerdict, is_labelled
 from node.care.rules import Rule
 from node.care.timing import TimingError, timing_interval
 
@@ -31,7 +32,6 @@ __all__ = [
     "AlertDecision",
     "ControlChange",
     "Decision",
-    "ModelCard",
     "PlanContext",
     "evaluate",
     "subject_of",
@@ -44,15 +44,6 @@ FRESH_FOR = timedelta(days=7)
 
 
 @dataclass(frozen=True)
-class ModelCard:
-    """What the registry's card says of a model: federated AUROC over how many outcome events."""
-
-    model_id: str
-    auroc: float
-    events: int
-
-
-@dataclass(frozen=True)
 class PlanContext:
     """A patient's plan on one pathway, as the engine needs it."""
 
@@ -62,7 +53,9 @@ class PlanContext:
     follow_ups: tuple[Mapping[str, Any], ...] = ()  # the plan's follow-up Tasks
     practitioner: str | None = None  # "Practitioner/…", the responsible doctor
     control_status: str = UNKNOWN
-    model_cards: Mapping[str, ModelCard] = field(default_factory=dict)
+    # the gate's verdict on each model whose RiskAssessments may be in the new data (model id →
+    # verdict, node/care/model_gate.py); a model without one never alerts
+    model_verdicts: Mapping[str, GateVerdict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,7 +187,7 @@ def _score(rule: Rule, facts: _Facts) -> tuple[tuple[str, ...], str] | None:
     return None
 
 
-def _risk(rule: Rule, facts: _Facts, cards: Mapping[str, ModelCard]) -> tuple[Any, str] | None:
+def _risk(rule: Rule, facts: _Facts, verdicts: Mapping[str, GateVerdict]) -> tuple[Any, str] | None:
     if rule.model_system is None:
         return _score(rule, facts)
     for res in facts.new:
@@ -202,10 +195,10 @@ def _risk(rule: Rule, facts: _Facts, cards: Mapping[str, ModelCard]) -> tuple[An
             continue
         codings = res.get("method", {}).get("coding", [])
         model = next((c.get("code") for c in codings if c.get("system") == rule.model_system), None)
-        card = cards.get(str(model)) if model else None
-        if card is None or card.auroc < (rule.min_auroc or 1.0):
-            continue
-        if card.events < (rule.min_events or 0):
+        if model is None or is_labelled(res):
+            continue  # a score labelled not for clinical use never alerts
+        verdict = verdicts.get(str(model))
+        if verdict is None or not verdict.clinical_use:
             continue
         p = (res.get("prediction") or [{}])[0].get("probabilityDecimal")
         if isinstance(p, int | float) and rule.above is not None and p > rule.above:
@@ -264,7 +257,7 @@ def _fire(rule: Rule, facts: _Facts, plan: PlanContext) -> tuple[Any, str] | Non
     if rule.kind == "score":
         return _score(rule, facts)
     if rule.kind == "risk":
-        return _risk(rule, facts, plan.model_cards)
+        return _risk(rule, facts, plan.model_verdicts)
     return _absence(rule, facts, plan)
 
 

@@ -44,27 +44,32 @@ async def care_service(services: NodeServices, app: Any) -> AsyncIterator[None]:
     if care.clock_offset_seconds:
         log.warning("care clock runs %.0f s ahead of real time (tests and drills only)",
                     care.clock_offset_seconds)  # fmt: skip
+    spec = WorkerSpec(
+        database_url=settings.database_url,
+        base_url=settings.base_url,
+        responsible_user=care.responsible_user,
+        tick_seconds=care.tick_seconds,
+        poll_seconds=care.poll_seconds,
+        clock_offset_seconds=care.clock_offset_seconds,
+        model_registry_url=care.model_registry_url,
+        model_min_auroc=care.model_min_auroc,
+        model_min_events=care.model_min_events,
+        model_card_ttl_seconds=care.model_card_ttl_seconds,
+        credentials_dir=str(settings.credentials_dir),
+    )
     worker = CareWorker(
         services.store,
         definitions,
         responsible_user=care.responsible_user,
         tick_seconds=care.tick_seconds,
         clock=offset_clock(care.clock_offset_seconds),
+        model_gate=spec.model_gate().verdict,
     )
     child: WorkerProcess | None = None
     supervisor: asyncio.Task[None] | None = None
     if care.worker_process:
         # this process keeps an unsubscribed CareWorker for POST /care/enrol
-        child = WorkerProcess(
-            WorkerSpec(
-                database_url=settings.database_url,
-                base_url=settings.base_url,
-                responsible_user=care.responsible_user,
-                tick_seconds=care.tick_seconds,
-                poll_seconds=care.poll_seconds,
-                clock_offset_seconds=care.clock_offset_seconds,
-            )
-        )
+        child = WorkerProcess(spec)
         child.start()
         supervisor = asyncio.create_task(_supervise(child))
     else:

@@ -11,7 +11,8 @@ edition). Kinds:
 - ``absence``: no reading of ``measure`` within the plan's interval for the activity
   ``activity_code`` plus ``grace``; or ``follow_up``: a planned visit overdue by ``grace``;
 - ``risk``: a score ``at_least`` a value, or a model's ``RiskAssessment`` probability ``above``
-  a threshold when the model's card passes the quality floor (``min_auroc``, ``min_events``).
+  a threshold — only from a model the node's gate admits (``node/care/model_gate.py``: the
+  floor is the node's ``care.model_min_auroc`` / ``care.model_min_events``, not the rule's).
 
 Any rule may add ``condition``, a FHIRPath expression the new resource must satisfy (with
 ``%now``) — with ``on`` (``["system|code", …]``), the condition is evaluated only on resources
@@ -95,8 +96,6 @@ class Rule:
     grace: timedelta = timedelta(0)
     model_system: str | None = None
     above: float | None = None
-    min_auroc: float | None = None
-    min_events: int | None = None
     condition: Expression | None = None
     # (system, code) pairs: the condition is evaluated only on resources with one of these codes
     # (a declared pre-filter — FHIRPath costs milliseconds a resource; the condition decides)
@@ -180,10 +179,10 @@ def _rule(file: str, raw: Mapping[str, Any], measures: Sequence[str]) -> Rule:
     for name in ("window", "grace", "acknowledge_within"):
         if name in raw:
             fields[name] = _duration(file, rid, raw[name], name)
-    for name in ("more_than", "at_least", "rise_at_least", "above", "min_auroc"):
+    for name in ("more_than", "at_least", "rise_at_least", "above"):
         if name in raw:
             fields[name] = _number(file, rid, raw[name], name)
-    for name in ("count", "min_events"):
+    for name in ("count",):
         if name in raw:
             fields[name] = int(_number(file, rid, raw[name], name))
     for name in ("activity_code", "model_system", "note"):
@@ -235,8 +234,8 @@ def _check_shape(file: str, r: Rule) -> None:
         need.append("'follow_up' or 'measure' with 'activity_code'")
     if r.kind == "risk":
         if r.model_system is not None:
-            if r.above is None or r.min_auroc is None or r.min_events is None:
-                need.append("'above', 'min_auroc' and 'min_events' for a model")
+            if r.above is None:
+                need.append("'above' for a model")
         elif not (r.measure and r.at_least is not None):
             need.append("'measure' with 'at_least', or 'model_system'")
     if need:

@@ -29,8 +29,9 @@ from node.care.alerts import (
 from node.care.apply import PLAN_ID_SYSTEM, apply_pathway, urn
 from node.care.control import CONTROLLED, UNKNOWN
 from node.care.definitions import CareDefinitions, Pathway
-from node.care.engine import AlertDecision, ControlChange, ModelCard, PlanContext, evaluate
+from node.care.engine import AlertDecision, ControlChange, PlanContext, evaluate
 from node.care.enrolment import enrolling_pathways
+from node.care.model_gate import GateVerdict, is_labelled, label, model_of
 from node.care.records import (
     CHUNK,
     NODE_USER_SYSTEM,
@@ -48,6 +49,7 @@ log = logging.getLogger("ipjms.node.care")
 CARE_WRITER = "feature:care-engine"
 TRIGGERS = frozenset({"Observation", "QuestionnaireResponse", "Encounter", "RiskAssessment"})
 Clock = Callable[[], datetime]
+ModelGate = Callable[[str], GateVerdict]  # model id → the gate's verdict (model_cards.py)
 MAX_BATCH = 2000  # events taken from the queue at once (the commit log delivers 1,000 a page)
 SLICE = 250  # events handled together: one read per kind, one write; then the position is stored
 WRITE_GROUP = 25  # enrolments / alerts / revisions per transaction
@@ -56,6 +58,11 @@ POSITION_EVERY = 1.0  # seconds between position writes while nothing else is wr
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def no_registry(model_id: str) -> GateVerdict:
+    """The gate without a registry: no model's scores are for clinical use."""
+    return GateVerdict(model_id, False, "not for clinical use: no model registry configured")
 
 
 def load_into_store(store: FhirStore, definitions: CareDefinitions) -> None:
@@ -95,14 +102,14 @@ class CareWorker:
         responsible_user: str = "care-lead",
         clock: Clock = utc_now,
         tick_seconds: float = 60.0,
-        model_cards: Mapping[str, ModelCard] | None = None,
+        model_gate: ModelGate = no_registry,
         name: str = "care-engine",
         poll_seconds: float = 0.2,
     ) -> None:
         self.store, self.definitions, self.clock = store, definitions, clock
         self.responsible_user, self.tick_seconds, self.name = responsible_user, tick_seconds, name
         self.poll_seconds = poll_seconds
-        self.model_cards = dict(model_cards or {})
+        self.model_gate = model_gate
         self._queue: queue.Queue[list[Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -249,6 +256,39 @@ class CareWorker:
             self.evaluate_patients(touched, now)
         return self._writes != writes
 
+    def _gate_models(
+        self, touched: Mapping[str, list[dict[str, Any]]]
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, GateVerdict]]:
+        """The gate's verdict on every model whose RiskAssessments are in ``touched``; each
+        score of a model gated out is labelled not for clinical use — stored as a new version
+        (If-Match on the version read: a concurrent change wins, and its own event comes back
+        here) and handed to the rules labelled, so it can never alert."""
+        verdicts: dict[str, GateVerdict] = {}
+        labelled: list[dict[str, Any]] = []
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pid, found in touched.items():
+            out[pid] = []
+            for res in found:
+                model = model_of(res)
+                if model is not None and model not in verdicts:
+                    verdicts[model] = self.model_gate(model)
+                if model is not None and not verdicts[model].clinical_use and not is_labelled(res):
+                    res = label(res, verdicts[model])
+                    labelled.append(res)
+                out[pid].append(res)
+        for res in labelled:
+            version = (res.get("meta") or {}).get("versionId")
+            try:
+                self.store.update(
+                    "RiskAssessment", res["id"], res, if_match=f'W/"{version}"', writer=CARE_WRITER
+                )
+                self._writes += 1
+            except FhirError as exc:  # changed meanwhile: that version's event labels it
+                log.info("care: labelling a RiskAssessment skipped (%s)", type(exc).__name__)
+        if labelled:
+            log.info("care: %d model score(s) labelled not for clinical use", len(labelled))
+        return out, verdicts
+
     def _versions(self, events: Sequence[Any]) -> list[dict[str, Any]]:
         """The resource version each event names: the current versions of a batch in one search
         per type (and chunk); a vread only for one changed since."""
@@ -347,9 +387,15 @@ class CareWorker:
         Returns the number of alerts opened."""
         return self.evaluate_patients({pid: new}, now)
 
-    def evaluate_patients(self, touched: Mapping[str, list[dict[str, Any]]], now: datetime) -> int:
+    def evaluate_patients(
+        self,
+        touched: Mapping[str, list[dict[str, Any]]],
+        now: datetime,
+    ) -> int:
         """:meth:`evaluate_patient` for many patients: their records read together, every
-        alert and plan revision written in one transaction. Returns the alerts opened."""
+        alert and plan revision written in one transaction; a model's scores pass the
+        risk-model gate first (:meth:`_gate_models`). Returns the alerts opened."""
+        touched, verdicts = self._gate_models(touched)
         reads = BatchRecords(self.store, list(touched))
         plans = {pid: found for pid, found in reads.care_plans().items() if found}
         if not plans:
@@ -372,7 +418,7 @@ class CareWorker:
         for pid, careplans in plans.items():
             open_keys = open_alert_keys(alerts.get(pid, []))
             for careplan in careplans:
-                ctx = self._context(pid, careplan, follow.get(careplan["id"], []))
+                ctx = self._context(pid, careplan, follow.get(careplan["id"], []), verdicts)
                 if ctx is None:
                     continue
                 for d in evaluate(ctx, touched[pid], recent.get(pid, []), open_keys, now):
@@ -391,7 +437,11 @@ class CareWorker:
         return opened
 
     def _context(
-        self, pid: str, careplan: dict[str, Any], follow_ups: list[dict[str, Any]]
+        self,
+        pid: str,
+        careplan: dict[str, Any],
+        follow_ups: list[dict[str, Any]],
+        verdicts: Mapping[str, GateVerdict] | None = None,
     ) -> PlanContext | None:
         pathway = self.definitions.by_url(careplan.get("instantiatesCanonical", [""])[0])
         if pathway is None:
@@ -403,7 +453,7 @@ class CareWorker:
             follow_ups=tuple(follow_ups),
             practitioner=(careplan.get("author") or {}).get("reference") or self.responsible,
             control_status=control_of(careplan),
-            model_cards=self.model_cards,
+            model_verdicts=dict(verdicts or {}),
         )
 
     def _alert_bundle(

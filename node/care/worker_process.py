@@ -21,6 +21,10 @@ import threading
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.care.model_cards import RegistryGate
 
 __all__ = ["WorkerSpec", "WorkerProcess", "offset_clock", "main"]
 
@@ -35,6 +39,25 @@ class WorkerSpec:
     tick_seconds: float
     poll_seconds: float
     clock_offset_seconds: float = 0.0
+    # the risk-model gate (node/care/model_cards.py): registry, floor, credentials folder
+    model_registry_url: str | None = None
+    model_min_auroc: float = 0.70
+    model_min_events: int = 100
+    model_card_ttl_seconds: float = 300.0
+    credentials_dir: str | None = None
+
+    def model_gate(self) -> RegistryGate:
+        from pathlib import Path
+
+        from node.care.model_cards import RegistryGate
+        from node.care.model_gate import ModelFloor
+
+        return RegistryGate(
+            self.model_registry_url,
+            ModelFloor(self.model_min_auroc, self.model_min_events),
+            Path(self.credentials_dir) if self.credentials_dir else None,
+            ttl=self.model_card_ttl_seconds,
+        )
 
 
 def offset_clock(offset_seconds: float):  # type: ignore[no-untyped-def]
@@ -116,6 +139,7 @@ def main() -> int:
         tick_seconds=spec.tick_seconds,
         poll_seconds=spec.poll_seconds,
         clock=offset_clock(spec.clock_offset_seconds),
+        model_gate=spec.model_gate().verdict,
     )
     worker.start()
     log.info("care worker process started", extra={"pid": os.getpid()})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from node.care.engine import AlertDecision, ControlChange, ModelCard, evaluate
+from node.care.engine import AlertDecision, ControlChange, evaluate
+from node.care.model_gate import GateVerdict, ModelFloor, gate, label
 
 from .fixtures import (
     LOCAL_MEASURE,
@@ -229,19 +230,26 @@ def test_risk_lace_10_or_more():
     assert _rules(evaluate(plan, [low], [], set(), at(0, 1))) == []
 
 
-def test_risk_model_alerts_only_when_its_card_passes_the_quality_floor():
-    good = {"readmit-v3": ModelCard("readmit-v3", auroc=0.78, events=240)}
-    weak = {"readmit-v3": ModelCard("readmit-v3", auroc=0.31, events=240)}
-    few = {"readmit-v3": ModelCard("readmit-v3", auroc=0.80, events=12)}
+def test_risk_model_alerts_only_when_the_gate_admits_it():
+    floor = ModelFloor(0.70, 100)
+
+    def verdicts(auroc: float, events: int) -> dict[str, GateVerdict]:
+        card = {"evaluation": {"auroc": auroc, "events": events}}
+        return {"readmit-v3": gate("readmit-v3", card, floor)}
+
     high = _assessment(0.45)
+    good = verdicts(0.78, 240)
     assert _rules(
-        evaluate(plan_for("heart-failure", model_cards=good), [high], [], set(), at())
+        evaluate(plan_for("heart-failure", model_verdicts=good), [high], [], set(), at())
     ) == ["readmission-model-high"]
-    for cards in (weak, few, {}):
-        plan = plan_for("heart-failure", model_cards=cards)
+    for gated in (verdicts(0.31, 240), verdicts(0.80, 12), {}):
+        plan = plan_for("heart-failure", model_verdicts=gated)
         assert _rules(evaluate(plan, [high], [], set(), at())) == []
-    plan = plan_for("heart-failure", model_cards=good)
+    plan = plan_for("heart-failure", model_verdicts=good)
     assert _rules(evaluate(plan, [_assessment(0.2)], [], set(), at())) == []
+    # a score already labelled not for clinical use never alerts, whatever the verdict now
+    weak = gate("readmit-v3", {"evaluation": {"auroc": 0.31, "events": 240}}, floor)
+    assert _rules(evaluate(plan, [label(high, weak)], [], set(), at())) == []
 
 
 # --- open alerts, control -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ PURE_MODULES = [
     "revision",
     "alerts",
     "enrolment",
+    "model_gate",
 ]
 CARE = Path(__file__).resolve().parents[2] / "node" / "care"
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
