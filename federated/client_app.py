@@ -37,7 +37,14 @@ from federated.egress import check_reply
 from federated.node_data import load_node_data, setting
 from federated.node_policy import NodePolicy, RunTerms, changed_keys, fixed_params
 
-__all__ = ["app", "handle_train", "handle_evaluate", "handle_query", "ledger_for"]
+__all__ = [
+    "app",
+    "handle_train",
+    "handle_evaluate",
+    "handle_query",
+    "ledger_for",
+    "ledger_metrics",
+]
 
 log = logging.getLogger("ipjms.federated.client")
 app = ClientApp()
@@ -62,11 +69,13 @@ def _reply(
     return Message(content, reply_to=msg)
 
 
-def _declined(msg: Message, context: Context, reason: str) -> Message:
+def _declined(
+    msg: Message, context: Context, reason: str, budget: dict[str, float] | None = None
+) -> Message:
     log.info("declining round: %s", reason)
     content = RecordDict(
         {
-            "metrics": MetricRecord({"num-examples": 0, "declined": 1}),
+            "metrics": MetricRecord({"num-examples": 0, "declined": 1, **(budget or {})}),
             "status": ConfigRecord({"org": _org(context), "status": "declined", "reason": reason}),
         }
     )
@@ -190,6 +199,19 @@ def ledger_for(node_config: Any):  # type: ignore[no-untyped-def]
     )
 
 
+def ledger_metrics(ledger: Any) -> dict[str, float]:
+    """The ledger's state as reply metrics (egress keys ``budget-*``): ε and δ used over all
+    the node's runs and releases, and its budgets. Sent with every training and evaluation
+    reply and with a budget decline, so the authority sees each node's remaining budget."""
+    used = ledger.usage()
+    return {
+        "budget-epsilon-used": float(used.epsilon),
+        "budget-epsilon": float(ledger.budget),
+        "budget-delta-used": float(used.delta),
+        "budget-delta": float(ledger.delta_budget),
+    }
+
+
 def _dp_seed(context: Context, server_round: int) -> int | None:
     """DP-SGD's sampling and noise seed comes from the node, never from the server's message: a
     server that knew it could regenerate the noise and remove it. Unset (every deployment), each
@@ -253,7 +275,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                 label=str(cfg.get("run-label", "")),
             )
         except BudgetExceeded as exc:
-            return _declined(msg, context, str(exc))
+            return _declined(msg, context, str(exc), ledger_metrics(ledger))
         finally:
             ledger.engine.dispose()
         dp = DPConfig(
@@ -302,6 +324,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             ledger.record_training(
                 run_id, float(report.epsilon or 0.0), terms.delta, report.history
             )
+            metrics.update(ledger_metrics(ledger))
         finally:
             ledger.engine.dispose()
     out = get_arrays(model)
@@ -340,6 +363,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         return _declined(msg, context, "evaluation limit of this run reached")
     model = _model(cfg, msg.content.array_records["arrays"])
     x = _normalise(data.x_test, cfg)
+    budget: dict[str, float] = {}
     if policy.evaluation == "exact":  # a CSV benchmark node's own choice on its own data
         m = evaluate(model, x, data.y_test)
         total = float(len(data.y_test))
@@ -347,8 +371,9 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         ledger = ledger_for(context.node_config)
         try:
             ledger.charge(_run_id(context), terms.eval_epsilon, 0.0, kind="evaluation")
+            budget = ledger_metrics(ledger)
         except BudgetExceeded as exc:
-            return _declined(msg, context, str(exc))
+            return _declined(msg, context, str(exc), ledger_metrics(ledger))
         finally:
             ledger.engine.dispose()
         hist = score_histogram(predict_proba(model, x), data.y_test, data.g_test)  # type: ignore[arg-type]
@@ -365,6 +390,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         "accuracy": m["accuracy"],
         "log-loss": m["log_loss"],
         "epsilon": terms.eval_epsilon if policy.evaluation == "dp" else 0.0,
+        **budget,
     }
     content = RecordDict(
         {

@@ -54,6 +54,13 @@ METRIC_KEYS = (
             "brier",
             "accuracy",
             "log-loss",
+            # the node's own privacy-budget ledger after this reply (federated/budget.py): ε and
+            # δ used over all its runs and releases, and its budgets — so the authority's console
+            # can show each node's remaining budget (numbers the node chose to publish, no data)
+            "budget-epsilon-used",
+            "budget-epsilon",
+            "budget-delta-used",
+            "budget-delta",
         }
     )
     | VECTOR_METRIC_KEYS

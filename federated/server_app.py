@@ -52,6 +52,7 @@ def execute(grid: Grid, run_config: dict[str, Any], run_id: str = "") -> dict[st
     except RunFailed as exc:
         report(f"run failed: {exc}")
         doc = {"status": "failed", "reason": str(exc), "run_label": label}
+        doc["node_budgets"] = exc.budgets
         outcome_path.write_text(json.dumps(doc, indent=2))
         raise
     except Exception as exc:
@@ -62,6 +63,7 @@ def execute(grid: Grid, run_config: dict[str, Any], run_id: str = "") -> dict[st
         raise
     card = build_card(result, run_id=run_id)
     doc = {"status": "completed", "run_label": label, "card": card, "model_id": None}
+    doc["node_budgets"] = result.budgets  # each node's ledger as it last reported it
     registry_url = str(run_config.get("registry-url", "") or "")
     if registry_url:
         from federated.registry_client import RegistryClient

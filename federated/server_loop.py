@@ -27,7 +27,12 @@ __all__ = ["RunFailed", "RunResult", "run_federated", "make_strategy", "initial_
 
 
 class RunFailed(Exception):
-    """The run could not go on (below the minimum of nodes); the message says why."""
+    """The run could not go on (below the minimum of nodes); the message says why.
+    ``budgets``: the nodes' ledger reports received before it failed (see RunResult)."""
+
+    def __init__(self, message: str, budgets: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.budgets = budgets or {}
 
 
 @dataclass
@@ -57,6 +62,9 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     final_metrics: dict[str, float] = field(default_factory=dict)
     replies_seen: list[dict[str, Any]] = field(default_factory=list)  # structure only, for audit
+    # org → the node's privacy-budget ledger as its last reply reported it (budget-* metrics):
+    # epsilon_used, epsilon_budget, delta_used, delta_budget, round, phase
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def participants(self) -> list[NodeRecord]:
@@ -152,6 +160,23 @@ def _structure(msg: Message, phase: str, rnd: int) -> dict[str, Any]:
     }
 
 
+BUDGET_METRICS = {
+    "budget-epsilon-used": "epsilon_used",
+    "budget-epsilon": "epsilon_budget",
+    "budget-delta-used": "delta_used",
+    "budget-delta": "delta_budget",
+}
+
+
+def _ledger_report(msg: Message) -> dict[str, float] | None:
+    """The node's ledger figures in a reply, if it sent all four (an older node sends none)."""
+    rec = next(iter(msg.content.metric_records.values()))
+    if not all(k in rec for k in BUDGET_METRICS):
+        return None
+    report = {name: float(rec[k]) for k, name in BUDGET_METRICS.items()}  # type: ignore[arg-type]
+    return report if all(math.isfinite(v) and v >= 0 for v in report.values()) else None
+
+
 def _metric(msg: Message, key: str) -> float:
     rec = next(iter(msg.content.metric_records.values()))
     value = rec.get(key, 0.0)
@@ -210,6 +235,9 @@ class _Round:
                 continue
             org = _org(reply)
             self.result.nodes.setdefault(nid, NodeRecord(org=org, node_id=nid)).org = org
+            ledger = _ledger_report(reply)
+            if ledger is not None:  # the latest report wins (evaluation comes after training)
+                self.result.budgets[org] = {**ledger, "round": self.rnd, "phase": self.phase}
             status = next(iter(reply.content.config_records.values()), ConfigRecord())
             if status.get("status") == "declined":
                 self.result.declined.append(
@@ -248,7 +276,8 @@ def run_federated(
             raise RunFailed(
                 f"round {rnd} {phase}: only {n_usable} node(s) answered, the run needs at least "
                 f"{plan.min_nodes}; dropped: {', '.join(dropped) or 'none'}; "
-                f"declined: {', '.join(declined) or 'none'}"
+                f"declined: {', '.join(declined) or 'none'}",
+                budgets=result.budgets,
             )
 
     if plan.normalise:

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunRequest", "RunRequestError", "RunLauncher", "parse_run_request", "MAX_EPSILON"]
+__all__ = [
+    "RunRequest",
+    "RunRequestError",
+    "RunLauncher",
+    "parse_run_request",
+    "node_budgets",
+    "MAX_EPSILON",
+]
 
 MAX_EPSILON = 10.0
 MAX_ROUNDS = 20
@@ -140,6 +147,7 @@ class RunLauncher:
                     "model_id": doc.get("model_id"),
                     "card": card,
                     "reason": doc.get("reason"),
+                    "budgets": _budgets(doc.get("node_budgets")),
                     "epsilon": None,
                     "rounds": None,
                 }
@@ -160,6 +168,7 @@ class RunLauncher:
             run.setdefault("model_id", None)
             run.setdefault("card", None)
             run.setdefault("reason", None)
+            run.setdefault("budgets", {})
             run["progress"] = self._progress(run["label"])
         return sorted(runs.values(), key=lambda r: r["at"], reverse=True)
 
@@ -180,3 +189,44 @@ class RunLauncher:
         except OSError:
             return []
         return lines[-LOG_TAIL:]
+
+
+_BUDGET_FIELDS = ("epsilon_used", "epsilon_budget", "delta_used", "delta_budget")
+
+
+def _budgets(raw: object) -> dict[str, dict[str, float]]:
+    """A run file's ``node_budgets`` (org → the node's ledger as its last reply reported it),
+    keeping only complete, finite, non-negative figures."""
+    out: dict[str, dict[str, float]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for org, figures in raw.items():
+        if not isinstance(figures, dict):
+            continue
+        values = [figures.get(k) for k in _BUDGET_FIELDS]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            continue
+        nums = [float(v) for v in values]  # type: ignore[arg-type]
+        if all(math.isfinite(v) and v >= 0 for v in nums):
+            out[str(org)] = dict(zip(_BUDGET_FIELDS, nums, strict=True))
+    return out
+
+
+def node_budgets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each node's privacy budget as it last reported it: for every organisation, the report
+    in the newest run that carries one (``runs`` newest first, as :meth:`RunLauncher.list_runs`
+    gives them) — spent and remaining ε and δ, and the run and time of the report."""
+    latest: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for org, b in (run.get("budgets") or {}).items():
+            if org in latest:
+                continue
+            latest[org] = {
+                "org": org,
+                **b,
+                "epsilon_remaining": max(0.0, b["epsilon_budget"] - b["epsilon_used"]),
+                "delta_remaining": max(0.0, b["delta_budget"] - b["delta_used"]),
+                "run": run["label"],
+                "at": run["at"],
+            }
+    return [latest[org] for org in sorted(latest)]

@@ -22,6 +22,7 @@ from coordinator.console.fl_runs import (
     MAX_EPSILON,
     RunLauncher,
     RunRequestError,
+    node_budgets,
     parse_run_request,
 )
 from coordinator.console.indicator_results import read_results, trends
@@ -123,12 +124,14 @@ async def indicators(request: Request) -> Response:
 
 def _runs_page(request: Request, status: int = 200, **context: Any) -> Response:
     launcher: RunLauncher = request.app.state.fl_runs
+    listed = launcher.list_runs()
     return _render(
         request,
         "runs.html",
         status=status,
         configured=launcher.configured,
-        runs=launcher.list_runs(),
+        runs=listed,
+        budgets=node_budgets(listed),
         max_epsilon=MAX_EPSILON,
         **context,
     )
