@@ -183,6 +183,7 @@ class ConsentClient:
         acting_role: str | None = None,
         acting_user: str | None = None,
         envelope_id: str | None = None,
+        sender: str | None = None,
     ) -> SignedDecision:
         """Ask for a signed decision; the returned decision has been verified against the JWKS
         and against the request it answers. The requester is always this organisation (the
@@ -201,6 +202,8 @@ class ConsentClient:
             params.append({"name": "reason", "valueString": reason})
         if envelope_id:  # the decision will travel in that envelope, bound to it
             params.append({"name": "envelope", "valueId": envelope_id})
+        if sender:  # an ETREAT re-check of that envelope (consent.break_glass)
+            params.append({"name": "sender", "valueString": sender})
         r = self._request(
             "POST",
             "/fhir/Consent/$decide",

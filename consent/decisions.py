@@ -12,7 +12,14 @@ by an organisation token acting for a named clinician (``act.role`` doctor or nu
 patient's consents already permit the request it is granted as such; otherwise the requested
 classes are granted because of the emergency. Either way the entry is a ``break_glass``
 AuditEvent naming the organisation and its user, with the organisation's signed assertion as
-evidence, and it appears in the patient's disclosure list with the break-glass flag.
+evidence, and it appears in the patient's disclosure list with the break-glass flag. The entry
+names the envelope the decision is bound to (``Parameters.envelope``).
+
+The coordinator's re-check of such an envelope (``ETREAT`` with ``envelope`` and ``sender``, no
+reason: it has no clinician to name) is *re-admitted* only if that grant is in this ledger for the
+same envelope, patient, sender and recipient and covers every class asked, granted within
+``consent.break_glass.READMIT_WINDOW``; otherwise it is a deny. A re-admission is audited as a
+routing decision naming the grant it re-admits, the clinician and the stated reason.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consent.auth import CLINICIAN_ROLES, Principal
+from consent.break_glass import READMIT_WINDOW, Grant, find_grant, grants_in, readmission_refusal
 from consent.decision_token import request_hash, sign_decision
 from consent.parameters import DecideInput
 from consent.policy import Decision, DecisionRequest, decide
@@ -84,37 +92,44 @@ class DecisionService:
                 f"requester must be the authenticated caller ({requester}); "
                 "another organisation cannot be named"
             )
-        if inp.purpose == "ETREAT":
-            if not inp.reason:
-                raise BadRequest(
-                    "break-glass (ETREAT) needs a stated reason", expression=["Parameters.reason"]
-                )
-            if caller.acting_role not in CLINICIAN_ROLES or not caller.acting_user:
-                raise Forbidden(
-                    "break-glass (ETREAT) may only be requested for a named clinician "
-                    "(act.role doctor or nurse and act.sub, in the signed assertion)"
-                )
-        request = DecisionRequest(
-            patient=inp.patient,
-            requester=requester,
-            recipient=inp.recipient,
-            purpose=inp.purpose,
-            classes=inp.classes,
-            at=datetime.now(UTC),
-        )
-        records = [s.record for s in self.store.for_patient(inp.patient)]
-        decision = decide(records, request)
-        if inp.purpose == "ETREAT":
-            decision = Decision(
-                permit=True,
+        readmitted: Grant | None = None
+        if inp.purpose == "ETREAT" and not inp.reason and inp.envelope and inp.sender:
+            # The coordinator's re-check of an envelope (it has no reason and no clinician to
+            # state): only what this registry already granted, see consent.break_glass.
+            decision, readmitted = self._readmission(inp)
+        else:
+            if inp.purpose == "ETREAT":
+                if not inp.reason:
+                    raise BadRequest(
+                        "break-glass (ETREAT) needs a stated reason",
+                        expression=["Parameters.reason"],
+                    )
+                if caller.acting_role not in CLINICIAN_ROLES or not caller.acting_user:
+                    raise Forbidden(
+                        "break-glass (ETREAT) may only be requested for a named clinician "
+                        "(act.role doctor or nurse and act.sub, in the signed assertion)"
+                    )
+            request = DecisionRequest(
+                patient=inp.patient,
+                requester=requester,
+                recipient=inp.recipient,
+                purpose=inp.purpose,
                 classes=inp.classes,
-                consent_ids=decision.consent_ids if decision.permit else (),
-                reason=f"break-glass by {caller.acting_role}: {inp.reason}"
-                + ("" if decision.permit else " (no consent permitted this request)"),
-                refused_classes=frozenset(),
-                data_period=None,
-                break_glass=True,
+                at=datetime.now(UTC),
             )
+            records = [s.record for s in self.store.for_patient(inp.patient)]
+            decision = decide(records, request)
+            if inp.purpose == "ETREAT":
+                decision = Decision(
+                    permit=True,
+                    classes=inp.classes,
+                    consent_ids=decision.consent_ids if decision.permit else (),
+                    reason=f"break-glass by {caller.acting_role}: {inp.reason}"
+                    + ("" if decision.permit else " (no consent permitted this request)"),
+                    refused_classes=frozenset(),
+                    data_period=None,
+                    break_glass=True,
+                )
         decision_id = uuid.uuid4().hex
         claims: dict[str, Any] = {
             "jti": decision_id,
@@ -137,8 +152,46 @@ class DecisionService:
         if inp.envelope is not None:
             claims["env"] = inp.envelope  # the envelope that will carry this decision
         token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl, x5c=self.x5c)
-        self._audit(inp, caller, requester, decision, decision_id)
+        self._audit(inp, caller, requester, decision, decision_id, readmitted)
         return IssuedDecision(decision, decision_id, token, expires_at)
+
+    def _readmission(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
+        """An ETREAT re-check: re-admit the break-glass this registry granted for the envelope
+        (same patient, sender and recipient, every class covered, within the window), or deny."""
+        assert inp.envelope is not None
+        since = datetime.now(UTC) - READMIT_WINDOW
+        entries = self.ledger.entries(patient_pseudonym=inp.patient, since=since)
+        grant = find_grant(
+            grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM), inp.envelope
+        )
+        refusal = readmission_refusal(
+            grant,
+            envelope_id=inp.envelope,
+            patient=inp.patient,
+            sender=inp.sender,
+            recipient=inp.recipient,
+            classes=inp.classes,
+        )
+        if refusal is not None or grant is None:
+            denied = Decision(
+                permit=False,
+                classes=frozenset(),
+                consent_ids=(),
+                reason=refusal or "no break-glass grant",
+                refused_classes=inp.classes,
+            )
+            return denied, None
+        readmitted = Decision(
+            permit=True,
+            classes=inp.classes,
+            consent_ids=(),
+            reason=(
+                f"break-glass by {grant.role or 'clinician'} {grant.user} of {grant.requester} "
+                f"(decision {grant.decision_id}): {grant.reason}"
+            ),
+            break_glass=True,
+        )
+        return readmitted, grant
 
     def _audit(
         self,
@@ -147,8 +200,9 @@ class DecisionService:
         requester: str,
         decision: Decision,
         decision_id: str,
+        readmitted: Grant | None = None,
     ) -> None:
-        if decision.break_glass:
+        if decision.break_glass and readmitted is None:
             event = audit_events.break_glass(
                 user=caller.acting_user or "unknown",
                 org=requester,
@@ -157,6 +211,7 @@ class DecisionService:
                 reason=inp.reason or "",
                 classes=sorted(decision.classes),
                 observer=self.observer,
+                envelope_id=inp.envelope,  # what a re-check of that envelope re-admits
             )
         else:
             event = audit_events.routing_decision(
@@ -179,6 +234,12 @@ class DecisionService:
                 ],
             }
         )
+        if readmitted is not None:  # a re-check: which grant it re-admitted, for the envelope
+            event["entity"][-1]["detail"] += [
+                {"type": "readmits", "valueString": readmitted.decision_id},
+                {"type": "envelope", "valueString": readmitted.envelope_id},
+                {"type": "break-glass-user", "valueString": readmitted.user},
+            ]
         if decision.break_glass and caller.acting_evidence:
             # The organisation's signed statement of its user's role: evidence it cannot deny.
             event["entity"][-1]["detail"].append(

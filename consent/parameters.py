@@ -8,6 +8,9 @@ In::
     purpose    valueCode | valueCoding          v3 ActReason (consent.policy.PURPOSES; required)
     class      valueCode | valueCoding (×n)     FHIR resource types (at least one)
     reason     valueString                      required for ETREAT (break-glass)
+    envelope   valueId                          the envelope that will carry the decision
+    sender     valueString | valueReference     ETREAT re-check only: the envelope's sender
+                                                (see consent.break_glass)
 
 Out: ``decision`` (permit|deny), ``class``×n (permitted), ``refused-class``×n, ``consent``×n
 (``Consent/<id>``), ``reason``, ``break-glass``, ``decision-id``, ``expires``, ``data-period``
@@ -26,7 +29,16 @@ from servicekit.outcome import BadRequest
 
 __all__ = ["DecideInput", "parse_decide", "decision_parameters"]
 
-_ALLOWED = {"patient", "recipient", "requester", "purpose", "class", "reason", "envelope"}
+_ALLOWED = {
+    "patient",
+    "recipient",
+    "requester",
+    "purpose",
+    "class",
+    "reason",
+    "envelope",
+    "sender",
+}
 _ENVELOPE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_REASON = 500
 
@@ -40,6 +52,7 @@ class DecideInput:
     classes: frozenset[str]
     reason: str | None
     envelope: str | None = None  # the id of the envelope that will carry the decision
+    sender: str | None = None  # an ETREAT re-check: the sender of that envelope
 
 
 def _value(param: dict[str, Any], name: str) -> str:
@@ -76,7 +89,7 @@ def parse_decide(body: object) -> DecideInput:
         if name not in _ALLOWED:
             raise BadRequest(f"unknown parameter {name!r}", expression=[f"Parameters.{name}"])
         values.setdefault(name, []).append(_value(param, name))
-    for name in ("patient", "recipient", "requester", "purpose", "reason", "envelope"):
+    for name in ("patient", "recipient", "requester", "purpose", "reason", "envelope", "sender"):
         if len(values.get(name, [])) > 1:
             raise BadRequest(f"parameter {name} given twice", expression=[f"Parameters.{name}"])
     for name in ("patient", "recipient", "purpose"):
@@ -90,6 +103,7 @@ def parse_decide(body: object) -> DecideInput:
         if len(reason) > MAX_REASON:
             raise BadRequest("reason is too long", expression=["Parameters.reason"])
     requester = values.get("requester", [None])[0]
+    sender = values.get("sender", [None])[0]
     envelope = values.get("envelope", [None])[0]
     if envelope is not None and not _ENVELOPE_ID.match(envelope):
         raise BadRequest(
@@ -103,6 +117,7 @@ def parse_decide(body: object) -> DecideInput:
         classes=check_classes(values["class"], "Parameters.class"),
         reason=reason or None,
         envelope=envelope,
+        sender=check_org_id(sender, "Parameters.sender") if sender else None,
     )
 
 

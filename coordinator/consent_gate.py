@@ -6,6 +6,12 @@ coordinator asks under its own name (the registry records the authenticated call
 requester; it cannot be told another), so the patient's list shows the coordinator's check.
 Envelopes that carry no clinical classes (a Task status update) pass only along an exchange that
 already exists: an earlier referral or consultation for the same patient in the other direction.
+
+Break-glass (purpose ``ETREAT``): the coordinator has no clinician and no reason to state, so it
+asks the registry to re-admit the break-glass it granted for this envelope (the envelope id and
+its sender go with the question; ``consent.break_glass``). Without such a grant it is a deny; a
+re-admission's reason (clinician, stated reason, the grant's decision id) is what the routing
+audit records.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class ConsentOracle(Protocol):
         recipient: str,
         purpose: str,
         classes: Any,
+        *,
+        envelope_id: str | None = None,
+        sender: str | None = None,
     ) -> Any: ...
 
 
@@ -57,12 +66,19 @@ class ConsentGate:
         if header.patient_pseudonym is None:  # check_header refuses these before the gate
             return GateDecision(False, "no patient pseudonym to ask consent for")
         receiver = data_recipient(header)
+        # A break-glass envelope is re-admitted by the registry on the grant bound to its id.
+        bound = (
+            {"envelope_id": header.envelope_id, "sender": header.sender}
+            if header.purpose == "ETREAT"
+            else {}
+        )
         try:
             decision = self.oracle.decide(
                 header.patient_pseudonym,
                 receiver,
                 header.purpose,
                 list(header.classes),
+                **bound,
             )
         except Exception as exc:  # registry down or refusing us: default deny
             return _registry_failure(exc)
@@ -79,6 +95,9 @@ class ConsentGate:
             return GateDecision(
                 False, f"consent does not cover declared classes {refused}", consent_ids
             )
+        if getattr(decision, "break_glass", False):
+            reason = getattr(decision, "reason", "") or "break-glass"
+            return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
         return GateDecision(True, "consent permits all declared classes", consent_ids)
 
     def check_lookup(

@@ -4,7 +4,8 @@ Decisions: ``accepted`` / ``refused`` at Send, ``delivered`` / ``dead`` at deliv
 ``imported`` / ``rejected`` when the recipient acknowledges, ``lookup-permitted`` /
 ``lookup-refused`` for record-locator lookups (a lookup discloses where a patient is treated).
 The event names organisations, the envelope id, kind, purpose, declared classes and the
-patient's pseudonym — never content.
+patient's pseudonym — never content. A break-glass (``ETREAT``) envelope's events carry the
+``BTG`` subtype and the registry's re-admission reason (clinician, stated reason, grant).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger("ipjms.coordinator.audit")
 ORG_SYSTEM = "https://ipjms.example.org/fhir/sid/org"
 PSEUDONYM_SYSTEM = "https://ipjms.example.org/fhir/sid/patient-pseudonym"
 ROUTING_SYSTEM = "https://ipjms.example.org/fhir/CodeSystem/routing-decision"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 _OK = {"accepted", "delivered", "imported", "lookup-permitted"}
 
 
@@ -90,7 +92,12 @@ def routing_event(
             "code": "110106",
             "display": "Export",
         },
-        "subtype": [{"system": ROUTING_SYSTEM, "code": decision}],
+        "subtype": [{"system": ROUTING_SYSTEM, "code": decision}]
+        + (  # an emergency envelope is marked break-glass in every routing decision
+            [{"system": ACT_CODE, "code": "BTG", "display": "break the glass"}]
+            if header.purpose == "ETREAT"
+            else []
+        ),
         "action": "E",
         "recorded": now.isoformat(),
         "outcome": "0" if decision in _OK else "4",

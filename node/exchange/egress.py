@@ -15,13 +15,14 @@ import json
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from sqlalchemy import insert, select, update
 
+from consent.client import ConsentRegistryError, SignedDecision
 from node.exchange.context import ExchangeContext
 from node.exchange.documents import (
     PSEUDONYM_SYSTEM,
@@ -32,12 +33,20 @@ from node.exchange.documents import (
 )
 from node.exchange.tables import outbound, pseudonyms
 from node.identity import patient_pseudonym
-from servicekit.outcome import Conflict, FhirError, Forbidden, NotFound
+from servicekit.outcome import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+)
 from trust.certificates import CertificateError
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
 from trust.pseudonym import IdentifierError
 
 __all__ = [
+    "BreakGlass",
     "ConsentRefused",
     "Disclosure",
     "collect",
@@ -70,6 +79,17 @@ DEFAULT_CLASSES = (
 
 class ConsentRefused(Forbidden):
     """The patient's consent does not permit this disclosure."""
+
+
+@dataclass(frozen=True)
+class BreakGlass:
+    """An emergency disclosure (purpose ETREAT): the clinician's stated reason, role and user
+    name go to the registry inside this organisation's signed assertion; the registry decides
+    whether they suffice (a reason, a doctor or nurse) and audits the grant."""
+
+    reason: str
+    role: str
+    user: str
 
 
 @dataclass(frozen=True)
@@ -135,8 +155,13 @@ def disclose(
     wanted: set[str],
     workflow: list[dict[str, Any]] | None = None,
     title: str,
+    break_glass: BreakGlass | None = None,
 ) -> Disclosure:
-    """collect → filter by consent → pack → seal. Raises ConsentRefused when nothing may go."""
+    """collect → filter by consent → pack → seal. Raises ConsentRefused when nothing may go.
+    With ``break_glass`` the purpose must be ETREAT and the registry is asked with the reason
+    and the clinician; its refusal (no reason 400, not a clinician 403) is passed on as such."""
+    if (break_glass is not None) != (purpose == "ETREAT"):
+        raise BadRequest("break-glass (ETREAT) needs a stated reason and a clinician")
     patient, pseudo = pseudonym_of(ctx, patient_id)
     workflow = workflow or []
     # The envelope's id is chosen first: the registry binds its decision to it, and the
@@ -147,13 +172,28 @@ def disclose(
     if ask:
         # The registry decides while this node reads its own records; nothing is packed or
         # sealed before the decision is in, and only what it permits is kept.
+        emergency = (
+            {
+                "reason": break_glass.reason,
+                "acting_role": break_glass.role,
+                "acting_user": break_glass.user,
+            }
+            if break_glass is not None
+            else {}
+        )
         asked = _CONSENT_ASKS.submit(
-            ctx.consent.decide, pseudo, recipient, purpose, ask, envelope_id=envelope_id
+            ctx.consent.decide,
+            pseudo,
+            recipient,
+            purpose,
+            ask,
+            envelope_id=envelope_id,
+            **emergency,
         )  # the registry records this organisation (the authenticated caller) as requester
         with ctx.timed("out", "collect"):
             collected = collect(ctx, patient_id, wanted)
         with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
-            decision = asked.result()
+            decision = _decision(asked)
         if not decision.permit:
             raise ConsentRefused(
                 f"consent does not permit {purpose} to {recipient}: {decision.reason}"
@@ -179,6 +219,18 @@ def disclose(
             title=title,
         )
     return Disclosure(sealed, declared, count)
+
+
+def _decision(asked: Future[SignedDecision]) -> SignedDecision:
+    """The registry's answer; a request it refused (4xx) is that refusal, never a 500."""
+    try:
+        return asked.result()
+    except ConsentRegistryError as exc:
+        if exc.status == 400:
+            raise BadRequest(f"consent registry: {exc.message}") from None
+        if exc.status == 403:
+            raise ConsentRefused(f"consent registry: {exc.message}") from None
+        raise ServiceUnavailable(f"consent registry answered {exc.status}") from None
 
 
 def _pack_and_seal(

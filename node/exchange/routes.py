@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from node.auth.deps import Principal, require_scope
 from node.exchange.context import ExchangeContext
+from node.exchange.egress import BreakGlass
 from node.exchange.service import (
     answer,
     change_status,
@@ -62,6 +63,10 @@ class RequestIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     question: str = Field(default="", max_length=4000)
     classes: list[str] | None = None
+    # Break-glass: an emergency request (purpose ETREAT) whatever the patient's consents say;
+    # the consent registry requires the stated reason and a doctor or nurse, and audits it.
+    emergency: bool = False
+    break_glass_reason: str = Field(default="", max_length=500)
 
 
 class StatusIn(BaseModel):
@@ -94,6 +99,11 @@ def create_request(
             question=body.question,
             classes=body.classes,
             writer=_p.writer,
+            break_glass=(
+                BreakGlass(reason=body.break_glass_reason.strip(), role=_p.role, user=_p.subject)
+                if body.emergency
+                else None
+            ),
         )
     )
 

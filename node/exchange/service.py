@@ -24,6 +24,7 @@ from sqlalchemy import select
 from node.exchange.context import ExchangeContext
 from node.exchange.egress import (
     DEFAULT_CLASSES,
+    BreakGlass,
     ConsentRefused,
     disclose,
     pseudonym_of,
@@ -63,8 +64,12 @@ def request_exchange(
     question: str = "",
     classes: list[str] | None = None,
     writer: str = DEFAULT_WRITER,
+    break_glass: BreakGlass | None = None,
 ) -> dict[str, Any]:
-    """Create ServiceRequest + Task for ``recipient`` and send the consented data with them."""
+    """Create ServiceRequest + Task for ``recipient`` and send the consented data with them.
+    With ``break_glass`` it is an emergency request (purpose ETREAT): the registry grants it on
+    the clinician's stated reason, bound to the envelope, whatever the patient's consents say,
+    and audits it as break-glass; the request is labelled as such (``workflow.is_break_glass``)."""
     if kind not in REQUEST_KINDS:
         raise BadRequest(f"kind must be one of {', '.join(sorted(REQUEST_KINDS))}")
     if recipient == ctx.org_id:
@@ -79,6 +84,7 @@ def request_exchange(
         performer=recipient,
         reason=reason,
         question=question,
+        break_glass_reason=break_glass.reason if break_glass is not None else None,
     )
     wanted = set(classes or DEFAULT_CLASSES)
     try:
@@ -88,10 +94,11 @@ def request_exchange(
             kind=kind,
             recipient=recipient,
             patient_id=patient_id,
-            purpose="TREAT",
+            purpose="ETREAT" if break_glass is not None else "TREAT",
             wanted=wanted,
             workflow=[sr, task],
             title=f"{kind.capitalize()} to {recipient}",
+            break_glass=break_glass,
         )
     except ConsentRefused as exc:
         # … a refusal is kept, visibly not sent: the pair with the Task cancelled.
@@ -109,6 +116,7 @@ def request_exchange(
         "classes": list(disclosure.classes),
         "resources": disclosure.resource_count,
         "state": state,
+        "break_glass": break_glass is not None,
     }
 
 
@@ -267,7 +275,11 @@ def pull_history(
 def answer_query(
     ctx: ExchangeContext, requester: str, pseudo: str, purpose: str, query: dict[str, Any]
 ) -> str | None:
-    """A holder answers a record query with what the patient's consent permits (its own check)."""
+    """A holder answers a record query with what the patient's consent permits (its own check).
+    A break-glass (ETREAT) pull is not built: such a query is not answered."""
+    if purpose == "ETREAT":
+        log.info("record query from %s under ETREAT: break-glass pulls are not answered", requester)
+        return None
     with ctx.engine.connect() as conn:
         row = conn.execute(
             select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)

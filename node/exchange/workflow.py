@@ -9,7 +9,22 @@ from typing import Any
 
 from node.exchange.documents import ORG_SYSTEM, TASK_ID_SYSTEM
 
-__all__ = ["TRANSITIONS", "check_transition", "new_request", "task_uid", "task_parties"]
+__all__ = [
+    "TRANSITIONS",
+    "BREAK_GLASS_LABEL",
+    "check_transition",
+    "new_request",
+    "task_uid",
+    "task_parties",
+    "is_break_glass",
+]
+
+# The purpose-of-use security label of a break-glass (emergency) request (FHIR meta.security).
+BREAK_GLASS_LABEL = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+    "code": "ETREAT",
+    "display": "Emergency Treatment",
+}
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "requested": frozenset({"accepted", "rejected", "cancelled"}),
@@ -41,8 +56,10 @@ def new_request(
     reason: str,
     question: str = "",
     now: dt.datetime | None = None,
+    break_glass_reason: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ServiceRequest and Task (status ``requested``) of a referral or consultation."""
+    """The ServiceRequest and Task (status ``requested``) of a referral or consultation. A
+    break-glass request is labelled ETREAT, urgent (``stat``), and notes the stated reason."""
     now = now or dt.datetime.now(dt.UTC)
     uid = str(uuid.uuid4())
     sr_id = f"sr-{uid}"
@@ -82,7 +99,20 @@ def new_request(
         "owner": _org(performer),
         "description": question or reason,
     }
+    if break_glass_reason is not None:
+        for resource in (service_request, task):
+            resource["meta"] = {"security": [dict(BREAK_GLASS_LABEL)]}
+            resource["priority"] = "stat"
+            resource["note"] = [*resource.get("note", []), {"text": break_glass_reason}]
     return service_request, task
+
+
+def is_break_glass(resource: dict[str, Any]) -> bool:
+    """Whether a request or Task carries the break-glass (ETREAT) label."""
+    return any(
+        s.get("system") == BREAK_GLASS_LABEL["system"] and s.get("code") == "ETREAT"
+        for s in resource.get("meta", {}).get("security", [])
+    )
 
 
 def task_uid(task: dict[str, Any]) -> str | None:

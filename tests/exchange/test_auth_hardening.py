@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -29,6 +30,7 @@ from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.backend_auth import make_org_assertion
+from trust.envelopes import EnvelopeHeader, seal_to
 
 pytestmark = pytest.mark.slow
 
@@ -328,3 +330,126 @@ def _local_patient(pid: str) -> dict:
             }
         ],
     }
+
+
+# --- break-glass over the exchange (issue 16) -------------------------------------------------
+
+EMERGENCY = "unconscious on arrival, history needed for resuscitation"
+
+
+def _routing(region: Region, pseudo: str, envelope_id: str) -> list[dict]:
+    ledger = AuditLedger(make_engine(sqlite_url(region.coordinator.data_dir, "coordinator")))
+    assert ledger.verify().ok
+    return [
+        e.event
+        for e in ledger.entries(patient_pseudonym=pseudo)
+        if e.event["entity"][1]["what"]["identifier"]["value"] == envelope_id
+    ]
+
+
+def test_break_glass_referral_crosses_only_with_a_reason_and_is_audited_as_such(
+    region: Region,
+) -> None:
+    """No consent names clinic C. An emergency referral without a stated reason is refused by
+    the registry (400, nothing sent); with one it is granted, bound to its envelope, crosses the
+    coordinator (whose two checks re-admit that grant) and is imported by C; every routing
+    decision is marked break-glass with the clinician and the reason, and the patient's list
+    shows one break-glass access."""
+    a, c = region.nodes["hosp-a"], region.nodes["clinic-c"]
+    pseudo = region.pseudonym(NID)
+    body = {
+        "kind": "referral",
+        "patient": f"Patient/p-{NID}",
+        "recipient": "clinic-c",
+        "reason": "emergency transfer",
+        "classes": ["Condition", "AllergyIntolerance"],
+    }
+    outbox_before = len(a.get("/exchange/outbox")["envelopes"])
+    # not an emergency: no consent → refused
+    assert a.post("/exchange/requests", body).status_code == 403
+    # an emergency without a stated reason: the registry's 400, passed on, nothing sent
+    r = a.post("/exchange/requests", {**body, "emergency": True, "break_glass_reason": "  "})
+    assert r.status_code == 400, r.text
+    assert "break-glass (ETREAT) needs a stated reason" in r.text
+    outbox = a.get("/exchange/outbox")["envelopes"]
+    assert len(outbox) == outbox_before  # nothing was sealed for either refusal
+    before = len(_disclosures(region))
+    r = a.post("/exchange/requests", {**body, "emergency": True, "break_glass_reason": EMERGENCY})
+    assert r.status_code == 201, r.text
+    sent = r.json()
+    assert sent["state"] == "sent" and sent["break_glass"]
+    assert set(sent["classes"]) >= {"Condition", "AllergyIntolerance"}
+    envelope_id = sent["envelope_id"]
+    wait_for(
+        lambda: any(
+            e["envelope_id"] == envelope_id and e["outcome"] == "imported"
+            for e in c.get("/exchange/inbox")["envelopes"]
+        ),
+        what="clinic C imports the break-glass referral",
+    )
+    tasks = [t for t in c.search("Task", _count="100") if t.get("priority") == "stat"]
+    assert any(
+        s.get("code") == "ETREAT" for t in tasks for s in t.get("meta", {}).get("security", [])
+    )
+    wait_for(
+        lambda: (
+            {"accepted", "delivered"}
+            <= {e["subtype"][0]["code"] for e in _routing(region, pseudo, envelope_id)}
+        ),
+        what="the coordinator's routing decisions",
+    )
+    routed = _routing(region, pseudo, envelope_id)
+    for e in routed:
+        assert "BTG" in {s["code"] for s in e["subtype"]}
+        assert e["purposeOfEvent"][0]["coding"][0]["code"] == "ETREAT"
+    for e in (e for e in routed if e["subtype"][0]["code"] in ("accepted", "delivered")):
+        assert "break-glass" in e["outcomeDesc"] and EMERGENCY in e["outcomeDesc"]
+        assert "doctor" in e["outcomeDesc"] and "hosp-a" in e["outcomeDesc"]
+    new = _disclosures(region)[before:]
+    flagged = [i for i in new if i["break_glass"]]
+    assert len(flagged) == 1 and flagged[0]["reason"] == EMERGENCY
+    assert flagged[0]["requester"] == "hosp-a" and flagged[0]["recipient"] == "clinic-c"
+    # the coordinator's re-checks are listed as its checks of that grant, not new accesses
+    rechecks = [i for i in new if i["purpose"] == "ETREAT" and not i["break_glass"]]
+    assert rechecks and all(i["kind"] == "authorised" for i in rechecks)
+
+
+def test_coordinator_refuses_a_break_glass_envelope_the_registry_did_not_grant(
+    region: Region,
+) -> None:
+    """A node that skips the registry and seals an ETREAT envelope: refused at Send. A real
+    grant bound to one envelope re-admits neither another envelope id nor another recipient."""
+    pseudo = region.pseudonym(NID)
+    granted = str(uuid.uuid4())
+    region.consent_client("hosp-a").decide(
+        pseudo, "clinic-c", "ETREAT", ["Condition"], reason=EMERGENCY,
+        acting_role="doctor", acting_user="u-9", envelope_id=granted,
+    )  # fmt: skip
+
+    def send(envelope_id: str, recipient: str) -> grpc.RpcError:
+        header = EnvelopeHeader.new(
+            kind="referral", sender="hosp-a", recipient=recipient, purpose="ETREAT",
+            classes=("Condition",), patient_pseudonym=pseudo, envelope_id=envelope_id,
+        )  # fmt: skip
+        sealed = seal_to(
+            header,
+            b'{"resourceType":"Bundle"}',
+            sender=region.pki.creds["hosp-a"],
+            recipient_encryption_cert_pem=region.pki.creds[recipient].encryption_cert_pem,
+        )
+        creds = region.pki.creds["hosp-a"]
+        with (
+            ExchangeClient(region.coordinator.address, creds) as c,
+            pytest.raises(grpc.RpcError) as err,
+        ):
+            c.send(sealed)
+        return err.value
+
+    ungranted = str(uuid.uuid4())
+    refused = send(ungranted, "clinic-c")
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "no break-glass was granted" in refused.details()
+    assert [e["subtype"][0]["code"] for e in _routing(region, pseudo, ungranted)] == ["refused"]
+    other = send(granted, "clinic-b")
+    assert other.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "another recipient" in other.details()

@@ -248,8 +248,8 @@ class _Oracle:
             permit=permit, classes=classes, consent_ids=("c1",), reason="r"
         )
 
-    def decide(self, pseudo, recipient, purpose, classes, *, requester=None):
-        self.calls.append((recipient, purpose, tuple(classes), requester))
+    def decide(self, pseudo, recipient, purpose, classes, *, requester=None, **bound):
+        self.calls.append((recipient, purpose, tuple(classes), requester, bound))
         return self.answer
 
 
@@ -264,6 +264,23 @@ def test_consent_rule_needs_every_declared_class() -> None:
     assert not partial.permit and "Observation" in partial.reason
     assert not ConsentGate(_Oracle(False, set())).check(h, prior_exchange=lambda: False).permit
     assert not ConsentGate(None).check(h, prior_exchange=lambda: True).permit  # default deny
+
+
+def test_break_glass_envelope_is_asked_about_by_its_id_and_sender() -> None:
+    """The gate cannot state a reason: for ETREAT it names the envelope and sender (the
+    registry re-admits its own grant) and keeps the registry's break-glass reason."""
+    h = _header(purpose="ETREAT", classes=("Condition",))
+    oracle = _Oracle(True, {"Condition"})
+    oracle.answer.break_glass, oracle.answer.reason = True, "by doctor u-1 of hosp-a: ED"
+    decision = ConsentGate(oracle).check(h, prior_exchange=lambda: False)
+    assert (
+        decision.permit
+        and decision.reason == "break-glass re-admitted: by doctor u-1 of hosp-a: ED"
+    )
+    assert oracle.calls[0][4] == {"envelope_id": h.envelope_id, "sender": h.sender}
+    treat = _Oracle(True, {"Condition"})
+    ConsentGate(treat).check(_header(classes=("Condition",)), prior_exchange=lambda: False)
+    assert treat.calls[0][4] == {}  # an ordinary envelope: the consent rule, unbound
 
 
 def test_consent_rule_asks_about_the_party_receiving_data() -> None:

@@ -1,0 +1,133 @@
+"""Break-glass grants as the registry's own ledger records them, and the re-admission rule.
+
+A break-glass (``ETREAT``) decision is granted to a named clinician with a stated reason and
+bound to the envelope that will carry the data (``env``). The coordinator checks every
+data-carrying envelope with the registry before routing and again at delivery; it cannot state
+the reason or the clinician (it has neither), so it asks for ``ETREAT`` naming the envelope and
+its sender, and the registry *re-admits* only what it already granted: a break-glass entry in
+its ledger for that envelope id, patient, sender and recipient, covering every class asked,
+granted within :data:`READMIT_WINDOW`. Pure functions over ledger entries; no I/O here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from trust import audit_events
+
+__all__ = ["Grant", "READMIT_WINDOW", "grants_in", "find_grant", "readmission_refusal"]
+
+# An emergency whose data has not crossed within a day is no longer the same emergency: the
+# clinician asks again (with a reason) rather than the old grant carrying a new delivery.
+READMIT_WINDOW = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Grant:
+    envelope_id: str
+    patient: str
+    requester: str  # the organisation whose clinician broke the glass (the envelope's sender)
+    recipient: str
+    user: str
+    role: str
+    classes: frozenset[str]
+    reason: str
+    decision_id: str
+
+
+def _codes(codings: Any) -> set[str]:
+    if isinstance(codings, dict):
+        codings = [codings]
+    return {str(c.get("code")) for c in codings or [] if isinstance(c, dict)}
+
+
+def _identifier(entity: dict[str, Any]) -> dict[str, Any]:
+    ident = entity.get("what", {}).get("identifier", {})
+    return ident if isinstance(ident, dict) else {}
+
+
+def _grant(event: dict[str, Any], patient: str, decision_system: str) -> Grant | None:
+    if "BTG" not in _codes(event.get("subtype")):
+        return None
+    envelope = user = role = reason = decision_id = ""
+    classes: frozenset[str] = frozenset()
+    for entity in event.get("entity", []):
+        ident = _identifier(entity)
+        details = {d.get("type"): d.get("valueString", "") for d in entity.get("detail") or []}
+        system = str(ident.get("system", ""))
+        if system == audit_events.ENVELOPE_SYSTEM:
+            envelope = str(ident.get("value", ""))
+            classes = frozenset(str(details.get("data-classes", "")).split()) - {"-"}
+        elif system.startswith(audit_events.USER_SYSTEM + ":"):
+            user = str(ident.get("value", ""))
+            reason = str(details.get("break-glass-reason", ""))
+        elif system == decision_system:
+            decision_id = str(ident.get("value", ""))
+            role = str(details.get("acting-role", ""))
+    orgs = {}
+    for agent in event.get("agent", []):
+        ident = agent.get("who", {}).get("identifier", {})
+        if ident.get("system") == audit_events.ORG_SYSTEM:
+            for code in _codes(agent.get("type", {}).get("coding")):
+                orgs[code] = str(ident.get("value"))
+    if not envelope or envelope == "none" or not reason:
+        return None
+    return Grant(
+        envelope_id=envelope,
+        patient=patient,
+        requester=orgs.get("110153", ""),
+        recipient=orgs.get("IRCP", ""),
+        user=user,
+        role=role,
+        classes=classes,
+        reason=reason,
+        decision_id=decision_id,
+    )
+
+
+def grants_in(entries: Iterable[tuple[dict[str, Any], str]], decision_system: str) -> list[Grant]:
+    """The break-glass grants among ``(event, patient pseudonym)`` ledger entries."""
+    return [g for event, patient in entries if (g := _grant(event, patient, decision_system))]
+
+
+def find_grant(grants: Iterable[Grant], envelope_id: str) -> Grant | None:
+    for grant in grants:
+        if grant.envelope_id == envelope_id:
+            return grant
+    return None
+
+
+def readmission_refusal(
+    grant: Grant | None,
+    *,
+    envelope_id: str,
+    patient: str,
+    sender: str | None,
+    recipient: str,
+    classes: frozenset[str],
+) -> str | None:
+    """Why an ``ETREAT`` re-check without a reason is refused (None: it re-admits ``grant``)."""
+    if grant is None:
+        return (
+            f"no break-glass was granted for envelope {envelope_id} within "
+            f"{int(READMIT_WINDOW.total_seconds() // 3600)} h; break-glass (ETREAT) needs a "
+            "stated reason and a named clinician"
+        )
+    mismatched = [
+        name
+        for name, ok in (
+            ("patient", grant.patient == patient),
+            ("sender", sender is not None and grant.requester == sender),
+            ("recipient", grant.recipient == recipient),
+        )
+        if not ok
+    ]
+    if mismatched:
+        return f"the break-glass grant for envelope {envelope_id} is for another {mismatched[0]}"
+    beyond = sorted(classes - grant.classes)
+    if beyond:
+        return f"the break-glass grant for envelope {envelope_id} does not cover {beyond}"
+    return None
