@@ -538,7 +538,9 @@ def score(
     org_dir: Annotated[Path, typer.Option("--org-dir", help="This node's credentials.")],
     client_id: Annotated[str, typer.Option("--client-id")],
     client_key: Annotated[Path, typer.Option("--client-key")],
-    top: Annotated[int, typer.Option("--top", help="List the N highest-risk patients.")] = 5,
+    top: Annotated[
+        int, typer.Option("--top", min=0, help="List the N highest-risk patients (0: none).")
+    ] = 5,
     linkage_key: Annotated[
         Path | None, typer.Option("--linkage-key", help="Show patients by regional pseudonym.")
     ] = None,
@@ -562,7 +564,8 @@ def score(
     except Exception as exc:  # noqa: BLE001
         _fail(f"scoring failed: {exc}", code=1)
     console.print(f"scored {summary.scored} patient(s); {summary.stored} RiskAssessment(s) stored")
-    console.print(f"highest 30-day readmission risk (model {model}):")
+    if top > 0:
+        console.print(f"highest 30-day readmission risk (model {model}):")
     for pid, pseudo, risk in summary.top(top):
         who = f"pseudonym {pseudo[:16]}…" if pseudo else f"Patient/{pid}"
         console.print(f"  {who}  risk {risk:.3f}")

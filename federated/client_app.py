@@ -367,6 +367,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     if policy.evaluation == "exact":  # a CSV benchmark node's own choice on its own data
         m = evaluate(model, x, data.y_test)
         total = float(len(data.y_test))
+        positives = float(np.sum(np.asarray(data.y_test) > 0))
     else:
         ledger = ledger_for(context.node_config)
         try:
@@ -379,10 +380,13 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         hist = score_histogram(predict_proba(model, x), data.y_test, data.g_test)  # type: ignore[arg-type]
         rng = np.random.default_rng(secrets.randbits(128))
         m = histogram_metrics(noisy_histogram(hist, terms.eval_epsilon, rng))
-        total = m["total"]
+        total, positives = m["total"], m["positives"]
     state["evaluations"] = done + 1
     metrics: dict[str, Any] = {
         "num-examples": round_count(int(round(total))),
+        # outcome events the evaluation saw (patient-weighted under DP), rounded to 10: how
+        # much the AUROC can be trusted (a care node's risk-model gate needs enough of them)
+        "events": round_count(int(round(positives))),
         "declined": 0,
         "auroc": m["auroc"],
         "auprc": m["auprc"],

@@ -74,4 +74,6 @@ def histogram_metrics(hist: np.ndarray) -> dict[str, float]:
         "accuracy": accuracy,
         "log_loss": log_loss,
         "total": total if math.isfinite(total) else 0.0,
+        # outcome events (positives) of the released histogram: post-processing, no extra ε
+        "positives": n_pos if math.isfinite(n_pos) else 0.0,
     }

@@ -41,6 +41,7 @@ METRIC_KEYS = (
     frozenset(
         {
             "num-examples",  # cohort (train) or test-split size, rounded to 10
+            "events",  # outcome events of the evaluation, rounded to 10
             # no "train-loss": with lr = 0 and q = 1 it was an exact query on the training data
             "epsilon",  # per patient, spent so far (train) / of this release (evaluate)
             "delta",
@@ -161,9 +162,10 @@ def _check_metrics(record: Any, n_features: int | None) -> None:
             numbers = [value]
         if not all(_number(v) for v in numbers):
             raise EgressViolation(f"metric {key!r} must be numbers (NaN: not measured)")
-    count = record.get("num-examples", 0)
-    if int(count) != count or int(count) < 0 or int(count) % ROUNDED_COUNT:
-        raise EgressViolation(f"num-examples must be a count rounded to {ROUNDED_COUNT}")
+    for key in ("num-examples", "events"):
+        count = record.get(key, 0)
+        if int(count) != count or int(count) < 0 or int(count) % ROUNDED_COUNT:
+            raise EgressViolation(f"{key} must be a count rounded to {ROUNDED_COUNT}")
     if record.get("declined", 0) not in (0, 1):
         raise EgressViolation("declined must be 0 or 1")
 

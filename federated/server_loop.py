@@ -332,11 +332,13 @@ def run_federated(
                 node = result.nodes[reply.metadata.src_node_id]
                 node.test_size = int(_metric(reply, "num-examples"))
                 node.metrics = {
-                    k: _metric(reply, k) for k in ("auroc", "auprc", "brier", "accuracy")
+                    k: _metric(reply, k) for k in ("auroc", "auprc", "brier", "accuracy", "events")
                 }
                 node.eval_epsilon += _metric(reply, "epsilon")
                 per_node[node.org] = dict(node.metrics)
             aggregated = _weighted(usable)
+            # outcome events behind the AUROC, over all nodes (0 from a node that did not say)
+            aggregated["events"] = sum(_metric(r, "events") for r in usable)
             n_evaluated = len(usable)
         entry = {
             "round": rnd,
@@ -362,7 +364,8 @@ def run_federated(
         if a:
             line += (
                 f" | evaluation (DP, patient-weighted) AUROC {a['auroc']:.3f} "
-                f"AUPRC {a['auprc']:.3f} Brier {a['brier']:.4f} over {n_evaluated} node(s)"
+                f"AUPRC {a['auprc']:.3f} Brier {a['brier']:.4f} over {n_evaluated} node(s), "
+                f"{a['events']:.0f} outcome events"
             )
         report(line)
     result.arrays = {k: v.numpy() for k, v in arrays.items()}

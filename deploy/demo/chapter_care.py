@@ -1,7 +1,8 @@
 """Demo chapter: care management at the community clinics (issue 14).
 
 ``start`` turns the care engine on (``IPJMS_NODE_CARE_ENABLED``) for the community nodes, with
-the demo's ``doctor`` account as the responsible practitioner, through
+the demo's ``doctor`` account as the responsible practitioner and the coordinator's model
+registry for the risk-model gate (``care.model_registry_url``), through
 ``net.facts["node_env_by_org"]`` (read when the nodes chapter starts them).
 
 ``run`` (after the exchange chapter referred the heart-failure patient down to clinic B): the
@@ -52,11 +53,15 @@ def _poll(value: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def start(net: DemoNetwork) -> None:
     by_org = net.facts.setdefault("node_env_by_org", {})
+    status_url = net.facts.get("coordinator", {}).get("status_url", "")
+    registry = status_url.rsplit("/status", 1)[0] if status_url else ""
     for org, _name, level, _profile in net.node_specs:
         if level == "community":
             env = by_org.setdefault(org, {})
             env["IPJMS_NODE_CARE_ENABLED"] = "true"
             env["IPJMS_NODE_CARE_RESPONSIBLE_USER"] = "doctor"
+            if registry:  # the risk-model gate reads model cards there (node/care/model_cards)
+                env["IPJMS_NODE_CARE__MODEL_REGISTRY_URL"] = registry
 
 
 def _omh_weight(kg: float, when: datetime) -> dict[str, Any]:

@@ -11,8 +11,12 @@ supernode``), each under its own privacy policy (DP required, at most ε = 3 per
 Then ``ipjms fl run`` trains 5 rounds (``--fl-rounds``) with patient-level DP-SGD (ε = 3 per
 patient per node: training plus one DP evaluation), printing ε per node each round and, after
 the last, the DP evaluation and each node's σ, q and steps; the model goes to the coordinator's
-registry with its card; each node's patients are scored (RiskAssessment stored at the node) and
-the highest-risk patients per node are listed by pseudonym.
+registry with its card; each node's patients are scored (RiskAssessment stored at the node). The
+nodes' risk-model gate (node/care/model_gate.py, at the care settings' cited floor: federated
+AUROC ≥ 0.70 over ≥ 100 outcome events) judges the card: a model it admits has its highest-risk
+patients listed by pseudonym; a gated-out one — the demo's, trained on 30 patients a node — is
+printed as not for clinical use with the reason, no list, and the community nodes' care workers
+label its scores not-for-clinical-use (counted here).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from deploy.demo.network import AUTHORITY_ORG, DemoNetwork
 from deploy.launcher import free_port, ipjms_command, wait_healthy, wait_until
 from federated.cohort import COHORT_CLASSES
 from federated.indicators.node_answer import INDICATOR_CLASSES
+from node.care.model_gate import LABEL_SYSTEM, MODEL_SYSTEM, NOT_FOR_CLINICAL_USE, ModelFloor, gate
 from node.feeds.synthetic import generate_site
 from node.identity import NATIONAL_ID_SYSTEM
+from node.settings import CareSettings
 from trust.pki import load_org
 from trust.pseudonym import load_or_create_linkage_key, pseudonym
 from trust.tokens import SigningKey
@@ -237,16 +243,73 @@ def run(net: DemoNetwork) -> None:
         doc = json.loads(runs[-1].read_text())
         model_id = doc["model_id"]
         net.facts["federated"]["model_id"] = model_id
-    with net.step("Scoring: the published model flags high-risk patients at every node") as notes:
+    card = doc.get("card") or {}
+    floor = CareSettings()  # the nodes' risk-model gate, at its cited defaults
+    verdict = gate(model_id, card, ModelFloor(floor.model_min_auroc, floor.model_min_events))
+    title = (
+        "Scoring: the published model flags high-risk patients at every node"
+        if verdict.clinical_use
+        else "Scoring: every node's patients scored — NOT FOR CLINICAL USE (risk-model gate)"
+    )
+    with net.step(title) as notes:
+        notes.append(f"risk-model gate (node/care/model_gate.py), model {model_id}:")
+        notes.append(f"  {verdict.reason}")
+        care_orgs = {org for org, env in net.facts.get("node_env_by_org", {}).items()
+                     if env.get("IPJMS_NODE_CARE__MODEL_REGISTRY_URL")}  # fmt: skip
         for org, *_rest in net.node_specs:
             key_path = net.service_dir(f"supernode-{org}") / "fl-client.pem"
+            top = "3" if verdict.clinical_use else "0"  # no "highest-risk" list from a gated model
             r = _ipjms(
                 "fl", "score", "--node-url", net.nodes[org].url, "--model", model_id,
                 "--registry-url", coordinator_http, "--org-dir", str(pki["orgs"][org]),
                 "--client-id", CLIENT_ID, "--client-key", str(key_path),
-                "--linkage-key", str(pki["linkage_key"]), "--top", "3",
+                "--linkage-key", str(pki["linkage_key"]), "--top", top,
             )  # fmt: skip
             if r.returncode != 0:
                 raise RuntimeError(f"scoring at {org} failed: {r.stdout[-400:]}")
             notes.append(f"{org}:")
             notes += [f"  {line.strip()}" for line in r.stdout.splitlines() if line.strip()]
+            if not verdict.clinical_use and org in care_orgs:
+                try:
+                    n = _labelled_scores(net.nodes[org].url, key_path, model_id)
+                except (httpx.HTTPError, TimeoutError) as exc:
+                    notes.append(f"  (the care worker's labels could not be counted: {exc})")
+                else:
+                    notes.append(
+                        f"  {n} of them labelled not-for-clinical-use by the node's care worker "
+                        "(meta.tag; the reason in a note): no alert, no patient shown as high risk"
+                    )
+        if not verdict.clinical_use:
+            notes.append(
+                "(the scores are kept for research; a node's doctors see no alert and no "
+                "'highest-risk' list from this model until a card shows the floor is met)"
+            )
+
+
+def _labelled_scores(node_url: str, key_path: Path, model_id: str, timeout: float = 60) -> int:
+    """How many of the model's RiskAssessments at the node carry the not-for-clinical-use tag,
+    once the care worker has labelled all of them (polled with a deadline)."""
+    from federated.cohort import BackendTokenSource
+
+    tokens = BackendTokenSource(node_url, CLIENT_ID, key_path, "system/*.rs")
+    with httpx.Client(timeout=30) as http:
+        auth = {"Authorization": f"Bearer {tokens.token(http)}"}
+
+        def count(*tag: str) -> int:
+            params = {"method": f"{MODEL_SYSTEM}|{model_id}", "_summary": "count"}
+            if tag:
+                params["_tag"] = tag[0]
+            r = http.get(f"{node_url}/fhir/RiskAssessment", params=params, headers=auth)
+            r.raise_for_status()
+            return int(r.json().get("total", 0))
+
+        scored = count()
+        found = 0
+
+        def all_labelled() -> bool:
+            nonlocal found
+            found = count(f"{LABEL_SYSTEM}|{NOT_FOR_CLINICAL_USE}")
+            return found >= scored
+
+        wait_until(all_labelled, timeout=timeout, interval=0.5, what="the care worker's labels")
+    return found

@@ -87,6 +87,10 @@ def _unrounded_count(content: RecordDict) -> None:
     content.metric_records["metrics"]["num-examples"] = 37
 
 
+def _unrounded_events(content: RecordDict) -> None:
+    content.metric_records["metrics"]["events"] = 7  # an exact small count of readmissions
+
+
 def _free_text_reason(content: RecordDict) -> None:
     status = content.config_records["status"]
     status["status"] = "declined"
@@ -108,6 +112,7 @@ VIOLATIONS: dict[str, tuple[str, Mutation]] = {
     "a parameter reshaped to patient rows": ("train", _reshaped_parameter),
     "an unknown metric": ("evaluate", _unknown_metric),
     "an unrounded count": ("evaluate", _unrounded_count),
+    "an unrounded event count": ("evaluate", _unrounded_events),
     "free text as a decline reason": ("train", _free_text_reason),
     "free text as the org": ("evaluate", _free_text_org),
     "free text as the status": ("evaluate", _free_text_status),

@@ -307,6 +307,11 @@ def test_the_card_states_unit_sigma_q_steps_epsilon_delta_per_patient(tmp_path: 
     plan = RunPlan(**{**PLAN.__dict__, "run_label": "card"})
     result = run_federated(LocalGrid(client_app, nodes), plan, report=lambda _l: None)
     card = build_card(result)
+    # the outcome events behind the AUROC (a care node's risk-model gate reads them): each
+    # node's rounded to 10, their sum on the card
+    events = [p["evaluation"]["events"] for p in card["participants"]]
+    assert all(e > 0 and e % 10 == 0 for e in events), events
+    assert card["evaluation"]["events"] == sum(events)
     privacy = card["privacy"]
     assert privacy["unit"] == "patient" and "does not cover" in privacy["not_covered"]
     for d, p in zip(privacy["per_node"], card["participants"], strict=True):
