@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.care.apply import CONTROL_EXT, PLAN_ID_SYSTEM
+from node.care.model_gate import is_labelled
 from node.store import FhirStore
 
 __all__ = ["PanelRow", "panel_rows", "load_panel", "SEVERITY_RANK", "CONTROL_RANK"]
@@ -109,6 +110,8 @@ def panel_rows(
         value = risk_of(assessment)
         when = str(assessment.get("occurrenceDateTime", ""))
         if row is None or value is None or when < latest.get(row.patient, ""):
+            continue
+        if is_labelled(assessment):  # a score not for clinical use ranks no one
             continue
         latest[row.patient] = when
         row.risk = value

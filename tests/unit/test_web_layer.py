@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.care.definitions import load_catalog
+from node.care.model_gate import LABEL_SYSTEM, NOT_FOR_CLINICAL_USE
 from node.portal.journey import timeline, trends
 from node.portal.panel import panel_rows
 from servicekit.web.csrf import CsrfRefused, check_csrf
@@ -114,6 +115,10 @@ def test_panel_sorts_by_open_alert_severity_then_risk_and_filters() -> None:
         == ["A", "C"]  # fmt: skip
     assert [r.name for r in panel_rows(plans, patients, issues, risks, control="controlled")] \
         == ["A", "D"]  # fmt: skip
+    # a score labelled not for clinical use (the care worker's risk-model gate) ranks no one
+    gated = {**risks[0], "meta": {"tag": [{"system": LABEL_SYSTEM, "code": NOT_FOR_CLINICAL_USE}]}}
+    d = next(r for r in panel_rows(plans, patients, issues, [gated]) if r.name == "D")
+    assert d.risk is None
 
 
 def test_timeline_marks_each_item_with_its_institution() -> None:
