@@ -196,7 +196,7 @@ def capability_statement(
                         }
                     ],
                     "description": (
-                        "SMART App Launch 2 (standalone launch, PKCE S256; discovery at "
+                        "SMART App Launch 2 (standalone and EHR launch, PKCE S256; discovery at "
                         "/fhir/.well-known/smart-configuration) and SMART Backend Services; "
                         "OAuth2 bearer tokens from POST /auth/token with SMART v1/v2 scopes"
                     ),

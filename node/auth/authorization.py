@@ -1,13 +1,15 @@
-"""The authorization-code flow of SMART App Launch 2 (standalone launch), without HTTP.
+"""The authorization-code flow of SMART App Launch 2 (standalone and EHR launch), without HTTP.
 
 1. :func:`parse_authorize_request` checks an ``/auth/authorize`` request: a registered app, one
    of its exact redirect URIs, ``response_type=code``, ``state``, ``aud`` = this node's FHIR base
-   URL, a PKCE ``S256`` challenge, and a scope.
+   URL, a PKCE ``S256`` challenge, and a scope. An EHR launch also sends ``launch`` (a handle
+   from :mod:`node.auth.ehr_launch`, live and for this app) with the ``launch`` scope.
 2. The user signs in (the route checks the password); :func:`launch_grant` decides what the
    token may hold: the requested scopes that the app may ask for *and* the person may hold (a
    practitioner's ``user/T.p`` also covers ``patient/T.p`` for the patient picked at launch; a
    patient account's scopes are its own compartment's), launch context (``launch/patient``),
-   identity (``openid fhirUser``) and ``offline_access``/``online_access``.
+   identity (``openid fhirUser``) and ``offline_access``/``online_access``. An EHR launch's
+   patient comes from its launch context (consumed at sign-in), never from a picker.
 3. :class:`CodeStore` keeps the code by hash: one use, ``code_ttl`` seconds, bound to the app,
    the redirect URI and the PKCE challenge. A second use of a code is refused and revokes the
    refresh tokens issued from it (RFC 6749 §4.1.2).
@@ -30,6 +32,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine, delete, insert, select, update
 
 from node.auth.accounts import Account
+from node.auth.ehr_launch import LaunchContexts
 from node.auth.grants import covered
 from node.auth.oauth_errors import OAuthError
 from node.auth.pkce import valid_challenge, verifier_matches
@@ -67,6 +70,7 @@ class AuthorizeRequest:
     code_challenge: str
     aud: str
     nonce: str | None = None
+    launch: str | None = None  # EHR launch: the opaque launch-context handle
 
     def as_form(self) -> dict[str, str]:
         """The request as the hidden fields of the login form (checked again on submit)."""
@@ -82,6 +86,8 @@ class AuthorizeRequest:
         }
         if self.nonce:
             form["nonce"] = self.nonce
+        if self.launch:
+            form["launch"] = self.launch
         return form
 
 
@@ -110,7 +116,10 @@ class LaunchGrant:
 
 
 def parse_authorize_request(
-    params: Mapping[str, str], apps: SmartAppStore, fhir_bases: Iterable[str]
+    params: Mapping[str, str],
+    apps: SmartAppStore,
+    fhir_bases: Iterable[str],
+    launches: LaunchContexts | None = None,
 ) -> AuthorizeRequest:
     client_id = params.get("client_id", "")
     app = apps.get_app(client_id) if client_id else None
@@ -140,13 +149,21 @@ def parse_authorize_request(
     challenge = params.get("code_challenge", "")
     if not valid_challenge(challenge):
         raise refuse("invalid_request", "code_challenge must be a base64url SHA-256 (43 chars)")
-    if params.get("launch"):
-        raise refuse("invalid_request", "EHR launch (launch=) is not supported; use standalone")
     scopes = tuple(dict.fromkeys(params.get("scope", "").split()))
     if not scopes:
         raise refuse("invalid_scope", "scope is required")
+    launch = params.get("launch") or None
+    if launch is not None:
+        if "launch" not in scopes:
+            raise refuse("invalid_scope", "an EHR launch (launch=) needs the launch scope")
+        if launches is None:
+            raise refuse("invalid_request", "EHR launch is not available here")
+        try:
+            launches.peek(launch, app.client_id)
+        except OAuthError as exc:
+            raise refuse(exc.error, exc.diagnostics) from None
     nonce = params.get("nonce") or None
-    return AuthorizeRequest(app, redirect_uri, scopes, state, challenge, aud, nonce)
+    return AuthorizeRequest(app, redirect_uri, scopes, state, challenge, aud, nonce, launch)
 
 
 def _user_covers(account_scopes: list[str], item: str, is_patient_account: bool) -> bool:
@@ -159,8 +176,9 @@ def _user_covers(account_scopes: list[str], item: str, is_patient_account: bool)
 
 
 def needs_patient_pick(request: AuthorizeRequest, account: Account) -> bool:
-    """A practitioner asked for launch/patient: the picker must run before a code is issued."""
-    return "launch/patient" in request.scopes and account.patient_id is None
+    """A practitioner asked for launch/patient in a standalone launch: the picker must run before
+    a code is issued (an EHR launch brings its patient)."""
+    return "launch/patient" in request.scopes and account.patient_id is None and not request.launch
 
 
 def launch_grant(
@@ -178,9 +196,11 @@ def launch_grant(
     granted: list[str] = []
     for item in request.scopes:
         if item in NON_RESOURCE_SCOPES:
-            if item in request.app.scopes and item != "launch":  # EHR launch: not supported
+            if item in request.app.scopes:
                 if item == "launch/patient" and patient is None:
                     continue
+                if item == "launch" and not (request.launch and patient):
+                    continue  # the launch scope is the EHR launch's context, nothing else
                 granted.append(item)
             continue
         parsed = parse_scopes([item])
@@ -196,7 +216,9 @@ def launch_grant(
         subject=account.username,
         role=account.role,
         scopes=tuple(granted),
-        patient=patient if any(s.startswith("patient/") for s in granted) else None,
+        patient=patient
+        if "launch" in granted or any(s.startswith("patient/") for s in granted)
+        else None,
         fhir_user=account.fhir_user,
         nonce=request.nonce,
     )

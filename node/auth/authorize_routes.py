@@ -8,7 +8,11 @@ renders and reads forms.
   hidden fields and is checked again on submit);
 - ``POST /auth/authorize``: checks the password; a practitioner who asked for ``launch/patient``
   gets the patient picker (carrying a 5-minute signed login ticket instead of the password);
-  then ``303`` to the app's redirect URI with ``code`` and ``state``.
+  in an EHR launch (``launch=`` + the ``launch`` scope) the sign-in consumes the launch context
+  instead (node/auth/ehr_launch.py) and its patient is the token's; then ``303`` to the app's
+  redirect URI with ``code`` and ``state``;
+- ``POST /auth/launch`` (a practitioner's bearer token; JSON ``{"patient", "client_id"}``): the
+  EHR opens a launch context for the patient in view → ``201 {"launch", "iss", "expires_in"}``.
 
 Errors before the app and its redirect URI are known good are shown on the page (400), never
 sent to an unchecked URI; later ones go back to the app as ``error=…&state=…``.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request, Response
@@ -32,19 +37,24 @@ from node.auth.authorization import (
     needs_patient_pick,
     parse_authorize_request,
 )
+from node.auth.deps import authenticate
 from node.auth.discovery import smart_configuration
+from node.auth.ehr_launch import LAUNCH_TTL, LaunchContext
 from node.auth.oauth_errors import OAuthError
+from node.auth.principal import Principal
 from node.auth.roles import ROLE_SCOPES
 from node.auth.service import AuthService, LoginFailure
-from servicekit.openapi_bodies import form_body
+from servicekit.openapi_bodies import form_body, json_body
+from servicekit.outcome import BadRequest, Forbidden
 from trust.login_throttle import AccountLocked
 from trust.tokens import TokenError, TokenIssuer, TokenVerifier
 
-__all__ = ["router", "public_base_url"]
+__all__ = ["router", "public_base_url", "open_launch"]
 
 router = APIRouter(tags=["auth"])
 _MAX_FORM_BYTES = 16 * 1024
 _TICKET_TTL = 300
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -146,7 +156,7 @@ def authorize_page(request: Request) -> Response:
     params = {k: v for k, v in request.query_params.items()}
     auth: AuthService = request.app.state.auth
     try:
-        req = parse_authorize_request(params, auth.apps, _fhir_bases(request))
+        req = parse_authorize_request(params, auth.apps, _fhir_bases(request), auth.launches)
     except AuthorizeError as exc:
         if exc.redirect:  # redirect_uri was checked; use the registered form of it
             app = auth.apps.get_app(params.get("client_id", ""))
@@ -223,7 +233,7 @@ async def authorize_submit(request: Request) -> Response:
     auth: AuthService = request.app.state.auth
     try:
         req = await run_in_threadpool(
-            parse_authorize_request, form, auth.apps, _fhir_bases(request)
+            parse_authorize_request, form, auth.apps, _fhir_bases(request), auth.launches
         )
     except AuthorizeError as exc:
         return _authorize_error(exc, form)
@@ -267,7 +277,18 @@ async def authorize_submit(request: Request) -> Response:
                 )
             )
             return _login_page(req, "Invalid username or password.", 401)
-        if needs_patient_pick(req, account):
+        if req.launch:  # EHR launch: the patient the practitioner had in view (used once)
+            try:
+                context = await run_in_threadpool(
+                    auth.launches.consume, req.launch, req.app.client_id, account.username
+                )
+            except OAuthError as exc:
+                return _redirect(
+                    req.redirect_uri,
+                    {"error": exc.error, "error_description": exc.diagnostics, "state": req.state},
+                )
+            picked = context.patient
+        elif needs_patient_pick(req, account):
             ticket = issuer.issue(
                 account.username, audience, ttl=_TICKET_TTL, claims={"req": _request_digest(req)}
             )
@@ -281,3 +302,51 @@ async def authorize_submit(request: Request) -> Response:
         )
     code = await run_in_threadpool(auth.codes.issue, req, grant)
     return _redirect(req.redirect_uri, {"code": code, "state": req.state})
+
+
+_LAUNCH_BODY = json_body({"patient": _S, "client_id": _S}, ("patient", "client_id"))
+
+
+def require_practitioner(principal: Principal) -> None:
+    """Only a practitioner who may read every patient opens an EHR launch (Forbidden)."""
+    if principal.role in ("patient", "system") or principal.compartment_for("Patient", "read"):
+        raise Forbidden("an EHR launch is opened by a practitioner who may read the patient")
+
+
+def open_launch(request: Request, principal: Principal, patient: str, client_id: str) -> str:
+    """The EHR side of an EHR launch: a launch-context handle for ``patient`` (in view of the
+    practitioner ``principal``) and the app ``client_id``. Shared by ``POST /auth/launch`` and
+    the doctor pages. Raises Forbidden / BadRequest / NotFound."""
+    require_practitioner(principal)
+    auth: AuthService = request.app.state.auth
+    app = auth.apps.get_app(client_id)
+    if app is None or not app.active or "launch" not in app.scopes:
+        raise BadRequest(f"client_id {client_id!r} is not a registered app allowed EHR launch")
+    if not _FHIR_ID.fullmatch(patient):
+        raise BadRequest(f"{patient!r} is not a valid Patient id")
+    request.app.state.store.read("Patient", patient)  # 404 / 410 if not there
+    return auth.launches.issue(LaunchContext(client_id, principal.subject, patient))
+
+
+@router.post("/auth/launch", openapi_extra=_LAUNCH_BODY)
+async def launch_context(request: Request) -> JSONResponse:
+    """Open an EHR launch context (a practitioner's token); errors are OperationOutcomes."""
+    principal = authenticate(request)
+    require_practitioner(principal)
+    body = await request.body()
+    try:
+        data = json.loads(body) if len(body) <= _MAX_FORM_BYTES else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("patient", "client_id")
+    ):
+        raise BadRequest("expected a small JSON object with string patient and client_id")
+    handle = await run_in_threadpool(
+        open_launch, request, principal, data["patient"], data["client_id"]
+    )
+    return JSONResponse(
+        {"launch": handle, "iss": f"{public_base_url(request)}/fhir", "expires_in": LAUNCH_TTL},
+        status_code=201,
+        headers={"Cache-Control": "no-store"},
+    )

@@ -6,7 +6,8 @@ smart-configuration`` (here ``/fhir/.well-known/smart-configuration``; also at t
 ``capabilities`` say exactly what this authorization server does — standalone launch with
 patient context (patient picker for practitioners), public and confidential (symmetric) apps,
 Backend Services (``client-confidential-asymmetric``), v1 and v2 scopes, ``openid fhirUser``,
-offline and online refresh tokens. EHR launch is not offered.
+offline and online refresh tokens, and EHR launch with patient context (the ``launch`` handle
+from ``POST /auth/launch``, node/auth/ehr_launch.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ __all__ = ["smart_configuration", "oauth_uris_extension", "endpoints", "OAUTH_UR
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 CAPABILITIES = (
     "launch-standalone",
+    "launch-ehr",
     "client-public",
     "client-confidential-symmetric",
     "client-confidential-asymmetric",
     "context-standalone-patient",
+    "context-ehr-patient",
     "context-banner",
     "sso-openid-connect",
     "permission-offline",
@@ -64,7 +67,7 @@ def smart_configuration(base_url: str) -> dict[str, Any]:
         "token_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGORITHMS),
         "id_token_signing_alg_values_supported": ["ES256"],
         "scopes_supported": [
-            *sorted(NON_RESOURCE_SCOPES - {"launch"}),
+            *sorted(NON_RESOURCE_SCOPES),
             "patient/*.rs",
             "patient/*.read",
             "user/*.cruds",

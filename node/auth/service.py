@@ -32,6 +32,7 @@ from node.auth.client_keys import (
     JwksCache,
     algorithms_for,
 )
+from node.auth.ehr_launch import LaunchContexts
 from node.auth.grants import ScopeRefused, grant_scopes
 from node.auth.oauth_errors import OAuthError
 from node.auth.principal import Principal
@@ -126,6 +127,10 @@ class AuthService:
     @property
     def codes(self) -> CodeStore:
         return CodeStore(self.accounts.engine, self.settings.oauth.code_ttl)
+
+    @property
+    def launches(self) -> LaunchContexts:
+        return LaunchContexts(self.accounts.engine)
 
     @property
     def refresh_tokens(self) -> RefreshStore:

@@ -33,7 +33,7 @@ NON_RESOURCE_SCOPES = frozenset(
     {"openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access", "online_access"}
 )
 DEFAULT_APP_SCOPES = (
-    "launch/patient openid fhirUser offline_access online_access patient/*.rs user/*.cruds"
+    "launch launch/patient openid fhirUser offline_access online_access patient/*.rs user/*.cruds"
 )
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 

@@ -15,6 +15,7 @@ __all__ = [
     "authorization_codes",
     "refresh_tokens",
     "login_throttle",
+    "launch_contexts",
 ]
 
 metadata = MetaData()
@@ -98,6 +99,19 @@ refresh_tokens = Table(
     Column("grant", Text, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
     Column("revoked", Boolean, nullable=False, default=False),
+)
+
+# EHR launch contexts (node/auth/ehr_launch.py) by SHA-256 of the opaque handle: the patient a
+# practitioner had in view, for one app; one use, short-lived. Migration a0005.
+launch_contexts = Table(
+    "node_launch_contexts",
+    metadata,
+    Column("handle_sha256", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("used_at", Float, nullable=True),
 )
 
 # Consecutive failed password sign-ins per account (trust.login_throttle: keyed by the SHA-256 of

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import update
 
 from node.auth.pkce import s256_challenge
-from node.auth.tables import authorization_codes
+from node.auth.tables import authorization_codes, launch_contexts
 from node_api.node_harness import PASSWORD, Node, make_node
 
 BASE = "http://testserver"
@@ -147,7 +147,8 @@ def test_discovery_document_capability_statement_and_jwks(smart: Node) -> None:
             "client-confidential-asymmetric",
             "permission-offline",
         } <= set(conf["capabilities"])
-        assert "launch-ehr" not in conf["capabilities"]  # not offered, so not declared
+        assert {"launch-ehr", "context-ehr-patient"} <= set(conf["capabilities"])
+        assert "launch" in conf["scopes_supported"]
     security = smart.client.get("/fhir/metadata").json()["rest"][0]["security"]
     assert security["cors"] is True
     (ext,) = security["extension"]
@@ -269,6 +270,85 @@ def test_bad_verifier_expired_and_replayed_codes(smart: Node, people: dict[str, 
     assert expired.status_code == 400 and "expired" in expired.json()["error_description"]
 
 
+def _open_launch(smart: Node, patient: str, headers: dict[str, str]) -> Any:
+    body = {"patient": patient, "client_id": "growth-chart"}
+    return smart.client.post("/auth/launch", json=body, headers=headers)
+
+
+def test_ehr_launch_end_to_end(smart: Node, people: dict[str, str]) -> None:
+    """The EHR (a practitioner with Bob's record open) opens a launch context; the app gets
+    ``launch`` and ``iss``, sends them back with the launch scope, and its token carries Bob."""
+    drwho = smart.login("drwho")
+    opened = _open_launch(smart, people["bob"], drwho)
+    assert opened.status_code == 201, opened.text
+    ctx = opened.json()
+    assert ctx["iss"] == FHIR_BASE and ctx["expires_in"] > 0
+    assert people["bob"] not in ctx["launch"]  # opaque
+    verifier = secrets.token_urlsafe(48)
+    params = _authorize_params(
+        "launch openid fhirUser patient/*.rs", verifier, launch=ctx["launch"], aud=ctx["iss"]
+    )
+    query = _sign_in(smart, params, "drwho")  # no picker: the context brings the patient
+    r = _exchange(smart, query["code"], verifier)
+    assert r.status_code == 200, r.text
+    grant = r.json()
+    assert grant["patient"] == people["bob"] and grant["need_patient_banner"] is True
+    assert set(grant["scope"].split()) == {"launch", "openid", "fhirUser", "patient/*.rs"}
+    obs = smart.client.get("/fhir/Observation", headers=_bearer(grant)).json()
+    assert {e["resource"]["subject"]["reference"] for e in obs["entry"]} == {
+        f"Patient/{people['bob']}"
+    }
+    # the same launch again (replayed): an OAuth2 error back to the app, no sign-in page
+    again = _authorize_params("launch patient/*.rs", verifier, launch=ctx["launch"])
+    r = smart.client.get("/auth/authorize", params=again, follow_redirects=False)
+    assert r.status_code == 303
+    error = parse_qs(urlsplit(r.headers["location"]).query)
+    assert error["error"] == ["invalid_request"] and error["state"] == [again["state"]]
+    assert "already used" in error["error_description"][0]
+
+
+def test_ehr_launch_refusals(smart: Node, people: dict[str, str]) -> None:
+    drwho, alice = smart.login("drwho"), smart.login("alice")
+    verifier = secrets.token_urlsafe(48)
+
+    def authorize(launch: str, scope: str = "launch patient/*.rs") -> dict[str, list[str]]:
+        params = _authorize_params(scope, verifier, launch=launch)
+        r = smart.client.get("/auth/authorize", params=params, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        return parse_qs(urlsplit(r.headers["location"]).query)
+
+    unknown = authorize("no-such-launch")
+    assert unknown["error"] == ["invalid_request"] and "unknown" in unknown["error_description"][0]
+    live = _open_launch(smart, people["bob"], drwho).json()["launch"]
+    assert authorize(live, scope="patient/*.rs")["error"] == ["invalid_scope"]  # no launch scope
+    # expired: its clock moved past the TTL
+    with smart.app.state.engine.begin() as conn:
+        conn.execute(update(launch_contexts).values(expires_at=time.time() - 1))
+    expired = authorize(live)
+    assert expired["error"] == ["invalid_request"] and "expired" in expired["error_description"][0]
+    # opened by one practitioner, signed in as another: refused, and no code
+    smart.app.state.auth.accounts.add_user("drno", PASSWORD, "doctor")
+    other = _open_launch(smart, people["bob"], drwho).json()["launch"]
+    page = smart.client.get(
+        "/auth/authorize", params=_authorize_params("launch patient/*.rs", verifier, launch=other)
+    )
+    form = {**_hidden_fields(page.text), "username": "drno", "password": PASSWORD}
+    r = smart.client.post("/auth/authorize", data=form, follow_redirects=False)
+    denied = parse_qs(urlsplit(r.headers["location"]).query)
+    assert r.status_code == 303 and denied["error"] == ["invalid_request"] and "code" not in denied
+    assert "another user" in denied["error_description"][0]
+    # only a practitioner opens a launch, for a registered app and an existing patient
+    assert _open_launch(smart, people["alice"], alice).status_code == 403
+    assert (
+        smart.client.post(
+            "/auth/launch", json={"patient": people["bob"], "client_id": "nobody"}, headers=drwho
+        ).status_code
+        == 400
+    )
+    assert _open_launch(smart, "no-such-patient", drwho).status_code == 404
+    assert smart.client.post("/auth/launch", json={"patient": people["bob"]}).status_code == 401
+
+
 def test_authorize_refusals(smart: Node, people: dict[str, str]) -> None:
     verifier = secrets.token_urlsafe(48)
     good = _authorize_params("patient/*.rs launch/patient", verifier)
@@ -282,7 +362,7 @@ def test_authorize_refusals(smart: Node, people: dict[str, str]) -> None:
         ({"code_challenge": "short"}, "invalid_request"),
         ({"aud": "https://other.example/fhir"}, "invalid_request"),
         ({"response_type": "token"}, "unsupported_response_type"),
-        ({"launch": "xyz"}, "invalid_request"),
+        ({"launch": "xyz", "scope": "launch patient/*.rs"}, "invalid_request"),  # unknown launch
     ):
         r = smart.client.get("/auth/authorize", params={**good, **bad}, follow_redirects=False)
         assert r.status_code == 303, (bad, r.text)
