@@ -351,16 +351,25 @@ async def medication_check_in(
     if not isinstance(body, dict):
         raise BadRequest('body must be {"medicationRequest", "taken", "when"}')
     rid = str(body.get("medicationRequest") or "").removeprefix("MedicationRequest/")
+    stored = await run_in_threadpool(
+        record_check_in, services, access, patient, rid, body.get("taken"), body.get("when")
+    )
+    return fhir_response(stored, 201)
+
+
+def record_check_in(
+    services: NodeServices, access: Access, patient: str, rid: str, taken: Any, when: Any
+) -> dict[str, Any]:
+    """Store one check-in against the patient's MedicationRequest ``rid`` (another patient's →
+    404) under the write rule; the stored MedicationAdministration. The route and the patient's
+    medication page both call this."""
     if not valid_id(rid):
         raise BadRequest("medicationRequest must name a MedicationRequest")
     store = services.store
     ensure_in_compartment(store, "MedicationRequest", rid, patient)  # another's → 404
-    administration = medication.check_in(
-        store.read("MedicationRequest", rid), body.get("taken"), body.get("when")
-    )
+    administration = medication.check_in(store.read("MedicationRequest", rid), taken, when)
     administration = authorise_write(store, access, administration)
-    outcome = await run_in_threadpool(store.create, administration, writer=access.principal.writer)
-    return fhir_response(outcome.resource, 201)
+    return store.create(administration, writer=access.principal.writer).resource  # type: ignore[no-any-return]
 
 
 @router.get("/patient/adherence")

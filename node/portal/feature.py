@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from node.feature import Feature, NodeServices
-from node.portal import doctor, patient, patient_care
+from node.portal import doctor, patient, patient_care, patient_medications
 from node.portal.signin import PREFIX, router
 from servicekit.web import WebKit, static_router
 
 __all__ = ["PORTAL", "portal_pages"]
 
 HERE = Path(__file__).parent
-# the three modules add their pages to the one router
+# the four modules add their pages to the one router
 assert doctor.router is router and patient.router is router and patient_care.router is router
+assert patient_medications.router is router
 
 
 @asynccontextmanager

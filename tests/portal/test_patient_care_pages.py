@@ -172,3 +172,65 @@ def test_questionnaire_form_submit_shows_the_score_equal_to_the_hand_sum(
     [stored] = patient.store.search("QuestionnaireResponse", []).resources
     total = next(i for i in stored["item"] if i["linkId"] == "phq9-total")
     assert total["answer"][0]["valueInteger"] == hand_sum
+
+
+def _doses(patient: Patient) -> list[dict[str, Any]]:
+    return patient.store.search("MedicationAdministration", []).resources
+
+
+def test_medication_check_in_on_the_page_is_stored_and_only_for_my_own(patient: Patient) -> None:
+    """Today's medications with a taken / missed form: a check-in on the page is the API's
+    MedicationAdministration; no CSRF → 403 and nothing stored; another patient's session
+    cannot check in for this one (the handle is not theirs: 404, nothing stored)."""
+    store, seed = patient.store, "test:seed"
+    mine = store.create({"resourceType": "MedicationRequest", "status": "active",
+                         "intent": "order", "subject": {"reference": f"Patient/{PID}"},
+                         "medicationCodeableConcept": {"text": "Metoprolol 47.5 mg"},
+                         "dosageInstruction": [{"text": "once a day"}]},
+                        writer=seed).resource  # fmt: skip
+    other_pid = "p-care-other"
+    store.update("Patient", other_pid, {"resourceType": "Patient", "id": other_pid},
+                 writer=seed)  # fmt: skip
+    store.create({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                  "subject": {"reference": f"Patient/{other_pid}"},
+                  "medicationCodeableConcept": {"text": "Furosemide 40 mg"}},
+                 writer=seed)  # fmt: skip
+    page = patient.get("/app/me/medications")
+    assert 'href="/app/me/medications"' in page.text  # the nav link
+    assert "Metoprolol 47.5 mg" in page.text and "Furosemide" not in page.text
+    [handle] = _handles(page.text, "medications")
+    assert mine["id"] not in page.text
+    assert "script-src" in page.headers["Content-Security-Policy"]
+
+    assert patient.post(f"/app/me/medications/{handle}/check-in", {"dose": "taken"},
+                        csrf=False).status_code == 403  # fmt: skip
+    assert _doses(patient) == []
+    r = patient.post(f"/app/me/medications/{handle}/check-in", {"dose": "taken"})
+    assert r.status_code == 200, r.text[:400]
+    assert 'id="notice"' in r.text and 'class="dose dose-taken"' in r.text
+    [dose] = _doses(patient)
+    assert dose["status"] == "completed"
+    assert dose["request"] == {"reference": f"MedicationRequest/{mine['id']}"}
+    assert dose["subject"] == {"reference": f"Patient/{PID}"}
+    assert dose["effectiveDateTime"][:10] == datetime.now(UTC).date().isoformat()
+    patient.csrf = _csrf(r.text)
+    r = patient.post(f"/app/me/medications/{handle}/check-in", {"dose": "missed"})
+    assert r.status_code == 200 and 'class="dose dose-missed"' in r.text
+    assert sorted(d["status"] for d in _doses(patient)) == ["completed", "not-done"]
+
+    # another patient's session: their page lists their own only, and my handle is refused
+    patient.app.state.auth.accounts.add_user("other", PASSWORD, "patient", patient_id=other_pid)
+    other = Patient(patient.app, TestClient(patient.app, base_url="http://127.0.0.1"))
+    other.get("/app/sign-in")
+    other.post("/app/sign-in", {"username": "other", "password": PASSWORD})
+    theirs = other.get("/app/me/medications")
+    assert "Furosemide 40 mg" in theirs.text and "Metoprolol" not in theirs.text
+    refused = other.post(f"/app/me/medications/{handle}/check-in", {"dose": "taken"})
+    assert refused.status_code == 404
+    assert len(_doses(patient)) == 2
+
+    patient.post("/app/language", {"lang": "en"})
+    en = patient.get("/app/me/medications")
+    assert "I took this dose" in en.text and "once a day" in en.text
+    patient.post("/app/language", {"lang": "zh-CN"})
+    assert "我已服用本次药物" in patient.get("/app/me/medications").text
