@@ -18,7 +18,9 @@ from federated.egress import CONFIG_KEYS, METRIC_KEYS
 from federated.registry_client import RegistryClient
 from trust.pseudonym import load_or_create_linkage_key
 
-pytestmark = pytest.mark.slow
+# Whichever test runs first starts the module's network (a region, three nodes, consents for 72
+# patients, a SuperLink and three SuperNodes) inside its own time: ten minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,6 @@ def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None
         assert s["phase"] == "train" or not s["arrays"]  # evaluation replies carry no arrays
 
 
-@pytest.mark.timeout(1200)  # run alone, the module's network starts inside this test's time
 def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patients(
     net: FlNet, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
