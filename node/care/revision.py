@@ -53,14 +53,21 @@ class PlanRevision:
     created: tuple[dict[str, Any], ...]  # new ServiceRequests/Tasks (with _fullUrl)
     cancelled: tuple[dict[str, Any], ...]  # ServiceRequests revoked / Tasks cancelled (with id)
     reason: str
+    base_version: str | None = None  # the CarePlan version this revision was made from
 
     def transaction(self) -> dict[str, Any]:
-        def put(res: Mapping[str, Any]) -> dict[str, Any]:
+        """Every PUT carries If-Match on the version it was made from: a change made meanwhile
+        (a doctor's edit) fails the whole transaction (412) instead of being overwritten."""
+
+        def put(res: Mapping[str, Any], version: Any) -> dict[str, Any]:
             body = {k: v for k, v in res.items() if k != "meta"}
             url = f"{res['resourceType']}/{res['id']}"
-            return {"fullUrl": url, "resource": body, "request": {"method": "PUT", "url": url}}
+            request = {"method": "PUT", "url": url}
+            if version is not None:
+                request["ifMatch"] = f'W/"{version}"'
+            return {"fullUrl": url, "resource": body, "request": request}
 
-        entries = [put(self.careplan)]
+        entries = [put(self.careplan, self.base_version)]
         for res in self.created:
             body = {k: v for k, v in res.items() if k != "_fullUrl"}
             entries.append(
@@ -70,7 +77,7 @@ class PlanRevision:
                     "request": {"method": "POST", "url": res["resourceType"]},
                 }
             )
-        entries += [put(r) for r in self.cancelled]
+        entries += [put(r, (r.get("meta") or {}).get("versionId")) for r in self.cancelled]
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
@@ -157,4 +164,5 @@ def revise_plan(
     ]
     body["activity"] = activities
     body["note"] = [*body.get("note", []), {"time": iso(clock), "text": why}]
-    return PlanRevision(body, tuple(created), tuple(cancelled), why)
+    version = (careplan.get("meta") or {}).get("versionId")
+    return PlanRevision(body, tuple(created), tuple(cancelled), why, version)

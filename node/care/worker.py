@@ -11,11 +11,13 @@ active plan for, and an alert is a conditional create keyed by rule, patient and
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +43,7 @@ from node.care.records import (
 )
 from node.care.revision import control_of, revise_plan
 from node.store import FhirStore
-from servicekit.outcome import FhirError
+from servicekit.outcome import FhirError, PreconditionFailed
 
 __all__ = ["CareWorker", "CARE_WRITER", "TRIGGERS", "load_into_store"]
 
@@ -50,6 +52,8 @@ CARE_WRITER = "feature:care-engine"
 TRIGGERS = frozenset({"Observation", "QuestionnaireResponse", "Encounter", "RiskAssessment"})
 Clock = Callable[[], datetime]
 ModelGate = Callable[[str], GateVerdict]  # model id → the gate's verdict (model_cards.py)
+Redo = Callable[[], "dict[str, Any] | None"]  # a conflicting write made again from the store
+REVISION_RETRIES = 3  # re-reads of a plan changed between the worker's read and its write
 MAX_BATCH = 2000  # events taken from the queue at once (the commit log delivers 1,000 a page)
 SLICE = 250  # events handled together: one read per kind, one write; then the position is stored
 WRITE_GROUP = 25  # enrolments / alerts / revisions per transaction
@@ -91,6 +95,42 @@ def _pathway_key(careplan: Mapping[str, Any]) -> str | None:
         if ident.get("system") == PLAN_ID_SYSTEM and "/" in str(ident.get("value", "")):
             return str(ident["value"]).split("/", 1)[0]
     return None
+
+
+@dataclass(frozen=True)
+class _RevisionJob:
+    """One plan revision: made from a plan version, and made again from the stored plan when
+    that version was changed meanwhile (If-Match failed)."""
+
+    worker: CareWorker
+    ctx: PlanContext
+    change: ControlChange
+    patient: dict[str, Any]
+    medications: list[dict[str, Any]]
+    now: datetime
+
+    def make(self, plan: Mapping[str, Any], follow_ups: list[Any]) -> dict[str, Any] | None:
+        revision = revise_plan(
+            self.ctx.pathway,
+            self.patient,
+            plan,
+            follow_ups,
+            self.change.status,
+            self.change.reason,
+            self.ctx.practitioner or self.worker.responsible,
+            self.medications,
+            self.now,
+        )
+        return None if revision is None else revision.transaction()
+
+    def redo(self, plan_id: str) -> dict[str, Any] | None:
+        store = self.worker.store
+        fresh = store.read("CarePlan", plan_id)
+        if fresh.get("status") != "active":
+            return None
+        log.info("care: the plan changed since it was read; revising its new version")
+        pid = self.ctx.patient.removeprefix("Patient/")
+        return self.make(fresh, BatchRecords(store, [pid]).follow_ups([plan_id])[plan_id])
 
 
 class CareWorker:
@@ -352,15 +392,17 @@ class CareWorker:
             log.info("care: enrolled %d patient plan(s)", len(made))  # counts only, no PHI
         return made
 
-    def _write(self, bundles: list[dict[str, Any]]) -> None:
+    def _write(self, bundles: list[dict[str, Any]], redo: Mapping[int, Redo] | None = None) -> None:
         """Commit ``bundles`` as one transaction (one commit for a whole batch); if that fails,
         one by one, so the failure is the offending bundle's alone (and raises: the batch's
-        events come again)."""
+        events come again). ``redo``: for a bundle (by ``id``) whose If-Match may fail — a plan
+        revision —, how to make it again from what is stored now (:meth:`_write_one`)."""
         if not bundles:
             return
         self._writes += 1
+        redo = redo or {}
         if len(bundles) == 1:
-            self.store.transaction(bundles[0], writer=CARE_WRITER)
+            self._write_one(bundles[0], redo.get(id(bundles[0])))
             return
         for i in range(0, len(bundles), WRITE_GROUP):  # bounded: the write lock is shared
             group = bundles[i : i + WRITE_GROUP]
@@ -373,7 +415,27 @@ class CareWorker:
             except FhirError:
                 log.warning("care: a batch transaction failed; writing its parts one by one")
                 for bundle in group:
-                    self.store.transaction(bundle, writer=CARE_WRITER)
+                    self._write_one(bundle, redo.get(id(bundle)))
+
+    def _write_one(self, bundle: dict[str, Any] | None, redo: Redo | None) -> None:
+        """One bundle; when its If-Match fails (someone changed the plan since it was read) and
+        it can be made again, re-read and re-apply, at most ``REVISION_RETRIES`` times. Still
+        conflicting after that: left to the next evaluation (the plan keeps its old status, so
+        the change is found again), logged."""
+        for attempt in range(REVISION_RETRIES + 1):
+            if bundle is None:
+                return  # nothing to do any more (the plan already says so, or is not active)
+            try:
+                self.store.transaction(bundle, writer=CARE_WRITER)
+                return
+            except PreconditionFailed:
+                if redo is None:
+                    raise
+                if attempt == REVISION_RETRIES:
+                    log.warning("care: a plan revision still conflicted after %d re-reads; "
+                                "left to the next evaluation", REVISION_RETRIES)  # fmt: skip
+                    return
+                bundle = redo()
 
     def _responsible_for(self, condition: Mapping[str, Any]) -> str:
         for name in ("recorder", "asserter"):
@@ -430,8 +492,9 @@ class CareWorker:
                         if not scheduled and d.previous == UNKNOWN and d.status == CONTROLLED:
                             continue  # only a label (plans start as if controlled): the tick's
                         changes.append((ctx, careplan, d))
-        work += self._revisions(changes, now)
-        self._write(work)
+        revisions = self._revisions(changes, now)
+        work += [bundle for bundle, _ in revisions]
+        self._write(work, {id(bundle): redo for bundle, redo in revisions})
         if opened:
             log.info("care: %d alert(s) opened", opened)
         return opened
@@ -486,7 +549,9 @@ class CareWorker:
 
     def _revisions(
         self, changes: list[tuple[PlanContext, dict[str, Any], ControlChange]], now: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[dict[str, Any], Redo]]:
+        """Each plan revision's transaction (If-Match on the plan version read) and how to make
+        it again from the stored plan if that version is no longer the current one."""
         if not changes:
             return []
         pids = sorted({ctx.patient.removeprefix("Patient/") for ctx, _, _ in changes})
@@ -494,25 +559,17 @@ class CareWorker:
         patients, medications = reads.patients(), reads.medications()
         missing = [careplan["id"] for ctx, careplan, _ in changes if not ctx.follow_ups]
         follow = reads.follow_ups(missing) if missing else {}
-        out = []
+        out: list[tuple[dict[str, Any], Redo]] = []
         for ctx, careplan, change in changes:
             pid = ctx.patient.removeprefix("Patient/")
             patient = patients.get(pid)
             if patient is None:
                 continue
-            revision = revise_plan(
-                ctx.pathway,
-                patient,
-                careplan,
-                list(ctx.follow_ups or follow.get(careplan["id"], [])),
-                change.status,
-                change.reason,
-                ctx.practitioner or self.responsible,
-                medications.get(pid, []),
-                now,
-            )
-            if revision is not None:
-                out.append(revision.transaction())
+
+            job = _RevisionJob(self, ctx, change, patient, medications.get(pid, []), now)
+            bundle = job.make(careplan, list(ctx.follow_ups or follow.get(careplan["id"], [])))
+            if bundle is not None:
+                out.append((bundle, functools.partial(job.redo, careplan["id"])))
                 log.info("care: plan revised (%s → %s)", change.previous, change.status)
         return out
 
@@ -545,23 +602,28 @@ class CareWorker:
         issues = self.store.search(
             "DetectedIssue", [("status", "preliminary"), ("_count", "1000")]
         ).resources
+        versions = {i["id"]: (i.get("meta") or {}).get("versionId") for i in issues}
         for body, message in escalations(issues, teams, now):
-            self.store.transaction(
-                {
-                    "resourceType": "Bundle",
-                    "type": "transaction",
-                    "entry": [
-                        {
-                            "resource": body,
-                            "request": {"method": "PUT", "url": f"DetectedIssue/{body['id']}"},
-                        },
-                        {
-                            "resource": message,
-                            "request": {"method": "POST", "url": "Communication"},
-                        },
-                    ],
-                },
-                writer=CARE_WRITER,
-            )
+            put = {"method": "PUT", "url": f"DetectedIssue/{body['id']}"}
+            if versions.get(body["id"]):
+                put["ifMatch"] = f'W/"{versions[body["id"]]}"'
+            try:
+                self.store.transaction(
+                    {
+                        "resourceType": "Bundle",
+                        "type": "transaction",
+                        "entry": [
+                            {"resource": body, "request": put},
+                            {
+                                "resource": message,
+                                "request": {"method": "POST", "url": "Communication"},
+                            },
+                        ],
+                    },
+                    writer=CARE_WRITER,
+                )
+            except PreconditionFailed:  # acknowledged or dismissed meanwhile: the doctor's wins
+                log.info("care: an alert changed since it was read; not escalated now")
+                continue
             count += 1
         return count
