@@ -18,7 +18,7 @@ from node.care.alerts import recipient_of
 from node.care.apply import iso
 from node.care.definitions import load_catalog
 from node.care.records import practitioner_for_user
-from node.care.routes import alert_stream, close_alert, enrol_patient
+from node.care.routes import CLOSE_ACTIONS, alert_stream, close_alert, enrol_patient
 from node.exchange.service import answer, change_status, request_exchange
 from node.exchange.workflow import task_parties, task_uid
 from node.portal.journey import load_journey
@@ -301,7 +301,7 @@ async def alerts_stream(request: Request) -> Response:
 @router.post(PREFIX + "/alerts/{handle}/{verb}")
 async def close(request: Request, handle: str, verb: str) -> Response:
     principal = clinician(request, "DetectedIssue", "update")
-    if verb not in ("acknowledge", "dismiss"):
+    if verb not in CLOSE_ACTIONS:
         raise NotFound("no such action")
     rid = _resolve(request, handle, "DetectedIssue")
     form = await _form(request)
