@@ -1,8 +1,9 @@
 """The doctor's pages: patient panel, a patient's journey (timeline, trends, care plan), the
-live alert inbox, referrals and consultations, enrolment, plan adjustment and the one-click
-remote follow-up. Each page authorises through ``node.portal.signin.clinician`` (the API's
-access seam) and acts through the API's own functions (``node.care.routes``,
-``node.exchange.service``). Patients appear in URLs only as the session's opaque handles."""
+live alert inbox, referrals and consultations, enrolment, plan adjustment, the one-click remote
+follow-up, and break-glass (emergency) requests with a stated reason, shown as such. Each page
+authorises through ``node.portal.signin.clinician`` (the API's access seam) and acts through the
+API's own functions (``node.care.routes``, ``node.exchange.service``). Patients appear in URLs
+only as the session's opaque handles."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from node.care.apply import iso
 from node.care.definitions import load_catalog
 from node.care.records import practitioner_for_user
 from node.care.routes import CLOSE_ACTIONS, alert_stream, close_alert, enrol_patient
+from node.exchange.egress import BreakGlass
 from node.exchange.service import answer, change_status, request_exchange
-from node.exchange.workflow import task_parties, task_uid
+from node.exchange.workflow import is_break_glass, task_parties, task_uid
 from node.portal.journey import load_journey
 from node.portal.panel import CONTROL_RANK, load_panel, name_page, person_name, search_all
 from node.portal.signin import PREFIX, clinician, kit_of, router
@@ -261,6 +263,39 @@ async def refer(request: Request, handle: str) -> Response:
     return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=referred")
 
 
+@router.post(PREFIX + "/patients/{handle}/break-glass")
+async def break_glass(request: Request, handle: str) -> Response:
+    """Emergency access: a referral or consultation sent whatever the patient's consents say,
+    on this clinician's stated reason. The consent registry decides whether it may (a reason,
+    a doctor or nurse), audits it as break-glass and shows it to the patient."""
+    principal = clinician(request, "Task", "create")
+    pid = _resolve(request, handle, "Patient")
+    form = await _form(request)
+    exchange = getattr(request.app.state, "exchange", None)
+    if exchange is None:
+        raise ServiceUnavailable("this node is not connected to a coordinator")
+    kind = form.get("kind", "referral")
+    stated = form.get("reason", "")
+    try:
+        await run_in_threadpool(
+            lambda: request_exchange(
+                exchange,
+                kind=kind,
+                patient_id=pid,
+                recipient=form.get("recipient", ""),
+                reason=stated or kind,
+                writer=principal.writer,
+                break_glass=BreakGlass(reason=stated, role=principal.role, user=principal.subject),
+            )
+        )
+    except FhirError as exc:
+        if exc.status not in (400, 403, 409):
+            raise
+        notice = "break-glass-refused" if exc.status == 403 else "break-glass-invalid"
+        return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice={notice}")
+    return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=break-glass")
+
+
 # -- the alert inbox ----------------------------------------------------------------------------
 def _my_open_alerts(store: FhirStore, username: str) -> list[dict[str, Any]]:
     """The open alerts addressed to this doctor (or to no one), most severe first."""
@@ -333,6 +368,8 @@ def _exchange_tasks(store: FhirStore) -> list[dict[str, Any]]:
                 "name": person_name(names.get(task.get("for", {}).get("reference"), {})),
                 "requester": requester,
                 "owner": owner,
+                "break_glass": is_break_glass(task),
+                "notes": [n.get("text", "") for n in task.get("note", []) if n.get("text")],
             }
         )
     out.sort(key=lambda t: str(t["task"].get("authoredOn", "")), reverse=True)
