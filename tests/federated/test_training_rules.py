@@ -176,8 +176,10 @@ def test_dropout_is_recorded_and_below_minimum_fails(tmp_path: Path) -> None:
 def test_client_messages_carry_only_model_arrays_and_aggregate_metrics(tmp_path: Path) -> None:
     """Every reply of a real run passes the egress rule with what the server sent it (the rule's
     refusals — per-patient values, unknown metrics, free text — are in test_egress_rule.py); the
-    one vector metrics are per-column statistics as long as the model has features, not one
-    entry per patient (200 per node here)."""
+    one vector metrics are per-column statistics over the node's whole training split: as long
+    as the model has features (not one entry per patient, 200 per node here), and equal to the
+    column sums and counts of that split — one patient's row of four features would be as long,
+    but not these values."""
     grid = _grid(tmp_path, {"a": 200, "b": 200})
     result = run_federated(
         grid, RunPlan(**{**PLAN.__dict__, "run_label": "m"}), report=lambda _l: None
@@ -202,6 +204,10 @@ def test_client_messages_carry_only_model_arrays_and_aggregate_metrics(tmp_path:
                 if key in VECTOR_METRIC_KEYS:
                     assert request.metadata.message_type == "query"
                     assert len(value) == PLAN.features, key  # type: ignore[arg-type]
+                    x_train = _training_split(grid, msg.metadata.src_node_id)
+                    assert len(x_train) > 100  # most of the node's 200 patients
+                    expected_sums = _COLUMN_AGGREGATES[key](x_train)
+                    np.testing.assert_allclose(value, expected_sums, rtol=1e-9, err_msg=key)
                 else:
                     assert isinstance(value, int | float), key
         for rec in msg.content.config_records.values():
@@ -209,6 +215,25 @@ def test_client_messages_carry_only_model_arrays_and_aggregate_metrics(tmp_path:
     assert phases == {"query", "train", "evaluate"}
     counts = [m.content.metric_records["metrics"]["num-examples"] for m in grid.received]
     assert all(int(c) % 10 == 0 for c in counts)  # counts leave rounded
+
+
+_COLUMN_AGGREGATES = {  # what each per-column statistic is over the node's training rows
+    "feature-sum": lambda x: np.nansum(x, axis=0),
+    "feature-sumsq": lambda x: np.nansum(x.astype(np.float64) ** 2, axis=0),
+    "feature-count": lambda x: (~np.isnan(x)).sum(axis=0).astype(float),
+}
+
+
+def _training_split(grid: LocalGrid, node_id: int) -> np.ndarray:
+    """The node's training rows, read from its CSV with its own split (its policy), in the
+    float32 the node keeps them in."""
+    from federated.node_data import load_node_data
+    from federated.node_policy import NodePolicy
+
+    config = grid.contexts[node_id].node_config
+    policy = NodePolicy.from_node_config(config)
+    loaded = load_node_data(config, test_fraction=policy.test_fraction, seed=policy.split_seed)
+    return loaded.data.x_train.astype(np.float32).astype(np.float64)
 
 
 def test_plan_rejects_unknown_task_and_negative_epsilon() -> None:
