@@ -2,7 +2,8 @@
 (the consent registry's OpenID Connect login) → today's page; record a weight (stored at the
 node, the patient as author); allow a clinic to see some records, share less, see who saw the
 data; withdraw the consent — after which the hospital doctor's next referral is refused, shown
-as such on the doctor's page. Screenshots in both languages, axe-core on every page."""
+as such on the doctor's page; mark today's medication dose taken. Screenshots in both languages,
+axe-core on every page, no page wider than 360 px."""
 
 from __future__ import annotations
 
@@ -124,17 +125,31 @@ def test_patient_records_a_weight_and_withdraws_consent_then_referral_is_refused
     doctor.close()
     assert _referral(region).status_code == 403
 
-    # The patient pages in the other language.
+    # The patient pages in the other language; today's medication with its check-in form.
+    made = hospital.post("/fhir/MedicationRequest", {
+        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "subject": {"reference": f"Patient/p-{HOSPITAL_ID}"},
+        "medicationCodeableConcept": {"text": "Metoprolol succinate 47.5 mg"},
+        "dosageInstruction": [{"text": "once a day"}]})  # fmt: skip
+    assert made.status_code == 201, made.text
     page.goto(f"{hospital.url}/app/me")
     page.get_by_role("button", name="English").click()
     page.wait_for_load_state()
     for path, name in (("/app/me", "patient-today"), ("/app/me/trends", "patient-trends"),
                        ("/app/me/consents", "patient-consents"),
-                       ("/app/me/disclosures", "patient-disclosures")):  # fmt: skip
+                       ("/app/me/disclosures", "patient-disclosures"),
+                       ("/app/me/medications", "patient-medications")):  # fmt: skip
         page.goto(f"{hospital.url}{path}")
         _check(page, name)
+    page.goto(f"{hospital.url}/app/me/medications")
+    page.get_by_role("button", name="I took this dose").click()
+    page.wait_for_selector("#notice")
+    assert page.locator(".dose-taken").count() == 1
+    _check(page, "patient-medications")
     page.goto(f"{hospital.url}/app/me/trends")
     page.get_by_role("button", name="中文").click()
     page.wait_for_load_state()
     _check(page, "patient-trends")
+    page.goto(f"{hospital.url}/app/me/medications")
+    _check(page, "patient-medications")
     page.close()
