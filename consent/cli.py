@@ -72,6 +72,8 @@ def serve(
         overrides["ca_dir"] = ca_dir
     if public_url:
         overrides["public_url"] = public_url
+    elif tls_cert is not None:  # served over HTTPS: the audience clients compute is https://…
+        overrides["public_url"] = f"https://{host}:{port}"
     if org_id:
         overrides["org_id"] = org_id
     if org_dir:

@@ -25,7 +25,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from servicekit.ports import free_port
+from servicekit.ports import announce_ports, free_port
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -43,7 +43,11 @@ def superlink(
     data_dir: DataDir,
     org_dir: Annotated[Path, typer.Option("--org-dir", help="The authority's PKI credentials.")],
     port: Annotated[
-        int, typer.Option("--port", help="Health endpoint port (HTTP /healthz).")
+        int,
+        typer.Option(
+            "--port",
+            help="Health endpoint port (HTTP /healthz; 0: any free one, in bound-ports.json).",
+        ),
     ] = 9090,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     fleet_port: Annotated[int, typer.Option("--fleet-port")] = 9092,
@@ -113,6 +117,7 @@ def superlink(
         health_port=port,
         info={"service": "superlink", "fleet": fleet, "control": control},
     )
+    announce_ports(data_dir, http=int(sup.http.server_address[1]))  # the health port it got
     log.info("SuperLink: fleet %s, control %s (TLS, SuperNode auth on)", fleet, control)
     deadline = time.monotonic() + 60
     while not (port_open(fleet) and port_open(control)):
@@ -183,7 +188,11 @@ def supernode(
     authority: Annotated[str, typer.Option("--authority", help="The authority's org id.")],
     linkage_key: Annotated[Path, typer.Option("--linkage-key")],
     port: Annotated[
-        int, typer.Option("--port", help="Health endpoint port (HTTP /healthz).")
+        int,
+        typer.Option(
+            "--port",
+            help="Health endpoint port (HTTP /healthz; 0: any free one, in bound-ports.json).",
+        ),
     ] = 9095,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     epsilon_budget: Annotated[float, typer.Option("--epsilon-budget", min=0.0)] = 10.0,
@@ -278,6 +287,7 @@ def supernode(
         info={"service": "supernode", "org": creds.org_id},
         companions=[zygote_command(zygote)],
     )
+    announce_ports(data_dir, http=int(sup.http.server_address[1]))  # the health port it got
     log.info("SuperNode of %s → %s (TLS, authenticated)", creds.org_id, superlink)
     raise typer.Exit(sup.wait())
 

@@ -114,8 +114,9 @@ class ExchangeSettings(_Section):
 class Hl7Settings(_Section):
     """The HL7 v2 feed (node/feeds/hl7v2): an MLLP listener."""
 
-    # Its port; None = no listener. Host: default the node's HTTP ``host``.
-    mllp_port: int | None = Field(default=None, gt=0, lt=65536)
+    # Its port; None = no listener, 0 = any free one (announced as ``mllp`` in the data dir's
+    # bound-ports.json). Host: default the node's HTTP ``host``.
+    mllp_port: int | None = Field(default=None, ge=0, lt=65536)
     mllp_host: str | None = None
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "free_port",
     "bind_listener",
     "announce_ports",
+    "add_announced_ports",
     "read_announced_ports",
 ]
 
@@ -58,6 +59,12 @@ def announce_ports(data_dir: Path, **ports: int) -> None:
     tmp = data_dir / f".{PORTS_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(ports))
     os.replace(tmp, data_dir / PORTS_FILE)
+
+
+def add_announced_ports(data_dir: Path, **ports: int) -> None:
+    """Add ``ports`` to those already announced in ``data_dir`` (a listener started later, e.g.
+    a node's MLLP feed in its one background worker)."""
+    announce_ports(data_dir, **{**(read_announced_ports(data_dir) or {}), **ports})
 
 
 def read_announced_ports(data_dir: Path) -> dict[str, int] | None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from deploy.launcher import free_port, ipjms_command, start_service
+from deploy.launcher import ipjms_command, start_service
 
 pytestmark = pytest.mark.slow
 PASSWORD = "care-e2e-password-1"
@@ -81,12 +81,12 @@ def node(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
            env={"IPJMS_ADMIN_PASSWORD": PASSWORD})  # fmt: skip
     _ipjms("node", "user", "add", "--data-dir", str(data_dir), "--username", "dr-wang",
            "--role", "doctor", env={"IPJMS_USER_PASSWORD": PASSWORD})  # fmt: skip
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {"IPJMS_NODE_CARE_ENABLED": "true", "IPJMS_NODE_CARE_RESPONSIBLE_USER": "dr-wang",
            "IPJMS_NODE_CARE_TICK_SECONDS": "3600"}  # fmt: skip
     service = start_service("care-node", ["node", "serve", "--data-dir", str(data_dir), "--port",
-                            str(port)], base_url=url, log_dir=tmp / "logs", env=env)  # fmt: skip
+                            "0"], base_url="http://127.0.0.1:{http}", log_dir=tmp / "logs",
+                            env=env, ports_dir=data_dir)  # fmt: skip
+    url = service.base_url
     try:
         token = httpx.post(
             f"{url}/auth/token",

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.launcher import free_port, start_service
+from deploy.launcher import start_service
 
 from .test_care_e2e import PASSWORD, Stream, _condition, _get, _ipjms, _patient, _plans, _post
 
@@ -44,16 +44,16 @@ class Node:
 
     def serve(self, offset_seconds: float, tick_seconds: float) -> None:
         self.stop()
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         env = {"IPJMS_NODE_CARE__ENABLED": "true", "IPJMS_NODE_CARE__RESPONSIBLE_USER": "dr-li",
                "IPJMS_NODE_CARE__TICK_SECONDS": str(tick_seconds),
                "IPJMS_NODE_CARE__CLOCK_OFFSET_SECONDS": str(offset_seconds)}  # fmt: skip
         self.service = start_service(
             f"care-clock-{offset_seconds:.0f}",
-            ["node", "serve", "--data-dir", str(self.data_dir), "--port", str(port)],
-            base_url=self.url, log_dir=self.root / "logs", env=env,
+            ["node", "serve", "--data-dir", str(self.data_dir), "--port", "0"],
+            base_url="http://127.0.0.1:{http}", log_dir=self.root / "logs", env=env,
+            ports_dir=self.data_dir,
         )  # fmt: skip
+        self.url = self.service.base_url
         self.token = httpx.post(
             f"{self.url}/auth/token",
             data={"grant_type": "password", "username": "dr-li", "password": PASSWORD},

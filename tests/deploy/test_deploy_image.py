@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import typer
 from deploy_files import DOCKERFILE, DOCKERIGNORE, ENTRYPOINT, IMAGE_UID, REPO_ROOT, load_compose
 
 from deploy.launcher import free_port
+from servicekit.ports import read_announced_ports
 
 ROLES = ["node", "coordinator", "consent", "superlink", "supernode", "pki-bootstrap"]
 
@@ -251,11 +253,10 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def health_server() -> Iterator[int]:
-    port = free_port()
-    server = http.server.HTTPServer(("127.0.0.1", port), _Health)
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)  # the OS picks, held from now on
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield port
+    yield int(server.server_address[1])
     server.shutdown()
     server.server_close()
 
@@ -264,14 +265,15 @@ def test_healthcheck_role(health_server: int) -> None:
     assert run_entrypoint("healthcheck", env={"IPJMS_PORT": str(health_server)}).returncode == 0
     url = f"http://127.0.0.1:{health_server}/nothing"
     assert run_entrypoint("healthcheck", env={"IPJMS_HEALTH_URL": url}).returncode != 0
-    closed = free_port()
-    assert run_entrypoint("healthcheck", env={"IPJMS_PORT": str(closed)}).returncode != 0
-    tcp = {"IPJMS_HEALTH_TCP": f"127.0.0.1:{health_server}"}
-    assert run_entrypoint("healthcheck", env=tcp).returncode == 0
-    assert (
-        run_entrypoint("healthcheck", env={"IPJMS_HEALTH_TCP": f"127.0.0.1:{closed}"}).returncode
-        != 0
-    )
+    # a port held bound but not listening: connections are refused, and no one else takes it
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        closed = held.getsockname()[1]
+        assert run_entrypoint("healthcheck", env={"IPJMS_PORT": str(closed)}).returncode != 0
+        tcp = {"IPJMS_HEALTH_TCP": f"127.0.0.1:{health_server}"}
+        assert run_entrypoint("healthcheck", env=tcp).returncode == 0
+        closed_tcp = {"IPJMS_HEALTH_TCP": f"127.0.0.1:{closed}"}
+        assert run_entrypoint("healthcheck", env=closed_tcp).returncode != 0
 
 
 def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> None:
@@ -371,7 +373,6 @@ def test_superlink_role_serves_tls_with_the_regional_certificate(
     """The SuperLink role (`ipjms fl superlink`) serves the authority's certificate: it passes
     the image's health check and a client that trusts only the regional CA completes a TLS
     handshake with it. (Node, consent and coordinator roles: tests/deploy/test_deploy_region.py.)"""
-    import socket
     import ssl
 
     from deploy.launcher import wait_until
@@ -379,9 +380,11 @@ def test_superlink_role_serves_tls_with_the_regional_certificate(
     refused = run_entrypoint("superlink", env={"IPJMS_ORG_DIR": ""})
     assert refused.returncode == 64 and "IPJMS_ORG_DIR" in refused.stderr  # never plaintext
 
-    fleet, control, health_port = free_port(), free_port(), free_port()
+    # Flower binds the Fleet and Control ports itself and cannot report a port 0: picked here
+    # (free_port). The wrapper's health port is bound at 0 and announced in its data dir.
+    fleet, control = free_port(), free_port()
     env = {
-        "IPJMS_PORT": str(health_port),
+        "IPJMS_PORT": "0",
         "IPJMS_DATA_DIR": str(tmp_path / "superlink"),
         "IPJMS_FLEET_PORT": str(fleet),
         "IPJMS_CONTROL_PORT": str(control),
@@ -404,7 +407,10 @@ def test_superlink_role_serves_tls_with_the_regional_certificate(
                 raise AssertionError(
                     f"superlink exited {proc.returncode}:\n{log.read_text()[-3000:]}"
                 )
-            health = {"IPJMS_PORT": str(health_port)}  # the wrapper's HTTP /healthz
+            ports = read_announced_ports(tmp_path / "superlink")
+            if ports is None:
+                return False
+            health = {"IPJMS_PORT": str(ports["http"])}  # the wrapper's HTTP /healthz
             return run_entrypoint("healthcheck", env=health).returncode == 0
 
         wait_until(healthy, timeout=90, interval=0.5, what="superlink to pass its health check")

@@ -76,20 +76,21 @@ class FlNet:
         assert self.superlink_dir is not None
         info = json.loads((self.superlink_dir / "superlink.json").read_text())
         node = self.region.nodes[org]
-        port = free_port()
+        data_dir = self.root / f"supernode-{org}"
         args = [
-            "fl", "supernode", "--data-dir", str(self.root / f"supernode-{org}"),
+            "fl", "supernode", "--data-dir", str(data_dir),
             "--superlink", info["fleet"], "--org-dir", str(self.pki.org_dirs[org]),
             "--fhir-url", node.url, "--client-id", "fl-supernode",
             "--client-key", str(self.client_keys[org]), "--consent-url", self.region.consent_url,
             "--authority", "authority", "--linkage-key", str(self.region.linkage_key_path),
-            "--port", str(port), "--min-cohort", str(min_cohort), "--epsilon-budget", str(budget),
+            "--port", "0", "--min-cohort", str(min_cohort), "--epsilon-budget", str(budget),
         ]  # fmt: skip
-        svc = start_service(
+        svc = start_service(  # the health port: the OS picks, announced in the data dir
             f"supernode-{org}",
             args,
-            base_url=f"http://127.0.0.1:{port}",
+            base_url="http://127.0.0.1:{http}",
             log_dir=self.root / "logs",
+            ports_dir=data_dir,
         )
         self.supernodes[org] = svc
         return svc
@@ -235,16 +236,18 @@ def start_fl_net(root: Path, *, patients: int = 24, consent_every: int = 4) -> F
                     grant_research(net, nid)
                     net.consented[org].add(nid)
         net.superlink_dir = root / "superlink"
-        port = free_port()
+        # Flower's SuperLink binds its Fleet and Control ports itself and cannot report a port
+        # 0: those stay free_port(); the supervisor's health port is bound at 0 and announced.
         args = [
             "fl", "superlink", "--data-dir", str(net.superlink_dir),
-            "--org-dir", str(pki.org_dirs["authority"]), "--port", str(port),
+            "--org-dir", str(pki.org_dirs["authority"]), "--port", "0",
             "--fleet-port", str(free_port()), "--control-port", str(free_port()),
             *[a for org in NODES for a in ("--authorize", str(pki.org_dirs[org]))],
         ]  # fmt: skip
         net.superlink = start_service(
-            "superlink", args, base_url=f"http://127.0.0.1:{port}", log_dir=root / "logs"
-        )
+            "superlink", args, base_url="http://127.0.0.1:{http}", log_dir=root / "logs",
+            ports_dir=net.superlink_dir,
+        )  # fmt: skip
         registry = net.superlink_dir / "supernodes.json"
 
         def admitted() -> bool:

@@ -34,7 +34,7 @@ from fhirpy.base.exceptions import OperationOutcome as FhirpyOutcome
 from node.app import create_app
 from node.settings import load_settings
 from node_api.node_harness import FAST_HASHER, PASSWORD
-from servicekit.ports import free_port
+from servicekit.ports import bind_listener
 
 REDIRECT = "http://127.0.0.1:9/smart-callback"
 
@@ -55,7 +55,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port = free_port()
+    sock = bind_listener("127.0.0.1", 0)  # the OS picks; held until the server takes it
+    port = sock.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     data_dir: Path = tmp_path_factory.mktemp("libs") / "node"
     app = create_app(load_settings(data_dir, org_id="org-libs", port=port, public_url=base))
@@ -64,7 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     accounts.add_user("doctor1", PASSWORD, "doctor", fhir_user="Practitioner/d-1")
     app.state.auth.apps.add_app("smart-py", [REDIRECT], name="fhirclient test app")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

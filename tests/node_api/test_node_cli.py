@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from deploy.launcher import Service, ipjms_command, start_service
 from node.store import FhirStore
 from node.store.tables import resource_version
-from servicekit.ports import free_port
+from servicekit.ports import read_announced_ports
 from servicekit.storage import make_engine
 
 ADMIN_PASSWORD = "admin-pass-for-tests"
@@ -39,6 +39,22 @@ def _serve(name: str, args: list[str], data_dir: Path, tmp_path: Path, **kw: Any
         name, args, base_url="http://127.0.0.1:{http}", log_dir=tmp_path / "logs",
         ports_dir=data_dir, **kw,
     )  # fmt: skip
+
+
+def _mllp_port(service: Service, data_dir: Path) -> int:
+    """The MLLP port a node given ``mllp_port = 0`` announced (its background worker binds it
+    after the HTTP port is announced)."""
+    from deploy.launcher import wait_until
+
+    found: dict[str, int] = {}
+
+    def announced() -> bool:
+        assert service.alive(), service.log_tail()
+        found.update(read_announced_ports(data_dir) or {})
+        return "mllp" in found
+
+    wait_until(announced, 30, what="the MLLP port")
+    return found["mllp"]
 
 
 def _login_failures(data_dir: Path) -> list[dict[str, str]]:
@@ -293,16 +309,16 @@ def test_serve_with_mllp_listener_and_csv_ingest(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     assert _init(data_dir, f"sqlite:///{tmp_path / 'm.db'}",
                  IPJMS_ADMIN_PASSWORD=ADMIN_PASSWORD).returncode == 0  # fmt: skip
-    mllp_port = free_port()  # the MLLP listener takes a fixed port (a background service)
     service = _serve(
         "node-mllp",
         ["node", "serve", "--data-dir", str(data_dir), "--port", "0"],
         data_dir,
         tmp_path,
-        env={"IPJMS_NODE_MLLP_PORT": str(mllp_port)},
+        env={"IPJMS_NODE_MLLP_PORT": "0"},  # the OS picks; announced as "mllp"
     )
     url = service.base_url
     try:
+        mllp_port = _mllp_port(service, data_dir)
         tok = httpx.post(
             f"{url}/auth/token",
             data={"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD},
@@ -393,10 +409,9 @@ def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None
     r = ipjms("node", "client", "add", "--data-dir", str(data_dir), "--client-id", "sn",
               "--public-key", pem.decode(), "--scope", "system/*.rs")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    mllp_port = free_port()  # the MLLP listener takes a fixed port (a background service)
     args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0", "--workers", "2"]
-    service = _serve(  # a feature's setting by its section name
-        "node-workers", args, data_dir, tmp_path, env={"IPJMS_NODE_HL7__MLLP_PORT": str(mllp_port)}
+    service = _serve(  # a feature's setting by its section name; 0: announced as "mllp"
+        "node-workers", args, data_dir, tmp_path, env={"IPJMS_NODE_HL7__MLLP_PORT": "0"}
     )
     url = service.base_url
     http_port = int(url.rsplit(":", 1)[1])
@@ -405,6 +420,7 @@ def test_two_workers_share_replay_protection_and_metrics(tmp_path: Path) -> None
         workers = _workers(service.process.pid)
         assert len(workers) == 2, workers
         assert _listening_pids(http_port, workers) == set(workers)  # both serve the port
+        mllp_port = _mllp_port(service, data_dir)
         wait_until(lambda: send_mllp("127.0.0.1", mllp_port, _oru("W1", "99")), 30, what="MLLP")
         assert len(_listening_pids(mllp_port, workers)) == 1  # background: exactly one worker
 

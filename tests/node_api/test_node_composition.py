@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
 import node
-from deploy.launcher import free_port
 from node.app import FEATURES, create_app, migration_folders
 from node.feature import BackgroundTask, Feature, NodeServices
 from node.settings import load_settings
@@ -140,15 +140,26 @@ def org_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ca / "orgs" / "org-comp"
 
 
+@pytest.fixture
+def closed_ports() -> Iterator[tuple[int, int]]:
+    """Two loopback ports held bound but not listening: nothing answers there, and no other
+    process can take them while the test runs (a released free port could be)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        yield a.getsockname()[1], b.getsockname()[1]
+
+
 def test_exchange_and_enrolment_share_the_services_built_once(
-    tmp_path: Path, org_dir: Path
+    tmp_path: Path, org_dir: Path, closed_ports: tuple[int, int]
 ) -> None:
+    consent_port, coordinator_port = closed_ports
     settings = load_settings(
         tmp_path / "node",
         org_id="org-comp",
-        consent_url=f"http://127.0.0.1:{free_port()}",  # legacy flat names still work
+        consent_url=f"http://127.0.0.1:{consent_port}",  # legacy flat names still work
         org_credentials_dir=org_dir,
-        exchange={"coordinator_address": f"127.0.0.1:{free_port()}"},
+        exchange={"coordinator_address": f"127.0.0.1:{coordinator_port}"},
     )
     app = create_app(settings)
     services: NodeServices = app.state.services

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from deploy.launcher import free_port, ipjms_command, start_service, wait_until
+from deploy.launcher import ipjms_command, start_service, wait_until
 
 PASSWORD = "retry-doctor-pass"
 N_PATIENTS = 100  # 200 entries: a transaction that takes a while to commit
@@ -71,10 +71,12 @@ def test_retry_after_a_dropped_connection_stores_one_copy(db_url: str, tmp_path:
         "node", "user", "add", "--data-dir", str(data_dir), "--username", "drretry",
         "--role", "doctor", IPJMS_USER_PASSWORD=PASSWORD,
     )  # fmt: skip
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["node", "serve", "--data-dir", str(data_dir), "--port", str(port)]
-    service = start_service("node-retry", args, base_url=url, log_dir=tmp_path / "logs")
+    args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0"]
+    service = start_service(
+        "node-retry", args, base_url="http://127.0.0.1:{http}", log_dir=tmp_path / "logs",
+        ports_dir=data_dir,
+    )  # fmt: skip
+    url, port = service.base_url, int(service.extra["ports"]["http"])
     try:
         token = httpx.post(
             f"{url}/auth/token",

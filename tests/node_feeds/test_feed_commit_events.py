@@ -13,7 +13,7 @@ from pathlib import Path
 
 import hl7
 
-from deploy.launcher import free_port, ipjms_command
+from deploy.launcher import ipjms_command
 from node.app import create_app
 from node.feeds.hl7v2 import send_mllp
 from node.feeds.hl7v2.node_service import mllp_service
@@ -29,14 +29,14 @@ def _summary(events: list[CommitEvent]) -> list[tuple[str, str, str]]:
 
 
 def test_hl7v2_messages_over_the_node_listener(db_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    app = create_app(NodeSettings(data_dir=tmp_path / "node", db_url=db_url, mllp_port=port))
+    app = create_app(NodeSettings(data_dir=tmp_path / "node", db_url=db_url, mllp_port=0))
     store: FhirStore = app.state.store
     got: list[CommitEvent] = []
     store.events.subscribe("test", got.extend)
 
     async def send_all(messages: list[str]) -> list[str]:
-        async with mllp_service(app):
+        async with mllp_service(app) as server:  # port 0: the one the OS picked
+            port = server.sockets[0].getsockname()[1]
             return [await asyncio.to_thread(send_mllp, "127.0.0.1", port, m) for m in messages]
 
     acks = asyncio.run(send_all([oru(), oru()]))  # the same message twice

@@ -25,7 +25,7 @@ import psycopg
 from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
-from deploy.launcher import Service, free_port, ipjms_command, start_service, wait_until
+from deploy.launcher import Service, ipjms_command, start_service, wait_until
 from trust.pki import init_ca, issue_org, load_org
 from trust.pseudonym import pseudonym
 
@@ -100,16 +100,15 @@ class LoadRegion:
             issue_org(ca, org, host="127.0.0.1,localhost")
             self.orgs[org] = ca / "orgs" / org
         self.ca_dir = ca
-        port = free_port()
-        self.consent_url = f"http://127.0.0.1:{port}"
-        self.services.append(
-            start_service(
-                "consent",
-                ["consent", "serve", "--data-dir", str(self.root / "consent"), "--port",
-                 str(port), "--ca-dir", str(ca), "--db", self.consent_db],
-                base_url=self.consent_url, log_dir=self.root / "logs",
-            )
+        consent = start_service(
+            "consent",
+            ["consent", "serve", "--data-dir", str(self.root / "consent"), "--port", "0",
+             "--ca-dir", str(ca), "--db", self.consent_db],
+            base_url="http://127.0.0.1:{http}", log_dir=self.root / "logs",
+            ports_dir=self.root / "consent",
         )  # fmt: skip
+        self.services.append(consent)
+        self.consent_url = consent.base_url
         # One patient who permits Condition to every recipient for TREAT.
         self.pseudo = pseudonym(b"k" * 32, "LOAD-0001")
         client = ConsentClient(self.consent_url, load_org(self.orgs[self.sender_ids[0]]))
@@ -157,17 +156,17 @@ class LoadRegion:
         )  # fmt: skip
         started = []
         for i in range(count):
-            port, http_port = free_port(), free_port()
-            args = ["coordinator", "serve", "--data-dir", str(data / f"replica-{i}"),
-                    "--port", str(port), "--http-port", str(http_port), "--db", db_url,
+            replica = data / f"replica-{i}"
+            args = ["coordinator", "serve", "--data-dir", str(replica), "--port", "0",
+                    "--db", db_url,
                     "--ca-dir", str(self.ca_dir), "--org-dir", str(self.orgs["org-coordinator"]),
                     "--consent-url", self.consent_url,
                     "--rate-per-minute", "100000000"]  # fmt: skip
             service = start_service(
-                f"{name}-{i}", args, base_url=f"http://127.0.0.1:{http_port}",
-                log_dir=self.root / "logs",
+                f"{name}-{i}", args, base_url="http://127.0.0.1:{http}",
+                log_dir=self.root / "logs", ports_dir=replica,
             )  # fmt: skip
-            service.extra["address"] = f"127.0.0.1:{port}"
+            service.extra["address"] = f"127.0.0.1:{service.extra['ports']['grpc']}"
             started.append(service)
             self.services.append(service)
         return started

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.launcher import Service, free_port, ipjms_command, start_service
+from deploy.launcher import Service, ipjms_command, start_service
 
 PG_URL = os.environ.get("IPJMS_TEST_POSTGRES_URL")
 TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
@@ -56,12 +56,19 @@ def _sh(script: str, **env: str) -> None:
 
 
 def _serve(data_dir: Path, port: int, log_dir: Path, *db: str) -> Service:
+    """``node serve`` on ``port`` (0: the OS picks; the port it got is in ``extra["ports"]``).
+    The restored node is served on the live node's port: the snapshots' URLs must match."""
     return start_service(
         f"node-{data_dir.name}",
         ["node", "serve", "--data-dir", str(data_dir), "--port", str(port), *db],
-        base_url=f"http://127.0.0.1:{port}",
+        base_url="http://127.0.0.1:{http}",
         log_dir=log_dir,
+        ports_dir=data_dir,
     )
+
+
+def _port(node: Service) -> int:
+    return int(node.extra["ports"]["http"])
 
 
 def _snapshot(url: str, data_dir: Path) -> dict[str, bytes]:
@@ -136,8 +143,8 @@ def test_pg_dump_restores_into_a_fresh_database(
     org = tmp_path / "ca" / "orgs" / "org-backup"
     live_dir = tmp_path / "live"
     _node_with_records(live_dir, synthea_shaped_dir, "--db", live_url)
-    port = free_port()
-    node = _serve(live_dir, port, tmp_path / "logs")
+    node = _serve(live_dir, 0, tmp_path / "logs")
+    port = _port(node)
     backups = tmp_path / "backups"
     backups.mkdir()
     sealing = {"CERT": str(org / "encryption.cert.pem"), "URL": live_url, "OUT": str(backups)}
@@ -182,8 +189,8 @@ def test_pg_dump_restores_into_a_fresh_database(
 def test_sqlite_backup_restores(tmp_path: Path, synthea_shaped_dir: Path) -> None:
     live_dir = tmp_path / "live"
     _node_with_records(live_dir, synthea_shaped_dir)
-    port = free_port()
-    node = _serve(live_dir, port, tmp_path / "logs")
+    node = _serve(live_dir, 0, tmp_path / "logs")
+    port = _port(node)
     backup = tmp_path / "backups" / "node.db"
     backup.parent.mkdir()
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.launcher import free_port, ipjms_command, start_service, wait_until
+from deploy.launcher import ipjms_command, start_service, wait_until
 
 PG_URL = os.environ.get("IPJMS_TEST_POSTGRES_URL")
 
@@ -38,12 +38,12 @@ def test_a_database_outage_fails_readiness_not_liveness(tmp_path: Path, pg_url: 
         env={**os.environ, "IPJMS_ADMIN_PASSWORD": "liveness test admin pw"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    port = free_port()
     node = start_service(
         "node-live",
-        ["node", "serve", "--data-dir", str(data), "--port", str(port)],
-        base_url=f"http://127.0.0.1:{port}",
+        ["node", "serve", "--data-dir", str(data), "--port", "0"],
+        base_url="http://127.0.0.1:{http}",
         log_dir=tmp_path / "logs",
+        ports_dir=data,
     )
     try:
         assert httpx.get(f"{node.base_url}/healthz", timeout=10).status_code == 200

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from consent.client import ConsentClient
-from deploy.launcher import Service, free_port, ipjms_command, start_service
+from deploy.launcher import Service, ipjms_command, start_service
 from node.exchange.client import ExchangeClient
 from node.identity import NATIONAL_ID_SYSTEM
 from trust.envelopes import EnvelopeHeader, seal_to
@@ -65,16 +65,14 @@ def test_services_log_json_without_phi_and_serve_metrics(tmp_path: Path) -> None
     logs = tmp_path / "logs"
     services: list[Service] = []
     try:
-        consent_port = free_port()
-        consent_url = f"http://127.0.0.1:{consent_port}"
-        services.append(
-            start_service(
-                "consent",
-                ["consent", "serve", "--data-dir", str(tmp_path / "consent"), "--port",
-                 str(consent_port), "--ca-dir", str(ca)],
-                base_url=consent_url, log_dir=logs,
-            )
+        consent = start_service(
+            "consent",
+            ["consent", "serve", "--data-dir", str(tmp_path / "consent"), "--port", "0",
+             "--ca-dir", str(ca)],
+            base_url="http://127.0.0.1:{http}", log_dir=logs, ports_dir=tmp_path / "consent",
         )  # fmt: skip
+        services.append(consent)
+        consent_url = consent.base_url
         directory = tmp_path / "orgs.toml"
         directory.write_text(
             "".join(
@@ -88,16 +86,14 @@ def test_services_log_json_without_phi_and_serve_metrics(tmp_path: Path) -> None
                           "--config", str(directory)),
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        grpc_port, http_port = free_port(), free_port()
         coordinator = start_service(
             "coordinator",
-            ["coordinator", "serve", "--data-dir", str(coord_dir), "--port", str(grpc_port),
-             "--http-port", str(http_port), "--ca-dir", str(ca), "--org-dir",
-             str(orgs["org-coord"]), "--consent-url", consent_url],
-            base_url=f"http://127.0.0.1:{http_port}", log_dir=logs,
+            ["coordinator", "serve", "--data-dir", str(coord_dir), "--port", "0", "--ca-dir",
+             str(ca), "--org-dir", str(orgs["org-coord"]), "--consent-url", consent_url],
+            base_url="http://127.0.0.1:{http}", log_dir=logs, ports_dir=coord_dir,
         )  # fmt: skip
         services.append(coordinator)
-        node_dir, node_port = tmp_path / "node", free_port()
+        node_dir = tmp_path / "node"
         env = {**os.environ, "IPJMS_ADMIN_PASSWORD": "observability admin pw"}
         subprocess.run(
             ipjms_command("node", "init", "--org", "org-node", "--name", "Node", "--data-dir",
@@ -106,9 +102,10 @@ def test_services_log_json_without_phi_and_serve_metrics(tmp_path: Path) -> None
         )  # fmt: skip
         node = start_service(
             "node",
-            ["node", "serve", "--data-dir", str(node_dir), "--port", str(node_port)],
-            base_url=f"http://127.0.0.1:{node_port}",
+            ["node", "serve", "--data-dir", str(node_dir), "--port", "0"],
+            base_url="http://127.0.0.1:{http}",
             log_dir=logs,
+            ports_dir=node_dir,
             env={"IPJMS_NODE_CONSENT_URL": consent_url, "IPJMS_NODE_CA_DIR": str(ca),
                  "IPJMS_NODE_ORG_CREDENTIALS_DIR": str(orgs["org-node"])},
         )  # fmt: skip
@@ -167,7 +164,7 @@ def test_services_log_json_without_phi_and_serve_metrics(tmp_path: Path) -> None
             header, payload, sender=creds,
             recipient_encryption_cert_pem=load_org(orgs["org-peer"]).encryption_cert_pem,
         )  # fmt: skip
-        with ExchangeClient(f"127.0.0.1:{grpc_port}", creds) as client:
+        with ExchangeClient(f"127.0.0.1:{coordinator.extra['ports']['grpc']}", creds) as client:
             with pytest.raises(grpc.RpcError) as info:
                 client.send(sealed)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -21,16 +21,14 @@ LAUNCHER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from deploy.launcher import free_port, start_service
+    from deploy.launcher import start_service
     root = Path(sys.argv[1])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     service = start_service(
         "consent",
-        ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
-         "--public-url", url],
-        base_url=url,
+        ["consent", "serve", "--data-dir", str(root / "consent"), "--port", "0"],
+        base_url="http://127.0.0.1:{http}",
         log_dir=root / "logs",
+        ports_dir=root / "consent",
     )
     (root / "child.pid").write_text(str(service.process.pid))
     import time

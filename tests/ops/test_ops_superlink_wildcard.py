@@ -18,17 +18,20 @@ def test_superlink_bound_to_all_interfaces_admits_supernodes(tmp_path: Path) -> 
     init_ca(ca)
     issue_org(ca, "org-authority", host="127.0.0.1,localhost")
     issue_org(ca, "org-a", host="127.0.0.1")
-    port, fleet, control = free_port(), free_port(), free_port()
+    # Flower's SuperLink binds its Fleet and Control ports itself and cannot say which it got
+    # for port 0: those two stay free_port(); the supervisor's health port is bound at 0.
+    fleet, control = free_port(), free_port()
     data = tmp_path / "superlink"
     service = start_service(
         "superlink",
         ["fl", "superlink", "--data-dir", str(data),
          "--org-dir", str(ca / "orgs" / "org-authority"), "--host", "0.0.0.0",
-         "--port", str(port), "--fleet-port", str(fleet),
+         "--port", "0", "--fleet-port", str(fleet),
          "--control-port", str(control), "--authorize", str(ca / "orgs" / "org-a")],
-        base_url=f"http://127.0.0.1:{port}",
+        base_url="http://127.0.0.1:{http}",
         log_dir=tmp_path / "logs",
         timeout=120,
+        ports_dir=data,
     )  # fmt: skip
     try:
         admitted = data / "supernodes.json"
@@ -39,7 +42,7 @@ def test_superlink_bound_to_all_interfaces_admits_supernodes(tmp_path: Path) -> 
             return admitted.exists() and "org-a" in json.loads(admitted.read_text())
 
         wait_until(org_a_admitted, 90, interval=0.2, what="org-a's SuperNode admitted")
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        metrics = httpx.get(f"{service.base_url}/metrics", timeout=10).text
         assert 'ipjms_flower_process_up{service="superlink"} 1.0' in metrics
         assert 'ipjms_flower_ready{service="superlink"} 1.0' in metrics
     finally:

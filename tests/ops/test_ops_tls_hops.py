@@ -37,6 +37,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         issue_org(ca, org, host="127.0.0.1,localhost")
     orgs = ca / "orgs"
     pg = LocalPostgres.prepare(
+        # PostgreSQL takes a fixed port (it cannot bind 0 and say which it got): free_port
         root / "postgres", ca_dir=ca, port=free_port(),
         server_cert=orgs / "org-db" / "tls.cert.pem", server_key=orgs / "org-db" / "tls.key.pem",
     )  # fmt: skip
@@ -51,31 +52,33 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             for name in ("consent", "coordinator"):
                 conn.execute(f"CREATE DATABASE {name}")
         db = {n: pg.url.replace("/postgres?", f"/{n}?") for n in ("consent", "coordinator")}
-        port = free_port()
-        url = f"https://127.0.0.1:{port}"
-        services.append(start_service(
+        consent = start_service(
             "consent",
-            ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
-             "--db", db["consent"], "--public-url", url, "--ca-dir", str(ca),
+            ["consent", "serve", "--data-dir", str(root / "consent"), "--port", "0",
+             "--db", db["consent"], "--ca-dir", str(ca),
              "--tls-cert", str(orgs / "org-consent" / "tls.cert.pem"),
              "--tls-key", str(orgs / "org-consent" / "tls.key.pem")],
-            base_url=url, log_dir=root / "logs",
-        ))  # fmt: skip
-        grpc_port, http_port = free_port(), free_port()
-        services.append(start_service(
+            base_url="https://127.0.0.1:{http}", log_dir=root / "logs",
+            ports_dir=root / "consent",
+        )  # fmt: skip
+        services.append(consent)
+        coordinator = start_service(
             "coordinator",
             ["coordinator", "serve", "--data-dir", str(root / "coordinator"),
-             "--port", str(grpc_port), "--http-port", str(http_port), "--http-tls",
+             "--port", "0", "--http-tls",
              "--db", db["coordinator"], "--ca-dir", str(ca),
-             "--org-dir", str(orgs / "org-coordinator"), "--consent-url", url],
-            base_url=f"https://127.0.0.1:{http_port}", log_dir=root / "logs",
-        ))  # fmt: skip
+             "--org-dir", str(orgs / "org-coordinator"), "--consent-url", consent.base_url],
+            base_url="https://127.0.0.1:{http}", log_dir=root / "logs",
+            ports_dir=root / "coordinator",
+        )  # fmt: skip
+        services.append(coordinator)
         yield {
-            "consent": url,
-            "coordinator": f"https://127.0.0.1:{http_port}",
-            "grpc": f"127.0.0.1:{grpc_port}",
+            "consent": consent.base_url,
+            "coordinator": coordinator.base_url,
+            "grpc": f"127.0.0.1:{coordinator.extra['ports']['grpc']}",
             "db": db,
             "password": password,
+            "orgs": orgs,
         }
     finally:
         for service in reversed(services):
@@ -104,7 +107,7 @@ def test_coordinator_grpc_refuses_a_plaintext_channel(region: dict[str, object])
 def test_postgresql_refuses_plaintext_and_the_services_use_verify_full(
     region: dict[str, object], service: str
 ) -> None:
-    url = region["db"][service]  # type: ignore[index]
+    url = region["db"][service]
     assert "sslmode=verify-full" in url
     refusal = plaintext_pg_refused(url, str(region["password"]))
     assert refusal is not None and "no encryption" in refusal, refusal
@@ -116,3 +119,15 @@ def test_postgresql_refuses_plaintext_and_the_services_use_verify_full(
             (service,),
         ).fetchone()
     assert row is not None and row[1] >= 1 and row[0] == row[1], row
+
+
+def test_consent_over_tls_admits_assertions_to_its_https_url(region: dict[str, object]) -> None:
+    """Served over HTTPS with no --public-url (its port the OS's pick), the registry's token
+    audience is its https:// URL: the one an organisation addresses its assertion to."""
+    from consent.client import ConsentClient
+    from trust.pki import load_org
+    from trust.pseudonym import pseudonym
+
+    org = load_org(region["orgs"] / "org-coordinator")  # type: ignore[operator]
+    with ConsentClient(str(region["consent"]), org) as client:
+        assert client.create_enrolment_code(pseudonym(b"k" * 32, "TLS-0001"))["code"]
