@@ -16,6 +16,7 @@ import pytest
 from deploy_files import ENTRYPOINT
 
 from deploy.launcher import free_port, wait_until
+from servicekit.ports import read_announced_ports
 
 ORGS = "org-authority=127.0.0.1 org-consent=127.0.0.1 org-a=127.0.0.1"
 
@@ -54,6 +55,21 @@ class Roles:
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def ports(self, name: str, data_dir: Path) -> dict[str, int]:
+        """The ports a role started with port 0 bound (``<data dir>/bound-ports.json``)."""
+        found: dict[str, int] = {}
+
+        def announced() -> bool:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
+            found.update(read_announced_ports(data_dir) or {})
+            return bool(found)
+
+        # generous: a role announces after its imports (Flower's are slow on a loaded machine)
+        wait_until(announced, timeout=180, interval=0.1, what=f"{name} to announce its ports")
+        return found
 
     def wait_healthy(self, name: str, port: int) -> None:
         def ok() -> bool:
@@ -119,7 +135,10 @@ level = "authority"
     (entries / "org-a" / "directory.toml").write_text(
         '[[organisation]]\ncredentials = "."\nname = "Clinic A"\nlevel = "community"\n'
     )
-    consent_port, coord_http, coord_grpc, node_port = (free_port() for _ in range(4))
+    # The consent registry's public URL (the audience of organisation assertions) is configured
+    # before it starts, as compose does: its port is picked here (free_port). The other roles
+    # bind port 0 and announce what they got.
+    consent_port = free_port()
     ca_public = str(pki / "ca-public")
     roles.start(
         "consent",
@@ -136,8 +155,8 @@ level = "authority"
         "coordinator",
         {
             "IPJMS_DATA_DIR": str(tmp_path / "coordinator"),
-            "IPJMS_PORT": str(coord_http),
-            "IPJMS_GRPC_PORT": str(coord_grpc),
+            "IPJMS_PORT": "0",  # with IPJMS_GRPC_PORT 0: both ports the OS's pick
+            "IPJMS_GRPC_PORT": "0",
             "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
             "IPJMS_CA_DIR": ca_public,
             "IPJMS_CONSENT_URL": f"http://127.0.0.1:{consent_port}",
@@ -146,13 +165,15 @@ level = "authority"
         },
     )
     roles.wait_healthy("consent", consent_port)
+    coordinator = roles.ports("coordinator", tmp_path / "coordinator")
+    coord_http, coord_grpc = coordinator["http"], coordinator["grpc"]
     roles.wait_healthy("coordinator", coord_http)
     roles.start(
         "node-a",
         "node",
         {
             "IPJMS_DATA_DIR": str(tmp_path / "node-a"),
-            "IPJMS_PORT": str(node_port),
+            "IPJMS_PORT": "0",
             "IPJMS_ORG_DIR": str(pki / "orgs" / "org-a"),
             "IPJMS_CA_DIR": ca_public,
             "IPJMS_ADMIN_PASSWORD_FILE": str(pki / "secrets" / "node-a-admin" / "password"),
@@ -167,6 +188,7 @@ level = "authority"
             ),
         },
     )
+    node_port = roles.ports("node-a", tmp_path / "node-a")["http"]
     roles.wait_healthy("node-a", node_port)
 
     from trust.backend_auth import make_org_assertion
@@ -206,13 +228,15 @@ level = "authority"
         assert source.token(http)
 
     # SuperLink admitting org-a's SuperNode, and that SuperNode, both healthy.
-    superlink_port, fleet, control, supernode_port = (free_port() for _ in range(4))
+    # Flower's SuperLink binds its Fleet and Control ports itself and cannot report a port 0:
+    # those two are picked here (free_port); the health ports are bound at 0 and announced.
+    fleet, control = free_port(), free_port()
     roles.start(
         "superlink",
         "superlink",
         {
             "IPJMS_DATA_DIR": str(tmp_path / "superlink"),
-            "IPJMS_PORT": str(superlink_port),
+            "IPJMS_PORT": "0",
             "IPJMS_FLEET_PORT": str(fleet),
             "IPJMS_CONTROL_PORT": str(control),
             "IPJMS_ORG_DIR": str(pki / "orgs" / "org-authority"),
@@ -225,7 +249,7 @@ level = "authority"
             "IPJMS_LISTEN_HOST": "127.0.0.1",
         },
     )
-    roles.wait_healthy("superlink", superlink_port)
+    roles.wait_healthy("superlink", roles.ports("superlink", tmp_path / "superlink")["http"])
     wait_until(
         lambda: (
             (tmp_path / "superlink" / "supernodes.json").exists()
@@ -245,7 +269,7 @@ level = "authority"
         "supernode",
         {
             "IPJMS_DATA_DIR": str(tmp_path / "supernode-a"),
-            "IPJMS_PORT": str(supernode_port),
+            "IPJMS_PORT": "0",
             "IPJMS_ORG_DIR": str(signing_only),
             "IPJMS_SUPERLINK_ADDRESS": f"127.0.0.1:{fleet}",
             "IPJMS_FHIR_URL": f"http://127.0.0.1:{node_port}",
@@ -255,7 +279,7 @@ level = "authority"
             "IPJMS_AUTHORITY_ORG": "org-authority",
         },
     )
-    roles.wait_healthy("supernode-a", supernode_port)
+    roles.wait_healthy("supernode-a", roles.ports("supernode-a", tmp_path / "supernode-a")["http"])
 
 
 @pytest.mark.postgres
@@ -269,10 +293,9 @@ def test_node_role_on_postgresql(roles: Roles, tmp_path: Path, pg_url: str) -> N
     password_file.write_text("not-used-by-trust-auth\n")
     admin_file = tmp_path / "admin-password"
     admin_file.write_text("a-long-admin-password\n")
-    port = free_port()
     env = {
         "IPJMS_DATA_DIR": str(tmp_path / "node"),
-        "IPJMS_PORT": str(port),
+        "IPJMS_PORT": "0",
         "IPJMS_DB_URL": pg_url,
         "IPJMS_DB_PASSWORD_FILE": str(password_file),
         "IPJMS_ADMIN_PASSWORD_FILE": str(admin_file),
@@ -280,6 +303,7 @@ def test_node_role_on_postgresql(roles: Roles, tmp_path: Path, pg_url: str) -> N
         "IPJMS_NODE_LEVEL": "tertiary",
     }
     roles.start("node-pg", "node", env)
+    port = roles.ports("node-pg", tmp_path / "node")["http"]
     roles.wait_healthy("node-pg", port)
     r = httpx.post(
         f"http://127.0.0.1:{port}/auth/token",

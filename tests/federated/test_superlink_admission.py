@@ -65,7 +65,9 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
     init_ca(root / "ca")
     for org in ("authority", "hosp-a", "clinic-b"):
         issue_org(root / "ca", org, out_dir=root / "orgs" / org)
-    data_dir, port, fleet_port = root / "superlink", free_port(), free_port()
+    # Flower binds its Fleet and Control ports itself and cannot report a port 0: those stay
+    # free_port(); the supervisor's health port is bound at 0 and announced in the data dir.
+    data_dir, fleet_port = root / "superlink", free_port()
     service = start_service(
         "superlink",
         [
@@ -76,7 +78,7 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
             "--org-dir",
             str(root / "orgs" / "authority"),
             "--port",
-            str(port),
+            "0",
             "--fleet-port",
             str(fleet_port),
             "--control-port",
@@ -84,9 +86,10 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
             "--authorize",
             str(root / "orgs" / "hosp-a"),
         ],  # fmt: skip
-        base_url=f"http://127.0.0.1:{port}",
+        base_url="http://127.0.0.1:{http}",
         log_dir=root / "logs",
         timeout=120,
+        ports_dir=data_dir,
     )
     net = Link(root, data_dir, f"127.0.0.1:{fleet_port}", service)
     try:
@@ -117,7 +120,6 @@ def _supernode(net: Link, org: str) -> Service:
             )
         )
         load_or_create_linkage_key(net.root / "linkage.key")
-    port = free_port()
     nowhere = "http://127.0.0.1:9"
     return start_service(
         f"supernode-{org}",
@@ -143,11 +145,12 @@ def _supernode(net: Link, org: str) -> Service:
             "--linkage-key",
             str(net.root / "linkage.key"),
             "--port",
-            str(port),
+            "0",
         ],  # fmt: skip
-        base_url=f"http://127.0.0.1:{port}",
+        base_url="http://127.0.0.1:{http}",  # the health port it bound, announced
         log_dir=net.root / "logs",
         wait=False,
+        ports_dir=net.root / f"supernode-{org}",
     )
 
 
