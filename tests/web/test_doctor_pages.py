@@ -230,3 +230,48 @@ def test_sign_out_ends_the_session(region: Region) -> None:
     assert client.post("/app/sign-out", headers={"X-CSRF-Token": token}).status_code == 303
     r = client.get("/app/panel")
     assert r.status_code == 303 and r.headers["location"].endswith("/app/sign-in")
+
+
+def test_break_glass_from_the_patient_page_crosses_and_is_shown_as_such(region: Region) -> None:
+    """The patient page's emergency-access form (issue 16): without the CSRF token refused;
+    without a stated reason the registry refuses and nothing is sealed; with one the referral
+    crosses to the hospital (Li Mei has no consent for it) and both sides' referral pages mark
+    it break-glass with the reason."""
+    import re
+
+    from exchange_net import wait_for
+
+    clinic, hospital = region.nodes["clinic-b"], region.nodes["hosp-a"]
+    client, token = _http_sign_in(clinic.url, "doctor", "ipjms_session_clinic-b")
+    panel = client.get("/app/panel").text
+    handle = re.search(r'href="/app/patients/([^"]+)"[^>]*>Li Mei<', panel)
+    assert handle is not None
+    path = f"/app/patients/{handle.group(1)}"
+    page = client.get(path).text
+    assert 'id="break-glass-form"' in page and 'value="hosp-a"' in page
+    stated = "collapsed at the market, unresponsive; needs her history now"
+    form = {"kind": "referral", "recipient": "hosp-a"}
+    sealed_before = len(clinic.get("/exchange/outbox")["envelopes"])
+    assert client.post(f"{path}/break-glass", data={**form, "reason": stated}).status_code == 403
+    blank = client.post(f"{path}/break-glass", data={**form, "reason": " ", "csrf_token": token})
+    assert blank.status_code == 303 and blank.headers["location"].endswith("break-glass-invalid")
+    assert len(clinic.get("/exchange/outbox")["envelopes"]) == sealed_before
+    sent = client.post(f"{path}/break-glass", data={**form, "reason": stated, "csrf_token": token})
+    assert sent.status_code == 303 and sent.headers["location"].endswith("notice=break-glass")
+    assert "紧急访问（破窗）已发送" in client.get(sent.headers["location"]).text
+    outbox = clinic.get("/exchange/outbox")["envelopes"]
+    assert len(outbox) == sealed_before + 1 and outbox[0]["state"] == "sent"
+    envelope_id = outbox[0]["envelope_id"]
+    wait_for(
+        lambda: any(
+            e["envelope_id"] == envelope_id and e["outcome"] == "imported"
+            for e in hospital.get("/exchange/inbox")["envelopes"]
+        ),
+        what="the hospital imports the break-glass referral",
+    )
+    doctor_a, _ = _http_sign_in(hospital.url, "doctor", "ipjms_session_hosp-a")
+    for node, session in ((clinic, client), (hospital, doctor_a)):
+        row = session.get("/app/referrals").text.split('<tr class="break-glass">', 1)
+        tasks = [(t.get("meta"), t.get("priority")) for t in node.search("Task", _count="50")]
+        assert len(row) == 2, f"no break-glass row at {node.org_id}: {tasks}"
+        assert "紧急访问（破窗）" in row[1].split("</tr>")[0] and stated in row[1]
