@@ -492,9 +492,12 @@ class CareWorker:
                         if not scheduled and d.previous == UNKNOWN and d.status == CONTROLLED:
                             continue  # only a label (plans start as if controlled): the tick's
                         changes.append((ctx, careplan, d))
+        # The alerts first, in their own commit: the doctor's stream sees them without waiting
+        # for the plan revisions' reads and writes (most of an alerting reading's cost).
+        self._write(work)
         revisions = self._revisions(changes, now)
-        work += [bundle for bundle, _ in revisions]
-        self._write(work, {id(bundle): redo for bundle, redo in revisions})
+        self._write([bundle for bundle, _ in revisions],
+                    {id(bundle): redo for bundle, redo in revisions})  # fmt: skip
         if opened:
             log.info("care: %d alert(s) opened", opened)
         return opened
