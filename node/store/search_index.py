@@ -22,7 +22,12 @@ from datetime import datetime
 from typing import Any
 
 from node.store.dates import parse_date_range, period_range
-from node.store.search_params import SUPPORTED_SEARCH_PARAMS, SearchParamDef
+from node.store.search_params import (
+    SUPPORTED_SEARCH_PARAMS,
+    TEXT_SUFFIX,
+    SearchParamDef,
+    composite_key,
+)
 
 __all__ = [
     "IndexRows",
@@ -37,7 +42,7 @@ __all__ = [
 COMPARTMENT_PARAM = "_compartment"
 # Index kinds whose rows do not depend on how the resource's references are written (so they can
 # be extracted before a transaction rewrites urn:uuid references).
-VALUE_KINDS = frozenset({"token", "string", "date", "quantity"})
+VALUE_KINDS = frozenset({"token", "string", "date", "quantity", "composite"})
 
 
 @dataclass
@@ -132,11 +137,56 @@ def _dates(value: Any) -> Iterator[tuple[datetime, datetime]]:
         return  # validation already rejected malformed dates; nothing to index
 
 
+def _texts(value: Any) -> Iterator[str]:
+    """The words of a code: CodeableConcept.text and each Coding.display (for ``:text``)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            yield value["text"]
+        for coding in value.get("coding") or [value]:
+            if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+                yield coding["display"]
+
+
+def _quantity(value: Any) -> tuple[str, str, float] | None:
+    if not isinstance(value, dict):
+        return None
+    number = value.get("value")
+    if not isinstance(number, int | float) or isinstance(number, bool):
+        return None
+    return value.get("system") or "", value.get("code") or value.get("unit") or "", float(number)
+
+
+def _composite_rows(resource: dict[str, Any], pdef: SearchParamDef, rows: IndexRows) -> None:
+    """A correlated composite (code$quantity within one element at ``pdef.paths[0]``): a quantity
+    row per element's value under the key of each of its codes (with and without system)."""
+    code_param, value_param = (
+        SUPPORTED_SEARCH_PARAMS[resource["resourceType"]][c] for c in pdef.components
+    )
+    code_leaf = code_param.paths[0].rsplit(".", 1)[-1]
+    value_leaf = value_param.paths[0].rsplit(".", 1)[-1]
+    for element in walk_path(resource, pdef.paths[0]):
+        quantity = _quantity(element.get(value_leaf)) if isinstance(element, dict) else None
+        if quantity is None:
+            continue
+        for system, code in _tokens(element.get(code_leaf)):
+            for key in (
+                composite_key(pdef.name, system, code),
+                composite_key(pdef.name, None, code),
+            ):
+                rows.quantity.append((key, *quantity))
+
+
 def _param_rows(resource: dict[str, Any], pdef: SearchParamDef, rows: IndexRows, base: str) -> None:
+    if pdef.kind == "composite":
+        if pdef.paths:
+            _composite_rows(resource, pdef, rows)
+        return
     for path in pdef.paths:
         for value in walk_path(resource, path):
             if pdef.kind == "token":
                 rows.token.extend((pdef.name, s, c) for s, c in _tokens(value))
+                text_param = pdef.name + TEXT_SUFFIX
+                rows.string.extend((text_param, normalise_string(t), t) for t in _texts(value))
             elif pdef.kind == "string":
                 rows.string.extend((pdef.name, normalise_string(s), s) for s in _strings(value))
             elif pdef.kind == "date":
@@ -146,12 +196,10 @@ def _param_rows(resource: dict[str, Any], pdef: SearchParamDef, rows: IndexRows,
                 target = split_reference(ref, base) if isinstance(ref, str) else None
                 if target and (not pdef.targets or target[0] in pdef.targets):
                     rows.reference.append((pdef.name, target[0], target[1]))
-            elif pdef.kind == "quantity" and isinstance(value, dict):
-                number = value.get("value")
-                if isinstance(number, int | float) and not isinstance(number, bool):
-                    system = value.get("system") or ""
-                    code = value.get("code") or value.get("unit") or ""
-                    rows.quantity.append((pdef.name, system, code, float(number)))
+            elif pdef.kind == "quantity":
+                quantity = _quantity(value)
+                if quantity is not None:
+                    rows.quantity.append((pdef.name, *quantity))
 
 
 def _patient_references(node: Any, base: str, out: set[str]) -> None:

@@ -18,9 +18,15 @@ __all__ = [
     "RESULT_PARAMS",
     "SHARED_TYPES",
     "params_for",
+    "composite_key",
+    "TEXT_SUFFIX",
 ]
 
-Kind = Literal["token", "string", "date", "reference", "quantity", "special"]
+Kind = Literal["token", "string", "date", "reference", "quantity", "special", "composite"]
+
+# Token parameters also index the text of their codes (CodeableConcept.text, Coding.display) as
+# string rows named ``<param>:text``: what the ``:text`` modifier searches.
+TEXT_SUFFIX = ":text"
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,11 @@ class SearchParamDef:
     paths: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()  # reference params: allowed target types (empty = any)
     description: str = ""
+    # composite params: the two component parameters (``code$value``). ``paths`` set: the pair is
+    # correlated inside each element at that path (e.g. one Observation.component), indexed as
+    # quantity rows under :func:`composite_key`; no paths: the pair is the resource's own (one
+    # code and one value per Observation), so the search is the AND of the two parameters.
+    components: tuple[str, ...] = ()
 
 
 def _tok(name: str, *paths: str) -> SearchParamDef:
@@ -50,6 +61,20 @@ def _ref(name: str, *paths: str, targets: tuple[str, ...] = ()) -> SearchParamDe
 
 def _qty(name: str, *paths: str) -> SearchParamDef:
     return SearchParamDef(name, "quantity", paths)
+
+
+def _composite(name: str, *components: str, path: str = "") -> SearchParamDef:
+    doc = f"{components[0]}${components[1]}" + (f" within one {path}" if path else "")
+    return SearchParamDef(name, "composite", (path,) if path else (), (), doc, components)
+
+
+def composite_key(name: str, system: str | None, code: str) -> str:
+    """The index param of a correlated composite's rows for one code: ``system`` None = any
+    system (rows are written under both keys). Hashed: the param column is short."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{'*' if system is None else system}|{code}".encode()).hexdigest()
+    return f"{name}#{digest[:24]}"
 
 
 def _patient(*paths: str) -> SearchParamDef:
@@ -137,6 +162,15 @@ _TYPES: dict[str, list[SearchParamDef]] = {
         _qty("value-quantity", "valueQuantity"),
         _tok("value-concept", "valueCodeableConcept"),
         _tok("component-code", "component.code"),
+        _qty("component-value-quantity", "component.valueQuantity"),
+        _composite("code-value-quantity", "code", "value-quantity"),
+        _composite("code-value-concept", "code", "value-concept"),
+        _composite(
+            "component-code-value-quantity",
+            "component-code",
+            "component-value-quantity",
+            path="component",
+        ),
         _ref("performer", "performer"),
         _ref("based-on", "basedOn"),
         _ref("has-member", "hasMember"),

@@ -17,7 +17,13 @@ from sqlalchemy.sql.visitors import replacement_traverse
 
 from node.store.dates import parse_date_range
 from node.store.search_index import COMPARTMENT_PARAM, normalise_string, split_reference
-from node.store.search_params import RESULT_PARAMS, SUPPORTED_SEARCH_PARAMS, SearchParamDef
+from node.store.search_params import (
+    RESULT_PARAMS,
+    SUPPORTED_SEARCH_PARAMS,
+    TEXT_SUFFIX,
+    SearchParamDef,
+    composite_key,
+)
 from node.store.tables import idx_date, idx_quantity, idx_reference, idx_string, idx_token
 from node.store.tables import resource as res
 from servicekit.outcome import BadRequest
@@ -38,11 +44,12 @@ MAX_COUNT = 1000
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "missing"},
+    "token": {"not", "missing", "text"},
     "date": {"missing"},
     "reference": {"missing"},
     "quantity": {"missing"},
     "special": set(),
+    "composite": set(),
 }
 
 
@@ -317,6 +324,44 @@ def _quantity_condition(rtype: str, pdef: SearchParamDef, raw: str) -> Any:
     return sub.negate() if prefix == "ne" else sub
 
 
+def _string_match(raw: str, modifier: str | None) -> Any:
+    norm = normalise_string(raw)
+    escaped = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    if modifier == "exact":
+        return idx_string.c.raw == raw
+    if modifier == "contains":
+        return idx_string.c.value.like(f"%{escaped}%", escape="\\")
+    return idx_string.c.value.like(f"{escaped}%", escape="\\")
+
+
+def _composite_parts(pdef: SearchParamDef, raw: str) -> tuple[str, str]:
+    left, sep, right = raw.partition("$")
+    if not sep or not left or not right or "$" in right:
+        raise BadRequest(
+            f"{pdef.name}: expected {pdef.components[0]}${pdef.components[1]} "
+            f"(e.g. http://loinc.org|8480-6$gt100), got {raw!r}",
+            expression=[pdef.name],
+        )
+    return left, right
+
+
+def _composite_condition(rtype: str, pdef: SearchParamDef, raw: str, base: str) -> Any:
+    """One ``code$value`` value. Correlated (``paths``): the quantity rows indexed under the
+    code's key. Otherwise the AND of the two component parameters on the resource."""
+    left, right = _composite_parts(pdef, raw)
+    defs = SUPPORTED_SEARCH_PARAMS[rtype]
+    first, second = defs[pdef.components[0]], defs[pdef.components[1]]
+    if pdef.paths:
+        system, bar, code = left.rpartition("|")
+        key = composite_key(pdef.name, system if bar else None, code)
+        return _quantity_condition(rtype, SearchParamDef(key, "quantity"), right)
+    both = [
+        _value_condition(rtype, first, None, left, base),
+        _value_condition(rtype, second, None, right, base),
+    ]
+    return and_(*(f.as_exists() if isinstance(f, _Filter) else f for f in both))
+
+
 def _value_condition(
     rtype: str, pdef: SearchParamDef, modifier: str | None, raw: str, base: str
 ) -> Any:
@@ -341,19 +386,15 @@ def _value_condition(
         return _date_condition(rtype, pdef, raw)
     if pdef.kind == "quantity":
         return _quantity_condition(rtype, pdef, raw)
+    if pdef.kind == "token" and modifier == "text":  # the code's words, as a string search
+        return _owned(idx_string, rtype, name + TEXT_SUFFIX, _string_match(raw, None))
     if pdef.kind == "token":
         sub = _owned(idx_token, rtype, name, _token_match(raw))
         return sub.negate() if modifier == "not" else sub
+    if pdef.kind == "composite":
+        return _composite_condition(rtype, pdef, raw, base)
     if pdef.kind == "string":
-        norm = normalise_string(raw)
-        escaped = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        if modifier == "exact":
-            match = idx_string.c.raw == raw
-        elif modifier == "contains":
-            match = idx_string.c.value.like(f"%{escaped}%", escape="\\")
-        else:
-            match = idx_string.c.value.like(f"{escaped}%", escape="\\")
-        return _owned(idx_string, rtype, name, match)
+        return _owned(idx_string, rtype, name, _string_match(raw, modifier))
     # reference
     match = _reference_match(pdef, raw, modifier, base)
     return _owned(idx_reference, rtype, name, match)
@@ -551,6 +592,12 @@ def compile_search(
             continue  # FHIR: an empty parameter value is ignored
         if pdef.kind == "reference" and len(values) > 1 and modifier != "missing":
             groups.append([_reference_list(pdef, values, modifier or None, base_url)])
+            continue
+        if pdef.kind == "composite" and not pdef.paths and len(values) == 1:
+            # the resource's own code and value: two index filters, either may drive
+            left, right = _composite_parts(pdef, values[0])
+            for part, component in zip((left, right), pdef.components, strict=True):
+                groups.append([_value_condition(rtype, defs[component], None, part, base_url)])
             continue
         groups.append(
             [_value_condition(rtype, pdef, modifier or None, v, base_url) for v in values]

@@ -21,7 +21,19 @@ SAMPLE = {
     "quantity": "gt5",
     "number": "5",
     "uri": "http://example.org",
+    "composite": "http://loinc.org|1234-5$gt5",
 }
+# Modifiers the CapabilityStatement's documentation declares, per parameter type; every other
+# modifier is refused (400) on every parameter.
+DECLARED_MODIFIERS = {
+    "string": ("exact", "contains", "missing"),
+    "token": ("not", "text", "missing"),
+    "date": ("missing",),
+    "reference": ("missing",),
+    "quantity": ("missing",),
+    "composite": (),
+}
+REFUSED_MODIFIERS = ("in", "not-in", "below", "above", "identifier", "of-type", "iterate")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +50,10 @@ def _resources(statement: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_declared_search_parameter_include_and_revinclude_works(walk: Any) -> None:
     node, doc, statement = walk
+    refused_kinds: set[str] = set()
+    documented = statement["rest"][0]["documentation"]
+    for modifier in {m for ms in DECLARED_MODIFIERS.values() for m in ms}:
+        assert f":{modifier}" in documented.split("Not supported")[0], modifier
     for rtype, declared in _resources(statement).items():
         # all of a type's declared parameters at once (AND): a refused one would be a 400
         # naming it; likewise every declared _include and _revinclude in one request each
@@ -55,6 +71,26 @@ def test_every_declared_search_parameter_include_and_revinclude_works(walk: Any)
         for key in ("not-a-param", "_id:text", "_id:in", "_id:below"):
             r = node.client.get(f"/fhir/{rtype}", params={key: "1"}, headers=doc)
             assert r.status_code == 400, (rtype, key)
+        # every declared modifier of every parameter at once (AND); each undeclared one alone,
+        # once per parameter type (the rule is per type)
+        modified, refused = [], []
+        for p in declared["searchParam"]:
+            kind = p["type"]
+            if p["name"] in ("_id", "_lastUpdated"):
+                continue  # documented: no modifiers (refused above)
+            for modifier in DECLARED_MODIFIERS.get(kind, ()):
+                value = "true" if modifier == "missing" else SAMPLE.get(kind, "x")
+                modified.append((f"{p['name']}:{modifier}", value))
+            if kind not in refused_kinds:
+                refused_kinds.add(kind)
+                other = {"string": "text", "token": "contains", "composite": "missing"}.get(kind)
+                refused += [f"{p['name']}:{m}" for m in (*REFUSED_MODIFIERS, other) if m]
+        for start in range(0, len(modified), 60):  # the edge allows 64 parameters a request
+            r = node.client.get(f"/fhir/{rtype}", params=modified[start : start + 60], headers=doc)
+            assert r.status_code == 200, (rtype, r.text)
+        for key in refused:
+            r = node.client.get(f"/fhir/{rtype}", params={key: "1"}, headers=doc)
+            assert r.status_code == 400 and key in r.text, (rtype, key, r.text)
 
 
 def test_every_declared_result_parameter_works(walk: Any) -> None:

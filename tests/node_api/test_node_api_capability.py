@@ -55,6 +55,7 @@ def test_every_listed_param_is_accepted_and_unlisted_refused(node: Node, stateme
         "date": "ge2020-01-01",
         "reference": "p1",
         "quantity": "gt5",
+        "composite": "http://loinc.org|1234-5$gt5",
     }
     for resource in statement["rest"][0]["resource"]:
         if resource["type"] not in ("Observation", "Patient", "Encounter", "Condition"):
