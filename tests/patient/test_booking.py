@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from patient.region_harness import Region
+from patient.stored import stored
 
 
 def _publish(region: Region, n: int) -> list[str]:
@@ -100,11 +101,11 @@ def test_booking_a_taken_or_unknown_slot_changes_nothing(region: Region) -> None
         region.node.post("/patient/appointments/$book", json={"slot": slot}, headers=a).status_code
         == 200
     )
-    before = region.store.counts()
+    before = stored(region, "Appointment", "Slot")
     taken = region.node.post(
         "/patient/appointments/$book", json={"slot": slot}, headers=region.b.headers
     )
     assert taken.status_code == 409
     missing = region.node.post("/patient/appointments/$book", json={"slot": "Slot/nope"}, headers=a)
     assert missing.status_code == 404
-    assert region.store.counts() == before
+    assert stored(region, "Appointment", "Slot") == before

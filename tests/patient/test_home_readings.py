@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from patient.region_harness import Region
+from patient.stored import stored
 
 from node.patient.readings import LOINC, MDC, UCUM
 
@@ -209,15 +210,15 @@ def test_bad_readings_are_refused_and_nothing_is_stored(
     if isinstance(body, list):  # two FHIR Observations: as a gateway Bundle
         body = {"resourceType": "Bundle", "type": "transaction",
                 "entry": [{"resource": o} for o in body]}  # fmt: skip
-    before = region.store.counts()
+    before = stored(region, "Observation", "Device")
     r = _upload(region, body)
     assert r.status_code == status, r.text
     assert r.json()["resourceType"] == "OperationOutcome" and says in r.text
-    assert region.store.counts() == before
+    assert stored(region, "Observation", "Device") == before
 
 
 def test_a_reading_for_someone_else_is_refused(region: Region) -> None:
-    before = region.store.counts()
+    before = stored(region, "Observation", "Device")
     other = {"reference": f"Patient/{region.b.patient_id}"}
     for path, body in (
         ("/patient/readings", _fhir("29463-7", 70, "kg", subject=other)),
@@ -227,7 +228,7 @@ def test_a_reading_for_someone_else_is_refused(region: Region) -> None:
         r = region.node.post(path, json=body, headers=region.a.headers)
         assert r.status_code == 403, (path, r.text)
         assert r.json()["resourceType"] == "OperationOutcome"
-    assert region.store.counts() == before
+    assert stored(region, "Observation", "Device") == before
 
 
 def test_rising_weight_uploaded_by_the_patient_alerts_the_doctor(region: Region) -> None:

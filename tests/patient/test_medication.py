@@ -4,6 +4,7 @@ MedicationRequest; the doctor sees adherence; another patient's request is out o
 from __future__ import annotations
 
 from patient.region_harness import Region
+from patient.stored import stored
 
 
 def test_check_ins_give_the_doctor_adherence(region: Region) -> None:
@@ -27,7 +28,7 @@ def test_check_ins_give_the_doctor_adherence(region: Region) -> None:
     # the patient sees the same; another patient can neither check in nor look
     mine = region.node.get("/patient/adherence", headers=a.headers).json()
     assert mine["adherence"][ref]["taken"] == 2
-    before = region.store.counts()
+    before = stored(region, "MedicationAdministration")
     r = region.node.post("/patient/medication-checkins", headers=region.b.headers, json={
         "medicationRequest": ref, "taken": True, "when": "2026-03-04T08:00:00+08:00"})  # fmt: skip
     assert r.status_code == 404
@@ -36,4 +37,4 @@ def test_check_ins_give_the_doctor_adherence(region: Region) -> None:
     wrong = {"medicationRequest": ref, "taken": "yes", "when": "x"}
     bad = region.node.post("/patient/medication-checkins", headers=a.headers, json=wrong)
     assert bad.status_code == 422
-    assert region.store.counts() == before
+    assert stored(region, "MedicationAdministration") == before

@@ -13,6 +13,7 @@ from fhir.resources.R4B.questionnaire import Questionnaire as FhirQuestionnaire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from patient.region_harness import Region
+from patient.stored import stored
 
 from node.patient.questionnaires import ORDINAL, complete, extract, load_questionnaires
 from servicekit.outcome import Unprocessable
@@ -184,10 +185,10 @@ def test_patient_answers_over_http_are_stored_with_extracted_observations(region
 
 
 def test_unknown_questionnaire_over_http_stores_nothing(region: Region) -> None:
-    before = region.store.counts()
+    before = stored(region, "QuestionnaireResponse", "Observation")
     body = {"resourceType": "QuestionnaireResponse", "questionnaire": BASE + "kccq",
             "status": "completed", "item": []}  # fmt: skip
     r = region.node.post("/patient/questionnaire-responses", json=body, headers=region.a.headers)
     assert r.status_code == 422 and "unknown questionnaire" in r.text
     assert r.json()["resourceType"] == "OperationOutcome"
-    assert region.store.counts() == before
+    assert stored(region, "QuestionnaireResponse", "Observation") == before
