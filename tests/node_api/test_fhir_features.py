@@ -116,8 +116,10 @@ def test_summary_and_elements(fx: Node, doc: dict[str, str], data: dict[str, str
     full = fx.client.get(f"/fhir/Patient/{pid}?_summary=false", headers=doc).json()
     assert "text" in full and "tag" not in full["meta"]
     # a choice element by its base name, in a search
+    # (the fixture's three Observations by id: other tests of the module may add to Zeta's)
+    obs_ids = ",".join(data[f"obs{day}"] for day in (1, 20, 25))
     obs = fx.client.get(
-        f"/fhir/Observation?subject=Patient/{pid}&_elements=value", headers=doc
+        f"/fhir/Observation?subject=Patient/{pid}&_id={obs_ids}&_elements=value", headers=doc
     ).json()
     assert obs["total"] == 3
     assert all(
@@ -134,7 +136,9 @@ def test_summary_and_elements(fx: Node, doc: dict[str, str], data: dict[str, str
     ):
         r = fx.client.get(f"/fhir/Patient/{pid}?{query}", headers=doc)
         assert r.status_code == 400 and named in outcome_text(r), query
-    count = fx.client.get("/fhir/Patient?_summary=count", headers=doc).json()
+    # the fixture's three patients (other tests of the module create patients too)
+    three = ",".join(data[name] for name in ("Zeta", "Alpha", "Mu"))
+    count = fx.client.get(f"/fhir/Patient?_id={three}&_summary=count", headers=doc).json()
     assert count["total"] == 3 and "entry" not in count
 
 
