@@ -51,6 +51,7 @@ RESEARCH_PATIENTS = 30  # per node, tertiary-like profile (each enrols: ~1 s api
 RESEARCH_SEED = 5000
 CLIENT_ID = "fl-supernode"
 PASSWORD = "demo research consent"  # noqa: S105 - demo patients' registry password
+SCORING_STEP = "Scoring: every node's patients scored"  # the step's title begins so, either way
 
 
 def _ipjms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -247,9 +248,9 @@ def run(net: DemoNetwork) -> None:
     floor = CareSettings()  # the nodes' risk-model gate, at its cited defaults
     verdict = gate(model_id, card, ModelFloor(floor.model_min_auroc, floor.model_min_events))
     title = (
-        "Scoring: the published model flags high-risk patients at every node"
+        f"{SCORING_STEP}; the published model flags high-risk patients"
         if verdict.clinical_use
-        else "Scoring: every node's patients scored — NOT FOR CLINICAL USE (risk-model gate)"
+        else f"{SCORING_STEP} — NOT FOR CLINICAL USE (risk-model gate)"
     )
     with net.step(title) as notes:
         notes.append(f"risk-model gate (node/care/model_gate.py), model {model_id}:")

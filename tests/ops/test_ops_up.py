@@ -122,7 +122,7 @@ STORY_STEPS = (
 FEDERATED_STEPS = (
     "Research cohorts: HRESCH/HQUALIMP consents, one SuperNode per node",
     "Federated training",
-    "Scoring: the published model flags high-risk patients at every node",
+    "Scoring: every node's patients scored",  # then: flags high-risk / NOT FOR CLINICAL USE
     "Regional quality indicators",
 )
 
