@@ -1,0 +1,65 @@
+"""The re-admission rule of consent/break_glass.py (pure): a re-check of a break-glass envelope
+re-admits only the grant the registry's own ``break_glass`` AuditEvent records — the same
+envelope, patient, sender and recipient, every asked class covered. The events are built by
+trust.audit_events exactly as consent/decisions.py records a grant."""
+
+from __future__ import annotations
+
+import pytest
+
+from consent.break_glass import find_grant, grants_in, readmission_refusal
+from consent.decisions import DECISION_SYSTEM
+from trust import audit_events
+
+ENV, PATIENT = "0b6f3c1e-5d1a-4f7e-9a51-1c2d3e4f5a6b", "pseudo-1"
+
+
+def _grant_event(envelope_id: str | None = ENV) -> dict:
+    event = audit_events.break_glass(
+        user="u-42", org="hosp-a", recipient="clinic-c", patient_pseudonym=PATIENT,
+        reason="unconscious in the ED", classes=["AllergyIntolerance", "Condition"],
+        observer="consent-registry", envelope_id=envelope_id,
+    )  # fmt: skip
+    event["entity"].append(
+        {
+            "what": {"identifier": {"system": DECISION_SYSTEM, "value": "d-1"}},
+            "detail": [{"type": "acting-role", "valueString": "doctor"}],
+        }
+    )
+    return event
+
+
+def test_a_grant_is_read_back_from_its_audit_event() -> None:
+    (grant,) = grants_in([(_grant_event(), PATIENT)], DECISION_SYSTEM)
+    assert (grant.envelope_id, grant.requester, grant.recipient) == (ENV, "hosp-a", "clinic-c")
+    assert (grant.user, grant.role, grant.decision_id) == ("u-42", "doctor", "d-1")
+    assert grant.classes == {"AllergyIntolerance", "Condition"}
+    assert grant.reason == "unconscious in the ED"
+    # a break-glass decision not bound to an envelope re-admits nothing
+    assert grants_in([(_grant_event(None), PATIENT)], DECISION_SYSTEM) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "refused_because"),
+    [
+        ({}, None),
+        ({"classes": frozenset({"Condition"})}, None),  # fewer classes than granted
+        ({"envelope_id": "another"}, "no break-glass was granted"),
+        ({"patient": "pseudo-2"}, "another patient"),
+        ({"sender": "clinic-b"}, "another sender"),
+        ({"sender": None}, "another sender"),
+        ({"recipient": "clinic-b"}, "another recipient"),
+        ({"classes": frozenset({"Condition", "Observation"})}, "does not cover ['Observation']"),
+    ],
+)
+def test_readmission_binds_envelope_patient_sender_recipient_and_classes(
+    change: dict, refused_because: str | None
+) -> None:
+    ask = {"envelope_id": ENV, "patient": PATIENT, "sender": "hosp-a", "recipient": "clinic-c",
+           "classes": frozenset({"AllergyIntolerance", "Condition"})} | change  # fmt: skip
+    grants = grants_in([(_grant_event(), PATIENT)], DECISION_SYSTEM)
+    refusal = readmission_refusal(find_grant(grants, ask["envelope_id"]), **ask)
+    if refused_because is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused_because in refusal
