@@ -21,15 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from consent.model import check_pseudonym
 from consent.schema import enrolment_codes, patients
 from servicekit.outcome import BadRequest, Conflict, Unauthorized
+from trust.password_hashing import password_hasher
 
 __all__ = ["PatientAccounts", "IssuedCode", "Enrolment", "MIN_PASSWORD_LENGTH"]
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no look-alikes (I/1, O/0, L, U)
-_hasher = PasswordHasher()
-# Verified against when the username is unknown, so timing does not reveal enrolment.
-_DUMMY_HASH = _hasher.hash("not-a-real-password-0000")
 
 
 @dataclass(frozen=True)
@@ -56,9 +54,18 @@ def _new_code() -> str:
 
 
 class PatientAccounts:
-    def __init__(self, engine: Engine, *, code_ttl: int = 24 * 3600) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        code_ttl: int = 24 * 3600,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
         self.engine = engine
         self.code_ttl = code_ttl
+        self._hasher = hasher or password_hasher("rfc9106-low-memory")
+        # Verified against when the username is unknown, so timing does not reveal enrolment.
+        self._dummy_hash = self._hasher.hash("not-a-real-password-0000")
 
     def issue_code(self, pseudonym: str, *, issued_by: str) -> IssuedCode:
         check_pseudonym(pseudonym, "patient")
@@ -86,7 +93,7 @@ class PatientAccounts:
                 f"password must be {MIN_PASSWORD_LENGTH}..{MAX_PASSWORD_LENGTH} characters",
                 expression=["password"],
             )
-        password_hash = _hasher.hash(password)  # outside the transaction: it is slow
+        password_hash = self._hasher.hash(password)  # outside the transaction: it is slow
         now = datetime.now(UTC)
         code_hash = _code_hash(code)
         with self.engine.begin() as conn:
@@ -145,13 +152,20 @@ class PatientAccounts:
                     (patients.c.handle == username) | (patients.c.pseudonym == username)
                 )
             ).first()
-        stored = row.password_hash if row is not None else _DUMMY_HASH
+        stored = row.password_hash if row is not None else self._dummy_hash
         try:
-            _hasher.verify(stored, password)
+            self._hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             raise Unauthorized("invalid username or password") from None
         if row is None:
             raise Unauthorized("invalid username or password")
+        if self._hasher.check_needs_rehash(stored):  # the profile changed since this was stored
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(patients)
+                    .where(patients.c.pseudonym == row.pseudonym)
+                    .values(password_hash=self._hasher.hash(password))
+                )
         return str(row.pseudonym)
 
     def is_enrolled(self, pseudonym: str) -> bool:

@@ -32,6 +32,7 @@ from trust.audit_ledger import AuditLedger
 from trust.certificates import load_certificate
 from trust.jti_store import DbReplayCache
 from trust.login_throttle import LoginThrottle, ThrottlePolicy
+from trust.password_hashing import password_hasher
 from trust.pki import PkiError, load_org
 from trust.tokens import SigningKey, key_thumbprint, load_or_create_signing_key
 
@@ -97,7 +98,11 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.state.issuer = issuer
     app.state.org_id = settings.org_id
     app.state.consent_store = ConsentStore(engine)
-    app.state.accounts = PatientAccounts(engine, code_ttl=settings.enrolment_code_ttl)
+    app.state.accounts = PatientAccounts(
+        engine,
+        code_ttl=settings.enrolment_code_ttl,
+        hasher=password_hasher(settings.password_hash),
+    )
     app.state.authenticator = Authenticator(
         token_key,
         issuer=issuer,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trust.password_hashing import ProfileName
+
 __all__ = ["RegistrySettings"]
 
 
@@ -56,6 +58,8 @@ class RegistrySettings(BaseSettings):
     login_free_failures: int = 5
     login_base_lockout: float = 60.0
     login_max_lockout: float = 3600.0
+    #: argon2id profile of patient passwords (trust/password_hashing.py names each one's source)
+    password_hash: ProfileName = "rfc9106-low-memory"  # noqa: S105 (a profile name)
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -107,7 +107,7 @@ class Region:
         port = int(self.consent_url.rsplit(":", 1)[1])
         self.consent_service = start_service(
             "consent", consent_args(self.root, self.pki, port, self.consent_url),
-            base_url=self.consent_url, log_dir=self.root / "logs",
+            base_url=self.consent_url, log_dir=self.root / "logs", env=CONSENT_ENV,
         )  # fmt: skip
 
     def consent_client(self, org_id: str) -> ConsentClient:
@@ -264,6 +264,11 @@ def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
     subprocess.run(ipjms_command(*args), check=True, capture_output=True)
 
 
+# argon2id at OWASP's minimum, as in the demo's region (trust/password_hashing.py): a test region
+# enrols up to 72 patients, at ~0.2 CPU-s a hash with the RFC 9106 default
+CONSENT_ENV = {"IPJMS_CONSENT_PASSWORD_HASH": "owasp-minimum"}
+
+
 def consent_args(root: Path, pki: Any, port: int, url: str) -> list[str]:
     return ["consent", "serve", "--data-dir", str(root / "consent"), "--port", str(port),
             "--ca-dir", str(pki.ca_dir), "--public-url", url, *registry_org_args(pki)]  # fmt: skip
@@ -281,7 +286,7 @@ def start_consent(root: Path, pki: Any) -> tuple[str, Service]:
             "--ca-dir", str(pki.ca_dir), *registry_org_args(pki)]  # fmt: skip
     service = start_service(
         "consent", args, base_url="http://127.0.0.1:{http}", log_dir=root / "logs",
-        ports_dir=data_dir,
+        ports_dir=data_dir, env=CONSENT_ENV,
     )  # fmt: skip
     return service.base_url, service
 

@@ -139,7 +139,10 @@ def start_region(root: Path, *, care: bool = False) -> Iterator[Region]:
         base_url="http://127.0.0.1:{http}",
         log_dir=root / "logs",
         ports_dir=root / "consent",
-        env={"IPJMS_CONSENT_LOGIN_FREE_FAILURES": str(FREE_FAILURES)},
+        env={
+            "IPJMS_CONSENT_LOGIN_FREE_FAILURES": str(FREE_FAILURES),
+            "IPJMS_CONSENT_PASSWORD_HASH": "owasp-minimum",  # as the demo's region
+        },
     )  # fmt: skip
     try:
         key = load_or_create_signing_key(root / "consent" / "keys" / "access-token.pem")
