@@ -3,7 +3,7 @@ of the shared region), in Chromium: an analyst account added with ``ipjms coordi
 analyst-add`` while the coordinator runs; sign in; the network (organisations, online, queue
 depths, refusals); the model registry shows a model the authority published, with its card.
 Both languages, screenshots, axe-core, the CSP on every page; no page opens without signing in.
-Not here (not built): starting a federated run from the console."""
+Starting a federated run from the console, on a real federated network: test_console_fl_run.py."""
 
 from __future__ import annotations
 
