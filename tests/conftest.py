@@ -134,6 +134,7 @@ HEAVIEST_FIRST = (
     "tests/node_api/test_node_demo.py",  # the whole story on SQLite (`ipjms demo`), ~210 s
     "tests/node_api/test_node_cli.py",  # node processes, ~130 s
     "tests/federated/test_malicious_server.py",  # its own federated network, attacked
+    "tests/web/test_console_fl_run.py",  # a federated network, and a run started in Chromium
     "tests/federated/test_training_rules.py",  # ~90 s
     "tests/exchange/test_exchange_e2e.py",  # a regional network, ~70 s
     "tests/exchange/test_exchange_faults.py",  # another one, killed and restarted, ~60 s
@@ -149,6 +150,7 @@ STORIES = (
     "tests/ops/test_ops_up.py",
     "tests/node_api/test_node_demo.py",
     "tests/federated/test_malicious_server.py",
+    "tests/web/test_console_fl_run.py",
 )
 STORY_SLOTS = 2
 # Within its module, this one runs first (its worker then still has the module's quick tests
