@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
@@ -11,7 +13,7 @@ from consent.decisions import DecisionService
 from consent.disclosures import report_disclosure
 from consent.http_io import fhir_response, json_response, read_json
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
-from consent.parameters import decision_parameters, parse_decide
+from consent.parameters import decision_parameters, parse_decide, parse_recheck
 from servicekit.openapi_bodies import fhir_body, json_body
 from servicekit.outcome import BadRequest
 
@@ -77,6 +79,26 @@ async def decide(request: Request, principal: Principal = Depends(DECIDE)) -> JS
             data_period=data_period,
         )
     )
+
+
+@router.post("/fhir/Consent/$recheck", openapi_extra=_PARAMETERS)
+async def recheck(request: Request, principal: Principal = Depends(DECIDE)) -> JSONResponse:
+    """Decide again, by envelope id, the question an envelope-bound decision answered (the
+    coordinator before routing and at delivery). The answer names no patient and no consent:
+    ``decision`` (permit|deny), ``class`` ×n (permitted), ``reason``, ``break-glass``; 404 when
+    no decision was asked for the envelope."""
+    inp = parse_recheck(await read_json(request))
+    service: DecisionService = request.app.state.decisions
+    d = service.recheck(
+        inp.envelope, inp.sender, inp.recipient, inp.purpose, inp.classes, principal.org_id or ""
+    )
+    params: list[dict[str, Any]] = [
+        {"name": "decision", "valueCode": "permit" if d.permit else "deny"}
+    ]
+    params += [{"name": "class", "valueCode": c} for c in sorted(d.classes)]
+    params.append({"name": "reason", "valueString": d.reason})
+    params.append({"name": "break-glass", "valueBoolean": d.break_glass})
+    return fhir_response({"resourceType": "Parameters", "parameter": params})
 
 
 @router.post("/disclosures", openapi_extra=_DISCLOSURE)

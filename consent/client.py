@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -32,12 +33,24 @@ from trust.backend_auth import make_org_assertion
 __all__ = [
     "ConsentClient",
     "ConsentRegistryError",
+    "Recheck",
     "RegistryUnavailable",
     "SignedDecision",
     "DecisionTokenError",
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """The registry's answer to :meth:`ConsentClient.recheck`: no patient, no consent ids."""
+
+    permit: bool
+    classes: frozenset[str]
+    reason: str
+    break_glass: bool = False  # a re-admitted break-glass grant (the reason names it)
+    consent_ids: tuple[str, ...] = ()
 
 
 class ConsentRegistryError(Exception):
@@ -223,6 +236,36 @@ class ConsentClient:
         if envelope_id and decision.envelope_id != envelope_id:
             raise DecisionTokenError("decision is bound to another envelope")
         return decision
+
+    def recheck(
+        self, envelope_id: str, sender: str, recipient: str, purpose: str, classes: Iterable[str]
+    ) -> Recheck:
+        """Have the registry decide again, by envelope id, the question the envelope's decision
+        answered (what the coordinator asks: it never names the patient). 404 — no decision
+        was asked for that envelope — raises :class:`ConsentRegistryError` like any refusal."""
+        params: list[dict[str, Any]] = [
+            {"name": "envelope", "valueId": envelope_id},
+            {"name": "sender", "valueString": sender},
+            {"name": "recipient", "valueString": recipient},
+            {"name": "purpose", "valueCode": purpose},
+        ]
+        params += [{"name": "class", "valueCode": c} for c in sorted(set(classes))]
+        r = self._request(
+            "POST",
+            "/fhir/Consent/$recheck",
+            json={"resourceType": "Parameters", "parameter": params},
+        )
+        if r.status_code != 200:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        out = r.json().get("parameter", [])
+        return Recheck(
+            permit=any(p.get("name") == "decision" and p.get("valueCode") == "permit" for p in out),
+            classes=frozenset(str(p["valueCode"]) for p in out if p.get("name") == "class"),
+            reason=next((str(p["valueString"]) for p in out if p.get("name") == "reason"), ""),
+            break_glass=any(
+                p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out
+            ),
+        )
 
     def jwks(self, *, refresh: bool = False) -> dict[str, Any]:
         if self._jwks is None or refresh:

@@ -2,6 +2,13 @@
 rule → signed decision → audit ledger. Nothing is cached, so a revocation applies to the very
 next decision.
 
+An envelope-bound decision (``envelope`` given) also keeps the question it answered, by envelope
+id (``consent_envelope_questions``). The coordinator routes by a routing pseudonym it cannot
+relate to the patient, so it asks again by envelope id alone (:meth:`DecisionService.recheck`,
+``POST /fhir/Consent/$recheck``): the registry decides the stored question anew against the
+consents as they are now and answers permit/deny and the permitted classes — no patient, no
+consent id, nothing the coordinator could link.
+
 Who asked is the authenticated caller — the organisation whose signed assertion got the token —
 and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
 patient's disclosure list cannot be made to show an access by someone who did not ask.
@@ -24,19 +31,23 @@ routing decision naming the grant it re-admits, the clinician and the stated rea
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import delete, insert, select
 
 from consent.auth import CLINICIAN_ROLES, Principal
 from consent.break_glass import READMIT_WINDOW, Grant, find_grant, grants_in, readmission_refusal
 from consent.decision_token import request_hash, sign_decision
 from consent.parameters import DecideInput
 from consent.policy import Decision, DecisionRequest, decide
+from consent.schema import envelope_questions
 from consent.store import ConsentStore
-from servicekit.outcome import BadRequest, Forbidden
+from servicekit.outcome import BadRequest, Conflict, Forbidden, NotFound
 from trust import audit_events
 from trust.audit_ledger import AuditLedger
 from trust.tokens import SigningKey
@@ -44,6 +55,7 @@ from trust.tokens import SigningKey
 __all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM"]
 
 DECISION_SYSTEM = "urn:ipjms:consent-decision"
+ENVELOPE_SYSTEM = "urn:ipjms:envelope"
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,8 @@ class DecisionService:
                     data_period=None,
                     break_glass=True,
                 )
+            if inp.envelope is not None:  # the sender's own question, kept for $recheck
+                self._remember(inp, requester, decision.break_glass)
         decision_id = uuid.uuid4().hex
         claims: dict[str, Any] = {
             "jti": decision_id,
@@ -192,6 +206,130 @@ class DecisionService:
             break_glass=True,
         )
         return readmitted, grant
+
+    def _remember(self, inp: DecideInput, requester: str, break_glass: bool) -> None:
+        """Keep the question an envelope-bound decision answered (a retry by the same requester
+        replaces it; another organisation cannot take over the envelope id)."""
+        row = {
+            "envelope_id": inp.envelope,
+            "patient": inp.patient,
+            "requester": requester,
+            "recipient": inp.recipient,
+            "purpose": inp.purpose,
+            "classes": json.dumps(sorted(inp.classes)),
+            "break_glass": break_glass,
+            "asked_at": datetime.now(UTC),
+        }
+        with self.store.engine.begin() as conn:
+            owner = conn.execute(
+                select(envelope_questions.c.requester).where(
+                    envelope_questions.c.envelope_id == inp.envelope
+                )
+            ).scalar()
+            if owner is not None and owner != requester:
+                raise Conflict("this envelope id is bound to another organisation's decision")
+            if owner is not None:
+                conn.execute(
+                    delete(envelope_questions).where(
+                        envelope_questions.c.envelope_id == inp.envelope
+                    )
+                )
+            conn.execute(insert(envelope_questions).values(**row))
+
+    def recheck(
+        self,
+        envelope_id: str,
+        sender: str,
+        recipient: str,
+        purpose: str,
+        classes: frozenset[str],
+        caller: str,
+    ) -> Decision:
+        """Decide again the question an envelope-bound decision answered, as consents are now.
+
+        The caller states what the envelope's clear header says (data recipient, purpose,
+        classes); a mismatch with the stored question is a deny. The answer is audited in the
+        patient's ledger under the caller's name. Break-glass questions stay permitted (the
+        emergency was audited when it was asked)."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(envelope_questions).where(envelope_questions.c.envelope_id == envelope_id)
+            ).first()
+        if row is None:
+            raise NotFound("no decision was asked for this envelope")
+        q = row._mapping
+        asked = frozenset(json.loads(q["classes"]))
+        differs = [
+            name
+            for name, same in (
+                ("sender", q["requester"] == sender),
+                ("recipient", q["recipient"] == recipient),
+                ("purpose", q["purpose"] == purpose),
+                ("classes", classes <= asked),
+            )
+            if not same
+        ]
+        if differs:
+            decision = Decision(
+                permit=False,
+                classes=frozenset(),
+                consent_ids=(),
+                reason=f"the decision for this envelope was asked for another {differs[0]}",
+                refused_classes=classes,
+                data_period=None,
+            )
+        elif purpose == "ETREAT":  # only the grant this registry made for the envelope
+            decision, _grant = self._readmission(
+                DecideInput(
+                    patient=q["patient"],
+                    recipient=recipient,
+                    requester=None,
+                    purpose=purpose,
+                    classes=classes,
+                    reason=None,
+                    envelope=envelope_id,
+                    sender=sender,
+                )
+            )
+        else:
+            request = DecisionRequest(
+                patient=q["patient"],
+                requester=q["requester"],
+                recipient=recipient,
+                purpose=purpose,
+                classes=classes,
+                at=datetime.now(UTC),
+            )
+            decision = decide([s.record for s in self.store.for_patient(q["patient"])], request)
+        event = audit_events.routing_decision(
+            permit=decision.permit,
+            sender=q["requester"],
+            recipient=recipient,
+            purpose=purpose,
+            classes=sorted(decision.classes if decision.permit else classes),
+            patient_pseudonym=q["patient"],
+            observer=self.observer,
+            reason=decision.reason,
+            consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
+        )
+        event["entity"].append(
+            {
+                "what": {"identifier": {"system": ENVELOPE_SYSTEM, "value": envelope_id}},
+                "detail": [{"type": "caller", "valueString": caller}],
+            }
+        )
+        self.ledger.append(event, patient_pseudonym=q["patient"])
+        # The answer leaves for the coordinator: the policy's reason names consent ids (the
+        # same for every envelope of the patient), so it gets a reason that names nothing.
+        if decision.break_glass:  # names the clinician and the grant, not the patient
+            neutral = decision.reason
+        elif decision.permit:
+            neutral = "consent permits the envelope's classes"
+        elif differs:
+            neutral = decision.reason
+        else:
+            neutral = "consent does not permit the envelope's classes"
+        return replace(decision, consent_ids=(), reason=neutral)
 
     def _audit(
         self,

@@ -27,7 +27,7 @@ from typing import Any
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
 from servicekit.outcome import BadRequest
 
-__all__ = ["DecideInput", "parse_decide", "decision_parameters"]
+__all__ = ["DecideInput", "RecheckInput", "parse_decide", "parse_recheck", "decision_parameters"]
 
 _ALLOWED = {
     "patient",
@@ -118,6 +118,55 @@ def parse_decide(body: object) -> DecideInput:
         reason=reason or None,
         envelope=envelope,
         sender=check_org_id(sender, "Parameters.sender") if sender else None,
+    )
+
+
+@dataclass(frozen=True)
+class RecheckInput:
+    envelope: str
+    sender: str
+    recipient: str
+    purpose: str
+    classes: frozenset[str]
+
+
+def parse_recheck(body: object) -> RecheckInput:
+    """``$recheck``: ``envelope`` (valueId), ``sender``, ``recipient``, ``purpose``, ``class``
+    ×n — what an envelope's clear header says; no patient (the registry has the question on
+    file)."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("body must be a FHIR Parameters resource", expression=["resourceType"])
+    params = body.get("parameter")
+    if not isinstance(params, list) or not params:
+        raise BadRequest("Parameters.parameter is required", expression=["Parameters.parameter"])
+    values: dict[str, list[str]] = {}
+    for i, param in enumerate(params):
+        if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+            raise BadRequest(
+                f"Parameters.parameter[{i}] needs a name", expression=[f"Parameters.parameter[{i}]"]
+            )
+        name = param["name"]
+        if name not in {"envelope", "sender", "recipient", "purpose", "class"}:
+            raise BadRequest(f"unknown parameter {name!r}", expression=[f"Parameters.{name}"])
+        values.setdefault(name, []).append(_value(param, name))
+    for name in ("envelope", "sender", "recipient", "purpose"):
+        if len(values.get(name, [])) != 1:
+            raise BadRequest(
+                f"parameter {name} is required once", expression=[f"Parameters.{name}"]
+            )
+    if not values.get("class"):
+        raise BadRequest("at least one class is required", expression=["Parameters.class"])
+    envelope = values["envelope"][0]
+    if not _ENVELOPE_ID.match(envelope):
+        raise BadRequest(
+            "envelope must be a lowercase UUID (an envelope id)", expression=["Parameters.envelope"]
+        )
+    return RecheckInput(
+        envelope=envelope,
+        sender=check_org_id(values["sender"][0], "Parameters.sender"),
+        recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
+        purpose=check_purpose(values["purpose"][0], "Parameters.purpose"),
+        classes=check_classes(values["class"], "Parameters.class"),
     )
 
 

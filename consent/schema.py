@@ -5,7 +5,7 @@ The audit ledger's table belongs to :class:`trust.audit_ledger.AuditLedger`, whi
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, String, Table, Text
 
 from trust.jti_store import jti_table
 from trust.login_throttle import throttle_table
@@ -18,6 +18,7 @@ __all__ = [
     "assertion_jtis",
     "oidc_codes",
     "login_throttle",
+    "envelope_questions",
 ]
 
 metadata = MetaData()
@@ -80,3 +81,18 @@ oidc_codes = Table(
 #: consecutive failed patient logins per account (trust.login_throttle; keyed by SHA-256 of the
 #: user name, so unknown names are throttled alike and no name is stored)
 login_throttle = throttle_table("consent_login_throttle", metadata)
+
+#: the question each envelope-bound decision answered (``$decide`` with ``envelope``), so the
+#: coordinator can have it decided again by envelope id without ever naming the patient
+envelope_questions = Table(
+    "consent_envelope_questions",
+    metadata,
+    Column("envelope_id", String(36), primary_key=True),
+    Column("patient", String(128), nullable=False),
+    Column("requester", String(64), nullable=False),
+    Column("recipient", String(64), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("classes", Text, nullable=False),  # JSON list
+    Column("break_glass", Boolean, nullable=False),
+    Column("asked_at", DateTime(timezone=True), nullable=False, index=True),
+)

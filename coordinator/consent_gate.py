@@ -7,11 +7,21 @@ requester; it cannot be told another), so the patient's list shows the coordinat
 Envelopes that carry no clinical classes (a Task status update) pass only along an exchange that
 already exists: an earlier referral or consultation for the same patient in the other direction.
 
-Break-glass (purpose ``ETREAT``): the coordinator has no clinician and no reason to state, so it
-asks the registry to re-admit the break-glass it granted for this envelope (the envelope id and
-its sender go with the question; ``consent.break_glass``). Without such a grant it is a deny; a
-re-admission's reason (clinician, stated reason, the grant's decision id) is what the routing
-audit records.
+The coordinator does not know who the patient is: the header carries a routing pseudonym of the
+sender–recipient pair (``trust.pseudonym.routing_pseudonym``) that the registry cannot resolve
+either. The sender asked the registry for a decision bound to the envelope id before sealing;
+the gate has the registry decide that stored question again *by envelope id*
+(``ConsentClient.recheck``) — before routing and at delivery, so a revocation in between
+stops the envelope — and learns only permit/deny and the permitted classes. Only an envelope
+for which no decision was asked (a 404: sealed by hand, or by a sender from before routing
+pseudonyms) is asked about by the pseudonym in its header, as before.
+
+Break-glass (purpose ``ETREAT``): the coordinator has no clinician and no reason to state; the
+registry re-admits only the break-glass it granted for this envelope (same patient, sender and
+recipient, every class, within the window; ``consent.break_glass``) — through the recheck by
+envelope id, or, for an envelope without a stored question, by the header's pseudonym with the
+envelope id and sender. Without such a grant it is a deny; a re-admission's reason (clinician,
+stated reason, the grant's decision id) is what the routing audit records.
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ class GateDecision:
 
 class ConsentOracle(Protocol):
     """What the gate needs of the consent registry (consent.client.ConsentClient fits)."""
+
+    def recheck(
+        self, envelope_id: str, sender: str, recipient: str, purpose: str, classes: Any
+    ) -> Any: ...
 
     def decide(
         self,
@@ -66,20 +80,8 @@ class ConsentGate:
         if header.patient_pseudonym is None:  # check_header refuses these before the gate
             return GateDecision(False, "no patient pseudonym to ask consent for")
         receiver = data_recipient(header)
-        # A break-glass envelope is re-admitted by the registry on the grant bound to its id.
-        bound = (
-            {"envelope_id": header.envelope_id, "sender": header.sender}
-            if header.purpose == "ETREAT"
-            else {}
-        )
         try:
-            decision = self.oracle.decide(
-                header.patient_pseudonym,
-                receiver,
-                header.purpose,
-                list(header.classes),
-                **bound,
-            )
+            decision = self._ask(self.oracle, header, header.patient_pseudonym, receiver)
         except Exception as exc:  # registry down or refusing us: default deny
             return _registry_failure(exc)
         permitted = set(getattr(decision, "classes", ()) or ())
@@ -99,6 +101,25 @@ class ConsentGate:
             reason = getattr(decision, "reason", "") or "break-glass"
             return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
         return GateDecision(True, "consent permits all declared classes", consent_ids)
+
+    @staticmethod
+    def _ask(oracle: ConsentOracle, header: EnvelopeHeader, pseudonym: str, receiver: str) -> Any:
+        """By envelope id; by the header's pseudonym only when no decision was bound to it."""
+        classes = list(header.classes)
+        try:
+            return oracle.recheck(
+                header.envelope_id, header.sender, receiver, header.purpose, classes
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+        # A break-glass envelope is re-admitted by the registry on the grant bound to its id.
+        bound = (
+            {"envelope_id": header.envelope_id, "sender": header.sender}
+            if header.purpose == "ETREAT"
+            else {}
+        )
+        return oracle.decide(pseudonym, receiver, header.purpose, classes, **bound)
 
     def check_lookup(
         self, *, patient_pseudonym: str, caller: str, purpose: str, classes: list[str]

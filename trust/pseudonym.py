@@ -3,6 +3,12 @@
 ``pseudonym = HMAC-SHA256(linkage_key, normalised national identifier)``, hex-encoded. Nodes hold
 the regional linkage key; the coordinator and the consent registry never do, so they only ever
 see pseudonyms.
+
+The regional pseudonym stays between nodes, the registry and the record locator. What the
+coordinator routes by is a *routing pseudonym* (:func:`routing_pseudonym`): one per patient and
+pair of organisations, keyed by the linkage key, so the envelopes of one patient to different
+recipients carry unrelated values and the coordinator, which holds regional pseudonyms in its
+locator but not the key, cannot compute or link them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ __all__ = [
     "LINKAGE_KEY_BYTES",
     "IdentifierError",
     "check_gb11643",
+    "routing_pseudonym",
 ]
 
 LINKAGE_KEY_BYTES = 32
@@ -68,6 +75,25 @@ def pseudonym(linkage_key: bytes, national_id: str) -> str:
     if not normalised:
         raise ValueError("empty national identifier")
     return hmac.new(linkage_key, normalised.encode(), hashlib.sha256).hexdigest()
+
+
+_ROUTING_DOMAIN = b"ipjms-routing-pseudonym-v1"
+
+
+def routing_pseudonym(linkage_key: bytes, regional: str, org_a: str, org_b: str) -> str:
+    """The pseudonym an envelope between ``org_a`` and ``org_b`` carries for the patient whose
+    regional pseudonym is ``regional``: ``HMAC-SHA256(linkage key, domain ‖ pair ‖ regional)``
+    with the pair in sorted order, so both directions of one exchange (a referral and the
+    task updates coming back) carry the same value and the coordinator can tell that an update
+    belongs to an exchange, while the same patient's envelopes to another organisation carry
+    an unrelated one."""
+    if len(linkage_key) < 16:
+        raise ValueError("linkage key too short")
+    if not regional or org_a == org_b:
+        raise ValueError("a routing pseudonym needs a pseudonym and two organisations")
+    first, second = sorted((org_a, org_b))
+    message = b"\x00".join((_ROUTING_DOMAIN, first.encode(), second.encode(), regional.encode()))
+    return hmac.new(linkage_key, message, hashlib.sha256).hexdigest()
 
 
 def load_or_create_linkage_key(path: Path | str) -> bytes:

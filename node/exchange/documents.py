@@ -164,6 +164,29 @@ def decision_of(document: dict[str, Any]) -> str | None:
     return found[0] if len(found) == 1 and isinstance(found[0], str) else None
 
 
+PATIENT_PSEUDONYM_EXTENSION = "https://ipjms.example.org/fhir/StructureDefinition/patient-pseudonym"
+
+
+def attach_patient(document: dict[str, Any], regional_pseudonym: str) -> None:
+    """Carry the patient's regional pseudonym inside the (encrypted) payload: the clear header
+    has only the routing pseudonym of this pair of organisations (``trust.pseudonym``)."""
+    meta = document.setdefault("meta", {})
+    meta.setdefault("extension", []).append(
+        {"url": PATIENT_PSEUDONYM_EXTENSION, "valueString": regional_pseudonym}
+    )
+
+
+def patient_of(document: dict[str, Any]) -> str | None:
+    """The regional pseudonym a payload carries (None: none, or more than one)."""
+    meta = document.get("meta")
+    found = [
+        e.get("valueString")
+        for e in (meta.get("extension", []) if isinstance(meta, dict) else [])
+        if isinstance(e, dict) and e.get("url") == PATIENT_PSEUDONYM_EXTENSION
+    ]
+    return found[0] if len(found) == 1 and isinstance(found[0], str) else None
+
+
 def resources_of(document: dict[str, Any]) -> list[dict[str, Any]]:
     if document.get("resourceType") != "Bundle" or not isinstance(document.get("entry"), list):
         raise ValueError("payload is not a Bundle with entries")

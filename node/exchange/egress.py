@@ -28,6 +28,7 @@ from node.exchange.documents import (
     PSEUDONYM_SYSTEM,
     STRUCTURAL_TYPES,
     attach_decision,
+    attach_patient,
     filter_by_classes,
     pack_document,
 )
@@ -43,7 +44,7 @@ from servicekit.outcome import (
 )
 from trust.certificates import CertificateError
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
-from trust.pseudonym import IdentifierError
+from trust.pseudonym import IdentifierError, routing_pseudonym
 
 __all__ = [
     "BreakGlass",
@@ -200,9 +201,8 @@ def disclose(
             )
         permitted = set(decision.classes)
         token = decision.token
-        consent_ref = f"Consent/{decision.consent_ids[0]}" if decision.consent_ids else None
     else:
-        collected, permitted, consent_ref = [], set(), None
+        collected, permitted = [], set()
     with ctx.timed("out", "pack_seal"):
         sealed, declared, count = _pack_and_seal(
             ctx,
@@ -210,7 +210,6 @@ def disclose(
             recipient=recipient,
             purpose=purpose,
             pseudo=pseudo,
-            consent_ref=consent_ref,
             envelope_id=envelope_id,
             decision_token=token,
             resources=filter_by_classes(collected, permitted)
@@ -240,7 +239,6 @@ def _pack_and_seal(
     recipient: str,
     purpose: str,
     pseudo: str,
-    consent_ref: str | None,
     envelope_id: str,
     decision_token: str | None,
     resources: list[dict[str, Any]],
@@ -248,8 +246,11 @@ def _pack_and_seal(
     title: str,
 ) -> tuple[SealedEnvelope, tuple[str, ...], int]:
     """Steps 3–4: the document Bundle of the permitted resources (with the signed consent
-    decision that permitted them), sealed to ``recipient``."""
+    decision that permitted them and the patient's regional pseudonym), sealed to
+    ``recipient``. The clear header names the patient only by the routing pseudonym of this
+    pair of organisations and carries no consent reference (the decision inside has it)."""
     document = pack_document(resources, patient=patient, sender=ctx.org_id, title=title)
+    attach_patient(document, pseudo)
     if decision_token is not None:
         attach_decision(document, decision_token)
     declared = tuple(
@@ -261,8 +262,7 @@ def _pack_and_seal(
         recipient=recipient,
         purpose=purpose,
         classes=declared,
-        patient_pseudonym=pseudo,
-        consent_ref=consent_ref,
+        patient_pseudonym=routing_pseudonym(ctx.linkage_key, pseudo, ctx.org_id, recipient),
         ttl=ENVELOPE_TTL,
         envelope_id=envelope_id,
     )

@@ -24,6 +24,7 @@ from node.exchange.documents import (
     PSEUDONYM_SYSTEM,
     TASK_ID_SYSTEM,
     decision_of,
+    patient_of,
     prepare_import,
     resources_of,
     undeclared_classes,
@@ -41,6 +42,7 @@ from trust.envelopes import (
     SealedEnvelope,
     open_from,
 )
+from trust.pseudonym import routing_pseudonym
 
 __all__ = ["Handled", "handle_envelope", "already_processed", "local_patient", "exchange_writer"]
 
@@ -52,6 +54,7 @@ class Handled:
     imported: bool  # False → negative acknowledgement
     detail: str
     query: dict[str, Any] | None = None  # a record query to answer (after the ack)
+    patient: str | None = None  # the regional pseudonym the query is about
 
 
 def already_processed(ctx: ExchangeContext, envelope_id: str) -> str | None:
@@ -133,12 +136,12 @@ def _find_task(ctx: ExchangeContext, uid: str) -> dict[str, Any] | None:
 
 
 def _import_document(
-    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
+    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any], regional: str
 ) -> Handled:
     h = sealed.header
     sender = ctx.organisation(h.sender)
     with ctx.timed("in", "link"):
-        patient_id, existing, uid = _link(ctx, sealed, document)
+        patient_id, existing, uid = _link(ctx, sealed, document, regional)
     with ctx.timed("in", "prepare"):
         tx = prepare_import(
             document,
@@ -176,7 +179,7 @@ def _import_document(
 
 
 def _link(
-    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
+    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any], regional: str
 ) -> tuple[str, dict[str, dict[str, Any]], str | None]:
     """The local patient the document is about, the exchange Tasks it updates, its Task uid."""
     h = sealed.header
@@ -198,7 +201,7 @@ def _link(
         patient_id = held[0]["for"]["reference"].split("/", 1)[1]
     else:
         shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
-        patient_id = local_patient(ctx, h.patient_pseudonym or "", shared_patient, h.sender)
+        patient_id = local_patient(ctx, regional, shared_patient, h.sender)
     return patient_id, existing, uid
 
 
@@ -233,10 +236,13 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
         body = json.loads(payload)
     except ValueError as exc:
         return _reject(ctx, sealed, "cannot parse the envelope", local=str(exc))
+    regional = regional_pseudonym(ctx, sealed, body)
+    if regional is None:
+        return _reject(ctx, sealed, "the routing pseudonym does not match the patient inside")
     if h.kind == "record-query":
         with ctx.engine.begin() as conn:
             _record(conn, sealed, "answered", "record query")
-        return Handled(True, "record query", query=body)
+        return Handled(True, "record query", query=body, patient=regional)
     if h.kind not in KINDS:  # every other kind carries a document Bundle
         return _reject(ctx, sealed, f"unsupported envelope kind {h.kind!r}")
     try:
@@ -251,20 +257,42 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
             undeclared,
         )
         return _reject(ctx, sealed, f"content outside the declared classes: {undeclared}")
-    refused = _consent_proof_problem(ctx, sealed, body)
+    refused = _consent_proof_problem(ctx, sealed, body, regional)
     if refused is not None:
         log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, refused)
         return _reject(ctx, sealed, refused)
     try:
-        return _import_document(ctx, sealed, body)
+        return _import_document(ctx, sealed, body, regional)
     except FhirError as exc:
         # The store's message may quote content: keep it here, tell the coordinator only why.
         log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
         return _reject(ctx, sealed, "import refused by the store", local=exc.diagnostics)
 
 
+def regional_pseudonym(ctx: ExchangeContext, sealed: SealedEnvelope, body: Any) -> str | None:
+    """The patient's regional pseudonym, carried inside the payload (a document's
+    ``meta.extension``, a record query's ``patient`` parameter), checked against the header's
+    routing pseudonym for this pair of organisations (None: they disagree). An envelope
+    without one inside (a sender from before routing pseudonyms) is read by its header."""
+    h = sealed.header
+    inside: Any = None
+    if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+        inside = patient_of(body)
+    elif isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        found = [
+            p.get("valueString")
+            for p in body.get("parameter", [])
+            if isinstance(p, dict) and p.get("name") == "patient"
+        ]
+        inside = found[0] if len(found) == 1 else None
+    if not isinstance(inside, str) or not inside:
+        return h.patient_pseudonym or ""
+    expected = routing_pseudonym(ctx.linkage_key, inside, h.sender, h.recipient)
+    return inside if expected == h.patient_pseudonym else None
+
+
 def _consent_proof_problem(
-    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any]
+    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any], regional: str
 ) -> str | None:
     """Why the consent decision carried inside the envelope does not cover it (None: it does).
 
@@ -291,7 +319,7 @@ def _consent_proof_problem(
         for name, ok in (
             ("permit", d.permit),
             ("envelope", d.envelope_id == h.envelope_id),
-            ("patient", d.patient == (h.patient_pseudonym or "")),
+            ("patient", d.patient == regional),
             ("requester", d.requester == h.sender),
             ("recipient", d.recipient == h.recipient),
             ("purpose", d.purpose == h.purpose),

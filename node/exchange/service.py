@@ -37,6 +37,7 @@ from node.identity import patient_pseudonym
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
+from trust.pseudonym import routing_pseudonym
 
 __all__ = [
     "request_exchange",
@@ -251,18 +252,33 @@ def pull_history(
         raise
     queries = []
     for holder in holders:
+        # The header names the patient by the routing pseudonym of this pair; the regional
+        # one travels inside. The decision is bound to the envelope id so the coordinator can
+        # have it re-decided without knowing the patient (data flows to this organisation).
         header = EnvelopeHeader.new(
             kind="record-query",
             sender=ctx.org_id,
             recipient=holder,
             purpose="TREAT",
             classes=wanted,
-            patient_pseudonym=pseudo,
+            patient_pseudonym=routing_pseudonym(ctx.linkage_key, pseudo, ctx.org_id, holder),
         )
         query = {
             "resourceType": "Parameters",
-            "parameter": [{"name": "class", "valueCode": c} for c in wanted],
+            "parameter": [
+                {"name": "patient", "valueString": pseudo},
+                *({"name": "class", "valueCode": c} for c in wanted),
+            ],
         }
+        decision = ctx.consent.decide(
+            pseudo, ctx.org_id, "TREAT", wanted, envelope_id=header.envelope_id
+        )
+        if not decision.permit:
+            queries.append(
+                {"holder": holder, "envelope_id": header.envelope_id,
+                 "state": f"refused: {decision.reason}"}
+            )  # fmt: skip
+            continue
         sealed = seal_for(ctx, header, json.dumps(query).encode())
         try:
             state = send(ctx, sealed, patient_id=patient_id)

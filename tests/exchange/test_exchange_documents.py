@@ -241,8 +241,13 @@ def test_size_rule(data: bytes) -> None:
         check_size(data, max_bytes=32)
 
 
+class _NotAsked(Exception):
+    status = 404  # the registry has no question stored for the envelope
+
+
 class _Oracle:
-    def __init__(self, permit: bool, classes: set[str]) -> None:
+    def __init__(self, permit: bool, classes: set[str], *, stored: bool = True) -> None:
+        self.stored = stored  # False: no decision was bound to the envelope (sealed by hand)
         self.calls: list[tuple] = []
         self.answer = SimpleNamespace(
             permit=permit, classes=classes, consent_ids=("c1",), reason="r"
@@ -250,6 +255,13 @@ class _Oracle:
 
     def decide(self, pseudo, recipient, purpose, classes, *, requester=None, **bound):
         self.calls.append((recipient, purpose, tuple(classes), requester, bound))
+        return self.answer
+
+    def recheck(self, envelope_id, sender, recipient, purpose, classes):
+        if not self.stored:
+            raise _NotAsked()
+        bound = {"envelope_id": envelope_id, "sender": sender}
+        self.calls.append((recipient, purpose, tuple(classes), "recheck", bound))
         return self.answer
 
 
@@ -267,18 +279,22 @@ def test_consent_rule_needs_every_declared_class() -> None:
 
 
 def test_break_glass_envelope_is_asked_about_by_its_id_and_sender() -> None:
-    """The gate cannot state a reason: for ETREAT it names the envelope and sender (the
-    registry re-admits its own grant) and keeps the registry's break-glass reason."""
+    """The gate cannot state a reason: it names the envelope and sender (the registry rechecks
+    the question stored for the envelope, re-admitting its own break-glass grant) and keeps the
+    registry's break-glass reason. Without a stored question it asks by the header's pseudonym,
+    bound to the envelope only for ETREAT."""
     h = _header(purpose="ETREAT", classes=("Condition",))
-    oracle = _Oracle(True, {"Condition"})
-    oracle.answer.break_glass, oracle.answer.reason = True, "by doctor u-1 of hosp-a: ED"
-    decision = ConsentGate(oracle).check(h, prior_exchange=lambda: False)
-    assert (
-        decision.permit
-        and decision.reason == "break-glass re-admitted: by doctor u-1 of hosp-a: ED"
-    )
-    assert oracle.calls[0][4] == {"envelope_id": h.envelope_id, "sender": h.sender}
-    treat = _Oracle(True, {"Condition"})
+    for stored in (True, False):
+        oracle = _Oracle(True, {"Condition"}, stored=stored)
+        oracle.answer.break_glass, oracle.answer.reason = True, "by doctor u-1 of hosp-a: ED"
+        decision = ConsentGate(oracle).check(h, prior_exchange=lambda: False)
+        assert (
+            decision.permit
+            and decision.reason == "break-glass re-admitted: by doctor u-1 of hosp-a: ED"
+        )
+        assert oracle.calls[0][3] == ("recheck" if stored else None)
+        assert oracle.calls[0][4] == {"envelope_id": h.envelope_id, "sender": h.sender}
+    treat = _Oracle(True, {"Condition"}, stored=False)
     ConsentGate(treat).check(_header(classes=("Condition",)), prior_exchange=lambda: False)
     assert treat.calls[0][4] == {}  # an ordinary envelope: the consent rule, unbound
 

@@ -15,14 +15,15 @@ from consent.client import ConsentClient
 from consent.decision_token import sign_decision, x5c_of
 from node.exchange.client import DirectoryEntry
 from node.exchange.context import ExchangeContext
-from node.exchange.documents import attach_decision, pack_document
+from node.exchange.documents import attach_decision, attach_patient, pack_document
 from node.exchange.inbound import handle_envelope
 from node.exchange.lifecycle import MIGRATIONS
-from node.exchange.tables import inbound
+from node.exchange.tables import inbound, pseudonyms
 from node.store import CommitEvent, FhirStore, migrate
 from servicekit.storage import make_engine, upgrade_schema
 from trust.envelopes import EnvelopeHeader, seal_to
 from trust.pki import init_ca, issue_org, revocation_list
+from trust.pseudonym import routing_pseudonym
 from trust.tokens import SigningKey, key_thumbprint
 
 PSEUDO = "b" * 64
@@ -96,8 +97,18 @@ def _decision(creds, envelope_id, classes, *, signer="consent-registry", **claim
     return token
 
 
-def _envelope(creds, resources, classes, *, token=None, permitted=None, envelope_id=None):  # type: ignore[no-untyped-def]
+def _envelope(
+    creds, resources, classes, *, token=None, permitted=None, envelope_id=None, routed=None
+):  # type: ignore[no-untyped-def]
+    """``routed``: (the regional pseudonym inside, the pair and the patient whose routing
+    pseudonym the header carries) — what a node sends; without it the header carries the
+    regional pseudonym."""
     doc = pack_document(resources, patient=None, sender="hosp-a", title="t")
+    header_pseudonym = PSEUDO
+    if routed is not None:
+        inside, pair, routed_patient = routed
+        attach_patient(doc, inside)
+        header_pseudonym = routing_pseudonym(b"k" * 32, routed_patient, *pair)
     envelope_id = envelope_id or str(uuid.uuid4())
     if token is None:
         token = _decision(creds, envelope_id, permitted if permitted is not None else classes)
@@ -109,7 +120,7 @@ def _envelope(creds, resources, classes, *, token=None, permitted=None, envelope
         recipient="clinic-b",
         purpose="TREAT",
         classes=classes,
-        patient_pseudonym=PSEUDO,
+        patient_pseudonym=header_pseudonym,
         envelope_id=envelope_id,
     )
     return seal_to(
@@ -329,3 +340,21 @@ def test_a_permit_signed_by_a_key_served_over_http_is_refused(  # type: ignore[n
     _refused_without_import(
         ctx, _envelope(creds, [COND], ("Condition",), token=by_hospital), "not by the consent"
     )
+
+
+def test_the_patient_inside_must_match_the_routing_pseudonym(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    """The header names the patient by the routing pseudonym of the pair; the regional one is
+    inside. A header routed for another pair, or another patient inside, is refused."""
+    for routed in (
+        (PSEUDO, ("hosp-a", "clinic-c"), PSEUDO),
+        ("c" * 64, ("hosp-a", "clinic-b"), PSEUDO),
+    ):
+        bad = _envelope(creds, [COND], ["Condition"], routed=routed)
+        result = handle_envelope(ctx, bad.to_bytes())
+        assert not result.imported and "routing pseudonym" in result.detail
+    assert ctx.store.search("Condition", []).total == 0
+    good = _envelope(creds, [COND], ["Condition"], routed=(PSEUDO, ("clinic-b", "hosp-a"), PSEUDO))
+    assert handle_envelope(ctx, good.to_bytes()).imported
+    with ctx.engine.connect() as conn:  # linked by the regional pseudonym, not the header's
+        known = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
+    assert PSEUDO in known and good.header.patient_pseudonym not in known

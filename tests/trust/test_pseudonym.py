@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from node.identity import CN_RESIDENT_ID_SYSTEM, patient_pseudonym
-from trust.pseudonym import IdentifierError, check_gb11643, normalise_identifier, pseudonym
+from trust.pseudonym import (
+    IdentifierError,
+    check_gb11643,
+    normalise_identifier,
+    pseudonym,
+    routing_pseudonym,
+)
 
 KEY = b"k" * 32
 VALID_ID = "11010519491231002X"  # the standard's worked example: check character X
@@ -44,3 +50,22 @@ def test_a_mistyped_resident_id_gets_no_pseudonym_and_a_clear_error() -> None:
     assert patient_pseudonym(patient(typo), KEY) is None
     with pytest.raises(IdentifierError, match="check digit"):
         patient_pseudonym(patient(typo), KEY, strict=True)
+
+
+def test_routing_pseudonyms_differ_per_pair_and_need_the_key() -> None:
+    """One patient: the same value both ways between two organisations (a referral and the
+    updates coming back), an unrelated one to another organisation, and nothing computable
+    from the regional pseudonym without the linkage key (what the coordinator's locator has)."""
+    regional = pseudonym(KEY, VALID_ID)
+    a_b = routing_pseudonym(KEY, regional, "hosp-a", "clinic-b")
+    assert a_b == routing_pseudonym(KEY, regional, "clinic-b", "hosp-a")
+    others = {
+        routing_pseudonym(KEY, regional, "hosp-a", "clinic-c"),
+        routing_pseudonym(KEY, regional, "clinic-b", "clinic-c"),
+        routing_pseudonym(b"j" * 32, regional, "hosp-a", "clinic-b"),  # another key
+        routing_pseudonym(KEY, pseudonym(KEY, "11010519491231003X"), "hosp-a", "clinic-b"),
+    }
+    assert a_b not in others and len(others) == 4 and regional not in others | {a_b}
+    assert len(a_b) == 64 and int(a_b, 16) >= 0
+    with pytest.raises(ValueError):
+        routing_pseudonym(KEY, regional, "hosp-a", "hosp-a")

@@ -1,0 +1,81 @@
+"""``$recheck`` (issue 23): the coordinator has a decision bound to an envelope decided again by
+envelope id alone — never naming the patient — and learns only permit/deny and the classes."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from consent_harness import Registry, treat_consent
+
+from consent.client import ConsentRegistryError
+from consent.decisions import ENVELOPE_SYSTEM
+
+P1 = "c3" * 32
+
+
+def test_recheck_by_envelope_follows_consent_and_names_no_patient(registry: Registry) -> None:
+    headers = registry.patient_headers(P1)
+    consent = registry.grant(headers, treat_consent(P1, classes=("Condition", "Observation")))
+    # clinic C is permitted too, and so is Procedure: the rechecks below that name them are
+    # refused because the envelope's question did not, not because consent forbids them
+    registry.grant(headers, treat_consent(P1, "clinic-c", ("Condition", "Procedure")))
+    registry.grant(headers, treat_consent(P1, "clinic-b", ("Procedure",), purpose="HRESCH"))
+    envelope = str(uuid.uuid4())
+    d = registry.org("hosp-a").decide(
+        P1, "clinic-b", "TREAT", ["Condition", "Observation"], envelope_id=envelope
+    )
+    assert d.permit
+    assert registry.org("hosp-a").decide(P1, "clinic-c", "TREAT", ["Condition"]).permit
+    coordinator = registry.org("coordinator")
+    again = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    assert again.permit and again.classes == {"Condition"} and again.consent_ids == ()
+    raw = registry.http.post(
+        "/fhir/Consent/$recheck",
+        json={"resourceType": "Parameters", "parameter": [
+            {"name": "envelope", "valueId": envelope},
+            {"name": "sender", "valueString": "hosp-a"},
+            {"name": "recipient", "valueString": "clinic-b"},
+            {"name": "purpose", "valueCode": "TREAT"},
+            {"name": "class", "valueCode": "Condition"}]},
+        headers={"Authorization": f"Bearer {coordinator.access_token()}"},
+    )  # fmt: skip
+    assert raw.status_code == 200, raw.text
+    assert P1 not in raw.text and consent["id"] not in raw.text
+    # the envelope's header must be the question that was asked
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-c", "TREAT", ["Condition"]).permit
+    assert not coordinator.recheck(envelope, "clinic-c", "clinic-b", "TREAT", ["Condition"]).permit
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b", "HRESCH", ["Procedure"]).permit
+    assert not coordinator.recheck(
+        envelope, "hosp-a", "clinic-b", "TREAT", ["Condition", "Procedure"]
+    ).permit
+    # a revocation applies to the very next recheck (the coordinator's check at delivery)
+    r = registry.http.post(f"/fhir/Consent/{consent['id']}/$revoke", headers=headers)
+    assert r.status_code == 200
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"]).permit
+    # each recheck is in the patient's ledger
+    ledger = registry.http.app.state.ledger  # type: ignore[attr-defined]
+    rechecks = [
+        e
+        for e in ledger.entries(patient_pseudonym=P1)
+        if {"system": ENVELOPE_SYSTEM, "value": envelope}
+        in [x["what"].get("identifier") for x in e.event["entity"]]
+    ]
+    assert len(rechecks) == 7 and ledger.verify().ok  # the seven rechecks above
+
+
+def test_recheck_of_an_unknown_envelope_is_404_and_ids_cannot_be_taken_over(
+    registry: Registry,
+) -> None:
+    with pytest.raises(ConsentRegistryError) as err:
+        registry.org("coordinator").recheck(
+            str(uuid.uuid4()), "hosp-a", "clinic-b", "TREAT", ["Condition"]
+        )
+    assert err.value.status == 404
+    envelope = str(uuid.uuid4())
+    registry.org("hosp-a").decide(P1, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope)
+    with pytest.raises(ConsentRegistryError) as err:
+        registry.org("clinic-c").decide(
+            P1, "clinic-c", "TREAT", ["Condition"], envelope_id=envelope
+        )
+    assert err.value.status == 409
