@@ -63,13 +63,16 @@ _EXPORT_DOC = (
 )
 _SEARCH_DOC = (
     "Modifiers: string :exact :contains; token :not :text (the codes' display text and "
-    "CodeableConcept.text, as a string search); every kind but composite :missing; reference "
+    "CodeableConcept.text, as a string search) :in :not-in (a ValueSet this node holds, by "
+    "canonical url[|version] or ValueSet/id: its expansion.contains, else its "
+    "compose.include.concept lists; a filter, valueSet-only include, exclude or unknown "
+    "ValueSet is a 400); every kind but composite :missing; reference "
     ":Type. Composite parameters (type composite) take code$value; component-code-value-quantity "
     "matches the code and value of one component. "
     "Prefixes eq ne gt lt ge le sa eb ap (dates, quantities). Chains one level deep "
     "(subject:Patient.name=…). POST Type/_search takes the same parameters as a form. "
     "Prefer: handling=lenient drops unknown parameters (reported in an outcome entry); strict "
-    "(default) refuses them with 400. Not supported (400): :in, :not-in, :below, :above, "
+    "(default) refuses them with 400. Not supported (400): :below, :above, "
     ":identifier, :of-type modifiers, any modifier on _id and _lastUpdated, :text on "
     "non-token parameters, chains of two or more "
     "levels, nested _has."

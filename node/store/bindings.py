@@ -204,6 +204,7 @@ SUPPLY_DELIVERY_STATUS = _vs(
     "supplydelivery-status",
     "in-progress | completed | abandoned | entered-in-error",
 )
+PUBLICATION_STATUS = _vs("publication-status", "draft | active | retired | unknown")
 ALLERGY_TYPE = _vs("allergy-intolerance-type", "allergy | intolerance")
 ALLERGY_CATEGORY = _vs("allergy-intolerance-category", "food | medication | environment | biologic")
 ALLERGY_CRITICALITY = _vs("allergy-intolerance-criticality", "low | high | unable-to-assess")
@@ -284,6 +285,7 @@ REQUIRED_CODE_BINDINGS: Mapping[str, Mapping[str, ValueSet]] = {
     },
     "Specimen": {"status": SPECIMEN_STATUS},
     "SupplyDelivery": {"status": SUPPLY_DELIVERY_STATUS},
+    "ValueSet": {"status": PUBLICATION_STATUS},
     "Task": {"status": TASK_STATUS, "intent": TASK_INTENT, "priority": REQUEST_PRIORITY},
 }
 

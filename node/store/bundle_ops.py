@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 from node.store.entries import Entry, EntryResult
 from node.store.search_exec import parse_query, run_search
 from node.store.search_query import compile_search
+from node.store.value_sets import resolve_value_sets
 from node.store.writes import read_current
 
 __all__ = ["get_entry", "response_bundle"]
@@ -22,7 +23,10 @@ def get_entry(conn: Connection, entry: Entry, base_url: str) -> EntryResult:
         return EntryResult(
             200, resource=read_current(conn, entry.rtype, entry.rid), extra={"return": 1}
         )
-    plan = compile_search(entry.rtype, parse_query(entry.query or ""), base_url=base_url)
+    pairs = parse_query(entry.query or "")
+    plan = compile_search(
+        entry.rtype, pairs, base_url=base_url, value_sets=resolve_value_sets(conn, pairs)
+    )
     found = run_search(conn, plan)
     bundle = {
         "resourceType": "Bundle",

@@ -27,6 +27,7 @@ from node.store.tables import metadata, resource, resource_version
 from node.store.transactions import prevalidate
 from node.store.unit_of_work import UnitOfWork
 from node.store.validation import check_id, check_type, preload_models
+from node.store.value_sets import resolve_value_sets
 from node.store.writes import fetch, read_current
 from servicekit.outcome import BadRequest, FhirError, Gone, NotFound
 from servicekit.storage import is_postgres, reader, upgrade_schema
@@ -288,12 +289,16 @@ class FhirStore:
     ) -> SearchResult:
         """``after_id``: only resources whose id sorts after it (keyset paging for exports,
         with ``_sort=_id``: each page is an index range, not an ever larger offset)."""
-        plan = compile_search(
-            rtype, params, compartment_patient=compartment_patient, base_url=self.base_url
-        )
-        if after_id is not None:
-            plan.conditions.append(resource.c.resource_id > after_id)
         with self._reader.connect() as conn:
+            plan = compile_search(
+                rtype,
+                params,
+                compartment_patient=compartment_patient,
+                base_url=self.base_url,
+                value_sets=resolve_value_sets(conn, params),
+            )
+            if after_id is not None:
+                plan.conditions.append(resource.c.resource_id > after_id)
             return run_search(conn, plan, compartment_patient=compartment_patient)
 
     def everything(

@@ -12,6 +12,7 @@ from node.store.search_params import SHARED_TYPES
 from node.store.search_query import SearchPlan, compartment_condition, compile_search
 from node.store.tables import idx_reference, resource_version
 from node.store.tables import resource as res
+from node.store.value_sets import resolve_value_sets
 from node.store.writes import current_bodies, fetch
 from servicekit.outcome import BadRequest
 
@@ -153,6 +154,8 @@ def match_ids(
     for key, _ in pairs:
         if key.startswith("_") and key not in ("_id", "_lastUpdated", "_tag"):
             raise BadRequest(f"conditional {rtype} operation: {key!r} is not a search criterion")
-    plan = compile_search(rtype, pairs, base_url=base_url)
+    plan = compile_search(
+        rtype, pairs, base_url=base_url, value_sets=resolve_value_sets(conn, pairs)
+    )
     stmt = select(res.c.resource_id).where(*plan.conditions).limit(limit)
     return list(conn.scalars(stmt))

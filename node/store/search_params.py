@@ -615,6 +615,15 @@ _TYPES: dict[str, list[SearchParamDef]] = {
         _tok("version", "version"),
         _str("name", "name"),
     ],
+    # Terminology the node holds: what the token modifiers :in / :not-in expand
+    # (node/store/value_sets.py).
+    "ValueSet": [
+        _I,
+        _STATUS,
+        _tok("url", "url"),
+        _tok("version", "version"),
+        _str("name", "name"),
+    ],
 }
 
 SUPPORTED_SEARCH_PARAMS: dict[str, dict[str, SearchParamDef]] = {

@@ -8,6 +8,7 @@ silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -26,6 +27,7 @@ from node.store.search_params import (
 )
 from node.store.tables import idx_date, idx_quantity, idx_reference, idx_string, idx_token
 from node.store.tables import resource as res
+from node.store.value_sets import Codes
 from servicekit.outcome import BadRequest
 
 __all__ = [
@@ -44,7 +46,7 @@ MAX_COUNT = 1000
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "missing", "text"},
+    "token": {"not", "missing", "text", "in", "not-in"},
     "date": {"missing"},
     "reference": {"missing"},
     "quantity": {"missing"},
@@ -248,6 +250,21 @@ def _token_match(raw: str) -> Any:
     return idx_token.c.code == raw
 
 
+def _value_set_match(
+    pdef: SearchParamDef, modifier: str, raw: str, value_sets: Mapping[str, Codes] | None
+) -> Any:
+    """``:in`` / ``:not-in``: the token rows whose (system, code) is one of the ValueSet's, as
+    resolved by :func:`node.store.value_sets.resolve_value_sets` before compiling."""
+    codes = (value_sets or {}).get(raw)
+    if codes is None:
+        raise BadRequest(
+            f"{pdef.name}:{modifier}={raw}: a ValueSet is resolved only for the searched type's "
+            "own parameters (not inside a chain or _has)",
+            expression=[f"{pdef.name}:{modifier}"],
+        )
+    return tuple_(idx_token.c.system, idx_token.c.code).in_(sorted(codes))
+
+
 def _reference_match(pdef: SearchParamDef, raw: str, type_modifier: str | None, base: str) -> Any:
     rtype, rid = _reference_target(pdef, raw, type_modifier, base)
     conds = [idx_reference.c.target_id == rid]
@@ -363,7 +380,12 @@ def _composite_condition(rtype: str, pdef: SearchParamDef, raw: str, base: str) 
 
 
 def _value_condition(
-    rtype: str, pdef: SearchParamDef, modifier: str | None, raw: str, base: str
+    rtype: str,
+    pdef: SearchParamDef,
+    modifier: str | None,
+    raw: str,
+    base: str,
+    value_sets: Mapping[str, Codes] | None = None,
 ) -> Any:
     name = pdef.name
     if modifier == "missing":
@@ -388,6 +410,9 @@ def _value_condition(
         return _quantity_condition(rtype, pdef, raw)
     if pdef.kind == "token" and modifier == "text":  # the code's words, as a string search
         return _owned(idx_string, rtype, name + TEXT_SUFFIX, _string_match(raw, None))
+    if pdef.kind == "token" and modifier in ("in", "not-in"):
+        sub = _owned(idx_token, rtype, name, _value_set_match(pdef, modifier, raw, value_sets))
+        return sub.negate() if modifier == "not-in" else sub
     if pdef.kind == "token":
         sub = _owned(idx_token, rtype, name, _token_match(raw))
         return sub.negate() if modifier == "not" else sub
@@ -555,8 +580,11 @@ def compile_search(
     *,
     compartment_patient: str | None = None,
     base_url: str = "",
+    value_sets: Mapping[str, Codes] | None = None,
 ) -> SearchPlan:
-    """Raw query pairs → SearchPlan. BadRequest names any unsupported or malformed parameter."""
+    """Raw query pairs → SearchPlan. BadRequest names any unsupported or malformed parameter.
+    ``value_sets``: the codes of each ValueSet an ``:in`` / ``:not-in`` value names
+    (:func:`node.store.value_sets.resolve_value_sets`)."""
     defs = SUPPORTED_SEARCH_PARAMS.get(rtype)
     if defs is None:
         raise BadRequest(f"resource type {rtype!r} is not supported by this server")
@@ -600,7 +628,10 @@ def compile_search(
                 groups.append([_value_condition(rtype, defs[component], None, part, base_url)])
             continue
         groups.append(
-            [_value_condition(rtype, pdef, modifier or None, v, base_url) for v in values]
+            [
+                _value_condition(rtype, pdef, modifier or None, v, base_url, value_sets)
+                for v in values
+            ]
         )
     plan.conditions += _to_sql(rtype, groups)
     # with nothing selective, walking the (type, lastUpdated) index in order is best

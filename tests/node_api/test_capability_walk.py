@@ -27,19 +27,28 @@ SAMPLE = {
 # modifier is refused (400) on every parameter.
 DECLARED_MODIFIERS = {
     "string": ("exact", "contains", "missing"),
-    "token": ("not", "text", "missing"),
+    "token": ("not", "text", "in", "not-in", "missing"),
     "date": ("missing",),
     "reference": ("missing",),
     "quantity": ("missing",),
     "composite": (),
 }
-REFUSED_MODIFIERS = ("in", "not-in", "below", "above", "identifier", "of-type", "iterate")
+REFUSED_MODIFIERS = ("below", "above", "identifier", "of-type", "iterate")
+# :in / :not-in name a ValueSet the node holds (the walk stores one); on non-tokens they are refused
+WALK_VALUE_SET = "http://example.org/fhir/ValueSet/walk"
 
 
 @pytest.fixture(scope="module")
 def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, dict[str, str], dict]]:
     for node in make_node(None, tmp_path_factory.mktemp("walk") / "node"):  # type: ignore[arg-type]
         doc = node.login("doctor1")
+        value_set = {
+            "resourceType": "ValueSet",
+            "url": WALK_VALUE_SET,
+            "status": "active",
+            "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": "1"}]}]},
+        }
+        assert node.client.post("/fhir/ValueSet", json=value_set, headers=doc).status_code == 201
         statement = node.client.get("/fhir/metadata").json()
         yield node, doc, statement
 
@@ -80,11 +89,15 @@ def test_every_declared_search_parameter_include_and_revinclude_works(walk: Any)
                 continue  # documented: no modifiers (refused above)
             for modifier in DECLARED_MODIFIERS.get(kind, ()):
                 value = "true" if modifier == "missing" else SAMPLE.get(kind, "x")
+                value = WALK_VALUE_SET if modifier in ("in", "not-in") else value
                 modified.append((f"{p['name']}:{modifier}", value))
             if kind not in refused_kinds:
                 refused_kinds.add(kind)
                 other = {"string": "text", "token": "contains", "composite": "missing"}.get(kind)
-                refused += [f"{p['name']}:{m}" for m in (*REFUSED_MODIFIERS, other) if m]
+                value_set = () if kind == "token" else ("in", "not-in")
+                refused += [
+                    f"{p['name']}:{m}" for m in (*REFUSED_MODIFIERS, *value_set, other) if m
+                ]
         for start in range(0, len(modified), 60):  # the edge allows 64 parameters a request
             r = node.client.get(f"/fhir/{rtype}", params=modified[start : start + 60], headers=doc)
             assert r.status_code == 200, (rtype, r.text)
@@ -286,3 +299,12 @@ def test_declared_security_endpoints_answer(walk: Any) -> None:
     r = node.client.post("/" + path(uris["token"]), data={"grant_type": "nope"})
     assert r.json()["error"] == "unsupported_grant_type"
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+
+
+def test_in_over_http_is_an_outcome_naming_the_parameter(walk: Any) -> None:
+    node, doc, _ = walk
+    r = node.client.get("/fhir/Observation", params={"code:in": WALK_VALUE_SET}, headers=doc)
+    assert r.status_code == 200 and r.json()["resourceType"] == "Bundle", r.text
+    r = node.client.get("/fhir/Observation", params={"code:in": "http://nope"}, headers=doc)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", r.text
+    assert "code:in=http://nope: no ValueSet with this url" in r.text

@@ -1,6 +1,6 @@
-"""Token ``:text`` and Observation composite parameters (issue 17): each result set is computed
-from the seeded resources by a plain Python predicate, on SQLite and PostgreSQL; what stays
-unsupported is refused with a BadRequest naming it."""
+"""Token ``:text``, ``:in`` / ``:not-in`` and Observation composite parameters (issue 17): each
+result set is computed from the seeded resources by a plain Python predicate, on SQLite and
+PostgreSQL; what stays unsupported is refused with a BadRequest naming it."""
 
 from __future__ import annotations
 
@@ -165,7 +165,6 @@ def test_component_code_value_quantity_matches_within_one_component(
         ([("component-code-value-quantity:exact", "x$1")], "component-code-value-quantity"),
         ([("code:below", LOINC)], "code:below"),
         ([("code:above", LOINC)], "code:above"),
-        ([("code:in", "http://vs")], "code:in"),
         ([("_sort", "code-value-quantity")], "code-value-quantity"),
     ],
 )
@@ -174,3 +173,133 @@ def test_unsupported_forms_are_refused(
 ) -> None:
     with pytest.raises(BadRequest, match=named.replace("$", r"\$")):
         store.search("Observation", params)
+
+
+# --- :in / :not-in against ValueSets the node holds ------------------------------------------
+
+BP_VS = "http://example.org/fhir/ValueSet/bp-codes"
+HR_VS = "http://example.org/fhir/ValueSet/heart-rate"
+
+
+def _value_set(url: str, **content: Any) -> dict[str, Any]:
+    return {"resourceType": "ValueSet", "url": url, "status": "active", **content}
+
+
+def _pairs(obs: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(c.get("system", ""), c["code"]) for c in obs["code"].get("coding", [])}
+
+
+@pytest.fixture
+def value_sets(store: FhirStore) -> dict[str, dict[str, Any]]:
+    """One ValueSet by compose enumeration (the BP panel and systolic codes, plus a code in
+    another system that shares a code with LOINC's heart rate), one by expansion (nested)."""
+    bp = _value_set(
+        BP_VS,
+        compose={
+            "include": [
+                {"system": LOINC, "concept": [{"code": "85354-9"}, {"code": SYSTOLIC}]},
+                {"system": "http://other", "concept": [{"code": HEART_RATE}]},
+            ]
+        },
+    )
+    hr = _value_set(
+        HR_VS,
+        # compose names a code the expansion does not hold: the expansion wins
+        compose={"include": [{"system": LOINC, "concept": [{"code": SYSTOLIC}]}]},
+        expansion={
+            "timestamp": "2026-01-01T00:00:00Z",
+            "contains": [
+                {
+                    "system": LOINC,
+                    "abstract": True,
+                    "contains": [{"system": LOINC, "code": HEART_RATE}],
+                },
+            ],
+        },
+    )
+    return {"bp": store.create(bp).resource, "hr": store.create(hr).resource}
+
+
+def test_in_and_not_in_match_the_value_sets_codes(
+    store: FhirStore, seeded: list[dict], value_sets: dict[str, dict]
+) -> None:
+    bp_codes = {(LOINC, "85354-9"), (LOINC, SYSTOLIC), ("http://other", HEART_RATE)}
+    in_bp = _where(seeded, lambda o: bool(_pairs(o) & bp_codes))
+    in_hr = _where(seeded, lambda o: (LOINC, HEART_RATE) in _pairs(o))
+    assert len(in_bp) == 4 and len(in_hr) == 3  # three panels + the systolic; three heart rates
+    assert _ids(store, ("code:in", BP_VS)) == in_bp
+    assert _ids(store, ("code:in", f"ValueSet/{value_sets['bp']['id']}")) == in_bp
+    assert _ids(store, ("code:in", HR_VS)) == in_hr  # from the (nested) expansion, not compose
+    assert _ids(store, ("code:in", f"{BP_VS},{HR_VS}")) == in_bp | in_hr  # OR
+    everything = {r["id"] for r in seeded}
+    assert _ids(store, ("code:not-in", BP_VS)) == everything - in_bp  # incl. the code-less one
+    assert _ids(store, ("code:not-in", HR_VS), ("code:not-in", BP_VS)) == (
+        everything - in_bp - in_hr
+    )
+    # AND with other parameters; a version-qualified canonical
+    assert _ids(store, ("code:in", HR_VS), ("value-quantity", "gt100")) == _where(
+        seeded, lambda o: o["id"] in in_hr and o["valueQuantity"]["value"] > 100
+    )
+    bp = value_sets["bp"]
+    store.update("ValueSet", bp["id"], {**bp, "version": "2"})
+    assert _ids(store, ("code:in", f"{BP_VS}|2")) == in_bp
+    # component codes are a token parameter too
+    assert _ids(store, ("component-code:in", HR_VS)) == set()
+    assert _ids(store, ("component-code:in", BP_VS)) == _where(seeded, lambda o: "component" in o)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (
+            {
+                "compose": {
+                    "include": [
+                        {
+                            "system": LOINC,
+                            "filter": [{"property": "concept", "op": "is-a", "value": "x"}],
+                        }
+                    ]
+                }
+            },
+            "filter",
+        ),
+        ({"compose": {"include": [{"valueSet": [HR_VS]}]}}, "only valueSet"),
+        ({"compose": {"include": [{"system": LOINC}]}}, "no concept list"),
+        (
+            {
+                "compose": {
+                    "include": [{"system": LOINC, "concept": [{"code": SYSTOLIC}]}],
+                    "exclude": [{"system": LOINC, "concept": [{"code": DIASTOLIC}]}],
+                }
+            },
+            "exclude",
+        ),
+        ({}, "neither an expansion nor compose"),
+    ],
+)
+def test_in_refuses_value_sets_it_cannot_expand(
+    store: FhirStore, content: dict[str, Any], why: str
+) -> None:
+    url = "http://example.org/fhir/ValueSet/unexpandable"
+    store.create(_value_set(url, **content))
+    for key in ("code:in", "code:not-in"):
+        with pytest.raises(BadRequest, match=f"{key}={url}: .*{why}"):
+            store.search("Observation", [(key, url)])
+
+
+def test_in_refuses_unknown_and_ambiguous_value_sets(
+    store: FhirStore, value_sets: dict[str, dict]
+) -> None:
+    for ref in ("http://example.org/nope", "ValueSet/nope", f"{BP_VS}|9"):
+        with pytest.raises(BadRequest, match="code:in=.*no (such )?ValueSet"):
+            store.search("Observation", [("code:in", ref)])
+    store.create(
+        _value_set(HR_VS, compose={"include": [{"system": LOINC, "concept": [{"code": "x"}]}]})
+    )
+    with pytest.raises(BadRequest, match="more than one ValueSet"):
+        store.search("Observation", [("code:in", HR_VS)])
+    with pytest.raises(BadRequest, match="code:in"):  # not resolved inside a chain
+        store.search("DiagnosticReport", [("result.code:in", BP_VS)])
+    with pytest.raises(BadRequest, match="value-quantity:in"):  # tokens only
+        store.search("Observation", [("value-quantity:in", BP_VS)])
