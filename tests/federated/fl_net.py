@@ -30,7 +30,7 @@ from node.identity import NATIONAL_ID_SYSTEM  # noqa: E402
 from trust.pki import OrgCredentials, init_ca, issue_org  # noqa: E402
 from trust.tokens import SigningKey  # noqa: E402
 
-__all__ = ["FlNet", "Pki", "make_pki", "start_fl_net", "ORGS"]
+__all__ = ["FlNet", "Pki", "make_pki", "start_fl_net", "supernode_status", "ORGS"]
 
 NODES = ("hosp-a", "clinic-b", "clinic-c")
 
@@ -73,6 +73,8 @@ class FlNet:
         self.region.stop()
 
     def start_supernode(self, org: str, min_cohort: int = 5, budget: float = 100.0) -> Service:
+        """Start ``org``'s SuperNode with this policy (it connects to the SuperLink by itself;
+        :meth:`ensure_supernode` also waits until the SuperLink has it online)."""
         assert self.superlink_dir is not None
         info = json.loads((self.superlink_dir / "superlink.json").read_text())
         node = self.region.nodes[org]
@@ -92,7 +94,45 @@ class FlNet:
             log_dir=self.root / "logs",
             ports_dir=data_dir,
         )
+        svc.extra["policy"] = (min_cohort, budget)
         self.supernodes[org] = svc
+        return svc
+
+    def supernode_status(self) -> dict[str, str]:
+        """org → the SuperLink's status of its Flower node (``registered``/``online``/
+        ``offline``), read from the Control API (``flwr supernode ls``)."""
+        assert self.superlink_dir is not None
+        admitted = json.loads((self.superlink_dir / "supernodes.json").read_text())
+        status = supernode_status(self.superlink_dir / "flwr")
+        return {org: status.get(str(node_id), "unknown") for org, node_id in admitted.items()}
+
+    def ensure_supernode(
+        self, org: str, min_cohort: int = 5, budget: float = 100.0, timeout: float = 300
+    ) -> Service:
+        """``org``'s SuperNode running with this policy: a test that needs it calls this, so no
+        test depends on what an earlier one left (a SuperNode killed by the fault test, or one
+        restarted with another policy by a refusal test). A running SuperNode with this policy is
+        left alone; otherwise it is stopped (SIGTERM: Flower deactivates the node), or — if it
+        died — the SuperLink is waited on to take its node offline (a killed node stays "online"
+        until its heartbeat lapses, and Flower refuses to activate an online node), then
+        started again and waited on until the SuperLink has it online."""
+        svc = self.supernodes.get(org)
+        if svc is not None and svc.alive() and svc.extra.get("policy") == (min_cohort, budget):
+            return svc
+        if svc is not None and svc.alive():
+            kill_group(svc, signal.SIGTERM)
+        wait_until(
+            lambda: self.supernode_status().get(org) != "online",
+            timeout, 1.0, f"the SuperLink to take {org}'s stopped SuperNode offline",
+        )  # fmt: skip
+        svc = self.start_supernode(org, min_cohort, budget)
+
+        def online() -> bool:
+            if not svc.alive():
+                raise RuntimeError(f"{org}'s SuperNode exited:\n{svc.log_tail()}")
+            return self.supernode_status().get(org) == "online"
+
+        wait_until(online, timeout, 1.0, f"{org}'s SuperNode to be online")
         return svc
 
     def fl_run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -109,6 +149,23 @@ class FlNet:
             timeout=timeout,
             env=dict(os.environ),
         )
+
+
+def supernode_status(flwr_home: Path) -> dict[str, str]:
+    """Flower node id → status at the SuperLink whose Flower CLI config is in ``flwr_home``."""
+    from federated.deployment import CONNECTION, flwr_env
+
+    proc = subprocess.run(
+        ["flwr", "supernode", "ls", CONNECTION, "--format", "json"],
+        env=flwr_env(flwr_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    doc = json.loads(proc.stdout[proc.stdout.find("{") :] or "{}")
+    if not doc.get("success"):
+        raise RuntimeError(f"flwr supernode ls failed: {proc.stdout[-400:]} {proc.stderr[-400:]}")
+    return {str(n["node-id"]): str(n["status"]) for n in doc["nodes"]}
 
 
 def _descendants(pid: int) -> list[int]:

@@ -18,9 +18,10 @@ from federated.egress import CONFIG_KEYS, METRIC_KEYS
 from federated.registry_client import RegistryClient
 from trust.pseudonym import load_or_create_linkage_key
 
-# Whichever test runs first starts the module's network (a region, three nodes, consents for 72
-# patients, a SuperLink and three SuperNodes) inside its own time: ten minutes on a loaded machine.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+# Whichever test runs first (any, under a shuffled order) starts the module's network (a region,
+# three nodes, consents for 72 patients, a SuperLink and three SuperNodes) inside its own time:
+# ten minutes on a loaded machine; the scoring or logging test run first also trains the model.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,29 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlNet]:
     network.stop()
 
 
-def _result(net: FlNet, proc: subprocess.CompletedProcess[str]) -> dict:
-    runs = sorted((net.superlink_dir / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    assert runs, proc.stdout + proc.stderr
-    return json.loads(runs[-1].read_text())
+@pytest.fixture
+def all_supernodes(net: FlNet) -> None:
+    """Every node's SuperNode running with the network's default policy, whatever an earlier
+    test did to it (the fault test kills one; the refusal test restarts one with another
+    policy)."""
+    for org in NODES:
+        net.ensure_supernode(org)
+
+
+@pytest.fixture(scope="module")
+def trained(net: FlNet) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """One completed 2-round run of the three nodes (its output and run file): the run test
+    checks it, the scoring and logging tests need a model and Flower's output, in any order."""
+    for org in NODES:
+        net.ensure_supernode(org)
+    label = "e2e-trained"
+    proc = net.fl_run(
+        "--rounds", "2", "--epsilon", "3", "--min-nodes", "3", "--round-timeout", "240",
+        "--label", label,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert net.superlink_dir is not None
+    return proc, json.loads((net.superlink_dir / "runs" / f"{label}.json").read_text())
 
 
 def test_patients_without_research_consent_are_never_in_a_cohort(net: FlNet) -> None:
@@ -67,13 +87,9 @@ def test_patients_without_research_consent_are_never_in_a_cohort(net: FlNet) -> 
     assert cohort.samples, "consented patients give samples"
 
 
-def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None:
-    proc = net.fl_run(
-        "--rounds", "2", "--epsilon", "3", "--min-nodes", "3", "--round-timeout", "240"
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet, trained: tuple) -> None:
+    proc, doc = trained
     assert "round 2/2" in proc.stdout
-    doc = _result(net, proc)
     assert doc["status"] == "completed" and doc["model_id"]
     registry = RegistryClient(net.region.coordinator.http_url, net.pki.creds["authority"])
     try:
@@ -120,7 +136,7 @@ def test_run_completes_and_model_lands_in_registry_with_card(net: FlNet) -> None
 
 
 def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patients(
-    net: FlNet, tmp_path_factory: pytest.TempPathFactory
+    net: FlNet, tmp_path_factory: pytest.TempPathFactory, all_supernodes: None
 ) -> None:
     """Issue 18: HQUALIMP consents for some patients; the node-side loader keeps exactly those;
     ``ipjms fl indicators`` runs on the SuperLink and SuperNodes that train, every node charges
@@ -182,7 +198,11 @@ def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patie
         assert rows == [(1.0, 0.0)]
 
 
-def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(net: FlNet) -> None:
+def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(
+    net: FlNet, all_supernodes: None
+) -> None:
+    """Leaves clinic-c's SuperNode dead; a later test that needs it restarts it
+    (``all_supernodes`` / ``FlNet.ensure_supernode``)."""
     label = f"kill-{int(time.time())}"
     progress = net.superlink_dir / "runs" / f"{label}.log"
     # The round timeout bounds a round's wait for the killed node only until the SuperLink's
@@ -192,6 +212,7 @@ def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(net:
     from deploy.launcher import ipjms_command, wait_until
 
     out_path = net.superlink_dir / "runs" / f"{label}.out"  # a file, not a pipe nobody reads yet
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # no earlier run made it when run alone
     with out_path.open("w") as out_file:
         proc = subprocess.Popen(
             ipjms_command("fl", "run", "--data-dir", str(net.superlink_dir),
@@ -241,12 +262,11 @@ def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(net:
     )
 
 
-def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet) -> None:
+def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet, trained: tuple) -> None:
     from federated.registry_client import RegistryError
     from federated.scoring import MODEL_SYSTEM
 
-    runs = [json.loads(p.read_text()) for p in (net.superlink_dir / "runs").glob("*.json")]
-    model_id = next(d["model_id"] for d in runs if d.get("status") == "completed")
+    model_id = trained[1]["model_id"]
     node_reader = RegistryClient(net.region.coordinator.http_url, net.pki.creds["hosp-a"])
     try:
         assert node_reader.card(model_id)["feature_spec"] == "readmission-30d@1"  # nodes may read
@@ -280,10 +300,11 @@ def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet) -> None:
     assert len(node.search("RiskAssessment")) == len(stored)  # idempotent per model and discharge
 
 
-def test_flower_services_log_json_lines_without_phi(net: FlNet) -> None:
+def test_flower_services_log_json_lines_without_phi(net: FlNet, trained: tuple) -> None:
     """The SuperLink's and SuperNodes' supervisors log like every service (one JSON object per
     line, trust/logging_setup.py) — Flower's own output and its app processes' included — and no
-    patient's name or national id appears (after the runs and the scoring above)."""
+    patient's name or national id appears (after at least the trained run; whatever other tests
+    ran before in this module logged into the same files)."""
     secrets = [v for org in NODES for v in (*net.national_ids[org], *net.names[org])]
     assert secrets
     services = [net.superlink, *net.supernodes.values()]
@@ -299,3 +320,51 @@ def test_flower_services_log_json_lines_without_phi(net: FlNet) -> None:
                 assert {"ts", "level", "service", "logger", "msg"} <= entry.keys(), line
                 flower_records += entry["logger"].startswith("flower.")
     assert flower_records > 0  # Flower's output went through the supervisor's pipe
+
+
+def test_real_supernodes_decline_a_spent_budget_and_a_too_small_cohort(net: FlNet) -> None:
+    """The node's own refusals, by SuperNode processes over the deployment engine (the
+    in-process grid shows the same in test_training_rules.py): clinic-b's ledger already holds
+    earlier releases up to 0.5 below its ε budget, so a run asking ε = 1 is declined and
+    nothing is charged; clinic-c runs with a minimum cohort above its consented patients. The
+    run goes on with hosp-a and the card says who declined and why."""
+    import sqlite3
+    import uuid
+
+    from federated.budget import PrivacyBudgetLedger
+    from servicekit.storage import make_engine
+
+    budget = 100.0  # FlNet.start_supernode's default
+    net.ensure_supernode("hosp-a")
+    net.ensure_supernode("clinic-b")
+    net.ensure_supernode("clinic-c", min_cohort=1000)
+    db = net.root / "supernode-clinic-b" / "privacy_budget.db"
+    earlier = f"earlier-releases-{uuid.uuid4().hex}"
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        ledger = PrivacyBudgetLedger(engine, budget, 1e-4)
+        ledger.charge(earlier, budget - 0.5 - ledger.used(), 0.0, kind="test-earlier")
+        assert ledger.used() == pytest.approx(budget - 0.5)
+        label = f"refusals-{uuid.uuid4().hex[:8]}"
+        proc = net.fl_run(
+            "--rounds", "1", "--epsilon", "1", "--min-nodes", "1", "--round-timeout", "240",
+            "--label", label,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        used_after, runs_after = ledger.used(), [e.label for e in ledger.entries()]
+    finally:
+        engine.dispose()
+        with sqlite3.connect(db) as conn:  # the next test finds clinic-b's budget as it was
+            conn.execute("delete from fl_privacy_charges where run_id = ?", (earlier,))
+    assert net.superlink_dir is not None
+    card = json.loads((net.superlink_dir / "runs" / f"{label}.json").read_text())["card"]
+    assert [p["org"] for p in card["participants"]] == ["hosp-a"], card["participants"]
+    assert used_after == pytest.approx(budget - 0.5)  # the declined run charged nothing
+    assert label not in runs_after
+    reasons = {d["org"]: d["reason"] for d in card["declined"]}
+    assert reasons.keys() == {"clinic-b", "clinic-c"}, card["declined"]
+    assert reasons["clinic-b"] == (
+        f"privacy budget spent: used {budget - 0.5:.2f} of {budget:.2f} (this run asks for ε=1.00)"
+    )
+    assert reasons["clinic-c"].startswith("cohort too small: about ")
+    assert reasons["clinic-c"].endswith(" eligible patients, this node needs at least 1000")

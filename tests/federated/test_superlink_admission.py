@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from fl_net import kill_group
+from fl_net import kill_group, supernode_status
 
 from deploy.launcher import Service, free_port, ipjms_command, start_service, wait_until
-from federated.deployment import CONNECTION, flwr_env, supernode_args
+from federated.deployment import flwr_env, supernode_args
 from trust.pki import init_ca, issue_org
 from trust.pseudonym import load_or_create_linkage_key
 from trust.tokens import SigningKey
@@ -38,16 +38,7 @@ class Link:
 
     def nodes(self) -> dict[str, str]:
         """Flower node id → status, from the SuperLink's Control API (``flwr supernode ls``)."""
-        proc = subprocess.run(
-            ["flwr", "supernode", "ls", CONNECTION, "--format", "json"],
-            env=flwr_env(self.data_dir / "flwr"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        doc = json.loads(proc.stdout[proc.stdout.find("{") :])
-        assert doc.get("success"), proc.stdout + proc.stderr
-        return {str(n["node-id"]): str(n["status"]) for n in doc["nodes"]}
+        return supernode_status(self.data_dir / "flwr")
 
     def admitted(self) -> dict[str, str]:
         path = self.data_dir / "supernodes.json"
