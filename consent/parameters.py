@@ -73,7 +73,8 @@ def _value(param: dict[str, Any], name: str) -> str:
     raise BadRequest(f"parameter {name} has no value", expression=[f"Parameters.{name}"])
 
 
-def parse_decide(body: object) -> DecideInput:
+def _collect(body: object, allowed: frozenset[str] | set[str]) -> dict[str, list[str]]:
+    """A Parameters resource's values by name; a wrong shape or an unknown name is a 400."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise BadRequest("body must be a FHIR Parameters resource", expression=["resourceType"])
     params = body.get("parameter")
@@ -86,9 +87,14 @@ def parse_decide(body: object) -> DecideInput:
                 f"Parameters.parameter[{i}] needs a name", expression=[f"Parameters.parameter[{i}]"]
             )
         name = param["name"]
-        if name not in _ALLOWED:
+        if name not in allowed:
             raise BadRequest(f"unknown parameter {name!r}", expression=[f"Parameters.{name}"])
         values.setdefault(name, []).append(_value(param, name))
+    return values
+
+
+def parse_decide(body: object) -> DecideInput:
+    values = _collect(body, _ALLOWED)
     for name in ("patient", "recipient", "requester", "purpose", "reason", "envelope", "sender"):
         if len(values.get(name, [])) > 1:
             raise BadRequest(f"parameter {name} given twice", expression=[f"Parameters.{name}"])
@@ -134,21 +140,7 @@ def parse_recheck(body: object) -> RecheckInput:
     """``$recheck``: ``envelope`` (valueId), ``sender``, ``recipient``, ``purpose``, ``class``
     ×n — what an envelope's clear header says; no patient (the registry has the question on
     file)."""
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("body must be a FHIR Parameters resource", expression=["resourceType"])
-    params = body.get("parameter")
-    if not isinstance(params, list) or not params:
-        raise BadRequest("Parameters.parameter is required", expression=["Parameters.parameter"])
-    values: dict[str, list[str]] = {}
-    for i, param in enumerate(params):
-        if not isinstance(param, dict) or not isinstance(param.get("name"), str):
-            raise BadRequest(
-                f"Parameters.parameter[{i}] needs a name", expression=[f"Parameters.parameter[{i}]"]
-            )
-        name = param["name"]
-        if name not in {"envelope", "sender", "recipient", "purpose", "class"}:
-            raise BadRequest(f"unknown parameter {name!r}", expression=[f"Parameters.{name}"])
-        values.setdefault(name, []).append(_value(param, name))
+    values = _collect(body, {"envelope", "sender", "recipient", "purpose", "class"})
     for name in ("envelope", "sender", "recipient", "purpose"):
         if len(values.get(name, [])) != 1:
             raise BadRequest(

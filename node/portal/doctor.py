@@ -233,41 +233,11 @@ async def remote_follow_up(request: Request, handle: str) -> Response:
     return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=follow-up")
 
 
-@router.post(PREFIX + "/patients/{handle}/refer")
-async def refer(request: Request, handle: str) -> Response:
-    principal = clinician(request, "Task", "create")
-    pid = _resolve(request, handle, "Patient")
-    form = await _form(request)
-    exchange = getattr(request.app.state, "exchange", None)
-    if exchange is None:
-        raise ServiceUnavailable("this node is not connected to a coordinator")
-    kind = form.get("kind", "referral")
-    try:
-        await run_in_threadpool(
-            lambda: request_exchange(
-                exchange,
-                kind=kind,
-                patient_id=pid,
-                recipient=form.get("recipient", ""),
-                reason=form.get("reason", "") or kind,
-                question=form.get("question", ""),
-                writer=principal.writer,
-            )
-        )
-    except FhirError as exc:
-        if exc.status not in (400, 403, 409):
-            raise
-        return kit_of(request).redirect(
-            f"{PREFIX}/patients/{handle}?notice=" + ("refused" if exc.status == 403 else "invalid")
-        )
-    return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=referred")
-
-
-@router.post(PREFIX + "/patients/{handle}/break-glass")
-async def break_glass(request: Request, handle: str) -> Response:
-    """Emergency access: a referral or consultation sent whatever the patient's consents say,
-    on this clinician's stated reason. The consent registry decides whether it may (a reason,
-    a doctor or nurse), audits it as break-glass and shows it to the patient."""
+async def _send_exchange(
+    request: Request, handle: str, *, emergency: bool, notices: tuple[str, str, str]
+) -> Response:
+    """A referral or consultation from the patient page (``emergency``: break-glass, on the
+    clinician's stated reason). ``notices``: (sent, refused by consent, invalid input)."""
     principal = clinician(request, "Task", "create")
     pid = _resolve(request, handle, "Patient")
     form = await _form(request)
@@ -276,6 +246,12 @@ async def break_glass(request: Request, handle: str) -> Response:
         raise ServiceUnavailable("this node is not connected to a coordinator")
     kind = form.get("kind", "referral")
     stated = form.get("reason", "")
+    extra: dict[str, Any] = (
+        {"break_glass": BreakGlass(reason=stated, role=principal.role, user=principal.subject)}
+        if emergency
+        else {"question": form.get("question", "")}
+    )
+    sent, refused, invalid = notices
     try:
         await run_in_threadpool(
             lambda: request_exchange(
@@ -285,15 +261,35 @@ async def break_glass(request: Request, handle: str) -> Response:
                 recipient=form.get("recipient", ""),
                 reason=stated or kind,
                 writer=principal.writer,
-                break_glass=BreakGlass(reason=stated, role=principal.role, user=principal.subject),
+                **extra,
             )
         )
     except FhirError as exc:
         if exc.status not in (400, 403, 409):
             raise
-        notice = "break-glass-refused" if exc.status == 403 else "break-glass-invalid"
+        notice = refused if exc.status == 403 else invalid
         return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice={notice}")
-    return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=break-glass")
+    return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice={sent}")
+
+
+@router.post(PREFIX + "/patients/{handle}/refer")
+async def refer(request: Request, handle: str) -> Response:
+    return await _send_exchange(
+        request, handle, emergency=False, notices=("referred", "refused", "invalid")
+    )
+
+
+@router.post(PREFIX + "/patients/{handle}/break-glass")
+async def break_glass(request: Request, handle: str) -> Response:
+    """Emergency access: a referral or consultation sent whatever the patient's consents say,
+    on this clinician's stated reason. The consent registry decides whether it may (a reason,
+    a doctor or nurse), audits it as break-glass and shows it to the patient."""
+    return await _send_exchange(
+        request,
+        handle,
+        emergency=True,
+        notices=("break-glass", "break-glass-refused", "break-glass-invalid"),
+    )
 
 
 # -- the alert inbox ----------------------------------------------------------------------------
