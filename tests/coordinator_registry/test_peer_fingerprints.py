@@ -1,0 +1,60 @@
+"""The coordinator's peer check (coordinator/peers.py, a promise of coordinator/README.md): where
+the authority registered certificate fingerprints, only those certificates identify the
+organisation — a second, equally CA-valid certificate of the same organisation is refused; an
+organisation registered without fingerprints accepts any of its CA-valid certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.directory import Directory
+from coordinator.errors import ExchangeError
+from coordinator.peers import PeerAuthenticator
+from coordinator.registration import record_from_credentials
+from coordinator.server import open_database
+from trust.pki import init_ca, issue_org
+
+Peers = tuple[PeerAuthenticator, Directory, dict[str, bytes]]
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> Peers:
+    ca_dir = tmp_path / "ca"
+    init_ca(ca_dir)
+    first = tmp_path / "first"
+    issue_org(ca_dir, "org-clinic", out_dir=first)
+    second = tmp_path / "second"  # re-issued: same organisation, same CA, another key
+    issue_org(ca_dir, "org-clinic", out_dir=second)
+    directory = Directory(open_database(f"sqlite:///{tmp_path / 'coordinator.db'}"))
+    directory.register(record_from_credentials(first, name="Clinic", level="community"))
+    auth = PeerAuthenticator(
+        directory, ca_cert_pem=(ca_dir / "ca.cert.pem").read_bytes(), ca_dir=ca_dir
+    )
+    certs = {
+        "first": (first / "tls.cert.pem").read_bytes(),
+        "second": (second / "tls.cert.pem").read_bytes(),
+    }
+    return auth, directory, certs
+
+
+def test_only_the_registered_certificate_identifies_the_organisation(peers: Peers) -> None:
+    auth, directory, certs = peers
+    assert directory.get("org-clinic").cert_fingerprints  # type: ignore[union-attr]
+    assert auth.identify(certs["first"]).org_id == "org-clinic"
+    with pytest.raises(ExchangeError) as refused:
+        auth.identify(certs["second"])
+    assert refused.value.code == "UNAUTHENTICATED"
+    assert "not the one registered in the directory" in str(refused.value)
+
+
+def test_without_registered_fingerprints_any_ca_valid_certificate_identifies(
+    peers: Peers,
+) -> None:
+    auth, directory, certs = peers
+    record = directory.get("org-clinic")
+    assert record is not None
+    record.cert_fingerprints = []
+    directory.register(record)
+    assert auth.identify(certs["second"]).org_id == "org-clinic"
