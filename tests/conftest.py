@@ -158,6 +158,7 @@ STORY_SLOTS = 2
 FIRST_IN_MODULE = ("tests/ops/test_ops_up.py::test_up_runs_the_demo_story_on_postgresql",)
 
 
+@pytest.hookimpl(trylast=True)  # after a shuffle (pytest-random-order), so it is kept within
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist only (a serial run keeps collection order): heaviest modules first."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
