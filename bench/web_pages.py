@@ -9,7 +9,8 @@ dir, so the time is the server's: routing, session, access seam, store reads, re
 network). Seeds through the store's one write door: ``--patients`` patients, each with an active
 CarePlan (a pathway's plan identifier and control status), every 10th with an open
 DetectedIssue, every 3rd with a RiskAssessment; then one patient with ``--resources``
-Observations, Encounters and Conditions. A doctor signs in through ``/app/sign-in``.
+Observations, Encounters and Conditions. A doctor signs in through ``/app/sign-in`` (the
+node's own login page, code + PKCE).
 
 Measures p50/p95 over ``--repeat`` requests of: ``GET /app/panel`` and, as the baseline in the
 same run, the FHIR search the panel starts from (``GET /fhir/CarePlan?status=active&_count=1000``,
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -37,6 +37,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from deploy.demo.staff_sign_in import sign_in_staff  # noqa: E402
 from node.app import create_app  # noqa: E402
 from node.settings import load_settings  # noqa: E402
 
@@ -223,15 +224,7 @@ def main() -> None:
         big = seed_history(store, args.resources)
         seeded = time.perf_counter() - t0
         with TestClient(app, base_url="http://127.0.0.1") as client:
-            page = client.get("/app/sign-in").text
-            found = re.search(r'name="csrf-token" content="([^"]+)"', page)
-            assert found is not None
-            csrf = found.group(1)
-            r = client.post(
-                "/app/sign-in",
-                data={"username": "dr-bench", "password": PASSWORD, "csrf_token": csrf},
-                follow_redirects=False,
-            )
+            r = sign_in_staff(client, "dr-bench", PASSWORD)
             assert r.status_code == 303, r.text
             token = client.post(
                 "/auth/token",

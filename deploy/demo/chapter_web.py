@@ -6,20 +6,20 @@ region's one patient login works on every node's pages.
 
 ``run`` (after the care chapter, so the story's patients, plans, alerts and referrals are there
 to click through): each node's pages answer with their security headers; the demo doctor signs
-in through the page (CSRF token and all) and sees the panel; the sign-ins are written, readable
-by the owner only (0600), to ``<workdir>/web-sign-ins.txt``; the URLs join the summary table
-(``ipjms demo --keep-running`` keeps them up).
+in through the page and the node's own login page (code + PKCE) and sees the panel; the
+sign-ins are written, readable by the owner only (0600), to ``<workdir>/web-sign-ins.txt``;
+the URLs join the summary table (``ipjms demo --keep-running`` keeps them up).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import httpx
 
 from deploy.demo.network import DemoNetwork
+from deploy.demo.staff_sign_in import sign_in_staff
 
 __all__ = ["start", "run", "SIGN_INS_FILE"]
 
@@ -39,16 +39,13 @@ def start(net: DemoNetwork) -> None:
 
 
 def _doctor_sign_in(url: str, password: str) -> int:
-    """Sign in through the page as a browser does; the panel's status."""
+    """Sign in through the pages and the node's login page as a browser does; the panel's
+    status."""
     with httpx.Client(base_url=url, timeout=30, follow_redirects=False) as client:
         page = client.get("/app/sign-in")
         if "script-src 'self'" not in page.headers.get("content-security-policy", ""):
             raise RuntimeError(f"{url}/app/sign-in has no Content-Security-Policy")
-        found = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
-        if found is None:
-            raise RuntimeError("the sign-in page has no CSRF token")
-        form = {"username": "doctor", "password": password, "csrf_token": found.group(1)}
-        signed = client.post("/app/sign-in", data=form)
+        signed = sign_in_staff(client, "doctor", password)
         if signed.status_code != 303:
             raise RuntimeError(f"doctor sign-in answered {signed.status_code}")
         return client.get("/app/panel").status_code

@@ -28,6 +28,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, delete, insert, select, update
 
@@ -49,7 +50,10 @@ __all__ = [
     "CodeStore",
     "RefreshStore",
     "needs_patient_pick",
+    "redirect_uri_registered",
 ]
+
+_LOOPBACK = ("127.0.0.1", "localhost")
 
 
 class AuthorizeError(Exception):
@@ -128,7 +132,7 @@ def parse_authorize_request(
     redirect_uri = params.get("redirect_uri") or (
         app.redirect_uris[0] if len(app.redirect_uris) == 1 else ""
     )
-    if redirect_uri not in app.redirect_uris:
+    if not redirect_uri_registered(redirect_uri, app.redirect_uris):
         raise AuthorizeError(
             "invalid_request", "redirect_uri is not registered for this app", redirect=False
         )
@@ -164,6 +168,22 @@ def parse_authorize_request(
             raise refuse(exc.error, exc.diagnostics) from None
     nonce = params.get("nonce") or None
     return AuthorizeRequest(app, redirect_uri, scopes, state, challenge, aud, nonce, launch)
+
+
+def redirect_uri_registered(uri: str, registered: Iterable[str]) -> bool:
+    """``uri`` is one of the app's redirect URIs, exactly — or, for an ``http://`` loopback URI,
+    the same but for the port (RFC 8252 §7.3: a native or local app listens on any free port)."""
+    if uri in registered:
+        return True
+    parts = urlsplit(uri)
+    if parts.scheme != "http" or parts.hostname not in _LOOPBACK:
+        return False
+    try:
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        return False
+    portless = urlunsplit(parts._replace(netloc=parts.hostname or ""))
+    return portless in registered
 
 
 def _user_covers(account_scopes: list[str], item: str, is_patient_account: bool) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from node.feature import Feature, NodeServices
-from node.portal import doctor, patient, patient_care, patient_medications
+from node.portal import doctor, node_login, patient, patient_care, patient_medications
 from node.portal.signin import PREFIX, router
 from servicekit.web import WebKit, static_router
 
@@ -25,6 +25,7 @@ assert patient_medications.router is router
 @asynccontextmanager
 async def portal_pages(services: NodeServices, app: Any) -> AsyncIterator[None]:
     settings = services.settings
+    node_login.register_client(services.auth, settings.public_url and str(settings.base_url))
     app.state.portal = WebKit(
         prefix=PREFIX,
         template_dirs=[HERE / "templates"],

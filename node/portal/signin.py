@@ -1,6 +1,8 @@
-"""Sign-in, sign-out, language, and who is signed in: the session holds the node access token
-the password grant issued (never sent to the browser); every page verifies it and authorises
-through ``node.auth.deps`` — the same decision the API makes for a bearer token."""
+"""Sign-in, sign-out, language, and who is signed in: staff sign in through this node's own
+SMART authorization-code + PKCE flow (node/portal/node_login.py), patients through the consent
+registry's OpenID Connect flow; the session holds the access token (never sent to the
+browser); every page verifies it and authorises through ``node.auth.deps`` — the same
+decision the API makes for a bearer token."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from node.auth.authorize_routes import public_base_url
 from node.auth.deps import Access, authorise, authorise_whole_organisation
 from node.auth.principal import Principal
 from node.auth.service import AuthService
+from node.portal import node_login
 from node.portal.panel import person_name
 from node.portal.registry_link import RegistryLink, new_pkce
 from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from servicekit.web import WebKit, page_route_class
-from trust.login_throttle import AccountLocked
 
 __all__ = ["router", "kit_of", "signed_in", "clinician", "patient_access", "PREFIX"]
 
@@ -82,28 +85,49 @@ async def start(request: Request) -> Response:
 @router.get(PREFIX + "/sign-in")
 async def sign_in_page(request: Request) -> Response:
     return kit_of(request).render(
-        request, "sign_in.html", app_title=_title(request), patient_sign_in=_patient_link(request)
+        request,
+        "sign_in.html",
+        app_title=_title(request),
+        staff_sign_in=f"{PREFIX}/sign-in/node",
+        patient_sign_in=_patient_link(request),
     )
 
 
-@router.post(PREFIX + "/sign-in")
-async def sign_in(request: Request) -> Response:
+@router.get(PREFIX + "/sign-in/node")
+async def staff_sign_in(request: Request) -> Response:
+    """Staff sign-in: to this node's own login page (SMART authorization code + S256 PKCE)."""
     kit = kit_of(request)
-    form = await _form(request)
+    verifier, challenge = new_pkce()
+    state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    kit.session(request).pending["node_login"] = {
+        "state": state,
+        "nonce": nonce,
+        "verifier": verifier,
+    }
+    aud = f"{public_base_url(request)}/fhir"
+    return kit.redirect(
+        node_login.authorize_url(_staff_callback(request), aud, state, nonce, challenge)
+    )
+
+
+@router.get(node_login.CALLBACK)
+async def staff_callback(request: Request, code: str = "", state: str = "") -> Response:
+    """The node's login page came back: check the state, exchange the code, open the session."""
+    kit = kit_of(request)
+    pending = kit.session(request).pending.pop("node_login", None)
+    if not pending or not state or not secrets.compare_digest(state, pending["state"]):
+        raise BadRequest("this sign-in was not started here, or has expired; sign in again")
+    if request.query_params.get("error"):
+        raise BadRequest("the sign-in was refused; sign in again")
     auth: AuthService = request.app.state.auth
-    try:
-        grant = await run_in_threadpool(
-            auth.password_grant, form.get("username", ""), form.get("password", ""), None
-        )
-    except (Unauthorized, BadRequest, AccountLocked) as exc:
-        return kit.render(
-            request,
-            "sign_in.html",
-            status=429 if isinstance(exc, AccountLocked) else 401,
-            failed=True,
-            app_title=_title(request),
-            patient_sign_in=_patient_link(request),
-        )
+    grant = await run_in_threadpool(
+        node_login.redeem,
+        auth,
+        code,
+        _staff_callback(request),
+        pending["verifier"],
+        pending["nonce"],
+    )
     principal = auth.principal(grant.access_token)
     user: dict[str, Any] = {
         "token": grant.access_token,
@@ -113,6 +137,10 @@ async def sign_in(request: Request) -> Response:
     }
     kit.sign_in(request, user)
     return kit.redirect(PREFIX + "/")
+
+
+def _staff_callback(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + node_login.CALLBACK
 
 
 @router.get(PREFIX + "/patient/sign-in")

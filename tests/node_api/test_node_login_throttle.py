@@ -1,18 +1,19 @@
 """Failed password sign-ins at a node are throttled and locked out per account (issue 15), on
 every path that checks a password: the token endpoint's password grant (OAuth2 error JSON, 429 and
-Retry-After), the SMART authorize page and the doctors' web pages — all through
-``AccountStore.authenticate``. Both databases."""
+Retry-After), the SMART authorize page and the doctors' web pages (which sign in there) — all
+through ``AccountStore.authenticate``. Both databases."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
 
+from deploy.demo.staff_sign_in import login_form
 from node.auth.service import LoginFailure
 from tests.node_api.node_harness import PASSWORD, Node, make_node
 from trust.login_throttle import AccountLocked
@@ -81,13 +82,19 @@ def test_a_locked_account_spends_no_hash_and_unlocks_after_its_time(node: Node) 
 
 
 def test_the_web_sign_in_page_is_throttled_too(node: Node) -> None:
+    """The pages sign staff in through the node's own login page (authorization code + PKCE):
+    a locked account is refused there (429) even with the right password, and no code, no
+    session follows."""
     for _ in range(5):
         node.app.state.auth.accounts.authenticate("doctor1", "wrong password")
-    page = node.client.get("/app/sign-in")
-    if page.status_code == 404:
+    pages = TestClient(node.app, base_url="http://127.0.0.1", follow_redirects=False)
+    start = pages.get("/app/sign-in/node")
+    if start.status_code == 404:
         pytest.skip("the doctors' pages are not served by this node configuration")
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert match, "the sign-in form carries a CSRF token"
-    form = {"username": "doctor1", "password": PASSWORD, "csrf_token": match.group(1)}
-    r = node.client.post("/app/sign-in", data=form)
+    login = pages.get(start.headers["location"])
+    assert login.status_code == 200, login.text
+    form = {**login_form(login.text), "username": "doctor1", "password": PASSWORD}
+    r = pages.post("/auth/authorize", data=form)
+    assert "location" not in r.headers
+    assert pages.get("/app/panel").status_code == 303  # still signed out
     assert r.status_code == 429, r.status_code

@@ -1,11 +1,11 @@
 """The doctor's break-glass pages (issue 16), in process: the real node app of
 ``node.app.create_app`` (SQLite in a temp dir) through FastAPI's TestClient, a doctor signed in
-through ``/app/sign-in``. A break-glass request (as ``node.exchange.workflow.new_request`` labels
-it) is marked as such on the referrals page, with the stated reason, in both languages, and an
-ordinary one is not; the emergency POST without the CSRF token is refused, and on a node without
-a coordinator it is a clear 503 with nothing written. The crossing itself (registry grant,
-coordinator re-admission, import) is tested over real processes in
-tests/exchange/test_auth_hardening.py and tests/web/test_doctor_pages.py."""
+through ``/app/sign-in`` (the node's login page). A break-glass request (as
+``node.exchange.workflow.new_request`` labels it) is marked as such on the referrals page, with
+the stated reason, in both languages, and an ordinary one is not; the emergency POST without the
+CSRF token is refused, and on a node without a coordinator it is a clear 503 with nothing
+written. The crossing itself (registry grant, coordinator re-admission, import) is tested over
+real processes in tests/exchange/test_auth_hardening.py and tests/web/test_doctor_pages.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from deploy.demo.staff_sign_in import sign_in_staff
 from node.app import create_app
 from node.exchange.workflow import new_request
 from node.settings import load_settings
@@ -47,9 +48,7 @@ def doctor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         store.update_many([sr, task], writer="test:seed")
     app.state.auth.accounts.add_user("dr-bg", PASSWORD, "doctor")
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        token = _csrf(client.get("/app/sign-in").text)
-        r = client.post("/app/sign-in", data={"username": "dr-bg", "password": PASSWORD,
-                        "csrf_token": token}, follow_redirects=False)  # fmt: skip
+        r = sign_in_staff(client, "dr-bg", PASSWORD)
         assert r.status_code == 303, r.text
         client.app_ = app  # type: ignore[attr-defined]
         yield client

@@ -1,7 +1,8 @@
 """The patient's care pages (issue 16 over issue 15's APIs), in process: the real node app of
 ``node.app.create_app`` (SQLite in a temp dir) through FastAPI's TestClient; a node-local patient
-account signs in through ``/app/sign-in`` as the pages do. Checks what a page changes in the
-store and what it shows; a POST without the CSRF token is refused; the CSP header is sent."""
+account signs in through ``/app/sign-in`` and the node's own login page as the pages do.
+Checks what a page changes in the store and what it shows; a POST without the CSRF token is
+refused; the CSP header is sent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from deploy.demo.staff_sign_in import sign_in_staff
 from node.app import create_app
 from node.patient.tables import education_read
 from node.settings import load_settings
@@ -72,9 +74,7 @@ def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Patient]:
     app.state.auth.accounts.add_user("wang-fang", PASSWORD, "patient", patient_id=PID)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         me = Patient(app, client)
-        me.get("/app/sign-in")
-        r = client.post("/app/sign-in", data={"username": "wang-fang", "password": PASSWORD,
-                        "csrf_token": me.csrf}, follow_redirects=False)  # fmt: skip
+        r = sign_in_staff(client, "wang-fang", PASSWORD)
         assert r.status_code == 303, r.text
         yield me
 
@@ -221,8 +221,7 @@ def test_medication_check_in_on_the_page_is_stored_and_only_for_my_own(patient: 
     # another patient's session: their page lists their own only, and my handle is refused
     patient.app.state.auth.accounts.add_user("other", PASSWORD, "patient", patient_id=other_pid)
     other = Patient(patient.app, TestClient(patient.app, base_url="http://127.0.0.1"))
-    other.get("/app/sign-in")
-    other.post("/app/sign-in", {"username": "other", "password": PASSWORD})
+    assert sign_in_staff(other.client, "other", PASSWORD).status_code == 303
     theirs = other.get("/app/me/medications")
     assert "Furosemide 40 mg" in theirs.text and "Metoprolol" not in theirs.text
     refused = other.post(f"/app/me/medications/{handle}/check-in", {"dose": "taken"})

@@ -109,9 +109,10 @@ def test_patient_records_a_weight_and_withdraws_consent_then_referral_is_refused
     doctor = browser.new_context(viewport={"width": 1280, "height": 900})
     dpage = doctor.new_page()
     dpage.goto(f"{hospital.url}/app/sign-in")
-    dpage.fill("#username", "doctor")
-    dpage.fill("#password", PASSWORD)
-    dpage.click("form.stack button[type=submit]")
+    dpage.click("#staff-sign-in")  # → the node's own login page (authorization code + PKCE)
+    dpage.fill("input[name=username]", "doctor")
+    dpage.fill("input[name=password]", PASSWORD)
+    dpage.click("button[type=submit]")
     dpage.wait_for_url("**/app/panel")
     dpage.goto(f"{hospital.url}/app/panel")
     # Wang Fang has no care plan at the hospital: reach her through the referral list.
