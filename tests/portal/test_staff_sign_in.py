@@ -152,3 +152,20 @@ def test_only_a_loopback_http_redirect_uri_may_differ_by_its_port() -> None:
         "http://127.0.0.1:99999/app/callback",  # not a port
     ):
         assert not redirect_uri_registered(refused, registered), refused
+
+
+def test_a_code_issued_for_another_nonce_opens_no_session(app: Any) -> None:
+    """The authorize request altered on the way (here: its nonce): the state and the PKCE
+    verifier still match, but the id_token's nonce is not the one this session asked for."""
+    client = _client(app)
+    location, query = _to_login(client)
+    altered = location.replace(query["nonce"][0], "n" * 32)
+    login = client.get(altered)
+    sent = client.post(
+        "/auth/authorize",
+        data={**login_form(login.text), "username": "dr-code", "password": PASSWORD},
+    )
+    assert sent.status_code == 303
+    refused = client.get(sent.headers["location"])
+    assert refused.status_code == 400 and "nonce" in refused.text
+    assert client.get("/app/panel").status_code == 303
