@@ -35,6 +35,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from node.auth.accounts import Account
 from node.auth.ehr_launch import LaunchContexts
 from node.auth.grants import covered
+from node.auth.login_text import MAX_UI_LOCALES
 from node.auth.oauth_errors import OAuthError
 from node.auth.pkce import valid_challenge, verifier_matches
 from node.auth.smart_apps import NON_RESOURCE_SCOPES, SmartApp, SmartAppStore
@@ -75,6 +76,7 @@ class AuthorizeRequest:
     aud: str
     nonce: str | None = None
     launch: str | None = None  # EHR launch: the opaque launch-context handle
+    ui_locales: str | None = None  # OpenID Connect: the sign-in page's preferred languages
 
     def as_form(self) -> dict[str, str]:
         """The request as the hidden fields of the login form (checked again on submit)."""
@@ -92,6 +94,8 @@ class AuthorizeRequest:
             form["nonce"] = self.nonce
         if self.launch:
             form["launch"] = self.launch
+        if self.ui_locales:
+            form["ui_locales"] = self.ui_locales
         return form
 
 
@@ -167,7 +171,15 @@ def parse_authorize_request(
         except OAuthError as exc:
             raise refuse(exc.error, exc.diagnostics) from None
     nonce = params.get("nonce") or None
-    return AuthorizeRequest(app, redirect_uri, scopes, state, challenge, aud, nonce, launch)
+    ui_locales = params.get("ui_locales") or None
+    if ui_locales is not None and (
+        len(ui_locales) > MAX_UI_LOCALES
+        or not all(c.isascii() and (c.isalnum() or c in "- ") for c in ui_locales)
+    ):
+        raise refuse("invalid_request", "ui_locales must be space-separated BCP 47 language tags")
+    return AuthorizeRequest(
+        app, redirect_uri, scopes, state, challenge, aud, nonce, launch, ui_locales
+    )
 
 
 def redirect_uri_registered(uri: str, registered: Iterable[str]) -> bool:

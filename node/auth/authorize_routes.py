@@ -40,6 +40,7 @@ from node.auth.authorization import (
 from node.auth.deps import authenticate
 from node.auth.discovery import smart_configuration
 from node.auth.ehr_launch import LAUNCH_TTL, LaunchContext
+from node.auth.login_text import pick_locale, text
 from node.auth.oauth_errors import OAuthError
 from node.auth.principal import Principal
 from node.auth.roles import ROLE_SCOPES
@@ -92,9 +93,9 @@ def jwks(request: Request) -> JSONResponse:
     return JSONResponse({"keys": [auth.key.public_jwk()]})
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def _page(title: str, body: str, status: int = 200, locale: str = "en") -> HTMLResponse:
     doc = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<!doctype html><html lang='{locale}'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:32em;"
         "margin:3em auto;padding:0 1em}label{display:block;margin:.6em 0}"
@@ -112,23 +113,37 @@ def _hidden(fields: dict[str, str]) -> str:
     )
 
 
-def _login_page(req: AuthorizeRequest, error: str = "", status: int = 200) -> HTMLResponse:
-    problem = f"<p class='error' role='alert'>{html.escape(error)}</p>" if error else ""
+def _login_page(
+    req: AuthorizeRequest, error_key: str = "", status: int = 200, **values: object
+) -> HTMLResponse:
+    """The sign-in form in the request's language (``error_key``: a login_text entry)."""
+    lang = pick_locale(req.ui_locales)
+
+    def t(key: str, **kw: object) -> str:
+        return html.escape(text(lang, key, **kw))
+
+    error = t(error_key, **values) if error_key else ""
+    problem = f"<p class='error' role='alert'>{error}</p>" if error else ""
     scopes = "".join(f"<li>{html.escape(s)}</li>" for s in req.scopes)
+    asks = t("asks_for", app=req.app.name)
     return _page(
-        "Sign in",
-        f"<p><strong>{html.escape(req.app.name)}</strong> asks for:</p><ul>{scopes}</ul>"
+        text(lang, "sign_in"),
+        f"<p>{asks}</p><ul>{scopes}</ul>"
         f"{problem}<form method='post' action='/auth/authorize'>{_hidden(req.as_form())}"
-        "<label>Username <input type='text' name='username' autocomplete='username' "
-        "required></label><label>Password <input type='password' name='password' "
+        f"<label>{t('username')} <input type='text' name='username' autocomplete='username' "
+        f"required></label><label>{t('password')} <input type='password' name='password' "
         "autocomplete='current-password' required></label>"
-        "<button type='submit'>Sign in and allow</button></form>",
+        f"<button type='submit'>{t('submit')}</button></form>",
         status,
+        lang,
     )
 
 
-def _error_page(description: str) -> HTMLResponse:
-    return _page("Cannot sign in", f"<p class='error'>{html.escape(description)}</p>", 400)
+def _error_page(description: str, req: AuthorizeRequest | None = None) -> HTMLResponse:
+    lang = pick_locale(req.ui_locales if req else None)
+    return _page(
+        text(lang, "cannot"), f"<p class='error'>{html.escape(description)}</p>", 400, lang
+    )
 
 
 def _redirect(uri: str, params: dict[str, str]) -> RedirectResponse:
@@ -199,15 +214,23 @@ def _picker_page(
             f"<label><input type='radio' name='patient' value='{html.escape(p['id'])}' required> "
             f"{html.escape(label or p['id'])} {html.escape(born)}</label>"
         )
-    problem = f"<p class='error' role='alert'>{html.escape(error)}</p>" if error else ""
+    lang = pick_locale(req.ui_locales)
+
+    def t(key: str) -> str:
+        return html.escape(text(lang, key))
+
+    problem = f"<p class='error' role='alert'>{t(error)}</p>" if error else ""
     hidden = _hidden({**req.as_form(), "ticket": ticket})
     return _page(
-        "Choose a patient",
+        text(lang, "choose"),
         f"{problem}<form method='post' action='/auth/authorize'>{hidden}"
-        f"<label>Find by name <input type='text' name='name' value='{html.escape(name)}'>"
-        "</label><button type='submit' name='find' value='1'>Find</button></form>"
-        f"<form method='post' action='/auth/authorize'>{hidden}{''.join(rows) or '<p>none</p>'}"
-        "<button type='submit'>Open this patient's record</button></form>",
+        f"<label>{t('find_by_name')} <input type='text' name='name' "
+        f"value='{html.escape(name)}'></label>"
+        f"<button type='submit' name='find' value='1'>{t('find')}</button></form>"
+        f"<form method='post' action='/auth/authorize'>{hidden}"
+        f"{''.join(rows) or '<p>' + t('none') + '</p>'}"
+        f"<button type='submit'>{t('open')}</button></form>",
+        locale=lang,
     )
 
 
@@ -243,30 +266,26 @@ async def authorize_submit(request: Request) -> Response:
         try:
             claims = verifier.verify(form["ticket"])
         except TokenError:
-            return _login_page(req, "Your sign-in has expired; please sign in again.", 401)
+            return _login_page(req, "expired", 401)
         if claims.get("req") != _request_digest(req):
-            return _error_page("the sign-in ticket belongs to another request")
+            return _error_page("the sign-in ticket belongs to another request", req)
         account = auth.accounts.get_user(str(claims["sub"]))
         if account is None or not account.active:
-            return _login_page(req, "Your account is not active.", 401)
+            return _login_page(req, "inactive", 401)
         if form.get("find") or not form.get("patient"):
             return _picker_page(request, req, form["ticket"], form.get("name", "").strip())
         picked = form["patient"]
         try:
             await run_in_threadpool(request.app.state.store.read, "Patient", picked)
         except Exception:
-            return _picker_page(request, req, form["ticket"], error="No such patient.")
+            return _picker_page(request, req, form["ticket"], error="no_patient")
     else:
         username, password = form.get("username", ""), form.get("password", "")
         try:
             account = await run_in_threadpool(auth.accounts.authenticate, username, password)
         except AccountLocked as locked:
             auth.record_failure(LoginFailure("authorization_code", "locked"))
-            return _login_page(
-                req,
-                f"Too many failed sign-ins for this account; try again in {locked.retry_after} s.",
-                429,
-            )
+            return _login_page(req, "locked", 429, seconds=locked.retry_after)
         if account is None:
             known = auth.accounts.get_user(username) if username else None
             auth.record_failure(
@@ -276,7 +295,7 @@ async def authorize_submit(request: Request) -> Response:
                     known.username if known else None,
                 )
             )
-            return _login_page(req, "Invalid username or password.", 401)
+            return _login_page(req, "invalid", 401)
         if req.launch:  # EHR launch: the patient the practitioner had in view (used once)
             try:
                 context = await run_in_threadpool(

@@ -52,7 +52,10 @@ def register_client(auth: AuthService, public_url: str | None) -> SmartApp:
     return app
 
 
-def authorize_url(redirect_uri: str, aud: str, state: str, nonce: str, challenge: str) -> str:
+def authorize_url(
+    redirect_uri: str, aud: str, state: str, nonce: str, challenge: str, language: str
+) -> str:
+    """``language``: the session's, asked of the node's login page (``ui_locales``, OIDC)."""
     query = {
         "response_type": "code",
         "client_id": STAFF_CLIENT_ID,
@@ -63,6 +66,7 @@ def authorize_url(redirect_uri: str, aud: str, state: str, nonce: str, challenge
         "aud": aud,
         "code_challenge": challenge,
         "code_challenge_method": "S256",
+        "ui_locales": language,
     }
     return f"/auth/authorize?{urlencode(query)}"
 

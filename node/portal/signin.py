@@ -99,14 +99,13 @@ async def staff_sign_in(request: Request) -> Response:
     kit = kit_of(request)
     verifier, challenge = new_pkce()
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    kit.session(request).pending["node_login"] = {
-        "state": state,
-        "nonce": nonce,
-        "verifier": verifier,
-    }
+    session = kit.session(request)
+    session.pending["node_login"] = {"state": state, "nonce": nonce, "verifier": verifier}
     aud = f"{public_base_url(request)}/fhir"
     return kit.redirect(
-        node_login.authorize_url(_staff_callback(request), aud, state, nonce, challenge)
+        node_login.authorize_url(
+            _staff_callback(request), aud, state, nonce, challenge, session.lang
+        )
     )
 
 

@@ -169,3 +169,31 @@ def test_a_code_issued_for_another_nonce_opens_no_session(app: Any) -> None:
     refused = client.get(sent.headers["location"])
     assert refused.status_code == 400 and "nonce" in refused.text
     assert client.get("/app/panel").status_code == 303
+
+
+def test_the_login_page_speaks_the_sessions_language_and_refuses_a_bad_ui_locales(
+    app: Any,
+) -> None:
+    """The portal asks the node's login page for its session's language (OIDC ``ui_locales``);
+    zh-CN is this region's default. A third-party app without ui_locales gets English; a
+    malformed value is an OAuth2 error back to the app, not a page in some language."""
+    client = _client(app)  # a new session: the region's default language
+    location, query = _to_login(client)
+    assert query["ui_locales"] == ["zh-CN"]
+    login = client.get(location)
+    assert "<html lang='zh-CN'>" in login.text and "用户名" in login.text and "密码" in login.text
+    wrong = client.post(
+        "/auth/authorize",
+        data={**login_form(login.text), "username": "dr-code", "password": "not it at all"},
+    )
+    assert wrong.status_code == 401 and "用户名或密码错误" in wrong.text
+    client = _client(app)
+    client.cookies.set("ipjms_lang", "en")  # the language switch's cookie: a session in English
+    location, query = _to_login(client)
+    assert query["ui_locales"] == ["en"]
+    english = client.get(location)
+    assert "<html lang='en'>" in english.text and "Username" in english.text
+    plain = client.get(location.replace("&ui_locales=en", ""))
+    assert "<html lang='en'>" in plain.text
+    bad = client.get(location.replace("ui_locales=en", "ui_locales=%3Cscript%3E"))
+    assert bad.status_code == 303 and "error=invalid_request" in bad.headers["location"]
