@@ -5,7 +5,6 @@ alert; an admitted model's score above the rule's threshold does."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -25,8 +24,6 @@ from node.care.model_gate import (
 )
 from node.care.worker import CareWorker, load_into_store
 from node.settings import CareSettings
-from node.store import FhirStore, migrate
-from servicekit.storage import make_engine
 
 from .fixtures import at, definitions
 
@@ -128,16 +125,6 @@ def test_label_tags_and_explains_once_and_leaves_the_input_alone():
 
 
 # --- in the worker, on a real store -------------------------------------------------------------
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[FhirStore]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    try:
-        yield FhirStore(engine)
-    finally:
-        engine.dispose()
 
 
 CARDS = {"weak": card(0.31, 240), "good": card(0.78, 240)}

@@ -4,30 +4,16 @@ between, it re-reads and revises the doctor's version (bounded retries). On a re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-
-import pytest
 
 from node.care import worker as worker_module
 from node.care.revision import control_of
 from node.care.worker import CareWorker, load_into_store
-from node.store import FhirStore, migrate
-from servicekit.storage import make_engine
+from node.store import FhirStore
 
 from .fixtures import at, definitions, weight
 
 DOCTOR_NOTE = "Dr Li: fluid restriction 1.5 L/day agreed with the patient"
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[FhirStore]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    try:
-        yield FhirStore(engine)
-    finally:
-        engine.dispose()
 
 
 def _enrolled(store: FhirStore) -> tuple[CareWorker, str, str]:

@@ -13,9 +13,8 @@ import pytest
 from node.care.apply import PLAN_ID_SYSTEM
 from node.care.routes import register_reading_checks  # noqa: F401  (registers the door check)
 from node.care.worker import CareWorker
-from node.store import FhirStore, migrate
+from node.store import FhirStore
 from servicekit.outcome import BadRequest
-from servicekit.storage import make_engine
 
 from .fixtures import at, bp, definitions, weight
 
@@ -28,16 +27,6 @@ class Clock:
 
     def __call__(self):  # noqa: ANN204
         return self.now
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[FhirStore]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    try:
-        yield FhirStore(engine)
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
