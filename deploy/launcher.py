@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from servicekit.ports import PORTS_FILE, free_port, read_announced_ports
-from servicekit.processes import die_with_parent
+from servicekit.processes import dying_with_parent
 
 __all__ = ["free_port", "Service", "start_service", "wait_until", "wait_healthy", "ipjms_command"]
 
@@ -128,12 +128,11 @@ def start_service(
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     log_fh = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     proc = subprocess.Popen(
-        ipjms_command(*args),
+        dying_with_parent(ipjms_command(*args)),  # a killed launcher leaves no service behind
         stdout=log_fh,
         stderr=subprocess.STDOUT,
         env=full_env,
         start_new_session=True,
-        preexec_fn=die_with_parent,  # a killed launcher leaves no service behind
     )
     log_fh.close()
     service = Service(name, proc, base_url, log_path)

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from federated.flower_logs import forward_output
-from servicekit.processes import die_with_parent
+from servicekit.processes import dying_with_parent
 
 __all__ = ["Supervised", "port_open"]
 
@@ -134,13 +134,12 @@ def _start_group(
 ) -> tuple[subprocess.Popen[bytes], threading.Thread]:
     """A child in a session of its own, its output forwarded to ``logger``."""
     proc = subprocess.Popen(
-        list(args),
+        dying_with_parent(args),  # a killed supervisor leaves no Flower process behind
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=die_with_parent,  # a killed supervisor leaves no Flower process behind
     )
     assert proc.stdout is not None
     output = threading.Thread(target=forward_output, args=(proc.stdout, logger), daemon=True)

@@ -1,5 +1,5 @@
 """A launcher killed outright (SIGKILL, as a CI timeout or the OOM killer does) leaves no service
-running: the kernel sends them SIGTERM (servicekit.processes.die_with_parent)."""
+running: the kernel sends them SIGTERM (servicekit.processes.dying_with_parent)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,34 @@ def test_services_die_with_a_killed_launcher(tmp_path: Path) -> None:
         if pid_file.exists() and _alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
             time.sleep(0.1)
+
+
+def test_the_wrapper_does_not_start_a_command_whose_parent_is_already_gone(tmp_path: Path) -> None:
+    """The child checks, after asking for the signal, that its parent is still the process that
+    started it; if not (the parent died in between), it exits without running the command."""
+    marker = tmp_path / "ran"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    not_my_parent = str(os.getpid() + 1_000_000)
+    done = subprocess.run(
+        [sys.executable, "-m", "servicekit.processes", not_my_parent, "--", *command],
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert not marker.exists()
+    from servicekit.processes import dying_with_parent
+
+    subprocess.run(dying_with_parent(command), cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert marker.exists(), "with its real parent the wrapped command runs"
+
+
+def test_the_wrapper_refuses_a_malformed_command_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "servicekit.processes", "not-a-pid", "--", "true"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "usage:" in done.stderr
