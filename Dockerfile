@@ -31,6 +31,10 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
+# libsodium (constant-time ristretto255) for the OPRF pseudonyms (trust/oprf.py, via pysodium's
+# ctypes); the runtime stage copies the one shared library, so it installs no package itself.
+RUN apt-get update && apt-get install -y --no-install-recommends libsodium23 \
+    && rm -rf /var/lib/apt/lists/* && cp -L /usr/lib/x86_64-linux-gnu/libsodium.so.23 /opt/libsodium.so.23
 ENV PATH=/opt/venv/bin:$PATH
 # The hash-locked dependencies, CPU torch included ("torch==${TORCH_VERSION}+cpu" in the lock;
 # an unpinned or CUDA torch pulls several GB).
@@ -70,6 +74,9 @@ RUN groupadd --system --gid 10001 ipjms \
     && mkdir -p /data /pki /run/ipjms \
     && chown -R 10001:10001 /data /pki /run/ipjms
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/libsodium.so.23 /usr/lib/x86_64-linux-gnu/libsodium.so.23
+# in the loader's cache, where pysodium's ctypes.util.find_library looks
+RUN ldconfig && python -c "import pysodium"
 COPY --chmod=0755 deploy/entrypoint.sh /usr/local/bin/ipjms-entrypoint
 USER 10001:10001
 WORKDIR /data
