@@ -8,6 +8,7 @@ No real training starts here (tests/web and the demo run ``ipjms fl run``)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,34 @@ def test_runs_page_lists_the_superlink_runs(tmp_path: Path) -> None:
     bad = html[html.index('data-run="run-bad"') :]
     assert "失败" in bad and "only 1 node of 3 answered" in bad
     assert "ind-1" not in html
+
+
+@pytest.mark.parametrize(("lang", "rounds"), [("zh-CN", "轮数"), ("en", "rounds")])
+def test_run_line_spaces_the_date_from_the_rounds(
+    configured: TestClient, tmp_path: Path, lang: str, rounds: str
+) -> None:
+    """The run line reads "rounds 2 · <date>", never "rounds 2· <date>" (the template's line
+    break after the rounds was eaten by trim_blocks)."""
+    token = _csrf(configured, "/console/runs")
+    r = configured.post(
+        "/console/language",
+        data={"lang": lang, "next": "/console/runs", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    token = _csrf(configured, "/console/runs")
+    r = configured.post("/console/runs", data={"epsilon": "1", "rounds": "2", "csrf_token": token})
+    assert r.status_code in (200, 303), r.text
+    launcher = configured.app.state.fl_runs  # type: ignore[attr-defined]
+    try:
+        (label,) = launcher.started
+        html = configured.get("/console/runs").text
+        assert f'lang="{lang}"' in html
+        card = html[html.index(f'data-run="{label}"') :].split("</p>", 1)[0]
+        line = " ".join(card.split())
+        assert re.search(rf"{rounds} 2 · \S", line), line
+        assert "2·" not in line
+    finally:
+        for started in launcher.started.values():
+            started.process.kill()
+            started.process.wait(timeout=30)
