@@ -33,6 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from protos.alerting_floor import DEFAULT_MIN_AUROC, DEFAULT_MIN_EVENTS
 from servicekit.storage import sqlite_url
 
 __all__ = [
@@ -145,14 +146,12 @@ class CareSettings(_Section):
     # they are stored labelled not for clinical use. The registry's base URL (the coordinator's
     # HTTP API, e.g. https://coordinator:8443); None = no card can be read, so no model alerts.
     model_registry_url: str | None = None
-    # 0.70: the lower edge of "acceptable discrimination" (0.7 ≤ AUC < 0.8) in Hosmer, Lemeshow
-    # & Sturdivant, Applied Logistic Regression, 3rd ed. (Wiley 2013), §5.2.4 — a rule of
-    # thumb, not a clinical-benefit proof; the clinical lead may raise it.
-    model_min_auroc: float = Field(default=0.70, ge=0.5, le=1.0)
-    # 100: the minimum number of outcome events for validating a prognostic model's performance
-    # (Collins, Ogundimu & Altman, Stat Med 2016;35:214-226: "a minimum of 100 events and
-    # ideally 200 (or more)"); fewer and the AUROC is too imprecise to trust.
-    model_min_events: int = Field(default=100, ge=1)
+    # Defaults: the region's floor, each figure with its source in protos/alerting_floor.py
+    # (0.70 — Hosmer, Lemeshow & Sturdivant 2013 §5.2.4; 100 events — Collins, Ogundimu &
+    # Altman 2016). The clinical lead may raise them; the authority console shows every model
+    # against these defaults.
+    model_min_auroc: float = Field(default=DEFAULT_MIN_AUROC, ge=0.5, le=1.0)
+    model_min_events: int = Field(default=DEFAULT_MIN_EVENTS, ge=1)
     # How long a fetched verdict is reused before the card is read again, seconds.
     model_card_ttl_seconds: float = Field(default=300.0, gt=0)
 

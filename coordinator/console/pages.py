@@ -1,7 +1,9 @@
 """The authority console's pages: sign-in (an analyst account), the network (organisations,
 online or not, queue depths, recent refusals — the same figures as ``GET /status``, from the
-same function) and the model registry (every model with its card; published models are the ones
-nodes may use to raise alerts) and the regional quality indicators (the federated analytics runs'
+same function) and the model registry (every model with its card, and whether it may raise
+alerts: published, and its card's federated AUROC and outcome events against the region's default
+alerting floor, ``protos.alerting_floor`` — the rule each node's gate applies with its own,
+possibly stricter, floor) and the regional quality indicators (the federated analytics runs'
 results, read from the authority's SuperLink data folder when the coordinator is given it:
 ``console_federated_dir``); the training runs, and a form that starts one (``ipjms fl run`` in the
 background, coordinator/console/fl_runs.py) when the coordinator is also given the authority's
@@ -26,6 +28,7 @@ from coordinator.console.fl_runs import (
     parse_run_request,
 )
 from coordinator.console.indicator_results import read_results, trends
+from protos.alerting_floor import REGION_FLOOR, assess
 from servicekit.outcome import Unauthorized
 from servicekit.web import WebKit, page_route_class, static_router
 
@@ -108,8 +111,10 @@ async def models(request: Request) -> Response:
     from coordinator.model_registry.store import ModelStore
 
     store = ModelStore(request.app.state.services.directory.engine)
-    rows = await run_in_threadpool(lambda: [(m.summary(), m.card) for m in store.list()])
-    return _render(request, "models.html", models=rows)
+    rows = await run_in_threadpool(
+        lambda: [(m.summary(), m.card, assess(m.card, REGION_FLOOR)) for m in store.list()]
+    )
+    return _render(request, "models.html", models=rows, floor=REGION_FLOOR)
 
 
 @router.get(PREFIX + "/indicators")
