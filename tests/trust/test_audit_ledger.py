@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
 from deploy.launcher import ipjms_command
@@ -120,6 +122,57 @@ def test_concurrent_appends_keep_the_chain(db_url: str) -> None:
     assert errors == []
     assert [e.seq for e in ledger.entries()] == list(range(1, 91))
     assert ledger.verify().ok
+
+
+def test_concurrent_appends_of_one_process_share_a_commit(db_url: str) -> None:
+    """Group commit (issue 19): appends queued while a write is in progress go out together in
+    the next transaction — here 1 + 9 appends in 2 commits — each returning only after its own
+    entry committed, chained in queue order; a caller's bad event fails that caller alone."""
+    engine = make_engine(db_url)
+    ledger = AuditLedger(engine)
+    commits: list[int] = []
+    first_insert, release = threading.Event(), threading.Event()
+
+    @sa_event.listens_for(engine, "commit")
+    def _count(_conn: object) -> None:
+        commits.append(1)
+
+    @sa_event.listens_for(engine, "before_cursor_execute")
+    def _hold(_c: object, _cur: object, statement: str, *_a: object) -> None:
+        if statement.startswith("INSERT INTO audit_ledger ") and not first_insert.is_set():
+            first_insert.set()
+            release.wait(30)  # the first transaction stays open while the others queue
+
+    results: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            results[k] = ledger.append({"worker": k}).seq
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    leader = threading.Thread(target=worker, args=(0,))
+    leader.start()
+    assert first_insert.wait(30)
+    followers = [threading.Thread(target=worker, args=(k,)) for k in range(1, 10)]
+    for t in followers:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(ledger._queue) < 9 and time.monotonic() < deadline:  # all nine queued
+        time.sleep(0.01)
+    assert not results  # nobody returned before its entry committed
+    with pytest.raises(LedgerError, match="not JSON"):
+        ledger.append({"bad": {1, 2}})  # type: ignore[dict-item]
+    release.set()
+    for t in [leader, *followers]:
+        t.join(30)
+    assert errors == []
+    assert len(commits) == 2  # 1 + 9 appends, two transactions (one per append before)
+    assert sorted(results.values()) == list(range(1, 11))
+    assert results[0] == 1
+    assert ledger.verify().ok
+    assert [e.event["worker"] for e in ledger.entries()][0] == 0
 
 
 @pytest.mark.parametrize(
