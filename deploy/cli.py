@@ -17,6 +17,7 @@ from deploy.up import up
 from federated.cli import app as fl_app
 from node.cli import app as node_app
 from trust.cli import audit_app, pki_app
+from trust.pseudonym_cli import pseudonym_app
 
 app = typer.Typer(
     name="ipjms",
@@ -30,6 +31,9 @@ app.add_typer(consent_app, name="consent", help="The consent registry.")
 app.add_typer(fl_app, name="fl", help="Federated training (Flower + DP-SGD).")
 app.add_typer(pki_app, name="pki", help="The regional PKI: CA and organisation certificates.")
 app.add_typer(audit_app, name="audit", help="Audit ledgers.")
+app.add_typer(
+    pseudonym_app, name="pseudonym", help="The pseudonymisation authority (RFC 9497 OPRF)."
+)
 app.add_typer(backup_app, name="backup", help="Encrypted database backups (seal / open).")
 app.command("demo")(demo)
 app.command("up")(up)

@@ -26,6 +26,7 @@ __all__ = [
     "login_failure",
     "training_run",
     "routing_decision",
+    "oprf_evaluation",
     "patient_pseudonym_of",
 ]
 
@@ -381,3 +382,39 @@ def patient_pseudonym_of(event: dict[str, Any]) -> str | None:
         if ident.get("system") == PSEUDONYM_SYSTEM:
             return str(ident.get("value"))
     return None
+
+
+def oprf_evaluation(
+    *,
+    org_id: str,
+    observer: str,
+    count: int,
+    key_version: int | None,
+    outcome: str,
+    recorded: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The pseudonymisation authority evaluated (or refused) ``count`` blinded elements for
+    ``org_id``: who, how many, which key version — no element and no identifier."""
+    event = _base(
+        None,
+        _coding(DCM, "110112", "Query"),
+        "E",
+        observer,
+        "4",
+        outcome=SUCCESS if outcome == "evaluated" else MINOR_FAILURE,
+        recorded=recorded,
+        subtype=[_coding("urn:ipjms:audit", "oprf-evaluate", "OPRF evaluation (RFC 9497)")],
+    )
+    event["outcomeDesc"] = outcome
+    event["agent"] = [
+        _agent(_org(org_id), _coding(DCM, "110153", "Source Role ID"), requestor=True),
+        _agent(_org(observer), _coding(DCM, "110150", "Application"), requestor=False),
+    ]
+    event["entity"] = [
+        _object(
+            "urn:ipjms:oprf-key-version",
+            str(key_version) if key_version is not None else "none",
+            detail=[{"type": "blinded-elements", "valueString": str(count)}],
+        )
+    ]
+    return event

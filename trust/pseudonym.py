@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import unicodedata
 from pathlib import Path
@@ -28,6 +29,10 @@ __all__ = [
     "IdentifierError",
     "check_gb11643",
     "routing_pseudonym",
+    "oprf_input",
+    "oprf_pseudonym",
+    "pseudonym_key_version",
+    "OPRF_PSEUDONYM_PATTERN",
 ]
 
 LINKAGE_KEY_BYTES = 32
@@ -107,3 +112,34 @@ def load_or_create_linkage_key(path: Path | str) -> bytes:
     with os.fdopen(fd, "w") as fh:
         fh.write(key.hex())
     return key
+
+
+# --- pseudonyms from the authority's OPRF (trust/oprf.py, trust/oprf_service.py) ---------------
+
+_OPRF_INPUT_DOMAIN = b"ipjms-patient-identifier-v1"
+#: ``v<key version>.<64 hex>``: the version of the authority's key is part of the pseudonym
+OPRF_PSEUDONYM_PATTERN = re.compile(r"^v([1-9][0-9]{0,5})\.([0-9a-f]{64})$")
+
+
+def oprf_input(system: str, value: str) -> bytes:
+    """What a node blinds for a patient: domain ‖ identifier system ‖ normalised value, so an
+    SSN ``123-45-6789`` and a national id ``123456789`` are different inputs."""
+    normalised = normalise_identifier(value)
+    if not system or not normalised:
+        raise IdentifierError("an identifier needs a system and a value")
+    if "\x00" in system:
+        raise IdentifierError("an identifier system holds no NUL character")
+    return b"\x00".join((_OPRF_INPUT_DOMAIN, system.encode(), normalised.encode()))
+
+
+def oprf_pseudonym(version: int, output: bytes) -> str:
+    """The pseudonym form of an OPRF output under key ``version`` (the first 256 bits)."""
+    if version < 1 or len(output) < 32:
+        raise ValueError("an OPRF pseudonym needs a key version ≥ 1 and a 32-byte output")
+    return f"v{version}.{output[:32].hex()}"
+
+
+def pseudonym_key_version(value: str) -> int | None:
+    """The key version an OPRF pseudonym names, or None for any other form."""
+    m = OPRF_PSEUDONYM_PATTERN.match(value)
+    return int(m.group(1)) if m else None

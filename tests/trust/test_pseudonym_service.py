@@ -1,0 +1,149 @@
+"""The pseudonymisation authority as a real process (``ipjms pseudonym serve``) with a real PKI:
+nodes get one pseudonym per identifier without holding a key; who may ask, how often, and what
+its audit keeps (issue 23)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.launcher import Service, start_service
+from servicekit.storage import make_engine, sqlite_url
+from trust import oprf
+from trust.audit_ledger import AuditLedger
+from trust.backend_auth import make_org_assertion
+from trust.oprf_client import OprfPseudonyms, PseudonymServiceError
+from trust.pki import init_ca, issue_org, load_org, revoke
+from trust.pseudonym import oprf_input, oprf_pseudonym
+from trust.pseudonym_keys import load_key_ring, rotate
+
+NATIONAL = "https://ipjms.example.org/fhir/sid/national-id"
+SSN = "http://hl7.org/fhir/sid/us-ssn"
+ORGS = ("node-a", "node-b", "node-gone", "coordinator")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = tmp_path_factory.mktemp("pki") / "ca"
+    init_ca(ca)
+    for org in ORGS:
+        issue_org(ca, org, host="127.0.0.1")
+    return {"ca": ca, **{o: ca / "orgs" / o for o in ORGS}}
+
+
+def _start(tmp: Path, ca: Path, *extra: str, env: dict[str, str] | None = None) -> Service:
+    return start_service(
+        "pseudonym",
+        ["pseudonym", "serve", "--data-dir", str(tmp / "svc"), "--port", "0",
+         "--ca-dir", str(ca), "--org-id", "authority",
+         "--client", "node-a", "--client", "node-b", "--client", "node-gone", *extra],
+        base_url="http://127.0.0.1:{http}", log_dir=tmp / "logs", ports_dir=tmp / "svc", env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def service(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Service]:
+    svc = _start(tmp_path, pki["ca"])
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_two_nodes_get_the_authority_pseudonym_without_a_key(
+    service: Service, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    a = OprfPseudonyms(service.base_url, load_org(pki["node-a"]))
+    b = OprfPseudonyms(service.base_url, load_org(pki["node-b"]))
+    ids = [(NATIONAL, "110101199003077777"), (SSN, "123-45-6789"), (NATIONAL, "123456789")]
+    got_a, got_b = a.pseudonyms(ids), b.pseudonyms(list(reversed(ids)))
+    assert got_a == list(reversed(got_b))  # the same patient, the same pseudonym, at any node
+    assert len(set(got_a)) == 3  # an SSN and a national id with the same digits differ
+    # ...and it is the OPRF of the authority's key (version 1), which no node holds
+    ring = load_key_ring(tmp_path / "svc" / "oprf-keys", create=False)
+    sk = ring.keys[1]
+    assert got_a[0] == oprf_pseudonym(1, oprf.evaluate(sk, oprf_input(*ids[0])))
+    assert all(p.startswith("v1.") for p in got_a)
+
+
+def test_only_certified_clients_may_ask(service: Service, pki: dict[str, Path]) -> None:
+    url = service.base_url + "/oprf/evaluate"
+    body = {"blinded": [oprf.blind(b"x")[1].hex()]}
+    assert httpx.post(url, json=body, timeout=30).status_code == 401  # no assertion
+    coord = make_org_assertion(load_org(pki["coordinator"]), url)
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {coord}"}, timeout=30)
+    assert r.status_code == 403 and "not a client" in r.text  # certified, but not a node
+    node = make_org_assertion(load_org(pki["node-a"]), url)
+    first = httpx.post(url, json=body, headers={"Authorization": f"Bearer {node}"}, timeout=30)
+    again = httpx.post(url, json=body, headers={"Authorization": f"Bearer {node}"}, timeout=30)
+    assert first.status_code == 200 and again.status_code == 401  # one use per assertion
+    bad = httpx.post(
+        url,
+        json={"blinded": ["00" * 32]},  # the identity element
+        headers={"Authorization": f"Bearer {make_org_assertion(load_org(pki['node-a']), url)}"},
+        timeout=30,
+    )
+    assert bad.status_code == 400 and "invalid" in bad.text
+
+
+def test_a_revoked_node_is_refused(service: Service, pki: dict[str, Path]) -> None:
+    gone = OprfPseudonyms(service.base_url, load_org(pki["node-gone"]))
+    assert gone.pseudonyms([(NATIONAL, "42")])
+    revoke(pki["ca"], "node-gone")
+    with pytest.raises(PseudonymServiceError, match="401"):
+        gone.pseudonyms([(NATIONAL, "42")])
+
+
+def test_rate_limited_per_organisation_and_audited_without_identifiers(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    svc = _start(tmp_path, pki["ca"], env={"IPJMS_PSEUDONYM_BUDGET_BURST": "5",
+                                          "IPJMS_PSEUDONYM_BUDGET_PER_HOUR": "1"})  # fmt: skip
+    try:
+        a = OprfPseudonyms(service_url := svc.base_url, load_org(pki["node-a"]))
+        b = OprfPseudonyms(service_url, load_org(pki["node-b"]))
+        secret_ids = [(NATIONAL, f"11010119900307{i:04d}") for i in range(5)]
+        assert len(a.pseudonyms(secret_ids)) == 5
+        with pytest.raises(PseudonymServiceError, match="429.*budget"):
+            a.pseudonyms([(NATIONAL, "110101199003079999")])
+        assert b.pseudonyms([(NATIONAL, "110101199003079999")])  # another organisation's own
+    finally:
+        svc.stop()
+    engine = make_engine(sqlite_url(tmp_path / "svc", "pseudonym"))
+    ledger = AuditLedger(engine, create=False)
+    assert ledger.verify().ok
+    entries = [json.dumps(e.event) for e in ledger.entries()]
+    outcomes = [json.loads(e)["outcomeDesc"] for e in entries]
+    assert outcomes == ["evaluated", "refused: rate limit", "evaluated"]
+    first = json.loads(entries[0])
+    assert first["agent"][0]["who"]["identifier"]["value"] == "node-a"
+    assert first["entity"][0]["detail"] == [{"type": "blinded-elements", "valueString": "5"}]
+    text = "".join(entries) + (tmp_path / "logs" / "pseudonym.log").read_text()
+    for _, value in [*secret_ids, (NATIONAL, "110101199003079999")]:
+        assert value not in text
+
+
+def test_rotation_makes_new_pseudonyms_and_keeps_the_old_version(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    svc = _start(tmp_path, pki["ca"])
+    creds = load_org(pki["node-a"])
+    try:
+        v1 = OprfPseudonyms(svc.base_url, creds).pseudonyms([(NATIONAL, "7")])[0]
+    finally:
+        svc.stop()
+    assert rotate(tmp_path / "svc" / "oprf-keys") == 2
+    svc = _start(tmp_path, pki["ca"])
+    try:
+        client = OprfPseudonyms(svc.base_url, creds)
+        v2 = client.pseudonyms([(NATIONAL, "7")])[0]
+        assert v2.startswith("v2.") and v2[3:] != v1[3:]
+        assert client.pseudonyms([(NATIONAL, "7")], version=1) == [v1]  # re-linking old to new
+        with pytest.raises(PseudonymServiceError, match="version 9 is not held"):
+            client.pseudonyms([(NATIONAL, "7")], version=9)
+    finally:
+        svc.stop()

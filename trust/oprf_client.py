@@ -1,0 +1,78 @@
+"""A node's side of the pseudonymisation authority: blind, ask, finalise (RFC 9497 base mode).
+
+``OprfPseudonyms(url, creds).pseudonyms([(system, value), …])`` → ``v<N>.<hex>`` pseudonyms in
+the same order. Each identifier is blinded with a fresh random scalar before it leaves the node,
+so the authority sees uniformly random group elements; only the finalised output, which needs
+the authority's key, names the patient. The node keeps no key that could reverse a pseudonym.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from trust import oprf
+from trust.backend_auth import make_org_assertion
+from trust.pseudonym import oprf_input, oprf_pseudonym
+
+__all__ = ["OprfPseudonyms", "PseudonymServiceError"]
+
+
+class PseudonymServiceError(RuntimeError):
+    """The authority refused or could not be reached (the message says which; no identifier)."""
+
+
+class OprfPseudonyms:
+    def __init__(
+        self,
+        base_url: str,
+        creds: Any,
+        *,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        batch: int = 500,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/oprf/evaluate"
+        self.creds = creds
+        self.verify = verify
+        self.timeout = timeout
+        self.batch = batch
+
+    def _evaluate(self, blinded: list[bytes], version: int | None) -> tuple[int, list[bytes]]:
+        body: dict[str, Any] = {"blinded": [b.hex() for b in blinded]}
+        if version is not None:
+            body["version"] = version
+        headers = {"Authorization": "Bearer " + make_org_assertion(self.creds, self.url)}
+        try:
+            r = httpx.post(
+                self.url, json=body, headers=headers, timeout=self.timeout, verify=self.verify
+            )
+        except httpx.HTTPError as exc:
+            raise PseudonymServiceError(f"pseudonym service unreachable: {exc}") from None
+        if r.status_code != 200:
+            try:
+                why = r.json()["issue"][0]["diagnostics"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                why = r.text[:200]
+            raise PseudonymServiceError(f"pseudonym service answered {r.status_code}: {why}")
+        answer = r.json()
+        evaluated = [bytes.fromhex(e) for e in answer["evaluated"]]
+        if answer.get("suite") != oprf.SUITE or len(evaluated) != len(blinded):
+            raise PseudonymServiceError("pseudonym service answered another suite or count")
+        return int(answer["version"]), evaluated
+
+    def pseudonyms(
+        self, identifiers: Sequence[tuple[str, str]], *, version: int | None = None
+    ) -> list[str]:
+        """One pseudonym per ``(system, value)``, under key ``version`` (default: current)."""
+        inputs = [oprf_input(system, value) for system, value in identifiers]
+        out: list[str] = []
+        for start in range(0, len(inputs), self.batch):
+            chunk = inputs[start : start + self.batch]
+            blinds = [oprf.blind(x) for x in chunk]
+            got, evaluated = self._evaluate([b for _, b in blinds], version)
+            for x, (r, _), e in zip(chunk, blinds, evaluated, strict=True):
+                out.append(oprf_pseudonym(got, oprf.finalize(x, r, e)))
+        return out
