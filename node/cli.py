@@ -460,6 +460,13 @@ def smart_app_add(
     confidential: Annotated[
         bool, typer.Option("--confidential", help="A server-side app: print a client secret.")
     ] = False,
+    launch_url: Annotated[
+        str | None,
+        typer.Option(
+            "--launch-url",
+            help="The app's launch URL: the doctor pages offer an EHR launch button for it.",
+        ),
+    ] = None,
     db: DbUrl = None,
 ) -> None:
     """Register a SMART app for the authorization-code flow (public unless --confidential)."""
@@ -475,6 +482,7 @@ def smart_app_add(
             name=name,
             scopes=scope or DEFAULT_APP_SCOPES,
             confidential=confidential,
+            launch_url=launch_url,
         )
     except AccountError as exc:
         _fail(str(exc))

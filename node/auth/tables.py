@@ -61,7 +61,8 @@ assertion_jtis = Table(
 # SMART apps that sign users in with the authorization-code flow (node/auth/smart_apps.py):
 # registered redirect URIs (space-separated), the scopes the app may ask for, and for a
 # confidential app the SHA-256 of its (server-generated, high-entropy) secret; NULL = public app
-# (PKCE only). Migration a0003.
+# (PKCE only). Migration a0003; ``launch_url`` (a0006): where an EHR launch from the doctor
+# pages sends the browser, NULL = not launched from the pages.
 smart_apps = Table(
     "node_smart_apps",
     metadata,
@@ -72,6 +73,7 @@ smart_apps = Table(
     Column("secret_sha256", String(64), nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("launch_url", Text, nullable=True),
 )
 
 # Authorization codes by SHA-256 (the code itself is never stored): one use, short-lived. In the

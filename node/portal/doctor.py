@@ -23,6 +23,7 @@ from node.care.routes import CLOSE_ACTIONS, alert_stream, close_alert, enrol_pat
 from node.exchange.egress import BreakGlass
 from node.exchange.service import answer, change_status, request_exchange
 from node.exchange.workflow import is_break_glass, task_parties, task_uid
+from node.portal.app_launch import launch_csp, launchable_apps
 from node.portal.journey import load_journey
 from node.portal.panel import CONTROL_RANK, load_panel, name_page, person_name, search_all
 from node.portal.signin import PREFIX, clinician, kit_of, router
@@ -108,9 +109,11 @@ async def patient_page(request: Request, handle: str, notice: str = "") -> Respo
             ]
         except Exception:  # the coordinator is down: the page still shows the record
             log.warning("directory unavailable for the referral form")
-    return _render(
+    apps = await run_in_threadpool(launchable_apps, request)
+    page = _render(
         request,
         "patient.html",
+        apps=apps,
         journey=journey,
         handle_=handle,
         charts=[(t, json.dumps(t.chart(journey.plan_marks))) for t in journey.trends],
@@ -119,6 +122,8 @@ async def patient_page(request: Request, handle: str, notice: str = "") -> Respo
         notice=notice,
         role=principal.role,
     )
+    page.headers["Content-Security-Policy"] = launch_csp(apps)  # the launch form's targets
+    return page
 
 
 @router.post(PREFIX + "/patients/{handle}/enrol")

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from node.feature import Feature, NodeServices
-from node.portal import doctor, node_login, patient, patient_care, patient_medications
+from node.portal import (
+    app_launch,
+    doctor,
+    node_login,
+    patient,
+    patient_care,
+    patient_medications,
+)
 from node.portal.signin import PREFIX, router
 from servicekit.web import WebKit, static_router
 
@@ -19,7 +26,7 @@ __all__ = ["PORTAL", "portal_pages"]
 HERE = Path(__file__).parent
 # the four modules add their pages to the one router
 assert doctor.router is router and patient.router is router and patient_care.router is router
-assert patient_medications.router is router
+assert patient_medications.router is router and app_launch.router is router
 
 
 @asynccontextmanager

@@ -39,6 +39,7 @@ __all__ = [
     "page_route_class",
     "static_router",
     "CSP",
+    "csp_allowing_forms_to",
     "STATIC_DIR",
     "SECURITY_HEADERS",
 ]
@@ -52,6 +53,17 @@ CSP = (
     "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
+
+
+def csp_allowing_forms_to(origins: Iterable[str]) -> str:
+    """The CSP with ``form-action`` widened to these origins (``scheme://host[:port]``, checked
+    by the caller): a form whose answer redirects the browser there (an EHR launch)."""
+    extra = " ".join(sorted(set(origins)))
+    return CSP.replace(
+        "form-action 'self'", f"form-action 'self' {extra}" if extra else "form-action 'self'"
+    )
+
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
