@@ -185,16 +185,34 @@ pki-bootstrap)
     directory_dir="${IPJMS_PKI_DIRECTORY_DIR:-/pki/directory}"
     linkage_dir="${IPJMS_PKI_LINKAGE_DIR:-/pki/linkage}"
     secrets_dir="${IPJMS_PKI_SECRETS_DIR:-/pki/secrets}"
+    # The CA key is encrypted with the passphrase in IPJMS_CA_PASSPHRASE_FILE (Compose: the secret
+    # ca-passphrase); it is handed to each `ipjms pki` call alone, never exported.
+    require IPJMS_CA_PASSPHRASE_FILE
+    if [ ! -s "$IPJMS_CA_PASSPHRASE_FILE" ]; then
+        echo "ipjms-entrypoint: $IPJMS_CA_PASSPHRASE_FILE is empty or missing (Compose: set IPJMS_CA_PASSPHRASE)" >&2
+        exit 64
+    fi
     umask 077
     mkdir -p "$ca_dir" "$orgs_dir" "$linkage_dir" "$secrets_dir"
     if [ -z "$(ls -A "$ca_dir")" ]; then
-        ipjms pki init-ca "$ca_dir"
+        IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" \
+            ipjms pki init-ca "$ca_dir" --passphrase-env IPJMS_CA_PASSPHRASE
     fi
+    # Each organisation makes its own keys in its own folder and sends a certificate request;
+    # the CA signs it (public keys only: requests and certificates under ca/requests, ca/signed)
+    # and the organisation installs the certificates. The CA folder holds no organisation's key.
     for pair in $IPJMS_PKI_ORGS; do
         org="${pair%%=*}"
         host="${pair#*=}"
-        if [ ! -d "$orgs_dir/$org" ] || [ -z "$(ls -A "$orgs_dir/$org")" ]; then
-            ipjms pki issue "$ca_dir" --org "$org" --host "$host" --out "$orgs_dir/$org"
+        if [ ! -s "$orgs_dir/$org/org.json" ]; then
+            rm -rf "$orgs_dir/$org/pending" "$ca_dir/signed/$org"
+            ipjms pki request "$orgs_dir/$org" --org "$org" --host "$host"
+            mkdir -p "$ca_dir/requests" "$ca_dir/signed"
+            cp "$orgs_dir/$org/pending/request.pem" "$ca_dir/requests/$org.request.pem"
+            IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" \
+                ipjms pki sign-request "$ca_dir" "$ca_dir/requests/$org.request.pem" --org "$org" \
+                --out "$ca_dir/signed/$org" --ca-passphrase-env IPJMS_CA_PASSPHRASE
+            ipjms pki accept "$orgs_dir/$org" "$ca_dir/signed/$org"
         fi
     done
     # Each organisation's public certificates, for the coordinator's directory (no private key).
@@ -262,11 +280,11 @@ crl-signer)
     # checks every IPJMS_CRL_CHECK_SECONDS (default 3600). IPJMS_CRL_ONCE=1: one pass (drills).
     ca_dir="${IPJMS_PKI_CA_DIR:-/pki/ca}"
     ca_public_dir="${IPJMS_PKI_CA_PUBLIC_DIR:-/pki/ca-public}"
-    set --
-    [ -n "${IPJMS_CA_PASSPHRASE:-}" ] && set -- --ca-passphrase-env IPJMS_CA_PASSPHRASE
+    require IPJMS_CA_PASSPHRASE_FILE   # read at each signing, passed to that call alone
     while :; do
-        ipjms pki reissue-crl "$ca_dir" \
-            --older-than-hours "${IPJMS_CRL_REISSUE_AFTER_HOURS:-24}" "$@"
+        IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" ipjms pki reissue-crl "$ca_dir" \
+            --older-than-hours "${IPJMS_CRL_REISSUE_AFTER_HOURS:-24}" \
+            --ca-passphrase-env IPJMS_CA_PASSPHRASE
         cp "$ca_dir/ca.crl.pem" "$ca_public_dir/.ca.crl.pem.new"
         mv "$ca_public_dir/.ca.crl.pem.new" "$ca_public_dir/ca.crl.pem"
         [ "${IPJMS_CRL_ONCE:-0}" = "1" ] && exit 0

@@ -77,6 +77,83 @@ def issue_cmd(
     typer.echo(f"  tls fingerprint sha256:{creds.tls_fingerprint}")
 
 
+@pki_app.command("request")
+def request_cmd(
+    org_dir: Path = typer.Argument(..., help="The organisation's own credentials folder."),
+    org: str = typer.Option(..., "--org", help="Organisation id (CN and urn:ipjms:org: SAN)."),
+    host: str = typer.Option(..., "--host", help="Host name(s)/IP(s), comma-separated."),
+    passphrase_env: str | None = typer.Option(
+        None, "--passphrase-env", help="Env var holding a passphrase to encrypt the new keys."
+    ),
+) -> None:
+    """Organisation side: make new keys (kept in ORG_DIR/pending/) and a certificate request to
+    send to the authority — it holds public keys only."""
+    from trust.certificate_requests import make_request
+    from trust.certificates import CertificateError
+    from trust.pki import PkiError
+
+    try:
+        path = make_request(org_dir, org, host=host, passphrase=_passphrase(passphrase_env))
+    except (PkiError, CertificateError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"request for {org} written to {path}: send it to the authority's CA")
+
+
+@pki_app.command("sign-request")
+def sign_request_cmd(
+    ca_dir: Path = typer.Argument(..., help="The CA folder."),
+    request: Path = typer.Argument(..., help="The organisation's request.pem."),
+    org: str = typer.Option(..., "--org", help="The organisation the request must be from."),
+    out: Path = typer.Option(..., "--out", help="Folder for the certificates to send back."),
+    days: int = typer.Option(365, "--days", min=1),
+    ca_passphrase_env: str | None = typer.Option(
+        None, "--ca-passphrase-env", help="Env var holding the CA key's passphrase."
+    ),
+) -> None:
+    """Authority side: check an organisation's request and issue its TLS, signing and
+    encryption certificates (the CA never sees the organisation's private keys)."""
+    from trust.certificate_requests import sign_request
+    from trust.certificates import CertificateError
+    from trust.pki import PkiError
+
+    try:
+        checked = sign_request(
+            ca_dir,
+            request.read_bytes(),
+            org_id=org,
+            out_dir=out,
+            days=days,
+            ca_passphrase=_passphrase(ca_passphrase_env),
+        )
+    except OSError as exc:
+        typer.echo(f"error: cannot read {request}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    except (PkiError, CertificateError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"issued certificates for {org} ({', '.join(checked.hosts)}) in {out}")
+
+
+@pki_app.command("accept")
+def accept_cmd(
+    org_dir: Path = typer.Argument(..., help="The organisation's credentials folder."),
+    issued: Path = typer.Argument(..., help="The folder of certificates the CA sent back."),
+) -> None:
+    """Organisation side: install the certificates for the pending request (the current
+    credentials, if any, move to previous/<n>/)."""
+    from trust.certificate_requests import accept
+    from trust.certificates import CertificateError
+    from trust.pki import PkiError
+
+    try:
+        accept(org_dir, issued)
+    except (PkiError, CertificateError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"credentials installed in {org_dir}")
+
+
 @pki_app.command("revoke")
 def revoke_cmd(
     ca_dir: Path = typer.Argument(..., help="The CA folder."),

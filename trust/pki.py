@@ -38,7 +38,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trust.certificates import (
-    ORG_DNS_SUFFIX,
     ORG_URN_PREFIX,
     CertificateError,
     check_org_id,
@@ -339,55 +338,41 @@ def issue_org(
     ca_passphrase: bytes | None = None,
     now: dt.datetime | None = None,
 ) -> OrgCredentials:
-    """Issue an organisation's TLS, signing and encryption credentials into ``out_dir``.
+    """Both sides of an issuance on one machine (the local demo, tests): the organisation's
+    request in ``out_dir`` (its keys are made there), the CA's signature, the organisation's
+    acceptance — the same steps as ``ipjms pki request|sign-request|accept``
+    (``trust.certificate_requests``), where the CA never sees a private key.
 
     Issuing again for the same organisation is a *rotation*: the new credentials replace the
     files (the old ones move to ``previous/<n>/``) while the old certificates stay valid until
     they expire or are revoked by serial.
     """
+    import tempfile
+
+    from trust.certificate_requests import accept, make_request, sign_request
+
     ca_dir = Path(ca_dir)
     check_org_id(org_id)
     hosts = [h.strip() for h in (host.split(",") if isinstance(host, str) else host) if h.strip()]
-    if not hosts:
-        raise PkiError("at least one host is needed for the TLS certificate")
-    if any(h.lower().endswith(ORG_DNS_SUFFIX) for h in hosts):
-        raise PkiError(f"a host may not end in {ORG_DNS_SUFFIX} (it names an organisation)")
     if org_id in revoked_orgs(ca_dir):
         raise PkiError(f"organisation {org_id} has been revoked")
-    ca_key, ca_cert = _load_ca(ca_dir, ca_passphrase)
-    now = now or dt.datetime.now(dt.UTC)
+    _load_ca(ca_dir, ca_passphrase)  # a wrong CA passphrase fails before any key is made
     out = Path(out_dir) if out_dir is not None else ca_dir / "orgs" / org_id
-    if (out / "org.json").exists():
-        _archive(out)
-
-    tls_key = ec.generate_private_key(ec.SECP256R1())
-    sign_key = ec.generate_private_key(ec.SECP384R1())
-    enc_key = x25519.X25519PrivateKey.generate()
-    certs = {}
-    for usage, pub in (
-        ("tls", tls_key.public_key()),
-        ("signing", sign_key.public_key()),
-        ("encryption", enc_key.public_key()),
-    ):
-        cert = _issue_cert(
-            ca_key, ca_cert, org_id, pub, hosts=hosts, usage=usage, now=now, days=days
-        )
-        _write(ca_dir / ISSUED / f"{cert.serial_number:x}.pem", _cert_pem(cert))
-        certs[usage] = cert
-    for usage, key in (("tls", tls_key), ("signing", sign_key), ("encryption", enc_key)):
-        _write(out / f"{usage}.key.pem", _key_pem(key, passphrase), private=True)
-        _write(out / f"{usage}.cert.pem", _cert_pem(certs[usage]))
-    _write(out / CA_CERT, _cert_pem(ca_cert))
-    meta = {
-        "org_id": org_id,
-        "hosts": hosts,
-        "encrypted_keys": bool(passphrase),
-        "issued_at": now.isoformat(),
-        "serials": {u: f"{c.serial_number:x}" for u, c in certs.items()},
-        "fingerprints": {u: fingerprint(c) for u, c in certs.items()},
-        "not_after": certs["tls"].not_valid_after_utc.isoformat(),
-    }
-    _write(out / "org.json", json.dumps(meta, indent=2).encode())
+    request = make_request(out, org_id, host=hosts, passphrase=passphrase)
+    try:
+        with tempfile.TemporaryDirectory() as issued:
+            sign_request(
+                ca_dir,
+                request.read_bytes(),
+                org_id=org_id,
+                out_dir=issued,
+                days=days,
+                ca_passphrase=ca_passphrase,
+                now=now,
+            )
+            accept(out, issued)
+    finally:
+        shutil.rmtree(request.parent, ignore_errors=True)
     return load_org(out, passphrase=passphrase)
 
 

@@ -5,7 +5,8 @@
 #   deploy/k8s/gen-secrets.sh [--ca-dir DIR] [--k8s-dir DIR] [--add-node INSTANCE ORG]
 #
 # --ca-dir   the regional CA (default $IPJMS_CA_DIR or ~/.ipjms/regional-ca). Created if absent.
-#            The CA private key stays here, on the operator's machine — it never enters the cluster.
+#            The CA private key stays here, on the operator's machine — it never enters the cluster;
+#            this folder receives the organisations' requests, never their private keys.
 # --k8s-dir  the deploy/k8s folder to write into (default: this script's folder).
 # --add-node also generate the Secrets of the overlay's extra node (e.g. clinic-c org-clinic-c);
 #            its display name and level: $IPJMS_EXTRA_NODE_NAME, $IPJMS_EXTRA_NODE_LEVEL.
@@ -13,10 +14,12 @@
 # $IPJMS_CA_PASSPHRASE  required: the passphrase the CA's private key is encrypted with (a new
 #            CA is created encrypted; issuing needs it). Never written anywhere by this script.
 #
+# Organisations make their own keys: each one's keys are generated in its own folder under
+# secrets/orgs/ORG and only its certificate request reaches the CA folder (see issue_org below).
+#
 # Idempotent: existing passwords, keys and certificates are kept. To rotate an organisation's
-# credentials, run `ipjms pki issue CA_DIR --org ORG --host ...` (see trust/README.md), copy them
-# with this script (delete secrets/orgs/ORG first) and re-apply: the Secret's name hash changes, so
-# the pods that mount it are rolled.
+# credentials, delete secrets/orgs/ORG and re-run this script (a new request, signed by the CA),
+# then re-apply: the Secret's name hash changes, so the pods that mount it are rolled.
 set -eu
 
 if [ -z "${IPJMS_CA_PASSPHRASE:-}" ]; then
@@ -61,20 +64,23 @@ client_key() {
     fi
 }
 
-# issue_org OUT_DIR ORG HOSTS: the organisation's certificates and keys, copied from the CA's
-# output folder (trust/pki.py layout) into the kustomization's secrets folder.
+# issue_org OUT_DIR ORG HOSTS: the organisation makes its own keys and a certificate request in
+# its own credentials folder (OUT_DIR/orgs/ORG, which stands in for the organisation's machine);
+# the CA signs the request — public keys only, kept under CA_DIR/requests and CA_DIR/signed —
+# and the organisation installs the certificates. The CA folder never holds an organisation's
+# private key. In a real region each organisation runs `ipjms pki request` / `ipjms pki accept`
+# itself (deploy/README.md, "Keys").
 issue_org() {
     out="$1/orgs/$2"
     if [ ! -s "$out/tls.key.pem" ]; then
-        if [ ! -s "$ca_dir/orgs/$2/tls.key.pem" ]; then
-            $ipjms pki issue "$ca_dir" --org "$2" --host "$3" \
-                --ca-passphrase-env IPJMS_CA_PASSPHRASE >/dev/null
-        fi
-        mkdir -p "$out"
-        for f in org.json ca.cert.pem tls.cert.pem tls.key.pem signing.cert.pem signing.key.pem \
-            encryption.cert.pem encryption.key.pem; do
-            cp "$ca_dir/orgs/$2/$f" "$out/$f"
-        done
+        rm -rf "$out/pending"
+        $ipjms pki request "$out" --org "$2" --host "$3" >/dev/null
+        mkdir -p "$ca_dir/requests" "$ca_dir/signed"
+        cp "$out/pending/request.pem" "$ca_dir/requests/$2.request.pem"
+        rm -rf "$ca_dir/signed/$2"
+        $ipjms pki sign-request "$ca_dir" "$ca_dir/requests/$2.request.pem" --org "$2" \
+            --out "$ca_dir/signed/$2" --ca-passphrase-env IPJMS_CA_PASSPHRASE >/dev/null
+        $ipjms pki accept "$out" "$ca_dir/signed/$2" >/dev/null
     fi
 }
 
@@ -84,7 +90,7 @@ directory_entry() {
     out="$1/directory/$2"
     mkdir -p "$out"
     for f in org.json ca.cert.pem tls.cert.pem signing.cert.pem encryption.cert.pem; do
-        cp "$ca_dir/orgs/$2/$f" "$out/$f"
+        cp "$1/orgs/$2/$f" "$out/$f"
     done
     {
         echo '[[organisation]]'

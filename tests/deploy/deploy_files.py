@@ -127,3 +127,12 @@ def helm_render(
     for _path, text in sorted(rendered.items()):
         docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
+
+
+def ca_passphrase(folder: Path) -> dict[str, str]:
+    """The CA passphrase as Compose hands it to pki-bootstrap and crl-signer: a secret file
+    (IPJMS_CA_PASSPHRASE_FILE)."""
+    path = folder / "ca-passphrase"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text("test CA passphrase\n")
+    return {"IPJMS_CA_PASSPHRASE_FILE": str(path)}

@@ -17,7 +17,15 @@ from pathlib import Path
 import click
 import pytest
 import typer
-from deploy_files import DOCKERFILE, DOCKERIGNORE, ENTRYPOINT, IMAGE_UID, REPO_ROOT, load_compose
+from deploy_files import (
+    DOCKERFILE,
+    DOCKERIGNORE,
+    ENTRYPOINT,
+    IMAGE_UID,
+    REPO_ROOT,
+    ca_passphrase,
+    load_compose,
+)
 
 from deploy.launcher import free_port
 from servicekit.ports import read_announced_ports
@@ -212,6 +220,10 @@ def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
         "IPJMS_PKI_ORGS": "org-a=node-a org-b=node-b",
         "IPJMS_PKI_GENERATED": "node-a-db node-b-db",
     }
+    refused = run_entrypoint("pki-bootstrap", env=env)  # no CA passphrase: nothing is made
+    assert refused.returncode == 64 and "IPJMS_CA_PASSPHRASE_FILE" in refused.stderr
+    assert not pki.exists()
+    env.update(ca_passphrase(tmp_path))
     first = run_entrypoint("pki-bootstrap", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     from trust.pki import load_org
@@ -219,6 +231,14 @@ def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
     for org in ("org-a", "org-b"):
         creds = load_org(pki / "orgs" / org)
         assert creds.org_id == org
+    # the CA key is encrypted, and the CA folder holds no organisation's key (they sent requests)
+    assert (pki / "ca" / "ca.key.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED")
+    ca_private = [p.name for p in (pki / "ca").rglob("*.pem") if b"PRIVATE KEY" in p.read_bytes()]
+    assert ca_private == ["ca.key.pem"]
+    assert sorted(p.name for p in (pki / "ca" / "requests").iterdir()) == [
+        "org-a.request.pem",
+        "org-b.request.pem",
+    ]
     assert (pki / "ca-public" / "ca.cert.pem").read_bytes() == (
         pki / "ca" / "ca.cert.pem"
     ).read_bytes()
@@ -291,6 +311,7 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
             f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
             for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
         },
+        **ca_passphrase(tmp_path),
     }
     result = run_entrypoint("pki-bootstrap", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -327,6 +348,7 @@ def test_crl_signer_re_signs_and_publishes_the_crl(tmp_path: Path) -> None:
         f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
         for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
     }
+    dirs.update(ca_passphrase(tmp_path))
     boot = run_entrypoint("pki-bootstrap", env={"IPJMS_PKI_ORGS": "org-a=127.0.0.1", **dirs})
     assert boot.returncode == 0, boot.stdout + boot.stderr
 
@@ -360,6 +382,7 @@ def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
             for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
         },
+        **ca_passphrase(pki / "secret"),
     }
     result = run_entrypoint("pki-bootstrap", env=env)
     assert result.returncode == 0, result.stdout + result.stderr

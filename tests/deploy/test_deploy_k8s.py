@@ -453,3 +453,30 @@ def test_regional_ca_key_is_kept_encrypted(k8s_dir: Path, tmp_path: Path) -> Non
     )  # fmt: skip
     assert done.returncode == 64 and "IPJMS_CA_PASSPHRASE" in done.stderr
     assert not (tmp_path / "ca").exists()
+
+
+def test_the_authority_holds_no_organisation_private_key(k8s_dir: Path) -> None:
+    """Organisations make their own keys (issue 22): after gen-secrets.sh the CA folder holds
+    the organisations' certificate requests and the certificates it signed, and no private key
+    but its own (encrypted); each organisation's keys exist only in its own credentials folder."""
+    from cryptography import x509
+
+    from trust.certificate_requests import read_request
+
+    ca = k8s_dir.parent / "regional-ca"
+    private = sorted(
+        str(p.relative_to(ca))
+        for p in ca.rglob("*")
+        if p.is_file() and b"PRIVATE KEY" in p.read_bytes()
+    )
+    assert private == ["ca.key.pem"]
+    orgs = ["org-authority", "org-consent", "org-tertiary", "org-clinic-a", "org-clinic-b"]
+    for org in [*orgs, "org-clinic-c"]:
+        request = read_request((ca / "requests" / f"{org}.request.pem").read_bytes())
+        assert request.org_id == org
+        secrets = k8s_dir / ("overlays/add-node" if org == "org-clinic-c" else "base") / "secrets"
+        tls = x509.load_pem_x509_certificate((secrets / "orgs" / org / "tls.cert.pem").read_bytes())
+        assert tls.public_key() == request.tls_key, org  # the key the organisation made
+        assert not (secrets / "orgs" / org / "pending").exists()
+    script = (k8s_dir / "gen-secrets.sh").read_text()
+    assert "pki issue" not in script  # the CA-side key generation

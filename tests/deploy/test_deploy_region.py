@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deploy_files import ENTRYPOINT
+from deploy_files import ENTRYPOINT, ca_passphrase
 
 from deploy.launcher import free_port, wait_until
 from servicekit.ports import read_announced_ports
@@ -114,6 +114,7 @@ def test_region_from_entrypoint_roles_with_bootstrapped_credentials(
             "IPJMS_PKI_GENERATED": "coordinator-db consent-db node-a-db node-a-admin",
             "IPJMS_PKI_CLIENT_KEYS": "node-a-fl",
             **{f"IPJMS_PKI_{p.upper().replace('-', '_')}_DIR": str(pki / p) for p in parts},
+            **ca_passphrase(tmp_path / "secret"),
         },
     )
     assert boot.returncode == 0, boot.stdout + boot.stderr
