@@ -248,6 +248,20 @@ spec:
   method: barmanObjectStore
   cluster:
     name: {{ $p }}db-{{ .name }}
+{{- if $pg.backup.onDemand }}
+---
+# The restore drill's first step: a base backup of this database now (postgres.backup.onDemand).
+apiVersion: postgresql.cnpg.io/v1
+kind: Backup
+metadata:
+  name: {{ $p }}db-{{ .name }}-{{ $pg.backup.onDemand }}
+  labels:
+    {{- include "ipjms.labels" $ctx | nindent 4 }}
+spec:
+  method: barmanObjectStore
+  cluster:
+    name: {{ $p }}db-{{ .name }}
+{{- end }}
 {{- else }}
 apiVersion: apps/v1
 kind: StatefulSet
