@@ -13,10 +13,12 @@ An empty Poisson draw is a noise-only step, counted like any other.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +175,35 @@ def rdp_epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> fl
         return float(acc.get_epsilon(delta))
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0
+_THREADS_BEFORE = 0
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Train on one torch intra-op thread (issue 19). This module's tensors are small — a batch
+    of a few hundred rows by tens of features, one gradient row per patient — so OpenMP's
+    fork-join per operation costs more than the operation: on the 2-core bench machine under
+    load, the per-patient ``index_add_`` of a DP-SGD step took 17 ms wall on two threads and
+    0.13 ms on one (a plain Linear forward alike). Both the private and the non-private path
+    use it, so their ratio compares the algorithms. Threads training at once share one setting:
+    the first in lowers it, the last out restores it."""
+    global _THREADS_USERS, _THREADS_BEFORE
+    with _THREADS_LOCK:
+        if _THREADS_USERS == 0:
+            _THREADS_BEFORE = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_USERS += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS -= 1
+            if _THREADS_USERS == 0:
+                torch.set_num_threads(_THREADS_BEFORE)
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
@@ -186,8 +217,13 @@ def train(
     if len(x) == 0:
         raise ValueError("no training samples")
     torch.manual_seed(cfg.seed)
-    if dp is not None:
-        return _train_dp(model, x, y, cfg, dp, groups)
+    with _one_intra_op_thread():
+        if dp is not None:
+            return _train_dp(model, x, y, cfg, dp, groups)
+        return _train_plain(model, x, y, cfg)
+
+
+def _train_plain(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> TrainReport:
     loader = _loader(x, y, cfg.batch_size, cfg.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     loss_fn = nn.BCEWithLogitsLoss()
