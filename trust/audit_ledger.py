@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     insert,
     inspect,
     select,
@@ -69,6 +70,16 @@ head_table = Table(
     Column("hash", String(64), nullable=False),
 )
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Built once (SQLAlchemy then reuses their compiled form without rebuilding a cache key): the
+# head moved and read in one statement (UPDATE … RETURNING: PostgreSQL, SQLite ≥ 3.35).
+_BUMP_HEAD = (
+    update(head_table)
+    .where(head_table.c.id == 1)
+    .values(seq=head_table.c.seq + bindparam("n", type_=Integer))
+    .returning(head_table.c.seq, head_table.c.hash)
+)
+_SET_HEAD_HASH = update(head_table).where(head_table.c.id == 1).values(hash=bindparam("head_hash"))
+_INSERT_ENTRY = insert(ledger_table)
 
 
 class LedgerError(Exception):
@@ -219,14 +230,9 @@ class AuditLedger:
         """One transaction: the head moved by len(items), the entries chained in order."""
         n = len(items)
         with self.engine.begin() as conn:
-            bumped = conn.execute(
-                update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq + n)
-            )
-            if bumped.rowcount != 1:
+            head = conn.execute(_BUMP_HEAD, {"n": n}).first()
+            if head is None:
                 raise LedgerError("audit ledger head is missing; run `ipjms audit verify`")
-            head = conn.execute(
-                select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1)
-            ).one()
             seq, prev_hash = int(head[0]) - n, str(head[1])
             entries: list[LedgerEntry] = []
             for item in items:
@@ -241,7 +247,7 @@ class AuditLedger:
                 )
                 prev_hash = digest
             conn.execute(
-                insert(ledger_table),
+                _INSERT_ENTRY,
                 [
                     {
                         "seq": e.seq,
@@ -254,7 +260,7 @@ class AuditLedger:
                     for e, item in zip(entries, items, strict=True)
                 ],
             )
-            conn.execute(update(head_table).where(head_table.c.id == 1).values(hash=prev_hash))
+            conn.execute(_SET_HEAD_HASH, {"head_hash": prev_hash})
         return entries
 
     def entries(

@@ -94,6 +94,25 @@ def test_expired_and_not_yet_valid_refused(ca: Path, tmp_path: Path) -> None:
         )
 
 
+def test_a_verified_certificate_is_still_checked_for_time_and_revocation(ca: Path) -> None:
+    """The signature, names and usage of given bytes are worked out once (issue 19: ~0.5 ms per
+    gRPC call); the validity period and the revocations are checked at every call."""
+    from trust.certificates import _facts_of_pem
+
+    creds = issue_org(ca, "clinic-t", days=10)
+    assert verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem) == "clinic-t"
+    hits = _facts_of_pem.cache_info().hits
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=11)
+    with pytest.raises(CertificateError, match="expired"):
+        verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, now=later)
+    serial = x509.load_pem_x509_certificate(creds.tls_cert_pem).serial_number
+    with pytest.raises(CertificateError, match="has been revoked"):
+        verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, revoked={serial})
+    with pytest.raises(CertificateError, match="wrong key usage"):
+        verify_peer_certificate(creds.tls_cert_pem, creds.ca_cert_pem, usage="signing")
+    assert _facts_of_pem.cache_info().hits == hits + 2  # the same bytes and usage, not re-verified
+
+
 def test_revoked_org_refused_everywhere(ca: Path) -> None:
     creds = issue_org(ca, "clinic-b")
     other = issue_org(ca, "clinic-c")
