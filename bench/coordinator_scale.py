@@ -10,7 +10,11 @@ PostgreSQL queue database (fresh for each measurement); ``--senders`` sender org
 (separate processes, 4 threads each, spread over the replicas) and two recipient organisations
 that each keep an Inbox stream on every replica, verify + decrypt every envelope and acknowledge
 it. Every Send is consent-checked by the coordinator against the registry, and again at delivery
-— as in production. The envelopes are sealed before the clock starts.
+— as in production. The envelopes are sealed before the clock starts, each after its sender
+asked the registry for a decision bound to its envelope id (what a node does before sealing), so
+each coordinator check is one ``$recheck`` by envelope id; ``--unbound`` seals them with no
+decision, as this bench did before issue 19 (each check then a 404 ``$recheck`` and a
+``$decide``: two registry round trips).
 
 Measured per configuration: accepted/s (all Sends returned: durably queued) and delivered/s
 (every envelope acknowledged by its recipient), and CPU seconds per 1000 envelopes spent in the
@@ -75,7 +79,9 @@ def _machine_busy() -> float:
     return (sum(fields[:8]) - idle) / _TICK
 
 
-def measure(region: LoadRegion, server: str, replicas: int, per_sender: int) -> dict[str, Any]:
+def measure(
+    region: LoadRegion, server: str, replicas: int, per_sender: int, *, bound: bool = True
+) -> dict[str, Any]:
     db = create_database(server, f"ipjms_bench_queue_{uuid.uuid4().hex[:10]}")
     try:
         coordinators = region.start_coordinators(
@@ -97,6 +103,7 @@ def measure(region: LoadRegion, server: str, replicas: int, per_sender: int) -> 
                 per_sender=per_sender,
                 on_go=lambda: sample("go"),
                 on_done=lambda: sample("done"),
+                bound=bound,
             )
         finally:
             for c in coordinators:
@@ -129,6 +136,7 @@ def measure(region: LoadRegion, server: str, replicas: int, per_sender: int) -> 
             "machine_total": cpu("machine"),
         },
         "wall_s": result.last_delivered - result.go,
+        "load_average_after": os.getloadavg(),
     }
 
 
@@ -137,7 +145,11 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--per-sender", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--unbound", action="store_true", help="seal without a decision bound to the envelope"
+    )
     ns = parser.parse_args()
+    bound = not ns.unbound
     server = os.environ.get("IPJMS_TEST_POSTGRES_URL")
     if not server:
         print("set IPJMS_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB (a server to create "
@@ -152,14 +164,17 @@ def main() -> int:
             try:
                 region.start()
                 # warm-up: connections, caches, the registry's first decisions (not reported)
-                measure(region, server, 1, 10)
+                measure(region, server, 1, 10, bound=bound)
                 for r in range(ns.rounds):
                     for replicas in (1, 2):
-                        run = measure(region, server, replicas, ns.per_sender)
+                        run = measure(region, server, replicas, ns.per_sender, bound=bound)
                         runs[replicas].append(run)
                         console.print(
                             f"round {r + 1}, {replicas} coordinator(s): "
-                            f"{run['delivered_per_s']:.0f} envelopes/s delivered"
+                            f"{run['delivered_per_s']:.0f} envelopes/s delivered, "
+                            f"{run['cpu_s_per_1000']['coordinators']:.1f} ms CPU per envelope "
+                            f"in the coordinator(s), load average "
+                            f"{run['load_average_after'][0]:.1f}"
                         )
             finally:
                 region.stop()
@@ -185,6 +200,8 @@ def main() -> int:
         "when": datetime.now(UTC).isoformat(),
         "machine": platform.platform(),
         "cpu_cores": os.cpu_count(),
+        "load_average_end": os.getloadavg(),
+        "decisions_bound_to_envelopes": bound,
         "senders": ns.senders,
         "sender_threads": 4,
         "recipients": 2,
@@ -221,6 +238,12 @@ def main() -> int:
         )
     console.print(table)
     console.print(f"two / one (median delivered/s): {result['ratio_two_over_one_median']:.2f}×")
+    console.print(
+        "decisions bound to envelope ids: "
+        f"{'yes (one $recheck per check)' if bound else 'no (--unbound)'}; load average at the "
+        f"end {result['load_average_end'][0]:.1f} / {result['load_average_end'][1]:.1f} / "
+        f"{result['load_average_end'][2]:.1f}"
+    )
     out = ROOT / "bench" / "results" / "coordinator_scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

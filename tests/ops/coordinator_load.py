@@ -181,10 +181,14 @@ class LoadRegion:
         timeout: float = 300,
         on_go: Callable[[], None] | None = None,
         on_done: Callable[[], None] | None = None,
+        bound: bool = True,
     ) -> LoadResult:
         """Send ``per_sender`` envelopes from every sender at once (sealed beforehand, not
-        timed); returns when every one is acknowledged. ``on_go``/``on_done`` run right before
-        the senders start and right after the last acknowledgement (bench CPU sampling)."""
+        timed); returns when every one is acknowledged. ``bound``: each sender first asks the
+        registry for a decision bound to each envelope id, as a node does (untimed), so the
+        coordinator rechecks by envelope id; else it falls back to a ``$decide`` per check.
+        ``on_go``/``on_done`` run right before the senders start and right after the last
+        acknowledgement (bench CPU sampling)."""
         name = f"load-{len(coordinators)}-{int(time.time() * 1000)}"
         work = self.root / name
         work.mkdir()
@@ -206,6 +210,8 @@ class LoadRegion:
                    "--recipient-dirs", recipient_dirs, "--pseudonym", self.pseudo,
                    "--count", str(per_sender), "--threads", str(threads),
                    "--go", str(go)]  # fmt: skip
+            if bound:
+                cmd += ["--consent-url", self.consent_url]
             procs.append((org, subprocess.Popen(cmd, stderr=subprocess.PIPE), out))
         try:
             for org, proc, out in procs:

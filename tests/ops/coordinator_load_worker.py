@@ -2,7 +2,10 @@
 recipient organisation talking gRPC with mutual TLS to real coordinators.
 
 sender:    seal ``--count`` small envelopes to the recipients (round robin) with this org's
-           credentials, wait for the ``--go`` file, send them from ``--threads`` threads to its
+           credentials — with ``--consent-url``, first asking the registry for a decision bound
+           to each envelope id, as a node does before sealing (so the coordinator's checks are
+           one ``$recheck`` each; without it, a 404 ``$recheck`` then a ``$decide``) — wait for
+           the ``--go`` file, send them from ``--threads`` threads to its
            coordinator, write {"sent": [ids], "first": t, "last": t} to ``--out``.
 Both report their CPU seconds from the go signal on (``cpu``).
 recipient: open a following Inbox stream on EVERY coordinator (competing consumers), open each
@@ -38,22 +41,44 @@ def _wait_file(path: Path) -> None:
 def sender(ns: argparse.Namespace) -> None:
     creds = load_org(Path(ns.org_dir))
     recipients = [load_org(Path(d)) for d in ns.recipient_dirs.split(",")]
-    sealed: list[SealedEnvelope] = []
-    for i in range(ns.count):
-        r = recipients[i % len(recipients)]
-        header = EnvelopeHeader.new(
+    headers = [
+        EnvelopeHeader.new(
             kind="referral",
             sender=creds.org_id,
-            recipient=r.org_id,
+            recipient=recipients[i % len(recipients)].org_id,
             purpose="TREAT",
             classes=("Condition",),
             patient_pseudonym=ns.pseudonym,
         )
-        sealed.append(
-            seal_to(
-                header, PAYLOAD, sender=creds, recipient_encryption_cert_pem=r.encryption_cert_pem
+        for i in range(ns.count)
+    ]
+    if ns.consent_url:  # the node's step before sealing: a decision bound to the envelope id
+        from consent.client import ConsentClient
+
+        registry = ConsentClient(ns.consent_url, creds)
+
+        def bind(header: EnvelopeHeader) -> None:
+            registry.decide(
+                ns.pseudonym,
+                header.recipient,
+                header.purpose,
+                header.classes,
+                envelope_id=header.envelope_id,
             )
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(bind, headers))
+        registry.close()
+    by_id = {r.org_id: r for r in recipients}
+    sealed: list[SealedEnvelope] = [
+        seal_to(
+            h,
+            PAYLOAD,
+            sender=creds,
+            recipient_encryption_cert_pem=by_id[h.recipient].encryption_cert_pem,
         )
+        for h in headers
+    ]
     clients = [ExchangeClient(ns.address, creds, timeout=60) for _ in range(ns.threads)]
     Path(ns.out + ".ready").write_text("ready")
     _wait_file(Path(ns.go))
@@ -149,6 +174,7 @@ def main() -> None:
     p.add_argument("--recipient-dirs", default="")
     p.add_argument("--senders", default="")
     p.add_argument("--pseudonym", default="")
+    p.add_argument("--consent-url", default="")
     p.add_argument("--count", type=int, default=0)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
