@@ -15,13 +15,13 @@
 # find-links=/opt/wheels): pass the wheel folder as the named build context "wheels":
 #   docker build -t ipjms:0.1.0 --build-context wheels=/opt/wheels \
 #       --build-arg TORCH_PIP_ARGS="--find-links /wheels" .
-# Base images: pin by digest for a release build, e.g.
-#   --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest from
-#   `docker buildx imagetools inspect python:3.11-slim`>
-# (the digest is not committed here: it can only be read from the image registry).
+# Base image pinned by digest (the multi-platform index of python:3.11-slim, Python 3.11.15 on
+# Debian trixie, as published 2026-08-05 by the Docker Official Images' repo-info,
+# repos/python/remote/3.11-slim.md). Refresh with each base-image security update:
+#   docker buildx imagetools inspect python:3.11-slim   → the index digest, here and below.
 # No secret is baked in: keys, certificates and database passwords are mounted at run time.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 # An empty default for the optional "wheels" build context (overridden by --build-context).
 FROM scratch AS wheels

@@ -257,3 +257,32 @@ def backup_gaps(docs: list[Doc]) -> list[str]:
         if tpl["metadata"]["labels"].get("app.kubernetes.io/component") == "database":
             found.append(f"{name}: a hand-written {w['kind']} database (no backups, no PITR)")
     return found
+
+
+# --- 6. images -----------------------------------------------------------------------------------
+
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+# The project's own image: built from this repository (compose builds it locally); deployed by
+# digest with the chart's image.digest.
+OWN_IMAGE = re.compile(r"^(\$\{IPJMS_IMAGE:-)?([^/]+/)*ipjms[:@]")
+
+
+def unpinned_images(images: list[tuple[str, str]]) -> list[str]:
+    """(where, image reference) pairs whose third-party image is not pinned by digest (a tag
+    can be moved to other content; a digest cannot)."""
+    return [
+        f"{where}: {image} is not pinned by digest"
+        for where, image in images
+        if not OWN_IMAGE.match(image) and not _DIGEST.search(image)
+    ]
+
+
+def manifest_images(docs: list[Doc]) -> list[tuple[str, str]]:
+    """Every container image of the workloads and every CloudNativePG Cluster's imageName."""
+    out = [
+        (name, c["image"])
+        for name, tpl, _w in pod_specs(docs)
+        for c in [*tpl["spec"].get("initContainers", []), *tpl["spec"]["containers"]]
+    ]
+    out += [(d["metadata"]["name"], d["spec"]["imageName"]) for d in docs if d["kind"] == "Cluster"]
+    return out

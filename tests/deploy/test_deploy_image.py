@@ -57,7 +57,7 @@ def test_dockerfile_runtime_stage_is_slim_non_root_and_health_checked() -> None:
     names = [n for n, _ in stages]
     assert names[-1] == "runtime" and "builder" in names
     runtime = dict(stages)["runtime"]
-    assert re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim\b", text)
+    assert re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim@sha256:[0-9a-f]{64}\n", text)
     assert runtime[0] == ("FROM", "${PYTHON_IMAGE} AS runtime")
     users = [a for i, a in runtime if i == "USER"]
     assert users and users[-1].split(":")[0] == str(IMAGE_UID), (
