@@ -112,7 +112,8 @@ def plaintext_hops(docs: list[Doc]) -> list[str]:
 # --- 2. network policies -------------------------------------------------------------------------
 
 
-def _selected(policy: Doc, labels: dict[str, str]) -> bool:
+def policy_selects(policy: Doc, labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's podSelector selects a pod with these labels."""
     return _labels_match(policy["spec"]["podSelector"], labels)
 
 
@@ -127,7 +128,7 @@ def network_policy_gaps(docs: list[Doc]) -> list[str]:
             deny_all = [
                 p
                 for p in policies
-                if _selected(p, labels)
+                if policy_selects(p, labels)
                 and direction in p["spec"].get("policyTypes", [])
                 and direction.lower() not in p["spec"]
             ]

@@ -253,6 +253,7 @@ def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]
         ("StatefulSet", "db-clinic-c"),
         ("Service", "db-clinic-c"),
         ("NetworkPolicy", "db-clinic-c"),
+        ("NetworkPolicy", "db-clients-egress-clinic-c"),
         ("ConfigMap", "node-clinic-c"),
         ("Secret", "db-clinic-c-password"),
         ("Secret", "org-clinic-c-credentials"),
@@ -480,3 +481,32 @@ def test_the_authority_holds_no_organisation_private_key(k8s_dir: Path) -> None:
         assert not (secrets / "orgs" / org / "pending").exists()
     script = (k8s_dir / "gen-secrets.sh").read_text()
     assert "pki issue" not in script  # the CA-side key generation
+
+
+@pytest.mark.parametrize("variant", ["base", "add-node"])
+def test_kustomize_denies_egress_by_default_and_hides_the_control_api(
+    variant: str, rendered
+) -> None:  # type: ignore[no-untyped-def]
+    """The local packaging too (issue 22: "no egress policy"): every pod is selected by a
+    default-deny ingress and egress policy, no egress rule opens every destination or every pod,
+    the SuperLink's Control API is on loopback and in no Service or policy. The same check
+    (hardening_rules.network_policy_gaps) as the Helm chart's, shown failing on its gap."""
+    import copy
+
+    from hardening_rules import network_policy_gaps, policy_selects
+
+    docs = rendered[variant]
+    assert network_policy_gaps(docs) == []
+    no_deny = [d for d in copy.deepcopy(docs) if d["metadata"]["name"] != "default-deny-egress"]
+    gaps = network_policy_gaps(no_deny)
+    assert gaps and all("no default-deny egress policy" in g for g in gaps), gaps
+    # databases may open no connection but DNS: only the DNS policy allows them any egress
+    db_labels = next(
+        t["metadata"]["labels"] for n, t in pod_templates(docs).items() if n.startswith("db-")
+    )
+    allowing = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["spec"].get("egress") and policy_selects(d, db_labels)
+    }
+    assert allowing == {"allow-dns-egress"}, allowing

@@ -1,7 +1,8 @@
 """Every hop refuses a plaintext client (issue 22, must-show 2), on real processes: the managed
 PostgreSQL of ``ipjms up`` (TLS only, certificate from the regional CA), the consent registry and
 the coordinator serving HTTPS with their organisations' certificates on it over ``verify-full``,
-and the coordinator's gRPC. The checks are deploy/demo/tls_check.py's, which also end
+and the coordinator's gRPC; a node (the FHIR API a SuperNode reads patient data from) serving
+HTTPS on its own database. The checks are deploy/demo/tls_check.py's, which also end
 ``ipjms up --run-story`` with ``[tls] enabled`` (tests/ops/test_ops_up.py)."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import psycopg
@@ -33,7 +36,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     root = tmp_path_factory.mktemp("tls")
     ca = root / "ca"
     init_ca(ca)
-    for org in ("org-consent", "org-coordinator", "org-db"):
+    for org in ("org-consent", "org-coordinator", "org-db", "org-node"):
         issue_org(ca, org, host="127.0.0.1,localhost")
     orgs = ca / "orgs"
     pg = LocalPostgres.prepare(
@@ -49,9 +52,9 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     try:
         password = pg.password_file.read_text().strip()
         with psycopg.connect(pg.url, password=password, autocommit=True) as conn:
-            for name in ("consent", "coordinator"):
+            for name in ("consent", "coordinator", "node"):
                 conn.execute(f"CREATE DATABASE {name}")
-        db = {n: pg.url.replace("/postgres?", f"/{n}?") for n in ("consent", "coordinator")}
+        db = {n: pg.url.replace("/postgres?", f"/{n}?") for n in ("consent", "coordinator", "node")}
         consent = start_service(
             "consent",
             ["consent", "serve", "--data-dir", str(root / "consent"), "--port", "0",
@@ -72,7 +75,25 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             ports_dir=root / "coordinator",
         )  # fmt: skip
         services.append(coordinator)
+        # a node: the FHIR API its SuperNode reads patient data from, on its own database
+        subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "node", "init", "--org", "org-node",
+             "--name", "TLS Clinic", "--level", "community", "--data-dir", str(root / "node"),
+             "--db", db["node"]],
+            check=True, capture_output=True, timeout=300,
+            env={**os.environ, "IPJMS_ADMIN_PASSWORD": "tls-hops-admin"},
+        )  # fmt: skip
+        node = start_service(
+            "node",
+            ["node", "serve", "--data-dir", str(root / "node"), "--port", "0",
+             "--tls-cert", str(orgs / "org-node" / "tls.cert.pem"),
+             "--tls-key", str(orgs / "org-node" / "tls.key.pem")],
+            base_url="https://127.0.0.1:{http}", log_dir=root / "logs",
+            ports_dir=root / "node",
+        )  # fmt: skip
+        services.append(node)
         yield {
+            "node": node.base_url,
             "consent": consent.base_url,
             "coordinator": coordinator.base_url,
             "grpc": f"127.0.0.1:{coordinator.extra['ports']['grpc']}",
@@ -94,7 +115,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             shutil.rmtree(f"/var/tmp/ipjms-postgres-{tag}", ignore_errors=True)
 
 
-@pytest.mark.parametrize("service", ["consent", "coordinator"])
+@pytest.mark.parametrize("service", ["node", "consent", "coordinator"])
 def test_http_services_answer_only_over_tls(region: dict[str, object], service: str) -> None:
     assert plaintext_http_refused(str(region[service]))
 
@@ -103,7 +124,7 @@ def test_coordinator_grpc_refuses_a_plaintext_channel(region: dict[str, object])
     assert plaintext_grpc_refused(str(region["grpc"]))
 
 
-@pytest.mark.parametrize("service", ["consent", "coordinator"])
+@pytest.mark.parametrize("service", ["node", "consent", "coordinator"])
 def test_postgresql_refuses_plaintext_and_the_services_use_verify_full(
     region: dict[str, object], service: str
 ) -> None:
