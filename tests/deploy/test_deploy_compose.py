@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,39 @@ def test_ipjms_containers_run_unprivileged(compose: dict[str, Any]) -> None:
         assert svc.get("user") == f"{IMAGE_UID}:{IMAGE_UID}", name
         assert svc.get("read_only") is True, name
         assert "ALL" in svc.get("cap_drop", []), name
+
+
+def compose_plaintext_hops(compose: dict[str, Any]) -> list[str]:
+    """Every URL a service is given is https://, every IPJMS role that serves or calls HTTP serves
+    TLS and trusts the regional CA, and the coordinator's directory lists https:// endpoints."""
+    found: list[str] = []
+    for name, svc in compose["services"].items():
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            if str(value).startswith("http://"):
+                found.append(f"{name}: {key}={value} is plaintext HTTP")
+        role = (svc.get("labels") or {}).get("ipjms.role")
+        if role in ("node", "consent", "coordinator", "supernode"):
+            if env.get("IPJMS_HTTP_TLS") != "1":
+                found.append(f"{name}: serves plaintext HTTP (IPJMS_HTTP_TLS is not 1)")
+            if env.get("SSL_CERT_FILE") != "/run/ipjms/ca/ca.cert.pem":
+                found.append(f"{name}: its HTTPS clients do not trust the regional CA")
+    for url in re.findall(r'url = "([^"]+)"', compose["configs"]["directory"]["content"]):
+        if not url.startswith("https://"):
+            found.append(f"directory: endpoint {url} is plaintext HTTP")
+    return found
+
+
+def test_every_http_hop_is_tls(compose: dict[str, Any]) -> None:
+    """Issue 22: node and registry HTTP — including the SuperNode reading patient data from its
+    node's FHIR API — was plaintext inside the Compose network."""
+    assert compose_plaintext_hops(compose) == []
+    broken = copy.deepcopy(compose)
+    broken["services"]["supernode-clinic-a"]["environment"]["IPJMS_FHIR_URL"] = (
+        "http://node-clinic-a:8080"
+    )
+    del broken["services"]["consent"]["environment"]["IPJMS_HTTP_TLS"]
+    assert compose_plaintext_hops(broken) == [
+        "consent: serves plaintext HTTP (IPJMS_HTTP_TLS is not 1)",
+        "supernode-clinic-a: IPJMS_FHIR_URL=http://node-clinic-a:8080 is plaintext HTTP",
+    ]
