@@ -223,11 +223,12 @@ def compose_plaintext_hops(compose: dict[str, Any]) -> list[str]:
             if str(value).startswith("http://"):
                 found.append(f"{name}: {key}={value} is plaintext HTTP")
         role = (svc.get("labels") or {}).get("ipjms.role")
-        if role in ("node", "consent", "coordinator", "supernode"):
-            if env.get("IPJMS_HTTP_TLS") != "1":
-                found.append(f"{name}: serves plaintext HTTP (IPJMS_HTTP_TLS is not 1)")
-            if env.get("SSL_CERT_FILE") != "/run/ipjms/ca/ca.cert.pem":
-                found.append(f"{name}: its HTTPS clients do not trust the regional CA")
+        # the SuperNode serves only its health port (no patient data): a client of HTTPS only
+        if role in ("node", "consent", "coordinator") and env.get("IPJMS_HTTP_TLS") != "1":
+            found.append(f"{name}: serves plaintext HTTP (IPJMS_HTTP_TLS is not 1)")
+        trusts_ca = env.get("SSL_CERT_FILE") == "/run/ipjms/ca/ca.cert.pem"
+        if role in ("node", "consent", "coordinator", "supernode") and not trusts_ca:
+            found.append(f"{name}: its HTTPS clients do not trust the regional CA")
     for url in re.findall(r'url = "([^"]+)"', compose["configs"]["directory"]["content"]):
         if not url.startswith("https://"):
             found.append(f"directory: endpoint {url} is plaintext HTTP")
