@@ -7,6 +7,16 @@ the reason or the clinician (it has neither), so it asks for ``ETREAT`` naming t
 its sender, and the registry *re-admits* only what it already granted: a break-glass entry in
 its ledger for that envelope id, patient, sender and recipient, covering every class asked,
 granted within :data:`READMIT_WINDOW`. Pure functions over ledger entries; no I/O here.
+
+A break-glass *pull* (a clinician pulling the patient's history from the other holders): the
+clinician's organisation asks for ``ETREAT`` with the reason, naming itself as the data's
+recipient and a pull id as the envelope — the pull grant, which re-admits its record-locator
+lookup. Each record query and each holder's answer is its own envelope: its sender asks for
+``ETREAT`` with ``pull`` (the pull grant's envelope id) and no reason, and the registry grants
+it on the pull grant (:func:`pull_refusal`: a pull grant — data to the organisation whose
+clinician broke the glass —, same patient, the data going to that organisation, classes
+covered, within the window), recording it as a break-glass entry of its own for that envelope
+(the clinician and the reason of the pull) so the coordinator's checks re-admit it like any.
 """
 
 from __future__ import annotations
@@ -18,7 +28,14 @@ from typing import Any
 
 from trust import audit_events
 
-__all__ = ["Grant", "READMIT_WINDOW", "grants_in", "find_grant", "readmission_refusal"]
+__all__ = [
+    "Grant",
+    "READMIT_WINDOW",
+    "grants_in",
+    "find_grant",
+    "readmission_refusal",
+    "pull_refusal",
+]
 
 # An emergency whose data has not crossed within a day is no longer the same emergency: the
 # clinician asks again (with a reason) rather than the old grant carrying a new delivery.
@@ -130,4 +147,33 @@ def readmission_refusal(
     beyond = sorted(classes - grant.classes)
     if beyond:
         return f"the break-glass grant for envelope {envelope_id} does not cover {beyond}"
+    return None
+
+
+def pull_refusal(
+    grant: Grant | None,
+    *,
+    pull: str,
+    patient: str,
+    recipient: str,
+    classes: frozenset[str],
+) -> str | None:
+    """Why an ``ETREAT`` decision under the pull grant ``pull`` is refused (None: granted).
+    Only a pull grant carries on (its organisation named itself as the data's recipient), and
+    only towards that organisation: a referral's grant cannot be turned into a pull."""
+    if grant is None:
+        return (
+            f"no break-glass pull was granted as {pull} within "
+            f"{int(READMIT_WINDOW.total_seconds() // 3600)} h; break-glass (ETREAT) needs a "
+            "stated reason and a named clinician"
+        )
+    if grant.requester != grant.recipient:
+        return f"the break-glass grant {pull} is not a pull (its data went to another party)"
+    if grant.patient != patient:
+        return f"the break-glass pull {pull} is for another patient"
+    if recipient != grant.requester:
+        return f"the break-glass pull {pull} brings data only to {grant.requester}"
+    beyond = sorted(classes - grant.classes)
+    if beyond:
+        return f"the break-glass pull {pull} does not cover {beyond}"
     return None

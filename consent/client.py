@@ -197,6 +197,7 @@ class ConsentClient:
         acting_user: str | None = None,
         envelope_id: str | None = None,
         sender: str | None = None,
+        pull: str | None = None,
     ) -> SignedDecision:
         """Ask for a signed decision; the returned decision has been verified against the JWKS
         and against the request it answers. The requester is always this organisation (the
@@ -217,6 +218,8 @@ class ConsentClient:
             params.append({"name": "envelope", "valueId": envelope_id})
         if sender:  # an ETREAT re-check of that envelope (consent.break_glass)
             params.append({"name": "sender", "valueString": sender})
+        if pull:  # ETREAT carried on by a break-glass pull grant (consent.break_glass)
+            params.append({"name": "pull", "valueId": pull})
         r = self._request(
             "POST",
             "/fhir/Consent/$decide",

@@ -22,6 +22,10 @@ AuditEvent naming the organisation and its user, with the organisation's signed 
 evidence, and it appears in the patient's disclosure list with the break-glass flag. The entry
 names the envelope the decision is bound to (``Parameters.envelope``).
 
+A break-glass pull's record queries and answers (``ETREAT`` with ``pull`` and no reason) are
+granted only under the pull grant (``consent.break_glass.pull_refusal``), each recorded as a
+break-glass entry for its own envelope naming the pull's clinician and reason.
+
 The coordinator's re-check of such an envelope (``ETREAT`` with ``envelope`` and ``sender``, no
 reason: it has no clinician to name) is *re-admitted* only if that grant is in this ledger for the
 same envelope, patient, sender and recipient and covers every class asked, granted within
@@ -41,7 +45,14 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from consent.auth import CLINICIAN_ROLES, Principal
-from consent.break_glass import READMIT_WINDOW, Grant, find_grant, grants_in, readmission_refusal
+from consent.break_glass import (
+    READMIT_WINDOW,
+    Grant,
+    find_grant,
+    grants_in,
+    pull_refusal,
+    readmission_refusal,
+)
 from consent.decision_token import request_hash, sign_decision
 from consent.parameters import DecideInput
 from consent.policy import Decision, DecisionRequest, decide
@@ -105,7 +116,13 @@ class DecisionService:
                 "another organisation cannot be named"
             )
         readmitted: Grant | None = None
-        if inp.purpose == "ETREAT" and not inp.reason and inp.envelope and inp.sender:
+        carried: Grant | None = None  # the break-glass pull grant this decision carries on
+        if inp.purpose == "ETREAT" and not inp.reason and inp.pull and inp.envelope:
+            # A record query or answer of a break-glass pull (no clinician at a holder): only
+            # under the pull grant this registry made, see consent.break_glass.pull_refusal.
+            decision, carried = self._under_pull(inp)
+            self._remember(inp, requester, decision.break_glass)
+        elif inp.purpose == "ETREAT" and not inp.reason and inp.envelope and inp.sender:
             # The coordinator's re-check of an envelope (it has no reason and no clinician to
             # state): only what this registry already granted, see consent.break_glass.
             decision, readmitted = self._readmission(inp)
@@ -166,8 +183,40 @@ class DecisionService:
         if inp.envelope is not None:
             claims["env"] = inp.envelope  # the envelope that will carry this decision
         token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl, x5c=self.x5c)
-        self._audit(inp, caller, requester, decision, decision_id, readmitted)
+        self._audit(inp, caller, requester, decision, decision_id, readmitted, carried)
         return IssuedDecision(decision, decision_id, token, expires_at)
+
+    def _under_pull(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
+        """ETREAT under a break-glass pull grant: granted (a break-glass entry of its own for
+        this envelope, naming the pull's clinician and reason) or denied, with the reason."""
+        assert inp.pull is not None
+        since = datetime.now(UTC) - READMIT_WINDOW
+        entries = self.ledger.entries(patient_pseudonym=inp.patient, since=since)
+        grant = find_grant(
+            grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM), inp.pull
+        )
+        refusal = pull_refusal(
+            grant, pull=inp.pull, patient=inp.patient, recipient=inp.recipient,
+            classes=inp.classes,
+        )  # fmt: skip
+        if refusal is not None or grant is None:
+            return Decision(
+                permit=False,
+                classes=frozenset(),
+                consent_ids=(),
+                reason=refusal or "no break-glass pull grant",
+                refused_classes=inp.classes,
+            ), None
+        return Decision(
+            permit=True,
+            classes=inp.classes,
+            consent_ids=(),
+            reason=(
+                f"break-glass pull by {grant.role or 'clinician'} {grant.user} of "
+                f"{grant.requester} (decision {grant.decision_id}): {grant.reason}"
+            ),
+            break_glass=True,
+        ), grant
 
     def _readmission(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
         """An ETREAT re-check: re-admit the break-glass this registry granted for the envelope
@@ -339,17 +388,19 @@ class DecisionService:
         decision: Decision,
         decision_id: str,
         readmitted: Grant | None = None,
+        carried: Grant | None = None,
     ) -> None:
         if decision.break_glass and readmitted is None:
             event = audit_events.break_glass(
-                user=caller.acting_user or "unknown",
+                user=carried.user if carried else caller.acting_user or "unknown",
                 org=requester,
                 recipient=inp.recipient,
                 patient_pseudonym=inp.patient,
-                reason=inp.reason or "",
+                reason=carried.reason if carried else inp.reason or "",
                 classes=sorted(decision.classes),
                 observer=self.observer,
                 envelope_id=inp.envelope,  # what a re-check of that envelope re-admits
+                user_org=carried.requester if carried else None,
             )
         else:
             event = audit_events.routing_decision(
@@ -368,10 +419,17 @@ class DecisionService:
                 "what": {"identifier": {"system": DECISION_SYSTEM, "value": decision_id}},
                 "detail": [
                     {"type": "caller", "valueString": caller.org_id or ""},
-                    {"type": "acting-role", "valueString": caller.acting_role or "-"},
+                    {
+                        "type": "acting-role",
+                        "valueString": (carried.role if carried else caller.acting_role) or "-",
+                    },
                 ],
             }
         )
+        if carried is not None:  # which pull grant this one carries on
+            event["entity"][-1]["detail"].append(
+                {"type": "pull", "valueString": carried.decision_id}
+            )
         if readmitted is not None:  # a re-check: which grant it re-admitted, for the envelope
             event["entity"][-1]["detail"] += [
                 {"type": "readmits", "valueString": readmitted.decision_id},

@@ -11,6 +11,10 @@ In::
     envelope   valueId                          the envelope that will carry the decision
     sender     valueString | valueReference     ETREAT re-check only: the envelope's sender
                                                 (see consent.break_glass)
+    pull       valueId                          ETREAT without a reason: the envelope id of the
+                                                break-glass pull grant this envelope carries
+                                                on (a record query or its answer; see
+                                                consent.break_glass.pull_refusal)
 
 Out: ``decision`` (permit|deny), ``class``×n (permitted), ``refused-class``×n, ``consent``×n
 (``Consent/<id>``), ``reason``, ``break-glass``, ``decision-id``, ``expires``, ``data-period``
@@ -38,6 +42,7 @@ _ALLOWED = {
     "reason",
     "envelope",
     "sender",
+    "pull",
 }
 _ENVELOPE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_REASON = 500
@@ -53,6 +58,7 @@ class DecideInput:
     reason: str | None
     envelope: str | None = None  # the id of the envelope that will carry the decision
     sender: str | None = None  # an ETREAT re-check: the sender of that envelope
+    pull: str | None = None  # ETREAT under a break-glass pull grant (its envelope id)
 
 
 def _value(param: dict[str, Any], name: str) -> str:
@@ -95,7 +101,9 @@ def _collect(body: object, allowed: frozenset[str] | set[str]) -> dict[str, list
 
 def parse_decide(body: object) -> DecideInput:
     values = _collect(body, _ALLOWED)
-    for name in ("patient", "recipient", "requester", "purpose", "reason", "envelope", "sender"):
+    for name in (
+        "patient", "recipient", "requester", "purpose", "reason", "envelope", "sender", "pull"
+    ):  # fmt: skip
         if len(values.get(name, [])) > 1:
             raise BadRequest(f"parameter {name} given twice", expression=[f"Parameters.{name}"])
     for name in ("patient", "recipient", "purpose"):
@@ -115,6 +123,17 @@ def parse_decide(body: object) -> DecideInput:
         raise BadRequest(
             "envelope must be a lowercase UUID (an envelope id)", expression=["Parameters.envelope"]
         )
+    pull = values.get("pull", [None])[0]
+    if pull is not None and not _ENVELOPE_ID.match(pull):
+        raise BadRequest(
+            "pull must be a lowercase UUID (the pull grant's envelope id)",
+            expression=["Parameters.pull"],
+        )
+    if pull is not None and envelope is None:
+        raise BadRequest(
+            "a decision under a pull grant is bound to its envelope (Parameters.envelope)",
+            expression=["Parameters.envelope"],
+        )
     return DecideInput(
         patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
@@ -124,6 +143,7 @@ def parse_decide(body: object) -> DecideInput:
         reason=reason or None,
         envelope=envelope,
         sender=check_org_id(sender, "Parameters.sender") if sender else None,
+        pull=pull,
     )
 
 

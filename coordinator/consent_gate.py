@@ -122,21 +122,42 @@ class ConsentGate:
         return oracle.decide(pseudonym, receiver, header.purpose, classes, **bound)
 
     def check_lookup(
-        self, *, patient_pseudonym: str, caller: str, purpose: str, classes: list[str]
+        self,
+        *,
+        patient_pseudonym: str,
+        caller: str,
+        purpose: str,
+        classes: list[str],
+        break_glass_envelope: str = "",
     ) -> GateDecision:
         """A record-locator lookup discloses where the patient is treated, so it passes only if
         the patient's consent permits at least one of the classes the caller will query the
-        holders for, to the caller, for the stated purpose (the record-query rule)."""
+        holders for, to the caller, for the stated purpose (the record-query rule). A
+        break-glass pull (``ETREAT``) passes only if the registry re-admits the caller's pull
+        grant bound to ``break_glass_envelope`` (same patient, caller, classes, within the
+        window; ``consent.break_glass``)."""
         if self.oracle is None:
             return GateDecision(False, "no consent registry is configured (default deny)")
+        bound: dict[str, str] = {}
+        if purpose == "ETREAT":
+            if not break_glass_envelope:
+                return GateDecision(
+                    False,
+                    "a break-glass (ETREAT) lookup names the break-glass grant it was given "
+                    "(break_glass_envelope)",
+                )
+            bound = {"envelope_id": break_glass_envelope, "sender": caller}
         try:
-            decision = self.oracle.decide(patient_pseudonym, caller, purpose, classes)
+            decision = self.oracle.decide(patient_pseudonym, caller, purpose, classes, **bound)
         except Exception as exc:
             return _registry_failure(exc)
         consent_ids = tuple(getattr(decision, "consent_ids", ()) or ())
         if not getattr(decision, "permit", False):
             reason = getattr(decision, "reason", "") or "no consent"
             return GateDecision(False, f"consent refused: {reason}", consent_ids)
+        if getattr(decision, "break_glass", False):
+            reason = getattr(decision, "reason", "") or "break-glass"
+            return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
         return GateDecision(True, "consent permits disclosure to the caller", consent_ids)
 
 

@@ -149,7 +149,11 @@ class LocatorServicer(_Base, pb_grpc.RecordLocatorServicer):
         pseudo, purpose, classes = request.patient_pseudonym, request.purpose, list(request.classes)
         check_lookup(pseudo, purpose, classes)
         decision = self.s.gate.check_lookup(
-            patient_pseudonym=pseudo, caller=org.org_id, purpose=purpose, classes=classes
+            patient_pseudonym=pseudo,
+            caller=org.org_id,
+            purpose=purpose,
+            classes=classes,
+            break_glass_envelope=request.break_glass_envelope,
         )
         holders = self.s.locator.lookup(pseudo, exclude=org.org_id) if decision.permit else []
         self.s.auditor.record_lookup(

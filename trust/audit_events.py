@@ -231,8 +231,11 @@ def break_glass(
     observer: str,
     envelope_id: str | None = None,
     recorded: dt.datetime | None = None,
+    user_org: str | None = None,
 ) -> dict[str, Any]:
-    """Emergency access without consent (purpose ETREAT, subtype BTG); the reason is kept."""
+    """Emergency access without consent (purpose ETREAT, subtype BTG); the reason is kept.
+    ``user_org``: the clinician's organisation when it is not ``org`` (a holder answering a
+    break-glass pull on the pulling clinician's grant)."""
     if not reason.strip():
         raise ValueError("break-glass needs a stated reason")
     event = disclosure(
@@ -250,7 +253,7 @@ def break_glass(
     event["outcomeDesc"] = "break-glass access"
     event["entity"].append(
         {
-            "what": {"identifier": {"system": f"{USER_SYSTEM}:{org}", "value": user}},
+            "what": {"identifier": {"system": f"{USER_SYSTEM}:{user_org or org}", "value": user}},
             "type": _coding(ENTITY_TYPE, "2"),
             "detail": [{"type": "break-glass-reason", "valueString": reason}],
         }

@@ -8,7 +8,8 @@ and credentials folders) through ``net.facts["node_env"]``.
 ``run`` (after the consent chapter enrolled a patient and granted TREAT to clinic B): the
 tertiary hospital refers the patient down to clinic B → B accepts → B's doctor asks the
 hospital's cardiologist for a consultation → the hospital answers → clinic C, which has no
-consent, is refused at the coordinator → B pulls the patient's history. Every step prints what
+consent, is refused at the coordinator → C's doctor breaks the glass and pulls the history
+with a stated reason (none: refused) → B pulls the patient's history. Every step prints what
 travelled and its latency.
 """
 
@@ -433,6 +434,50 @@ def run(net: DemoNetwork) -> None:
         if r.status_code != 403:
             raise RuntimeError(f"a referral to {clinic_c.org_id} was not refused: {r.status_code}")
         notes.append(f"referral {hospital.org_id} → {clinic_c.org_id}: 403, no consent")
+
+    with net.step(
+        f"{clinic_c.org_id}'s doctor breaks the glass: pulls the history with a stated reason"
+    ) as notes:
+        patient_c = _local_patient(clinic_c, doc_c, pseudo, key)
+        if patient_c is None:
+            notes.append(f"{clinic_c.org_id} holds no record of the patient; nothing to pull")
+        else:
+            pull = {"patient": f"Patient/{patient_c}", "emergency": True}
+            r = httpx.post(f"{clinic_c.url}/exchange/pulls", headers=doc_c, timeout=60,
+                           json={**pull, "break_glass_reason": " "})  # fmt: skip
+            if r.status_code != 400:
+                raise RuntimeError(f"a break-glass pull without a reason answered {r.status_code}")
+            notes.append("without a stated reason: 400 from the consent registry, nothing sent")
+            t0 = time.perf_counter()
+            stated = "collapsed in the waiting room; allergies and medication unknown"
+            emergency = _post(clinic_c, doc_c, "/exchange/pulls",
+                              {**pull, "break_glass_reason": stated})  # fmt: skip
+            notes.append(
+                f"with it: the registry's break-glass grant, holders {emergency['holders']}, "
+                f"record queries {[q['state'] for q in emergency['queries']]}"
+            )
+
+            def under_break_glass() -> list[dict[str, Any]]:
+                return [
+                    r for r in _inbox(clinic_c, doc_c)
+                    if r["kind"] == "record-answer" and r["patient_id"] == patient_c
+                    and r["detail"].startswith("break-glass")
+                ]  # fmt: skip
+
+            wait_until(under_break_glass, 60, interval=0.1, what="break-glass record answer")
+            notes.append(
+                f"{under_break_glass()[0]['detail']} from {hospital.org_id} "
+                f"({(time.perf_counter() - t0) * 1000:.0f} ms); {hospital.org_id}'s inbox: "
+                + next(
+                    (
+                        r["detail"]
+                        for r in _inbox(hospital, doc_a)
+                        if r["kind"] == "record-query" and r["detail"].startswith("break-glass")
+                    ),
+                    "?",
+                )  # fmt: skip
+            )
+            notes.append("the patient's list shows the pull, the query and the answer flagged")
 
     with net.step(f"{clinic_b.org_id} pulls the patient's history") as notes:
         t0 = time.perf_counter()

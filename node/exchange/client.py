@@ -120,12 +120,20 @@ class ExchangeClient:
         )
         return int(reply.published)
 
-    def lookup(self, pseudonym: str, *, purpose: str, classes: list[str]) -> list[str]:
+    def lookup(
+        self, pseudonym: str, *, purpose: str, classes: list[str], break_glass_envelope: str = ""
+    ) -> list[str]:
         """Holders of the patient. A lookup is a disclosure: it states the purpose and the
         classes the caller will query for, and the coordinator checks the patient's consent
-        (PERMISSION_DENIED without it) and audits it."""
+        (PERMISSION_DENIED without it) and audits it. A break-glass (ETREAT) lookup names the
+        envelope id of the caller's break-glass pull grant, which the registry re-admits."""
         reply = self.locator.Lookup(
-            pb.LookupRequest(patient_pseudonym=pseudonym, purpose=purpose, classes=classes),
+            pb.LookupRequest(
+                patient_pseudonym=pseudonym,
+                purpose=purpose,
+                classes=classes,
+                break_glass_envelope=break_glass_envelope,
+            ),
             timeout=self.timeout,
         )
         return list(reply.holders)

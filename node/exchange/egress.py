@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,9 @@ from trust.pseudonym import IdentifierError, routing_pseudonym
 
 __all__ = [
     "BreakGlass",
+    "BreakGlassPull",
+    "emergency_parameters",
+    "registry_decision",
     "ConsentRefused",
     "Disclosure",
     "collect",
@@ -91,6 +95,15 @@ class BreakGlass:
     reason: str
     role: str
     user: str
+
+
+@dataclass(frozen=True)
+class BreakGlassPull:
+    """A disclosure carried by a clinician's break-glass pull (purpose ETREAT): a holder's
+    record answer (or the puller's record query) asks the registry under the pull grant
+    (``pull``: the envelope id it is bound to); no clinician of this organisation is named."""
+
+    pull: str
 
 
 @dataclass(frozen=True)
@@ -156,11 +169,12 @@ def disclose(
     wanted: set[str],
     workflow: list[dict[str, Any]] | None = None,
     title: str,
-    break_glass: BreakGlass | None = None,
+    break_glass: BreakGlass | BreakGlassPull | None = None,
 ) -> Disclosure:
     """collect → filter by consent → pack → seal. Raises ConsentRefused when nothing may go.
     With ``break_glass`` the purpose must be ETREAT and the registry is asked with the reason
-    and the clinician; its refusal (no reason 400, not a clinician 403) is passed on as such."""
+    and the clinician (or, for a break-glass pull's answer, under the pull grant); its refusal
+    (no reason 400, not a clinician 403, no such pull grant 403) is passed on as such."""
     if (break_glass is not None) != (purpose == "ETREAT"):
         raise BadRequest("break-glass (ETREAT) needs a stated reason and a clinician")
     patient, pseudo = pseudonym_of(ctx, patient_id)
@@ -173,15 +187,7 @@ def disclose(
     if ask:
         # The registry decides while this node reads its own records; nothing is packed or
         # sealed before the decision is in, and only what it permits is kept.
-        emergency = (
-            {
-                "reason": break_glass.reason,
-                "acting_role": break_glass.role,
-                "acting_user": break_glass.user,
-            }
-            if break_glass is not None
-            else {}
-        )
+        emergency = emergency_parameters(break_glass)
         asked = _CONSENT_ASKS.submit(
             ctx.consent.decide,
             pseudo,
@@ -218,6 +224,29 @@ def disclose(
             title=title,
         )
     return Disclosure(sealed, declared, count)
+
+
+def emergency_parameters(break_glass: BreakGlass | BreakGlassPull | None) -> dict[str, str]:
+    """What the registry is told of an emergency (``ConsentClient.decide`` keywords)."""
+    if isinstance(break_glass, BreakGlass):
+        return {
+            "reason": break_glass.reason,
+            "acting_role": break_glass.role,
+            "acting_user": break_glass.user,
+        }
+    if isinstance(break_glass, BreakGlassPull):
+        return {"pull": break_glass.pull}
+    return {}
+
+
+def registry_decision(asked: Callable[[], SignedDecision]) -> SignedDecision:
+    """A registry decision asked now (see :func:`_decision`)."""
+    future: Future[SignedDecision] = Future()
+    try:
+        future.set_result(asked())
+    except Exception as exc:  # noqa: BLE001 - mapped by _decision
+        future.set_exception(exc)
+    return _decision(future)
 
 
 def _decision(asked: Future[SignedDecision]) -> SignedDecision:

@@ -30,7 +30,7 @@ from node.exchange.documents import (
     undeclared_classes,
 )
 from node.exchange.tables import inbound, pseudonyms
-from node.exchange.workflow import task_uid
+from node.exchange.workflow import BREAK_GLASS_PREFIX, pull_note, task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
 from node.store import UnitOfWork, identifier_criteria, parse_bundle
 from servicekit.outcome import FhirError
@@ -167,7 +167,8 @@ def _import_document(
                 uow.conn,
                 sealed,
                 "imported",
-                f"{len(entries)} resources",
+                (f"{BREAK_GLASS_PREFIX} ({h.purpose}): " if h.purpose == "ETREAT" else "")
+                + f"{len(entries)} resources",
                 task_uid=uid,
                 patient_id=patient_id,
             )
@@ -240,8 +241,17 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     if regional is None:
         return _reject(ctx, sealed, "the routing pseudonym does not match the patient inside")
     if h.kind == "record-query":
+        # A break-glass pull is shown as such on this side too: the inbox row says who asked
+        # and why, with the local patient (the referrals page lists these rows).
+        emergency = h.purpose == "ETREAT" and isinstance(body, dict)
         with ctx.engine.begin() as conn:
-            _record(conn, sealed, "answered", "record query")
+            local = conn.execute(
+                select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == regional)
+            ).first()
+            _record(
+                conn, sealed, "answered", pull_note(body) if emergency else "record query",
+                patient_id=str(local[0]) if emergency and local else None,
+            )  # fmt: skip
         return Handled(True, "record query", query=body, patient=regional)
     if h.kind not in KINDS:  # every other kind carries a document Bundle
         return _reject(ctx, sealed, f"unsupported envelope kind {h.kind!r}")

@@ -80,6 +80,10 @@ class AnswerIn(BaseModel):
 class PullIn(BaseModel):
     patient: str
     classes: list[str] | None = None
+    # Break-glass pull (purpose ETREAT): the clinician's stated reason; the registry requires
+    # it and a doctor or nurse, grants the pull and audits it (node.exchange.service).
+    emergency: bool = False
+    break_glass_reason: str = Field(default="", max_length=500)
 
 
 @router.post("/requests", status_code=201)
@@ -147,8 +151,15 @@ def pull(
     _p: Principal = Depends(require_scope("Patient", "read")),
 ) -> dict[str, Any]:
     ctx = _ctx(request)
+    emergency = (
+        BreakGlass(reason=body.break_glass_reason.strip(), role=_p.role, user=_p.subject)
+        if body.emergency
+        else None
+    )
     return _coordinator_errors(
-        lambda: pull_history(ctx, _ref_id(body.patient, "Patient"), body.classes)
+        lambda: pull_history(
+            ctx, _ref_id(body.patient, "Patient"), body.classes, break_glass=emergency
+        )
     )
 
 

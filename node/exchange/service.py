@@ -25,14 +25,23 @@ from node.exchange.context import ExchangeContext
 from node.exchange.egress import (
     DEFAULT_CLASSES,
     BreakGlass,
+    BreakGlassPull,
     ConsentRefused,
     disclose,
+    emergency_parameters,
     pseudonym_of,
+    registry_decision,
     seal_for,
     send,
 )
 from node.exchange.tables import pseudonyms
-from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
+from node.exchange.workflow import (
+    check_transition,
+    new_request,
+    query_parameter,
+    task_parties,
+    task_uid,
+)
 from node.identity import patient_pseudonym
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
@@ -234,16 +243,47 @@ def answer(
     }
 
 
+PULL_PARAMETERS = ("break-glass-pull", "break-glass-reason", "break-glass-user")
+
+
 def pull_history(
-    ctx: ExchangeContext, patient_id: str, classes: list[str] | None = None
+    ctx: ExchangeContext,
+    patient_id: str,
+    classes: list[str] | None = None,
+    *,
+    break_glass: BreakGlass | None = None,
 ) -> dict[str, Any]:
     """Ask every holder of the patient (record locator) for the consented history. The lookup
     states its purpose and classes; without the patient's consent the coordinator refuses it
-    (→ ConsentRefused, 403) and nothing is asked of anyone."""
+    (→ ConsentRefused, 403) and nothing is asked of anyone.
+
+    With ``break_glass`` (a clinician's stated reason) it is an emergency pull, purpose ETREAT,
+    whatever the consents say: first the registry's pull grant (this organisation's clinician
+    and reason, the data to this organisation, bound to a pull id; no reason → 400, not a
+    doctor or nurse → 403, and nothing is asked of anyone), then the lookup naming that grant
+    (the coordinator has the registry re-admit it), then a record query to each holder under
+    the grant; each holder answers under it too (``answer_query``). All of it is audited at
+    the registry as break-glass and listed, flagged, for the patient."""
     _patient, pseudo = pseudonym_of(ctx, patient_id)
     wanted = sorted(set(classes or DEFAULT_CLASSES))
+    purpose, pull = "TREAT", ""
+    if break_glass is not None:
+        if not break_glass.reason.strip():
+            raise BadRequest("break-glass (ETREAT) needs a stated reason")
+        purpose, pull = "ETREAT", str(uuid.uuid4())
+        granted = registry_decision(
+            lambda: ctx.consent.decide(
+                pseudo, ctx.org_id, "ETREAT", wanted, envelope_id=pull,
+                **emergency_parameters(break_glass),
+            )
+        )  # fmt: skip
+        if not granted.permit:
+            raise ConsentRefused(f"consent registry: {granted.reason}")
+        log.info("break-glass pull %s granted (patient Patient/%s)", pull, patient_id)
     try:
-        holders = ctx.client.lookup(pseudo, purpose="TREAT", classes=wanted)
+        holders = ctx.client.lookup(
+            pseudo, purpose=purpose, classes=wanted, break_glass_envelope=pull
+        )
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
             raise ConsentRefused(
@@ -259,19 +299,26 @@ def pull_history(
             kind="record-query",
             sender=ctx.org_id,
             recipient=holder,
-            purpose="TREAT",
+            purpose=purpose,
             classes=wanted,
             patient_pseudonym=routing_pseudonym(ctx.linkage_key, pseudo, ctx.org_id, holder),
         )
-        query = {
+        query: dict[str, Any] = {
             "resourceType": "Parameters",
             "parameter": [
                 {"name": "patient", "valueString": pseudo},
                 *({"name": "class", "valueCode": c} for c in wanted),
             ],
         }
+        if break_glass is not None:  # the holder answers under the grant, and shows why
+            query["parameter"] += [
+                {"name": "break-glass-pull", "valueId": pull},
+                {"name": "break-glass-reason", "valueString": break_glass.reason},
+                {"name": "break-glass-user", "valueString": break_glass.user},
+            ]
+        under = {"pull": pull} if pull else {}
         decision = ctx.consent.decide(
-            pseudo, ctx.org_id, "TREAT", wanted, envelope_id=header.envelope_id
+            pseudo, ctx.org_id, purpose, wanted, envelope_id=header.envelope_id, **under
         )
         if not decision.permit:
             queries.append(
@@ -285,17 +332,27 @@ def pull_history(
         except ConsentRefused as exc:
             state = f"refused: {exc.diagnostics}"
         queries.append({"holder": holder, "envelope_id": header.envelope_id, "state": state})
-    return {"patient": f"Patient/{patient_id}", "holders": holders, "queries": queries}
+    return {
+        "patient": f"Patient/{patient_id}",
+        "holders": holders,
+        "queries": queries,
+        "break_glass": break_glass is not None,
+        "pull": pull or None,
+    }
 
 
 def answer_query(
     ctx: ExchangeContext, requester: str, pseudo: str, purpose: str, query: dict[str, Any]
 ) -> str | None:
     """A holder answers a record query with what the patient's consent permits (its own check).
-    A break-glass (ETREAT) pull is not built: such a query is not answered."""
+    A break-glass (ETREAT) query is answered under the pulling clinician's grant, which the
+    registry checks (``BreakGlassPull``); a query without one is not answered."""
+    pull: BreakGlassPull | None = None
     if purpose == "ETREAT":
-        log.info("record query from %s under ETREAT: break-glass pulls are not answered", requester)
-        return None
+        if not query_parameter(query, "break-glass-pull"):
+            log.info("record query from %s under ETREAT names no pull grant", requester)
+            return None
+        pull = BreakGlassPull(query_parameter(query, "break-glass-pull"))
     with ctx.engine.connect() as conn:
         row = conn.execute(
             select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
@@ -317,8 +374,9 @@ def answer_query(
             purpose=purpose,
             wanted=wanted,
             title=f"Record answer to {requester}",
+            break_glass=pull,
         )
-    except ConsentRefused as exc:
+    except (ConsentRefused, BadRequest) as exc:
         log.info("record query from %s refused by consent: %s", requester, exc.diagnostics)
         return None
     send(ctx, disclosure, patient_id=str(row[0]))

@@ -17,6 +17,9 @@ __all__ = [
     "task_uid",
     "task_parties",
     "is_break_glass",
+    "query_parameter",
+    "pull_note",
+    "BREAK_GLASS_PREFIX",
 ]
 
 # The purpose-of-use security label of a break-glass (emergency) request (FHIR meta.security).
@@ -127,3 +130,24 @@ def task_parties(task: dict[str, Any]) -> tuple[str, str]:
     requester = task.get("requester", {}).get("identifier", {}).get("value", "")
     owner = task.get("owner", {}).get("identifier", {}).get("value", "")
     return str(requester), str(owner)
+
+
+def query_parameter(query: dict[str, Any], name: str) -> str:
+    """A record query's single value of ``name`` ("" when absent)."""
+    for p in query.get("parameter", []):
+        if isinstance(p, dict) and p.get("name") == name:
+            for key in ("valueId", "valueString", "valueCode"):
+                if isinstance(p.get(key), str):
+                    return str(p[key])
+    return ""
+
+
+BREAK_GLASS_PREFIX = "break-glass"  # an exchange inbox row's detail: arrived under break-glass
+
+
+def pull_note(query: dict[str, Any]) -> str:
+    """How a holder records a break-glass record query it received (its inbox row's detail)."""
+    return (
+        f"break-glass record query by {query_parameter(query, 'break-glass-user') or '?'}: "
+        f"{query_parameter(query, 'break-glass-reason')}"
+    )

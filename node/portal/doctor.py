@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Request, Response
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from node.care.alerts import recipient_of
@@ -21,8 +22,9 @@ from node.care.definitions import load_catalog
 from node.care.records import practitioner_for_user
 from node.care.routes import CLOSE_ACTIONS, alert_stream, close_alert, enrol_patient
 from node.exchange.egress import BreakGlass
-from node.exchange.service import answer, change_status, request_exchange
-from node.exchange.workflow import is_break_glass, task_parties, task_uid
+from node.exchange.service import answer, change_status, pull_history, request_exchange
+from node.exchange.tables import inbound
+from node.exchange.workflow import BREAK_GLASS_PREFIX, is_break_glass, task_parties, task_uid
 from node.portal.app_launch import launch_csp, launchable_apps
 from node.portal.journey import load_journey
 from node.portal.panel import CONTROL_RANK, load_panel, name_page, person_name, search_all
@@ -38,6 +40,7 @@ CATALOG = load_catalog()
 PATHWAYS = ("hypertension", "type-2-diabetes", "copd", "heart-failure")
 FOLLOW_UP_DAYS = 7
 CARE_LEVELS = ("tertiary", "county", "community")  # who may receive a referral
+MAX_REASON = 500  # characters of a stated break-glass reason (the registry's own limit)
 
 
 def _store(request: Request) -> FhirStore:
@@ -297,6 +300,34 @@ async def break_glass(request: Request, handle: str) -> Response:
     )
 
 
+@router.post(PREFIX + "/patients/{handle}/break-glass-pull")
+async def break_glass_pull(request: Request, handle: str) -> Response:
+    """Emergency pull of the patient's history from the other institutions that hold it,
+    whatever the patient's consents say, on this clinician's stated reason: the same record
+    locator and record queries as an ordinary pull (``node.exchange.service.pull_history``)
+    under the registry's break-glass grant. Without a reason nothing is asked of anyone."""
+    principal = clinician(request, "Patient", "read")
+    pid = _resolve(request, handle, "Patient")
+    form = await _form(request)
+    exchange = getattr(request.app.state, "exchange", None)
+    if exchange is None:
+        raise ServiceUnavailable("this node is not connected to a coordinator")
+    stated = form.get("reason", "")
+    if not stated or len(stated) > MAX_REASON:
+        return kit_of(request).redirect(
+            f"{PREFIX}/patients/{handle}?notice=break-glass-pull-invalid"
+        )
+    emergency = BreakGlass(reason=stated, role=principal.role, user=principal.subject)
+    try:
+        await run_in_threadpool(lambda: pull_history(exchange, pid, break_glass=emergency))
+    except FhirError as exc:
+        if exc.status not in (400, 403, 409):
+            raise
+        notice = "break-glass-pull-refused" if exc.status == 403 else "break-glass-pull-invalid"
+        return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice={notice}")
+    return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=break-glass-pull")
+
+
 # -- the alert inbox ----------------------------------------------------------------------------
 def _my_open_alerts(store: FhirStore, username: str) -> list[dict[str, Any]]:
     """The open alerts addressed to this doctor (or to no one), most severe first."""
@@ -377,12 +408,53 @@ def _exchange_tasks(store: FhirStore) -> list[dict[str, Any]]:
     return out
 
 
+def _break_glass_pulls(request: Request) -> list[dict[str, Any]]:
+    """Break-glass pulls on both sides, from the exchange inbox: the answers this node received
+    under break-glass and the break-glass record queries it answered (newest first)."""
+    exchange = getattr(request.app.state, "exchange", None)
+    if exchange is None:
+        return []
+    t = inbound
+    with exchange.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.kind, t.c.sender, t.c.detail, t.c.patient_id, t.c.received_at)
+            .where(
+                t.c.kind.in_(("record-query", "record-answer")),
+                t.c.detail.startswith(BREAK_GLASS_PREFIX),
+            )
+            .order_by(t.c.received_at.desc())
+            .limit(50)
+        ).all()
+    store = _store(request)
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        patient = None
+        if row.patient_id:
+            try:
+                patient = store.read("Patient", row.patient_id)
+            except FhirError:
+                patient = None
+        out.append(
+            {
+                "kind": row.kind,
+                "sender": row.sender,
+                "detail": row.detail,
+                "at": datetime.fromtimestamp(row.received_at, UTC).isoformat(),
+                "patient": patient,
+                "name": person_name(patient or {}),
+            }
+        )
+    return out
+
+
 @router.get(PREFIX + "/referrals")
 async def referrals(request: Request) -> Response:
     clinician(request, "Task", "search")
     rows = await run_in_threadpool(_exchange_tasks, _store(request))
+    clinician(request, "Patient", "read")
+    pulls = await run_in_threadpool(_break_glass_pulls, request)
     org_id = request.app.state.services.settings.org_id
-    return _render(request, "referrals.html", tasks=rows, me=org_id)
+    return _render(request, "referrals.html", tasks=rows, me=org_id, pulls=pulls)
 
 
 @router.post(PREFIX + "/referrals/{handle}/{action}")

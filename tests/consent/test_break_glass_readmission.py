@@ -63,3 +63,51 @@ def test_readmission_binds_envelope_patient_sender_recipient_and_classes(
         assert refusal is None
     else:
         assert refusal is not None and refused_because in refusal
+
+
+# --- a break-glass pull's grant carries on its queries and answers (pull_refusal) -------------
+
+
+def _pull_grant() -> object:
+    event = audit_events.break_glass(
+        user="u-7", org="clinic-c", recipient="clinic-c", patient_pseudonym=PATIENT,
+        reason="collapsed, history unknown", classes=["Condition", "Observation"],
+        observer="consent-registry", envelope_id=ENV,
+    )  # fmt: skip
+    decision = {"system": DECISION_SYSTEM, "value": "d-7"}
+    role = [{"type": "acting-role", "valueString": "doctor"}]
+    event["entity"].append({"what": {"identifier": decision}, "detail": role})
+    (grant,) = grants_in([(event, PATIENT)], DECISION_SYSTEM)
+    return grant
+
+
+@pytest.mark.parametrize(
+    ("which", "patient", "recipient", "classes", "why"),
+    [
+        ("pull", PATIENT, "clinic-c", {"Condition"}, None),
+        ("pull", PATIENT, "clinic-c", {"Condition", "Observation"}, None),
+        ("pull", "pseudo-2", "clinic-c", {"Condition"}, "for another patient"),
+        ("pull", PATIENT, "hosp-a", {"Condition"}, "brings data only to clinic-c"),
+        ("pull", PATIENT, "clinic-c", {"Condition", "Procedure"}, "does not cover ['Procedure']"),
+        ("referral", PATIENT, "clinic-c", {"Condition"}, "is not a pull"),
+        (None, PATIENT, "clinic-c", {"Condition"}, "no break-glass pull was granted"),
+    ],
+)
+def test_a_pull_grant_carries_on_only_towards_its_organisation(
+    which: str | None, patient: str, recipient: str, classes: set[str], why: str | None
+) -> None:
+    from consent.break_glass import pull_refusal
+
+    grant = {"pull": _pull_grant(), "referral": grants_in([(_grant_event(), PATIENT)],
+             DECISION_SYSTEM)[0], None: None}[which]  # fmt: skip
+    refusal = pull_refusal(
+        grant,
+        pull=ENV,
+        patient=patient,
+        recipient=recipient,
+        classes=frozenset(classes),  # type: ignore[arg-type]
+    )
+    if why is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and why in refusal

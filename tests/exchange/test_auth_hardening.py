@@ -464,3 +464,122 @@ def test_coordinator_refuses_a_break_glass_envelope_the_registry_did_not_grant(
     other = send(granted, "clinic-b")
     assert other.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "another recipient" in other.details()
+
+
+# --- break-glass pulls (issue 16) ---------------------------------------------------------------
+
+PULL_REASON = "collapsed in clinic, unknown medication history"
+
+
+def _c_patient(region: Region, pid: str) -> str:
+    """Clinic C's own record of the patient hosp-a holds (same national id); no consent names C."""
+    seed(region.nodes["clinic-c"], _local_patient(pid))
+    return f"Patient/{pid}"
+
+
+def _post_when_connected(node, path: str, body: dict) -> httpx.Response:  # type: ignore[no-untyped-def]
+    # (an earlier test may have restarted the coordinator: the node reconnects within its backoff)
+    deadline = time.monotonic() + 30
+    while True:
+        r = node.post(path, body)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
+
+
+def test_break_glass_pull_brings_the_history_only_with_a_reason_and_is_flagged_everywhere(
+    region: Region,
+) -> None:
+    """Clinic C (no consent) pulls the patient's history from hosp-a: an ordinary pull is
+    refused at the locator (403), an emergency one without a reason by the registry (400) — in
+    both, nothing is asked of anyone; with the clinician's reason the registry grants the pull,
+    the coordinator re-admits the lookup, hosp-a answers under the grant and C imports the
+    history. Both nodes' inboxes mark it break-glass (hosp-a with the clinician and the
+    reason), the coordinator's lookup and routing events carry the grant (BTG), and the
+    patient's list shows the pull, the query and the answer flagged, with the reason."""
+    a, c = region.nodes["hosp-a"], region.nodes["clinic-c"]
+    patient = _c_patient(region, "clinic-c-local")  # (the id an earlier test may have made)
+    outbox_before = len(c.get("/exchange/outbox")["envelopes"])
+    a_inbox_before = {e["envelope_id"] for e in a.get("/exchange/inbox")["envelopes"]}
+    r = _post_when_connected(c, "/exchange/pulls", {"patient": patient})
+    assert r.status_code == 403, r.text  # not an emergency, no consent
+    r = c.post("/exchange/pulls", {"patient": patient, "emergency": True,
+                                   "break_glass_reason": "  "})  # fmt: skip
+    assert r.status_code == 400 and "needs a stated reason" in r.text, r.text
+    assert len(c.get("/exchange/outbox")["envelopes"]) == outbox_before  # nothing was sent
+    before = len(_disclosures(region))
+    events_before = len(_ledger_events(region))
+    r = c.post("/exchange/pulls", {"patient": patient, "emergency": True,
+                                   "break_glass_reason": PULL_REASON})  # fmt: skip
+    assert r.status_code == 200, r.text
+    pulled = r.json()
+    assert pulled["break_glass"] and pulled["holders"] == ["hosp-a"]
+    assert [q["state"] for q in pulled["queries"]] == ["sent"]
+    query_id = pulled["queries"][0]["envelope_id"]
+
+    def c_imported() -> list[dict]:
+        return [
+            e for e in c.get("/exchange/inbox")["envelopes"]
+            if e["sender"] == "hosp-a" and e["kind"] == "record-answer"
+            and e["outcome"] == "imported" and e["detail"].startswith("break-glass")
+        ]  # fmt: skip
+
+    wait_for(lambda: bool(c_imported()), what="clinic C imports hosp-a's break-glass answer")
+    [imported] = c_imported()
+    # linked by the regional pseudonym to C's record of her (the first C made of her)
+    conditions = c.search("Condition", patient=f"Patient/{imported['patient_id']}")
+    assert any(x["meta"]["source"].startswith("urn:ipjms:org:hosp-a") or "hosp-a" in
+               x["meta"]["source"] for x in conditions), conditions  # fmt: skip
+    # hosp-a shows the query it answered as break-glass, with the clinician and the reason
+    answered = [e for e in a.get("/exchange/inbox")["envelopes"] if e["envelope_id"] == query_id]
+    assert query_id not in a_inbox_before
+    assert len(answered) == 1 and answered[0]["patient_id"] == f"p-{NID}"
+    assert answered[0]["detail"] == f"break-glass record query by doctor: {PULL_REASON}"
+    # the coordinator: the lookup re-admitted on the pull grant; the query routed as BTG
+    events = _ledger_events(region)[events_before:]
+    lookups = [e for e in events if e["subtype"][0]["code"] == "lookup-permitted"]
+    assert lookups and lookups[-1]["purposeOfEvent"][0]["coding"][0]["code"] == "ETREAT"
+    assert PULL_REASON in lookups[-1]["outcomeDesc"]
+    routed_query = [e for e in events
+                    if e["entity"][1].get("what", {}).get("identifier", {}).get("value")
+                    == query_id]  # fmt: skip
+    assert routed_query and all("BTG" in {s["code"] for s in e["subtype"]} for e in routed_query)
+    # the patient's list: the pull grant, the query and the answer, each flagged, one reason
+    new = _disclosures(region)[before:]
+    flagged = [i for i in new if i["break_glass"]]
+    assert {(i["requester"], i["recipient"]) for i in flagged} == {
+        ("clinic-c", "clinic-c"),  # the pull grant and the query under it
+        ("hosp-a", "clinic-c"),  # hosp-a's answer under the grant
+    }
+    assert len(flagged) == 3 and {i["reason"] for i in flagged} == {PULL_REASON}
+
+
+def test_a_pull_grant_carries_only_pulls_to_its_organisation(region: Region) -> None:
+    """The registry's pull rule: a referral's break-glass grant cannot be used as a pull
+    grant; a pull grant brings data only to the organisation whose clinician broke the glass;
+    a pull id that was never granted is nothing."""
+    pseudo = region.pseudonym(NID)
+    a_client, b_client = region.consent_client("hosp-a"), region.consent_client("clinic-b")
+    referral = str(uuid.uuid4())
+    a_client.decide(pseudo, "clinic-c", "ETREAT", ["Condition"], reason=PULL_REASON,
+                    acting_role="doctor", acting_user="u-1", envelope_id=referral)  # fmt: skip
+    pull = str(uuid.uuid4())
+    granted = region.consent_client("clinic-c").decide(
+        pseudo, "clinic-c", "ETREAT", ["Condition"], reason=PULL_REASON,
+        acting_role="doctor", acting_user="u-2", envelope_id=pull,
+    )  # fmt: skip
+    assert granted.permit and granted.break_glass
+    for client, recipient, under, why in [
+        (a_client, "clinic-c", referral, "is not a pull"),
+        (a_client, "clinic-b", pull, "brings data only to clinic-c"),
+        (b_client, "clinic-c", str(uuid.uuid4()), "no break-glass pull was granted"),
+    ]:
+        d = client.decide(pseudo, recipient, "ETREAT", ["Condition"],
+                          envelope_id=str(uuid.uuid4()), pull=under)  # fmt: skip
+        assert not d.permit and why in d.reason, (why, d.reason)
+    beyond = a_client.decide(pseudo, "clinic-c", "ETREAT", ["Condition", "Observation"],
+                             envelope_id=str(uuid.uuid4()), pull=pull)  # fmt: skip
+    assert not beyond.permit and "does not cover ['Observation']" in beyond.reason
+    ok = a_client.decide(pseudo, "clinic-c", "ETREAT", ["Condition"],
+                         envelope_id=str(uuid.uuid4()), pull=pull)  # fmt: skip
+    assert ok.permit and ok.break_glass and "u-2" in ok.reason

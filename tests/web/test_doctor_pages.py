@@ -275,3 +275,91 @@ def test_break_glass_from_the_patient_page_crosses_and_is_shown_as_such(region: 
         tasks = [(t.get("meta"), t.get("priority")) for t in node.search("Task", _count="50")]
         assert len(row) == 2, f"no break-glass row at {node.org_id}: {tasks}"
         assert "紧急访问（破窗）" in row[1].split("</tr>")[0] and stated in row[1]
+
+
+PULL_STATED = "found unconscious at home; allergies and medication unknown"
+
+
+def test_break_glass_pull_from_the_patient_page_is_flagged_on_both_sides_and_to_the_patient(
+    region: Region, browser: Any
+) -> None:
+    """The patient page's emergency pull (issue 16): the hospital also holds Li Mei; in
+    Chromium at 360 px the clinic's doctor asks without a reason — refused, said so, nothing
+    sent — then with one: the hospital answers under the registry's break-glass grant and the
+    clinic imports the history. The clinic's referrals page lists the records received under
+    break-glass, the hospital's the query it answered with the clinician and the reason; Li
+    Mei's "who saw my data" page (her regional sign-in) shows the pull flagged, with the reason.
+    axe on each page, no sideways scrolling at 360 px, the CSP on every page."""
+    from exchange_net import patient_bundle, seed, wait_for
+
+    clinic, hospital = region.nodes["clinic-b"], region.nodes["hosp-a"]
+    seed(hospital, patient_bundle(HF_ID, name="Li Mei"))  # the hospital's own record of her
+    assert hospital.post("/exchange/publish", {}).status_code == 200
+    pid = f"p-{HF_ID}"
+    ctx = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = ctx.new_page()
+    documents: list[Any] = []
+    page.on("response", lambda r: documents.append(r) if r.request.resource_type == "document"
+            else None)  # fmt: skip
+
+    def check(name: str) -> None:
+        shot(page, name)
+        assert axe_serious(page) == [], f"axe on {name}"
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360, f"{name} scrolls sideways at 360 px ({width} px)"
+
+    _sign_in(page, clinic.url, "doctor")
+    page.wait_for_url("**/app/panel")
+    page.get_by_role("link", name="Li Mei").click()
+    page.wait_for_selector("#break-glass-pull-form")
+    check("doctor-patient-360")
+    sent_before = len(clinic.get("/exchange/outbox")["envelopes"])
+    page.click("#break-glass-pull")  # no reason given
+    page.wait_for_selector("#notice")
+    assert "破窗调阅需要说明理由" in page.locator("#notice").inner_text()
+    assert len(clinic.get("/exchange/outbox")["envelopes"]) == sent_before  # nothing sent
+    page.fill("#bgp-reason", PULL_STATED)
+    page.click("#break-glass-pull")
+    page.wait_for_selector("#notice")
+    assert "已破窗调阅病史" in page.locator("#notice").inner_text()
+    wait_for(
+        lambda: any(
+            e["sender"] == "hosp-a" and e["kind"] == "record-answer"
+            and e["outcome"] == "imported" and e["detail"].startswith("break-glass")
+            for e in clinic.get("/exchange/inbox")["envelopes"]
+        ),
+        what="the clinic imports the hospital's break-glass answer",
+    )  # fmt: skip
+    page.goto(f"{clinic.url}/app/referrals")
+    received = page.locator("#break-glass-pulls li[data-kind=record-answer]").first.inner_text()
+    assert "hosp-a" in received and "Li Mei" in received and "紧急访问（破窗）" in received
+    check("doctor-referrals-pulls-360")
+    doctor_a, _ = _http_sign_in(hospital.url, "doctor", "ipjms_session_hosp-a")
+    answered = doctor_a.get("/app/referrals").text.split('data-kind="record-query"', 1)
+    assert len(answered) == 2, "no break-glass query listed at the hospital"
+    item = answered[1].split("</li>", 1)[0]
+    assert "clinic-b" in item and PULL_STATED in item and "Li Mei" in item
+
+    # Li Mei signs in with the region's one login and sees the pull, flagged, with the reason.
+    code = clinic.post("/consent/enrolment-code", {"patient": pid})
+    assert code.status_code == 201, code.text
+    password = "li mei's long password 9"
+    enrolled = httpx.post(f"{region.consent_url}/enrol",
+                          json={"code": code.json()["code"], "password": password})  # fmt: skip
+    assert enrolled.status_code == 201, enrolled.text
+    ctx.clear_cookies()  # a fresh browser session for the patient
+    page.goto(f"{clinic.url}/app/sign-in")
+    page.click("#patient-sign-in")
+    page.fill("input[name=username]", str(enrolled.json()["username"]))
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{clinic.url}/app/me")
+    page.goto(f"{clinic.url}/app/me/disclosures")
+    flagged = page.locator("#disclosures li.break-glass").all_inner_texts()
+    assert any("clinic-b" in t and PULL_STATED in t for t in flagged), flagged
+    assert any("hosp-a" in t and PULL_STATED in t for t in flagged), flagged
+    check("patient-disclosures-break-glass-pull")
+    for response in documents:
+        if "/app" in response.url and response.status < 400:
+            assert "script-src 'self'" in response.headers.get("content-security-policy", "")
+    ctx.close()
