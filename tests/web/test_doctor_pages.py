@@ -308,10 +308,23 @@ def test_break_glass_pull_from_the_patient_page_is_flagged_on_both_sides_and_to_
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 360, f"{name} scrolls sideways at 360 px ({width} px)"
 
+    # a SMART app registered for launch from the pages: its button is on the page too
+    import os
+    import subprocess
+
+    from deploy.launcher import ipjms_command
+
+    subprocess.run(
+        ipjms_command("node", "app", "add", "--data-dir", str(clinic.data_dir), "--client-id",
+                      "chart-360", "--redirect-uri", "http://127.0.0.1:9/cb", "--name",
+                      "Chart", "--launch-url", "http://127.0.0.1:9/launch"),
+        check=True, capture_output=True, env={**os.environ, **clinic.env}, timeout=120,
+    )  # fmt: skip
     _sign_in(page, clinic.url, "doctor")
     page.wait_for_url("**/app/panel")
     page.get_by_role("link", name="Li Mei").click()
     page.wait_for_selector("#break-glass-pull-form")
+    assert page.locator("#launch-form option[value=chart-360]").count() == 1
     check("doctor-patient-360")
     sent_before = len(clinic.get("/exchange/outbox")["envelopes"])
     page.click("#break-glass-pull")  # no reason given
