@@ -223,6 +223,11 @@ pki-bootstrap)
             cp "$orgs_dir/$org/$f" "$directory_dir/$org/$f"
         done
     done
+    # The coordinator's directory TOML (IPJMS_PKI_DIRECTORY_TOML), beside the certificates it names.
+    if [ -n "${IPJMS_PKI_DIRECTORY_TOML:-}" ]; then
+        mkdir -p "$directory_dir"
+        printf '%s\n' "$IPJMS_PKI_DIRECTORY_TOML" >"$directory_dir/directory.toml"
+    fi
     # The CA's public part (certificate, CRL, issued certificates) for services that verify peers.
     mkdir -p "$ca_public_dir"
     cp "$ca_dir/ca.cert.pem" "$ca_dir/ca.crl.pem" "$ca_public_dir/"

@@ -127,9 +127,9 @@ for node in tertiary clinic-a clinic-b; do
     issue_org "$base" "org-$node" "node-$node,node-$node.ipjms.svc,supernode-$node"
 done
 directory_entry "$base" org-authority "Regional Health Authority" authority
-directory_entry "$base" org-tertiary "Regional Tertiary Hospital" tertiary http://node-tertiary:8080/fhir
-directory_entry "$base" org-clinic-a "Community Clinic A" community http://node-clinic-a:8080/fhir
-directory_entry "$base" org-clinic-b "Community Clinic B" community http://node-clinic-b:8080/fhir
+directory_entry "$base" org-tertiary "Regional Tertiary Hospital" tertiary https://node-tertiary:8080/fhir
+directory_entry "$base" org-clinic-a "Community Clinic A" community https://node-clinic-a:8080/fhir
+directory_entry "$base" org-clinic-b "Community Clinic B" community https://node-clinic-b:8080/fhir
 
 if [ -n "$extra_instance" ]; then
     overlay="$k8s_dir/overlays/add-node/secrets"
@@ -139,6 +139,6 @@ if [ -n "$extra_instance" ]; then
     issue_org "$overlay" "$extra_org" \
         "node-$extra_instance,node-$extra_instance.ipjms.svc,supernode-$extra_instance"
     directory_entry "$overlay" "$extra_org" "${IPJMS_EXTRA_NODE_NAME:-Community Clinic ($extra_instance)}" \
-        "${IPJMS_EXTRA_NODE_LEVEL:-community}" "http://node-$extra_instance:8080/fhir"
+        "${IPJMS_EXTRA_NODE_LEVEL:-community}" "https://node-$extra_instance:8080/fhir"
 fi
 echo "gen-secrets: wrote secret material under $k8s_dir (CA: $ca_dir)"

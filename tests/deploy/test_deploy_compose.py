@@ -229,7 +229,8 @@ def compose_plaintext_hops(compose: dict[str, Any]) -> list[str]:
         trusts_ca = env.get("SSL_CERT_FILE") == "/run/ipjms/ca/ca.cert.pem"
         if role in ("node", "consent", "coordinator", "supernode") and not trusts_ca:
             found.append(f"{name}: its HTTPS clients do not trust the regional CA")
-    for url in re.findall(r'url = "([^"]+)"', compose["configs"]["directory"]["content"]):
+    directory = compose["services"]["pki-bootstrap"]["environment"]["IPJMS_PKI_DIRECTORY_TOML"]
+    for url in re.findall(r'url = "([^"]+)"', directory):
         if not url.startswith("https://"):
             found.append(f"directory: endpoint {url} is plaintext HTTP")
     return found
@@ -248,3 +249,12 @@ def test_every_http_hop_is_tls(compose: dict[str, Any]) -> None:
         "consent: serves plaintext HTTP (IPJMS_HTTP_TLS is not 1)",
         "supernode-clinic-a: IPJMS_FHIR_URL=http://node-clinic-a:8080 is plaintext HTTP",
     ]
+
+
+def test_no_inline_config_in_a_read_only_container(compose: dict[str, Any]) -> None:
+    """An inline `configs:` entry cannot be mounted into a read_only container on every Compose
+    release ("container rootfs is marked read-only", docker/compose#12031), which made the
+    documented minimum version wrong; the coordinator reads the directory pki-bootstrap writes."""
+    for name, svc in compose["services"].items():
+        assert not (svc.get("read_only") and svc.get("configs")), name
+    assert "configs" not in compose

@@ -297,8 +297,9 @@ def test_healthcheck_role(health_server: int) -> None:
 
 
 def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> None:
-    """Run pki-bootstrap with the compose file's own settings, then parse the compose directory
-    config with the coordinator's parser against the certificates it wrote."""
+    """Run pki-bootstrap with the compose file's own settings, then parse the directory TOML it
+    wrote (IPJMS_PKI_DIRECTORY_TOML, the file the coordinator registers at start) with the
+    coordinator's parser against the certificates it wrote."""
     from coordinator.registration import records_from_toml
 
     compose = load_compose()
@@ -307,6 +308,7 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
     env = {
         "IPJMS_PKI_ORGS": boot_env["IPJMS_PKI_ORGS"],
         "IPJMS_PKI_GENERATED": boot_env["IPJMS_PKI_GENERATED"],
+        "IPJMS_PKI_DIRECTORY_TOML": boot_env["IPJMS_PKI_DIRECTORY_TOML"],
         **{
             f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
             for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
@@ -315,9 +317,10 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
     }
     result = run_entrypoint("pki-bootstrap", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    content = compose["configs"]["directory"]["content"]
+    content = (pki / "directory" / "directory.toml").read_text()
     mount = "/run/ipjms/directory"
     coordinator = compose["services"]["coordinator"]
+    assert coordinator["environment"]["IPJMS_DIRECTORY_CONFIG"] == f"{mount}/directory.toml"
     assert any(
         isinstance(v, dict) and v["target"] == mount and v["volume"]["subpath"] == "directory"
         for v in coordinator["volumes"]

@@ -385,7 +385,7 @@ def test_generated_directory_entries_parse(k8s_dir: Path) -> None:
     }
     assert orgs["org-authority"].level == "authority"
     assert orgs["org-tertiary"].endpoints == [
-        {"kind": "fhir", "url": "http://node-tertiary:8080/fhir"}
+        {"kind": "fhir", "url": "https://node-tertiary:8080/fhir"}
     ]
 
 
@@ -510,3 +510,33 @@ def test_kustomize_denies_egress_by_default_and_hides_the_control_api(
         if d["kind"] == "NetworkPolicy" and d["spec"].get("egress") and policy_selects(d, db_labels)
     }
     assert allowing == {"allow-dns-egress"}, allowing
+
+
+@pytest.mark.parametrize("variant", ["base", "add-node"])
+def test_kustomize_serves_every_http_hop_over_tls(variant: str, rendered) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: node and registry HTTP was plaintext inside the namespace (the SuperNode reading
+    patient data from its node's FHIR API included). The chart's plaintext_hops check on the
+    Kustomize render: what remains are its databases only — hand-written, no TLS, named as such
+    (deploy/README.md: PostgreSQL TLS is the Helm chart's, through CloudNativePG)."""
+    import copy
+
+    from hardening_rules import plaintext_hops
+
+    def not_database(findings: list[str]) -> list[str]:
+        database = ("does not verify the database", "a hand-written PostgreSQL", "have no TLS")
+        return [f for f in findings if not any(d in f for d in database)]
+
+    docs = rendered[variant]
+    findings = plaintext_hops(docs)
+    assert not_database(findings) == []
+    assert "no CloudNativePG Cluster: the databases have no TLS" in findings  # the known gap
+    broken = copy.deepcopy(docs)
+    cfg = next(
+        d["data"]
+        for d in broken
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("node-tertiary-")
+    )
+    cfg["IPJMS_FHIR_URL"] = "http://node-tertiary:8080"
+    cfg["IPJMS_HTTP_TLS"] = "0"
+    assert any("IPJMS_FHIR_URL=http://node-tertiary:8080" in f for f in plaintext_hops(broken))
+    assert any("node-tertiary: serves plaintext HTTP" in f for f in plaintext_hops(broken))
