@@ -89,16 +89,33 @@ async def recheck(request: Request, principal: Principal = Depends(DECIDE)) -> J
     no decision was asked for the envelope."""
     inp = parse_recheck(await read_json(request))
     service: DecisionService = request.app.state.decisions
-    d = service.recheck(
+    # Read before the consents are: a consent written after this moves the epoch past it.
+    epoch = service.store.epoch()
+    rechecked = service.recheck(
         inp.envelope, inp.sender, inp.recipient, inp.purpose, inp.classes, principal.org_id or ""
     )
+    d = rechecked.decision
     params: list[dict[str, Any]] = [
         {"name": "decision", "valueCode": "permit" if d.permit else "deny"}
     ]
     params += [{"name": "class", "valueCode": c} for c in sorted(d.classes)]
     params.append({"name": "reason", "valueString": d.reason})
     params.append({"name": "break-glass", "valueBoolean": d.break_glass})
+    if rechecked.reusable:  # holds while the consent epoch stays where it is
+        params.append({"name": "epoch", "valueString": str(epoch)})
     return fhir_response({"resourceType": "Parameters", "parameter": params})
+
+
+@router.get("/fhir/Consent/$epoch")
+async def epoch(request: Request, principal: Principal = Depends(DECIDE)) -> JSONResponse:
+    """The consent epoch now (issue 19): it moves with every consent created or changed, so a
+    decision a ``$recheck`` answered with epoch E still holds while this says E. The coordinator
+    asks once per batch of envelopes it is about to deliver instead of a ``$recheck`` each."""
+    service: DecisionService = request.app.state.decisions
+    value = service.store.epoch()
+    return fhir_response(
+        {"resourceType": "Parameters", "parameter": [{"name": "epoch", "valueString": str(value)}]}
+    )
 
 
 @router.post("/disclosures", openapi_extra=_DISCLOSURE)

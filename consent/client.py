@@ -51,6 +51,9 @@ class Recheck:
     reason: str
     break_glass: bool = False  # a re-admitted break-glass grant (the reason names it)
     consent_ids: tuple[str, ...] = ()
+    # Decided by the consents alone, none with a period to turn: holds while the registry's
+    # consent epoch is still this one (``epoch()``).
+    epoch: str | None = None
 
 
 class ConsentRegistryError(Exception):
@@ -268,7 +271,17 @@ class ConsentClient:
             break_glass=any(
                 p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out
             ),
+            epoch=next((str(p["valueString"]) for p in out if p.get("name") == "epoch"), None),
         )
+
+    def epoch(self) -> str:
+        """The registry's consent epoch now: a :class:`Recheck` answered with this epoch still
+        holds (no consent was written since)."""
+        r = self._request("GET", "/fhir/Consent/$epoch")
+        if r.status_code != 200:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        out = r.json().get("parameter", [])
+        return next(str(p["valueString"]) for p in out if p.get("name") == "epoch")
 
     def jwks(self, *, refresh: bool = False) -> dict[str, Any]:
         if self._jwks is None or refresh:

@@ -55,7 +55,7 @@ from consent.break_glass import (
 )
 from consent.decision_token import request_hash, sign_decision
 from consent.parameters import DecideInput
-from consent.policy import Decision, DecisionRequest, decide
+from consent.policy import Decision, DecisionRequest, decide, next_change
 from consent.schema import envelope_questions
 from consent.store import ConsentStore
 from servicekit.outcome import BadRequest, Conflict, Forbidden, NotFound
@@ -87,6 +87,18 @@ def _period_json(decision: Decision) -> dict[str, str] | None:
     if p.end is not None:
         out["end"] = p.end.isoformat().replace("+00:00", "Z")
     return out
+
+
+@dataclass(frozen=True)
+class Rechecked:
+    """A recheck's decision; ``reusable``: decided by the consents alone (not a break-glass
+    re-admission, not a refused header) and none of the patient's consents has a period that
+    will start or end — so it holds exactly as long as no consent is written (the consent epoch
+    stays). The boundary itself is never handed out: when it would tell the coordinator when a
+    patient's consent runs out, the answer is simply not reusable."""
+
+    decision: Decision
+    reusable: bool = False
 
 
 class DecisionService:
@@ -293,7 +305,7 @@ class DecisionService:
         purpose: str,
         classes: frozenset[str],
         caller: str,
-    ) -> Decision:
+    ) -> Rechecked:
         """Decide again the question an envelope-bound decision answered, as consents are now.
 
         The caller states what the envelope's clear header says (data recipient, purpose,
@@ -308,6 +320,7 @@ class DecisionService:
             raise NotFound("no decision was asked for this envelope")
         q = row._mapping
         asked = frozenset(json.loads(q["classes"]))
+        reusable = False
         differs = [
             name
             for name, same in (
@@ -349,7 +362,9 @@ class DecisionService:
                 classes=classes,
                 at=datetime.now(UTC),
             )
-            decision = decide([s.record for s in self.store.for_patient(q["patient"])], request)
+            records = [s.record for s in self.store.for_patient(q["patient"])]
+            decision = decide(records, request)
+            reusable = next_change(records, request.at) is None
         event = audit_events.routing_decision(
             permit=decision.permit,
             sender=q["requester"],
@@ -378,7 +393,7 @@ class DecisionService:
             neutral = decision.reason
         else:
             neutral = "consent does not permit the envelope's classes"
-        return replace(decision, consent_ids=(), reason=neutral)
+        return Rechecked(replace(decision, consent_ids=(), reason=neutral), reusable)
 
     def _audit(
         self,

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 __all__ = [
+    "next_change",
     "PURPOSES",
     "RESOURCE_CLASSES",
     "STATUSES",
@@ -276,3 +277,27 @@ def decide(consents: Iterable[ConsentRecord], request: DecisionRequest) -> Decis
     else:
         reason = f"permitted by consent {', '.join(sorted(permit_ids))}"
     return Decision(True, granted, ids, reason, refused, data_period)
+
+
+def next_change(consents: Iterable[ConsentRecord], at: datetime) -> datetime | None:
+    """The first instant after ``at`` at which a decision over ``consents`` could change without
+    any consent being written: the nearest start or end of a consent's or provision's period
+    (None: time alone changes nothing). A checker may reuse a decision until then, and only
+    while the consents stay as they are (``consent.schema.consent_epoch``)."""
+    at = _aware(at)
+    bounds: list[datetime] = []
+
+    def walk(provision: Provision) -> None:
+        if provision.period is not None:
+            bounds.extend(t for t in (provision.period.start, provision.period.end) if t)
+        for nested in provision.provisions:
+            walk(nested)
+
+    for consent in consents:
+        if consent.status != "active":  # only a write (which moves the epoch) revives it
+            continue
+        if consent.period is not None:
+            bounds.extend(t for t in (consent.period.start, consent.period.end) if t)
+        walk(consent.provision)
+    later = [b for b in (_aware(t) for t in bounds) if b > at]
+    return min(later) if later else None

@@ -5,7 +5,17 @@ The audit ledger's table belongs to :class:`trust.audit_ledger.AuditLedger`, whi
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 from trust.jti_store import jti_table
 from trust.login_throttle import throttle_table
@@ -95,4 +105,15 @@ envelope_questions = Table(
     Column("classes", Text, nullable=False),  # JSON list
     Column("break_glass", Boolean, nullable=False),
     Column("asked_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+#: one row: a number that moves (in the same transaction) with every consent created or changed —
+#: revocations included — so a checker holding an earlier number knows something may have
+#: changed (issue 19: the coordinator reuses its routing decision at delivery only when the epoch
+#: has not moved, ``coordinator/consent_gate.py``)
+consent_epoch = Table(
+    "consent_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
 )

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from consent.fhir import from_fhir, to_fhir
 from consent.model import ConsentRecord
-from consent.schema import consents
+from consent.schema import consent_epoch, consents
 from servicekit.outcome import NotFound, PreconditionFailed
 from servicekit.storage import upgrade_schema
 
@@ -40,6 +40,15 @@ class StoredConsent:
         body = to_fhir(self.record, version_id=str(self.version))
         body["meta"]["lastUpdated"] = self.updated_at.isoformat().replace("+00:00", "Z")
         return body
+
+
+def _move_epoch(conn: Any) -> None:
+    """In the transaction that writes a consent: whoever read the epoch before sees it moved."""
+    moved = conn.execute(
+        update(consent_epoch).where(consent_epoch.c.id == 1).values(epoch=consent_epoch.c.epoch + 1)
+    )
+    if moved.rowcount != 1:  # never silently unmoved: a missing row is created, already moved
+        conn.execute(insert(consent_epoch).values(id=1, epoch=1))
 
 
 def _aware(t: datetime) -> datetime:
@@ -70,6 +79,7 @@ class ConsentStore:
                     updated_at=now,
                 )
             )
+            _move_epoch(conn)
         return StoredConsent(record, 1, now)
 
     def get(self, consent_id: str) -> StoredConsent:
@@ -108,7 +118,14 @@ class ConsentStore:
             )
             if result.rowcount != 1:
                 raise PreconditionFailed(f"Consent/{consent_id} changed concurrently; retry")
+            _move_epoch(conn)
         return StoredConsent(record, version, now)
+
+    def epoch(self) -> int:
+        """The consent epoch now (see ``consent.schema.consent_epoch``)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(consent_epoch.c.epoch).where(consent_epoch.c.id == 1))
+            return int(value.scalar_one_or_none() or 0)
 
     def for_patient(self, pseudonym: str) -> list[StoredConsent]:
         with self.engine.connect() as conn:

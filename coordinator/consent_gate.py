@@ -42,6 +42,15 @@ class GateDecision:
     reason: str
     consent_ids: tuple[str, ...] = ()
     unavailable: bool = False  # refused because the registry could not be asked
+    # A permit the registry's $recheck marked reusable: it holds while the registry's consent
+    # epoch is still this one (no consent written since).
+    epoch: str | None = None
+
+    def still_holds(self, epoch_now: str | None) -> bool:
+        """May this routing decision stand at delivery? Only a permit that the registry marked
+        reusable, when no consent has been written since (same epoch). Anything else — a
+        consent written, no epoch to compare — is decided again."""
+        return self.permit and self.epoch is not None and epoch_now == self.epoch
 
 
 class ConsentOracle(Protocol):
@@ -100,7 +109,23 @@ class ConsentGate:
         if getattr(decision, "break_glass", False):
             reason = getattr(decision, "reason", "") or "break-glass"
             return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
-        return GateDecision(True, "consent permits all declared classes", consent_ids)
+        reusable = header.purpose != "ETREAT" and header.kind != "record-query"
+        return GateDecision(
+            True,
+            "consent permits all declared classes",
+            consent_ids,
+            epoch=getattr(decision, "epoch", None) if reusable else None,
+        )
+
+    def epoch_now(self) -> str | None:
+        """The registry's consent epoch, or None when it cannot be asked (then every routing
+        decision is decided again — and, if the registry is down, deferred as before)."""
+        if self.oracle is None or not hasattr(self.oracle, "epoch"):
+            return None
+        try:
+            return str(self.oracle.epoch())
+        except Exception:  # registry down: the full checks will say so
+            return None
 
     @staticmethod
     def _ask(oracle: ConsentOracle, header: EnvelopeHeader, pseudonym: str, receiver: str) -> Any:

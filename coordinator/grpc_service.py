@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.consent_gate import ConsentGate
+from coordinator.consent_gate import ConsentGate, GateDecision
 from coordinator.directory import Directory, OrgRecord
 from coordinator.envelope_rules import (
     check_header,
@@ -172,8 +174,37 @@ class LocatorServicer(_Base, pb_grpc.RecordLocatorServicer):
         return pb.LookupResponse(holders=holders)
 
 
+class _RoutedDecisions:
+    """This replica's permits at routing that the registry marked reusable, by envelope id,
+    until delivery (bounded: the oldest go first — an envelope without one is decided again).
+    Nothing durable: a restart, or delivery by another replica, decides again."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._items: OrderedDict[str, GateDecision] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, envelope_id: str, decision: GateDecision) -> None:
+        with self._lock:
+            self._items[envelope_id] = decision
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+    def has(self, envelope_id: str) -> bool:
+        with self._lock:
+            return envelope_id in self._items
+
+    def take(self, envelope_id: str) -> GateDecision | None:
+        with self._lock:
+            return self._items.pop(envelope_id, None)
+
+
 class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
     replica_id = uuid.uuid4().hex[:12]
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(services)
+        self.routed = _RoutedDecisions()
 
     @_unary
     def Send(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -227,6 +258,8 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         duplicate = not self.s.queue.accept(header, request.sealed, now=now)
         if not duplicate:
             self.s.auditor.record(header, "accepted", decision.reason, decision.consent_ids)
+            if decision.epoch is not None:
+                self.routed.keep(header.envelope_id, decision)
             self.s.notifier.notify(header.recipient)
         log.info(  # no size: even a padded bucket is more than the log needs
             "send accepted envelope=%s kind=%s sender=%s recipient=%s",
@@ -237,16 +270,26 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         )
         return pb.SendResponse(envelope_id=header.envelope_id, duplicate=duplicate)
 
-    def _deliverable(self, item: QueuedEnvelope, now: float) -> bool:
-        """Checks at delivery time: still unexpired, consent still permits."""
+    def _deliverable(self, item: QueuedEnvelope, now: float, epoch_now: str | None) -> bool:
+        """Checks at delivery time: still unexpired, consent still permits — the routing
+        decision stands if no consent was written since it (``GateDecision.still_holds``;
+        ``epoch_now`` asked of the registry once per batch), else the registry decides again."""
         header = item.header
+        routed = self.routed.take(header.envelope_id)
         if header.expires_at.timestamp() <= now:
             self.s.queue.kill(header.envelope_id, "expired before delivery")
             self.s.auditor.record(header, "dead", "expired before delivery", ())
             return False
-        decision = self.s.gate.check(
-            header, prior_exchange=lambda: self.s.queue.has_exchange(header)
-        )
+        if routed is not None and routed.still_holds(epoch_now):
+            decision = GateDecision(
+                True,
+                f"{routed.reason} (consents unchanged since routing: epoch {routed.epoch})",
+                routed.consent_ids,
+            )
+        else:
+            decision = self.s.gate.check(
+                header, prior_exchange=lambda: self.s.queue.has_exchange(header)
+            )
         if decision.unavailable:
             # Not refused: the lease runs out and the envelope is offered again.
             log.warning("delivery deferred envelope=%s: %s", header.envelope_id, decision.reason)
@@ -277,8 +320,12 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
                     last_touch = now
                 seen = self.s.notifier.generation(org.org_id)
                 items = self.s.queue.claim(org.org_id, limit=batch, lease_owner=owner, now=now)
+                # One epoch question for the batch, after the claim: a consent written before
+                # it is seen; only asked when some routing decision could stand.
+                reuse = any(self.routed.has(i.header.envelope_id) for i in items)
+                epoch_now = self.s.gate.epoch_now() if reuse else None
                 for item in items:
-                    if not self._deliverable(item, now):
+                    if not self._deliverable(item, now, epoch_now):
                         continue
                     leased.append(item.header.envelope_id)
                     yield pb.Envelope(

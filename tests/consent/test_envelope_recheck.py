@@ -79,3 +79,52 @@ def test_recheck_of_an_unknown_envelope_is_404_and_ids_cannot_be_taken_over(
             P1, "clinic-c", "TREAT", ["Condition"], envelope_id=envelope
         )
     assert err.value.status == 409
+
+
+def test_recheck_hands_out_the_consent_epoch_unless_a_consent_period_will_turn(
+    registry: Registry,
+) -> None:
+    """Issue 19: a permit of ``$recheck`` carries the consent epoch read before the consents
+    were; every consent written (a grant, a revocation) moves the epoch, which ``$epoch``
+    answers — the coordinator's condition for letting its routing decision stand at delivery.
+    When one of the patient's consents has a period that will start or end, the answer carries
+    no epoch (time alone could change it, and the coordinator is not told when)."""
+    import datetime as dt
+
+    from consent.fhir import to_fhir
+    from consent.policy import ConsentRecord, Period, Provision
+
+    p2 = "d4" * 32
+    coordinator = registry.org("coordinator")
+    headers = registry.patient_headers(p2)
+    start = coordinator.epoch()
+    consent = registry.grant(headers, treat_consent(p2, classes=("Condition",)))
+    granted = coordinator.epoch()
+    assert int(granted) == int(start) + 1
+    envelope = str(uuid.uuid4())
+    registry.org("hosp-a").decide(p2, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope)
+    answer = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    assert answer.permit and answer.epoch == granted
+    ends = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=30)
+    limited = Provision(
+        "permit",
+        actors=frozenset({"clinic-c"}),
+        purposes=frozenset({"TREAT"}),
+        classes=frozenset({"Condition"}),
+        period=Period(None, ends),
+    )
+    body = to_fhir(ConsentRecord("x", p2, "active", Provision("deny", provisions=(limited,))))
+    del body["id"]
+    time_limited = registry.grant(headers, body)
+    assert coordinator.epoch() != granted
+    answer = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    assert answer.permit and answer.epoch is None  # a period ends in 30 days: ask every time
+    assert ends.isoformat()[:10] not in str(answer)
+    r = registry.http.post(f"/fhir/Consent/{time_limited['id']}/$revoke", headers=headers)
+    assert r.status_code == 200
+    before = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    assert before.epoch == coordinator.epoch()  # a revoked consent's period turns nothing
+    r = registry.http.post(f"/fhir/Consent/{consent['id']}/$revoke", headers=headers)
+    assert r.status_code == 200
+    assert coordinator.epoch() != before.epoch  # a revocation moves it
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"]).permit

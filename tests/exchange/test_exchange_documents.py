@@ -307,3 +307,35 @@ def test_consent_rule_asks_about_the_party_receiving_data() -> None:
     update = _header(kind="task-update", classes=())
     assert ConsentGate(None).check(update, prior_exchange=lambda: True).permit
     assert not ConsentGate(None).check(update, prior_exchange=lambda: False).permit
+
+
+def test_a_routing_decision_stands_at_delivery_only_while_consents_are_unchanged() -> None:
+    """Issue 19: the registry marks a permit of its $recheck reusable with its consent epoch;
+    at delivery the coordinator reuses it only if the epoch has not moved — else it asks again.
+    A break-glass envelope is always asked again; no epoch (registry down, a consent period
+    ahead, an older registry) means ask again."""
+    oracle = _Oracle(True, {"Condition"})
+    oracle.answer.epoch = "41"
+    routed = ConsentGate(oracle).check(
+        _header(classes=("Condition",)), prior_exchange=lambda: False
+    )
+    assert routed.permit and routed.epoch == "41"
+    assert routed.still_holds("41")
+    assert not routed.still_holds("42")  # a consent was written (a revocation, say)
+    assert not routed.still_holds(None)  # the epoch could not be asked
+    glass = ConsentGate(oracle).check(
+        _header(purpose="ETREAT", classes=("Condition",)), prior_exchange=lambda: False
+    )
+    assert glass.permit and glass.epoch is None and not glass.still_holds("41")
+    oracle.answer.epoch = None  # not reusable (e.g. a consent period will start or end)
+    assert (
+        not ConsentGate(oracle)
+        .check(_header(classes=("Condition",)), prior_exchange=lambda: False)
+        .still_holds(None)
+    )
+    oracle.answer.permit, oracle.answer.epoch = False, "41"
+    denied = ConsentGate(oracle).check(
+        _header(classes=("Condition",)), prior_exchange=lambda: False
+    )
+    assert not denied.still_holds("41")
+    assert ConsentGate(oracle).epoch_now() is None  # this oracle has no epoch to ask

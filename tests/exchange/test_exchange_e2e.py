@@ -105,6 +105,29 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
         return b.search("Task", identifier=f"{TASK_ID_SYSTEM}|{uid}")
 
     wait_for(task_at_b, what="the referral Task at clinic B")
+    # Issue 19: no consent was written between routing and delivery, so the coordinator let its
+    # routing decision stand (one epoch question) — the registry rechecked the envelope once.
+    env = sent["envelope_id"]
+
+    def about_env(event: dict) -> bool:
+        return any(
+            x.get("what", {}).get("identifier", {}).get("value") == env for x in event["entity"]
+        )
+
+    delivered = [
+        e.event
+        for e in _coordinator_ledger(region).entries()
+        if about_env(e.event) and e.event["subtype"][0]["code"] == "delivered"
+    ]
+    assert len(delivered) == 1, delivered
+    assert "consents unchanged since routing" in delivered[0]["outcomeDesc"]
+    rechecks = [
+        e.event
+        for e in _consent_ledger(region).entries()
+        if about_env(e.event)
+        and any(d.get("type") == "caller" for x in e.event["entity"] for d in x.get("detail", []))
+    ]
+    assert len(rechecks) == 1  # before routing only
     types = {
         rtype
         for rtype in [
