@@ -23,7 +23,9 @@ For each database kind, a real node is created (``ipjms node init``) and served
    patient/code/date are timed client-side after a warm-up: p50 / p95 / max.
 
 Prints a table and writes ``bench/results/ingest.json``. Targets (issue 2): ≥ 1,000 resources/s
-on SQLite on this 2-core machine, search p95 ≤ 50 ms.
+on SQLite on this 2-core machine, search p95 ≤ 50 ms; issue 19: ≥ 2,000 resources/s. The node's
+CPU milliseconds per resource (all its processes, /proc) and the load average are printed with
+the rate: on the shared machine the rate moves with the other sessions' load.
 """
 
 from __future__ import annotations
@@ -186,17 +188,43 @@ def synthea_bundles() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return shared, patients
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (``node serve --workers N`` forks workers)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        todo += [int(c) for c in children]
+    return total
+
+
 def measure_http_ingest(node: BenchNode, rounds: int, clients: int) -> dict[str, float]:
+    """Rate over the wall clock, and the node's CPU per resource (all its processes, from
+    /proc): on the shared machine the CPU figure is the steadier one — on 2 cores a rate of
+    2,000 resources/s (issue 19) needs at most 1 CPU-ms per resource, server and client."""
     shared, patients = synthea_bundles()
     workload = patients * rounds
+    pid = node.service.process.pid
+    cpu0, client0 = _tree_cpu(pid), time.process_time()
     started = time.perf_counter()
     node.post_bundles(shared, 1)  # organisations/practitioners first: patients reference them
     node.post_bundles(workload, clients)
     elapsed = time.perf_counter() - started
+    cpu, client = _tree_cpu(pid) - cpu0, time.process_time() - client0
     workload = shared + workload
     resources = sum(len(b["entry"]) for b in workload)
     return {"bundles": len(workload), "resources": resources, "seconds": elapsed,
-            "rate": resources / elapsed}  # fmt: skip
+            "rate": resources / elapsed, "node_cpu_ms_per_resource": cpu * 1000 / resources,
+            "client_cpu_ms_per_resource": client * 1000 / resources,
+            "load_average": os.getloadavg()[0]}  # fmt: skip
 
 
 def measure_raw_baseline(db_url: str, rounds: int) -> dict[str, float]:
@@ -397,13 +425,15 @@ def main() -> None:
         console.print("[yellow]PostgreSQL skipped: pass --pg URL or set IPJMS_TEST_POSTGRES_URL")
 
     table = Table(title="Node ingest and search (over HTTP)")
-    for col in ("db", "ingest res/s", "raw res/s", "ratio", "bulk obs load res/s",
-                "stored", "search p50 ms", "p95 ms", "max ms"):  # fmt: skip
+    for col in ("db", "ingest res/s", "node CPU ms/res", "load", "raw res/s", "ratio",
+                "bulk obs load res/s", "stored", "search p50 ms", "p95 ms", "max ms"):  # fmt: skip
         table.add_column(col, justify="right" if col != "db" else "left")
     for r in results:
         table.add_row(
             r["db"],
             f"{r['ingest']['rate']:,.0f}",
+            f"{r['ingest']['node_cpu_ms_per_resource']:.2f}",
+            f"{r['ingest']['load_average']:.1f}",
             f"{r['raw_baseline']['rate']:,.0f}",
             f"{r['ratio_to_raw']:.3f}",
             f"{r['bulk_observation_load']['rate']:,.0f}",
@@ -413,7 +443,10 @@ def main() -> None:
             f"{r['search']['max_ms']:.1f}",
         )
     console.print(table)
-    console.print("targets: ≥ 1,000 resources/s on SQLite; search p95 ≤ 50 ms")
+    console.print(
+        "targets: ≥ 1,000 resources/s on SQLite (issue 2), ≥ 2,000 resources/s (issue 19: at most "
+        "1 CPU-ms per resource on 2 cores); search p95 ≤ 50 ms"
+    )
     report = {
         "benchmark": "node ingest + search over HTTP",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -424,7 +457,7 @@ def main() -> None:
         },  # fmt: skip
         "parameters": vars(args) | {"out": str(args.out), "pg": bool(args.pg)},
         "results": results,
-        "targets": {"sqlite_ingest_rate": 1000, "search_p95_ms": 50},
+        "targets": {"sqlite_ingest_rate": 1000, "ingest_rate_issue_19": 2000, "search_p95_ms": 50},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
