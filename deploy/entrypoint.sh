@@ -183,6 +183,7 @@ pki-bootstrap)
     orgs_dir="${IPJMS_PKI_ORGS_DIR:-/pki/orgs}"
     ca_public_dir="${IPJMS_PKI_CA_PUBLIC_DIR:-/pki/ca-public}"
     directory_dir="${IPJMS_PKI_DIRECTORY_DIR:-/pki/directory}"
+    signing_dir="${IPJMS_PKI_SIGNING_DIR:-/pki/signing}"
     linkage_dir="${IPJMS_PKI_LINKAGE_DIR:-/pki/linkage}"
     secrets_dir="${IPJMS_PKI_SECRETS_DIR:-/pki/secrets}"
     # The CA key is encrypted with the passphrase in IPJMS_CA_PASSPHRASE_FILE (Compose: the secret
@@ -221,6 +222,16 @@ pki-bootstrap)
         mkdir -p "$directory_dir/$org"
         for f in org.json ca.cert.pem tls.cert.pem signing.cert.pem encryption.cert.pem; do
             cp "$orgs_dir/$org/$f" "$directory_dir/$org/$f"
+        done
+    done
+    # Each organisation's signing identity alone (org.json, CA certificate, signing certificate and
+    # key: what trust.pki.load_signing_identity reads) for its SuperNode, which must not see the
+    # TLS or encryption keys. Refreshed on every run, so a rotation reaches it.
+    for pair in $IPJMS_PKI_ORGS; do
+        org="${pair%%=*}"
+        mkdir -p "$signing_dir/$org"
+        for f in org.json ca.cert.pem signing.cert.pem signing.key.pem; do
+            cp "$orgs_dir/$org/$f" "$signing_dir/$org/$f"
         done
     done
     # The coordinator's directory TOML (IPJMS_PKI_DIRECTORY_TOML), beside the certificates it names.

@@ -185,9 +185,13 @@ def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any])
             assert m.get("read_only") is True, f"{name} mounts PKI material writable"
             assert not subpath.startswith("ca/") and subpath != "ca", f"{name} sees the CA key"
             kind, _, item = subpath.partition("/")
-            if kind == "orgs":
+            if kind in ("orgs", "signing"):
                 assert item in orgs, f"{name}: no certificate is issued for {item}"
                 assert item == svc["labels"]["ipjms.org"], f"{name} mounts {item}'s keys"
+                # a SuperNode signs as its organisation and reads nothing else (issue 22: it
+                # mounted the whole key folder, encryption key included)
+                is_supernode = svc["labels"]["ipjms.role"] == "supernode"
+                assert (kind == "signing") == is_supernode, f"{name} mounts {subpath}"
             elif kind == "secrets":
                 assert item in generated, f"{name}: nothing is generated for {item}"
                 if svc["labels"]["ipjms.role"] == "supernode":  # its backend client key only

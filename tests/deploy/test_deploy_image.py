@@ -219,6 +219,7 @@ def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
         "IPJMS_PKI_DIRECTORY_DIR": str(pki / "directory"),
         "IPJMS_PKI_ORGS": "org-a=node-a org-b=node-b",
         "IPJMS_PKI_GENERATED": "node-a-db node-b-db",
+        "IPJMS_PKI_SIGNING_DIR": str(pki / "signing"),
     }
     refused = run_entrypoint("pki-bootstrap", env=env)  # no CA passphrase: nothing is made
     assert refused.returncode == 64 and "IPJMS_CA_PASSPHRASE_FILE" in refused.stderr
@@ -235,6 +236,15 @@ def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
     assert (pki / "ca" / "ca.key.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED")
     ca_private = [p.name for p in (pki / "ca").rglob("*.pem") if b"PRIVATE KEY" in p.read_bytes()]
     assert ca_private == ["ca.key.pem"]
+    # the SuperNode's folder: the signing identity alone, loadable as such
+    from trust.pki import load_signing_identity
+
+    for org in ("org-a", "org-b"):
+        signing = pki / "signing" / org
+        assert sorted(p.name for p in signing.iterdir()) == [
+            "ca.cert.pem", "org.json", "signing.cert.pem", "signing.key.pem",
+        ]  # fmt: skip
+        assert load_signing_identity(signing).org_id == org
     assert sorted(p.name for p in (pki / "ca" / "requests").iterdir()) == [
         "org-a.request.pem",
         "org-b.request.pem",
@@ -311,7 +321,7 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
         "IPJMS_PKI_DIRECTORY_TOML": boot_env["IPJMS_PKI_DIRECTORY_TOML"],
         **{
             f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
-            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
         },
         **ca_passphrase(tmp_path),
     }
@@ -349,7 +359,7 @@ def test_crl_signer_re_signs_and_publishes_the_crl(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
     dirs = {
         f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
-        for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+        for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
     }
     dirs.update(ca_passphrase(tmp_path))
     boot = run_entrypoint("pki-bootstrap", env={"IPJMS_PKI_ORGS": "org-a=127.0.0.1", **dirs})
@@ -383,7 +393,7 @@ def bootstrapped_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "IPJMS_PKI_ORGS": "org-authority=127.0.0.1",
         **{
             f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
-            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
         },
         **ca_passphrase(pki / "secret"),
     }

@@ -106,7 +106,7 @@ def test_region_from_entrypoint_roles_with_bootstrapped_credentials(
     roles: Roles, tmp_path: Path
 ) -> None:
     pki = tmp_path / "pki"
-    parts = ("ca", "orgs", "ca-public", "linkage", "secrets", "directory")
+    parts = ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
     boot = roles.run(
         "pki-bootstrap",
         {
