@@ -1,6 +1,7 @@
 """``ipjms fl superlink --host 0.0.0.0`` (the container default) admits SuperNodes: its own
 Control API client must connect on loopback, a name the authority's certificate carries, not to
-the wildcard address (which TLS name verification refuses). Its supervisor serves /metrics."""
+the wildcard address (which TLS name verification refuses). Its supervisor serves /metrics; its
+Fleet API refuses a plaintext channel."""
 
 from __future__ import annotations
 
@@ -45,5 +46,16 @@ def test_superlink_bound_to_all_interfaces_admits_supernodes(tmp_path: Path) -> 
         metrics = httpx.get(f"{service.base_url}/metrics", timeout=10).text
         assert 'ipjms_flower_process_up{service="superlink"} 1.0' in metrics
         assert 'ipjms_flower_ready{service="superlink"} 1.0' in metrics
+        # the Fleet API (SuperNodes' channel) is TLS only (issue 22, must-show 2): a channel
+        # verified against the regional CA becomes ready, one without TLS never does
+        import grpc
+
+        from deploy.demo.tls_check import plaintext_grpc_refused
+
+        address = f"127.0.0.1:{fleet}"
+        creds = grpc.ssl_channel_credentials((ca / "ca.cert.pem").read_bytes())
+        with grpc.secure_channel(address, creds) as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+        assert plaintext_grpc_refused(address)
     finally:
         service.stop()
