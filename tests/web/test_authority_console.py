@@ -92,6 +92,19 @@ def test_analyst_sees_the_network_and_a_model_card(region: Region, browser: Any)
         assert "auroc" in page.locator(".model pre").first.inner_text()
         shot(page, "console-models")
         assert axe_serious(page) == [], "axe on the models page"
+    # which models may raise alerts (issue 16): the floor and the figures, readable at 360 px
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.goto(f"{url}/console/models")
+    model = page.locator(f"#model-{model_id}")
+    # the published card's AUROC 0.71 meets the floor, but it reports no count of outcome events
+    assert "does not say enough" in model.locator(".verdict").inner_text()
+    assert "0.71 · floor 0.70 · met" in model.locator("[data-figure=auroc]").inner_text()
+    assert "not reported" in model.locator("[data-figure=events]").inner_text()
+    assert "Each node may set a stricter floor" in page.locator("#alerting-floor").inner_text()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, f"the models page scrolls sideways at 360 px ({width} px)"
+    shot(page, "console-models-360")
+    assert axe_serious(page) == [], "axe on the models page at 360 px"
     for response in documents:
         assert "script-src 'self'" in response.headers.get("content-security-policy", "")
     ctx.close()
