@@ -465,8 +465,9 @@ def run(net: DemoNetwork) -> None:
                 ]  # fmt: skip
 
             wait_until(under_break_glass, 60, interval=0.1, what="break-glass record answer")
+            first = under_break_glass()[0]
             notes.append(
-                f"{under_break_glass()[0]['detail']} from {hospital.org_id} "
+                f"{first['detail']} from {first['sender']} "
                 f"({(time.perf_counter() - t0) * 1000:.0f} ms); {hospital.org_id}'s inbox: "
                 + next(
                     (
@@ -477,7 +478,12 @@ def run(net: DemoNetwork) -> None:
                     "?",
                 )  # fmt: skip
             )
-            notes.append("the patient's list shows the pull, the query and the answer flagged")
+            flagged = _break_glass_disclosures(net, stated)
+            if flagged is not None:
+                notes.append(
+                    f"the patient's list: {flagged} break-glass entries with that reason "
+                    "(the pull grant, each record query, each answer)"
+                )
 
     with net.step(f"{clinic_b.org_id} pulls the patient's history") as notes:
         t0 = time.perf_counter()
@@ -493,7 +499,7 @@ def run(net: DemoNetwork) -> None:
 
         wait_until(answered, 60, interval=0.1, what="record answer")
         notes.append(
-            f"{answered()[0]['detail']} from {hospital.org_id}, each with meta.source "
+            f"{answered()[0]['detail']} from {answered()[0]['sender']}, each with meta.source "
             f"and a Provenance ({(time.perf_counter() - t0) * 1000:.0f} ms)"
         )
 
@@ -513,6 +519,32 @@ def run(net: DemoNetwork) -> None:
             f"{clinic_b.org_id}: none in the coordinator's {len(files)} files "
             f"(database files and log)"
         )
+
+
+def _break_glass_disclosures(net: DemoNetwork, reason: str) -> int | None:
+    """How many break-glass entries with ``reason`` the patient's own disclosure list shows
+    (signed in as the consent chapter's patient; None when that patient is not there)."""
+    consent, url = net.facts.get("consent", {}), net.facts.get("consent_url")
+    password_file = net.service_dir("consent") / "demo-patient-password"
+    if not consent.get("patient_username") or not url or not password_file.exists():
+        return None
+    login = httpx.post(
+        f"{url}/auth/patient-token",
+        data={"username": consent["patient_username"],
+              "password": password_file.read_text().strip()},
+        timeout=30,
+    )  # fmt: skip
+    login.raise_for_status()
+    r = httpx.get(
+        f"{url}/patients/me/disclosures",
+        headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    flagged = [d for d in r.json()["disclosures"] if d["break_glass"] and d["reason"] == reason]
+    if not flagged:
+        raise RuntimeError("the break-glass pull is not in the patient's disclosure list")
+    return len(flagged)
 
 
 def _dump_database(net: DemoNetwork, data_dir: Path) -> None:
