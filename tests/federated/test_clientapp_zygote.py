@@ -28,7 +28,8 @@ def zygote(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
         yield sock, proc
     finally:
         proc.terminate()
-        proc.wait(10)
+        assert proc.wait(60) == 0  # SIGTERM: it goes at once, without interpreter teardown
+        assert not sock.exists()  # and takes its socket with it
 
 
 def _launch(launcher: Path, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
