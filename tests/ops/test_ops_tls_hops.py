@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -152,3 +153,46 @@ def test_consent_over_tls_admits_assertions_to_its_https_url(region: dict[str, o
     org = load_org(region["orgs"] / "org-coordinator")  # type: ignore[operator]
     with ConsentClient(str(region["consent"]), org) as client:
         assert client.create_enrolment_code(pseudonym(b"k" * 32, "TLS-0001"))["code"]
+
+
+def test_a_rotated_database_password_is_used_without_a_restart(region: dict[str, object]) -> None:
+    """Issue 22: rotating the database password broke logins. The services read
+    IPJMS_DB_PASSWORD_FILE at every new connection: after ALTER ROLE and a new file, the node's
+    next connections (its old ones cut) log in with the new password, the old one is refused."""
+    import httpx
+    from psycopg import sql
+
+    from deploy.launcher import wait_until
+
+    password_file = Path(os.environ["IPJMS_DB_PASSWORD_FILE"])
+    old, new = str(region["password"]), "rotated-" + os.urandom(12).hex()
+    url = str(region["db"]["node"])  # type: ignore[index]
+
+    def set_password(value: str, current: str) -> None:
+        with psycopg.connect(url, password=current, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(value)))
+        password_file.write_text(value + "\n")
+
+    set_password(new, old)
+    try:
+        with psycopg.connect(url, password=new, autocommit=True) as conn:
+            cut = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = 'node' AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert cut is not None and cut[0] >= 1  # the node's pooled connections are gone
+
+        def ready() -> bool:
+            return httpx.get(f"{region['node']}/healthz", timeout=10).status_code == 200
+
+        wait_until(ready, 30, interval=0.5, what="the node ready on the rotated password")
+        with psycopg.connect(url, password=new) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'node' "
+                "AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert row is not None and row[0] >= 1  # it reconnected, with the new password
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(url, password=old, connect_timeout=10).close()
+    finally:
+        set_password(old, new)
