@@ -196,6 +196,8 @@ def _start_https_api(node: Any, pki: _Pki, log_dir: Path) -> Any:
         base_url=f"https://127.0.0.1:{port}",
         log_dir=log_dir,
         wait=False,
+        # the same pseudonym source as the node (the authority's OPRF), and nothing else
+        env={k: v for k, v in node.env.items() if k == "IPJMS_NODE_PSEUDONYM_URL"},
     )  # fmt: skip
     try:
         wait_healthy(service, verify=str(pki.ca_dir / "ca.cert.pem"))

@@ -194,7 +194,7 @@ def engine_run(workdir: Path) -> dict[str, float]:
                 "source": "fhir", "fhir-url": node.url, "client-id": "fl-supernode",
                 "client-key": str(net.client_keys[org]), "consent-url": net.region.consent_url,
                 "authority": "authority", "org-dir": str(net.pki.org_dirs[org]),
-                "linkage-key": str(net.region.linkage_key_path),
+                "pseudonym-url": net.region.pseudonym_service.base_url,
             }  # fmt: skip
             t2 = time.monotonic()
             tally(load_patients(cfg), DEFS, DEFS.ids(), PERIOD, AS_OF)

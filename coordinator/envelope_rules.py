@@ -36,7 +36,9 @@ __all__ = [
     "PSEUDONYM_PATTERN",
 ]
 
-PSEUDONYM_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+# 64 hex digits (the linkage-key HMAC of older regions) or v<key version>.<64 hex> (the
+# authority's OPRF, trust.pseudonym.OPRF_PSEUDONYM_PATTERN)
+PSEUDONYM_PATTERN = re.compile(r"^(v[1-9][0-9]{0,5}\.)?[0-9a-f]{64}$")
 _CLASS = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
 
@@ -65,7 +67,8 @@ def check_header(header: EnvelopeHeader, *, caller: str, now: float, max_ttl: in
         raise ExchangeError("INVALID_ARGUMENT", "an organisation cannot send to itself")
     if not PSEUDONYM_PATTERN.match(header.patient_pseudonym or ""):
         raise ExchangeError(
-            "INVALID_ARGUMENT", "header.patient_pseudonym must be a 64-hex-digit pseudonym"
+            "INVALID_ARGUMENT",
+            "header.patient_pseudonym must be a pseudonym (64 hex digits, or v<N>.<64 hex>)",
         )
     if header.purpose not in PURPOSES:
         raise ExchangeError(
@@ -109,7 +112,8 @@ def check_lookup(pseudonym: str, purpose: str, classes: list[str]) -> None:
     query the holders for (what consent is checked against)."""
     if not PSEUDONYM_PATTERN.match(pseudonym):
         raise ExchangeError(
-            "INVALID_ARGUMENT", "patient_pseudonym must be a 64-hex-digit pseudonym"
+            "INVALID_ARGUMENT",
+            "patient_pseudonym must be a pseudonym (64 hex digits, or v<N>.<64 hex>)",
         )
     if purpose not in PURPOSES:
         raise ExchangeError(

@@ -186,7 +186,13 @@ def supernode(
     client_key: Annotated[Path, typer.Option("--client-key", help="Backend client EC key (PEM).")],
     consent_url: Annotated[str, typer.Option("--consent-url")],
     authority: Annotated[str, typer.Option("--authority", help="The authority's org id.")],
-    linkage_key: Annotated[Path, typer.Option("--linkage-key")],
+    linkage_key: Annotated[
+        Path | None, typer.Option("--linkage-key", help="An older region's shared HMAC key.")
+    ] = None,
+    pseudonym_url: Annotated[
+        str | None,
+        typer.Option("--pseudonym-url", help="The pseudonymisation authority (no key here)."),
+    ] = None,
     port: Annotated[
         int,
         typer.Option(
@@ -229,8 +235,10 @@ def supernode(
         _fail("--indicators-max-epsilon must be positive and --indicators-min-count at least 1")
     if not (org_dir / "org.json").exists():
         _fail(f"--org-dir {org_dir}: no organisation credentials")
+    if (linkage_key is None) == (not pseudonym_url):
+        _fail("give exactly one of --pseudonym-url (the authority's OPRF) and --linkage-key")
     for p, opt in ((client_key, "--client-key"), (linkage_key, "--linkage-key")):
-        if not p.exists():
+        if p is not None and not p.exists():
             _fail(f"{opt} {p}: no such file")
     # the signing key only: no TLS or encryption key needs to be mounted into a SuperNode
     creds = load_signing_identity(org_dir)
@@ -248,7 +256,8 @@ def supernode(
         "consent-url": consent_url,
         "authority": authority,
         "org-dir": str(org_dir.resolve()),
-        "linkage-key": str(linkage_key.resolve()),
+        **({"linkage-key": str(linkage_key.resolve())} if linkage_key else {}),
+        **({"pseudonym-url": pseudonym_url} if pseudonym_url else {}),
         "data-dir": str(data_dir.resolve()),
         "epsilon-budget": float(epsilon_budget),
         "min-cohort": int(min_cohort),
@@ -554,6 +563,10 @@ def score(
     linkage_key: Annotated[
         Path | None, typer.Option("--linkage-key", help="Show patients by regional pseudonym.")
     ] = None,
+    pseudonym_url: Annotated[
+        str | None,
+        typer.Option("--pseudonym-url", help="…their pseudonyms from the authority's OPRF."),
+    ] = None,
 ) -> None:
     """Score every patient at a node with a published model; store RiskAssessment resources."""
     from federated.scoring import score_node
@@ -570,6 +583,7 @@ def score(
             client_id=client_id,
             client_key=client_key,
             linkage_key=load_or_create_linkage_key(linkage_key) if linkage_key else None,
+            pseudonym_url=pseudonym_url,
         )
     except Exception as exc:  # noqa: BLE001
         _fail(f"scoring failed: {exc}", code=1)

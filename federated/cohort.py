@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import httpx
 
 from federated.feature_spec import NATIONAL_ID_SYSTEMS, Sample, extract_samples
-from trust.pseudonym import pseudonym
+from trust.pseudonymiser import LinkageKeyPseudonymiser, Pseudonymiser
 
 __all__ = [
     "COHORT_CLASSES",
@@ -38,15 +38,21 @@ RESEARCH_PURPOSE = "HRESCH"
 COHORT_CLASSES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest")
 
 
-def national_id(patient: Mapping[str, Any]) -> str | None:
-    """The patient's national identifier (by the spec's system preference), or None."""
+def national_id_with_system(patient: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The patient's national identifier as (system, value), by the spec's system preference."""
     by_system = {
         i.get("system"): i.get("value") for i in patient.get("identifier", []) if i.get("value")
     }
     for system in NATIONAL_ID_SYSTEMS:
         if by_system.get(system):
-            return str(by_system[system])
+            return str(system), str(by_system[system])
     return None
+
+
+def national_id(patient: Mapping[str, Any]) -> str | None:
+    """The patient's national identifier (by the spec's system preference), or None."""
+    found = national_id_with_system(patient)
+    return found[1] if found else None
 
 
 class EligibilityChecker(Protocol):
@@ -65,25 +71,30 @@ class ConsentEligibility:
     def __init__(
         self,
         consent_client: Any,
-        linkage_key: bytes,
+        pseudonymiser: Pseudonymiser | bytes,
         authority_org: str,
         *,
         purpose: str = RESEARCH_PURPOSE,
         classes: tuple[str, ...] = COHORT_CLASSES,
     ) -> None:
         self.client = consent_client
-        self.linkage_key = linkage_key
+        # bytes: the linkage key of a region without the pseudonymisation authority
+        self.pseudonymiser = (
+            LinkageKeyPseudonymiser(pseudonymiser)
+            if isinstance(pseudonymiser, bytes)
+            else pseudonymiser
+        )
         self.authority_org = authority_org
         self.purpose = purpose
         self.classes = classes
 
     def eligible(self, patient: Mapping[str, Any]) -> bool:
-        value = national_id(patient)
-        if not value:
+        found = national_id_with_system(patient)
+        if not found:
             return False
         try:
             decision = self.client.decide(
-                pseudonym(self.linkage_key, value),
+                self.pseudonymiser.regional([found])[0],
                 self.authority_org,
                 self.purpose,
                 list(self.classes),

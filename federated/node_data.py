@@ -65,8 +65,8 @@ def load_node_data(
 def _load_fhir(node_config: Mapping[str, Any], *, test_fraction: float, seed: int) -> LoadedData:
     from consent.client import ConsentClient
     from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
+    from federated.pseudonyms import from_node_config
     from trust.pki import load_signing_identity
-    from trust.pseudonym import load_or_create_linkage_key
 
     fhir_url = str(node_config["fhir-url"])
     tokens = BackendTokenSource(
@@ -76,12 +76,9 @@ def _load_fhir(node_config: Mapping[str, Any], *, test_fraction: float, seed: in
         str(setting(node_config, "scope", "system/*.rs")),
     )
     creds = load_signing_identity(str(node_config["org-dir"]))
-    linkage = Path(str(node_config["linkage-key"]))
-    if not linkage.exists():
-        raise FileNotFoundError(f"linkage key {linkage} not found")
     consent = ConsentClient(str(node_config["consent-url"]), creds)
     eligibility = ConsentEligibility(
-        consent, load_or_create_linkage_key(linkage), str(node_config["authority"])
+        consent, from_node_config(node_config, creds), str(node_config["authority"])
     )
     reader = FhirCohortReader(fhir_url, tokens)
     try:

@@ -106,15 +106,23 @@ def score_node(
     client_key: Path,
     scope: str = "system/*.rs system/RiskAssessment.c",
     linkage_key: bytes | None = None,
+    pseudonym_url: str | None = None,
     as_of: datetime | None = None,
 ) -> ScoreSummary:
-    from federated.cohort import BackendTokenSource, FhirCohortReader, national_id
+    from federated.cohort import BackendTokenSource, FhirCohortReader, national_id_with_system
     from federated.models import make_model, predict_proba, set_arrays
     from federated.registry_client import RegistryClient
     from trust.pki import load_org
-    from trust.pseudonym import pseudonym
+    from trust.pseudonymiser import LinkageKeyPseudonymiser, OprfPseudonymiser, Pseudonymiser
 
     creds = load_org(org_dir)
+    pseudonymiser: Pseudonymiser | None = None  # patients by regional pseudonym, when asked
+    if pseudonym_url:
+        from trust.oprf_client import OprfPseudonyms
+
+        pseudonymiser = OprfPseudonymiser(OprfPseudonyms(pseudonym_url, creds))
+    elif linkage_key:
+        pseudonymiser = LinkageKeyPseudonymiser(linkage_key)
     registry = RegistryClient(registry_url, creds)
     try:
         card = registry.card(model_id)
@@ -141,8 +149,8 @@ def score_node(
             latest = max(samples, key=lambda s: s.discharge)
             p = float(predict_proba(model, np.array([latest.features], dtype=np.float32))[0])
             summary.scored += 1
-            nid = national_id(patient)
-            pseudo = pseudonym(linkage_key, nid) if (linkage_key and nid) else None
+            nid = national_id_with_system(patient)
+            pseudo = pseudonymiser.regional([nid])[0] if (pseudonymiser and nid) else None
             summary.risks.append((pid, pseudo, p))
             resource = risk_assessment(pid, latest, p, model_id, str(card.get("task", "")))
             token = reader._token or tokens.token(reader.http)

@@ -132,6 +132,23 @@ def _revocations(settings: NodeSettings) -> Callable[[], frozenset[str | int]]:
     return revoked
 
 
+def _pseudonymiser(settings: NodeSettings, credentials: Any) -> Any:
+    """The authority's OPRF when ``pseudonym_url`` is set (no key on this node), else the
+    region's shared linkage key (created if absent, as before issue 23)."""
+    from trust.pseudonymiser import LinkageKeyPseudonymiser, OprfPseudonymiser
+
+    if settings.pseudonym_url:
+        from trust.oprf_client import OprfPseudonyms
+
+        verify: bool | str = True
+        if settings.pseudonym_url.startswith("https") and settings.pki.ca_dir is not None:
+            verify = str(settings.pki.ca_dir / "ca.cert.pem")
+        return OprfPseudonymiser(OprfPseudonyms(settings.pseudonym_url, credentials, verify=verify))
+    from trust.pseudonym import load_or_create_linkage_key
+
+    return LinkageKeyPseudonymiser(load_or_create_linkage_key(settings.linkage_key_file))
+
+
 def _credentials(settings: NodeSettings) -> Any:
     """This organisation's PKI credentials when a registry or coordinator needs them."""
     if not settings.needs_credentials:
@@ -152,12 +169,11 @@ def build_services(
 ) -> NodeServices:
     """The node's services, built once per process and shared by every feature."""
     from consent.client import ConsentClient
-    from trust.pseudonym import load_or_create_linkage_key
 
     engine, store = open_store(settings, migrate=migrate, features=features)
     try:
         credentials = _credentials(settings)
-        linkage_key = load_or_create_linkage_key(settings.linkage_key_file)
+        pseudonymiser = _pseudonymiser(settings, credentials)
     except Exception:
         engine.dispose()
         raise
@@ -177,14 +193,14 @@ def build_services(
                 settings.consent.url,
             )
     auth = AuthService.for_node(settings, engine)
-    auth.regional_patients = regional_patient_tokens(settings, engine, store, linkage_key)
+    auth.regional_patients = regional_patient_tokens(settings, engine, store, pseudonymiser)
     return NodeServices(
         settings=settings,
         engine=engine,
         store=store,
         metrics=NodeMetrics(),
         auth=auth,
-        linkage_key=linkage_key,
+        pseudonymiser=pseudonymiser,
         credentials=credentials,
         consent=consent,
     )

@@ -89,7 +89,8 @@ def init(
         _fail(f"bad settings: {exc}")
     engine, _store = _open_store(settings)
     load_or_create_signing_key(settings.signing_key_path)
-    load_or_create_linkage_key(settings.linkage_key_file)
+    if not settings.pseudonym_url:  # with the authority's OPRF the node holds no linkage key
+        load_or_create_linkage_key(settings.linkage_key_file)
     password = os.environ.get("IPJMS_ADMIN_PASSWORD")
     generated = not password
     if not password:

@@ -62,7 +62,7 @@ async def enrolment_code(
         raise BadRequest('body must be {"patient": "<Patient id>"}', expression=["patient"])
     patient_id = body["patient"].removeprefix("Patient/")
     patient = services.store.read("Patient", patient_id)  # NotFound / Gone
-    pseudonym = patient_pseudonym(patient, services.linkage_key)
+    pseudonym = patient_pseudonym(patient, services.pseudonymiser)
     if pseudonym is None:
         raise Unprocessable("the patient has no national identifier; cannot link to the registry")
     registry = _registry(services)

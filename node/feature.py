@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 
 from node.settings import NodeSettings
+from trust.pseudonymiser import Pseudonymiser
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -52,8 +53,9 @@ class NodeServices:
     store: FhirStore
     metrics: NodeMetrics
     auth: AuthService
-    # The regional key that turns a national identifier into a pseudonym.
-    linkage_key: bytes
+    # Where national identifiers become regional pseudonyms (the authority's OPRF, or the
+    # shared linkage key of older regions): trust/pseudonymiser.py.
+    pseudonymiser: Pseudonymiser
     # This organisation's PKI credentials; None unless a registry or coordinator is configured.
     credentials: OrgCredentials | None
     # The consent registry's client (as this organisation); None when none is configured.

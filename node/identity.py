@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from trust.pseudonym import IdentifierError, check_gb11643, pseudonym
+from trust.pseudonym import IdentifierError, check_gb11643
+from trust.pseudonymiser import Pseudonymiser
 
 __all__ = [
     "NATIONAL_ID_SYSTEM",
     "NATIONAL_ID_SYSTEMS",
     "CN_RESIDENT_ID_SYSTEM",
     "national_identifier",
+    "national_identifier_with_system",
     "patient_pseudonym",
+    "patient_pseudonyms",
 ]
 
 # The region's own national identifier system (used by seeded patients), then the ones real
@@ -24,8 +28,10 @@ NATIONAL_ID_SYSTEMS = (NATIONAL_ID_SYSTEM, CN_RESIDENT_ID_SYSTEM, "http://hl7.or
 _VALIDATORS = {CN_RESIDENT_ID_SYSTEM: check_gb11643}
 
 
-def national_identifier(patient: dict[str, Any]) -> str | None:
-    """The patient's national identifier value, by system preference, or None."""
+def national_identifier_with_system(patient: dict[str, Any]) -> tuple[str, str] | None:
+    """The patient's national identifier as (system, value), by system preference, or None.
+    A system with a check digit (GB 11643) is validated and normalised here: a wrong one
+    raises :class:`IdentifierError` (its message never quotes the number)."""
     by_system = {
         ident.get("system"): ident.get("value")
         for ident in patient.get("identifier", [])
@@ -35,20 +41,41 @@ def national_identifier(patient: dict[str, Any]) -> str | None:
         if by_system.get(system):
             value = str(by_system[system])
             check = _VALIDATORS.get(system)
-            return check(value) if check is not None else value
+            return system, (check(value) if check is not None else value)
     return None
 
 
-def patient_pseudonym(
-    patient: dict[str, Any], linkage_key: bytes, *, strict: bool = False
-) -> str | None:
-    """The patient's pseudonym, or None without a (valid) national identifier. ``strict``:
-    an identifier that fails its check digit raises :class:`IdentifierError` (clear message)
-    instead of counting as none."""
+def national_identifier(patient: dict[str, Any]) -> str | None:
+    """The patient's national identifier value, by system preference, or None."""
+    found = national_identifier_with_system(patient)
+    return found[1] if found else None
+
+
+def _identifier(patient: dict[str, Any], strict: bool) -> tuple[str, str] | None:
     try:
-        value = national_identifier(patient)
+        return national_identifier_with_system(patient)
     except IdentifierError:
         if strict:
             raise
         return None
-    return pseudonym(linkage_key, value) if value else None
+
+
+def patient_pseudonym(
+    patient: dict[str, Any], pseudonymiser: Pseudonymiser, *, strict: bool = False
+) -> str | None:
+    """The patient's regional pseudonym, or None without a (valid) national identifier.
+    ``strict``: an identifier that fails its check digit raises :class:`IdentifierError`
+    (clear message) instead of counting as none."""
+    found = _identifier(patient, strict)
+    return pseudonymiser.regional([found])[0] if found else None
+
+
+def patient_pseudonyms(
+    patients: Sequence[dict[str, Any]], pseudonymiser: Pseudonymiser
+) -> list[str | None]:
+    """Pseudonyms of many patients in one call to the source (None where there is no valid
+    national identifier)."""
+    found = [_identifier(p, False) for p in patients]
+    asked = pseudonymiser.regional([f for f in found if f is not None])
+    answers = iter(asked)
+    return [next(answers) if f is not None else None for f in found]

@@ -264,7 +264,13 @@ class NodeSettings(BaseSettings):
     max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     # Lifetime of access tokens handed out by POST /auth/token, seconds (backend clients ≤ 300).
     token_ttl: int = Field(default=900, gt=0, le=3600)
-    # HMAC key linking patients across nodes by pseudonym; default <data_dir>/linkage.key.
+    # The pseudonymisation authority (``ipjms pseudonym serve``, issue 23): when set, patient
+    # pseudonyms come from its RFC 9497 OPRF (trust/oprf_client.py) and the node holds, and
+    # creates, no linkage key — nothing in its state can test a guessed identifier.
+    pseudonym_url: str | None = None
+    # Without ``pseudonym_url`` (older regions, tests): the region's shared HMAC key linking
+    # patients by pseudonym; default <data_dir>/linkage.key. Whoever copies it can reverse
+    # any pseudonym of the region by brute force over the national-id space.
     linkage_key_path: Path | None = None
     # Default page size of searches without _count.
     default_page_size: int = Field(default=50, gt=0, le=1000)
@@ -323,7 +329,7 @@ class NodeSettings(BaseSettings):
     def needs_credentials(self) -> bool:
         """A consent registry or a coordinator is configured: both are reached as this
         organisation, with its credentials."""
-        return bool(self.consent.url) or self.exchange.enabled
+        return bool(self.consent.url) or self.exchange.enabled or bool(self.pseudonym_url)
 
     @property
     def base_url(self) -> str:

@@ -63,16 +63,25 @@ class OprfPseudonyms:
             raise PseudonymServiceError("pseudonym service answered another suite or count")
         return int(answer["version"]), evaluated
 
+    def outputs(
+        self, inputs: Sequence[bytes], *, version: int | None = None
+    ) -> tuple[int, list[bytes]]:
+        """The OPRF outputs of raw ``inputs`` under key ``version`` (default: current)."""
+        out: list[bytes] = []
+        got = version or 0
+        for start in range(0, len(inputs), self.batch):
+            chunk = list(inputs[start : start + self.batch])
+            blinds = [oprf.blind(x) for x in chunk]
+            got, evaluated = self._evaluate([b for _, b in blinds], version)
+            version = got  # one version for the whole call, even across a rotation
+            for x, (r, _), e in zip(chunk, blinds, evaluated, strict=True):
+                out.append(oprf.finalize(x, r, e))
+        return got, out
+
     def pseudonyms(
         self, identifiers: Sequence[tuple[str, str]], *, version: int | None = None
     ) -> list[str]:
         """One pseudonym per ``(system, value)``, under key ``version`` (default: current)."""
         inputs = [oprf_input(system, value) for system, value in identifiers]
-        out: list[str] = []
-        for start in range(0, len(inputs), self.batch):
-            chunk = inputs[start : start + self.batch]
-            blinds = [oprf.blind(x) for x in chunk]
-            got, evaluated = self._evaluate([b for _, b in blinds], version)
-            for x, (r, _), e in zip(chunk, blinds, evaluated, strict=True):
-                out.append(oprf_pseudonym(got, oprf.finalize(x, r, e)))
-        return out
+        got, outputs = self.outputs(inputs, version=version)
+        return [oprf_pseudonym(got, output) for output in outputs]

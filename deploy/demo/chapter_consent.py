@@ -30,10 +30,11 @@ from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.demo.network import AUTHORITY_ORG, CONSENT_ORG, DemoNetwork, NodeInfo
+from deploy.demo.pseudonym_authority import pseudonymiser, start_authority
 from deploy.launcher import free_port, ipjms_command
-from node.identity import patient_pseudonym
+from node.identity import patient_pseudonyms
 from trust.pki import init_ca, issue_org, load_org
-from trust.pseudonym import load_or_create_linkage_key
+from trust.pseudonymiser import Pseudonymiser
 from trust.tokens import jwk_thumbprint, load_or_create_signing_key
 
 __all__ = ["start", "run", "TREAT_CLASSES"]
@@ -62,9 +63,9 @@ def _pki(net: DemoNetwork) -> dict[str, Any]:
         if not (out / "org.json").exists():
             issue_org(ca_dir, org, host="127.0.0.1,localhost")
         orgs[org] = out
-    linkage_key = pki_dir / "linkage.key"
-    load_or_create_linkage_key(linkage_key)
-    net.facts["pki"] = {"ca_dir": ca_dir, "orgs": orgs, "linkage_key": linkage_key}
+    net.facts["pki"] = {"ca_dir": ca_dir, "orgs": orgs}
+    if "pseudonym_url" not in net.facts:
+        start_authority(net)
     return dict(net.facts["pki"])
 
 
@@ -117,7 +118,7 @@ def _admin_headers(node: NodeInfo) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def _pseudonyms(node: NodeInfo, key: bytes) -> dict[str, str]:
+def _pseudonyms(node: NodeInfo, key: Pseudonymiser) -> dict[str, str]:
     """pseudonym → local Patient id, over the node's FHIR API."""
     headers = _admin_headers(node)
     out: dict[str, str] = {}
@@ -126,10 +127,10 @@ def _pseudonyms(node: NodeInfo, key: bytes) -> dict[str, str]:
         r = httpx.get(url, headers=headers, timeout=30)
         r.raise_for_status()
         bundle = r.json()
-        for entry in bundle.get("entry", []):
-            pseudo = patient_pseudonym(entry["resource"], key)
+        patients = [entry["resource"] for entry in bundle.get("entry", [])]
+        for patient, pseudo in zip(patients, patient_pseudonyms(patients, key), strict=True):
             if pseudo:
-                out.setdefault(pseudo, entry["resource"]["id"])
+                out.setdefault(pseudo, patient["id"])
         url = next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == "next"), None)
     return out
 
@@ -162,8 +163,8 @@ def _consent_body(pseudonym: str, clinic: str) -> dict[str, Any]:
 def run(net: DemoNetwork) -> None:
     url = net.facts["consent_url"]
     pki = net.facts["pki"]
-    key = load_or_create_linkage_key(pki["linkage_key"])
     tertiary = next(n for n in net.nodes.values() if n.level == "tertiary")
+    key = pseudonymiser(net, tertiary.org_id)  # as the hospital asks the authority
     clinic, other_clinic = [n for n in net.nodes.values() if n.level == "community"][:2]
 
     with net.step("A patient enrols in the consent registry through the hospital") as notes:

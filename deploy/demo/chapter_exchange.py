@@ -34,10 +34,11 @@ from deploy.demo.network import (
     NodeInfo,
     StepFailed,
 )
+from deploy.demo.pseudonym_authority import pseudonymiser
 from deploy.launcher import free_port, ipjms_command, wait_until
-from node.identity import patient_pseudonym
+from node.identity import patient_pseudonyms
 from trust.pki import init_ca, issue_org
-from trust.pseudonym import load_or_create_linkage_key
+from trust.pseudonymiser import Pseudonymiser
 
 __all__ = ["start", "run"]
 
@@ -51,8 +52,7 @@ def _pki(net: DemoNetwork) -> dict[str, Any]:
         ca_dir = net.service_dir("pki") / "ca"
         if not (ca_dir / "ca.cert.pem").exists():
             init_ca(ca_dir, name="IPJMS Demo Regional CA")
-        pki = {"ca_dir": ca_dir, "orgs": {}, "linkage_key": net.service_dir("pki") / "linkage.key"}
-        load_or_create_linkage_key(pki["linkage_key"])
+        pki = {"ca_dir": ca_dir, "orgs": {}}
         net.facts["pki"] = pki
     for org in (AUTHORITY_ORG, COORDINATOR_ORG, *(o for o, *_ in net.node_specs)):
         if org not in pki["orgs"]:
@@ -212,15 +212,18 @@ def _wait_inbox(node: NodeInfo, headers: dict[str, str], envelope_id: str) -> di
     return found
 
 
-def _local_patient(node: NodeInfo, headers: dict[str, str], pseudo: str, key: bytes) -> str | None:
+def _local_patient(
+    node: NodeInfo, headers: dict[str, str], pseudo: str, key: Pseudonymiser
+) -> str | None:
     url: str | None = f"{node.url}/fhir/Patient?_count=200"
     while url:
         r = httpx.get(url, headers=headers, timeout=30)
         r.raise_for_status()
         bundle = r.json()
-        for entry in bundle.get("entry", []):
-            if patient_pseudonym(entry["resource"], key) == pseudo:
-                return str(entry["resource"]["id"])
+        patients = [entry["resource"] for entry in bundle.get("entry", [])]
+        for patient, found in zip(patients, patient_pseudonyms(patients, key), strict=True):
+            if found == pseudo:
+                return str(patient["id"])
         url = next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == "next"), None)
     return None
 
@@ -276,7 +279,6 @@ def _extra_consent(net: DemoNetwork, pseudo: str, hospital: str, clinic: str) ->
 def run(net: DemoNetwork) -> None:
     facts = net.facts["consent"]
     pseudo = facts["pseudonym"]
-    key = load_or_create_linkage_key(net.facts["pki"]["linkage_key"])
     hospital = next(n for n in net.nodes.values() if n.level == "tertiary")
     clinic_b = net.nodes[facts["treat_recipient"]]
     clinic_c = next(n for n in net.nodes.values() if n.level == "community" and n is not clinic_b)
@@ -407,7 +409,7 @@ def run(net: DemoNetwork) -> None:
         )
 
     with net.step(f"{clinic_c.org_id}, without consent, is refused at the coordinator") as notes:
-        patient_c = _local_patient(clinic_c, doc_c, pseudo, key)
+        patient_c = _local_patient(clinic_c, doc_c, pseudo, pseudonymiser(net, clinic_c.org_id))
         if patient_c is not None:
             # The record locator itself refuses: without consent, C does not even learn
             # where the patient is treated.
@@ -438,7 +440,7 @@ def run(net: DemoNetwork) -> None:
     with net.step(
         f"{clinic_c.org_id}'s doctor breaks the glass: pulls the history with a stated reason"
     ) as notes:
-        patient_c = _local_patient(clinic_c, doc_c, pseudo, key)
+        patient_c = _local_patient(clinic_c, doc_c, pseudo, pseudonymiser(net, clinic_c.org_id))
         if patient_c is None:
             notes.append(f"{clinic_c.org_id} holds no record of the patient; nothing to pull")
         else:

@@ -34,6 +34,7 @@ from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.demo.network import AUTHORITY_ORG, DemoNetwork
+from deploy.demo.pseudonym_authority import pseudonymiser
 from deploy.launcher import free_port, ipjms_command, wait_healthy, wait_until
 from federated.cohort import COHORT_CLASSES
 from federated.indicators.node_answer import INDICATOR_CLASSES
@@ -42,7 +43,6 @@ from node.feeds.synthetic import generate_site
 from node.identity import NATIONAL_ID_SYSTEM
 from node.settings import CareSettings
 from trust.pki import load_org
-from trust.pseudonym import load_or_create_linkage_key, pseudonym
 from trust.tokens import SigningKey
 
 __all__ = ["start", "run"]
@@ -107,13 +107,13 @@ def _consent_research(net: DemoNetwork, org: str, national_ids: list[str]) -> in
     """Each patient's consent permits HRESCH (research) to the authority; all but every fifth
     also permit HQUALIMP (quality indicators, chapter_indicators) in the same consent."""
     url = net.facts["consent_url"]
-    key = load_or_create_linkage_key(net.facts["pki"]["linkage_key"])
+    # the node's pseudonyms, as it obtains them from the authority (one batch)
+    pseudonyms = pseudonymiser(net, org).regional([(NATIONAL_ID_SYSTEM, n) for n in national_ids])
     client = ConsentClient(url, load_org(net.facts["pki"]["orgs"][org]))
     patients = httpx.Client(base_url=url, timeout=30)  # one session for every patient's calls
     granted = 0
     try:
-        for index, nid in enumerate(national_ids):
-            pseudo = pseudonym(key, nid)
+        for index, pseudo in enumerate(pseudonyms):
             code = client.create_enrolment_code(pseudo)["code"]
             r = patients.post("/enrol", json={"code": code, "password": PASSWORD})
             if r.status_code != 201:
@@ -201,7 +201,7 @@ def run(net: DemoNetwork) -> None:
                 "--superlink", fed["fleet"], "--org-dir", str(pki["orgs"][org]),
                 "--fhir-url", net.nodes[org].url, "--client-id", CLIENT_ID,
                 "--client-key", str(key_path), "--consent-url", net.facts["consent_url"],
-                "--authority", AUTHORITY_ORG, "--linkage-key", str(pki["linkage_key"]),
+                "--authority", AUTHORITY_ORG, "--pseudonym-url", net.facts["pseudonym_url"],
                 "--port", str(port), "--min-cohort", "10", "--epsilon-budget", "10",
             ]  # fmt: skip
             supernodes.append(
@@ -264,7 +264,7 @@ def run(net: DemoNetwork) -> None:
                 "fl", "score", "--node-url", net.nodes[org].url, "--model", model_id,
                 "--registry-url", coordinator_http, "--org-dir", str(pki["orgs"][org]),
                 "--client-id", CLIENT_ID, "--client-key", str(key_path),
-                "--linkage-key", str(pki["linkage_key"]), "--top", top,
+                "--pseudonym-url", net.facts["pseudonym_url"], "--top", top,
             )  # fmt: skip
             if r.returncode != 0:
                 raise RuntimeError(f"scoring at {org} failed: {r.stdout[-400:]}")

@@ -66,11 +66,14 @@ def _ipjms(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
+def _pseudonym_env(net: DemoNetwork) -> dict[str, str]:
+    url = net.facts.get("pseudonym_url")
+    return {"IPJMS_NODE_PSEUDONYM_URL": str(url)} if url else {}
+
+
 def _node_env(net: DemoNetwork, org: str) -> dict[str, str]:
     env: dict[str, str] = {}
-    pki = net.facts.get("pki") or {}
-    if pki.get("linkage_key"):  # the region's shared pseudonym key (trust chapter)
-        env["IPJMS_NODE_LINKAGE_KEY_PATH"] = str(pki["linkage_key"])
+    # no linkage key: pseudonyms come from the authority (IPJMS_NODE_PSEUDONYM_URL, node_env)
     env.update({k: str(v) for k, v in net.facts.get("node_env", {}).items()})
     env.update({k: str(v) for k, v in net.facts.get("node_env_by_org", {}).get(org, {}).items()})
     return env
@@ -85,7 +88,8 @@ def start(net: DemoNetwork) -> None:
             init = _ipjms(
                 "node", "init", "--org", org, "--name", name, "--level", level,
                 "--data-dir", str(data_dir), *net.db_args(f"node-{org}"),
-                env={"IPJMS_ADMIN_PASSWORD": password},
+                # the authority's URL too, so init creates no linkage key on the node
+                env={"IPJMS_ADMIN_PASSWORD": password, **_pseudonym_env(net)},
             )  # fmt: skip
             if init.returncode != 0:
                 raise StepFailed(f"ipjms node init {org} failed: {init.stderr.strip()}")

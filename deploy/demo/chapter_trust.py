@@ -1,7 +1,9 @@
-"""Demo chapter: the regional PKI and the shared linkage key, before any service starts.
+"""Demo chapter: the regional PKI and the pseudonymisation authority, before any other service.
 
-``start`` creates the authority's CA and issues credentials for every organisation of the demo
-region; later chapters find them in ``net.facts["pki"]``. ``run`` shows what was issued.
+``start`` creates the authority's CA, issues credentials for every organisation of the demo
+region (later chapters find them in ``net.facts["pki"]``) and starts the authority's OPRF
+service, from which every node obtains pseudonyms (no node holds a linkage key). ``run`` shows
+what was issued.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import httpx
 from cryptography import x509
 
 from deploy.demo.network import (
@@ -17,6 +20,7 @@ from deploy.demo.network import (
     COORDINATOR_ORG,
     DemoNetwork,
 )
+from deploy.demo.pseudonym_authority import start_authority
 from trust.pki import (
     CRL_REISSUE_AFTER,
     crl_schedule,
@@ -26,7 +30,6 @@ from trust.pki import (
     load_org,
     reissue_crl,
 )
-from trust.pseudonym import load_or_create_linkage_key
 
 
 def all_orgs(net: DemoNetwork) -> list[str]:
@@ -52,10 +55,10 @@ def start(net: DemoNetwork) -> None:
         target=crl_schedule, args=(ca_dir, stop), kwargs={"every": 60.0}, daemon=True
     ).start()
     net.facts["crl_schedule_stop"] = stop
-    # Nodes share the regional linkage key (the coordinator and registry never get it).
-    linkage_key = pki_dir / "linkage.key"
-    load_or_create_linkage_key(linkage_key)
-    net.facts["pki"] = {"ca_dir": ca_dir, "orgs": org_dirs, "linkage_key": linkage_key}
+    net.facts["pki"] = {"ca_dir": ca_dir, "orgs": org_dirs}
+    # Pseudonyms come from the authority's OPRF: no node, registry or coordinator holds a key
+    # that makes them (deploy/demo/pseudonym_authority.py).
+    start_authority(net)
 
 
 def run(net: DemoNetwork) -> None:
@@ -69,4 +72,9 @@ def run(net: DemoNetwork) -> None:
         notes.append(
             f"CRL #{number}, valid until {crl.next_update_utc:%Y-%m-%d %H:%M} UTC, re-signed "
             "on a schedule; a missing, stale or rolled-back CRL refuses every certificate"
+        )
+        health = httpx.get(f"{net.facts['pseudonym_url']}/healthz", timeout=30).json()
+        notes.append(
+            f"pseudonymisation authority: RFC 9497 OPRF ({health['suite']}), key version "
+            f"v{health['current_version']}; nodes blind identifiers and hold no linkage key"
         )

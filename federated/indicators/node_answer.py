@@ -89,8 +89,8 @@ def _json_patients(node_config: Mapping[str, Any]) -> Iterator[Sequence[Mapping[
 def _fhir_patients(node_config: Mapping[str, Any]) -> Iterator[Sequence[Mapping[str, Any]]]:
     from consent.client import ConsentClient
     from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
+    from federated.pseudonyms import from_node_config
     from trust.pki import load_org
-    from trust.pseudonym import load_or_create_linkage_key
 
     fhir_url = str(node_config["fhir-url"])
     tokens = BackendTokenSource(
@@ -99,13 +99,11 @@ def _fhir_patients(node_config: Mapping[str, Any]) -> Iterator[Sequence[Mapping[
         str(node_config["client-key"]),
         str(setting(node_config, "scope", "system/*.rs")),
     )
-    linkage = Path(str(node_config["linkage-key"]))
-    if not linkage.exists():
-        raise FileNotFoundError(f"linkage key {linkage} not found")
-    consent = ConsentClient(str(node_config["consent-url"]), load_org(str(node_config["org-dir"])))
+    creds = load_org(str(node_config["org-dir"]))
+    consent = ConsentClient(str(node_config["consent-url"]), creds)
     eligibility = ConsentEligibility(
         consent,
-        load_or_create_linkage_key(linkage),
+        from_node_config(node_config, creds),
         str(node_config["authority"]),
         purpose=QUALITY_PURPOSE,
         classes=INDICATOR_CLASSES,

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from node.exchange.client import DirectoryEntry, ExchangeClient
 from node.store import FhirStore
 from trust.pki import OrgCredentials
+from trust.pseudonymiser import Pseudonymiser
 
 __all__ = ["ExchangeContext", "PhaseObserver", "ignore_phases"]
 
@@ -36,7 +37,7 @@ class ExchangeContext:
     creds: OrgCredentials
     client: ExchangeClient
     consent: Any  # consent.client.ConsentClient
-    linkage_key: bytes
+    pseudonymiser: Pseudonymiser
     ca_dir: Path | None = None
     now: Callable[[], float] | None = None
     observe: PhaseObserver = ignore_phases

@@ -45,7 +45,7 @@ from servicekit.outcome import (
 )
 from trust.certificates import CertificateError
 from trust.envelopes import EnvelopeHeader, SealedEnvelope, seal_to
-from trust.pseudonym import IdentifierError, routing_pseudonym
+from trust.pseudonym import IdentifierError
 
 __all__ = [
     "BreakGlass",
@@ -116,7 +116,7 @@ class Disclosure:
 def pseudonym_of(ctx: ExchangeContext, patient_id: str) -> tuple[dict[str, Any], str]:
     patient = ctx.store.read("Patient", patient_id)
     try:
-        pseudo = patient_pseudonym(patient, ctx.linkage_key, strict=True)
+        pseudo = patient_pseudonym(patient, ctx.pseudonymiser, strict=True)
     except IdentifierError as exc:
         raise Conflict(f"Patient/{patient_id}: {exc}") from None
     if pseudo is None:
@@ -291,7 +291,7 @@ def _pack_and_seal(
         recipient=recipient,
         purpose=purpose,
         classes=declared,
-        patient_pseudonym=routing_pseudonym(ctx.linkage_key, pseudo, ctx.org_id, recipient),
+        patient_pseudonym=ctx.pseudonymiser.routing(pseudo, ctx.org_id, recipient),
         ttl=ENVELOPE_TTL,
         envelope_id=envelope_id,
     )

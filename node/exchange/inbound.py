@@ -42,7 +42,6 @@ from trust.envelopes import (
     SealedEnvelope,
     open_from,
 )
-from trust.pseudonym import routing_pseudonym
 
 __all__ = ["Handled", "handle_envelope", "already_processed", "local_patient", "exchange_writer"]
 
@@ -297,7 +296,10 @@ def regional_pseudonym(ctx: ExchangeContext, sealed: SealedEnvelope, body: Any) 
         inside = found[0] if len(found) == 1 else None
     if not isinstance(inside, str) or not inside:
         return h.patient_pseudonym or ""
-    expected = routing_pseudonym(ctx.linkage_key, inside, h.sender, h.recipient)
+    try:
+        expected = ctx.pseudonymiser.routing(inside, h.sender, h.recipient)
+    except ValueError:  # not a pseudonym of this region's scheme
+        return None
     return inside if expected == h.patient_pseudonym else None
 
 

@@ -55,7 +55,7 @@ def build_context(services: NodeServices) -> ExchangeContext:
             address, services.credentials, server_org=settings.exchange.coordinator_org
         ),
         consent=services.consent or _NoConsent(),
-        linkage_key=services.linkage_key,
+        pseudonymiser=services.pseudonymiser,
         ca_dir=settings.pki.ca_dir,
         observe=services.metrics.observe_exchange_phase,
     )

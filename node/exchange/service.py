@@ -42,11 +42,10 @@ from node.exchange.workflow import (
     task_parties,
     task_uid,
 )
-from node.identity import patient_pseudonym
+from node.identity import patient_pseudonyms
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
-from trust.pseudonym import routing_pseudonym
 
 __all__ = [
     "request_exchange",
@@ -301,7 +300,7 @@ def pull_history(
             recipient=holder,
             purpose=purpose,
             classes=wanted,
-            patient_pseudonym=routing_pseudonym(ctx.linkage_key, pseudo, ctx.org_id, holder),
+            patient_pseudonym=ctx.pseudonymiser.routing(pseudo, ctx.org_id, holder),
         )
         query: dict[str, Any] = {
             "resourceType": "Parameters",
@@ -389,8 +388,9 @@ def publish_pseudonyms(ctx: ExchangeContext) -> int:
     offset = 0
     while True:
         page = ctx.store.search("Patient", [("_count", "500"), ("_offset", str(offset))])
-        for patient in page.resources:
-            pseudo = patient_pseudonym(patient, ctx.linkage_key)
+        for patient, pseudo in zip(
+            page.resources, patient_pseudonyms(page.resources, ctx.pseudonymiser), strict=True
+        ):
             if pseudo:
                 found.setdefault(pseudo, str(patient["id"]))
         offset += len(page.resources)

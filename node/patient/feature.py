@@ -21,7 +21,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def regional_patient_tokens(
-    settings: NodeSettings, engine: Engine, store: Any, linkage_key: bytes
+    settings: NodeSettings, engine: Engine, store: Any, pseudonymiser: Any
 ) -> RegionalPatientTokens | None:
     """What accepts the consent registry's patient tokens here; None without a registry."""
     consent = settings.consent
@@ -32,7 +32,7 @@ def regional_patient_tokens(
         verify = str(settings.pki.ca_dir / "ca.cert.pem")
     return RegionalPatientTokens(
         consent.url,
-        PatientLinks(engine, store, linkage_key).resolve,
+        PatientLinks(engine, store, pseudonymiser).resolve,
         settings.org_id,
         pins=frozenset(consent.patient_key_pins),
         http=httpx.Client(timeout=5.0, verify=verify),

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from node.identity import patient_pseudonym
+from node.identity import patient_pseudonyms
 from node.patient.tables import patient_links
 from node.store import identifier_criteria
 
@@ -35,10 +35,10 @@ _PAGE = 500
 
 
 class PatientLinks:
-    def __init__(self, engine: Engine, store: Any, linkage_key: bytes) -> None:
+    def __init__(self, engine: Engine, store: Any, pseudonymiser: Any) -> None:
         self.engine = engine
         self.store = store
-        self.linkage_key = linkage_key
+        self.pseudonymiser = pseudonymiser
         self._absent: dict[str, float] = {}
         self._known: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -84,8 +84,9 @@ class PatientLinks:
         offset = 0
         while True:
             page = self.store.search("Patient", [("_count", str(_PAGE)), ("_offset", str(offset))])
-            for patient in page.resources:
-                if patient_pseudonym(patient, self.linkage_key) == pseudonym:
+            found = patient_pseudonyms(page.resources, self.pseudonymiser)
+            for patient, pseudo in zip(page.resources, found, strict=True):
+                if pseudo == pseudonym:
                     return str(patient["id"])
             offset += len(page.resources)
             if not page.resources or offset >= page.total:

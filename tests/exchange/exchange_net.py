@@ -18,7 +18,8 @@ from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.launcher import Service, ipjms_command, start_service, wait_until
 from node.identity import NATIONAL_ID_SYSTEM
-from trust.pseudonym import load_or_create_linkage_key, pseudonym
+from trust.oprf_client import OprfPseudonyms
+from trust.pseudonymiser import OprfPseudonymiser
 
 REGISTRY_ORG = (
     "consent-registry"  # the registry's organisation: decisions signed by its CA-issued key
@@ -90,16 +91,22 @@ class Region:
     pki: Any
     consent_url: str
     consent_service: Service
-    linkage_key_path: Path
+    pseudonym_service: Service | None  # the authority's OPRF (None: a region without nodes)
     coordinator: Any = None
     nodes: dict[str, NodeProc] = field(default_factory=dict)
 
     @property
-    def linkage_key(self) -> bytes:
-        return load_or_create_linkage_key(self.linkage_key_path)
+    def pseudonymiser(self) -> OprfPseudonymiser:
+        """The authority's OPRF, asked as hosp-a (no node of the region holds a key)."""
+        assert self.pseudonym_service is not None, "this region runs no pseudonym authority"
+        client = OprfPseudonyms(self.pseudonym_service.base_url, self.pki.creds["hosp-a"])
+        return OprfPseudonymiser(client)
 
     def pseudonym(self, national_id: str) -> str:
-        return pseudonym(self.linkage_key, national_id)
+        return self.pseudonymiser.regional([(NATIONAL_ID_SYSTEM, national_id)])[0]
+
+    def routing(self, regional: str, org_a: str, org_b: str) -> str:
+        return self.pseudonymiser.routing(regional, org_a, org_b)
 
     def restart_consent(self) -> None:
         """Start the consent registry again (same data, same port) after a stop or kill."""
@@ -140,7 +147,9 @@ class Region:
             **(extra_env or {}),
             "IPJMS_ADMIN_PASSWORD": PASSWORD,
             "IPJMS_USER_PASSWORD": PASSWORD,
-            "IPJMS_NODE_LINKAGE_KEY_PATH": str(self.linkage_key_path),
+            "IPJMS_NODE_PSEUDONYM_URL": self.pseudonym_service.base_url
+            if self.pseudonym_service
+            else "",
             "IPJMS_NODE_COORDINATOR_ADDRESS": self.coordinator.address,
             "IPJMS_NODE_COORDINATOR_ORG": "coordinator",
             "IPJMS_NODE_CONSENT_URL": self.consent_url,
@@ -176,6 +185,8 @@ class Region:
         if self.coordinator is not None:
             self.coordinator.service.stop()
         self.consent_service.stop()
+        if self.pseudonym_service is not None:
+            self.pseudonym_service.stop()
 
     # -- consent ---------------------------------------------------------------------------
 
@@ -291,6 +302,21 @@ def start_consent(root: Path, pki: Any) -> tuple[str, Service]:
     return service.base_url, service
 
 
+NODE_ORGS = ("hosp-a", "clinic-b", "clinic-c")
+
+
+def start_pseudonym_authority(root: Path, pki: Any) -> Service:
+    """``ipjms pseudonym serve``: the authority's OPRF, for the region's nodes only."""
+    data_dir = root / "pseudonym"
+    clients = [a for org in NODE_ORGS for a in ("--client", org)]
+    return start_service(
+        "pseudonym",
+        ["pseudonym", "serve", "--data-dir", str(data_dir), "--port", "0",
+         "--ca-dir", str(pki.ca_dir), "--org-id", "authority", *clients],
+        base_url="http://127.0.0.1:{http}", log_dir=root / "logs", ports_dir=data_dir,
+    )  # fmt: skip
+
+
 def patient_bundle(national_id: str, *, name: str, extra_conditions: int = 0) -> dict[str, Any]:
     """A heart-failure patient: Patient, Conditions, Observations, medication, procedure,
     allergy, encounter — more classes than any consent in these tests permits."""
@@ -353,7 +379,12 @@ def start_region(
 ) -> Region:
     """Consent registry, coordinator (leases of 3 s so redelivery is quick) and nodes."""
     consent_url, consent_service = start_consent(root, pki)
-    net = Region(root, pki, consent_url, consent_service, root / "linkage.key")
+    try:
+        authority = start_pseudonym_authority(root, pki)
+    except Exception:
+        consent_service.stop()
+        raise
+    net = Region(root, pki, consent_url, consent_service, authority)
     try:
         data_dir = root / "coordinator"
         data_dir.mkdir()

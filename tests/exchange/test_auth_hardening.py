@@ -39,7 +39,6 @@ from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.backend_auth import make_org_assertion
 from trust.envelopes import EnvelopeHeader, seal_to
-from trust.pseudonym import routing_pseudonym
 
 pytestmark = pytest.mark.slow
 
@@ -367,7 +366,7 @@ def test_break_glass_referral_crosses_only_with_a_reason_and_is_audited_as_such(
     shows one break-glass access."""
     a, c = region.nodes["hosp-a"], region.nodes["clinic-c"]
     # the coordinator knows the patient only by the routing pseudonym of hosp-a and clinic C
-    pseudo = routing_pseudonym(region.linkage_key, region.pseudonym(NID), "hosp-a", "clinic-c")
+    pseudo = region.routing(region.pseudonym(NID), "hosp-a", "clinic-c")
     body = {
         "kind": "referral",
         "patient": f"Patient/p-{NID}",

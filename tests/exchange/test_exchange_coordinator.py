@@ -227,7 +227,7 @@ def test_rate_limit_duplicates_and_polling_inbox(pki, start_coordinator, tmp_pat
     and a polling (non-following) inbox that drains and ends; acks are final."""
     consent_url, consent_service = start_consent(tmp_path / "region", pki)
     try:
-        region = Region(tmp_path / "region", pki, consent_url, consent_service, tmp_path / "lk")
+        region = Region(tmp_path / "region", pki, consent_url, consent_service, None)
         region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
         coord = start_coordinator("--rate-per-minute", "3", consent_url=consent_url)
         with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
@@ -258,7 +258,7 @@ def test_undelivered_envelope_expires_into_the_dead_letters(
 ) -> None:
     consent_url, consent_service = start_consent(tmp_path / "region", pki)
     try:
-        region = Region(tmp_path / "region", pki, consent_url, consent_service, tmp_path / "lk")
+        region = Region(tmp_path / "region", pki, consent_url, consent_service, None)
         region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
         coord = start_coordinator(consent_url=consent_url)
         # long enough to pass Send (with its HTTP consent decision) on a loaded machine

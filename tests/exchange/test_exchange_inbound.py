@@ -24,6 +24,7 @@ from servicekit.storage import make_engine, upgrade_schema
 from trust.envelopes import EnvelopeHeader, seal_to
 from trust.pki import init_ca, issue_org, revocation_list
 from trust.pseudonym import routing_pseudonym
+from trust.pseudonymiser import LinkageKeyPseudonymiser
 from trust.tokens import SigningKey, key_thumbprint
 
 PSEUDO = "b" * 64
@@ -61,7 +62,7 @@ def ctx(db_url: str, creds, ca_dir: Path, tmp_path: Path) -> ExchangeContext:  #
             registry_org="consent-registry",
             revoked=lambda: revocation_list(ca_dir),
         ),
-        linkage_key=b"k" * 32,  # type: ignore[arg-type]
+        pseudonymiser=LinkageKeyPseudonymiser(b"k" * 32),
         ca_dir=ca_dir,
     )
     a = creds["hosp-a"]

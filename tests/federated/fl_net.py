@@ -84,7 +84,8 @@ class FlNet:
             "--superlink", info["fleet"], "--org-dir", str(self.pki.org_dirs[org]),
             "--fhir-url", node.url, "--client-id", "fl-supernode",
             "--client-key", str(self.client_keys[org]), "--consent-url", self.region.consent_url,
-            "--authority", "authority", "--linkage-key", str(self.region.linkage_key_path),
+            "--authority", "authority",
+            "--pseudonym-url", self.region.pseudonym_service.base_url,
             "--port", "0", "--min-cohort", str(min_cohort), "--epsilon-budget", str(budget),
         ]  # fmt: skip
         svc = start_service(  # the health port: the OS picks, announced in the data dir

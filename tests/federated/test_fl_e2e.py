@@ -16,7 +16,6 @@ from consent.client import ConsentClient
 from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
 from federated.egress import CONFIG_KEYS, METRIC_KEYS
 from federated.registry_client import RegistryClient
-from trust.pseudonym import load_or_create_linkage_key
 
 # Whichever test runs first (any, under a shuffled order) starts the module's network (a region,
 # three nodes, consents for 72 patients, a SuperLink and three SuperNodes) inside its own time:
@@ -71,11 +70,7 @@ def test_patients_without_research_consent_are_never_in_a_cohort(net: FlNet) -> 
         node.url, BackendTokenSource(node.url, "fl-supernode", net.client_keys[org], "system/*.rs")
     )
     try:
-        cohort = reader.cohort(
-            ConsentEligibility(
-                consent, load_or_create_linkage_key(net.region.linkage_key_path), "authority"
-            )
-        )
+        cohort = reader.cohort(ConsentEligibility(consent, net.region.pseudonymiser, "authority"))
     finally:
         reader.close()
         consent.close()
@@ -159,7 +154,7 @@ def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patie
         "source": "fhir", "fhir-url": node.url, "client-id": "fl-supernode",
         "client-key": str(net.client_keys[org]), "consent-url": net.region.consent_url,
         "authority": "authority", "org-dir": str(net.pki.org_dirs[org]),
-        "linkage-key": str(net.region.linkage_key_path),
+        "pseudonym-url": net.region.pseudonym_service.base_url,
     }  # fmt: skip
     loaded = list(load_patients(node_config))
     counted = {
@@ -280,7 +275,7 @@ def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet, trained: 
         "--registry-url", net.region.coordinator.http_url,
         "--org-dir", str(net.pki.org_dirs["hosp-a"]),
         "--client-id", "fl-supernode", "--client-key", str(net.client_keys["hosp-a"]),
-        "--linkage-key", str(net.region.linkage_key_path), "--top", "3",
+        "--pseudonym-url", net.region.pseudonym_service.base_url, "--top", "3",
     ]  # fmt: skip
     from deploy.launcher import ipjms_command
 

@@ -169,7 +169,7 @@ def test_exchange_and_enrolment_share_the_services_built_once(
         ctx = app.state.exchange
         assert ctx.consent is services.consent
         assert ctx.creds is services.credentials
-        assert ctx.linkage_key is services.linkage_key
+        assert ctx.pseudonymiser is services.pseudonymiser
         assert ctx.store is services.store and ctx.engine is services.engine
     assert app.state.exchange is None
 

@@ -84,10 +84,12 @@ def test_scopes_v1_and_v2() -> None:
 def test_pseudonym_is_stable_normalised_and_keyed() -> None:
     from node.identity import NATIONAL_ID_SYSTEM, patient_pseudonym
     from trust.pseudonym import pseudonym
+    from trust.pseudonymiser import LinkageKeyPseudonymiser
 
     key, other = b"k" * 32, b"o" * 32
     assert pseudonym(key, " 123-45 6789 ") == pseudonym(key, "123456789")
     assert pseudonym(key, "123456789") != pseudonym(other, "123456789")
     patient = {"identifier": [{"system": NATIONAL_ID_SYSTEM, "value": "123456789"}]}
-    assert patient_pseudonym(patient, key) == pseudonym(key, "123456789")
-    assert patient_pseudonym({"identifier": []}, key) is None
+    legacy = LinkageKeyPseudonymiser(key)  # the pre-OPRF scheme: the value alone
+    assert patient_pseudonym(patient, legacy) == pseudonym(key, "123456789")
+    assert patient_pseudonym({"identifier": []}, legacy) is None
