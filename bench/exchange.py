@@ -186,6 +186,9 @@ def _phase_means(
     return means
 
 
+_PSEUDONYM_ENV = ("IPJMS_NODE_PSEUDONYM_URL", "IPJMS_NODE_ORG_CREDENTIALS_DIR", "IPJMS_NODE_CA_DIR")
+
+
 def _start_https_api(node: Any, pki: _Pki, log_dir: Path) -> Any:
     org_dir = pki.org_dirs[node.org_id]
     port = free_port()
@@ -196,8 +199,8 @@ def _start_https_api(node: Any, pki: _Pki, log_dir: Path) -> Any:
         base_url=f"https://127.0.0.1:{port}",
         log_dir=log_dir,
         wait=False,
-        # the same pseudonym source as the node (the authority's OPRF), and nothing else
-        env={k: v for k, v in node.env.items() if k == "IPJMS_NODE_PSEUDONYM_URL"},
+        # the same pseudonym source as the node (the authority's OPRF, asked as A), no exchange
+        env={k: v for k, v in node.env.items() if k in _PSEUDONYM_ENV},
     )  # fmt: skip
     try:
         wait_healthy(service, verify=str(pki.ca_dir / "ca.cert.pem"))
