@@ -15,6 +15,7 @@ from node.app import create_app
 from node.identity import NATIONAL_ID_SYSTEM, patient_pseudonym
 from node.settings import load_settings
 from trust.pseudonym import load_or_create_linkage_key
+from trust.pseudonymiser import LinkageKeyPseudonymiser
 
 PASSWORD = "correct horse battery"
 
@@ -65,7 +66,7 @@ def test_doctor_issues_enrolment_code_through_the_registry(pki: Pki, tmp_path: P
             assert r.status_code == 201, r.text
             body = r.json()
             key = load_or_create_linkage_key(settings.linkage_key_file)
-            assert body["pseudonym"] == patient_pseudonym(linked, key)
+            assert body["pseudonym"] == patient_pseudonym(linked, LinkageKeyPseudonymiser(key))
 
             enrolled = httpx.post(
                 f"{base}/enrol", json={"code": body["code"], "password": "patient's password"}
