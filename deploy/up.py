@@ -141,24 +141,23 @@ def up(
 
 def _regional_ca(workdir: Path) -> Path:
     """The region's CA, made before any service (the trust chapter then finds it)."""
-    from trust.pki import init_ca
+    from deploy.demo.regional_ca import ensure_ca
 
     ca_dir = workdir / CA_SUBDIR
-    if not (ca_dir / "ca.cert.pem").exists():
-        init_ca(ca_dir, name=CA_NAME)
+    ensure_ca(ca_dir, name=CA_NAME)  # its key encrypted, the passphrase beside the CA folder
     return ca_dir
 
 
 def _start_managed_postgres(workdir: Path, ca_dir: Path):  # type: ignore[no-untyped-def]
     """The work dir's own PostgreSQL, TLS only, its certificate from the regional CA."""
+    from deploy.demo.regional_ca import issue
     from deploy.local_postgres import LocalPostgres
     from servicekit.ports import free_port
-    from trust.pki import issue_org
 
     state = workdir / "postgres"
     tls = state / "tls"
     if not (tls / "tls.cert.pem").exists():
-        issue_org(ca_dir, "org-region-database", host="127.0.0.1,localhost", out_dir=tls)
+        issue(ca_dir, "org-region-database", host="127.0.0.1,localhost", out_dir=tls)
     server = LocalPostgres.prepare(
         state,
         ca_dir=ca_dir,

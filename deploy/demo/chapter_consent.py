@@ -31,9 +31,10 @@ from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.demo.network import AUTHORITY_ORG, CONSENT_ORG, DemoNetwork, NodeInfo
 from deploy.demo.pseudonym_authority import pseudonymiser, start_authority
+from deploy.demo.regional_ca import ensure_ca, issue
 from deploy.launcher import free_port, ipjms_command
 from node.identity import patient_pseudonyms
-from trust.pki import init_ca, issue_org, load_org
+from trust.pki import load_org
 from trust.pseudonymiser import Pseudonymiser
 from trust.tokens import jwk_thumbprint, load_or_create_signing_key
 
@@ -55,13 +56,12 @@ def _pki(net: DemoNetwork) -> dict[str, Any]:
         return dict(net.facts["pki"])
     pki_dir = net.service_dir("pki")
     ca_dir = pki_dir / "ca"
-    if not (ca_dir / "ca.cert.pem").exists():
-        init_ca(ca_dir, name="IPJMS Demo Regional CA")
+    ensure_ca(ca_dir, name="IPJMS Demo Regional CA")
     orgs: dict[str, Path] = {}
     for org in [AUTHORITY_ORG, CONSENT_ORG, *(o for o, *_ in net.node_specs)]:
         out = ca_dir / "orgs" / org
         if not (out / "org.json").exists():
-            issue_org(ca_dir, org, host="127.0.0.1,localhost")
+            issue(ca_dir, org, host="127.0.0.1,localhost")
         orgs[org] = out
     net.facts["pki"] = {"ca_dir": ca_dir, "orgs": orgs}
     if "pseudonym_url" not in net.facts:

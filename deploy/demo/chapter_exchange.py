@@ -35,9 +35,9 @@ from deploy.demo.network import (
     StepFailed,
 )
 from deploy.demo.pseudonym_authority import pseudonymiser
+from deploy.demo.regional_ca import ensure_ca, issue
 from deploy.launcher import free_port, ipjms_command, wait_until
 from node.identity import patient_pseudonyms
-from trust.pki import init_ca, issue_org
 from trust.pseudonymiser import Pseudonymiser
 
 __all__ = ["start", "run"]
@@ -50,15 +50,14 @@ def _pki(net: DemoNetwork) -> dict[str, Any]:
     pki = net.facts.get("pki")
     if pki is None:  # the trust chapter did not run: make the same layout here
         ca_dir = net.service_dir("pki") / "ca"
-        if not (ca_dir / "ca.cert.pem").exists():
-            init_ca(ca_dir, name="IPJMS Demo Regional CA")
+        ensure_ca(ca_dir, name="IPJMS Demo Regional CA")
         pki = {"ca_dir": ca_dir, "orgs": {}}
         net.facts["pki"] = pki
     for org in (AUTHORITY_ORG, COORDINATOR_ORG, *(o for o, *_ in net.node_specs)):
         if org not in pki["orgs"]:
             out = Path(pki["ca_dir"]) / "orgs" / org
             if not (out / "org.json").exists():
-                issue_org(pki["ca_dir"], org, host="127.0.0.1,localhost")
+                issue(pki["ca_dir"], org, host="127.0.0.1,localhost")
             pki["orgs"][org] = out
     return dict(pki)
 

@@ -21,11 +21,10 @@ from deploy.demo.network import (
     DemoNetwork,
 )
 from deploy.demo.pseudonym_authority import start_authority
+from deploy.demo.regional_ca import ensure_ca, issue
 from trust.pki import (
     CRL_REISSUE_AFTER,
     crl_schedule,
-    init_ca,
-    issue_org,
     load_crl,
     load_org,
     reissue_crl,
@@ -39,20 +38,22 @@ def all_orgs(net: DemoNetwork) -> list[str]:
 def start(net: DemoNetwork) -> None:
     pki_dir = net.service_dir("pki")
     ca_dir = pki_dir / "ca"
-    if not (ca_dir / "ca.cert.pem").exists():
-        init_ca(ca_dir, name="IPJMS Demo Regional CA")
+    passphrase = ensure_ca(ca_dir, name="IPJMS Demo Regional CA")  # the CA key is encrypted
     org_dirs: dict[str, Path] = {}
     for org in all_orgs(net):
         out = ca_dir / "orgs" / org
         if not (out / "org.json").exists():
-            issue_org(ca_dir, org, host="127.0.0.1,localhost")
+            issue(ca_dir, org, host="127.0.0.1,localhost")
         org_dirs[org] = out
     # The CA re-signs its CRL on a schedule (verifiers refuse one past nextUpdate): now if
     # it is over a day old (a restarted network), then checked every minute while we run.
-    reissue_crl(ca_dir, if_older_than=CRL_REISSUE_AFTER)
+    reissue_crl(ca_dir, ca_passphrase=passphrase, if_older_than=CRL_REISSUE_AFTER)
     stop = threading.Event()
     threading.Thread(
-        target=crl_schedule, args=(ca_dir, stop), kwargs={"every": 60.0}, daemon=True
+        target=crl_schedule,
+        args=(ca_dir, stop),
+        kwargs={"every": 60.0, "ca_passphrase": passphrase},
+        daemon=True,
     ).start()
     net.facts["crl_schedule_stop"] = stop
     net.facts["pki"] = {"ca_dir": ca_dir, "orgs": org_dirs}
