@@ -202,43 +202,20 @@ class DecisionService:
         """ETREAT under a break-glass pull grant: granted (a break-glass entry of its own for
         this envelope, naming the pull's clinician and reason) or denied, with the reason."""
         assert inp.pull is not None
-        since = datetime.now(UTC) - READMIT_WINDOW
-        entries = self.ledger.entries(patient_pseudonym=inp.patient, since=since)
-        grant = find_grant(
-            grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM), inp.pull
-        )
+        grant = self._recent_grant(inp, inp.pull)
         refusal = pull_refusal(
             grant, pull=inp.pull, patient=inp.patient, recipient=inp.recipient,
             classes=inp.classes,
         )  # fmt: skip
-        if refusal is not None or grant is None:
-            return Decision(
-                permit=False,
-                classes=frozenset(),
-                consent_ids=(),
-                reason=refusal or "no break-glass pull grant",
-                refused_classes=inp.classes,
-            ), None
-        return Decision(
-            permit=True,
-            classes=inp.classes,
-            consent_ids=(),
-            reason=(
-                f"break-glass pull by {grant.role or 'clinician'} {grant.user} of "
-                f"{grant.requester} (decision {grant.decision_id}): {grant.reason}"
-            ),
-            break_glass=True,
-        ), grant
+        return _break_glass_outcome(
+            inp, grant, refusal, "break-glass pull", "no break-glass pull grant"
+        )
 
     def _readmission(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
         """An ETREAT re-check: re-admit the break-glass this registry granted for the envelope
         (same patient, sender and recipient, every class covered, within the window), or deny."""
         assert inp.envelope is not None
-        since = datetime.now(UTC) - READMIT_WINDOW
-        entries = self.ledger.entries(patient_pseudonym=inp.patient, since=since)
-        grant = find_grant(
-            grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM), inp.envelope
-        )
+        grant = self._recent_grant(inp, inp.envelope)
         refusal = readmission_refusal(
             grant,
             envelope_id=inp.envelope,
@@ -247,26 +224,16 @@ class DecisionService:
             recipient=inp.recipient,
             classes=inp.classes,
         )
-        if refusal is not None or grant is None:
-            denied = Decision(
-                permit=False,
-                classes=frozenset(),
-                consent_ids=(),
-                reason=refusal or "no break-glass grant",
-                refused_classes=inp.classes,
-            )
-            return denied, None
-        readmitted = Decision(
-            permit=True,
-            classes=inp.classes,
-            consent_ids=(),
-            reason=(
-                f"break-glass by {grant.role or 'clinician'} {grant.user} of {grant.requester} "
-                f"(decision {grant.decision_id}): {grant.reason}"
-            ),
-            break_glass=True,
+        return _break_glass_outcome(inp, grant, refusal, "break-glass", "no break-glass grant")
+
+    def _recent_grant(self, inp: DecideInput, decision_id: str) -> Grant | None:
+        """The break-glass grant this registry recorded as ``decision_id`` for the patient
+        within the re-admission window, if any."""
+        since = datetime.now(UTC) - READMIT_WINDOW
+        entries = self.ledger.entries(patient_pseudonym=inp.patient, since=since)
+        return find_grant(
+            grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM), decision_id
         )
-        return readmitted, grant
 
     def _remember(self, inp: DecideInput, requester: str, break_glass: bool) -> None:
         """Keep the question an envelope-bound decision answered (a retry by the same requester
@@ -457,3 +424,30 @@ class DecisionService:
                 {"type": "acting-assertion", "valueString": caller.acting_evidence}
             )
         self.ledger.append(event, patient_pseudonym=inp.patient)
+
+
+def _break_glass_outcome(
+    inp: DecideInput, grant: Grant | None, refusal: str | None, what: str, none_found: str
+) -> tuple[Decision, Grant | None]:
+    """Granted under ``grant`` (every class asked for, marked break-glass, naming the clinician,
+    the requester, the grant and its reason), or denied with the refusal's reason."""
+    if refusal is not None or grant is None:
+        denied = Decision(
+            permit=False,
+            classes=frozenset(),
+            consent_ids=(),
+            reason=refusal or none_found,
+            refused_classes=inp.classes,
+        )
+        return denied, None
+    granted = Decision(
+        permit=True,
+        classes=inp.classes,
+        consent_ids=(),
+        reason=(
+            f"{what} by {grant.role or 'clinician'} {grant.user} of {grant.requester} "
+            f"(decision {grant.decision_id}): {grant.reason}"
+        ),
+        break_glass=True,
+    )
+    return granted, grant
