@@ -241,6 +241,14 @@ async def remote_follow_up(request: Request, handle: str) -> Response:
     return kit_of(request).redirect(f"{PREFIX}/patients/{handle}?notice=follow-up")
 
 
+def _connected_exchange(request: Request) -> Any:
+    """The node's exchange client, or 503 when this node has no coordinator."""
+    exchange = getattr(request.app.state, "exchange", None)
+    if exchange is None:
+        raise ServiceUnavailable("this node is not connected to a coordinator")
+    return exchange
+
+
 async def _send_exchange(
     request: Request, handle: str, *, emergency: bool, notices: tuple[str, str, str]
 ) -> Response:
@@ -249,9 +257,7 @@ async def _send_exchange(
     principal = clinician(request, "Task", "create")
     pid = _resolve(request, handle, "Patient")
     form = await _form(request)
-    exchange = getattr(request.app.state, "exchange", None)
-    if exchange is None:
-        raise ServiceUnavailable("this node is not connected to a coordinator")
+    exchange = _connected_exchange(request)
     kind = form.get("kind", "referral")
     stated = form.get("reason", "")
     extra: dict[str, Any] = (
@@ -309,9 +315,7 @@ async def break_glass_pull(request: Request, handle: str) -> Response:
     principal = clinician(request, "Patient", "read")
     pid = _resolve(request, handle, "Patient")
     form = await _form(request)
-    exchange = getattr(request.app.state, "exchange", None)
-    if exchange is None:
-        raise ServiceUnavailable("this node is not connected to a coordinator")
+    exchange = _connected_exchange(request)
     stated = form.get("reason", "")
     if not stated or len(stated) > MAX_REASON:
         return kit_of(request).redirect(
@@ -462,9 +466,7 @@ async def referral_action(request: Request, handle: str, action: str) -> Respons
     principal = clinician(request, "Task", "update")
     tid = _resolve(request, handle, "Task")
     form = await _form(request)
-    exchange = getattr(request.app.state, "exchange", None)
-    if exchange is None:
-        raise ServiceUnavailable("this node is not connected to a coordinator")
+    exchange = _connected_exchange(request)
     if action == "answer":
         clinician(request, "Communication", "create")
         text = form.get("text", "")
