@@ -178,6 +178,8 @@ pki-bootstrap)
     # IPJMS_PKI_ORGS: space-separated ORG=HOST pairs, e.g. "org-a=node-a org-b=node-b"
     # IPJMS_PKI_GENERATED: space-separated names that get a generated password (databases, the
     #   first admin of each node): written to /pki/secrets/NAME/password
+    # IPJMS_PKI_DB_SERVERS: space-separated database host names that get a TLS server certificate
+    #   from the CA: /pki/db-tls/NAME/tls.cert.pem + tls.key.pem
     require IPJMS_PKI_ORGS
     ca_dir="${IPJMS_PKI_CA_DIR:-/pki/ca}"
     orgs_dir="${IPJMS_PKI_ORGS_DIR:-/pki/orgs}"
@@ -215,6 +217,26 @@ pki-bootstrap)
                 --out "$ca_dir/signed/$org" --ca-passphrase-env IPJMS_CA_PASSPHRASE
             ipjms pki accept "$orgs_dir/$org" "$ca_dir/signed/$org"
         fi
+    done
+    # One TLS server certificate per database in IPJMS_PKI_DB_SERVERS (space-separated host
+    # names, e.g. "coordinator-db node-a-db"), by the same three steps: the database's keys are
+    # made in db-servers/NAME, the CA signs the request, the certificates are accepted there;
+    # db-tls/NAME gets the TLS certificate and key alone (what the database container mounts).
+    db_servers_dir="${IPJMS_PKI_DB_SERVERS_DIR:-/pki/db-servers}"
+    db_tls_dir="${IPJMS_PKI_DB_TLS_DIR:-/pki/db-tls}"
+    for name in ${IPJMS_PKI_DB_SERVERS:-}; do
+        if [ ! -s "$db_servers_dir/$name/org.json" ]; then
+            rm -rf "$db_servers_dir/$name/pending" "$ca_dir/signed/$name"
+            ipjms pki request "$db_servers_dir/$name" --org "$name" --host "$name"
+            mkdir -p "$ca_dir/requests" "$ca_dir/signed"
+            cp "$db_servers_dir/$name/pending/request.pem" "$ca_dir/requests/$name.request.pem"
+            IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" \
+                ipjms pki sign-request "$ca_dir" "$ca_dir/requests/$name.request.pem" --org "$name" \
+                --out "$ca_dir/signed/$name" --ca-passphrase-env IPJMS_CA_PASSPHRASE
+            ipjms pki accept "$db_servers_dir/$name" "$ca_dir/signed/$name"
+        fi
+        mkdir -p "$db_tls_dir/$name"
+        cp "$db_servers_dir/$name/tls.cert.pem" "$db_servers_dir/$name/tls.key.pem" "$db_tls_dir/$name/"
     done
     # Each organisation's public certificates, for the coordinator's directory (no private key).
     for pair in $IPJMS_PKI_ORGS; do

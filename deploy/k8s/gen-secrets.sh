@@ -126,6 +126,11 @@ issue_org "$base" org-consent "consent,consent.ipjms.svc"
 for node in tertiary clinic-a clinic-b; do
     issue_org "$base" "org-$node" "node-$node,node-$node.ipjms.svc,supernode-$node"
 done
+# Each database's TLS server certificate, for its Service name, by the same request flow (the
+# database's keys are made in secrets/db-servers/orgs/db-NAME; only tls.* reach its Secret).
+for db in coordinator consent tertiary clinic-a clinic-b; do
+    issue_org "$base/db-servers" "db-$db" "db-$db,db-$db.ipjms.svc"
+done
 directory_entry "$base" org-authority "Regional Health Authority" authority
 directory_entry "$base" org-tertiary "Regional Tertiary Hospital" tertiary https://node-tertiary:8080/fhir
 directory_entry "$base" org-clinic-a "Community Clinic A" community https://node-clinic-a:8080/fhir
@@ -138,6 +143,7 @@ if [ -n "$extra_instance" ]; then
     client_key "$overlay" "$extra_instance"
     issue_org "$overlay" "$extra_org" \
         "node-$extra_instance,node-$extra_instance.ipjms.svc,supernode-$extra_instance"
+    issue_org "$overlay/db-servers" "db-$extra_instance" "db-$extra_instance,db-$extra_instance.ipjms.svc"
     directory_entry "$overlay" "$extra_org" "${IPJMS_EXTRA_NODE_NAME:-Community Clinic ($extra_instance)}" \
         "${IPJMS_EXTRA_NODE_LEVEL:-community}" "https://node-$extra_instance:8080/fhir"
 fi

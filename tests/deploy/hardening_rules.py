@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 Doc = dict[str, Any]
 
@@ -81,9 +82,7 @@ def plaintext_hops(docs: list[Doc]) -> list[str]:
             for key, value in env.items():
                 if re.match(r"^http://", str(value)):
                     found.append(f"{name}: {key}={value} is plaintext HTTP")
-                is_db = str(value).startswith(("postgresql://", "postgres://"))
-                if is_db and ("sslmode=verify-full" not in value or "sslrootcert=" not in value):
-                    found.append(f"{name}: {key} does not verify the database (verify-full)")
+                found += database_url_gaps(name, key, str(value))
             ports = {p["name"] for p in c.get("ports", [])}
             if "http" in ports:  # an IPJMS HTTP service (FHIR API, registry, status API)
                 if env.get("IPJMS_HTTP_TLS") != "1":
@@ -106,6 +105,97 @@ def plaintext_hops(docs: list[Doc]) -> list[str]:
                     found.append(f"Cluster {d['metadata']['name']}: plaintext from {net} allowed")
     if not any(d["kind"] == "Cluster" for d in docs):
         found.append("no CloudNativePG Cluster: the databases have no TLS")
+    return found
+
+
+# --- 1b. PostgreSQL TLS, the same rules for every packaging ---------------------------------
+
+
+def database_url_gaps(where: str, key: str, value: str) -> list[str]:
+    """A database URL must verify the server: TLS with the name checked against a given CA."""
+    if not value.startswith(("postgresql://", "postgres://")):
+        return []
+    query = dict(q.partition("=")[::2] for q in urlsplit(value).query.split("&") if q)
+    if query.get("sslmode") != "verify-full" or not query.get("sslrootcert"):
+        return [f"{where}: {key} does not verify the database (verify-full)"]
+    return []
+
+
+def postgres_server_tls_gaps(where: str, args: list[str]) -> list[str]:
+    """A hand-written PostgreSQL runs with ssl=on, its certificate and key, and its own pg_hba
+    (``-c name=value`` arguments)."""
+    settings = dict(a.partition("=")[::2] for a in args if "=" in a)
+    found = [] if settings.get("ssl") == "on" else [f"{where}: PostgreSQL without ssl=on"]
+    for setting in ("ssl_cert_file", "ssl_key_file", "hba_file"):
+        if not settings.get(setting):
+            found.append(f"{where}: PostgreSQL without {setting}")
+    return found
+
+
+def pg_hba_gaps(where: str, lines: list[str], user: str) -> list[str]:
+    """Over the network only ``hostssl`` lines for the service's user with scram-sha-256 (no
+    ``host``/``hostnossl``: a plaintext connection then matches no line and is refused); ``local``
+    (the container's own socket) only with scram-sha-256."""
+    found: list[str] = []
+    network = 0
+    for raw in lines:
+        fields = raw.split("#", 1)[0].split()
+        if not fields:
+            continue
+        kind, method = fields[0], fields[-1]
+        if method != "scram-sha-256":
+            found.append(f"{where}: pg_hba line '{' '.join(fields)}' does not use scram-sha-256")
+        if kind == "local":
+            continue
+        if kind != "hostssl":
+            found.append(f"{where}: pg_hba admits {kind} connections (not TLS only)")
+        elif fields[2] != user:
+            found.append(f"{where}: pg_hba admits user {fields[2]} (only {user})")
+        network += 1
+    if not network:
+        found.append(f"{where}: pg_hba admits no TLS connection")
+    return found
+
+
+def _mount_source(tpl: Doc, container: Doc, path: str) -> tuple[Doc, str]:
+    """The volume behind ``path`` in ``container`` and the file name inside it."""
+    for m in container.get("volumeMounts", []):
+        prefix = m["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix):
+            volume = next(v for v in tpl["spec"]["volumes"] if v["name"] == m["name"])
+            return volume, path[len(prefix) :]
+    raise LookupError(path)
+
+
+def hand_written_postgres_gaps(docs: list[Doc]) -> list[str]:
+    """Every hand-written PostgreSQL (a container of the postgres image) serves TLS only: ssl=on,
+    its key from a Secret no one but root and the postgres group can read (PostgreSQL refuses a
+    key others can read; root-owned, group read at most), pg_hba hostssl + scram only."""
+    found: list[str] = []
+    configs = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    for name, tpl, _w in pod_specs(docs):
+        for c in tpl["spec"]["containers"]:
+            if not c["image"].startswith("postgres"):
+                continue
+            args = [*c.get("command", []), *c.get("args", [])]
+            gaps = postgres_server_tls_gaps(name, args)
+            found += gaps
+            if gaps:
+                continue
+            settings = dict(a.partition("=")[::2] for a in args if "=" in a)
+            env = _env(docs, c)
+            key_volume, key_file = _mount_source(tpl, c, settings["ssl_key_file"])
+            secret = key_volume.get("secret") or {}
+            modes = [i.get("mode") for i in secret.get("items", []) if i["path"] == key_file]
+            mode = next((m for m in modes if m is not None), secret.get("defaultMode", 0o644))
+            if not secret or mode & 0o037:
+                found.append(f"{name}: the TLS key is not a Secret readable by owner/group only")
+            hba_volume, hba_file = _mount_source(tpl, c, settings["hba_file"])
+            hba = configs.get((hba_volume.get("configMap") or {}).get("name", ""), {})
+            if hba_file not in hba:
+                found.append(f"{name}: pg_hba {hba_file} is not in a ConfigMap")
+                continue
+            found += pg_hba_gaps(name, hba[hba_file].splitlines(), env.get("POSTGRES_USER", ""))
     return found
 
 

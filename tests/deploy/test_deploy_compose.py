@@ -6,6 +6,7 @@ import copy
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -203,6 +204,8 @@ def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any])
                 assert svc["labels"]["ipjms.role"] in ("node", "supernode"), name
             elif kind == "directory":  # public certificates of every organisation
                 assert svc["labels"]["ipjms.role"] in ("coordinator", "superlink"), name
+            elif kind == "db-tls":  # a database's own TLS server certificate and key
+                assert svc["labels"]["ipjms.role"] == "database" and item == name, name
             else:
                 assert subpath == "ca-public", f"{name}: unexpected PKI part {subpath}"
 
@@ -262,3 +265,117 @@ def test_no_inline_config_in_a_read_only_container(compose: dict[str, Any]) -> N
     for name, svc in compose["services"].items():
         assert not (svc.get("read_only") and svc.get("configs")), name
     assert "configs" not in compose
+
+
+def _hba_lines(script: str) -> list[str]:
+    """The pg_hba lines a database's entrypoint writes (its one printf to pg_hba.conf)."""
+    line = next(x for x in script.splitlines() if "pg_hba.conf" in x and "printf" in x)
+    return re.findall(r"'([^']*)'", line)[1:]  # after the '%s\\n' format
+
+
+def compose_database_tls_gaps(compose: dict[str, Any]) -> list[str]:
+    """Every database serves TLS only (ssl=on, the CA-signed certificate pki-bootstrap made for
+    its host name, the key installed 0600 owned by postgres, pg_hba hostssl + scram only) and
+    every database URL is verify-full against the regional CA, to a database the service owns."""
+    from hardening_rules import database_url_gaps, pg_hba_gaps, postgres_server_tls_gaps
+
+    found: list[str] = []
+    services = compose["services"]
+    boot = env(services["pki-bootstrap"])
+    certified = set(boot.get("IPJMS_PKI_DB_SERVERS", "").split())
+    for name, db in services_with(compose, "database").items():
+        args = [str(a) for a in db.get("command") or []]
+        gaps = postgres_server_tls_gaps(name, args)
+        found += gaps
+        if gaps:
+            continue
+        settings = dict(a.partition("=")[::2] for a in args if "=" in a)
+        script = "\n".join(str(a) for a in db.get("entrypoint") or [])
+        key = settings["ssl_key_file"]
+        if not re.search(
+            rf"install -m 0600 -o postgres -g postgres \S+ {re.escape(key)}\n", script
+        ):
+            found.append(f"{name}: its TLS key is not installed 0600 owned by postgres")
+        if settings["hba_file"] not in script:
+            found.append(f"{name}: its pg_hba is not written by its entrypoint")
+        else:
+            found += pg_hba_gaps(name, _hba_lines(script), env(db)["POSTGRES_USER"])
+        if name not in certified:
+            found.append(f"{name}: pki-bootstrap makes no server certificate for it")
+        mounts = {(m.get("volume") or {}).get("subpath") for m in volume_mounts(db)}
+        if f"db-tls/{name}" not in mounts:
+            found.append(f"{name}: does not mount its server certificate")
+    databases = services_with(compose, "database")
+    for name, svc in services.items():
+        url = env(svc).get("IPJMS_DB_URL")
+        if url is None:
+            continue
+        found += database_url_gaps(name, "IPJMS_DB_URL", url)
+        host = urlsplit(url).hostname or ""
+        if databases.get(host, {}).get("labels", {}).get("ipjms.owner") != name:
+            found.append(f"{name}: IPJMS_DB_URL names {host}, not its own database")
+        root = dict(q.partition("=")[::2] for q in urlsplit(url).query.split("&")).get(
+            "sslrootcert", ""
+        )
+        ca_mounts = [
+            m["target"]
+            for m in volume_mounts(svc)
+            if (m.get("volume") or {}).get("subpath") == "ca-public"
+        ]
+        if not any(root == f"{t}/ca.cert.pem" for t in ca_mounts):
+            found.append(f"{name}: sslrootcert {root} is not the mounted regional CA")
+    return found
+
+
+def test_every_database_hop_is_tls_verify_full(compose: dict[str, Any]) -> None:
+    """Issue 22: "PostgreSQL connections have no TLS" — in Compose too, now. Each breakage is a
+    gap the check must name."""
+    assert compose_database_tls_gaps(compose) == []
+    assert len(services_with(compose, "database")) == 5
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(compose)
+        change(copy_["services"])
+        return compose_database_tls_gaps(copy_)
+
+    def ssl_off(s: dict[str, Any]) -> None:
+        s["consent-db"]["command"] = [
+            a.replace("ssl=on", "ssl=off") for a in s["consent-db"]["command"]
+        ]
+
+    def plaintext_hba(s: dict[str, Any]) -> None:
+        s["node-tertiary-db"]["entrypoint"] = [
+            a.replace("'hostssl ipjms ipjms all", "'host ipjms ipjms all")
+            for a in s["node-tertiary-db"]["entrypoint"]
+        ]
+
+    def readable_key(s: dict[str, Any]) -> None:
+        s["coordinator-db"]["entrypoint"] = [
+            a.replace(
+                "-m 0600 -o postgres -g postgres /run/ipjms/db-tls",
+                "-m 0644 -o postgres -g postgres /run/ipjms/db-tls",
+            )
+            for a in s["coordinator-db"]["entrypoint"]
+        ]
+
+    def no_verify(s: dict[str, Any]) -> None:
+        e = s["node-clinic-a"]["environment"]
+        e["IPJMS_DB_URL"] = e["IPJMS_DB_URL"].replace("verify-full", "require")
+
+    def trust_hba(s: dict[str, Any]) -> None:
+        s["node-clinic-b-db"]["entrypoint"] = [
+            a.replace("'local all ipjms scram-sha-256'", "'local all all trust'")
+            for a in s["node-clinic-b-db"]["entrypoint"]
+        ]
+
+    assert "consent-db: PostgreSQL without ssl=on" in broken(ssl_off)
+    assert "node-tertiary-db: pg_hba admits host connections (not TLS only)" in broken(
+        plaintext_hba
+    )
+    assert "coordinator-db: its TLS key is not installed 0600 owned by postgres" in broken(
+        readable_key
+    )
+    assert "node-clinic-a: IPJMS_DB_URL does not verify the database (verify-full)" in broken(
+        no_verify
+    )
+    assert any("does not use scram-sha-256" in f for f in broken(trust_hba))

@@ -348,6 +348,47 @@ def test_compose_bootstrap_feeds_the_coordinator_directory(tmp_path: Path) -> No
     assert generated == set(boot_env["IPJMS_PKI_GENERATED"].split())
 
 
+def test_compose_bootstrap_gives_each_database_a_ca_signed_server_certificate(
+    tmp_path: Path,
+) -> None:
+    """pki-bootstrap with the compose file's IPJMS_PKI_DB_SERVERS: each database gets a TLS
+    server certificate for its host name, signed by the regional CA through the request flow
+    (the key made in db-servers/NAME, never in the CA folder), and db-tls/NAME — what the
+    database mounts — holds that certificate and key alone."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    compose = load_compose()
+    names = compose["services"]["pki-bootstrap"]["environment"]["IPJMS_PKI_DB_SERVERS"].split()
+    pki = tmp_path / "pki"
+    env = {
+        "IPJMS_PKI_ORGS": "org-authority=coordinator",
+        "IPJMS_PKI_DB_SERVERS": " ".join(names),
+        **{
+            f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
+            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
+        },
+        "IPJMS_PKI_DB_SERVERS_DIR": str(pki / "db-servers"),
+        "IPJMS_PKI_DB_TLS_DIR": str(pki / "db-tls"),
+        **ca_passphrase(tmp_path),
+    }
+    result = run_entrypoint("pki-bootstrap", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ca = x509.load_pem_x509_certificate((pki / "ca" / "ca.cert.pem").read_bytes())
+    for name in names:
+        folder = pki / "db-tls" / name
+        assert sorted(f.name for f in folder.iterdir()) == ["tls.cert.pem", "tls.key.pem"]
+        assert stat.S_IMODE((folder / "tls.key.pem").stat().st_mode) & 0o077 == 0
+        cert = x509.load_pem_x509_certificate((folder / "tls.cert.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert name in dns.get_values_for_type(x509.DNSName)
+        key = serialization.load_pem_private_key((folder / "tls.key.pem").read_bytes(), None)
+        assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    ca_files = b"".join(f.read_bytes() for f in (pki / "ca").rglob("*") if f.is_file())
+    assert b"BEGIN PRIVATE KEY" not in ca_files  # only the CA's own (encrypted) key is there
+
+
 def test_crl_signer_re_signs_and_publishes_the_crl(tmp_path: Path) -> None:
     """The compose `crl-signer` role: one pass re-signs the CA's CRL (next cRLNumber, fresh
     nextUpdate) and publishes it to ca-public, where the services' verifiers accept it."""

@@ -256,6 +256,8 @@ def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]
         ("NetworkPolicy", "db-clients-egress-clinic-c"),
         ("ConfigMap", "node-clinic-c"),
         ("Secret", "db-clinic-c-password"),
+        ("Secret", "db-clinic-c-tls"),
+        ("ConfigMap", "db-hba-clinic-c"),
         ("Secret", "org-clinic-c-credentials"),
         ("Secret", "node-clinic-c-admin-password"),
         ("ConfigMap", "directory-org-clinic-c"),
@@ -267,7 +269,10 @@ def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]
         if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("node-clinic-c-")
     )
     assert cfg["data"]["IPJMS_NODE_ORG_ID"] == "org-clinic-c"
-    assert cfg["data"]["IPJMS_DB_URL"] == "postgresql://ipjms@db-clinic-c:5432/ipjms"
+    assert cfg["data"]["IPJMS_DB_URL"] == (
+        "postgresql://ipjms@db-clinic-c:5432/ipjms"
+        "?sslmode=verify-full&sslrootcert=/run/ipjms/ca/ca.cert.pem"
+    )
 
 
 def test_each_node_gets_its_own_credentials_and_database(docs: list[dict[str, Any]]) -> None:
@@ -291,7 +296,9 @@ def test_each_node_gets_its_own_credentials_and_database(docs: list[dict[str, An
             assert secrets["db-password"] == f"db-{suffix}-app", node
             assert secrets["db-ca"] == f"db-{suffix}-ca", node
         else:
-            assert cfg["IPJMS_DB_URL"] == f"postgresql://ipjms@db-{suffix}:5432/ipjms", node
+            # its own database (TLS: test_kustomize_databases_serve_tls_only)
+            url = cfg["IPJMS_DB_URL"].split("?")[0]
+            assert url == f"postgresql://ipjms@db-{suffix}:5432/ipjms", node
             assert secrets["db-password"].startswith(f"db-{suffix}-password"), node
 
 
@@ -516,14 +523,15 @@ def test_kustomize_denies_egress_by_default_and_hides_the_control_api(
 def test_kustomize_serves_every_http_hop_over_tls(variant: str, rendered) -> None:  # type: ignore[no-untyped-def]
     """Issue 22: node and registry HTTP was plaintext inside the namespace (the SuperNode reading
     patient data from its node's FHIR API included). The chart's plaintext_hops check on the
-    Kustomize render: what remains are its databases only — hand-written, no TLS, named as such
-    (deploy/README.md: PostgreSQL TLS is the Helm chart's, through CloudNativePG)."""
+    Kustomize render: what remains is only that its databases are hand-written rather than
+    CloudNativePG (their TLS is checked by test_kustomize_databases_serve_tls_only); every
+    database URL is verify-full."""
     import copy
 
     from hardening_rules import plaintext_hops
 
     def not_database(findings: list[str]) -> list[str]:
-        database = ("does not verify the database", "a hand-written PostgreSQL", "have no TLS")
+        database = ("a hand-written PostgreSQL", "have no TLS")
         return [f for f in findings if not any(d in f for d in database)]
 
     docs = rendered[variant]
@@ -540,3 +548,60 @@ def test_kustomize_serves_every_http_hop_over_tls(variant: str, rendered) -> Non
     cfg["IPJMS_HTTP_TLS"] = "0"
     assert any("IPJMS_FHIR_URL=http://node-tertiary:8080" in f for f in plaintext_hops(broken))
     assert any("node-tertiary: serves plaintext HTTP" in f for f in plaintext_hops(broken))
+
+
+@pytest.mark.parametrize("variant", ["base", "add-node"])
+def test_kustomize_databases_serve_tls_only(variant: str, rendered) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: "PostgreSQL connections have no TLS" — the Kustomize base's hand-written
+    StatefulSets now run ssl=on with a CA-signed server certificate, a pg_hba of hostssl +
+    scram-sha-256 only, and every client URL is verify-full against the regional CA. Each
+    breakage below is a gap the check must name."""
+    import copy
+
+    from hardening_rules import hand_written_postgres_gaps, plaintext_hops
+
+    docs = rendered[variant]
+    dbs = [n for n, t in pod_templates(docs).items() if n.startswith("db-")]
+    assert len(dbs) == (6 if variant == "add-node" else 5), dbs
+    assert hand_written_postgres_gaps(docs) == []
+    urls = [f for f in plaintext_hops(docs) if "verify the database" in f]
+    assert urls == []
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(docs)
+        change(copy_)
+        return [*hand_written_postgres_gaps(copy_), *plaintext_hops(copy_)]
+
+    def db(copy_: list[dict[str, Any]], name: str = "db-tertiary") -> dict[str, Any]:
+        return next(
+            d for d in copy_ if d["kind"] == "StatefulSet" and d["metadata"]["name"] == name
+        )
+
+    def ssl_off(c: list[dict[str, Any]]) -> None:
+        args = db(c)["spec"]["template"]["spec"]["containers"][0]["args"]
+        args[args.index("ssl=on")] = "ssl=off"
+
+    def plaintext_hba(c: list[dict[str, Any]]) -> None:
+        cm = next(
+            d
+            for d in c
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("db-hba-clinic-a")
+        )
+        cm["data"]["pg_hba.conf"] += "host all all 0.0.0.0/0 scram-sha-256\n"
+
+    def readable_key(c: list[dict[str, Any]]) -> None:
+        tls = next(v for v in db(c)["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
+        tls["secret"]["defaultMode"] = 0o644
+
+    def plain_url(c: list[dict[str, Any]]) -> None:
+        cm = next(
+            d
+            for d in c
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("coordinator-")
+        )
+        cm["data"]["IPJMS_DB_URL"] = "postgresql://ipjms@db-coordinator:5432/ipjms?sslmode=require"
+
+    assert "db-tertiary: PostgreSQL without ssl=on" in broken(ssl_off)
+    assert "db-clinic-a: pg_hba admits host connections (not TLS only)" in broken(plaintext_hba)
+    assert any("db-tertiary: the TLS key is not a Secret" in f for f in broken(readable_key))
+    assert any("IPJMS_DB_URL does not verify the database" in f for f in broken(plain_url))
