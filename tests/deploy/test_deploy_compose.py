@@ -379,3 +379,80 @@ def test_every_database_hop_is_tls_verify_full(compose: dict[str, Any]) -> None:
         no_verify
     )
     assert any("does not use scram-sha-256" in f for f in broken(trust_hba))
+
+
+# Roles whose containers hold or read patient data (records, consents, pseudonyms, envelopes).
+PATIENT_DATA_ROLES = {"node", "supernode", "consent", "coordinator", "database", "superlink"}
+
+
+def compose_egress_gaps(compose: dict[str, Any]) -> list[str]:
+    """Docker has no egress policy; the topology is the limit. A service reaches off the host only
+    through a non-internal network, so a service handling patient data may join one only to
+    publish the ports the operator must reach, and must name why (`ipjms.front`)."""
+    found: list[str] = []
+    networks = compose.get("networks") or {}
+    for name, svc in compose["services"].items():
+        role = (svc.get("labels") or {}).get("ipjms.role")
+        if svc.get("network_mode") == "none":
+            continue
+        joined = svc.get("networks") or ["default"]
+        open_ = [n for n in joined if not (networks.get(n) or {}).get("internal")]
+        if svc.get("ports") and not open_:
+            found.append(f"{name}: publishes ports but sits on internal networks only")
+        if not open_ or role not in PATIENT_DATA_ROLES:
+            continue
+        if not svc.get("ports"):
+            found.append(f"{name}: on non-internal {open_} without publishing a port")
+        if not (svc.get("labels") or {}).get("ipjms.front"):
+            found.append(f"{name}: on non-internal {open_} without a named reason (ipjms.front)")
+    return found
+
+
+def test_services_with_patient_data_have_no_route_off_the_host_unless_named(
+    compose: dict[str, Any],
+) -> None:
+    """Issue 22: "no egress policy". Databases, the regional network, SuperLink and SuperNodes
+    are `internal`; only the services with published ports join `front`, each with a reason."""
+    assert compose_egress_gaps(compose) == []
+    open_members = {
+        n
+        for n, s in compose["services"].items()
+        if any(not (compose["networks"][x] or {}).get("internal") for x in s.get("networks", []))
+    }
+    assert open_members == {n for n, s in compose["services"].items() if s.get("ports")}
+    assert open_members == {
+        "coordinator",
+        "consent",
+        "node-tertiary",
+        "node-clinic-a",
+        "node-clinic-b",
+    }
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(compose)
+        change(copy_)
+        return compose_egress_gaps(copy_)
+
+    def supernode_on_front(c: dict[str, Any]) -> None:
+        c["services"]["supernode-clinic-a"]["networks"].append("front")
+
+    def region_open(c: dict[str, Any]) -> None:
+        c["networks"]["region"] = {}
+
+    def no_reason(c: dict[str, Any]) -> None:
+        del c["services"]["node-tertiary"]["labels"]["ipjms.front"]
+
+    def default_network(c: dict[str, Any]) -> None:
+        del c["services"]["superlink"]["networks"]
+
+    assert broken(supernode_on_front) == [
+        "supernode-clinic-a: on non-internal ['front'] without publishing a port",
+        "supernode-clinic-a: on non-internal ['front'] without a named reason (ipjms.front)",
+    ]
+    assert "superlink: on non-internal ['region'] without publishing a port" in broken(region_open)
+    assert broken(no_reason) == [
+        "node-tertiary: on non-internal ['front'] without a named reason (ipjms.front)"
+    ]
+    assert "superlink: on non-internal ['default'] without publishing a port" in broken(
+        default_network
+    )
