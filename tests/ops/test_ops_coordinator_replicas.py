@@ -15,8 +15,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from coordinator_load import LoadRegion, create_database, drop_database
+
+from node.exchange.client import ExchangeClient
+from trust.pki import load_org
 
 PG_URL = os.environ.get("IPJMS_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.postgres
@@ -61,3 +65,43 @@ def test_two_coordinators_share_one_queue_exactly_once(
     # both replicas really delivered (the recipients drained both)
     by_replica = Counter(d[1] for d in result.deliveries)
     assert set(by_replica) == {0, 1}, by_replica
+
+
+def _grpc_calls(base_url: str, method: str) -> float:
+    """The replica's own count of ``method`` calls (its /metrics, ipjms_coordinator_grpc_*)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("ipjms_coordinator_grpc_requests_total{") and f"{method}" in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_nodes_grpc_calls_are_spread_over_two_replicas(
+    tmp_path: Path, pg_pair: tuple[str, str]
+) -> None:
+    """Issue 22: "gRPC through a ClusterIP pins each stream to one coordinator replica". A node's
+    ExchangeClient resolving two replicas (here an ``ipv4:`` target with both loopback ports, as
+    a headless Service's DNS answer gives in the chart) balances per call (``round_robin``): 40
+    directory calls land on both replicas, each served by its own process (its /metrics). With
+    ``pick_first`` (gRPC's default) every call went to one replica (checked by mutation)."""
+    queue_db, consent_db = pg_pair
+    region = LoadRegion(tmp_path, consent_db, senders=1, recipients=1)
+    calls = 40
+    try:
+        region.start()
+        pair = region.start_coordinators(2, queue_db, "coordinators")
+        target = "ipv4:" + ",".join(s.extra["address"] for s in pair)
+        before = [_grpc_calls(s.base_url, "ListOrganisations") for s in pair]
+        creds = load_org(region.orgs[region.sender_ids[0]])
+        with ExchangeClient(target, creds, server_org="org-coordinator") as client:
+            for _ in range(calls):
+                assert client.organisations()  # the directory, from whichever replica
+        after = [_grpc_calls(s.base_url, "ListOrganisations") for s in pair]
+    finally:
+        region.stop()
+    served = [a - b for a, b in zip(after, before, strict=True)]
+    assert sum(served) == calls, served
+    # round_robin alternates once both subchannels are ready; the first calls may all go to the
+    # one that connected first, so "spread" is: each replica served at least a quarter
+    assert min(served) >= calls / 4, served
