@@ -389,6 +389,114 @@ def test_compose_bootstrap_gives_each_database_a_ca_signed_server_certificate(
     assert b"BEGIN PRIVATE KEY" not in ca_files  # only the CA's own (encrypted) key is there
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="installs files owned by postgres (root only)")
+def test_compose_database_settings_refuse_plaintext_on_a_real_server(tmp_path: Path) -> None:
+    """No container engine here, so the Compose database's own pieces run on this machine's
+    PostgreSQL: the certificate pki-bootstrap makes for coordinator-db, the database's entrypoint
+    script (its paths pointed at a scratch folder, the image's docker-entrypoint.sh left out)
+    and compose's `postgres` arguments. The key ends 0600 owned by postgres; a verify-full client
+    (compose's URL parameters, host name coordinator-db) gets TLS; plaintext, another host name
+    and another user are refused."""
+    import pwd
+    import shutil
+    import uuid
+
+    import psycopg
+
+    from deploy.local_postgres import PostgresUnavailable, find_bin
+
+    try:
+        initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    compose = load_compose()
+    db = compose["services"]["coordinator-db"]
+    url = compose["services"]["coordinator"]["environment"]["IPJMS_DB_URL"]
+    pki = tmp_path / "pki"
+    env = {
+        "IPJMS_PKI_ORGS": "org-authority=coordinator",
+        "IPJMS_PKI_DB_SERVERS": "coordinator-db",
+        **{
+            f"IPJMS_PKI_{part.upper().replace('-', '_')}_DIR": str(pki / part)
+            for part in ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
+        },
+        "IPJMS_PKI_DB_SERVERS_DIR": str(pki / "db-servers"),
+        "IPJMS_PKI_DB_TLS_DIR": str(pki / "db-tls"),
+        **ca_passphrase(tmp_path),
+    }
+    boot = run_entrypoint("pki-bootstrap", env=env)
+    assert boot.returncode == 0, boot.stderr
+    # a folder the postgres user can reach (tmp_path sits in root's private tmp)
+    root = Path(f"/var/tmp/ipjms-compose-pg-{uuid.uuid4().hex[:10]}")  # noqa: S108
+    run_dir, data = root / "run", root / "data"
+    root.mkdir(mode=0o755)
+    port = free_port()
+    try:
+        script = db["entrypoint"][2]
+        script = script.replace("/run/ipjms-pg", str(run_dir))
+        script = script.replace("/run/ipjms/db-tls", str(pki / "db-tls" / "coordinator-db"))
+        script = re.sub(r"exec docker-entrypoint\.sh .*", "exit 0", script)
+        subprocess.run(["sh", "-ec", script, "postgres-tls"], check=True, timeout=30)
+        key = (run_dir / "server.key").stat()
+        assert stat.S_IMODE(key.st_mode) == 0o600
+        assert key.st_uid == pwd.getpwnam("postgres").pw_uid
+        password = "compose-drill-password"  # noqa: S105 - a throwaway server's password
+        data.mkdir(mode=0o700)
+        shutil.chown(data, "postgres", "postgres")
+        pwfile = root / "pw"
+        pwfile.write_text(password + "\n")
+        shutil.chown(pwfile, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [*as_postgres, initdb, "-D", str(data), "-U", "ipjms", "--pwfile", str(pwfile),
+             "--auth", "scram-sha-256", "--no-instructions"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        args = [a.replace("/run/ipjms-pg", str(run_dir)) for a in db["command"][1:]]
+        opts = " ".join([*args, "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+                         "-c", f"unix_socket_directories={run_dir}"])  # fmt: skip
+        started = subprocess.run(
+            [*as_postgres, pg_ctl, "-D", str(data), "-l", str(run_dir / "server.log"), "-w",
+             "-t", "60", "-o", opts, "start"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        log = (run_dir / "server.log").read_text() if (run_dir / "server.log").exists() else ""
+        assert started.returncode == 0, started.stderr + log
+        with psycopg.connect(
+            host=str(run_dir),
+            port=port,
+            user="ipjms",
+            password=password,
+            dbname="postgres",
+            autocommit=True,
+        ) as conn:  # the container's own socket: the image's initialisation creates the database
+            conn.execute("CREATE DATABASE ipjms")
+        query = dict(q.partition("=")[::2] for q in url.split("?", 1)[1].split("&"))
+        assert query["sslmode"] == "verify-full"
+        tls = {
+            "host": "coordinator-db", "hostaddr": "127.0.0.1", "port": port, "user": "ipjms",
+            "password": password, "dbname": "ipjms", "sslmode": query["sslmode"],
+            "sslrootcert": str(pki / "ca-public" / "ca.cert.pem"),
+        }  # fmt: skip
+        with psycopg.connect(**tls) as conn:
+            row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert row.fetchone() == (True,)
+        with pytest.raises(psycopg.OperationalError, match="no encryption"):
+            psycopg.connect(**{**tls, "sslmode": "disable"})
+        with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+            psycopg.connect(**{**tls, "host": "node-tertiary-db"})
+        with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+            psycopg.connect(**{**tls, "user": "postgres"})
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                ["runuser", "-u", "postgres", "--", pg_ctl, "-D", str(data), "-m", "immediate",
+                 "-w", "stop"],
+                capture_output=True, timeout=60,
+            )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_crl_signer_re_signs_and_publishes_the_crl(tmp_path: Path) -> None:
     """The compose `crl-signer` role: one pass re-signs the CA's CRL (next cRLNumber, fresh
     nextUpdate) and publishes it to ca-public, where the services' verifiers accept it."""
