@@ -214,7 +214,7 @@ pki-bootstrap)
             cp "$orgs_dir/$org/pending/request.pem" "$ca_dir/requests/$org.request.pem"
             IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" \
                 ipjms pki sign-request "$ca_dir" "$ca_dir/requests/$org.request.pem" --org "$org" \
-                --out "$ca_dir/signed/$org" --ca-passphrase-env IPJMS_CA_PASSPHRASE
+                --host "$host" --out "$ca_dir/signed/$org" --ca-passphrase-env IPJMS_CA_PASSPHRASE
             ipjms pki accept "$orgs_dir/$org" "$ca_dir/signed/$org"
         fi
     done
@@ -232,7 +232,7 @@ pki-bootstrap)
             cp "$db_servers_dir/$name/pending/request.pem" "$ca_dir/requests/$name.request.pem"
             IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" \
                 ipjms pki sign-request "$ca_dir" "$ca_dir/requests/$name.request.pem" --org "$name" \
-                --out "$ca_dir/signed/$name" --ca-passphrase-env IPJMS_CA_PASSPHRASE
+                --host "$name" --out "$ca_dir/signed/$name" --ca-passphrase-env IPJMS_CA_PASSPHRASE
             ipjms pki accept "$db_servers_dir/$name" "$ca_dir/signed/$name"
         fi
         mkdir -p "$db_tls_dir/$name"

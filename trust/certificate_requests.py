@@ -8,8 +8,12 @@ The regional authority never generates, sees or holds an organisation's private 
    possession); the signing request also carries the X25519 public key in an extension, so the
    organisation's signing key vouches for its encryption key (an X25519 key cannot sign);
 2. it sends ``request.pem`` (public material only) to the authority, which checks it and signs it
-   (``ipjms pki sign-request CA_DIR REQUEST --org ORG --out DIR``): three certificates and the CA
-   certificate in ``DIR``, recorded under ``issued/`` like any issuance;
+   (``ipjms pki sign-request CA_DIR REQUEST --org ORG --host H --out DIR``): the operator names
+   the organisation *and* the hosts it identified out of band, and a request whose TLS hosts
+   differ is refused — the hosts in a request are the organisation's claim, never trusted
+   alone (the node's OPRF client and the registry's JWKS fetch trust this CA by host name);
+   three certificates and the CA certificate in ``DIR``, recorded under ``issued/`` like any
+   issuance;
 3. the organisation installs them (``ipjms pki accept ORG_DIR DIR``): each certificate must carry
    the public key of its pending key and chain to the CA; the current credentials move to
    ``previous/<n>/`` (a rotation) and the pending keys become current.
@@ -23,6 +27,7 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +51,14 @@ from trust.pki import (
     revoked_orgs,
 )
 
-__all__ = ["CertificateRequest", "make_request", "read_request", "sign_request", "accept"]
+__all__ = [
+    "CertificateRequest",
+    "make_request",
+    "read_request",
+    "check_hosts",
+    "sign_request",
+    "accept",
+]
 
 PENDING, REQUEST = "pending", "request.pem"
 _OU = NameOID.ORGANIZATIONAL_UNIT_NAME
@@ -77,13 +89,41 @@ def _subject(org_id: str, usage: str) -> x509.Name:
     )
 
 
-def _hosts(host: str | list[str] | tuple[str, ...]) -> list[str]:
+def _hosts(host: str | Sequence[str]) -> list[str]:
     hosts = [h.strip() for h in (host.split(",") if isinstance(host, str) else host) if h.strip()]
     if not hosts:
         raise PkiError("at least one host is needed for the TLS certificate")
+    wild = [h for h in hosts if "*" in h]
+    if wild:
+        raise PkiError(f"wildcard hosts are never certified: {', '.join(wild)}")
     if any(h.lower().endswith(ORG_DNS_SUFFIX) for h in hosts):
         raise PkiError(f"a host may not end in {ORG_DNS_SUFFIX} (it names an organisation)")
     return hosts
+
+
+def _host_key(host: str) -> str:
+    """A host as compared with the operator's list: DNS names case-insensitive, IPs canonical."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def check_hosts(requested: Sequence[str], expected: str | Sequence[str]) -> None:
+    """Refuse unless the requested TLS hosts are exactly the ones the CA operator expects,
+    naming the extra and the missing ones."""
+    want = {_host_key(h) for h in _hosts(expected)}
+    got = {_host_key(h) for h in requested}
+    extra, missing = sorted(got - want), sorted(want - got)
+    if extra or missing:
+        parts = [f"extra {', '.join(extra)}"] if extra else []
+        parts += [f"missing {', '.join(missing)}"] if missing else []
+        raise PkiError(
+            "the request's TLS hosts differ from the hosts the operator expects "
+            f"({'; '.join(parts)}): nothing issued"
+        )
 
 
 def _host_names(hosts: list[str]) -> list[x509.GeneralName]:
@@ -105,7 +145,7 @@ def make_request(
     org_dir: Path | str,
     org_id: str,
     *,
-    host: str | list[str] | tuple[str, ...],
+    host: str | Sequence[str],
     passphrase: bytes | None = None,
 ) -> Path:
     """Generate the organisation's three keys under ``org_dir/pending/`` (0600, encrypted with
@@ -254,18 +294,22 @@ def sign_request(
     request_pem: bytes,
     *,
     org_id: str,
+    hosts: str | Sequence[str],
     out_dir: Path | str,
     days: int = 365,
     ca_passphrase: bytes | None = None,
     now: dt.datetime | None = None,
 ) -> CertificateRequest:
-    """Check a request for ``org_id`` (the organisation the CA operator identified out of band)
-    and write its three certificates and the CA certificate to ``out_dir``. No private key of the
-    organisation is involved; nothing is written when the request is refused."""
+    """Check a request for ``org_id`` and ``hosts`` (the organisation and its TLS host names,
+    as the CA operator identified them out of band) and write its three certificates and the CA
+    certificate to ``out_dir``. The request's TLS hosts must be exactly ``hosts``: an extra or a
+    missing one is refused, whatever the organisation asks. No private key of the organisation
+    is involved; nothing is written when the request is refused."""
     ca_dir = Path(ca_dir)
     request = read_request(request_pem)
     if request.org_id != org_id:
         raise PkiError(f"the request is for {request.org_id}, not {org_id}")
+    check_hosts(request.hosts, hosts)
     if org_id in revoked_orgs(ca_dir):
         raise PkiError(f"organisation {org_id} has been revoked")
     ca_key, ca_cert = _load_ca(ca_dir, ca_passphrase)

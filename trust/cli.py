@@ -105,6 +105,12 @@ def sign_request_cmd(
     ca_dir: Path = typer.Argument(..., help="The CA folder."),
     request: Path = typer.Argument(..., help="The organisation's request.pem."),
     org: str = typer.Option(..., "--org", help="The organisation the request must be from."),
+    host: list[str] = typer.Option(
+        ...,
+        "--host",
+        help="A TLS host name/IP the operator expects (repeatable or comma-separated); the "
+        "request must name exactly these, no wildcard.",
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for the certificates to send back."),
     days: int = typer.Option(365, "--days", min=1),
     ca_passphrase_env: str | None = typer.Option(
@@ -122,6 +128,7 @@ def sign_request_cmd(
             ca_dir,
             request.read_bytes(),
             org_id=org,
+            hosts=[h for item in host for h in item.split(",")],
             out_dir=out,
             days=days,
             ca_passphrase=_passphrase(ca_passphrase_env),

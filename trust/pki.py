@@ -365,6 +365,7 @@ def issue_org(
                 ca_dir,
                 request.read_bytes(),
                 org_id=org_id,
+                hosts=hosts,
                 out_dir=issued,
                 days=days,
                 ca_passphrase=ca_passphrase,

@@ -79,7 +79,7 @@ issue_org() {
         cp "$out/pending/request.pem" "$ca_dir/requests/$2.request.pem"
         rm -rf "$ca_dir/signed/$2"
         $ipjms pki sign-request "$ca_dir" "$ca_dir/requests/$2.request.pem" --org "$2" \
-            --out "$ca_dir/signed/$2" --ca-passphrase-env IPJMS_CA_PASSPHRASE >/dev/null
+            --host "$3" --out "$ca_dir/signed/$2" --ca-passphrase-env IPJMS_CA_PASSPHRASE >/dev/null
         $ipjms pki accept "$out" "$ca_dir/signed/$2" >/dev/null
     fi
 }

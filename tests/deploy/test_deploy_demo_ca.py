@@ -63,7 +63,9 @@ def test_signing_without_the_passphrase_fails_clearly_and_issues_nothing(tmp_pat
     request = make_request(tmp_path / "org-y", "org-y", host=["127.0.0.1"])
     out = tmp_path / "signed-y"
     env = {k: v for k, v in os.environ.items() if k != "IPJMS_CA_PASSPHRASE"}
-    cmd = ipjms_command("pki", "sign-request", str(ca_dir), str(request), "--org", "org-y")
+    cmd = ipjms_command(
+        "pki", "sign-request", str(ca_dir), str(request), "--org", "org-y", "--host", "127.0.0.1"
+    )
     done = subprocess.run(
         [*cmd, "--out", str(out)], capture_output=True, text=True, env=env, timeout=120
     )

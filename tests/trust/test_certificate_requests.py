@@ -59,7 +59,8 @@ def test_request_sign_accept_leaves_every_private_key_with_its_owner(
     sent.write_bytes(request.read_bytes())
     reply = tmp_path / "authority" / "outbox" / "org-clinic"
     out = cli(
-        "sign-request", ca, sent, "--org", "org-clinic", "--out", reply,
+        "sign-request", ca, sent, "--org", "org-clinic", "--host", "node-clinic",
+        "--host", "10.0.0.7", "--out", reply,
         "--ca-passphrase-env", "CA_PASS",
     )  # fmt: skip
     assert "node-clinic, 10.0.0.7" in out
@@ -96,8 +97,8 @@ def test_a_second_request_rotates_and_keeps_the_old_encryption_key(
     for _round in range(2):
         request = make_request(org_dir, "org-a", host="node-a")
         sign_request(
-            ca, request.read_bytes(), org_id="org-a", out_dir=tmp_path / f"r{_round}",
-            ca_passphrase=b"ca secret",
+            ca, request.read_bytes(), org_id="org-a", hosts="node-a",
+            out_dir=tmp_path / f"r{_round}", ca_passphrase=b"ca secret",
         )  # fmt: skip
         cli("accept", org_dir, tmp_path / f"r{_round}")
     creds = load_org(org_dir)
@@ -164,8 +165,9 @@ def test_a_bad_request_is_refused_and_nothing_is_issued(
     before = _issued_count(ca)
     with pytest.raises(PkiError, match=error):
         sign_request(
-            ca, change(request), org_id=org, out_dir=tmp_path / "out", ca_passphrase=b"ca secret"
-        )
+            ca, change(request), org_id=org, hosts=["node-a"], out_dir=tmp_path / "out",
+            ca_passphrase=b"ca secret",
+        )  # fmt: skip
     assert _issued_count(ca) == before
     assert not (tmp_path / "out").exists()
 
@@ -177,7 +179,7 @@ def test_accept_refuses_certificates_for_other_keys_and_changes_nothing(
     make_request(mine, "org-a", host="node-a")
     theirs = make_request(other, "org-a", host="node-a")
     sign_request(
-        ca, theirs.read_bytes(), org_id="org-a", out_dir=tmp_path / "reply",
+        ca, theirs.read_bytes(), org_id="org-a", hosts="node-a", out_dir=tmp_path / "reply",
         ca_passphrase=b"ca secret",
     )  # fmt: skip
     before = sorted(p.name for p in (mine / "pending").iterdir())
@@ -193,3 +195,99 @@ def test_a_pending_request_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(PkiError, match="already pending"):
         make_request(tmp_path / "org", "org-a", host="node-a")
     assert (tmp_path / "org" / "pending" / "request.pem").read_bytes() == first
+
+
+def _request_naming(sans: list[str], org: str = "org-a") -> bytes:
+    """A well-formed request (valid proofs of possession) whose TLS part names ``sans``, however
+    the organisation's tool would have refused them — what a modified client can send."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    def name(usage: str) -> x509.Name:
+        oid = x509.oid.NameOID
+        return x509.Name(
+            [
+                x509.NameAttribute(oid.ORGANIZATION_NAME, org),
+                x509.NameAttribute(oid.ORGANIZATIONAL_UNIT_NAME, usage),
+                x509.NameAttribute(oid.COMMON_NAME, org),
+            ]
+        )
+
+    enc = x25519.X25519PrivateKey.generate().public_key()
+    raw = enc.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    tls = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name("tls"))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in sans]), critical=False)
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    signing = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name("signing"))
+        .add_extension(x509.UnrecognizedExtension(ENCRYPTION_KEY_OID, raw), critical=False)
+        .sign(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384())
+    )
+    return tls.public_bytes(serialization.Encoding.PEM) + signing.public_bytes(
+        serialization.Encoding.PEM
+    )
+
+
+@pytest.mark.parametrize(
+    ("sans", "expected", "error"),
+    [
+        (["*"], ["node-a"], "wildcard hosts are never certified: \\*"),
+        (["node-a", "*.region.example"], ["node-a"], "wildcard hosts are never certified"),
+        (["pseudonym-authority"], ["node-a"], "extra pseudonym-authority; missing node-a"),
+        (["node-a", "consent-registry"], ["node-a"], "extra consent-registry\\)"),
+        (["node-a"], ["node-a", "10.0.0.7"], "missing 10.0.0.7\\)"),
+    ],
+    ids=["wildcard", "wildcard-beside", "another-service", "extra-san", "missing-host"],
+)
+def test_the_ca_certifies_only_the_hosts_its_operator_expects(
+    ca: Path, tmp_path: Path, sans: list[str], expected: list[str], error: str
+) -> None:
+    """Before the request flow the operator typed --host at issue time; a request's hosts are
+    the organisation's claim, and a node certified for `pseudonym-authority` or `*` could stand
+    in for the authority towards every node (the OPRF client trusts the regional CA by name)."""
+    before = _issued_count(ca)
+    with pytest.raises(PkiError, match=error):
+        sign_request(
+            ca, _request_naming(sans), org_id="org-a", hosts=expected,
+            out_dir=tmp_path / "out", ca_passphrase=b"ca secret",
+        )  # fmt: skip
+    assert _issued_count(ca) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_sign_request_cli_needs_the_expected_hosts_and_refuses_an_extra_one(
+    ca: Path, tmp_path: Path
+) -> None:
+    sent = tmp_path / "request.pem"
+    sent.write_bytes(_request_naming(["node-a", "consent-registry"]))
+    reply = tmp_path / "reply"
+    base = ["sign-request", str(ca), str(sent), "--org", "org-a", "--out", str(reply)]
+    env = {"CA_PASS": "ca secret"}
+    before = _issued_count(ca)
+    # --host is required: the operator must say which hosts it identified
+    missing = runner.invoke(pki_app, [*base, "--ca-passphrase-env", "CA_PASS"], env=env)
+    assert missing.exit_code == 2
+    assert "--host" in missing.output
+    refused = runner.invoke(
+        pki_app, [*base, "--host", "node-a", "--ca-passphrase-env", "CA_PASS"], env=env
+    )
+    assert refused.exit_code == 1
+    assert "extra consent-registry" in refused.output
+    assert _issued_count(ca) == before
+    assert not reply.exists()
+    # the same hosts, in another order and case, sign
+    sent.write_bytes(_request_naming(["node-a", "10.0.0.7"]))
+    done = runner.invoke(
+        pki_app, [*base, "--host", "10.0.0.7,NODE-A", "--ca-passphrase-env", "CA_PASS"], env=env
+    )
+    assert done.exit_code == 0, done.output
+    assert _issued_count(ca) == before + 3
+
+
+def test_an_organisation_cannot_even_request_a_wildcard(tmp_path: Path) -> None:
+    with pytest.raises(PkiError, match="wildcard"):
+        make_request(tmp_path / "org", "org-a", host="node-a,*.example")
+    assert not (tmp_path / "org" / "pending").exists()
