@@ -273,7 +273,8 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
     def _deliverable(self, item: QueuedEnvelope, now: float, epoch_now: str | None) -> bool:
         """Checks at delivery time: still unexpired, consent still permits — the routing
         decision stands if no consent was written since it (``GateDecision.still_holds``;
-        ``epoch_now`` asked of the registry once per batch), else the registry decides again."""
+        ``epoch_now`` asked of the registry just before this envelope), else the registry
+        decides again."""
         header = item.header
         routed = self.routed.take(header.envelope_id)
         if header.expires_at.timestamp() <= now:
@@ -320,12 +321,15 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
                     last_touch = now
                 seen = self.s.notifier.generation(org.org_id)
                 items = self.s.queue.claim(org.org_id, limit=batch, lease_owner=owner, now=now)
-                # One epoch question for the batch, after the claim: a consent written before
-                # it is seen; only asked when some routing decision could stand.
-                reuse = any(self.routed.has(i.header.envelope_id) for i in items)
-                epoch_now = self.s.gate.epoch_now() if reuse else None
                 for item in items:
-                    if not self._deliverable(item, now, epoch_now):
+                    # Asked per envelope, just before it is handed over: the stream resumes
+                    # only when the receiver takes the previous one, which it may delay at
+                    # will, so a batch-wide answer could let a revocation written meanwhile
+                    # pass. A small registry read, not a re-decision; only when a routing
+                    # decision could stand.
+                    reuse = self.routed.has(item.header.envelope_id)
+                    epoch_now = self.s.gate.epoch_now() if reuse else None
+                    if not self._deliverable(item, time.time(), epoch_now):
                         continue
                     leased.append(item.header.envelope_id)
                     yield pb.Envelope(
