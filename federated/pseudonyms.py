@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trust.pseudonymiser import LinkageKeyPseudonymiser, OprfPseudonymiser, Pseudonymiser
+from trust.pseudonymiser import LinkageKeyPseudonymiser, Pseudonymiser, authority_pseudonymiser
 
 __all__ = ["node_pseudonymiser"]
 
@@ -18,9 +18,7 @@ def node_pseudonymiser(
 ) -> Pseudonymiser:
     """The authority's OPRF when ``pseudonym_url`` is given, else the linkage key file."""
     if pseudonym_url:
-        from trust.oprf_client import OprfPseudonyms
-
-        return OprfPseudonymiser(OprfPseudonyms(pseudonym_url, creds))
+        return authority_pseudonymiser(pseudonym_url, creds)  # trusts the regional CA only
     if not linkage_key:
         raise ValueError("neither a pseudonym service URL nor a linkage key is configured")
     from trust.pseudonym import load_or_create_linkage_key

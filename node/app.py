@@ -135,15 +135,15 @@ def _revocations(settings: NodeSettings) -> Callable[[], frozenset[str | int]]:
 def _pseudonymiser(settings: NodeSettings, credentials: Any) -> Any:
     """The authority's OPRF when ``pseudonym_url`` is set (no key on this node), else the
     region's shared linkage key (created if absent, as before issue 23)."""
-    from trust.pseudonymiser import LinkageKeyPseudonymiser, OprfPseudonymiser
+    from trust.pseudonymiser import LinkageKeyPseudonymiser, authority_pseudonymiser
 
     if settings.pseudonym_url:
-        from trust.oprf_client import OprfPseudonyms
-
-        verify: bool | str = True
-        if settings.pseudonym_url.startswith("https") and settings.pki.ca_dir is not None:
-            verify = str(settings.pki.ca_dir / "ca.cert.pem")
-        return OprfPseudonymiser(OprfPseudonyms(settings.pseudonym_url, credentials, verify=verify))
+        ca_dir = settings.pki.ca_dir
+        return authority_pseudonymiser(
+            settings.pseudonym_url,
+            credentials,
+            ca_cert_file=ca_dir / "ca.cert.pem" if ca_dir is not None else None,
+        )
     from trust.pseudonym import load_or_create_linkage_key
 
     return LinkageKeyPseudonymiser(load_or_create_linkage_key(settings.linkage_key_file))

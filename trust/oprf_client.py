@@ -8,6 +8,7 @@ the authority's key, names the patient. The node keeps no key that could reverse
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ class OprfPseudonyms:
         base_url: str,
         creds: Any,
         *,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         timeout: float = 30.0,
         batch: int = 500,
     ) -> None:

@@ -18,9 +18,11 @@ to test an identifier the node does not have.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from trust.oprf_client import OprfPseudonyms
 from trust.pseudonym import (
@@ -31,7 +33,13 @@ from trust.pseudonym import (
     routing_pseudonym,
 )
 
-__all__ = ["Pseudonymiser", "OprfPseudonymiser", "LinkageKeyPseudonymiser", "routing_input"]
+__all__ = [
+    "Pseudonymiser",
+    "OprfPseudonymiser",
+    "LinkageKeyPseudonymiser",
+    "routing_input",
+    "authority_pseudonymiser",
+]
 
 _ROUTING_DOMAIN = b"ipjms-routing-pseudonym-v2"
 
@@ -91,6 +99,22 @@ class OprfPseudonymiser:
         value = oprf_pseudonym(got, output)
         self._remember({x: value})
         return value
+
+
+def authority_pseudonymiser(
+    url: str, creds: Any, *, ca_cert_file: Path | str | None = None
+) -> OprfPseudonymiser:
+    """The one way a node (its web app, its SuperNode, ``ipjms fl score``) reaches the
+    pseudonymisation authority: over HTTPS it trusts the regional CA alone — ``ca_cert_file``
+    when given, else the CA certificate in the organisation's own credentials
+    (``creds.ca_cert_pem``) — never the system's public roots."""
+    verify: bool | str | ssl.SSLContext = True
+    if url.startswith("https"):
+        if ca_cert_file is not None:
+            verify = ssl.create_default_context(cafile=str(ca_cert_file))
+        else:
+            verify = ssl.create_default_context(cadata=creds.ca_cert_pem.decode())
+    return OprfPseudonymiser(OprfPseudonyms(url, creds, verify=verify))
 
 
 class LinkageKeyPseudonymiser:

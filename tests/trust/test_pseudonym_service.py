@@ -5,6 +5,7 @@ its audit keeps (issue 23)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,5 +146,46 @@ def test_rotation_makes_new_pseudonyms_and_keeps_the_old_version(
         assert client.pseudonyms([(NATIONAL, "7")], version=1) == [v1]  # re-linking old to new
         with pytest.raises(PseudonymServiceError, match="version 9 is not held"):
             client.pseudonyms([(NATIONAL, "7")], version=9)
+    finally:
+        svc.stop()
+
+
+def test_node_and_supernode_reach_an_https_authority_trusting_the_regional_ca_only(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """One client rule (trust.pseudonymiser.authority_pseudonymiser) for the node's web app and
+    its SuperNode / ``ipjms fl score`` (federated.pseudonyms): the authority's HTTPS
+    certificate is checked against the regional CA. Before, the SuperNode's client trusted the
+    system roots and so could not reach a region's authority at all (and would trust any public
+    CA's certificate for that name)."""
+    from federated.pseudonyms import node_pseudonymiser
+    from trust.pseudonymiser import authority_pseudonymiser
+
+    server = pki["node-b"]  # any regional TLS certificate for 127.0.0.1
+    svc = start_service(
+        "pseudonym",
+        ["pseudonym", "serve", "--data-dir", str(tmp_path / "svc"), "--port", "0",
+         "--ca-dir", str(pki["ca"]), "--org-id", "authority", "--client", "node-a",
+         "--tls-cert", str(server / "tls.cert.pem"), "--tls-key", str(server / "tls.key.pem")],
+        base_url="https://127.0.0.1:{http}", log_dir=tmp_path / "logs",
+        ports_dir=tmp_path / "svc", wait=False,
+    )  # fmt: skip
+    try:
+        ca_file = pki["ca"] / "ca.cert.pem"
+        for _ in range(100):
+            try:
+                if httpx.get(svc.base_url + "/healthz", verify=str(ca_file)).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        creds = load_org(pki["node-a"])
+        ids = [(NATIONAL, "110101199003077777")]
+        supernode = node_pseudonymiser(creds, pseudonym_url=svc.base_url).regional(ids)
+        web_app = authority_pseudonymiser(svc.base_url, creds, ca_cert_file=ca_file).regional(ids)
+        assert supernode == web_app and supernode[0].startswith("v1.")
+        # the system roots alone do not know the regional CA
+        with pytest.raises(PseudonymServiceError, match="unreachable.*CERTIFICATE_VERIFY_FAILED"):
+            OprfPseudonyms(svc.base_url, creds).pseudonyms(ids)
     finally:
         svc.stop()
