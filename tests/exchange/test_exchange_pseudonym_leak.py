@@ -107,3 +107,22 @@ def test_a_leaked_node_cannot_reverse_a_pseudonym(region: Region) -> None:
     keys = _key_candidates(files)
     assert keys  # the attacker has material to try (token keys, ids, hashes…)
     assert _reverse(pseudonym, keys) is None, "the node's state reverses a pseudonym"
+
+
+def test_the_attack_finds_a_key_wherever_one_is_in_the_loot(region: Region, tmp_path: Path) -> None:
+    """Positive controls: the same harness, given a state that does hold a pseudonym key,
+    reverses the pseudonym — so the test above passes because no key is there, not because the
+    attack cannot find one. (a) The authority's own data folder (its OPRF key). (b) A node of
+    the pre-OPRF scheme, its ``linkage.key`` among its files."""
+    pseudonym = region.pseudonym(TARGET)
+    authority_files = [p for p in (region.root / "pseudonym").rglob("*") if p.is_file()]
+    assert _reverse(pseudonym, _key_candidates(authority_files)) == TARGET
+
+    from trust.pseudonym import load_or_create_linkage_key
+    from trust.pseudonym import pseudonym as hmac_pseudonym
+
+    old_node = tmp_path / "old-node"
+    old_node.mkdir()
+    key = load_or_create_linkage_key(old_node / "linkage.key")
+    old_files = [*_node_state(region), old_node / "linkage.key"]
+    assert _reverse(hmac_pseudonym(key, TARGET), _key_candidates(old_files)) == TARGET
