@@ -148,10 +148,10 @@ class CareSettings(_Section):
     model_registry_url: str | None = None
     # Defaults: the region's floor, each figure with its source in protos/alerting_floor.py
     # (0.70 — Hosmer, Lemeshow & Sturdivant 2013 §5.2.4; 100 events — Collins, Ogundimu &
-    # Altman 2016). The clinical lead may raise them; the authority console shows every model
-    # against these defaults.
-    model_min_auroc: float = Field(default=DEFAULT_MIN_AUROC, ge=0.5, le=1.0)
-    model_min_events: int = Field(default=DEFAULT_MIN_EVENTS, ge=1)
+    # Altman 2016). The clinical lead may raise them, never lower them (a value below the floor
+    # is refused at start-up); the authority console shows every model against these defaults.
+    model_min_auroc: float = Field(default=DEFAULT_MIN_AUROC, ge=DEFAULT_MIN_AUROC, le=1.0)
+    model_min_events: int = Field(default=DEFAULT_MIN_EVENTS, ge=DEFAULT_MIN_EVENTS)
     # How long a fetched verdict is reused before the card is read again, seconds.
     model_card_ttl_seconds: float = Field(default=300.0, gt=0)
 

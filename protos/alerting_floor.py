@@ -7,7 +7,7 @@ region's default floor, :data:`REGION_FLOOR`). A model may raise alerts only whe
 federated evaluation shows an AUROC of at least the floor over at least the floor's number of
 outcome events. Anything else — a weak model, too few events to tell, a card that does not say,
 no card — may not. A node may set a stricter floor than the region's default, never a laxer one
-than its own settings allow (``node/settings.py`` bounds them). Imports nothing of ours.
+(``node/settings.py`` refuses a value below it). Imports nothing of ours.
 """
 
 from __future__ import annotations

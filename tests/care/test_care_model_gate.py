@@ -9,6 +9,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from federated.scoring import MODEL_SYSTEM as FEDERATED_MODEL_SYSTEM
 from node.care.model_gate import (
@@ -41,6 +42,14 @@ def test_the_node_defaults_are_the_cited_floor():
     care = CareSettings()
     assert (care.model_min_auroc, care.model_min_events) == (0.70, 100)
     assert care.model_registry_url is None  # no registry: every model is gated out
+
+
+@pytest.mark.parametrize(("field", "value"), [("model_min_auroc", 0.69), ("model_min_events", 99)])
+def test_a_node_may_raise_the_floor_but_never_lower_it(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=field):
+        CareSettings(**{field: value})
+    stricter = CareSettings(model_min_auroc=0.80, model_min_events=200)
+    assert (stricter.model_min_auroc, stricter.model_min_events) == (0.80, 200)
 
 
 def test_the_model_system_is_the_one_the_federated_scorer_writes():
