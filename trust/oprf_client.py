@@ -9,6 +9,7 @@ the authority's key, names the patient. The node keeps no key that could reverse
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,25 @@ from trust import oprf
 from trust.backend_auth import make_org_assertion
 from trust.pseudonym import oprf_input, oprf_pseudonym
 
-__all__ = ["OprfPseudonyms", "PseudonymServiceError"]
+__all__ = ["OprfPseudonyms", "PseudonymServiceError", "MAX_BATCH"]
+
+#: elements in one request (the authority refuses more: trust.oprf_service) and this client's
+#: batch. Ordinary work asks one patient at a time (identity lookup, consent eligibility in an
+#: FL cohort, scoring, an envelope's routing pseudonym); the node's batch callers (the locator
+#: publish and the link resolution, pages of 500 patients) are split into batches of this size,
+#: each remembered as it comes, and paced by the authority's budget (429 + Retry-After)
+MAX_BATCH = 100
 
 
 class PseudonymServiceError(RuntimeError):
     """The authority refused or could not be reached (the message says which; no identifier)."""
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    try:
+        return float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return None
 
 
 class OprfPseudonyms:
@@ -33,25 +48,34 @@ class OprfPseudonyms:
         *,
         verify: bool | str | ssl.SSLContext = True,
         timeout: float = 30.0,
-        batch: int = 500,
+        batch: int = MAX_BATCH,
+        max_wait: float = 30.0,
     ) -> None:
         self.url = base_url.rstrip("/") + "/oprf/evaluate"
         self.creds = creds
         self.verify = verify
         self.timeout = timeout
         self.batch = batch
+        #: on a 429 whose Retry-After is at most this (seconds), wait and ask again: a batch
+        #: caller is paced by the authority's budget instead of failing; a longer wait fails
+        self.max_wait = max_wait
 
     def _evaluate(self, blinded: list[bytes], version: int | None) -> tuple[int, list[bytes]]:
         body: dict[str, Any] = {"blinded": [b.hex() for b in blinded]}
         if version is not None:
             body["version"] = version
-        headers = {"Authorization": "Bearer " + make_org_assertion(self.creds, self.url)}
-        try:
-            r = httpx.post(
-                self.url, json=body, headers=headers, timeout=self.timeout, verify=self.verify
-            )
-        except httpx.HTTPError as exc:
-            raise PseudonymServiceError(f"pseudonym service unreachable: {exc}") from None
+        while True:
+            headers = {"Authorization": "Bearer " + make_org_assertion(self.creds, self.url)}
+            try:
+                r = httpx.post(
+                    self.url, json=body, headers=headers, timeout=self.timeout, verify=self.verify
+                )
+            except httpx.HTTPError as exc:
+                raise PseudonymServiceError(f"pseudonym service unreachable: {exc}") from None
+            wait = _retry_after(r) if r.status_code == 429 else None
+            if wait is None or wait > self.max_wait:
+                break
+            time.sleep(wait)
         if r.status_code != 200:
             try:
                 why = r.json()["issue"][0]["diagnostics"]

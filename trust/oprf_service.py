@@ -16,7 +16,11 @@ use); body ``{"version": N (optional: the current key), "blinded": ["<64 hex>", 
   registry are not clients: with a locator full of pseudonyms, OPRF access would let them test
   guesses.
 * **Rate limit** per organisation (:class:`ElementBudget`): ``budget_per_hour`` evaluations
-  with a ``budget_burst``; over it, 429 with ``Retry-After``. In memory, per process.
+  with a ``budget_burst``; over it, 429 with ``Retry-After``. Kept in the service's database
+  (table ``oprf_budget``), so a restart or another worker process does not refill it. The
+  figures are derived below (:data:`NEW_PATIENTS_PER_DAY`) from ordinary use, not from the size
+  of the id space: the attacker of ``tests/exchange/test_exchange_pseudonym_leak.py`` knows a
+  block of 1,000 candidates, so the burst must stay well under that.
 * **Audit**: every call (granted or refused) is an AuditEvent in the service's hash-chained
   ledger: the organisation, the number of elements, the key version, the outcome — never an
   element (they reveal nothing, but they are not kept either) and never an identifier (it has
@@ -33,7 +37,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import MetaData
+from sqlalchemy import Column, Engine, Float, MetaData, String, Table, insert, select, update
 
 from servicekit.outcome import (
     BadRequest,
@@ -48,15 +52,32 @@ from trust import oprf
 from trust.audit_events import oprf_evaluation
 from trust.audit_ledger import AuditLedger
 from trust.jti_store import DbReplayCache, jti_table
+from trust.oprf_client import MAX_BATCH
 from trust.pseudonym_keys import KeyRingError, load_key_ring
 
 __all__ = ["PseudonymSettings", "ElementBudget", "create_app", "MAX_BATCH"]
 
 log = logging.getLogger("ipjms.pseudonym")
 
-#: elements in one request: a node's batch of patients (e.g. a cohort or a first enrolment run);
-#: larger backfills are several calls, each counted against the budget
-MAX_BATCH = 500
+
+# --- the budget, derived from ordinary use (ASSUMPTIONS, stated, not measured) ----------------
+#: ASSUMPTION: the busiest node — a large tertiary hospital — meets at most ~1,000 patients a day
+#: that are new to it (a 1,000-bed hospital has of the order of 50,000 admissions and a few
+#: hundred thousand outpatient attendances a year, most of them returning patients whose
+#: pseudonym the node already has; 1,000 new a day is ~365,000 a year, a generous upper bound).
+NEW_PATIENTS_PER_DAY = 1_000
+#: ASSUMPTION: a new patient costs one regional pseudonym and about two routing pseudonyms (its
+#: first referral or copy out and the answer in).
+EVALUATIONS_PER_NEW_PATIENT = 3
+#: ASSUMPTION: registrations happen in a ~10-hour working day, so the hourly rate is the daily
+#: need spread over 10 hours (300 an hour), not over 24.
+WORKING_HOURS_PER_DAY = 10
+DEFAULT_BUDGET_PER_HOUR = NEW_PATIENTS_PER_DAY * EVALUATIONS_PER_NEW_PATIENT / WORKING_HOURS_PER_DAY
+#: two client batches: a page of the locator publish and the routing pseudonyms beside it. An
+#: insider with a node's credentials gets at most this at once — a fifth of the 1,000-candidate
+#: block of the leak test — and then ~5 a minute, every call audited, until revoked: the block
+#: costs more than 2.5 hours of evaluations far above the node's normal rate.
+DEFAULT_BUDGET_BURST = 2 * MAX_BATCH
 
 
 class PseudonymSettings(BaseSettings):
@@ -73,41 +94,62 @@ class PseudonymSettings(BaseSettings):
     public_url: str = "http://127.0.0.1:8400"
     #: the organisations that may evaluate (the region's nodes); nobody else, coordinator included
     clients: list[str] = []
-    #: evaluations per organisation per hour, and the burst. Source of the figure: a node asks
-    #: once per patient it meets (the pseudonym is stored), so a hospital registering a few
-    #: thousand patients a day stays far below it; an insider guessing national ids gets 20,000
-    #: an hour — against the ~1.3×10¹¹ plausible resident ids (issue 23) that is ~750 years,
-    #: where an HMAC key on the node gave ~7 hours on one core.
-    budget_per_hour: float = 20_000.0
-    budget_burst: float = 5_000.0
+    #: evaluations per organisation per hour, and the burst: derived above from the busiest
+    #: node's new patients a day (DEFAULT_BUDGET_PER_HOUR, DEFAULT_BUDGET_BURST); a region with
+    #: larger nodes sets its own figures (IPJMS_PSEUDONYM_BUDGET_PER_HOUR / _BURST)
+    budget_per_hour: float = DEFAULT_BUDGET_PER_HOUR
+    budget_burst: float = DEFAULT_BUDGET_BURST
 
     def keys_dir(self) -> Path:
         return self.data_dir / "oprf-keys"
 
 
-class ElementBudget:
-    """A token bucket per organisation, counted in evaluated elements."""
+def budget_table(metadata: MetaData) -> Table:
+    """Each organisation's tokens left and when they were last counted (wall-clock seconds)."""
+    return Table(
+        "oprf_budget",
+        metadata,
+        Column("org_id", String(255), primary_key=True),
+        Column("tokens", Float, nullable=False),
+        Column("updated_at", Float, nullable=False),
+    )
 
-    def __init__(self, per_hour: float, burst: float, clock: Any = time.monotonic) -> None:
+
+class ElementBudget:
+    """A token bucket per organisation, counted in evaluated elements, kept in the service's
+    database: a restart or a second worker process sees what was spent."""
+
+    def __init__(
+        self, engine: Engine, table: Table, per_hour: float, burst: float, clock: Any = time.time
+    ) -> None:
+        self.engine = engine
+        self.table = table
         self.rate = per_hour / 3600.0
         self.burst = burst
         self.clock = clock
-        self._state: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # SQLite: one writer per process at a time
 
     def take(self, org: str, count: int) -> float:
         """0.0 when ``count`` elements are granted, else the seconds to wait."""
-        with self._lock:
+        t = self.table
+        with self._lock, self.engine.begin() as conn:
+            row = conn.execute(
+                select(t.c.tokens, t.c.updated_at).where(t.c.org_id == org).with_for_update()
+            ).first()
             now = self.clock()
-            tokens, last = self._state.get(org, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if count <= tokens:
-                self._state[org] = (tokens - count, now)
-                return 0.0
-            self._state[org] = (tokens, now)
-            if count > self.burst or self.rate <= 0:
-                return float("inf")
-            return (count - tokens) / self.rate
+            tokens, last = (row[0], row[1]) if row else (self.burst, now)
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            granted = count <= tokens
+            left = tokens - count if granted else tokens
+            if row is None:
+                conn.execute(insert(t).values(org_id=org, tokens=left, updated_at=now))
+            else:
+                conn.execute(update(t).where(t.c.org_id == org).values(tokens=left, updated_at=now))
+        if granted:
+            return 0.0
+        if count > self.burst or self.rate <= 0:
+            return float("inf")
+        return (count - tokens) / self.rate
 
 
 def _parse(body: Any) -> tuple[int | None, list[bytes]]:
@@ -137,10 +179,11 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
     engine = make_engine(settings.db_url or sqlite_url(settings.data_dir, "pseudonym"))
     metadata = MetaData()
     jtis = jti_table("pseudonym_assertion_jti", metadata)
+    budgets = budget_table(metadata)
     metadata.create_all(engine)
     ledger = AuditLedger(engine)
     replay = DbReplayCache(engine, jtis)
-    budget = ElementBudget(settings.budget_per_hour, settings.budget_burst)
+    budget = ElementBudget(engine, budgets, settings.budget_per_hour, settings.budget_burst)
     audience = settings.public_url.rstrip("/") + "/oprf/evaluate"
     clients = frozenset(settings.clients)
 

@@ -79,9 +79,11 @@ class OprfPseudonymiser:
         with self._lock:
             missing = list(dict.fromkeys(x for x in inputs if x not in self._cache))
             known = {x: self._cache[x] for x in inputs if x in self._cache}
-        if missing:
-            version, outputs = self.client.outputs(missing)
-            found = {x: oprf_pseudonym(version, o) for x, o in zip(missing, outputs, strict=True)}
+        step = max(1, self.client.batch)
+        for start in range(0, len(missing), step):  # each batch kept as it comes (a paced
+            chunk = missing[start : start + step]  # backfill keeps its progress on a 429)
+            version, outputs = self.client.outputs(chunk)
+            found = {x: oprf_pseudonym(version, o) for x, o in zip(chunk, outputs, strict=True)}
             self._remember(found)
             known.update(found)
         return [known[x] for x in inputs]

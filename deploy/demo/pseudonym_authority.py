@@ -14,7 +14,16 @@ from trust.oprf_client import OprfPseudonyms
 from trust.pki import load_org
 from trust.pseudonymiser import OprfPseudonymiser
 
-__all__ = ["start_authority", "pseudonymiser"]
+__all__ = ["start_authority", "pseudonymiser", "BULK_LOAD_BUDGET"]
+
+#: The demo loads a few hundred synthetic patients per node within minutes and asks their
+#: pseudonyms from several processes (each chapter, the node, its SuperNode): a bulk load, not
+#: the ordinary use the authority's default budget is derived from (trust/oprf_service.py:
+#: 300 an hour, burst 200). A real region's first load is granted the same way, for its window.
+BULK_LOAD_BUDGET = {
+    "IPJMS_PSEUDONYM_BUDGET_PER_HOUR": "20000",
+    "IPJMS_PSEUDONYM_BUDGET_BURST": "2000",
+}
 
 
 def start_authority(net: DemoNetwork) -> str:
@@ -28,7 +37,7 @@ def start_authority(net: DemoNetwork) -> str:
          "--port", str(port), "--ca-dir", str(pki["ca_dir"]), "--org-id", AUTHORITY_ORG,
          "--public-url", url, *clients, *net.db_args("pseudonym"),
          *net.tls_args(pki["orgs"][AUTHORITY_ORG])],
-        base_url=url,
+        base_url=url, env=BULK_LOAD_BUDGET,
     )  # fmt: skip
     net.facts["pseudonym_url"] = url
     net.facts.setdefault("node_env", {})["IPJMS_NODE_PSEUDONYM_URL"] = url

@@ -16,6 +16,7 @@ import httpx
 from consent.client import ConsentClient
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
+from deploy.demo.pseudonym_authority import BULK_LOAD_BUDGET
 from deploy.launcher import Service, ipjms_command, start_service, wait_until
 from node.identity import NATIONAL_ID_SYSTEM
 from trust.oprf_client import OprfPseudonyms
@@ -314,6 +315,7 @@ def start_pseudonym_authority(root: Path, pki: Any) -> Service:
         ["pseudonym", "serve", "--data-dir", str(data_dir), "--port", "0",
          "--ca-dir", str(pki.ca_dir), "--org-id", "authority", *clients],
         base_url="http://127.0.0.1:{http}", log_dir=root / "logs", ports_dir=data_dir,
+        env=BULK_LOAD_BUDGET,  # a test region seeds its patients in seconds: a bulk load
     )  # fmt: skip
 
 

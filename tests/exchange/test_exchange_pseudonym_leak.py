@@ -12,8 +12,10 @@ of the pre-OPRF scheme and, where it is a valid scalar, as the authority's OPRF 
 all 1,000 candidates. Before issue 23's OPRF the node's ``linkage.key`` reverses it at once.
 
 What the stolen state still allows is *online* guessing: the node's credentials can ask the
-authority, at most its budget an hour (20,000), each call audited, until the organisation is
-revoked (``tests/trust/test_pseudonym_service.py`` shows the 429 and the revocation).
+authority within its budget — a burst of 200 (a fifth of the block), then 300 an hour, kept in
+the authority's database across restarts, each call audited — until the organisation is revoked
+(``tests/trust/test_pseudonym_service.py`` shows the 429 for a 1,000-candidate burst, the spend
+surviving a restart, and the revocation).
 """
 
 from __future__ import annotations

@@ -189,3 +189,39 @@ def test_node_and_supernode_reach_an_https_authority_trusting_the_regional_ca_on
             OprfPseudonyms(svc.base_url, creds).pseudonyms(ids)
     finally:
         svc.stop()
+
+
+def _evaluate(url: str, creds, count: int) -> int:  # type: ignore[no-untyped-def]
+    body = {"blinded": [oprf.blind(f"guess-{i}".encode())[1].hex() for i in range(count)]}
+    auth = {"Authorization": f"Bearer {make_org_assertion(creds, url)}"}
+    return httpx.post(url, json=body, headers=auth, timeout=30).status_code
+
+
+def test_a_1000_candidate_burst_is_refused_ordinary_use_passes_and_a_restart_keeps_the_spend(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """The leak test's attacker knows a block of 1,000 candidates: with the default budget
+    (derived from a node's new patients a day, trust/oprf_service.py) a node's credentials get
+    at most DEFAULT_BUDGET_BURST of them at once, and a restart does not refill the bucket."""
+    from trust.oprf_service import DEFAULT_BUDGET_BURST, MAX_BATCH
+
+    assert DEFAULT_BUDGET_BURST < 1000 / 2  # the figure the test is about
+    svc = _start(tmp_path, pki["ca"])
+    a, b = load_org(pki["node-a"]), load_org(pki["node-b"])
+    try:
+        url = svc.base_url + "/oprf/evaluate"
+        assert _evaluate(url, a, 1000) in (400, 413)  # more than a request may carry
+        codes = [_evaluate(url, a, MAX_BATCH) for _ in range(1000 // MAX_BATCH)]
+        granted = codes.count(200) * MAX_BATCH
+        assert granted <= DEFAULT_BUDGET_BURST and codes[-1] == 429, codes
+        # another node's ordinary use: one patient at a time, dozens of them
+        ordinary = OprfPseudonyms(svc.base_url, b)
+        for i in range(30):
+            assert ordinary.pseudonyms([(NATIONAL, f"11010119900307{i:04d}")])
+    finally:
+        svc.stop()
+    svc = _start(tmp_path, pki["ca"])  # the same data folder: the budget is in its database
+    try:
+        assert _evaluate(svc.base_url + "/oprf/evaluate", a, MAX_BATCH) == 429
+    finally:
+        svc.stop()
