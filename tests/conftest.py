@@ -24,6 +24,15 @@ SHARED_DATA = Path(os.environ.get("IPJMS_SHARED_DATA", REPO_ROOT.parent / "share
 PG_URL = os.environ.get("IPJMS_TEST_POSTGRES_URL")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite is a one-machine path: where libsodium is missing, its regions, services and
+    in-process OPRF calls use the pure-Python ristretto255 group (trust/group_backend.py sets
+    IPJMS_OPRF_ALLOW_PURE_PYTHON for this process and the ones it starts, and says so once)."""
+    from trust.group_backend import allow_pure_python_on_one_machine
+
+    allow_pure_python_on_one_machine()
+
+
 def _shared_folder(name: str, what: str) -> Path:
     path = SHARED_DATA / "fhir" / name
     if path.is_dir():

@@ -10,9 +10,12 @@ The pseudonymisation authority holds the key ``skS``; a node *blinds* its input,
 ``output`` equals :func:`evaluate` ``(skS, input)``, which only the key holder can compute, so
 whoever holds a node's state (but not ``skS``) cannot test a guessed input against an output.
 
-The group arithmetic is libsodium's (``crypto_core_ristretto255_*``, constant time), reached
-through ``pysodium``; the hashing around it (``expand_message_xmd``, RFC 9380 §5.3.1; the
-context strings, ``DeriveKeyPair`` and ``Finalize``, RFC 9497 §3-4) is here. Checked against the
+The group arithmetic is ristretto255 from :func:`trust.group_backend.selected`: libsodium's
+(constant time, through ``pysodium``) where the system library is installed, else — only when
+``IPJMS_OPRF_ALLOW_PURE_PYTHON=1`` — the pure-Python :mod:`trust.ristretto255` (not constant
+time; one-machine demos and tests). The group is chosen at first use, not at import. The
+hashing around it (``expand_message_xmd``, RFC 9380 §5.3.1; the context strings,
+``DeriveKeyPair`` and ``Finalize``, RFC 9497 §3-4) is here. Checked against the
 RFC's own test vectors (RFC 9497 Appendix A.1.1) in ``tests/trust/test_oprf.py``.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-import pysodium
+from trust import group_backend
 
 __all__ = [
     "SUITE",
@@ -60,6 +63,10 @@ class OprfError(ValueError):
     """Invalid input, element or scalar (RFC 9497's InvalidInputError / DeserializeError)."""
 
 
+def _group() -> group_backend.RistrettoGroup:
+    return group_backend.selected()
+
+
 def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
     """RFC 9380 §5.3.1 with SHA-512 (b_in_bytes 64, s_in_bytes 128)."""
     b_in_bytes, s_in_bytes = 64, 128
@@ -78,19 +85,19 @@ def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
 
 def hash_to_group(msg: bytes, dst: bytes = _HASH_TO_GROUP_DST) -> bytes:
     """hash_to_ristretto255 (RFC 9380 App. B / RFC 9496 §4.3.4): 64 uniform bytes, one-way map."""
-    return bytes(pysodium.crypto_core_ristretto255_from_hash(expand_message_xmd(msg, dst, 64)))
+    return _group().from_hash(expand_message_xmd(msg, dst, 64))
 
 
 def hash_to_scalar(msg: bytes, dst: bytes = _HASH_TO_SCALAR_DST) -> bytes:
     """RFC 9497 §4.1: 64 uniform bytes read little-endian, reduced modulo the group order."""
     wide = expand_message_xmd(msg, dst, 64)
-    return bytes(pysodium.crypto_core_ristretto255_scalar_reduce(wide))
+    return _group().scalar_reduce(wide)
 
 
 def _check_scalar(scalar: bytes) -> None:
     if len(scalar) != SCALAR_BYTES or hmac.compare_digest(scalar, _ZERO):
         raise OprfError("a scalar is 32 bytes and not zero")
-    reduced = bytes(pysodium.crypto_core_ristretto255_scalar_reduce(scalar + bytes(32)))
+    reduced = _group().scalar_reduce(scalar + bytes(32))
     if not hmac.compare_digest(reduced, scalar):
         raise OprfError("a scalar must be reduced modulo the group order")
 
@@ -99,16 +106,14 @@ def _check_element(element: bytes) -> None:
     """DeserializeElement (RFC 9497 §2.1): a canonical ristretto255 encoding, not the identity."""
     if len(element) != ELEMENT_BYTES:
         raise OprfError(f"an element is {ELEMENT_BYTES} bytes")
-    if hmac.compare_digest(element, _ZERO) or not pysodium.crypto_core_ristretto255_is_valid_point(
-        element
-    ):
+    if hmac.compare_digest(element, _ZERO) or not _group().is_valid_point(element):
         raise OprfError("not a valid ristretto255 element (or the identity)")
 
 
 def _mul(scalar: bytes, element: bytes) -> bytes:
     try:
-        return bytes(pysodium.crypto_scalarmult_ristretto255(scalar, element))
-    except ValueError as exc:  # libsodium refuses an identity result
+        return _group().scalarmult(scalar, element)
+    except group_backend.GroupError as exc:  # both groups refuse an identity result
         raise OprfError("scalar multiplication gave the identity") from exc
 
 
@@ -127,7 +132,7 @@ def derive_key_pair(seed: bytes, info: bytes) -> bytes:
 def random_key() -> bytes:
     """A fresh random private scalar (GenerateKeyPair)."""
     while True:
-        sk = bytes(pysodium.crypto_core_ristretto255_scalar_random())
+        sk = _group().scalar_random()
         if not hmac.compare_digest(sk, _ZERO):
             return sk
 
@@ -135,7 +140,7 @@ def random_key() -> bytes:
 def public_key(sk: bytes) -> bytes:
     """pkS = skS·G (not needed in base mode; published so a key version can be named)."""
     _check_scalar(sk)
-    return bytes(pysodium.crypto_scalarmult_ristretto255_base(sk))
+    return _group().scalarmult_base(sk)
 
 
 def blind_with(private_input: bytes, blind_scalar: bytes) -> bytes:
@@ -177,7 +182,7 @@ def finalize(private_input: bytes, blind_scalar: bytes, evaluated_element: bytes
     """RFC 9497 §3.3.1 Finalize: unblind (``r⁻¹·evaluated``) and hash → 64-byte output."""
     _check_scalar(blind_scalar)
     _check_element(evaluated_element)
-    inverse = bytes(pysodium.crypto_core_ristretto255_scalar_invert(blind_scalar))
+    inverse = _group().scalar_invert(blind_scalar)
     return _finalize_hash(private_input, _mul(inverse, evaluated_element))
 
 

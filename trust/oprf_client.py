@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from trust import oprf
+from trust import group_backend, oprf
 from trust.backend_auth import make_org_assertion
 from trust.pseudonym import oprf_input, oprf_pseudonym
 
@@ -51,6 +51,7 @@ class OprfPseudonyms:
         batch: int = MAX_BATCH,
         max_wait: float = 30.0,
     ) -> None:
+        group_backend.selected()  # at start: GroupUnavailableError names what to install
         self.url = base_url.rstrip("/") + "/oprf/evaluate"
         self.creds = creds
         self.verify = verify

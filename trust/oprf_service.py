@@ -48,7 +48,7 @@ from servicekit.outcome import (
 )
 from servicekit.request_limits import InputLimits, install_request_limits
 from servicekit.storage import make_engine, sqlite_url
-from trust import oprf
+from trust import group_backend, oprf
 from trust.audit_events import oprf_evaluation
 from trust.audit_ledger import AuditLedger
 from trust.jti_store import DbReplayCache, jti_table
@@ -174,6 +174,12 @@ def _parse(body: Any) -> tuple[int | None, list[bytes]]:
 
 
 def create_app(settings: PseudonymSettings) -> FastAPI:
+    group = group_backend.selected()  # GroupUnavailableError: names what to install, at start
+    if not group.constant_time:
+        log.warning(
+            "OPRF group: %s (not constant time; %s set: a one-machine demo only)",
+            group.name, group_backend.ALLOW_PURE_PYTHON_ENV,
+        )  # fmt: skip
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ring = load_key_ring(settings.keys_dir())
     engine = make_engine(settings.db_url or sqlite_url(settings.data_dir, "pseudonym"))
@@ -224,7 +230,10 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "suite": oprf.SUITE, "current_version": ring.current}
+        return {
+            "status": "ok", "suite": oprf.SUITE, "current_version": ring.current,
+            "group": group.name,
+        }  # fmt: skip
 
     @app.post("/oprf/evaluate")
     async def evaluate(request: Request) -> dict[str, Any]:

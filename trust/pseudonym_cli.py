@@ -34,8 +34,14 @@ def serve(
     from servicekit.http_serving import serve_uvicorn
     from servicekit.logging_setup import configure_logging
     from servicekit.ports import announce_ports, bind_listener
+    from trust.group_backend import GroupUnavailableError, selected
     from trust.oprf_service import PseudonymSettings, create_app
 
+    try:
+        selected()
+    except GroupUnavailableError as exc:
+        typer.echo(f"ipjms pseudonym serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     try:

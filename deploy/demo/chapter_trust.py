@@ -76,6 +76,7 @@ def run(net: DemoNetwork) -> None:
         )
         health = httpx.get(f"{net.facts['pseudonym_url']}/healthz", timeout=30).json()
         notes.append(
-            f"pseudonymisation authority: RFC 9497 OPRF ({health['suite']}), key version "
-            f"v{health['current_version']}; nodes blind identifiers and hold no linkage key"
+            f"pseudonymisation authority: RFC 9497 OPRF ({health['suite']}, group "
+            f"{health['group']}), key version v{health['current_version']}; nodes blind "
+            "identifiers and hold no linkage key"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from deploy.demo.network import AUTHORITY_ORG, DemoNetwork
 from deploy.launcher import free_port
+from trust.group_backend import allow_pure_python_on_one_machine
 from trust.oprf_client import OprfPseudonyms
 from trust.pki import load_org
 from trust.pseudonymiser import OprfPseudonymiser
@@ -27,6 +28,9 @@ BULK_LOAD_BUDGET = {
 
 
 def start_authority(net: DemoNetwork) -> str:
+    # one machine: without libsodium the authority, the nodes and the story itself (all started
+    # from here, inheriting the environment) use the pure-Python group; said once, in yellow
+    allow_pure_python_on_one_machine(lambda text: net.console.print(f"[yellow]{text}[/yellow]"))
     pki = net.facts["pki"]
     port = free_port()
     url = f"{net.scheme}://127.0.0.1:{port}"
