@@ -89,6 +89,16 @@ class OprfPseudonyms:
             raise PseudonymServiceError("pseudonym service answered another suite or count")
         return int(answer["version"]), evaluated
 
+    def current_version(self) -> int:
+        """The authority's current key version (its public ``/healthz``; no budget spent)."""
+        url = self.url.removesuffix("/oprf/evaluate") + "/healthz"
+        try:
+            r = httpx.get(url, timeout=self.timeout, verify=self.verify)
+            r.raise_for_status()
+            return int(r.json()["current_version"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise PseudonymServiceError(f"pseudonym service version unknown: {exc}") from None
+
     def outputs(
         self, inputs: Sequence[bytes], *, version: int | None = None
     ) -> tuple[int, list[bytes]]:

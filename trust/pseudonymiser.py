@@ -11,20 +11,26 @@ tests) the region's shared HMAC linkage key. One interface, two sources.
 * :class:`LinkageKeyPseudonymiser` — ``HMAC(linkage key, value)`` as before issue 23: whoever
   holds the node's key file can test guesses offline (``tests/exchange`` shows it).
 
-Results are cached in memory (identifier input → pseudonym): the node holds its own patients'
-identifiers anyway, so the cache tells nothing it could not compute for them; it cannot be used
-to test an identifier the node does not have.
+Results are cached in memory by (key version, identifier input): the node holds its own
+patients' identifiers anyway, so the cache tells nothing it could not compute for them; it
+cannot be used to test an identifier the node does not have. A regional pseudonym is served
+from the cache only under the authority's *current* key version, which the node learns from
+every answer and re-reads from the authority's ``/healthz`` at most every ``version_ttl``
+seconds — so after a rotation a long-running node moves to the new version instead of handing
+out the old one until it restarts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from trust.oprf_client import OprfPseudonyms
+from trust.oprf_client import OprfPseudonyms, PseudonymServiceError
 from trust.pseudonym import (
     oprf_input,
     oprf_pseudonym,
@@ -62,29 +68,63 @@ def routing_input(regional: str, org_a: str, org_b: str) -> bytes:
 
 
 class OprfPseudonymiser:
-    def __init__(self, client: OprfPseudonyms, *, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        client: OprfPseudonyms,
+        *,
+        cache_size: int = 100_000,
+        version_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.cache_size = cache_size
-        self._cache: dict[bytes, str] = {}
+        #: seconds between two reads of the authority's current key version (a rotation is an
+        #: operator's act, rare; 5 minutes bounds how long the old version is handed out)
+        self.version_ttl = version_ttl
+        self.clock = clock
+        self._cache: dict[tuple[int, bytes], str] = {}
+        self._version: int | None = None
+        self._checked = float("-inf")
         self._lock = threading.Lock()
 
-    def _remember(self, found: dict[bytes, str]) -> None:
+    def _remember(self, version: int, found: dict[bytes, str]) -> None:
         with self._lock:
             if len(self._cache) + len(found) > self.cache_size:
                 self._cache.clear()
-            self._cache.update(found)
+            self._cache.update({(version, x): v for x, v in found.items()})
+
+    def _learn(self, version: int) -> None:
+        with self._lock:
+            self._version, self._checked = version, self.clock()
+
+    def current_version(self) -> int | None:
+        """The authority's current key version as this node knows it (None: not yet known)."""
+        if self.clock() - self._checked >= self.version_ttl:
+            self._checked = self.clock()  # unreachable: not asked again before the next ttl
+            # (asking for a pseudonym then says why, or its answer teaches the version)
+            with contextlib.suppress(PseudonymServiceError):
+                self._learn(self.client.current_version())
+        return self._version
 
     def regional(self, identifiers: Sequence[tuple[str, str]]) -> list[str]:
         inputs = [oprf_input(system, value) for system, value in identifiers]
-        with self._lock:
-            missing = list(dict.fromkeys(x for x in inputs if x not in self._cache))
-            known = {x: self._cache[x] for x in inputs if x in self._cache}
+        version = self.current_version()
+        known: dict[bytes, str] = {}
+        if version is not None:
+            with self._lock:
+                known = {
+                    x: self._cache[(version, x)] for x in inputs if (version, x) in self._cache
+                }
+        missing = list(dict.fromkeys(x for x in inputs if x not in known))
         step = max(1, self.client.batch)
         for start in range(0, len(missing), step):  # each batch kept as it comes (a paced
             chunk = missing[start : start + step]  # backfill keeps its progress on a 429)
-            version, outputs = self.client.outputs(chunk)
-            found = {x: oprf_pseudonym(version, o) for x, o in zip(chunk, outputs, strict=True)}
-            self._remember(found)
+            got, outputs = self.client.outputs(chunk)
+            found = {x: oprf_pseudonym(got, o) for x, o in zip(chunk, outputs, strict=True)}
+            self._remember(got, found)
+            self._learn(got)
+            if got != version:  # the authority rotated: every answer under the new version
+                return self.regional(identifiers)
             known.update(found)
         return [known[x] for x in inputs]
 
@@ -94,12 +134,12 @@ class OprfPseudonymiser:
             raise ValueError("not a pseudonym of the authority's OPRF (v<N>.<hex>)")
         x = routing_input(regional, org_a, org_b)
         with self._lock:
-            hit = self._cache.get(x)
+            hit = self._cache.get((version, x))
         if hit is not None:
             return hit
         got, (output,) = self.client.outputs([x], version=version)
         value = oprf_pseudonym(got, output)
-        self._remember({x: value})
+        self._remember(got, {x: value})
         return value
 
 

@@ -225,3 +225,52 @@ def test_a_1000_candidate_burst_is_refused_ordinary_use_passes_and_a_restart_kee
         assert _evaluate(svc.base_url + "/oprf/evaluate", a, MAX_BATCH) == 429
     finally:
         svc.stop()
+
+
+def test_a_long_running_node_moves_to_the_new_key_version_after_a_rotation(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """The node's cache is keyed by (key version, input): after the authority rotates, a node
+    that stays up hands out the new version — learned from an answer, or from the authority's
+    /healthz once ``version_ttl`` has passed — not the cached old one until it restarts."""
+    import socket
+
+    from trust.pseudonymiser import OprfPseudonymiser
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def start() -> Service:
+        return start_service(
+            "pseudonym",
+            ["pseudonym", "serve", "--data-dir", str(tmp_path / "svc"), "--port", str(port),
+             "--ca-dir", str(pki["ca"]), "--org-id", "authority", "--client", "node-a"],
+            base_url=f"http://127.0.0.1:{port}", log_dir=tmp_path / "logs",
+            ports_dir=tmp_path / "svc",
+        )  # fmt: skip
+
+    creds = load_org(pki["node-a"])
+    first, second = [(NATIONAL, "110101199003071111")], [(NATIONAL, "110101199003072222")]
+    by_answer = OprfPseudonymiser(OprfPseudonyms(f"http://127.0.0.1:{port}", creds))
+    by_health = OprfPseudonymiser(
+        OprfPseudonyms(f"http://127.0.0.1:{port}", creds), version_ttl=0.0
+    )
+    svc = start()
+    try:
+        old = by_answer.regional(first)[0]
+        assert old.startswith("v1.") and by_health.regional(first) == [old]
+    finally:
+        svc.stop()
+    assert rotate(tmp_path / "svc" / "oprf-keys") == 2
+    svc = start()
+    try:
+        assert by_health.regional(first)[0].startswith("v2.")  # re-read the current version
+        assert by_answer.regional(first) == [old]  # within its ttl, nothing told it yet...
+        assert by_answer.regional(second)[0].startswith("v2.")  # ...until an answer does
+        new = by_answer.regional(first)[0]
+        assert new.startswith("v2.") and new != old
+        assert by_health.regional(first) == [new]
+        assert by_answer.current_version() == 2
+    finally:
+        svc.stop()
