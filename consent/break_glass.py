@@ -17,12 +17,19 @@ it on the pull grant (:func:`pull_refusal`: a pull grant — data to the organis
 clinician broke the glass —, same patient, the data going to that organisation, classes
 covered, within the window), recording it as a break-glass entry of its own for that envelope
 (the clinician and the reason of the pull) so the coordinator's checks re-admit it like any.
+
+Such an entry is *carried* (:attr:`Grant.carried_from`: the decision id of the pull grant it
+stands on) and never a grant of its own: no pull carries on from it (:func:`pull_refusal`), the
+coordinator re-admits it only for its own envelope's stored question (``$recheck``), never as a
+grant a caller names (a locator lookup, an envelope without a stored question), and only while
+the clinician's pull grant it was carried from is itself within :data:`READMIT_WINDOW` — the
+window runs from the clinician's grant, however late a query or answer was asked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +41,7 @@ __all__ = [
     "grants_in",
     "find_grant",
     "readmission_refusal",
+    "carried_refusal",
     "pull_refusal",
 ]
 
@@ -53,6 +61,9 @@ class Grant:
     classes: frozenset[str]
     reason: str
     decision_id: str
+    # The decision id of the pull grant this entry was carried from (a record query or answer
+    # under a break-glass pull); "" for the clinician's own grant.
+    carried_from: str = ""
 
 
 def _codes(codings: Any) -> set[str]:
@@ -69,7 +80,7 @@ def _identifier(entity: dict[str, Any]) -> dict[str, Any]:
 def _grant(event: dict[str, Any], patient: str, decision_system: str) -> Grant | None:
     if "BTG" not in _codes(event.get("subtype")):
         return None
-    envelope = user = role = reason = decision_id = ""
+    envelope = user = role = reason = decision_id = carried_from = ""
     classes: frozenset[str] = frozenset()
     for entity in event.get("entity", []):
         ident = _identifier(entity)
@@ -84,6 +95,7 @@ def _grant(event: dict[str, Any], patient: str, decision_system: str) -> Grant |
         elif system == decision_system:
             decision_id = str(ident.get("value", ""))
             role = str(details.get("acting-role", ""))
+            carried_from = str(details.get("pull", ""))
     orgs = {}
     for agent in event.get("agent", []):
         ident = agent.get("who", {}).get("identifier", {})
@@ -102,6 +114,7 @@ def _grant(event: dict[str, Any], patient: str, decision_system: str) -> Grant |
         classes=classes,
         reason=reason,
         decision_id=decision_id,
+        carried_from=carried_from,
     )
 
 
@@ -117,6 +130,32 @@ def find_grant(grants: Iterable[Grant], envelope_id: str) -> Grant | None:
     return None
 
 
+def _hours() -> int:
+    return int(READMIT_WINDOW.total_seconds() // 3600)
+
+
+def carried_refusal(grant: Grant, recent: Sequence[Grant], *, own_question: bool) -> str | None:
+    """Why a carried grant (a pull's query or answer) is not re-admitted (None: it is).
+    ``recent``: the patient's grants within the window; ``own_question``: the re-check is of
+    the envelope's own stored question (``$recheck``), not a grant named by a caller."""
+    if not grant.carried_from:
+        return None
+    if not own_question:
+        return (
+            f"the break-glass grant for envelope {grant.envelope_id} was carried from the pull "
+            f"grant {grant.carried_from}; it is re-admitted only for its own envelope, "
+            "never as a grant of its own"
+        )
+    original = next((g for g in recent if g.decision_id == grant.carried_from), None)
+    if original is None or original.carried_from:
+        return (
+            f"the break-glass pull grant {grant.carried_from} that envelope "
+            f"{grant.envelope_id} was carried from was not granted within {_hours()} h; "
+            "break-glass (ETREAT) needs a stated reason and a named clinician"
+        )
+    return None
+
+
 def readmission_refusal(
     grant: Grant | None,
     *,
@@ -125,14 +164,21 @@ def readmission_refusal(
     sender: str | None,
     recipient: str,
     classes: frozenset[str],
+    recent: Sequence[Grant] = (),
+    own_question: bool = False,
 ) -> str | None:
-    """Why an ``ETREAT`` re-check without a reason is refused (None: it re-admits ``grant``)."""
+    """Why an ``ETREAT`` re-check without a reason is refused (None: it re-admits ``grant``).
+    A carried grant is re-admitted only for its own question and only while the pull grant it
+    was carried from is among ``recent`` (see :func:`carried_refusal`)."""
     if grant is None:
         return (
             f"no break-glass was granted for envelope {envelope_id} within "
-            f"{int(READMIT_WINDOW.total_seconds() // 3600)} h; break-glass (ETREAT) needs a "
+            f"{_hours()} h; break-glass (ETREAT) needs a "
             "stated reason and a named clinician"
         )
+    carried = carried_refusal(grant, recent, own_question=own_question)
+    if carried is not None:
+        return carried
     mismatched = [
         name
         for name, ok in (
@@ -159,13 +205,19 @@ def pull_refusal(
     classes: frozenset[str],
 ) -> str | None:
     """Why an ``ETREAT`` decision under the pull grant ``pull`` is refused (None: granted).
-    Only a pull grant carries on (its organisation named itself as the data's recipient), and
-    only towards that organisation: a referral's grant cannot be turned into a pull."""
+    Only a clinician's own pull grant carries on (its organisation named itself as the data's
+    recipient), and only towards that organisation: a referral's grant cannot be turned into a
+    pull, and an entry carried from a pull grant is no pull grant (a pull is not renewed)."""
     if grant is None:
         return (
             f"no break-glass pull was granted as {pull} within "
-            f"{int(READMIT_WINDOW.total_seconds() // 3600)} h; break-glass (ETREAT) needs a "
+            f"{_hours()} h; break-glass (ETREAT) needs a "
             "stated reason and a named clinician"
+        )
+    if grant.carried_from:
+        return (
+            f"the break-glass grant {pull} was carried from the pull grant {grant.carried_from}; "
+            "only a clinician's own pull grant carries on"
         )
     if grant.requester != grant.recipient:
         return f"the break-glass grant {pull} is not a pull (its data went to another party)"

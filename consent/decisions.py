@@ -24,7 +24,10 @@ names the envelope the decision is bound to (``Parameters.envelope``).
 
 A break-glass pull's record queries and answers (``ETREAT`` with ``pull`` and no reason) are
 granted only under the pull grant (``consent.break_glass.pull_refusal``), each recorded as a
-break-glass entry for its own envelope naming the pull's clinician and reason.
+break-glass entry for its own envelope naming the pull's clinician and reason and the pull grant
+it carries on (detail ``pull``). Such a carried entry is never a grant of its own: no pull carries
+on from it, and it is re-admitted only for its own envelope's stored question (``$recheck``) while
+the clinician's pull grant is within the window (``consent.break_glass.carried_refusal``).
 
 The coordinator's re-check of such an envelope (``ETREAT`` with ``envelope`` and ``sender``, no
 reason: it has no clinician to name) is *re-admitted* only if that grant is in this ledger for the
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -112,8 +115,10 @@ class DecisionService:
         observer: str,
         ttl: int = 300,
         x5c: Sequence[str] = (),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store, self.ledger, self.key = store, ledger, key
+        self.clock = clock  # the registry's time: decisions, the ledger, the break-glass window
         self.x5c = tuple(x5c)
         self.observer = observer
         self.issuer, self.ttl = issuer, ttl
@@ -137,7 +142,7 @@ class DecisionService:
         elif inp.purpose == "ETREAT" and not inp.reason and inp.envelope and inp.sender:
             # The coordinator's re-check of an envelope (it has no reason and no clinician to
             # state): only what this registry already granted, see consent.break_glass.
-            decision, readmitted = self._readmission(inp)
+            decision, readmitted = self._readmission(inp, own_question=False)
         else:
             if inp.purpose == "ETREAT":
                 if not inp.reason:
@@ -156,7 +161,7 @@ class DecisionService:
                 recipient=inp.recipient,
                 purpose=inp.purpose,
                 classes=inp.classes,
-                at=datetime.now(UTC),
+                at=self.clock(),
             )
             records = [s.record for s in self.store.for_patient(inp.patient)]
             decision = decide(records, request)
@@ -202,7 +207,7 @@ class DecisionService:
         """ETREAT under a break-glass pull grant: granted (a break-glass entry of its own for
         this envelope, naming the pull's clinician and reason) or denied, with the reason."""
         assert inp.pull is not None
-        grant = self._recent_grant(inp, inp.pull)
+        grant, _recent = self._recent_grant(inp, inp.pull)
         refusal = pull_refusal(
             grant, pull=inp.pull, patient=inp.patient, recipient=inp.recipient,
             classes=inp.classes,
@@ -211,11 +216,15 @@ class DecisionService:
             inp, grant, refusal, "break-glass pull", "no break-glass pull grant"
         )
 
-    def _readmission(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
+    def _readmission(
+        self, inp: DecideInput, *, own_question: bool
+    ) -> tuple[Decision, Grant | None]:
         """An ETREAT re-check: re-admit the break-glass this registry granted for the envelope
-        (same patient, sender and recipient, every class covered, within the window), or deny."""
+        (same patient, sender and recipient, every class covered, within the window), or deny.
+        ``own_question``: a $recheck of the envelope's stored question — the only re-check that
+        re-admits an entry carried from a pull grant (never a lookup naming it)."""
         assert inp.envelope is not None
-        grant = self._recent_grant(inp, inp.envelope)
+        grant, recent = self._recent_grant(inp, inp.envelope)
         refusal = readmission_refusal(
             grant,
             envelope_id=inp.envelope,
@@ -223,17 +232,19 @@ class DecisionService:
             sender=inp.sender,
             recipient=inp.recipient,
             classes=inp.classes,
+            recent=recent,
+            own_question=own_question,
         )
         return _break_glass_outcome(inp, grant, refusal, "break-glass", "no break-glass grant")
 
-    def _recent_grant(self, inp: DecideInput, decision_id: str) -> Grant | None:
-        """The break-glass grant this registry recorded as ``decision_id`` for the patient
-        within the re-admission window, if any."""
-        since = datetime.now(UTC) - READMIT_WINDOW
+    def _recent_grant(self, inp: DecideInput, envelope_id: str) -> tuple[Grant | None, list[Grant]]:
+        """The break-glass grant this registry recorded for ``envelope_id`` for the patient
+        within the re-admission window, if any, and all the patient's grants in that window
+        (where the pull grant a carried entry stands on must be)."""
+        since = self.clock() - READMIT_WINDOW
         entries = self.ledger.entries(patient_pseudonym=inp.patient, since=since)
-        return find_grant(
-            grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM), decision_id
-        )
+        recent = grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM)
+        return find_grant(recent, envelope_id), recent
 
     def _remember(self, inp: DecideInput, requester: str, break_glass: bool) -> None:
         """Keep the question an envelope-bound decision answered (a retry by the same requester
@@ -246,7 +257,7 @@ class DecisionService:
             "purpose": inp.purpose,
             "classes": json.dumps(sorted(inp.classes)),
             "break_glass": break_glass,
-            "asked_at": datetime.now(UTC),
+            "asked_at": self.clock(),
         }
         with self.store.engine.begin() as conn:
             owner = conn.execute(
@@ -318,7 +329,8 @@ class DecisionService:
                     reason=None,
                     envelope=envelope_id,
                     sender=sender,
-                )
+                ),
+                own_question=True,
             )
         else:
             request = DecisionRequest(
@@ -327,7 +339,7 @@ class DecisionService:
                 recipient=recipient,
                 purpose=purpose,
                 classes=classes,
-                at=datetime.now(UTC),
+                at=self.clock(),
             )
             records = [s.record for s in self.store.for_patient(q["patient"])]
             decision = decide(records, request)
@@ -349,7 +361,7 @@ class DecisionService:
                 "detail": [{"type": "caller", "valueString": caller}],
             }
         )
-        self.ledger.append(event, patient_pseudonym=q["patient"])
+        self.ledger.append(event, patient_pseudonym=q["patient"], now=self.clock())
         # The answer leaves for the coordinator: the policy's reason names consent ids (the
         # same for every envelope of the patient), so it gets a reason that names nothing.
         if decision.break_glass:  # names the clinician and the grant, not the patient
@@ -423,7 +435,7 @@ class DecisionService:
             event["entity"][-1]["detail"].append(
                 {"type": "acting-assertion", "valueString": caller.acting_evidence}
             )
-        self.ledger.append(event, patient_pseudonym=inp.patient)
+        self.ledger.append(event, patient_pseudonym=inp.patient, now=self.clock())
 
 
 def _break_glass_outcome(

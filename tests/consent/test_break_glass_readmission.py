@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from consent.break_glass import find_grant, grants_in, readmission_refusal
+from consent.break_glass import Grant, find_grant, grants_in, pull_refusal, readmission_refusal
 from consent.decisions import DECISION_SYSTEM
 from trust import audit_events
 
@@ -68,7 +68,7 @@ def test_readmission_binds_envelope_patient_sender_recipient_and_classes(
 # --- a break-glass pull's grant carries on its queries and answers (pull_refusal) -------------
 
 
-def _pull_grant() -> object:
+def _pull_grant() -> Grant:
     event = audit_events.break_glass(
         user="u-7", org="clinic-c", recipient="clinic-c", patient_pseudonym=PATIENT,
         reason="collapsed, history unknown", classes=["Condition", "Observation"],
@@ -96,8 +96,6 @@ def _pull_grant() -> object:
 def test_a_pull_grant_carries_on_only_towards_its_organisation(
     which: str | None, patient: str, recipient: str, classes: set[str], why: str | None
 ) -> None:
-    from consent.break_glass import pull_refusal
-
     grant = {"pull": _pull_grant(), "referral": grants_in([(_grant_event(), PATIENT)],
              DECISION_SYSTEM)[0], None: None}[which]  # fmt: skip
     refusal = pull_refusal(
@@ -111,3 +109,70 @@ def test_a_pull_grant_carries_on_only_towards_its_organisation(
         assert refusal is None
     else:
         assert refusal is not None and why in refusal
+
+
+# --- what was carried on a pull grant is never a grant of its own (carried_from) --------------
+
+
+def _carried(envelope_id: str, *, pull: str = "d-7", decision_id: str = "d-8") -> Grant:
+    """A record query asked under the pull grant ``pull``, recorded as consent/decisions.py
+    records it: the pull's clinician and reason, the pull grant's decision id as ``pull``."""
+    event = audit_events.break_glass(
+        user="u-7", org="clinic-c", recipient="clinic-c", patient_pseudonym=PATIENT,
+        reason="collapsed, history unknown", classes=["Condition"],
+        observer="consent-registry", envelope_id=envelope_id, user_org="clinic-c",
+    )  # fmt: skip
+    details = [{"type": "acting-role", "valueString": "doctor"},
+               {"type": "pull", "valueString": pull}]  # fmt: skip
+    decision = {"system": DECISION_SYSTEM, "value": decision_id}
+    event["entity"].append({"what": {"identifier": decision}, "detail": details})
+    (grant,) = grants_in([(event, PATIENT)], DECISION_SYSTEM)
+    return grant
+
+
+QUERY = "5e0c1d2a-7b3f-4a8e-9c6d-0f1e2d3c4b5a"
+
+
+def test_an_entry_carried_on_a_pull_is_read_back_as_such() -> None:
+    carried = _carried(QUERY)
+    assert (carried.envelope_id, carried.carried_from, carried.decision_id) == (QUERY, "d-7", "d-8")
+    assert carried.requester == carried.recipient == "clinic-c"  # looks like a pull grant...
+    assert _pull_grant().carried_from == ""  # ...but the clinician's own grant carries nothing
+
+
+def test_no_pull_carries_on_from_an_entry_that_was_itself_carried() -> None:
+    refusal = pull_refusal(
+        _carried(QUERY), pull=QUERY, patient=PATIENT, recipient="clinic-c",
+        classes=frozenset({"Condition"}),
+    )  # fmt: skip
+    assert refusal is not None and "was carried from the pull grant d-7" in refusal
+
+
+@pytest.mark.parametrize(
+    ("recent", "own_question", "why"),
+    [
+        ("pull", True, None),  # the coordinator's $recheck of the query's own envelope
+        ("pull", False, "only for its own envelope"),  # a lookup naming the query
+        ("none", True, "pull grant d-7 that envelope"),  # the clinician's grant is > 24 h old
+        ("chained", True, "pull grant d-7 that envelope"),  # carried from a carried entry
+    ],
+)
+def test_a_carried_entry_is_readmitted_only_for_its_own_envelope_within_the_pulls_window(
+    recent: str, own_question: bool, why: str | None
+) -> None:
+    carried = _carried(QUERY)
+    chained = _carried(ENV, pull="d-6", decision_id="d-7")  # a renewal made before the fix
+    window = {"pull": [_pull_grant(), carried], "none": [carried], "chained": [chained, carried]}
+    refusal = readmission_refusal(
+        carried, envelope_id=QUERY, patient=PATIENT, sender="clinic-c", recipient="clinic-c",
+        classes=frozenset({"Condition"}), recent=window[recent], own_question=own_question,
+    )  # fmt: skip
+    if why is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and why in refusal
+    # the clinician's own grant is re-admitted on either path (the locator lookup names it)
+    assert readmission_refusal(
+        _pull_grant(), envelope_id=ENV, patient=PATIENT, sender="clinic-c", recipient="clinic-c",
+        classes=frozenset({"Condition"}), recent=window[recent], own_question=own_question,
+    ) is None  # fmt: skip

@@ -205,6 +205,69 @@ def test_break_glass_needs_reason_and_clinician_and_is_visible(registry: Registr
     assert signed["sub"] == "hosp-a" and signed["act"] == {"role": "doctor", "sub": "u-1234"}
 
 
+def test_a_break_glass_pull_is_not_renewed_by_what_was_asked_under_it(
+    registry: Registry,
+) -> None:
+    """One clinician's pull grant carries its record query and the holder's answer, which the
+    coordinator's $recheck re-admits for their own envelopes. Neither is a pull grant of its
+    own: a $decide under either is refused (even with the pulling organisation as recipient),
+    a locator lookup naming one is refused, and the window runs from the clinician's grant — an
+    answer asked 23 h in is not re-admitted once that grant is 25 h old."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime.now(UTC)
+    now = [t0]
+    registry.http.app.state.decisions.clock = lambda: now[0]  # type: ignore[attr-defined]
+    clinic, hosp, coordinator = (registry.org(o) for o in ("clinic-c", "hosp-a", "coordinator"))
+    cls = ["Condition"]
+    pull, query, answer = (str(uuid.uuid4()) for _ in range(3))
+
+    granted = clinic.decide(P1, "clinic-c", "ETREAT", cls, reason="collapsed, history unknown",
+                            acting_role="doctor", acting_user="u-7", envelope_id=pull)  # fmt: skip
+    assert granted.permit and granted.break_glass
+    lookup = coordinator.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=pull, sender="clinic-c")
+    assert lookup.permit and lookup.break_glass  # the locator lookup on the clinician's grant
+    q = clinic.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=query, pull=pull)
+    a = hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=answer, pull=pull)
+    assert q.permit and a.permit and "u-7" in q.reason
+    for env, sender in ((query, "clinic-c"), (answer, "hosp-a")):
+        readmitted = coordinator.recheck(env, sender, "clinic-c", "ETREAT", cls)
+        assert readmitted.permit and readmitted.break_glass, readmitted.reason
+
+    # the reviewer's chain: no clinician, under the query's (or answer's) envelope, self as
+    # recipient — a day later, and at once
+    for hours in (0, 23):
+        now[0] = t0 + timedelta(hours=hours)
+        for carried in (query, answer):
+            renewed = clinic.decide(
+                P1, "clinic-c", "ETREAT", cls, envelope_id=str(uuid.uuid4()), pull=carried
+            )
+            assert not renewed.permit and not renewed.break_glass
+            assert f"carried from the pull grant {granted.decision_id}" in renewed.reason
+        # nor is a carried entry a grant a lookup (or an envelope without a question) names
+        named = coordinator.decide(
+            P1, "clinic-c", "ETREAT", cls, envelope_id=query, sender="clinic-c"
+        )
+        assert not named.permit and "only for its own envelope" in named.reason
+
+    late = str(uuid.uuid4())  # an answer asked 23 h after the clinician's grant
+    assert hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=late, pull=pull).permit
+    assert coordinator.recheck(late, "hosp-a", "clinic-c", "ETREAT", cls).permit
+    now[0] = t0 + timedelta(hours=25)  # the answer is 2 h old, the clinician's grant 25 h
+    expired = coordinator.recheck(late, "hosp-a", "clinic-c", "ETREAT", cls)
+    assert not expired.permit and not expired.break_glass
+    # the coordinator is told a neutral deny; the registry's ledger keeps why
+    from trust.audit_ledger import AuditLedger
+
+    ledger = AuditLedger(registry.http.app.state.engine)  # type: ignore[attr-defined]
+    why = ledger.entries(patient_pseudonym=P1)[-1].event["outcomeDesc"]
+    assert f"pull grant {granted.decision_id} that envelope {late}" in why
+    assert "not granted within 24 h" in why
+    gone = hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=str(uuid.uuid4()), pull=pull)
+    assert not gone.permit and "no break-glass pull was granted" in gone.reason
+
+
 def test_disclosure_reports_are_listed_and_checked(registry: Registry) -> None:
     headers = registry.patient_headers(P1)
     registry.grant(headers, treat_consent(P1))
