@@ -11,6 +11,7 @@ credentials and the registry URL. Every page needs a signed-in analyst; the form
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,6 +197,11 @@ def install_console(
         cookie_name="ipjms_session_console",
     )
     app.state.console.env.filters["datetime_utc"] = lambda t: datetime.fromtimestamp(float(t), UTC)
+    # A model card as readable JSON in a <pre>: autoescaped text, so quotes and CJK need no
+    # \uXXXX escapes (tojson's are for a value placed inside a <script>, which these are not).
+    app.state.console.env.filters["card_json"] = lambda v: json.dumps(
+        v, indent=2, ensure_ascii=False, sort_keys=True
+    )
     app.state.analysts = AnalystAccounts(data_dir)
     app.state.console_federated_dir = federated_dir
     app.state.fl_runs = RunLauncher(
