@@ -110,7 +110,7 @@ async def recheck(request: Request, principal: Principal = Depends(DECIDE)) -> J
 async def epoch(request: Request, principal: Principal = Depends(DECIDE)) -> JSONResponse:
     """The consent epoch now (issue 19): it moves with every consent created or changed, so a
     decision a ``$recheck`` answered with epoch E still holds while this says E. The coordinator
-    asks once per batch of envelopes it is about to deliver instead of a ``$recheck`` each."""
+    asks it just before each envelope it delivers, instead of a ``$recheck``."""
     service: DecisionService = request.app.state.decisions
     value = service.store.epoch()
     return fhir_response(
