@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,6 +127,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(url)
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Any]:
+    """A migrated node FHIR store on each database of ``db_url`` (the store, care and feed
+    tests' common fixture)."""
+    from node.store import FhirStore, migrate
+    from servicekit.storage import make_engine
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    try:
+        yield FhirStore(engine)
+    finally:
+        engine.dispose()
 
 
 # --- Parallel runs -------------------------------------------------------------------------------

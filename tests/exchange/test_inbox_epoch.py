@@ -10,8 +10,6 @@ a revocation between routing and delivery is tests/exchange/test_exchange_e2e.py
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,18 +45,13 @@ class Registry:
 
 
 def _header() -> EnvelopeHeader:
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    return EnvelopeHeader(
-        envelope_id=str(uuid.uuid4()),
+    return EnvelopeHeader.new(
         kind="referral",
         sender="hosp-a",
         recipient="clinic-b",
-        patient_pseudonym="rp-0123456789abcdef",
         purpose="TREAT",
         classes=("Condition",),
-        consent_ref=None,
-        created_at=now,
-        expires_at=now + dt.timedelta(days=1),
+        patient_pseudonym="rp-0123456789abcdef",
     )
 
 

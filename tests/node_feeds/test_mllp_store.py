@@ -18,18 +18,10 @@ import pytest
 from node.feeds.hl7v2 import mllp_listener, send_mllp, store_submitter
 from node.feeds.hl7v2.framing import MllpDecoder, frame
 from node.identity import NATIONAL_ID_SYSTEM
-from node.store import FhirStore, migrate
+from node.store import FhirStore
 from node_feeds.hl7_samples import NATIONAL_ID, OBX_CREAT, OBX_GLUCOSE, adt, oru
-from servicekit.storage import make_engine
 
 HOST = "127.0.0.1"
-
-
-@pytest.fixture
-def store(db_url: str) -> FhirStore:
-    engine = make_engine(db_url)
-    migrate(engine)
-    return FhirStore(engine)
 
 
 def ack_code(ack: str) -> str:

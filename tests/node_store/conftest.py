@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
-from node.store import FhirStore, migrate
+from node.store import FhirStore
 from node.store.tables import resource_version
-from servicekit.storage import make_engine
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[FhirStore]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    try:
-        yield FhirStore(engine)
-    finally:
-        engine.dispose()
 
 
 @cache
