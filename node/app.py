@@ -43,6 +43,7 @@ from node.feature import BackgroundTask, Feature, NodeServices
 from node.feeds.hl7v2.node_service import HL7_FEED
 from node.patient.feature import PATIENT, regional_patient_tokens
 from node.portal.feature import PORTAL
+from node.pseudonym_store.feature import PSEUDONYMS
 from node.settings import NodeSettings
 from servicekit.outcome import install_error_handlers
 from servicekit.request_limits import InputLimits, install_request_limits
@@ -63,6 +64,7 @@ log = logging.getLogger("ipjms.node")
 # The node's features, in mounting order. Add a feature by listing it here.
 FEATURES: tuple[Feature, ...] = (
     AUTH,
+    PSEUDONYMS,
     FHIR_API,
     HL7_FEED,
     EXCHANGE,
@@ -132,9 +134,11 @@ def _revocations(settings: NodeSettings) -> Callable[[], frozenset[str | int]]:
     return revoked
 
 
-def _pseudonymiser(settings: NodeSettings, credentials: Any) -> Any:
-    """The authority's OPRF when ``pseudonym_url`` is set (no key on this node), else the
-    region's shared linkage key (created if absent, as before issue 23)."""
+def _pseudonymiser(settings: NodeSettings, credentials: Any, engine: Engine) -> Any:
+    """The authority's OPRF when ``pseudonym_url`` is set (no key on this node), keeping what it
+    obtains in the node's database (``node_pseudonyms``: a restart asks again for none of it),
+    else the region's shared linkage key (created if absent, as before issue 23)."""
+    from node.pseudonym_store import SqlPseudonymStore
     from trust.pseudonymiser import LinkageKeyPseudonymiser, authority_pseudonymiser
 
     if settings.pseudonym_url:
@@ -143,6 +147,7 @@ def _pseudonymiser(settings: NodeSettings, credentials: Any) -> Any:
             settings.pseudonym_url,
             credentials,
             ca_cert_file=ca_dir / "ca.cert.pem" if ca_dir is not None else None,
+            store=SqlPseudonymStore(engine),
         )
     from trust.pseudonym import load_or_create_linkage_key
 
@@ -173,7 +178,7 @@ def build_services(
     engine, store = open_store(settings, migrate=migrate, features=features)
     try:
         credentials = _credentials(settings)
-        pseudonymiser = _pseudonymiser(settings, credentials)
+        pseudonymiser = _pseudonymiser(settings, credentials, engine)
     except Exception:
         engine.dispose()
         raise

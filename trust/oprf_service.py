@@ -65,6 +65,12 @@ log = logging.getLogger("ipjms.pseudonym")
 #: that are new to it (a 1,000-bed hospital has of the order of 50,000 admissions and a few
 #: hundred thousand outpatient attendances a year, most of them returning patients whose
 #: pseudonym the node already has; 1,000 new a day is ~365,000 a year, a generous upper bound).
+#: "Already has" holds across restarts: the node keeps every pseudonym it obtained in its own
+#: database (node/pseudonym_store, per key version), so a restarted node of 100,000 patients asks
+#: nothing again — with an in-memory cache only, it re-asked for all of them, about two weeks
+#: at this budget. Only a node's very first load of a large cohort (and the first use of a new
+#: key version after a rotation) needs more, granted for its window (BULK_LOAD_BUDGET in
+#: deploy/demo/pseudonym_authority.py).
 NEW_PATIENTS_PER_DAY = 1_000
 #: ASSUMPTION: a new patient costs one regional pseudonym and about two routing pseudonyms (its
 #: first referral or copy out and the answer in).

@@ -11,22 +11,30 @@ tests) the region's shared HMAC linkage key. One interface, two sources.
 * :class:`LinkageKeyPseudonymiser` — ``HMAC(linkage key, value)`` as before issue 23: whoever
   holds the node's key file can test guesses offline (``tests/exchange`` shows it).
 
-Results are cached in memory by (key version, identifier input): the node holds its own
-patients' identifiers anyway, so the cache tells nothing it could not compute for them; it
-cannot be used to test an identifier the node does not have. A regional pseudonym is served
+Results are cached in memory by (key version, identifier input) and, when the node supplies a
+:class:`PseudonymStore` (``node/pseudonym_store``: a table of the node's own database), kept
+there by (key version, SHA-256 of the input) — so a restarted node asks the authority nothing for
+the patients it already knows, instead of spending its budget (300 an hour) re-asking for every
+one. A pseudonym is written to the store (committed) *before* it is returned, so nothing sent
+out names a pseudonym a restart could lose; a failed write raises and returns nothing. The
+node holds its own patients' identifiers anyway, so neither the cache nor the store tells
+anything it could not compute for them; neither can test an identifier the node does not have
+(and neither holds a key). A regional pseudonym is served
 from the cache only under the authority's *current* key version, which the node learns from
 every answer and re-reads from the authority's ``/healthz`` at most every ``version_ttl``
 seconds — so after a rotation a long-running node moves to the new version instead of handing
-out the old one until it restarts.
+out the old one until it restarts; the store's entries are per version too, so a new version is
+asked fresh, and an old version's entries still answer a routing pseudonym of that version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +49,8 @@ from trust.pseudonym import (
 
 __all__ = [
     "Pseudonymiser",
+    "PseudonymStore",
+    "input_digest",
     "OprfPseudonymiser",
     "LinkageKeyPseudonymiser",
     "routing_input",
@@ -60,6 +70,24 @@ class Pseudonymiser(Protocol):
         ...
 
 
+class PseudonymStore(Protocol):
+    """Where a node keeps the pseudonyms it obtained, across restarts. ``kind`` is
+    ``"regional"`` or ``"routing"``; ``digest`` is :func:`input_digest` of the OPRF input (the
+    input itself is never stored). ``save`` is durable when it returns (one transaction: all of
+    ``found`` or, on error, none of it) and keeps an entry already there."""
+
+    def load(self, kind: str, version: int, digests: Sequence[bytes]) -> dict[bytes, str]:
+        """The stored pseudonyms among ``digests`` under key ``version`` (absent: not known)."""
+        ...
+
+    def save(self, kind: str, version: int, found: Mapping[bytes, str]) -> None: ...
+
+
+def input_digest(x: bytes) -> bytes:
+    """What a :class:`PseudonymStore` is keyed by: SHA-256 of the OPRF input."""
+    return hashlib.sha256(x).digest()
+
+
 def routing_input(regional: str, org_a: str, org_b: str) -> bytes:
     if not regional or org_a == org_b:
         raise ValueError("a routing pseudonym needs a pseudonym and two organisations")
@@ -72,11 +100,14 @@ class OprfPseudonymiser:
         self,
         client: OprfPseudonyms,
         *,
+        store: PseudonymStore | None = None,
         cache_size: int = 100_000,
         version_ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        #: the node's persistent store (None: memory only, e.g. ``ipjms fl score``)
+        self.store = store
         self.cache_size = cache_size
         #: seconds between two reads of the authority's current key version (a rotation is an
         #: operator's act, rare; 5 minutes bounds how long the old version is handed out)
@@ -92,6 +123,26 @@ class OprfPseudonymiser:
             if len(self._cache) + len(found) > self.cache_size:
                 self._cache.clear()
             self._cache.update({(version, x): v for x, v in found.items()})
+
+    def _known(self, kind: str, version: int, inputs: Sequence[bytes]) -> dict[bytes, str]:
+        """What memory, then the store, already holds for ``inputs`` under ``version``."""
+        with self._lock:
+            known = {x: self._cache[(version, x)] for x in inputs if (version, x) in self._cache}
+        rest = [x for x in dict.fromkeys(inputs) if x not in known]
+        if rest and self.store is not None:
+            by_digest = {input_digest(x): x for x in rest}
+            stored = self.store.load(kind, version, list(by_digest))
+            found = {by_digest[d]: v for d, v in stored.items() if d in by_digest}
+            self._remember(version, found)
+            known.update(found)
+        return known
+
+    def _keep(self, kind: str, version: int, found: dict[bytes, str]) -> None:
+        """Durable first (the store commits or raises), then in memory: a pseudonym is used
+        only once a restart cannot lose it."""
+        if self.store is not None:
+            self.store.save(kind, version, {input_digest(x): v for x, v in found.items()})
+        self._remember(version, found)
 
     def _learn(self, version: int) -> None:
         with self._lock:
@@ -109,19 +160,14 @@ class OprfPseudonymiser:
     def regional(self, identifiers: Sequence[tuple[str, str]]) -> list[str]:
         inputs = [oprf_input(system, value) for system, value in identifiers]
         version = self.current_version()
-        known: dict[bytes, str] = {}
-        if version is not None:
-            with self._lock:
-                known = {
-                    x: self._cache[(version, x)] for x in inputs if (version, x) in self._cache
-                }
+        known = self._known("regional", version, inputs) if version is not None else {}
         missing = list(dict.fromkeys(x for x in inputs if x not in known))
         step = max(1, self.client.batch)
         for start in range(0, len(missing), step):  # each batch kept as it comes (a paced
             chunk = missing[start : start + step]  # backfill keeps its progress on a 429)
             got, outputs = self.client.outputs(chunk)
             found = {x: oprf_pseudonym(got, o) for x, o in zip(chunk, outputs, strict=True)}
-            self._remember(got, found)
+            self._keep("regional", got, found)
             self._learn(got)
             if got != version:  # the authority rotated: every answer under the new version
                 return self.regional(identifiers)
@@ -133,30 +179,34 @@ class OprfPseudonymiser:
         if version is None:
             raise ValueError("not a pseudonym of the authority's OPRF (v<N>.<hex>)")
         x = routing_input(regional, org_a, org_b)
-        with self._lock:
-            hit = self._cache.get((version, x))
+        hit = self._known("routing", version, [x]).get(x)
         if hit is not None:
             return hit
         got, (output,) = self.client.outputs([x], version=version)
         value = oprf_pseudonym(got, output)
-        self._remember(got, {x: value})
+        self._keep("routing", got, {x: value})
         return value
 
 
 def authority_pseudonymiser(
-    url: str, creds: Any, *, ca_cert_file: Path | str | None = None
+    url: str,
+    creds: Any,
+    *,
+    ca_cert_file: Path | str | None = None,
+    store: PseudonymStore | None = None,
 ) -> OprfPseudonymiser:
     """The one way a node (its web app, its SuperNode, ``ipjms fl score``) reaches the
     pseudonymisation authority: over HTTPS it trusts the regional CA alone — ``ca_cert_file``
     when given, else the CA certificate in the organisation's own credentials
-    (``creds.ca_cert_pem``) — never the system's public roots."""
+    (``creds.ca_cert_pem``) — never the system's public roots. ``store``: where the node keeps
+    what it obtained across restarts (the node's web app passes its database's)."""
     verify: bool | str | ssl.SSLContext = True
     if url.startswith("https"):
         if ca_cert_file is not None:
             verify = ssl.create_default_context(cafile=str(ca_cert_file))
         else:
             verify = ssl.create_default_context(cadata=creds.ca_cert_pem.decode())
-    return OprfPseudonymiser(OprfPseudonyms(url, creds, verify=verify))
+    return OprfPseudonymiser(OprfPseudonyms(url, creds, verify=verify), store=store)
 
 
 class LinkageKeyPseudonymiser:

@@ -20,7 +20,9 @@ __all__ = ["start_authority", "pseudonymiser", "BULK_LOAD_BUDGET"]
 #: The demo loads a few hundred synthetic patients per node within minutes and asks their
 #: pseudonyms from several processes (each chapter, the node, its SuperNode): a bulk load, not
 #: the ordinary use the authority's default budget is derived from (trust/oprf_service.py:
-#: 300 an hour, burst 200). A real region's first load is granted the same way, for its window.
+#: 300 an hour, burst 200). A real region's first load of a large cohort is granted the same
+#: way, for its window. A restart does not need it: the node keeps the pseudonyms it obtained in
+#: its database (node/pseudonym_store) and asks the authority again for none of them.
 BULK_LOAD_BUDGET = {
     "IPJMS_PSEUDONYM_BUDGET_PER_HOUR": "20000",
     "IPJMS_PSEUDONYM_BUDGET_BURST": "2000",

@@ -10,6 +10,9 @@ state: every file in its data folder and every file or folder its configuration 
 secret-looking value in them (hex strings of ≥ 32 digits, short files) is tried as the HMAC key
 of the pre-OPRF scheme and, where it is a valid scalar, as the authority's OPRF key, against
 all 1,000 candidates. Before issue 23's OPRF the node's ``linkage.key`` reverses it at once.
+The node's persistent pseudonym store (``node_pseudonyms``: key version, SHA-256 of the OPRF
+input, pseudonym) is part of the loot, its digests and pseudonyms tried as keys with the rest;
+it holds no key.
 
 What the stolen state still allows is *online* guessing: the node's credentials can ask the
 authority within its budget — a burst of 200 (a fifth of the block), then 300 an hour, kept in
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +49,9 @@ def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:  
     net = start_region(pki, tmp_path_factory.mktemp("leak"), nodes=(("hosp-a", "tertiary"),))
     try:
         seed(net.nodes["hosp-a"], patient_bundle(TARGET, name="Ottilie Brennessel"))
+        # the node publishes its patients' pseudonyms to the locator (as the attacker assumes),
+        # obtaining them from the authority and keeping them in its pseudonym store
+        assert net.nodes["hosp-a"].post("/exchange/publish", {}).status_code == 200
         yield net
     finally:
         net.stop()
@@ -106,6 +113,9 @@ def test_a_leaked_node_cannot_reverse_a_pseudonym(region: Region) -> None:
     pseudonym = region.pseudonym(TARGET)  # what the locator and the registry hold
     files = _node_state(region)
     assert any(p.name == "node.db" for p in files)  # the database is part of the loot
+    with sqlite3.connect(region.nodes["hosp-a"].data_dir / "node.db") as db:  # ... with the
+        stored = db.execute("SELECT input_digest, pseudonym FROM node_pseudonyms").fetchall()
+    assert any(p == pseudonym for _, p in stored), stored  # node's store of pseudonyms in it
     keys = _key_candidates(files)
     assert keys  # the attacker has material to try (token keys, ids, hashes…)
     assert _reverse(pseudonym, keys) is None, "the node's state reverses a pseudonym"

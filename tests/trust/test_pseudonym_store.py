@@ -1,0 +1,250 @@
+"""The node's persistent pseudonym store (issue 23 leftover): a restarted node asks the
+pseudonymisation authority nothing for the patients it already knows; a new key version is asked
+fresh; a failed write leaves nothing half-done.
+
+The authority is the real one (``ipjms pseudonym serve`` as a process, a real PKI); what it was
+asked is counted from its own audit ledger (the elements of every granted call), so a count is
+what the authority evaluated, not what the node says it asked. The store is the node's own
+database (SQLite and PostgreSQL, migrated by the node's composition root).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from deploy.launcher import Service, start_service
+from node.app import build_services, migrate_schemas
+from node.identity import NATIONAL_ID_SYSTEM
+from node.pseudonym_store import SqlPseudonymStore
+from node.pseudonym_store.tables import pseudonyms
+from node.settings import load_settings
+from servicekit.storage import make_engine, sqlite_url
+from trust.audit_ledger import AuditLedger
+from trust.oprf_client import OprfPseudonyms
+from trust.pki import init_ca, issue_org, load_org
+from trust.pseudonym import oprf_input
+from trust.pseudonym_keys import rotate
+from trust.pseudonymiser import OprfPseudonymiser, input_digest, routing_input
+
+ORG = "node-a"
+PATIENTS = [(NATIONAL_ID_SYSTEM, f"HF-1949-{i:04d}") for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = tmp_path_factory.mktemp("pki") / "ca"
+    init_ca(ca)
+    issue_org(ca, ORG, host="127.0.0.1")
+    return {"ca": ca, ORG: ca / "orgs" / ORG}
+
+
+class Authority:
+    """The authority's process on a fixed port (so a restart keeps its URL), and its ledger."""
+
+    def __init__(self, root: Path, ca: Path) -> None:
+        self.root, self.ca = root, ca
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.service: Service | None = None
+
+    def start(self) -> None:
+        self.service = start_service(
+            "pseudonym",
+            ["pseudonym", "serve", "--data-dir", str(self.root / "svc"), "--port", str(self.port),
+             "--ca-dir", str(self.ca), "--org-id", "authority", "--client", ORG],
+            base_url=self.url, log_dir=self.root / "logs", ports_dir=self.root / "svc",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    def evaluated(self) -> int:
+        """Elements the authority evaluated (granted calls), from its audit ledger."""
+        engine = make_engine(sqlite_url(self.root / "svc", "pseudonym"))
+        try:
+            total = 0
+            for entry in AuditLedger(engine, create=False).entries():
+                event: dict[str, Any] = json.loads(json.dumps(entry.event))
+                if event.get("outcomeDesc") != "evaluated":
+                    continue
+                details = {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}
+                total += int(details["blinded-elements"])
+            return total
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def authority(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Authority]:
+    auth = Authority(tmp_path, pki["ca"])
+    auth.start()
+    try:
+        yield auth
+    finally:
+        auth.stop()
+
+
+@pytest.fixture
+def node_db(db_url: str) -> Iterator[Engine]:
+    """The node's database, every schema migrated in the node's one place."""
+    engine = make_engine(db_url)
+    migrate_schemas(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _pseudonymiser(authority: Authority, pki: dict[str, Path], engine: Engine) -> OprfPseudonymiser:
+    """What a node process builds at start: a fresh client, an empty memory, the node's store."""
+    client = OprfPseudonyms(authority.url, load_org(pki[ORG]))
+    return OprfPseudonymiser(client, store=SqlPseudonymStore(engine))
+
+
+def _rows(engine: Engine, kind: str | None = None) -> int:
+    query = select(func.count()).select_from(pseudonyms)
+    if kind is not None:
+        query = query.where(pseudonyms.c.kind == kind)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def test_a_restarted_node_asks_the_authority_nothing_for_patients_it_knows(
+    authority: Authority, pki: dict[str, Path], db_url: str, tmp_path: Path
+) -> None:
+    """Through the node's composition root (build_services): the node's pseudonymiser keeps
+    regional and routing pseudonyms in the node's database, and a second start of the node on
+    the same database is answered from it."""
+    settings = load_settings(
+        tmp_path / "node", org_id=ORG, db_url=db_url, pseudonym_url=authority.url,
+        pki={"credentials_dir": pki[ORG], "ca_dir": pki["ca"]},
+    )  # fmt: skip
+    first = build_services(settings)
+    try:
+        regional = first.pseudonymiser.regional(PATIENTS)
+        routing = [first.pseudonymiser.routing(p, ORG, "clinic-b") for p in regional[:3]]
+        engine = first.engine
+        assert _rows(engine, "regional") == len(PATIENTS) and _rows(engine, "routing") == 3
+        # what is stored: digests of the inputs, never the inputs (nor any identifier)
+        with engine.connect() as conn:
+            stored = " ".join(str(v) for row in conn.execute(select(pseudonyms)) for v in row)
+        assert all(value not in stored for _, value in PATIENTS)
+        assert input_digest(oprf_input(*PATIENTS[0])).hex() in stored
+    finally:
+        first.close()
+    asked = authority.evaluated()
+    assert asked == len(PATIENTS) + 3  # each once
+
+    again = build_services(settings)  # the node restarted: empty memory, same database
+    try:
+        assert again.pseudonymiser.regional(PATIENTS) == regional
+        assert [again.pseudonymiser.routing(p, "clinic-b", ORG) for p in regional[:3]] == routing
+        assert authority.evaluated() == asked  # nothing asked again
+        new = again.pseudonymiser.regional([(NATIONAL_ID_SYSTEM, "HF-1949-0999")])
+        assert new[0] not in regional and authority.evaluated() == asked + 1  # a new patient is
+    finally:  # asked, once
+        again.close()
+
+
+def test_a_new_key_version_is_asked_fresh_and_the_old_version_still_answers(
+    authority: Authority, pki: dict[str, Path], node_db: Engine
+) -> None:
+    ids = PATIENTS[:4]
+    v1 = _pseudonymiser(authority, pki, node_db).regional(ids)
+    v1_routing = _pseudonymiser(authority, pki, node_db).routing(v1[0], ORG, "clinic-b")
+    assert all(p.startswith("v1.") for p in v1)
+    authority.stop()
+    assert rotate(authority.root / "svc" / "oprf-keys") == 2
+    authority.start()
+    before = authority.evaluated()
+
+    node = _pseudonymiser(authority, pki, node_db)  # restarted after the rotation
+    v2 = node.regional(ids)
+    assert all(p.startswith("v2.") for p in v2) and set(v2).isdisjoint(v1)
+    assert authority.evaluated() == before + len(ids)  # the new version is asked, each once
+    # the old version's entries are still there and answer when asked by version
+    assert _rows(node_db, "regional") == 2 * len(ids)
+    assert node.routing(v1[0], ORG, "clinic-b") == v1_routing
+    assert authority.evaluated() == before + len(ids)
+    v2_routing = node.routing(v2[0], ORG, "clinic-b")  # the new version's: asked fresh
+    assert v2_routing != v1_routing and authority.evaluated() == before + len(ids) + 1
+    # and a further restart is answered from the store under the current version
+    assert _pseudonymiser(authority, pki, node_db).regional(ids) == v2
+    assert authority.evaluated() == before + len(ids) + 1
+
+
+def _refuse_insert_of(engine: Engine, digest_hex: str) -> None:
+    """A real database refusal of one row (a trigger): what a full disk or a lost connection
+    does to the middle of a batch."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "CREATE OR REPLACE FUNCTION refuse_pseudonym() RETURNS trigger AS $$ BEGIN "
+                    f"IF NEW.input_digest = '{digest_hex}' THEN "
+                    "RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON node_pseudonyms "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_pseudonym()"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON node_pseudonyms "
+                    f"WHEN NEW.input_digest = '{digest_hex}' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            )
+
+
+def _allow_inserts(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("DROP TRIGGER refuse ON node_pseudonyms"))
+        else:
+            conn.execute(text("DROP TRIGGER refuse"))
+
+
+def test_a_failed_write_leaves_nothing_half_done(
+    authority: Authority, pki: dict[str, Path], node_db: Engine
+) -> None:
+    """The third row of a batch of five is refused by the database: the call fails, no row of
+    the batch is stored, and nothing was handed out or kept in memory either — the next call
+    asks the authority again for all five (and then stores them)."""
+    ids = PATIENTS[:5]
+    _refuse_insert_of(node_db, input_digest(oprf_input(*ids[2])).hex())
+    node = _pseudonymiser(authority, pki, node_db)
+    with pytest.raises(DBAPIError, match="refused by the test"):
+        node.regional(ids)
+    assert _rows(node_db) == 0
+    assert authority.evaluated() == len(ids)  # the authority did answer; nothing was kept
+
+    _allow_inserts(node_db)
+    got = node.regional(ids)
+    assert authority.evaluated() == 2 * len(ids)  # asked again: no half-kept answer was used
+    assert _rows(node_db, "regional") == len(ids)
+    assert _pseudonymiser(authority, pki, node_db).regional(ids) == got
+    assert authority.evaluated() == 2 * len(ids)
+
+    # the same for a routing pseudonym: refused, nothing stored, nothing returned
+    _refuse_insert_of(node_db, input_digest(routing_input(got[0], ORG, "clinic-b")).hex())
+    with pytest.raises(DBAPIError, match="refused by the test"):
+        node.routing(got[0], ORG, "clinic-b")
+    assert _rows(node_db, "routing") == 0
