@@ -8,8 +8,11 @@
 #   consent        ipjms consent serve
 #   superlink      ipjms fl superlink (TLS + SuperNode authentication)
 #   supernode      ipjms fl supernode (trains on the node's store via its FHIR API)
+#   pseudonym      ipjms pseudonym serve: the pseudonymisation authority (RFC 9497 OPRF); its OPRF
+#                  key is made by the service itself, in its own data folder, at first start
 #   pki-bootstrap  one-shot: regional CA, one credential set per organisation, directory entries,
-#                  the linkage key, generated passwords and SuperNode client key pairs
+#                  generated passwords and SuperNode client key pairs (no pseudonym key: nodes
+#                  ask the pseudonymisation authority, which holds its key alone)
 #   migrate        one-shot: ipjms migrate --service node|consent|coordinator (IPJMS_DB_URL), the
 #                  schema brought to head under the database's migration lock (pre-upgrade Job)
 #   healthcheck    used by HEALTHCHECK: GET $IPJMS_HEALTH_URL (default http://127.0.0.1:$IPJMS_PORT/healthz;
@@ -35,7 +38,12 @@
 #   IPJMS_CONSENT_URL        coordinator: the consent registry
 #   IPJMS_DIRECTORY_CONFIG   coordinator: organisations to register before serving (one TOML)
 #   IPJMS_DIRECTORY_DIR      coordinator: or a folder of ORG/directory.toml + ORG's public certs
-#   IPJMS_PUBLIC_URL         consent: its public base URL
+#   IPJMS_PUBLIC_URL         consent, pseudonym: its public base URL (the assertions' audience)
+#   IPJMS_NODE_PSEUDONYM_URL node, supernode: the pseudonymisation authority (required: a packaged
+#                            node holds no linkage key)
+#   IPJMS_PSEUDONYM_ALLOW    pseudonym: the organisations (the region's nodes) that may evaluate;
+#                            IPJMS_PSEUDONYM_BUDGET_PER_HOUR / _BURST, IPJMS_PSEUDONYM_ORG_ID are
+#                            read by the service itself (trust/oprf_service.py)
 #   IPJMS_FL_CLIENT_PUBLIC_KEY_FILE node: register the SuperNode's backend client key (first start)
 #   IPJMS_FL_AUTHORIZE, IPJMS_DIRECTORY_DIR  superlink: organisations whose SuperNodes it admits
 #   IPJMS_SUPERLINK_ADDRESS, IPJMS_FHIR_URL, IPJMS_FL_CLIENT_KEY_FILE, IPJMS_AUTHORITY_ORG  supernode
@@ -83,8 +91,11 @@ require() {
 case "$role" in
 node)
     require IPJMS_NODE_ORG_ID
+    # pseudonyms come from the region's authority: with the URL set, `node init` makes no
+    # linkage key and the node holds nothing that could test a guessed identifier
+    require IPJMS_NODE_PSEUDONYM_URL
     check_db_password
-    # NodeSettings reads IPJMS_NODE_* itself (public_url, linkage_key_path, consent_url,
+    # NodeSettings reads IPJMS_NODE_* itself (public_url, pseudonym_url, consent_url,
     # coordinator_address, ...); the mounted credentials are handed over under its names.
     if [ -n "${IPJMS_ORG_DIR:-}" ]; then
         export IPJMS_NODE_ORG_CREDENTIALS_DIR="${IPJMS_NODE_ORG_CREDENTIALS_DIR:-$IPJMS_ORG_DIR}"
@@ -165,15 +176,31 @@ supernode)
     require IPJMS_FHIR_URL
     require IPJMS_FL_CLIENT_KEY_FILE
     require IPJMS_NODE_CONSENT_URL
-    require IPJMS_NODE_LINKAGE_KEY_PATH
+    require IPJMS_NODE_PSEUDONYM_URL
     exec ipjms fl supernode --data-dir "$DATA_DIR" --superlink "$IPJMS_SUPERLINK_ADDRESS" \
         --org-dir "$IPJMS_ORG_DIR" --fhir-url "$IPJMS_FHIR_URL" \
         --client-id "${IPJMS_FL_CLIENT_ID:-fl-supernode}" --client-key "$IPJMS_FL_CLIENT_KEY_FILE" \
         --consent-url "$IPJMS_NODE_CONSENT_URL" --authority "${IPJMS_AUTHORITY_ORG:-org-authority}" \
-        --linkage-key "$IPJMS_NODE_LINKAGE_KEY_PATH" --host "$LISTEN_HOST" --port "$PORT" "$@"
+        --pseudonym-url "$IPJMS_NODE_PSEUDONYM_URL" --host "$LISTEN_HOST" --port "$PORT" "$@"
+    ;;
+pseudonym)
+    # `ipjms pseudonym serve`: the region's pseudonymisation authority. Its OPRF key ring is made
+    # by the service itself in $DATA_DIR/oprf-keys at first start (never by pki-bootstrap, the
+    # CA or gen-secrets.sh) and stays on its own volume; it serves HTTPS with its own
+    # certificate (IPJMS_ORG_DIR) and admits only the organisations in IPJMS_PSEUDONYM_ALLOW.
+    require IPJMS_CA_DIR
+    require IPJMS_PUBLIC_URL
+    require IPJMS_PSEUDONYM_ALLOW
+    check_db_password
+    for org in $IPJMS_PSEUDONYM_ALLOW; do
+        set -- --client "$org" "$@"
+    done
+    # shellcheck disable=SC2046
+    exec ipjms pseudonym serve --data-dir "$DATA_DIR" --host "$LISTEN_HOST" --port "$PORT" \
+        --ca-dir "$IPJMS_CA_DIR" --public-url "$IPJMS_PUBLIC_URL" $(db_args) $(tls_args) "$@"
     ;;
 pki-bootstrap)
-    # Idempotent: an existing CA, certificate or linkage key is kept, so re-running `up` after a
+    # Idempotent: an existing CA or certificate is kept, so re-running `up` after a
     # restart never re-keys the region (rotation is a deliberate operator step, see trust/README.md).
     # IPJMS_PKI_ORGS: space-separated ORG=HOST pairs, e.g. "org-a=node-a org-b=node-b"
     # IPJMS_PKI_GENERATED: space-separated names that get a generated password (databases, the
@@ -186,7 +213,6 @@ pki-bootstrap)
     ca_public_dir="${IPJMS_PKI_CA_PUBLIC_DIR:-/pki/ca-public}"
     directory_dir="${IPJMS_PKI_DIRECTORY_DIR:-/pki/directory}"
     signing_dir="${IPJMS_PKI_SIGNING_DIR:-/pki/signing}"
-    linkage_dir="${IPJMS_PKI_LINKAGE_DIR:-/pki/linkage}"
     secrets_dir="${IPJMS_PKI_SECRETS_DIR:-/pki/secrets}"
     # The CA key is encrypted with the passphrase in IPJMS_CA_PASSPHRASE_FILE (Compose: the secret
     # ca-passphrase); it is handed to each `ipjms pki` call alone, never exported.
@@ -196,7 +222,7 @@ pki-bootstrap)
         exit 64
     fi
     umask 077
-    mkdir -p "$ca_dir" "$orgs_dir" "$linkage_dir" "$secrets_dir"
+    mkdir -p "$ca_dir" "$orgs_dir" "$secrets_dir"
     if [ -z "$(ls -A "$ca_dir")" ]; then
         IPJMS_CA_PASSPHRASE="$(cat "$IPJMS_CA_PASSPHRASE_FILE")" \
             ipjms pki init-ca "$ca_dir" --passphrase-env IPJMS_CA_PASSPHRASE
@@ -304,10 +330,6 @@ public.mkdir(exist_ok=True)
 PY
         fi
     done
-    # The regional linkage key (HMAC key for patient pseudonyms): the same for every node, never
-    # given to the coordinator or the consent registry.
-    python -c "import sys; from trust.pseudonym import load_or_create_linkage_key as k; k(sys.argv[1])" \
-        "$linkage_dir/linkage.key"
     echo "ipjms-entrypoint: PKI ready (CA in $ca_dir, organisations: $IPJMS_PKI_ORGS)"
     ;;
 crl-signer)
@@ -359,7 +381,7 @@ ipjms)
     awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"
     ;;
 *)
-    echo "ipjms-entrypoint: unknown role '$role' (node|coordinator|consent|superlink|supernode|pki-bootstrap|migrate|healthcheck|ipjms)" >&2
+    echo "ipjms-entrypoint: unknown role '$role' (node|coordinator|consent|superlink|supernode|pseudonym|pki-bootstrap|migrate|healthcheck|ipjms)" >&2
     exit 64
     ;;
 esac

@@ -241,6 +241,12 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
             "group": group.name,
         }  # fmt: skip
 
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """Liveness for an orchestrator: the process answers (no database asked, so a database
+        outage never restarts the authority)."""
+        return {"status": "ok"}
+
     @app.post("/oprf/evaluate")
     async def evaluate(request: Request) -> dict[str, Any]:
         org = caller(request)

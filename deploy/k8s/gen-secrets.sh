@@ -112,9 +112,10 @@ mkdir -p "$base/ca-public" "$base/db"
 # The public part of the CA is refreshed on every run (a revocation re-issues the CRL).
 cp "$ca_dir/ca.cert.pem" "$base/ca-public/ca.cert.pem"
 cp "$ca_dir/ca.crl.pem" "$base/ca-public/ca.crl.pem"
-[ -s "$base/linkage.key" ] || python3 -c "import secrets, sys; sys.stdout.write(secrets.token_hex(32))" >"$base/linkage.key"
+# No pseudonym key is made here: nodes ask the pseudonymisation authority, which makes its OPRF
+# key itself at first start, on its own volume (issue 23).
 
-for db in coordinator consent tertiary clinic-a clinic-b; do
+for db in coordinator consent pseudonym tertiary clinic-a clinic-b; do
     write_password "$base/db/$db.password"
 done
 for node in tertiary clinic-a clinic-b; do   # each node's first admin, its SuperNode's client
@@ -123,12 +124,13 @@ for node in tertiary clinic-a clinic-b; do   # each node's first admin, its Supe
 done
 issue_org "$base" org-authority "coordinator,coordinator.ipjms.svc,superlink,superlink.ipjms.svc,127.0.0.1"
 issue_org "$base" org-consent "consent,consent.ipjms.svc"
+issue_org "$base" org-pseudonym "pseudonym,pseudonym.ipjms.svc"
 for node in tertiary clinic-a clinic-b; do
     issue_org "$base" "org-$node" "node-$node,node-$node.ipjms.svc,supernode-$node"
 done
 # Each database's TLS server certificate, for its Service name, by the same request flow (the
 # database's keys are made in secrets/db-servers/orgs/db-NAME; only tls.* reach its Secret).
-for db in coordinator consent tertiary clinic-a clinic-b; do
+for db in coordinator consent pseudonym tertiary clinic-a clinic-b; do
     issue_org "$base/db-servers" "db-$db" "db-$db,db-$db.ipjms.svc"
 done
 directory_entry "$base" org-authority "Regional Health Authority" authority

@@ -1,5 +1,6 @@
-"""Issue 13 must-show 2: every HTTP route of the node, the consent registry and the coordinator,
-driven with a token of every role and kind, answers as the declared access table says.
+"""Issue 13 must-show 2: every HTTP route of the node, the consent registry, the coordinator and
+the pseudonymisation authority (issue 23), driven with a token of every role and kind, answers as
+the declared access table says.
 
 The table (``access_table.toml``, data) lists for each route the token kinds allowed through;
 the others must be refused — 401 when the token does not authenticate (none, expired, signed by
@@ -35,15 +36,17 @@ from coordinator.server import build_services, open_database
 from coordinator.settings import CoordinatorSettings
 from node.care.records import NODE_USER_SYSTEM
 from trust.backend_auth import make_org_assertion
-from trust.pki import init_ca, issue_org, load_org
+from trust.oprf_service import PseudonymSettings
+from trust.oprf_service import create_app as create_pseudonym_app
+from trust.pki import init_ca, issue_org, load_org, revoke
 from trust.tokens import SigningKey, TokenIssuer, load_or_create_signing_key
 
 TABLE = tomllib.loads((Path(__file__).parent / "access_table.toml").read_text())
-SERVICES = ("node", "registry", "coordinator")
+SERVICES = ("node", "registry", "coordinator", "pseudonym")
 BASE = "http://testserver"
 PSEUDO = "a1" * 32
 ORG_LEVELS = {"coordinator": None, "authority": "authority", "hosp-a": "tertiary",
-              "clinic-b": "community", "unregistered": None}  # fmt: skip
+              "clinic-b": "community", "unregistered": None, "revoked": None}  # fmt: skip
 
 
 def app_routes(app: FastAPI) -> set[str]:
@@ -196,13 +199,37 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Servi
         "org": lambda url: make_org_assertion(creds["hosp-a"], url),
         "authority": lambda url: make_org_assertion(creds["authority"], url),
     }
+    # the pseudonymisation authority: the region's nodes (hosp-a, clinic-b) are its clients;
+    # "revoked" was a client until the CA revoked it
+    pseudonym_app = create_pseudonym_app(PseudonymSettings(
+        data_dir=root / "pseudonym", ca_dir=root / "ca", public_url=BASE,
+        clients=["hosp-a", "clinic-b", "revoked"],
+    ))  # fmt: skip
+    pseudonym_http = TestClient(pseudonym_app, base_url=BASE).__enter__()
+    revoke(root / "ca", "revoked")
+    pseudonym_tokens: dict[str, Callable[[str], str | None]] = {
+        "none": lambda _url: None,
+        "expired": lambda url: _expired_assertion(creds["hosp-a"], url),
+        "node_doctor": lambda _url: doctor,
+        "registry_org": lambda _url: registry_org,
+        "revoked": lambda url: make_org_assertion(creds["revoked"], url),
+        "other_audience": lambda _url: make_org_assertion(creds["hosp-a"], f"{BASE}/status"),
+        "coordinator": lambda url: make_org_assertion(creds["coordinator"], url),
+        "authority": lambda url: make_org_assertion(creds["authority"], url),
+        "unregistered": lambda url: make_org_assertion(creds["unregistered"], url),
+        "node": lambda url: make_org_assertion(creds["hosp-a"], url),
+        "other_node": lambda url: make_org_assertion(creds["clinic-b"], url),
+    }
     try:
         yield {
             "node": Service(node.client, node_tokens),
             "registry": Service(reg_http, registry_tokens),
             "coordinator": Service(coord_http, coordinator_tokens),
+            "pseudonym": Service(pseudonym_http, pseudonym_tokens),
         }
     finally:
+        pseudonym_http.__exit__(None, None, None)
+        pseudonym_app.state.ledger.engine.dispose()
         coord_http.__exit__(None, None, None)
         engine.dispose()
         reg_http.__exit__(None, None, None)

@@ -19,6 +19,8 @@ Doc = dict[str, Any]
 CREDENTIAL_KEYS: dict[str, set[str] | None] = {
     "supernode": {"org.json", "ca.cert.pem", "signing.cert.pem", "signing.key.pem"},
     "consent": {"tls.cert.pem", "tls.key.pem"},
+    # the pseudonymisation authority serves HTTPS and signs nothing (its OPRF key is its own)
+    "pseudonym": {"tls.cert.pem", "tls.key.pem"},
     "node": None,
     "coordinator": None,
     "superlink": None,
@@ -26,7 +28,7 @@ CREDENTIAL_KEYS: dict[str, set[str] | None] = {
 # Ports that carry no patient data: a supervisor's /healthz and /metrics.
 NON_DATA_PORT_NAMES = {"metrics"}
 CONTROL_PORT = 9093
-SERVICE_COMPONENTS = {"node", "consent", "coordinator"}
+SERVICE_COMPONENTS = {"node", "consent", "coordinator", "pseudonym"}
 
 
 def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc, Doc]]:

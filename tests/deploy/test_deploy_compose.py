@@ -80,7 +80,7 @@ def test_topology_three_nodes_each_with_own_database_and_supernode(
     nodes = services_with(compose, "node")
     levels = sorted(s["labels"]["ipjms.level"] for s in nodes.values())
     assert levels == ["community", "community", "tertiary"]
-    for role in ("coordinator", "consent", "superlink", "pki-bootstrap"):
+    for role in ("coordinator", "consent", "superlink", "pseudonym", "pki-bootstrap"):
         assert len(services_with(compose, role)) == 1, role
     db_hosts = set()
     for name, node in nodes.items():
@@ -200,8 +200,6 @@ def test_pki_volume_each_service_sees_only_its_own_part(compose: dict[str, Any])
                 else:  # its database password, its first admin, its client's public key
                     own = {f"{name}-admin", f"{name}-fl-public", *svc.get("networks", [])}
                 assert item in own, f"{name} reads {item}"
-            elif kind == "linkage":  # nodes and their SuperNodes; never coordinator/consent
-                assert svc["labels"]["ipjms.role"] in ("node", "supernode"), name
             elif kind == "directory":  # public certificates of every organisation
                 assert svc["labels"]["ipjms.role"] in ("coordinator", "superlink"), name
             elif kind == "db-tls":  # a database's own TLS server certificate and key
@@ -231,10 +229,11 @@ def compose_plaintext_hops(compose: dict[str, Any]) -> list[str]:
                 found.append(f"{name}: {key}={value} is plaintext HTTP")
         role = (svc.get("labels") or {}).get("ipjms.role")
         # the SuperNode serves only its health port (no patient data): a client of HTTPS only
-        if role in ("node", "consent", "coordinator") and env.get("IPJMS_HTTP_TLS") != "1":
+        serves_https = role in ("node", "consent", "coordinator", "pseudonym")
+        if serves_https and env.get("IPJMS_HTTP_TLS") != "1":
             found.append(f"{name}: serves plaintext HTTP (IPJMS_HTTP_TLS is not 1)")
         trusts_ca = env.get("SSL_CERT_FILE") == "/run/ipjms/ca/ca.cert.pem"
-        if role in ("node", "consent", "coordinator", "supernode") and not trusts_ca:
+        if (serves_https or role == "supernode") and not trusts_ca:
             found.append(f"{name}: its HTTPS clients do not trust the regional CA")
     directory = compose["services"]["pki-bootstrap"]["environment"]["IPJMS_PKI_DIRECTORY_TOML"]
     for url in re.findall(r'url = "([^"]+)"', directory):
@@ -331,7 +330,7 @@ def test_every_database_hop_is_tls_verify_full(compose: dict[str, Any]) -> None:
     """Issue 22: "PostgreSQL connections have no TLS" — in Compose too, now. Each breakage is a
     gap the check must name."""
     assert compose_database_tls_gaps(compose) == []
-    assert len(services_with(compose, "database")) == 5
+    assert len(services_with(compose, "database")) == 6
 
     def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
         copy_ = copy.deepcopy(compose)
@@ -382,7 +381,9 @@ def test_every_database_hop_is_tls_verify_full(compose: dict[str, Any]) -> None:
 
 
 # Roles whose containers hold or read patient data (records, consents, pseudonyms, envelopes).
-PATIENT_DATA_ROLES = {"node", "supernode", "consent", "coordinator", "database", "superlink"}
+PATIENT_DATA_ROLES = {
+    "node", "supernode", "consent", "coordinator", "database", "superlink", "pseudonym",
+}  # fmt: skip
 
 
 def compose_egress_gaps(compose: dict[str, Any]) -> list[str]:
@@ -456,3 +457,156 @@ def test_services_with_patient_data_have_no_route_off_the_host_unless_named(
     assert "superlink: on non-internal ['default'] without publishing a port" in broken(
         default_network
     )
+
+
+# --- the pseudonymisation authority (issue 23) ----------------------------------------------------
+
+
+def linkage_key_gaps(compose: dict[str, Any]) -> list[str]:
+    """No service is handed a linkage key (environment, mounted PKI part or a variable naming
+    one); nodes and SuperNodes get the authority's https URL instead."""
+    found: list[str] = []
+    authority = next(iter(services_with(compose, "pseudonym")), None)
+    for name, svc in compose["services"].items():
+        role = (svc.get("labels") or {}).get("ipjms.role")
+        e = env(svc)
+        for key, value in e.items():
+            if "LINKAGE" in key.upper() or "linkage" in value:
+                found.append(f"{name}: {key} names a linkage key")
+        for m in volume_mounts(svc):
+            where = f"{m.get('target', '')} {(m.get('volume') or {}).get('subpath', '')}"
+            if "linkage" in where:
+                found.append(f"{name}: mounts a linkage key ({where.strip()})")
+        if role in ("node", "supernode"):
+            url = urlsplit(e.get("IPJMS_NODE_PSEUDONYM_URL", ""))
+            if url.scheme != "https" or url.hostname != authority:
+                found.append(f"{name}: IPJMS_NODE_PSEUDONYM_URL is not https://{authority}:…")
+    boot = compose["services"]["pki-bootstrap"]
+    if "linkage" in str(boot.get("healthcheck")) or "linkage" in str(boot.get("environment")):
+        found.append("pki-bootstrap: still makes or waits for a linkage key")
+    return found
+
+
+def authority_reach_gaps(compose: dict[str, Any]) -> list[str]:
+    """Docker has no policy between containers on one network: whoever shares a network with
+    the authority can call it. Only nodes and SuperNodes may (and each of them must); the
+    authority publishes no port and has no route off the host."""
+    found: list[str] = []
+    services = compose["services"]
+    names = list(services_with(compose, "pseudonym"))
+    if len(names) != 1:
+        return [f"{len(names)} pseudonymisation authorities (one expected)"]
+    (authority,) = names
+    svc = services[authority]
+    networks = compose.get("networks") or {}
+    if svc.get("ports"):
+        found.append(f"{authority}: publishes a port")
+    for net in svc.get("networks") or ["default"]:
+        if not (networks.get(net) or {}).get("internal"):
+            found.append(f"{authority}: on non-internal network {net}")
+        for other, o in services.items():
+            role = (o.get("labels") or {}).get("ipjms.role")
+            if other == authority or net not in (o.get("networks") or ["default"]):
+                continue
+            own_db = role == "database" and o["labels"].get("ipjms.owner") == authority
+            if role not in ("node", "supernode") and not own_db:
+                found.append(f"{other} ({role}) reaches the authority on {net}")
+    for other, o in services.items():
+        is_client = (o.get("labels") or {}).get("ipjms.role") in ("node", "supernode")
+        if is_client and not set(o.get("networks") or []) & set(svc.get("networks") or []):
+            found.append(f"{other}: cannot reach the authority (no shared network)")
+    return found
+
+
+def test_compose_runs_the_pseudonymisation_authority_and_hands_out_no_linkage_key(
+    compose: dict[str, Any],
+) -> None:
+    """Issue 23: Compose ran no authority and gave every node and SuperNode the shared
+    `linkage.key` (pki-bootstrap made it). Now the authority runs as its own service — its own
+    certificate through pki-bootstrap's request flow, its own database and data volume, the
+    production budget — and no one holds a linkage key."""
+    from trust.oprf_service import DEFAULT_BUDGET_BURST, DEFAULT_BUDGET_PER_HOUR
+
+    services = compose["services"]
+    ((name, authority),) = services_with(compose, "pseudonym").items()
+    e = env(authority)
+    boot = env(services["pki-bootstrap"])
+    org = authority["labels"]["ipjms.org"]
+    # its TLS certificate: requested, signed and accepted by pki-bootstrap for its host name
+    assert f"{org}={name}" in boot["IPJMS_PKI_ORGS"].split()
+    assert e["IPJMS_HTTP_TLS"] == "1" and e["IPJMS_PUBLIC_URL"] == f"https://{name}:8080"
+    subpaths = {(m.get("volume") or {}).get("subpath") for m in volume_mounts(authority)}
+    assert f"orgs/{org}" in subpaths
+    # its own database (TLS: test_every_database_hop_is_tls_verify_full) and its own volume
+    db = urlsplit(e["IPJMS_DB_URL"]).hostname
+    assert services[db]["labels"] == {"ipjms.role": "database", "ipjms.owner": name}
+    data = next(m["source"] for m in volume_mounts(authority) if m["target"] == "/data")
+    # the production budget of trust/oprf_service.py, not the demo's bulk-load one
+    assert float(e["IPJMS_PSEUDONYM_BUDGET_PER_HOUR"]) == DEFAULT_BUDGET_PER_HOUR
+    assert float(e["IPJMS_PSEUDONYM_BUDGET_BURST"]) == DEFAULT_BUDGET_BURST
+    node_orgs = {s["labels"]["ipjms.org"] for s in services_with(compose, "node").values()}
+    assert set(e["IPJMS_PSEUDONYM_ALLOW"].split()) == node_orgs
+    # its key material is its own: its data volume and its credentials are mounted by no other
+    for other, svc in services.items():
+        if other == name:
+            continue
+        for m in volume_mounts(svc):
+            assert m["source"] != data, f"{other} mounts the authority's data volume"
+            subpath = (m.get("volume") or {}).get("subpath", "")
+            assert org not in subpath, f"{other} mounts {subpath}"
+    assert linkage_key_gaps(compose) == []
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(compose)
+        change(copy_["services"])
+        return linkage_key_gaps(copy_)
+
+    def linkage_env(s: dict[str, Any]) -> None:
+        s["node-tertiary"]["environment"]["IPJMS_NODE_LINKAGE_KEY_PATH"] = "/run/ipjms/l/k"
+
+    def linkage_mount(s: dict[str, Any]) -> None:
+        s["supernode-clinic-a"]["volumes"].append(
+            {"type": "volume", "source": "pki", "target": "/run/ipjms/linkage",
+             "read_only": True, "volume": {"subpath": "linkage"}}
+        )  # fmt: skip
+
+    def plain_url(s: dict[str, Any]) -> None:
+        s["node-clinic-b"]["environment"]["IPJMS_NODE_PSEUDONYM_URL"] = "http://pseudonym:8080"
+
+    assert broken(linkage_env) == ["node-tertiary: IPJMS_NODE_LINKAGE_KEY_PATH names a linkage key"]
+    assert broken(linkage_mount) == [
+        "supernode-clinic-a: mounts a linkage key (/run/ipjms/linkage linkage)"
+    ]
+    assert broken(plain_url) == [
+        "node-clinic-b: IPJMS_NODE_PSEUDONYM_URL is not https://pseudonym:…"
+    ]
+
+
+def test_compose_only_nodes_and_supernodes_reach_the_authority(compose: dict[str, Any]) -> None:
+    """The coordinator and the registry hold every pseudonym: with OPRF access they could test
+    guessed identifiers. The authority's network is joined by nodes and SuperNodes alone."""
+    assert authority_reach_gaps(compose) == []
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(compose)
+        change(copy_)
+        return authority_reach_gaps(copy_)
+
+    def coordinator_joins(c: dict[str, Any]) -> None:
+        c["services"]["coordinator"]["networks"].append("pseudonym")
+
+    def on_region(c: dict[str, Any]) -> None:
+        c["services"]["pseudonym"]["networks"].append("region")
+
+    def node_left_out(c: dict[str, Any]) -> None:
+        c["services"]["node-clinic-a"]["networks"].remove("pseudonym")
+
+    assert broken(coordinator_joins) == [
+        "coordinator (coordinator) reaches the authority on pseudonym"
+    ]
+    found = broken(on_region)
+    assert "consent (consent) reaches the authority on region" in found
+    assert "superlink (superlink) reaches the authority on region" in found
+    assert broken(node_left_out) == [
+        "node-clinic-a: cannot reach the authority (no shared network)"
+    ]

@@ -81,7 +81,7 @@ def test_the_drill_backs_up_every_database_and_restores_each_from_its_own_backup
     origin: list[Doc], restored: list[Doc]
 ) -> None:
     clusters = {d["metadata"]["name"]: d for d in of(origin, "Cluster")}
-    assert len(clusters) == 5
+    assert len(clusters) == 6  # five services and the pseudonymisation authority
     # step 1: one on-demand Backup and one ScheduledBackup per Cluster, by the object store
     backups = {b["spec"]["cluster"]["name"]: b for b in of(origin, "Backup")}
     assert set(backups) == set(clusters)

@@ -30,7 +30,7 @@ from deploy_files import (
 from deploy.launcher import free_port
 from servicekit.ports import read_announced_ports
 
-ROLES = ["node", "coordinator", "consent", "superlink", "supernode", "pki-bootstrap"]
+ROLES = ["node", "coordinator", "consent", "superlink", "supernode", "pseudonym", "pki-bootstrap"]
 
 
 def dockerfile_stages() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -138,6 +138,18 @@ def test_entrypoint_is_valid_sh_and_rejects_unknown_roles() -> None:
     assert result.returncode == 64 and "unknown role" in result.stderr
     result = run_entrypoint("node", env={"IPJMS_NODE_ORG_ID": ""})
     assert result.returncode == 64 and "IPJMS_NODE_ORG_ID" in result.stderr
+    # issue 23: a packaged node never makes a linkage key: without the authority it does not start
+    for role in ("node", "supernode"):
+        result = run_entrypoint(role, env={
+            "IPJMS_NODE_ORG_ID": "org-a", "IPJMS_ORG_DIR": "/o", "IPJMS_SUPERLINK_ADDRESS": "s:1",
+            "IPJMS_FHIR_URL": "https://n", "IPJMS_FL_CLIENT_KEY_FILE": "/k",
+            "IPJMS_NODE_CONSENT_URL": "https://c", "IPJMS_NODE_PSEUDONYM_URL": "",
+        })  # fmt: skip
+        assert result.returncode == 64 and "IPJMS_NODE_PSEUDONYM_URL" in result.stderr, role
+    result = run_entrypoint(
+        "pseudonym", env={"IPJMS_CA_DIR": "/ca", "IPJMS_PUBLIC_URL": "https://p"}
+    )
+    assert result.returncode == 64 and "IPJMS_PSEUDONYM_ALLOW" in result.stderr
     help_text = run_entrypoint("--help").stdout
     for role in ROLES:
         assert re.search(rf"^#?\s*{re.escape(role)}\s", help_text, re.MULTILINE), role
@@ -214,7 +226,6 @@ def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
         "IPJMS_PKI_CA_DIR": str(pki / "ca"),
         "IPJMS_PKI_ORGS_DIR": str(pki / "orgs"),
         "IPJMS_PKI_CA_PUBLIC_DIR": str(pki / "ca-public"),
-        "IPJMS_PKI_LINKAGE_DIR": str(pki / "linkage"),
         "IPJMS_PKI_SECRETS_DIR": str(pki / "secrets"),
         "IPJMS_PKI_DIRECTORY_DIR": str(pki / "directory"),
         "IPJMS_PKI_ORGS": "org-a=node-a org-b=node-b",
@@ -257,12 +268,15 @@ def test_pki_bootstrap_creates_credentials_once(tmp_path: Path) -> None:
         names = {p.name for p in (pki / "directory" / org).iterdir()}
         assert "tls.cert.pem" in names and not any(n.endswith(".key.pem") for n in names)
     secrets_before = {}
-    for path in [pki / "linkage" / "linkage.key", *(pki / "secrets").glob("*/password")]:
+    for path in (pki / "secrets").glob("*/password"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path} is readable by others ({oct(mode)})"
         secrets_before[path] = path.read_bytes()
-    assert len(secrets_before) == 3
-    assert len(set(secrets_before.values())) == 3
+    assert len(secrets_before) == 2
+    assert len(set(secrets_before.values())) == 2
+    # issue 23: no linkage key anywhere in the PKI volume (nodes ask the pseudonymisation
+    # authority, whose OPRF key the authority makes itself)
+    assert not [p for p in pki.rglob("*") if "linkage" in p.name], "a linkage key was made"
     cert_before = (pki / "orgs" / "org-a" / "tls.cert.pem").read_bytes()
 
     again = run_entrypoint("pki-bootstrap", env=env)  # a restart must not re-key the region

@@ -242,10 +242,19 @@ def key(d: dict[str, Any]) -> tuple[str, str]:
 def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]) -> None:
     base = {key(d) for d in rendered["base"]}
     overlay = {key(d) for d in rendered["add-node"]}
-    assert base <= overlay
+    # the one base object the overlay changes: the authority's settings (its clients gain
+    # org-clinic-c, so the ConfigMap's content hash changes)
+    changed = {(k, n.rsplit("-", 1)[0]) for k, n in base - overlay}
+    assert changed == {("ConfigMap", "pseudonym")}, changed
+    authority = next(
+        d["data"]
+        for d in rendered["add-node"]
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("pseudonym-")
+    )
+    assert "org-clinic-c" in authority["IPJMS_PSEUDONYM_ALLOW"].split()
     added = {
         (k, n.rsplit("-", 1)[0] if k in ("ConfigMap", "Secret") else n) for k, n in overlay - base
-    }
+    } - changed
     assert added == {
         ("StatefulSet", "node-clinic-c"),
         ("Service", "node-clinic-c"),
@@ -478,7 +487,8 @@ def test_the_authority_holds_no_organisation_private_key(k8s_dir: Path) -> None:
         if p.is_file() and b"PRIVATE KEY" in p.read_bytes()
     )
     assert private == ["ca.key.pem"]
-    orgs = ["org-authority", "org-consent", "org-tertiary", "org-clinic-a", "org-clinic-b"]
+    orgs = ["org-authority", "org-consent", "org-pseudonym", "org-tertiary", "org-clinic-a",
+            "org-clinic-b"]  # fmt: skip
     for org in [*orgs, "org-clinic-c"]:
         request = read_request((ca / "requests" / f"{org}.request.pem").read_bytes())
         assert request.org_id == org
@@ -562,7 +572,7 @@ def test_kustomize_databases_serve_tls_only(variant: str, rendered) -> None:  # 
 
     docs = rendered[variant]
     dbs = [n for n, t in pod_templates(docs).items() if n.startswith("db-")]
-    assert len(dbs) == (6 if variant == "add-node" else 5), dbs
+    assert len(dbs) == (7 if variant == "add-node" else 6), dbs
     assert hand_written_postgres_gaps(docs) == []
     urls = [f for f in plaintext_hops(docs) if "verify the database" in f]
     assert urls == []
@@ -605,3 +615,227 @@ def test_kustomize_databases_serve_tls_only(variant: str, rendered) -> None:  # 
     assert "db-clinic-a: pg_hba admits host connections (not TLS only)" in broken(plaintext_hba)
     assert any("db-tertiary: the TLS key is not a Secret" in f for f in broken(readable_key))
     assert any("IPJMS_DB_URL does not verify the database" in f for f in broken(plain_url))
+
+
+# --- the pseudonymisation authority (issue 23) ----------------------------------------------------
+
+
+def _component(tpl: dict[str, Any]) -> str:
+    return str(tpl["metadata"]["labels"].get("app.kubernetes.io/component", ""))
+
+
+def _pod_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    from hardening_rules import _env
+
+    return _env(docs, container)
+
+
+def authority_workload(docs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    found = [(n, t) for n, t in pod_templates(docs).items() if _component(t) == "pseudonym"]
+    assert len(found) == 1, f"pseudonymisation authorities: {[n for n, _ in found]}"
+    return found[0]
+
+
+def linkage_key_gaps(docs: list[dict[str, Any]]) -> list[str]:
+    """No workload is given a linkage key (a variable, a volume, a mount or a Secret naming
+    one); nodes and SuperNodes get the authority's Service over https instead."""
+    from urllib.parse import urlsplit
+
+    found: list[str] = []
+    name, _tpl = authority_workload(docs)
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    for d in docs:
+        if d["kind"] in ("Secret", "ConfigMap") and "linkage" in d["metadata"]["name"]:
+            found.append(f"{d['kind']} {d['metadata']['name']}: a linkage key")
+    for workload, tpl in pod_templates(docs).items():
+        for v in tpl["spec"].get("volumes", []):
+            if "linkage" in str(v):
+                found.append(f"{workload}: volume {v['name']} holds a linkage key")
+        for c in tpl["spec"]["containers"]:
+            env = _pod_env(docs, c)
+            for key, value in env.items():
+                if "LINKAGE" in key.upper() or "linkage" in str(value):
+                    found.append(f"{workload}: {key} names a linkage key")
+            for m in c.get("volumeMounts", []):
+                if "linkage" in m["mountPath"]:
+                    found.append(f"{workload}: mounts {m['mountPath']}")
+            if _component(tpl) in ("node", "supernode"):
+                url = urlsplit(env.get("IPJMS_NODE_PSEUDONYM_URL", ""))
+                if url.scheme != "https" or url.hostname != name or name not in services:
+                    found.append(f"{workload}: IPJMS_NODE_PSEUDONYM_URL is not https://{name}:…")
+    return found
+
+
+def test_every_topology_runs_the_pseudonymisation_authority(docs: list[dict[str, Any]]) -> None:
+    """Issue 23: the Kustomize base and the chart ran no authority. Now each runs it as its own
+    StatefulSet: one replica (its key ring is on its volume), its own volume and database, its
+    own TLS certificate (the Secret of its organisation, TLS files only), HTTPS probes, the
+    production budget, and the region's node organisations as its clients."""
+    from trust.oprf_service import DEFAULT_BUDGET_BURST, DEFAULT_BUDGET_PER_HOUR
+
+    name, tpl = authority_workload(docs)
+    workload = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == name)
+    assert workload["spec"]["replicas"] == 1
+    assert [c["metadata"]["name"] for c in workload["spec"]["volumeClaimTemplates"]] == ["data"]
+    (c,) = tpl["spec"]["containers"]
+    assert c["args"] == ["pseudonym"]
+    assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
+    env = _pod_env(docs, c)
+    assert env["IPJMS_HTTP_TLS"] == "1" and env["IPJMS_PUBLIC_URL"] == f"https://{name}:8080"
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # its own database: a URL to db-pseudonym (verify-full: the plaintext_hops checks)
+    assert env["IPJMS_DB_URL"].startswith(f"postgresql://ipjms@db-{name}"), env["IPJMS_DB_URL"]
+    assert float(env["IPJMS_PSEUDONYM_BUDGET_PER_HOUR"]) == DEFAULT_BUDGET_PER_HOUR
+    assert float(env["IPJMS_PSEUDONYM_BUDGET_BURST"]) == DEFAULT_BUDGET_BURST
+    configs = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    node_orgs = {
+        configs[t["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]][
+            "IPJMS_NODE_ORG_ID"
+        ]
+        for n, t in pod_templates(docs).items()
+        if _component(t) == "node"
+    }
+    assert set(env["IPJMS_PSEUDONYM_ALLOW"].split()) == node_orgs
+    org = next(v["secret"] for v in tpl["spec"]["volumes"] if v["name"] == "org")
+    assert org["secretName"].startswith("org-pseudonym-credentials")
+    assert {i["key"] for i in org["items"]} == {"tls.cert.pem", "tls.key.pem"}
+
+
+def test_no_node_or_supernode_is_given_a_linkage_key(docs: list[dict[str, Any]]) -> None:
+    """Issue 23: every node and SuperNode mounted the Secret `linkage-key`. None may now, and
+    each points at the authority over https; each breakage below is a gap the check names."""
+    assert linkage_key_gaps(docs) == []
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(docs)
+        change(copy_)
+        return linkage_key_gaps(copy_)
+
+    def tpl(c: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+        return next(t for n, t in pod_templates(c).items() if n.startswith(prefix))
+
+    def linkage_volume(c: list[dict[str, Any]]) -> None:
+        spec = tpl(c, "supernode-clinic-a")["spec"]
+        spec["volumes"].append({"name": "linkage", "secret": {"secretName": "linkage-key"}})
+
+    def plain_url(c: list[dict[str, Any]]) -> None:
+        cm = next(
+            d
+            for d in c
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("node-tertiary")
+        )
+        cm["data"]["IPJMS_NODE_PSEUDONYM_URL"] = "http://pseudonym:8080"
+
+    assert any("volume linkage holds a linkage key" in f for f in broken(linkage_volume))
+    assert any("IPJMS_NODE_PSEUDONYM_URL is not https://pseudonym" in f for f in broken(plain_url))
+
+
+def authority_reach_gaps(docs: list[dict[str, Any]]) -> list[str]:
+    """Who may open a connection to the authority's port, from both sides' policies: the pods
+    whose egress allows it and whose labels its ingress admits. Only nodes and SuperNodes, all
+    of them; no other namespace (ingress controller, scraper)."""
+    from hardening_rules import _labels_match, _pods_labels, policy_selects
+
+    found: list[str] = []
+    name, tpl = authority_workload(docs)
+    target = tpl["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+    def port_ok(rule: dict[str, Any]) -> bool:
+        ports = rule.get("ports")
+        return not ports or any(p.get("port") in (8080, "http") for p in ports)
+
+    def peers_match(peers: list[dict[str, Any]] | None, labels: dict[str, str]) -> bool:
+        if not peers:
+            return True
+        return any(
+            "namespaceSelector" not in p and _labels_match(p.get("podSelector", {}), labels)
+            for p in peers
+        )
+
+    ingress_rules = [
+        rule
+        for p in policies
+        if policy_selects(p, target) and "Ingress" in p["spec"].get("policyTypes", [])
+        for rule in p["spec"].get("ingress", [])
+        if port_ok(rule)
+    ]
+    for rule in ingress_rules:
+        for peer in rule.get("from") or [{}]:
+            if "namespaceSelector" in peer or "ipBlock" in peer:
+                found.append(f"{name}: admits another namespace or address ({peer})")
+    for pod, labels in _pods_labels(docs).items():
+        if pod == name:
+            continue
+        admitted = any(peers_match(r.get("from"), labels) for r in ingress_rules)
+        leaves = any(
+            port_ok(rule) and peers_match(rule.get("to"), target)
+            for p in policies
+            if policy_selects(p, labels) and "Egress" in p["spec"].get("policyTypes", [])
+            for rule in p["spec"].get("egress", [])
+        )
+        component = labels.get("app.kubernetes.io/component")
+        if component in ("node", "supernode"):
+            if not (admitted and leaves):
+                found.append(f"{pod}: cannot reach the authority")
+            continue
+        # both sides closed to everyone else: the authority's ingress and the caller's egress
+        if admitted:
+            found.append(f"{pod} ({component}) is admitted by the authority's ingress")
+        if leaves:
+            found.append(f"{pod} ({component}) may connect to the authority (egress)")
+    return found
+
+
+def test_only_nodes_and_supernodes_reach_the_authority(docs: list[dict[str, Any]]) -> None:
+    """The coordinator and the registry hold every pseudonym: with OPRF access they could test
+    guessed identifiers. The network policies let nodes and SuperNodes reach the authority and
+    no one else; each breakage below is a gap the check names."""
+    assert authority_reach_gaps(docs) == []
+    name, _tpl = authority_workload(docs)
+
+    def broken(change) -> list[str]:  # type: ignore[no-untyped-def]
+        copy_ = copy.deepcopy(docs)
+        change(copy_)
+        return authority_reach_gaps(copy_)
+
+    def tier_service(c: list[dict[str, Any]]) -> None:  # the regional services' open policies
+        tpl = next(t for n, t in pod_templates(c).items() if n == name)
+        tpl["metadata"]["labels"]["ipjms.io/tier"] = "service"
+
+    def no_ingress_policy(c: list[dict[str, Any]]) -> None:
+        for d in c:
+            if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] in (
+                "pseudonym-ingress",
+                name,
+            ):
+                d["spec"]["ingress"] = [{"from": [{"podSelector": {}}]}]
+
+    found = broken(tier_service)
+    assert any("(coordinator) is admitted by the authority's ingress" in f for f in found), found
+    assert any("admits another namespace" in f for f in found), found
+    found = broken(no_ingress_policy)
+    assert any("(consent) is admitted by the authority's ingress" in f for f in found), found
+
+
+def test_the_authority_key_is_in_no_secret(
+    k8s_dir: Path, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Its OPRF key is made by the authority itself on its own volume: gen-secrets.sh writes no
+    pseudonym or linkage key, no Secret in any render carries one, and the authority's own
+    credentials Secret is mounted by no other workload."""
+    generated = [p for p in k8s_dir.rglob("secrets/**/*") if p.is_file()]
+    assert generated, "gen-secrets.sh wrote nothing"
+    assert not [p for p in generated if "linkage" in p.name or "oprf" in p.name]
+    for variant, docs in rendered.items():
+        name, _tpl = authority_workload(docs)
+        for d in docs:
+            if d["kind"] == "Secret":
+                keys = set(d.get("data", {})) | set(d.get("stringData", {}))
+                assert not [k for k in keys if "linkage" in k or "oprf" in k], (variant, d)
+        for workload, tpl in pod_templates(docs).items():
+            if workload == name:
+                continue
+            for v in tpl["spec"].get("volumes", []):
+                secret = (v.get("secret") or {}).get("secretName", "")
+                assert not secret.startswith("org-pseudonym"), (variant, workload, secret)

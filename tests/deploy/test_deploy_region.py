@@ -18,7 +18,7 @@ from deploy_files import ENTRYPOINT, ca_passphrase
 from deploy.launcher import free_port, wait_until
 from servicekit.ports import read_announced_ports
 
-ORGS = "org-authority=127.0.0.1 org-consent=127.0.0.1 org-a=127.0.0.1"
+ORGS = "org-authority=127.0.0.1 org-consent=127.0.0.1 org-pseudonym=127.0.0.1 org-a=127.0.0.1"
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -106,7 +106,7 @@ def test_region_from_entrypoint_roles_with_bootstrapped_credentials(
     roles: Roles, tmp_path: Path
 ) -> None:
     pki = tmp_path / "pki"
-    parts = ("ca", "orgs", "ca-public", "linkage", "secrets", "directory", "signing")
+    parts = ("ca", "orgs", "ca-public", "secrets", "directory", "signing")
     boot = roles.run(
         "pki-bootstrap",
         {
@@ -165,7 +165,23 @@ level = "authority"
             "IPJMS_DIRECTORY_DIR": str(entries),
         },
     )
+    # the pseudonymisation authority (issue 23): nodes and SuperNodes get its URL, no linkage key
+    pseudonym_port = free_port()
+    pseudonym_url = f"http://127.0.0.1:{pseudonym_port}"
+    roles.start(
+        "pseudonym",
+        "pseudonym",
+        {
+            "IPJMS_DATA_DIR": str(tmp_path / "pseudonym"),
+            "IPJMS_PORT": str(pseudonym_port),
+            "IPJMS_CA_DIR": ca_public,
+            "IPJMS_PUBLIC_URL": pseudonym_url,
+            "IPJMS_PSEUDONYM_ORG_ID": "org-pseudonym",
+            "IPJMS_PSEUDONYM_ALLOW": "org-a",
+        },
+    )
     roles.wait_healthy("consent", consent_port)
+    roles.wait_healthy("pseudonym", pseudonym_port)
     coordinator = roles.ports("coordinator", tmp_path / "coordinator")
     coord_http, coord_grpc = coordinator["http"], coordinator["grpc"]
     roles.wait_healthy("coordinator", coord_http)
@@ -181,7 +197,7 @@ level = "authority"
             "IPJMS_NODE_ORG_ID": "org-a",
             "IPJMS_NODE_NAME": "Clinic A",
             "IPJMS_NODE_LEVEL": "community",
-            "IPJMS_NODE_LINKAGE_KEY_PATH": str(pki / "linkage" / "linkage.key"),
+            "IPJMS_NODE_PSEUDONYM_URL": pseudonym_url,
             "IPJMS_NODE_CONSENT_URL": f"http://127.0.0.1:{consent_port}",
             "IPJMS_NODE_COORDINATOR_ADDRESS": f"127.0.0.1:{coord_grpc}",
             "IPJMS_FL_CLIENT_PUBLIC_KEY_FILE": str(
@@ -276,11 +292,19 @@ level = "authority"
             "IPJMS_FHIR_URL": f"http://127.0.0.1:{node_port}",
             "IPJMS_FL_CLIENT_KEY_FILE": str(client_key),
             "IPJMS_NODE_CONSENT_URL": f"http://127.0.0.1:{consent_port}",
-            "IPJMS_NODE_LINKAGE_KEY_PATH": str(pki / "linkage" / "linkage.key"),
+            "IPJMS_NODE_PSEUDONYM_URL": pseudonym_url,
             "IPJMS_AUTHORITY_ORG": "org-authority",
         },
     )
     roles.wait_healthy("supernode-a", roles.ports("supernode-a", tmp_path / "supernode-a")["http"])
+    # the node holds no linkage key; the authority made its own OPRF key, and answers org-a
+    assert not [p for p in tmp_path.rglob("*") if "linkage" in p.name]
+    assert list((tmp_path / "pseudonym" / "oprf-keys").glob("v*.key"))
+    from trust.oprf_client import OprfPseudonyms
+
+    org_a = load_org(pki / "orgs" / "org-a")
+    (pseudonym,) = OprfPseudonyms(pseudonym_url, org_a).pseudonyms([("urn:test", "1")])
+    assert pseudonym.startswith("v1.")
 
 
 @pytest.mark.postgres
@@ -302,7 +326,16 @@ def test_node_role_on_postgresql(roles: Roles, tmp_path: Path, pg_url: str) -> N
         "IPJMS_ADMIN_PASSWORD_FILE": str(admin_file),
         "IPJMS_NODE_ORG_ID": "org-pg",
         "IPJMS_NODE_LEVEL": "tertiary",
+        # required by the node role (its organisation's credentials sign the requests to the
+        # authority); not asked in this test (no patient is pseudonymised)
+        "IPJMS_NODE_PSEUDONYM_URL": "https://pseudonym.invalid:8080",
+        "IPJMS_ORG_DIR": str(tmp_path / "ca" / "orgs" / "org-pg"),
+        "IPJMS_CA_DIR": str(tmp_path / "ca"),
     }
+    from trust.pki import init_ca, issue_org
+
+    init_ca(tmp_path / "ca")
+    issue_org(tmp_path / "ca", "org-pg", host="127.0.0.1")
     roles.start("node-pg", "node", env)
     port = roles.ports("node-pg", tmp_path / "node")["http"]
     roles.wait_healthy("node-pg", port)
