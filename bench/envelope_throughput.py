@@ -37,9 +37,7 @@ def measure_envelope_throughput(payload_bytes: int = 1 << 20, repeats: int = 20)
     payload = os.urandom(payload_bytes)
     sign_key = ec.generate_private_key(ec.SECP384R1())
     enc_key = x25519.X25519PrivateKey.generate()
-    header = EnvelopeHeader.new(
-        kind="referral", sender="bench-a", recipient="bench-b", purpose="TREAT"
-    )
+    header = EnvelopeHeader.new(kind="referral", sender="bench-a", recipient="bench-b")
 
     def envelope_round() -> None:
         wire = seal(

@@ -364,8 +364,6 @@ def main() -> int:
                     kind="referral",
                     sender="hosp-a",
                     recipient="clinic-b",
-                    purpose="TREAT",
-                    classes=("Condition",),
                     patient_pseudonym=region.pseudonym("BENCH-0000"),
                 )
                 for _ in range(ns.envelopes)
@@ -376,8 +374,8 @@ def main() -> int:
                     registry.decide(
                         region.pseudonym("BENCH-0000"),
                         h.recipient,
-                        h.purpose,
-                        h.classes,
+                        "TREAT",
+                        ["Condition"],
                         envelope_id=h.envelope_id,
                     )
 

@@ -84,21 +84,19 @@ async def decide(request: Request, principal: Principal = Depends(DECIDE)) -> JS
 @router.post("/fhir/Consent/$recheck", openapi_extra=_PARAMETERS)
 async def recheck(request: Request, principal: Principal = Depends(DECIDE)) -> JSONResponse:
     """Decide again, by envelope id, the question an envelope-bound decision answered (the
-    coordinator before routing and at delivery). The answer names no patient and no consent:
-    ``decision`` (permit|deny), ``class`` ×n (permitted), ``reason``, ``break-glass``; 404 when
-    no decision was asked for the envelope."""
+    coordinator before routing and at delivery). The answer names no patient, no purpose, no
+    class and no consent: ``decision`` (permit|deny), ``reason``, ``break-glass`` and, when it
+    may be reused while no consent is written, ``epoch``; 404 when no decision was asked for the
+    envelope."""
     inp = parse_recheck(await read_json(request))
     service: DecisionService = request.app.state.decisions
     # Read before the consents are: a consent written after this moves the epoch past it.
     epoch = service.store.epoch()
-    rechecked = service.recheck(
-        inp.envelope, inp.sender, inp.recipient, inp.purpose, inp.classes, principal.org_id or ""
-    )
+    rechecked = service.recheck(inp.envelope, inp.sender, inp.recipient, principal.org_id or "")
     d = rechecked.decision
     params: list[dict[str, Any]] = [
         {"name": "decision", "valueCode": "permit" if d.permit else "deny"}
     ]
-    params += [{"name": "class", "valueCode": c} for c in sorted(d.classes)]
     params.append({"name": "reason", "valueString": d.reason})
     params.append({"name": "break-glass", "valueBoolean": d.break_glass})
     if rechecked.reusable:  # holds while the consent epoch stays where it is

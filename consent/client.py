@@ -44,10 +44,10 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 @dataclass(frozen=True)
 class Recheck:
-    """The registry's answer to :meth:`ConsentClient.recheck`: no patient, no consent ids."""
+    """The registry's answer to :meth:`ConsentClient.recheck`: no patient, purpose, class or
+    consent id."""
 
     permit: bool
-    classes: frozenset[str]
     reason: str
     break_glass: bool = False  # a re-admitted break-glass grant (the reason names it)
     consent_ids: tuple[str, ...] = ()
@@ -243,19 +243,16 @@ class ConsentClient:
             raise DecisionTokenError("decision is bound to another envelope")
         return decision
 
-    def recheck(
-        self, envelope_id: str, sender: str, recipient: str, purpose: str, classes: Iterable[str]
-    ) -> Recheck:
+    def recheck(self, envelope_id: str, sender: str, recipient: str) -> Recheck:
         """Have the registry decide again, by envelope id, the question the envelope's decision
-        answered (what the coordinator asks: it never names the patient). 404 — no decision
-        was asked for that envelope — raises :class:`ConsentRegistryError` like any refusal."""
+        answered (what the coordinator asks: it never names the patient, the purpose or the
+        classes — it does not know them). 404 — no decision was asked for that envelope —
+        raises :class:`ConsentRegistryError` like any refusal."""
         params: list[dict[str, Any]] = [
             {"name": "envelope", "valueId": envelope_id},
             {"name": "sender", "valueString": sender},
             {"name": "recipient", "valueString": recipient},
-            {"name": "purpose", "valueCode": purpose},
         ]
-        params += [{"name": "class", "valueCode": c} for c in sorted(set(classes))]
         r = self._request(
             "POST",
             "/fhir/Consent/$recheck",
@@ -266,7 +263,6 @@ class ConsentClient:
         out = r.json().get("parameter", [])
         return Recheck(
             permit=any(p.get("name") == "decision" and p.get("valueCode") == "permit" for p in out),
-            classes=frozenset(str(p["valueCode"]) for p in out if p.get("name") == "class"),
             reason=next((str(p["valueString"]) for p in out if p.get("name") == "reason"), ""),
             break_glass=any(
                 p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out

@@ -3,11 +3,14 @@ rule → signed decision → audit ledger. Nothing is cached, so a revocation ap
 next decision.
 
 An envelope-bound decision (``envelope`` given) also keeps the question it answered, by envelope
-id (``consent_envelope_questions``). The coordinator routes by a routing pseudonym it cannot
-relate to the patient, so it asks again by envelope id alone (:meth:`DecisionService.recheck`,
-``POST /fhir/Consent/$recheck``): the registry decides the stored question anew against the
-consents as they are now and answers permit/deny and the permitted classes — no patient, no
-consent id, nothing the coordinator could link.
+id (``consent_envelope_questions``): patient, requester, recipient, purpose, the classes asked
+and the classes the decision permitted. The coordinator sees no purpose and no classes (they are
+inside the sealed payload, issue 23) and routes by a routing pseudonym it cannot relate to the
+patient, so it asks again by envelope id, sender and data recipient alone
+(:meth:`DecisionService.recheck`, ``POST /fhir/Consent/$recheck``): the registry decides the
+stored question anew against the consents as they are now — every class the decision permitted
+must still be permitted, for the stored purpose — and answers permit/deny — no patient, no
+purpose, no class, no consent id, nothing the coordinator could link.
 
 Who asked is the authenticated caller — the organisation whose signed assertion got the token —
 and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
@@ -138,7 +141,7 @@ class DecisionService:
             # A record query or answer of a break-glass pull (no clinician at a holder): only
             # under the pull grant this registry made, see consent.break_glass.pull_refusal.
             decision, carried = self._under_pull(inp)
-            self._remember(inp, requester, decision.break_glass)
+            self._remember(inp, requester, decision)
         elif inp.purpose == "ETREAT" and not inp.reason and inp.envelope and inp.sender:
             # The coordinator's re-check of an envelope (it has no reason and no clinician to
             # state): only what this registry already granted, see consent.break_glass.
@@ -177,7 +180,7 @@ class DecisionService:
                     break_glass=True,
                 )
             if inp.envelope is not None:  # the sender's own question, kept for $recheck
-                self._remember(inp, requester, decision.break_glass)
+                self._remember(inp, requester, decision)
         decision_id = uuid.uuid4().hex
         claims: dict[str, Any] = {
             "jti": decision_id,
@@ -246,9 +249,10 @@ class DecisionService:
         recent = grants_in(((e.event, inp.patient) for e in entries), DECISION_SYSTEM)
         return find_grant(recent, envelope_id), recent
 
-    def _remember(self, inp: DecideInput, requester: str, break_glass: bool) -> None:
-        """Keep the question an envelope-bound decision answered (a retry by the same requester
-        replaces it; another organisation cannot take over the envelope id)."""
+    def _remember(self, inp: DecideInput, requester: str, decision: Decision) -> None:
+        """Keep the question an envelope-bound decision answered and the classes it permitted
+        (a retry by the same requester replaces it; another organisation cannot take over the
+        envelope id)."""
         row = {
             "envelope_id": inp.envelope,
             "patient": inp.patient,
@@ -256,7 +260,8 @@ class DecisionService:
             "recipient": inp.recipient,
             "purpose": inp.purpose,
             "classes": json.dumps(sorted(inp.classes)),
-            "break_glass": break_glass,
+            "permitted": json.dumps(sorted(decision.classes) if decision.permit else []),
+            "break_glass": decision.break_glass,
             "asked_at": self.clock(),
         }
         with self.store.engine.begin() as conn:
@@ -275,21 +280,16 @@ class DecisionService:
                 )
             conn.execute(insert(envelope_questions).values(**row))
 
-    def recheck(
-        self,
-        envelope_id: str,
-        sender: str,
-        recipient: str,
-        purpose: str,
-        classes: frozenset[str],
-        caller: str,
-    ) -> Rechecked:
+    def recheck(self, envelope_id: str, sender: str, recipient: str, caller: str) -> Rechecked:
         """Decide again the question an envelope-bound decision answered, as consents are now.
 
-        The caller states what the envelope's clear header says (data recipient, purpose,
-        classes); a mismatch with the stored question is a deny. The answer is audited in the
-        patient's ledger under the caller's name. Break-glass questions stay permitted (the
-        emergency was audited when it was asked)."""
+        The caller states only what an envelope's clear header says: its id, sender and data
+        recipient; a mismatch with the stored question is a deny. The stored purpose is decided
+        for every class the decision permitted when asked — all must still be permitted (fail
+        closed: consent narrowed by any of them denies), and a question that was denied stays
+        denied. The answer is audited in the patient's ledger under the caller's name. A
+        break-glass question is re-admitted only under the grant made for it (within the
+        window, ``consent.break_glass``)."""
         with self.store.engine.connect() as conn:
             row = conn.execute(
                 select(envelope_questions).where(envelope_questions.c.envelope_id == envelope_id)
@@ -297,27 +297,21 @@ class DecisionService:
         if row is None:
             raise NotFound("no decision was asked for this envelope")
         q = row._mapping
-        asked = frozenset(json.loads(q["classes"]))
+        purpose = str(q["purpose"])
+        permitted = frozenset(json.loads(q["permitted"]))
         reusable = False
         differs = [
             name
             for name, same in (
                 ("sender", q["requester"] == sender),
                 ("recipient", q["recipient"] == recipient),
-                ("purpose", q["purpose"] == purpose),
-                ("classes", classes <= asked),
             )
             if not same
         ]
         if differs:
-            decision = Decision(
-                permit=False,
-                classes=frozenset(),
-                consent_ids=(),
-                reason=f"the decision for this envelope was asked for another {differs[0]}",
-                refused_classes=classes,
-                data_period=None,
-            )
+            decision = _denied(f"the decision for this envelope was asked for another {differs[0]}")
+        elif not permitted:
+            decision = _denied("the decision for this envelope permitted nothing")
         elif purpose == "ETREAT":  # only the grant this registry made for the envelope
             decision, _grant = self._readmission(
                 DecideInput(
@@ -325,7 +319,7 @@ class DecisionService:
                     recipient=recipient,
                     requester=None,
                     purpose=purpose,
-                    classes=classes,
+                    classes=permitted,
                     reason=None,
                     envelope=envelope_id,
                     sender=sender,
@@ -338,18 +332,24 @@ class DecisionService:
                 requester=q["requester"],
                 recipient=recipient,
                 purpose=purpose,
-                classes=classes,
+                classes=permitted,
                 at=self.clock(),
             )
             records = [s.record for s in self.store.for_patient(q["patient"])]
             decision = decide(records, request)
-            reusable = next_change(records, request.at) is None
+            narrowed = permitted - decision.classes if decision.permit else permitted
+            if narrowed:  # fail closed: every class the envelope may hold must still be permitted
+                decision = replace(
+                    _denied(f"consent no longer permits {sorted(narrowed)}"),
+                    consent_ids=decision.consent_ids,
+                )
+            reusable = decision.permit and next_change(records, request.at) is None
         event = audit_events.routing_decision(
             permit=decision.permit,
             sender=q["requester"],
             recipient=recipient,
             purpose=purpose,
-            classes=sorted(decision.classes if decision.permit else classes),
+            classes=sorted(permitted),
             patient_pseudonym=q["patient"],
             observer=self.observer,
             reason=decision.reason,
@@ -367,11 +367,11 @@ class DecisionService:
         if decision.break_glass:  # names the clinician and the grant, not the patient
             neutral = decision.reason
         elif decision.permit:
-            neutral = "consent permits the envelope's classes"
-        elif differs:
+            neutral = "consent permits the envelope"
+        elif differs or not permitted:
             neutral = decision.reason
-        else:
-            neutral = "consent does not permit the envelope's classes"
+        else:  # the class names stay here: the coordinator is not told which data it routes
+            neutral = "consent no longer permits what the envelope's decision permitted"
         return Rechecked(replace(decision, consent_ids=(), reason=neutral), reusable)
 
     def _audit(
@@ -436,6 +436,10 @@ class DecisionService:
                 {"type": "acting-assertion", "valueString": caller.acting_evidence}
             )
         self.ledger.append(event, patient_pseudonym=inp.patient, now=self.clock())
+
+
+def _denied(reason: str) -> Decision:
+    return Decision(permit=False, classes=frozenset(), consent_ids=(), reason=reason)
 
 
 def _break_glass_outcome(

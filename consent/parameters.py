@@ -152,22 +152,18 @@ class RecheckInput:
     envelope: str
     sender: str
     recipient: str
-    purpose: str
-    classes: frozenset[str]
 
 
 def parse_recheck(body: object) -> RecheckInput:
-    """``$recheck``: ``envelope`` (valueId), ``sender``, ``recipient``, ``purpose``, ``class``
-    ×n — what an envelope's clear header says; no patient (the registry has the question on
-    file)."""
-    values = _collect(body, {"envelope", "sender", "recipient", "purpose", "class"})
-    for name in ("envelope", "sender", "recipient", "purpose"):
+    """``$recheck``: ``envelope`` (valueId), ``sender``, ``recipient`` (the data recipient) —
+    what an envelope's clear header says; no patient, purpose or class (the registry has the
+    question on file, and the clear header carries none of them)."""
+    values = _collect(body, {"envelope", "sender", "recipient"})
+    for name in ("envelope", "sender", "recipient"):
         if len(values.get(name, [])) != 1:
             raise BadRequest(
                 f"parameter {name} is required once", expression=[f"Parameters.{name}"]
             )
-    if not values.get("class"):
-        raise BadRequest("at least one class is required", expression=["Parameters.class"])
     envelope = values["envelope"][0]
     if not _ENVELOPE_ID.match(envelope):
         raise BadRequest(
@@ -177,8 +173,6 @@ def parse_recheck(body: object) -> RecheckInput:
         envelope=envelope,
         sender=check_org_id(values["sender"][0], "Parameters.sender"),
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
-        purpose=check_purpose(values["purpose"][0], "Parameters.purpose"),
-        classes=check_classes(values["class"], "Parameters.class"),
     )
 
 

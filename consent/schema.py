@@ -102,7 +102,10 @@ envelope_questions = Table(
     Column("requester", String(64), nullable=False),
     Column("recipient", String(64), nullable=False),
     Column("purpose", String(16), nullable=False),
-    Column("classes", Text, nullable=False),  # JSON list
+    Column("classes", Text, nullable=False),  # JSON list: the classes asked for
+    # JSON list: the classes the decision permitted — what a $recheck decides again (all of them
+    # must still be permitted); [] for a deny
+    Column("permitted", Text, nullable=False, server_default="[]"),
     Column("break_glass", Boolean, nullable=False),
     Column("asked_at", DateTime(timezone=True), nullable=False, index=True),
 )

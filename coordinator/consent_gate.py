@@ -1,27 +1,29 @@
 """The coordinator's consent check, asked before routing and again at delivery.
 
-The rule (one place): a data-carrying envelope passes only if the patient's consent permits
-*every* declared class to the party that will receive the data, for the declared purpose. The
-coordinator asks under its own name (the registry records the authenticated caller as the
-requester; it cannot be told another), so the patient's list shows the coordinator's check.
-Envelopes that carry no clinical classes (a Task status update) pass only along an exchange that
-already exists: an earlier referral or consultation for the same patient in the other direction.
+The rule (one place): the coordinator sees no purpose and no data classes — the clear header
+carries neither (issue 23); they are inside the sealed payload, in the registry's signed decision
+bound to the envelope id. So it checks consent on that decision: the registry decides the stored
+question again *by envelope id*, sender and data recipient (``ConsentClient.recheck``) — before
+routing and at delivery, so a revocation in between stops the envelope — and answers only permit
+or deny (every class the decision permitted must still be permitted, for the purpose it was asked
+for). The coordinator asks under its own name (the registry records the authenticated caller),
+so the patient's list shows the coordinator's check.
 
-The coordinator does not know who the patient is: the header carries a routing pseudonym of the
-sender–recipient pair (``trust.pseudonym.routing_pseudonym``) that the registry cannot resolve
-either. The sender asked the registry for a decision bound to the envelope id before sealing;
-the gate has the registry decide that stored question again *by envelope id*
-(``ConsentClient.recheck``) — before routing and at delivery, so a revocation in between
-stops the envelope — and learns only permit/deny and the permitted classes. Only an envelope
-for which no decision was asked (a 404: sealed by hand, or by a sender from before routing
-pseudonyms) is asked about by the pseudonym in its header, as before.
+* Every kind but a task update needs such a bound decision: none (the registry's 404 — an
+  envelope sealed by hand) is a deny. Nothing is ever asked by the header's pseudonym: the
+  coordinator does not know who the patient is (it holds a routing pseudonym of the
+  sender–recipient pair, ``trust.pseudonym.routing_pseudonym``, that the registry cannot
+  resolve either).
+* A record query asks the holder to disclose to its sender, so its decision is about the sender
+  (``data_recipient``); a permit lets it through, and the holder filters what it answers.
+* A task update is re-decided like the others when its sender bound a decision to it (it
+  carries clinical resources); without one it passes only along an exchange that already
+  exists: an earlier referral or consultation for the same patient between the two.
 
-Break-glass (purpose ``ETREAT``): the coordinator has no clinician and no reason to state; the
-registry re-admits only the break-glass it granted for this envelope (same patient, sender and
-recipient, every class, within the window; ``consent.break_glass``) — through the recheck by
-envelope id, or, for an envelope without a stored question, by the header's pseudonym with the
-envelope id and sender. Without such a grant it is a deny; a re-admission's reason (clinician,
-stated reason, the grant's decision id) is what the routing audit records.
+Break-glass: the registry re-admits only the break-glass it granted for this envelope (same
+patient, sender and recipient, every class, within the window; ``consent.break_glass``), and says
+so (``break_glass``); a re-admission's reason (clinician, stated reason, the grant's decision id)
+is what the routing audit records. It is never reusable at delivery.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Protocol
 from coordinator.envelope_rules import data_recipient
 from trust.envelopes import EnvelopeHeader
 
-__all__ = ["GateDecision", "ConsentOracle", "ConsentGate"]
+__all__ = ["GateDecision", "ConsentOracle", "ConsentGate", "NO_BOUND_DECISION"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class GateDecision:
     # A permit the registry's $recheck marked reusable: it holds while the registry's consent
     # epoch is still this one (no consent written since).
     epoch: str | None = None
+    break_glass: bool = False  # a break-glass grant the registry re-admitted
 
     def still_holds(self, epoch_now: str | None) -> bool:
         """May this routing decision stand at delivery? Only a permit that the registry marked
@@ -53,12 +56,13 @@ class GateDecision:
         return self.permit and self.epoch is not None and epoch_now == self.epoch
 
 
+NO_BOUND_DECISION = "no consent decision was bound to this envelope"
+
+
 class ConsentOracle(Protocol):
     """What the gate needs of the consent registry (consent.client.ConsentClient fits)."""
 
-    def recheck(
-        self, envelope_id: str, sender: str, recipient: str, purpose: str, classes: Any
-    ) -> Any: ...
+    def recheck(self, envelope_id: str, sender: str, recipient: str) -> Any: ...
 
     def decide(
         self,
@@ -77,44 +81,39 @@ class ConsentGate:
         self.oracle = oracle
 
     def check(self, header: EnvelopeHeader, *, prior_exchange: Callable[[], bool]) -> GateDecision:
-        """``prior_exchange`` is asked only for envelopes without data classes."""
-        if not header.classes:
-            if header.kind == "task-update" and prior_exchange():
-                return GateDecision(True, "status update of an existing exchange")
-            return GateDecision(
-                False, f"a {header.kind} without data classes needs an existing exchange"
-            )
+        """``prior_exchange`` is asked only for a task update without a bound decision."""
+        update = header.kind == "task-update"
         if self.oracle is None:
+            if update:
+                return _along_exchange(header, prior_exchange)
             return GateDecision(False, "no consent registry is configured (default deny)")
-        if header.patient_pseudonym is None:  # check_header refuses these before the gate
-            return GateDecision(False, "no patient pseudonym to ask consent for")
-        receiver = data_recipient(header)
         try:
-            decision = self._ask(self.oracle, header, header.patient_pseudonym, receiver)
-        except Exception as exc:  # registry down or refusing us: default deny
-            return _registry_failure(exc)
-        permitted = set(getattr(decision, "classes", ()) or ())
+            decision = self.oracle.recheck(
+                header.envelope_id, header.sender, data_recipient(header)
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:  # registry down or refusing us
+                return _registry_failure(exc)
+            if update:
+                return _along_exchange(header, prior_exchange)
+            return GateDecision(False, f"{NO_BOUND_DECISION} (default deny)")
         consent_ids = tuple(getattr(decision, "consent_ids", ()) or ())
+        reason = getattr(decision, "reason", "") or ""
         if not getattr(decision, "permit", False):
-            reason = getattr(decision, "reason", "") or "no consent"
-            return GateDecision(False, f"consent refused: {reason}", consent_ids)
+            return GateDecision(False, f"consent refused: {reason or 'no consent'}", consent_ids)
+        if getattr(decision, "break_glass", False):
+            return GateDecision(
+                True, f"break-glass re-admitted: {reason or 'break-glass'}", consent_ids,
+                break_glass=True,
+            )  # fmt: skip
         if header.kind == "record-query":
             # The holder filters to what is permitted; the query itself may ask for more.
             return GateDecision(True, "consent permits disclosure to the requester", consent_ids)
-        refused = sorted(set(header.classes) - permitted)
-        if refused:
-            return GateDecision(
-                False, f"consent does not cover declared classes {refused}", consent_ids
-            )
-        if getattr(decision, "break_glass", False):
-            reason = getattr(decision, "reason", "") or "break-glass"
-            return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
-        reusable = header.purpose != "ETREAT" and header.kind != "record-query"
         return GateDecision(
             True,
-            "consent permits all declared classes",
+            "consent permits the envelope's bound decision",
             consent_ids,
-            epoch=getattr(decision, "epoch", None) if reusable else None,
+            epoch=getattr(decision, "epoch", None),
         )
 
     def epoch_now(self) -> str | None:
@@ -126,25 +125,6 @@ class ConsentGate:
             return str(self.oracle.epoch())
         except Exception:  # registry down: the full checks will say so
             return None
-
-    @staticmethod
-    def _ask(oracle: ConsentOracle, header: EnvelopeHeader, pseudonym: str, receiver: str) -> Any:
-        """By envelope id; by the header's pseudonym only when no decision was bound to it."""
-        classes = list(header.classes)
-        try:
-            return oracle.recheck(
-                header.envelope_id, header.sender, receiver, header.purpose, classes
-            )
-        except Exception as exc:
-            if getattr(exc, "status", None) != 404:
-                raise
-        # A break-glass envelope is re-admitted by the registry on the grant bound to its id.
-        bound = (
-            {"envelope_id": header.envelope_id, "sender": header.sender}
-            if header.purpose == "ETREAT"
-            else {}
-        )
-        return oracle.decide(pseudonym, receiver, header.purpose, classes, **bound)
 
     def check_lookup(
         self,
@@ -184,6 +164,16 @@ class ConsentGate:
             reason = getattr(decision, "reason", "") or "break-glass"
             return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
         return GateDecision(True, "consent permits disclosure to the caller", consent_ids)
+
+
+def _along_exchange(header: EnvelopeHeader, prior_exchange: Callable[[], bool]) -> GateDecision:
+    """A task update without a bound decision carries no clinical data: it may only travel
+    along an existing exchange."""
+    if prior_exchange():
+        return GateDecision(True, "status update of an existing exchange")
+    return GateDecision(
+        False, f"a {header.kind} without a bound decision needs an existing exchange"
+    )
 
 
 def _registry_failure(exc: Exception) -> GateDecision:

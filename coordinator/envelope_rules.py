@@ -1,10 +1,12 @@
 """Pure checks on an envelope header before anything is queued (no I/O, unit-tested).
 
-The coordinator cannot read payloads, so everything it enforces is on the clear header: who sends
-to whom, for which patient pseudonym and purpose, declaring which data classes, until when.
+The coordinator cannot read payloads, so everything it enforces is on the clear header: which
+kind, who sends to whom, for which (routing) patient pseudonym, until when. It does not see why
+the data goes or which data (issue 23): purpose and classes are inside, in the registry's decision
+bound to the envelope id, which the consent gate has re-decided (``coordinator.consent_gate``).
 The header is :class:`trust.envelopes.EnvelopeHeader` (read from the gRPC message by
 ``trust.envelope_wire``, which already checks its form); the kinds are ``trust.envelopes.KINDS``,
-the purposes ``consent.policy.PURPOSES`` — the lists are not repeated here.
+a lookup's purposes ``consent.policy.PURPOSES`` — the lists are not repeated here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from coordinator.errors import ExchangeError
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from trust.envelope_wire import header_from_pb
 from trust.envelopes import (
-    DATA_KINDS,
     HEADER_FIELDS,
     KINDS,
     MAX_CLOCK_SKEW,
@@ -44,7 +45,7 @@ _CLASS = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
 def read_header(message: pb.EnvelopeHeader) -> EnvelopeHeader:
     """The clear header of a Send, as the one header type; malformed → ``INVALID_ARGUMENT``
-    (the envelope id, organisation ids, classes and times are checked by the type itself)."""
+    (the envelope id, organisation ids and times are checked by the type itself)."""
     try:
         return header_from_pb(message)
     except EnvelopeError as exc:
@@ -69,20 +70,6 @@ def check_header(header: EnvelopeHeader, *, caller: str, now: float, max_ttl: in
         raise ExchangeError(
             "INVALID_ARGUMENT",
             "header.patient_pseudonym must be a pseudonym (64 hex digits, or v<N>.<64 hex>)",
-        )
-    if header.purpose not in PURPOSES:
-        raise ExchangeError(
-            "INVALID_ARGUMENT",
-            f"unknown purpose {header.purpose!r}; expected one of {sorted(PURPOSES)}",
-        )
-    bad = [c for c in header.classes if not _CLASS.match(c)]
-    if bad:
-        raise ExchangeError("INVALID_ARGUMENT", f"malformed data classes: {bad[:5]}")
-    if len(set(header.classes)) != len(header.classes):
-        raise ExchangeError("INVALID_ARGUMENT", "duplicate data classes in header")
-    if header.kind in DATA_KINDS and not header.classes:
-        raise ExchangeError(
-            "INVALID_ARGUMENT", f"a {header.kind} envelope must declare its classes"
         )
     created_at, expires_at = header.created_at.timestamp(), header.expires_at.timestamp()
     if created_at <= 0 or expires_at <= 0:

@@ -244,7 +244,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
             raise ExchangeError("UNAVAILABLE", f"{decision.reason}; try again")
         if not decision.permit:
             self.s.queue.log_refusal(header, decision.reason)
-            self.s.auditor.record(header, "refused", decision.reason, decision.consent_ids)
+            self.s.auditor.record(
+                header, "refused", decision.reason, decision.consent_ids,
+                break_glass=decision.break_glass,
+            )  # fmt: skip
             log.info(
                 "send refused envelope=%s sender=%s recipient=%s: %s",
                 header.envelope_id,
@@ -257,7 +260,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
             )
         duplicate = not self.s.queue.accept(header, request.sealed, now=now)
         if not duplicate:
-            self.s.auditor.record(header, "accepted", decision.reason, decision.consent_ids)
+            self.s.auditor.record(
+                header, "accepted", decision.reason, decision.consent_ids,
+                break_glass=decision.break_glass,
+            )  # fmt: skip
             if decision.epoch is not None:
                 self.routed.keep(header.envelope_id, decision)
             self.s.notifier.notify(header.recipient)
@@ -298,10 +304,15 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         if not decision.permit:
             reason = f"not delivered: {decision.reason}"
             self.s.queue.kill(header.envelope_id, reason)
-            self.s.auditor.record(header, "dead", reason, decision.consent_ids)
+            self.s.auditor.record(
+                header, "dead", reason, decision.consent_ids, break_glass=decision.break_glass
+            )
             log.info("delivery stopped envelope=%s: %s", header.envelope_id, decision.reason)
             return False
-        self.s.auditor.record(header, "delivered", decision.reason, decision.consent_ids)
+        self.s.auditor.record(
+            header, "delivered", decision.reason, decision.consent_ids,
+            break_glass=decision.break_glass,
+        )  # fmt: skip
         return True
 
     @_streaming

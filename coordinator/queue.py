@@ -14,7 +14,6 @@ the claiming replica's id, so several coordinators can share one PostgreSQL queu
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ class EnvelopeState:
 
 def _header(m: object) -> EnvelopeHeader:
     r = m._mapping  # type: ignore[attr-defined]
-    return EnvelopeHeader.from_record({**r, "classes": json.loads(r["classes"])})
+    return EnvelopeHeader.from_record(r)
 
 
 class EnvelopeQueue:
@@ -79,7 +78,7 @@ class EnvelopeQueue:
                     return self._retry(existing, header, digest)
                 conn.execute(
                     insert(envelopes).values(
-                        **{**header.to_record(), "classes": json.dumps(list(header.classes))},
+                        **header.to_record(),
                         sealed=sealed,
                         size=len(sealed),
                         digest=digest,
@@ -367,7 +366,6 @@ class EnvelopeQueue:
                 sender=header.sender[:64],
                 recipient=header.recipient[:64],
                 kind=header.kind[:32],
-                purpose=header.purpose[:16],
                 decision=decision,
                 reason=reason[:500],
             )

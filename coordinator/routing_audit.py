@@ -3,9 +3,12 @@
 Decisions: ``accepted`` / ``refused`` at Send, ``delivered`` / ``dead`` at delivery,
 ``imported`` / ``rejected`` when the recipient acknowledges, ``lookup-permitted`` /
 ``lookup-refused`` for record-locator lookups (a lookup discloses where a patient is treated).
-The event names organisations, the envelope id, kind, purpose, declared classes and the
-patient's pseudonym — never content. A break-glass (``ETREAT``) envelope's events carry the
-``BTG`` subtype and the registry's re-admission reason (clinician, stated reason, grant).
+A routing event names organisations, the envelope id, its kind and the patient's routing
+pseudonym — what the clear header says; never content, and no purpose or data class, which the
+coordinator does not see (issue 23). A break-glass envelope the registry re-admitted carries the
+``BTG`` subtype, purpose ``ETREAT`` and the re-admission reason (clinician, stated reason,
+grant): the registry told the coordinator that much. A lookup event names the purpose and the
+classes the lookup itself stated.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ def routing_event(
     reason: str,
     consent_ids: Sequence[str] = (),
     *,
+    break_glass: bool = False,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """A BALP-shaped AuditEvent (transmit/export) for one routing decision. Pure."""
+    """A BALP-shaped AuditEvent (transmit/export) for one routing decision; ``break_glass``:
+    the registry re-admitted the envelope under a break-glass grant. Pure."""
     now = now or dt.datetime.now(dt.UTC)
     entity: list[dict[str, Any]] = [
         {
@@ -77,15 +82,12 @@ def routing_event(
                 "code": "2",
                 "display": "System Object",
             },
-            "detail": [
-                {"type": "kind", "valueString": header.kind},
-                {"type": "classes", "valueString": ",".join(header.classes)},
-            ],
+            "detail": [{"type": "kind", "valueString": header.kind}],
         },
     ]
     for consent_id in consent_ids:
         entity.append({"what": {"reference": f"Consent/{consent_id}"}})
-    return {
+    event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": {
             "system": "http://dicom.nema.org/resources/ontology/DCM",
@@ -95,23 +97,13 @@ def routing_event(
         "subtype": [{"system": ROUTING_SYSTEM, "code": decision}]
         + (  # an emergency envelope is marked break-glass in every routing decision
             [{"system": ACT_CODE, "code": "BTG", "display": "break the glass"}]
-            if header.purpose == "ETREAT"
+            if break_glass
             else []
         ),
         "action": "E",
         "recorded": now.isoformat(),
         "outcome": "0" if decision in _OK else "4",
         "outcomeDesc": reason[:500],
-        "purposeOfEvent": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                        "code": header.purpose,
-                    }
-                ]
-            }
-        ],
         "agent": [
             {
                 "who": {"identifier": {"system": ORG_SYSTEM, "value": header.sender}},
@@ -125,6 +117,18 @@ def routing_event(
         "source": _source(),
         "entity": entity,
     }
+    if break_glass:
+        event["purposeOfEvent"] = [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": "ETREAT",
+                    }
+                ]
+            }
+        ]
+    return event
 
 
 def lookup_event(
@@ -207,9 +211,15 @@ class RoutingAuditor:
         self.ledger = ledger
 
     def record(
-        self, header: EnvelopeHeader, decision: str, reason: str, consent_ids: Sequence[str]
+        self,
+        header: EnvelopeHeader,
+        decision: str,
+        reason: str,
+        consent_ids: Sequence[str],
+        *,
+        break_glass: bool = False,
     ) -> None:
-        event = routing_event(header, decision, reason, consent_ids)
+        event = routing_event(header, decision, reason, consent_ids, break_glass=break_glass)
         self.ledger.append(event, patient_pseudonym=header.patient_pseudonym)
 
     def record_lookup(

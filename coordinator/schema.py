@@ -1,8 +1,9 @@
 """The coordinator's tables (SQLAlchemy Core). Alembic migrations in ``coordinator/migrations``
 create them; this module is the one description the code queries against.
 
-Nothing here holds clinical content: envelope rows keep the clear header (pseudonym, classes,
-purpose) and the sealed ciphertext until the recipient acknowledges it.
+Nothing here holds clinical content: envelope rows keep the clear header (kind, organisations,
+routing pseudonym, times — no purpose and no data class, issue 23) and the sealed ciphertext
+until the recipient acknowledges it.
 """
 
 from __future__ import annotations
@@ -58,9 +59,6 @@ envelopes = Table(
     Column("sender", String(64), nullable=False),
     Column("recipient", String(64), nullable=False),
     Column("patient_pseudonym", String(128), nullable=False),
-    Column("purpose", String(16), nullable=False),
-    Column("classes", Text, nullable=False),  # JSON list of resource types
-    Column("consent_ref", String(256), nullable=False, default=""),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("sealed", LargeBinary, nullable=False),  # ciphertext; emptied once acknowledged
@@ -92,7 +90,6 @@ routing_log = Table(
     Column("sender", String(64), nullable=False),
     Column("recipient", String(64), nullable=False),
     Column("kind", String(32), nullable=False),
-    Column("purpose", String(16), nullable=False),
     # accepted | refused | delivered | rejected | dead | duplicate
     Column("decision", String(16), nullable=False),
     Column("reason", Text, nullable=False, default=""),

@@ -3,7 +3,8 @@
 
 The node (sending) and the coordinator (receiving, delivering) both convert here. The message
 has exactly the header's fields in its flat record form (:meth:`EnvelopeHeader.to_record`: unix
-seconds, ``""`` for no pseudonym or consent reference); a test checks the two field lists agree.
+seconds, ``""`` for no pseudonym); a test checks the two field lists agree. Purpose, classes
+and consent reference are not among them: they travel inside the sealed payload (issue 23).
 
 This is the only module of ``trust`` that imports ``protos`` (the generated stubs, which import
 nothing of ours): the header is trust's contract in both of its encodings — canonical JSON inside

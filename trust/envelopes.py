@@ -11,9 +11,14 @@ without any key. Envelope ids are random UUIDs; *de-duplication is the job of wh
 envelopes* (the coordinator queue and the receiving node keep the ids they have seen), this
 module only guarantees that an id cannot be changed without breaking the signature.
 
-Wire format, version 2 (all integers big-endian; version 1 is the same without padding)::
+The clear header says only what routing needs — kind, sender, recipient, the routing pseudonym
+of the pair, times and the id. Purpose, data classes and the consent reference travel inside the
+encrypted payload (the registry's signed decision, bound to the envelope id, names them); the
+coordinator's consent check is a re-decision *by envelope id* (``consent.decisions``).
 
-    b"IPJE" | 0x02 | u32 header_len | header (canonical JSON) | 32 ephemeral X25519 public key
+Wire format, version 3 (all integers big-endian)::
+
+    b"IPJE" | 0x03 | u32 header_len | header (canonical JSON) | 32 ephemeral X25519 public key
     | 12 nonce | u64 ciphertext_len | ciphertext (incl. 16-byte GCM tag) | u16 sig_len | signature
 
 The ciphertext encrypts the payload padded to a Padmé bucket (:func:`pad`).
@@ -27,7 +32,7 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,20 +67,22 @@ __all__ = [
     "check_times",
 ]
 
-MAGIC, VERSION = b"IPJE", 2
-# Version 1: the plaintext is the payload. Version 2 (what ``seal`` writes): the payload padded
-# (ISO/IEC 7816-4: 0x80 then zeros) to a Padmé size bucket, so the ciphertext's length — which
-# the coordinator stores — reveals only the bucket: at most ~12 % overhead, O(log log n)
-# bits of size (Nikitin et al., "Reducing Metadata Leakage from Encrypted Files and
-# Communication with PURBs", PETS 2019). Both are read; the version byte is signed.
-READABLE_VERSIONS = (1, 2)
+MAGIC, VERSION = b"IPJE", 3
+# Version 3 (what ``seal`` writes and the only one read): the header of HEADER_FIELDS below,
+# without the purpose, classes and consent reference that versions 1–2 carried in clear (issue
+# 23) — an envelope of those versions is refused as unreadable, not half-understood. Since
+# version 2 the payload is padded (ISO/IEC 7816-4: 0x80 then zeros) to a Padmé size bucket, so
+# the ciphertext's length — which the coordinator stores — reveals only the bucket: at most
+# ~12 % overhead, O(log log n) bits of size (Nikitin et al., "Reducing Metadata Leakage from
+# Encrypted Files and Communication with PURBs", PETS 2019). The version byte is signed.
+READABLE_VERSIONS = (3,)
 MIN_PADDED = 1024
 MAX_HEADER = 64 * 1024
 MAX_CIPHERTEXT = 1 << 31
 # The envelope kinds of the network — the one list (the coordinator routes only these; a node
 # imports every kind but a record query, which it answers) — and, of those, the kinds whose
-# payload discloses clinical data, so they must declare their data classes. The purposes an
-# envelope may carry are the consent purposes, ``consent.policy.PURPOSES``.
+# payload discloses clinical data, so they must carry the registry's decision bound to their
+# id (its purpose is one of ``consent.policy.PURPOSES``; it names the permitted classes).
 KINDS = frozenset(
     {"referral", "consultation", "task-update", "advice", "record-query", "record-answer"}
 )
@@ -83,8 +90,6 @@ DATA_KINDS = frozenset({"referral", "consultation", "advice", "record-answer"})
 # The kinds that open an exchange (a doctor's request); task updates travel only along one.
 REQUEST_KINDS = frozenset({"referral", "consultation"})
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-_PURPOSE = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
-_CLASS = re.compile(r"^[A-Za-z*][A-Za-z0-9*._-]{0,63}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces
 HEADER_FIELDS = (
     "envelope_id",
@@ -92,9 +97,6 @@ HEADER_FIELDS = (
     "sender",
     "recipient",
     "patient_pseudonym",
-    "purpose",
-    "classes",
-    "consent_ref",
     "created_at",
     "expires_at",
 )
@@ -139,16 +141,14 @@ def _from_unix(value: Any, name: str) -> dt.datetime:
 
 @dataclass(frozen=True)
 class EnvelopeHeader:
-    """The routing header: readable by the coordinator, bound to the ciphertext."""
+    """The routing header: readable by the coordinator, bound to the ciphertext. Nothing in it
+    says why the data goes or which data: that is inside, in the signed consent decision."""
 
     envelope_id: str
     kind: str
     sender: str
     recipient: str
     patient_pseudonym: str | None
-    purpose: str
-    classes: tuple[str, ...]
-    consent_ref: str | None
     created_at: dt.datetime
     expires_at: dt.datetime
 
@@ -164,18 +164,11 @@ class EnvelopeHeader:
             value = getattr(self, name)
             if not isinstance(value, str) or not ORG_ID_PATTERN.match(value):
                 raise EnvelopeError(f"header {name} {value!r} is not an organisation id")
-        if not isinstance(self.purpose, str) or not _PURPOSE.match(self.purpose):
-            raise EnvelopeError(f"header purpose {self.purpose!r} is invalid")
-        for name in ("patient_pseudonym", "consent_ref"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not _TOKEN.match(value)):
-                raise EnvelopeError(f"header {name} is invalid")
-        if isinstance(self.classes, str) or not isinstance(self.classes, Iterable):
-            raise EnvelopeError("header classes must be a list of resource types")
-        classes = tuple(self.classes)
-        if not all(isinstance(c, str) and _CLASS.match(c) for c in classes):
-            raise EnvelopeError("header classes must be resource type names")
-        object.__setattr__(self, "classes", classes)
+        pseudonym = self.patient_pseudonym
+        if pseudonym is not None and (
+            not isinstance(pseudonym, str) or not _TOKEN.match(pseudonym)
+        ):
+            raise EnvelopeError("header patient_pseudonym is invalid")
         object.__setattr__(self, "created_at", _time(self.created_at, "created_at"))
         object.__setattr__(self, "expires_at", _time(self.expires_at, "expires_at"))
         if self.expires_at <= self.created_at:
@@ -188,18 +181,13 @@ class EnvelopeHeader:
         kind: str,
         sender: str,
         recipient: str,
-        purpose: str,
-        classes: Sequence[str] = (),
         patient_pseudonym: str | None = None,
-        consent_ref: str | None = None,
         ttl: dt.timedelta = dt.timedelta(days=7),
         now: dt.datetime | None = None,
         envelope_id: str | None = None,
     ) -> EnvelopeHeader:
         """A header created now, expiring after ``ttl``, with a fresh random envelope id (or
         ``envelope_id``, one chosen before — e.g. to bind a consent decision to it)."""
-        if isinstance(classes, str):
-            raise EnvelopeError("header classes must be a list of resource types")
         now = now or dt.datetime.now(dt.UTC)
         return cls(
             envelope_id or str(uuid.uuid4()),
@@ -207,16 +195,12 @@ class EnvelopeHeader:
             sender,
             recipient,
             patient_pseudonym,
-            purpose,
-            tuple(classes),
-            consent_ref,
             now,
             now + ttl,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in HEADER_FIELDS}
-        d["classes"] = list(self.classes)
         d["created_at"], d["expires_at"] = _iso(self.created_at), _iso(self.expires_at)
         return d
 
@@ -224,17 +208,13 @@ class EnvelopeHeader:
     def from_dict(cls, data: Any) -> EnvelopeHeader:
         if not isinstance(data, dict) or set(data) != set(HEADER_FIELDS):
             raise EnvelopeError("header must hold exactly the envelope header fields")
-        if not isinstance(data["classes"], list):
-            raise EnvelopeError("header classes must be a list")
         return cls(**{name: data[name] for name in HEADER_FIELDS})
 
     def to_record(self) -> dict[str, Any]:
         """The flat form of the gRPC message (``trust.envelope_wire``) and of the coordinator's
-        queue rows: times as unix seconds, no pseudonym or consent reference as ``""``."""
+        queue rows: times as unix seconds, no pseudonym as ``""``."""
         record = {name: getattr(self, name) for name in HEADER_FIELDS}
         record["patient_pseudonym"] = self.patient_pseudonym or ""
-        record["consent_ref"] = self.consent_ref or ""
-        record["classes"] = list(self.classes)
         record["created_at"] = int(self.created_at.timestamp())
         record["expires_at"] = int(self.expires_at.timestamp())
         return record
@@ -248,7 +228,6 @@ class EnvelopeHeader:
             raise EnvelopeError(f"header lacks {missing}")
         values = {name: record[name] for name in HEADER_FIELDS}
         values["patient_pseudonym"] = values["patient_pseudonym"] or None
-        values["consent_ref"] = values["consent_ref"] or None
         values["created_at"] = _from_unix(values["created_at"], "created_at")
         values["expires_at"] = _from_unix(values["expires_at"], "expires_at")
         return cls(**values)

@@ -2,11 +2,12 @@
 
 Outbound: :func:`filter_by_classes` keeps only the permitted resource types and
 :func:`pack_document` wraps them in an IPS-style ``document`` Bundle (Composition LOINC 60591-5,
-"Patient summary Document"). Inbound: :func:`undeclared_classes` finds content outside the
-declared classes and :func:`prepare_import` turns a received document into a transaction that
-lands every resource under a deterministic local id (re-import = no change), points patient
-references at the local patient, drops references to anything not shared, and marks each
-resource as coming from the other institution (``meta.source``, ``meta.tag``) with a Provenance.
+"Patient summary Document"). Inbound: :func:`carried_classes` names the data a document
+carries (what its consent decision must permit) and :func:`prepare_import` turns a received
+document into a transaction that lands every resource under a deterministic local id
+(re-import = no change), points patient references at the local patient, drops references to
+anything not shared, and marks each resource as coming from the other institution
+(``meta.source``, ``meta.tag``) with a Provenance.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = [
     "filter_by_classes",
     "pack_document",
     "resources_of",
-    "undeclared_classes",
+    "carried_classes",
     "local_id",
     "prepare_import",
     "org_uri",
@@ -199,10 +200,11 @@ def resources_of(document: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def undeclared_classes(document: dict[str, Any], declared: Iterable[str]) -> list[str]:
-    """Resource types in the document that the envelope header did not declare."""
-    allowed = set(declared) | STRUCTURAL_TYPES
-    return sorted({r["resourceType"] for r in resources_of(document)} - allowed)
+def carried_classes(document: dict[str, Any]) -> list[str]:
+    """The data classes a document Bundle carries: its entries' resource types but the
+    structural ones — what the consent decision inside must permit (the clear header names no
+    classes, issue 23). Raises ValueError when it is not a document Bundle."""
+    return sorted({r["resourceType"] for r in resources_of(document)} - STRUCTURAL_TYPES)
 
 
 def local_id(sender: str, rtype: str, original_id: str) -> str:

@@ -4,8 +4,11 @@
 
 Every disclosure to another organisation (referral, consultation, advice, record answer, status
 update) goes through :func:`disclose`; nothing else in the node seals clinical data. The consent
-registry is asked here (the sending node's own enforcement), the coordinator asks again before
-routing, and the receiver checks the declared classes when it unpacks.
+registry is asked here (the sending node's own enforcement) for a decision bound to the envelope
+id; the signed decision travels inside the envelope with the purpose and the permitted classes,
+which the clear header does not carry (issue 23). The coordinator has the registry decide it
+again by envelope id before routing, and the receiver checks the decision against what it
+unpacks.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from node.exchange.documents import (
     STRUCTURAL_TYPES,
     attach_decision,
     attach_patient,
+    carried_classes,
     filter_by_classes,
     pack_document,
 )
@@ -214,7 +218,6 @@ def disclose(
             ctx,
             kind=kind,
             recipient=recipient,
-            purpose=purpose,
             pseudo=pseudo,
             envelope_id=envelope_id,
             decision_token=token,
@@ -266,7 +269,6 @@ def _pack_and_seal(
     *,
     kind: str,
     recipient: str,
-    purpose: str,
     pseudo: str,
     envelope_id: str,
     decision_token: str | None,
@@ -277,20 +279,17 @@ def _pack_and_seal(
     """Steps 3–4: the document Bundle of the permitted resources (with the signed consent
     decision that permitted them and the patient's regional pseudonym), sealed to
     ``recipient``. The clear header names the patient only by the routing pseudonym of this
-    pair of organisations and carries no consent reference (the decision inside has it)."""
+    pair of organisations and carries no purpose, class or consent reference (the decision
+    inside has them)."""
     document = pack_document(resources, patient=patient, sender=ctx.org_id, title=title)
     attach_patient(document, pseudo)
     if decision_token is not None:
         attach_decision(document, decision_token)
-    declared = tuple(
-        sorted({e["resource"]["resourceType"] for e in document["entry"]} - STRUCTURAL_TYPES)
-    )
+    declared = tuple(carried_classes(document))
     header = EnvelopeHeader.new(
         kind=kind,
         sender=ctx.org_id,
         recipient=recipient,
-        purpose=purpose,
-        classes=declared,
         patient_pseudonym=ctx.pseudonymiser.routing(pseudo, ctx.org_id, recipient),
         ttl=ENVELOPE_TTL,
         envelope_id=envelope_id,
@@ -327,6 +326,7 @@ def send(
     """Record the envelope in the outbox, then hand it to the coordinator. A refusal becomes a
     clear error; an unreachable coordinator leaves it pending (resent by the outbox loop)."""
     sealed = disclosure.sealed if isinstance(disclosure, Disclosure) else disclosure
+    classes = disclosure.classes if isinstance(disclosure, Disclosure) else ()
     h = sealed.header
     with ctx.timed("out", "outbox"), ctx.engine.begin() as conn:
         conn.execute(
@@ -334,7 +334,7 @@ def send(
                 envelope_id=h.envelope_id,
                 recipient=h.recipient,
                 kind=h.kind,
-                classes=json.dumps(list(h.classes)),
+                classes=json.dumps(list(classes)),
                 task_uid=task_uid,
                 patient_id=patient_id,
                 state="pending",

@@ -3,8 +3,10 @@
 For each delivered envelope: verify the sender's signature through its CA-issued certificate,
 check its times and decrypt (nothing is recorded for an envelope that fails this); then, if its
 id is already in ``exchange_inbound``, it was handled before (acknowledge again, change
-nothing). Otherwise refuse content outside the declared classes (negative
-acknowledgement, audited at the coordinator); import the document into the local store and
+nothing). Otherwise refuse a document whose consent decision (signed by the registry, carried
+inside, bound to the envelope id) does not cover it — the classes are those the document
+carries, the purpose the decision's: the clear header names neither (issue 23) — with a negative
+acknowledgement, audited at the coordinator; import the document into the local store and
 record the envelope id **in the same database transaction**.
 """
 
@@ -23,14 +25,14 @@ from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
     PSEUDONYM_SYSTEM,
     TASK_ID_SYSTEM,
+    carried_classes,
     decision_of,
     patient_of,
     prepare_import,
     resources_of,
-    undeclared_classes,
 )
 from node.exchange.tables import inbound, pseudonyms
-from node.exchange.workflow import BREAK_GLASS_PREFIX, pull_note, task_uid
+from node.exchange.workflow import BREAK_GLASS_PREFIX, pull_note, query_parameter, task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
 from node.store import UnitOfWork, identifier_criteria, parse_bundle
 from servicekit.outcome import FhirError
@@ -135,7 +137,11 @@ def _find_task(ctx: ExchangeContext, uid: str) -> dict[str, Any] | None:
 
 
 def _import_document(
-    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any], regional: str
+    ctx: ExchangeContext,
+    sealed: SealedEnvelope,
+    document: dict[str, Any],
+    regional: str,
+    purpose: str | None,
 ) -> Handled:
     h = sealed.header
     sender = ctx.organisation(h.sender)
@@ -166,7 +172,7 @@ def _import_document(
                 uow.conn,
                 sealed,
                 "imported",
-                (f"{BREAK_GLASS_PREFIX} ({h.purpose}): " if h.purpose == "ETREAT" else "")
+                (f"{BREAK_GLASS_PREFIX} ({purpose}): " if purpose == "ETREAT" else "")
                 + f"{len(entries)} resources",
                 task_uid=uid,
                 patient_id=patient_id,
@@ -242,7 +248,11 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     if h.kind == "record-query":
         # A break-glass pull is shown as such on this side too: the inbox row says who asked
         # and why, with the local patient (the referrals page lists these rows).
-        emergency = h.purpose == "ETREAT" and isinstance(body, dict)
+        emergency = (
+            isinstance(body, dict)
+            and isinstance(body.get("parameter"), list)
+            and query_parameter(body, "purpose") == "ETREAT"
+        )
         with ctx.engine.begin() as conn:
             local = conn.execute(
                 select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == regional)
@@ -255,23 +265,17 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     if h.kind not in KINDS:  # every other kind carries a document Bundle
         return _reject(ctx, sealed, f"unsupported envelope kind {h.kind!r}")
     try:
-        undeclared = undeclared_classes(body, h.classes)
+        if not isinstance(body, dict):
+            raise ValueError("payload is not a JSON object")
+        carried = carried_classes(body)
     except ValueError as exc:
         return _reject(ctx, sealed, "payload is not a document Bundle", local=str(exc))
-    if undeclared:
-        log.warning(
-            "envelope %s from %s rejected: undeclared classes %s",
-            h.envelope_id,
-            h.sender,
-            undeclared,
-        )
-        return _reject(ctx, sealed, f"content outside the declared classes: {undeclared}")
-    refused = _consent_proof_problem(ctx, sealed, body, regional)
+    refused, purpose = _consent_proof_problem(ctx, sealed, body, regional, carried)
     if refused is not None:
         log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, refused)
         return _reject(ctx, sealed, refused)
     try:
-        return _import_document(ctx, sealed, body, regional)
+        return _import_document(ctx, sealed, body, regional, purpose)
     except FhirError as exc:
         # The store's message may quote content: keep it here, tell the coordinator only why.
         log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
@@ -304,20 +308,26 @@ def regional_pseudonym(ctx: ExchangeContext, sealed: SealedEnvelope, body: Any) 
 
 
 def _consent_proof_problem(
-    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any], regional: str
-) -> str | None:
-    """Why the consent decision carried inside the envelope does not cover it (None: it does).
+    ctx: ExchangeContext,
+    sealed: SealedEnvelope,
+    document: dict[str, Any],
+    regional: str,
+    carried: list[str],
+) -> tuple[str | None, str | None]:
+    """Why the consent decision carried inside the envelope does not cover it (None: it does),
+    and the purpose that decision was made for (None: no decision was needed).
 
-    A data-carrying envelope must carry the registry's signed decision (verified against the
-    registry's CA-issued certificate when ``consent.registry_org`` is set): a permit, live when
-    the envelope was made, bound to this envelope's id, for its patient, sender, recipient and
-    purpose, and permitting every class the envelope declares."""
+    A data-carrying envelope — a data kind, or any document carrying data classes — must carry
+    the registry's signed decision (verified against the registry's CA-issued certificate when
+    ``consent.registry_org`` is set): a permit, live when the envelope was made, bound to this
+    envelope's id, for its patient, sender and recipient, and permitting every class the
+    document carries. The purpose is the decision's: the clear header has none."""
     h = sealed.header
-    if h.kind not in DATA_KINDS or not h.classes:
-        return None
+    if h.kind not in DATA_KINDS and not carried:
+        return None, None
     token = decision_of(document)
     if token is None:
-        return "the envelope carries no consent decision"
+        return "the envelope carries no consent decision", None
     try:
         d = ctx.consent.verify_decision(
             token,
@@ -325,7 +335,7 @@ def _consent_proof_problem(
             leeway=int(MAX_CLOCK_SKEW.total_seconds()),
         )
     except Exception as exc:  # forged, expired, unknown key, registry cert refused, no CRL…
-        return f"consent decision refused: {exc}"
+        return f"consent decision refused: {exc}", None
     mismatched = [
         name
         for name, ok in (
@@ -334,16 +344,17 @@ def _consent_proof_problem(
             ("patient", d.patient == regional),
             ("requester", d.requester == h.sender),
             ("recipient", d.recipient == h.recipient),
-            ("purpose", d.purpose == h.purpose),
         )
         if not ok
     ]
     if mismatched:
-        return f"consent decision does not match the envelope: {', '.join(mismatched)}"
-    unpermitted = sorted(set(h.classes) - set(d.classes))
-    if unpermitted:
-        return f"consent decision does not permit the classes {unpermitted}"
-    return None
+        return f"consent decision does not match the envelope: {', '.join(mismatched)}", None
+    unpermitted = sorted(set(carried) - set(d.classes))
+    if unpermitted:  # the class names stay here: the coordinator is not told which data
+        log.warning("envelope %s carries classes %s its decision does not permit",
+                    h.envelope_id, unpermitted)  # fmt: skip
+        return "content outside the classes its consent decision permits", None
+    return None, d.purpose
 
 
 def _open(ctx: ExchangeContext, sealed: SealedEnvelope, *, refresh: bool) -> bytes:

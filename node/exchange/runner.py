@@ -78,7 +78,7 @@ class ExchangeRunner:
             "imported" if handled.imported else "rejected",
         )
         if handled.query is not None:
-            answer_query(self.ctx, h.sender, handled.patient or "", h.purpose, handled.query)
+            answer_query(self.ctx, h.sender, handled.patient or "", handled.query)
 
     def drain_once(self) -> int:
         """Polling: fetch and handle everything queued now; returns how many envelopes."""

@@ -298,14 +298,14 @@ def pull_history(
             kind="record-query",
             sender=ctx.org_id,
             recipient=holder,
-            purpose=purpose,
-            classes=wanted,
             patient_pseudonym=ctx.pseudonymiser.routing(pseudo, ctx.org_id, holder),
         )
+        # Purpose and classes travel inside: the clear header carries neither (issue 23).
         query: dict[str, Any] = {
             "resourceType": "Parameters",
             "parameter": [
                 {"name": "patient", "valueString": pseudo},
+                {"name": "purpose", "valueCode": purpose},
                 *({"name": "class", "valueCode": c} for c in wanted),
             ],
         }
@@ -341,11 +341,13 @@ def pull_history(
 
 
 def answer_query(
-    ctx: ExchangeContext, requester: str, pseudo: str, purpose: str, query: dict[str, Any]
+    ctx: ExchangeContext, requester: str, pseudo: str, query: dict[str, Any]
 ) -> str | None:
-    """A holder answers a record query with what the patient's consent permits (its own check).
-    A break-glass (ETREAT) query is answered under the pulling clinician's grant, which the
-    registry checks (``BreakGlassPull``); a query without one is not answered."""
+    """A holder answers a record query with what the patient's consent permits (its own check),
+    for the purpose the query states inside (``TREAT`` when it states none). A break-glass
+    (ETREAT) query is answered under the pulling clinician's grant, which the registry checks
+    (``BreakGlassPull``); a query without one is not answered."""
+    purpose = query_parameter(query, "purpose") or "TREAT"
     pull: BreakGlassPull | None = None
     if purpose == "ETREAT":
         if not query_parameter(query, "break-glass-pull"):

@@ -1,5 +1,7 @@
 """``$recheck`` (issue 23): the coordinator has a decision bound to an envelope decided again by
-envelope id alone — never naming the patient — and learns only permit/deny and the classes."""
+envelope id, sender and data recipient alone — it names no patient, purpose or class, and
+learns only permit/deny. The registry re-decides the stored question: every class the decision
+permitted must still be permitted, for the purpose it was asked for (fail closed)."""
 
 from __future__ import annotations
 
@@ -17,42 +19,47 @@ P1 = "c3" * 32
 def test_recheck_by_envelope_follows_consent_and_names_no_patient(registry: Registry) -> None:
     headers = registry.patient_headers(P1)
     consent = registry.grant(headers, treat_consent(P1, classes=("Condition", "Observation")))
-    # clinic C is permitted too, and so is Procedure: the rechecks below that name them are
-    # refused because the envelope's question did not, not because consent forbids them
+    # clinic C is permitted too: the rechecks below that name it are refused because the
+    # envelope's question did not, not because consent forbids it
     registry.grant(headers, treat_consent(P1, "clinic-c", ("Condition", "Procedure")))
-    registry.grant(headers, treat_consent(P1, "clinic-b", ("Procedure",), purpose="HRESCH"))
     envelope = str(uuid.uuid4())
     d = registry.org("hosp-a").decide(
         P1, "clinic-b", "TREAT", ["Condition", "Observation"], envelope_id=envelope
     )
     assert d.permit
-    assert registry.org("hosp-a").decide(P1, "clinic-c", "TREAT", ["Condition"]).permit
     coordinator = registry.org("coordinator")
-    again = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
-    assert again.permit and again.classes == {"Condition"} and again.consent_ids == ()
+    again = coordinator.recheck(envelope, "hosp-a", "clinic-b")
+    assert again.permit and again.consent_ids == () and not again.break_glass
     raw = registry.http.post(
         "/fhir/Consent/$recheck",
         json={"resourceType": "Parameters", "parameter": [
             {"name": "envelope", "valueId": envelope},
             {"name": "sender", "valueString": "hosp-a"},
-            {"name": "recipient", "valueString": "clinic-b"},
-            {"name": "purpose", "valueCode": "TREAT"},
-            {"name": "class", "valueCode": "Condition"}]},
+            {"name": "recipient", "valueString": "clinic-b"}]},
         headers={"Authorization": f"Bearer {coordinator.access_token()}"},
     )  # fmt: skip
     assert raw.status_code == 200, raw.text
-    assert P1 not in raw.text and consent["id"] not in raw.text
+    for hidden in (P1, consent["id"], "TREAT", "Condition", "Observation"):
+        assert hidden not in raw.text  # no patient, consent, purpose or class reaches it
+    # the coordinator cannot state a purpose or classes: it has none to state
+    told = registry.http.post(
+        "/fhir/Consent/$recheck",
+        json={"resourceType": "Parameters", "parameter": [
+            {"name": "envelope", "valueId": envelope},
+            {"name": "sender", "valueString": "hosp-a"},
+            {"name": "recipient", "valueString": "clinic-b"},
+            {"name": "purpose", "valueCode": "TREAT"}]},
+        headers={"Authorization": f"Bearer {coordinator.access_token()}"},
+    )  # fmt: skip
+    assert told.status_code == 400 and "purpose" in told.text
     # the envelope's header must be the question that was asked
-    assert not coordinator.recheck(envelope, "hosp-a", "clinic-c", "TREAT", ["Condition"]).permit
-    assert not coordinator.recheck(envelope, "clinic-c", "clinic-b", "TREAT", ["Condition"]).permit
-    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b", "HRESCH", ["Procedure"]).permit
-    assert not coordinator.recheck(
-        envelope, "hosp-a", "clinic-b", "TREAT", ["Condition", "Procedure"]
-    ).permit
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-c").permit
+    assert not coordinator.recheck(envelope, "clinic-c", "clinic-b").permit
     # a revocation applies to the very next recheck (the coordinator's check at delivery)
     r = registry.http.post(f"/fhir/Consent/{consent['id']}/$revoke", headers=headers)
     assert r.status_code == 200
-    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"]).permit
+    refused = coordinator.recheck(envelope, "hosp-a", "clinic-b")
+    assert not refused.permit and "Condition" not in refused.reason
     # each recheck is in the patient's ledger
     ledger = registry.http.app.state.ledger  # type: ignore[attr-defined]
     rechecks = [
@@ -61,16 +68,41 @@ def test_recheck_by_envelope_follows_consent_and_names_no_patient(registry: Regi
         if {"system": ENVELOPE_SYSTEM, "value": envelope}
         in [x["what"].get("identifier") for x in e.event["entity"]]
     ]
-    assert len(rechecks) == 7 and ledger.verify().ok  # the seven rechecks above
+    assert len(rechecks) == 5 and ledger.verify().ok  # the five rechecks above
+
+
+def test_recheck_permits_only_while_every_permitted_class_still_is(registry: Registry) -> None:
+    """The stored question keeps the classes the decision permitted: narrowing consent by any
+    one of them denies (the envelope may hold it); a class that was never permitted does not
+    count; a question that was denied stays denied."""
+    p = "e5" * 32
+    headers = registry.patient_headers(p)
+    wide = registry.grant(headers, treat_consent(p, classes=("Condition", "Observation")))
+    coordinator, hosp = registry.org("coordinator"), registry.org("hosp-a")
+    partial = str(uuid.uuid4())  # asks for Procedure too: a partial permit
+    d = hosp.decide(p, "clinic-b", "TREAT", ["Condition", "Observation", "Procedure"],
+                    envelope_id=partial)  # fmt: skip
+    assert d.permit and d.classes == {"Condition", "Observation"}
+    assert coordinator.recheck(partial, "hosp-a", "clinic-b").permit
+    denied = str(uuid.uuid4())  # no consent for research: denied when asked
+    assert not hosp.decide(p, "clinic-b", "HRESCH", ["Condition"], envelope_id=denied).permit
+    answer = coordinator.recheck(denied, "hosp-a", "clinic-b")
+    assert not answer.permit and "permitted nothing" in answer.reason
+    # the patient narrows the consent: Observation no longer, Condition still
+    registry.grant(headers, treat_consent(p, classes=("Condition",)))
+    r = registry.http.post(f"/fhir/Consent/{wide['id']}/$revoke", headers=headers)
+    assert r.status_code == 200
+    assert hosp.decide(p, "clinic-b", "TREAT", ["Condition"]).permit
+    narrowed = coordinator.recheck(partial, "hosp-a", "clinic-b")
+    assert not narrowed.permit and narrowed.epoch is None
+    assert "Observation" not in narrowed.reason  # the class stays at the registry
 
 
 def test_recheck_of_an_unknown_envelope_is_404_and_ids_cannot_be_taken_over(
     registry: Registry,
 ) -> None:
     with pytest.raises(ConsentRegistryError) as err:
-        registry.org("coordinator").recheck(
-            str(uuid.uuid4()), "hosp-a", "clinic-b", "TREAT", ["Condition"]
-        )
+        registry.org("coordinator").recheck(str(uuid.uuid4()), "hosp-a", "clinic-b")
     assert err.value.status == 404
     envelope = str(uuid.uuid4())
     registry.org("hosp-a").decide(P1, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope)
@@ -103,7 +135,7 @@ def test_recheck_hands_out_the_consent_epoch_unless_a_consent_period_will_turn(
     assert int(granted) == int(start) + 1
     envelope = str(uuid.uuid4())
     registry.org("hosp-a").decide(p2, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope)
-    answer = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    answer = coordinator.recheck(envelope, "hosp-a", "clinic-b")
     assert answer.permit and answer.epoch == granted
     ends = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=30)
     limited = Provision(
@@ -117,14 +149,14 @@ def test_recheck_hands_out_the_consent_epoch_unless_a_consent_period_will_turn(
     del body["id"]
     time_limited = registry.grant(headers, body)
     assert coordinator.epoch() != granted
-    answer = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    answer = coordinator.recheck(envelope, "hosp-a", "clinic-b")
     assert answer.permit and answer.epoch is None  # a period ends in 30 days: ask every time
     assert ends.isoformat()[:10] not in str(answer)
     r = registry.http.post(f"/fhir/Consent/{time_limited['id']}/$revoke", headers=headers)
     assert r.status_code == 200
-    before = coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"])
+    before = coordinator.recheck(envelope, "hosp-a", "clinic-b")
     assert before.epoch == coordinator.epoch()  # a revoked consent's period turns nothing
     r = registry.http.post(f"/fhir/Consent/{consent['id']}/$revoke", headers=headers)
     assert r.status_code == 200
     assert coordinator.epoch() != before.epoch  # a revocation moves it
-    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b", "TREAT", ["Condition"]).permit
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b").permit

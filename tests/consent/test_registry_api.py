@@ -232,7 +232,7 @@ def test_a_break_glass_pull_is_not_renewed_by_what_was_asked_under_it(
     a = hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=answer, pull=pull)
     assert q.permit and a.permit and "u-7" in q.reason
     for env, sender in ((query, "clinic-c"), (answer, "hosp-a")):
-        readmitted = coordinator.recheck(env, sender, "clinic-c", "ETREAT", cls)
+        readmitted = coordinator.recheck(env, sender, "clinic-c")
         assert readmitted.permit and readmitted.break_glass, readmitted.reason
 
     # the reviewer's chain: no clinician, under the query's (or answer's) envelope, self as
@@ -253,9 +253,9 @@ def test_a_break_glass_pull_is_not_renewed_by_what_was_asked_under_it(
 
     late = str(uuid.uuid4())  # an answer asked 23 h after the clinician's grant
     assert hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=late, pull=pull).permit
-    assert coordinator.recheck(late, "hosp-a", "clinic-c", "ETREAT", cls).permit
+    assert coordinator.recheck(late, "hosp-a", "clinic-c").permit
     now[0] = t0 + timedelta(hours=25)  # the answer is 2 h old, the clinician's grant 25 h
-    expired = coordinator.recheck(late, "hosp-a", "clinic-c", "ETREAT", cls)
+    expired = coordinator.recheck(late, "hosp-a", "clinic-c")
     assert not expired.permit and not expired.break_glass
     # the coordinator is told a neutral deny; the registry's ledger keeps why
     from trust.audit_ledger import AuditLedger

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from consent.client import ConsentClient
+from consent.client import ConsentClient, SignedDecision
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.demo.pseudonym_authority import BULK_LOAD_BUDGET
 from deploy.launcher import Service, ipjms_command, start_service, wait_until
+from node.exchange.documents import attach_decision
 from node.identity import NATIONAL_ID_SYSTEM
+from trust.envelopes import EnvelopeHeader
 from trust.oprf_client import OprfPseudonyms
 from trust.pseudonymiser import OprfPseudonymiser
 
@@ -121,24 +123,22 @@ class Region:
     def consent_client(self, org_id: str) -> ConsentClient:
         return ConsentClient(self.consent_url, self.pki.creds[org_id])
 
-    def attach_permit(
-        self, document: dict[str, Any], sender: str, header_args: dict[str, Any]
-    ) -> str:
-        """What a node does before sealing by hand: ask the registry (as ``sender``) for a
-        decision bound to a fresh envelope id and carry it in ``document``; returns the id."""
-        from node.exchange.documents import attach_decision
-
-        envelope_id = str(uuid.uuid4())
-        with self.consent_client(sender) as client:
-            decision = client.decide(
-                header_args["patient_pseudonym"],
-                header_args["recipient"],
-                header_args["purpose"],
-                header_args["classes"],
-                envelope_id=envelope_id,
-            )
-        attach_decision(document, decision.token)
-        return envelope_id
+    def bind(
+        self,
+        header: EnvelopeHeader,
+        patient: str,
+        *,
+        document: dict[str, Any] | None = None,
+        purpose: str = "TREAT",
+        classes: Sequence[str] = ("Condition",),
+    ) -> SignedDecision:
+        """What a node does before sealing, for a test that seals by hand: :func:`bind_decision`
+        asked as the header's sender; its token is carried in ``document`` when one is given."""
+        with self.consent_client(header.sender) as client:
+            decision = bind_decision(client, header, patient, purpose=purpose, classes=classes)
+        if document is not None:
+            attach_decision(document, decision.token)
+        return decision
 
     def start_node(
         self, org_id: str, level: str, extra_env: dict[str, str] | None = None
@@ -239,6 +239,24 @@ class Coordinator:
         self.service = start_service(
             self.service.name, self.args, base_url=self.http_url, log_dir=log_dir
         )
+
+
+def bind_decision(
+    client: ConsentClient,
+    header: EnvelopeHeader,
+    patient: str,
+    *,
+    purpose: str = "TREAT",
+    classes: Sequence[str] = ("Condition",),
+) -> SignedDecision:
+    """Ask the registry (``client``: the header's sender) for a decision about ``patient`` (the
+    regional pseudonym) bound to the header's envelope id, for the party the data goes to (a
+    record query's sender, else its recipient) — as a node does before sealing. The clear header
+    names no purpose or class (issue 23): the coordinator checks consent only on such a bound
+    decision and refuses an envelope without one; the receiver wants its token inside the
+    document (``node.exchange.documents.attach_decision``)."""
+    data_to = header.sender if header.kind == "record-query" else header.recipient
+    return client.decide(patient, data_to, purpose, list(classes), envelope_id=header.envelope_id)
 
 
 def start_coordinator_process(

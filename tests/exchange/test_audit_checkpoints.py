@@ -44,8 +44,8 @@ def _refused_sends(coordinator: Coordinator, pki, count: int) -> None:  # type: 
     with ExchangeClient(coordinator.address, pki.creds["hosp-a"]) as client:
         for i in range(count):
             header = EnvelopeHeader.new(
-                kind="referral", sender="hosp-a", recipient="clinic-b", purpose="TREAT",
-                classes=("Condition",), patient_pseudonym=f"{i:02d}" * 32,
+                kind="referral", sender="hosp-a", recipient="clinic-b",
+                patient_pseudonym=f"{i:02d}" * 32,
             )  # fmt: skip
             sealed = seal_to(
                 header, b"{}", sender=pki.creds["hosp-a"],

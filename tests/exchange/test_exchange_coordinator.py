@@ -36,20 +36,22 @@ def _sealed(
     *,
     kind="referral",
     payload=b"{}",
-    classes=("Condition",),
     now=None,
     ttl=dt.timedelta(hours=1),
+    region=None,
 ):
+    """A hand-sealed envelope; with ``region``, a decision bound to it first (as a node asks
+    before sealing) — without one the coordinator refuses it (issue 23)."""
     header = EnvelopeHeader.new(
         kind=kind,
         sender=sender,
         recipient=recipient,
-        purpose="TREAT",
-        classes=classes,
         patient_pseudonym=PSEUDO,
         ttl=ttl,
         now=now,
     )
+    if region is not None:
+        assert region.bind(header, PSEUDO).permit
     if recipient in pki.creds:
         return seal_to(
             header,
@@ -135,7 +137,7 @@ def test_bad_input_gets_clear_status_and_queues_nothing(pki, start_coordinator) 
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in details
         # clear header edited to disagree with the sealed one
         forged = header_to_pb(good.header)
-        forged.classes.append("Observation")
+        forged.kind = "consultation"
         code, details = _code(
             lambda: a.exchange.Send(pb.Envelope(header=forged, sealed=good.to_bytes()), timeout=10)
         )
@@ -157,7 +159,7 @@ def test_bad_input_gets_clear_status_and_queues_nothing(pki, start_coordinator) 
         code, _ = _code(lambda: a.send(_sealed(pki, sender="clinic-c")))
         assert code == grpc.StatusCode.PERMISSION_DENIED
         # a status update with no exchange behind it
-        code, _ = _code(lambda: a.send(_sealed(pki, kind="task-update", classes=())))
+        code, _ = _code(lambda: a.send(_sealed(pki, kind="task-update")))
         assert code == grpc.StatusCode.PERMISSION_DENIED
         # Status of an envelope that is not ours
         code, _ = _code(lambda: a.status(str(uuid.uuid4())))
@@ -231,9 +233,9 @@ def test_rate_limit_duplicates_and_polling_inbox(pki, start_coordinator, tmp_pat
         region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
         coord = start_coordinator("--rate-per-minute", "3", consent_url=consent_url)
         with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
-            first = [_sealed(pki) for _ in range(3)]
+            first = [_sealed(pki, region=region) for _ in range(3)]
             assert [a.send(e) for e in first] == [False, False, False]
-            code, details = _code(lambda: a.send(_sealed(pki)))
+            code, details = _code(lambda: a.send(_sealed(pki, region=region)))
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in details
             assert a.send(first[0]) is True  # a retry is answered, not rate-limited
         assert _queued(coord.data_dir) == 3
@@ -262,7 +264,7 @@ def test_undelivered_envelope_expires_into_the_dead_letters(
         region.grant(region.patient_token(PSEUDO), PSEUDO, {"clinic-b": ["Condition"]})
         coord = start_coordinator(consent_url=consent_url)
         # long enough to pass Send (with its HTTP consent decision) on a loaded machine
-        short = _sealed(pki, ttl=dt.timedelta(seconds=LIFETIME))
+        short = _sealed(pki, ttl=dt.timedelta(seconds=LIFETIME), region=region)
         with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
             assert a.send(short) is False
             # nobody collects it; the coordinator's sweeper (every 5 s) dead-letters it after expiry

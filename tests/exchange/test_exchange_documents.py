@@ -16,13 +16,13 @@ from coordinator.envelope_rules import check_header, check_size, data_recipient,
 from coordinator.errors import ExchangeError
 from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
+    carried_classes,
     filter_by_classes,
     local_id,
     merge_task_update,
     pack_document,
     prepare_import,
     resources_of,
-    undeclared_classes,
 )
 from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
@@ -74,12 +74,11 @@ def test_pack_document_is_a_valid_ips_style_document() -> None:
     }
 
 
-def test_undeclared_classes_are_found() -> None:
-    doc = pack_document([CONDITION, PROC], patient=None, sender="hosp-a", title="x")
-    assert undeclared_classes(doc, ["Condition"]) == ["Procedure"]
-    assert undeclared_classes(doc, ["Condition", "Procedure"]) == []
+def test_carried_classes_are_the_documents_data_types() -> None:
+    doc = pack_document([CONDITION, PROC], patient=PATIENT, sender="hosp-a", title="x")
+    assert carried_classes(doc) == ["Condition", "Patient", "Procedure"]  # no Composition
     with pytest.raises(ValueError):
-        undeclared_classes({"resourceType": "Patient"}, [])
+        carried_classes({"resourceType": "Patient"})
 
 
 def test_prepare_import_maps_ids_references_and_provenance() -> None:
@@ -163,9 +162,6 @@ def _record(**kw) -> dict:
         sender="hosp-a",
         recipient="clinic-b",
         patient_pseudonym="a" * 64,
-        purpose="TREAT",
-        classes=("Condition",),
-        consent_ref="",
         created_at=now,
         expires_at=now + 3600,
     )
@@ -194,10 +190,6 @@ def _received(**kw) -> None:
         ({"recipient": ""}, "INVALID_ARGUMENT"),
         ({"patient_pseudonym": "Jane Doe"}, "INVALID_ARGUMENT"),
         ({"patient_pseudonym": ""}, "INVALID_ARGUMENT"),
-        ({"purpose": "MARKETING"}, "INVALID_ARGUMENT"),
-        ({"classes": ()}, "INVALID_ARGUMENT"),
-        ({"classes": ("Condition", "Condition")}, "INVALID_ARGUMENT"),
-        ({"classes": ("condition",)}, "INVALID_ARGUMENT"),
         (
             {"expires_at": int(time.time()) - 1, "created_at": int(time.time()) - 100},
             "FAILED_PRECONDITION",
@@ -211,7 +203,6 @@ def _received(**kw) -> None:
         ),  # fmt: skip
         ({"envelope_id": "x"}, "INVALID_ARGUMENT"),
         ({"envelope_id": ""}, "INVALID_ARGUMENT"),
-        ({"consent_ref": "has spaces"}, "INVALID_ARGUMENT"),
     ],
 )
 def test_header_rules(changes, code) -> None:
@@ -221,15 +212,17 @@ def test_header_rules(changes, code) -> None:
     _received()
 
 
-def test_every_kind_and_purpose_of_the_one_lists_is_routed() -> None:
-    """The coordinator accepts exactly trust.envelopes.KINDS and consent.policy.PURPOSES."""
-    from consent.policy import PURPOSES
+def test_every_kind_of_the_one_list_is_routed() -> None:
+    """The coordinator accepts exactly trust.envelopes.KINDS; the clear header has no purpose
+    and no classes to check (issue 23) — a message that still sends them is read without."""
     from trust.envelopes import KINDS
 
     for kind in KINDS:
-        _received(kind=kind, classes=("Condition",))
-    for purpose in PURPOSES:
-        _received(purpose=purpose)
+        _received(kind=kind)
+    old = pb.EnvelopeHeader(**_record())
+    old.MergeFromString(bytes([0x32, 5]) + b"TREAT")  # field 6 (reserved), as an old sender's
+    header = read_header(pb.EnvelopeHeader.FromString(old.SerializeToString()))
+    assert "TREAT" not in header.canonical().decode()
 
 
 @given(st.binary(min_size=0, max_size=64))
@@ -246,67 +239,71 @@ class _NotAsked(Exception):
 
 
 class _Oracle:
-    def __init__(self, permit: bool, classes: set[str], *, stored: bool = True) -> None:
+    """The registry as the gate sees it: a recheck by envelope id, sender and data recipient
+    (nothing else: the header has no purpose or classes to state)."""
+
+    def __init__(self, permit: bool, *, stored: bool = True) -> None:
         self.stored = stored  # False: no decision was bound to the envelope (sealed by hand)
         self.calls: list[tuple] = []
-        self.answer = SimpleNamespace(
-            permit=permit, classes=classes, consent_ids=("c1",), reason="r"
-        )
+        self.answer = SimpleNamespace(permit=permit, consent_ids=(), reason="r")
 
-    def decide(self, pseudo, recipient, purpose, classes, *, requester=None, **bound):
-        self.calls.append((recipient, purpose, tuple(classes), requester, bound))
-        return self.answer
+    def decide(self, *args, **kwargs):  # the gate must never ask by the header's pseudonym
+        raise AssertionError("the gate asked by pseudonym")
 
-    def recheck(self, envelope_id, sender, recipient, purpose, classes):
+    def recheck(self, envelope_id, sender, recipient):
+        self.calls.append((envelope_id, sender, recipient))
         if not self.stored:
             raise _NotAsked()
-        bound = {"envelope_id": envelope_id, "sender": sender}
-        self.calls.append((recipient, purpose, tuple(classes), "recheck", bound))
         return self.answer
 
 
-def test_consent_rule_needs_every_declared_class() -> None:
-    h = _header(classes=("Condition", "Observation"))
-    assert (
-        ConsentGate(_Oracle(True, {"Condition", "Observation"}))
-        .check(h, prior_exchange=lambda: False)
-        .permit
-    )
-    partial = ConsentGate(_Oracle(True, {"Condition"})).check(h, prior_exchange=lambda: False)
-    assert not partial.permit and "Observation" in partial.reason
-    assert not ConsentGate(_Oracle(False, set())).check(h, prior_exchange=lambda: False).permit
+def test_the_gate_rechecks_the_decision_bound_to_the_envelope() -> None:
+    h = _header()
+    oracle = _Oracle(True)
+    assert ConsentGate(oracle).check(h, prior_exchange=lambda: False).permit
+    assert oracle.calls == [(h.envelope_id, "hosp-a", "clinic-b")]
+    refused = ConsentGate(_Oracle(False)).check(h, prior_exchange=lambda: False)
+    assert not refused.permit and "consent refused" in refused.reason
     assert not ConsentGate(None).check(h, prior_exchange=lambda: True).permit  # default deny
 
 
-def test_break_glass_envelope_is_asked_about_by_its_id_and_sender() -> None:
-    """The gate cannot state a reason: it names the envelope and sender (the registry rechecks
-    the question stored for the envelope, re-admitting its own break-glass grant) and keeps the
-    registry's break-glass reason. Without a stored question it asks by the header's pseudonym,
-    bound to the envelope only for ETREAT."""
-    h = _header(purpose="ETREAT", classes=("Condition",))
-    for stored in (True, False):
-        oracle = _Oracle(True, {"Condition"}, stored=stored)
-        oracle.answer.break_glass, oracle.answer.reason = True, "by doctor u-1 of hosp-a: ED"
-        decision = ConsentGate(oracle).check(h, prior_exchange=lambda: False)
-        assert (
-            decision.permit
-            and decision.reason == "break-glass re-admitted: by doctor u-1 of hosp-a: ED"
-        )
-        assert oracle.calls[0][3] == ("recheck" if stored else None)
-        assert oracle.calls[0][4] == {"envelope_id": h.envelope_id, "sender": h.sender}
-    treat = _Oracle(True, {"Condition"}, stored=False)
-    ConsentGate(treat).check(_header(classes=("Condition",)), prior_exchange=lambda: False)
-    assert treat.calls[0][4] == {}  # an ordinary envelope: the consent rule, unbound
+def test_no_bound_decision_is_a_deny_never_a_question_by_pseudonym() -> None:
+    """Issue 23: the header-pseudonym fallback is gone. An envelope sealed by hand, with no
+    decision bound to its id, is refused — whatever the patient's consents say — for every kind
+    but a task update, which may still travel along an existing exchange."""
+    for kind in ("referral", "consultation", "advice", "record-answer", "record-query"):
+        oracle = _Oracle(True, stored=False)
+        decision = ConsentGate(oracle).check(_header(kind=kind), prior_exchange=lambda: True)
+        assert not decision.permit and not decision.unavailable
+        assert "no consent decision was bound to this envelope" in decision.reason
+    update = _header(kind="task-update")
+    loose = _Oracle(True, stored=False)
+    assert ConsentGate(loose).check(update, prior_exchange=lambda: True).permit
+    alone = ConsentGate(loose).check(update, prior_exchange=lambda: False)
+    assert not alone.permit and "existing exchange" in alone.reason
+    # a task update that carries clinical data has a bound decision, and it must permit
+    bound = ConsentGate(_Oracle(False)).check(update, prior_exchange=lambda: True)
+    assert not bound.permit
+    assert ConsentGate(None).check(update, prior_exchange=lambda: True).permit
+    assert not ConsentGate(None).check(update, prior_exchange=lambda: False).permit
+
+
+def test_a_break_glass_readmission_is_marked_and_never_reused() -> None:
+    """The registry re-admits its own break-glass grant for the envelope and says so; the gate
+    keeps its reason (clinician, grant) and marks the decision break-glass for the audit."""
+    oracle = _Oracle(True)
+    oracle.answer.break_glass, oracle.answer.reason = True, "by doctor u-1 of hosp-a: ED"
+    oracle.answer.epoch = "41"  # even if an epoch came with it
+    decision = ConsentGate(oracle).check(_header(), prior_exchange=lambda: False)
+    assert decision.permit and decision.break_glass and decision.epoch is None
+    assert decision.reason == "break-glass re-admitted: by doctor u-1 of hosp-a: ED"
 
 
 def test_consent_rule_asks_about_the_party_receiving_data() -> None:
     query = _header(kind="record-query", sender="clinic-b", recipient="hosp-a")
-    oracle = _Oracle(True, {"Condition"})
+    oracle = _Oracle(True)
     assert ConsentGate(oracle).check(query, prior_exchange=lambda: False).permit
-    assert oracle.calls[0][0] == "clinic-b" == data_recipient(query)
-    update = _header(kind="task-update", classes=())
-    assert ConsentGate(None).check(update, prior_exchange=lambda: True).permit
-    assert not ConsentGate(None).check(update, prior_exchange=lambda: False).permit
+    assert oracle.calls[0][2] == "clinic-b" == data_recipient(query)
 
 
 def test_a_routing_decision_stands_at_delivery_only_while_consents_are_unchanged() -> None:
@@ -314,28 +311,18 @@ def test_a_routing_decision_stands_at_delivery_only_while_consents_are_unchanged
     at delivery the coordinator reuses it only if the epoch has not moved — else it asks again.
     A break-glass envelope is always asked again; no epoch (registry down, a consent period
     ahead, an older registry) means ask again."""
-    oracle = _Oracle(True, {"Condition"})
+    oracle = _Oracle(True)
     oracle.answer.epoch = "41"
-    routed = ConsentGate(oracle).check(
-        _header(classes=("Condition",)), prior_exchange=lambda: False
-    )
+    routed = ConsentGate(oracle).check(_header(), prior_exchange=lambda: False)
     assert routed.permit and routed.epoch == "41"
     assert routed.still_holds("41")
     assert not routed.still_holds("42")  # a consent was written (a revocation, say)
     assert not routed.still_holds(None)  # the epoch could not be asked
-    glass = ConsentGate(oracle).check(
-        _header(purpose="ETREAT", classes=("Condition",)), prior_exchange=lambda: False
-    )
-    assert glass.permit and glass.epoch is None and not glass.still_holds("41")
+    query = ConsentGate(oracle).check(_header(kind="record-query"), prior_exchange=lambda: False)
+    assert query.permit and query.epoch is None  # the holder filters: asked again
     oracle.answer.epoch = None  # not reusable (e.g. a consent period will start or end)
-    assert (
-        not ConsentGate(oracle)
-        .check(_header(classes=("Condition",)), prior_exchange=lambda: False)
-        .still_holds(None)
-    )
+    assert not ConsentGate(oracle).check(_header(), prior_exchange=lambda: False).still_holds(None)
     oracle.answer.permit, oracle.answer.epoch = False, "41"
-    denied = ConsentGate(oracle).check(
-        _header(classes=("Condition",)), prior_exchange=lambda: False
-    )
+    denied = ConsentGate(oracle).check(_header(), prior_exchange=lambda: False)
     assert not denied.still_holds("41")
     assert ConsentGate(oracle).epoch_now() is None  # this oracle has no epoch to ask

@@ -18,6 +18,7 @@ from exchange_net import (
     start_region,
     wait_for,
 )
+from sqlalchemy import text
 
 from node.exchange.client import ExchangeClient
 from node.exchange.documents import (
@@ -127,7 +128,7 @@ def test_referral_carries_exactly_the_consented_classes_and_status_flows_back(
         if about_env(e.event)
         and any(d.get("type") == "caller" for x in e.event["entity"] for d in x.get("detail", []))
     ]
-    assert len(rechecks) == 1  # before routing only
+    assert len(rechecks) == 1, rechecks  # before routing only
     types = {
         rtype
         for rtype in [
@@ -237,6 +238,51 @@ def _imported_patient(node, pseudo: str) -> str:
     return f"Patient/{patients[0]['id']}"
 
 
+def test_the_coordinator_holds_no_purpose_or_class_of_a_referral(region: Region) -> None:
+    """Issue 23 (must-show): the clear header of a referral names no purpose and no data class,
+    and after routing and delivery the coordinator's database (queue row, routing log, audit
+    ledger) and its log hold neither the purpose nor any class name of it — the consent check
+    was a recheck of the decision bound to the envelope id."""
+    a = region.nodes["hosp-a"]
+    r = a.post(
+        "/exchange/requests",
+        {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-b",
+         "reason": "follow-up"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    sent = r.json()
+    env = sent["envelope_id"]
+    assert "Condition" in sent["classes"]  # the referral does carry data classes, inside
+    with _client(region, "hosp-a") as client:
+        wait_for(lambda: client.status(env).state == "delivered", what="delivered")
+    engine = make_engine(sqlite_url(region.coordinator.data_dir, "coordinator"))
+    with engine.connect() as conn:
+        rows = [
+            dict(row._mapping)
+            for table in ("envelopes", "routing_log")
+            for row in conn.execute(
+                text(f"select * from {table} where envelope_id = :e"), {"e": env}
+            )
+        ]
+    assert {row.get("decision") for row in rows} >= {"accepted", "delivered"}
+    assert not {"purpose", "classes", "consent_ref"} & {k for row in rows for k in row}
+    events = [
+        e.event
+        for e in _coordinator_ledger(region).entries()
+        if env in json.dumps(e.event["entity"])
+    ]
+    assert {e["subtype"][0]["code"] for e in events} >= {"accepted", "delivered", "imported"}
+    logged = [
+        line for line in region.coordinator.service.log_path.read_text().splitlines() if env in line
+    ]
+    assert logged
+    seen = json.dumps([rows, events, logged], default=str)
+    # "Patient" is every audit event's entity role (BALP), so the classes checked are the others
+    hidden = ["TREAT", *sorted(set(sent["classes"]) - {"Patient"})]
+    assert [word for word in hidden if word in seen] == []
+    assert "purposeOfEvent" not in json.dumps(events)
+
+
 def _consent_ledger(region: Region) -> AuditLedger:
     return AuditLedger(make_engine(sqlite_url(region.root / "consent", "consent")))
 
@@ -306,34 +352,39 @@ def _coordinator_ledger(region: Region) -> AuditLedger:
 def test_coordinator_refuses_without_consent_even_if_a_node_skips_its_own_check(
     region: Region,
 ) -> None:
-    """A node that skips its own check and seals for clinic C (no consent): refused, audited."""
+    """A node that skips its own check and seals for clinic C (no consent) is refused and
+    audited: whether it asked the registry for a decision bound to the envelope (a deny, which
+    the coordinator's recheck finds) or asked nothing at all (issue 23: no bound decision, no
+    routing — the coordinator never asks by the header's pseudonym)."""
     pseudo = region.pseudonym(NID)
-    header = EnvelopeHeader.new(
-        kind="referral",
-        sender="hosp-a",
-        recipient="clinic-c",
-        purpose="TREAT",
-        classes=("Condition",),
-        patient_pseudonym=pseudo,
-    )
-    sealed = seal_to(
-        header,
-        b'{"resourceType":"Bundle"}',
-        sender=region.pki.creds["hosp-a"],
-        recipient_encryption_cert_pem=region.pki.creds["clinic-c"].encryption_cert_pem,
-    )
-    with _client(region, "hosp-a") as a, pytest.raises(grpc.RpcError) as err:
-        a.send(sealed)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "consent" in err.value.details()
+    refused_ids = []
+    for bind in (True, False):
+        header = EnvelopeHeader.new(
+            kind="referral", sender="hosp-a", recipient="clinic-c", patient_pseudonym=pseudo
+        )
+        if bind:
+            assert not region.bind(header, pseudo).permit
+        sealed = seal_to(
+            header,
+            b'{"resourceType":"Bundle"}',
+            sender=region.pki.creds["hosp-a"],
+            recipient_encryption_cert_pem=region.pki.creds["clinic-c"].encryption_cert_pem,
+        )
+        with _client(region, "hosp-a") as a, pytest.raises(grpc.RpcError) as err:
+            a.send(sealed)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        expected = "consent refused" if bind else "no consent decision was bound to this envelope"
+        assert expected in err.value.details()
+        refused_ids.append(header.envelope_id)
     events = [e.event for e in _coordinator_ledger(region).entries(patient_pseudonym=pseudo)]
-    refused = [
-        e
-        for e in events
-        if e["subtype"][0]["code"] == "refused"
-        and e["entity"][1]["what"]["identifier"]["value"] == header.envelope_id
-    ]
-    assert len(refused) == 1 and refused[0]["outcome"] == "4"
+    for envelope_id in refused_ids:
+        refused = [
+            e
+            for e in events
+            if e["subtype"][0]["code"] == "refused"
+            and e["entity"][1]["what"]["identifier"]["value"] == envelope_id
+        ]
+        assert len(refused) == 1 and refused[0]["outcome"] == "4"
     assert _coordinator_ledger(region).verify().ok
 
 
@@ -361,13 +412,10 @@ def test_undeclared_content_is_rejected_by_the_receiver(region: Region) -> None:
         title="tampered",
     )
     header = EnvelopeHeader.new(
-        kind="referral",
-        sender="hosp-a",
-        recipient="clinic-b",
-        purpose="TREAT",
-        classes=("Condition",),
-        patient_pseudonym=pseudo,
+        kind="referral", sender="hosp-a", recipient="clinic-b", patient_pseudonym=pseudo
     )
+    # the registry permits Condition to clinic B, bound to this envelope; Procedure rides along
+    assert region.bind(header, pseudo, document=document, classes=("Condition",)).permit
     sealed = seal_to(
         header,
         json.dumps(document).encode(),
@@ -378,7 +426,8 @@ def test_undeclared_content_is_rejected_by_the_receiver(region: Region) -> None:
         a.send(sealed)
         wait_for(lambda: a.status(header.envelope_id).state == "rejected", what="negative ack")
         status = a.status(header.envelope_id)
-    assert "outside the declared classes" in status.reason and "Procedure" in status.reason
+    assert "outside the classes its consent decision permits" in status.reason
+    assert "Procedure" not in status.reason  # the coordinator is not told which class
     inbox = b.get("/exchange/inbox")["envelopes"]
     row = next(e for e in inbox if e["envelope_id"] == header.envelope_id)
     assert row["outcome"] == "rejected"

@@ -262,12 +262,10 @@ def test_sender_retry_with_same_envelope_id_gives_one_import(region: Region) -> 
           "code": {"text": "retried condition"}}],
         patient=None, sender="hosp-a", title="retry",
     )  # fmt: skip
-    args = {"recipient": "clinic-b", "purpose": "TREAT", "classes": ("Condition",),
-            "patient_pseudonym": pseudo}  # fmt: skip
-    envelope_id = region.attach_permit(document, "hosp-a", args)  # the decision travels inside
     header = EnvelopeHeader.new(
-        kind="referral", sender="hosp-a", envelope_id=envelope_id, **args
-    )  # fmt: skip
+        kind="referral", sender="hosp-a", recipient="clinic-b", patient_pseudonym=pseudo
+    )
+    region.bind(header, pseudo, document=document)  # the decision travels inside
     sealed = seal_to(
         header, json.dumps(document).encode(), sender=region.pki.creds["hosp-a"],
         recipient_encryption_cert_pem=region.pki.creds["clinic-b"].encryption_cert_pem,

@@ -1,6 +1,7 @@
 """The receiving node's import on SQLite and PostgreSQL (no servers): a real sealed envelope is
-verified, checked against its declared classes and imported exactly once; a redelivery changes
-nothing; undeclared content and tampering are refused without touching the store."""
+verified, checked against the consent decision it carries (the clear header declares no classes
+and no purpose, issue 23) and imported exactly once; a redelivery changes nothing; content the
+decision does not permit and tampering are refused without touching the store."""
 
 from __future__ import annotations
 
@@ -101,9 +102,10 @@ def _decision(creds, envelope_id, classes, *, signer="consent-registry", **claim
 def _envelope(
     creds, resources, classes, *, token=None, permitted=None, envelope_id=None, routed=None
 ):  # type: ignore[no-untyped-def]
-    """``routed``: (the regional pseudonym inside, the pair and the patient whose routing
-    pseudonym the header carries) — what a node sends; without it the header carries the
-    regional pseudonym."""
+    """``classes``: what the decision carried inside permits (unless ``permitted`` says).
+    ``routed``: (the regional pseudonym inside, the pair and the patient whose routing pseudonym
+    the header carries) — what a node sends; without it the header carries the regional
+    pseudonym."""
     doc = pack_document(resources, patient=None, sender="hosp-a", title="t")
     header_pseudonym = PSEUDO
     if routed is not None:
@@ -119,8 +121,6 @@ def _envelope(
         kind="referral",
         sender="hosp-a",
         recipient="clinic-b",
-        purpose="TREAT",
-        classes=classes,
         patient_pseudonym=header_pseudonym,
         envelope_id=envelope_id,
     )
@@ -167,11 +167,12 @@ def test_import_once_then_redelivery_changes_nothing(ctx: ExchangeContext, creds
     assert _inbound_rows(ctx) == 1
 
 
-def test_undeclared_classes_rejected_and_nothing_imported(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+def test_unpermitted_classes_rejected_and_nothing_imported(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
     sealed = _envelope(creds, [COND, PROC], ("Condition",))
     handled = handle_envelope(ctx, sealed.to_bytes())
     assert not handled.imported
-    assert "outside the declared classes" in handled.detail and "Procedure" in handled.detail
+    assert "outside the classes its consent decision permits" in handled.detail
+    assert "Procedure" not in handled.detail  # the acknowledgement goes to the coordinator
     assert ctx.store.counts().get("Condition", 0) == 0
     assert ctx.store.counts().get("Procedure", 0) == 0
     # the refusal is remembered: a redelivery is refused again, still without importing
@@ -290,11 +291,27 @@ def _refused_without_import(ctx: ExchangeContext, sealed, reason: str) -> None: 
 def test_an_envelope_whose_decision_does_not_cover_its_classes_is_refused(  # type: ignore[no-untyped-def]
     ctx: ExchangeContext, creds
 ) -> None:
-    """Attack (issue 23): the registry permitted Condition only; the sender declares (and
-    packs) Condition and Procedure. Declared classes match the content, so only the signed
-    decision carried inside the envelope can catch it."""
+    """Attack (issue 23): the registry permitted Condition only; the sender packs Condition and
+    Procedure. The clear header declares nothing, so only the signed decision carried inside
+    the envelope can catch it."""
     sealed = _envelope(creds, [COND, PROC], ("Condition", "Procedure"), permitted=["Condition"])
-    _refused_without_import(ctx, sealed, "does not permit the classes ['Procedure']")
+    _refused_without_import(ctx, sealed, "outside the classes its consent decision permits")
+
+
+def test_the_purpose_is_the_decisions_not_the_headers(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    """The clear header has no purpose: an emergency (ETREAT) decision bound to the envelope is
+    what marks the import as break-glass on this side."""
+    envelope_id = str(uuid.uuid4())
+    token = _decision(creds, envelope_id, ["Condition"], purpose="ETREAT", break_glass=True)
+    sealed = _envelope(creds, [COND], ("Condition",), token=token, envelope_id=envelope_id)
+    assert "purpose" not in sealed.header.to_dict()
+    handled = handle_envelope(ctx, sealed.to_bytes())
+    assert handled.imported, handled.detail
+    with ctx.engine.connect() as conn:
+        detail = conn.execute(
+            select(inbound.c.detail).where(inbound.c.envelope_id == envelope_id)
+        ).scalar_one()
+    assert detail.startswith("break-glass (ETREAT): ")
 
 
 def test_a_decision_for_another_envelope_or_patient_or_a_refusal_is_refused(  # type: ignore[no-untyped-def]
@@ -306,7 +323,7 @@ def test_a_decision_for_another_envelope_or_patient_or_a_refusal_is_refused(  # 
         ({"sub": "c" * 64}, "patient"),
         ({"permit": False}, "permit"),
         ({"requester": "clinic-c"}, "requester"),
-        ({"purpose": "HRESCH"}, "purpose"),
+        ({"recipient": "clinic-c"}, "recipient"),
     ):
         envelope_id = str(uuid.uuid4())
         token = _decision(creds, envelope_id, ["Condition"], **claims)

@@ -25,8 +25,6 @@ def _header(recipient: str = "clinic-b", kind: str = "referral", ttl: int = 3600
         kind=kind,
         sender="hosp-a",
         recipient=recipient,
-        purpose="TREAT",
-        classes=("Condition",),
         patient_pseudonym=PSEUDO,
         ttl=dt.timedelta(seconds=ttl),
     )
@@ -110,7 +108,6 @@ def test_task_update_needs_a_prior_exchange(queue: EnvelopeQueue) -> None:
         kind="task-update",
         sender="clinic-b",
         recipient="hosp-a",
-        classes=(),
     )
     assert queue.has_exchange(back)
     stranger = dataclasses.replace(back, sender="clinic-c")

@@ -33,7 +33,6 @@ class Registry:
         self.rechecks += 1
         return SimpleNamespace(
             permit=not self.revoked,
-            classes=() if self.revoked else ("Condition",),
             consent_ids=(),
             reason="consent revoked" if self.revoked else "permitted",
             break_glass=False,
@@ -49,8 +48,6 @@ def _header() -> EnvelopeHeader:
         kind="referral",
         sender="hosp-a",
         recipient="clinic-b",
-        purpose="TREAT",
-        classes=("Condition",),
         patient_pseudonym="rp-0123456789abcdef",
     )
 
@@ -81,7 +78,7 @@ def _inbox(registry: Registry) -> tuple[ExchangeServicer, Queue, list[tuple[str,
         queue=queue,
         gate=ConsentGate(registry),
         auditor=SimpleNamespace(
-            record=lambda h, state, why, _ids: audit.append((h.envelope_id, state, why))
+            record=lambda h, state, why, _ids, **_: audit.append((h.envelope_id, state, why))
         ),
         notifier=SimpleNamespace(
             notify=lambda _o: None, generation=lambda _o: 0, wait=lambda *_: None

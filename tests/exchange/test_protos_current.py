@@ -36,3 +36,16 @@ def test_stubs_import_by_package_path() -> None:
     envelope = exchange_pb2.Envelope(header=exchange_pb2.EnvelopeHeader(envelope_id="x"))
     assert exchange_pb2.Envelope.FromString(envelope.SerializeToString()) == envelope
     assert hasattr(exchange_pb2_grpc, "ExchangeStub")
+
+
+def test_the_clear_header_message_reserves_what_left_it() -> None:
+    """Issue 23: purpose, classes and consent reference are reserved in the header message (no
+    later field may reuse their numbers or names), so an old sender's values are dropped as
+    unknown, never read as something else."""
+    from protos.ipjms.exchange.v1 import exchange_pb2
+
+    fields = exchange_pb2.EnvelopeHeader.DESCRIPTOR.fields_by_name
+    assert not {"purpose", "classes", "consent_ref"} & set(fields)
+    proto = (REPO_ROOT / "protos/ipjms/exchange/v1/exchange.proto").read_text()
+    assert 'reserved "purpose", "classes", "consent_ref";' in proto
+    assert "reserved 6, 7, 8;" in proto

@@ -4,7 +4,8 @@ recipient organisation talking gRPC with mutual TLS to real coordinators.
 sender:    seal ``--count`` small envelopes to the recipients (round robin) with this org's
            credentials — with ``--consent-url``, first asking the registry for a decision bound
            to each envelope id, as a node does before sealing (so the coordinator's checks are
-           one ``$recheck`` each; without it, a 404 ``$recheck`` then a ``$decide``) — wait for
+           one ``$recheck`` each; without it, every envelope is refused: nothing is bound to
+           it) — wait for
            the ``--go`` file, send them from ``--threads`` threads to its
            coordinator, write {"sent": [ids], "first": t, "last": t} to ``--out``.
 Both report their CPU seconds from the go signal on (``cpu``).
@@ -46,8 +47,6 @@ def sender(ns: argparse.Namespace) -> None:
             kind="referral",
             sender=creds.org_id,
             recipient=recipients[i % len(recipients)].org_id,
-            purpose="TREAT",
-            classes=("Condition",),
             patient_pseudonym=ns.pseudonym,
         )
         for i in range(ns.count)
@@ -61,8 +60,8 @@ def sender(ns: argparse.Namespace) -> None:
             registry.decide(
                 ns.pseudonym,
                 header.recipient,
-                header.purpose,
-                header.classes,
+                "TREAT",
+                ["Condition"],
                 envelope_id=header.envelope_id,
             )
 

@@ -156,9 +156,16 @@ def test_services_log_json_without_phi_and_serve_metrics(tmp_path: Path) -> None
         # --- the coordinator refuses an envelope about the patient (no consent) ------------
         creds = load_org(orgs["org-node"])
         header = EnvelopeHeader.new(
-            kind="referral", sender="org-node", recipient="org-peer", purpose="TREAT",
-            classes=("Patient",), patient_pseudonym=pseudo,
-        )  # fmt: skip
+            kind="referral", sender="org-node", recipient="org-peer", patient_pseudonym=pseudo
+        )
+        # bound to the envelope as a node does before sealing: a deny, which the coordinator's
+        # recheck by envelope id finds
+        registry = ConsentClient(consent_url, load_org(orgs["org-node"]))
+        bound = registry.decide(
+            pseudo, "org-peer", "TREAT", ["Patient"], envelope_id=header.envelope_id
+        )
+        assert not bound.permit
+        registry.close()
         payload = json.dumps(_patient()).encode()
         sealed = seal_to(
             header, payload, sender=creds,

@@ -49,8 +49,7 @@ class _HeldCommit:
 
 def _header() -> EnvelopeHeader:
     return EnvelopeHeader.new(kind="referral", sender="hosp-a", recipient="clinic-b",
-                              purpose="TREAT", classes=("Condition",), patient_pseudonym="ab" * 32,
-                              ttl=dt.timedelta(hours=1))  # fmt: skip
+                              patient_pseudonym="ab" * 32, ttl=dt.timedelta(hours=1))  # fmt: skip
 
 
 def _race(pg_url: str, sealed_a: bytes, sealed_b: bytes) -> tuple[Any, Any]:

@@ -43,10 +43,7 @@ def _header(**kw: object) -> EnvelopeHeader:
         kind="referral",
         sender="hosp-a",
         recipient="clinic-b",
-        purpose="TREAT",
-        classes=("Condition", "Observation"),
         patient_pseudonym="ab" * 32,
-        consent_ref="Consent/123",
     )
     base.update(kw)
     return EnvelopeHeader.new(**base)  # type: ignore[arg-type]
@@ -78,7 +75,7 @@ def test_round_trip_and_header_without_keys() -> None:
     env = _sealed(b"x" * 5000)
     data = env.to_bytes()
     parsed = SealedEnvelope.from_bytes(data)
-    assert parsed.header == env.header and parsed.header.classes == ("Condition", "Observation")
+    assert parsed.header == env.header and parsed.header.kind == "referral"
     assert _open(data) == b"x" * 5000
     assert _open(parsed) == b"x" * 5000
     assert b"x" * 16 not in data  # the payload is not in clear
@@ -135,13 +132,10 @@ def test_garbage_never_raises_anything_but_envelope_error(blob: bytes) -> None:
 @given(
     payload=st.binary(max_size=4096),
     kind=st.sampled_from(["referral", "consultation", "task-update", "record-query"]),
-    classes=st.lists(st.sampled_from(["Condition", "Observation", "AllergyIntolerance"])),
     pseudonym=st.one_of(st.none(), st.text("0123456789abcdef", min_size=1, max_size=64)),
 )
-def test_framing_round_trips(
-    payload: bytes, kind: str, classes: list[str], pseudonym: str | None
-) -> None:
-    env = _sealed(payload, kind=kind, classes=tuple(classes), patient_pseudonym=pseudonym)
+def test_framing_round_trips(payload: bytes, kind: str, pseudonym: str | None) -> None:
+    env = _sealed(payload, kind=kind, patient_pseudonym=pseudonym)
     again = SealedEnvelope.from_bytes(env.to_bytes())
     assert again == env
     assert _open(again) == payload
@@ -213,8 +207,8 @@ def test_header_validation() -> None:
         _header(sender="../x")
     with pytest.raises(EnvelopeError, match="expires_at"):
         _header(ttl=dt.timedelta(0))
-    with pytest.raises(EnvelopeError, match="classes"):
-        _header(classes="Condition")
+    with pytest.raises(EnvelopeError, match="patient_pseudonym"):
+        _header(patient_pseudonym="has spaces")
     h = _header()
     assert uuid.UUID(h.envelope_id).version == 4
     assert EnvelopeHeader.from_dict(h.to_dict()) == h
@@ -298,3 +292,27 @@ def test_payloads_are_padded_to_size_buckets() -> None:
         assert n < bucket <= max(MIN_PADDED, (n + 1) * 1.12)
     with pytest.raises(EnvelopeError, match="padding"):
         unpad(b"abc\x00\x00")
+
+
+def test_the_clear_header_says_nothing_of_purpose_classes_or_consent() -> None:
+    """Issue 23: what the coordinator can read of an envelope without a key names no purpose,
+    no data class and no consent; they travel inside, in the signed decision."""
+    payload = b'{"purpose":"TREAT","classes":["Condition","Observation"],"consent":"Consent/1"}'
+    env = _sealed(payload)
+    parsed = SealedEnvelope.from_bytes(env.to_bytes())
+    assert set(parsed.header.to_dict()) == {
+        "envelope_id", "kind", "sender", "recipient", "patient_pseudonym", "created_at",
+        "expires_at",
+    }  # fmt: skip
+    for word in (b"TREAT", b"purpose", b"Condition", b"Observation", b"classes", b"Consent"):
+        assert word not in parsed.header_bytes
+        assert word not in env.to_bytes()  # nor anywhere in clear in the sealed bytes
+    assert _open(parsed) == payload
+
+
+def test_an_envelope_of_an_earlier_version_is_refused() -> None:
+    """A version-2 envelope (purpose and classes in its clear header) is not half-read."""
+    data = bytearray(FIXED)
+    data[4] = 2
+    with pytest.raises(EnvelopeError, match="unsupported envelope version 2"):
+        SealedEnvelope.from_bytes(bytes(data))

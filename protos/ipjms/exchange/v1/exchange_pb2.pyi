@@ -99,15 +99,12 @@ class LookupResponse(_message.Message):
     def __init__(self, holders: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnvelopeHeader(_message.Message):
-    __slots__ = ("envelope_id", "kind", "sender", "recipient", "patient_pseudonym", "purpose", "classes", "consent_ref", "created_at", "expires_at")
+    __slots__ = ("envelope_id", "kind", "sender", "recipient", "patient_pseudonym", "created_at", "expires_at")
     ENVELOPE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     PATIENT_PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
-    PURPOSE_FIELD_NUMBER: _ClassVar[int]
-    CLASSES_FIELD_NUMBER: _ClassVar[int]
-    CONSENT_REF_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     envelope_id: str
@@ -115,12 +112,9 @@ class EnvelopeHeader(_message.Message):
     sender: str
     recipient: str
     patient_pseudonym: str
-    purpose: str
-    classes: _containers.RepeatedScalarFieldContainer[str]
-    consent_ref: str
     created_at: int
     expires_at: int
-    def __init__(self, envelope_id: _Optional[str] = ..., kind: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., patient_pseudonym: _Optional[str] = ..., purpose: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., consent_ref: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    def __init__(self, envelope_id: _Optional[str] = ..., kind: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., patient_pseudonym: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("header", "sealed", "delivery_attempt")
