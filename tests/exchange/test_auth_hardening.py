@@ -542,7 +542,8 @@ def test_break_glass_pull_brings_the_history_only_with_a_reason_and_is_flagged_e
     assert PULL_REASON in lookups[-1]["outcomeDesc"]
     routed_query = [e for e in events
                     if e["entity"][1].get("what", {}).get("identifier", {}).get("value")
-                    == query_id and e["subtype"][0]["code"] in ("accepted", "delivered")]  # fmt: skip
+                    == query_id
+                    and e["subtype"][0]["code"] in ("accepted", "delivered")]  # fmt: skip
     assert routed_query and all("BTG" in {s["code"] for s in e["subtype"]} for e in routed_query)
     # the patient's list: the pull grant, the query and the answer, each flagged, one reason
     new = _disclosures(region)[before:]
