@@ -30,6 +30,7 @@ __all__ = [
     "resources_of",
     "carried_classes",
     "local_id",
+    "linked_patient",
     "prepare_import",
     "org_uri",
 ]
@@ -225,30 +226,62 @@ def _walk_references(node: Any, fix: Any) -> Any:
     return node
 
 
+def linked_patient(shared: dict[str, Any] | None, pseudonym: str) -> dict[str, Any]:
+    """The local Patient made for a patient first met in a document: what was shared (without
+    its id, meta, narrative and links) or a stub, carrying the regional pseudonym it stands for
+    and tagged as linked by the exchange."""
+    body: dict[str, Any] = {"resourceType": "Patient"}
+    if shared:
+        body = {k: v for k, v in shared.items() if k not in ("id", "meta", "text", "link")}
+    body["identifier"] = [
+        *[i for i in body.get("identifier", []) if i.get("system") != PSEUDONYM_SYSTEM],
+        {"system": PSEUDONYM_SYSTEM, "value": pseudonym},
+    ]
+    body["meta"] = {"tag": [{"system": EXCHANGE_TAG_SYSTEM, "code": "linked"}]}
+    return body
+
+
 def prepare_import(
     document: dict[str, Any],
     *,
     sender: str,
     sender_name: str,
     envelope_id: str,
-    local_patient_id: str,
+    local_patient_id: str | None = None,
+    new_patient: dict[str, Any] | None = None,
     existing: dict[str, dict[str, Any]] | None = None,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """A transaction Bundle importing ``document`` (see the module docstring). The Patient of the
     document is not imported (the local patient stands for it); Composition is kept.
     ``existing`` maps a document resource ("Task/<id>") to the local resource it updates (an
-    exchange Task this node already holds: only its workflow fields change)."""
+    exchange Task this node already holds: only its workflow fields change).
+
+    The local patient is ``local_patient_id``, or — for a patient this node does not know yet —
+    ``new_patient`` (a :func:`linked_patient`), created by the same transaction: its entry comes
+    first, a conditional create on its pseudonym identifier (the store's "already here" rule),
+    and the document's patient references point at its ``fullUrl``."""
+    if (local_patient_id is None) == (new_patient is None):
+        raise ValueError("prepare_import needs exactly one of local_patient_id and new_patient")
     existing = existing or {}
     now = now or dt.datetime.now(dt.UTC)
     resources = resources_of(document)
     entries = document["entry"]
+    out_entries: list[dict[str, Any]] = []
+    if new_patient is not None:
+        patient_ref = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{sender}|{envelope_id}')}"
+        ids = new_patient["identifier"]
+        pseudonym = next(str(i["value"]) for i in ids if i["system"] == PSEUDONYM_SYSTEM)
+        request = idempotent_request(new_patient, identifier=(PSEUDONYM_SYSTEM, pseudonym))
+        out_entries.append({"fullUrl": patient_ref, "resource": new_patient, "request": request})
+    else:
+        patient_ref = f"Patient/{local_patient_id}"
     mapping: dict[str, str] = {}  # fullUrl or Type/id in the document → local Type/id
     for entry, res in zip(entries, resources, strict=True):
         rtype = res["resourceType"]
         here = existing.get(f"{rtype}/{res.get('id')}")
         if rtype == "Patient":
-            target = f"Patient/{local_patient_id}"
+            target = patient_ref
         elif here is not None:
             target = f"{rtype}/{here['id']}"
         else:
@@ -263,7 +296,7 @@ def prepare_import(
     def fix(ref: dict[str, Any]) -> dict[str, Any]:
         target = mapping.get(ref["reference"])
         if target is None and ref["reference"].startswith("Patient/"):
-            target = f"Patient/{local_patient_id}"  # a document is about one patient
+            target = patient_ref  # a document is about one patient
         if target is not None:
             return {**ref, "reference": target}
         # Not shared with us: keep what it was, without a link we could not resolve.
@@ -272,7 +305,6 @@ def prepare_import(
         return kept
 
     tag = {"system": EXCHANGE_TAG_SYSTEM, "code": sender, "display": f"Received from {sender_name}"}
-    out_entries: list[dict[str, Any]] = []
     targets: list[dict[str, str]] = []
     for res in resources:
         if res["resourceType"] == "Patient":
@@ -296,7 +328,7 @@ def prepare_import(
     provenance = {
         "resourceType": "Provenance",
         "id": provenance_id,
-        "target": targets or [{"reference": f"Patient/{local_patient_id}"}],
+        "target": targets or [{"reference": patient_ref}],
         "recorded": now.isoformat(),
         "activity": {
             "coding": [

@@ -22,11 +22,10 @@ from sqlalchemy import insert, select
 
 from node.exchange.context import ExchangeContext
 from node.exchange.documents import (
-    EXCHANGE_TAG_SYSTEM,
-    PSEUDONYM_SYSTEM,
     TASK_ID_SYSTEM,
     carried_classes,
     decision_of,
+    linked_patient,
     patient_of,
     prepare_import,
     resources_of,
@@ -34,7 +33,7 @@ from node.exchange.documents import (
 from node.exchange.tables import inbound, pseudonyms
 from node.exchange.workflow import BREAK_GLASS_PREFIX, pull_note, query_parameter, task_uid
 from node.identity import NATIONAL_ID_SYSTEMS
-from node.store import UnitOfWork, identifier_criteria, parse_bundle
+from node.store import UnitOfWork, parse_bundle
 from servicekit.outcome import FhirError
 from trust.envelopes import (
     DATA_KINDS,
@@ -45,7 +44,7 @@ from trust.envelopes import (
     open_from,
 )
 
-__all__ = ["Handled", "handle_envelope", "already_processed", "local_patient", "exchange_writer"]
+__all__ = ["Handled", "handle_envelope", "already_processed", "exchange_writer"]
 
 log = logging.getLogger("ipjms.node.exchange")
 
@@ -86,47 +85,44 @@ def exchange_writer(sender: str) -> str:
     return f"exchange:{sender}"
 
 
-def local_patient(
-    ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | None, sealed_sender: str
-) -> str:
+@dataclass(frozen=True)
+class _Linked:
+    """Who a document is about on this side: a local patient already known (``patient_id``),
+    or a Patient the import creates (``new_patient``); ``map_pseudonym``: the import records
+    which local patient the regional pseudonym stands for (it has no mapping yet)."""
+
+    patient_id: str | None
+    new_patient: dict[str, Any] | None
+    map_pseudonym: bool
+
+
+def _local_patient(ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | None) -> _Linked:
     """The local Patient standing for ``pseudo``: known mapping, else a local record with the
-    same national identifier, else a new Patient from what was shared (or a pseudonym stub)."""
+    same national identifier, else a new Patient from what was shared (or a pseudonym stub) —
+    made by the import itself, so that the Patient, its pseudonym mapping and the document
+    are one commit (nothing of a refused import stays behind)."""
     with ctx.engine.connect() as conn:
         row = conn.execute(
             select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
         ).first()
     if row:
-        return str(row[0])
-    found: str | None = None
+        return _Linked(str(row[0]), None, False)
     for ident in (shared or {}).get("identifier", []):
         if ident.get("system") in NATIONAL_ID_SYSTEMS and ident.get("value"):
             hits = ctx.store.search(
                 "Patient", [("identifier", f"{ident['system']}|{ident['value']}")]
             )
             if hits.resources:
-                found = str(hits.resources[0]["id"])
-                break
-    if found is None:
-        body: dict[str, Any] = {"resourceType": "Patient"}
-        if shared:
-            body = {k: v for k, v in shared.items() if k not in ("id", "meta", "text", "link")}
-        body["identifier"] = [
-            *[i for i in body.get("identifier", []) if i.get("system") != PSEUDONYM_SYSTEM],
-            {"system": PSEUDONYM_SYSTEM, "value": pseudo},
-        ]
-        body["meta"] = {"tag": [{"system": EXCHANGE_TAG_SYSTEM, "code": "linked"}]}
-        outcome = ctx.store.create(
-            body,
-            if_none_exist=identifier_criteria(PSEUDONYM_SYSTEM, pseudo),
-            writer=exchange_writer(sealed_sender),
-        )
-        found = str(outcome.resource["id"])
-    with ctx.engine.begin() as conn:
-        if not conn.execute(
-            select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
-        ).first():
-            conn.execute(insert(pseudonyms).values(pseudonym=pseudo, patient_id=found))
-    return found
+                return _Linked(str(hits.resources[0]["id"]), None, True)
+    return _Linked(None, linked_patient(shared, pseudo), True)
+
+
+def _map_pseudonym(conn: Any, pseudo: str, patient_id: str) -> None:
+    """Record that ``pseudo`` stands for ``patient_id`` (a mapping already there is kept)."""
+    if not conn.execute(
+        select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudo)
+    ).first():
+        conn.execute(insert(pseudonyms).values(pseudonym=pseudo, patient_id=patient_id))
 
 
 def _find_task(ctx: ExchangeContext, uid: str) -> dict[str, Any] | None:
@@ -146,17 +142,19 @@ def _import_document(
     h = sealed.header
     sender = ctx.organisation(h.sender)
     with ctx.timed("in", "link"):
-        patient_id, existing, uid = _link(ctx, sealed, document, regional)
+        linked, existing, uid = _link(ctx, document, regional)
     with ctx.timed("in", "prepare"):
         tx = prepare_import(
             document,
             sender=h.sender,
             sender_name=sender.name,
             envelope_id=h.envelope_id,
-            local_patient_id=patient_id,
+            local_patient_id=linked.patient_id,
+            new_patient=linked.new_patient,
             existing=existing,
         )
         entries = parse_bundle(tx, "transaction").entries
+        imported = len(entries) - (linked.new_patient is not None)  # the document's resources
     with ctx.timed("in", "validate"):
         # before the write lock: API writes are not held up by an import
         ctx.store.prevalidate(entries)
@@ -167,13 +165,19 @@ def _import_document(
         # The import and the record that the envelope was handled: one unit of work, so a
         # redelivery finds either both or neither (and the commit events cover the import).
         with ctx.timed("in", "write"):
-            uow.apply(entries)
+            results = uow.apply(entries)
+            patient_id = linked.patient_id
+            if patient_id is None:  # created (or matched by its pseudonym) by entry 0
+                assert results[0].location is not None
+                patient_id = results[0].location.split("/")[1]
+            if linked.map_pseudonym:
+                _map_pseudonym(uow.conn, regional, patient_id)
             _record(
                 uow.conn,
                 sealed,
                 "imported",
                 (f"{BREAK_GLASS_PREFIX} ({purpose}): " if purpose == "ETREAT" else "")
-                + f"{len(entries)} resources",
+                + f"{imported} resources",
                 task_uid=uid,
                 patient_id=patient_id,
             )
@@ -181,14 +185,13 @@ def _import_document(
 
     ctx.store.write(work, writer=exchange_writer(h.sender))
     ctx.observe("in", "commit", time.perf_counter() - written)  # the durable (fsync'd) commit
-    return Handled(True, f"imported {len(entries)} resources")
+    return Handled(True, f"imported {imported} resources")
 
 
 def _link(
-    ctx: ExchangeContext, sealed: SealedEnvelope, document: dict[str, Any], regional: str
-) -> tuple[str, dict[str, dict[str, Any]], str | None]:
+    ctx: ExchangeContext, document: dict[str, Any], regional: str
+) -> tuple[_Linked, dict[str, dict[str, Any]], str | None]:
     """The local patient the document is about, the exchange Tasks it updates, its Task uid."""
-    h = sealed.header
     resources = resources_of(document)
     # A Task this node already holds (it sent the request, or received it earlier) is updated
     # in place: one Task per exchange on each side, whose status follows the other side's.
@@ -204,11 +207,9 @@ def _link(
         t for t in existing.values() if t.get("for", {}).get("reference", "").startswith("Patient/")
     ]
     if held:
-        patient_id = held[0]["for"]["reference"].split("/", 1)[1]
-    else:
-        shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
-        patient_id = local_patient(ctx, regional, shared_patient, h.sender)
-    return patient_id, existing, uid
+        return _Linked(held[0]["for"]["reference"].split("/", 1)[1], None, False), existing, uid
+    shared_patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+    return _local_patient(ctx, regional, shared_patient), existing, uid
 
 
 def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from node.store.tables import commit_log, commit_log_head, commit_subscriber
-from node.store.writes import NewVersion, now_utc
+from node.store.writes import NewVersion, bulk_insert, now_utc
 
 __all__ = [
     "CommitEvent",
@@ -87,7 +87,7 @@ def append(conn: Connection, versions: Sequence[NewVersion], writer: str) -> lis
         )
         for i, v in enumerate(versions)
     ]
-    conn.execute(insert(commit_log), [_row(e) for e in events])
+    bulk_insert(conn, commit_log, [_row(e) for e in events])  # one executemany, no per-row work
     return events
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "current_rows",
     "current_bodies",
     "write_versions",
+    "bulk_insert",
     "keys_in",
     "fetch",
     "read_current",
@@ -145,7 +146,7 @@ def write_versions(conn: Connection, items: list[NewVersion], base_url: str = ""
     """Insert the new versions, move the current pointers, and rewrite their index rows."""
     if not items:
         return
-    _bulk_insert(
+    bulk_insert(
         conn,
         resource_version,
         [
@@ -162,7 +163,7 @@ def write_versions(conn: Connection, items: list[NewVersion], base_url: str = ""
     )
     fresh = [it for it in items if not it.existed]
     if fresh:
-        _bulk_insert(
+        bulk_insert(
             conn,
             resource,
             [
@@ -209,7 +210,7 @@ def write_versions(conn: Connection, items: list[NewVersion], base_url: str = ""
     _insert_index_rows(conn, [it for it in items if not it.deleted], base_url)
 
 
-def _bulk_insert(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+def bulk_insert(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
     """One executemany of ``rows`` (all with the same keys) into ``table``.
 
     On SQLite the rows go to the driver as tuples through the columns' own bind processors
@@ -262,7 +263,7 @@ def _insert_index_rows(conn: Connection, items: list[NewVersion], base_url: str)
         ("quantity", quantity),
     ):
         if rows_:
-            _bulk_insert(conn, INDEX_TABLES[kind], rows_)
+            bulk_insert(conn, INDEX_TABLES[kind], rows_)
 
 
 def keys_in(conn: Connection, keys: Iterable[Key]) -> set[Key]:

@@ -254,9 +254,9 @@ def test_an_import_commits_once_with_its_events_and_a_refused_one_none(  # type:
     summary = [(e.resource_type, e.interaction, e.writer, e.commit_seq) for e in got]
     assert summary == [
         ("Patient", "create", "exchange:hosp-a", 1),  # the local patient the pseudonym links to
-        ("Composition", "create", "exchange:hosp-a", 2),
-        ("Condition", "create", "exchange:hosp-a", 2),
-        ("Provenance", "create", "exchange:hosp-a", 2),
+        ("Composition", "create", "exchange:hosp-a", 1),
+        ("Condition", "create", "exchange:hosp-a", 1),
+        ("Provenance", "create", "exchange:hosp-a", 1),
     ]
     assert ctx.store.events.read_since(0) == got
     got.clear()
@@ -280,6 +280,35 @@ def test_an_import_commits_once_with_its_events_and_a_refused_one_none(  # type:
     refused = handle_envelope(ctx, _envelope(creds, [invalid], ("Condition",)).to_bytes())
     assert not refused.imported and "refused by the store" in refused.detail
     assert got == [] and ctx.store.events.head() == 6
+
+
+def test_a_refused_first_import_leaves_no_patient_behind(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """The local Patient of a patient first met in a document, its pseudonym mapping and the
+    document are one commit: a document the store refuses leaves none of them, and the next
+    valid one creates the Patient (once) with its contents."""
+    clinical = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    invalid = {**COND, "clinicalStatus": {"coding": [{"system": clinical, "code": "maybe"}]}}
+    refused = handle_envelope(ctx, _envelope(creds, [invalid], ("Condition",)).to_bytes())
+    assert not refused.imported and "refused by the store" in refused.detail
+    assert ctx.store.counts() == {} and ctx.store.events.head() == 0
+    with ctx.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(pseudonyms)).scalar_one() == 0
+    handled = handle_envelope(ctx, _envelope(creds, [COND], ("Condition",)).to_bytes())
+    assert handled.imported and handled.detail == "imported 3 resources"  # Composition too
+    assert ctx.store.counts() == {"Composition": 1, "Condition": 1, "Patient": 1, "Provenance": 1}
+    patient = ctx.store.search("Patient", []).resources[0]
+    condition = ctx.store.search("Condition", []).resources[0]
+    assert condition["subject"] == {"reference": f"Patient/{patient['id']}"}
+    with ctx.engine.connect() as conn:
+        mapped = conn.execute(select(pseudonyms.c.pseudonym, pseudonyms.c.patient_id)).all()
+        row = conn.execute(
+            select(inbound.c.patient_id).where(inbound.c.outcome == "imported")
+        ).scalar_one()
+    assert [tuple(m) for m in mapped] == [(PSEUDO, patient["id"])] and row == patient["id"]
+    assert handle_envelope(ctx, _envelope(creds, [PROC], ("Procedure",)).to_bytes()).imported
+    assert ctx.store.counts()["Patient"] == 1  # the next document finds the mapping
 
 
 def _refused_without_import(ctx: ExchangeContext, sealed, reason: str) -> None:  # type: ignore[no-untyped-def]
