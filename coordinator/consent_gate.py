@@ -167,8 +167,9 @@ class ConsentGate:
 
 
 def _along_exchange(header: EnvelopeHeader, prior_exchange: Callable[[], bool]) -> GateDecision:
-    """A task update without a bound decision carries no clinical data: it may only travel
-    along an existing exchange."""
+    """A task update without a bound decision may only travel along an existing exchange; what
+    it carries (the Task's workflow fields, no clinical data) is the receiving node's check
+    (``node/exchange/inbound.py``): the coordinator cannot see inside."""
     if prior_exchange():
         return GateDecision(True, "status update of an existing exchange")
     return GateDecision(

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from node.store.idempotency import derived_id, idempotent_request
+from node.store.idempotency import derived_id, idempotent_request, identifier_criteria
 
 __all__ = [
     "STRUCTURAL_TYPES",
@@ -28,7 +28,11 @@ __all__ = [
     "filter_by_classes",
     "pack_document",
     "resources_of",
+    "classes_of",
     "carried_classes",
+    "TASK_UPDATE_FIELDS",
+    "workflow_task",
+    "workflow_only_problem",
     "local_id",
     "linked_patient",
     "prepare_import",
@@ -66,9 +70,10 @@ def org_uri(org_id: str) -> str:
 def filter_by_classes(
     resources: Iterable[dict[str, Any]], permitted: Iterable[str]
 ) -> list[dict[str, Any]]:
-    """Only resources whose type is permitted (the consent filter of the egress pipeline)."""
+    """Only resources whose classes (:func:`classes_of`: their type and what they contain) are
+    all permitted — the consent filter of the egress pipeline, the receiver's rule too."""
     allowed = set(permitted)
-    return [r for r in resources if r.get("resourceType") in allowed]
+    return [r for r in resources if classes_of(r) <= allowed]
 
 
 def pack_document(
@@ -201,11 +206,99 @@ def resources_of(document: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def classes_of(resource: dict[str, Any]) -> set[str]:
+    """The data classes one resource discloses: its type and the types of the resources it
+    contains (``contained``; anything there without a type counts as an unknown class)."""
+    out = {str(resource.get("resourceType"))}
+    contained = resource.get("contained")
+    for inner in contained if isinstance(contained, list) else [contained]:
+        if inner is not None:
+            kind = inner.get("resourceType") if isinstance(inner, dict) else None
+            out.add(kind if isinstance(kind, str) and kind else "(untyped contained)")
+    return out
+
+
 def carried_classes(document: dict[str, Any]) -> list[str]:
-    """The data classes a document Bundle carries: its entries' resource types but the
+    """The data classes a document Bundle carries (:func:`classes_of` its entries) but the
     structural ones — what the consent decision inside must permit (the clear header names no
     classes, issue 23). Raises ValueError when it is not a document Bundle."""
-    return sorted({r["resourceType"] for r in resources_of(document)} - STRUCTURAL_TYPES)
+    types: set[str] = set()
+    for res in resources_of(document):
+        types |= classes_of(res)
+    return sorted(types - STRUCTURAL_TYPES)
+
+
+# What a status update (a ``task-update`` carrying no consent decision) may hold: the Task's
+# workflow fields — what :func:`workflow_task` keeps, the node's own sender sends nothing else —
+# in a document frame as :func:`pack_document` writes it, without narrative. No contained
+# resources, notes, inputs/outputs, descriptions or extensions: those would be clinical data
+# disclosed without consent.
+TASK_UPDATE_FIELDS = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "identifier",
+        "status",
+        "businessStatus",
+        "statusReason",
+        "intent",
+        "for",
+        "requester",
+        "owner",
+        "authoredOn",
+        "lastModified",
+    }
+)
+_UPDATE_META_FIELDS = frozenset(
+    {"versionId", "lastUpdated", "source", "tag", "security", "profile"}
+)
+_FRAME_FIELDS = frozenset(
+    {"resourceType", "id", "status", "type", "date", "author", "title", "section"}
+)
+_FRAME_SECTION_FIELDS = frozenset({"title", "code", "entry"})
+
+
+def workflow_task(task: dict[str, Any]) -> dict[str, Any]:
+    """What of ``task`` a status update sends: its workflow fields only."""
+    out = {k: copy.deepcopy(v) for k, v in task.items() if k in TASK_UPDATE_FIELDS}
+    if isinstance(out.get("meta"), dict):
+        out["meta"] = {k: v for k, v in out["meta"].items() if k in _UPDATE_META_FIELDS}
+    return out
+
+
+def _beyond(node: Any, allowed: frozenset[str], path: str) -> list[str]:
+    """The fields of ``node`` that ``allowed`` does not name (``path`` itself: not an object)."""
+    if not isinstance(node, dict):
+        return [path]
+    return [f"{path}.{k}" for k in node if k not in allowed]
+
+
+def workflow_only_problem(document: dict[str, Any]) -> tuple[str, ...]:
+    """Why a document needing no consent decision is more than a status update (empty: it is
+    not): the names of the fields or types beyond one Task's workflow fields and the document
+    frame. Names only — never a value (they are logged; the caller's refusal names none)."""
+    extra: list[str] = []
+    resources = resources_of(document)
+    tasks = [r for r in resources if r["resourceType"] == "Task"]
+    frames = [r for r in resources if r["resourceType"] == "Composition"]
+    if len(tasks) != 1:
+        extra.append(f"{len(tasks)} Tasks")
+    if len(frames) > 1:
+        extra.append(f"{len(frames)} Compositions")
+    extra += [
+        r["resourceType"] for r in resources if r["resourceType"] not in ("Task", "Composition")
+    ]
+    for task in tasks:
+        extra += _beyond(task, TASK_UPDATE_FIELDS, "Task")
+        if "meta" in task:
+            extra += _beyond(task["meta"], _UPDATE_META_FIELDS, "Task.meta")
+    for frame in frames:
+        extra += _beyond(frame, _FRAME_FIELDS, "Composition")
+        sections = frame.get("section", [])
+        for section in sections if isinstance(sections, list) else [sections]:
+            extra += _beyond(section, _FRAME_SECTION_FIELDS, "Composition.section")
+    return tuple(sorted(set(extra)))
 
 
 def local_id(sender: str, rtype: str, original_id: str) -> str:
@@ -258,9 +351,12 @@ def prepare_import(
     exchange Task this node already holds: only its workflow fields change).
 
     The local patient is ``local_patient_id``, or — for a patient this node does not know yet —
-    ``new_patient`` (a :func:`linked_patient`), created by the same transaction: its entry comes
-    first, a conditional create on its pseudonym identifier (the store's "already here" rule),
-    and the document's patient references point at its ``fullUrl``."""
+    ``new_patient`` (a :func:`linked_patient`), created by the same transaction under an id
+    chosen here (derived from sender and envelope): its entry comes first, a conditional update
+    on its pseudonym identifier — created with that id when no Patient has the pseudonym, refused
+    by the store (nothing imported) if one with another id has it — and the document's patient
+    references, those inside ``contained`` too (the store rewrites no ``fullUrl`` there), are
+    ``Patient/<that id>``."""
     if (local_patient_id is None) == (new_patient is None):
         raise ValueError("prepare_import needs exactly one of local_patient_id and new_patient")
     existing = existing or {}
@@ -269,11 +365,15 @@ def prepare_import(
     entries = document["entry"]
     out_entries: list[dict[str, Any]] = []
     if new_patient is not None:
-        patient_ref = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{sender}|{envelope_id}')}"
+        patient_id = local_id(sender, "Patient", envelope_id)
         ids = new_patient["identifier"]
         pseudonym = next(str(i["value"]) for i in ids if i["system"] == PSEUDONYM_SYSTEM)
-        request = idempotent_request(new_patient, identifier=(PSEUDONYM_SYSTEM, pseudonym))
-        out_entries.append({"fullUrl": patient_ref, "resource": new_patient, "request": request})
+        request = {
+            "method": "PUT",
+            "url": f"Patient?{identifier_criteria(PSEUDONYM_SYSTEM, pseudonym)}",
+        }
+        out_entries.append({"resource": {**new_patient, "id": patient_id}, "request": request})
+        patient_ref = f"Patient/{patient_id}"
     else:
         patient_ref = f"Patient/{local_patient_id}"
     mapping: dict[str, str] = {}  # fullUrl or Type/id in the document → local Type/id
@@ -294,6 +394,8 @@ def prepare_import(
             mapping[f"{rtype}/{res['id']}"] = target
 
     def fix(ref: dict[str, Any]) -> dict[str, Any]:
+        if ref["reference"].startswith("#"):
+            return ref  # a resource contained in the same one: travels with it
         target = mapping.get(ref["reference"])
         if target is None and ref["reference"].startswith("Patient/"):
             target = patient_ref  # a document is about one patient

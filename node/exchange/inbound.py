@@ -22,6 +22,7 @@ from sqlalchemy import insert, select
 
 from node.exchange.context import ExchangeContext
 from node.exchange.documents import (
+    PSEUDONYM_SYSTEM,
     TASK_ID_SYSTEM,
     carried_classes,
     decision_of,
@@ -29,6 +30,7 @@ from node.exchange.documents import (
     patient_of,
     prepare_import,
     resources_of,
+    workflow_only_problem,
 )
 from node.exchange.tables import inbound, pseudonyms
 from node.exchange.workflow import BREAK_GLASS_PREFIX, pull_note, query_parameter, task_uid
@@ -107,6 +109,11 @@ def _local_patient(ctx: ExchangeContext, pseudo: str, shared: dict[str, Any] | N
         ).first()
     if row:
         return _Linked(str(row[0]), None, False)
+    # A Patient carrying the pseudonym but no mapping (one linked before the mapping was part of
+    # the import) is that patient: the import's conditional update would refuse a second one.
+    linked = ctx.store.search("Patient", [("identifier", f"{PSEUDONYM_SYSTEM}|{pseudo}")])
+    if linked.resources:
+        return _Linked(str(linked.resources[0]["id"]), None, True)
     for ident in (shared or {}).get("identifier", []):
         if ident.get("system") in NATIONAL_ID_SYSTEMS and ident.get("value"):
             hits = ctx.store.search(
@@ -322,9 +329,18 @@ def _consent_proof_problem(
     the registry's signed decision (verified against the registry's CA-issued certificate when
     ``consent.registry_org`` is set): a permit, live when the envelope was made, bound to this
     envelope's id, for its patient, sender and recipient, and permitting every class the
-    document carries. The purpose is the decision's: the clear header has none."""
+    document carries. The purpose is the decision's: the clear header has none.
+
+    Any other envelope (a task update carrying no data class, its own or contained) needs no
+    decision — and so may carry nothing but one Task's workflow fields in the document frame
+    (``documents.workflow_only_problem``): no notes, contained resources or narrative."""
     h = sealed.header
     if h.kind not in DATA_KINDS and not carried:
+        extra = workflow_only_problem(document)
+        if extra:  # field names only, kept here: the coordinator is not told what was inside
+            log.warning("envelope %s (%s) without a consent decision carries %s",
+                        h.envelope_id, h.kind, ", ".join(extra))  # fmt: skip
+            return f"a {h.kind} without a consent decision may carry only workflow fields", None
         return None, None
     token = decision_of(document)
     if token is None:

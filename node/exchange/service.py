@@ -22,6 +22,7 @@ import grpc
 from sqlalchemy import select
 
 from node.exchange.context import ExchangeContext
+from node.exchange.documents import workflow_task
 from node.exchange.egress import (
     DEFAULT_CLASSES,
     BreakGlass,
@@ -146,7 +147,8 @@ def _patient_of(task: dict[str, Any]) -> str:
 
 
 def _send_task(ctx: ExchangeContext, task: dict[str, Any]) -> str:
-    """A status update: the Task alone (no clinical classes) to the other party."""
+    """A status update: the Task's workflow fields alone (no clinical classes, so no consent
+    decision; the receiver refuses anything more) to the other party."""
     patient_id = _patient_of(task)
     disclosure = disclose(
         ctx,
@@ -155,7 +157,7 @@ def _send_task(ctx: ExchangeContext, task: dict[str, Any]) -> str:
         patient_id=patient_id,
         purpose="TREAT",
         wanted=set(),
-        workflow=[task],
+        workflow=[workflow_task(task)],
         title=f"Task {task['status']}",
     )
     send(ctx, disclosure, task_uid=task_uid(task), patient_id=patient_id)

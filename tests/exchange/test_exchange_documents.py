@@ -16,13 +16,17 @@ from coordinator.envelope_rules import check_header, check_size, data_recipient,
 from coordinator.errors import ExchangeError
 from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
+    TASK_UPDATE_FIELDS,
     carried_classes,
+    classes_of,
     filter_by_classes,
     local_id,
     merge_task_update,
     pack_document,
     prepare_import,
     resources_of,
+    workflow_only_problem,
+    workflow_task,
 )
 from node.exchange.workflow import check_transition, new_request, task_parties, task_uid
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
@@ -55,6 +59,46 @@ PROC = {
 def test_egress_filter_keeps_only_permitted_types() -> None:
     kept = filter_by_classes([CONDITION, OBS, PROC], {"Condition", "Observation"})
     assert [r["resourceType"] for r in kept] == ["Condition", "Observation"]
+
+
+def test_contained_resources_count_as_classes_in_and_out() -> None:
+    """A resource discloses what it contains: the egress filter keeps it only if those classes
+    are permitted too, and the classes a document carries name them (the receiver's check)."""
+    with_obs = {**CONDITION, "contained": [{**OBS, "id": "o9"}]}
+    assert classes_of(with_obs) == {"Condition", "Observation"}
+    assert filter_by_classes([with_obs, PROC], {"Condition", "Procedure"}) == [PROC]
+    assert filter_by_classes([with_obs], {"Condition", "Observation"}) == [with_obs]
+    task = {"resourceType": "Task", "id": "t", "contained": [{**CONDITION, "id": "c9"}]}
+    doc = pack_document([task], patient=None, sender="hosp-a", title="x")
+    assert carried_classes(doc) == ["Condition"]  # a structural Task no longer hides it
+
+
+def test_a_status_update_is_the_tasks_workflow_fields() -> None:
+    """What the node's own task update sends is what a receiver accepts without a decision."""
+    _sr, task = new_request(
+        kind="referral",
+        patient_id="p1",
+        requester="hosp-a",
+        requester_name="A",
+        performer="clinic-b",
+        reason="follow-up of heart failure",
+        break_glass_reason="unconscious",
+    )
+    task["meta"] = {**task["meta"], "versionId": "2", "lastUpdated": "2026-01-01T00:00:00Z"}
+    update = workflow_task({**task, "status": "accepted"})
+    assert set(update) <= TASK_UPDATE_FIELDS and update["status"] == "accepted"
+    assert "description" not in update and "note" not in update
+    assert update["meta"]["security"] == task["meta"]["security"]  # the break-glass label
+    doc = pack_document([update], patient=None, sender="hosp-a", title="Task accepted")
+    assert carried_classes(doc) == [] and workflow_only_problem(doc) == ()
+    full = pack_document([task], patient=None, sender="hosp-a", title="Task accepted")
+    assert workflow_only_problem(full) == (
+        "Task.code",
+        "Task.description",
+        "Task.focus",
+        "Task.note",
+        "Task.priority",
+    )
 
 
 def test_pack_document_is_a_valid_ips_style_document() -> None:

@@ -16,10 +16,17 @@ from consent.client import ConsentClient
 from consent.decision_token import sign_decision, x5c_of
 from node.exchange.client import DirectoryEntry
 from node.exchange.context import ExchangeContext
-from node.exchange.documents import attach_decision, attach_patient, pack_document
+from node.exchange.documents import (
+    PSEUDONYM_SYSTEM,
+    attach_decision,
+    attach_patient,
+    pack_document,
+    workflow_task,
+)
 from node.exchange.inbound import handle_envelope
 from node.exchange.lifecycle import MIGRATIONS
 from node.exchange.tables import inbound, pseudonyms
+from node.exchange.workflow import new_request
 from node.store import CommitEvent, FhirStore, migrate
 from servicekit.storage import make_engine, upgrade_schema
 from trust.envelopes import EnvelopeHeader, seal_to
@@ -405,3 +412,138 @@ def test_the_patient_inside_must_match_the_routing_pseudonym(ctx: ExchangeContex
     with ctx.engine.connect() as conn:  # linked by the regional pseudonym, not the header's
         known = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
     assert PSEUDO in known and good.header.patient_pseudonym not in known
+
+
+BNP = {
+    "resourceType": "Observation",
+    "id": "bnp",
+    "status": "final",
+    "code": {"text": "NT-proBNP"},
+    "subject": {"reference": "Patient/p"},
+    "valueString": "2300 pg/mL",
+}
+
+
+def test_a_first_import_points_contained_references_at_the_new_patient(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """Regression of d5d25de: for a patient first met in a document, references inside
+    ``contained`` (which the store's fullUrl rewrite does not enter) were left pointing at the
+    new Patient's temporary ``urn:uuid:``; they are ``Patient/<its id>`` like the others."""
+    cond = {**COND, "contained": [BNP], "evidence": [{"detail": [{"reference": "#bnp"}]}]}
+    sealed = _envelope(creds, [cond], ("Condition", "Observation"))
+    handled = handle_envelope(ctx, sealed.to_bytes())
+    assert handled.imported, handled.detail
+    patient = ctx.store.search("Patient", []).resources[0]
+    stored = ctx.store.search("Condition", []).resources[0]
+    assert stored["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert stored["contained"][0]["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert stored["evidence"][0]["detail"][0] == {"reference": "#bnp"}
+    assert "urn:uuid:" not in json.dumps(stored)
+    with ctx.engine.connect() as conn:
+        mapped = conn.execute(select(pseudonyms.c.pseudonym, pseudonyms.c.patient_id)).all()
+    assert [tuple(m) for m in mapped] == [(PSEUDO, patient["id"])]
+
+
+def test_a_patient_carrying_the_pseudonym_without_a_mapping_is_the_one_linked(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """A Patient linked earlier (it carries the regional pseudonym) but with no mapping row is
+    the patient of the document: no second Patient, and the mapping is recorded."""
+    pid = ctx.store.create(
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": PSEUDONYM_SYSTEM, "value": PSEUDO}],
+        }
+    ).resource["id"]
+    handled = handle_envelope(ctx, _envelope(creds, [COND], ("Condition",)).to_bytes())
+    assert handled.imported, handled.detail
+    assert ctx.store.counts()["Patient"] == 1
+    condition = ctx.store.search("Condition", []).resources[0]
+    assert condition["subject"] == {"reference": f"Patient/{pid}"}
+    with ctx.engine.connect() as conn:
+        mapped = conn.execute(select(pseudonyms.c.pseudonym, pseudonyms.c.patient_id)).all()
+    assert [tuple(m) for m in mapped] == [(PSEUDO, pid)]
+
+
+def test_a_contained_class_must_be_permitted_too(ctx: ExchangeContext, creds) -> None:  # type: ignore[no-untyped-def]
+    """A resource the decision does not permit is not let in by being contained in one it
+    does: the classes a document carries include those of its contained resources."""
+    cond = {**COND, "contained": [BNP], "evidence": [{"detail": [{"reference": "#bnp"}]}]}
+    sealed = _envelope(creds, [cond], ("Condition",))
+    _refused_without_import(ctx, sealed, "outside the classes its consent decision permits")
+
+
+def _task_update(creds, document) -> bytes:  # type: ignore[no-untyped-def]
+    """A task update sealed like :func:`_envelope` seals a referral, with no consent decision."""
+    header = EnvelopeHeader.new(
+        kind="task-update",
+        sender="hosp-a",
+        recipient="clinic-b",
+        patient_pseudonym=PSEUDO,
+        envelope_id=str(uuid.uuid4()),
+    )
+    return seal_to(
+        header,
+        json.dumps(document).encode(),
+        sender=creds["hosp-a"],
+        recipient_encryption_cert_pem=creds["clinic-b"].encryption_cert_pem,
+    ).to_bytes()
+
+
+def _status_update() -> dict:  # type: ignore[type-arg]
+    """The Task of a status update as the node's own sender makes it (workflow fields only)."""
+    _sr, task = new_request(
+        kind="referral",
+        patient_id="p",
+        requester="hosp-a",
+        requester_name="Hospital A",
+        performer="clinic-b",
+        reason="suspected heart failure",
+        break_glass_reason="unconscious, no record here",
+    )
+    return workflow_task({**task, "status": "accepted", "statusReason": {"text": "accepted"}})
+
+
+def test_a_status_update_without_a_decision_carries_only_workflow_fields(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """A task update carrying no data class needs no consent decision (the coordinator lets it
+    along an existing exchange), so nothing else may ride on it: a contained resource needs a
+    decision; a note, a description, section narrative or another resource is refused — with a
+    reason that names none of it — and nothing is imported. The node's own update passes."""
+    smuggled = "HIV positive, CD4 120"
+    condition = {"resourceType": "Condition", "id": "hiv", "code": {"text": smuggled}}
+
+    def doc(task: dict, *more: dict) -> dict:  # type: ignore[type-arg]
+        return pack_document([task, *more], patient=None, sender="hosp-a", title="Task accepted")
+
+    narrative = doc(_status_update())
+    narrative["entry"][0]["resource"]["section"].append(
+        {"title": "Problems", "text": {"status": "generated", "div": f"<div>{smuggled}</div>"}}
+    )
+    attempts = {
+        "carries no consent decision": [
+            doc({**_status_update(), "contained": [condition]}),
+            doc(_status_update(), condition),
+        ],
+        "may carry only workflow fields": [
+            doc({**_status_update(), "note": [{"text": smuggled}]}),
+            doc({**_status_update(), "description": smuggled}),
+            doc({**_status_update(), "input": [{"type": {"text": "x"}, "valueString": smuggled}]}),
+            narrative,
+            doc(_status_update(), {"resourceType": "Provenance", "id": "pv", "target": []}),
+            doc(_status_update(), _status_update()),
+        ],
+    }
+    for reason, documents in attempts.items():
+        for document in documents:
+            handled = handle_envelope(ctx, _task_update(creds, document))
+            assert not handled.imported and reason in handled.detail, handled.detail
+            assert smuggled not in handled.detail and "Condition" not in handled.detail
+    assert ctx.store.counts() == {}
+    task = _status_update()
+    handled = handle_envelope(ctx, _task_update(creds, doc(task)))
+    assert handled.imported, handled.detail
+    stored = ctx.store.search("Task", []).resources[0]
+    assert stored["status"] == "accepted" and "note" not in stored
