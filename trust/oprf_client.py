@@ -4,10 +4,13 @@
 the same order. Each identifier is blinded with a fresh random scalar before it leaves the node,
 so the authority sees uniformly random group elements; only the finalised output, which needs
 the authority's key, names the patient. The node keeps no key that could reverse a pseudonym.
+Every answer names the key's fingerprint (``trust.pseudonym_keys.key_fingerprint``) beside its
+version number, so a caller keeping results can tell a re-made key from the one it knew.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -28,6 +31,8 @@ __all__ = ["OprfPseudonyms", "PseudonymServiceError", "MAX_BATCH"]
 #: each remembered as it comes, and paced by the authority's budget (429 + Retry-After)
 MAX_BATCH = 100
 
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
 
 class PseudonymServiceError(RuntimeError):
     """The authority refused or could not be reached (the message says which; no identifier)."""
@@ -38,6 +43,14 @@ def _retry_after(r: httpx.Response) -> float | None:
         return float(r.headers.get("retry-after", ""))
     except ValueError:
         return None
+
+
+def _fingerprint(value: object) -> str:
+    """A key fingerprint as the authority sends it; an authority that sends none is refused
+    (without it, a re-made key could not be told from the one a node knew)."""
+    if not isinstance(value, str) or not _FINGERPRINT.match(value):
+        raise PseudonymServiceError("pseudonym service answered without a key fingerprint")
+    return value
 
 
 class OprfPseudonyms:
@@ -61,7 +74,7 @@ class OprfPseudonyms:
         #: caller is paced by the authority's budget instead of failing; a longer wait fails
         self.max_wait = max_wait
 
-    def _evaluate(self, blinded: list[bytes], version: int | None) -> tuple[int, list[bytes]]:
+    def _evaluate(self, blinded: list[bytes], version: int | None) -> tuple[int, str, list[bytes]]:
         body: dict[str, Any] = {"blinded": [b.hex() for b in blinded]}
         if version is not None:
             body["version"] = version
@@ -87,37 +100,47 @@ class OprfPseudonyms:
         evaluated = [bytes.fromhex(e) for e in answer["evaluated"]]
         if answer.get("suite") != oprf.SUITE or len(evaluated) != len(blinded):
             raise PseudonymServiceError("pseudonym service answered another suite or count")
-        return int(answer["version"]), evaluated
+        return int(answer["version"]), _fingerprint(answer.get("key_fingerprint")), evaluated
 
-    def current_version(self) -> int:
-        """The authority's current key version (its public ``/healthz``; no budget spent)."""
+    def current_key(self) -> tuple[int, dict[int, str]]:
+        """The authority's current key version and every held version's fingerprint (its
+        public ``/healthz``; no budget spent)."""
         url = self.url.removesuffix("/oprf/evaluate") + "/healthz"
         try:
             r = httpx.get(url, timeout=self.timeout, verify=self.verify)
             r.raise_for_status()
-            return int(r.json()["current_version"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            health = r.json()
+            held = {int(v): _fingerprint(fp) for v, fp in health["key_fingerprints"].items()}
+            return int(health["current_version"]), held
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PseudonymServiceError(f"pseudonym service version unknown: {exc}") from None
+
+    def current_version(self) -> int:
+        """The authority's current key version (its public ``/healthz``; no budget spent)."""
+        return self.current_key()[0]
 
     def outputs(
         self, inputs: Sequence[bytes], *, version: int | None = None
-    ) -> tuple[int, list[bytes]]:
-        """The OPRF outputs of raw ``inputs`` under key ``version`` (default: current)."""
+    ) -> tuple[int, str, list[bytes]]:
+        """The OPRF outputs of raw ``inputs`` under key ``version`` (default: current), with
+        the version and the fingerprint of the key that made them."""
         out: list[bytes] = []
-        got = version or 0
+        got, key = version or 0, ""
         for start in range(0, len(inputs), self.batch):
             chunk = list(inputs[start : start + self.batch])
             blinds = [oprf.blind(x) for x in chunk]
-            got, evaluated = self._evaluate([b for _, b in blinds], version)
-            version = got  # one version for the whole call, even across a rotation
+            got, fp, evaluated = self._evaluate([b for _, b in blinds], version)
+            if key and fp != key:  # the same version number, another key, within one call
+                raise PseudonymServiceError("the pseudonym service's key changed during a call")
+            version, key = got, fp  # one version for the whole call, even across a rotation
             for x, (r, _), e in zip(chunk, blinds, evaluated, strict=True):
                 out.append(oprf.finalize(x, r, e))
-        return got, out
+        return got, key, out
 
     def pseudonyms(
         self, identifiers: Sequence[tuple[str, str]], *, version: int | None = None
     ) -> list[str]:
         """One pseudonym per ``(system, value)``, under key ``version`` (default: current)."""
         inputs = [oprf_input(system, value) for system, value in identifiers]
-        got, outputs = self.outputs(inputs, version=version)
+        got, _, outputs = self.outputs(inputs, version=version)
         return [oprf_pseudonym(got, output) for output in outputs]

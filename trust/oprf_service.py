@@ -9,7 +9,11 @@ folder, run by the regional authority.
 ``POST /oprf/evaluate`` — ``Authorization: Bearer <organisation assertion>``
 (:func:`trust.backend_auth.make_org_assertion`, audience ``<public url>/oprf/evaluate``, one
 use); body ``{"version": N (optional: the current key), "blinded": ["<64 hex>", …]}`` (at most
-:data:`MAX_BATCH`); answer ``{"suite", "version", "evaluated": [...]}`` in the same order.
+:data:`MAX_BATCH`); answer ``{"suite", "version", "key_fingerprint", "evaluated": [...]}`` in
+the same order.
+``GET /healthz`` names the current version and every held version's ``key_fingerprint``
+(:func:`trust.pseudonym_keys.key_fingerprint`: the public key ``k·G``, which reveals nothing
+usable about the key), so a node can tell a lost-and-remade ``v1`` from the one it knew.
 
 * **Who may ask**: organisations certified by the regional CA, not revoked (a missing or stale
   CRL refuses everyone), and named in ``clients`` (the region's nodes). The coordinator and the
@@ -179,6 +183,14 @@ def _parse(body: Any) -> tuple[int | None, list[bytes]]:
     return version, out
 
 
+def _has_served(engine: Engine, ledger: AuditLedger, budgets: Table) -> bool:
+    """Whether this authority's database shows it answered before (audit entries, budgets)."""
+    if ledger.count() > 0:
+        return True
+    with engine.connect() as conn:
+        return conn.execute(select(budgets.c.org_id).limit(1)).first() is not None
+
+
 def create_app(settings: PseudonymSettings) -> FastAPI:
     group = group_backend.selected()  # GroupUnavailableError: names what to install, at start
     if not group.constant_time:
@@ -187,13 +199,14 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
             group.name, group_backend.ALLOW_PURE_PYTHON_ENV,
         )  # fmt: skip
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ring = load_key_ring(settings.keys_dir())
     engine = make_engine(settings.db_url or sqlite_url(settings.data_dir, "pseudonym"))
     metadata = MetaData()
     jtis = jti_table("pseudonym_assertion_jti", metadata)
     budgets = budget_table(metadata)
     metadata.create_all(engine)
     ledger = AuditLedger(engine)
+    ring = load_key_ring(settings.keys_dir(), has_served=_has_served(engine, ledger, budgets))
+    fingerprints = ring.fingerprints()
     replay = DbReplayCache(engine, jtis)
     budget = ElementBudget(engine, budgets, settings.budget_per_hour, settings.budget_burst)
     audience = settings.public_url.rstrip("/") + "/oprf/evaluate"
@@ -238,6 +251,7 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {
             "status": "ok", "suite": oprf.SUITE, "current_version": ring.current,
+            "key_fingerprints": {str(v): fp for v, fp in sorted(fingerprints.items())},
             "group": group.name,
         }  # fmt: skip
 
@@ -277,6 +291,9 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
             raise BadRequest(f"a blinded element is invalid: {exc}") from None
         audit(org, len(elements), version, "evaluated")
         log.info("oprf evaluated org=%s count=%d version=%d", org, len(elements), version)
-        return {"suite": oprf.SUITE, "version": version, "evaluated": evaluated}
+        return {
+            "suite": oprf.SUITE, "version": version,
+            "key_fingerprint": fingerprints[version], "evaluated": evaluated,
+        }  # fmt: skip
 
     return app

@@ -36,6 +36,7 @@ def serve(
     from servicekit.ports import announce_ports, bind_listener
     from trust.group_backend import GroupUnavailableError, selected
     from trust.oprf_service import PseudonymSettings, create_app
+    from trust.pseudonym_keys import KeyRingError
 
     try:
         selected()
@@ -65,7 +66,12 @@ def serve(
         if os.environ.get("IPJMS_TLS_KEY_PASSPHRASE"):
             tls["ssl_keyfile_password"] = os.environ["IPJMS_TLS_KEY_PASSPHRASE"]
     configure_logging("pseudonym")
-    app = create_app(PseudonymSettings(**overrides))
+    try:
+        app = create_app(PseudonymSettings(**overrides))
+    except KeyRingError as exc:
+        sock.close()
+        typer.echo(f"ipjms pseudonym serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     announce_ports(data_dir, http=port)
     serve_uvicorn(sock, app, log_level="warning", access_log=False, log_config=None, **tls)
 
@@ -79,9 +85,13 @@ def rotate_key(
     """Add a new OPRF key version and make it current (older versions stay until retired);
     restart the service to serve it."""
     from trust.oprf_service import PseudonymSettings
-    from trust.pseudonym_keys import rotate
+    from trust.pseudonym_keys import KeyRingError, rotate
 
-    version = rotate(PseudonymSettings(data_dir=data_dir).keys_dir())
+    try:
+        version = rotate(PseudonymSettings(data_dir=data_dir).keys_dir())
+    except KeyRingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"OPRF key version {version} is current")
 
 

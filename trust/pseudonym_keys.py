@@ -5,6 +5,12 @@ names the version new pseudonyms are made under. Rotation adds version N+1 and m
 current; older versions stay (a node re-pseudonymises a patient by asking for both, from the
 identifier it holds) until ``retire`` removes one. The version is part of every pseudonym's form
 (:func:`trust.pseudonym.oprf_pseudonym`), so a pseudonym names the key that made it.
+
+A version *number* does not say which key: an authority whose key folder is lost would make a
+new ``v1``. So each key has a fingerprint, :func:`key_fingerprint` — its public key ``k·G``
+(what RFC 9497's VOPRF mode publishes anyway; recovering ``k`` from it is the discrete logarithm
+problem), published with every answer so a node never mixes two keys under one number — and the
+first key is made only for an authority that has never served (``has_served``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ from pathlib import Path
 
 from trust import oprf
 
-__all__ = ["KeyRing", "load_key_ring", "rotate", "retire", "KeyRingError"]
+__all__ = [
+    "KeyRing",
+    "load_key_ring",
+    "key_fingerprint",
+    "rotate",
+    "retire",
+    "KeyRingError",
+]
 
 _NAME = re.compile(r"^v([1-9][0-9]{0,5})\.key$")
 
@@ -36,6 +49,14 @@ class KeyRing:
             known = ", ".join(str(k) for k in sorted(self.keys))
             raise KeyRingError(f"key version {v} is not held (held: {known})")
         return v, self.keys[v]
+
+    def fingerprints(self) -> dict[int, str]:
+        return {v: key_fingerprint(sk) for v, sk in self.keys.items()}
+
+
+def key_fingerprint(sk: bytes) -> str:
+    """What names a key without revealing it: its public key ``k·G`` (64 hex digits)."""
+    return oprf.public_key(sk).hex()
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -59,14 +80,25 @@ def _read(keys_dir: Path) -> dict[int, bytes]:
     return keys
 
 
-def load_key_ring(keys_dir: Path | str, *, create: bool = True) -> KeyRing:
-    """The key ring in ``keys_dir``; with ``create``, version 1 is made when there is none."""
+def load_key_ring(
+    keys_dir: Path | str, *, create: bool = True, has_served: bool = False
+) -> KeyRing:
+    """The key ring in ``keys_dir``; with ``create``, version 1 is made when there is none —
+    unless the authority ``has_served`` (its database holds audit entries or budgets): then its
+    key folder was lost, and a new key would silently change every pseudonym in the region."""
     keys_dir = Path(keys_dir)
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = _read(keys_dir)
     if not keys:
         if not create:
             raise KeyRingError(f"no OPRF key in {keys_dir}")
+        if has_served:
+            raise KeyRingError(
+                f"the OPRF key folder {keys_dir} is missing or empty, but this authority's "
+                "database shows it has served before: restore the folder from its backup. No "
+                "new key is made — it would silently give every patient new pseudonyms under "
+                "the same version number (a new region needs a new database as well)"
+            )
         _write_secret(keys_dir / "v1.key", oprf.random_key().hex())
         (keys_dir / "current").write_text("1\n")
         keys = _read(keys_dir)
@@ -80,7 +112,7 @@ def load_key_ring(keys_dir: Path | str, *, create: bool = True) -> KeyRing:
 def rotate(keys_dir: Path | str) -> int:
     """Add a new key version and make it current; returns its number."""
     keys_dir = Path(keys_dir)
-    ring = load_key_ring(keys_dir)
+    ring = load_key_ring(keys_dir, create=False)  # a missing folder is an error, not a new v1
     new = max(ring.keys) + 1
     _write_secret(keys_dir / f"v{new}.key", oprf.random_key().hex())
     tmp = keys_dir / "current.tmp"

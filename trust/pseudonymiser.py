@@ -11,9 +11,12 @@ tests) the region's shared HMAC linkage key. One interface, two sources.
 * :class:`LinkageKeyPseudonymiser` — ``HMAC(linkage key, value)`` as before issue 23: whoever
   holds the node's key file can test guesses offline (``tests/exchange`` shows it).
 
-Results are cached in memory by (key version, identifier input) and, when the node supplies a
+Results are cached in memory by (key, identifier input) and, when the node supplies a
 :class:`PseudonymStore` (``node/pseudonym_store``: a table of the node's own database), kept
-there by (key version, SHA-256 of the input) — so a restarted node asks the authority nothing for
+there by (key, SHA-256 of the input), where the key is the authority's key version *and* its
+fingerprint (its public key, sent with every answer and in ``/healthz``): an authority whose key
+folder was lost and re-made has a new key under the same number, and nothing kept under the old
+one is used (a warning says so) — so a restarted node asks the authority nothing for
 the patients it already knows, instead of spending its budget (300 an hour) re-asking for every
 one. A pseudonym is written to the store (committed) *before* it is returned, so nothing sent
 out names a pseudonym a restart could lose; a failed write raises and returns nothing. The
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import ssl
 import threading
 import time
@@ -50,6 +54,7 @@ from trust.pseudonym import (
 __all__ = [
     "Pseudonymiser",
     "PseudonymStore",
+    "KeyId",
     "input_digest",
     "OprfPseudonymiser",
     "LinkageKeyPseudonymiser",
@@ -58,6 +63,11 @@ __all__ = [
 ]
 
 _ROUTING_DOMAIN = b"ipjms-routing-pseudonym-v2"
+
+log = logging.getLogger("ipjms.pseudonymiser")
+
+#: the authority's key as a node knows it: (version number, fingerprint — its public key, hex)
+KeyId = tuple[int, str]
 
 
 class Pseudonymiser(Protocol):
@@ -72,15 +82,21 @@ class Pseudonymiser(Protocol):
 
 class PseudonymStore(Protocol):
     """Where a node keeps the pseudonyms it obtained, across restarts. ``kind`` is
-    ``"regional"`` or ``"routing"``; ``digest`` is :func:`input_digest` of the OPRF input (the
-    input itself is never stored). ``save`` is durable when it returns (one transaction: all of
-    ``found`` or, on error, none of it) and keeps an entry already there."""
+    ``"regional"`` or ``"routing"``; ``key`` is the authority's key version *and* fingerprint
+    (a lost and re-made key has the same number, another fingerprint); ``digest`` is
+    :func:`input_digest` of the OPRF input (the input itself is never stored). ``save`` is
+    durable when it returns (one transaction: all of ``found`` or, on error, none of it) and
+    keeps an entry already there."""
 
-    def load(self, kind: str, version: int, digests: Sequence[bytes]) -> dict[bytes, str]:
-        """The stored pseudonyms among ``digests`` under key ``version`` (absent: not known)."""
+    def load(self, kind: str, key: KeyId, digests: Sequence[bytes]) -> dict[bytes, str]:
+        """The stored pseudonyms among ``digests`` under ``key`` (absent: not known)."""
         ...
 
-    def save(self, kind: str, version: int, found: Mapping[bytes, str]) -> None: ...
+    def save(self, kind: str, key: KeyId, found: Mapping[bytes, str]) -> None: ...
+
+    def fingerprints(self, version: int) -> set[str]:
+        """The key fingerprints the store holds entries under for key ``version``."""
+        ...
 
 
 def input_digest(x: bytes) -> bytes:
@@ -113,40 +129,70 @@ class OprfPseudonymiser:
         #: operator's act, rare; 5 minutes bounds how long the old version is handed out)
         self.version_ttl = version_ttl
         self.clock = clock
-        self._cache: dict[tuple[int, bytes], str] = {}
+        self._cache: dict[tuple[KeyId, bytes], str] = {}
         self._version: int | None = None
+        #: each key version's fingerprint as last learned from the authority
+        self._fingerprints: dict[int, str] = {}
         self._checked = float("-inf")
         self._lock = threading.Lock()
 
-    def _remember(self, version: int, found: dict[bytes, str]) -> None:
+    def _remember(self, key: KeyId, found: dict[bytes, str]) -> None:
         with self._lock:
             if len(self._cache) + len(found) > self.cache_size:
                 self._cache.clear()
-            self._cache.update({(version, x): v for x, v in found.items()})
+            self._cache.update({(key, x): v for x, v in found.items()})
 
-    def _known(self, kind: str, version: int, inputs: Sequence[bytes]) -> dict[bytes, str]:
-        """What memory, then the store, already holds for ``inputs`` under ``version``."""
+    def _known(self, kind: str, key: KeyId | None, inputs: Sequence[bytes]) -> dict[bytes, str]:
+        """What memory, then the store, already holds for ``inputs`` under ``key`` (None: the
+        key's fingerprint is not known yet, so nothing kept can be trusted)."""
+        if key is None:
+            return {}
         with self._lock:
-            known = {x: self._cache[(version, x)] for x in inputs if (version, x) in self._cache}
+            known = {x: self._cache[(key, x)] for x in inputs if (key, x) in self._cache}
         rest = [x for x in dict.fromkeys(inputs) if x not in known]
         if rest and self.store is not None:
             by_digest = {input_digest(x): x for x in rest}
-            stored = self.store.load(kind, version, list(by_digest))
+            stored = self.store.load(kind, key, list(by_digest))
             found = {by_digest[d]: v for d, v in stored.items() if d in by_digest}
-            self._remember(version, found)
+            self._remember(key, found)
             known.update(found)
         return known
 
-    def _keep(self, kind: str, version: int, found: dict[bytes, str]) -> None:
+    def _keep(self, kind: str, key: KeyId, found: dict[bytes, str]) -> None:
         """Durable first (the store commits or raises), then in memory: a pseudonym is used
         only once a restart cannot lose it."""
         if self.store is not None:
-            self.store.save(kind, version, {input_digest(x): v for x, v in found.items()})
-        self._remember(version, found)
+            self.store.save(kind, key, {input_digest(x): v for x, v in found.items()})
+        self._remember(key, found)
+
+    def _learn_key(self, version: int, fingerprint: str) -> None:
+        """Remember version's fingerprint; warn when the authority's key for a version is not
+        the one this node knew or stored pseudonyms under (its entries are then not used: they
+        are keyed by the fingerprint)."""
+        with self._lock:
+            before = self._fingerprints.get(version)
+            self._fingerprints[version] = fingerprint
+        if before == fingerprint:
+            return
+        others = {before} if before is not None else set()
+        if before is None and self.store is not None:
+            others = self.store.fingerprints(version) - {fingerprint}
+        if others:
+            log.warning(
+                "the pseudonymisation authority's key v%d (fingerprint %s) is not the key this "
+                "node's pseudonyms of v%d were made under (%s): none of those is used, patients "
+                "are asked again. The authority's key folder may have been lost and re-made - "
+                "tell its operator; pseudonyms made before do not link with new ones",
+                version, fingerprint[:16], version, ", ".join(sorted(o[:16] for o in others)),
+            )  # fmt: skip
 
     def _learn(self, version: int) -> None:
         with self._lock:
             self._version, self._checked = version, self.clock()
+
+    def _key(self, version: int | None) -> KeyId | None:
+        fingerprint = self._fingerprints.get(version) if version is not None else None
+        return (version, fingerprint) if version is not None and fingerprint else None
 
     def current_version(self) -> int | None:
         """The authority's current key version as this node knows it (None: not yet known)."""
@@ -154,23 +200,27 @@ class OprfPseudonymiser:
             self._checked = self.clock()  # unreachable: not asked again before the next ttl
             # (asking for a pseudonym then says why, or its answer teaches the version)
             with contextlib.suppress(PseudonymServiceError):
-                self._learn(self.client.current_version())
+                version, held = self.client.current_key()
+                for v, fingerprint in held.items():
+                    self._learn_key(v, fingerprint)
+                self._learn(version)
         return self._version
 
     def regional(self, identifiers: Sequence[tuple[str, str]]) -> list[str]:
         inputs = [oprf_input(system, value) for system, value in identifiers]
-        version = self.current_version()
-        known = self._known("regional", version, inputs) if version is not None else {}
+        key = self._key(self.current_version())
+        known = self._known("regional", key, inputs)
         missing = list(dict.fromkeys(x for x in inputs if x not in known))
         step = max(1, self.client.batch)
         for start in range(0, len(missing), step):  # each batch kept as it comes (a paced
             chunk = missing[start : start + step]  # backfill keeps its progress on a 429)
-            got, outputs = self.client.outputs(chunk)
+            got, fingerprint, outputs = self.client.outputs(chunk)
             found = {x: oprf_pseudonym(got, o) for x, o in zip(chunk, outputs, strict=True)}
-            self._keep("regional", got, found)
+            self._keep("regional", (got, fingerprint), found)
+            self._learn_key(got, fingerprint)
             self._learn(got)
-            if got != version:  # the authority rotated: every answer under the new version
-                return self.regional(identifiers)
+            if (got, fingerprint) != key:  # the authority rotated (or its key was re-made, or
+                return self.regional(identifiers)  # it was unknown): all under the answer's key
             known.update(found)
         return [known[x] for x in inputs]
 
@@ -179,12 +229,15 @@ class OprfPseudonymiser:
         if version is None:
             raise ValueError("not a pseudonym of the authority's OPRF (v<N>.<hex>)")
         x = routing_input(regional, org_a, org_b)
-        hit = self._known("routing", version, [x]).get(x)
+        if version not in self._fingerprints:
+            self.current_version()  # a restarted node learns the fingerprints from /healthz
+        hit = self._known("routing", self._key(version), [x]).get(x)
         if hit is not None:
             return hit
-        got, (output,) = self.client.outputs([x], version=version)
+        got, fingerprint, (output,) = self.client.outputs([x], version=version)
         value = oprf_pseudonym(got, output)
-        self._keep("routing", got, {x: value})
+        self._keep("routing", (got, fingerprint), {x: value})
+        self._learn_key(got, fingerprint)
         return value
 
 

@@ -114,10 +114,14 @@ def test_a_leaked_node_cannot_reverse_a_pseudonym(region: Region) -> None:
     files = _node_state(region)
     assert any(p.name == "node.db" for p in files)  # the database is part of the loot
     with sqlite3.connect(region.nodes["hosp-a"].data_dir / "node.db") as db:  # ... with the
-        stored = db.execute("SELECT input_digest, pseudonym FROM node_pseudonyms").fetchall()
-    assert any(p == pseudonym for _, p in stored), stored  # node's store of pseudonyms in it
+        stored = db.execute(
+            "SELECT input_digest, pseudonym, key_fingerprint FROM node_pseudonyms"
+        ).fetchall()
+    assert any(p == pseudonym for _, p, _ in stored), stored  # node's store of pseudonyms in it
     keys = _key_candidates(files)
     assert keys  # the attacker has material to try (token keys, ids, hashes…)
+    # ...the authority's key fingerprint (its public key) among them: it reveals no key either
+    assert {bytes.fromhex(fp) for _, _, fp in stored} <= keys
     assert _reverse(pseudonym, keys) is None, "the node's state reverses a pseudonym"
 
 

@@ -5,6 +5,7 @@ its audit keeps (issue 23)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.launcher import Service, start_service
+from deploy.launcher import Service, ipjms_command, start_service
 from servicekit.storage import make_engine, sqlite_url
 from trust import oprf
 from trust.audit_ledger import AuditLedger
@@ -20,7 +21,7 @@ from trust.backend_auth import make_org_assertion
 from trust.oprf_client import OprfPseudonyms, PseudonymServiceError
 from trust.pki import init_ca, issue_org, load_org, revoke
 from trust.pseudonym import oprf_input, oprf_pseudonym
-from trust.pseudonym_keys import load_key_ring, rotate
+from trust.pseudonym_keys import key_fingerprint, load_key_ring, rotate
 
 NATIONAL = "https://ipjms.example.org/fhir/sid/national-id"
 SSN = "http://hl7.org/fhir/sid/us-ssn"
@@ -274,3 +275,46 @@ def test_a_long_running_node_moves_to_the_new_key_version_after_a_rotation(
         assert by_answer.current_version() == 2
     finally:
         svc.stop()
+
+
+def test_the_authority_publishes_key_fingerprints_and_refuses_to_re_make_a_lost_key(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """Each key version's fingerprint (its public key, not the key) is in /healthz and in every
+    answer. An authority whose database shows it has served, but whose key folder is empty (a
+    lost volume), refuses to start instead of making a new v1 — as does rotate-key."""
+    svc = _start(tmp_path, pki["ca"])
+    try:
+        ring = load_key_ring(tmp_path / "svc" / "oprf-keys", create=False)
+        fingerprint = key_fingerprint(ring.keys[1])
+        assert fingerprint == oprf.public_key(ring.keys[1]).hex() != ring.keys[1].hex()
+        health = httpx.get(svc.base_url + "/healthz", timeout=30).json()
+        assert health["key_fingerprints"] == {"1": fingerprint}
+        url = svc.base_url + "/oprf/evaluate"
+        token = make_org_assertion(load_org(pki["node-a"]), url)
+        body = {"blinded": [oprf.blind(b"x")[1].hex()]}
+        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200 and r.json()["key_fingerprint"] == fingerprint
+    finally:
+        svc.stop()
+    keys = tmp_path / "svc" / "oprf-keys"
+    for path in keys.iterdir():
+        path.unlink()  # the key folder is lost; the database (ledger, budgets) is not
+
+    serve = subprocess.run(
+        ipjms_command(
+            "pseudonym", "serve", "--data-dir", str(tmp_path / "svc"), "--port", "0",
+            "--ca-dir", str(pki["ca"]), "--client", "node-a",
+        ),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert serve.returncode == 2
+    assert "key folder" in serve.stderr and "restore the folder" in serve.stderr
+    assert "Traceback" not in serve.stderr
+    assert list(keys.iterdir()) == []  # no new v1 was made
+    rotated = subprocess.run(
+        ipjms_command("pseudonym", "rotate-key", "--data-dir", str(tmp_path / "svc")),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert rotated.returncode == 1 and "no OPRF key" in rotated.stderr
+    assert list(keys.iterdir()) == []

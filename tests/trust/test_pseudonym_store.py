@@ -1,6 +1,7 @@
 """The node's persistent pseudonym store (issue 23 leftover): a restarted node asks the
 pseudonymisation authority nothing for the patients it already knows; a new key version is asked
-fresh; a failed write leaves nothing half-done.
+fresh; a key re-made under the same number (the authority's key folder lost) is asked fresh and
+warned about; a failed write leaves nothing half-done.
 
 The authority is the real one (``ipjms pseudonym serve`` as a process, a real PKI); what it was
 asked is counted from its own audit ledger (the elements of every granted call), so a count is
@@ -11,6 +12,8 @@ database (SQLite and PostgreSQL, migrated by the node's composition root).
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +27,10 @@ from deploy.launcher import Service, start_service
 from node.app import build_services, migrate_schemas
 from node.identity import NATIONAL_ID_SYSTEM
 from node.pseudonym_store import SqlPseudonymStore
+from node.pseudonym_store.feature import MIGRATIONS_DIR
 from node.pseudonym_store.tables import pseudonyms
 from node.settings import load_settings
-from servicekit.storage import make_engine, sqlite_url
+from servicekit.storage import make_engine, sqlite_url, upgrade_schema
 from trust.audit_ledger import AuditLedger
 from trust.oprf_client import OprfPseudonyms
 from trust.pki import init_ca, issue_org, load_org
@@ -183,6 +187,84 @@ def test_a_new_key_version_is_asked_fresh_and_the_old_version_still_answers(
     # and a further restart is answered from the store under the current version
     assert _pseudonymiser(authority, pki, node_db).regional(ids) == v2
     assert authority.evaluated() == before + len(ids) + 1
+
+
+def test_a_key_re_made_under_the_same_number_is_asked_fresh_and_warned_about(
+    authority: Authority, pki: dict[str, Path], node_db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reviewer's scenario: the authority loses its volume (key folder and database) and
+    starts again with a new key, again called v1. A restarted node, and one that stayed up, must
+    not answer from what they kept under the old v1: they ask afresh, agree with a node that
+    never knew the old key, and log a warning that names no patient."""
+    ids = PATIENTS[:4]
+    old = _pseudonymiser(authority, pki, node_db).regional(ids)
+    old_routing = _pseudonymiser(authority, pki, node_db).routing(old[0], ORG, "clinic-b")
+    running = OprfPseudonymiser(
+        OprfPseudonyms(authority.url, load_org(pki[ORG])),
+        store=SqlPseudonymStore(node_db),
+        version_ttl=0.0,  # re-reads /healthz on every call
+    )
+    assert running.regional(ids) == old
+    authority.stop()
+    shutil.rmtree(authority.root / "svc")  # the authority's volume is lost
+    authority.start()  # a new key, again v1
+    assert authority.evaluated() == 0  # (a new ledger too)
+
+    caplog.set_level(logging.WARNING, logger="ipjms.pseudonymiser")
+    restarted = _pseudonymiser(authority, pki, node_db)
+    new = restarted.regional(ids)
+    assert all(p.startswith("v1.") for p in new) and set(new).isdisjoint(old)
+    assert authority.evaluated() == len(ids)  # asked afresh: nothing answered from the store
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("is not the key this node's pseudonyms of v1 were made under" in w for w in warnings)
+    assert not any(value in w for w in warnings for _, value in ids)  # no identifier logged
+    assert not any(p in w for w in warnings for p in old + new)  # nor a pseudonym
+
+    assert running.regional(ids) == new  # the node that stayed up moved to the new key too
+    new_routing = restarted.routing(new[0], ORG, "clinic-b")
+    assert new_routing != old_routing
+    # what a node that never knew the old key gets: the same
+    elsewhere = OprfPseudonymiser(OprfPseudonyms(authority.url, load_org(pki[ORG])))
+    assert elsewhere.regional(ids) == new
+    assert elsewhere.routing(new[0], "clinic-b", ORG) == new_routing
+    # and a further restart answers from the store, under the new key only
+    asked = authority.evaluated()
+    assert _pseudonymiser(authority, pki, node_db).regional(ids) == new
+    assert authority.evaluated() == asked
+
+
+def test_entries_stored_without_a_key_fingerprint_are_deleted_by_the_migration(
+    db_url: str,
+) -> None:
+    """A store made before fingerprints (revision n0001) cannot say which key made its
+    entries: the upgrade deletes them rather than trust them."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(db_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "n0001")
+            conn.execute(
+                text(
+                    "INSERT INTO node_pseudonyms (kind, key_version, input_digest, pseudonym) "
+                    "VALUES ('regional', 1, :d, 'v1.old')"
+                ),
+                {"d": input_digest(oprf_input(*PATIENTS[0])).hex()},
+            )
+        upgrade_schema(engine, MIGRATIONS_DIR)
+        assert _rows(engine) == 0
+        store = SqlPseudonymStore(engine)
+        digest = input_digest(oprf_input(*PATIENTS[0]))
+        store.save("regional", (1, "ab" * 32), {digest: "v1.new"})
+        assert store.load("regional", (1, "ab" * 32), [digest]) == {digest: "v1.new"}
+        assert store.load("regional", (1, "cd" * 32), [digest]) == {}
+        assert store.fingerprints(1) == {"ab" * 32}
+    finally:
+        engine.dispose()
 
 
 def _refuse_insert_of(engine: Engine, digest_hex: str) -> None:
