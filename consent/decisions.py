@@ -48,7 +48,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from consent.auth import CLINICIAN_ROLES, Principal
 from consent.break_glass import (
@@ -250,35 +251,69 @@ class DecisionService:
         return find_grant(recent, envelope_id), recent
 
     def _remember(self, inp: DecideInput, requester: str, decision: Decision) -> None:
-        """Keep the question an envelope-bound decision answered and the classes it permitted
-        (a retry by the same requester replaces it; another organisation cannot take over the
-        envelope id)."""
-        row = {
-            "envelope_id": inp.envelope,
-            "patient": inp.patient,
-            "requester": requester,
-            "recipient": inp.recipient,
-            "purpose": inp.purpose,
-            "classes": json.dumps(sorted(inp.classes)),
-            "permitted": json.dumps(sorted(decision.classes) if decision.permit else []),
-            "break_glass": decision.break_glass,
-            "asked_at": self.clock(),
-        }
+        """Keep the question an envelope-bound decision answered and the classes it permitted.
+
+        An envelope id binds one question: asking again for a bound id is only a retry of it —
+        the same requester, patient, recipient and purpose — else 409 and nothing changes
+        (another organisation cannot take over the id; the sender cannot swap the question a
+        token was already minted for). A retry keeps the union of the classes asked and of the
+        classes permitted, so a ``$recheck`` decides every class any token for the envelope
+        permitted (a narrower retry cannot shrink what the envelope may hold)."""
+        permitted = decision.classes if decision.permit else frozenset()
         with self.store.engine.begin() as conn:
-            owner = conn.execute(
-                select(envelope_questions.c.requester).where(
-                    envelope_questions.c.envelope_id == inp.envelope
-                )
-            ).scalar()
-            if owner is not None and owner != requester:
-                raise Conflict("this envelope id is bound to another organisation's decision")
-            if owner is not None:
-                conn.execute(
-                    delete(envelope_questions).where(
-                        envelope_questions.c.envelope_id == inp.envelope
+            old = conn.execute(
+                select(envelope_questions)
+                .where(envelope_questions.c.envelope_id == inp.envelope)
+                .with_for_update()  # PostgreSQL: concurrent retries merge one after the other
+            ).first()
+            if old is None:
+                try:
+                    conn.execute(
+                        insert(envelope_questions).values(
+                            envelope_id=inp.envelope,
+                            patient=inp.patient,
+                            requester=requester,
+                            recipient=inp.recipient,
+                            purpose=inp.purpose,
+                            classes=json.dumps(sorted(inp.classes)),
+                            permitted=json.dumps(sorted(permitted)),
+                            break_glass=decision.break_glass,
+                            asked_at=self.clock(),
+                        )
                     )
+                except IntegrityError:  # bound by a concurrent request in the meantime
+                    raise Conflict(
+                        "this envelope id was bound by another request at the same time; ask again"
+                    ) from None
+                return
+            q = old._mapping
+            if q["requester"] != requester:
+                raise Conflict("this envelope id is bound to another organisation's decision")
+            differs = [
+                name
+                for name, value in (
+                    ("patient", inp.patient),
+                    ("recipient", inp.recipient),
+                    ("purpose", inp.purpose),
                 )
-            conn.execute(insert(envelope_questions).values(**row))
+                if q[name] != value
+            ]
+            if differs:
+                raise Conflict(
+                    f"this envelope id is bound to a decision for another {differs[0]}; "
+                    "asking again for an envelope id may only repeat its question — "
+                    "a new question needs a new envelope id"
+                )
+            conn.execute(
+                update(envelope_questions)
+                .where(envelope_questions.c.envelope_id == inp.envelope)
+                .values(
+                    classes=json.dumps(sorted(set(json.loads(q["classes"])) | inp.classes)),
+                    permitted=json.dumps(sorted(set(json.loads(q["permitted"])) | permitted)),
+                    break_glass=bool(q["break_glass"]) or decision.break_glass,
+                    asked_at=self.clock(),
+                )
+            )
 
     def recheck(self, envelope_id: str, sender: str, recipient: str, caller: str) -> Rechecked:
         """Decide again the question an envelope-bound decision answered, as consents are now.

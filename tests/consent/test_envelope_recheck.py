@@ -160,3 +160,83 @@ def test_recheck_hands_out_the_consent_epoch_unless_a_consent_period_will_turn(
     assert r.status_code == 200
     assert coordinator.epoch() != before.epoch  # a revocation moves it
     assert not coordinator.recheck(envelope, "hosp-a", "clinic-b").permit
+
+
+def test_a_bound_envelope_cannot_be_narrowed_by_asking_again(registry: Registry) -> None:
+    """The reviewer's attack: a token permitting Condition and Observation is minted for an
+    envelope; the sender asks again for the same envelope id with Condition alone. The stored
+    question must still hold Observation (the first token does), so when the patient narrows
+    consent to Condition the coordinator's recheck of that envelope denies."""
+    p = "ab" * 32
+    headers = registry.patient_headers(p)
+    wide = registry.grant(headers, treat_consent(p, classes=("Condition", "Observation")))
+    hosp, coordinator = registry.org("hosp-a"), registry.org("coordinator")
+    envelope = str(uuid.uuid4())
+    first = hosp.decide(p, "clinic-b", "TREAT", ["Condition", "Observation"], envelope_id=envelope)
+    assert first.permit and first.classes == {"Condition", "Observation"}
+    retry = hosp.decide(p, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope)
+    assert retry.permit and retry.classes == {"Condition"}  # a retry of the same question
+    assert coordinator.recheck(envelope, "hosp-a", "clinic-b").permit
+    registry.grant(headers, treat_consent(p, classes=("Condition",)))
+    r = registry.http.post(f"/fhir/Consent/{wide['id']}/$revoke", headers=headers)
+    assert r.status_code == 200
+    again = coordinator.recheck(envelope, "hosp-a", "clinic-b")
+    assert not again.permit and "no longer permits" in again.reason
+    # a retry that now permits less adds nothing and removes nothing: still denied
+    assert hosp.decide(p, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope).permit
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b").permit
+
+
+def test_a_retry_keeps_the_union_of_what_was_permitted(registry: Registry) -> None:
+    """A retry that is permitted more than the first ask widens the stored question: the
+    recheck decides every class any token for the envelope permitted."""
+    p = "ac" * 32
+    headers = registry.patient_headers(p)
+    registry.grant(headers, treat_consent(p, classes=("Condition",)))
+    hosp, coordinator = registry.org("hosp-a"), registry.org("coordinator")
+    envelope = str(uuid.uuid4())
+    denied = hosp.decide(p, "clinic-b", "TREAT", ["Observation"], envelope_id=envelope)
+    assert not denied.permit
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b").permit  # permitted nothing
+    both = registry.grant(headers, treat_consent(p, classes=("Condition", "Observation")))
+    assert hosp.decide(p, "clinic-b", "TREAT", ["Observation"], envelope_id=envelope).permit
+    assert coordinator.recheck(envelope, "hosp-a", "clinic-b").permit  # now holds Observation
+    r = registry.http.post(f"/fhir/Consent/{both['id']}/$revoke", headers=headers)
+    assert r.status_code == 200  # Observation no longer permitted, Condition still
+    assert not coordinator.recheck(envelope, "hosp-a", "clinic-b").permit
+
+
+@pytest.mark.parametrize(
+    ("field", "patient", "recipient", "purpose"),
+    [
+        ("patient", "af" * 32, "clinic-b", "TREAT"),
+        ("recipient", "ae" * 32, "clinic-c", "TREAT"),
+        ("purpose", "ae" * 32, "clinic-b", "HRESCH"),
+    ],
+    ids=["patient", "recipient", "purpose"],
+)
+def test_asking_again_for_a_bound_envelope_with_another_question_is_409(
+    registry: Registry, field: str, patient: str, recipient: str, purpose: str
+) -> None:
+    """An envelope id binds one question: the same requester asking it for another patient,
+    recipient or purpose is refused (409) and the stored question is unchanged."""
+    p = "ae" * 32
+    headers = registry.patient_headers(p)
+    registry.grant(headers, treat_consent(p, classes=("Condition", "Observation")))
+    other = registry.patient_headers("af" * 32)  # the other patient may be asked for, too
+    registry.grant(other, treat_consent("af" * 32, classes=("Condition",)))
+    registry.grant(headers, treat_consent(p, "clinic-c", ("Condition",)))
+    registry.grant(headers, treat_consent(p, classes=("Condition",), purpose="HRESCH"))
+    hosp, coordinator = registry.org("hosp-a"), registry.org("coordinator")
+    envelope = str(uuid.uuid4())
+    asked = hosp.decide(p, "clinic-b", "TREAT", ["Condition", "Observation"], envelope_id=envelope)
+    assert asked.permit
+    ledger = registry.http.app.state.ledger  # type: ignore[attr-defined]
+    entries = len(ledger.entries())
+    with pytest.raises(ConsentRegistryError) as err:
+        hosp.decide(patient, recipient, purpose, ["Condition"], envelope_id=envelope)
+    assert err.value.status == 409 and f"another {field}" in str(err.value)
+    assert len(ledger.entries()) == entries  # no decision was made or audited
+    assert coordinator.recheck(envelope, "hosp-a", "clinic-b").permit  # the question stands
+    if field == "recipient":  # the stored question still names clinic B, not the new one
+        assert not coordinator.recheck(envelope, "hosp-a", recipient).permit

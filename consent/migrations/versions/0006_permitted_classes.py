@@ -2,8 +2,12 @@
 
 A ``$recheck`` no longer hears the envelope's classes from the coordinator (they left the clear
 header, issue 23): it decides again the classes the decision permitted when it was asked, and
-permits only if every one of them still is. Questions stored before this revision get the
-classes they asked for (a superset of what was permitted: fail closed).
+permits only if every one of them still is. Questions stored before this revision get
+``permitted = []`` (fail closed): revision 0005 did not keep whether a question was permitted, and
+copying the classes asked would let a question that was *denied* permit once a later consent
+exists. A ``$recheck`` of such a question denies ("permitted nothing"): an envelope in flight at
+the upgrade is refused at delivery (dead-lettered) and its sender sends it again with a new
+decision.
 
 Revision ID: consent_0006
 Revises: consent_0005
@@ -23,7 +27,7 @@ def upgrade() -> None:
         "consent_envelope_questions",
         sa.Column("permitted", sa.Text, nullable=False, server_default="[]"),
     )
-    op.execute("UPDATE consent_envelope_questions SET permitted = classes")
+    # no backfill: the server default [] stands for every old question (see above)
 
 
 def downgrade() -> None:
