@@ -144,6 +144,54 @@ def store(db_url: str) -> Iterator[Any]:
         engine.dispose()
 
 
+# --- One federated network for the modules that each started one ---------------------------------
+# A federated network (a region of nodes with seeded patients and consents, the authority's
+# SuperLink and three SuperNodes: tests/federated/fl_net.py) costs 100-150 CPU-seconds to bring
+# up. These modules share one (``shared_fl_net``); each takes what it needs from it (its SuperNodes'
+# policy and data folders, its own run labels), so none depends on what another left. Under xdist
+# they are one unit of work (the scheduler below), so one worker builds the network once; it is
+# stopped after the last of their tests.
+FL_NET_MODULES = (
+    "tests/federated/test_fl_e2e.py",
+    "tests/federated/test_malicious_server.py",
+    "tests/web/test_console_fl_run.py",
+)
+
+
+def _module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+_SHARED_FL_NET = pytest.StashKey[Any]()
+
+
+@pytest.fixture(scope="session")
+def shared_fl_net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The shared federated network's holder (``fl_net.SharedFlNet``): ``.get()`` is the network,
+    started on first use."""
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "federated"))
+    from fl_net import SharedFlNet
+
+    shared = SharedFlNet(lambda: tmp_path_factory.mktemp("shared-flnet"))
+    request.config.stash[_SHARED_FL_NET] = shared
+    request.addfinalizer(shared.stop)
+    return shared
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Stop the shared federated network after the last of its modules' tests (in the order this
+    process runs them: an xdist worker runs its tests in collection order), rather than let its
+    processes idle beside the worker's other modules until the session ends."""
+    yield
+    shared = item.config.stash.get(_SHARED_FL_NET, None)
+    if shared is None or not shared.running:
+        return
+    users = [i for i in item.session.items if _module_of(i.nodeid) in FL_NET_MODULES]
+    if nextitem is None or not users or item is users[-1]:
+        shared.stop()
+
+
 # --- Parallel runs -------------------------------------------------------------------------------
 # `make test` runs the suite on pytest-xdist workers with `--dist loadscope`: a test module is the
 # unit of work, so tests sharing a module-scoped fixture (a started network, a PKI) stay on one
@@ -154,12 +202,14 @@ def store(db_url: str) -> Iterator[Any]:
 # up near the end of a run while the other workers sit idle; the rest follow in collection order.
 # Only an ordering hint: a module missing here just loses its place in the queue.
 HEAVIEST_FIRST = (
-    "tests/federated/test_fl_e2e.py",  # a federated network and three Flower runs, ~220 s
+    # one unit of work (FL_NET_MODULES): the shared federated network, the e2e module's Flower
+    # runs, the attacks, and a run started in Chromium
+    "tests/federated/test_fl_e2e.py",
+    "tests/federated/test_malicious_server.py",
+    "tests/web/test_console_fl_run.py",
     "tests/ops/test_ops_up.py",  # the whole story on PostgreSQL, ~230 s
     "tests/node_api/test_node_demo.py",  # the whole story on SQLite (`ipjms demo`), ~210 s
     "tests/node_api/test_node_cli.py",  # node processes, ~130 s
-    "tests/federated/test_malicious_server.py",  # its own federated network, attacked
-    "tests/web/test_console_fl_run.py",  # a federated network, and a run started in Chromium
     "tests/federated/test_training_rules.py",  # ~90 s
     "tests/exchange/test_exchange_e2e.py",  # a regional network, ~70 s
     "tests/exchange/test_exchange_faults.py",  # another one, killed and restarted, ~60 s
@@ -171,11 +221,9 @@ HEAVIEST_FIRST = (
 # out (CI, stop 25: the two stories and the federated e2e failed together). At most
 # STORY_SLOTS of them run at a time; a worker that would take a third takes other work instead.
 STORIES = (
-    "tests/federated/test_fl_e2e.py",
+    "tests/federated/test_fl_e2e.py",  # with the other FL_NET_MODULES: one unit, one network
     "tests/ops/test_ops_up.py",
     "tests/node_api/test_node_demo.py",
-    "tests/federated/test_malicious_server.py",
-    "tests/web/test_console_fl_run.py",
 )
 STORY_SLOTS = 2
 # Within its module, this one runs first (its worker then still has the module's quick tests
@@ -244,6 +292,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
             other_work = next((s for s in self.workqueue if s not in STORIES), None)
             if other_work is not None:
                 self.workqueue.move_to_end(other_work, last=False)
+
+        def _split_scope(self, nodeid: str) -> str:
+            """xdist's unit of work (a module, or a class within one), except that the modules
+            sharing the federated network are one unit, named after the first of them (so
+            STORIES and the order above apply to it)."""
+            if _module_of(nodeid) in FL_NET_MODULES:
+                return FL_NET_MODULES[0]
+            return str(super()._split_scope(nodeid))
 
     config.option.loadscopereorder = False
     return ModuleAtATime(config, log)

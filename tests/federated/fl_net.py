@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from node.identity import NATIONAL_ID_SYSTEM  # noqa: E402
 from trust.pki import OrgCredentials, init_ca, issue_org  # noqa: E402
 from trust.tokens import SigningKey  # noqa: E402
 
-__all__ = ["FlNet", "Pki", "make_pki", "start_fl_net", "supernode_status", "ORGS"]
+__all__ = [
+    "FlNet", "Pki", "SharedFlNet", "make_pki", "start_fl_net", "supernode_status", "ORGS"
+]  # fmt: skip
 
 NODES = ("hosp-a", "clinic-b", "clinic-c")
 
@@ -64,6 +67,20 @@ class FlNet:
     consented: dict[str, set[str]] = field(default_factory=dict)  # org → national ids with HRESCH
     national_ids: dict[str, list[str]] = field(default_factory=dict)
     names: dict[str, list[str]] = field(default_factory=dict)  # org → "Given Family" of patients
+    # Where the SuperNodes keep their state (their privacy ledgers among it): ``root`` unless a
+    # test module asks for SuperNodes of its own (:meth:`use_supernodes_under`).
+    supernodes_root: Path | None = None
+
+    def supernode_dir(self, org: str) -> Path:
+        """``org``'s SuperNode data folder (its ``privacy_budget.db`` ledger is there)."""
+        return (self.supernodes_root or self.root) / f"supernode-{org}"
+
+    def use_supernodes_under(self, root: Path | None) -> None:
+        """From now on every node's SuperNode keeps its state under ``root`` (``None``: the
+        network's own folder); :meth:`ensure_supernode` restarts one whose folder differs. A
+        module sharing the network with others calls this first: a fresh folder gives it
+        SuperNodes with empty ledgers, whatever ran on the network before."""
+        self.supernodes_root = root
 
     def stop(self) -> None:
         for s in self.supernodes.values():
@@ -78,7 +95,7 @@ class FlNet:
         assert self.superlink_dir is not None
         info = json.loads((self.superlink_dir / "superlink.json").read_text())
         node = self.region.nodes[org]
-        data_dir = self.root / f"supernode-{org}"
+        data_dir = self.supernode_dir(org)
         args = [
             "fl", "supernode", "--data-dir", str(data_dir),
             "--superlink", info["fleet"], "--org-dir", str(self.pki.org_dirs[org]),
@@ -95,7 +112,7 @@ class FlNet:
             log_dir=self.root / "logs",
             ports_dir=data_dir,
         )
-        svc.extra["policy"] = (min_cohort, budget)
+        svc.extra["policy"] = (min_cohort, budget, data_dir)
         self.supernodes[org] = svc
         return svc
 
@@ -110,15 +127,17 @@ class FlNet:
     def ensure_supernode(
         self, org: str, min_cohort: int = 5, budget: float = 100.0, timeout: float = 300
     ) -> Service:
-        """``org``'s SuperNode running with this policy: a test that needs it calls this, so no
-        test depends on what an earlier one left (a SuperNode killed by the fault test, or one
-        restarted with another policy by a refusal test). A running SuperNode with this policy is
+        """``org``'s SuperNode running with this policy (and data folder, :meth:`supernode_dir`):
+        a test that needs it calls this, so no test depends on what an earlier one left (a
+        SuperNode killed by the fault test, one restarted with another policy by a refusal test,
+        or one keeping another module's ledger). A running SuperNode with this policy is
         left alone; otherwise it is stopped (SIGTERM: Flower deactivates the node), or — if it
         died — the SuperLink is waited on to take its node offline (a killed node stays "online"
         until its heartbeat lapses, and Flower refuses to activate an online node), then
         started again and waited on until the SuperLink has it online."""
         svc = self.supernodes.get(org)
-        if svc is not None and svc.alive() and svc.extra.get("policy") == (min_cohort, budget):
+        wanted = (min_cohort, budget, self.supernode_dir(org))
+        if svc is not None and svc.alive() and svc.extra.get("policy") == wanted:
             return svc
         if svc is not None and svc.alive():
             kill_group(svc, signal.SIGTERM)
@@ -321,3 +340,33 @@ def start_fl_net(root: Path, *, patients: int = 24, consent_every: int = 4) -> F
         net.stop()
         raise
     return net
+
+
+class SharedFlNet:
+    """One federated network for the test modules that each needed one of their own (the
+    e2e, malicious-server and console-run modules; tests/conftest.py's ``shared_fl_net``): a
+    bring-up is about 100 CPU-seconds. Started on first use; stopped once the tests using it are
+    done (tests/conftest.py's teardown hook) and started again if a later test asks for it.
+
+    Sharing is safe because no test relies on what another left: each module takes the
+    SuperNodes it needs with :meth:`FlNet.ensure_supernode` (its own data folders where it
+    counts its ledgers from zero, :meth:`FlNet.use_supernodes_under`), and every run has its
+    own label."""
+
+    def __init__(self, make_root: Callable[[], Path]) -> None:
+        self._make_root = make_root
+        self._net: FlNet | None = None
+
+    def get(self) -> FlNet:
+        if self._net is None:
+            self._net = start_fl_net(self._make_root())
+        return self._net
+
+    @property
+    def running(self) -> bool:
+        return self._net is not None
+
+    def stop(self) -> None:
+        net, self._net = self._net, None
+        if net is not None:
+            net.stop()

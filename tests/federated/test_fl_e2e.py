@@ -7,28 +7,31 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from fl_net import NODES, FlNet, kill_group, start_fl_net
+from fl_net import NODES, FlNet, kill_group
 
 from consent.client import ConsentClient
 from federated.cohort import BackendTokenSource, ConsentEligibility, FhirCohortReader
 from federated.egress import CONFIG_KEYS, METRIC_KEYS
 from federated.registry_client import RegistryClient
 
-# Whichever test runs first (any, under a shuffled order) starts the module's network (a region,
-# three nodes, consents for 72 patients, a SuperLink and three SuperNodes) inside its own time:
-# ten minutes on a loaded machine; the scoring or logging test run first also trains the model.
+# Whichever test runs first (any, under a shuffled order) may start the shared network (a
+# region, three nodes, consents for 72 patients, a SuperLink and three SuperNodes; tests/conftest.py
+# ``shared_fl_net``) inside its own time: ten minutes on a loaded machine; the scoring or logging
+# test run first also trains the model.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlNet]:
-    root = tmp_path_factory.mktemp("flnet")
-    network = start_fl_net(root)
-    yield network
-    network.stop()
+@pytest.fixture
+def net(shared_fl_net: Any) -> FlNet:
+    """The shared network, its SuperNodes keeping their state in the network's own folder (a test
+    that needs them running calls ``ensure_supernode``, which restarts one another module left
+    running on folders of its own)."""
+    network: FlNet = shared_fl_net.get()
+    network.use_supernodes_under(None)
+    return network
 
 
 @pytest.fixture
@@ -41,9 +44,11 @@ def all_supernodes(net: FlNet) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(net: FlNet) -> tuple[subprocess.CompletedProcess[str], dict]:
+def trained(shared_fl_net: Any) -> tuple[subprocess.CompletedProcess[str], dict]:
     """One completed 2-round run of the three nodes (its output and run file): the run test
     checks it, the scoring and logging tests need a model and Flower's output, in any order."""
+    net: FlNet = shared_fl_net.get()
+    net.use_supernodes_under(None)
     for org in NODES:
         net.ensure_supernode(org)
     label = "e2e-trained"
@@ -185,7 +190,7 @@ def test_quality_indicators_over_the_deployment_engine_count_only_hqualimp_patie
             assert region[0]["ci95"][0] <= region[0]["value"] <= region[0]["ci95"][1]
         assert ind["noise"]["numerator_scale"]["all"] > 0
     for org in NODES:
-        db = net.root / f"supernode-{org}" / "privacy_budget.db"
+        db = net.supernode_dir(org) / "privacy_budget.db"
         with sqlite3.connect(db) as conn:
             rows = conn.execute(
                 "select epsilon, delta from fl_privacy_charges where kind = 'quality-indicators'"
@@ -299,7 +304,7 @@ def test_flower_services_log_json_lines_without_phi(net: FlNet, trained: tuple) 
     """The SuperLink's and SuperNodes' supervisors log like every service (one JSON object per
     line, trust/logging_setup.py) — Flower's own output and its app processes' included — and no
     patient's name or national id appears (after at least the trained run; whatever other tests
-    ran before in this module logged into the same files)."""
+    ran before on the shared network logged into the same files)."""
     secrets = [v for org in NODES for v in (*net.national_ids[org], *net.names[org])]
     assert secrets
     services = [net.superlink, *net.supernodes.values()]
@@ -333,7 +338,7 @@ def test_real_supernodes_decline_a_spent_budget_and_a_too_small_cohort(net: FlNe
     net.ensure_supernode("hosp-a")
     net.ensure_supernode("clinic-b")
     net.ensure_supernode("clinic-c", min_cohort=1000)
-    db = net.root / "supernode-clinic-b" / "privacy_budget.db"
+    db = net.supernode_dir("clinic-b") / "privacy_budget.db"
     earlier = f"earlier-releases-{uuid.uuid4().hex}"
     engine = make_engine(f"sqlite:///{db}")
     try:

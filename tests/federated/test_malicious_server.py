@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fl_net import NODES, FlNet, start_fl_net
+from fl_net import NODES, FlNet
 
 from deploy.launcher import wait_until
 from federated.budget import PrivacyBudgetLedger
 from federated.deployment import APP_PACKAGE, build_app_dir, submit_run
 from servicekit.storage import make_engine
 
-# the network's start dominates (seeded nodes, consents, SuperLink, SuperNodes): on a loaded
-# machine it can outlast the suite's default 600 s per test
+# the shared network's start (seeded nodes, consents, SuperLink, SuperNodes), when this module's
+# first test is the first to ask for it: on a loaded machine it can outlast the default 600 s
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 HERE = Path(__file__).resolve().parent
@@ -50,14 +50,19 @@ def _attack(net: FlNet, script: str, label: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FlNet, dict[str, Any]]]:
-    network = start_fl_net(tmp_path_factory.mktemp("flattack"), patients=16)
-    try:
-        steps = _attack(network, "attacks", "attacks")
-        steps.update(_attack(network, "again", "again"))
-        yield network, steps
-    finally:
-        network.stop()
+def attacked(
+    shared_fl_net: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Path], dict[str, Any]]]:
+    """The attacks, on the shared network (tests/conftest.py) but against SuperNodes of this
+    module's own: fresh data folders, so every node's ledger holds exactly what the attacks
+    charged, whatever ran on the network before. Yields each node's ledger and the replies."""
+    network: FlNet = shared_fl_net.get()
+    network.use_supernodes_under(tmp_path_factory.mktemp("flattack-supernodes"))
+    for org in NODES:
+        network.ensure_supernode(org)
+    steps = _attack(network, "attacks", "attacks")
+    steps.update(_attack(network, "again", "again"))
+    yield {org: network.supernode_dir(org) / "privacy_budget.db" for org in NODES}, steps
 
 
 def _all(steps: dict[str, Any], step: str) -> list[dict[str, Any]]:
@@ -125,9 +130,9 @@ def _recount(history: list[tuple[float, float, int]], delta: float) -> float:
 
 
 def test_reused_label_is_charged_twice_and_ledgers_match_a_recount(attacked: Any) -> None:
-    net, steps = attacked
+    ledgers, steps = attacked
     for org in NODES:
-        engine = make_engine(f"sqlite:///{net.root / f'supernode-{org}' / 'privacy_budget.db'}")
+        engine = make_engine(f"sqlite:///{ledgers[org]}")
         ledger = PrivacyBudgetLedger(engine, 100.0, 1e-4)
         entries = ledger.entries()
         # both Flower runs were labelled "same": two node-generated run ids, two charges

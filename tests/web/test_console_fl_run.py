@@ -3,10 +3,13 @@ start a federated training run (ε, rounds) from the runs page, watch it on the 
 is done, and open its model card — on a real federated network: the federated tests' region
 (consent registry, coordinator, three nodes with seeded synthetic patients and research
 consents), the authority's SuperLink and one SuperNode per node, each its own process
-(tests/federated/fl_net.py). The coordinator is restarted with the console settings
-(``--console-federated-dir`` etc.) so its form starts ``ipjms fl run`` for real; the smallest
-honest run: 1 round at ε 1. The per-node budget table is checked against each SuperNode's own
-ledger. Both languages, screenshots, axe-core, the CSP on every page."""
+(tests/federated/fl_net.py; the network the federated tests share, tests/conftest.py). The
+coordinator is restarted with the console settings (``--console-federated-dir`` etc.) so its form
+starts ``ipjms fl run`` for real; its federated folder is the SuperLink's Flower configuration
+with a runs folder of the console's own (runs of the other modules on the shared SuperLink are
+not the console's), so the runs page starts empty. The smallest honest run: 1 round at ε 1.
+The per-node budget table is checked against each SuperNode's own ledger. Both languages,
+screenshots, axe-core, the CSP on every page."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +35,23 @@ ANALYST_PASSWORD = "analyst password 42"
 SUPERNODE_BUDGET = 100.0  # fl_net.start_supernode's --epsilon-budget
 
 
-@pytest.fixture(scope="module")
-def fl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from fl_net import start_fl_net
+def _console_dir(net: Any) -> Path:
+    """The console's federated folder: the SuperLink's Flower configuration (``flwr``, linked)
+    and a ``runs`` folder of its own."""
+    return Path(net.root) / "console-federated"
 
-    root = tmp_path_factory.mktemp("console-fl")
-    net = start_fl_net(root, patients=24)
-    try:
+
+@pytest.fixture(scope="module")
+def fl(shared_fl_net: Any) -> Any:
+    net = shared_fl_net.get()
+    folder = _console_dir(net)
+    if not folder.exists():  # once per network: the coordinator keeps these settings
+        folder.mkdir()
+        (folder / "flwr").symlink_to(net.superlink_dir / "flwr", target_is_directory=True)
         coordinator = net.region.coordinator
         coordinator.service.stop()
         coordinator.args += [
-            "--console-federated-dir", str(net.superlink_dir),
+            "--console-federated-dir", str(folder),
             "--console-authority-dir", str(net.pki.org_dirs["authority"]),
             "--console-registry-url", coordinator.http_url,
         ]  # fmt: skip
@@ -55,15 +63,16 @@ def fl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             env={**os.environ, "IPJMS_ANALYST_PASSWORD": ANALYST_PASSWORD},
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
-        yield net
-    finally:
-        net.stop()
+    net.use_supernodes_under(None)  # every node's SuperNode up with the default policy
+    for org in ("hosp-a", "clinic-b", "clinic-c"):
+        net.ensure_supernode(org)
+    return net
 
 
 def _ledger_spent(net: Any, org: str) -> float:
     from federated.client_app import ledger_for
 
-    ledger = ledger_for({"data-dir": str(net.root / f"supernode-{org}"),
+    ledger = ledger_for({"data-dir": str(net.supernode_dir(org)),
                          "epsilon-budget": SUPERNODE_BUDGET})  # fmt: skip
     try:
         return ledger.used()
@@ -76,8 +85,8 @@ def test_analyst_starts_a_run_and_opens_its_model_card(fl: Any, browser: Any) ->
     refused = httpx.post(f"{url}/console/runs", data={"epsilon": "1", "rounds": "1"},
                          follow_redirects=False)  # fmt: skip
     assert refused.status_code in (303, 403)  # no session, no token: nothing started
-    assert not (fl.superlink_dir / "runs").exists() or not list(
-        (fl.superlink_dir / "runs").glob("console-*")
+    assert not (_console_dir(fl) / "runs").exists() or not list(
+        (_console_dir(fl) / "runs").glob("console-*")
     )
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
