@@ -567,6 +567,15 @@ def score(
         str | None,
         typer.Option("--pseudonym-url", help="…their pseudonyms from the authority's OPRF."),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Keep the authority's pseudonyms here (pseudonyms.db, 0600) so a next run asks "
+            "it nothing for known patients; the node's SuperNode --data-dir shares its store. "
+            "Without it: memory only.",
+        ),
+    ] = None,
 ) -> None:
     """Score every patient at a node with a published model; store RiskAssessment resources."""
     from federated.scoring import score_node
@@ -584,6 +593,7 @@ def score(
             client_key=client_key,
             linkage_key=load_or_create_linkage_key(linkage_key) if linkage_key else None,
             pseudonym_url=pseudonym_url,
+            state_dir=data_dir,
         )
     except Exception as exc:  # noqa: BLE001
         _fail(f"scoring failed: {exc}", code=1)

@@ -1,6 +1,14 @@
 """Where a SuperNode (and ``ipjms fl score``) gets its node's patient pseudonyms: the region's
 pseudonymisation authority (``pseudonym-url`` in the node config, the node's own credentials;
-no key on the node) or, in older regions, the shared linkage key (``linkage-key``)."""
+no key on the node) or, in older regions, the shared linkage key (``linkage-key``).
+
+The authority's answers are kept in the process's own state folder (``data-dir`` in the node
+config, ``--data-dir`` of ``ipjms fl score``): ``pseudonyms.db``, a SQLite file readable by its
+owner only, keyed like the node's own store (key version + key fingerprint + SHA-256 of the
+input; ``trust/pseudonym_store.py``, the one implementation both use). So a restarted SuperNode
+asks the authority nothing for the patients it met before, instead of re-asking for every one
+against its budget (300 evaluations an hour, ``trust/oprf_service.py``); a key re-made under
+the same version number has another fingerprint and is never answered from the file."""
 
 from __future__ import annotations
 
@@ -10,15 +18,25 @@ from typing import Any
 
 from trust.pseudonymiser import LinkageKeyPseudonymiser, Pseudonymiser, authority_pseudonymiser
 
-__all__ = ["node_pseudonymiser"]
+__all__ = ["node_pseudonymiser", "from_node_config"]
 
 
 def node_pseudonymiser(
-    creds: Any, *, pseudonym_url: str | None = None, linkage_key: Path | str | None = None
+    creds: Any,
+    *,
+    pseudonym_url: str | None = None,
+    linkage_key: Path | str | None = None,
+    state_dir: Path | str | None = None,
 ) -> Pseudonymiser:
-    """The authority's OPRF when ``pseudonym_url`` is given, else the linkage key file."""
+    """The authority's OPRF when ``pseudonym_url`` is given — its answers kept in
+    ``<state_dir>/pseudonyms.db`` (None: in memory only) — else the linkage key file."""
     if pseudonym_url:
-        return authority_pseudonymiser(pseudonym_url, creds)  # trusts the regional CA only
+        store = None
+        if state_dir is not None:
+            from trust.pseudonym_store import open_file_store
+
+            store = open_file_store(state_dir)
+        return authority_pseudonymiser(pseudonym_url, creds, store=store)  # the regional CA only
     if not linkage_key:
         raise ValueError("neither a pseudonym service URL nor a linkage key is configured")
     from trust.pseudonym import load_or_create_linkage_key
@@ -30,8 +48,10 @@ def node_pseudonymiser(
 
 
 def from_node_config(node_config: Mapping[str, Any], creds: Any) -> Pseudonymiser:
+    """The SuperNode's pseudonymiser; its store in the SuperNode's ``data-dir``."""
     return node_pseudonymiser(
         creds,
         pseudonym_url=str(node_config.get("pseudonym-url") or "") or None,
         linkage_key=str(node_config.get("linkage-key") or "") or None,
+        state_dir=str(node_config.get("data-dir") or "") or None,
     )

@@ -107,20 +107,22 @@ def score_node(
     scope: str = "system/*.rs system/RiskAssessment.c",
     linkage_key: bytes | None = None,
     pseudonym_url: str | None = None,
+    state_dir: Path | None = None,
     as_of: datetime | None = None,
 ) -> ScoreSummary:
     from federated.cohort import BackendTokenSource, FhirCohortReader, national_id_with_system
     from federated.models import make_model, predict_proba, set_arrays
     from federated.registry_client import RegistryClient
     from trust.pki import load_org
-    from trust.pseudonymiser import LinkageKeyPseudonymiser, OprfPseudonymiser, Pseudonymiser
+    from trust.pseudonymiser import LinkageKeyPseudonymiser, Pseudonymiser
 
     creds = load_org(org_dir)
     pseudonymiser: Pseudonymiser | None = None  # patients by regional pseudonym, when asked
     if pseudonym_url:
-        from trust.oprf_client import OprfPseudonyms
+        from federated.pseudonyms import node_pseudonymiser
 
-        pseudonymiser = OprfPseudonymiser(OprfPseudonyms(pseudonym_url, creds))
+        # the SuperNode's client rule (the regional CA only); the answers kept in state_dir
+        pseudonymiser = node_pseudonymiser(creds, pseudonym_url=pseudonym_url, state_dir=state_dir)
     elif linkage_key:
         pseudonymiser = LinkageKeyPseudonymiser(linkage_key)
     registry = RegistryClient(registry_url, creds)

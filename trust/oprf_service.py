@@ -11,9 +11,13 @@ folder, run by the regional authority.
 use); body ``{"version": N (optional: the current key), "blinded": ["<64 hex>", …]}`` (at most
 :data:`MAX_BATCH`); answer ``{"suite", "version", "key_fingerprint", "evaluated": [...]}`` in
 the same order.
-``GET /healthz`` names the current version and every held version's ``key_fingerprint``
-(:func:`trust.pseudonym_keys.key_fingerprint`: the public key ``k·G``, which reveals nothing
-usable about the key), so a node can tell a lost-and-remade ``v1`` from the one it knew.
+``GET /healthz`` (readiness) names the current version and every held version's
+``key_fingerprint`` (:func:`trust.pseudonym_keys.key_fingerprint`: the public key ``k·G``, which
+reveals nothing usable about the key), so a node can tell a lost-and-remade ``v1`` from the one
+it knew; it answers 503 (``"status": "unavailable"`` and the reason, no URL, path or driver
+message) while the service's database does not answer — every evaluation writes its budget and
+its audit entry there, so without it none can be answered. ``GET /livez`` (liveness) asks no
+database.
 
 * **Who may ask**: organisations certified by the regional CA, not revoked (a missing or stale
   CRL refuses everyone), and named in ``clients`` (the region's nodes). The coordinator and the
@@ -34,14 +38,28 @@ usable about the key), so a node can tell a lost-and-remade ``v1`` from the one 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Column, Engine, Float, MetaData, String, Table, insert, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
 
 from servicekit.outcome import (
     BadRequest,
@@ -191,6 +209,35 @@ def _has_served(engine: Engine, ledger: AuditLedger, budgets: Table) -> bool:
         return conn.execute(select(budgets.c.org_id).limit(1)).first() is not None
 
 
+def database_problem(engine: Engine) -> str | None:
+    """Why the service's database does not answer now (None: it does). The reason names no
+    URL, path or driver message (``/healthz`` is public); the log has the error's class.
+
+    SQLite: the file is opened afresh (read-write, never created) and read — the pool's open
+    connections would go on answering from a file that was deleted or whose volume went away,
+    writing what a restart then loses. PostgreSQL: one pre-pinged connection runs ``SELECT 1``.
+    """
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        uri = Path(str(engine.url.database)).resolve().as_uri() + "?mode=rw"
+        try:
+            probe = sqlite3.connect(uri, uri=True, timeout=2.0)
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.Error as exc:
+            log.warning("readiness: the SQLite database cannot be opened (%s)", type(exc).__name__)
+            return "the database file cannot be opened"
+        return None
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        log.warning("readiness: the database does not answer (%s)", type(exc).__name__)
+        return "the database does not answer"
+    return None
+
+
 def create_app(settings: PseudonymSettings) -> FastAPI:
     group = group_backend.selected()  # GroupUnavailableError: names what to install, at start
     if not group.constant_time:
@@ -247,13 +294,21 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
             raise Unauthorized(f"organisation assertion refused: {exc}") from None
         return org
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {
-            "status": "ok", "suite": oprf.SUITE, "current_version": ring.current,
+    @app.get("/healthz", response_model=None)
+    def healthz() -> dict[str, Any] | JSONResponse:
+        """Readiness: the database answers (503 with the reason while it does not — every
+        evaluation writes its budget and audit entry there); the key information either way."""
+        keys = {
+            "suite": oprf.SUITE, "current_version": ring.current,
             "key_fingerprints": {str(v): fp for v, fp in sorted(fingerprints.items())},
             "group": group.name,
         }  # fmt: skip
+        problem = database_problem(engine)
+        if problem is not None:
+            return JSONResponse(
+                {"status": "unavailable", "reason": problem, **keys}, status_code=503
+            )
+        return {"status": "ok", **keys}
 
     @app.get("/livez")
     def livez() -> dict[str, str]:

@@ -12,10 +12,12 @@ tests) the region's shared HMAC linkage key. One interface, two sources.
   holds the node's key file can test guesses offline (``tests/exchange`` shows it).
 
 Results are cached in memory by (key, identifier input) and, when the node supplies a
-:class:`PseudonymStore` (``node/pseudonym_store``: a table of the node's own database), kept
-there by (key, SHA-256 of the input), where the key is the authority's key version *and* its
-fingerprint (its public key, sent with every answer and in ``/healthz``): an authority whose key
-folder was lost and re-made has a new key under the same number, and nothing kept under the old
+:class:`PseudonymStore` (``trust/pseudonym_store.py``, the one SQL implementation: a table of the
+node's own database for its web app, ``node/pseudonym_store``; a SQLite file in the state folder
+of its SuperNode and ``ipjms fl score``, ``federated/pseudonyms.py``), kept there by (key,
+SHA-256 of the input), where the key is the authority's key version *and* its fingerprint
+(its public key, sent with every answer and in ``/healthz``): an authority whose key folder was
+lost and re-made has a new key under the same number, and nothing kept under the old
 one is used (a warning says so) — so a restarted node asks the authority nothing for
 the patients it already knows, instead of spending its budget (300 an hour) re-asking for every
 one. A pseudonym is written to the store (committed) *before* it is returned, so nothing sent
@@ -122,7 +124,8 @@ class OprfPseudonymiser:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        #: the node's persistent store (None: memory only, e.g. ``ipjms fl score``)
+        #: the node's persistent store (None: memory only, e.g. ``ipjms fl score`` without
+        #: ``--data-dir``)
         self.store = store
         self.cache_size = cache_size
         #: seconds between two reads of the authority's current key version (a rotation is an
@@ -252,7 +255,8 @@ def authority_pseudonymiser(
     pseudonymisation authority: over HTTPS it trusts the regional CA alone — ``ca_cert_file``
     when given, else the CA certificate in the organisation's own credentials
     (``creds.ca_cert_pem``) — never the system's public roots. ``store``: where the node keeps
-    what it obtained across restarts (the node's web app passes its database's)."""
+    what it obtained across restarts (the node's web app passes its database's; the SuperNode
+    and ``ipjms fl score`` a file in their state folder, ``federated/pseudonyms.py``)."""
     verify: bool | str | ssl.SSLContext = True
     if url.startswith("https"):
         if ca_cert_file is not None:

@@ -265,6 +265,9 @@ def run(net: DemoNetwork) -> None:
                 "--registry-url", coordinator_http, "--org-dir", str(pki["orgs"][org]),
                 "--client-id", CLIENT_ID, "--client-key", str(key_path),
                 "--pseudonym-url", net.facts["pseudonym_url"], "--top", top,
+                # the SuperNode's folder: its pseudonym store (pseudonyms.db) answers the
+                # patients it already met, so scoring asks the authority only for the others
+                "--data-dir", str(net.service_dir(f"supernode-{org}")),
             )  # fmt: skip
             if r.returncode != 0:
                 raise RuntimeError(f"scoring at {org} failed: {r.stdout[-400:]}")

@@ -281,6 +281,7 @@ def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet, trained: 
         "--org-dir", str(net.pki.org_dirs["hosp-a"]),
         "--client-id", "fl-supernode", "--client-key", str(net.client_keys["hosp-a"]),
         "--pseudonym-url", net.region.pseudonym_service.base_url, "--top", "3",
+        "--data-dir", str(net.supernode_dir("hosp-a")),  # the SuperNode's pseudonym store
     ]  # fmt: skip
     from deploy.launcher import ipjms_command
 
@@ -298,6 +299,8 @@ def test_registry_rules_and_scoring_store_risk_assessments(net: FlNet, trained: 
     again = subprocess.run(ipjms_command(*args), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert len(node.search("RiskAssessment")) == len(stored)  # idempotent per model and discharge
+    store = net.supernode_dir("hosp-a") / "pseudonyms.db"  # the SuperNode's, shared (0600)
+    assert store.exists() and store.stat().st_mode & 0o777 == 0o600
 
 
 def test_flower_services_log_json_lines_without_phi(net: FlNet, trained: tuple) -> None:

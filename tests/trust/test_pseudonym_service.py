@@ -318,3 +318,74 @@ def test_the_authority_publishes_key_fingerprints_and_refuses_to_re_make_a_lost_
     )  # fmt: skip
     assert rotated.returncode == 1 and "no OPRF key" in rotated.stderr
     assert list(keys.iterdir()) == []
+
+
+def _health(svc: Service) -> httpx.Response:
+    return httpx.get(svc.base_url + "/healthz", timeout=30)
+
+
+def test_healthz_answers_503_while_the_sqlite_database_cannot_be_opened(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """Readiness asks the database: its SQLite file gone (a volume lost or not mounted) is a 503
+    naming why — no path — with the key information kept; /livez still answers (an outage must
+    not restart the authority); the file back, ready again without a restart. The file is moved
+    away rather than made unreadable: the tests run as root, whom a chmod does not stop."""
+    svc = _start(tmp_path, pki["ca"])
+    db = tmp_path / "svc" / "pseudonym.db"
+    try:
+        ok = _health(svc)
+        assert ok.status_code == 200 and ok.json()["status"] == "ok"
+        keys = {k: ok.json()[k] for k in ("suite", "current_version", "key_fingerprints")}
+        assert set(keys["key_fingerprints"]) == {"1"}
+        db.rename(db.with_name("pseudonym.db.away"))
+        down = _health(svc)
+        assert down.status_code == 503, down.text
+        assert down.json()["status"] == "unavailable"
+        assert down.json()["reason"] == "the database file cannot be opened"
+        assert {k: down.json()[k] for k in keys} == keys  # the public key info as before
+        assert str(tmp_path) not in down.text and "pseudonym.db" not in down.text
+        assert httpx.get(svc.base_url + "/livez", timeout=30).status_code == 200
+        db.with_name("pseudonym.db.away").rename(db)
+        assert _health(svc).status_code == 200
+        assert svc.alive()
+    finally:
+        svc.stop()
+
+
+@pytest.mark.postgres
+def test_healthz_answers_503_while_the_postgresql_database_refuses(
+    tmp_path: Path, pki: dict[str, Path], pg_url: str
+) -> None:
+    """The same on PostgreSQL: no new connection admitted and every open one cut is a 503
+    whose body names neither the database nor its server; once it admits connections again,
+    ready without a restart."""
+    import os
+
+    import psycopg
+
+    name = pg_url.rsplit("/", 1)[1]
+    admin_url = os.environ["IPJMS_TEST_POSTGRES_URL"].replace(
+        "postgresql+psycopg://", "postgresql://"
+    )
+
+    def admin(sql: str, *params: str) -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql, params)  # type: ignore[arg-type]
+
+    svc = _start(tmp_path, pki["ca"], "--db", pg_url)
+    try:
+        assert _health(svc).status_code == 200
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", name)
+        down = _health(svc)
+        assert down.status_code == 503, down.text
+        assert down.json()["reason"] == "the database does not answer"
+        assert set(down.json()["key_fingerprints"]) == {"1"}
+        assert name not in down.text and "127.0.0.1:5432" not in down.text
+        assert "postgres" not in down.text.lower()
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert _health(svc).status_code == 200
+    finally:
+        svc.stop()
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

@@ -1,0 +1,134 @@
+"""The one SQL implementation of :class:`trust.pseudonymiser.PseudonymStore` (issue 23): the
+pseudonyms a node obtained from the pseudonymisation authority, kept so a restart asks again for
+none of them.
+
+Two places use it, each with its own table:
+
+* the node's web app — ``node/pseudonym_store``: table ``node_pseudonyms`` in the node's own
+  database (SQLite or PostgreSQL), its schema under the node's Alembic migrations;
+* the node's SuperNode and ``ipjms fl score`` (``federated/pseudonyms.py``), which have no
+  database of their own — :func:`open_file_store`: a SQLite file ``pseudonyms.db`` in their
+  state folder, readable by their user only (0600).
+
+Both are keyed alike — kind, the authority's key version *and* its fingerprint, SHA-256 of the
+OPRF input (never the input, which names the patient) — and hold no key: whoever reads them
+still cannot compute a pseudonym of anyone the node does not hold.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from servicekit.storage import make_engine, sqlite_url
+from trust.pseudonymiser import KeyId
+
+__all__ = ["KINDS", "FILE_NAME", "pseudonym_table", "SqlPseudonymStore", "open_file_store"]
+
+KINDS = ("regional", "routing")
+#: the SQLite file :func:`open_file_store` keeps in a state folder
+FILE_NAME = "pseudonyms.db"
+_CHUNK = 500  # digests per SELECT … IN (…): well inside both databases' parameter limits
+
+
+def pseudonym_table(name: str, metadata: MetaData) -> Table:
+    """One row per pseudonym obtained: ``kind`` "regional" (a patient's identifier) or
+    "routing" (a regional pseudonym and a pair of organisations), the authority's key version
+    and that key's fingerprint (its public key: a key re-made under the same number has
+    another), the SHA-256 (hex) of the OPRF input, and the pseudonym."""
+    return Table(
+        name,
+        metadata,
+        Column("kind", String(16), primary_key=True),
+        Column("key_version", Integer, primary_key=True, autoincrement=False),
+        Column("key_fingerprint", String(64), primary_key=True),
+        Column("input_digest", String(64), primary_key=True),
+        Column("pseudonym", String(128), nullable=False),
+    )
+
+
+class SqlPseudonymStore:
+    """``PseudonymStore`` over ``table`` (made by :func:`pseudonym_table`) in ``engine``."""
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        self.engine = engine
+        self.table = table
+
+    def _insert(self):  # type: ignore[no-untyped-def]
+        """INSERT … ON CONFLICT DO NOTHING: an entry already stored (another process got the
+        same pseudonym first — the OPRF is deterministic, so it is the same value) is kept."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(self.table).on_conflict_do_nothing(
+            index_elements=["kind", "key_version", "key_fingerprint", "input_digest"]
+        )
+
+    def load(self, kind: str, key: KeyId, digests: Sequence[bytes]) -> dict[bytes, str]:
+        _check(kind)
+        t = self.table
+        version, fingerprint = key
+        found: dict[bytes, str] = {}
+        hexes = [d.hex() for d in digests]
+        with self.engine.connect() as conn:
+            for start in range(0, len(hexes), _CHUNK):
+                rows = conn.execute(
+                    select(t.c.input_digest, t.c.pseudonym).where(
+                        t.c.kind == kind,
+                        t.c.key_version == version,
+                        t.c.key_fingerprint == fingerprint,
+                        t.c.input_digest.in_(hexes[start : start + _CHUNK]),
+                    )
+                )
+                found.update({bytes.fromhex(r.input_digest): str(r.pseudonym) for r in rows})
+        return found
+
+    def save(self, kind: str, key: KeyId, found: Mapping[bytes, str]) -> None:
+        """All of ``found`` in one committed transaction, or (on any error) none of it."""
+        _check(kind)
+        if not found:
+            return
+        version, fingerprint = key
+        rows = [
+            {"kind": kind, "key_version": version, "key_fingerprint": fingerprint,
+             "input_digest": d.hex(), "pseudonym": v}
+            for d, v in found.items()
+        ]  # fmt: skip
+        with self.engine.begin() as conn:
+            conn.execute(self._insert(), rows)
+
+    def fingerprints(self, version: int) -> set[str]:
+        t = self.table
+        query = select(t.c.key_fingerprint).where(t.c.key_version == version).distinct()
+        with self.engine.connect() as conn:
+            return {str(row[0]) for row in conn.execute(query)}
+
+    def close(self) -> None:
+        """Close the engine's pooled connections (for a store that owns its engine)."""
+        self.engine.dispose()
+
+
+def open_file_store(folder: Path | str) -> SqlPseudonymStore:
+    """The store of a process without a database of its own (a SuperNode, ``ipjms fl score``):
+    ``<folder>/pseudonyms.db``, created readable and writable by its owner only (0600; SQLite
+    gives its ``-wal`` and ``-shm`` files the same mode), its table created when absent.
+
+    The file is a cache of the authority's answers, not a record: deleting it costs only the
+    evaluations to re-ask (the budget, ``trust/oprf_service.py``), never a pseudonym's value —
+    the authority's OPRF gives the same one again under the same key."""
+    url = sqlite_url(folder, FILE_NAME.removesuffix(".db"))  # makes the folder
+    path = Path(folder).resolve() / FILE_NAME
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)  # an older or copied file too
+    engine = make_engine(url)
+    metadata = MetaData()
+    table = pseudonym_table("pseudonyms", metadata)
+    metadata.create_all(engine)
+    return SqlPseudonymStore(engine, table)
+
+
+def _check(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"a pseudonym's kind is one of {KINDS}, not {kind!r}")
