@@ -13,7 +13,12 @@ from consent.decisions import DecisionService
 from consent.disclosures import report_disclosure
 from consent.http_io import fhir_response, json_response, read_json
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
-from consent.parameters import decision_parameters, parse_decide, parse_recheck
+from consent.parameters import (
+    LookupRecheckInput,
+    decision_parameters,
+    parse_decide,
+    parse_recheck,
+)
 from servicekit.openapi_bodies import fhir_body, json_body
 from servicekit.outcome import BadRequest
 
@@ -87,9 +92,22 @@ async def recheck(request: Request, principal: Principal = Depends(DECIDE)) -> J
     coordinator before routing and at delivery). The answer names no patient, no purpose, no
     class and no consent: ``decision`` (permit|deny), ``reason``, ``break-glass`` and, when it
     may be reused while no consent is written, ``epoch``; 404 when no decision was asked for the
-    envelope."""
+    envelope. With ``lookup``, ``sender`` and ``patient`` instead: the same for a record-locator
+    lookup's bound decision (``DecisionService.recheck_lookup``; no epoch)."""
     inp = parse_recheck(await read_json(request))
     service: DecisionService = request.app.state.decisions
+    if isinstance(inp, LookupRecheckInput):  # a record-locator lookup's: never reusable
+        looked = service.recheck_lookup(inp.lookup, inp.sender, inp.patient, principal.org_id or "")
+        return fhir_response(
+            {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "decision", "valueCode": "permit" if looked.permit else "deny"},
+                    {"name": "reason", "valueString": looked.reason},
+                    {"name": "break-glass", "valueBoolean": looked.break_glass},
+                ],
+            }
+        )
     # Read before the consents are: a consent written after this moves the epoch past it.
     epoch = service.store.epoch()
     rechecked = service.recheck(inp.envelope, inp.sender, inp.recipient, principal.org_id or "")

@@ -201,11 +201,14 @@ class ConsentClient:
         envelope_id: str | None = None,
         sender: str | None = None,
         pull: str | None = None,
+        lookup_id: str | None = None,
     ) -> SignedDecision:
         """Ask for a signed decision; the returned decision has been verified against the JWKS
         and against the request it answers. The requester is always this organisation (the
         registry refuses a ``requester`` naming another); ``acting_role``/``acting_user`` go
-        into the signed assertion (break-glass needs both, for a doctor or nurse)."""
+        into the signed assertion (break-glass needs both, for a doctor or nurse).
+        ``lookup_id``: bind the decision to a record-locator lookup instead of an envelope (the
+        coordinator re-checks it by that id, :meth:`recheck_lookup`)."""
         class_list = sorted(set(classes))
         params: list[dict[str, Any]] = [
             {"name": "patient", "valueString": patient_pseudonym},
@@ -223,6 +226,8 @@ class ConsentClient:
             params.append({"name": "sender", "valueString": sender})
         if pull:  # ETREAT carried on by a break-glass pull grant (consent.break_glass)
             params.append({"name": "pull", "valueId": pull})
+        if lookup_id:  # the decision is for that record-locator lookup, bound to it
+            params.append({"name": "lookup", "valueId": lookup_id})
         r = self._request(
             "POST",
             "/fhir/Consent/$decide",
@@ -241,6 +246,8 @@ class ConsentClient:
         decision = self.verify_decision(token, expected_request_hash=expected)
         if envelope_id and decision.envelope_id != envelope_id:
             raise DecisionTokenError("decision is bound to another envelope")
+        if lookup_id and (decision.lookup_id != lookup_id or decision.envelope_id):
+            raise DecisionTokenError("decision is not bound to this lookup")
         return decision
 
     def recheck(self, envelope_id: str, sender: str, recipient: str) -> Recheck:
@@ -268,6 +275,32 @@ class ConsentClient:
                 p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out
             ),
             epoch=next((str(p["valueString"]) for p in out if p.get("name") == "epoch"), None),
+        )
+
+    def recheck_lookup(self, lookup_id: str, sender: str, patient_pseudonym: str) -> Recheck:
+        """Have the registry decide again the question bound to a record-locator lookup's id
+        (what the coordinator asks for a lookup: the id, who looked up and the pseudonym looked
+        up — never a purpose or classes). 404 — nothing was bound to that id — raises
+        :class:`ConsentRegistryError` like any refusal. Never reusable (no epoch)."""
+        params: list[dict[str, Any]] = [
+            {"name": "lookup", "valueId": lookup_id},
+            {"name": "sender", "valueString": sender},
+            {"name": "patient", "valueString": patient_pseudonym},
+        ]
+        r = self._request(
+            "POST",
+            "/fhir/Consent/$recheck",
+            json={"resourceType": "Parameters", "parameter": params},
+        )
+        if r.status_code != 200:
+            raise ConsentRegistryError(r.status_code, _outcome_text(r))
+        out = r.json().get("parameter", [])
+        return Recheck(
+            permit=any(p.get("name") == "decision" and p.get("valueCode") == "permit" for p in out),
+            reason=next((str(p["valueString"]) for p in out if p.get("name") == "reason"), ""),
+            break_glass=any(
+                p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out
+            ),
         )
 
     def epoch(self) -> str:

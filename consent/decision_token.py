@@ -74,6 +74,7 @@ class SignedDecision:
     refused_classes: frozenset[str] = field(default_factory=frozenset)
     envelope_id: str = ""
     issued_at: int = 0
+    lookup_id: str = ""  # a record-locator lookup's decision (claim ``lookup``), no envelope's
 
 
 @dataclass(frozen=True)
@@ -248,4 +249,5 @@ def verify_decision_token(
         refused_classes=frozenset(claims.get("refused", [])),
         envelope_id=str(claims.get("env", "")),
         issued_at=int(claims["iat"]),
+        lookup_id=str(claims.get("lookup", "")),
     )

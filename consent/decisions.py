@@ -12,6 +12,13 @@ stored question anew against the consents as they are now — every class the de
 must still be permitted, for the stored purpose — and answers permit/deny — no patient, no
 purpose, no class, no consent id, nothing the coordinator could link.
 
+A record-locator lookup's decision is bound the same way to a lookup id (``$decide`` with
+``lookup``; kept in the same table, ``bound`` = ``lookup``): the coordinator has it decided again
+by lookup id, the caller and the pseudonym looked up (:meth:`DecisionService.recheck_lookup`,
+``$recheck`` with ``lookup``) and hears no purpose or class of a lookup either. A lookup's
+decision never serves an envelope's ``$recheck`` nor an envelope's a lookup's, and an id bound one
+way cannot be bound the other (409).
+
 Who asked is the authenticated caller — the organisation whose signed assertion got the token —
 and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
 patient's disclosure list cannot be made to show an access by someone who did not ask.
@@ -74,6 +81,7 @@ __all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM"]
 
 DECISION_SYSTEM = "urn:ipjms:consent-decision"
 ENVELOPE_SYSTEM = "urn:ipjms:envelope"
+LOOKUP_SYSTEM = "urn:ipjms:lookup"
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,9 @@ class DecisionService:
         period = _period_json(decision)
         if period is not None:
             claims["data_period"] = period
-        if inp.envelope is not None:
+        if inp.envelope is not None and inp.binds == "lookup":
+            claims["lookup"] = inp.envelope  # the record-locator lookup it is for (no "env")
+        elif inp.envelope is not None:
             claims["env"] = inp.envelope  # the envelope that will carry this decision
         token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl, x5c=self.x5c)
         self._audit(inp, caller, requester, decision, decision_id, readmitted, carried)
@@ -279,6 +289,7 @@ class DecisionService:
                             permitted=json.dumps(sorted(permitted)),
                             break_glass=decision.break_glass,
                             asked_at=self.clock(),
+                            bound=inp.binds,
                         )
                     )
                 except IntegrityError:  # bound by a concurrent request in the meantime
@@ -287,6 +298,11 @@ class DecisionService:
                     ) from None
                 return
             q = old._mapping
+            if (q["bound"] or "envelope") != inp.binds:  # a lookup's id is no envelope's
+                raise Conflict(
+                    f"this id is bound to {_kind(q['bound'])}'s decision; it cannot be bound "
+                    f"to {_kind(inp.binds)}'s"
+                )
             if q["requester"] != requester:
                 raise Conflict("this envelope id is bound to another organisation's decision")
             differs = [
@@ -343,7 +359,10 @@ class DecisionService:
             )
             if not same
         ]
-        if differs:
+        if q["bound"] == "lookup":  # a lookup's decision never lets an envelope through
+            differs = ["question"]
+            decision = _denied("the decision bound to this id is a lookup's, not an envelope's")
+        elif differs:
             decision = _denied(f"the decision for this envelope was asked for another {differs[0]}")
         elif not permitted:
             decision = _denied("the decision for this envelope permitted nothing")
@@ -409,6 +428,94 @@ class DecisionService:
             neutral = "consent no longer permits what the envelope's decision permitted"
         return Rechecked(replace(decision, consent_ids=(), reason=neutral), reusable)
 
+    def recheck_lookup(self, lookup_id: str, sender: str, patient: str, caller: str) -> Decision:
+        """Decide again, as consents are now, the question a lookup-bound decision answered
+        (``$decide`` with ``lookup``) — what the coordinator asks before it answers a
+        record-locator lookup: the lookup id, who looked up and the pseudonym looked up; never a
+        purpose or a class (issue 23).
+
+        The decision bound to the id must be a lookup's (an envelope's is a deny), asked by
+        ``sender`` for ``patient`` (another caller or patient is a deny). It permits when the
+        stored purpose is still permitted, to the caller, for at least one class the decision
+        permitted — the lookup rule: a lookup discloses only where the patient is treated, and
+        every record query after it is decided on its own. A break-glass (``ETREAT``) lookup is
+        re-admitted only under the clinician's pull grant made with this id, within the window
+        (``consent.break_glass``). Audited in the patient's ledger under the caller's name; the
+        answer names no consent, purpose or class."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(envelope_questions).where(envelope_questions.c.envelope_id == lookup_id)
+            ).first()
+        if row is None:
+            raise NotFound("no decision was asked for this lookup")
+        q = row._mapping
+        purpose = str(q["purpose"])
+        permitted = frozenset(json.loads(q["permitted"]))
+        mismatch = [
+            name
+            for name, same in (
+                ("question", q["bound"] == "lookup"),
+                ("caller", q["requester"] == sender),
+                ("patient", q["patient"] == patient),
+            )
+            if not same
+        ]
+        if mismatch and mismatch[0] == "question":
+            decision = _denied("the decision bound to this id is an envelope's, not a lookup's")
+        elif mismatch:
+            decision = _denied(f"the decision for this lookup was asked for another {mismatch[0]}")
+        elif not permitted:
+            decision = _denied("the decision for this lookup permitted nothing")
+        elif purpose == "ETREAT":  # only the clinician's pull grant made with this id
+            decision, _grant = self._readmission(
+                DecideInput(
+                    patient=q["patient"],
+                    recipient=q["recipient"],
+                    requester=None,
+                    purpose=purpose,
+                    classes=permitted,
+                    reason=None,
+                    envelope=lookup_id,
+                    sender=sender,
+                ),
+                own_question=False,
+            )
+        else:
+            request = DecisionRequest(
+                patient=q["patient"],
+                requester=q["requester"],
+                recipient=q["recipient"],
+                purpose=purpose,
+                classes=permitted,
+                at=self.clock(),
+            )
+            decision = decide([s.record for s in self.store.for_patient(q["patient"])], request)
+        event = audit_events.routing_decision(
+            permit=decision.permit,
+            sender=q["requester"],
+            recipient=q["recipient"],
+            purpose=purpose,
+            classes=sorted(permitted),
+            patient_pseudonym=q["patient"],
+            observer=self.observer,
+            reason=decision.reason,
+            consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
+        )
+        event["entity"].append(
+            {
+                "what": {"identifier": {"system": LOOKUP_SYSTEM, "value": lookup_id}},
+                "detail": [{"type": "caller", "valueString": caller}],
+            }
+        )
+        self.ledger.append(event, patient_pseudonym=q["patient"], now=self.clock())
+        if decision.break_glass or mismatch or not permitted:  # names no consent or class
+            neutral = decision.reason
+        elif decision.permit:
+            neutral = "consent permits the lookup"
+        else:  # the policy's reason names the purpose and consent ids: they stay here
+            neutral = "consent does not permit what the lookup's decision permitted"
+        return replace(decision, consent_ids=(), reason=neutral)
+
     def _audit(
         self,
         inp: DecideInput,
@@ -471,6 +578,10 @@ class DecisionService:
                 {"type": "acting-assertion", "valueString": caller.acting_evidence}
             )
         self.ledger.append(event, patient_pseudonym=inp.patient, now=self.clock())
+
+
+def _kind(bound: str) -> str:
+    return "a lookup" if bound == "lookup" else "an envelope"
 
 
 def _denied(reason: str) -> Decision:

@@ -9,6 +9,10 @@ In::
     class      valueCode | valueCoding (×n)     FHIR resource types (at least one)
     reason     valueString                      required for ETREAT (break-glass)
     envelope   valueId                          the envelope that will carry the decision
+    lookup     valueId                          instead of ``envelope``: the id of the
+                                                record-locator lookup the decision is for (the
+                                                coordinator re-checks it by that id; issue 23);
+                                                not with ``sender`` or ``pull``
     sender     valueString | valueReference     ETREAT re-check only: the envelope's sender
                                                 (see consent.break_glass)
     pull       valueId                          ETREAT without a reason: the envelope id of the
@@ -31,7 +35,14 @@ from typing import Any
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
 from servicekit.outcome import BadRequest
 
-__all__ = ["DecideInput", "RecheckInput", "parse_decide", "parse_recheck", "decision_parameters"]
+__all__ = [
+    "DecideInput",
+    "RecheckInput",
+    "LookupRecheckInput",
+    "parse_decide",
+    "parse_recheck",
+    "decision_parameters",
+]
 
 _ALLOWED = {
     "patient",
@@ -43,6 +54,7 @@ _ALLOWED = {
     "envelope",
     "sender",
     "pull",
+    "lookup",
 }
 _ENVELOPE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_REASON = 500
@@ -59,6 +71,9 @@ class DecideInput:
     envelope: str | None = None  # the id of the envelope that will carry the decision
     sender: str | None = None  # an ETREAT re-check: the sender of that envelope
     pull: str | None = None  # ETREAT under a break-glass pull grant (its envelope id)
+    # what ``envelope`` is the id of: "envelope", or "lookup" (a record-locator lookup's id,
+    # given as ``Parameters.lookup``); a lookup's decision is never an envelope's and vice versa
+    binds: str = "envelope"
 
 
 def _value(param: dict[str, Any], name: str) -> str:
@@ -102,7 +117,8 @@ def _collect(body: object, allowed: frozenset[str] | set[str]) -> dict[str, list
 def parse_decide(body: object) -> DecideInput:
     values = _collect(body, _ALLOWED)
     for name in (
-        "patient", "recipient", "requester", "purpose", "reason", "envelope", "sender", "pull"
+        "patient", "recipient", "requester", "purpose", "reason", "envelope", "sender", "pull",
+        "lookup",
     ):  # fmt: skip
         if len(values.get(name, [])) > 1:
             raise BadRequest(f"parameter {name} given twice", expression=[f"Parameters.{name}"])
@@ -134,6 +150,20 @@ def parse_decide(body: object) -> DecideInput:
             "a decision under a pull grant is bound to its envelope (Parameters.envelope)",
             expression=["Parameters.envelope"],
         )
+    lookup = values.get("lookup", [None])[0]
+    binds = "envelope"
+    if lookup is not None:
+        if not _ENVELOPE_ID.match(lookup):
+            raise BadRequest(
+                "lookup must be a lowercase UUID (a lookup id)", expression=["Parameters.lookup"]
+            )
+        if envelope is not None or sender is not None:
+            raise BadRequest(
+                "a decision is bound to an envelope or to a lookup, not both; a lookup's "
+                "decision names no sender",
+                expression=["Parameters.lookup"],
+            )
+        envelope, binds = lookup, "lookup"  # kept by the same id column, marked a lookup's
     return DecideInput(
         patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
@@ -144,6 +174,7 @@ def parse_decide(body: object) -> DecideInput:
         envelope=envelope,
         sender=check_org_id(sender, "Parameters.sender") if sender else None,
         pull=pull,
+        binds=binds,
     )
 
 
@@ -154,10 +185,23 @@ class RecheckInput:
     recipient: str
 
 
-def parse_recheck(body: object) -> RecheckInput:
+@dataclass(frozen=True)
+class LookupRecheckInput:
+    lookup: str
+    sender: str  # the organisation that made the lookup
+    patient: str  # the pseudonym it looked up
+
+
+def parse_recheck(body: object) -> RecheckInput | LookupRecheckInput:
     """``$recheck``: ``envelope`` (valueId), ``sender``, ``recipient`` (the data recipient) —
     what an envelope's clear header says; no patient, purpose or class (the registry has the
-    question on file, and the clear header carries none of them)."""
+    question on file, and the clear header carries none of them). Or, for a record-locator
+    lookup: ``lookup`` (valueId), ``sender`` (who looked up) and ``patient`` (the pseudonym it
+    looked up — what the lookup request says); still no purpose or class."""
+    if isinstance(body, dict) and any(
+        isinstance(p, dict) and p.get("name") == "lookup" for p in body.get("parameter") or []
+    ):
+        return _parse_lookup_recheck(body)
     values = _collect(body, {"envelope", "sender", "recipient"})
     for name in ("envelope", "sender", "recipient"):
         if len(values.get(name, [])) != 1:
@@ -173,6 +217,25 @@ def parse_recheck(body: object) -> RecheckInput:
         envelope=envelope,
         sender=check_org_id(values["sender"][0], "Parameters.sender"),
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
+    )
+
+
+def _parse_lookup_recheck(body: object) -> LookupRecheckInput:
+    values = _collect(body, {"lookup", "sender", "patient"})
+    for name in ("lookup", "sender", "patient"):
+        if len(values.get(name, [])) != 1:
+            raise BadRequest(
+                f"parameter {name} is required once", expression=[f"Parameters.{name}"]
+            )
+    lookup = values["lookup"][0]
+    if not _ENVELOPE_ID.match(lookup):
+        raise BadRequest(
+            "lookup must be a lowercase UUID (a lookup id)", expression=["Parameters.lookup"]
+        )
+    return LookupRecheckInput(
+        lookup=lookup,
+        sender=check_org_id(values["sender"][0], "Parameters.sender"),
+        patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
     )
 
 

@@ -108,6 +108,9 @@ envelope_questions = Table(
     Column("permitted", Text, nullable=False, server_default="[]"),
     Column("break_glass", Boolean, nullable=False),
     Column("asked_at", DateTime(timezone=True), nullable=False, index=True),
+    # what the id binds (consent_0007): "envelope", or "lookup" — a record-locator lookup's id
+    # (issue 23); a decision bound one way is never re-checked the other way
+    Column("bound", String(8), nullable=False, server_default="envelope"),
 )
 
 #: one row: a number that moves (in the same transaction) with every consent created or changed —

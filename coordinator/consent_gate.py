@@ -20,6 +20,10 @@ so the patient's list shows the coordinator's check.
   carries clinical resources); without one it passes only along an exchange that already
   exists: an earlier referral or consultation for the same patient between the two.
 
+A record-locator lookup is checked the same way (``check_lookup``): the caller bound its
+decision to a fresh lookup id, and the registry decides it again by that id, the caller and the
+pseudonym looked up — the coordinator hears no purpose and no class of a lookup either.
+
 Break-glass: the registry re-admits only the break-glass it granted for this envelope (same
 patient, sender and recipient, every class, within the window; ``consent.break_glass``), and says
 so (``break_glass``); a re-admission's reason (clinician, stated reason, the grant's decision id)
@@ -35,7 +39,7 @@ from typing import Any, Protocol
 from coordinator.envelope_rules import data_recipient
 from trust.envelopes import EnvelopeHeader
 
-__all__ = ["GateDecision", "ConsentOracle", "ConsentGate", "NO_BOUND_DECISION"]
+__all__ = ["GateDecision", "ConsentOracle", "ConsentGate", "NO_BOUND_DECISION", "NO_BOUND_LOOKUP"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class GateDecision:
 
 
 NO_BOUND_DECISION = "no consent decision was bound to this envelope"
+NO_BOUND_LOOKUP = "no consent decision was bound to this lookup"
 
 
 class ConsentOracle(Protocol):
@@ -64,16 +69,7 @@ class ConsentOracle(Protocol):
 
     def recheck(self, envelope_id: str, sender: str, recipient: str) -> Any: ...
 
-    def decide(
-        self,
-        patient_pseudonym: str,
-        recipient: str,
-        purpose: str,
-        classes: Any,
-        *,
-        envelope_id: str | None = None,
-        sender: str | None = None,
-    ) -> Any: ...
+    def recheck_lookup(self, lookup_id: str, sender: str, patient_pseudonym: str) -> Any: ...
 
 
 class ConsentGate:
@@ -126,35 +122,21 @@ class ConsentGate:
         except Exception:  # registry down: the full checks will say so
             return None
 
-    def check_lookup(
-        self,
-        *,
-        patient_pseudonym: str,
-        caller: str,
-        purpose: str,
-        classes: list[str],
-        break_glass_envelope: str = "",
-    ) -> GateDecision:
-        """A record-locator lookup discloses where the patient is treated, so it passes only if
-        the patient's consent permits at least one of the classes the caller will query the
-        holders for, to the caller, for the stated purpose (the record-query rule). A
-        break-glass pull (``ETREAT``) passes only if the registry re-admits the caller's pull
-        grant bound to ``break_glass_envelope`` (same patient, caller, classes, within the
-        window; ``consent.break_glass``)."""
+    def check_lookup(self, *, patient_pseudonym: str, caller: str, lookup_id: str) -> GateDecision:
+        """A record-locator lookup discloses where the patient is treated. The caller bound its
+        registry decision to ``lookup_id`` (purpose and classes are there, not in the lookup);
+        the registry decides that question again by lookup id, caller and pseudonym — it must be
+        a lookup's decision, asked by this caller for this patient, and still permit at least
+        one class to the caller for its purpose. Nothing bound to the id (404) is a deny. A
+        break-glass pull's lookup id is the clinician's pull grant: the registry re-admits it
+        only within the window (``consent.break_glass``) and says so (``break_glass``)."""
         if self.oracle is None:
             return GateDecision(False, "no consent registry is configured (default deny)")
-        bound: dict[str, str] = {}
-        if purpose == "ETREAT":
-            if not break_glass_envelope:
-                return GateDecision(
-                    False,
-                    "a break-glass (ETREAT) lookup names the break-glass grant it was given "
-                    "(break_glass_envelope)",
-                )
-            bound = {"envelope_id": break_glass_envelope, "sender": caller}
         try:
-            decision = self.oracle.decide(patient_pseudonym, caller, purpose, classes, **bound)
+            decision = self.oracle.recheck_lookup(lookup_id, caller, patient_pseudonym)
         except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                return GateDecision(False, f"{NO_BOUND_LOOKUP} (default deny)")
             return _registry_failure(exc)
         consent_ids = tuple(getattr(decision, "consent_ids", ()) or ())
         if not getattr(decision, "permit", False):
@@ -162,7 +144,9 @@ class ConsentGate:
             return GateDecision(False, f"consent refused: {reason}", consent_ids)
         if getattr(decision, "break_glass", False):
             reason = getattr(decision, "reason", "") or "break-glass"
-            return GateDecision(True, f"break-glass re-admitted: {reason}", consent_ids)
+            return GateDecision(
+                True, f"break-glass re-admitted: {reason}", consent_ids, break_glass=True
+            )
         return GateDecision(True, "consent permits disclosure to the caller", consent_ids)
 
 

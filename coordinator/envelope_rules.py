@@ -5,15 +5,15 @@ kind, who sends to whom, for which (routing) patient pseudonym, until when. It d
 the data goes or which data (issue 23): purpose and classes are inside, in the registry's decision
 bound to the envelope id, which the consent gate has re-decided (``coordinator.consent_gate``).
 The header is :class:`trust.envelopes.EnvelopeHeader` (read from the gRPC message by
-``trust.envelope_wire``, which already checks its form); the kinds are ``trust.envelopes.KINDS``,
-a lookup's purposes ``consent.policy.PURPOSES`` — the lists are not repeated here.
+``trust.envelope_wire``, which already checks its form); the kinds are ``trust.envelopes.KINDS``
+— the list is not repeated here. A lookup, likewise, names only a pseudonym and the lookup id its
+registry decision is bound to.
 """
 
 from __future__ import annotations
 
 import re
 
-from consent.policy import PURPOSES
 from coordinator.errors import ExchangeError
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from trust.envelope_wire import header_from_pb
@@ -40,7 +40,6 @@ __all__ = [
 # 64 hex digits (the linkage-key HMAC of older regions) or v<key version>.<64 hex> (the
 # authority's OPRF, trust.pseudonym.OPRF_PSEUDONYM_PATTERN)
 PSEUDONYM_PATTERN = re.compile(r"^(v[1-9][0-9]{0,5}\.)?[0-9a-f]{64}$")
-_CLASS = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
 
 def read_header(message: pb.EnvelopeHeader) -> EnvelopeHeader:
@@ -91,32 +90,23 @@ def check_header(header: EnvelopeHeader, *, caller: str, now: float, max_ttl: in
         )
 
 
-MAX_LOOKUP_CLASSES = 64
+_LOOKUP_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def check_lookup(pseudonym: str, purpose: str, classes: list[str]) -> None:
-    """A record-locator lookup: a pseudonym, a stated purpose and the classes the caller will
-    query the holders for (what consent is checked against)."""
+def check_lookup(pseudonym: str, lookup_id: str) -> None:
+    """A record-locator lookup: a pseudonym and the id of the lookup the caller's registry
+    decision is bound to (purpose and classes are in that decision, not in the request)."""
     if not PSEUDONYM_PATTERN.match(pseudonym):
         raise ExchangeError(
             "INVALID_ARGUMENT",
             "patient_pseudonym must be a pseudonym (64 hex digits, or v<N>.<64 hex>)",
         )
-    if purpose not in PURPOSES:
+    if not _LOOKUP_ID.match(lookup_id):
         raise ExchangeError(
             "INVALID_ARGUMENT",
-            f"a lookup must state its purpose, one of {sorted(PURPOSES)} (got {purpose!r})",
+            "a lookup names the lookup id its consent decision is bound to (lookup_id, a "
+            "lowercase UUID)",
         )
-    if not classes or len(classes) > MAX_LOOKUP_CLASSES:
-        raise ExchangeError(
-            "INVALID_ARGUMENT",
-            f"a lookup must name 1-{MAX_LOOKUP_CLASSES} data classes it will query for",
-        )
-    bad = [c for c in classes if not _CLASS.match(c)]
-    if bad:
-        raise ExchangeError("INVALID_ARGUMENT", f"malformed data classes: {bad[:5]}")
-    if len(set(classes)) != len(classes):
-        raise ExchangeError("INVALID_ARGUMENT", "duplicate data classes in lookup")
 
 
 def check_size(sealed: bytes, *, max_bytes: int) -> None:

@@ -145,28 +145,25 @@ class LocatorServicer(_Base, pb_grpc.RecordLocatorServicer):
 
     @_unary
     def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """Where a patient is treated is itself a disclosure: the lookup states a purpose and
-        the classes it will query for, passes the consent gate, and is audited either way."""
+        """Where a patient is treated is itself a disclosure: the lookup names the lookup id
+        the caller's registry decision is bound to (no purpose, no classes: issue 23), passes
+        the consent gate on that decision, and is audited either way."""
         org = self.caller(context)
-        pseudo, purpose, classes = request.patient_pseudonym, request.purpose, list(request.classes)
-        check_lookup(pseudo, purpose, classes)
+        pseudo, lookup_id = request.patient_pseudonym, request.lookup_id
+        check_lookup(pseudo, lookup_id)
         decision = self.s.gate.check_lookup(
-            patient_pseudonym=pseudo,
-            caller=org.org_id,
-            purpose=purpose,
-            classes=classes,
-            break_glass_envelope=request.break_glass_envelope,
+            patient_pseudonym=pseudo, caller=org.org_id, lookup_id=lookup_id
         )
         holders = self.s.locator.lookup(pseudo, exclude=org.org_id) if decision.permit else []
         self.s.auditor.record_lookup(
             caller=org.org_id,
             patient_pseudonym=pseudo,
-            purpose=purpose,
-            classes=classes,
+            lookup_id=lookup_id,
             permitted=decision.permit,
             reason=decision.reason,
             holders=len(holders),
             consent_ids=decision.consent_ids,
+            break_glass=decision.break_glass,
         )
         if not decision.permit:
             code = "UNAVAILABLE" if decision.unavailable else "PERMISSION_DENIED"

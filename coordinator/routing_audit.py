@@ -7,8 +7,10 @@ A routing event names organisations, the envelope id, its kind and the patient's
 pseudonym — what the clear header says; never content, and no purpose or data class, which the
 coordinator does not see (issue 23). A break-glass envelope the registry re-admitted carries the
 ``BTG`` subtype, purpose ``ETREAT`` and the re-admission reason (clinician, stated reason,
-grant): the registry told the coordinator that much. A lookup event names the purpose and the
-classes the lookup itself stated.
+grant): the registry told the coordinator that much. A lookup event names the caller, the
+pseudonym looked up, the lookup id its registry decision is bound to, the outcome and how many
+holders it was told — no purpose and no class either (the lookup states neither); a break-glass
+lookup the registry re-admitted carries ``BTG`` and ``ETREAT`` as above.
 """
 
 from __future__ import annotations
@@ -135,16 +137,18 @@ def lookup_event(
     *,
     caller: str,
     patient_pseudonym: str,
-    purpose: str,
-    classes: Sequence[str],
+    lookup_id: str,
     permitted: bool,
     reason: str,
     holders: int,
     consent_ids: Sequence[str] = (),
+    break_glass: bool = False,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """A BALP-shaped AuditEvent (query) for one record-locator lookup: the caller, the patient's
-    pseudonym, purpose, the classes it means to query, how many holders it was told. Pure."""
+    pseudonym, the lookup id (what its registry decision is bound to), how many holders it was
+    told. No purpose or class (the coordinator is not told them); a re-admitted break-glass
+    lookup is marked ``BTG`` / ``ETREAT``. Pure."""
     now = now or dt.datetime.now(dt.UTC)
     decision = "lookup-permitted" if permitted else "lookup-refused"
     entity: list[dict[str, Any]] = [
@@ -169,14 +173,14 @@ def lookup_event(
             },
             "detail": [
                 {"type": "kind", "valueString": "locator-lookup"},
-                {"type": "classes", "valueString": ",".join(classes)},
+                {"type": "lookup", "valueString": lookup_id},
                 {"type": "holders", "valueString": str(holders)},
             ],
         },
     ]
     for consent_id in consent_ids:
         entity.append({"what": {"reference": f"Consent/{consent_id}"}})
-    return {
+    event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": {
             "system": "http://dicom.nema.org/resources/ontology/DCM",
@@ -188,22 +192,25 @@ def lookup_event(
         "recorded": now.isoformat(),
         "outcome": "0" if permitted else "4",
         "outcomeDesc": reason[:500],
-        "purposeOfEvent": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                        "code": purpose,
-                    }
-                ]
-            }
-        ],
         "agent": [
             {"who": {"identifier": {"system": ORG_SYSTEM, "value": caller}}, "requestor": True},
         ],
         "source": _source(),
         "entity": entity,
     }
+    if break_glass:  # the registry re-admitted a break-glass pull grant: it said that much
+        event["subtype"].append({"system": ACT_CODE, "code": "BTG", "display": "break the glass"})
+        event["purposeOfEvent"] = [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": "ETREAT",
+                    }
+                ]
+            }
+        ]
+    return event
 
 
 class RoutingAuditor:
@@ -227,21 +234,21 @@ class RoutingAuditor:
         *,
         caller: str,
         patient_pseudonym: str,
-        purpose: str,
-        classes: Sequence[str],
+        lookup_id: str,
         permitted: bool,
         reason: str,
         holders: int,
         consent_ids: Sequence[str] = (),
+        break_glass: bool = False,
     ) -> None:
         event = lookup_event(
             caller=caller,
             patient_pseudonym=patient_pseudonym,
-            purpose=purpose,
-            classes=classes,
+            lookup_id=lookup_id,
             permitted=permitted,
             reason=reason,
             holders=holders,
             consent_ids=consent_ids,
+            break_glass=break_glass,
         )
         self.ledger.append(event, patient_pseudonym=patient_pseudonym)

@@ -120,20 +120,14 @@ class ExchangeClient:
         )
         return int(reply.published)
 
-    def lookup(
-        self, pseudonym: str, *, purpose: str, classes: list[str], break_glass_envelope: str = ""
-    ) -> list[str]:
-        """Holders of the patient. A lookup is a disclosure: it states the purpose and the
-        classes the caller will query for, and the coordinator checks the patient's consent
-        (PERMISSION_DENIED without it) and audits it. A break-glass (ETREAT) lookup names the
-        envelope id of the caller's break-glass pull grant, which the registry re-admits."""
+    def lookup(self, pseudonym: str, *, lookup_id: str) -> list[str]:
+        """Holders of the patient. A lookup is a disclosure: the caller first binds a consent
+        registry decision (its purpose and classes) to ``lookup_id`` (``ConsentClient.decide``
+        with ``lookup_id``; a break-glass pull's grant is made with it); the coordinator has the
+        registry decide it again by that id (PERMISSION_DENIED without one, or when it no
+        longer permits) and audits the lookup. Purpose and classes are not sent here."""
         reply = self.locator.Lookup(
-            pb.LookupRequest(
-                patient_pseudonym=pseudonym,
-                purpose=purpose,
-                classes=classes,
-                break_glass_envelope=break_glass_envelope,
-            ),
+            pb.LookupRequest(patient_pseudonym=pseudonym, lookup_id=lookup_id),
             timeout=self.timeout,
         )
         return list(reply.holders)

@@ -254,37 +254,43 @@ def pull_history(
     *,
     break_glass: BreakGlass | None = None,
 ) -> dict[str, Any]:
-    """Ask every holder of the patient (record locator) for the consented history. The lookup
-    states its purpose and classes; without the patient's consent the coordinator refuses it
-    (→ ConsentRefused, 403) and nothing is asked of anyone.
+    """Ask every holder of the patient (record locator) for the consented history. First the
+    registry's decision for the lookup (purpose and classes, the data to this organisation),
+    bound to a fresh lookup id; without the patient's consent it is refused (→ ConsentRefused,
+    403) and nothing is asked of anyone. The lookup sends the coordinator only the pseudonym and
+    the lookup id: it has the registry decide the bound question again (issue 23).
 
     With ``break_glass`` (a clinician's stated reason) it is an emergency pull, purpose ETREAT,
-    whatever the consents say: first the registry's pull grant (this organisation's clinician
-    and reason, the data to this organisation, bound to a pull id; no reason → 400, not a
-    doctor or nurse → 403, and nothing is asked of anyone), then the lookup naming that grant
-    (the coordinator has the registry re-admit it), then a record query to each holder under
+    whatever the consents say: the lookup's decision is the registry's pull grant (this
+    organisation's clinician and reason, the data to this organisation, bound to the pull's
+    lookup id; no reason → 400, not a doctor or nurse → 403, and nothing is asked of anyone),
+    which the coordinator has the registry re-admit; then a record query to each holder under
     the grant; each holder answers under it too (``answer_query``). All of it is audited at
     the registry as break-glass and listed, flagged, for the patient."""
     _patient, pseudo = pseudonym_of(ctx, patient_id)
     wanted = sorted(set(classes or DEFAULT_CLASSES))
-    purpose, pull = "TREAT", ""
+    purpose, pull, lookup_id = "TREAT", "", str(uuid.uuid4())
     if break_glass is not None:
         if not break_glass.reason.strip():
             raise BadRequest("break-glass (ETREAT) needs a stated reason")
-        purpose, pull = "ETREAT", str(uuid.uuid4())
+        purpose, pull = "ETREAT", lookup_id  # the pull grant is the lookup's decision
         granted = registry_decision(
             lambda: ctx.consent.decide(
-                pseudo, ctx.org_id, "ETREAT", wanted, envelope_id=pull,
+                pseudo, ctx.org_id, "ETREAT", wanted, lookup_id=pull,
                 **emergency_parameters(break_glass),
             )
         )  # fmt: skip
         if not granted.permit:
             raise ConsentRefused(f"consent registry: {granted.reason}")
         log.info("break-glass pull %s granted (patient Patient/%s)", pull, patient_id)
-    try:
-        holders = ctx.client.lookup(
-            pseudo, purpose=purpose, classes=wanted, break_glass_envelope=pull
+    else:  # the lookup's own decision: data of these classes to this organisation
+        allowed = registry_decision(
+            lambda: ctx.consent.decide(pseudo, ctx.org_id, purpose, wanted, lookup_id=lookup_id)
         )
+        if not allowed.permit:
+            raise ConsentRefused(f"consent registry refused the lookup: {allowed.reason}")
+    try:
+        holders = ctx.client.lookup(pseudo, lookup_id=lookup_id)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
             raise ConsentRefused(
@@ -339,6 +345,7 @@ def pull_history(
         "queries": queries,
         "break_glass": break_glass is not None,
         "pull": pull or None,
+        "lookup": lookup_id,  # what the lookup's registry decision is bound to
     }
 
 

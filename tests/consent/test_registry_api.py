@@ -224,9 +224,10 @@ def test_a_break_glass_pull_is_not_renewed_by_what_was_asked_under_it(
     pull, query, answer = (str(uuid.uuid4()) for _ in range(3))
 
     granted = clinic.decide(P1, "clinic-c", "ETREAT", cls, reason="collapsed, history unknown",
-                            acting_role="doctor", acting_user="u-7", envelope_id=pull)  # fmt: skip
-    assert granted.permit and granted.break_glass
-    lookup = coordinator.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=pull, sender="clinic-c")
+                            acting_role="doctor", acting_user="u-7", lookup_id=pull)  # fmt: skip
+    assert granted.permit and granted.break_glass and granted.lookup_id == pull
+    assert not granted.envelope_id  # the pull's lookup decision (issue 23), no envelope's
+    lookup = coordinator.recheck_lookup(pull, "clinic-c", P1)
     assert lookup.permit and lookup.break_glass  # the locator lookup on the clinician's grant
     q = clinic.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=query, pull=pull)
     a = hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=answer, pull=pull)
@@ -250,6 +251,8 @@ def test_a_break_glass_pull_is_not_renewed_by_what_was_asked_under_it(
             P1, "clinic-c", "ETREAT", cls, envelope_id=query, sender="clinic-c"
         )
         assert not named.permit and "only for its own envelope" in named.reason
+        as_lookup = coordinator.recheck_lookup(query, "clinic-c", P1)
+        assert not as_lookup.permit and "an envelope's" in as_lookup.reason
 
     late = str(uuid.uuid4())  # an answer asked 23 h after the clinician's grant
     assert hosp.decide(P1, "clinic-c", "ETREAT", cls, envelope_id=late, pull=pull).permit

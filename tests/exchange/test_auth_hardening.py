@@ -6,8 +6,9 @@ its own process): regression tests for what the adversarial review found.
    chose, and break-glass needs a clinician role the organisation *signed*;
 5. an organisation assertion is single-use for its whole accepted window (exp + leeway) and
    across a restart of the registry and of the coordinator;
-9. the record locator answers only a lookup that states a purpose the patient's consent permits
-   to the caller, and audits it.
+9. the record locator answers only a lookup whose registry decision, bound to its lookup id,
+   the patient's consent permits to the caller (issue 23: the lookup states no purpose or class),
+   and audits it.
 """
 
 from __future__ import annotations
@@ -277,35 +278,82 @@ def _ledger_events(region: Region) -> list[dict]:
         engine.dispose()
 
 
-def test_locator_refuses_a_lookup_without_purpose_or_consent(region: Region) -> None:
-    pseudo = region.pseudonym(NID)
-    # no purpose: refused
+def _bind_lookup(region: Region, org: str, pseudo: str, classes=("Condition",)) -> str:
+    """What a node does before a lookup: a registry decision bound to a fresh lookup id."""
+    lookup_id = str(uuid.uuid4())
+    with region.consent_client(org) as client:
+        client.decide(pseudo, org, "TREAT", list(classes), lookup_id=lookup_id)
+    return lookup_id
+
+
+def _refused_lookups(region: Region, lookup_id: str) -> list[dict]:
+    return [
+        e for e in _ledger_events(region)
+        if e["subtype"][0]["code"] == "lookup-refused"
+        and {"type": "lookup", "valueString": lookup_id} in e["entity"][1]["detail"]
+    ]  # fmt: skip
+
+
+def test_locator_refuses_a_lookup_without_a_bound_decision_or_consent(region: Region) -> None:
+    """Issue 23: a lookup names only the pseudonym and the lookup id its registry decision is
+    bound to. No lookup id: malformed; an id nothing was bound to: default deny; a decision
+    bound by another caller, for another patient, bound to an envelope, or that the patient's
+    consent does not permit: refused — each refusal audited, naming the lookup id."""
+    pseudo, other = region.pseudonym(NID), region.pseudonym(OTHER_NID)
+    # no lookup id (as a client from before issue 23 would ask): malformed
     code, _ = _lookup_raw(region, "clinic-b", pb.LookupRequest(patient_pseudonym=pseudo))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    # clinic C has no consent from this patient: refused, and the refusal is audited
-    ask = {"patient_pseudonym": pseudo, "purpose": "TREAT", "classes": ["Condition"]}
-    try:
-        request = pb.LookupRequest(**ask)
-    except ValueError:  # today's LookupRequest has no purpose: ask as today's client does
-        request = pb.LookupRequest(patient_pseudonym=pseudo)
+    # nothing bound to the id: default deny, audited
+    unbound = str(uuid.uuid4())
+    request = pb.LookupRequest(patient_pseudonym=pseudo, lookup_id=unbound)
+    code, details = _lookup_raw(region, "clinic-b", request)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, (code, details)
+    assert "no consent decision was bound to this lookup" in details and "hosp-a" not in details
+    [refused] = _refused_lookups(region, unbound)
+    assert refused["agent"][0]["who"]["identifier"]["value"] == "clinic-b"
+    # clinic-b's own (permitted) decision, used by clinic-c: another caller
+    b_lookup = _bind_lookup(region, "clinic-b", pseudo)
+    request = pb.LookupRequest(patient_pseudonym=pseudo, lookup_id=b_lookup)
+    code, details = _lookup_raw(region, "clinic-c", request)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "another caller" in details, details
+    # ... and by clinic-b for another patient than it was asked for
+    request = pb.LookupRequest(patient_pseudonym=other, lookup_id=b_lookup)
+    code, details = _lookup_raw(region, "clinic-b", request)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "another patient" in details, details
+    assert len(_refused_lookups(region, b_lookup)) == 2
+    # an envelope's bound decision is no lookup's
+    envelope_id = str(uuid.uuid4())
+    with region.consent_client("clinic-b") as client:
+        assert client.decide(pseudo, "clinic-b", "TREAT", ["Condition"],
+                             envelope_id=envelope_id).permit  # fmt: skip
+    request = pb.LookupRequest(patient_pseudonym=pseudo, lookup_id=envelope_id)
+    code, details = _lookup_raw(region, "clinic-b", request)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "an envelope's" in details, details
+    # clinic C has no consent from this patient: its own bound decision is a deny
+    c_lookup = _bind_lookup(region, "clinic-c", pseudo)
+    request = pb.LookupRequest(patient_pseudonym=pseudo, lookup_id=c_lookup)
     code, details = _lookup_raw(region, "clinic-c", request)
     assert code == grpc.StatusCode.PERMISSION_DENIED, (code, details)
     assert "hosp-a" not in details
-    refused = [e for e in _ledger_events(region) if e["subtype"][0]["code"] == "lookup-refused"]
-    assert refused and refused[-1]["agent"][0]["who"]["identifier"]["value"] == "clinic-c"
+    [refused] = _refused_lookups(region, c_lookup)
+    assert refused["agent"][0]["who"]["identifier"]["value"] == "clinic-c"
 
 
 def test_locator_answers_a_consented_lookup_and_audits_it(region: Region) -> None:
     pseudo = region.pseudonym(NID)
     before = len(_ledger_events(region))
+    lookup_id = _bind_lookup(region, "clinic-b", pseudo, ("Condition", "Observation"))
     with ExchangeClient(region.coordinator.address, region.pki.creds["clinic-b"]) as b:
-        assert b.lookup(pseudo, purpose="TREAT", classes=["Condition"]) == ["hosp-a"]
+        assert b.lookup(pseudo, lookup_id=lookup_id) == ["hosp-a"]
     events = _ledger_events(region)[before:]
     lookups = [e for e in events if e["subtype"][0]["code"] == "lookup-permitted"]
     assert len(lookups) == 1
     event = lookups[0]
     assert event["agent"][0]["who"]["identifier"]["value"] == "clinic-b"
-    assert event["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
+    assert {"type": "lookup", "valueString": lookup_id} in event["entity"][1]["detail"]
+    # the coordinator was told neither purpose nor classes, and records neither (issue 23)
+    assert "purposeOfEvent" not in event
+    assert not {w for w in ("TREAT", "Condition", "Observation") if w in str(event)}
     # the node's pull states its purpose too: B (consented) finds the holder, C is refused
     for org in ("clinic-b", "clinic-c"):
         seed(region.nodes[org], _local_patient(f"{org}-local"))
@@ -571,10 +619,10 @@ def test_a_pull_grant_carries_only_pulls_to_its_organisation(region: Region) -> 
     referral = str(uuid.uuid4())
     a_client.decide(pseudo, "clinic-c", "ETREAT", ["Condition"], reason=PULL_REASON,
                     acting_role="doctor", acting_user="u-1", envelope_id=referral)  # fmt: skip
-    pull = str(uuid.uuid4())
+    pull = str(uuid.uuid4())  # made as a node makes it: the pull's lookup decision
     granted = region.consent_client("clinic-c").decide(
         pseudo, "clinic-c", "ETREAT", ["Condition"], reason=PULL_REASON,
-        acting_role="doctor", acting_user="u-2", envelope_id=pull,
+        acting_role="doctor", acting_user="u-2", lookup_id=pull,
     )  # fmt: skip
     assert granted.permit and granted.break_glass
     for client, recipient, under, why in [

@@ -93,7 +93,7 @@ def test_directory_and_locator_over_mtls(pki, start_coordinator) -> None:
         assert b.publish([PSEUDO]) == 1
         # a lookup is a disclosure: without a consent registry to ask, it is refused (default
         # deny); consented lookups are in test_auth_hardening.py, the index in test_exchange_queue
-        code, details = _code(lambda: b.lookup(PSEUDO, purpose="TREAT", classes=["Condition"]))
+        code, details = _code(lambda: b.lookup(PSEUDO, lookup_id=str(uuid.uuid4())))
         assert code == grpc.StatusCode.PERMISSION_DENIED and "hosp-a" not in details
         code, _ = _code(lambda: a.organisation("nobody"))
         assert code == grpc.StatusCode.NOT_FOUND
@@ -214,7 +214,7 @@ def test_coordinator_on_postgresql(pki, start_coordinator, pg_url) -> None:
     coord = start_coordinator(db=pg_url)
     with ExchangeClient(coord.address, pki.creds["hosp-a"]) as a:
         assert a.publish([PSEUDO]) == 1
-        code, _ = _code(lambda: a.lookup(PSEUDO, purpose="TREAT", classes=["Condition"]))
+        code, _ = _code(lambda: a.lookup(PSEUDO, lookup_id=str(uuid.uuid4())))
         assert code == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as err:
             a.send(_sealed(pki))

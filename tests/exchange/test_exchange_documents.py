@@ -12,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator.consent_gate import ConsentGate
-from coordinator.envelope_rules import check_header, check_size, data_recipient, read_header
+from coordinator.envelope_rules import (
+    check_header,
+    check_lookup,
+    check_size,
+    data_recipient,
+    read_header,
+)
 from coordinator.errors import ExchangeError
 from node.exchange.documents import (
     EXCHANGE_TAG_SYSTEM,
@@ -300,6 +306,12 @@ class _Oracle:
             raise _NotAsked()
         return self.answer
 
+    def recheck_lookup(self, lookup_id, sender, patient_pseudonym):
+        self.calls.append((lookup_id, sender, patient_pseudonym))
+        if not self.stored:
+            raise _NotAsked()
+        return self.answer
+
 
 def test_the_gate_rechecks_the_decision_bound_to_the_envelope() -> None:
     h = _header()
@@ -370,3 +382,31 @@ def test_a_routing_decision_stands_at_delivery_only_while_consents_are_unchanged
     denied = ConsentGate(oracle).check(_header(), prior_exchange=lambda: False)
     assert not denied.still_holds("41")
     assert ConsentGate(oracle).epoch_now() is None  # this oracle has no epoch to ask
+
+
+def test_a_lookup_is_checked_on_its_bound_decision_only() -> None:
+    """Issue 23 for the record locator: the gate has the registry recheck the decision bound to
+    the lookup id, naming the caller and the pseudonym — it has no purpose or class to state;
+    nothing bound is a deny (not a registry failure), as is no registry at all."""
+    lookup_id, pseudo = "0f8e7b1c-2d3a-4b5c-8d9e-0a1b2c3d4e5f", "ab" * 32
+    oracle = _Oracle(True)
+    gate = ConsentGate(oracle)
+    permitted = gate.check_lookup(patient_pseudonym=pseudo, caller="clinic-b", lookup_id=lookup_id)
+    assert permitted.permit
+    assert oracle.calls == [(lookup_id, "clinic-b", pseudo)]
+    unbound = ConsentGate(_Oracle(True, stored=False)).check_lookup(
+        patient_pseudonym=pseudo, caller="clinic-b", lookup_id=lookup_id
+    )
+    assert not unbound.permit and not unbound.unavailable
+    assert "no consent decision was bound to this lookup" in unbound.reason
+    refused = ConsentGate(_Oracle(False)).check_lookup(
+        patient_pseudonym=pseudo, caller="clinic-b", lookup_id=lookup_id
+    )
+    assert not refused.permit and "consent refused" in refused.reason
+    none = ConsentGate(None).check_lookup(
+        patient_pseudonym=pseudo, caller="clinic-b", lookup_id=lookup_id
+    )
+    assert not none.permit
+    with pytest.raises(ExchangeError):  # a lookup without a well-formed lookup id
+        check_lookup(pseudo, "")
+    check_lookup(pseudo, lookup_id)

@@ -496,6 +496,60 @@ def test_record_pull_returns_only_consented_classes_with_provenance(region: Regi
     assert not types & {"MedicationStatement", "Procedure", "AllergyIntolerance"}
 
 
+def test_the_coordinator_holds_no_purpose_or_class_of_a_lookup(region: Region) -> None:
+    """Issue 23 for the record locator (must-show): B's pull binds its registry decision (purpose
+    TREAT, the wanted classes) to a fresh lookup id and sends the coordinator only the pseudonym
+    and that id; the coordinator has the registry decide the bound question again (the registry
+    ledger shows its recheck by lookup id) and its database (audit ledger and every other table)
+    and its log hold neither the purpose nor any class name of the lookup."""
+    b = region.nodes["clinic-b"]
+    pseudo = region.pseudonym(NID2)  # (B may pull her: test_record_pull_returns_only_...)
+    r = b.post("/exchange/pulls", {"patient": "Patient/local-b-1"})
+    assert r.status_code == 200, r.text
+    pulled = r.json()
+    lookup_id = pulled["lookup"]
+    assert pulled["holders"] == ["hosp-a"] and lookup_id
+    engine = make_engine(sqlite_url(region.coordinator.data_dir, "coordinator"))
+    with engine.connect() as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(text("select name from sqlite_master where type='table'"))
+        ]
+        rows = [
+            dict(row._mapping)
+            for table in tables
+            for row in conn.execute(text(f'select * from "{table}"'))
+            if lookup_id in json.dumps(dict(row._mapping), default=str)
+        ]
+    assert rows  # the lookup's audit event, naming the lookup id
+    events = [
+        e.event for e in _coordinator_ledger(region).entries() if lookup_id in json.dumps(e.event)
+    ]
+    [event] = events
+    assert event["subtype"][0]["code"] == "lookup-permitted"
+    assert event["agent"][0]["who"]["identifier"]["value"] == "clinic-b"
+    assert event["entity"][0]["what"]["identifier"]["value"] == pseudo
+    logged = [
+        line
+        for line in region.coordinator.service.log_path.read_text().splitlines()
+        if lookup_id in line or pseudo in line
+    ]
+    seen = json.dumps([rows, events, logged], default=str)
+    # "Patient" is every audit event's entity role (BALP), so the classes checked are the others
+    hidden = ["TREAT", "Condition", "Observation", "MedicationStatement", "Procedure"]
+    assert [word for word in hidden if word in seen] == []
+    assert "purposeOfEvent" not in seen
+    # the consent check was the coordinator's recheck of the decision bound to the lookup id
+    rechecks = [
+        e.event
+        for e in _consent_ledger(region).entries()
+        if {"system": "urn:ipjms:lookup", "value": lookup_id}
+        in [x.get("what", {}).get("identifier") for x in e.event["entity"]]
+    ]
+    assert len(rechecks) == 1
+    assert {"type": "caller", "valueString": "coordinator"} in rechecks[0]["entity"][-1]["detail"]
+
+
 def test_revoked_before_delivery_is_not_delivered(region: Region) -> None:
     a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
     nid = "HF-1960-1313"

@@ -49,3 +49,15 @@ def test_the_clear_header_message_reserves_what_left_it() -> None:
     proto = (REPO_ROOT / "protos/ipjms/exchange/v1/exchange.proto").read_text()
     assert 'reserved "purpose", "classes", "consent_ref";' in proto
     assert "reserved 6, 7, 8;" in proto
+
+
+def test_the_lookup_request_reserves_what_left_it() -> None:
+    """Issue 23 for the record locator: a lookup names only the pseudonym and the lookup id its
+    registry decision is bound to; purpose, classes and the break-glass envelope are reserved."""
+    from protos.ipjms.exchange.v1 import exchange_pb2
+
+    fields = exchange_pb2.LookupRequest.DESCRIPTOR.fields_by_name
+    assert set(fields) == {"patient_pseudonym", "lookup_id"}
+    proto = (REPO_ROOT / "protos/ipjms/exchange/v1/exchange.proto").read_text()
+    assert 'reserved "purpose", "classes", "break_glass_envelope";' in proto
+    assert "reserved 2, 3, 4;" in proto

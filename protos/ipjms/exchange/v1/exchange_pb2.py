@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ipjms/exchange/v1/exchange.proto\x12\x11ipjms.exchange.v1\"%\n\x08\x45ndpoint\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\xe4\x01\n\x0cOrganisation\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05level\x18\x03 \x01(\t\x12.\n\tendpoints\x18\x04 \x03(\x0b\x32\x1b.ipjms.exchange.v1.Endpoint\x12\x1e\n\x16\x65ncryption_certificate\x18\x05 \x01(\x0c\x12\x1b\n\x13signing_certificate\x18\x06 \x01(\x0c\x12\x19\n\x11\x63\x65rt_fingerprints\x18\x07 \x03(\t\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x0e\n\x06online\x18\t \x01(\x08\")\n\x18ListOrganisationsRequest\x12\r\n\x05level\x18\x01 \x01(\t\"S\n\x19ListOrganisationsResponse\x12\x36\n\rorganisations\x18\x01 \x03(\x0b\x32\x1f.ipjms.exchange.v1.Organisation\"(\n\x16GetOrganisationRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"=\n\x0ePublishRequest\x12\x1a\n\x12patient_pseudonyms\x18\x01 \x03(\t\x12\x0f\n\x07replace\x18\x02 \x01(\x08\"8\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\r\x12\x12\n\ntotal_held\x18\x02 \x01(\r\"j\n\rLookupRequest\x12\x19\n\x11patient_pseudonym\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x1c\n\x14\x62reak_glass_envelope\x18\x04 \x01(\t\"!\n\x0eLookupResponse\x12\x0f\n\x07holders\x18\x01 \x03(\t\"\xca\x01\n\x0e\x45nvelopeHeader\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\trecipient\x18\x04 \x01(\t\x12\x19\n\x11patient_pseudonym\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x03\x12\x12\n\nexpires_at\x18\n \x01(\x03J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tR\x07purposeR\x07\x63lassesR\x0b\x63onsent_ref\"g\n\x08\x45nvelope\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32!.ipjms.exchange.v1.EnvelopeHeader\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\r\"6\n\x0cSendResponse\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"1\n\x0cInboxRequest\x12\x11\n\tmax_batch\x18\x01 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"f\n\x12\x41\x63knowledgeRequest\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.ipjms.exchange.v1.Outcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"9\n\x13\x41\x63knowledgeResponse\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"$\n\rStatusRequest\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\"\xb0\x01\n\x0eStatusResponse\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x05 \x01(\x03\x12\x12\n\nupdated_at\x18\x06 \x01(\x03\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\x11\n\trecipient\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t*N\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_IMPORTED\x10\x01\x12\x14\n\x10OUTCOME_REJECTED\x10\x02\x32\xda\x01\n\tDirectory\x12n\n\x11ListOrganisations\x12+.ipjms.exchange.v1.ListOrganisationsRequest\x1a,.ipjms.exchange.v1.ListOrganisationsResponse\x12]\n\x0fGetOrganisation\x12).ipjms.exchange.v1.GetOrganisationRequest\x1a\x1f.ipjms.exchange.v1.Organisation2\xb0\x01\n\rRecordLocator\x12P\n\x07Publish\x12!.ipjms.exchange.v1.PublishRequest\x1a\".ipjms.exchange.v1.PublishResponse\x12M\n\x06Lookup\x12 .ipjms.exchange.v1.LookupRequest\x1a!.ipjms.exchange.v1.LookupResponse2\xc6\x02\n\x08\x45xchange\x12\x44\n\x04Send\x12\x1b.ipjms.exchange.v1.Envelope\x1a\x1f.ipjms.exchange.v1.SendResponse\x12G\n\x05Inbox\x12\x1f.ipjms.exchange.v1.InboxRequest\x1a\x1b.ipjms.exchange.v1.Envelope0\x01\x12\\\n\x0b\x41\x63knowledge\x12%.ipjms.exchange.v1.AcknowledgeRequest\x1a&.ipjms.exchange.v1.AcknowledgeResponse\x12M\n\x06Status\x12 .ipjms.exchange.v1.StatusRequest\x1a!.ipjms.exchange.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ipjms/exchange/v1/exchange.proto\x12\x11ipjms.exchange.v1\"%\n\x08\x45ndpoint\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\xe4\x01\n\x0cOrganisation\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05level\x18\x03 \x01(\t\x12.\n\tendpoints\x18\x04 \x03(\x0b\x32\x1b.ipjms.exchange.v1.Endpoint\x12\x1e\n\x16\x65ncryption_certificate\x18\x05 \x01(\x0c\x12\x1b\n\x13signing_certificate\x18\x06 \x01(\x0c\x12\x19\n\x11\x63\x65rt_fingerprints\x18\x07 \x03(\t\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x0e\n\x06online\x18\t \x01(\x08\")\n\x18ListOrganisationsRequest\x12\r\n\x05level\x18\x01 \x01(\t\"S\n\x19ListOrganisationsResponse\x12\x36\n\rorganisations\x18\x01 \x03(\x0b\x32\x1f.ipjms.exchange.v1.Organisation\"(\n\x16GetOrganisationRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"=\n\x0ePublishRequest\x12\x1a\n\x12patient_pseudonyms\x18\x01 \x03(\t\x12\x0f\n\x07replace\x18\x02 \x01(\x08\"8\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\r\x12\x12\n\ntotal_held\x18\x02 \x01(\r\"w\n\rLookupRequest\x12\x19\n\x11patient_pseudonym\x18\x01 \x01(\t\x12\x11\n\tlookup_id\x18\x05 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x07purposeR\x07\x63lassesR\x14\x62reak_glass_envelope\"!\n\x0eLookupResponse\x12\x0f\n\x07holders\x18\x01 \x03(\t\"\xca\x01\n\x0e\x45nvelopeHeader\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\trecipient\x18\x04 \x01(\t\x12\x19\n\x11patient_pseudonym\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x03\x12\x12\n\nexpires_at\x18\n \x01(\x03J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tR\x07purposeR\x07\x63lassesR\x0b\x63onsent_ref\"g\n\x08\x45nvelope\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32!.ipjms.exchange.v1.EnvelopeHeader\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\r\"6\n\x0cSendResponse\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"1\n\x0cInboxRequest\x12\x11\n\tmax_batch\x18\x01 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"f\n\x12\x41\x63knowledgeRequest\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.ipjms.exchange.v1.Outcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"9\n\x13\x41\x63knowledgeResponse\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"$\n\rStatusRequest\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\"\xb0\x01\n\x0eStatusResponse\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x05 \x01(\x03\x12\x12\n\nupdated_at\x18\x06 \x01(\x03\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\x11\n\trecipient\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t*N\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_IMPORTED\x10\x01\x12\x14\n\x10OUTCOME_REJECTED\x10\x02\x32\xda\x01\n\tDirectory\x12n\n\x11ListOrganisations\x12+.ipjms.exchange.v1.ListOrganisationsRequest\x1a,.ipjms.exchange.v1.ListOrganisationsResponse\x12]\n\x0fGetOrganisation\x12).ipjms.exchange.v1.GetOrganisationRequest\x1a\x1f.ipjms.exchange.v1.Organisation2\xb0\x01\n\rRecordLocator\x12P\n\x07Publish\x12!.ipjms.exchange.v1.PublishRequest\x1a\".ipjms.exchange.v1.PublishResponse\x12M\n\x06Lookup\x12 .ipjms.exchange.v1.LookupRequest\x1a!.ipjms.exchange.v1.LookupResponse2\xc6\x02\n\x08\x45xchange\x12\x44\n\x04Send\x12\x1b.ipjms.exchange.v1.Envelope\x1a\x1f.ipjms.exchange.v1.SendResponse\x12G\n\x05Inbox\x12\x1f.ipjms.exchange.v1.InboxRequest\x1a\x1b.ipjms.exchange.v1.Envelope0\x01\x12\\\n\x0b\x41\x63knowledge\x12%.ipjms.exchange.v1.AcknowledgeRequest\x1a&.ipjms.exchange.v1.AcknowledgeResponse\x12M\n\x06Status\x12 .ipjms.exchange.v1.StatusRequest\x1a!.ipjms.exchange.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ipjms.exchange.v1.exchange_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1556
-  _globals['_OUTCOME']._serialized_end=1634
+  _globals['_OUTCOME']._serialized_start=1569
+  _globals['_OUTCOME']._serialized_end=1647
   _globals['_ENDPOINT']._serialized_start=55
   _globals['_ENDPOINT']._serialized_end=92
   _globals['_ORGANISATION']._serialized_start=95
@@ -48,29 +48,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHRESPONSE']._serialized_start=558
   _globals['_PUBLISHRESPONSE']._serialized_end=614
   _globals['_LOOKUPREQUEST']._serialized_start=616
-  _globals['_LOOKUPREQUEST']._serialized_end=722
-  _globals['_LOOKUPRESPONSE']._serialized_start=724
-  _globals['_LOOKUPRESPONSE']._serialized_end=757
-  _globals['_ENVELOPEHEADER']._serialized_start=760
-  _globals['_ENVELOPEHEADER']._serialized_end=962
-  _globals['_ENVELOPE']._serialized_start=964
-  _globals['_ENVELOPE']._serialized_end=1067
-  _globals['_SENDRESPONSE']._serialized_start=1069
-  _globals['_SENDRESPONSE']._serialized_end=1123
-  _globals['_INBOXREQUEST']._serialized_start=1125
-  _globals['_INBOXREQUEST']._serialized_end=1174
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1176
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1278
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1280
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1337
-  _globals['_STATUSREQUEST']._serialized_start=1339
-  _globals['_STATUSREQUEST']._serialized_end=1375
-  _globals['_STATUSRESPONSE']._serialized_start=1378
-  _globals['_STATUSRESPONSE']._serialized_end=1554
-  _globals['_DIRECTORY']._serialized_start=1637
-  _globals['_DIRECTORY']._serialized_end=1855
-  _globals['_RECORDLOCATOR']._serialized_start=1858
-  _globals['_RECORDLOCATOR']._serialized_end=2034
-  _globals['_EXCHANGE']._serialized_start=2037
-  _globals['_EXCHANGE']._serialized_end=2363
+  _globals['_LOOKUPREQUEST']._serialized_end=735
+  _globals['_LOOKUPRESPONSE']._serialized_start=737
+  _globals['_LOOKUPRESPONSE']._serialized_end=770
+  _globals['_ENVELOPEHEADER']._serialized_start=773
+  _globals['_ENVELOPEHEADER']._serialized_end=975
+  _globals['_ENVELOPE']._serialized_start=977
+  _globals['_ENVELOPE']._serialized_end=1080
+  _globals['_SENDRESPONSE']._serialized_start=1082
+  _globals['_SENDRESPONSE']._serialized_end=1136
+  _globals['_INBOXREQUEST']._serialized_start=1138
+  _globals['_INBOXREQUEST']._serialized_end=1187
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1189
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1291
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1293
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1350
+  _globals['_STATUSREQUEST']._serialized_start=1352
+  _globals['_STATUSREQUEST']._serialized_end=1388
+  _globals['_STATUSRESPONSE']._serialized_start=1391
+  _globals['_STATUSRESPONSE']._serialized_end=1567
+  _globals['_DIRECTORY']._serialized_start=1650
+  _globals['_DIRECTORY']._serialized_end=1868
+  _globals['_RECORDLOCATOR']._serialized_start=1871
+  _globals['_RECORDLOCATOR']._serialized_end=2047
+  _globals['_EXCHANGE']._serialized_start=2050
+  _globals['_EXCHANGE']._serialized_end=2376
 # @@protoc_insertion_point(module_scope)

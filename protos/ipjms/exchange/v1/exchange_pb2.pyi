@@ -81,16 +81,12 @@ class PublishResponse(_message.Message):
     def __init__(self, published: _Optional[int] = ..., total_held: _Optional[int] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("patient_pseudonym", "purpose", "classes", "break_glass_envelope")
+    __slots__ = ("patient_pseudonym", "lookup_id")
     PATIENT_PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
-    PURPOSE_FIELD_NUMBER: _ClassVar[int]
-    CLASSES_FIELD_NUMBER: _ClassVar[int]
-    BREAK_GLASS_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_ID_FIELD_NUMBER: _ClassVar[int]
     patient_pseudonym: str
-    purpose: str
-    classes: _containers.RepeatedScalarFieldContainer[str]
-    break_glass_envelope: str
-    def __init__(self, patient_pseudonym: _Optional[str] = ..., purpose: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., break_glass_envelope: _Optional[str] = ...) -> None: ...
+    lookup_id: str
+    def __init__(self, patient_pseudonym: _Optional[str] = ..., lookup_id: _Optional[str] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("holders",)

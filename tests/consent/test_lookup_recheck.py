@@ -1,0 +1,169 @@
+"""Lookup-bound decisions (issue 23 for the record locator): a node binds its registry decision
+for a lookup to a fresh lookup id (``$decide`` with ``lookup``), and the coordinator has it
+decided again by lookup id, caller and pseudonym (``$recheck`` with ``lookup``) — it never names
+a purpose or a class. A lookup's decision is never an envelope's, nor an envelope's a lookup's;
+a lookup id binds one question (409 otherwise, as for envelopes)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from consent_harness import Registry, treat_consent
+
+from consent.client import ConsentRegistryError
+from consent.decisions import LOOKUP_SYSTEM
+
+P1 = "d4" * 32
+P2 = "d5" * 32
+
+
+def _raw_recheck(registry: Registry, params: list[dict]) -> object:
+    coordinator = registry.org("coordinator")
+    return registry.http.post(
+        "/fhir/Consent/$recheck",
+        json={"resourceType": "Parameters", "parameter": params},
+        headers={"Authorization": f"Bearer {coordinator.access_token()}"},
+    )
+
+
+def test_recheck_by_lookup_follows_consent_and_names_no_purpose_or_class(
+    registry: Registry,
+) -> None:
+    headers = registry.patient_headers(P1)
+    consent = registry.grant(headers, treat_consent(P1, classes=("Condition", "Observation")))
+    registry.grant(registry.patient_headers(P2), treat_consent(P2, classes=("Condition",)))
+    lookup = str(uuid.uuid4())
+    d = registry.org("clinic-b").decide(
+        P1, "clinic-b", "TREAT", ["Condition", "Procedure"], lookup_id=lookup
+    )
+    assert d.permit and d.lookup_id == lookup and d.envelope_id == ""  # no envelope's token
+    coordinator = registry.org("coordinator")
+    again = coordinator.recheck_lookup(lookup, "clinic-b", P1)
+    assert again.permit and again.consent_ids == () and not again.break_glass
+    raw = _raw_recheck(registry, [
+        {"name": "lookup", "valueId": lookup},
+        {"name": "sender", "valueString": "clinic-b"},
+        {"name": "patient", "valueString": P1}])  # fmt: skip
+    assert raw.status_code == 200, raw.text  # type: ignore[attr-defined]
+    for hidden in (consent["id"], "TREAT", "Condition", "Procedure"):
+        assert hidden not in raw.text  # type: ignore[attr-defined]
+    assert "epoch" not in raw.text  # type: ignore[attr-defined]  # a lookup is checked each time
+    # the coordinator cannot state a purpose or classes for a lookup either
+    told = _raw_recheck(registry, [
+        {"name": "lookup", "valueId": lookup},
+        {"name": "sender", "valueString": "clinic-b"},
+        {"name": "patient", "valueString": P1},
+        {"name": "class", "valueCode": "Condition"}])  # fmt: skip
+    assert told.status_code == 400 and "class" in told.text  # type: ignore[attr-defined]
+    # the bound decision is this caller's, for this patient
+    other_caller = coordinator.recheck_lookup(lookup, "clinic-c", P1)
+    assert not other_caller.permit and "another caller" in other_caller.reason
+    other_patient = coordinator.recheck_lookup(lookup, "clinic-b", P2)
+    assert not other_patient.permit and "another patient" in other_patient.reason
+    # each recheck is in the patient's ledger, naming the lookup and the coordinator
+    ledger = registry.http.app.state.ledger  # type: ignore[attr-defined]
+    audited = [
+        e.event
+        for e in ledger.entries(patient_pseudonym=P1)
+        if {"system": LOOKUP_SYSTEM, "value": lookup}
+        in [x.get("what", {}).get("identifier") for x in e.event["entity"]]
+    ]
+    assert len(audited) == 4  # the permit (twice) and the two mismatches
+    # a revocation applies to the very next lookup
+    r = registry.http.post(f"/fhir/Consent/{consent['id']}/$revoke", headers=headers)
+    assert r.status_code == 200
+    revoked = coordinator.recheck_lookup(lookup, "clinic-b", P1)
+    assert not revoked.permit and "Condition" not in revoked.reason
+
+
+def test_an_unbound_lookup_id_is_404_and_a_denied_lookup_stays_denied(registry: Registry) -> None:
+    coordinator = registry.org("coordinator")
+    with pytest.raises(ConsentRegistryError) as err:
+        coordinator.recheck_lookup(str(uuid.uuid4()), "clinic-b", P1)
+    assert err.value.status == 404
+    lookup = str(uuid.uuid4())  # clinic C has no consent of P1's
+    c = registry.org("clinic-c")
+    denied = c.decide(P1, "clinic-c", "TREAT", ["Condition"], lookup_id=lookup)
+    assert not denied.permit
+    registry.grant(registry.patient_headers(P1), treat_consent(P1, "clinic-c", ("Condition",)))
+    later = coordinator.recheck_lookup(lookup, "clinic-c", P1)  # a consent given afterwards
+    assert not later.permit and "permitted nothing" in later.reason
+
+
+def test_a_lookup_decision_is_no_envelope_decision_and_vice_versa(registry: Registry) -> None:
+    registry.grant(registry.patient_headers(P1), treat_consent(P1, classes=("Condition",)))
+    b, coordinator = registry.org("clinic-b"), registry.org("coordinator")
+    lookup, envelope = str(uuid.uuid4()), str(uuid.uuid4())
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=lookup).permit
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope).permit
+    # a record query from clinic B would be rechecked with sender = data recipient = clinic B
+    as_envelope = coordinator.recheck(lookup, "clinic-b", "clinic-b")
+    assert not as_envelope.permit and "a lookup's" in as_envelope.reason
+    assert as_envelope.epoch is None
+    as_lookup = coordinator.recheck_lookup(envelope, "clinic-b", P1)
+    assert not as_lookup.permit and "an envelope's" in as_lookup.reason
+    assert coordinator.recheck(envelope, "clinic-b", "clinic-b").permit  # each its own way
+    assert coordinator.recheck_lookup(lookup, "clinic-b", P1).permit
+    # nor can an id be re-bound the other way (409, nothing decided)
+    ledger = registry.http.app.state.ledger  # type: ignore[attr-defined]
+    entries = len(ledger.entries())
+    for kw in ({"envelope_id": lookup}, {"lookup_id": envelope}):
+        with pytest.raises(ConsentRegistryError) as err:
+            b.decide(P1, "clinic-b", "TREAT", ["Condition"], **kw)
+        assert err.value.status == 409, kw
+    assert len(ledger.entries()) == entries
+
+
+@pytest.mark.parametrize(
+    ("field", "patient", "recipient", "purpose"),
+    [
+        ("patient", P2, "clinic-b", "TREAT"),
+        ("recipient", P1, "clinic-c", "TREAT"),
+        ("purpose", P1, "clinic-b", "HRESCH"),
+    ],
+)
+def test_asking_again_for_a_bound_lookup_with_another_question_is_409(
+    registry: Registry, field: str, patient: str, recipient: str, purpose: str
+) -> None:
+    registry.grant(registry.patient_headers(P1), treat_consent(P1, classes=("Condition",)))
+    b = registry.org("clinic-b")
+    lookup = str(uuid.uuid4())
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=lookup).permit
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=lookup).permit  # a retry
+    with pytest.raises(ConsentRegistryError) as err:
+        b.decide(patient, recipient, purpose, ["Condition"], lookup_id=lookup)
+    assert err.value.status == 409 and f"another {field}" in str(err.value)
+    with pytest.raises(ConsentRegistryError) as err:  # another organisation cannot take it
+        registry.org("clinic-c").decide(P1, "clinic-c", "TREAT", ["Condition"], lookup_id=lookup)
+    assert err.value.status == 409
+    assert registry.org("coordinator").recheck_lookup(lookup, "clinic-b", P1).permit
+
+
+def test_a_lookup_binding_takes_no_envelope_sender_or_pull(registry: Registry) -> None:
+    token = registry.org("clinic-b").access_token()
+    base = [
+        {"name": "patient", "valueString": P1},
+        {"name": "recipient", "valueString": "clinic-b"},
+        {"name": "purpose", "valueCode": "TREAT"},
+        {"name": "class", "valueCode": "Condition"},
+        {"name": "lookup", "valueId": str(uuid.uuid4())},
+    ]
+    for extra in (
+        {"name": "envelope", "valueId": str(uuid.uuid4())},
+        {"name": "sender", "valueString": "clinic-b"},
+        {"name": "pull", "valueId": str(uuid.uuid4())},
+    ):
+        r = registry.http.post(
+            "/fhir/Consent/$decide",
+            json={"resourceType": "Parameters", "parameter": [*base, extra]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 400, (extra, r.text)
+    r = registry.http.post(
+        "/fhir/Consent/$decide",
+        json={"resourceType": "Parameters", "parameter": [*base[:4],
+              {"name": "lookup", "valueId": "not-a-uuid"}]},
+        headers={"Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    assert r.status_code == 400 and "lookup" in r.text
