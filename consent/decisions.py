@@ -15,9 +15,11 @@ purpose, no class, no consent id, nothing the coordinator could link.
 A record-locator lookup's decision is bound the same way to a lookup id (``$decide`` with
 ``lookup``; kept in the same table, ``bound`` = ``lookup``): the coordinator has it decided again
 by lookup id, the caller and the pseudonym looked up (:meth:`DecisionService.recheck_lookup`,
-``$recheck`` with ``lookup``) and hears no purpose or class of a lookup either. A lookup's
-decision never serves an envelope's ``$recheck`` nor an envelope's a lookup's, and an id bound one
-way cannot be bound the other (409).
+``$recheck`` with ``lookup``) and hears no purpose or class of a lookup either. A lookup brings
+data to who looks up: its recipient must be the caller (403 at ``$decide``; a stored one that is
+not is a deny at the recheck), and a break-glass lookup is re-admitted only by a pull grant. A
+lookup's decision never serves an envelope's ``$recheck`` nor an envelope's a lookup's, and an id
+bound one way cannot be bound the other (409).
 
 Who asked is the authenticated caller — the organisation whose signed assertion got the token —
 and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
@@ -143,6 +145,13 @@ class DecisionService:
             raise Forbidden(
                 f"requester must be the authenticated caller ({requester}); "
                 "another organisation cannot be named"
+            )
+        if inp.binds == "lookup" and inp.recipient != requester:
+            # A lookup is for the caller's own treatment (the data would come to it): consent
+            # to another organisation must not open this caller's lookup.
+            raise Forbidden(
+                f"a lookup's recipient must be the authenticated caller ({requester}); "
+                "a lookup cannot be bound for another organisation"
             )
         readmitted: Grant | None = None
         carried: Grant | None = None  # the break-glass pull grant this decision carries on
@@ -270,6 +279,7 @@ class DecisionService:
         classes permitted, so a ``$recheck`` decides every class any token for the envelope
         permitted (a narrower retry cannot shrink what the envelope may hold)."""
         permitted = decision.classes if decision.permit else frozenset()
+        kind = "lookup id" if inp.binds == "lookup" else "envelope id"
         with self.store.engine.begin() as conn:
             old = conn.execute(
                 select(envelope_questions)
@@ -294,7 +304,7 @@ class DecisionService:
                     )
                 except IntegrityError:  # bound by a concurrent request in the meantime
                     raise Conflict(
-                        "this envelope id was bound by another request at the same time; ask again"
+                        f"this {kind} was bound by another request at the same time; ask again"
                     ) from None
                 return
             q = old._mapping
@@ -304,7 +314,7 @@ class DecisionService:
                     f"to {_kind(inp.binds)}'s"
                 )
             if q["requester"] != requester:
-                raise Conflict("this envelope id is bound to another organisation's decision")
+                raise Conflict(f"this {kind} is bound to another organisation's decision")
             differs = [
                 name
                 for name, value in (
@@ -316,9 +326,9 @@ class DecisionService:
             ]
             if differs:
                 raise Conflict(
-                    f"this envelope id is bound to a decision for another {differs[0]}; "
-                    "asking again for an envelope id may only repeat its question — "
-                    "a new question needs a new envelope id"
+                    f"this {kind} is bound to a decision for another {differs[0]}; "
+                    f"asking again for a bound {kind} may only repeat its question — "
+                    f"a new question needs a new {kind}"
                 )
             conn.execute(
                 update(envelope_questions)
@@ -435,11 +445,13 @@ class DecisionService:
         purpose or a class (issue 23).
 
         The decision bound to the id must be a lookup's (an envelope's is a deny), asked by
-        ``sender`` for ``patient`` (another caller or patient is a deny). It permits when the
+        ``sender`` for ``patient`` with ``sender`` as its recipient (another caller, patient or
+        recipient is a deny). It permits when the
         stored purpose is still permitted, to the caller, for at least one class the decision
         permitted — the lookup rule: a lookup discloses only where the patient is treated, and
         every record query after it is decided on its own. A break-glass (``ETREAT``) lookup is
-        re-admitted only under the clinician's pull grant made with this id, within the window
+        re-admitted only under the clinician's pull grant made with this id (its data to
+        ``sender``; a grant to another organisation never), within the window
         (``consent.break_glass``). Audited in the patient's ledger under the caller's name; the
         answer names no consent, purpose or class."""
         with self.store.engine.connect() as conn:
@@ -457,6 +469,9 @@ class DecisionService:
                 ("question", q["bound"] == "lookup"),
                 ("caller", q["requester"] == sender),
                 ("patient", q["patient"] == patient),
+                # bound before the recipient was checked at $decide: a lookup for another
+                # organisation's data never opens this caller's lookup
+                ("recipient", q["recipient"] == sender),
             )
             if not same
         ]
@@ -470,7 +485,7 @@ class DecisionService:
             decision, _grant = self._readmission(
                 DecideInput(
                     patient=q["patient"],
-                    recipient=q["recipient"],
+                    recipient=sender,  # only a pull grant (data to who looks up) re-admits it
                     requester=None,
                     purpose=purpose,
                     classes=permitted,

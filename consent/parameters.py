@@ -12,7 +12,9 @@ In::
     lookup     valueId                          instead of ``envelope``: the id of the
                                                 record-locator lookup the decision is for (the
                                                 coordinator re-checks it by that id; issue 23);
-                                                not with ``sender`` or ``pull``
+                                                not with ``envelope``, ``sender`` or ``pull``;
+                                                ``recipient`` must be the caller (else 403: a
+                                                lookup brings the data to who looks up)
     sender     valueString | valueReference     ETREAT re-check only: the envelope's sender
                                                 (see consent.break_glass)
     pull       valueId                          ETREAT without a reason: the envelope id of the
@@ -56,6 +58,16 @@ _ALLOWED = {
     "pull",
     "lookup",
 }
+# What a lookup's decision cannot also take, and why (each refusal names its own conflict).
+_NOT_WITH_LOOKUP = (
+    ("envelope", "a decision is bound to an envelope or to a lookup, not both"),
+    ("sender", "a lookup's decision names no sender: the caller is who looks up"),
+    (
+        "pull",
+        "a lookup's decision is not made under a pull grant: a break-glass pull's lookup is "
+        "bound by the clinician's own grant (ETREAT with a reason and lookup = the pull id)",
+    ),
+)
 _ENVELOPE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_REASON = 500
 
@@ -145,11 +157,6 @@ def parse_decide(body: object) -> DecideInput:
             "pull must be a lowercase UUID (the pull grant's envelope id)",
             expression=["Parameters.pull"],
         )
-    if pull is not None and envelope is None:
-        raise BadRequest(
-            "a decision under a pull grant is bound to its envelope (Parameters.envelope)",
-            expression=["Parameters.envelope"],
-        )
     lookup = values.get("lookup", [None])[0]
     binds = "envelope"
     if lookup is not None:
@@ -157,13 +164,15 @@ def parse_decide(body: object) -> DecideInput:
             raise BadRequest(
                 "lookup must be a lowercase UUID (a lookup id)", expression=["Parameters.lookup"]
             )
-        if envelope is not None or sender is not None:
-            raise BadRequest(
-                "a decision is bound to an envelope or to a lookup, not both; a lookup's "
-                "decision names no sender",
-                expression=["Parameters.lookup"],
-            )
+        for name, why in _NOT_WITH_LOOKUP:
+            if values.get(name):
+                raise BadRequest(why, expression=[f"Parameters.{name}"])
         envelope, binds = lookup, "lookup"  # kept by the same id column, marked a lookup's
+    elif pull is not None and envelope is None:
+        raise BadRequest(
+            "a decision under a pull grant is bound to its envelope (Parameters.envelope)",
+            expression=["Parameters.envelope"],
+        )
     return DecideInput(
         patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
@@ -198,8 +207,9 @@ def parse_recheck(body: object) -> RecheckInput | LookupRecheckInput:
     question on file, and the clear header carries none of them). Or, for a record-locator
     lookup: ``lookup`` (valueId), ``sender`` (who looked up) and ``patient`` (the pseudonym it
     looked up — what the lookup request says); still no purpose or class."""
-    if isinstance(body, dict) and any(
-        isinstance(p, dict) and p.get("name") == "lookup" for p in body.get("parameter") or []
+    params = body.get("parameter") if isinstance(body, dict) else None
+    if isinstance(params, list) and any(  # else _collect answers the wrong shape with a 400
+        isinstance(p, dict) and p.get("name") == "lookup" for p in params
     ):
         return _parse_lookup_recheck(body)
     values = _collect(body, {"envelope", "sender", "recipient"})

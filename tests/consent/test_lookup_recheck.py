@@ -116,15 +116,11 @@ def test_a_lookup_decision_is_no_envelope_decision_and_vice_versa(registry: Regi
 
 
 @pytest.mark.parametrize(
-    ("field", "patient", "recipient", "purpose"),
-    [
-        ("patient", P2, "clinic-b", "TREAT"),
-        ("recipient", P1, "clinic-c", "TREAT"),
-        ("purpose", P1, "clinic-b", "HRESCH"),
-    ],
-)
+    ("field", "patient", "purpose"),
+    [("patient", P2, "TREAT"), ("purpose", P1, "HRESCH")],
+)  # another recipient is refused before (403, test_a_lookup_is_bound_only_for_its_caller)
 def test_asking_again_for_a_bound_lookup_with_another_question_is_409(
-    registry: Registry, field: str, patient: str, recipient: str, purpose: str
+    registry: Registry, field: str, patient: str, purpose: str
 ) -> None:
     registry.grant(registry.patient_headers(P1), treat_consent(P1, classes=("Condition",)))
     b = registry.org("clinic-b")
@@ -132,11 +128,13 @@ def test_asking_again_for_a_bound_lookup_with_another_question_is_409(
     assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=lookup).permit
     assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=lookup).permit  # a retry
     with pytest.raises(ConsentRegistryError) as err:
-        b.decide(patient, recipient, purpose, ["Condition"], lookup_id=lookup)
+        b.decide(patient, "clinic-b", purpose, ["Condition"], lookup_id=lookup)
     assert err.value.status == 409 and f"another {field}" in str(err.value)
+    assert "lookup id" in str(err.value) and "envelope" not in str(err.value)
     with pytest.raises(ConsentRegistryError) as err:  # another organisation cannot take it
         registry.org("clinic-c").decide(P1, "clinic-c", "TREAT", ["Condition"], lookup_id=lookup)
     assert err.value.status == 409
+    assert "lookup id" in str(err.value) and "envelope" not in str(err.value)
     assert registry.org("coordinator").recheck_lookup(lookup, "clinic-b", P1).permit
 
 
@@ -149,10 +147,10 @@ def test_a_lookup_binding_takes_no_envelope_sender_or_pull(registry: Registry) -
         {"name": "class", "valueCode": "Condition"},
         {"name": "lookup", "valueId": str(uuid.uuid4())},
     ]
-    for extra in (
-        {"name": "envelope", "valueId": str(uuid.uuid4())},
-        {"name": "sender", "valueString": "clinic-b"},
-        {"name": "pull", "valueId": str(uuid.uuid4())},
+    for extra, says in (
+        ({"name": "envelope", "valueId": str(uuid.uuid4())}, "an envelope or to a lookup"),
+        ({"name": "sender", "valueString": "clinic-b"}, "names no sender"),
+        ({"name": "pull", "valueId": str(uuid.uuid4())}, "not made under a pull grant"),
     ):
         r = registry.http.post(
             "/fhir/Consent/$decide",
@@ -160,6 +158,9 @@ def test_a_lookup_binding_takes_no_envelope_sender_or_pull(registry: Registry) -
             headers={"Authorization": f"Bearer {token}"},
         )
         assert r.status_code == 400, (extra, r.text)
+        issue = r.json()["issue"][0]  # the refusal names the conflict that was asked for
+        assert says in issue["diagnostics"], (extra, issue)
+        assert issue["expression"] == [f"Parameters.{extra['name']}"], (extra, issue)
     r = registry.http.post(
         "/fhir/Consent/$decide",
         json={"resourceType": "Parameters", "parameter": [*base[:4],
@@ -167,3 +168,117 @@ def test_a_lookup_binding_takes_no_envelope_sender_or_pull(registry: Registry) -
         headers={"Authorization": f"Bearer {token}"},
     )  # fmt: skip
     assert r.status_code == 400 and "lookup" in r.text
+
+
+def _id() -> str:
+    return str(uuid.uuid4())
+
+
+def _ledger_size(registry: Registry) -> int:
+    return len(registry.http.app.state.ledger.entries())  # type: ignore[attr-defined]
+
+
+def _bind_row(registry: Registry, lookup: str, **values: object) -> None:
+    """A lookup-bound question as the table may hold it (bound before a check this registry
+    makes at ``$decide`` now)."""
+    from datetime import UTC, datetime
+
+    from consent.schema import envelope_questions
+
+    row = {
+        "envelope_id": lookup, "patient": P1, "requester": "clinic-c", "recipient": "clinic-b",
+        "purpose": "TREAT", "classes": '["Condition"]', "permitted": '["Condition"]',
+        "break_glass": False, "asked_at": datetime.now(UTC), "bound": "lookup",
+    } | values  # fmt: skip
+    with registry.http.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(envelope_questions.insert().values(**row))
+
+
+def test_a_lookup_is_bound_only_for_its_caller(registry: Registry) -> None:
+    """A lookup brings the data to who looks up: clinic C cannot bind a lookup "for clinic-b"
+    so that the patient's consent to clinic-b opens C's lookup (403, nothing bound or audited),
+    with or without a clinician breaking the glass."""
+    registry.grant(registry.patient_headers(P1), treat_consent(P1, classes=("Condition",)))
+    c, coordinator = registry.org("clinic-c"), registry.org("coordinator")
+    before = _ledger_size(registry)
+    for lookup, kw in (
+        (str(uuid.uuid4()), {"purpose": "TREAT"}),
+        (str(uuid.uuid4()), {"purpose": "ETREAT", "reason": "collapsed, history unknown",
+                             "acting_role": "doctor", "acting_user": "u-9"}),
+    ):  # fmt: skip
+        purpose = kw.pop("purpose")
+        with pytest.raises(ConsentRegistryError) as err:
+            c.decide(P1, "clinic-b", purpose, ["Condition"], lookup_id=lookup, **kw)
+        assert err.value.status == 403 and "recipient" in str(err.value), purpose
+        with pytest.raises(ConsentRegistryError) as err:  # nothing was bound to the id
+            coordinator.recheck_lookup(lookup, "clinic-c", P1)
+        assert err.value.status == 404, purpose
+    r = registry.http.post(
+        "/fhir/Consent/$decide",
+        json={"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueString": P1},
+            {"name": "recipient", "valueString": "clinic-b"},
+            {"name": "purpose", "valueCode": "TREAT"},
+            {"name": "class", "valueCode": "Condition"},
+            {"name": "lookup", "valueId": str(uuid.uuid4())}]},
+        headers={"Authorization": f"Bearer {c.access_token()}"},
+    )  # fmt: skip
+    assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome", r.text
+    assert _ledger_size(registry) == before  # no decision, no break-glass grant recorded
+    # the caller's own lookup is decided as before (clinic-b's is permitted, C's is not)
+    own = registry.org("clinic-b").decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=_id())
+    assert own.permit
+    assert not c.decide(P1, "clinic-c", "TREAT", ["Condition"], lookup_id=_id()).permit
+
+
+def test_a_stored_lookup_for_another_recipient_is_denied_at_recheck(registry: Registry) -> None:
+    """A row bound for another recipient than the organisation that looked up (as one bound
+    before $decide refused it could be) never opens the lookup: the patient's consent to
+    clinic-b does not let clinic C look up."""
+    registry.grant(registry.patient_headers(P1), treat_consent(P1, classes=("Condition",)))
+    lookup = str(uuid.uuid4())
+    _bind_row(registry, lookup)  # C's lookup "for clinic-b"
+    again = registry.org("coordinator").recheck_lookup(lookup, "clinic-c", P1)
+    assert not again.permit and "another recipient" in again.reason
+
+
+def test_a_break_glass_lookup_is_readmitted_only_by_a_pull_grant(registry: Registry) -> None:
+    """ETREAT: only the clinician's pull grant (data to the organisation that looks up)
+    re-admits a lookup; a referral-style grant (data to another organisation) made with the id
+    does not, even when the lookup's row names that organisation as recipient."""
+    c, coordinator = registry.org("clinic-c"), registry.org("coordinator")
+    why = "collapsed, history unknown"
+    referral = str(uuid.uuid4())  # C's doctor: break-glass data to clinic-b, with this id
+    granted = c.decide(P1, "clinic-b", "ETREAT", ["Condition"], reason=why,
+                       acting_role="doctor", acting_user="u-9", envelope_id=referral)  # fmt: skip
+    assert granted.permit and granted.break_glass
+    # the row as a lookup bound for clinic-b before the fix would hold it (same grant entry)
+    with registry.http.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+        from consent.schema import envelope_questions
+
+        conn.execute(
+            envelope_questions.update()
+            .where(envelope_questions.c.envelope_id == referral)
+            .values(bound="lookup")
+        )
+    denied = coordinator.recheck_lookup(referral, "clinic-c", P1)
+    assert not denied.permit and not denied.break_glass, denied.reason
+    # a pull grant made with the lookup's id re-admits it
+    pull = str(uuid.uuid4())
+    assert c.decide(P1, "clinic-c", "ETREAT", ["Condition"], reason=why,
+                    acting_role="doctor", acting_user="u-9", lookup_id=pull).permit  # fmt: skip
+    readmitted = coordinator.recheck_lookup(pull, "clinic-c", P1)
+    assert readmitted.permit and readmitted.break_glass, readmitted.reason
+
+
+@pytest.mark.parametrize("parameter", [5, True, "x", {}])
+def test_a_recheck_whose_parameter_is_no_list_is_400(registry: Registry, parameter: object) -> None:
+    before = _ledger_size(registry)
+    r = registry.http.post(
+        "/fhir/Consent/$recheck",
+        json={"resourceType": "Parameters", "parameter": parameter},
+        headers={"Authorization": f"Bearer {registry.org('coordinator').access_token()}"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert _ledger_size(registry) == before
