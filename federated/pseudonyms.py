@@ -4,8 +4,10 @@ no key on the node) or, in older regions, the shared linkage key (``linkage-key`
 
 The authority's answers are kept in the process's own state folder (``data-dir`` in the node
 config, ``--data-dir`` of ``ipjms fl score``): ``pseudonyms.db``, a SQLite file readable by its
-owner only, keyed like the node's own store (key version + key fingerprint + SHA-256 of the
-input; ``trust/pseudonym_store.py``, the one implementation both use). So a restarted SuperNode
+owner only, keyed like the node's own store (key version + key fingerprint + HMAC-SHA256 of
+the input under a store key derived from the node's signing key, which the SuperNode loads
+anyway and which is not in the file; ``trust/pseudonym_store.py``, the one implementation both
+use). So a restarted SuperNode
 asks the authority nothing for the patients it met before, instead of re-asking for every one
 against its budget (300 evaluations an hour, ``trust/oprf_service.py``); a key re-made under
 the same version number has another fingerprint and is never answered from the file."""
@@ -34,8 +36,9 @@ def node_pseudonymiser(
         store = None
         if state_dir is not None:
             from trust.pseudonym_store import open_file_store
+            from trust.pseudonymiser import store_key
 
-            store = open_file_store(state_dir)
+            store = open_file_store(state_dir, store_key(creds))
         return authority_pseudonymiser(pseudonym_url, creds, store=store)  # the regional CA only
     if not linkage_key:
         raise ValueError("neither a pseudonym service URL nor a linkage key is configured")

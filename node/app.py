@@ -139,7 +139,7 @@ def _pseudonymiser(settings: NodeSettings, credentials: Any, engine: Engine) -> 
     obtains in the node's database (``node_pseudonyms``: a restart asks again for none of it),
     else the region's shared linkage key (created if absent, as before issue 23)."""
     from node.pseudonym_store import SqlPseudonymStore
-    from trust.pseudonymiser import LinkageKeyPseudonymiser, authority_pseudonymiser
+    from trust.pseudonymiser import LinkageKeyPseudonymiser, authority_pseudonymiser, store_key
 
     if settings.pseudonym_url:
         ca_dir = settings.pki.ca_dir
@@ -147,7 +147,8 @@ def _pseudonymiser(settings: NodeSettings, credentials: Any, engine: Engine) -> 
             settings.pseudonym_url,
             credentials,
             ca_cert_file=ca_dir / "ca.cert.pem" if ca_dir is not None else None,
-            store=SqlPseudonymStore(engine),
+            # digests keyed from the organisation's signing key: not in the database
+            store=SqlPseudonymStore(engine, store_key(credentials)),
         )
     from trust.pseudonym import load_or_create_linkage_key
 

@@ -104,19 +104,23 @@ class OprfPseudonyms:
 
     def current_key(self) -> tuple[int, dict[int, str]]:
         """The authority's current key version and every held version's fingerprint (its
-        public ``/healthz``; no budget spent)."""
-        url = self.url.removesuffix("/oprf/evaluate") + "/healthz"
+        public ``/keys``: no budget spent, and answered while the authority's database is down,
+        so a node can use what it stored). An authority older than ``/keys`` (404) is read
+        from its ``/healthz``, as before."""
+        base = self.url.removesuffix("/oprf/evaluate")
         try:
-            r = httpx.get(url, timeout=self.timeout, verify=self.verify)
+            r = httpx.get(base + "/keys", timeout=self.timeout, verify=self.verify)
+            if r.status_code == 404:
+                r = httpx.get(base + "/healthz", timeout=self.timeout, verify=self.verify)
             r.raise_for_status()
-            health = r.json()
-            held = {int(v): _fingerprint(fp) for v, fp in health["key_fingerprints"].items()}
-            return int(health["current_version"]), held
+            keys = r.json()
+            held = {int(v): _fingerprint(fp) for v, fp in keys["key_fingerprints"].items()}
+            return int(keys["current_version"]), held
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PseudonymServiceError(f"pseudonym service version unknown: {exc}") from None
 
     def current_version(self) -> int:
-        """The authority's current key version (its public ``/healthz``; no budget spent)."""
+        """The authority's current key version (its public ``/keys``; no budget spent)."""
         return self.current_key()[0]
 
     def outputs(

@@ -11,10 +11,12 @@ folder, run by the regional authority.
 use); body ``{"version": N (optional: the current key), "blinded": ["<64 hex>", …]}`` (at most
 :data:`MAX_BATCH`); answer ``{"suite", "version", "key_fingerprint", "evaluated": [...]}`` in
 the same order.
-``GET /healthz`` (readiness) names the current version and every held version's
-``key_fingerprint`` (:func:`trust.pseudonym_keys.key_fingerprint`: the public key ``k·G``, which
-reveals nothing usable about the key), so a node can tell a lost-and-remade ``v1`` from the one
-it knew; it answers 503 (``"status": "unavailable"`` and the reason, no URL, path or driver
+``GET /keys`` names the current version and every held version's ``key_fingerprint``
+(:func:`trust.pseudonym_keys.key_fingerprint`: the public key ``k·G``, which reveals nothing
+usable about the key), so a node can tell a lost-and-remade ``v1`` from the one it knew; public,
+no budget, and it asks no database, so a node uses the pseudonyms it stored while the database
+is down. ``GET /healthz`` (readiness) carries the same key information for operators; it
+answers 503 (``"status": "unavailable"`` and the reason, no URL, path or driver
 message) while the service's database does not answer — every evaluation writes its budget and
 its audit entry there, so without it none can be answered. ``GET /livez`` (liveness) asks no
 database.
@@ -294,15 +296,25 @@ def create_app(settings: PseudonymSettings) -> FastAPI:
             raise Unauthorized(f"organisation assertion refused: {exc}") from None
         return org
 
+    keys_info = {
+        "suite": oprf.SUITE, "current_version": ring.current,
+        "key_fingerprints": {str(v): fp for v, fp in sorted(fingerprints.items())},
+        "group": group.name,
+    }  # fmt: skip
+
+    @app.get("/keys")
+    def keys() -> dict[str, Any]:
+        """The key information a node needs to use what it stored (its current version and
+        every held version's fingerprint): public, no budget, no authentication, and no
+        database asked — so a node can use its stored pseudonyms while the database is down."""
+        return dict(keys_info)
+
     @app.get("/healthz", response_model=None)
     def healthz() -> dict[str, Any] | JSONResponse:
         """Readiness: the database answers (503 with the reason while it does not — every
-        evaluation writes its budget and audit entry there); the key information either way."""
-        keys = {
-            "suite": oprf.SUITE, "current_version": ring.current,
-            "key_fingerprints": {str(v): fp for v, fp in sorted(fingerprints.items())},
-            "group": group.name,
-        }  # fmt: skip
+        evaluation writes its budget and audit entry there); the key information either way
+        (for operators: nodes read ``/keys``)."""
+        keys = dict(keys_info)
         problem = database_problem(engine)
         if problem is not None:
             return JSONResponse(

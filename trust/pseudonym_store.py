@@ -10,9 +10,13 @@ Two places use it, each with its own table:
   database of their own — :func:`open_file_store`: a SQLite file ``pseudonyms.db`` in their
   state folder, readable by their user only (0600).
 
-Both are keyed alike — kind, the authority's key version *and* its fingerprint, SHA-256 of the
-OPRF input (never the input, which names the patient) — and hold no key: whoever reads them
-still cannot compute a pseudonym of anyone the node does not hold.
+Both are keyed alike — kind, the authority's key version *and* its fingerprint, and
+HMAC-SHA256 of the OPRF input (never the input, which names the patient) under the store key
+(``trust.pseudonymiser.store_key``: derived from the organisation's own signing key, which is in
+neither the file nor the database) — and hold no key: whoever reads them can neither compute a
+pseudonym of anyone the node does not hold nor test a guessed identifier against a row (a plain
+SHA-256 could be brute-forced over a 9-digit id space in minutes, bypassing the authority's
+budget).
 """
 
 from __future__ import annotations
@@ -21,25 +25,47 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from servicekit.storage import make_engine, sqlite_url
-from trust.pseudonymiser import KeyId
+from trust.pseudonymiser import KeyId, input_digest
 
-__all__ = ["KINDS", "FILE_NAME", "pseudonym_table", "SqlPseudonymStore", "open_file_store"]
+__all__ = [
+    "KINDS",
+    "FILE_NAME",
+    "FILE_FORMAT",
+    "pseudonym_table",
+    "SqlPseudonymStore",
+    "open_file_store",
+]
 
 KINDS = ("regional", "routing")
 #: the SQLite file :func:`open_file_store` keeps in a state folder
 FILE_NAME = "pseudonyms.db"
 _CHUNK = 500  # digests per SELECT … IN (…): well inside both databases' parameter limits
+#: the file store's format (its ``store_format`` row): its digests are HMAC-SHA256 under the
+#: store key. A file without it (SHA-256 digests, before) or of another store key (the
+#: organisation's signing key was re-issued) has its entries dropped when opened
+FILE_FORMAT = "hmac-sha256-v1"
 
 
 def pseudonym_table(name: str, metadata: MetaData) -> Table:
     """One row per pseudonym obtained: ``kind`` "regional" (a patient's identifier) or
     "routing" (a regional pseudonym and a pair of organisations), the authority's key version
     and that key's fingerprint (its public key: a key re-made under the same number has
-    another), the SHA-256 (hex) of the OPRF input, and the pseudonym."""
+    another), the keyed digest (hex; ``trust.pseudonymiser.input_digest``) of the OPRF input,
+    and the pseudonym."""
     return Table(
         name,
         metadata,
@@ -52,11 +78,18 @@ def pseudonym_table(name: str, metadata: MetaData) -> Table:
 
 
 class SqlPseudonymStore:
-    """``PseudonymStore`` over ``table`` (made by :func:`pseudonym_table`) in ``engine``."""
+    """``PseudonymStore`` over ``table`` (made by :func:`pseudonym_table`) in ``engine``; its
+    digests are keyed by ``key`` (``trust.pseudonymiser.store_key``), which it never writes."""
 
-    def __init__(self, engine: Engine, table: Table) -> None:
+    def __init__(self, engine: Engine, table: Table, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("a pseudonym store key has at least 32 bytes")
         self.engine = engine
         self.table = table
+        self._key = key
+
+    def digest(self, x: bytes) -> bytes:
+        return input_digest(self._key, x)
 
     def _insert(self):  # type: ignore[no-untyped-def]
         """INSERT … ON CONFLICT DO NOTHING: an entry already stored (another process got the
@@ -110,10 +143,14 @@ class SqlPseudonymStore:
         self.engine.dispose()
 
 
-def open_file_store(folder: Path | str) -> SqlPseudonymStore:
+def open_file_store(folder: Path | str, key: bytes) -> SqlPseudonymStore:
     """The store of a process without a database of its own (a SuperNode, ``ipjms fl score``):
     ``<folder>/pseudonyms.db``, created readable and writable by its owner only (0600; SQLite
-    gives its ``-wal`` and ``-shm`` files the same mode), its table created when absent.
+    gives its ``-wal`` and ``-shm`` files the same mode), its table created when absent, its
+    digests keyed by ``key`` (``trust.pseudonymiser.store_key``). Its ``store_format`` row names
+    :data:`FILE_FORMAT` and a check value of the key (an HMAC of a constant: it reveals nothing
+    of the key): a file of an older format (plain SHA-256 digests) or of another key has its
+    entries deleted, since none of them could ever match again.
 
     The file is a cache of the authority's answers, not a record: deleting it costs only the
     evaluations to re-ask (the budget, ``trust/oprf_service.py``), never a pseudonym's value —
@@ -125,8 +162,22 @@ def open_file_store(folder: Path | str) -> SqlPseudonymStore:
     engine = make_engine(url)
     metadata = MetaData()
     table = pseudonym_table("pseudonyms", metadata)
+    marker = Table(
+        "store_format",
+        metadata,
+        Column("format", String(32), nullable=False),
+        Column("key_check", String(64), nullable=False),
+    )
     metadata.create_all(engine)
-    return SqlPseudonymStore(engine, table)
+    store = SqlPseudonymStore(engine, table, key)
+    check = store.digest(b"ipjms-pseudonym-store-key-check").hex()
+    with engine.begin() as conn:
+        row = conn.execute(select(marker.c.format, marker.c.key_check)).first()
+        if row is None or tuple(row) != (FILE_FORMAT, check):
+            conn.execute(delete(table))  # old digests, or another key's: never matched again
+            conn.execute(delete(marker))
+            conn.execute(insert(marker).values(format=FILE_FORMAT, key_check=check))
+    return store
 
 
 def _check(kind: str) -> None:

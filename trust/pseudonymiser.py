@@ -15,8 +15,11 @@ Results are cached in memory by (key, identifier input) and, when the node suppl
 :class:`PseudonymStore` (``trust/pseudonym_store.py``, the one SQL implementation: a table of the
 node's own database for its web app, ``node/pseudonym_store``; a SQLite file in the state folder
 of its SuperNode and ``ipjms fl score``, ``federated/pseudonyms.py``), kept there by (key,
-SHA-256 of the input), where the key is the authority's key version *and* its fingerprint
-(its public key, sent with every answer and in ``/healthz``): an authority whose key folder was
+digest of the input), where the key is the authority's key version *and* its fingerprint
+(its public key, sent with every answer and in ``/keys``) and the digest is
+:func:`input_digest`, HMAC-SHA256 under a store key the store does not hold (derived from the
+organisation's own signing key, :func:`store_key`, so a stolen store cannot be brute-forced
+over the identifier space offline): an authority whose key folder was
 lost and re-made has a new key under the same number, and nothing kept under the old
 one is used (a warning says so) — so a restarted node asks the authority nothing for
 the patients it already knows, instead of spending its budget (300 an hour) re-asking for every
@@ -26,7 +29,7 @@ node holds its own patients' identifiers anyway, so neither the cache nor the st
 anything it could not compute for them; neither can test an identifier the node does not have
 (and neither holds a key). A regional pseudonym is served
 from the cache only under the authority's *current* key version, which the node learns from
-every answer and re-reads from the authority's ``/healthz`` at most every ``version_ttl``
+every answer and re-reads from the authority's ``/keys`` at most every ``version_ttl``
 seconds — so after a rotation a long-running node moves to the new version instead of handing
 out the old one until it restarts; the store's entries are per version too, so a new version is
 asked fresh, and an old version's entries still answer a routing pseudonym of that version.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import ssl
 import threading
@@ -58,6 +62,8 @@ __all__ = [
     "PseudonymStore",
     "KeyId",
     "input_digest",
+    "store_key",
+    "STORE_KEY_INFO",
     "OprfPseudonymiser",
     "LinkageKeyPseudonymiser",
     "routing_input",
@@ -65,6 +71,8 @@ __all__ = [
 ]
 
 _ROUTING_DOMAIN = b"ipjms-routing-pseudonym-v2"
+#: HKDF info of :func:`store_key` (the purpose; the organisation id follows it)
+STORE_KEY_INFO = b"ipjms-pseudonym-store-input-digest-v1"
 
 log = logging.getLogger("ipjms.pseudonymiser")
 
@@ -85,10 +93,15 @@ class Pseudonymiser(Protocol):
 class PseudonymStore(Protocol):
     """Where a node keeps the pseudonyms it obtained, across restarts. ``kind`` is
     ``"regional"`` or ``"routing"``; ``key`` is the authority's key version *and* fingerprint
-    (a lost and re-made key has the same number, another fingerprint); ``digest`` is
-    :func:`input_digest` of the OPRF input (the input itself is never stored). ``save`` is
+    (a lost and re-made key has the same number, another fingerprint); ``digests`` are the
+    store's :meth:`digest` of the OPRF inputs (the input itself is never stored). ``save`` is
     durable when it returns (one transaction: all of ``found`` or, on error, none of it) and
     keeps an entry already there."""
+
+    def digest(self, x: bytes) -> bytes:
+        """What an entry for OPRF input ``x`` is kept under: :func:`input_digest` with the
+        store's key (kept out of the store itself)."""
+        ...
 
     def load(self, kind: str, key: KeyId, digests: Sequence[bytes]) -> dict[bytes, str]:
         """The stored pseudonyms among ``digests`` under ``key`` (absent: not known)."""
@@ -101,9 +114,30 @@ class PseudonymStore(Protocol):
         ...
 
 
-def input_digest(x: bytes) -> bytes:
-    """What a :class:`PseudonymStore` is keyed by: SHA-256 of the OPRF input."""
-    return hashlib.sha256(x).digest()
+def store_key(creds: Any) -> bytes:
+    """The key a node's :class:`PseudonymStore` digests inputs with: HKDF-SHA256 of the
+    organisation's own signing private key (``creds.signing_key``, which the node, its SuperNode
+    and ``ipjms fl score`` load anyway: no new secret to manage), info
+    :data:`STORE_KEY_INFO` ‖ organisation id. It is never written to the store, so a stolen
+    store file or table cannot be brute-forced over a small identifier space offline (a plain
+    hash could: a 9-digit id space in minutes). Re-issuing the organisation's signing key
+    changes it: the store's entries then no longer match, and the node asks again (budget)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    signing = creds.signing_key
+    secret = signing.private_numbers().private_value
+    ikm = secret.to_bytes((signing.curve.key_size + 7) // 8, "big")
+    info = STORE_KEY_INFO + b"\x00" + str(creds.org_id).encode()
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(ikm)
+
+
+def input_digest(key: bytes, x: bytes) -> bytes:
+    """What a :class:`PseudonymStore` is keyed by: HMAC-SHA256 of the OPRF input under the
+    store's key (:func:`store_key`)."""
+    if len(key) < 32:
+        raise ValueError("a pseudonym store key has at least 32 bytes")
+    return hmac.new(key, x, hashlib.sha256).digest()
 
 
 def routing_input(regional: str, org_a: str, org_b: str) -> bytes:
@@ -154,7 +188,7 @@ class OprfPseudonymiser:
             known = {x: self._cache[(key, x)] for x in inputs if (key, x) in self._cache}
         rest = [x for x in dict.fromkeys(inputs) if x not in known]
         if rest and self.store is not None:
-            by_digest = {input_digest(x): x for x in rest}
+            by_digest = {self.store.digest(x): x for x in rest}
             stored = self.store.load(kind, key, list(by_digest))
             found = {by_digest[d]: v for d, v in stored.items() if d in by_digest}
             self._remember(key, found)
@@ -165,7 +199,8 @@ class OprfPseudonymiser:
         """Durable first (the store commits or raises), then in memory: a pseudonym is used
         only once a restart cannot lose it."""
         if self.store is not None:
-            self.store.save(kind, key, {input_digest(x): v for x, v in found.items()})
+            store = self.store
+            store.save(kind, key, {store.digest(x): v for x, v in found.items()})
         self._remember(key, found)
 
     def _learn_key(self, version: int, fingerprint: str) -> None:
@@ -233,7 +268,7 @@ class OprfPseudonymiser:
             raise ValueError("not a pseudonym of the authority's OPRF (v<N>.<hex>)")
         x = routing_input(regional, org_a, org_b)
         if version not in self._fingerprints:
-            self.current_version()  # a restarted node learns the fingerprints from /healthz
+            self.current_version()  # a restarted node learns the fingerprints from /keys
         hit = self._known("routing", self._key(version), [x]).get(x)
         if hit is not None:
             return hit

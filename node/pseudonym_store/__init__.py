@@ -1,7 +1,7 @@
 """The node's persistent pseudonym store (issue 23): the pseudonyms this node obtained from the
 pseudonymisation authority, kept in its own database so a restart asks again for none of them.
 
-``SqlPseudonymStore(engine)`` implements ``trust.pseudonymiser.PseudonymStore``; the feature
+``SqlPseudonymStore(engine, key)`` implements ``trust.pseudonymiser.PseudonymStore``; the feature
 ``PSEUDONYMS`` offers its migrations; ``node/app.py`` hands the store to the pseudonymiser."""
 
 from node.pseudonym_store.sql_store import SqlPseudonymStore

@@ -14,5 +14,7 @@ __all__ = ["SqlPseudonymStore", "KINDS"]
 
 
 class SqlPseudonymStore(pseudonym_store.SqlPseudonymStore):
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine, pseudonyms)
+    """``key``: the store key (``trust.pseudonymiser.store_key`` of the node's credentials)."""
+
+    def __init__(self, engine: Engine, key: bytes) -> None:
+        super().__init__(engine, pseudonyms, key)

@@ -11,7 +11,8 @@ __all__ = ["metadata", "pseudonyms"]
 metadata = MetaData()
 
 # One row per pseudonym this node obtained (trust.pseudonym_store.pseudonym_table: kind, the
-# authority's key version and fingerprint, the SHA-256 of the OPRF input — never the input,
-# which names the patient — and the pseudonym). No key: the node still cannot compute a
-# pseudonym of anyone it does not hold.
+# authority's key version and fingerprint, the HMAC-SHA256 of the OPRF input under the store key
+# derived from the organisation's signing key — never the input, which names the patient — and
+# the pseudonym). No key: the node still cannot compute a pseudonym of anyone it does not hold,
+# and a stolen table cannot be brute-forced without the organisation's signing key.
 pseudonyms = pseudonym_table("node_pseudonyms", metadata)

@@ -12,6 +12,7 @@ SuperNode says it asked. The pseudonymiser is built as the ClientApp builds it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +31,8 @@ from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
 from trust.pki import init_ca, issue_org, load_org
 from trust.pseudonym import oprf_input
-from trust.pseudonymiser import OprfPseudonymiser, input_digest
+from trust.pseudonym_store import FILE_FORMAT, open_file_store
+from trust.pseudonymiser import OprfPseudonymiser, input_digest, store_key
 
 ORG = "hosp-a"
 NATIONAL = "https://ipjms.example.org/fhir/sid/national-id"
@@ -116,10 +118,15 @@ def test_a_restarted_supernode_asks_the_authority_nothing_for_patients_it_knows(
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     for side in data_dir.glob("pseudonyms.db-*"):  # SQLite's -wal and -shm: the same mode
         assert stat.S_IMODE(side.stat().st_mode) == 0o600, side
-    with sqlite3.connect(store) as conn:  # digests of the inputs, never an identifier
+    with sqlite3.connect(store) as conn:  # keyed digests of the inputs, never an identifier
         stored = " ".join(str(v) for row in conn.execute("SELECT * FROM pseudonyms") for v in row)
+    inputs = [oprf_input(*p) for p in PATIENTS]
     assert all(value not in stored for _, value in PATIENTS)
-    assert input_digest(oprf_input(*PATIENTS[0])).hex() in stored
+    assert all(x.decode() not in stored and x.hex() not in stored for x in inputs)
+    assert all(hashlib.sha256(x).hexdigest() not in stored for x in inputs)  # no plain hash
+    key = store_key(load_org(pki[ORG]))
+    assert key.hex() not in stored
+    assert input_digest(key, inputs[0]).hex() in stored
 
     again = _supernode(authority, pki, data_dir)  # the SuperNode restarted: same folder
     assert again.regional(list(reversed(PATIENTS))) == list(reversed(regional))
@@ -172,3 +179,51 @@ def test_a_key_re_made_under_the_same_number_is_not_answered_from_the_supernode_
     asked = authority.evaluated()
     assert _supernode(authority, pki, data_dir).regional(ids) == new  # the new key's entries
     assert authority.evaluated() == asked  # now answer a further restart
+
+
+def test_a_supernode_file_of_plain_sha256_digests_or_another_key_is_emptied_when_opened(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """A ``pseudonyms.db`` written before the digests were keyed (no format row; plain SHA-256
+    rows, brute-forceable offline) has its rows dropped when the SuperNode opens it; so has a
+    file kept under another store key (the organisation's signing key re-issued). A file of the
+    current format and key keeps its rows across opens."""
+    data_dir = tmp_path / "supernode-hosp-a"
+    data_dir.mkdir()
+    x = oprf_input(*PATIENTS[0])
+    with sqlite3.connect(data_dir / "pseudonyms.db") as conn:  # the file as written before
+        conn.execute(
+            "CREATE TABLE pseudonyms (kind VARCHAR(16), key_version INTEGER, "
+            "key_fingerprint VARCHAR(64), input_digest VARCHAR(64), pseudonym VARCHAR(128) "
+            "NOT NULL, PRIMARY KEY (kind, key_version, key_fingerprint, input_digest))"
+        )
+        conn.execute(
+            "INSERT INTO pseudonyms VALUES ('regional', 1, ?, ?, 'v1.old')",
+            ("ab" * 32, hashlib.sha256(x).hexdigest()),
+        )
+
+    def rows() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(data_dir / "pseudonyms.db") as conn:
+            return conn.execute("SELECT * FROM pseudonyms").fetchall()
+
+    key = store_key(load_org(pki[ORG]))
+    store = open_file_store(data_dir, key)
+    try:
+        assert rows() == []  # the plain-hash row is gone
+        with sqlite3.connect(data_dir / "pseudonyms.db") as conn:
+            assert conn.execute("SELECT format FROM store_format").fetchall() == [(FILE_FORMAT,)]
+        store.save("regional", (1, "ab" * 32), {store.digest(x): "v1.new"})
+    finally:
+        store.close()
+    again = open_file_store(data_dir, key)  # a restart with the same credentials: kept
+    try:
+        assert again.load("regional", (1, "ab" * 32), [again.digest(x)]) == {
+            again.digest(x): "v1.new"
+        }
+    finally:
+        again.close()
+    other = open_file_store(data_dir, b"\x01" * 32)  # another store key: nothing matches
+    try:
+        assert rows() == []
+    finally:
+        other.close()

@@ -344,6 +344,8 @@ def test_healthz_answers_503_while_the_sqlite_database_cannot_be_opened(
         assert down.json()["status"] == "unavailable"
         assert down.json()["reason"] == "the database file cannot be opened"
         assert {k: down.json()[k] for k in keys} == keys  # the public key info as before
+        published = httpx.get(svc.base_url + "/keys", timeout=30)  # what nodes read: no database
+        assert published.status_code == 200 and {k: published.json()[k] for k in keys} == keys
         assert str(tmp_path) not in down.text and "pseudonym.db" not in down.text
         assert httpx.get(svc.base_url + "/livez", timeout=30).status_code == 200
         db.with_name("pseudonym.db.away").rename(db)
@@ -382,6 +384,9 @@ def test_healthz_answers_503_while_the_postgresql_database_refuses(
         assert down.status_code == 503, down.text
         assert down.json()["reason"] == "the database does not answer"
         assert set(down.json()["key_fingerprints"]) == {"1"}
+        published = httpx.get(svc.base_url + "/keys", timeout=30)
+        assert published.status_code == 200
+        assert published.json()["key_fingerprints"] == down.json()["key_fingerprints"]
         assert name not in down.text and "127.0.0.1:5432" not in down.text
         assert "postgres" not in down.text.lower()
         admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -389,3 +394,53 @@ def test_healthz_answers_503_while_the_postgresql_database_refuses(
     finally:
         svc.stop()
         admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+class _CountingClient(OprfPseudonyms):
+    """The real client, counting the evaluations it asks the authority for."""
+
+    asked = 0
+
+    def outputs(self, inputs, *, version=None):  # type: ignore[no-untyped-def]
+        type(self).asked += len(inputs)
+        return super().outputs(inputs, version=version)
+
+
+def test_a_restarted_node_uses_its_stored_pseudonyms_while_the_authority_database_is_down(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """The authority's /healthz answers 503 while its database is down, but its key
+    information is published on /keys, which asks no database: a restarted node (here a
+    SuperNode's file store) learns the key fingerprints there and answers the patients it stored
+    — regional and routing — asking the authority for nothing (before /keys: no fingerprint
+    known, so nothing stored could be trusted, and the node asked the authority)."""
+    from trust.pseudonym_store import open_file_store
+    from trust.pseudonymiser import OprfPseudonymiser, store_key
+
+    svc = _start(tmp_path, pki["ca"])
+    db = tmp_path / "svc" / "pseudonym.db"
+    creds = load_org(pki["node-a"])
+    patient = [(NATIONAL, "110101199003073333")]
+    try:
+        first = OprfPseudonymiser(
+            OprfPseudonyms(svc.base_url, creds),
+            store=open_file_store(tmp_path / "node", store_key(creds)),
+        )
+        regional = first.regional(patient)
+        routing = first.routing(regional[0], "node-a", "node-b")
+        db.rename(db.with_name("pseudonym.db.away"))  # the authority's database is down
+        assert _health(svc).status_code == 503
+
+        _CountingClient.asked = 0
+        restarted = OprfPseudonymiser(  # the node restarted: empty memory, its store kept
+            _CountingClient(svc.base_url, creds),
+            store=open_file_store(tmp_path / "node", store_key(creds)),
+        )
+        assert restarted.regional(patient) == regional
+        assert restarted.routing(regional[0], "node-b", "node-a") == routing
+        assert _CountingClient.asked == 0  # nothing asked of the authority
+        assert _health(svc).status_code == 503  # still down: the store answered
+        db.with_name("pseudonym.db.away").rename(db)
+        assert _health(svc).status_code == 200
+    finally:
+        svc.stop()

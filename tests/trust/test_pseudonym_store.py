@@ -11,6 +11,7 @@ database (SQLite and PostgreSQL, migrated by the node's composition root).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -36,9 +37,10 @@ from trust.oprf_client import OprfPseudonyms
 from trust.pki import init_ca, issue_org, load_org
 from trust.pseudonym import oprf_input
 from trust.pseudonym_keys import rotate
-from trust.pseudonymiser import OprfPseudonymiser, input_digest, routing_input
+from trust.pseudonymiser import OprfPseudonymiser, input_digest, routing_input, store_key
 
 ORG = "node-a"
+OTHER = "node-b"
 PATIENTS = [(NATIONAL_ID_SYSTEM, f"HF-1949-{i:04d}") for i in range(12)]
 
 
@@ -47,7 +49,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ca = tmp_path_factory.mktemp("pki") / "ca"
     init_ca(ca)
     issue_org(ca, ORG, host="127.0.0.1")
-    return {"ca": ca, ORG: ca / "orgs" / ORG}
+    issue_org(ca, OTHER, host="127.0.0.1")
+    return {"ca": ca, ORG: ca / "orgs" / ORG, OTHER: ca / "orgs" / OTHER}
 
 
 class Authority:
@@ -113,8 +116,15 @@ def node_db(db_url: str) -> Iterator[Engine]:
 
 def _pseudonymiser(authority: Authority, pki: dict[str, Path], engine: Engine) -> OprfPseudonymiser:
     """What a node process builds at start: a fresh client, an empty memory, the node's store."""
-    client = OprfPseudonyms(authority.url, load_org(pki[ORG]))
-    return OprfPseudonymiser(client, store=SqlPseudonymStore(engine))
+    creds = load_org(pki[ORG])
+    return OprfPseudonymiser(
+        OprfPseudonyms(authority.url, creds), store=SqlPseudonymStore(engine, store_key(creds))
+    )
+
+
+def _digest(pki: dict[str, Path], x: bytes, org: str = ORG) -> bytes:
+    """The store's digest of ``x`` as the node ``org`` keys it."""
+    return input_digest(store_key(load_org(pki[org])), x)
 
 
 def _rows(engine: Engine, kind: str | None = None) -> int:
@@ -141,11 +151,15 @@ def test_a_restarted_node_asks_the_authority_nothing_for_patients_it_knows(
         routing = [first.pseudonymiser.routing(p, ORG, "clinic-b") for p in regional[:3]]
         engine = first.engine
         assert _rows(engine, "regional") == len(PATIENTS) and _rows(engine, "routing") == 3
-        # what is stored: digests of the inputs, never the inputs (nor any identifier)
+        # what is stored: keyed digests of the inputs, never the inputs (nor any identifier),
+        # nor their plain SHA-256 (which a thief of the table could brute-force offline)
         with engine.connect() as conn:
             stored = " ".join(str(v) for row in conn.execute(select(pseudonyms)) for v in row)
+        inputs = [oprf_input(*p) for p in PATIENTS]
         assert all(value not in stored for _, value in PATIENTS)
-        assert input_digest(oprf_input(*PATIENTS[0])).hex() in stored
+        assert all(x.decode() not in stored and x.hex() not in stored for x in inputs)
+        assert all(hashlib.sha256(x).hexdigest() not in stored for x in inputs)
+        assert _digest(pki, inputs[0]).hex() in stored
     finally:
         first.close()
     asked = authority.evaluated()
@@ -199,10 +213,11 @@ def test_a_key_re_made_under_the_same_number_is_asked_fresh_and_warned_about(
     ids = PATIENTS[:4]
     old = _pseudonymiser(authority, pki, node_db).regional(ids)
     old_routing = _pseudonymiser(authority, pki, node_db).routing(old[0], ORG, "clinic-b")
+    creds = load_org(pki[ORG])
     running = OprfPseudonymiser(
-        OprfPseudonyms(authority.url, load_org(pki[ORG])),
-        store=SqlPseudonymStore(node_db),
-        version_ttl=0.0,  # re-reads /healthz on every call
+        OprfPseudonyms(authority.url, creds),
+        store=SqlPseudonymStore(node_db, store_key(creds)),
+        version_ttl=0.0,  # re-reads /keys on every call
     )
     assert running.regional(ids) == old
     authority.stop()
@@ -234,7 +249,7 @@ def test_a_key_re_made_under_the_same_number_is_asked_fresh_and_warned_about(
 
 
 def test_entries_stored_without_a_key_fingerprint_are_deleted_by_the_migration(
-    db_url: str,
+    db_url: str, pki: dict[str, Path]
 ) -> None:
     """A store made before fingerprints (revision n0001) cannot say which key made its
     entries: the upgrade deletes them rather than trust them."""
@@ -253,18 +268,75 @@ def test_entries_stored_without_a_key_fingerprint_are_deleted_by_the_migration(
                     "INSERT INTO node_pseudonyms (kind, key_version, input_digest, pseudonym) "
                     "VALUES ('regional', 1, :d, 'v1.old')"
                 ),
-                {"d": input_digest(oprf_input(*PATIENTS[0])).hex()},
+                {"d": hashlib.sha256(oprf_input(*PATIENTS[0])).hexdigest()},
             )
         upgrade_schema(engine, MIGRATIONS_DIR)
         assert _rows(engine) == 0
-        store = SqlPseudonymStore(engine)
-        digest = input_digest(oprf_input(*PATIENTS[0]))
+        store = SqlPseudonymStore(engine, store_key(load_org(pki[ORG])))
+        digest = store.digest(oprf_input(*PATIENTS[0]))
         store.save("regional", (1, "ab" * 32), {digest: "v1.new"})
         assert store.load("regional", (1, "ab" * 32), [digest]) == {digest: "v1.new"}
         assert store.load("regional", (1, "cd" * 32), [digest]) == {}
         assert store.fingerprints(1) == {"ab" * 32}
     finally:
         engine.dispose()
+
+
+def test_entries_under_a_plain_sha256_digest_are_deleted_by_the_migration(
+    db_url: str, pki: dict[str, Path]
+) -> None:
+    """A store of revision n0002 keeps the plain SHA-256 of each input — what a thief of the
+    table brute-forces over the identifier space offline. n0003 deletes those entries (none
+    would match a keyed digest again); the store then works with keyed digests."""
+    from alembic import command
+    from alembic.config import Config
+
+    x = oprf_input(*PATIENTS[0])
+    engine = make_engine(db_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "n0002")
+            conn.execute(
+                text(
+                    "INSERT INTO node_pseudonyms (kind, key_version, key_fingerprint, "
+                    "input_digest, pseudonym) VALUES ('regional', 1, :fp, :d, 'v1.old')"
+                ),
+                {"fp": "ab" * 32, "d": hashlib.sha256(x).hexdigest()},
+            )
+        assert _rows(engine) == 1
+        upgrade_schema(engine, MIGRATIONS_DIR)
+        assert _rows(engine) == 0
+        store = SqlPseudonymStore(engine, store_key(load_org(pki[ORG])))
+        store.save("regional", (1, "ab" * 32), {store.digest(x): "v1.new"})
+        assert store.load("regional", (1, "ab" * 32), [store.digest(x)]) == {
+            store.digest(x): "v1.new"
+        }
+    finally:
+        engine.dispose()
+
+
+def test_the_store_digest_is_keyed_per_organisation_and_not_a_plain_hash(
+    pki: dict[str, Path], node_db: Engine
+) -> None:
+    """Two organisations' stores give different digests for the same input, neither the plain
+    SHA-256 of the input; the same credentials loaded again (a restart) give the same key; a
+    store of another organisation over the same table finds nothing of this one's entries."""
+    x = oprf_input(*PATIENTS[0])
+    mine, theirs = store_key(load_org(pki[ORG])), store_key(load_org(pki[OTHER]))
+    assert mine == store_key(load_org(pki[ORG])) and len(mine) == 32
+    assert mine != theirs
+    a, b = input_digest(mine, x), input_digest(theirs, x)
+    assert a != b and hashlib.sha256(x).digest() not in (a, b)
+    key = (1, "ab" * 32)
+    SqlPseudonymStore(node_db, mine).save("regional", key, {a: "v1.mine"})
+    assert SqlPseudonymStore(node_db, mine).load("regional", key, [a]) == {a: "v1.mine"}
+    other = SqlPseudonymStore(node_db, theirs)
+    assert other.load("regional", key, [other.digest(x)]) == {}
+    with pytest.raises(ValueError, match="32 bytes"):
+        SqlPseudonymStore(node_db, b"short")
 
 
 def _refuse_insert_of(engine: Engine, digest_hex: str) -> None:
@@ -311,7 +383,7 @@ def test_a_failed_write_leaves_nothing_half_done(
     the batch is stored, and nothing was handed out or kept in memory either — the next call
     asks the authority again for all five (and then stores them)."""
     ids = PATIENTS[:5]
-    _refuse_insert_of(node_db, input_digest(oprf_input(*ids[2])).hex())
+    _refuse_insert_of(node_db, _digest(pki, oprf_input(*ids[2])).hex())
     node = _pseudonymiser(authority, pki, node_db)
     with pytest.raises(DBAPIError, match="refused by the test"):
         node.regional(ids)
@@ -326,7 +398,7 @@ def test_a_failed_write_leaves_nothing_half_done(
     assert authority.evaluated() == 2 * len(ids)
 
     # the same for a routing pseudonym: refused, nothing stored, nothing returned
-    _refuse_insert_of(node_db, input_digest(routing_input(got[0], ORG, "clinic-b")).hex())
+    _refuse_insert_of(node_db, _digest(pki, routing_input(got[0], ORG, "clinic-b")).hex())
     with pytest.raises(DBAPIError, match="refused by the test"):
         node.routing(got[0], ORG, "clinic-b")
     assert _rows(node_db, "routing") == 0
