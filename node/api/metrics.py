@@ -22,9 +22,10 @@ __all__ = ["NodeMetrics", "MetricsMiddleware"]
 @dataclass
 class NodeMetrics(ServiceMetrics):
     """The shared request metrics (``ipjms_node_http_*``), the node's login failures and the
-    time of each step of the exchange (send: collect, consent_wait, pack_seal, outbox,
-    coordinator; import: open, link, prepare, validate, write, commit), and which worker runs
-    the features' background work."""
+    time of each step of the exchange (send: pseudonym, collect, consent_wait, routing,
+    pack_seal, workflow_write, outbox, coordinator, outbox_sent; import: open, parse, routing,
+    proof, link, prepare, validate, write, commit, ack), and which worker runs the features'
+    background work."""
 
     service: str = "node"
 

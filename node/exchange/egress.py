@@ -181,7 +181,8 @@ def disclose(
     (no reason 400, not a clinician 403, no such pull grant 403) is passed on as such."""
     if (break_glass is not None) != (purpose == "ETREAT"):
         raise BadRequest("break-glass (ETREAT) needs a stated reason and a clinician")
-    patient, pseudo = pseudonym_of(ctx, patient_id)
+    with ctx.timed("out", "pseudonym"):  # the patient's regional pseudonym (the authority's)
+        patient, pseudo = pseudonym_of(ctx, patient_id)
     workflow = workflow or []
     # The envelope's id is chosen first: the registry binds its decision to it, and the
     # decision travels inside that envelope for the receiver to verify before importing.
@@ -213,12 +214,15 @@ def disclose(
         token = decision.token
     else:
         collected, permitted = [], set()
+    with ctx.timed("out", "routing"):  # the header's pseudonym of this pair (the authority's)
+        routed = ctx.pseudonymiser.routing(pseudo, ctx.org_id, recipient)
     with ctx.timed("out", "pack_seal"):
         sealed, declared, count = _pack_and_seal(
             ctx,
             kind=kind,
             recipient=recipient,
             pseudo=pseudo,
+            routed=routed,
             envelope_id=envelope_id,
             decision_token=token,
             resources=filter_by_classes(collected, permitted)
@@ -270,6 +274,7 @@ def _pack_and_seal(
     kind: str,
     recipient: str,
     pseudo: str,
+    routed: str,
     envelope_id: str,
     decision_token: str | None,
     resources: list[dict[str, Any]],
@@ -278,8 +283,8 @@ def _pack_and_seal(
 ) -> tuple[SealedEnvelope, tuple[str, ...], int]:
     """Steps 3–4: the document Bundle of the permitted resources (with the signed consent
     decision that permitted them and the patient's regional pseudonym), sealed to
-    ``recipient``. The clear header names the patient only by the routing pseudonym of this
-    pair of organisations and carries no purpose, class or consent reference (the decision
+    ``recipient``. The clear header names the patient only by ``routed``, the routing pseudonym
+    of this pair of organisations, and carries no purpose, class or consent reference (the decision
     inside has them)."""
     document = pack_document(resources, patient=patient, sender=ctx.org_id, title=title)
     attach_patient(document, pseudo)
@@ -290,7 +295,7 @@ def _pack_and_seal(
         kind=kind,
         sender=ctx.org_id,
         recipient=recipient,
-        patient_pseudonym=ctx.pseudonymiser.routing(pseudo, ctx.org_id, recipient),
+        patient_pseudonym=routed,
         ttl=ENVELOPE_TTL,
         envelope_id=envelope_id,
     )
@@ -362,7 +367,8 @@ def resend(ctx: ExchangeContext, sealed: SealedEnvelope) -> str:
         if code == grpc.StatusCode.NOT_FOUND:
             raise NotFound(f"coordinator: {exc.details()}") from None
         raise FhirError(f"coordinator refused ({code.name}): {exc.details()}", status=502) from None
-    _mark(ctx, envelope_id, "sent", "")
+    with ctx.timed("out", "outbox_sent"):  # the outbox row marked sent, its bytes dropped
+        _mark(ctx, envelope_id, "sent", "")
     log.info(
         "envelope %s sent (%s to %s)", envelope_id, sealed.header.kind, sealed.header.recipient
     )

@@ -243,14 +243,17 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
         return _unauthenticated(sealed, "cannot open the envelope", exc)
     except Exception as exc:  # certificate refused, directory unreachable…
         return _unauthenticated(sealed, "cannot verify the sender", exc)
+    started = time.perf_counter()  # "parse": handled before? then the payload's JSON
     previous = already_processed(ctx, h.envelope_id)
-    if previous is not None:
+    if previous is not None:  # a redelivery: no step of an import is timed
         return Handled(previous != "rejected", f"already processed ({previous})")
     try:
         body = json.loads(payload)
     except ValueError as exc:
         return _reject(ctx, sealed, "cannot parse the envelope", local=str(exc))
-    regional = regional_pseudonym(ctx, sealed, body)
+    ctx.observe("in", "parse", time.perf_counter() - started)
+    with ctx.timed("in", "routing"):  # the header's pseudonym checked (the authority's)
+        regional = regional_pseudonym(ctx, sealed, body)
     if regional is None:
         return _reject(ctx, sealed, "the routing pseudonym does not match the patient inside")
     if h.kind == "record-query":
@@ -278,7 +281,8 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
         carried = carried_classes(body)
     except ValueError as exc:
         return _reject(ctx, sealed, "payload is not a document Bundle", local=str(exc))
-    refused, purpose = _consent_proof_problem(ctx, sealed, body, regional, carried)
+    with ctx.timed("in", "proof"):  # the registry's signed decision inside, checked
+        refused, purpose = _consent_proof_problem(ctx, sealed, body, regional, carried)
     if refused is not None:
         log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, refused)
         return _reject(ctx, sealed, refused)

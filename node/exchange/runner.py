@@ -69,7 +69,10 @@ class ExchangeRunner:
     def _process(self, envelope: Any) -> None:
         handled = handle_envelope(self.ctx, envelope.sealed)
         h = envelope.header
-        self.ctx.client.acknowledge(h.envelope_id, imported=handled.imported, detail=handled.detail)
+        with self.ctx.timed("in", "ack"):  # the coordinator records the outcome
+            self.ctx.client.acknowledge(
+                h.envelope_id, imported=handled.imported, detail=handled.detail
+            )
         log.info(
             "envelope %s (%s from %s): %s",
             h.envelope_id,

@@ -117,7 +117,8 @@ def request_exchange(
         ctx.store.update_many([sr, task], writer=writer)
         raise
     # … then the request itself (one transaction) and the envelope.
-    task = ctx.store.update_many([sr, task], writer=writer)[1].resource
+    with ctx.timed("out", "workflow_write"):
+        task = ctx.store.update_many([sr, task], writer=writer)[1].resource
     state = send(ctx, disclosure, task_uid=task_uid(task), patient_id=patient_id)
     return {
         "task": f"Task/{task['id']}",
@@ -235,7 +236,8 @@ def answer(
         workflow=[communication, task],
         title="Consultation advice",
     )
-    task = ctx.store.update_many([communication, task], writer=writer)[1].resource
+    with ctx.timed("out", "workflow_write"):
+        task = ctx.store.update_many([communication, task], writer=writer)[1].resource
     send(ctx, disclosure, task_uid=task_uid(task), patient_id=_patient_of(task))
     return {
         "task": f"Task/{task_id}",

@@ -710,8 +710,14 @@ def test_each_step_of_sending_and_importing_is_timed_in_node_metrics(region: Reg
          "reason": "timed"},
     )  # fmt: skip
     assert r.status_code == 201, r.text
-    out_steps = {"collect", "consent_wait", "pack_seal", "outbox", "coordinator"}
-    in_steps = {"open", "link", "prepare", "validate", "write", "commit"}
+    out_steps = {
+        "pseudonym", "collect", "consent_wait", "routing", "pack_seal", "workflow_write",
+        "outbox", "coordinator", "outbox_sent",
+    }  # fmt: skip
+    in_steps = {
+        "open", "parse", "routing", "proof", "link", "prepare", "validate", "write", "commit",
+        "ack",
+    }  # fmt: skip
 
     def imported() -> bool:
         after = _phase_counts(b, "in")

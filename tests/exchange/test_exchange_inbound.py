@@ -212,7 +212,9 @@ def test_an_import_times_each_of_its_steps_once_and_a_redelivery_none(  # type: 
     ctx.observe = lambda direction, phase, seconds: seen.append((direction, phase))
     sealed = _envelope(creds, [COND], ("Condition",))
     assert handle_envelope(ctx, sealed.to_bytes()).imported
-    steps = ["open", "link", "prepare", "validate", "write", "commit"]
+    steps = [
+        "open", "parse", "routing", "proof", "link", "prepare", "validate", "write", "commit",
+    ]  # fmt: skip
     assert seen == [("in", step) for step in steps]
     seen.clear()
     assert handle_envelope(ctx, sealed.to_bytes()).imported  # already processed
