@@ -262,6 +262,35 @@ class OprfPseudonymiser:
             known.update(found)
         return [known[x] for x in inputs]
 
+    def regional_at(
+        self, identifiers: Sequence[tuple[str, str]], version: int, *, ask: bool = True
+    ) -> list[str | None]:
+        """Regional pseudonyms under key ``version`` — an older one after a rotation: what a
+        node re-maps its patients from (``node/consent_remap.py``). Memory and the store first;
+        the rest asked of the authority by number (budgeted like any evaluation) when ``ask``,
+        else None for them (a node's store holds every pseudonym it ever handed out)."""
+        inputs = [oprf_input(system, value) for system, value in identifiers]
+        if version not in self._fingerprints:
+            with contextlib.suppress(PseudonymServiceError):  # learn the held versions' keys
+                _current, held = self.client.current_key()
+                for v, fingerprint in held.items():
+                    self._learn_key(v, fingerprint)
+        key = self._key(version)
+        if key is None and self.store is not None:  # a retired version: what the store holds
+            stored = self.store.fingerprints(version)
+            key = (version, next(iter(stored))) if len(stored) == 1 else None
+        known = self._known("regional", key, inputs)
+        missing = list(dict.fromkeys(x for x in inputs if x not in known)) if ask else []
+        step = max(1, self.client.batch)
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            got, fingerprint, outputs = self.client.outputs(chunk, version=version)
+            found = {x: oprf_pseudonym(got, o) for x, o in zip(chunk, outputs, strict=True)}
+            self._keep("regional", (got, fingerprint), found)
+            self._learn_key(got, fingerprint)
+            known.update(found)
+        return [known.get(x) for x in inputs]
+
     def routing(self, regional: str, org_a: str, org_b: str) -> str:
         version = pseudonym_key_version(regional)
         if version is None:
