@@ -59,3 +59,34 @@ def test_a_question_stored_before_0006_permits_nothing(registry: Registry) -> No
             {"e": ENVELOPE},
         ).scalar_one()
     assert permitted == "[]"
+
+
+def test_downgrading_0007_drops_lookup_bindings_and_keeps_envelope_ones(db_url: str) -> None:
+    """Below ``consent_0007`` a binding cannot say it is a lookup's, so a downgrade deletes the
+    lookup bindings (fail closed) rather than let them read as envelope bindings."""
+    engine = sa.create_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    lookup = str(uuid.uuid4())
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "consent_0007")
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO consent_envelope_questions (envelope_id, patient, requester,"
+                    " recipient, purpose, classes, permitted, break_glass, asked_at, bound)"
+                    " VALUES (:e, :p, 'clinic-b', 'clinic-b', 'TREAT', '[\"Condition\"]',"
+                    " '[\"Condition\"]', :bg, :t, 'lookup')"
+                ),
+                {"e": lookup, "p": P, "bg": False, "t": dt.datetime.now(dt.UTC)},
+            )
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "consent_0006")
+        with engine.connect() as conn:
+            ids = conn.execute(sa.text("SELECT envelope_id FROM consent_envelope_questions"))
+            assert {row[0] for row in ids} == {ENVELOPE}
+    finally:
+        engine.dispose()

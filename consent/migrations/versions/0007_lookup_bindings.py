@@ -28,5 +28,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Fail closed: without ``bound`` a lookup's binding would read as an envelope's, and an
+    # older coordinator could have it re-checked as one. Lookup bindings go; nodes bind again.
+    op.execute("DELETE FROM consent_envelope_questions WHERE bound = 'lookup'")
     with op.batch_alter_table("consent_envelope_questions") as batch:
         batch.drop_column("bound")
