@@ -39,7 +39,7 @@ from node.settings import NodeSettings
 from trust.pseudonym import IdentifierError, pseudonym_key_version
 from trust.pseudonymiser import OprfPseudonymiser
 
-__all__ = ["RemapReport", "remap_patients", "REMAP", "BATCH"]
+__all__ = ["RemapReport", "remap_patients", "remap_on_new_version", "REMAP", "BATCH"]
 
 log = logging.getLogger("ipjms.node.remap")
 
@@ -155,6 +155,21 @@ def _enabled(settings: NodeSettings) -> bool:
     return bool(settings.pseudonym_url) and bool(settings.consent.url)
 
 
+async def remap_on_new_version(services: NodeServices, done: int | None) -> int | None:
+    """One turn of the background work: re-map when the authority's current key version (as
+    the node knows it) is not ``done``, the last one re-mapped to. Returns the version now
+    done (unchanged when there was nothing to do); an error propagates (and ``done`` stays)."""
+    current = await run_in_threadpool(services.pseudonymiser.current_version)  # type: ignore[attr-defined]
+    if current is None or current == done or services.consent is None:
+        return done
+    report = await run_in_threadpool(
+        remap_patients, services.store, services.pseudonymiser, services.consent
+    )
+    if report.pairs:
+        log.info("pseudonym re-map to key v%s: %s", current, report.as_dict())
+    return current
+
+
 @asynccontextmanager
 async def _remap_on_rotation(services: NodeServices, _app: Any) -> AsyncIterator[None]:
     """Background work (one worker): re-map whenever the node learns a newer current key
@@ -165,14 +180,7 @@ async def _remap_on_rotation(services: NodeServices, _app: Any) -> AsyncIterator
         nonlocal done
         while True:
             try:
-                current = await run_in_threadpool(services.pseudonymiser.current_version)  # type: ignore[attr-defined]
-                if current is not None and current != done and services.consent is not None:
-                    report = await run_in_threadpool(
-                        remap_patients, services.store, services.pseudonymiser, services.consent
-                    )
-                    done = current
-                    if report.pairs:
-                        log.info("pseudonym re-map to key v%s: %s", current, report.as_dict())
+                done = await remap_on_new_version(services, done)
             except Exception as exc:  # the registry or authority is away: try again later
                 log.warning("pseudonym re-map failed (%s); will try again", type(exc).__name__)
             await asyncio.sleep(_INTERVAL)

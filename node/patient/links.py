@@ -7,8 +7,13 @@ looks, in order, in
 
 1. the remembered links (``node_patient_links``),
 2. Patients carrying the pseudonym as an identifier (records imported through the exchange),
-3. every Patient's national identifier, hashed with the linkage key (once per unknown
-   pseudonym; what it finds is remembered).
+3. every Patient's national identifier, pseudonymised (once per unknown pseudonym; what it
+   finds is remembered) — under the key version the pseudonym itself names (``v<N>.``, the
+   authority's OPRF): the registry's token carries the pseudonym the patient enrolled with,
+   which after a key rotation (issue 23) is an older version than the node's current one. The
+   node's pseudonym store keeps every version's pseudonyms it handed out; the ones it lacks are
+   asked of the authority by number (once each: then kept), or, when it does not answer (e.g.
+   a version it no longer holds), only the stored ones are compared.
 
 A pseudonym found nowhere is remembered as absent for a minute (a patient this node does not
 hold signs in elsewhere; repeated requests must not rescan the store).
@@ -23,9 +28,11 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from node.identity import patient_pseudonyms
+from node.identity import national_identifier_with_system, patient_pseudonyms
 from node.patient.tables import patient_links
 from node.store import identifier_criteria
+from trust.oprf_client import PseudonymServiceError
+from trust.pseudonym import IdentifierError, pseudonym_key_version
 
 __all__ = ["PatientLinks", "PSEUDONYM_SYSTEM"]
 
@@ -84,10 +91,30 @@ class PatientLinks:
         offset = 0
         while True:
             page = self.store.search("Patient", [("_count", str(_PAGE)), ("_offset", str(offset))])
-            found = patient_pseudonyms(page.resources, self.pseudonymiser)
+            found = self._pseudonyms(page.resources, pseudonym_key_version(pseudonym))
             for patient, pseudo in zip(page.resources, found, strict=True):
                 if pseudo == pseudonym:
                     return str(patient["id"])
             offset += len(page.resources)
             if not page.resources or offset >= page.total:
                 return None
+
+    def _pseudonyms(self, patients: list[dict[str, Any]], version: int | None) -> list[str | None]:
+        """The patients' pseudonyms under key ``version`` (None: not an OPRF pseudonym, or a
+        pseudonymiser without versions — the linkage key's — whose only ones are its own)."""
+        at = getattr(self.pseudonymiser, "regional_at", None)
+        if version is None or at is None:
+            return patient_pseudonyms(patients, self.pseudonymiser)
+        ids: list[tuple[str, str] | None] = []
+        for patient in patients:
+            try:
+                ids.append(national_identifier_with_system(patient))
+            except IdentifierError:
+                ids.append(None)
+        asked = [i for i in ids if i is not None]
+        try:
+            got = at(asked, version)
+        except PseudonymServiceError:  # unreachable, or a version it no longer holds
+            got = at(asked, version, ask=False)
+        answers = iter(got)
+        return [next(answers) if i is not None else None for i in ids]
