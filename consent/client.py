@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -260,6 +260,24 @@ class ConsentClient:
             {"name": "sender", "valueString": sender},
             {"name": "recipient", "valueString": recipient},
         ]
+        return self._recheck(params)
+
+    def recheck_lookup(self, lookup_id: str, sender: str, patient_pseudonym: str) -> Recheck:
+        """Have the registry decide again the question bound to a record-locator lookup's id
+        (what the coordinator asks for a lookup: the id, who looked up and the pseudonym looked
+        up — never a purpose or classes). 404 — nothing was bound to that id — raises
+        :class:`ConsentRegistryError` like any refusal. Never reusable (no epoch)."""
+        params: list[dict[str, Any]] = [
+            {"name": "lookup", "valueId": lookup_id},
+            {"name": "sender", "valueString": sender},
+            {"name": "patient", "valueString": patient_pseudonym},
+        ]
+        # a lookup's answer is never reusable: an epoch, were one sent, is not kept
+        return replace(self._recheck(params), epoch=None)
+
+    def _recheck(self, params: list[dict[str, Any]]) -> Recheck:
+        """POST ``params`` to ``$recheck`` and read the answer (``epoch`` as the registry sent
+        it: only an envelope's re-check may be reused, :meth:`recheck_lookup` drops it)."""
         r = self._request(
             "POST",
             "/fhir/Consent/$recheck",
@@ -275,32 +293,6 @@ class ConsentClient:
                 p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out
             ),
             epoch=next((str(p["valueString"]) for p in out if p.get("name") == "epoch"), None),
-        )
-
-    def recheck_lookup(self, lookup_id: str, sender: str, patient_pseudonym: str) -> Recheck:
-        """Have the registry decide again the question bound to a record-locator lookup's id
-        (what the coordinator asks for a lookup: the id, who looked up and the pseudonym looked
-        up — never a purpose or classes). 404 — nothing was bound to that id — raises
-        :class:`ConsentRegistryError` like any refusal. Never reusable (no epoch)."""
-        params: list[dict[str, Any]] = [
-            {"name": "lookup", "valueId": lookup_id},
-            {"name": "sender", "valueString": sender},
-            {"name": "patient", "valueString": patient_pseudonym},
-        ]
-        r = self._request(
-            "POST",
-            "/fhir/Consent/$recheck",
-            json={"resourceType": "Parameters", "parameter": params},
-        )
-        if r.status_code != 200:
-            raise ConsentRegistryError(r.status_code, _outcome_text(r))
-        out = r.json().get("parameter", [])
-        return Recheck(
-            permit=any(p.get("name") == "decision" and p.get("valueCode") == "permit" for p in out),
-            reason=next((str(p["valueString"]) for p in out if p.get("name") == "reason"), ""),
-            break_glass=any(
-                p.get("name") == "break-glass" and p.get("valueBoolean") is True for p in out
-            ),
         )
 
     def epoch(self) -> str:

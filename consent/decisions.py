@@ -57,7 +57,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consent.auth import CLINICIAN_ROLES, Principal
@@ -357,13 +357,7 @@ class DecisionService:
         denied. The answer is audited in the patient's ledger under the caller's name. A
         break-glass question is re-admitted only under the grant made for it (within the
         window, ``consent.break_glass``)."""
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                select(envelope_questions).where(envelope_questions.c.envelope_id == envelope_id)
-            ).first()
-        if row is None:
-            raise NotFound("no decision was asked for this envelope")
-        q = row._mapping
+        q = self._bound_question(envelope_id, "no decision was asked for this envelope")
         purpose = str(q["purpose"])
         permitted = frozenset(json.loads(q["permitted"]))
         reusable = False
@@ -414,24 +408,7 @@ class DecisionService:
                     consent_ids=decision.consent_ids,
                 )
             reusable = decision.permit and next_change(records, request.at) is None
-        event = audit_events.routing_decision(
-            permit=decision.permit,
-            sender=q["requester"],
-            recipient=recipient,
-            purpose=purpose,
-            classes=sorted(permitted),
-            patient_pseudonym=q["patient"],
-            observer=self.observer,
-            reason=decision.reason,
-            consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
-        )
-        event["entity"].append(
-            {
-                "what": {"identifier": {"system": ENVELOPE_SYSTEM, "value": envelope_id}},
-                "detail": [{"type": "caller", "valueString": caller}],
-            }
-        )
-        self.ledger.append(event, patient_pseudonym=q["patient"], now=self.clock())
+        self._audit_recheck(q, recipient, decision, ENVELOPE_SYSTEM, envelope_id, caller)
         # The answer leaves for the coordinator: the policy's reason names consent ids (the
         # same for every envelope of the patient), so it gets a reason that names nothing.
         if decision.break_glass:  # names the clinician and the grant, not the patient
@@ -460,13 +437,7 @@ class DecisionService:
         ``sender``; a grant to another organisation never), within the window
         (``consent.break_glass``). Audited in the patient's ledger under the caller's name; the
         answer names no consent, purpose or class."""
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                select(envelope_questions).where(envelope_questions.c.envelope_id == lookup_id)
-            ).first()
-        if row is None:
-            raise NotFound("no decision was asked for this lookup")
-        q = row._mapping
+        q = self._bound_question(lookup_id, "no decision was asked for this lookup")
         purpose = str(q["purpose"])
         permitted = frozenset(json.loads(q["permitted"]))
         same_patient = self.store.canonical(q["patient"]) == self.store.canonical(patient)
@@ -512,24 +483,7 @@ class DecisionService:
                 at=self.clock(),
             )
             decision = decide([s.record for s in self.store.for_patient(q["patient"])], request)
-        event = audit_events.routing_decision(
-            permit=decision.permit,
-            sender=q["requester"],
-            recipient=q["recipient"],
-            purpose=purpose,
-            classes=sorted(permitted),
-            patient_pseudonym=q["patient"],
-            observer=self.observer,
-            reason=decision.reason,
-            consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
-        )
-        event["entity"].append(
-            {
-                "what": {"identifier": {"system": LOOKUP_SYSTEM, "value": lookup_id}},
-                "detail": [{"type": "caller", "valueString": caller}],
-            }
-        )
-        self.ledger.append(event, patient_pseudonym=q["patient"], now=self.clock())
+        self._audit_recheck(q, q["recipient"], decision, LOOKUP_SYSTEM, lookup_id, caller)
         if decision.break_glass or mismatch or not permitted:  # names no consent or class
             neutral = decision.reason
         elif decision.permit:
@@ -537,6 +491,47 @@ class DecisionService:
         else:  # the policy's reason names the purpose and consent ids: they stay here
             neutral = "consent does not permit what the lookup's decision permitted"
         return replace(decision, consent_ids=(), reason=neutral)
+
+    def _bound_question(self, bound_id: str, missing: str) -> RowMapping:
+        """The question stored for an envelope or lookup id (either kind); ``NotFound`` with
+        ``missing`` when none was asked."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(envelope_questions).where(envelope_questions.c.envelope_id == bound_id)
+            ).first()
+        if row is None:
+            raise NotFound(missing)
+        return row._mapping
+
+    def _audit_recheck(
+        self,
+        q: RowMapping,
+        recipient: str,
+        decision: Decision,
+        system: str,
+        bound_id: str,
+        caller: str,
+    ) -> None:
+        """Audit a re-check of the stored question ``q`` in the patient's ledger, naming the
+        envelope or lookup id (``system``) and the caller."""
+        event = audit_events.routing_decision(
+            permit=decision.permit,
+            sender=q["requester"],
+            recipient=recipient,
+            purpose=str(q["purpose"]),
+            classes=sorted(set(json.loads(q["permitted"]))),
+            patient_pseudonym=q["patient"],
+            observer=self.observer,
+            reason=decision.reason,
+            consent_refs=[f"Consent/{i}" for i in decision.consent_ids],
+        )
+        event["entity"].append(
+            {
+                "what": {"identifier": {"system": system, "value": bound_id}},
+                "detail": [{"type": "caller", "valueString": caller}],
+            }
+        )
+        self.ledger.append(event, patient_pseudonym=q["patient"], now=self.clock())
 
     def _audit(
         self,

@@ -33,7 +33,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from consent.client import ConsentClient, ConsentRegistryError
-from node.feature import BackgroundTask, NodeServices
+from node.feature import BackgroundTask, NodeServices, run_while_open
 from node.identity import national_identifier_with_system
 from node.settings import NodeSettings
 from trust.pseudonym import IdentifierError, pseudonym_key_version
@@ -185,13 +185,8 @@ async def _remap_on_rotation(services: NodeServices, _app: Any) -> AsyncIterator
                 log.warning("pseudonym re-map failed (%s); will try again", type(exc).__name__)
             await asyncio.sleep(_INTERVAL)
 
-    task = asyncio.create_task(loop())
-    try:
+    async with run_while_open(loop()):
         yield
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 REMAP = BackgroundTask("pseudonym-remap", _remap_on_rotation, enabled=_enabled)

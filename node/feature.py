@@ -21,8 +21,9 @@ A feature keeps what it builds on ``app.state`` under its own name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from node.store import FhirStore
     from trust.pki import OrgCredentials
 
-__all__ = ["Feature", "BackgroundTask", "Hook", "NodeServices", "node_services"]
+__all__ = ["Feature", "BackgroundTask", "Hook", "NodeServices", "node_services", "run_while_open"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,19 @@ class BackgroundTask:
     name: str
     run: Hook
     enabled: Callable[[NodeSettings], bool] = _always
+
+
+@asynccontextmanager
+async def run_while_open(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``work`` (a background hook's loop) as a task for as long as the context is open;
+    on exit cancel it and wait until it has stopped."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -36,6 +36,7 @@ from node.api.negotiation import CONTROL_PARAMS
 from node.api.shaping import parse_prefer
 from node.auth.deps import authenticate
 from node.auth.principal import Principal
+from node.feature import run_while_open
 from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
 from servicekit.outcome import BadRequest, FhirError, Forbidden, NotFound, operation_outcome
 
@@ -247,10 +248,5 @@ async def run_export_jobs(services: Any, app: Any) -> AsyncIterator[None]:
                 job.status, job.error = "failed", type(exc).__name__
                 jobs.save(job)
 
-    task = asyncio.create_task(loop())
-    try:
+    async with run_while_open(loop()):
         yield
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task

@@ -13,26 +13,26 @@ SuperNode says it asked. The pseudonymiser is built as the ClientApp builds it
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
-import socket
 import sqlite3
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.launcher import Service, start_service
 from federated.pseudonyms import from_node_config, node_pseudonymiser
-from servicekit.storage import make_engine, sqlite_url
-from trust.audit_ledger import AuditLedger
-from trust.pki import init_ca, issue_org, load_org
+from trust.pki import load_org
 from trust.pseudonym import oprf_input
 from trust.pseudonym_store import FILE_FORMAT, open_file_store
 from trust.pseudonymiser import OprfPseudonymiser, input_digest, store_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trust"))
+
+from authority_process import Authority, make_pki, running_authority  # noqa: E402
 
 ORG = "hosp-a"
 NATIONAL = "https://ipjms.example.org/fhir/sid/national-id"
@@ -41,59 +41,13 @@ PATIENTS = [(NATIONAL, f"FL-1951-{i:04d}") for i in range(10)]
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    ca = tmp_path_factory.mktemp("pki") / "ca"
-    init_ca(ca)
-    issue_org(ca, ORG, host="127.0.0.1")
-    return {"ca": ca, ORG: ca / "orgs" / ORG}
-
-
-class Authority:
-    """The authority's process on a fixed port (a restart keeps its URL), and its ledger."""
-
-    def __init__(self, root: Path, ca: Path) -> None:
-        self.root, self.ca = root, ca
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.service: Service | None = None
-
-    def start(self) -> None:
-        self.service = start_service(
-            "pseudonym",
-            ["pseudonym", "serve", "--data-dir", str(self.root / "svc"), "--port", str(self.port),
-             "--ca-dir", str(self.ca), "--org-id", "authority", "--client", ORG],
-            base_url=self.url, log_dir=self.root / "logs", ports_dir=self.root / "svc",
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
-
-    def evaluated(self) -> int:
-        """Elements the authority evaluated (granted calls), from its audit ledger."""
-        engine = make_engine(sqlite_url(self.root / "svc", "pseudonym"))
-        try:
-            total = 0
-            for entry in AuditLedger(engine, create=False).entries():
-                event: dict[str, Any] = json.loads(json.dumps(entry.event))
-                if event.get("outcomeDesc") == "evaluated":
-                    details = {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}
-                    total += int(details["blinded-elements"])
-            return total
-        finally:
-            engine.dispose()
+    return make_pki(tmp_path_factory.mktemp("pki"), ORG)
 
 
 @pytest.fixture
 def authority(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Authority]:
-    auth = Authority(tmp_path, pki["ca"])
-    auth.start()
-    try:
+    with running_authority(tmp_path, pki["ca"], ORG) as auth:
         yield auth
-    finally:
-        auth.stop()
 
 
 def _supernode(authority: Authority, pki: dict[str, Path], data_dir: Path) -> OprfPseudonymiser:

@@ -12,29 +12,25 @@ database (SQLite and PostgreSQL, migrated by the node's composition root).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from authority_process import Authority, make_pki, running_authority
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from deploy.launcher import Service, start_service
 from node.app import build_services, migrate_schemas
 from node.identity import NATIONAL_ID_SYSTEM
 from node.pseudonym_store import SqlPseudonymStore
 from node.pseudonym_store.feature import MIGRATIONS_DIR
 from node.pseudonym_store.tables import pseudonyms
 from node.settings import load_settings
-from servicekit.storage import make_engine, sqlite_url, upgrade_schema
-from trust.audit_ledger import AuditLedger
+from servicekit.storage import make_engine, upgrade_schema
 from trust.oprf_client import OprfPseudonyms
-from trust.pki import init_ca, issue_org, load_org
+from trust.pki import load_org
 from trust.pseudonym import oprf_input
 from trust.pseudonym_keys import rotate
 from trust.pseudonymiser import OprfPseudonymiser, input_digest, routing_input, store_key
@@ -46,61 +42,13 @@ PATIENTS = [(NATIONAL_ID_SYSTEM, f"HF-1949-{i:04d}") for i in range(12)]
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    ca = tmp_path_factory.mktemp("pki") / "ca"
-    init_ca(ca)
-    issue_org(ca, ORG, host="127.0.0.1")
-    issue_org(ca, OTHER, host="127.0.0.1")
-    return {"ca": ca, ORG: ca / "orgs" / ORG, OTHER: ca / "orgs" / OTHER}
-
-
-class Authority:
-    """The authority's process on a fixed port (so a restart keeps its URL), and its ledger."""
-
-    def __init__(self, root: Path, ca: Path) -> None:
-        self.root, self.ca = root, ca
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.service: Service | None = None
-
-    def start(self) -> None:
-        self.service = start_service(
-            "pseudonym",
-            ["pseudonym", "serve", "--data-dir", str(self.root / "svc"), "--port", str(self.port),
-             "--ca-dir", str(self.ca), "--org-id", "authority", "--client", ORG],
-            base_url=self.url, log_dir=self.root / "logs", ports_dir=self.root / "svc",
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
-
-    def evaluated(self) -> int:
-        """Elements the authority evaluated (granted calls), from its audit ledger."""
-        engine = make_engine(sqlite_url(self.root / "svc", "pseudonym"))
-        try:
-            total = 0
-            for entry in AuditLedger(engine, create=False).entries():
-                event: dict[str, Any] = json.loads(json.dumps(entry.event))
-                if event.get("outcomeDesc") != "evaluated":
-                    continue
-                details = {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}
-                total += int(details["blinded-elements"])
-            return total
-        finally:
-            engine.dispose()
+    return make_pki(tmp_path_factory.mktemp("pki"), ORG, OTHER)
 
 
 @pytest.fixture
 def authority(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Authority]:
-    auth = Authority(tmp_path, pki["ca"])
-    auth.start()
-    try:
+    with running_authority(tmp_path, pki["ca"], ORG) as auth:
         yield auth
-    finally:
-        auth.stop()
 
 
 @pytest.fixture
@@ -248,28 +196,34 @@ def test_a_key_re_made_under_the_same_number_is_asked_fresh_and_warned_about(
     assert authority.evaluated() == asked
 
 
+def _insert_at_revision(engine: Engine, revision: str, sql: str, params: dict[str, str]) -> None:
+    """Migrate the store's tables only as far as ``revision`` (an older one) and insert a row as
+    that revision kept it."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.execute(text(sql), params)
+
+
 def test_entries_stored_without_a_key_fingerprint_are_deleted_by_the_migration(
     db_url: str, pki: dict[str, Path]
 ) -> None:
     """A store made before fingerprints (revision n0001) cannot say which key made its
     entries: the upgrade deletes them rather than trust them."""
-    from alembic import command
-    from alembic.config import Config
-
     engine = make_engine(db_url)
     try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "n0001")
-            conn.execute(
-                text(
-                    "INSERT INTO node_pseudonyms (kind, key_version, input_digest, pseudonym) "
-                    "VALUES ('regional', 1, :d, 'v1.old')"
-                ),
-                {"d": hashlib.sha256(oprf_input(*PATIENTS[0])).hexdigest()},
-            )
+        _insert_at_revision(
+            engine,
+            "n0001",
+            "INSERT INTO node_pseudonyms (kind, key_version, input_digest, pseudonym) "
+            "VALUES ('regional', 1, :d, 'v1.old')",
+            {"d": hashlib.sha256(oprf_input(*PATIENTS[0])).hexdigest()},
+        )
         upgrade_schema(engine, MIGRATIONS_DIR)
         assert _rows(engine) == 0
         store = SqlPseudonymStore(engine, store_key(load_org(pki[ORG])))
@@ -288,24 +242,16 @@ def test_entries_under_a_plain_sha256_digest_are_deleted_by_the_migration(
     """A store of revision n0002 keeps the plain SHA-256 of each input — what a thief of the
     table brute-forces over the identifier space offline. n0003 deletes those entries (none
     would match a keyed digest again); the store then works with keyed digests."""
-    from alembic import command
-    from alembic.config import Config
-
     x = oprf_input(*PATIENTS[0])
     engine = make_engine(db_url)
     try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "n0002")
-            conn.execute(
-                text(
-                    "INSERT INTO node_pseudonyms (kind, key_version, key_fingerprint, "
-                    "input_digest, pseudonym) VALUES ('regional', 1, :fp, :d, 'v1.old')"
-                ),
-                {"fp": "ab" * 32, "d": hashlib.sha256(x).hexdigest()},
-            )
+        _insert_at_revision(
+            engine,
+            "n0002",
+            "INSERT INTO node_pseudonyms (kind, key_version, key_fingerprint, "
+            "input_digest, pseudonym) VALUES ('regional', 1, :fp, :d, 'v1.old')",
+            {"fp": "ab" * 32, "d": hashlib.sha256(x).hexdigest()},
+        )
         assert _rows(engine) == 1
         upgrade_schema(engine, MIGRATIONS_DIR)
         assert _rows(engine) == 0
