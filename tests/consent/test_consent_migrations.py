@@ -20,17 +20,21 @@ P = "d1" * 32
 ENVELOPE = str(uuid.uuid4())
 
 
+def _migrate(engine: sa.Engine, revision: str, *, down: bool = False) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
 @pytest.fixture
 def db_url(db_url: str) -> Iterator[str]:
     """The parametrised database (SQLite, PostgreSQL), at ``consent_0005`` with one stored
     question that was denied when asked (the patient had no consent); the registry fixture then
     upgrades it to head."""
     engine = sa.create_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "consent_0005")
+    _migrate(engine, "consent_0005")
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -65,13 +69,9 @@ def test_downgrading_0007_drops_lookup_bindings_and_keeps_envelope_ones(db_url: 
     """Below ``consent_0007`` a binding cannot say it is a lookup's, so a downgrade deletes the
     lookup bindings (fail closed) rather than let them read as envelope bindings."""
     engine = sa.create_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     lookup = str(uuid.uuid4())
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "consent_0007")
+        _migrate(engine, "consent_0007")
         with engine.begin() as conn:
             conn.execute(
                 sa.text(
@@ -82,9 +82,7 @@ def test_downgrading_0007_drops_lookup_bindings_and_keeps_envelope_ones(db_url: 
                 ),
                 {"e": lookup, "p": P, "bg": False, "t": dt.datetime.now(dt.UTC)},
             )
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "consent_0006")
+        _migrate(engine, "consent_0006", down=True)
         with engine.connect() as conn:
             ids = conn.execute(sa.text("SELECT envelope_id FROM consent_envelope_questions"))
             assert {row[0] for row in ids} == {ENVELOPE}
