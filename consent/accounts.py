@@ -18,7 +18,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from consent.aliases import canonical
 from consent.model import check_pseudonym
 from consent.schema import enrolment_codes, patients
 from servicekit.outcome import BadRequest, Conflict, Unauthorized
@@ -69,8 +68,7 @@ class PatientAccounts:
         self._dummy_hash = self._hasher.hash("not-a-real-password-0000")
 
     def issue_code(self, pseudonym: str, *, issued_by: str) -> IssuedCode:
-        # a newer pseudonym of an enrolled patient (consent.aliases) enrols that patient again
-        pseudonym = canonical(self.engine, check_pseudonym(pseudonym, "patient"))
+        check_pseudonym(pseudonym, "patient")
         code = _new_code()
         expires = datetime.now(UTC) + timedelta(seconds=self.code_ttl)
         with self.engine.begin() as conn:
@@ -149,10 +147,9 @@ class PatientAccounts:
     def authenticate(self, username: str, password: str) -> str:
         """Pseudonym of the patient whose handle or pseudonym and password match."""
         with self.engine.connect() as conn:
-            named = canonical(conn, username)  # a newer pseudonym names the enrolled patient
             row = conn.execute(
                 select(patients.c.pseudonym, patients.c.password_hash).where(
-                    (patients.c.handle == username) | (patients.c.pseudonym == named)
+                    (patients.c.handle == username) | (patients.c.pseudonym == username)
                 )
             ).first()
         stored = row.password_hash if row is not None else self._dummy_hash
@@ -173,7 +170,6 @@ class PatientAccounts:
 
     def is_enrolled(self, pseudonym: str) -> bool:
         with self.engine.connect() as conn:
-            pseudonym = canonical(conn, pseudonym)
             return (
                 conn.execute(
                     select(patients.c.pseudonym).where(patients.c.pseudonym == pseudonym)

@@ -68,8 +68,6 @@ async def create_consent(
     request: Request, principal: Principal = Depends(PATIENT_CONSENT)
 ) -> JSONResponse:
     record = from_fhir(await read_json(request), record_id="new")
-    # kept under the pseudonym the patient enrolled with (consent.aliases), whichever is named
-    record = replace(record, patient=_store(request).canonical(record.patient))
     if record.patient != principal.patient:
         raise Forbidden("a patient may only grant consent for themselves")
     stored = _store(request).create(record)
@@ -92,7 +90,6 @@ async def update_consent(
     if isinstance(body, dict) and body.get("id") not in (None, consent_id):
         raise BadRequest("Consent.id does not match the URL", expression=["Consent.id"])
     record = from_fhir(body, record_id=consent_id)
-    record = replace(record, patient=_store(request).canonical(record.patient))
     if record.patient != principal.patient:
         raise Forbidden("a patient may only change their own consent")
     current = _own(request, consent_id, principal)
@@ -139,9 +136,7 @@ def search_consents(request: Request, principal: Principal = Depends(PATIENT_CON
         if name not in _SEARCH_PARAMS:
             raise BadRequest(f"unknown search parameter {name!r}", expression=[name])
     query = dict(params)
-    patient = _store(request).canonical(
-        _search_patient(query.get("patient", principal.patient or ""))
-    )
+    patient = _search_patient(query.get("patient", principal.patient or ""))
     if patient != principal.patient:
         raise Forbidden("a patient may only search their own consents")
     found = _store(request).for_patient(patient)

@@ -154,9 +154,7 @@ async def disclosures(request: Request, principal: Principal = Depends(REPORT)) 
     unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-    service: DecisionService = request.app.state.decisions
-    # kept under the pseudonym the patient enrolled with (consent.aliases), whichever is named
-    patient = service.store.canonical(check_pseudonym(body.get("patient"), "patient"))
+    patient = check_pseudonym(body.get("patient"), "patient")
     recipient = check_org_id(body.get("recipient"), "recipient")
     purpose = check_purpose(body.get("purpose"), "purpose")
     classes = check_classes(body.get("classes"), "classes")
@@ -182,7 +180,7 @@ async def disclosures(request: Request, principal: Principal = Depends(REPORT)) 
         decision_id = signed.decision_id
         covered = (
             signed.permit
-            and service.store.canonical(signed.patient) == patient
+            and signed.patient == patient
             and signed.recipient == recipient
             and signed.purpose == purpose
             and classes <= signed.classes

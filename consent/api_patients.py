@@ -7,14 +7,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from consent.accounts import PatientAccounts
-from consent.aliases import MAX_PAIRS, parse_pairs, register_aliases
 from consent.auth import Authenticator, Principal, require
 from consent.disclosures import list_disclosures
 from consent.http_io import json_response, read_form, read_json
 from consent.patient_login import check_patient_password
 from servicekit.openapi_bodies import form_body, json_body
 from servicekit.outcome import BadRequest
-from trust import audit_events
 
 __all__ = ["router"]
 
@@ -80,44 +78,6 @@ async def enrolment_code(
         },
         201,
     )
-
-
-_PAIRS = json_body(
-    {
-        "pairs": {
-            "type": "array",
-            "maxItems": MAX_PAIRS,
-            "items": {
-                "type": "object",
-                "required": ["old", "new"],
-                "properties": {"old": _S, "new": _S},
-            },
-        }
-    },
-    ("pairs",),
-)
-
-
-@router.post("/pseudonym-aliases", openapi_extra=_PAIRS)
-async def pseudonym_aliases(
-    request: Request, principal: Principal = Depends(ISSUE_CODES)
-) -> JSONResponse:
-    """After a key rotation, the enrolling node registers its patients' new pseudonyms as
-    aliases of the ones they enrolled with (``consent/aliases.py``: trust rule, all or nothing,
-    409 on a conflict, at most 500 pairs). Audited as one ledger entry per accepted batch."""
-    pairs = parse_pairs(await read_json(request))
-    report = await run_in_threadpool(
-        register_aliases, request.app.state.engine, pairs, caller=principal.subject
-    )
-    event = audit_events.pseudonym_remap(
-        org_id=principal.subject,
-        observer=request.app.state.org_id,
-        mapped=report.mapped,
-        already=report.already,
-        skipped=report.skipped,
-    )
-    request.app.state.ledger.append(event)
-    return json_response(report.as_json())
 
 
 @router.post("/enrol", openapi_extra=json_body({"code": _S, "password": _S}, ("code", "password")))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -357,18 +357,6 @@ class ConsentClient:
         if r.status_code != 201:
             raise ConsentRegistryError(r.status_code, _outcome_text(r))
         return dict(r.json())
-
-    def register_aliases(self, pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
-        """After a key rotation: register each ``(old, new)`` pseudonym pair of this
-        organisation's patients (``POST /pseudonym-aliases``, at most 500 pairs; the registry
-        accepts only patients this organisation enrolled, ``consent/aliases.py``) →
-        ``{"mapped", "already", "skipped"}``. A conflict (409: nothing of the batch written)
-        or any other refusal raises :class:`ConsentRegistryError`."""
-        body = {"pairs": [{"old": old, "new": new} for old, new in pairs]}
-        r = self._request("POST", "/pseudonym-aliases", json=body)
-        if r.status_code != 200:
-            raise ConsentRegistryError(r.status_code, _outcome_text(r))
-        return {k: int(v) for k, v in r.json().items()}
 
     def report_disclosure(
         self,

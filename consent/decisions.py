@@ -153,12 +153,6 @@ class DecisionService:
                 f"a lookup's recipient must be the authenticated caller ({requester}); "
                 "a lookup cannot be bound for another organisation"
             )
-        # The registry keeps the patient under the pseudonym they enrolled with: a newer one
-        # (after a key rotation, registered by the enrolling node) resolves to it, and
-        # everything below — consents, stored questions, the ledger — uses that one. The token
-        # names the pseudonym asked (its ``sub`` and ``req`` are what the caller checks).
-        asked = inp.patient
-        inp = replace(inp, patient=self.store.canonical(asked))
         readmitted: Grant | None = None
         carried: Grant | None = None  # the break-glass pull grant this decision carries on
         if inp.purpose == "ETREAT" and not inp.reason and inp.pull and inp.envelope:
@@ -208,7 +202,7 @@ class DecisionService:
         decision_id = uuid.uuid4().hex
         claims: dict[str, Any] = {
             "jti": decision_id,
-            "sub": asked,
+            "sub": inp.patient,
             "requester": requester,
             "recipient": inp.recipient,
             "purpose": inp.purpose,
@@ -218,7 +212,7 @@ class DecisionService:
             "consents": list(decision.consent_ids),
             "reason": decision.reason,
             "break_glass": decision.break_glass,
-            "req": request_hash(asked, requester, inp.recipient, inp.purpose, inp.classes),
+            "req": request_hash(inp.patient, requester, inp.recipient, inp.purpose, inp.classes),
             "caller": caller.org_id,
         }
         period = _period_json(decision)
@@ -440,13 +434,12 @@ class DecisionService:
         q = self._bound_question(lookup_id, "no decision was asked for this lookup")
         purpose = str(q["purpose"])
         permitted = frozenset(json.loads(q["permitted"]))
-        same_patient = self.store.canonical(q["patient"]) == self.store.canonical(patient)
         mismatch = [
             name
             for name, same in (
                 ("question", q["bound"] == "lookup"),
                 ("caller", q["requester"] == sender),
-                ("patient", same_patient),
+                ("patient", q["patient"] == patient),
                 # bound before the recipient was checked at $decide: a lookup for another
                 # organisation's data never opens this caller's lookup
                 ("recipient", q["recipient"] == sender),

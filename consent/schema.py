@@ -29,7 +29,6 @@ __all__ = [
     "oidc_codes",
     "login_throttle",
     "envelope_questions",
-    "pseudonym_aliases",
 ]
 
 metadata = MetaData()
@@ -123,16 +122,4 @@ consent_epoch = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("epoch", BigInteger, nullable=False),
-)
-
-#: after an OPRF key rotation: a patient's newer pseudonym (``alias``) → the pseudonym the
-#: registry keeps the patient under (``canonical``, the enrolled one; never itself an alias).
-#: Written only by the organisation that enrolled the patient (``consent/aliases.py``)
-pseudonym_aliases = Table(
-    "consent_pseudonym_aliases",
-    metadata,
-    Column("alias", String(128), primary_key=True),
-    Column("canonical", String(128), nullable=False, index=True),
-    Column("registered_by", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
-from consent.aliases import canonical
 from consent.fhir import from_fhir, to_fhir
 from consent.model import ConsentRecord
 from consent.schema import consent_epoch, consents
@@ -128,15 +127,8 @@ class ConsentStore:
             value = conn.execute(select(consent_epoch.c.epoch).where(consent_epoch.c.id == 1))
             return int(value.scalar_one_or_none() or 0)
 
-    def canonical(self, pseudonym: str) -> str:
-        """The pseudonym this registry keeps the patient under (``consent.aliases.canonical``:
-        a newer pseudonym registered after a key rotation resolves to the enrolled one)."""
-        return canonical(self.engine, pseudonym)
-
     def for_patient(self, pseudonym: str) -> list[StoredConsent]:
-        """The patient's consents, by any of their pseudonyms (resolved to the canonical one)."""
         with self.engine.connect() as conn:
-            pseudonym = canonical(conn, pseudonym)
             rows = conn.execute(
                 select(consents)
                 .where(consents.c.patient == pseudonym)

@@ -1,5 +1,4 @@
-"""`ipjms node …` sub-commands: init, serve, ingest, seed, generate, user add, client add, token,
-pseudonyms remap."""
+"""`ipjms node …` sub-commands: init, serve, ingest, seed, generate, user add, client add, token."""
 
 from __future__ import annotations
 
@@ -20,10 +19,6 @@ app.add_typer(user_app, name="user")
 app.add_typer(client_app, name="client")
 smart_app_cli = typer.Typer(no_args_is_help=True, help="Registered SMART apps (App Launch).")
 app.add_typer(smart_app_cli, name="app")
-pseudonyms_cli = typer.Typer(
-    no_args_is_help=True, help="This node's patient pseudonyms (the authority's OPRF)."
-)
-app.add_typer(pseudonyms_cli, name="pseudonyms")
 
 console = Console()
 err = Console(stderr=True)
@@ -528,39 +523,3 @@ def token(
     grant = auth.issue_local(subject, role, ttl=ttl)
     engine.dispose()
     typer.echo(grant.access_token)
-
-
-@pseudonyms_cli.command("remap")
-def pseudonyms_remap(
-    data_dir: DataDir,
-    ask_old: Annotated[
-        bool,
-        typer.Option(
-            "--ask-old",
-            help="Ask the authority for old pseudonyms this node's store lacks (spends budget).",
-        ),
-    ] = False,
-    db: DbUrl = None,
-) -> None:
-    """After the authority rotated its key: register this node's patients' new pseudonyms as
-    aliases of their old ones at the consent registry (node/consent_remap.py; what the node's
-    background work does when it learns a new key version). Idempotent."""
-    import json
-
-    from node.app import build_services
-    from node.consent_remap import remap_patients
-
-    settings = _settings(data_dir, db_url=db)
-    if not settings.pseudonym_url or not settings.consent.url:
-        _fail("needs pseudonym_url (the authority) and consent.url (the registry) configured")
-    services = build_services(settings)
-    try:
-        assert services.consent is not None
-        report = remap_patients(
-            services.store, services.pseudonymiser, services.consent, ask_old=ask_old or None
-        )
-    except Exception as exc:
-        _fail(f"re-map failed ({type(exc).__name__}: {exc})", 1)
-    finally:
-        services.close()
-    typer.echo(json.dumps(report.as_dict()))

@@ -8,8 +8,7 @@ The patient then enrols at the registry (``POST <registry>/enrol`` with code and
 The registry never learns the patient's name or national id.
 
 A node feature (``ENROLMENT``): it uses the node's consent client and linkage key, built once by
-the composition root; it has no tables. Its background work (``node/consent_remap.py``) re-maps
-this node's patients at the registry after the pseudonymisation authority rotates its key.
+the composition root; it has no tables and no background work.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from starlette.concurrency import run_in_threadpool
 
 from consent.client import ConsentClient, ConsentRegistryError
 from node.auth.deps import Principal, require_scope
-from node.consent_remap import REMAP
 from node.feature import Feature, NodeServices, node_services
 from node.identity import patient_pseudonym
 from servicekit.openapi_bodies import json_body
@@ -87,4 +85,4 @@ async def enrolment_code(
     )
 
 
-ENROLMENT = Feature(name="enrolment", routers=(router,), background=(REMAP,))
+ENROLMENT = Feature(name="enrolment", routers=(router,))

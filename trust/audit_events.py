@@ -27,7 +27,6 @@ __all__ = [
     "training_run",
     "routing_decision",
     "oprf_evaluation",
-    "pseudonym_remap",
     "patient_pseudonym_of",
 ]
 
@@ -419,44 +418,6 @@ def oprf_evaluation(
             "urn:ipjms:oprf-key-version",
             str(key_version) if key_version is not None else "none",
             detail=[{"type": "blinded-elements", "valueString": str(count)}],
-        )
-    ]
-    return event
-
-
-def pseudonym_remap(
-    *,
-    org_id: str,
-    observer: str,
-    mapped: int,
-    already: int,
-    skipped: int,
-    recorded: dt.datetime | None = None,
-) -> dict[str, Any]:
-    """The consent registry accepted a batch of pseudonym aliases from ``org_id`` after a key
-    rotation (``consent/aliases.py``): who and how many — no pseudonym."""
-    event = _base(
-        None,
-        _coding(DCM, "110110", "Patient Record"),
-        "U",
-        observer,
-        "4",
-        recorded=recorded,
-        subtype=[_coding("urn:ipjms:audit", "pseudonym-remap", "pseudonym aliases registered")],
-    )
-    event["agent"] = [
-        _agent(_org(org_id), _coding(DCM, "110153", "Source Role ID"), requestor=True),
-        _agent(_org(observer), _coding(DCM, "110150", "Application"), requestor=False),
-    ]
-    event["entity"] = [
-        _object(
-            "urn:ipjms:pseudonym-remap",
-            "batch",
-            detail=[
-                {"type": "mapped", "valueString": str(mapped)},
-                {"type": "already", "valueString": str(already)},
-                {"type": "skipped", "valueString": str(skipped)},
-            ],
         )
     ]
     return event

@@ -266,9 +266,9 @@ class OprfPseudonymiser:
         self, identifiers: Sequence[tuple[str, str]], version: int, *, ask: bool = True
     ) -> list[str | None]:
         """Regional pseudonyms under key ``version`` — an older one after a rotation: what a
-        node re-maps its patients from (``node/consent_remap.py``). Memory and the store first;
-        the rest asked of the authority by number (budgeted like any evaluation) when ``ask``,
-        else None for them (a node's store holds every pseudonym it ever handed out)."""
+        node matches a patient's token against (``node/patient/links.py``). Memory and the
+        store first; the rest asked of the authority by number (budgeted like any evaluation)
+        when ``ask``, else None for them (a node's store holds every pseudonym it handed out)."""
         inputs = [oprf_input(system, value) for system, value in identifiers]
         if version not in self._fingerprints:
             with contextlib.suppress(PseudonymServiceError):  # learn the held versions' keys

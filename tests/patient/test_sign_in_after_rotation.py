@@ -3,15 +3,11 @@
 The registry's patient token carries the pseudonym the patient enrolled with (``v1.…``, the
 canonical one, forever), while the node's current pseudonyms are ``v2.…``. The node matches the
 token's pseudonym under the key version it names (``node/patient/links.py``), so a patient whose
-link was never saved still reaches their own record, and nobody else's. The re-map of the
-enrolling node (``node/consent_remap.py``) runs as the enrolment feature's background work and
-as ``ipjms node pseudonyms remap``: both are driven here against the real registry process and
-the real authority process (rotated between two starts on one port)."""
+link was never saved still reaches their own record, and nobody else's — against the real
+registry process and the real authority process (rotated between two starts on one port)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -32,11 +28,10 @@ from patient.region_harness import (
 from sqlalchemy import select
 
 from deploy.launcher import Service, ipjms_command, start_service
-from node import consent_remap
 from node.app import create_app
 from node.identity import NATIONAL_ID_SYSTEM
 from node.patient.tables import patient_links
-from node.settings import load_settings, write_node_toml
+from node.settings import load_settings
 from trust.oprf_client import OprfPseudonyms
 from trust.pki import init_ca, issue_org, load_org
 from trust.tokens import jwk_thumbprint, load_or_create_signing_key
@@ -113,7 +108,6 @@ def rotated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rotated]:
                 )
             }
         )
-        write_node_toml(settings)  # for `ipjms node pseudonyms remap` (the same database)
         app = create_app(settings)
         app.state.auth.accounts.hasher = FAST_HASHER
         app.state.auth.accounts.add_user("doctor1", PASSWORD, "doctor")
@@ -229,97 +223,3 @@ def test_a_v1_pseudonym_the_node_never_held_is_asked_of_the_authority_by_number(
     r = rotated.node.get(f"/fhir/Patient/{rotated.a.patient_id}", headers=token)
     assert r.status_code in (403, 404), r.text
     rotated.app.state.store.delete("Patient", d.patient_id, writer="test")
-
-
-def _counts(report: dict[str, Any]) -> tuple[Any, ...]:
-    """What every re-map of this region reports, whichever ran first (the second finds the
-    pairs there already): v2 current, from v1; A and B (enrolled here) mapped, C skipped."""
-    return (
-        report["current"], report["older"], report["patients"], report["pairs"],
-        report["mapped"] + report["already"], report["skipped"], report["conflicts"],
-    )  # fmt: skip
-
-
-EXPECTED = (2, [1], 3, 3, 2, 1, 0)
-
-
-def test_the_background_task_remaps_when_the_node_learns_a_new_key_version(
-    rotated: Rotated, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    services, a = rotated.services, rotated.a
-    reports: list[Any] = []
-    real = consent_remap.remap_patients
-
-    def recorded(*args: Any, **kw: Any) -> Any:
-        reports.append(real(*args, **kw))
-        return reports[-1]
-
-    monkeypatch.setattr(consent_remap, "remap_patients", recorded)
-    # the node last re-mapped at v1 (its start, before the rotation) and now learns v2
-    assert asyncio.run(consent_remap.remap_on_new_version(services, 1)) == 2
-    assert len(reports) == 1 and _counts(reports[0].as_dict()) == EXPECTED
-    assert services.consent.register_aliases([(a.v1, _v2(rotated, a))]) == {
-        "mapped": 0, "already": 1, "skipped": 0,
-    }  # fmt: skip
-    # the same version again: nothing to do, nothing asked
-    assert asyncio.run(consent_remap.remap_on_new_version(services, 2)) == 2
-    assert len(reports) == 1
-
-    # the feature's background work runs that turn at its start (the node may have been down
-    # during the rotation): entered here, it is awaited through an event, not a sleep
-    async def started() -> int | None:
-        turned = asyncio.Event()
-        seen: list[int | None] = []
-
-        async def turn(svc: Any, done: int | None) -> int | None:
-            seen.append(done)
-            result = await real_turn(svc, done)
-            turned.set()
-            return result
-
-        monkeypatch.setattr(consent_remap, "remap_on_new_version", turn)
-        async with consent_remap.REMAP.run(services, None):
-            await asyncio.wait_for(turned.wait(), 60)
-        assert seen == [None]
-        return None
-
-    real_turn = consent_remap.remap_on_new_version
-    asyncio.run(started())
-    assert len(reports) == 2 and _counts(reports[1].as_dict()) == EXPECTED
-    assert reports[1].mapped == 0  # idempotent: everything was there already
-
-
-def _cli(rotated: Rotated, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("IPJMS_NODE_")}
-    return subprocess.run(
-        ipjms_command("node", "pseudonyms", "remap", *args),
-        capture_output=True, text=True, timeout=240, env={**full, "COLUMNS": "200", **env},
-    )  # fmt: skip
-
-
-def test_the_cli_remaps_after_rotate_key_and_says_what_it_did(rotated: Rotated) -> None:
-    import json
-
-    data_dir = str(rotated.root / "node")
-    env = {
-        "IPJMS_NODE_PSEUDONYM_URL": rotated.authority,
-        "IPJMS_NODE_CONSENT__URL": rotated.registry,
-        "IPJMS_NODE_PKI__CREDENTIALS_DIR": str(rotated.root / "orgs" / ORG),
-    }
-    done = _cli(rotated, "--data-dir", data_dir, **env)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert _counts(report) == EXPECTED
-    d = rotated.services.consent.register_aliases([(rotated.b.v1, _v2(rotated, rotated.b))])
-    assert d["already"] == 1  # B's pair is at the registry
-
-    # bad input: a clear message on stderr, a non-zero exit, no traceback
-    missing = _cli(rotated, "--data-dir", str(rotated.root / "no-such-node"), **env)
-    assert missing.returncode != 0 and "does not exist" in missing.stderr
-    no_authority = _cli(rotated, "--data-dir", data_dir)  # no authority nor registry configured
-    assert no_authority.returncode != 0 and "needs pseudonym_url" in no_authority.stderr
-    gone = _cli(
-        rotated, "--data-dir", data_dir, **{**env, "IPJMS_NODE_CONSENT__URL": "http://127.0.0.1:9"}
-    )
-    assert gone.returncode != 0 and "re-map failed" in gone.stderr
-    assert "Traceback" not in missing.stderr + no_authority.stderr + gone.stderr
