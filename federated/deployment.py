@@ -43,6 +43,7 @@ __all__ = [
     "build_app_dir",
     "submit_run",
     "run_status",
+    "supernode_statuses",
     "format_node_config",
 ]
 
@@ -255,6 +256,31 @@ def submit_run(flwr_home: Path, app_dir: Path, run_config: Mapping[str, Any]) ->
     if doc.get("success") and doc.get("run-id"):
         return str(doc["run-id"])
     raise RuntimeError(f"flwr run failed: {proc.stdout[-600:]} {proc.stderr[-600:]}")
+
+
+def supernode_statuses(flwr_home: Path, timeout: float = 30) -> dict[str, str]:
+    """Flower node id -> its status at the SuperLink (``registered``/``online``/``offline``…),
+    asked in this process over the Control API that ``flwr supernode ls`` uses, with the same
+    connection (``config.toml`` in ``flwr_home``: address, the regional CA as root certificates)
+    and Flower's runtime-version metadata. The CLI costs a Python process (about a CPU-second)
+    per look; a caller waiting for a SuperNode to come online looks every second."""
+    import tomllib
+
+    import grpc
+    from flwr.proto.control_pb2 import ListNodesRequest  # type: ignore[attr-defined]
+    from flwr.proto.control_pb2_grpc import ControlStub
+    from flwr.supercore.interceptors.runtime_version_interceptor import (
+        RuntimeVersionClientInterceptor,
+    )
+
+    conf = tomllib.loads((flwr_home / "config.toml").read_text())["superlink"][CONNECTION]
+    credentials = grpc.ssl_channel_credentials(Path(conf["root-certificates"]).read_bytes())
+    with grpc.secure_channel(conf["address"], credentials) as channel:
+        stub = ControlStub(
+            grpc.intercept_channel(channel, RuntimeVersionClientInterceptor("flwr CLI"))
+        )
+        res = stub.ListNodes(ListNodesRequest(), timeout=timeout)
+    return {str(n.node_id): str(n.status) for n in res.nodes_info}
 
 
 def run_status(flwr_home: Path, run_id: str) -> dict[str, Any]:

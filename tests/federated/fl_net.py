@@ -172,20 +172,11 @@ class FlNet:
 
 
 def supernode_status(flwr_home: Path) -> dict[str, str]:
-    """Flower node id → status at the SuperLink whose Flower CLI config is in ``flwr_home``."""
-    from federated.deployment import CONNECTION, flwr_env
+    """Flower node id → status at the SuperLink whose Flower CLI config is in ``flwr_home``
+    (asked in this process: ``federated.deployment.supernode_statuses``)."""
+    from federated.deployment import supernode_statuses
 
-    proc = subprocess.run(
-        ["flwr", "supernode", "ls", CONNECTION, "--format", "json"],
-        env=flwr_env(flwr_home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    doc = json.loads(proc.stdout[proc.stdout.find("{") :] or "{}")
-    if not doc.get("success"):
-        raise RuntimeError(f"flwr supernode ls failed: {proc.stdout[-400:]} {proc.stderr[-400:]}")
-    return {str(n["node-id"]): str(n["status"]) for n in doc["nodes"]}
+    return supernode_statuses(flwr_home)
 
 
 def _descendants(pid: int) -> list[int]:
