@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,33 +127,52 @@ class FlNet:
     def ensure_supernode(
         self, org: str, min_cohort: int = 5, budget: float = 100.0, timeout: float = 300
     ) -> Service:
-        """``org``'s SuperNode running with this policy (and data folder, :meth:`supernode_dir`):
-        a test that needs it calls this, so no test depends on what an earlier one left (a
-        SuperNode killed by the fault test, one restarted with another policy by a refusal test,
-        or one keeping another module's ledger). A running SuperNode with this policy is
-        left alone; otherwise it is stopped (SIGTERM: Flower deactivates the node), or — if it
-        died — the SuperLink is waited on to take its node offline (a killed node stays "online"
-        until its heartbeat lapses, and Flower refuses to activate an online node), then
-        started again and waited on until the SuperLink has it online."""
-        svc = self.supernodes.get(org)
-        wanted = (min_cohort, budget, self.supernode_dir(org))
-        if svc is not None and svc.alive() and svc.extra.get("policy") == wanted:
-            return svc
-        if svc is not None and svc.alive():
-            kill_group(svc, signal.SIGTERM)
-        wait_until(
-            lambda: self.supernode_status().get(org) != "online",
-            timeout, 1.0, f"the SuperLink to take {org}'s stopped SuperNode offline",
-        )  # fmt: skip
-        svc = self.start_supernode(org, min_cohort, budget)
+        """``org``'s SuperNode running with this policy (:meth:`ensure_supernodes`)."""
+        return self.ensure_supernodes({org: (min_cohort, budget)}, timeout)[org]
 
-        def online() -> bool:
-            if not svc.alive():
-                raise RuntimeError(f"{org}'s SuperNode exited:\n{svc.log_tail()}")
-            return self.supernode_status().get(org) == "online"
+    def ensure_supernodes(
+        self, policies: dict[str, tuple[int, float]] | Iterable[str], timeout: float = 300
+    ) -> dict[str, Service]:
+        """Each named node's SuperNode running with its policy ``(min_cohort, budget)`` (a
+        plain list of orgs: the default, 5 and 100.0) and data folder (:meth:`supernode_dir`):
+        a test that needs them calls this, so no test depends on what an earlier one left (a
+        SuperNode killed by the fault test, one restarted with another policy by a refusal
+        test, or one keeping another module's ledger). A running SuperNode with its policy is
+        left alone; the others are stopped (SIGTERM) or found dead, the SuperLink is waited on
+        to take their nodes offline (a stopped node stays "online" until its heartbeat lapses,
+        about a minute, and Flower refuses to activate an online node), then they are started
+        again and waited on until the SuperLink has them online. All of them together: the
+        heartbeat wait is paid once, not once per SuperNode."""
+        if not isinstance(policies, dict):
+            policies = {org: (5, 100.0) for org in policies}
+        stale: dict[str, tuple[int, float]] = {}
+        for org, (min_cohort, budget) in policies.items():
+            svc = self.supernodes.get(org)
+            wanted = (min_cohort, budget, self.supernode_dir(org))
+            if svc is not None and svc.alive() and svc.extra.get("policy") == wanted:
+                continue
+            if svc is not None and svc.alive():
+                kill_group(svc, signal.SIGTERM)
+            stale[org] = (min_cohort, budget)
+        if stale:
+            names = ", ".join(stale)
 
-        wait_until(online, timeout, 1.0, f"{org}'s SuperNode to be online")
-        return svc
+            def offline() -> bool:
+                status = self.supernode_status()
+                return all(status.get(org) != "online" for org in stale)
+
+            wait_until(offline, timeout, 1.0, f"the SuperLink to take {names} offline")
+            started = {org: self.start_supernode(org, *policy) for org, policy in stale.items()}
+
+            def online() -> bool:
+                for org, svc in started.items():
+                    if not svc.alive():
+                        raise RuntimeError(f"{org}'s SuperNode exited:\n{svc.log_tail()}")
+                status = self.supernode_status()
+                return all(status.get(org) == "online" for org in started)
+
+            wait_until(online, timeout, 1.0, f"the SuperNodes of {names} to be online")
+        return {org: self.supernodes[org] for org in policies}
 
     def fl_run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         assert self.superlink_dir is not None

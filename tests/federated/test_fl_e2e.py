@@ -39,8 +39,7 @@ def all_supernodes(net: FlNet) -> None:
     """Every node's SuperNode running with the network's default policy, whatever an earlier
     test did to it (the fault test kills one; the refusal test restarts one with another
     policy)."""
-    for org in NODES:
-        net.ensure_supernode(org)
+    net.ensure_supernodes(NODES)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,7 @@ def trained(shared_fl_net: Any) -> tuple[subprocess.CompletedProcess[str], dict]
     checks it, the scoring and logging tests need a model and Flower's output, in any order."""
     net: FlNet = shared_fl_net.get()
     net.use_supernodes_under(None)
-    for org in NODES:
-        net.ensure_supernode(org)
+    net.ensure_supernodes(NODES)
     label = "e2e-trained"
     proc = net.fl_run(
         "--rounds", "2", "--epsilon", "3", "--min-nodes", "3", "--round-timeout", "240",
@@ -338,9 +336,9 @@ def test_real_supernodes_decline_a_spent_budget_and_a_too_small_cohort(net: FlNe
     from servicekit.storage import make_engine
 
     budget = 100.0  # FlNet.start_supernode's default
-    net.ensure_supernode("hosp-a")
-    net.ensure_supernode("clinic-b")
-    net.ensure_supernode("clinic-c", min_cohort=1000)
+    net.ensure_supernodes(
+        {"hosp-a": (5, budget), "clinic-b": (5, budget), "clinic-c": (1000, budget)}
+    )
     db = net.supernode_dir("clinic-b") / "privacy_budget.db"
     earlier = f"earlier-releases-{uuid.uuid4().hex}"
     engine = make_engine(f"sqlite:///{db}")

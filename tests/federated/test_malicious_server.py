@@ -58,8 +58,7 @@ def attacked(
     charged, whatever ran on the network before. Yields each node's ledger and the replies."""
     network: FlNet = shared_fl_net.get()
     network.use_supernodes_under(tmp_path_factory.mktemp("flattack-supernodes"))
-    for org in NODES:
-        network.ensure_supernode(org)
+    network.ensure_supernodes(NODES)
     steps = _attack(network, "attacks", "attacks")
     steps.update(_attack(network, "again", "again"))
     yield {org: network.supernode_dir(org) / "privacy_budget.db" for org in NODES}, steps

@@ -64,8 +64,7 @@ def fl(shared_fl_net: Any) -> Any:
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
     net.use_supernodes_under(None)  # every node's SuperNode up with the default policy
-    for org in ("hosp-a", "clinic-b", "clinic-c"):
-        net.ensure_supernode(org)
+    net.ensure_supernodes(("hosp-a", "clinic-b", "clinic-c"))
     return net
 
 
