@@ -199,7 +199,6 @@ class ConsentClient:
         acting_role: str | None = None,
         acting_user: str | None = None,
         envelope_id: str | None = None,
-        sender: str | None = None,
         pull: str | None = None,
         lookup_id: str | None = None,
     ) -> SignedDecision:
@@ -222,8 +221,6 @@ class ConsentClient:
             params.append({"name": "reason", "valueString": reason})
         if envelope_id:  # the decision will travel in that envelope, bound to it
             params.append({"name": "envelope", "valueId": envelope_id})
-        if sender:  # an ETREAT re-check of that envelope (consent.break_glass)
-            params.append({"name": "sender", "valueString": sender})
         if pull:  # ETREAT carried on by a break-glass pull grant (consent.break_glass)
             params.append({"name": "pull", "valueId": pull})
         if lookup_id:  # the decision is for that record-locator lookup, bound to it

@@ -41,11 +41,11 @@ it carries on (detail ``pull``). Such a carried entry is never a grant of its ow
 on from it, and it is re-admitted only for its own envelope's stored question (``$recheck``) while
 the clinician's pull grant is within the window (``consent.break_glass.carried_refusal``).
 
-The coordinator's re-check of such an envelope (``ETREAT`` with ``envelope`` and ``sender``, no
-reason: it has no clinician to name) is *re-admitted* only if that grant is in this ledger for the
-same envelope, patient, sender and recipient and covers every class asked, granted within
-``consent.break_glass.READMIT_WINDOW``; otherwise it is a deny. A re-admission is audited as a
-routing decision naming the grant it re-admits, the clinician and the stated reason.
+The coordinator's re-check of such an envelope (``$recheck`` by envelope id, sender and
+recipient: it has no reason and no clinician to name) is *re-admitted* only if that grant is in
+this ledger for the same envelope, patient, sender and recipient and covers every class asked,
+granted within ``consent.break_glass.READMIT_WINDOW``; otherwise it is a deny. A re-admission is
+audited as a routing decision whose reason names the clinician and the stated reason.
 """
 
 from __future__ import annotations
@@ -153,17 +153,12 @@ class DecisionService:
                 f"a lookup's recipient must be the authenticated caller ({requester}); "
                 "a lookup cannot be bound for another organisation"
             )
-        readmitted: Grant | None = None
         carried: Grant | None = None  # the break-glass pull grant this decision carries on
         if inp.purpose == "ETREAT" and not inp.reason and inp.pull and inp.envelope:
             # A record query or answer of a break-glass pull (no clinician at a holder): only
             # under the pull grant this registry made, see consent.break_glass.pull_refusal.
             decision, carried = self._under_pull(inp)
             self._remember(inp, requester, decision)
-        elif inp.purpose == "ETREAT" and not inp.reason and inp.envelope and inp.sender:
-            # The coordinator's re-check of an envelope (it has no reason and no clinician to
-            # state): only what this registry already granted, see consent.break_glass.
-            decision, readmitted = self._readmission(inp, own_question=False)
         else:
             if inp.purpose == "ETREAT":
                 if not inp.reason:
@@ -223,7 +218,7 @@ class DecisionService:
         elif inp.envelope is not None:
             claims["env"] = inp.envelope  # the envelope that will carry this decision
         token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl, x5c=self.x5c)
-        self._audit(inp, caller, requester, decision, decision_id, readmitted, carried)
+        self._audit(inp, caller, requester, decision, decision_id, carried)
         return IssuedDecision(decision, decision_id, token, expires_at)
 
     def _under_pull(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
@@ -533,10 +528,9 @@ class DecisionService:
         requester: str,
         decision: Decision,
         decision_id: str,
-        readmitted: Grant | None = None,
         carried: Grant | None = None,
     ) -> None:
-        if decision.break_glass and readmitted is None:
+        if decision.break_glass:
             event = audit_events.break_glass(
                 user=carried.user if carried else caller.acting_user or "unknown",
                 org=requester,
@@ -576,12 +570,6 @@ class DecisionService:
             event["entity"][-1]["detail"].append(
                 {"type": "pull", "valueString": carried.decision_id}
             )
-        if readmitted is not None:  # a re-check: which grant it re-admitted, for the envelope
-            event["entity"][-1]["detail"] += [
-                {"type": "readmits", "valueString": readmitted.decision_id},
-                {"type": "envelope", "valueString": readmitted.envelope_id},
-                {"type": "break-glass-user", "valueString": readmitted.user},
-            ]
         if decision.break_glass and caller.acting_evidence:
             # The organisation's signed statement of its user's role: evidence it cannot deny.
             event["entity"][-1]["detail"].append(

@@ -15,8 +15,6 @@ In::
                                                 not with ``envelope``, ``sender`` or ``pull``;
                                                 ``recipient`` must be the caller (else 403: a
                                                 lookup brings the data to who looks up)
-    sender     valueString | valueReference     ETREAT re-check only: the envelope's sender
-                                                (see consent.break_glass)
     pull       valueId                          ETREAT without a reason: the envelope id of the
                                                 break-glass pull grant this envelope carries
                                                 on (a record query or its answer; see
@@ -81,7 +79,7 @@ class DecideInput:
     classes: frozenset[str]
     reason: str | None
     envelope: str | None = None  # the id of the envelope that will carry the decision
-    sender: str | None = None  # an ETREAT re-check: the sender of that envelope
+    sender: str | None = None  # a $recheck's: the envelope's sender (never from $decide)
     pull: str | None = None  # ETREAT under a break-glass pull grant (its envelope id)
     # what ``envelope`` is the id of: "envelope", or "lookup" (a record-locator lookup's id,
     # given as ``Parameters.lookup``); a lookup's decision is never an envelope's and vice versa
@@ -168,6 +166,12 @@ def parse_decide(body: object) -> DecideInput:
             if values.get(name):
                 raise BadRequest(why, expression=[f"Parameters.{name}"])
         envelope, binds = lookup, "lookup"  # kept by the same id column, marked a lookup's
+    elif sender is not None:  # the coordinator's re-check is $recheck, not a decision
+        raise BadRequest(
+            "sender is not a $decide parameter: an envelope's decision is re-checked with "
+            "$recheck (envelope, sender, recipient)",
+            expression=["Parameters.sender"],
+        )
     elif pull is not None and envelope is None:
         raise BadRequest(
             "a decision under a pull grant is bound to its envelope (Parameters.envelope)",
@@ -181,7 +185,6 @@ def parse_decide(body: object) -> DecideInput:
         classes=check_classes(values["class"], "Parameters.class"),
         reason=reason or None,
         envelope=envelope,
-        sender=check_org_id(sender, "Parameters.sender") if sender else None,
         pull=pull,
         binds=binds,
     )

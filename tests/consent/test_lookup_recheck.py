@@ -282,3 +282,27 @@ def test_a_recheck_whose_parameter_is_no_list_is_400(registry: Registry, paramet
     assert r.status_code == 400, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
     assert _ledger_size(registry) == before
+
+
+def test_decide_takes_no_sender_an_envelope_is_re_checked_with_recheck(registry: Registry) -> None:
+    """The coordinator re-checks an envelope's decision with ``$recheck``; ``$decide`` with a
+    ``sender`` (its pre-version-3 way, which re-admitted break-glass grants) is refused and
+    nothing is recorded."""
+    token = registry.org("coordinator").access_token()
+    ledger_before = _ledger_size(registry)
+    r = registry.http.post(
+        "/fhir/Consent/$decide",
+        json={"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueString": P1},
+            {"name": "recipient", "valueString": "clinic-c"},
+            {"name": "purpose", "valueCode": "ETREAT"},
+            {"name": "class", "valueCode": "Condition"},
+            {"name": "envelope", "valueId": str(uuid.uuid4())},
+            {"name": "sender", "valueString": "hosp-a"},
+        ]},
+        headers={"Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert "$recheck" in issue["diagnostics"] and issue["expression"] == ["Parameters.sender"]
+    assert _ledger_size(registry) == ledger_before
