@@ -21,6 +21,13 @@ not is a deny at the recheck), and a break-glass lookup is re-admitted only by a
 lookup's decision never serves an envelope's ``$recheck`` nor an envelope's a lookup's, and an id
 bound one way cannot be bound the other (409).
 
+A bound id lives for a stated time after it was last asked (:func:`binding_lifetime`, the one
+rule): a lookup's binding as long as the decision bound to it (the decision token's ttl,
+``consent.settings.decision_ttl``) — a node looks up at once after ``$decide``
+(``node.exchange.service.pull_history``) — and an envelope's as long as an envelope carrying its
+token can still be delivered. A re-check of an expired binding is a deny that says so, and
+expired rows are purged when a new question is bound (as ``trust.jti_store`` sweeps).
+
 Who asked is the authenticated caller — the organisation whose signed assertion got the token —
 and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
 patient's disclosure list cannot be made to show an access by someone who did not ask.
@@ -54,10 +61,10 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy import RowMapping, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consent.auth import CLINICIAN_ROLES, Principal
@@ -77,13 +84,42 @@ from consent.store import ConsentStore
 from servicekit.outcome import BadRequest, Conflict, Forbidden, NotFound
 from trust import audit_events
 from trust.audit_ledger import AuditLedger
+from trust.envelopes import MAX_CLOCK_SKEW, MAX_LIFETIME
 from trust.tokens import SigningKey
 
-__all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM"]
+__all__ = ["DecisionService", "IssuedDecision", "DECISION_SYSTEM", "binding_lifetime"]
 
 DECISION_SYSTEM = "urn:ipjms:consent-decision"
 ENVELOPE_SYSTEM = "urn:ipjms:envelope"
 LOOKUP_SYSTEM = "urn:ipjms:lookup"
+
+
+#: how often, at most, a new binding also purges the expired ones (registry clock)
+PURGE_EVERY = timedelta(minutes=1)
+
+
+def binding_lifetime(bound: str, decision_ttl: int) -> timedelta:
+    """How long after it was last asked (``asked_at``) an id's bound question is re-checked
+    and kept — the one rule for the re-checks and the purge.
+
+    * ``lookup``: the lifetime of the decision bound to it, ``decision_ttl`` (the decision
+      token's ``exp`` − ``iat``, ``consent.settings.decision_ttl``, 300 s by default). The node
+      binds a fresh lookup id and looks up at once (``node.exchange.service.pull_history``, one
+      locator RPC under the exchange client's 15 s timeout); a lookup asked after its decision
+      expired is refused rather than opened by an old decision.
+    * ``envelope``: as long as an envelope carrying the decision can still be delivered: the
+      receiver takes the token if it was valid when the envelope was made (± ``MAX_CLOCK_SKEW``,
+      ``node.exchange.inbound``), an envelope lives at most ``trust.envelopes.MAX_LIFETIME``,
+      and the coordinator's clock may differ from ours by ``MAX_CLOCK_SKEW``."""
+    decision = timedelta(seconds=decision_ttl)
+    if bound == "lookup":
+        return decision
+    return decision + MAX_CLOCK_SKEW + MAX_LIFETIME + MAX_CLOCK_SKEW
+
+
+def _as_utc(at: datetime) -> datetime:
+    """``asked_at`` as stored: SQLite hands back a naive datetime (written in UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -136,6 +172,7 @@ class DecisionService:
         self.x5c = tuple(x5c)
         self.observer = observer
         self.issuer, self.ttl = issuer, ttl
+        self._purged_at: datetime | None = None
 
     def decide(self, inp: DecideInput, caller: Principal) -> IssuedDecision:
         if caller.org_id is None:
@@ -275,6 +312,7 @@ class DecisionService:
         permitted (a narrower retry cannot shrink what the envelope may hold)."""
         permitted = decision.classes if decision.permit else frozenset()
         kind = "lookup id" if inp.binds == "lookup" else "envelope id"
+        self.purge_expired_bindings()
         with self.store.engine.begin() as conn:
             old = conn.execute(
                 select(envelope_questions)
@@ -336,6 +374,40 @@ class DecisionService:
                 )
             )
 
+    def purge_expired_bindings(self, *, force: bool = False) -> int:
+        """Delete the bound questions past their lifetime (:func:`binding_lifetime`); at most
+        once per ``PURGE_EVERY`` unless ``force``. Returns how many rows went. Its own short
+        transaction, so concurrent ``$decide`` calls never wait on each other's purge."""
+        now = self.clock()
+        if not force and self._purged_at is not None and now - self._purged_at < PURGE_EVERY:
+            return 0
+        self._purged_at = now
+        q = envelope_questions.c
+        with self.store.engine.begin() as conn:
+            gone = conn.execute(
+                delete(envelope_questions).where(
+                    or_(
+                        (q.bound == "lookup")
+                        & (q.asked_at < now - binding_lifetime("lookup", self.ttl)),
+                        (q.bound != "lookup")
+                        & (q.asked_at < now - binding_lifetime("envelope", self.ttl)),
+                    )
+                )
+            )
+        return int(gone.rowcount or 0)
+
+    def _expired(self, q: RowMapping) -> str | None:
+        """Why the question bound to ``q``'s id may no longer be re-checked, or None."""
+        bound = "lookup" if q["bound"] == "lookup" else "envelope"
+        life = binding_lifetime(bound, self.ttl)
+        if self.clock() - _as_utc(q["asked_at"]) <= life:
+            return None
+        return (
+            f"the decision bound to this {bound} expired ({_kind(bound)}'s binding lives "
+            f"{int(life.total_seconds())} s after it was asked); a new {bound} needs a new "
+            "decision"
+        )
+
     def recheck(self, envelope_id: str, sender: str, recipient: str, caller: str) -> Rechecked:
         """Decide again the question an envelope-bound decision answered, as consents are now.
 
@@ -346,7 +418,10 @@ class DecisionService:
         denied. The answer is audited in the patient's ledger under the caller's name. A
         break-glass question is re-admitted only under the grant made for it (within the
         window, ``consent.break_glass``)."""
-        q = self._bound_question(envelope_id, "no decision was asked for this envelope")
+        q = self._bound_question(
+            envelope_id,
+            "no decision was asked for this envelope, or its binding expired and was purged",
+        )
         purpose = str(q["purpose"])
         permitted = frozenset(json.loads(q["permitted"]))
         reusable = False
@@ -358,9 +433,12 @@ class DecisionService:
             )
             if not same
         ]
+        expired = self._expired(q)
         if q["bound"] == "lookup":  # a lookup's decision never lets an envelope through
             differs = ["question"]
             decision = _denied("the decision bound to this id is a lookup's, not an envelope's")
+        elif expired:
+            decision = _denied(expired)
         elif differs:
             decision = _denied(f"the decision for this envelope was asked for another {differs[0]}")
         elif not permitted:
@@ -404,7 +482,7 @@ class DecisionService:
             neutral = decision.reason
         elif decision.permit:
             neutral = "consent permits the envelope"
-        elif differs or not permitted:
+        elif differs or expired or not permitted:
             neutral = decision.reason
         else:  # the class names stay here: the coordinator is not told which data it routes
             neutral = "consent no longer permits what the envelope's decision permitted"
@@ -426,7 +504,10 @@ class DecisionService:
         ``sender``; a grant to another organisation never), within the window
         (``consent.break_glass``). Audited in the patient's ledger under the caller's name; the
         answer names no consent, purpose or class."""
-        q = self._bound_question(lookup_id, "no decision was asked for this lookup")
+        q = self._bound_question(
+            lookup_id,
+            "no decision was asked for this lookup, or its binding expired and was purged",
+        )
         purpose = str(q["purpose"])
         permitted = frozenset(json.loads(q["permitted"]))
         mismatch = [
@@ -441,8 +522,11 @@ class DecisionService:
             )
             if not same
         ]
+        expired = self._expired(q)
         if mismatch and mismatch[0] == "question":
             decision = _denied("the decision bound to this id is an envelope's, not a lookup's")
+        elif expired:
+            decision = _denied(expired)
         elif mismatch:
             decision = _denied(f"the decision for this lookup was asked for another {mismatch[0]}")
         elif not permitted:
@@ -472,7 +556,9 @@ class DecisionService:
             )
             decision = decide([s.record for s in self.store.for_patient(q["patient"])], request)
         self._audit_recheck(q, q["recipient"], decision, LOOKUP_SYSTEM, lookup_id, caller)
-        if decision.break_glass or mismatch or not permitted:  # names no consent or class
+        if (
+            decision.break_glass or mismatch or expired or not permitted
+        ):  # names no consent or class
             neutral = decision.reason
         elif decision.permit:
             neutral = "consent permits the lookup"

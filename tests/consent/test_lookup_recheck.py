@@ -306,3 +306,58 @@ def test_decide_takes_no_sender_an_envelope_is_re_checked_with_recheck(registry:
     issue = r.json()["issue"][0]
     assert "$recheck" in issue["diagnostics"] and issue["expression"] == ["Parameters.sender"]
     assert _ledger_size(registry) == ledger_before
+
+
+def test_a_lookup_binding_expires_with_its_decision_and_is_purged(registry: Registry) -> None:
+    """A lookup id's binding lives as long as the decision bound to it (the decision ttl,
+    ``consent.decisions.binding_lifetime``): a re-check after that is a deny saying it expired,
+    and the row is purged when a later question is bound. An envelope bound at the same moment
+    lives on (an envelope carrying its token may still be delivered) until its own lifetime."""
+    from datetime import UTC, datetime, timedelta
+
+    from consent.decisions import PURGE_EVERY, binding_lifetime
+    from consent.schema import envelope_questions
+
+    service = registry.http.app.state.decisions  # type: ignore[attr-defined]
+    t0 = datetime.now(UTC)
+    now = [t0]
+    service.clock = lambda: now[0]
+    registry.grant(registry.patient_headers(P1), treat_consent(P1, classes=("Condition",)))
+    b, coordinator = registry.org("clinic-b"), registry.org("coordinator")
+    lookup, envelope = _id(), _id()
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=lookup).permit
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], envelope_id=envelope).permit
+    life = binding_lifetime("lookup", service.ttl)
+    assert life == timedelta(seconds=service.ttl) == timedelta(seconds=300)
+
+    now[0] = t0 + life  # the last moment of the decision's lifetime
+    assert coordinator.recheck_lookup(lookup, "clinic-b", P1).permit
+    now[0] = t0 + life + timedelta(seconds=1)
+    late = coordinator.recheck_lookup(lookup, "clinic-b", P1)
+    assert not late.permit and not late.break_glass
+    assert "expired" in late.reason and f"{service.ttl} s" in late.reason, late.reason
+    # the kind is still told first: an expired lookup's id is no envelope's
+    as_envelope = coordinator.recheck(lookup, "clinic-b", "clinic-b")
+    assert not as_envelope.permit and "a lookup's, not an envelope's" in as_envelope.reason
+    assert coordinator.recheck(envelope, "clinic-b", "clinic-b").permit
+
+    def bound_ids() -> set[str]:
+        with registry.http.app.state.engine.connect() as conn:  # type: ignore[attr-defined]
+            return {r[0] for r in conn.execute(envelope_questions.select())}
+
+    # the next binding purges what expired (the lookup), not what lives on (the envelope)
+    now[0] = t0 + life + PURGE_EVERY + timedelta(seconds=1)
+    fresh = _id()
+    assert b.decide(P1, "clinic-b", "TREAT", ["Condition"], lookup_id=fresh).permit
+    assert bound_ids() == {envelope, fresh}
+    with pytest.raises(ConsentRegistryError) as err:
+        coordinator.recheck_lookup(lookup, "clinic-b", P1)
+    assert err.value.status == 404 and "expired" in err.value.message
+
+    # the envelope's binding ends when an envelope carrying its token can no longer be delivered
+    env_life = binding_lifetime("envelope", service.ttl)
+    now[0] = t0 + env_life + timedelta(seconds=1)
+    gone = coordinator.recheck(envelope, "clinic-b", "clinic-b")
+    assert not gone.permit and "expired" in gone.reason, gone.reason
+    assert service.purge_expired_bindings(force=True) == 2  # the envelope and the fresh lookup
+    assert bound_ids() == set()
