@@ -259,6 +259,7 @@ def test_overlay_adds_exactly_one_node(rendered: dict[str, list[dict[str, Any]]]
         ("StatefulSet", "node-clinic-c"),
         ("Service", "node-clinic-c"),
         ("Deployment", "supernode-clinic-c"),
+        ("PersistentVolumeClaim", "supernode-data-clinic-c"),
         ("StatefulSet", "db-clinic-c"),
         ("Service", "db-clinic-c"),
         ("NetworkPolicy", "db-clinic-c"),
@@ -319,6 +320,7 @@ def test_helm_values_add_exactly_one_node(rendered: dict[str, list[dict[str, Any
         ("StatefulSet", "node-clinic-c"),
         ("Service", "node-clinic-c"),
         ("Deployment", "supernode-clinic-c"),
+        ("PersistentVolumeClaim", "supernode-data-clinic-c"),
         ("Cluster", "db-clinic-c"),
         ("ScheduledBackup", "db-clinic-c"),
         ("NetworkPolicy", "db-clinic-c"),
@@ -348,7 +350,8 @@ def test_kustomize_and_helm_describe_the_same_network(
     same workloads behind the same Services."""
 
     def shape(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
-        return {key(d) for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Service")}
+        kinds = ("Deployment", "StatefulSet", "Service", "PersistentVolumeClaim")
+        return {key(d) for d in docs if d["kind"] in kinds}
 
     assert shape(rendered["base"]) == shape(rendered["helm-local"])
     assert shape(rendered["add-node"]) == shape(rendered["helm-local-4-nodes"])
@@ -615,6 +618,45 @@ def test_kustomize_databases_serve_tls_only(variant: str, rendered) -> None:  # 
     assert "db-clinic-a: pg_hba admits host connections (not TLS only)" in broken(plaintext_hba)
     assert any("db-tertiary: the TLS key is not a Secret" in f for f in broken(readable_key))
     assert any("IPJMS_DB_URL does not verify the database" in f for f in broken(plain_url))
+
+
+def test_supernode_data_is_a_persistent_volume(docs: list[dict[str, Any]]) -> None:
+    """A SuperNode's /data holds its privacy-budget ledger (privacy_budget.db) and the pseudonyms
+    it obtained (pseudonyms.db): in every topology it is a claim of its own — a PVC in the render
+    or a StatefulSet's volumeClaimTemplate, ReadWriteOnce — never an emptyDir that a new pod
+    loses, and the workload is one replica never run twice at once (the ledger is one SQLite
+    file)."""
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    supernodes = {
+        d["metadata"]["name"]: d
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+        and _component(d["spec"]["template"]) == "supernode"
+    }
+    assert len(supernodes) >= len(BASE_NODES)
+    used: dict[str, str] = {}
+    for name, workload in supernodes.items():
+        spec = workload["spec"]
+        pod = spec["template"]["spec"]
+        mount = next(
+            m for c in pod["containers"] for m in c["volumeMounts"] if m["mountPath"] == "/data"
+        )
+        volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), None)
+        if volume is None:  # a StatefulSet's own claim
+            templates = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+            assert mount["name"] in templates, f"{name}: /data is backed by nothing"
+            claim = templates[mount["name"]]
+        else:
+            assert "persistentVolumeClaim" in volume, f"{name}: /data is {volume}"
+            claim_name = volume["persistentVolumeClaim"]["claimName"]
+            assert claim_name in claims, f"{name}: claim {claim_name} is not in the render"
+            assert used.setdefault(claim_name, name) == name, f"{claim_name} shared"
+            claim = claims[claim_name]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], name
+        assert claim["spec"]["resources"]["requests"]["storage"], name
+        assert spec["replicas"] == 1, name
+        if workload["kind"] == "Deployment":
+            assert spec["strategy"]["type"] == "Recreate", name
 
 
 # --- the pseudonymisation authority (issue 23) ----------------------------------------------------
