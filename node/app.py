@@ -138,7 +138,7 @@ def _pseudonymiser(settings: NodeSettings, credentials: Any, engine: Engine) -> 
     """The authority's OPRF when ``pseudonym_url`` is set (no key on this node), keeping what it
     obtains in the node's database (``node_pseudonyms``: a restart asks again for none of it),
     else the region's shared linkage key (created if absent, as before issue 23)."""
-    from node.pseudonym_store import SqlPseudonymStore
+    from node.pseudonym_store import open_node_store
     from trust.pseudonymiser import LinkageKeyPseudonymiser, authority_pseudonymiser, store_key
 
     if settings.pseudonym_url:
@@ -147,8 +147,9 @@ def _pseudonymiser(settings: NodeSettings, credentials: Any, engine: Engine) -> 
             settings.pseudonym_url,
             credentials,
             ca_cert_file=ca_dir / "ca.cert.pem" if ca_dir is not None else None,
-            # digests keyed from the organisation's signing key: not in the database
-            store=SqlPseudonymStore(engine, store_key(credentials)),
+            # digests keyed from the organisation's signing key: not in the database; entries
+            # of another store key (a re-issued signing key) are deleted here, at start
+            store=open_node_store(engine, store_key(credentials)),
         )
     from trust.pseudonym import load_or_create_linkage_key
 

@@ -17,6 +17,11 @@ neither the file nor the database) — and hold no key: whoever reads them can n
 pseudonym of anyone the node does not hold nor test a guessed identifier against a row (a plain
 SHA-256 could be brute-forced over a 9-digit id space in minutes, bypassing the authority's
 budget).
+
+Both also keep a format row (:func:`format_table`: the format and a check value of the store
+key) and drop every entry stored under another store key when the store is opened
+(:func:`forget_other_keys`, the one rule): re-issuing the organisation's signing key changes the
+store key, and nothing stored under the old one could ever match again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -45,7 +51,10 @@ __all__ = [
     "KINDS",
     "FILE_NAME",
     "FILE_FORMAT",
+    "STORE_FORMAT",
     "pseudonym_table",
+    "format_table",
+    "forget_other_keys",
     "SqlPseudonymStore",
     "open_file_store",
 ]
@@ -54,10 +63,12 @@ KINDS = ("regional", "routing")
 #: the SQLite file :func:`open_file_store` keeps in a state folder
 FILE_NAME = "pseudonyms.db"
 _CHUNK = 500  # digests per SELECT … IN (…): well inside both databases' parameter limits
-#: the file store's format (its ``store_format`` row): its digests are HMAC-SHA256 under the
-#: store key. A file without it (SHA-256 digests, before) or of another store key (the
+#: a store's format (its format row, :func:`format_table`): its digests are HMAC-SHA256 under
+#: the store key. A store without it (SHA-256 digests, before) or of another store key (the
 #: organisation's signing key was re-issued) has its entries dropped when opened
-FILE_FORMAT = "hmac-sha256-v1"
+STORE_FORMAT = "hmac-sha256-v1"
+FILE_FORMAT = STORE_FORMAT  # the file store's ``store_format`` row (its name before the node's)
+_KEY_CHECK_INPUT = b"ipjms-pseudonym-store-key-check"
 
 
 def pseudonym_table(name: str, metadata: MetaData) -> Table:
@@ -77,6 +88,38 @@ def pseudonym_table(name: str, metadata: MetaData) -> Table:
     )
 
 
+def format_table(name: str, metadata: MetaData) -> Table:
+    """A store's format row: the format (:data:`STORE_FORMAT`) and ``key_check``, the store's
+    :meth:`SqlPseudonymStore.key_check` — an HMAC of a constant under the store key, so it
+    names the key without revealing it. :func:`forget_other_keys` reads and writes it."""
+    return Table(
+        name,
+        metadata,
+        Column("format", String(32), nullable=False),
+        Column("key_check", String(64), nullable=False),
+    )
+
+
+def forget_other_keys(store: SqlPseudonymStore, marker: Table) -> int:
+    """The one rule for entries under another store key, run when a store is opened: unless
+    ``marker`` (a :func:`format_table`) names :data:`STORE_FORMAT` and this store's key check,
+    every entry is deleted (none could match again: stored under another key — the
+    organisation's signing key was re-issued — or in an older format) and the row is set to this
+    key. Returns how many entries went. The row is read ``FOR UPDATE`` and updated in place, so
+    two processes opening one PostgreSQL store at once delete once and leave one row."""
+    check = store.key_check()
+    with store.engine.begin() as conn:
+        row = conn.execute(select(marker.c.format, marker.c.key_check).with_for_update()).first()
+        if row is not None and tuple(row) == (STORE_FORMAT, check):
+            return 0
+        gone = int(conn.execute(delete(store.table)).rowcount or 0)
+        if row is None:
+            conn.execute(insert(marker).values(format=STORE_FORMAT, key_check=check))
+        else:
+            conn.execute(update(marker).values(format=STORE_FORMAT, key_check=check))
+    return gone
+
+
 class SqlPseudonymStore:
     """``PseudonymStore`` over ``table`` (made by :func:`pseudonym_table`) in ``engine``; its
     digests are keyed by ``key`` (``trust.pseudonymiser.store_key``), which it never writes."""
@@ -90,6 +133,10 @@ class SqlPseudonymStore:
 
     def digest(self, x: bytes) -> bytes:
         return input_digest(self._key, x)
+
+    def key_check(self) -> str:
+        """A value naming this store's key without revealing it (hex HMAC of a constant)."""
+        return self.digest(_KEY_CHECK_INPUT).hex()
 
     def _insert(self):  # type: ignore[no-untyped-def]
         """INSERT … ON CONFLICT DO NOTHING: an entry already stored (another process got the
@@ -162,21 +209,10 @@ def open_file_store(folder: Path | str, key: bytes) -> SqlPseudonymStore:
     engine = make_engine(url)
     metadata = MetaData()
     table = pseudonym_table("pseudonyms", metadata)
-    marker = Table(
-        "store_format",
-        metadata,
-        Column("format", String(32), nullable=False),
-        Column("key_check", String(64), nullable=False),
-    )
+    marker = format_table("store_format", metadata)
     metadata.create_all(engine)
     store = SqlPseudonymStore(engine, table, key)
-    check = store.digest(b"ipjms-pseudonym-store-key-check").hex()
-    with engine.begin() as conn:
-        row = conn.execute(select(marker.c.format, marker.c.key_check)).first()
-        if row is None or tuple(row) != (FILE_FORMAT, check):
-            conn.execute(delete(table))  # old digests, or another key's: never matched again
-            conn.execute(delete(marker))
-            conn.execute(insert(marker).values(format=FILE_FORMAT, key_check=check))
+    forget_other_keys(store, marker)  # old digests, or another key's: never matched again
     return store
 
 

@@ -285,6 +285,93 @@ def test_the_store_digest_is_keyed_per_organisation_and_not_a_plain_hash(
         SqlPseudonymStore(node_db, b"short")
 
 
+def test_a_node_started_under_a_re_issued_signing_key_deletes_the_old_keys_entries(
+    authority: Authority, pki: dict[str, Path], db_url: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The organisation's signing key is re-issued (same organisation, same CA, a new key): the
+    store key derived from it changes, so nothing stored under the old one can match again. The
+    node, started under the new key (its composition root, build_services), deletes those
+    entries at start — none lingers — and asks the authority again; a restart under the same key
+    deletes nothing."""
+    from trust.pki import issue_org
+
+    def settings(credentials: Path, name: str):  # type: ignore[no-untyped-def]
+        return load_settings(
+            tmp_path / name, org_id=ORG, db_url=db_url, pseudonym_url=authority.url,
+            pki={"credentials_dir": credentials, "ca_dir": pki["ca"]},
+        )  # fmt: skip
+
+    ids = PATIENTS[:4]
+    first = build_services(settings(pki[ORG], "before"))
+    try:
+        old = first.pseudonymiser.regional(ids)
+        first.pseudonymiser.routing(old[0], ORG, "clinic-b")
+        assert _rows(first.engine) == len(ids) + 1
+    finally:
+        first.close()
+    reissued = tmp_path / "reissued"
+    issue_org(pki["ca"], ORG, host="127.0.0.1", out_dir=reissued)
+    assert store_key(load_org(reissued)) != store_key(load_org(pki[ORG]))
+
+    caplog.set_level(logging.WARNING, logger="ipjms.pseudonymiser")
+    asked = authority.evaluated()
+    after = build_services(settings(reissued, "after"))  # the node restarted, new signing key
+    try:
+        assert _rows(after.engine) == 0  # deleted at start, before anything was asked
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(f"{len(ids) + 1} entries stored under another store key" in w for w in warnings)
+        assert after.pseudonymiser.regional(ids) == old  # the authority's answer is the same
+        assert authority.evaluated() == asked + len(ids)  # asked again, each once
+        stored = _rows(after.engine)
+        assert stored == len(ids)
+    finally:
+        after.close()
+    caplog.clear()
+    again = build_services(settings(reissued, "again"))  # a restart under the same key
+    try:
+        assert _rows(again.engine) == stored  # nothing deleted
+        assert again.pseudonymiser.regional(ids) == old
+        assert authority.evaluated() == asked + len(ids)
+        assert not [r for r in caplog.records if "another store key" in r.getMessage()]
+    finally:
+        again.close()
+
+
+def test_entries_from_before_the_key_check_are_deleted_at_the_first_start(
+    db_url: str, pki: dict[str, Path]
+) -> None:
+    """Entries stored at n0003 name no store key: the migration to n0004 keeps them (it runs
+    without the organisation's key) with a format row naming no key, and the node's first start
+    deletes them; the row then names the node's key, and the store works and keeps its entries."""
+    from node.pseudonym_store import open_node_store
+    from node.pseudonym_store.tables import store_format
+
+    key = store_key(load_org(pki[ORG]))
+    x = oprf_input(*PATIENTS[0])
+    engine = make_engine(db_url)
+    try:
+        _insert_at_revision(
+            engine,
+            "n0003",
+            "INSERT INTO node_pseudonyms (kind, key_version, key_fingerprint, "
+            "input_digest, pseudonym) VALUES ('regional', 1, :fp, :d, 'v1.old')",
+            {"fp": "ab" * 32, "d": input_digest(key, x).hex()},
+        )
+        upgrade_schema(engine, MIGRATIONS_DIR)
+        assert _rows(engine) == 1
+        store = open_node_store(engine, key)
+        assert _rows(engine) == 0
+        with engine.connect() as conn:
+            marker = conn.execute(select(store_format)).all()
+        assert [tuple(r) for r in marker] == [("hmac-sha256-v1", store.key_check())]
+        store.save("regional", (1, "ab" * 32), {store.digest(x): "v1.new"})
+        assert open_node_store(engine, key).load("regional", (1, "ab" * 32), [store.digest(x)])
+        assert _rows(engine) == 1
+    finally:
+        engine.dispose()
+
+
 def _refuse_insert_of(engine: Engine, digest_hex: str) -> None:
     """A real database refusal of one row (a trigger): what a full disk or a lost connection
     does to the middle of a batch."""
