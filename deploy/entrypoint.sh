@@ -47,6 +47,8 @@
 #   IPJMS_FL_CLIENT_PUBLIC_KEY_FILE node: register the SuperNode's backend client key (first start)
 #   IPJMS_FL_AUTHORIZE, IPJMS_DIRECTORY_DIR  superlink: organisations whose SuperNodes it admits
 #   IPJMS_SUPERLINK_ADDRESS, IPJMS_FHIR_URL, IPJMS_FL_CLIENT_KEY_FILE, IPJMS_AUTHORITY_ORG  supernode
+#   IPJMS_FL_HEARTBEAT_INTERVAL  supernode: seconds between its heartbeats, 10-1800 (default 30,
+#                            Flower's); the SuperLink takes it offline after twice that
 set -eu
 
 role="${1:---help}"
@@ -177,6 +179,7 @@ supernode)
     require IPJMS_FL_CLIENT_KEY_FILE
     require IPJMS_NODE_CONSENT_URL
     require IPJMS_NODE_PSEUDONYM_URL
+    [ -n "${IPJMS_FL_HEARTBEAT_INTERVAL:-}" ] && set -- --heartbeat-interval "$IPJMS_FL_HEARTBEAT_INTERVAL" "$@"
     exec ipjms fl supernode --data-dir "$DATA_DIR" --superlink "$IPJMS_SUPERLINK_ADDRESS" \
         --org-dir "$IPJMS_ORG_DIR" --fhir-url "$IPJMS_FHIR_URL" \
         --client-id "${IPJMS_FL_CLIENT_ID:-fl-supernode}" --client-key "$IPJMS_FL_CLIENT_KEY_FILE" \

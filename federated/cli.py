@@ -220,6 +220,16 @@ def supernode(
         int,
         typer.Option("--indicators-min-count", help="This node never releases smaller cells."),
     ] = 10,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            help="Seconds between the SuperNode's heartbeats as announced to the SuperLink, "
+            "10–1800 (Flower's default 30): the SuperLink takes the node offline after twice "
+            "this without one, so a lost SuperNode is dropped from a round, and may rejoin, "
+            "that much sooner.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run this node's Flower SuperNode: trains on this node's store, under its own rules."""
     from federated.clientapp_zygote import write_launcher, zygote_command, zygote_socket_path
@@ -233,6 +243,10 @@ def supernode(
         _fail("--delta-run and --delta-budget must be in (0, 1)")
     if indicators_max_epsilon <= 0 or indicators_min_count < 1:
         _fail("--indicators-max-epsilon must be positive and --indicators-min-count at least 1")
+    from federated.flower_supernode import check_interval
+
+    if problem := check_interval(heartbeat_interval):
+        _fail(f"--heartbeat-interval: {problem}")
     if not (org_dir / "org.json").exists():
         _fail(f"--org-dir {org_dir}: no organisation credentials")
     if (linkage_key is None) == (not pseudonym_url):
@@ -276,6 +290,7 @@ def supernode(
         auth_key=key,
         node_config=node_config,
         clientappio_address=clientappio,
+        heartbeat_interval=heartbeat_interval,
     )
     log = _service_logging("supernode")
     env = flwr_env(data_dir / "flwr")

@@ -10,6 +10,9 @@ Verified against flwr 1.32.1:
   install app dependencies at run time.
 - ``flower-supernode --root-certificates CA --auth-supernode-private-key KEY`` (OpenSSH-format EC
   private key) ``--node-config 'k="v" …' --clientappio-api-address``.
+  It has no option for its heartbeat interval (``HEARTBEAT_DEFAULT_INTERVAL``, 30 s, which the
+  SuperLink accepts in [10, 1800] s and times out after 2 × interval): ``ipjms fl supernode
+  --heartbeat-interval`` runs it through ``federated/flower_supernode.py``, which sets it.
 - ``flwr run APP_DIR CONNECTION --run-config FILE.toml --format json`` with ``FLWR_HOME``
   holding ``config.toml`` (``[superlink.<name>] address``/``root-certificates``); every
   run-config key must be declared in the app's ``[tool.flwr.app.config]``.
@@ -125,9 +128,17 @@ def supernode_args(
     auth_key: Path,
     node_config: Mapping[str, Any],
     clientappio_address: str,
+    heartbeat_interval: float | None = None,
 ) -> list[str]:
+    """``flower-supernode`` with these settings — started through
+    ``python -m federated.flower_supernode`` with the heartbeat interval it announces to the
+    SuperLink (``None``: Flower's default, 30 s)."""
+    from federated.flower_supernode import DEFAULT_INTERVAL
+
+    interval = DEFAULT_INTERVAL if heartbeat_interval is None else heartbeat_interval
     return [
-        _bin("flower-supernode"),
+        sys.executable, "-m", "federated.flower_supernode",
+        "--heartbeat-interval", str(float(interval)), "--",
         "--superlink", superlink,
         "--root-certificates", str(ca_cert),
         "--auth-supernode-private-key", str(auth_key),

@@ -23,7 +23,32 @@ from flwr.serverapp import Grid
 from federated.egress import EgressViolation, check_reply
 from federated.run_plan import RunPlan
 
-__all__ = ["RunFailed", "RunResult", "run_federated", "make_strategy", "initial_arrays"]
+__all__ = [
+    "RunFailed", "RunResult", "run_federated", "make_strategy", "initial_arrays", "send_and_receive"
+]  # fmt: skip
+
+
+# How often the ServerApp asks the SuperLink for the replies it still waits on. Flower's own
+# Grid.send_and_receive (flwr 1.32.1) looks every 3 s, so every exchange of messages — each round's
+# training, the evaluation, an indicator query — ended up to 3 s after its last reply arrived; a
+# look is one ServerAppIo call on the SuperLink's own host.
+REPLY_POLL_SECONDS = 0.5
+
+
+def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+    """Flower's ``Grid.send_and_receive`` (push the messages, pull replies until each message has
+    one or ``timeout`` seconds have passed), looking every :data:`REPLY_POLL_SECONDS`."""
+    waiting = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(REPLY_POLL_SECONDS)
+    return replies
 
 
 class RunFailed(Exception):
@@ -100,7 +125,7 @@ class _ActiveGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
+        return send_and_receive(self._grid, messages, math.inf if timeout is None else timeout)
 
 
 def make_strategy(plan: RunPlan, min_nodes: int) -> Any:
@@ -286,7 +311,7 @@ def run_federated(
             Message(content=_content(arrays, base_config, 0), message_type="query", dst_node_id=n)
             for n in active.get_node_ids()
         ]
-        replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
+        replies = send_and_receive(grid, sent, plan.round_timeout)
         usable = _Round(result, excluded, "statistics", 0).sort(sent, replies)
         need(len(usable), "statistics", 0)
         mean, sd = _pooled_moments(usable)
@@ -298,7 +323,7 @@ def run_federated(
         train_cfg = ConfigRecord(dict(base_config))
         round_started = time.perf_counter()
         sent = list(strategy.configure_train(rnd, arrays, train_cfg, active))
-        replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
+        replies = send_and_receive(grid, sent, plan.round_timeout)
         usable = _Round(result, excluded, "train", rnd, arrays).sort(sent, replies)
         need(len(usable), "train", rnd)
         for reply in usable:
@@ -325,7 +350,7 @@ def run_federated(
             # their ledgers (federated/dp_evaluation.py): the final model is the one evaluated.
             eval_cfg = ConfigRecord(dict(base_config))
             sent = list(strategy.configure_evaluate(rnd, arrays, eval_cfg, active))
-            replies = grid.send_and_receive(sent, timeout=plan.round_timeout)
+            replies = send_and_receive(grid, sent, plan.round_timeout)
             usable = _Round(result, excluded, "evaluate", rnd).sort(sent, replies)
             need(len(usable), "evaluate", rnd)
             for reply in usable:

@@ -46,7 +46,7 @@ def run_query(
     timeout: float = 600.0,
 ) -> list[NodeAnswer]:
     """Ask every connected node; their answers (ok, declined or dropped), by node id."""
-    from federated.server_loop import RunFailed, _wait_for_nodes
+    from federated.server_loop import RunFailed, _wait_for_nodes, send_and_receive
 
     nodes = sorted(_wait_for_nodes(grid, min_nodes, node_wait))
     sent = [
@@ -57,7 +57,7 @@ def run_query(
         )
         for nid in nodes
     ]
-    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(sent, timeout=timeout)}
+    replies = {m.metadata.src_node_id: m for m in send_and_receive(grid, sent, timeout)}
     allowed = allowed_counts(query, definitions)
     answers = []
     for nid in nodes:

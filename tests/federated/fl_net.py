@@ -24,7 +24,14 @@ from exchange_net import ORGS, Region, start_region  # noqa: E402
 
 from consent.fhir import to_fhir  # noqa: E402
 from consent.policy import ConsentRecord, Provision  # noqa: E402
-from deploy.launcher import Service, free_port, ipjms_command, start_service, wait_until  # noqa: E402
+from deploy.launcher import (  # noqa: E402
+    Service,
+    free_port,
+    ipjms_command,
+    start_service,
+    wait_healthy,
+    wait_until,
+)
 from federated.cohort import COHORT_CLASSES  # noqa: E402
 from node.feeds.synthetic import generate_site  # noqa: E402
 from node.identity import NATIONAL_ID_SYSTEM  # noqa: E402
@@ -36,6 +43,11 @@ __all__ = [
 ]  # fmt: skip
 
 NODES = ("hosp-a", "clinic-b", "clinic-c")
+# The SuperNodes' heartbeat interval (``ipjms fl supernode --heartbeat-interval``): the least the
+# SuperLink accepts. It takes a node offline after twice this without a heartbeat, so a stopped or
+# killed SuperNode is offline within about 20 s instead of Flower's 60 — the wait of every
+# SuperNode restart (:meth:`FlNet.ensure_supernodes`) and of a round whose node was killed.
+HEARTBEAT_INTERVAL = 10.0
 
 
 @dataclass
@@ -89,9 +101,13 @@ class FlNet:
             kill_group(self.superlink, signal.SIGTERM)
         self.region.stop()
 
-    def start_supernode(self, org: str, min_cohort: int = 5, budget: float = 100.0) -> Service:
+    def start_supernode(
+        self, org: str, min_cohort: int = 5, budget: float = 100.0, *, wait: bool = True
+    ) -> Service:
         """Start ``org``'s SuperNode with this policy (it connects to the SuperLink by itself;
-        :meth:`ensure_supernode` also waits until the SuperLink has it online)."""
+        :meth:`ensure_supernode` also waits until the SuperLink has it online). ``wait=False``:
+        do not wait for it to be healthy (its ClientApp zygote takes seconds to import torch;
+        start several, then :func:`wait_healthy` each)."""
         assert self.superlink_dir is not None
         info = json.loads((self.superlink_dir / "superlink.json").read_text())
         node = self.region.nodes[org]
@@ -104,6 +120,7 @@ class FlNet:
             "--authority", "authority",
             "--pseudonym-url", self.region.pseudonym_service.base_url,
             "--port", "0", "--min-cohort", str(min_cohort), "--epsilon-budget", str(budget),
+            "--heartbeat-interval", str(HEARTBEAT_INTERVAL),
         ]  # fmt: skip
         svc = start_service(  # the health port: the OS picks, announced in the data dir
             f"supernode-{org}",
@@ -111,6 +128,7 @@ class FlNet:
             base_url="http://127.0.0.1:{http}",
             log_dir=self.root / "logs",
             ports_dir=data_dir,
+            wait=wait,
         )
         svc.extra["policy"] = (min_cohort, budget, data_dir)
         self.supernodes[org] = svc
@@ -138,22 +156,25 @@ class FlNet:
         a test that needs them calls this, so no test depends on what an earlier one left (a
         SuperNode killed by the fault test, one restarted with another policy by a refusal
         test, or one keeping another module's ledger). A running SuperNode with its policy is
-        left alone; the others are stopped (SIGTERM) or found dead, the SuperLink is waited on
-        to take their nodes offline (a stopped node stays "online" until its heartbeat lapses,
-        about a minute, and Flower refuses to activate an online node), then they are started
-        again and waited on until the SuperLink has them online. All of them together: the
-        heartbeat wait is paid once, not once per SuperNode."""
+        left alone; the others are stopped (:func:`stop_gracefully`: Flower deactivates the
+        node) or found dead, the SuperLink is waited on to take their nodes offline (a killed
+        node stays "online" until its heartbeat lapses, 2 × :data:`HEARTBEAT_INTERVAL`, and
+        Flower refuses to activate an online node), then they are started again and waited on
+        until the SuperLink has them online. All of them
+        together: the heartbeat wait is paid once, not once per SuperNode."""
         if not isinstance(policies, dict):
             policies = {org: (5, 100.0) for org in policies}
         stale: dict[str, tuple[int, float]] = {}
+        stopping: list[Service] = []
         for org, (min_cohort, budget) in policies.items():
             svc = self.supernodes.get(org)
             wanted = (min_cohort, budget, self.supernode_dir(org))
             if svc is not None and svc.alive() and svc.extra.get("policy") == wanted:
                 continue
             if svc is not None and svc.alive():
-                kill_group(svc, signal.SIGTERM)
+                stopping.append(svc)
             stale[org] = (min_cohort, budget)
+        stop_gracefully(stopping)
         if stale:
             names = ", ".join(stale)
 
@@ -162,7 +183,7 @@ class FlNet:
                 return all(status.get(org) != "online" for org in stale)
 
             wait_until(offline, timeout, 1.0, f"the SuperLink to take {names} offline")
-            started = {org: self.start_supernode(org, *policy) for org, policy in stale.items()}
+            started = self._start_supernodes(stale)
 
             def online() -> bool:
                 for org, svc in started.items():
@@ -173,6 +194,15 @@ class FlNet:
 
             wait_until(online, timeout, 1.0, f"the SuperNodes of {names} to be online")
         return {org: self.supernodes[org] for org in policies}
+
+    def _start_supernodes(self, policies: dict[str, tuple[int, float]]) -> dict[str, Service]:
+        """Start these SuperNodes together and wait until each is healthy."""
+        started = {
+            org: self.start_supernode(org, *policy, wait=False) for org, policy in policies.items()
+        }
+        for svc in started.values():
+            wait_healthy(svc, timeout=120)
+        return started
 
     def fl_run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         assert self.superlink_dir is not None
@@ -214,6 +244,25 @@ def _descendants(pid: int) -> list[int]:
                     found.append(child)
                     todo.append(child)
     return found
+
+
+def stop_gracefully(services: Iterable[Service], timeout: float = 30) -> None:
+    """Stop SuperNodes as an operator would (``docker stop``), all at once: one SIGTERM to each
+    ``ipjms fl supernode`` alone, which passes it on to Flower's SuperNode and then stops what
+    is left of its process groups (federated/supervisor.py). On the way out Flower deactivates
+    its node at the SuperLink, which takes it offline at once rather than when its heartbeat
+    lapses. Exactly one: Flower's handler gives way to the default after the first SIGTERM,
+    so a second (:func:`kill_group`'s reaches the Flower process directly and through its
+    group) ends it before it deactivates. A supervisor still running after ``timeout`` is
+    killed with its group."""
+    running = [s for s in services if s.alive()]
+    for service in running:
+        service.process.send_signal(signal.SIGTERM)
+    for service in running:
+        try:
+            service.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(service, signal.SIGKILL)
 
 
 def kill_group(service: Service, sig: int = signal.SIGKILL) -> None:
@@ -308,45 +357,83 @@ def grant_quality(net: FlNet, national_id: str) -> None:
     assert r.status_code == 201, r.text
 
 
+def _start_superlink(root: Path, pki: Pki, superlink_dir: Path) -> Service:
+    """Start the authority's SuperLink, admitting the three nodes' SuperNodes (it registers
+    their keys itself once it is up: ``supernodes.json``); not waited on to be ready. Started
+    from the main thread: a service dies with the thread that started it (PR_SET_PDEATHSIG,
+    ``servicekit.processes.dying_with_parent``), so never from a pool's worker."""
+    # Flower's SuperLink binds its Fleet and Control ports itself and cannot report a port
+    # 0: those stay free_port(); the supervisor's health port is bound at 0 and announced.
+    args = [
+        "fl", "superlink", "--data-dir", str(superlink_dir),
+        "--org-dir", str(pki.org_dirs["authority"]), "--port", "0",
+        "--fleet-port", str(free_port()), "--control-port", str(free_port()),
+        *[a for org in NODES for a in ("--authorize", str(pki.org_dirs[org]))],
+    ]  # fmt: skip
+    return start_service(
+        "superlink", args, base_url="http://127.0.0.1:{http}", log_dir=root / "logs",
+        ports_dir=superlink_dir, wait=False,
+    )  # fmt: skip
+
+
+def _prepare_node(net: FlNet, org: str, seed: int, patients: int, consent_every: int) -> None:
+    """``org``'s synthetic patients, its SuperNode's backend client and the research consents."""
+    _seed(net, org, patients, seed=seed)
+    _backend_client(net, org)
+    consented = set()
+    for k, nid in enumerate(net.national_ids[org]):
+        if k % consent_every != consent_every - 1:
+            grant_research(net, nid)
+            consented.add(nid)
+    net.consented[org] = consented
+
+
 def start_fl_net(root: Path, *, patients: int = 24, consent_every: int = 4) -> FlNet:
-    """Every ``consent_every``-th patient of each node does NOT consent to research."""
+    """Every ``consent_every``-th patient of each node does NOT consent to research.
+
+    What does not depend on each other overlaps: the SuperLink (its start and the three
+    admissions, each a ``flwr supernode register`` process) comes up while the region starts
+    and the nodes are seeded; the three nodes' patients, backend clients and consents are
+    prepared at once, in threads (each mostly waits on its node, the consent registry and the
+    pseudonymisation authority — processes of their own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     pki = make_pki(root / "pki")
-    region = start_region(pki, root / "region")
-    net = FlNet(root, pki, region)
+    superlink_dir = root / "superlink"
+    superlink = _start_superlink(root, pki, superlink_dir)
     try:
-        for i, org in enumerate(NODES):
-            _seed(net, org, patients, seed=100 + i)
-            _backend_client(net, org)
-            net.consented[org] = set()
-            for k, nid in enumerate(net.national_ids[org]):
-                if k % consent_every != consent_every - 1:
-                    grant_research(net, nid)
-                    net.consented[org].add(nid)
-        net.superlink_dir = root / "superlink"
-        # Flower's SuperLink binds its Fleet and Control ports itself and cannot report a port
-        # 0: those stay free_port(); the supervisor's health port is bound at 0 and announced.
-        args = [
-            "fl", "superlink", "--data-dir", str(net.superlink_dir),
-            "--org-dir", str(pki.org_dirs["authority"]), "--port", "0",
-            "--fleet-port", str(free_port()), "--control-port", str(free_port()),
-            *[a for org in NODES for a in ("--authorize", str(pki.org_dirs[org]))],
-        ]  # fmt: skip
-        net.superlink = start_service(
-            "superlink", args, base_url="http://127.0.0.1:{http}", log_dir=root / "logs",
-            ports_dir=net.superlink_dir,
-        )  # fmt: skip
-        registry = net.superlink_dir / "supernodes.json"
+        region = start_region(pki, root / "region")
+    except BaseException:
+        kill_group(superlink, signal.SIGTERM)
+        raise
+    net = FlNet(root, pki, region, superlink=superlink, superlink_dir=superlink_dir)
+    try:
+        with ThreadPoolExecutor(max_workers=len(NODES)) as pool:
+            prepared = [
+                pool.submit(_prepare_node, net, org, 100 + i, patients, consent_every)
+                for i, org in enumerate(NODES)
+            ]
+            try:
+                for future in prepared:
+                    future.result()
+            except BaseException:
+                for future in prepared:
+                    future.cancel()
+                raise
+        wait_healthy(superlink, timeout=90)
+        registry = superlink_dir / "supernodes.json"
 
         def admitted() -> bool:
+            if not superlink.alive():
+                raise RuntimeError(f"the SuperLink exited:\n{superlink.log_tail()}")
             try:  # the SuperLink rewrites the file in place: it may be caught empty or partial
                 return len(json.loads(registry.read_text())) == len(NODES)
             except (OSError, ValueError):
                 return False
 
         wait_until(admitted, 90, interval=0.5, what="SuperNodes to be admitted")
-        for org in NODES:
-            net.start_supernode(org)
-    except Exception:
+        net._start_supernodes({org: (5, 100.0) for org in NODES})
+    except BaseException:
         net.stop()
         raise
     return net

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federated.models import get_arrays, make_model
 from federated.run_plan import RunPlan
+from federated.server_loop import send_and_receive
 
 app = ServerApp()
 
@@ -43,7 +44,7 @@ def _send(grid: Grid, kind: str, arrays: ArrayRecord, **over: Any) -> dict[str, 
         for n in grid.get_node_ids()
     ]
     out: dict[str, Any] = {}
-    for reply in grid.send_and_receive(msgs, timeout=300):
+    for reply in send_and_receive(grid, msgs, 300):  # the real ServerApp's polling
         nid = str(reply.metadata.src_node_id)
         if reply.has_error():
             out[nid] = {"error": str(reply.error.reason)}

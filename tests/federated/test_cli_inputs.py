@@ -1,5 +1,6 @@
-"""Must-show 5: bad input to ``ipjms fl bench`` and ``ipjms fl run`` → a clear error naming the
-file and column (bench) or the parameter (run); nothing runs."""
+"""Must-show 5: bad input to ``ipjms fl bench``, ``ipjms fl run`` and
+``ipjms fl supernode`` → a clear error naming the file and column (bench) or the parameter (run,
+supernode); nothing runs."""
 
 from __future__ import annotations
 
@@ -95,3 +96,48 @@ def test_fl_run_rejects_bad_parameters(tmp_path: Path, args: list[str], message:
     result = runner.invoke(app, ["run", "--data-dir", str(tmp_path), *args])
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("interval", ["5", "9.5", "1801", "nan", "-30"])
+def test_fl_supernode_rejects_a_heartbeat_interval_the_superlink_refuses(
+    tmp_path: Path, interval: str
+) -> None:
+    """Flower's SuperLink accepts a heartbeat interval in [10, 1800] s only: outside it the
+    SuperNode is refused before it starts, with the range named (nothing is written)."""
+    key = tmp_path / "client.pem"
+    key.write_text("unused")
+    result = runner.invoke(app, [
+        "supernode", "--data-dir", str(tmp_path / "sn"), "--superlink", "127.0.0.1:9",
+        "--org-dir", str(tmp_path), "--fhir-url", "http://127.0.0.1:9", "--client-id", "c",
+        "--client-key", str(key), "--consent-url", "http://127.0.0.1:9", "--authority", "a",
+        "--pseudonym-url", "http://127.0.0.1:9", "--heartbeat-interval", interval,
+    ])  # fmt: skip
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert "--heartbeat-interval: the heartbeat interval must be between 10 and 1800 seconds" in out
+    assert not (tmp_path / "sn").exists()
+
+
+def test_the_supernode_announces_the_heartbeat_interval_it_was_given() -> None:
+    """``federated.flower_supernode`` sets the interval where Flower's SuperNode reads it: what
+    it sends in ActivateNode and every heartbeat (grpc-rere connection), and its heartbeat
+    period (supercore.heartbeat); Flower's own constant, read by the SuperNode's ClientApp
+    token bookkeeping, keeps its default."""
+    import subprocess
+    import sys
+
+    code = (
+        "from federated.flower_supernode import set_heartbeat_interval as s; s(12.5)\n"
+        "from flwr.client.grpc_rere_client import connection as c\n"
+        "from flwr.supercore import heartbeat as h\n"
+        "from flwr.common import constant as k\n"
+        "print(c.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL, "
+        "k.HEARTBEAT_DEFAULT_INTERVAL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["12.5", "12.5", "30"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "federated.flower_supernode", "--heartbeat-interval", "3", "--"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "between 10 and 1800 seconds" in bad.stderr

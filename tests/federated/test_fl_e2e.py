@@ -250,7 +250,7 @@ def test_killed_supernode_run_finishes_with_others_then_below_minimum_fails(
         "--min-nodes",
         "3",
         "--node-wait",
-        "20",
+        "5",
         "--round-timeout",
         "30",
     )
