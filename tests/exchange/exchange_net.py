@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,16 +49,23 @@ class NodeProc:
     args: list[str]
     env: dict[str, str]
     token: str = ""
+    token_renew_at: float = 0.0  # time.monotonic() after which the token is re-issued
 
     def headers(self) -> dict[str, str]:
-        if not self.token:
+        """The doctor's bearer token, signed in again before it expires: a module's region
+        outlives the node's token_ttl on a loaded machine (CI: 'token expired' in the doctor
+        pages after a 47-minute run)."""
+        if not self.token or time.monotonic() >= self.token_renew_at:
             r = httpx.post(
                 f"{self.url}/auth/token",
                 data={"grant_type": "password", "username": "doctor", "password": PASSWORD},
                 timeout=60,  # argon2: seconds under the suite's load
             )
             r.raise_for_status()
-            self.token = r.json()["access_token"]
+            answer = r.json()
+            self.token = answer["access_token"]
+            # renewed at two thirds of its lifetime (RFC 6749 expires_in, seconds)
+            self.token_renew_at = time.monotonic() + int(answer["expires_in"]) * 2 / 3
         return {"Authorization": f"Bearer {self.token}"}
 
     def get(self, path: str, **params: Any) -> Any:
