@@ -6,14 +6,19 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from deploy.demo.network import DemoNetwork, StepFailed
-from deploy.demo.story import Chapter, chapters
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from deploy.demo.network import DemoNetwork
+    from deploy.demo.story import Chapter
+
+# The network and story (httpx, the launcher, every service's client) are imported when `demo`
+# runs, not when `ipjms` starts: every other sub-command (`ipjms pki …`, `ipjms node …`) starts
+# without them.
 
 
 def demo(
@@ -29,6 +34,11 @@ def demo(
     ] = 5,
 ) -> None:
     """Start a regional network on loopback, seed it, run the story, print what happened."""
+    from rich.console import Console
+
+    from deploy.demo.network import DemoNetwork
+    from deploy.demo.story import chapters
+
     console = Console()
     tmp = None
     if workdir is None:
@@ -50,6 +60,8 @@ def run_network(net: DemoNetwork, steps: list[Chapter], *, keep_running: bool) -
     """Run chapter functions in order (``ipjms demo`` and ``ipjms up`` share this), print the
     summary, optionally stay up until Ctrl-C/SIGTERM, then stop every service. True when all
     went well."""
+    from deploy.demo.network import StepFailed
+
     ok = True
     try:
         for step in steps:
@@ -73,6 +85,8 @@ def run_network(net: DemoNetwork, steps: list[Chapter], *, keep_running: bool) -
 
 
 def _summary(net: DemoNetwork, console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title="Demo steps")
     table.add_column("step")
     table.add_column("result")
