@@ -9,6 +9,7 @@ criteria written by ``identifier_criteria``; entries reference each other by det
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -25,11 +26,20 @@ class TransactionBuilder:
 
     def __init__(self, namespace: str) -> None:
         self._namespace = uuid.uuid5(_FEEDS_NAMESPACE, namespace)
+        self._namespace_bytes = self._namespace.bytes
         self._entries: list[dict[str, Any]] = []
         self._seen: set[str] = set()
 
     def full_url(self, key: str) -> str:
-        return f"urn:uuid:{uuid.uuid5(self._namespace, key)}"
+        """``urn:uuid:`` + ``uuid.uuid5(namespace, key)``, computed as RFC 9562 §5.5 does it
+        (SHA-1 of namespace + name, version 5, RFC 4122 variant) without building a UUID object:
+        the same string, at a fraction of the cost (a synthetic cohort makes ~70 a patient)."""
+        name = self._namespace_bytes + key.encode()
+        digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])
+        digest[6] = (digest[6] & 0x0F) | 0x50
+        digest[8] = (digest[8] & 0x3F) | 0x80
+        h = digest.hex()
+        return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def create(
         self, key: str, resource: dict[str, Any], *, identifier: tuple[str, str] | None = None

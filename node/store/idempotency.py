@@ -19,6 +19,7 @@ string wherever it was built.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -28,12 +29,19 @@ from servicekit.outcome import BadRequest
 __all__ = ["token_value", "identifier_criteria", "idempotent_request", "derived_id"]
 
 _SAFE = ":/.-_~"  # left readable; everything else a query string could misread is %-encoded
+# What ``quote(…, safe=_SAFE)`` leaves as it is: ASCII letters and digits, "_.-~" and _SAFE.
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.\-~:/]*")
+
+
+def _quote(part: str) -> str:
+    # most systems and values (URLs, record ids) need no quoting: skip quote()'s encode/decode
+    return part if _UNQUOTED.fullmatch(part) else quote(part, safe=_SAFE)
 
 
 def token_value(system: str, value: str) -> str:
     """A token search value ``system|value`` for a query string (``|`` inside either part,
     ``&``, ``=``, ``,``, ``+``, spaces… percent-encoded; decoded by the store's query parser)."""
-    return f"{quote(str(system), safe=_SAFE)}|{quote(str(value), safe=_SAFE)}"
+    return f"{_quote(str(system))}|{_quote(str(value))}"
 
 
 def identifier_criteria(system: str, value: str) -> str:
