@@ -73,15 +73,17 @@ def init(
 
     The admin password comes from IPJMS_ADMIN_PASSWORD, else one is generated and printed once.
     """
-    from node.auth.accounts import AccountError, AccountStore
     from node.settings import NODE_TOML, load_settings, write_node_toml
-    from trust.pseudonym import load_or_create_linkage_key
-    from trust.tokens import load_or_create_signing_key
 
     if level not in ("tertiary", "county", "community"):
         _fail(f"--level must be tertiary, county or community, not {level!r}")
     if (data_dir / NODE_TOML).exists():
         _fail(f"{data_dir} already holds a node ({NODE_TOML}); choose another --data-dir")
+    # (imported after the checks: a refused init need not load the account store and the keys)
+    from node.auth.accounts import AccountError, AccountStore
+    from trust.pseudonym import load_or_create_linkage_key
+    from trust.tokens import load_or_create_signing_key
+
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         settings = load_settings(data_dir, org_id=org, name=name, level=level, db_url=db, port=port)

@@ -24,6 +24,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IPJMS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 PG_URL = os.environ.get("IPJMS_TEST_POSTGRES_URL")
 
+# Byte-code for the processes the tests start (every `ipjms …` command and service imports ~190
+# of the project's modules). Where PYTHONDONTWRITEBYTECODE is set (to keep __pycache__ out of the
+# tree), each of those processes compiled them all from source again: ~0.3 CPU-s a start, paid
+# hundreds of times a run. They write it under one cache folder outside the tree instead
+# (PYTHONPYCACHEPREFIX; Python checks each file's source mtime and size, so a changed file is
+# compiled again); this process and xdist's workers (started after this file is read) too.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    import tempfile
+
+    _prefix = Path(tempfile.gettempdir()) / f"ipjms-pycache-{os.getuid()}"
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(_prefix))
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
+    sys.dont_write_bytecode = False
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """The suite is a one-machine path: where libsodium is missing, its regions, services and
