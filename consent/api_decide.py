@@ -82,6 +82,7 @@ async def decide(request: Request, principal: Principal = Depends(DECIDE)) -> JS
             expires_at=issued.expires_at,
             token=issued.token,
             data_period=data_period,
+            patient=issued.patient or None,
         )
     )
 

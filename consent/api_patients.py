@@ -10,6 +10,9 @@ from consent.accounts import PatientAccounts
 from consent.auth import Authenticator, Principal, require
 from consent.disclosures import list_disclosures
 from consent.http_io import json_response, read_form, read_json
+from consent.known_by import known_by
+from consent.model import check_pseudonym
+from consent.parameters import check_candidates
 from consent.patient_login import check_patient_password
 from servicekit.openapi_bodies import form_body, json_body
 from servicekit.outcome import BadRequest
@@ -61,15 +64,26 @@ async def patient_token(request: Request) -> JSONResponse:
     return json_response(_auth(request).patient_token(pseudonym))
 
 
-@router.post("/enrolment-codes", openapi_extra=json_body({"patient": _S}, ("patient",)))
+@router.post(
+    "/enrolment-codes",
+    openapi_extra=json_body(
+        {"patient": _S, "candidates": {"type": "array", "items": _S}}, ("patient",)
+    ),
+)
 async def enrolment_code(
     request: Request, principal: Principal = Depends(ISSUE_CODES)
 ) -> JSONResponse:
-    """A node issues a one-time enrolment code for a patient it knows (by pseudonym)."""
+    """A node issues a one-time enrolment code for a patient it knows (by pseudonym).
+    ``candidates``: the patient's pseudonyms under the other key versions the authority still
+    holds (the node's own evaluations, issue 23): the code is for the one the patient is known
+    by (``consent.known_by``; answered as ``patient``), else for ``patient``."""
     body = await read_json(request)
-    if not isinstance(body, dict) or set(body) - {"patient"}:
-        raise BadRequest('body must be {"patient": "<pseudonym>"}')
-    issued = _accounts(request).issue_code(body.get("patient"), issued_by=principal.subject)  # type: ignore[arg-type]
+    if not isinstance(body, dict) or set(body) - {"patient", "candidates"}:
+        raise BadRequest('body must be {"patient": "<pseudonym>"[, "candidates": [...]]}')
+    patient = check_pseudonym(body.get("patient"), "patient")
+    candidates = check_candidates(patient, body.get("candidates", []), "candidates")
+    chosen = known_by(request.app.state.engine, patient, candidates)
+    issued = _accounts(request).issue_code(chosen, issued_by=principal.subject)
     return json_response(
         {
             "code": issued.code,

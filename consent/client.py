@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -201,13 +201,19 @@ class ConsentClient:
         envelope_id: str | None = None,
         pull: str | None = None,
         lookup_id: str | None = None,
+        candidates: Sequence[str] = (),
     ) -> SignedDecision:
         """Ask for a signed decision; the returned decision has been verified against the JWKS
         and against the request it answers. The requester is always this organisation (the
         registry refuses a ``requester`` naming another); ``acting_role``/``acting_user`` go
         into the signed assertion (break-glass needs both, for a doctor or nurse).
         ``lookup_id``: bind the decision to a record-locator lookup instead of an envelope (the
-        coordinator re-checks it by that id, :meth:`recheck_lookup`)."""
+        coordinator re-checks it by that id, :meth:`recheck_lookup`).
+        ``candidates``: the same patient's pseudonyms under the other key versions the
+        pseudonymisation authority still holds — this node's own evaluations of the identifier
+        it holds (``OprfPseudonymiser.candidates``), never a pseudonym it was told; the
+        registry decides under the one the patient is known by (issue 23), which the
+        returned decision names (``patient``: one of those asked about, else refused)."""
         class_list = sorted(set(classes))
         params: list[dict[str, Any]] = [
             {"name": "patient", "valueString": patient_pseudonym},
@@ -225,6 +231,7 @@ class ConsentClient:
             params.append({"name": "pull", "valueId": pull})
         if lookup_id:  # the decision is for that record-locator lookup, bound to it
             params.append({"name": "lookup", "valueId": lookup_id})
+        params += [{"name": "candidate", "valueString": c} for c in candidates]
         r = self._request(
             "POST",
             "/fhir/Consent/$decide",
@@ -234,11 +241,15 @@ class ConsentClient:
         )
         if r.status_code != 200:
             raise ConsentRegistryError(r.status_code, _outcome_text(r))
-        token = next(
-            p["valueString"] for p in r.json()["parameter"] if p["name"] == "decision-token"
-        )
+        out = r.json()["parameter"]
+        token = next(p["valueString"] for p in out if p["name"] == "decision-token")
+        decided = patient_pseudonym
+        if candidates:  # the registry says which it decided under: one of those asked about
+            decided = next((str(p.get("valueString")) for p in out if p["name"] == "patient"), "")
+            if decided not in (patient_pseudonym, *candidates):
+                raise DecisionTokenError("decision is for a pseudonym that was not asked about")
         expected = request_hash(
-            patient_pseudonym, requester or self.creds.org_id, recipient, purpose, class_list
+            decided, requester or self.creds.org_id, recipient, purpose, class_list
         )
         decision = self.verify_decision(token, expected_request_hash=expected)
         if envelope_id and decision.envelope_id != envelope_id:
@@ -348,12 +359,23 @@ class ConsentClient:
                 raise
         return verify_decision_token(token, self.jwks(refresh=True), **checks)
 
-    def create_enrolment_code(self, patient_pseudonym: str) -> dict[str, Any]:
-        """A one-time code the patient uses to enrol (``code``, ``expires_at``)."""
-        r = self._request("POST", "/enrolment-codes", json={"patient": patient_pseudonym})
+    def create_enrolment_code(
+        self, patient_pseudonym: str, *, candidates: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """A one-time code the patient uses to enrol (``code``, ``expires_at``, and
+        ``patient``: the pseudonym it is for). ``candidates``: as for :meth:`decide` — the code
+        is for the pseudonym the patient is known by (an enrolment after a key rotation reaches
+        the account and consents made before it), else ``patient_pseudonym``."""
+        body: dict[str, Any] = {"patient": patient_pseudonym}
+        if candidates:
+            body["candidates"] = list(candidates)
+        r = self._request("POST", "/enrolment-codes", json=body)
         if r.status_code != 201:
             raise ConsentRegistryError(r.status_code, _outcome_text(r))
-        return dict(r.json())
+        issued = dict(r.json())
+        if issued.get("patient", patient_pseudonym) not in (patient_pseudonym, *candidates):
+            raise ConsentRegistryError(502, "enrolment code for a pseudonym not asked about")
+        return issued
 
     def report_disclosure(
         self,

@@ -28,6 +28,12 @@ rule): a lookup's binding as long as the decision bound to it (the decision toke
 token can still be delivered. A re-check of an expired binding is a deny that says so, and
 expired rows are purged when a new question is bound (as ``trust.jti_store`` sweeps).
 
+After a key rotation of the pseudonymisation authority (issue 23) a question may offer, besides
+the patient's current pseudonym, ``candidates``: the same patient's pseudonyms under older key
+versions, the caller's own OPRF evaluations. It is decided under exactly one of them, the one the
+patient is known by (``consent.known_by``), and everything after — the signed decision's ``sub``,
+the stored question, the audit — names that one only; no link between them is kept.
+
 Who asked is the authenticated caller — the organisation whose signed assertion got the token —
 and nothing else: a ``requester`` parameter naming another organisation is refused (403), so the
 patient's disclosure list cannot be made to show an access by someone who did not ask.
@@ -77,6 +83,7 @@ from consent.break_glass import (
     readmission_refusal,
 )
 from consent.decision_token import request_hash, sign_decision
+from consent.known_by import known_by
 from consent.parameters import DecideInput
 from consent.policy import Decision, DecisionRequest, decide, next_change
 from consent.schema import envelope_questions
@@ -128,6 +135,7 @@ class IssuedDecision:
     decision_id: str
     token: str
     expires_at: int
+    patient: str = ""  # the pseudonym decided under (one of the candidates, when offered)
 
 
 def _period_json(decision: Decision) -> dict[str, str] | None:
@@ -190,6 +198,12 @@ class DecisionService:
                 f"a lookup's recipient must be the authenticated caller ({requester}); "
                 "a lookup cannot be bound for another organisation"
             )
+        if inp.candidates:  # the patient's pseudonyms under other key versions (issue 23):
+            # decided under the one the patient is known by, and only that one (nothing stored)
+            inp = replace(
+                inp, patient=known_by(self.store.engine, inp.patient, inp.candidates),
+                candidates=(),
+            )  # fmt: skip
         carried: Grant | None = None  # the break-glass pull grant this decision carries on
         if inp.purpose == "ETREAT" and not inp.reason and inp.pull and inp.envelope:
             # A record query or answer of a break-glass pull (no clinician at a holder): only
@@ -256,7 +270,7 @@ class DecisionService:
             claims["env"] = inp.envelope  # the envelope that will carry this decision
         token, expires_at = sign_decision(self.key, self.issuer, claims, self.ttl, x5c=self.x5c)
         self._audit(inp, caller, requester, decision, decision_id, carried)
-        return IssuedDecision(decision, decision_id, token, expires_at)
+        return IssuedDecision(decision, decision_id, token, expires_at, inp.patient)
 
     def _under_pull(self, inp: DecideInput) -> tuple[Decision, Grant | None]:
         """ETREAT under a break-glass pull grant: granted (a break-glass entry of its own for

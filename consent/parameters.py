@@ -15,12 +15,21 @@ In::
                                                 not with ``envelope``, ``sender`` or ``pull``;
                                                 ``recipient`` must be the caller (else 403: a
                                                 lookup brings the data to who looks up)
+    candidate  valueString (×n, ≤ 8)             the same patient's pseudonym under the other key
+                                                versions the pseudonymisation authority still
+                                                holds — the caller's own OPRF evaluations of the
+                                                identifier it holds (issue 23); the registry
+                                                decides under the one the patient is known by
+                                                (``consent.known_by``) and says which (``patient``
+                                                out, the token's ``sub``). Each an OPRF
+                                                pseudonym (``v<N>.``), one per key version
     pull       valueId                          ETREAT without a reason: the envelope id of the
                                                 break-glass pull grant this envelope carries
                                                 on (a record query or its answer; see
                                                 consent.break_glass.pull_refusal)
 
-Out: ``decision`` (permit|deny), ``class``×n (permitted), ``refused-class``×n, ``consent``×n
+Out: ``patient`` (the pseudonym decided under: ``patient`` in, or one of the ``candidate``s),
+``decision`` (permit|deny), ``class``×n (permitted), ``refused-class``×n, ``consent``×n
 (``Consent/<id>``), ``reason``, ``break-glass``, ``decision-id``, ``expires``, ``data-period``
 and ``decision-token`` (the signed JWS, see :mod:`consent.decision_token`).
 """
@@ -34,12 +43,15 @@ from typing import Any
 
 from consent.model import check_classes, check_org_id, check_pseudonym, check_purpose
 from servicekit.outcome import BadRequest
+from trust.pseudonym import pseudonym_key_version
 
 __all__ = [
     "DecideInput",
     "RecheckInput",
     "LookupRecheckInput",
     "parse_decide",
+    "check_candidates",
+    "MAX_CANDIDATES",
     "parse_recheck",
     "decision_parameters",
 ]
@@ -55,7 +67,10 @@ _ALLOWED = {
     "sender",
     "pull",
     "lookup",
+    "candidate",
 }
+#: at most this many ``candidate`` pseudonyms (one per older key version still held)
+MAX_CANDIDATES = 8
 # What a lookup's decision cannot also take, and why (each refusal names its own conflict).
 _NOT_WITH_LOOKUP = (
     ("envelope", "a decision is bound to an envelope or to a lookup, not both"),
@@ -84,6 +99,9 @@ class DecideInput:
     # what ``envelope`` is the id of: "envelope", or "lookup" (a record-locator lookup's id,
     # given as ``Parameters.lookup``); a lookup's decision is never an envelope's and vice versa
     binds: str = "envelope"
+    #: the same patient's pseudonyms under other key versions (the caller's own evaluations);
+    #: the registry decides under the one the patient is known by (``consent.known_by``)
+    candidates: tuple[str, ...] = ()
 
 
 def _value(param: dict[str, Any], name: str) -> str:
@@ -177,8 +195,9 @@ def parse_decide(body: object) -> DecideInput:
             "a decision under a pull grant is bound to its envelope (Parameters.envelope)",
             expression=["Parameters.envelope"],
         )
+    patient = check_pseudonym(values["patient"][0], "Parameters.patient")
     return DecideInput(
-        patient=check_pseudonym(values["patient"][0], "Parameters.patient"),
+        patient=patient,
         recipient=check_org_id(values["recipient"][0], "Parameters.recipient"),
         requester=check_org_id(requester, "Parameters.requester") if requester else None,
         purpose=check_purpose(values["purpose"][0], "Parameters.purpose"),
@@ -187,7 +206,33 @@ def parse_decide(body: object) -> DecideInput:
         envelope=envelope,
         pull=pull,
         binds=binds,
+        candidates=check_candidates(patient, values.get("candidate", []), "Parameters.candidate"),
     )
+
+
+def check_candidates(patient: str, given: object, field: str) -> tuple[str, ...]:
+    """Other pseudonyms of ``patient`` under other key versions: OPRF pseudonyms (``v<N>.``),
+    at most :data:`MAX_CANDIDATES`, each of a key version no other (nor ``patient``) has — one
+    question per version, what the caller could have asked separately anyway. The registry
+    cannot check that they are one person's (issue 23): it never stores them together, and
+    decides under one of them only (``consent.known_by``)."""
+    if not isinstance(given, list | tuple):
+        raise BadRequest(f"{field} must be a list of pseudonyms", expression=[field])
+    if len(given) > MAX_CANDIDATES:
+        raise BadRequest(f"at most {MAX_CANDIDATES} {field} values", expression=[field])
+    found = tuple(check_pseudonym(c, field) for c in given)
+    versions = [pseudonym_key_version(p) for p in (patient, *found)]
+    if found and None in versions:
+        raise BadRequest(
+            f"{field} needs pseudonyms of the authority's OPRF (v<N>.<hex>), "
+            "the patient's included",
+            expression=[field],
+        )
+    if len(set(versions)) != len(versions):
+        raise BadRequest(
+            f"one pseudonym per key version: {field} repeats a version", expression=[field]
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -264,10 +309,12 @@ def decision_parameters(
     expires_at: int,
     token: str,
     data_period: dict[str, str] | None,
+    patient: str | None = None,
 ) -> dict[str, Any]:
-    params: list[dict[str, Any]] = [
-        {"name": "decision", "valueCode": "permit" if permit else "deny"}
-    ]
+    params: list[dict[str, Any]] = []
+    if patient is not None:
+        params.append({"name": "patient", "valueString": patient})
+    params.append({"name": "decision", "valueCode": "permit" if permit else "deny"})
     params += [{"name": "class", "valueCode": c} for c in sorted(classes)]
     params += [{"name": "refused-class", "valueCode": c} for c in sorted(refused)]
     params += [

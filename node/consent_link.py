@@ -14,6 +14,7 @@ the composition root; it has no tables and no background work.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from consent.client import ConsentClient, ConsentRegistryError
 from node.auth.deps import Principal, require_scope
 from node.feature import Feature, NodeServices, node_services
-from node.identity import patient_pseudonym
+from node.identity import patient_candidates
 from servicekit.openapi_bodies import json_body
 from servicekit.outcome import BadRequest, Forbidden, ServiceUnavailable, Unprocessable
 
@@ -62,20 +63,24 @@ async def enrolment_code(
         raise BadRequest('body must be {"patient": "<Patient id>"}', expression=["patient"])
     patient_id = body["patient"].removeprefix("Patient/")
     patient = services.store.read("Patient", patient_id)  # NotFound / Gone
-    pseudonym = patient_pseudonym(patient, services.pseudonymiser)
-    if pseudonym is None:
+    # the patient's pseudonym under every key version the authority holds, the current first
+    # (the node's own evaluations, each kept): after a key rotation the code is for the one the
+    # registry knows the patient by, so their account and consents are reached (issue 23)
+    every = await run_in_threadpool(patient_candidates, patient, services.pseudonymiser)
+    if not every:
         raise Unprocessable("the patient has no national identifier; cannot link to the registry")
     registry = _registry(services)
+    older = {"candidates": every[1:]} if len(every) > 1 else {}
     try:  # an outage or timeout is consent.client.RegistryUnavailable (503) already
         # a blocking HTTP call: in the thread pool, so other requests are served meanwhile
-        issued = await run_in_threadpool(registry.create_enrolment_code, pseudonym)
+        issued = await run_in_threadpool(partial(registry.create_enrolment_code, every[0], **older))
     except ConsentRegistryError as exc:
         raise RegistryUnavailable(f"consent registry refused: {exc.message}") from None
     log.info("enrolment code issued for Patient/%s by %s", patient_id, principal.subject)
     return JSONResponse(
         {
             "patient": f"Patient/{patient_id}",
-            "pseudonym": pseudonym,
+            "pseudonym": issued.get("patient", every[0]),
             "code": issued["code"],
             "expires_at": issued["expires_at"],
             "enrol_at": f"{registry.base_url}/enrol",

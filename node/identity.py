@@ -16,6 +16,7 @@ __all__ = [
     "national_identifier_with_system",
     "patient_pseudonym",
     "patient_pseudonyms",
+    "patient_candidates",
 ]
 
 # The region's own national identifier system (used by seeded patients), then the ones real
@@ -79,3 +80,16 @@ def patient_pseudonyms(
     asked = pseudonymiser.regional([f for f in found if f is not None])
     answers = iter(asked)
     return [next(answers) if f is not None else None for f in found]
+
+
+def patient_candidates(patient: dict[str, Any], pseudonymiser: Pseudonymiser) -> list[str]:
+    """The patient's regional pseudonym under every key version the authority still holds,
+    the current one first (``OprfPseudonymiser.candidates``: this node's own evaluations of the
+    national identifier it holds, each paid once and kept); [] without a (valid) national
+    identifier. What the node offers the consent registry, which decides under the one the
+    patient is known by (issue 23: consents recorded before a key rotation)."""
+    found = _identifier(patient, False)
+    if found is None:
+        return []
+    every = getattr(pseudonymiser, "candidates", None)
+    return list(every(found)) if every is not None else pseudonymiser.regional([found])

@@ -170,6 +170,9 @@ class OprfPseudonymiser:
         self._version: int | None = None
         #: each key version's fingerprint as last learned from the authority
         self._fingerprints: dict[int, str] = {}
+        #: the versions the authority holds, as last read from its ``/keys`` (a retired one
+        #: drops out at the next read: :meth:`candidates` neither asks nor uses it)
+        self._held: frozenset[int] = frozenset()
         self._checked = float("-inf")
         self._lock = threading.Lock()
 
@@ -241,6 +244,7 @@ class OprfPseudonymiser:
                 version, held = self.client.current_key()
                 for v, fingerprint in held.items():
                     self._learn_key(v, fingerprint)
+                self._held = frozenset(held)
                 self._learn(version)
         return self._version
 
@@ -275,6 +279,7 @@ class OprfPseudonymiser:
                 _current, held = self.client.current_key()
                 for v, fingerprint in held.items():
                     self._learn_key(v, fingerprint)
+                self._held = frozenset(held)
         key = self._key(version)
         if key is None and self.store is not None:  # a retired version: what the store holds
             stored = self.store.fingerprints(version)
@@ -290,6 +295,27 @@ class OprfPseudonymiser:
             self._learn_key(got, fingerprint)
             known.update(found)
         return [known.get(x) for x in inputs]
+
+    def candidates(self, identifier: tuple[str, str]) -> list[str]:
+        """The identifier's regional pseudonym under every key version the authority holds
+        (issue 23, the consent registry after a rotation): the current one first, then each
+        older held version, newest first. Each is this node's own OPRF evaluation of an
+        identifier it holds — from memory or the store when kept, else asked of the authority
+        by number once and then kept (so each extra version costs one evaluation per patient,
+        once). A version the authority no longer lists in ``/keys`` (retired) is neither asked
+        nor used; an older version it cannot answer now (unreachable, over budget) is left
+        out, which can only narrow what the registry is asked (fail closed)."""
+        current = self.regional([identifier])[0]
+        found = [current]
+        now = pseudonym_key_version(current)
+        for version in sorted((v for v in self._held if v != now), reverse=True):
+            try:
+                older = self.regional_at([identifier], version)[0]
+            except PseudonymServiceError:
+                older = self.regional_at([identifier], version, ask=False)[0]
+            if older is not None and version in self._held:
+                found.append(older)
+        return found
 
     def routing(self, regional: str, org_a: str, org_b: str) -> str:
         version = pseudonym_key_version(regional)
@@ -338,6 +364,10 @@ class LinkageKeyPseudonymiser:
 
     def regional(self, identifiers: Sequence[tuple[str, str]]) -> list[str]:
         return [pseudonym(self.linkage_key, value) for _, value in identifiers]
+
+    def candidates(self, identifier: tuple[str, str]) -> list[str]:
+        """One key, never rotated: the one pseudonym."""
+        return self.regional([identifier])
 
     def routing(self, regional: str, org_a: str, org_b: str) -> str:
         return routing_pseudonym(self.linkage_key, regional, org_a, org_b)

@@ -6,9 +6,11 @@ Every disclosure to another organisation (referral, consultation, advice, record
 update) goes through :func:`disclose`; nothing else in the node seals clinical data. The consent
 registry is asked here (the sending node's own enforcement) for a decision bound to the envelope
 id; the signed decision travels inside the envelope with the purpose and the permitted classes,
-which the clear header does not carry (issue 23). The coordinator has the registry decide it
-again by envelope id before routing, and the receiver checks the decision against what it
-unpacks.
+which the clear header does not carry (issue 23). The registry is offered the patient's
+pseudonym under every key version the authority still holds (``older_pseudonyms``) and decides
+under the one the patient is known by; the envelope then names that one inside. The
+coordinator has the registry decide it again by envelope id before routing, and the receiver
+checks the decision against what it unpacks.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from node.exchange.documents import (
     pack_document,
 )
 from node.exchange.tables import outbound, pseudonyms
-from node.identity import patient_pseudonym
+from node.identity import patient_candidates, patient_pseudonym
 from servicekit.outcome import (
     BadRequest,
     Conflict,
@@ -62,6 +64,8 @@ __all__ = [
     "disclose",
     "send",
     "pseudonym_of",
+    "older_pseudonyms",
+    "decided_pseudonym",
     "remember_pseudonym",
 ]
 
@@ -131,6 +135,31 @@ def pseudonym_of(ctx: ExchangeContext, patient_id: str) -> tuple[dict[str, Any],
     return patient, pseudo
 
 
+def older_pseudonyms(ctx: ExchangeContext, patient: dict[str, Any], pseudo: str) -> list[str]:
+    """The patient's pseudonyms under the older key versions the authority still holds — this
+    node's own OPRF evaluations of the national identifier it holds, each paid once and kept in
+    the node's pseudonym store (``OprfPseudonymiser.candidates``) — offered to the consent
+    registry with ``pseudo`` so that consents recorded before a key rotation are found (issue
+    23). [] for a patient without a national identifier (linked by pseudonym only) or when
+    ``pseudo`` is not the identifier's current pseudonym."""
+    every = patient_candidates(patient, ctx.pseudonymiser)
+    if not every or every[0] != pseudo:
+        return []
+    return every[1:]
+
+
+def decided_pseudonym(
+    ctx: ExchangeContext, decision: SignedDecision, pseudo: str, patient_id: str
+) -> str:
+    """The pseudonym the registry decided under (``pseudo`` or one of the older ones offered;
+    ``ConsentClient.decide`` refuses any other): what the envelope then names inside, so its
+    receiver matches the decision it carries, and what this node remembers for the patient."""
+    chosen = getattr(decision, "patient", "") or pseudo
+    if chosen != pseudo:
+        remember_pseudonym(ctx, chosen, patient_id)
+    return chosen
+
+
 def _linked_pseudonym(patient: dict[str, Any]) -> str | None:
     """A patient created on import may carry only the regional pseudonym."""
     for ident in patient.get("identifier", []):
@@ -193,15 +222,17 @@ def disclose(
         # The registry decides while this node reads its own records; nothing is packed or
         # sealed before the decision is in, and only what it permits is kept.
         emergency = emergency_parameters(break_glass)
-        asked = _CONSENT_ASKS.submit(
-            ctx.consent.decide,
-            pseudo,
-            recipient,
-            purpose,
-            ask,
-            envelope_id=envelope_id,
-            **emergency,
-        )  # the registry records this organisation (the authenticated caller) as requester
+
+        def decide() -> SignedDecision:
+            # the patient's pseudonyms under older key versions still held (the store, else
+            # one evaluation each, once): the registry decides under the one it knows
+            older = older_pseudonyms(ctx, patient, pseudo)
+            offered = {"candidates": older} if older else {}
+            return ctx.consent.decide(  # type: ignore[no-any-return]
+                pseudo, recipient, purpose, ask, envelope_id=envelope_id, **emergency, **offered
+            )  # the registry records this organisation (the authenticated caller) as requester
+
+        asked = _CONSENT_ASKS.submit(decide)
         with ctx.timed("out", "collect"):
             collected = collect(ctx, patient_id, wanted)
         with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
@@ -212,6 +243,7 @@ def disclose(
             )
         permitted = set(decision.classes)
         token = decision.token
+        pseudo = decided_pseudonym(ctx, decision, pseudo, patient_id)
     else:
         collected, permitted = [], set()
     with ctx.timed("out", "routing"):  # the header's pseudonym of this pair (the authority's)

@@ -28,8 +28,10 @@ from node.exchange.egress import (
     BreakGlass,
     BreakGlassPull,
     ConsentRefused,
+    decided_pseudonym,
     disclose,
     emergency_parameters,
+    older_pseudonyms,
     pseudonym_of,
     registry_decision,
     seal_for,
@@ -269,7 +271,12 @@ def pull_history(
     which the coordinator has the registry re-admit; then a record query to each holder under
     the grant; each holder answers under it too (``answer_query``). All of it is audited at
     the registry as break-glass and listed, flagged, for the patient."""
-    _patient, pseudo = pseudonym_of(ctx, patient_id)
+    patient, pseudo = pseudonym_of(ctx, patient_id)
+    # the patient's pseudonyms under older key versions still held (issue 23): the lookup's
+    # decision is made under the one the registry knows them by, and so is everything after it
+    # (the lookup, its re-check by the coordinator, each record query and its decision)
+    older = older_pseudonyms(ctx, patient, pseudo)
+    offered = {"candidates": older} if older else {}
     wanted = sorted(set(classes or DEFAULT_CLASSES))
     purpose, pull, lookup_id = "TREAT", "", str(uuid.uuid4())
     if break_glass is not None:
@@ -279,18 +286,22 @@ def pull_history(
         granted = registry_decision(
             lambda: ctx.consent.decide(
                 pseudo, ctx.org_id, "ETREAT", wanted, lookup_id=pull,
-                **emergency_parameters(break_glass),
+                **emergency_parameters(break_glass), **offered,
             )
         )  # fmt: skip
         if not granted.permit:
             raise ConsentRefused(f"consent registry: {granted.reason}")
+        pseudo = decided_pseudonym(ctx, granted, pseudo, patient_id)
         log.info("break-glass pull %s granted (patient Patient/%s)", pull, patient_id)
     else:  # the lookup's own decision: data of these classes to this organisation
         allowed = registry_decision(
-            lambda: ctx.consent.decide(pseudo, ctx.org_id, purpose, wanted, lookup_id=lookup_id)
+            lambda: ctx.consent.decide(
+                pseudo, ctx.org_id, purpose, wanted, lookup_id=lookup_id, **offered
+            )
         )
         if not allowed.permit:
             raise ConsentRefused(f"consent registry refused the lookup: {allowed.reason}")
+        pseudo = decided_pseudonym(ctx, allowed, pseudo, patient_id)
     try:
         holders = ctx.client.lookup(pseudo, lookup_id=lookup_id)
     except grpc.RpcError as exc:

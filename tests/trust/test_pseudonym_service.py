@@ -444,3 +444,55 @@ def test_a_restarted_node_uses_its_stored_pseudonyms_while_the_authority_databas
         assert _health(svc).status_code == 200
     finally:
         svc.stop()
+
+
+def test_candidates_are_every_held_version_paid_once_per_patient_and_never_a_retired_one(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    """Issue 23, the registry after a rotation: a node offers the consent registry a patient's
+    pseudonym under every key version the authority still holds, the current first. Each is the
+    node's own evaluation, kept in its store: after a restart nothing is asked again, and a
+    retired version is neither asked nor offered."""
+    from trust.pseudonym_keys import retire
+    from trust.pseudonym_store import open_file_store
+    from trust.pseudonymiser import OprfPseudonymiser, store_key
+
+    creds = load_org(pki["node-a"])
+    key = store_key(creds)
+    patient = (NATIONAL, "110101199003073333")
+    asked: list[int | None] = []
+
+    class Counted(OprfPseudonyms):  # the real client; only counts its evaluations
+        def outputs(self, inputs, *, version=None):  # type: ignore[no-untyped-def]
+            asked.append(version)
+            return super().outputs(inputs, version=version)
+
+    def node(svc: Service) -> OprfPseudonymiser:  # a (re)started node over the same store
+        return OprfPseudonymiser(
+            Counted(svc.base_url, creds), store=open_file_store(tmp_path / "n", key)
+        )
+
+    svc = _start(tmp_path, pki["ca"])
+    try:
+        (v1,) = node(svc).candidates(patient)
+        assert v1.startswith("v1.") and asked == [None]
+    finally:
+        svc.stop()
+    assert rotate(tmp_path / "svc" / "oprf-keys") == 2
+    svc = _start(tmp_path, pki["ca"])
+    try:
+        asked.clear()
+        v2, older = node(svc).candidates(patient)
+        assert v2.startswith("v2.") and older == v1
+        assert asked == [None]  # v2 asked once; v1 from the store
+        asked.clear()
+        assert node(svc).candidates(patient) == [v2, v1] and asked == []  # restart: nothing
+    finally:
+        svc.stop()
+    retire(tmp_path / "svc" / "oprf-keys", 1)
+    svc = _start(tmp_path, pki["ca"])
+    try:
+        asked.clear()
+        assert node(svc).candidates(patient) == [v2] and asked == []
+    finally:
+        svc.stop()
