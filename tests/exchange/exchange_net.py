@@ -345,6 +345,25 @@ def start_pseudonym_authority(root: Path, pki: Any) -> Service:
     )  # fmt: skip
 
 
+def bare_patient_bundle(pid: str, national_id: str) -> dict[str, Any]:
+    """A transaction of one Patient ``pid`` with only its national identifier: a node's own,
+    earlier record of a patient another node refers (so an import links to it)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": pid,
+                    "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": national_id}],
+                },
+                "request": {"method": "PUT", "url": f"Patient/{pid}"},
+            }
+        ],
+    }
+
+
 def patient_bundle(national_id: str, *, name: str, extra_conditions: int = 0) -> dict[str, Any]:
     """A heart-failure patient: Patient, Conditions, Observations, medication, procedure,
     allergy, encounter — more classes than any consent in these tests permits."""

@@ -25,6 +25,7 @@ import pytest
 from exchange_net import (
     PASSWORD,
     Region,
+    bare_patient_bundle,
     patient_bundle,
     registry_org_args,
     seed,
@@ -34,7 +35,6 @@ from exchange_net import (
 
 from deploy.launcher import ipjms_command, start_service
 from node.exchange.client import ExchangeClient
-from node.identity import NATIONAL_ID_SYSTEM
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from servicekit.storage import make_engine, sqlite_url
 from trust.audit_ledger import AuditLedger
@@ -356,7 +356,7 @@ def test_locator_answers_a_consented_lookup_and_audits_it(region: Region) -> Non
     assert not {w for w in ("TREAT", "Condition", "Observation") if w in str(event)}
     # the node's pull states its purpose too: B (consented) finds the holder, C is refused
     for org in ("clinic-b", "clinic-c"):
-        seed(region.nodes[org], _local_patient(f"{org}-local"))
+        seed(region.nodes[org], bare_patient_bundle(f"{org}-local", NID))
     # (an earlier test may have restarted the coordinator: the node reconnects within its backoff)
     deadline = time.monotonic() + 30
     while True:
@@ -369,23 +369,6 @@ def test_locator_answers_a_consented_lookup_and_audits_it(region: Region) -> Non
     r = region.nodes["clinic-c"].post("/exchange/pulls", {"patient": "Patient/clinic-c-local"})
     assert r.status_code == 403, r.text
     assert "hosp-a" not in r.text
-
-
-def _local_patient(pid: str) -> dict:
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "Patient",
-                    "id": pid,
-                    "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": NID}],
-                },
-                "request": {"method": "PUT", "url": f"Patient/{pid}"},
-            }
-        ],
-    }
 
 
 # --- break-glass over the exchange (issue 16) -------------------------------------------------
@@ -529,7 +512,7 @@ PULL_REASON = "collapsed in clinic, unknown medication history"
 
 def _c_patient(region: Region, pid: str) -> str:
     """Clinic C's own record of the patient hosp-a holds (same national id); no consent names C."""
-    seed(region.nodes["clinic-c"], _local_patient(pid))
+    seed(region.nodes["clinic-c"], bare_patient_bundle(pid, NID))
     return f"Patient/{pid}"
 
 

@@ -19,6 +19,7 @@ import pytest
 from exchange_net import (
     NODE_ORGS,
     Region,
+    bare_patient_bundle,
     patient_bundle,
     seed,
     start_region,
@@ -29,7 +30,6 @@ from sqlalchemy import select
 from consent.schema import envelope_questions
 from deploy.demo.pseudonym_authority import BULK_LOAD_BUDGET
 from deploy.launcher import start_service
-from node.identity import NATIONAL_ID_SYSTEM
 from servicekit.storage import make_engine, sqlite_url
 from trust.pseudonym_keys import retire, rotate
 
@@ -78,7 +78,7 @@ def region(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regio
         seed(a, patient_bundle(NID, name=NAME))
         seed(a, patient_bundle(NID_NONE, name=NAME_NONE))
         # clinic B holds the consented patient too (its own record), for the pull
-        seed(b, _bare_patient("b-local-1", NID))
+        seed(b, bare_patient_bundle("b-local-1", NID))
         v1 = net.pseudonym(NID)
         victim_v1 = net.pseudonym(NID_VICTIM)
         assert v1.startswith("v1.") and victim_v1.startswith("v1.")
@@ -95,23 +95,6 @@ def region(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regio
         yield net
     finally:
         net.stop()
-
-
-def _bare_patient(pid: str, nid: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "Patient",
-                    "id": pid,
-                    "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": nid}],
-                },
-                "request": {"method": "PUT", "url": f"Patient/{pid}"},
-            }
-        ],
-    }
 
 
 def _inbox(node: Any, envelope_id: str) -> list[dict[str, Any]]:
