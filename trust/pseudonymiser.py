@@ -241,11 +241,7 @@ class OprfPseudonymiser:
             self._checked = self.clock()  # unreachable: not asked again before the next ttl
             # (asking for a pseudonym then says why, or its answer teaches the version)
             with contextlib.suppress(PseudonymServiceError):
-                version, held = self.client.current_key()
-                for v, fingerprint in held.items():
-                    self._learn_key(v, fingerprint)
-                self._held = frozenset(held)
-                self._learn(version)
+                self._learn(self._read_keys())
         return self._version
 
     def regional(self, identifiers: Sequence[tuple[str, str]]) -> list[str]:
@@ -266,6 +262,15 @@ class OprfPseudonymiser:
             known.update(found)
         return [known[x] for x in inputs]
 
+    def _read_keys(self) -> int:
+        """Read the authority's ``/keys``: learn every held version's fingerprint and which
+        versions are held; the current version is returned."""
+        version, held = self.client.current_key()
+        for v, fingerprint in held.items():
+            self._learn_key(v, fingerprint)
+        self._held = frozenset(held)
+        return version
+
     def regional_at(
         self, identifiers: Sequence[tuple[str, str]], version: int, *, ask: bool = True
     ) -> list[str | None]:
@@ -276,10 +281,7 @@ class OprfPseudonymiser:
         inputs = [oprf_input(system, value) for system, value in identifiers]
         if version not in self._fingerprints:
             with contextlib.suppress(PseudonymServiceError):  # learn the held versions' keys
-                _current, held = self.client.current_key()
-                for v, fingerprint in held.items():
-                    self._learn_key(v, fingerprint)
-                self._held = frozenset(held)
+                self._read_keys()
         key = self._key(version)
         if key is None and self.store is not None:  # a retired version: what the store holds
             stored = self.store.fingerprints(version)

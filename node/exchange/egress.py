@@ -154,7 +154,7 @@ def decided_pseudonym(
     """The pseudonym the registry decided under (``pseudo`` or one of the older ones offered;
     ``ConsentClient.decide`` refuses any other): what the envelope then names inside, so its
     receiver matches the decision it carries, and what this node remembers for the patient."""
-    chosen = getattr(decision, "patient", "") or pseudo
+    chosen = decision.patient or pseudo
     if chosen != pseudo:
         remember_pseudonym(ctx, chosen, patient_id)
     return chosen
