@@ -93,11 +93,16 @@ class ConsentEligibility:
         if not found:
             return False
         try:
+            # after a key rotation the patient's research consent stays under the pseudonym
+            # they enrolled with: offer every held version's, the registry decides under the
+            # one it knows (issue 23)
+            current, *older = self.pseudonymiser.candidates(found)
             decision = self.client.decide(
-                self.pseudonymiser.regional([found])[0],
+                current,
                 self.authority_org,
                 self.purpose,
                 list(self.classes),
+                **({"candidates": older} if older else {}),
             )
         except Exception as exc:  # noqa: BLE001 - any failure is a deny
             log.warning("consent decision failed (%s); patient excluded", type(exc).__name__)

@@ -102,7 +102,9 @@ def retire_key(
         "pseudonym-data"
     ),
 ) -> None:
-    """Delete an old key version (never the current one)."""
+    """Delete an old key version (never the current one). Consents recorded under it are
+    then out of reach of exchange (fail closed) until the patient consents again: retire a
+    version only once its patients have re-consented."""
     from trust.oprf_service import PseudonymSettings
     from trust.pseudonym_keys import KeyRingError, retire
 
@@ -111,4 +113,7 @@ def retire_key(
     except KeyRingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"OPRF key version {version} retired")
+    typer.echo(
+        f"OPRF key version {version} retired: consents recorded under it are no longer reached "
+        "(a patient who had not re-consented must enrol and consent again)"
+    )

@@ -30,12 +30,15 @@ from sqlalchemy import select
 from consent.schema import envelope_questions
 from deploy.demo.pseudonym_authority import BULK_LOAD_BUDGET
 from deploy.launcher import start_service
+from federated.cohort import ConsentEligibility
+from node.identity import NATIONAL_ID_SYSTEM
 from servicekit.storage import make_engine, sqlite_url
 from trust.pseudonym_keys import retire, rotate
 
 NID, NAME = "ROT-1951-0101", "Amalia Schwanengesang"  # consented before the rotation
 NID_NONE, NAME_NONE = "ROT-1952-0202", "Bruno Ohnezustimmung"  # never consented
 NID_VICTIM = "ROT-1953-0303"  # a patient of clinic B's, consented before the rotation
+NID_LATE = "ROT-1954-0404"  # consented before the rotation; clinic B meets them only after it
 CLASSES = ["Patient", "Condition", "Observation", "ServiceRequest"]
 
 
@@ -77,6 +80,7 @@ def region(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regio
         a, b = net.nodes["hosp-a"], net.nodes["clinic-b"]
         seed(a, patient_bundle(NID, name=NAME))
         seed(a, patient_bundle(NID_NONE, name=NAME_NONE))
+        seed(a, patient_bundle(NID_LATE, name="Carla Spaetkommer"))
         # clinic B holds the consented patient too (its own record), for the pull
         seed(b, bare_patient_bundle("b-local-1", NID))
         v1 = net.pseudonym(NID)
@@ -84,12 +88,14 @@ def region(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regio
         assert v1.startswith("v1.") and victim_v1.startswith("v1.")
         _grant(net, v1, {"clinic-b": CLASSES, "hosp-a": CLASSES})
         _grant(net, victim_v1, {"clinic-b": CLASSES, "hosp-a": CLASSES})
+        _grant(net, net.pseudonym(NID_LATE), {"clinic-b": CLASSES, "hosp-a": CLASSES})
         assert a.post("/exchange/publish", {}).status_code == 200  # the locator holds A's v1
         # the authority rotates its key (v2 current, v1 still held); the nodes restart
         _restart_authority(net, rotate_key=True)
         for node in (a, b):
             node.stop()
             node.restart()
+        seed(b, bare_patient_bundle("b-late-1", NID_LATE))  # B meets this patient only now
         net.v1 = v1  # type: ignore[attr-defined]
         net.victim_v1 = victim_v1  # type: ignore[attr-defined]
         yield net
@@ -168,6 +174,51 @@ def test_a_pull_after_a_rotation_finds_the_holder_and_is_answered(region: Region
 
     wait_for(answered, what="A's record answer at B")
     assert answered()[0]["outcome"] == "imported"
+
+
+def test_a_pull_finds_a_holder_that_met_the_patient_only_after_the_rotation(
+    region: Region,
+) -> None:
+    """A's pull is decided under v1 (the patient's consents are there), so its locator lookup
+    names v1. Clinic B has known the patient only since the rotation; it publishes, besides
+    the current v2, its own evaluation of the patient under v1 (still held), so the lookup
+    finds it and its answer crosses. Before, B published v2 alone and the pull found nobody."""
+    a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    assert b.post("/exchange/publish", {}).status_code == 200
+    r = a.post("/exchange/pulls", {"patient": f"Patient/p-{NID_LATE}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["holders"] == ["clinic-b"]
+
+    def answered() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in a.get("/exchange/inbox")["envelopes"]
+            if e["kind"] == "record-answer" and e["patient_id"] == f"p-{NID_LATE}"
+        ]
+
+    wait_for(answered, what="B's record answer at A")
+    assert answered()[0]["outcome"] == "imported"
+
+
+def test_research_eligibility_after_a_rotation_finds_consent_under_the_enrolled_version(
+    region: Region,
+) -> None:
+    """The federated cohort's check (``federated/cohort.ConsentEligibility``) offers the
+    patient's held older pseudonyms too, so a consent recorded before the rotation still
+    counts (before, it asked under v2 alone: eligible patients were left out). A patient
+    without consent stays out."""
+
+    def patient(nid: str) -> dict[str, Any]:
+        return {"identifier": [{"system": NATIONAL_ID_SYSTEM, "value": nid}]}
+
+    with region.consent_client("hosp-a") as registry:
+        check = ConsentEligibility(
+            registry, region.pseudonymiser, "clinic-b", purpose="TREAT", classes=("Condition",)
+        )
+        assert check.eligible(patient(NID))
+        assert not check.eligible(patient(NID_NONE))
+        # under the current version alone, as before this change: not eligible
+        assert not registry.decide(region.pseudonym(NID), "clinic-b", "TREAT", ["Condition"]).permit
 
 
 def test_an_enrolment_code_after_a_rotation_reaches_the_existing_account(region: Region) -> None:
