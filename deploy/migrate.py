@@ -39,7 +39,7 @@ def migrate(
     engine = make_engine(db)
     try:
         if service is Service.node:
-            from node.app import migrate_schemas
+            from node.schemas import migrate_schemas
 
             migrate_schemas(engine)
         elif service is Service.consent:

@@ -4,13 +4,16 @@
   accounts and tokens, linkage key, PKI credentials, consent client);
 - lists the node's features explicitly (:data:`FEATURES`) and mounts each feature's routers once;
 - migrates every schema in **one place** (:func:`migrate_schemas`: the store's, then each
-  feature's Alembic folders) — at ``ipjms node init``/``serve`` (and the offline commands that
-  open the database), never in worker processes or by a feature at run time;
+  feature's Alembic folders; defined in the light ``node/schemas.py`` and re-exported here) — at
+  ``ipjms node init``/``serve`` (and the offline commands that open the database, through
+  ``node.schemas`` without importing the features), never in worker processes or by a feature
+  at run time;
 - runs each feature's ``startup`` hooks in every worker, and its ``background`` work in exactly
   one worker per data dir (a lock file), for as long as the app runs;
 - maps every error to an OperationOutcome.
 
-A new feature: write its ``Feature`` (``node/feature.py``) and list it in :data:`FEATURES`.
+A new feature: write its ``Feature`` (``node/feature.py``) and list it in :data:`FEATURES`;
+one with tables also lists its Alembic folders in ``node.schemas.SCHEMAS``.
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ from node.feeds.hl7v2.node_service import HL7_FEED
 from node.patient.feature import PATIENT, regional_patient_tokens
 from node.portal.feature import PORTAL
 from node.pseudonym_store.feature import PSEUDONYMS
+from node.schemas import migrate_schemas, migration_folders, open_store
 from node.settings import NodeSettings
 from servicekit.outcome import install_error_handlers
 from servicekit.request_limits import InputLimits, install_request_limits
-from servicekit.storage import make_engine, upgrade_schema
 
 __all__ = [
     "FEATURES",
@@ -73,51 +76,6 @@ FEATURES: tuple[Feature, ...] = (
     PATIENT,
     PORTAL,
 )
-
-
-def migration_folders(features: tuple[Feature, ...] = FEATURES) -> list[tuple[str, Path]]:
-    """(feature name, Alembic folder) of every feature, in list order. A folder offered twice
-    is a wiring mistake: refused, so no schema is ever migrated twice."""
-    seen: dict[Path, str] = {}
-    for feature in features:
-        for folder in feature.migrations:
-            resolved = folder.resolve()
-            if resolved in seen:
-                raise ValueError(f"{folder} is offered by both {seen[resolved]} and {feature.name}")
-            seen[resolved] = feature.name
-    return [(name, folder) for folder, name in seen.items()]
-
-
-def migrate_schemas(engine: Engine, features: tuple[Feature, ...] = FEATURES) -> None:
-    """Bring the store's schema, then every feature's, to head (each has its own version
-    table). The one place the node's migrations run."""
-    from node.store import migrate as migrate_store
-
-    migrate_store(engine)
-    log.info("schema migrated", extra={"feature": "store"})
-    for name, folder in migration_folders(features):
-        upgrade_schema(engine, folder)
-        log.info(
-            "schema migrated",
-            extra={"feature": name, "folder": f"{folder.parent.name}/{folder.name}"},
-        )
-
-
-def open_store(  # type: ignore[no-untyped-def]
-    settings: NodeSettings, *, migrate: bool = True, features: tuple[Feature, ...] = FEATURES
-):
-    """Engine and FhirStore of the node; every schema migrated to head unless ``migrate`` is
-    False (worker processes: the parent migrated once before starting them)."""
-    from node.store import FhirStore
-
-    engine = make_engine(settings.database_url)
-    if migrate:
-        migrate_schemas(engine, features)
-    return engine, FhirStore(
-        engine,
-        base_url=f"{settings.base_url}/fhir",
-        referential_integrity=settings.api.delete_referential_integrity,
-    )
 
 
 def _revocations(settings: NodeSettings) -> Callable[[], frozenset[str | int]]:

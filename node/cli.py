@@ -49,8 +49,9 @@ def _settings(data_dir: Path, **overrides: Any):  # type: ignore[no-untyped-def]
 
 
 def _open_store(settings):  # type: ignore[no-untyped-def]
-    """Engine and store, every schema brought to head by the composition root (node/app.py)."""
-    from node.app import open_store
+    """Engine and store, every schema brought to head (``node/schemas.py``: the migrations the
+    composition root runs at ``serve``, without importing the features' routers)."""
+    from node.schemas import open_store
 
     try:
         return open_store(settings)

@@ -8,8 +8,10 @@ its features explicitly. A :class:`Feature` offers:
   ``require_access`` (routes that apply the patient compartment it returns), and
   ``tests/access/access_table.toml`` declares who may call it; routes reach the services through
   the ``Depends(node_services)`` dependency;
-- ``migrations``: Alembic folders (each with its own version table), run in one place by the
-  composition root at ``ipjms node init`` and ``serve`` — never by the feature at run time;
+- ``migrations``: Alembic folders (each with its own version table; the folder constants and
+  their list, ``SCHEMAS``, are in ``node/schemas.py``), run in one place by ``migrate_schemas``
+  there at ``ipjms node init``, ``serve`` and the offline commands that open the database (which
+  import no feature to do it) — never by the feature at run time;
 - ``startup``: hooks run in *every* worker process for as long as the app runs (open what the
   feature's routes need, e.g. the exchange's coordinator channel);
 - ``background``: work that must run in *exactly one* worker when ``serve --workers N`` (a

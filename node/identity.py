@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trust.pseudonym import IdentifierError, check_gb11643
-from trust.pseudonymiser import Pseudonymiser
+
+if TYPE_CHECKING:
+    from trust.pseudonymiser import Pseudonymiser
 
 __all__ = [
     "NATIONAL_ID_SYSTEM",

@@ -46,9 +46,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from trust.oprf_client import OprfPseudonyms, PseudonymServiceError
 from trust.pseudonym import (
     oprf_input,
     oprf_pseudonym,
@@ -56,6 +55,11 @@ from trust.pseudonym import (
     pseudonym_key_version,
     routing_pseudonym,
 )
+
+# The authority's HTTP client (httpx, JWT assertions, the OPRF group) is imported where it is
+# used: the node's offline commands load this module (its store's tables) and reach no authority.
+if TYPE_CHECKING:
+    from trust.oprf_client import OprfPseudonyms
 
 __all__ = [
     "Pseudonymiser",
@@ -247,6 +251,8 @@ class OprfPseudonymiser:
     def current_version(self) -> int | None:
         """The authority's current key version as this node knows it (None: not yet known)."""
         if self.clock() - self._checked >= self.version_ttl:
+            from trust.oprf_client import PseudonymServiceError
+
             self._checked = self.clock()  # unreachable: not asked again before the next ttl
             # (asking for a pseudonym then says why, or its answer teaches the version)
             with contextlib.suppress(PseudonymServiceError):
@@ -289,6 +295,8 @@ class OprfPseudonymiser:
         when ``ask``, else None for them (a node's store holds every pseudonym it handed out)."""
         inputs = [oprf_input(system, value) for system, value in identifiers]
         if version not in self._fingerprints:
+            from trust.oprf_client import PseudonymServiceError
+
             with contextlib.suppress(PseudonymServiceError):  # learn the held versions' keys
                 self._read_keys()
         key = self._key(version)
@@ -321,6 +329,8 @@ class OprfPseudonymiser:
     def candidates_of(self, identifiers: Sequence[tuple[str, str]]) -> list[list[str]]:
         """:meth:`candidates` of many identifiers, one batched call per key version (what a
         node publishes to the record locator)."""
+        from trust.oprf_client import PseudonymServiceError
+
         found = [[current] for current in self.regional(identifiers)]
         now = pseudonym_key_version(found[0][0]) if found else None
         for version in sorted((v for v in self._held if v != now), reverse=True):
@@ -370,6 +380,8 @@ def authority_pseudonymiser(
             verify = ssl.create_default_context(cafile=str(ca_cert_file))
         else:
             verify = ssl.create_default_context(cadata=creds.ca_cert_pem.decode())
+    from trust.oprf_client import OprfPseudonyms
+
     return OprfPseudonymiser(OprfPseudonyms(url, creds, verify=verify), store=store)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -24,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from node.auth.client_keys import ClientKeyError, check_jwks_url, load_client_public_key
 from node.auth.roles import ROLES, SYSTEM_SCOPE_PREFIX
 from node.auth.tables import accounts, backend_clients, login_throttle
+from node.schemas import AUTH_MIGRATIONS as MIGRATIONS_DIR
 from servicekit.storage import upgrade_schema
 from trust.login_throttle import LoginThrottle, ThrottlePolicy
 from trust.scopes import parse_scopes
@@ -37,7 +37,6 @@ __all__ = [
     "MIN_PASSWORD_LENGTH",
 ]
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIN_PASSWORD_LENGTH = 8
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

@@ -19,7 +19,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -112,6 +111,8 @@ class JwksCache:
         return keys[kid]
 
     def _fetch(self, url: str) -> dict[str, Any]:
+        import httpx  # here: the offline commands (init, user add) load this module, not this
+
         try:
             with httpx.Client(timeout=self.timeout, follow_redirects=False) as http:
                 r = http.get(url, headers={"Accept": "application/json"})

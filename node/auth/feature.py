@@ -4,11 +4,11 @@ account/backend-client/app/code/refresh-token/replay tables (own Alembic version
 
 from __future__ import annotations
 
-from node.auth.accounts import MIGRATIONS_DIR
 from node.auth.authorize_routes import router as launch_router
 from node.auth.routes import router
 from node.feature import Feature
+from node.schemas import AUTH_MIGRATIONS
 
 __all__ = ["AUTH"]
 
-AUTH = Feature(name="auth", routers=(launch_router, router), migrations=(MIGRATIONS_DIR,))
+AUTH = Feature(name="auth", routers=(launch_router, router), migrations=(AUTH_MIGRATIONS,))

@@ -14,19 +14,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from node.exchange.context import ExchangeContext
 from node.exchange.routes import router
 from node.feature import BackgroundTask, Feature, NodeServices
+from node.schemas import EXCHANGE_MIGRATIONS as MIGRATIONS
 from node.settings import NodeSettings
 
 __all__ = ["EXCHANGE", "MIGRATIONS", "build_context"]
 
 log = logging.getLogger("ipjms.node.exchange")
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def build_context(services: NodeServices) -> ExchangeContext:

@@ -3,7 +3,6 @@ of the region's patient sign-in, and the patient's routes (home readings, questi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,11 +12,10 @@ from node.auth.regional import RegionalPatientTokens
 from node.feature import Feature
 from node.patient.links import PatientLinks
 from node.patient.routes import router
+from node.schemas import PATIENT_MIGRATIONS as MIGRATIONS_DIR
 from node.settings import NodeSettings
 
 __all__ = ["PATIENT", "regional_patient_tokens", "MIGRATIONS_DIR"]
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def regional_patient_tokens(

@@ -3,12 +3,9 @@ itself is built once by the composition root (``node/app.py``) and given to the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from node.feature import Feature
+from node.schemas import PSEUDONYM_MIGRATIONS as MIGRATIONS_DIR
 
 __all__ = ["PSEUDONYMS", "MIGRATIONS_DIR"]
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 PSEUDONYMS = Feature(name="pseudonyms", migrations=(MIGRATIONS_DIR,))

@@ -11,6 +11,8 @@ import importlib
 import logging
 import pkgutil
 import socket
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from sqlalchemy import inspect, text
 import node
 from node.app import FEATURES, create_app, migration_folders
 from node.feature import BackgroundTask, Feature, NodeServices
+from node.schemas import SCHEMAS
 from node.settings import load_settings
 from trust.pki import init_ca, issue_org
 
@@ -123,6 +126,39 @@ def test_every_schema_is_migrated_once_in_one_place(
         worker = create_app(settings, migrate=False)  # a worker process: the parent migrated
     assert _migrated(caplog) == []
     worker.state.engine.dispose()
+
+
+def test_the_light_schema_list_is_the_features_migrations() -> None:
+    """The offline commands migrate through node.schemas.SCHEMAS without importing the features:
+    it names the same folders, for the same features, in the same order as FEATURES offers."""
+    assert migration_folders(SCHEMAS) == migration_folders(FEATURES)
+    assert migration_folders() == migration_folders(FEATURES)
+    assert all(folder.is_dir() for _, folder in migration_folders())
+
+
+def test_the_offline_commands_do_not_import_the_features(tmp_path: Path) -> None:
+    """`ipjms node init|user add|seed|…` open the database through node.schemas: loading the CLI
+    and migrating every schema imports no router, no FastAPI and not the composition root."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import deploy.cli\n"
+        "from node.schemas import open_store\n"
+        "from node.settings import load_settings\n"
+        "folder = Path(sys.argv[1])\n"
+        "settings = load_settings(folder / 'node', org_id='org-light', "
+        "db_url=f'sqlite:///{folder}/light.db')\n"
+        "engine, store = open_store(settings)\n"
+        "engine.dispose()\n"
+        "heavy = ('node.app', 'fastapi', 'node.api.feature', 'node.portal', "
+        "'node.care.lifecycle', 'httpx')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
 
 
 def test_a_migration_folder_offered_twice_is_refused() -> None:

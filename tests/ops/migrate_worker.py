@@ -19,7 +19,7 @@ class _Applied(logging.Handler):
 
 def main() -> None:
     url, go_file = sys.argv[1], Path(sys.argv[2])
-    from node.app import migrate_schemas
+    from node.schemas import migrate_schemas
     from servicekit.storage import make_engine
 
     alembic = logging.getLogger("alembic.runtime.migration")
