@@ -135,8 +135,11 @@ class CareSettings(_Section):
     # Run the worker in its own OS process (default), off the API's interpreter: the rules never
     # slow a write. False: a thread of the background worker process (as the tests' CareWorker).
     worker_process: bool = True
-    # How often the worker process reads the commit log for new commits, seconds.
-    poll_seconds: float = Field(default=0.05, gt=0, le=5)
+    # How often the worker process reads the commit log for commits it was not woken for,
+    # seconds: those of another ``serve --workers`` process or an offline command (a commit in
+    # the process that runs the worker wakes it at once, node/care/worker_process.py). 0.25 s
+    # keeps the doctor's alert within the second of issue 14 for those too.
+    poll_seconds: float = Field(default=0.25, gt=0, le=60)
     # Tests and drills only: the care clock runs this many seconds ahead of real time (due dates,
     # escalation, absence). Logged as a warning at start-up when not zero.
     clock_offset_seconds: float = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -66,11 +66,14 @@ async def care_service(services: NodeServices, app: Any) -> AsyncIterator[None]:
         model_gate=spec.model_gate().verdict,
     )
     child: WorkerProcess | None = None
+    unlisten: Callable[[], None] | None = None
     supervisor: asyncio.Task[None] | None = None
     if care.worker_process:
         # this process keeps an unsubscribed CareWorker for POST /care/enrol
         child = WorkerProcess(spec)
         child.start()
+        # this process's commits wake the child at once (others': its poll_seconds timer)
+        unlisten = services.store.events.on_commit(child.wake)
         supervisor = asyncio.create_task(_supervise(child))
     else:
         worker.start()
@@ -83,6 +86,8 @@ async def care_service(services: NodeServices, app: Any) -> AsyncIterator[None]:
             supervisor.cancel()
             with suppress(asyncio.CancelledError):
                 await supervisor
+        if unlisten is not None:
+            unlisten()
         if child is not None:
             await asyncio.to_thread(child.stop)
         else:

@@ -152,6 +152,7 @@ class CareWorker:
         self.model_gate = model_gate
         self._queue: queue.Queue[list[Any]] = queue.Queue()
         self._stop = threading.Event()
+        self._woken = threading.Event()  # another process committed since the last poll
         self._thread: threading.Thread | None = None
         self._sub: Any = None
         self.responsible: str = ""
@@ -181,6 +182,12 @@ class CareWorker:
 
     def _offer(self, events: Sequence[Any]) -> None:
         self._queue.put(list(events))  # quick: the committing request is waiting
+
+    def wake(self) -> None:
+        """Another process committed: read the log now instead of at the next poll (the
+        worker process is woken by its parent, ``worker_process.py``)."""
+        self._woken.set()
+        self._queue.put([])  # ends the loop's wait; it then polls the log at once
 
     def _take(self, timeout: float) -> list[Any]:
         """The queued events (waiting up to ``timeout`` for the first), a burst coalesced."""
@@ -231,8 +238,10 @@ class CareWorker:
                     continue
                 batch = self._take(self.poll_seconds)
                 self._handle_batch(batch)
-                if not batch:
-                    self._sub.poll()  # commits of the node's other worker processes
+                if not batch or self._woken.is_set():
+                    self._woken.clear()  # (a wake during the poll: polled again next round)
+                    self._sub.poll()  # commits of other processes: the parent's, woken, or
+                    # another worker's / an offline command's, every poll_seconds
                     if not self._queue.qsize() and self._handled > self._stored:
                         self._store_position()
                 if time.monotonic() >= next_tick:

@@ -4,10 +4,14 @@ its interpreter: a node's writes run at the same speed with care on as off.
 The node's background worker starts ``python -m node.care.worker_process`` and writes one JSON
 line to its stdin — the :class:`WorkerSpec` (the database URL stays off the command line and the
 environment). The child opens its own engine and store, runs a :class:`CareWorker` that reads the
-durable commit log every ``poll_seconds`` (the API's commits happen in other processes) and stops
-when its stdin closes: the parent closed it to stop it, or the parent died. The parent restarts a
-child that dies; the new one resumes from the position the worker stored, so nothing committed
-is missed (and replays are harmless, see ``worker.py``).
+durable commit log and stops when its stdin closes: the parent closed it to stop it, or the
+parent died. After each commit in the parent's process the parent writes a newline to that
+stdin (:meth:`WorkerProcess.wake`, a commit listener: ``store.events.on_commit``) and the child
+reads the log at once; commits of other processes (other ``serve --workers``, an offline
+command) are read every ``poll_seconds``. A lost wake costs at most that long, never an event:
+the log is the only source. The parent restarts a child that dies; the new one resumes from the
+position the worker stored, so nothing committed is missed (and replays are harmless, see
+``worker.py``).
 """
 
 from __future__ import annotations
@@ -78,14 +82,30 @@ class WorkerProcess:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self._proc: subprocess.Popen[bytes] | None = None
+        # the child's stdin is written by committing threads (wake) and closed by stop: never
+        # a write to a closed (and perhaps reused) descriptor
+        self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(  # noqa: S603 - our interpreter and module, no shell
+        proc = subprocess.Popen(  # noqa: S603 - our interpreter and module, no shell
             [sys.executable, "-m", "node.care.worker_process"], stdin=subprocess.PIPE
         )
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(asdict(self.spec)).encode() + b"\n")
-        self._proc.stdin.flush()
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(asdict(self.spec)).encode() + b"\n")
+        proc.stdin.flush()
+        os.set_blocking(proc.stdin.fileno(), False)  # a wake never makes a writer wait
+        with self._lock:
+            self._proc = proc
+
+    def wake(self) -> None:
+        """Something was committed in this process: have the child read the log now. A full
+        pipe (the child has wakes unread) or a child that is gone is fine: it reads on its
+        timer anyway, and the supervisor restarts it."""
+        with self._lock:
+            if self._proc is None or self._proc.stdin is None or self._proc.stdin.closed:
+                return
+            with suppress(OSError):  # BlockingIOError (full), BrokenPipeError (gone)
+                os.write(self._proc.stdin.fileno(), b"\n")
 
     @property
     def pid(self) -> int | None:
@@ -98,12 +118,13 @@ class WorkerProcess:
         return self._proc.poll() if self._proc else None
 
     def stop(self, timeout: float = 15.0) -> None:
-        proc, self._proc = self._proc, None
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.stdin is not None:
+                with suppress(OSError):
+                    proc.stdin.close()  # EOF: the child stops its worker and exits
         if proc is None:
             return
-        if proc.stdin is not None:
-            with suppress(OSError):
-                proc.stdin.close()  # EOF: the child stops its worker and exits
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -146,8 +167,9 @@ def main() -> int:
     done = threading.Event()
 
     def watch_stdin() -> None:
-        sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
-        done.set()
+        for _ in sys.stdin:  # a line per commit in the parent: read the log now
+            worker.wake()
+        done.set()  # EOF: the parent closed the pipe or died
 
     threading.Thread(target=watch_stdin, name="care-parent-watch", daemon=True).start()
     try:

@@ -155,6 +155,7 @@ class CommitEvents:
         self._reader = reader(engine)  # on SQLite, reads do not take the write lock
         self._lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
+        self._listeners: list[Callable[[], None]] = []
 
     def subscribe(
         self,
@@ -193,17 +194,37 @@ class CommitEvents:
             if sub in self._subscriptions:
                 self._subscriptions.remove(sub)
 
+    def on_commit(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every commit of this process (after the subscribers), with
+        nothing but the fact: for waking a reader in another process, which then reads the log
+        (the care worker process). No position, no delivery guarantee: the reader must still
+        read the log on a timer. Quick and never raising, like a handler. Returns its remover."""
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        with self._lock:
+            self._listeners.append(listener)
+        return remove
+
     def publish(self, events: Sequence[CommitEvent]) -> None:
         """Called by the store after a commit (never for a rolled-back write)."""
         if not events:
             return
         with self._lock:
-            subs = list(self._subscriptions)
+            subs, listeners = list(self._subscriptions), list(self._listeners)
         for sub in subs:
             try:
                 sub.offer(events)
             except Exception:  # the write has committed: a subscriber never undoes or fails it
                 log.exception("commit subscriber %s: delivery failed", sub.name)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # likewise
+                log.exception("commit listener failed")
 
     def read_since(self, position: int, limit: int = _PAGE) -> list[CommitEvent]:
         """Committed events after ``position``, oldest first (at most ``limit``)."""

@@ -81,8 +81,11 @@ def node(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
            env={"IPJMS_ADMIN_PASSWORD": PASSWORD})  # fmt: skip
     _ipjms("node", "user", "add", "--data-dir", str(data_dir), "--username", "dr-wang",
            "--role", "doctor", env={"IPJMS_USER_PASSWORD": PASSWORD})  # fmt: skip
+    # the worker process's log poll is set to a minute, longer than any wait below: every
+    # enrolment and alert here reaches it by the wake its parent sends after each commit
     env = {"IPJMS_NODE_CARE_ENABLED": "true", "IPJMS_NODE_CARE_RESPONSIBLE_USER": "dr-wang",
-           "IPJMS_NODE_CARE_TICK_SECONDS": "3600"}  # fmt: skip
+           "IPJMS_NODE_CARE_TICK_SECONDS": "3600",
+           "IPJMS_NODE_CARE__POLL_SECONDS": "60"}  # fmt: skip
     service = start_service("care-node", ["node", "serve", "--data-dir", str(data_dir), "--port",
                             "0"], base_url="http://127.0.0.1:{http}", log_dir=tmp / "logs",
                             env=env, ports_dir=data_dir)  # fmt: skip

@@ -108,6 +108,42 @@ def test_refused_and_rolled_back_writes_publish_nothing(store: FhirStore) -> Non
     assert [e.position for e in got.events] == [1, 2]  # the rolled-back ones left no gap
 
 
+def test_a_commit_listener_is_told_once_per_commit_and_never_for_a_rollback(
+    store: FhirStore,
+) -> None:
+    """``on_commit``: what wakes the care worker process after a commit in its parent."""
+    told: list[int] = []
+    remove = store.events.on_commit(lambda: told.append(store.events.head()))
+    store.create(_patient("Ng"))
+    with pytest.raises(BadRequest):
+        store.create({"resourceType": "Patient", "gender": "sometimes"})
+    entries = parse_bundle(
+        {"resourceType": "Bundle", "type": "transaction",
+         "entry": [{"resource": _patient("Roe"), "request": {"method": "POST", "url": "Patient"}}]},
+        "transaction",
+    ).entries  # fmt: skip
+
+    def fails_after_writing(uow: UnitOfWork) -> None:
+        uow.apply(entries)
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        store.write(fails_after_writing)
+    store.write(lambda uow: uow.apply(entries))  # one commit of one change
+    assert told == [1, 2]  # after each commit, with the change already in the log
+
+    def broken() -> None:
+        raise RuntimeError("a listener that fails")
+
+    remove_broken = store.events.on_commit(broken)
+    store.create(_patient("Kim"))  # the write stands; the other listener is still told
+    assert told == [1, 2, 3] and store.events.head() == 3
+    remove()
+    remove_broken()
+    store.create(_patient("Lee"))
+    assert told == [1, 2, 3]
+
+
 def test_a_restarted_subscriber_gets_every_missed_event_once(store: FhirStore) -> None:
     first = Collector()
     sub = store.events.subscribe("care", first)
