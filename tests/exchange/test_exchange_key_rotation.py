@@ -104,6 +104,13 @@ def region(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regio
         net.stop()
 
 
+def _refer(a: Any, nid: str, reason: str) -> httpx.Response:
+    """Hospital A refers its patient ``nid`` to clinic B."""
+    body = {"kind": "referral", "patient": f"Patient/p-{nid}", "recipient": "clinic-b",
+            "reason": reason}  # fmt: skip
+    return a.post("/exchange/requests", body)
+
+
 def _inbox(node: Any, envelope_id: str) -> list[dict[str, Any]]:
     return [e for e in node.get("/exchange/inbox")["envelopes"] if e["envelope_id"] == envelope_id]
 
@@ -121,11 +128,7 @@ def test_a_referral_after_a_rotation_is_decided_under_the_enrolled_pseudonym_and
         # offered the older version, it decides under the one the patient is known by
         d = registry.decide(v2, "clinic-b", "TREAT", ["Condition"], candidates=[v1])
         assert d.permit and d.patient == v1
-    r = a.post(
-        "/exchange/requests",
-        {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-b",
-         "reason": "follow-up after the key rotation"},
-    )  # fmt: skip
+    r = _refer(a, NID, "follow-up after the key rotation")
     assert r.status_code == 201, r.text
     sent = r.json()
     assert sent["state"] == "sent"  # the coordinator's $recheck (by envelope id) permitted it
@@ -148,11 +151,7 @@ def test_a_referral_after_a_rotation_is_decided_under_the_enrolled_pseudonym_and
     engine.dispose()
     assert kept == v1
     # the patient without any consent is still refused, before anything is sent
-    r = a.post(
-        "/exchange/requests",
-        {"kind": "referral", "patient": f"Patient/p-{NID_NONE}", "recipient": "clinic-b",
-         "reason": "no consent"},
-    )  # fmt: skip
+    r = _refer(a, NID_NONE, "no consent")
     assert r.status_code == 403, r.text
 
 
@@ -283,11 +282,7 @@ def test_a_retired_version_is_neither_asked_nor_used(region: Region) -> None:
     a.stop()
     a.restart()
     try:
-        r = a.post(
-            "/exchange/requests",
-            {"kind": "referral", "patient": f"Patient/p-{NID}", "recipient": "clinic-b",
-             "reason": "after v1 was retired"},
-        )  # fmt: skip
+        r = _refer(a, NID, "after v1 was retired")
         assert r.status_code == 403, r.text
     finally:  # the key ring restored from its backup, so the module's tests need no order
         shutil.rmtree(keys)

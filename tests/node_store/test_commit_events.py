@@ -21,6 +21,15 @@ def _patient(family: str, rid: str | None = None) -> dict[str, Any]:
     return res
 
 
+def _one_patient_entries() -> list[Any]:
+    """The parsed entries of a transaction that creates one Patient."""
+    return parse_bundle(
+        {"resourceType": "Bundle", "type": "transaction",
+         "entry": [{"resource": _patient("Roe"), "request": {"method": "POST", "url": "Patient"}}]},
+        "transaction",
+    ).entries  # fmt: skip
+
+
 def _seen(events: list[CommitEvent]) -> list[tuple[str, int, str, str]]:
     return [(e.reference, e.version_id, e.interaction, e.writer) for e in events]
 
@@ -89,11 +98,7 @@ def test_refused_and_rolled_back_writes_publish_nothing(store: FhirStore) -> Non
         store.update("Patient", p["id"], {**p, "gender": "male"}, if_match='W/"7"')
     with pytest.raises(BadRequest):
         store.create({"resourceType": "Patient", "gender": "sometimes"})
-    entries = parse_bundle(
-        {"resourceType": "Bundle", "type": "transaction",
-         "entry": [{"resource": _patient("Roe"), "request": {"method": "POST", "url": "Patient"}}]},
-        "transaction",
-    ).entries  # fmt: skip
+    entries = _one_patient_entries()
 
     def fails_after_writing(uow: UnitOfWork) -> None:
         uow.apply(entries)
@@ -117,11 +122,7 @@ def test_a_commit_listener_is_told_once_per_commit_and_never_for_a_rollback(
     store.create(_patient("Ng"))
     with pytest.raises(BadRequest):
         store.create({"resourceType": "Patient", "gender": "sometimes"})
-    entries = parse_bundle(
-        {"resourceType": "Bundle", "type": "transaction",
-         "entry": [{"resource": _patient("Roe"), "request": {"method": "POST", "url": "Patient"}}]},
-        "transaction",
-    ).entries  # fmt: skip
+    entries = _one_patient_entries()
 
     def fails_after_writing(uow: UnitOfWork) -> None:
         uow.apply(entries)
