@@ -70,8 +70,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("ipjms.node.exchange")
-# Consent questions run here so the sender can read its records meanwhile (see disclose).
-_CONSENT_ASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="consent-ask")
+# The consent question and the routing pseudonym are asked here (the registry, the authority)
+# while the sender reads its records (see disclose).
+_REMOTE_ASKS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="exchange-ask")
 ENVELOPE_TTL = dt.timedelta(days=7)
 # What a referral/consultation asks consent for unless the doctor narrows it.
 DEFAULT_CLASSES = (
@@ -232,7 +233,11 @@ def disclose(
                 pseudo, recipient, purpose, ask, envelope_id=envelope_id, **emergency, **offered
             )  # the registry records this organisation (the authenticated caller) as requester
 
-        asked = _CONSENT_ASKS.submit(decide)
+        asked = _REMOTE_ASKS.submit(decide)
+        # the header's routing pseudonym of this pair (one evaluation at the authority, then
+        # kept) is asked meanwhile too, for the current pseudonym: what the registry decides
+        # under unless the patient's consents predate a key rotation (then asked again below)
+        routed_early = _REMOTE_ASKS.submit(ctx.pseudonymiser.routing, pseudo, ctx.org_id, recipient)
         with ctx.timed("out", "collect"):
             collected = collect(ctx, patient_id, wanted)
         with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
@@ -243,11 +248,18 @@ def disclose(
             )
         permitted = set(decision.classes)
         token = decision.token
-        pseudo = decided_pseudonym(ctx, decision, pseudo, patient_id)
+        decided = decided_pseudonym(ctx, decision, pseudo, patient_id)
+        with ctx.timed("out", "routing"):  # what the routing pseudonym takes beyond those
+            routed = (
+                routed_early.result()
+                if decided == pseudo
+                else ctx.pseudonymiser.routing(decided, ctx.org_id, recipient)
+            )
+        pseudo = decided
     else:
         collected, permitted = [], set()
-    with ctx.timed("out", "routing"):  # the header's pseudonym of this pair (the authority's)
-        routed = ctx.pseudonymiser.routing(pseudo, ctx.org_id, recipient)
+        with ctx.timed("out", "routing"):  # the header's pseudonym of this pair (authority's)
+            routed = ctx.pseudonymiser.routing(pseudo, ctx.org_id, recipient)
     with ctx.timed("out", "pack_seal"):
         sealed, declared, count = _pack_and_seal(
             ctx,
