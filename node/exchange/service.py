@@ -431,5 +431,7 @@ def publish_pseudonyms(ctx: ExchangeContext) -> int:
             conn.execute(pseudonyms.insert(), new)
     with ctx.engine.connect() as conn:
         held: list[str] = list(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
-    ctx.client.publish(held, replace=True)
+    # sorted: the list's order says nothing of which pseudonyms are one patient's (after a
+    # rotation each patient has one per held version)
+    ctx.client.publish(sorted(held), replace=True)
     return len(held)
