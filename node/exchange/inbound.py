@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,10 @@ from trust.envelopes import (
 __all__ = ["Handled", "handle_envelope", "already_processed", "exchange_writer"]
 
 log = logging.getLogger("ipjms.node.exchange")
+ROUTING_MISMATCH = "the routing pseudonym does not match the patient inside"
+# The header's routing-pseudonym check of an incoming document runs here, beside its import's
+# link/prepare/validate steps (handle_envelope).
+_ROUTING_CHECKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="routing-check")
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,11 @@ def _import_document(
     document: dict[str, Any],
     regional: str,
     purpose: str | None,
+    routed: Future[bool] | None = None,
 ) -> Handled:
+    """Link, prepare, validate, then write and commit in one unit of work. ``routed``: the
+    header's routing-pseudonym check still running (``handle_envelope``), awaited before the
+    write — a mismatch rejects the envelope with nothing written."""
     h = sealed.header
     sender = ctx.organisation(h.sender)
     with ctx.timed("in", "link"):
@@ -165,6 +174,10 @@ def _import_document(
     with ctx.timed("in", "validate"):
         # before the write lock: API writes are not held up by an import
         ctx.store.prevalidate(entries)
+    if routed is not None:
+        with ctx.timed("in", "routing"):  # what the check takes beyond link…validate
+            if not routed.result():
+                return _reject(ctx, sealed, ROUTING_MISMATCH)
     written = 0.0
 
     def work(uow: UnitOfWork) -> None:
@@ -252,10 +265,19 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     except ValueError as exc:
         return _reject(ctx, sealed, "cannot parse the envelope", local=str(exc))
     ctx.observe("in", "parse", time.perf_counter() - started)
-    with ctx.timed("in", "routing"):  # the header's pseudonym checked (the authority's)
-        regional = regional_pseudonym(ctx, sealed, body)
+    inside = _inside_pseudonym(body)
+    routed: Future[bool] | None = None
+    if h.kind != "record-query" and inside:
+        # A document: the header's routing pseudonym is checked (one evaluation at the
+        # authority) while the document is linked, prepared and validated; nothing is written
+        # before the check has passed (``_import_document``).
+        routed = _ROUTING_CHECKS.submit(_routes_to, ctx, sealed, inside)
+        regional: str | None = inside
+    else:
+        with ctx.timed("in", "routing"):  # the header's pseudonym checked (the authority's)
+            regional = regional_pseudonym(ctx, sealed, body)
     if regional is None:
-        return _reject(ctx, sealed, "the routing pseudonym does not match the patient inside")
+        return _reject(ctx, sealed, ROUTING_MISMATCH)
     if h.kind == "record-query":
         # A break-glass pull is shown as such on this side too: the inbox row says who asked
         # and why, with the local patient (the referrals page lists these rows).
@@ -274,32 +296,43 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
             )  # fmt: skip
         return Handled(True, "record query", query=body, patient=regional)
     if h.kind not in KINDS:  # every other kind carries a document Bundle
-        return _reject(ctx, sealed, f"unsupported envelope kind {h.kind!r}")
+        return _refusal(ctx, sealed, routed, f"unsupported envelope kind {h.kind!r}")
     try:
         if not isinstance(body, dict):
             raise ValueError("payload is not a JSON object")
         carried = carried_classes(body)
     except ValueError as exc:
-        return _reject(ctx, sealed, "payload is not a document Bundle", local=str(exc))
+        return _refusal(ctx, sealed, routed, "payload is not a document Bundle", str(exc))
     with ctx.timed("in", "proof"):  # the registry's signed decision inside, checked
         refused, purpose = _consent_proof_problem(ctx, sealed, body, regional, carried)
     if refused is not None:
         log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, refused)
-        return _reject(ctx, sealed, refused)
+        return _refusal(ctx, sealed, routed, refused)
     try:
-        return _import_document(ctx, sealed, body, regional, purpose)
+        return _import_document(ctx, sealed, body, regional, purpose, routed)
     except FhirError as exc:
         # The store's message may quote content: keep it here, tell the coordinator only why.
         log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
-        return _reject(ctx, sealed, "import refused by the store", local=exc.diagnostics)
+        return _refusal(ctx, sealed, routed, "import refused by the store", exc.diagnostics)
 
 
-def regional_pseudonym(ctx: ExchangeContext, sealed: SealedEnvelope, body: Any) -> str | None:
-    """The patient's regional pseudonym, carried inside the payload (a document's
-    ``meta.extension``, a record query's ``patient`` parameter), checked against the header's
-    routing pseudonym for this pair of organisations (None: they disagree). An envelope
-    without one inside (a sender from before routing pseudonyms) is read by its header."""
-    h = sealed.header
+def _refusal(
+    ctx: ExchangeContext,
+    sealed: SealedEnvelope,
+    routed: Future[bool] | None,
+    reason: str,
+    local: str = "",
+) -> Handled:
+    """Refuse the envelope; a routing-pseudonym check still running is awaited and, when it
+    fails, is the reason given — as when it ran before every other check."""
+    if routed is not None and not routed.result():
+        return _reject(ctx, sealed, ROUTING_MISMATCH)
+    return _reject(ctx, sealed, reason, local=local)
+
+
+def _inside_pseudonym(body: Any) -> str | None:
+    """The patient's regional pseudonym carried inside the payload (a document's
+    ``meta.extension``, a record query's ``patient`` parameter), or None."""
     inside: Any = None
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
         inside = patient_of(body)
@@ -310,13 +343,28 @@ def regional_pseudonym(ctx: ExchangeContext, sealed: SealedEnvelope, body: Any) 
             if isinstance(p, dict) and p.get("name") == "patient"
         ]
         inside = found[0] if len(found) == 1 else None
-    if not isinstance(inside, str) or not inside:
-        return h.patient_pseudonym or ""
+    return inside if isinstance(inside, str) and inside else None
+
+
+def _routes_to(ctx: ExchangeContext, sealed: SealedEnvelope, inside: str) -> bool:
+    """Whether the header's routing pseudonym is ``inside``'s for this pair of organisations."""
+    h = sealed.header
     try:
         expected = ctx.pseudonymiser.routing(inside, h.sender, h.recipient)
     except ValueError:  # not a pseudonym of this region's scheme
-        return None
-    return inside if expected == h.patient_pseudonym else None
+        return False
+    return expected == h.patient_pseudonym
+
+
+def regional_pseudonym(ctx: ExchangeContext, sealed: SealedEnvelope, body: Any) -> str | None:
+    """The patient's regional pseudonym, carried inside the payload, checked against the
+    header's routing pseudonym for this pair of organisations (None: they disagree). An
+    envelope without one inside (a sender from before routing pseudonyms) is read by its
+    header."""
+    inside = _inside_pseudonym(body)
+    if inside is None:
+        return sealed.header.patient_pseudonym or ""
+    return inside if _routes_to(ctx, sealed, inside) else None
 
 
 def _consent_proof_problem(
