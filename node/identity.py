@@ -19,7 +19,6 @@ __all__ = [
     "patient_pseudonym",
     "patient_pseudonyms",
     "patient_candidates",
-    "patients_candidates",
 ]
 
 # The region's own national identifier system (used by seeded patients), then the ones real
@@ -91,16 +90,5 @@ def patient_candidates(patient: dict[str, Any], pseudonymiser: Pseudonymiser) ->
     national identifier it holds, each paid once and kept); [] without a (valid) national
     identifier. What the node offers the consent registry, which decides under the one the
     patient is known by (issue 23: consents recorded before a key rotation)."""
-    return patients_candidates([patient], pseudonymiser)[0]
-
-
-def patients_candidates(
-    patients: Sequence[dict[str, Any]], pseudonymiser: Pseudonymiser
-) -> list[list[str]]:
-    """:func:`patient_candidates` of many patients, one batched call per key version: what a
-    node publishes to the record locator, so a pull decided under an older version (the
-    patient's consents are there) finds a holder that met the patient only after the
-    rotation."""
-    found = [_identifier(p, False) for p in patients]
-    asked = iter(pseudonymiser.candidates_of([f for f in found if f is not None]))
-    return [next(asked) if f is not None else [] for f in found]
+    found = _identifier(patient, False)
+    return pseudonymiser.candidates(found) if found is not None else []

@@ -97,7 +97,10 @@ log = logging.getLogger("ipjms.pseudonym")
 #: deploy/demo/pseudonym_authority.py).
 NEW_PATIENTS_PER_DAY = 1_000
 #: ASSUMPTION: a new patient costs one regional pseudonym and about two routing pseudonyms (its
-#: first referral or copy out and the answer in).
+#: first referral or copy out and the answer in). Not counted: while an older key version is
+#: held after a rotation, a patient's first consent question also offers their pseudonym under
+#: it — one more evaluation for a patient the node never evaluated under that version (those
+#: met after the rotation); retire the old version once its patients have re-consented.
 EVALUATIONS_PER_NEW_PATIENT = 3
 #: ASSUMPTION: registrations happen in a ~10-hour working day, so the hourly rate is the daily
 #: need spread over 10 hours (300 an hour), not over 24.

@@ -173,6 +173,7 @@ class CareWorker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._queue.put([])  # ends the loop's wait at once, however long its poll
         if self._thread is not None:
             self._thread.join(timeout=10)
             if not self._thread.is_alive() and self._handled > self._stored:

@@ -95,7 +95,10 @@ class WorkerProcess:
         proc.stdin.flush()
         os.set_blocking(proc.stdin.fileno(), False)  # a wake never makes a writer wait
         with self._lock:
-            self._proc = proc
+            dead, self._proc = self._proc, proc
+            if dead is not None and dead.stdin is not None:  # a restart: the old pipe closed
+                with suppress(OSError):
+                    dead.stdin.close()
 
     def wake(self) -> None:
         """Something was committed in this process: have the child read the log now. A full

@@ -70,9 +70,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("ipjms.node.exchange")
-# The consent question and the routing pseudonym are asked here (the registry, the authority)
-# while the sender reads its records (see disclose).
-_REMOTE_ASKS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="exchange-ask")
+# The consent question (the registry) and the routing pseudonym (the authority) are asked here
+# while the sender reads its records (see disclose): a pool each, so that one waiting out the
+# authority's rate limit never holds up the other's questions.
+_CONSENT_ASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="consent-ask")
+_ROUTING_ASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="routing-ask")
 ENVELOPE_TTL = dt.timedelta(days=7)
 # What a referral/consultation asks consent for unless the doctor narrows it.
 DEFAULT_CLASSES = (
@@ -233,16 +235,23 @@ def disclose(
                 pseudo, recipient, purpose, ask, envelope_id=envelope_id, **emergency, **offered
             )  # the registry records this organisation (the authenticated caller) as requester
 
-        asked = _REMOTE_ASKS.submit(decide)
+        asked = _CONSENT_ASKS.submit(decide)
         # the header's routing pseudonym of this pair (one evaluation at the authority, then
         # kept) is asked meanwhile too, for the current pseudonym: what the registry decides
         # under unless the patient's consents predate a key rotation (then asked again below)
-        routed_early = _REMOTE_ASKS.submit(ctx.pseudonymiser.routing, pseudo, ctx.org_id, recipient)
+        routed_early = _ROUTING_ASKS.submit(
+            ctx.pseudonymiser.routing, pseudo, ctx.org_id, recipient
+        )
         with ctx.timed("out", "collect"):
             collected = collect(ctx, patient_id, wanted)
         with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
-            decision = _decision(asked)
+            try:
+                decision = _decision(asked)
+            except Exception:
+                routed_early.cancel()  # not asked if it has not started
+                raise
         if not decision.permit:
+            routed_early.cancel()
             raise ConsentRefused(
                 f"consent does not permit {purpose} to {recipient}: {decision.reason}"
             )
@@ -250,11 +259,11 @@ def disclose(
         token = decision.token
         decided = decided_pseudonym(ctx, decision, pseudo, patient_id)
         with ctx.timed("out", "routing"):  # what the routing pseudonym takes beyond those
-            routed = (
-                routed_early.result()
-                if decided == pseudo
-                else ctx.pseudonymiser.routing(decided, ctx.org_id, recipient)
-            )
+            if decided == pseudo:
+                routed = routed_early.result()
+            else:
+                routed_early.cancel()
+                routed = ctx.pseudonymiser.routing(decided, ctx.org_id, recipient)
         pseudo = decided
     else:
         collected, permitted = [], set()

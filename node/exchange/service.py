@@ -45,7 +45,7 @@ from node.exchange.workflow import (
     task_parties,
     task_uid,
 )
-from node.identity import patients_candidates
+from node.identity import patient_pseudonyms
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
@@ -407,19 +407,20 @@ def answer_query(
 
 
 def publish_pseudonyms(ctx: ExchangeContext) -> int:
-    """Index every local patient's pseudonyms and publish the full list to the record locator:
-    the current one and, after a key rotation, the patient's pseudonym under each older
-    version the authority still holds (``patients_candidates``: this node's own evaluations,
-    each paid once and kept). A pull is decided under the version the patient's consents are
-    under, so a holder that met the patient only after the rotation is found by it too."""
+    """Index every local patient's current pseudonym and publish the full list to the record
+    locator. Only the current key version's: publishing a patient's pseudonym under an older
+    version too would show the coordinator the pair (a patient met after a rotation appears as
+    two new pseudonyms in one publish), linking the two versions — so a pull decided under an
+    older version (the patient's consents are there) finds the holders that indexed the patient
+    under it, not those that met them only after the rotation."""
     found: dict[str, str] = {}
     offset = 0
     while True:
         page = ctx.store.search("Patient", [("_count", "500"), ("_offset", str(offset))])
-        for patient, every in zip(
-            page.resources, patients_candidates(page.resources, ctx.pseudonymiser), strict=True
+        for patient, pseudo in zip(
+            page.resources, patient_pseudonyms(page.resources, ctx.pseudonymiser), strict=True
         ):
-            for pseudo in every:
+            if pseudo:
                 found.setdefault(pseudo, str(patient["id"]))
         offset += len(page.resources)
         if not page.resources or offset >= page.total:

@@ -213,3 +213,17 @@ def test_a_failed_batch_is_handled_again_not_skipped(store: FhirStore) -> None:
         settled(store, worker)
     finally:
         worker.stop()
+
+
+def test_a_worker_with_a_long_poll_stops_and_stores_its_position(store: FhirStore) -> None:
+    """``stop`` ends the loop's wait itself: a worker polling the log once a minute (its
+    process is woken after each commit instead) still stops at once, its thread ended and
+    what it handled stored — not left running after the 10 s join gives up."""
+    clock = Clock()
+    worker = CareWorker(store, definitions(), clock=clock, tick_seconds=3600, poll_seconds=60)
+    worker.start()
+    store.create({"resourceType": "Patient"})
+    worker.wake()  # as the worker process's parent does after a commit
+    wait_for(lambda: store.events.stored_position(worker.name) == store.events.head())
+    worker.stop()
+    assert worker._thread is not None and not worker._thread.is_alive()
