@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 from coordinator.envelope_rules import PSEUDONYM_PATTERN
 from coordinator.errors import ExchangeError
 from coordinator.schema import locator
+from trust.pseudonym import pseudonym_key_version
 
 __all__ = ["RecordLocator", "MAX_PUBLISH"]
 
@@ -34,8 +35,14 @@ class RecordLocator:
                     select(locator.c.patient_pseudonym).where(locator.c.org_id == org_id)
                 ).scalars()
             )
-            if replace and held - wanted:
-                gone = list(held - wanted)
+            # a full list replaces what the organisation published under its newest key
+            # version; what it published under an older one (before a rotation) is kept: nodes
+            # publish the newest version only (so no list pairs a patient's two versions), and a
+            # pull decided under the older one still finds the holders that knew the patient
+            newest = max((pseudonym_key_version(p) or 0 for p in wanted), default=0)
+            stale = {p for p in held - wanted if (pseudonym_key_version(p) or 0) >= newest}
+            if replace and stale:
+                gone = list(stale)
                 for i in range(0, len(gone), 500):
                     conn.execute(
                         delete(locator).where(

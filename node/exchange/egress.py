@@ -242,14 +242,15 @@ def disclose(
         routed_early = _ROUTING_ASKS.submit(
             ctx.pseudonymiser.routing, pseudo, ctx.org_id, recipient
         )
-        with ctx.timed("out", "collect"):
-            collected = collect(ctx, patient_id, wanted)
-        with ctx.timed("out", "consent_wait"):  # what the decision takes beyond the collect
-            try:
+        try:
+            with ctx.timed("out", "collect"):
+                collected = collect(ctx, patient_id, wanted)
+            with ctx.timed("out", "consent_wait"):  # what the decision takes beyond collect
                 decision = _decision(asked)
-            except Exception:
-                routed_early.cancel()  # not asked if it has not started
-                raise
+        except Exception:
+            asked.cancel()  # best effort: neither is asked if it has not started yet
+            routed_early.cancel()
+            raise
         if not decision.permit:
             routed_early.cancel()
             raise ConsentRefused(

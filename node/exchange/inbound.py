@@ -176,8 +176,9 @@ def _import_document(
         ctx.store.prevalidate(entries)
     if routed is not None:
         with ctx.timed("in", "routing"):  # what the check takes beyond link…validate
-            if not routed.result():
-                return _reject(ctx, sealed, ROUTING_MISMATCH)
+            routes = routed.result()
+        if not routes:
+            return _reject(ctx, sealed, ROUTING_MISMATCH)
     written = 0.0
 
     def work(uow: UnitOfWork) -> None:
@@ -306,14 +307,21 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     with ctx.timed("in", "proof"):  # the registry's signed decision inside, checked
         refused, purpose = _consent_proof_problem(ctx, sealed, body, regional, carried)
     if refused is not None:
-        log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, refused)
-        return _refusal(ctx, sealed, routed, refused)
+        result = _refusal(ctx, sealed, routed, refused)
+        log.warning("envelope %s from %s rejected: %s", h.envelope_id, h.sender, result.detail)
+        return result
     try:
         return _import_document(ctx, sealed, body, regional, purpose, routed)
     except FhirError as exc:
         # The store's message may quote content: keep it here, tell the coordinator only why.
         log.warning("envelope %s: import refused by the store (%s)", h.envelope_id, exc.status)
         return _refusal(ctx, sealed, routed, "import refused by the store", exc.diagnostics)
+    except Exception:
+        # an import that fails otherwise is retried (not acknowledged) — unless the routing
+        # check, which ran first before it overlapped the import, refuses the envelope anyway
+        if routed is not None and not routed.result():
+            return _reject(ctx, sealed, ROUTING_MISMATCH)
+        raise
 
 
 def _refusal(

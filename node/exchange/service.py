@@ -49,6 +49,7 @@ from node.identity import patient_pseudonyms
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
+from trust.pseudonym import pseudonym_key_version
 
 __all__ = [
     "request_exchange",
@@ -407,12 +408,13 @@ def answer_query(
 
 
 def publish_pseudonyms(ctx: ExchangeContext) -> int:
-    """Index every local patient's current pseudonym and publish the full list to the record
-    locator. Only the current key version's: publishing a patient's pseudonym under an older
-    version too would show the coordinator the pair (a patient met after a rotation appears as
-    two new pseudonyms in one publish), linking the two versions — so a pull decided under an
-    older version (the patient's consents are there) finds the holders that indexed the patient
-    under it, not those that met them only after the rotation."""
+    """Index every local patient's current pseudonym and publish the list of the current key
+    version's to the record locator. Only those: publishing a patient's pseudonym under an
+    older version too would show the coordinator the pair (a patient met after a rotation
+    appears as two new pseudonyms in one publish), linking the two versions. The locator keeps
+    what a node published under an older version before the rotation, so a pull decided under
+    that version (the patient's consents are there) finds the holders that knew the patient
+    then — not those that met them only after the rotation."""
     found: dict[str, str] = {}
     offset = 0
     while True:
@@ -432,7 +434,11 @@ def publish_pseudonyms(ctx: ExchangeContext) -> int:
             conn.execute(pseudonyms.insert(), new)
     with ctx.engine.connect() as conn:
         held: list[str] = list(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
-    # sorted: the list's order says nothing of which pseudonyms are one patient's (after a
-    # rotation each patient has one per held version)
-    ctx.client.publish(sorted(held), replace=True)
-    return len(held)
+    # Only the newest key version's: an older-version pseudonym this node learnt after the
+    # rotation (an import's, a decision's) would arrive beside the patient's current one and
+    # pair them; those it published before the rotation the locator keeps (locator.publish).
+    # Sorted: the order says nothing either.
+    newest = max((pseudonym_key_version(p) or 0 for p in held), default=0)
+    current = sorted(p for p in held if (pseudonym_key_version(p) or 0) == newest)
+    ctx.client.publish(current, replace=True)
+    return len(current)

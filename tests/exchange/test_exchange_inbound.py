@@ -416,6 +416,20 @@ def test_the_patient_inside_must_match_the_routing_pseudonym(ctx: ExchangeContex
     assert PSEUDO in known and good.header.patient_pseudonym not in known
 
 
+def test_a_misrouted_envelope_whose_import_would_fail_is_still_rejected(  # type: ignore[no-untyped-def]
+    ctx: ExchangeContext, creds
+) -> None:
+    """The routing check runs beside the import's first steps. When one of those fails in a way
+    that would leave the envelope to be retried (here a resource whose ``meta`` is a list), a
+    routing mismatch is still what refuses it — recorded and answered, as when the check ran
+    first — never a poison message delivered again and again."""
+    weird = {**COND, "meta": []}
+    bad = _envelope(creds, [weird], ["Condition"], routed=(PSEUDO, ("hosp-a", "clinic-c"), PSEUDO))
+    result = handle_envelope(ctx, bad.to_bytes())
+    assert not result.imported and "routing pseudonym" in result.detail
+    assert ctx.store.search("Condition", []).total == 0
+
+
 BNP = {
     "resourceType": "Observation",
     "id": "bnp",

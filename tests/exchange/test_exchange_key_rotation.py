@@ -180,12 +180,21 @@ def test_a_pull_after_a_rotation_finds_the_holder_and_is_answered(region: Region
 def test_a_holder_publishes_only_the_current_version_so_the_locator_pairs_nothing(
     region: Region,
 ) -> None:
-    """Clinic B has known this patient only since the rotation. It publishes the current (v2)
-    pseudonym alone: publishing the v1 one too would put a pair of new pseudonyms of one
-    patient into the same publish, and the coordinator could link the two key versions. The
-    price, stated in docs/architecture.md: A's pull, decided under v1 (the consents are there),
-    does not find B."""
+    """Clinic B has known this patient only since the rotation, and learnt their v1 pseudonym
+    from A's referral. It publishes the current (v2) pseudonym alone: publishing the v1 one too
+    would put a pair of new pseudonyms of one patient into the same publish, and the
+    coordinator could link the two key versions. The price, stated in docs/architecture.md:
+    A's pull, decided under v1 (the consents are there), does not find B."""
     a, b = region.nodes["hosp-a"], region.nodes["clinic-b"]
+    # A refers the patient to B first: decided under v1, so B's import maps v1 to its record —
+    # B now holds both versions of this patient, and must still publish the current one alone
+    r = _refer(a, NID_LATE, "follow-up at the clinic")
+    assert r.status_code == 201, r.text
+    envelope_id = r.json()["envelope_id"]
+    wait_for(
+        lambda: [e for e in _inbox(b, envelope_id) if e["outcome"] == "imported"],
+        what="the referral imported at clinic B",
+    )
     assert b.post("/exchange/publish", {}).status_code == 200
     current, older = region.pseudonymiser.candidates((NATIONAL_ID_SYSTEM, NID_LATE))
     assert (current[:3], older[:3]) == ("v2.", "v1.")
