@@ -10,7 +10,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 from coordinator.envelope_rules import PSEUDONYM_PATTERN
 from coordinator.errors import ExchangeError
 from coordinator.schema import locator
-from trust.pseudonym import pseudonym_key_version
+from trust.pseudonym import newest_key_version, pseudonym_key_version
 
 __all__ = ["RecordLocator", "MAX_PUBLISH"]
 
@@ -39,7 +39,7 @@ class RecordLocator:
             # version; what it published under an older one (before a rotation) is kept: nodes
             # publish the newest version only (so no list pairs a patient's two versions), and a
             # pull decided under the older one still finds the holders that knew the patient
-            newest = max((pseudonym_key_version(p) or 0 for p in wanted), default=0)
+            newest = newest_key_version(wanted)
             stale = {p for p in held - wanted if (pseudonym_key_version(p) or 0) >= newest}
             if replace and stale:
                 gone = list(stale)

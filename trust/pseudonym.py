@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "oprf_input",
     "oprf_pseudonym",
     "pseudonym_key_version",
+    "newest_key_version",
     "OPRF_PSEUDONYM_PATTERN",
 ]
 
@@ -143,3 +145,9 @@ def pseudonym_key_version(value: str) -> int | None:
     """The key version an OPRF pseudonym names, or None for any other form."""
     m = OPRF_PSEUDONYM_PATTERN.match(value)
     return int(m.group(1)) if m else None
+
+
+def newest_key_version(values: Iterable[str]) -> int:
+    """The newest key version among ``values`` (0 when none names one: linkage-key pseudonyms,
+    or no values) — what the record locator's publish keys on (issue 23)."""
+    return max((pseudonym_key_version(v) or 0 for v in values), default=0)

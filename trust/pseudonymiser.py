@@ -94,10 +94,6 @@ class Pseudonymiser(Protocol):
         (what a node offers the consent registry after a key rotation)."""
         ...
 
-    def candidates_of(self, identifiers: Sequence[tuple[str, str]]) -> list[list[str]]:
-        """:meth:`candidates` of many identifiers at once."""
-        ...
-
     def routing(self, regional: str, org_a: str, org_b: str) -> str:
         """The pseudonym an envelope between ``org_a`` and ``org_b`` carries in its header."""
         ...
@@ -324,24 +320,18 @@ class OprfPseudonymiser:
         once). A version the authority no longer lists in ``/keys`` (retired) is neither asked
         nor used; an older version it cannot answer now (unreachable, over budget) is left
         out, which can only narrow what the registry is asked (fail closed)."""
-        return self.candidates_of([identifier])[0]
-
-    def candidates_of(self, identifiers: Sequence[tuple[str, str]]) -> list[list[str]]:
-        """:meth:`candidates` of many identifiers, one batched call per key version (what a
-        node publishes to the record locator)."""
         from trust.oprf_client import PseudonymServiceError
 
-        found = [[current] for current in self.regional(identifiers)]
-        now = pseudonym_key_version(found[0][0]) if found else None
+        current = self.regional([identifier])[0]
+        found = [current]
+        now = pseudonym_key_version(current)
         for version in sorted((v for v in self._held if v != now), reverse=True):
             try:
-                older = self.regional_at(identifiers, version)
-            except PseudonymServiceError:  # what was kept before (and any batch kept now)
-                older = self.regional_at(identifiers, version, ask=False)
-            if version in self._held:
-                for each, pseudo in zip(found, older, strict=True):
-                    if pseudo is not None:
-                        each.append(pseudo)
+                older = self.regional_at([identifier], version)[0]
+            except PseudonymServiceError:  # what was kept before
+                older = self.regional_at([identifier], version, ask=False)[0]
+            if older is not None and version in self._held:
+                found.append(older)
         return found
 
     def routing(self, regional: str, org_a: str, org_b: str) -> str:
@@ -397,9 +387,6 @@ class LinkageKeyPseudonymiser:
     def candidates(self, identifier: tuple[str, str]) -> list[str]:
         """One key, never rotated: the one pseudonym."""
         return self.regional([identifier])
-
-    def candidates_of(self, identifiers: Sequence[tuple[str, str]]) -> list[list[str]]:
-        return [[p] for p in self.regional(identifiers)]
 
     def routing(self, regional: str, org_a: str, org_b: str) -> str:
         return routing_pseudonym(self.linkage_key, regional, org_a, org_b)

@@ -176,8 +176,8 @@ def _import_document(
         ctx.store.prevalidate(entries)
     if routed is not None:
         with ctx.timed("in", "routing"):  # what the check takes beyond link…validate
-            routes = routed.result()
-        if not routes:
+            misrouted = _misrouted(routed)
+        if misrouted:
             return _reject(ctx, sealed, ROUTING_MISMATCH)
     written = 0.0
 
@@ -319,7 +319,7 @@ def handle_envelope(ctx: ExchangeContext, raw: bytes) -> Handled:
     except Exception:
         # an import that fails otherwise is retried (not acknowledged) — unless the routing
         # check, which ran first before it overlapped the import, refuses the envelope anyway
-        if routed is not None and not routed.result():
+        if _misrouted(routed):
             return _reject(ctx, sealed, ROUTING_MISMATCH)
         raise
 
@@ -333,9 +333,15 @@ def _refusal(
 ) -> Handled:
     """Refuse the envelope; a routing-pseudonym check still running is awaited and, when it
     fails, is the reason given — as when it ran before every other check."""
-    if routed is not None and not routed.result():
+    if _misrouted(routed):
         return _reject(ctx, sealed, ROUTING_MISMATCH)
     return _reject(ctx, sealed, reason, local=local)
+
+
+def _misrouted(routed: Future[bool] | None) -> bool:
+    """Whether the overlapped routing check (awaited here; its errors propagate: the envelope
+    is then retried) found the header's pseudonym wrong. None: no check was overlapped."""
+    return routed is not None and not routed.result()
 
 
 def _inside_pseudonym(body: Any) -> str | None:

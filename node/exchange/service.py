@@ -49,7 +49,7 @@ from node.identity import patient_pseudonyms
 from node.store import DEFAULT_WRITER
 from servicekit.outcome import BadRequest, Conflict
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
-from trust.pseudonym import pseudonym_key_version
+from trust.pseudonym import newest_key_version, pseudonym_key_version
 
 __all__ = [
     "request_exchange",
@@ -438,7 +438,7 @@ def publish_pseudonyms(ctx: ExchangeContext) -> int:
     # rotation (an import's, a decision's) would arrive beside the patient's current one and
     # pair them; those it published before the rotation the locator keeps (locator.publish).
     # Sorted: the order says nothing either.
-    newest = max((pseudonym_key_version(p) or 0 for p in held), default=0)
+    newest = newest_key_version(held)
     current = sorted(p for p in held if (pseudonym_key_version(p) or 0) == newest)
     ctx.client.publish(current, replace=True)
     return len(current)
