@@ -6,17 +6,24 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, select, tuple_
 
-from node.store.search_params import SHARED_TYPES
+from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
 from node.store.search_query import SearchPlan, compartment_condition, compile_search
-from node.store.tables import idx_reference, resource_version
+from node.store.tables import idx_reference, idx_token, resource_version
 from node.store.tables import resource as res
 from node.store.value_sets import resolve_value_sets
 from node.store.writes import current_bodies, fetch
 from servicekit.outcome import BadRequest
 
-__all__ = ["SearchResult", "run_search", "match_ids", "parse_query"]
+__all__ = [
+    "SearchResult",
+    "run_search",
+    "match_ids",
+    "identifier_token",
+    "match_identifiers",
+    "parse_query",
+]
 
 
 @dataclass
@@ -159,3 +166,55 @@ def match_ids(
     )
     stmt = select(res.c.resource_id).where(*plan.conditions).limit(limit)
     return list(conn.scalars(stmt))
+
+
+Token = tuple[str, str]
+# Row-value IN lists per statement (SQLite allows 32,766 bound variables; two per pair).
+_PAIRS_PER_QUERY = 500
+
+
+def identifier_token(rtype: str, query: str) -> Token | None:
+    """``(system, code)`` when ``query`` is exactly one ``identifier=system|code`` criterion
+    (both parts non-empty, one value) on a type whose ``identifier`` is a token parameter: the
+    shape :func:`match_identifiers` answers many of at once. None for anything else."""
+    pdef = SUPPORTED_SEARCH_PARAMS.get(rtype, {}).get("identifier")
+    if pdef is None or pdef.kind != "token":
+        return None
+    pairs = parse_query(query)
+    if len(pairs) != 1 or pairs[0][0] != "identifier" or "," in pairs[0][1]:
+        return None
+    system, bar, code = pairs[0][1].partition("|")
+    return (system, code) if bar and system and code else None
+
+
+def match_identifiers(conn: Connection, rtype: str, tokens: list[Token]) -> dict[Token, list[str]]:
+    """For each ``(system, code)``, the ids of live ``rtype`` resources with that identifier —
+    what :func:`match_ids` answers for ``identifier=system|code`` (same index, same liveness),
+    a few queries for the lot instead of one compiled search each (a seeded or ingested
+    transaction names one per resource)."""
+    found: dict[Token, list[str]] = {t: [] for t in tokens}
+    unique = sorted(found)
+    for start in range(0, len(unique), _PAIRS_PER_QUERY):
+        chunk = unique[start : start + _PAIRS_PER_QUERY]
+        stmt = (
+            select(idx_token.c.system, idx_token.c.code, idx_token.c.resource_id)
+            .select_from(
+                idx_token.join(
+                    res,
+                    and_(
+                        res.c.resource_type == idx_token.c.resource_type,
+                        res.c.resource_id == idx_token.c.resource_id,
+                    ),
+                )
+            )
+            .where(
+                idx_token.c.resource_type == rtype,
+                idx_token.c.param == "identifier",
+                tuple_(idx_token.c.system, idx_token.c.code).in_(chunk),
+                res.c.deleted.is_(False),
+            )
+            .distinct()
+        )
+        for system, code, rid in conn.execute(stmt):
+            found[(str(system), str(code))].append(str(rid))
+    return {t: sorted(ids) for t, ids in found.items()}

@@ -14,10 +14,10 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select, text
 
 from node.store.entries import METHODS, Entry, EntryResult, labelled
-from node.store.search_exec import match_ids, parse_query
+from node.store.search_exec import identifier_token, match_identifiers, match_ids, parse_query
 from node.store.search_index import (
     COMPARTMENT_PARAM,
     VALUE_KINDS,
@@ -40,6 +40,16 @@ from servicekit.outcome import BadRequest, Conflict, FhirError, PreconditionFail
 __all__ = ["apply_entries", "etag", "prevalidate"]
 
 Key = tuple[str, str]
+
+
+def _lock_key(criteria: str) -> int:
+    """The advisory-lock key of a conditional criteria: keyed by the decoded criteria, so
+    differently quoted spellings of one search serialise."""
+    rtype, _, query = criteria.partition("?")
+    canonical = repr((rtype, sorted(parse_query(query))))
+    return int.from_bytes(hashlib.sha256(canonical.encode()).digest()[:8], "big", signed=True)
+
+
 # References that can only name another entry of the same Bundle (by its fullUrl).
 _BUNDLE_LOCAL = ("urn:uuid:", "urn:oid:")
 
@@ -113,20 +123,27 @@ class _Apply:
         self.results: dict[int, EntryResult] = {}
         self.refs: dict[int, list[tuple[str, str, str]]] = {}  # entry index -> local references
         self.pending_resources: dict[Key, dict[str, Any]] = {}
+        # ifNoneExist answers looked up together before the first POST (see _prefetch)
+        self.if_none_exist: dict[tuple[str, str], list[str]] | None = None
+        self.entries: list[Entry] = []
 
     # -- resolution -------------------------------------------------------------------------
     def _serialise(self, criteria: str) -> None:
         """Conditional create/update: search-then-insert must not interleave with another
         transaction doing the same (both would create). SQLite already serialises writers;
         on PostgreSQL a transaction-scoped advisory lock keyed by the criteria does it."""
-        if self.conn.dialect.name != "postgresql":
+        self._serialise_all([criteria])
+
+    def _serialise_all(self, criteria: list[str]) -> None:
+        """:meth:`_serialise` for several criteria in one statement (the locks taken in key
+        order, so two transactions naming the same criteria queue rather than deadlock)."""
+        if self.conn.dialect.name != "postgresql" or not criteria:
             return
-        # keyed by the decoded criteria, so differently quoted spellings of one search serialise
-        rtype, _, query = criteria.partition("?")
-        canonical = repr((rtype, sorted(parse_query(query))))
-        digest = hashlib.sha256(canonical.encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        self.conn.execute(select(func.pg_advisory_xact_lock(key)))
+        keys = sorted({_lock_key(c) for c in criteria})
+        self.conn.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
+            {"keys": keys},
+        )
 
     def _map_full_url(self, entry: Entry, rtype: str, rid: str) -> None:
         if entry.full_url:
@@ -162,8 +179,7 @@ class _Apply:
         if not entry.validated:
             validate_resource(entry.resource, expected_type=rtype)
         if entry.if_none_exist:
-            self._serialise(f"{rtype}?{entry.if_none_exist}")
-            ids = match_ids(self.conn, rtype, entry.if_none_exist, self.base)
+            ids = self._if_none_exist(rtype, entry.if_none_exist)
             if len(ids) > 1:
                 raise PreconditionFailed(
                     f"ifNoneExist {entry.if_none_exist!r} matched {len(ids)} {rtype} resources"
@@ -176,6 +192,33 @@ class _Apply:
         key = (rtype, str(uuid.uuid4()))
         self._map_full_url(entry, rtype, key[1])
         return key
+
+    def _if_none_exist(self, rtype: str, query: str) -> list[str]:
+        """The live resources an ifNoneExist names. Looked up when the first POST asks, for
+        every POST of the Bundle at once (DELETEs, which come first, write nothing before the
+        end, so a search now and one per entry see the same rows); a criterion of another shape
+        than ``identifier=system|code`` is searched on its own."""
+        if self.if_none_exist is None:
+            self.if_none_exist = self._prefetch()
+        found = self.if_none_exist.get((rtype, query))
+        if found is not None:
+            return found
+        self._serialise(f"{rtype}?{query}")
+        return match_ids(self.conn, rtype, query, self.base)
+
+    def _prefetch(self) -> dict[tuple[str, str], list[str]]:
+        by_type: dict[str, dict[str, tuple[str, str]]] = {}
+        for entry in self.entries:
+            if entry.method == "POST" and entry.if_none_exist:
+                token = identifier_token(entry.rtype, entry.if_none_exist)
+                if token is not None:
+                    by_type.setdefault(entry.rtype, {})[entry.if_none_exist] = token
+        self._serialise_all([f"{rtype}?{q}" for rtype, queries in by_type.items() for q in queries])
+        answers: dict[tuple[str, str], list[str]] = {}
+        for rtype, queries in by_type.items():
+            ids = match_identifiers(self.conn, rtype, list(queries.values()))
+            answers.update({(rtype, q): ids[token] for q, token in queries.items()})
+        return answers
 
     def _put(self, entry: Entry) -> Key:
         rtype, rid, query = entry.rtype, entry.rid, entry.query
@@ -259,6 +302,7 @@ class _Apply:
     # -- the whole run ----------------------------------------------------------------------
     def run(self, entries: list[Entry]) -> tuple[list[EntryResult], list[NewVersion]]:
         ordered = sorted(entries, key=lambda e: (METHODS[e.method], e.index))
+        self.entries = ordered
         writes: list[NewVersion] = []
         pending: list[tuple[Entry, Key, bool]] = []  # (entry, key, is_post)
         for entry in ordered:

@@ -99,6 +99,57 @@ def test_conditional_create(store: FhirStore) -> None:
     assert store.counts() == {"Patient": 2}
 
 
+def _post(resource: dict[str, Any], if_none_exist: str | None = None) -> dict[str, Any]:
+    request = {"method": "POST", "url": resource["resourceType"]}
+    if if_none_exist:
+        request["ifNoneExist"] = if_none_exist
+    return {"resource": resource, "request": request}
+
+
+def test_a_bundles_if_none_exist_answers_match_one_search_each(store: FhirStore) -> None:
+    """The ifNoneExist criteria of a Bundle's POSTs are looked up together; each answer is
+    still what its own search would say: the live match (200 to it), nothing (201), a deleted
+    resource is no match, two matches are a 412, a differently quoted spelling and criteria of
+    another shape are answered too, and two entries naming one new identifier both create (the
+    Bundle's own entries are not searched)."""
+    kept = store.create(_patient("KEPT")).resource["id"]
+    gone = store.create(_patient("GONE")).resource["id"]
+    store.delete("Patient", gone)
+    response = store.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                _post(_patient("KEPT"), "identifier=urn:oid:1.2.3|KEPT"),
+                _post(_patient("GONE"), "identifier=urn:oid:1.2.3|GONE"),
+                _post(_patient("NEW"), "identifier=urn:oid:1.2.3|NEW"),
+                _post(_patient("NEW"), "identifier=urn:oid:1.2.3|NEW"),
+                _post(_patient("KEPT"), "identifier=urn%3Aoid%3A1.2.3%7CKEPT"),
+                _post(_patient("OTHER", family="Kept"), "family=Doe&identifier=urn:oid:1.2.3|KEPT"),
+                _post(_org("O1"), f"identifier={ORG_SYS}|O1"),
+            ],
+        }
+    )
+    statuses = [e["response"]["status"][:3] for e in response["entry"]]
+    locations = [e["response"]["location"].split("/")[1] for e in response["entry"]]
+    assert statuses == ["200", "201", "201", "201", "200", "200", "201"]
+    assert locations[0] == locations[4] == locations[5] == kept
+    assert locations[1] != gone and locations[2] != locations[3]
+    store.create(_patient("KEPT"))  # a second live KEPT: the criterion now matches two
+    with pytest.raises(PreconditionFailed, match="matched 2"):
+        store.transaction(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    _post(_patient("FINE"), "identifier=urn:oid:1.2.3|FINE"),
+                    _post(_patient("KEPT"), "identifier=urn:oid:1.2.3|KEPT"),
+                ],
+            }
+        )
+    assert store.counts() == {"Patient": 5, "Organization": 1}
+
+
 INVALID = [
     ({"resourceType": "Observation", "code": {"text": "x"}}, "Observation.status"),
     ({"resourceType": "Patient", "birthDate": "2020-13-45"}, "Patient.birthDate"),
