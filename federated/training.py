@@ -14,6 +14,7 @@ An empty Poisson draw is a noise-only step, counted like any other.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import threading
 import time
@@ -97,14 +98,22 @@ def default_delta(n: int = 0) -> float:
 
 def calibrate_noise(dp: DPConfig, sample_rate: float, steps: int) -> float:
     """σ for which ``steps`` steps at ``sample_rate`` spend at most (target ε, δ) — RDP."""
+    return _calibrated_sigma(dp.target_epsilon, dp.delta, sample_rate, steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated_sigma(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """Opacus's search (tens of RDP evaluations over every order, up to ~1 CPU-s) is a pure
+    function of these four numbers: a process asked again for the same run shape answers from
+    memory."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
         # the search tries large σ, where the best RDP order is the largest one Opacus has
         warnings.simplefilter("ignore")
         sigma = get_noise_multiplier(
-            target_epsilon=dp.target_epsilon,
-            target_delta=dp.delta,
+            target_epsilon=target_epsilon,
+            target_delta=delta,
             sample_rate=sample_rate,
             steps=steps,
             accountant="rdp",
