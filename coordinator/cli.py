@@ -145,13 +145,17 @@ def register_org(
         records = [
             record_from_credentials(credentials, name=name, level=level, endpoints=endpoints)
         ]
-    directory = Directory(_engine(data_dir, db))
-    for record in records:
-        try:
-            directory.register(record)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        typer.echo(f"registered {record.org_id} ({record.level})")
+    engine = _engine(data_dir, db)
+    directory = Directory(engine)
+    try:
+        for record in records:
+            try:
+                directory.register(record)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+            typer.echo(f"registered {record.org_id} ({record.level})")
+    finally:
+        engine.dispose()  # its connections closed now, not when collected (tests run it in-process)
 
 
 @app.command("revoke-org")

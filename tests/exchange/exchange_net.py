@@ -4,8 +4,6 @@ its own process (``ipjms … serve``) on loopback, mutual TLS between nodes and 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,9 +16,10 @@ from consent.client import ConsentClient, SignedDecision
 from consent.fhir import to_fhir
 from consent.policy import ConsentRecord, Provision
 from deploy.demo.pseudonym_authority import BULK_LOAD_BUDGET
-from deploy.launcher import Service, ipjms_command, start_service, wait_until
+from deploy.launcher import Service, start_service, wait_until
 from node.exchange.documents import attach_decision
 from node.identity import NATIONAL_ID_SYSTEM
+from tests.cli_inprocess import run_ipjms
 from trust.envelopes import EnvelopeHeader
 from trust.oprf_client import OprfPseudonyms
 from trust.pseudonymiser import OprfPseudonymiser
@@ -167,17 +166,11 @@ class Region:
         }
         if REGISTRY_ORG in self.pki.org_dirs:  # decisions pinned to the registry's certificate
             env["IPJMS_NODE_CONSENT_REGISTRY_ORG"] = REGISTRY_ORG
-        full = {**os.environ, **env}
-        subprocess.run(
-            ipjms_command("node", "init", "--org", org_id, "--name", org_id, "--level", level,
-                          "--data-dir", str(data_dir)),
-            check=True, capture_output=True, env=full,
-        )  # fmt: skip
-        subprocess.run(
-            ipjms_command("node", "user", "add", "--data-dir", str(data_dir), "--username",
-                          "doctor", "--role", "doctor"),
-            check=True, capture_output=True, env=full,
-        )  # fmt: skip
+        # set-up only: in this process (tests/cli_inprocess.py), not an interpreter apiece
+        run_ipjms("node", "init", "--org", org_id, "--name", org_id, "--level", level,
+                  "--data-dir", str(data_dir), env=env)  # fmt: skip
+        run_ipjms("node", "user", "add", "--data-dir", str(data_dir), "--username", "doctor",
+                  "--role", "doctor", env=env)  # fmt: skip
         args = ["node", "serve", "--data-dir", str(data_dir), "--port", "0"]
         service = start_service(
             f"node-{org_id}", args, base_url="http://127.0.0.1:{http}",
@@ -299,7 +292,7 @@ def register(data_dir: Path, pki: Any, db: str | None = None) -> None:
     args = ["coordinator", "register-org", "--data-dir", str(data_dir), "--config", str(config)]
     if db:
         args += ["--db", db]
-    subprocess.run(ipjms_command(*args), check=True, capture_output=True)
+    run_ipjms(*args)
 
 
 # argon2id at OWASP's minimum, as in the demo's region (trust/password_hashing.py): a test region

@@ -13,8 +13,6 @@ its own process): regression tests for what the adversarial review found.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,10 +31,11 @@ from exchange_net import (
     wait_for,
 )
 
-from deploy.launcher import ipjms_command, start_service
+from deploy.launcher import start_service
 from node.exchange.client import ExchangeClient
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from servicekit.storage import make_engine, sqlite_url
+from tests.cli_inprocess import run_ipjms
 from trust.audit_ledger import AuditLedger
 from trust.backend_auth import make_org_assertion
 from trust.envelopes import EnvelopeHeader, seal_to
@@ -59,11 +58,8 @@ def region(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
         net.patient_headers = net.patient_token(pseudo)  # type: ignore[attr-defined]
         net.grant(net.patient_headers, pseudo, {"clinic-b": ["Condition", "Observation"]})  # type: ignore[attr-defined]
         # a patient account at hosp-a, linked to the first patient
-        subprocess.run(
-            ipjms_command("node", "user", "add", "--data-dir", str(a.data_dir), "--username",
-                          "patient1", "--role", "patient", "--patient", f"p-{NID}"),
-            check=True, capture_output=True, env={**os.environ, **a.env},
-        )  # fmt: skip
+        run_ipjms("node", "user", "add", "--data-dir", str(a.data_dir), "--username",
+                  "patient1", "--role", "patient", "--patient", f"p-{NID}", env=a.env)  # fmt: skip
         assert a.post("/exchange/publish", {}).status_code == 200
         yield net
     finally:

@@ -35,6 +35,7 @@ from deploy.launcher import (  # noqa: E402
 from federated.cohort import COHORT_CLASSES  # noqa: E402
 from node.feeds.synthetic import generate_site  # noqa: E402
 from node.identity import NATIONAL_ID_SYSTEM  # noqa: E402
+from tests.cli_inprocess import run_ipjms  # noqa: E402
 from trust.pki import OrgCredentials, init_ca, issue_org  # noqa: E402
 from trust.tokens import SigningKey  # noqa: E402
 
@@ -284,11 +285,8 @@ def kill_group(service: Service, sig: int = signal.SIGKILL) -> None:
 
 def _seed(net: FlNet, org: str, patients: int, seed: int) -> None:
     node = net.region.nodes[org]
-    subprocess.run(
-        ipjms_command("node", "seed", "--data-dir", str(node.data_dir), "--profile", "tertiary",
-                      "--patients", str(patients), "--seed", str(seed)),
-        check=True, capture_output=True, env={**os.environ, **node.env},
-    )  # fmt: skip
+    run_ipjms("node", "seed", "--data-dir", str(node.data_dir), "--profile", "tertiary",
+              "--patients", str(patients), "--seed", str(seed), env=node.env)  # fmt: skip
     ids, names = [], []
     for bundle in generate_site("tertiary", patients, seed):
         for entry in bundle["entry"]:
@@ -315,12 +313,9 @@ def _backend_client(net: FlNet, org: str) -> None:
     )
     pub = net.root / f"fl-client-{org}.pub.pem"
     pub.write_bytes(key.public_pem())
-    subprocess.run(
-        ipjms_command("node", "client", "add", "--data-dir", str(node.data_dir), "--client-id",
-                      "fl-supernode", "--public-key", str(pub),
-                      "--scope", "system/*.rs system/RiskAssessment.c"),
-        check=True, capture_output=True, env={**os.environ, **node.env},
-    )  # fmt: skip
+    run_ipjms("node", "client", "add", "--data-dir", str(node.data_dir), "--client-id",
+              "fl-supernode", "--public-key", str(pub),
+              "--scope", "system/*.rs system/RiskAssessment.c", env=node.env)  # fmt: skip
     net.client_keys[org] = path
 
 
