@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from consent.model import check_pseudonym
 from consent.schema import enrolment_codes, patients
 from servicekit.outcome import BadRequest, Conflict, Unauthorized
-from trust.password_hashing import password_hasher
+from trust.password_hashing import password_hasher, unknown_user_hash
 
 __all__ = ["PatientAccounts", "IssuedCode", "Enrolment", "MIN_PASSWORD_LENGTH"]
 
@@ -65,7 +65,7 @@ class PatientAccounts:
         self.code_ttl = code_ttl
         self._hasher = hasher or password_hasher("rfc9106-low-memory")
         # Verified against when the username is unknown, so timing does not reveal enrolment.
-        self._dummy_hash = self._hasher.hash("not-a-real-password-0000")
+        self._dummy_hash = unknown_user_hash(self._hasher)
 
     def issue_code(self, pseudonym: str, *, issued_by: str) -> IssuedCode:
         check_pseudonym(pseudonym, "patient")

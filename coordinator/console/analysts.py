@@ -12,6 +12,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from trust.password_hashing import unknown_user_hash
+
 __all__ = ["AnalystAccounts", "ANALYSTS_FILE"]
 
 ANALYSTS_FILE = "analysts.json"
@@ -23,7 +25,7 @@ class AnalystAccounts:
     def __init__(self, data_dir: Path, hasher: PasswordHasher | None = None) -> None:
         self.path = Path(data_dir) / ANALYSTS_FILE
         self.hasher = hasher or PasswordHasher()
-        self._dummy = self.hasher.hash("not a password of anyone")
+        self._dummy = unknown_user_hash(self.hasher)
 
     def _read(self) -> dict[str, str]:
         try:

@@ -26,6 +26,7 @@ from node.auth.tables import accounts, backend_clients, login_throttle
 from node.schemas import AUTH_MIGRATIONS as MIGRATIONS_DIR
 from servicekit.storage import upgrade_schema
 from trust.login_throttle import LoginThrottle, ThrottlePolicy
+from trust.password_hashing import unknown_user_hash
 from trust.scopes import parse_scopes
 
 __all__ = [
@@ -88,7 +89,8 @@ class AccountStore:
         self.engine = engine
         self.hasher = hasher or PasswordHasher()
         self.throttle = LoginThrottle(engine, login_throttle, throttle_policy)
-        self._dummy_hash = self.hasher.hash("not-a-real-password")
+        # Verified against when the username is unknown, so timing does not reveal accounts.
+        self._dummy_hash = unknown_user_hash(self.hasher)
 
     # --- password accounts ---
 

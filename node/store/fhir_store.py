@@ -9,7 +9,7 @@ maintenance — and each commit is recorded in the commit log and published to `
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,9 +109,10 @@ class FhirStore:
             conn.exec_driver_sql("ANALYZE " + ", ".join(t.name for t in metadata.sorted_tables))
             conn.commit()
 
-    def warm_up(self) -> None:
-        """Load the FHIR model classes now rather than on the first write."""
-        preload_models()
+    def warm_up(self, types: Iterable[str] | None = None) -> None:
+        """Load the FHIR model classes of ``types`` (default: every stored type) now rather than
+        on the first write of each."""
+        preload_models(types)
 
     # -- the write door ----------------------------------------------------------------------
     def write(self, work: Callable[[UnitOfWork], T], *, writer: str = DEFAULT_WRITER) -> T:

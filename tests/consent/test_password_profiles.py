@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from argon2 import extract_parameters
+from argon2 import PasswordHasher, Type, extract_parameters
+from argon2.exceptions import VerifyMismatchError
 from consent_harness import BASE, Pki
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from consent.app import create_app
 from consent.client import ConsentClient
 from consent.schema import patients
 from consent.settings import RegistrySettings
-from trust.password_hashing import PROFILES
+from trust.password_hashing import PROFILES, password_hasher, unknown_user_hash
 
 PASSWORD = "correct horse battery"
 
@@ -82,3 +83,26 @@ def test_an_unknown_profile_is_refused_by_name(tmp_path: Path, pki: Pki) -> None
 def test_every_profile_names_its_source() -> None:
     for name, profile in PROFILES.items():
         assert profile.source and str(profile.time_cost) in profile.source, name
+
+
+@pytest.mark.parametrize(
+    "hasher",
+    [
+        *(password_hasher(name) for name in PROFILES),
+        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=8),
+        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.I),
+    ],
+)
+def test_the_unknown_user_hash_costs_what_a_real_one_does_and_verifies_nothing(
+    hasher: PasswordHasher,
+) -> None:
+    """Verifying against the unknown-user hash recomputes argon2 with the parameters it
+    carries: the hasher's own, as a real hash of that hasher carries them. No password
+    verifies against it, and it is not one to re-hash."""
+    dummy = unknown_user_hash(hasher)
+    assert extract_parameters(dummy) == extract_parameters(hasher.hash(PASSWORD))
+    for password in (PASSWORD, "", "not-a-real-password"):
+        with pytest.raises(VerifyMismatchError):
+            hasher.verify(dummy, password)
+    assert not hasher.check_needs_rehash(dummy)
+    assert unknown_user_hash(hasher) != dummy  # a fresh salt each time

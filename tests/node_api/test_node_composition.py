@@ -29,6 +29,7 @@ from node.app import FEATURES, create_app, migration_folders
 from node.feature import BackgroundTask, Feature, NodeServices
 from node.schemas import SCHEMAS
 from node.settings import load_settings
+from node.store import validation
 from trust.pki import init_ca, issue_org
 
 
@@ -219,6 +220,23 @@ def test_credentials_of_another_organisation_stop_the_node(tmp_path: Path, org_d
     )
     with pytest.raises(RuntimeError, match="belong to org-comp, not org-other"):
         create_app(settings)
+
+
+def test_fhir_models_that_do_not_load_stop_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only Patient's model loads at start (the others on first use), and that one is enough
+    for a broken model library to stop the start rather than fail the first requests."""
+    loaded: list[str] = []
+
+    def broken(rtype: str) -> Any:
+        loaded.append(rtype)
+        raise ImportError(f"no model for {rtype}")
+
+    monkeypatch.setattr(validation, "_model_class", broken)
+    with pytest.raises(ImportError, match="no model for Patient"):
+        create_app(load_settings(tmp_path / "node", org_id="org-comp"))
+    assert loaded == ["Patient"]
 
 
 def _counting_feature(events: list[str]) -> Feature:
