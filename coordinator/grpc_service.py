@@ -40,6 +40,10 @@ from trust.envelope_wire import header_to_pb
 __all__ = ["ExchangeLimits", "Services", "add_servicers"]
 
 log = logging.getLogger("ipjms.coordinator")
+# An open Inbox stream marks its org seen this often (directory.ONLINE_WINDOW is 20 s).
+TOUCH_EVERY = 5.0
+# An idle stream wakes this long after a lease runs out (claims need lease_until < now).
+LEASE_SLACK = 0.05
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -48,7 +52,7 @@ class ExchangeLimits:
     max_envelope_bytes: int = 8 * 1024 * 1024
     max_ttl_seconds: int = 30 * 24 * 3600
     rate_per_minute: int = 600
-    poll_interval: float = 1.0
+    poll_interval: float = 1.0  # an idle stream's re-check of a shared (PostgreSQL) queue
     default_batch: int = 16
 
 
@@ -324,7 +328,7 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         try:
             while context.is_active():
                 now = time.time()
-                if now - last_touch > 5:
+                if now - last_touch >= TOUCH_EVERY:
                     self.s.directory.touch(org.org_id, now)
                     last_touch = now
                 seen = self.s.notifier.generation(org.org_id)
@@ -348,11 +352,31 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
                 if not items:
                     if not request.follow:
                         return
-                    self.s.notifier.wait(org.org_id, seen, self.s.limits.poll_interval)
+                    self.s.notifier.wait(org.org_id, seen, self._idle_wait(org.org_id, last_touch))
         finally:
-            # Unacknowledged envelopes go straight back to the queue for the next stream.
+            # Unacknowledged envelopes go straight back to the queue for the next stream, and
+            # the recipient's other streams are woken to take them.
             self.s.queue.release(leased, owner)
+            if leased:
+                self.s.notifier.notify(org.org_id)
             log.info("inbox closed org=%s delivered=%d", org.org_id, len(leased))
+
+    def _idle_wait(self, org_id: str, last_touch: float) -> float:
+        """How long an idle stream sleeps (the notifier wakes it sooner) before it looks at the
+        queue again: at most until its directory touch is due (the org stays online); on a
+        shared queue at most ``poll_interval`` (envelopes queued or released by another replica
+        wake nothing here); on this process's own queue everything that makes an envelope
+        claimable wakes the notifier except a lease running out, so until the earliest lease
+        of the recipient's envelopes runs out."""
+        now = time.time()
+        wait = last_touch + TOUCH_EVERY - now
+        if self.s.queue.shared:
+            wait = min(wait, self.s.limits.poll_interval)
+        else:
+            expiry = self.s.queue.next_lease_expiry(org_id)
+            if expiry is not None:  # claimable once lease_until < now
+                wait = min(wait, expiry - now + LEASE_SLACK)
+        return max(LEASE_SLACK, wait)
 
     @_unary
     def Acknowledge(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802

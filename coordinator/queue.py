@@ -198,6 +198,23 @@ class EnvelopeQueue:
             ).all()
         return [QueuedEnvelope(_header(r), bytes(r.sealed), int(r.attempts)) for r in rows]
 
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas may write this queue (PostgreSQL); a SQLite queue is this
+        process's own, so every envelope queued or released in it passes through this process."""
+        return self._postgres
+
+    def next_lease_expiry(self, recipient: str) -> float | None:
+        """When the earliest lease on an envelope of ``recipient`` runs out (it is claimable
+        again just after), or None when none is leased."""
+        with self.engine.connect() as conn:
+            until = conn.execute(
+                select(func.min(envelopes.c.lease_until)).where(
+                    envelopes.c.recipient == recipient, envelopes.c.state == "delivering"
+                )
+            ).scalar()
+        return None if until is None else float(until)
+
     def release(self, envelope_ids: Sequence[str], lease_owner: str) -> None:
         """Give back leases a stream holds but did not get acknowledged (stream closed)."""
         if not envelope_ids:

@@ -155,6 +155,7 @@ def run(settings: CoordinatorSettings) -> None:
 
     from coordinator.http_api import create_status_app
     from coordinator.metrics import GrpcMetrics
+    from servicekit.http_serving import QuietServer
     from servicekit.logging_setup import configure_logging
     from servicekit.ports import announce_ports, bind_listener
 
@@ -193,7 +194,7 @@ def run(settings: CoordinatorSettings) -> None:
         log_config=None,
         **_https_options(settings),
     )
-    http = uvicorn.Server(config)
+    http = QuietServer(config)
     try:
         http.run(sockets=[http_sock])
     finally:

@@ -36,7 +36,9 @@ class CoordinatorSettings(BaseSettings):
     rate_per_minute: int = Field(default=600, gt=0)
     # How long a delivered-but-unacknowledged envelope stays leased before redelivery.
     lease_seconds: float = Field(default=30.0, gt=0)
-    # How often an idle inbox stream re-checks the database (envelopes from other replicas).
+    # How often an idle inbox stream re-checks a shared (PostgreSQL) queue for envelopes other
+    # replicas queued or released. On SQLite the queue is this process's own: an idle stream
+    # is woken when an envelope is queued or released, and looks again when a lease runs out.
     poll_interval: float = Field(default=1.0, gt=0)
     grpc_workers: int = Field(default=64, gt=1)
     # Signed checkpoints of the audit ledger (trust.ledger_anchor): how often the head is signed

@@ -20,6 +20,7 @@ Only the caller that started a job (same role and subject) sees it; anyone else 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,6 +46,9 @@ __all__ = ["router", "export_jobs", "run_export_jobs", "group_members"]
 router = APIRouter(tags=["fhir"])
 _KICKOFF_PARAMS = CONTROL_PARAMS | {"_type", "_since", "_outputFormat"}
 _POLL_SECONDS = 0.5
+# The runner reads the jobs when the exports folder changed (a kick-off, in any worker process,
+# makes a job folder in it), and at least this often whatever it looks like.
+_RESCAN_SECONDS = 10.0
 
 
 def export_jobs(app: Any) -> ExportJobs:
@@ -236,11 +240,25 @@ async def run_export_jobs(services: Any, app: Any) -> AsyncIterator[None]:
     """Background task (one worker): run accepted jobs, and re-run interrupted ones."""
     jobs = export_jobs(app)
 
+    def folder_version() -> int | None:
+        try:
+            return jobs.folder.stat().st_mtime_ns
+        except OSError:
+            return None
+
     async def loop() -> None:
         while True:
+            version, scanned = folder_version(), time.monotonic()
             job = await run_in_threadpool(_next_job, jobs)
             if job is None:
-                await asyncio.sleep(_POLL_SECONDS)
+                # Idle: nothing to run until a kick-off adds a job folder (a stat of the
+                # folder, not a read of every job, each _POLL_SECONDS).
+                while True:
+                    await asyncio.sleep(_POLL_SECONDS)
+                    if folder_version() != version:
+                        break
+                    if time.monotonic() - scanned >= _RESCAN_SECONDS:
+                        break
                 continue
             try:
                 await run_in_threadpool(run_export, services.store, jobs, job)

@@ -41,6 +41,8 @@ class ExchangeContext:
     ca_dir: Path | None = None
     now: Callable[[], float] | None = None
     observe: PhaseObserver = ignore_phases
+    # Set when an envelope stays pending (the coordinator unreachable): wakes the outbox loop.
+    pending: threading.Event = field(default_factory=threading.Event)
     _directory: dict[str, DirectoryEntry] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -414,6 +414,7 @@ def resend(ctx: ExchangeContext, sealed: SealedEnvelope) -> str:
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             log.warning("coordinator unreachable; envelope %s stays pending", envelope_id)
+            ctx.pending.set()  # the outbox loop resends it
             return "pending"
         _mark(ctx, envelope_id, "refused", f"{code.name}: {exc.details()}")
         if code == grpc.StatusCode.PERMISSION_DENIED:

@@ -3,7 +3,9 @@
 - **inbox**: a streaming Inbox call; every envelope is handled and acknowledged. When the stream
   breaks the runner reconnects with exponential back-off (0.2 s doubling to 10 s); after three
   failed streams in a row it also polls (a draining, non-following Inbox call) on each attempt.
-- **outbox**: re-sends envelopes the coordinator has not accepted yet (same envelope id).
+- **outbox**: re-sends envelopes the coordinator has not accepted yet (same envelope id), every
+  2 s while any is pending; with none it sleeps until a send leaves one pending in this process,
+  or 10 s (one left by another worker process of the node, or by a crash before the restart).
 - **locator**: publishes this node's patient pseudonyms now and then.
 """
 
@@ -28,6 +30,8 @@ from trust.envelopes import SealedEnvelope
 __all__ = ["ExchangeRunner", "backoff_delays"]
 
 log = logging.getLogger("ipjms.node.exchange")
+OUTBOX_RETRY_SECONDS = 2.0  # between sweeps while envelopes are pending
+OUTBOX_IDLE_SECONDS = 10.0  # between sweeps with none pending and no send left one pending
 
 
 def backoff_delays(initial: float = 0.2, maximum: float = 10.0) -> Iterator[float]:
@@ -58,6 +62,7 @@ class ExchangeRunner:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.ctx.pending.set()  # wakes an idle outbox loop
         stream = self._stream
         if stream is not None:
             stream.cancel()
@@ -123,10 +128,12 @@ class ExchangeRunner:
     # -- outbox and locator -------------------------------------------------------------------
 
     def _outbox_loop(self) -> None:
-        while not self.stop_event.wait(2.0):
+        while not self.stop_event.wait(OUTBOX_RETRY_SECONDS):
+            self.ctx.pending.clear()  # a send left pending from now on wakes the next wait
+            pending: list[bytes] = []
             try:
                 with self.ctx.engine.connect() as conn:
-                    pending: list[bytes] = list(
+                    pending = list(
                         conn.execute(
                             select(outbound.c.sealed).where(
                                 outbound.c.state == "pending", outbound.c.sealed.is_not(None)
@@ -140,6 +147,9 @@ class ExchangeRunner:
                         log.info("pending envelope not sent: %s", type(exc).__name__)
             except Exception as exc:
                 log.warning("outbox sweep failed: %s", type(exc).__name__)
+                continue
+            if not pending:
+                self.ctx.pending.wait(OUTBOX_IDLE_SECONDS)
 
     def _locator_loop(self) -> None:
         delay = 1.0

@@ -125,3 +125,27 @@ def test_locator_publish_replace_and_lookup(db_url: str) -> None:
     assert locator.lookup(p1) == ["clinic-b"]
     with pytest.raises(ExchangeError):
         locator.publish("hosp-a", ["not-a-pseudonym"])
+
+
+def test_next_lease_expiry_is_the_earliest_lease_of_the_recipient(queue: EnvelopeQueue) -> None:
+    """An idle Inbox stream on this process's own queue sleeps until this (its other wake-ups
+    come from the notifier), so it must be the first moment one of the recipient's envelopes
+    is claimable again."""
+    assert queue.shared is queue.engine.dialect.name.startswith("postgres")
+    assert queue.next_lease_expiry("clinic-b") is None
+    first, second, other = _header(), _header(), _header("clinic-c")
+    for h in (first, second, other):
+        queue.accept(h, b"sealed")
+    now = time.time()
+    queue.claim("clinic-c", limit=1, lease_owner="s0", now=now - 20)  # not clinic-b's
+    assert queue.next_lease_expiry("clinic-b") is None
+    queue.claim("clinic-b", limit=1, lease_owner="s1", now=now)
+    queue.claim("clinic-b", limit=1, lease_owner="s2", now=now - 10)
+    expiry = queue.next_lease_expiry("clinic-b")
+    assert expiry == pytest.approx(now - 10 + 30)
+    # claimable just after it, not before
+    assert queue.claim("clinic-b", limit=5, lease_owner="s3", now=expiry) == []
+    assert len(queue.claim("clinic-b", limit=5, lease_owner="s3", now=expiry + 0.01)) == 1
+    queue.acknowledge(first.envelope_id, "clinic-b", imported=True)
+    queue.acknowledge(second.envelope_id, "clinic-b", imported=True)
+    assert queue.next_lease_expiry("clinic-b") is None
