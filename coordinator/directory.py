@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, insert, select, update
 
 from coordinator.schema import organisations
+from servicekit.storage import reader
 
 __all__ = ["LEVELS", "OrgRecord", "Directory", "ONLINE_WINDOW"]
 
@@ -55,6 +56,9 @@ def _record(row: object) -> OrgRecord:
 class Directory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # reads take no write lock on SQLite (servicekit.storage.reader): they do not queue
+        # behind the writers' durable commits
+        self._read = reader(engine)
 
     def register(self, org: OrgRecord) -> None:
         """Insert or replace an organisation (the authority's registration)."""
@@ -96,7 +100,7 @@ class Directory:
             return bool(result.rowcount)
 
     def get(self, org_id: str) -> OrgRecord | None:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(
                 select(organisations).where(organisations.c.org_id == org_id)
             ).first()
@@ -106,7 +110,7 @@ class Directory:
         query = select(organisations).order_by(organisations.c.org_id)
         if level:
             query = query.where(organisations.c.level == level)
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             return [_record(r) for r in conn.execute(query)]
 
     def touch(self, org_id: str, now: float | None = None) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 from coordinator.envelope_rules import PSEUDONYM_PATTERN
 from coordinator.errors import ExchangeError
 from coordinator.schema import locator
+from servicekit.storage import reader
 from trust.pseudonym import newest_key_version, pseudonym_key_version
 
 __all__ = ["RecordLocator", "MAX_PUBLISH"]
@@ -20,6 +21,9 @@ MAX_PUBLISH = 50_000  # pseudonyms per Publish call
 class RecordLocator:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # reads take no write lock on SQLite (servicekit.storage.reader): they do not queue
+        # behind the writers' durable commits
+        self._read = reader(engine)
 
     def publish(self, org_id: str, pseudonyms: Iterable[str], *, replace: bool = False) -> int:
         wanted = set(pseudonyms)
@@ -59,7 +63,7 @@ class RecordLocator:
         return len(new)
 
     def held_count(self, org_id: str) -> int:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             return int(
                 conn.execute(
                     select(func.count()).select_from(locator).where(locator.c.org_id == org_id)
@@ -67,7 +71,7 @@ class RecordLocator:
             )
 
     def lookup(self, pseudonym: str, *, exclude: str = "") -> list[str]:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             holders: list[str] = list(
                 conn.execute(
                     select(locator.c.org_id)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from coordinator.errors import ExchangeError
 from coordinator.schema import envelopes, routing_log
-from servicekit.storage import is_postgres
+from servicekit.storage import is_postgres, reader
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
 
 __all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES"]
@@ -60,6 +60,9 @@ def _header(m: object) -> EnvelopeHeader:
 class EnvelopeQueue:
     def __init__(self, engine: Engine, *, replica_id: str, lease_seconds: float = 30.0) -> None:
         self.engine = engine
+        # reads take no write lock on SQLite (servicekit.storage.reader): they do not queue
+        # behind the writers' durable commits
+        self._read = reader(engine)
         self.replica_id = replica_id
         self.lease_seconds = lease_seconds
         self._postgres = is_postgres(engine)
@@ -95,7 +98,7 @@ class EnvelopeQueue:
         except IntegrityError:
             # Another replica inserted this id between our check and our insert (a retry sent
             # through another coordinator): answer exactly as for any retry.
-            with self.engine.connect() as conn:
+            with self._read.connect() as conn:
                 existing = self._existing(conn, header.envelope_id)
             if existing is None:
                 raise
@@ -120,7 +123,7 @@ class EnvelopeQueue:
         return False
 
     def sent_since(self, sender: str, since: float) -> int:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             return int(
                 conn.execute(
                     select(func.count())
@@ -132,7 +135,7 @@ class EnvelopeQueue:
     def has_exchange(self, header: EnvelopeHeader) -> bool:
         """Is there a referral or consultation for this patient between the two organisations
         (either direction)? A Task status update may only travel along such an exchange."""
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(
                 select(envelopes.c.envelope_id)
                 .where(
@@ -207,7 +210,7 @@ class EnvelopeQueue:
     def next_lease_expiry(self, recipient: str) -> float | None:
         """When the earliest lease on an envelope of ``recipient`` runs out (it is claimable
         again just after), or None when none is leased."""
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             until = conn.execute(
                 select(func.min(envelopes.c.lease_until)).where(
                     envelopes.c.recipient == recipient, envelopes.c.state == "delivering"
@@ -292,7 +295,7 @@ class EnvelopeQueue:
     def expire(self, *, now: float | None = None) -> list[str]:
         """Dead-letter every undelivered envelope past its expiry; returns their ids."""
         now = time.time() if now is None else now
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             ids: list[str] = list(
                 conn.execute(
                     select(envelopes.c.envelope_id).where(
@@ -308,7 +311,7 @@ class EnvelopeQueue:
     # -- reading ------------------------------------------------------------------------------
 
     def state(self, envelope_id: str) -> EnvelopeState | None:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(
                 select(envelopes).where(envelopes.c.envelope_id == envelope_id)
             ).first()
@@ -327,7 +330,7 @@ class EnvelopeQueue:
         )
 
     def header(self, envelope_id: str) -> EnvelopeHeader | None:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(
                 select(envelopes).where(envelopes.c.envelope_id == envelope_id)
             ).first()
@@ -335,7 +338,7 @@ class EnvelopeQueue:
 
     def depths(self) -> dict[str, dict[str, int]]:
         """Envelope counts per recipient and state."""
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             rows = conn.execute(
                 select(envelopes.c.recipient, envelopes.c.state, func.count()).group_by(
                     envelopes.c.recipient, envelopes.c.state
@@ -347,7 +350,7 @@ class EnvelopeQueue:
         return out
 
     def dead_letters(self, limit: int = 100) -> list[EnvelopeState]:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             ids: list[str] = list(
                 conn.execute(
                     select(envelopes.c.envelope_id)
@@ -365,7 +368,7 @@ class EnvelopeQueue:
             self._log(conn, header, "refused", reason, time.time())
 
     def recent(self, decision: str, limit: int = 20) -> list[dict[str, object]]:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             rows = conn.execute(
                 select(routing_log)
                 .where(routing_log.c.decision == decision)

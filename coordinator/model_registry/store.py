@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from servicekit.storage import reader
+
 __all__ = ["ModelStore", "StoredModel", "metadata", "models"]
 
 metadata = MetaData()
@@ -78,6 +80,9 @@ def _row(row: Any) -> StoredModel:
 class ModelStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # reads take no write lock on SQLite (servicekit.storage.reader): they do not queue
+        # behind the writers' durable commits
+        self._read = reader(engine)
 
     def add(
         self, card: dict[str, Any], weights: dict[str, Any], *, created_by: str, published: bool
@@ -103,12 +108,12 @@ class ModelStore:
         )
 
     def get(self, model_id: str) -> StoredModel | None:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(select(models).where(models.c.id == model_id)).first()
         return _row(row) if row else None
 
     def weights(self, model_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(select(models.c.weights).where(models.c.id == model_id)).first()
         return json.loads(row[0]) if row else None
 
@@ -118,7 +123,7 @@ class ModelStore:
             q = q.where(models.c.task == task)
         if published_only:
             q = q.where(models.c.published.is_(True))
-        with self.engine.connect() as conn:
+        with self._read.connect() as conn:
             return [_row(r) for r in conn.execute(q).all()]
 
     def set_published(self, model_id: str, published: bool) -> bool:
