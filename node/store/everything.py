@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, select
 
 from node.store.dates import MAX_DT, MIN_DT, parse_date_range
 from node.store.search_exec import SearchResult
 from node.store.search_index import COMPARTMENT_PARAM
 from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
 from node.store.search_query import MAX_COUNT
-from node.store.tables import idx_date, idx_reference
+from node.store.tables import idx_date, idx_reference, with_owner
 from node.store.tables import resource as res
 from node.store.writes import current_bodies, current_rows, fetch, read_current
 from servicekit.outcome import BadRequest, Forbidden
@@ -30,15 +30,7 @@ Key = tuple[str, str]
 def _compartment_keys(conn: Connection, patient_id: str) -> list[tuple[str, str, Any]]:
     stmt = (
         select(res.c.resource_type, res.c.resource_id, res.c.last_updated)
-        .select_from(
-            idx_reference.join(
-                res,
-                and_(
-                    res.c.resource_type == idx_reference.c.resource_type,
-                    res.c.resource_id == idx_reference.c.resource_id,
-                ),
-            )
-        )
+        .select_from(with_owner(idx_reference))
         .where(
             idx_reference.c.target_id == patient_id,
             idx_reference.c.target_type == "Patient",

@@ -10,10 +10,10 @@ from sqlalchemy import Connection, and_, func, select, tuple_
 
 from node.store.search_params import SHARED_TYPES, SUPPORTED_SEARCH_PARAMS
 from node.store.search_query import SearchPlan, compartment_condition, compile_search
-from node.store.tables import idx_reference, idx_token, resource_version
+from node.store.tables import idx_reference, idx_token, resource_version, with_owner
 from node.store.tables import resource as res
 from node.store.value_sets import resolve_value_sets
-from node.store.writes import current_bodies, fetch
+from node.store.writes import chunks, current_bodies, fetch
 from servicekit.outcome import BadRequest
 
 __all__ = [
@@ -169,8 +169,6 @@ def match_ids(
 
 
 Token = tuple[str, str]
-# Row-value IN lists per statement (SQLite allows 32,766 bound variables; two per pair).
-_PAIRS_PER_QUERY = 500
 
 
 def identifier_token(rtype: str, query: str) -> Token | None:
@@ -190,23 +188,13 @@ def identifier_token(rtype: str, query: str) -> Token | None:
 def match_identifiers(conn: Connection, rtype: str, tokens: list[Token]) -> dict[Token, list[str]]:
     """For each ``(system, code)``, the ids of live ``rtype`` resources with that identifier —
     what :func:`match_ids` answers for ``identifier=system|code`` (same index, same liveness),
-    a few queries for the lot instead of one compiled search each (a seeded or ingested
-    transaction names one per resource)."""
+    one query per run of :func:`~node.store.writes.chunks` instead of one compiled search each
+    (a seeded or ingested transaction names one per resource)."""
     found: dict[Token, list[str]] = {t: [] for t in tokens}
-    unique = sorted(found)
-    for start in range(0, len(unique), _PAIRS_PER_QUERY):
-        chunk = unique[start : start + _PAIRS_PER_QUERY]
+    for chunk in chunks(sorted(found)):
         stmt = (
             select(idx_token.c.system, idx_token.c.code, idx_token.c.resource_id)
-            .select_from(
-                idx_token.join(
-                    res,
-                    and_(
-                        res.c.resource_type == idx_token.c.resource_type,
-                        res.c.resource_id == idx_token.c.resource_id,
-                    ),
-                )
-            )
+            .select_from(with_owner(idx_token))
             .where(
                 idx_token.c.resource_type == rtype,
                 idx_token.c.param == "identifier",
@@ -215,6 +203,6 @@ def match_identifiers(conn: Connection, rtype: str, tokens: list[Token]) -> dict
             )
             .distinct()
         )
-        for system, code, rid in conn.execute(stmt):
+        for system, code, rid in fetch(conn, stmt):
             found[(str(system), str(code))].append(str(rid))
     return {t: sorted(ids) for t, ids in found.items()}

@@ -27,9 +27,11 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    Join,
     MetaData,
     String,
     Table,
+    and_,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -43,6 +45,7 @@ __all__ = [
     "idx_reference",
     "idx_quantity",
     "INDEX_TABLES",
+    "with_owner",
     "BODY_TYPE",
     "commit_log",
     "commit_log_head",
@@ -75,6 +78,18 @@ resource = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),
 )
+
+
+def with_owner(index: Table) -> Join:
+    """An index table joined to the current row of the resource each index row belongs to
+    (filter on ``resource.c.deleted`` for live owners only)."""
+    return index.join(
+        resource,
+        and_(
+            resource.c.resource_type == index.c.resource_type,
+            resource.c.resource_id == index.c.resource_id,
+        ),
+    )
 
 
 def _owner_columns() -> list[Column]:

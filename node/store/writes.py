@@ -31,6 +31,7 @@ __all__ = [
     "bulk_insert",
     "keys_in",
     "fetch",
+    "chunks",
     "read_current",
 ]
 
@@ -82,7 +83,8 @@ def stamp(body: dict[str, Any], rid: str, version: int, ts: datetime) -> dict[st
     return {"resourceType": out.pop("resourceType"), **out}
 
 
-def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+def chunks(items: list[Any]) -> Iterable[list[Any]]:
+    """``items`` in runs of at most 500: the store's bound on one statement's IN list."""
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
 
@@ -100,7 +102,7 @@ def current_rows(
     """The current-version rows of ``keys`` (deleted ones included). ``lock``: SELECT FOR UPDATE."""
     out: dict[Key, CurrentRow] = {}
     for rtype, ids in _by_type(set(keys)).items():
-        for chunk in _chunks(sorted(ids)):
+        for chunk in chunks(sorted(ids)):
             stmt = select(
                 resource.c.resource_id,
                 resource.c.version_id,
@@ -118,7 +120,7 @@ def current_bodies(conn: Connection, keys: Iterable[Key]) -> dict[Key, dict[str,
     """Bodies of the current, non-deleted versions of ``keys``."""
     out: dict[Key, dict[str, Any]] = {}
     for rtype, ids in _by_type(set(keys)).items():
-        for chunk in _chunks(sorted(ids)):
+        for chunk in chunks(sorted(ids)):
             stmt = (
                 select(resource.c.resource_id, resource_version.c.body)
                 .select_from(
@@ -201,7 +203,7 @@ def write_versions(conn: Connection, items: list[NewVersion], base_url: str = ""
         )
         for table in INDEX_TABLES.values():
             for rtype, ids in _by_type((it.rtype, it.rid) for it in existing).items():
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids):
                     conn.execute(
                         table.delete().where(
                             table.c.resource_type == rtype, table.c.resource_id.in_(chunk)
@@ -270,7 +272,7 @@ def keys_in(conn: Connection, keys: Iterable[Key]) -> set[Key]:
     """Which of ``keys`` exist as live (non-deleted) resources."""
     found: set[Key] = set()
     for rtype, ids in _by_type(set(keys)).items():
-        for chunk in _chunks(sorted(ids)):
+        for chunk in chunks(sorted(ids)):
             stmt = select(resource.c.resource_id).where(
                 resource.c.resource_type == rtype,
                 resource.c.resource_id.in_(chunk),
