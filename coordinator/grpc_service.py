@@ -31,7 +31,7 @@ from coordinator.errors import ExchangeError
 from coordinator.locator import RecordLocator
 from coordinator.notifier import InboxNotifier
 from coordinator.peers import PeerAuthenticator
-from coordinator.queue import EnvelopeQueue, QueuedEnvelope
+from coordinator.queue import Also, EnvelopeQueue, QueuedEnvelope
 from coordinator.routing_audit import RoutingAuditor
 from protos.ipjms.exchange.v1 import exchange_pb2 as pb
 from protos.ipjms.exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -259,12 +259,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
             raise ExchangeError(
                 "PERMISSION_DENIED", f"refused by the coordinator: {decision.reason}"
             )
-        duplicate = not self.s.queue.accept(header, request.sealed, now=now)
+        duplicate = not self.s.queue.accept(
+            header, request.sealed, now=now, also=self._audit("accepted", decision)
+        )
         if not duplicate:
-            self.s.auditor.record(
-                header, "accepted", decision.reason, decision.consent_ids,
-                break_glass=decision.break_glass,
-            )  # fmt: skip
             if decision.epoch is not None:
                 self.routed.keep(header.envelope_id, decision)
             self.s.notifier.notify(header.recipient)
@@ -277,6 +275,16 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         )
         return pb.SendResponse(envelope_id=header.envelope_id, duplicate=duplicate)
 
+    def _audit(self, decision: str, why: GateDecision) -> Also:
+        """The routing audit entry of a queue state change, written in its transaction."""
+
+        def write(conn: Any, header: Any) -> None:
+            self.s.auditor.record_in(
+                conn, header, decision, why.reason, why.consent_ids, break_glass=why.break_glass
+            )
+
+        return write
+
     def _deliverable(self, item: QueuedEnvelope, now: float, epoch_now: str | None) -> bool:
         """Checks at delivery time: still unexpired, consent still permits — the routing
         decision stands if no consent was written since it (``GateDecision.still_holds``;
@@ -285,8 +293,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         header = item.header
         routed = self.routed.take(header.envelope_id)
         if header.expires_at.timestamp() <= now:
-            self.s.queue.kill(header.envelope_id, "expired before delivery")
-            self.s.auditor.record(header, "dead", "expired before delivery", ())
+            reason = "expired before delivery"
+            self.s.queue.kill(
+                header.envelope_id, reason, also=self._audit("dead", GateDecision(False, reason))
+            )
             return False
         if routed is not None and routed.still_holds(epoch_now):
             decision = GateDecision(
@@ -304,10 +314,10 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
             return False
         if not decision.permit:
             reason = f"not delivered: {decision.reason}"
-            self.s.queue.kill(header.envelope_id, reason)
-            self.s.auditor.record(
-                header, "dead", reason, decision.consent_ids, break_glass=decision.break_glass
+            dead = GateDecision(
+                False, reason, decision.consent_ids, break_glass=decision.break_glass
             )
+            self.s.queue.kill(header.envelope_id, reason, also=self._audit("dead", dead))
             log.info("delivery stopped envelope=%s: %s", header.envelope_id, decision.reason)
             return False
         self.s.auditor.record(
@@ -384,12 +394,16 @@ class ExchangeServicer(_Base, pb_grpc.ExchangeServicer):
         if request.outcome not in (pb.OUTCOME_IMPORTED, pb.OUTCOME_REJECTED):
             raise ExchangeError("INVALID_ARGUMENT", "outcome must be IMPORTED or REJECTED")
         imported = request.outcome == pb.OUTCOME_IMPORTED
-        state, changed = self.s.queue.acknowledge(
-            request.envelope_id, org.org_id, imported=imported, detail=request.detail
+        reason = request.detail or ("imported by the recipient" if imported else "rejected")
+        outcome = GateDecision(imported, reason)
+        # the acknowledgement and its audit entry: one durable commit
+        state, _changed = self.s.queue.acknowledge(
+            request.envelope_id,
+            org.org_id,
+            imported=imported,
+            detail=request.detail,
+            also=self._audit("imported" if imported else "rejected", outcome),
         )
-        if changed is not None:
-            reason = request.detail or ("imported by the recipient" if imported else "rejected")
-            self.s.auditor.record(changed, "imported" if imported else "rejected", reason, ())
         log.info("ack envelope=%s org=%s state=%s", request.envelope_id, org.org_id, state)
         return pb.AcknowledgeResponse(envelope_id=request.envelope_id, state=state)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from coordinator.directory import Directory, OrgRecord
 from coordinator.errors import ExchangeError
-from trust.certificates import CertificateError, fingerprint, load_certificate
+from trust.certificates import CertificateError, pem_fingerprint
 from trust.pki import revocation_list, verify_peer_certificate
 
 __all__ = ["PeerAuthenticator"]
@@ -52,11 +52,14 @@ class PeerAuthenticator:
             )
         if org.revoked:
             raise ExchangeError("PERMISSION_DENIED", f"organisation {org_id} has been revoked")
-        if org.cert_fingerprints:
-            fp = fingerprint(load_certificate(peer_cert_pem))
-            if fp not in org.cert_fingerprints:
-                raise ExchangeError(
-                    "UNAUTHENTICATED",
-                    f"this certificate of {org_id} is not the one registered in the directory",
-                )
+        # The certificate is parsed once (its fingerprint cached by its bytes); the CRL, the
+        # validity period and the directory are still read on every call, so a revocation
+        # applies to the very next one.
+        if org.cert_fingerprints and (
+            pem_fingerprint(bytes(peer_cert_pem)) not in org.cert_fingerprints
+        ):
+            raise ExchangeError(
+                "UNAUTHENTICATED",
+                f"this certificate of {org_id} is not the one registered in the directory",
+            )
         return org

@@ -6,6 +6,10 @@ bytes are dropped) — or ``dead`` (expired, consent withdrawn before delivery):
 list. A lease that runs out (the stream died, the coordinator was killed) makes the envelope
 claimable again, so an accepted envelope is redelivered until acknowledged.
 
+Audited with the same commit: ``accept``, ``acknowledge`` and ``kill`` take ``also``, a write
+(the routing audit's ledger entry) made inside the transaction that changes the envelope's state,
+so the state change and its audit entry are durable together, in one commit, or not at all.
+
 Replica-safe by design: every state change is a single conditional UPDATE or a claim made with
 ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL) / ``BEGIN IMMEDIATE`` (SQLite), and leases carry
 the claiming replica's id, so several coordinators can share one PostgreSQL queue.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +31,11 @@ from coordinator.schema import envelopes, routing_log
 from servicekit.storage import is_postgres, reader
 from trust.envelopes import REQUEST_KINDS, EnvelopeHeader
 
-__all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES"]
+__all__ = ["QueuedEnvelope", "EnvelopeState", "EnvelopeQueue", "FINAL_STATES", "Also"]
 
 FINAL_STATES = frozenset({"delivered", "rejected", "dead"})
+# A write made in the transaction of a state change, given the envelope's header (the audit).
+Also = Callable[[Connection, EnvelopeHeader], None]
 
 
 @dataclass(frozen=True)
@@ -69,9 +75,17 @@ class EnvelopeQueue:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def accept(self, header: EnvelopeHeader, sealed: bytes, *, now: float | None = None) -> bool:
-        """Commit the envelope durably. Returns False when this exact envelope was already
-        accepted (idempotent retry); the same id with different content is refused."""
+    def accept(
+        self,
+        header: EnvelopeHeader,
+        sealed: bytes,
+        *,
+        now: float | None = None,
+        also: Also | None = None,
+    ) -> bool:
+        """Commit the envelope durably (``also`` in the same transaction). Returns False when
+        this exact envelope was already accepted (idempotent retry; ``also`` is not called);
+        the same id with different content is refused."""
         now = time.time() if now is None else now
         digest = hashlib.sha256(sealed).hexdigest()
         try:
@@ -95,6 +109,8 @@ class EnvelopeQueue:
                     )
                 )
                 self._log(conn, header, "accepted", "", now)
+                if also is not None:
+                    also(conn, header)
         except IntegrityError:
             # Another replica inserted this id between our check and our insert (a retry sent
             # through another coordinator): answer exactly as for any retry.
@@ -234,10 +250,17 @@ class EnvelopeQueue:
             )
 
     def acknowledge(
-        self, envelope_id: str, recipient: str, *, imported: bool, detail: str = ""
+        self,
+        envelope_id: str,
+        recipient: str,
+        *,
+        imported: bool,
+        detail: str = "",
+        also: Also | None = None,
     ) -> tuple[str, EnvelopeHeader | None]:
         """Final state after the recipient's acknowledgement; idempotent for repeated acks.
-        Returns the state and, when this call changed it, the envelope's header."""
+        Returns the state and, when this call changed it, the envelope's header (and ``also``
+        was written with the change)."""
         now = time.time()
         state = "delivered" if imported else "rejected"
         with self.engine.begin() as conn:
@@ -265,10 +288,20 @@ class EnvelopeQueue:
             )
             header = _header(row)
             self._log(conn, header, state, detail[:500], now)
+            if also is not None:
+                also(conn, header)
         return state, header
 
-    def kill(self, envelope_id: str, reason: str, *, now: float | None = None) -> None:
-        """Move an envelope to the dead-letter list (sender sees the reason through Status)."""
+    def kill(
+        self,
+        envelope_id: str,
+        reason: str,
+        *,
+        now: float | None = None,
+        also: Also | None = None,
+    ) -> bool:
+        """Move an envelope to the dead-letter list (sender sees the reason through Status),
+        ``also`` in the same transaction. False when it was already final (nothing written)."""
         now = time.time() if now is None else now
         with self.engine.begin() as conn:
             # Row lock on PostgreSQL so two replicas cannot both finalise it (SQLite: the
@@ -277,7 +310,7 @@ class EnvelopeQueue:
                 select(envelopes).where(envelopes.c.envelope_id == envelope_id).with_for_update()
             ).first()
             if row is None or row.state in FINAL_STATES:
-                return
+                return False
             conn.execute(
                 update(envelopes)
                 .where(envelopes.c.envelope_id == envelope_id)
@@ -290,10 +323,15 @@ class EnvelopeQueue:
                     updated_at=now,
                 )
             )
-            self._log(conn, _header(row), "dead", reason, now)
+            header = _header(row)
+            self._log(conn, header, "dead", reason, now)
+            if also is not None:
+                also(conn, header)
+        return True
 
-    def expire(self, *, now: float | None = None) -> list[str]:
-        """Dead-letter every undelivered envelope past its expiry; returns their ids."""
+    def expire(self, *, now: float | None = None, also: Also | None = None) -> list[str]:
+        """Dead-letter every undelivered envelope past its expiry (``also`` with each); returns
+        the ids this call moved."""
         now = time.time() if now is None else now
         with self._read.connect() as conn:
             ids: list[str] = list(
@@ -304,9 +342,8 @@ class EnvelopeQueue:
                     )
                 ).scalars()
             )
-        for envelope_id in ids:
-            self.kill(envelope_id, "expired before delivery", now=now)
-        return ids
+        reason = "expired before delivery"
+        return [i for i in ids if self.kill(i, reason, now=now, also=also)]
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -36,6 +36,10 @@ _OK = {"accepted", "delivered", "imported", "lookup-permitted"}
 class Ledger(Protocol):
     def append(self, event: dict[str, Any], *, patient_pseudonym: str | None = None) -> Any: ...
 
+    def append_in(
+        self, conn: Any, event: dict[str, Any], *, patient_pseudonym: str | None = None
+    ) -> Any: ...
+
 
 def _source() -> dict[str, Any]:
     """The AuditEvent source of every coordinator event: the coordinator as a security server."""
@@ -228,6 +232,21 @@ class RoutingAuditor:
     ) -> None:
         event = routing_event(header, decision, reason, consent_ids, break_glass=break_glass)
         self.ledger.append(event, patient_pseudonym=header.patient_pseudonym)
+
+    def record_in(
+        self,
+        conn: Any,
+        header: EnvelopeHeader,
+        decision: str,
+        reason: str,
+        consent_ids: Sequence[str] = (),
+        *,
+        break_glass: bool = False,
+    ) -> None:
+        """As :meth:`record`, inside the caller's open transaction on the ledger's database (the
+        queue's state change it audits): both are durable with that one commit, or neither."""
+        event = routing_event(header, decision, reason, consent_ids, break_glass=break_glass)
+        self.ledger.append_in(conn, event, patient_pseudonym=header.patient_pseudonym)
 
     def record_lookup(
         self,

@@ -114,10 +114,11 @@ def _sweeper(services: Services, stop: threading.Event) -> None:
     """Dead-letter expired envelopes even when their recipient never connects."""
     while not stop.wait(5.0):
         try:
-            for envelope_id in services.queue.expire():
-                header = services.queue.header(envelope_id)
-                if header is not None:
-                    services.auditor.record(header, "dead", "expired before delivery", ())
+            services.queue.expire(
+                also=lambda conn, header: services.auditor.record_in(
+                    conn, header, "dead", "expired before delivery"
+                )
+            )
         except Exception as exc:  # keep sweeping; the database may be briefly busy
             log.warning("expiry sweep failed: %s", type(exc).__name__)
 

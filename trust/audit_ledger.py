@@ -19,6 +19,10 @@ transaction holding their entry has committed. ``append`` still returns only onc
 durable, in the order the appends were queued, so nothing a caller acknowledges can be lost;
 what changes is that N concurrent appends cost one commit and one head-row lock instead of N
 (issue 19: the coordinator's three appends per envelope were the longest wait of its threads).
+
+**In the caller's transaction.** ``append_in`` chains an entry inside a transaction the caller
+holds on the ledger's database (the coordinator's queue state changes): the change and its audit
+entry are durable with that one commit, or both are gone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Integer,
     MetaData,
@@ -209,6 +214,21 @@ class AuditLedger:
                 self._turn.notify_all()
         return slot.outcome()
 
+    def append_in(
+        self,
+        conn: Connection,
+        event: Mapping[str, Any],
+        *,
+        patient_pseudonym: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> LedgerEntry:
+        """Append one event inside the caller's open transaction on this ledger's database:
+        it is durable exactly when that transaction commits, and gone if it rolls back (with
+        the head it moved). For a write that must be audited with the same commit — one
+        durable commit instead of two, and never the one without the other. The head row's
+        lock (PostgreSQL) or the write lock (SQLite) orders it with every other append."""
+        return _chain_into(conn, [_prepared(event, patient_pseudonym, now)])[0]
+
     def _write_batch(self, batch: list[_Pending]) -> None:
         try:
             entries = self._append_all([p.item for p in batch])
@@ -228,40 +248,8 @@ class AuditLedger:
 
     def _append_all(self, items: list[_Item]) -> list[LedgerEntry]:
         """One transaction: the head moved by len(items), the entries chained in order."""
-        n = len(items)
         with self.engine.begin() as conn:
-            head = conn.execute(_BUMP_HEAD, {"n": n}).first()
-            if head is None:
-                raise LedgerError("audit ledger head is missing; run `ipjms audit verify`")
-            seq, prev_hash = int(head[0]) - n, str(head[1])
-            entries: list[LedgerEntry] = []
-            for item in items:
-                seq += 1
-                digest = entry_hash(
-                    seq, prev_hash, item.recorded_at, item.body, item.patient_pseudonym
-                )
-                entries.append(
-                    LedgerEntry(
-                        seq, digest, prev_hash, item.recorded_at, item.body, item.patient_pseudonym
-                    )
-                )
-                prev_hash = digest
-            conn.execute(
-                _INSERT_ENTRY,
-                [
-                    {
-                        "seq": e.seq,
-                        "recorded_at": e.recorded_at,
-                        "prev_hash": e.prev_hash,
-                        "hash": e.hash,
-                        "patient_pseudonym": e.patient_pseudonym,
-                        "event": item.text,
-                    }
-                    for e, item in zip(entries, items, strict=True)
-                ],
-            )
-            conn.execute(_SET_HEAD_HASH, {"head_hash": prev_hash})
-        return entries
+            return _chain_into(conn, items)
 
     def entries(
         self,
@@ -346,3 +334,36 @@ class AuditLedger:
                 return VerifyReport(True, 0)
             return VerifyReport(False, len(rows), None, "the ledger head row is missing")
         return verify_chain(rows, head=(int(head[0]), str(head[1])))
+
+
+def _chain_into(conn: Connection, items: list[_Item]) -> list[LedgerEntry]:
+    """In ``conn``'s transaction: the head moved by len(items), the entries chained in order."""
+    n = len(items)
+    head = conn.execute(_BUMP_HEAD, {"n": n}).first()
+    if head is None:
+        raise LedgerError("audit ledger head is missing; run `ipjms audit verify`")
+    seq, prev_hash = int(head[0]) - n, str(head[1])
+    entries: list[LedgerEntry] = []
+    for item in items:
+        seq += 1
+        digest = entry_hash(seq, prev_hash, item.recorded_at, item.body, item.patient_pseudonym)
+        entries.append(
+            LedgerEntry(seq, digest, prev_hash, item.recorded_at, item.body, item.patient_pseudonym)
+        )
+        prev_hash = digest
+    conn.execute(
+        _INSERT_ENTRY,
+        [
+            {
+                "seq": e.seq,
+                "recorded_at": e.recorded_at,
+                "prev_hash": e.prev_hash,
+                "hash": e.hash,
+                "patient_pseudonym": e.patient_pseudonym,
+                "event": item.text,
+            }
+            for e, item in zip(entries, items, strict=True)
+        ],
+    )
+    conn.execute(_SET_HEAD_HASH, {"head_hash": prev_hash})
+    return entries

@@ -36,6 +36,7 @@ __all__ = [
     "org_id_of",
     "load_certificate",
     "fingerprint",
+    "pem_fingerprint",
     "verify_peer_certificate",
     "crl_revoked_serials",
     "ORG_DNS_SUFFIX",
@@ -85,6 +86,15 @@ def load_certificate(cert: bytes | str | x509.Certificate) -> x509.Certificate:
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 fingerprint of the DER certificate, lowercase hex."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+@functools.lru_cache(maxsize=256)
+def pem_fingerprint(cert_pem: bytes) -> str:
+    """:func:`fingerprint` of a certificate given as PEM (or DER) bytes, cached by the exact
+    bytes (issue 19: the coordinator checks its peer's registered fingerprint on every gRPC
+    call, and parsing the certificate again was most of it). Bytes that are no certificate
+    raise :class:`CertificateError` and are not cached."""
+    return fingerprint(load_certificate(cert_pem))
 
 
 def org_id_of(cert: x509.Certificate) -> str:

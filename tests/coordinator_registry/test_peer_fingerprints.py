@@ -58,3 +58,38 @@ def test_without_registered_fingerprints_any_ca_valid_certificate_identifies(
     record.cert_fingerprints = []
     directory.register(record)
     assert auth.identify(certs["second"]).org_id == "org-clinic"
+
+
+def test_a_certificate_is_parsed_once_and_each_certificate_keeps_its_own_identity(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: the fingerprint check no longer parses the peer's certificate on every call
+    (cached by its bytes), yet the same certificate always gets the same answer and another
+    certificate its own — and the directory is still read each time, so a revocation there
+    applies to the very next call."""
+    from cryptography import x509
+
+    from trust.certificates import pem_fingerprint
+
+    auth, directory, certs = peers
+    assert auth.identify(certs["first"]).org_id == "org-clinic"  # parsed here, once
+    parsed: list[bytes] = []
+    load = x509.load_pem_x509_certificate
+
+    def counting_load(data: bytes, *args: object) -> x509.Certificate:
+        parsed.append(bytes(data))
+        return load(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(x509, "load_pem_x509_certificate", counting_load)
+    again = [auth.identify(certs["first"]) for _ in range(4)]
+    assert {o.org_id for o in again} == {"org-clinic"}
+    assert parsed.count(certs["first"]) == 0  # old code: parsed again on each of the four
+    with pytest.raises(ExchangeError, match="not the one registered"):
+        auth.identify(certs["second"])  # a different certificate: its own fingerprint
+    with pytest.raises(ExchangeError, match="not the one registered"):
+        auth.identify(certs["second"])  # and its cached fingerprint is still refused
+    assert pem_fingerprint(certs["first"]) != pem_fingerprint(certs["second"])
+    assert directory.set_revoked("org-clinic")
+    with pytest.raises(ExchangeError) as revoked:
+        auth.identify(certs["first"])  # the cached certificate does not hide the revocation
+    assert revoked.value.code == "PERMISSION_DENIED"

@@ -149,3 +149,56 @@ def test_next_lease_expiry_is_the_earliest_lease_of_the_recipient(queue: Envelop
     queue.acknowledge(first.envelope_id, "clinic-b", imported=True)
     queue.acknowledge(second.envelope_id, "clinic-b", imported=True)
     assert queue.next_lease_expiry("clinic-b") is None
+
+
+def test_a_state_change_and_its_audit_entry_are_one_commit(queue: EnvelopeQueue) -> None:
+    """Issue 19: accept, acknowledge and kill write the routing audit's ledger entry inside
+    their own transaction (``also``): one durable commit per step instead of two, and never
+    the state change without its entry — if the entry cannot be written, the change is not
+    either (the sender or recipient is told and retries)."""
+    from sqlalchemy import event
+
+    from coordinator.routing_audit import RoutingAuditor
+    from trust.audit_ledger import AuditLedger
+
+    ledger = AuditLedger(queue.engine)
+    auditor = RoutingAuditor(ledger)
+    commits: list[int] = []
+    event.listen(queue.engine, "commit", lambda _conn: commits.append(1))
+
+    def audit(decision: str):  # type: ignore[no-untyped-def]
+        return lambda conn, header: auditor.record_in(conn, header, decision, "why")
+
+    def decisions() -> list[str]:
+        return [e.event["subtype"][0]["code"] for e in ledger.entries()]
+
+    h, dead = _header(), _header()
+    assert queue.accept(h, b"sealed", also=audit("accepted"))
+    assert queue.accept(dead, b"sealed", also=audit("accepted"))
+    assert len(commits) == 2  # old code: four (queue, then ledger, for each)
+    assert queue.accept(h, b"sealed", also=audit("accepted")) is False  # retry: no entry
+    assert decisions() == ["accepted", "accepted"]
+
+    queue.claim("clinic-b", limit=10, lease_owner="s1")
+    commits.clear()
+
+    def broken(conn, header):  # type: ignore[no-untyped-def]
+        auditor.record_in(conn, header, "imported", "why")
+        raise RuntimeError("the ledger write failed")
+
+    with pytest.raises(RuntimeError):
+        queue.acknowledge(h.envelope_id, "clinic-b", imported=True, also=broken)
+    assert queue.state(h.envelope_id).state == "delivering"  # type: ignore[union-attr]
+    assert decisions() == ["accepted", "accepted"]  # the entry went with the rollback
+    assert commits == []
+
+    commits.clear()
+    state, changed = queue.acknowledge(
+        h.envelope_id, "clinic-b", imported=True, also=audit("imported")
+    )
+    assert (state, changed is not None) == ("delivered", True)
+    assert queue.kill(dead.envelope_id, "consent withdrawn", also=audit("dead"))
+    assert len(commits) == 2  # one per step, each with its entry
+    assert queue.kill(dead.envelope_id, "again", also=audit("dead")) is False  # already final
+    assert decisions() == ["accepted", "accepted", "imported", "dead"]
+    assert ledger.verify().ok

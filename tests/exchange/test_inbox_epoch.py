@@ -55,13 +55,17 @@ def _header() -> EnvelopeHeader:
 class Queue:
     def __init__(self, items: list[Any]) -> None:
         self.items, self.killed, self.released = items, [], []
+        self.headers = {i.header.envelope_id: i.header for i in items}
 
     def claim(self, *_: Any, **__: Any) -> list[Any]:
         items, self.items = self.items, []
         return items
 
-    def kill(self, envelope_id: str, reason: str) -> None:
+    def kill(self, envelope_id: str, reason: str, *, also: Any = None) -> bool:
         self.killed.append((envelope_id, reason))
+        if also is not None:  # the audit entry, written with the state change
+            also(None, self.headers[envelope_id])
+        return True
 
     def release(self, ids: list[str], _owner: str) -> None:
         self.released.extend(ids)
@@ -78,7 +82,8 @@ def _inbox(registry: Registry) -> tuple[ExchangeServicer, Queue, list[tuple[str,
         queue=queue,
         gate=ConsentGate(registry),
         auditor=SimpleNamespace(
-            record=lambda h, state, why, _ids, **_: audit.append((h.envelope_id, state, why))
+            record=lambda h, state, why, _ids, **_: audit.append((h.envelope_id, state, why)),
+            record_in=lambda _c, h, state, why, *_, **__: audit.append((h.envelope_id, state, why)),
         ),
         notifier=SimpleNamespace(
             notify=lambda _o: None, generation=lambda _o: 0, wait=lambda *_: None
